@@ -1,0 +1,397 @@
+//! The typed payloads of every event whatsnap writes. Field rules are in the crate docs: add
+//! fields with a default, never change one in place.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::DecodeError;
+use crate::upcast;
+
+/// The messaging platforms an account can be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    /// WhatsApp, linked as a device by QR code.
+    Whatsapp,
+    /// SMS through the user's own Android phone running the SMS gateway app.
+    AndroidSms,
+    /// iMessage/SMS through the user's Mac running BlueBubbles.
+    Imessage,
+    /// SMS through a Twilio number.
+    Twilio,
+}
+
+/// A file sent along with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    pub content_type: Option<String>,
+    pub file_name: Option<String>,
+}
+
+/// Where a tag on a contact came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagSource {
+    /// Added because the contact messaged (or was messaged from) an account.
+    Account,
+    /// Changed by a user or workflow in GHL (ContactTagUpdate webhook).
+    Ghl,
+    /// Changed through whatsnap's own API or dashboard.
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountAdded {
+    pub account_id: Uuid,
+    pub kind: AccountKind,
+    pub name: String,
+    /// The tag put on every contact of this account, e.g. `whatsnap-account-sales`.
+    pub tag: String,
+    pub phone_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrCodeIssued {
+    pub account_id: Uuid,
+    pub qr_code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountConnected {
+    pub account_id: Uuid,
+    pub phone_number: Option<String>,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDisconnected {
+    pub account_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRemoved {
+    pub account_id: Uuid,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountSettingsChanged {
+    pub account_id: Uuid,
+    /// Only the settings that changed, by name, with their new value.
+    pub changes: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessageReceived {
+    pub message_id: Uuid,
+    pub account_id: Uuid,
+    /// The provider's own id for the message; the dedupe key of a redelivered webhook.
+    pub provider_message_id: String,
+    /// The sender in E.164.
+    pub from: String,
+    pub to: Option<String>,
+    pub body: String,
+    /// The sender's name as the platform shows it, when it does.
+    pub sender_name: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// Added after the first schema: payloads written without it decode with no attachments.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessageRequested {
+    pub message_id: Uuid,
+    pub contact_id: Uuid,
+    /// GHL's id of the message, to report its status back.
+    pub ghl_message_id: Option<String>,
+    /// The GHL user who sent it, when a user (not a workflow) did.
+    pub ghl_user_id: Option<String>,
+    pub body: String,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessageRouted {
+    pub message_id: Uuid,
+    pub contact_id: Uuid,
+    pub account_id: Uuid,
+    /// The account tag on the contact that chose the route.
+    pub tag: String,
+    /// The recipient in E.164.
+    pub to: String,
+    /// Why this account was chosen, in words for `whatsnap trace`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRouteFailed {
+    pub message_id: Uuid,
+    pub contact_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessageSent {
+    pub message_id: Uuid,
+    pub account_id: Uuid,
+    pub provider_message_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDelivered {
+    pub message_id: Uuid,
+    pub provider_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRead {
+    pub message_id: Uuid,
+    pub provider_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFailed {
+    pub message_id: Uuid,
+    /// A reason a GHL user can act on, e.g. "the recipient opted out (Twilio 21610)".
+    pub reason: String,
+    pub provider_error_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactCreated {
+    pub contact_id: Uuid,
+    /// E.164.
+    pub phone: String,
+    pub name: Option<String>,
+    /// The account the contact first reached, when it was created by an inbound message.
+    pub first_account_id: Option<Uuid>,
+    pub platform: Option<AccountKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactTagged {
+    pub contact_id: Uuid,
+    pub tag: String,
+    pub source: TagSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactUntagged {
+    pub contact_id: Uuid,
+    pub tag: String,
+    pub source: TagSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentRulesChanged {
+    /// The account the rules belong to; `None` for the location's default rules.
+    pub account_id: Option<Uuid>,
+    /// The rules as the assignment service defines them.
+    pub rules: serde_json::Value,
+}
+
+/// One user the assignment engine looked at, and what it concluded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateConsidered {
+    pub user_id: String,
+    /// `None` for the user chosen; otherwise why the user was passed over.
+    pub passed_over: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactAssigned {
+    pub contact_id: Uuid,
+    pub account_id: Option<Uuid>,
+    pub user_id: String,
+    /// The rule that chose the user, e.g. `round_robin#2`.
+    pub rule: String,
+    pub reason: String,
+    #[serde(default)]
+    pub candidates: Vec<CandidateConsidered>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentSkipped {
+    pub contact_id: Uuid,
+    pub account_id: Option<Uuid>,
+    pub reason: String,
+    #[serde(default)]
+    pub candidates: Vec<CandidateConsidered>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlInstalled {
+    pub company_id: Option<String>,
+    /// `Location` or `Company`, as GHL's INSTALL webhook says.
+    pub install_type: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlContactLinked {
+    pub contact_id: Uuid,
+    pub ghl_contact_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlMessagePosted {
+    pub message_id: Uuid,
+    pub ghl_message_id: String,
+    pub ghl_conversation_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlSyncFailed {
+    /// What was being synchronised, e.g. `contact_upsert`, `post_inbound_message`.
+    pub operation: String,
+    /// The whatsnap id of the contact or message concerned.
+    pub subject_id: Option<Uuid>,
+    pub reason: String,
+    pub http_status: Option<u16>,
+    pub attempt: u32,
+    /// Whether ghl-sync gave up; otherwise it will try again.
+    pub final_attempt: bool,
+}
+
+macro_rules! catalogue {
+    ($($variant:ident => $version:literal),* $(,)?) => {
+        /// Every event whatsnap writes, by type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $($variant($variant),)*
+        }
+
+        impl Event {
+            /// Every event type with its current schema version.
+            pub const TYPES: &'static [(&'static str, u32)] = &[$((stringify!($variant), $version),)*];
+
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => stringify!($variant),)*
+                }
+            }
+
+            pub fn schema_version(&self) -> u32 {
+                match self {
+                    $(Self::$variant(_) => $version,)*
+                }
+            }
+
+            pub fn encode(&self) -> Bytes {
+                let json = match self {
+                    $(Self::$variant(payload) => serde_json::to_vec(payload),)*
+                };
+                // Serialising these plain structs into a Vec cannot fail: no maps with non-string
+                // keys, no failing Serialize impls.
+                Bytes::from(json.expect("event payloads always serialise"))
+            }
+
+            /// Decodes a stored payload of `event_type` written at `schema_version`.
+            pub fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+                match event_type {
+                    $(stringify!($variant) => decode_as::<$variant>(event_type, schema_version, $version, payload).map(Self::$variant),)*
+                    _ => Err(DecodeError::UnknownType { event_type: event_type.to_owned() }),
+                }
+            }
+        }
+
+        $(
+            impl From<$variant> for Event {
+                fn from(payload: $variant) -> Self {
+                    Self::$variant(payload)
+                }
+            }
+        )*
+    };
+}
+
+catalogue! {
+    AccountAdded => 1,
+    QrCodeIssued => 1,
+    AccountConnected => 1,
+    AccountDisconnected => 1,
+    AccountRemoved => 1,
+    AccountSettingsChanged => 1,
+    InboundMessageReceived => 1,
+    OutboundMessageRequested => 1,
+    OutboundMessageRouted => 1,
+    OutboundRouteFailed => 1,
+    OutboundMessageSent => 1,
+    MessageDelivered => 1,
+    MessageRead => 1,
+    MessageFailed => 1,
+    ContactCreated => 1,
+    ContactTagged => 1,
+    ContactUntagged => 1,
+    AssignmentRulesChanged => 1,
+    ContactAssigned => 1,
+    AssignmentSkipped => 1,
+    GhlInstalled => 1,
+    GhlContactLinked => 1,
+    GhlMessagePosted => 1,
+    GhlSyncFailed => 1,
+}
+
+fn decode_as<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    stored: u32,
+    current: u32,
+    payload: &[u8],
+) -> Result<T, DecodeError> {
+    let payload_error = |source| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        schema_version: stored,
+        source,
+    };
+    if stored > current {
+        return Err(DecodeError::FutureVersion {
+            event_type: event_type.to_owned(),
+            found: stored,
+            known: current,
+        });
+    }
+    if stored == current {
+        return serde_json::from_slice(payload).map_err(payload_error);
+    }
+    let value = upcast::upcast_with(upcast::UPCASTERS, event_type, stored, current, payload)?;
+    serde_json::from_value(value).map_err(payload_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_round_trips_through_its_encoding() {
+        let event = Event::from(ContactTagged {
+            contact_id: Uuid::now_v7(),
+            tag: "whatsnap-account-sales".into(),
+            source: TagSource::Account,
+        });
+        let decoded = Event::decode(event.event_type(), event.schema_version(), &event.encode())
+            .unwrap();
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn unknown_types_and_future_versions_are_refused_with_a_reason() {
+        let err = Event::decode("Nope", 1, b"{}").unwrap_err();
+        assert_eq!(err.to_string(), "unknown event type \"Nope\"");
+        let err = Event::decode("ContactTagged", 9, b"{}").unwrap_err();
+        assert!(matches!(err, DecodeError::FutureVersion { found: 9, known: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_payload_missing_a_required_field_names_the_field() {
+        let err = Event::decode("ContactTagged", 1, br#"{"tag":"x","source":"ghl"}"#).unwrap_err();
+        assert!(err.to_string().contains("contact_id"), "{err}");
+    }
+}
