@@ -1,0 +1,221 @@
+//! Test fixtures for whatsnap: each test gets its own JetStream stream (own name, own subject
+//! prefix) and its own PostgreSQL schema, so tests run in parallel without seeing each other.
+//!
+//! The servers come from `WHATSNAP_TEST_NATS_URL` / `WHATSNAP_TEST_DATABASE_URL` when set (CI
+//! sets them, `.ci/run` starts the servers); otherwise from containers started through
+//! testcontainers when a Docker engine is reachable. With neither, a fixture fails with a message
+//! that names both variables.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testcontainers_modules::nats::{Nats, NatsServerCmd};
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::testcontainers::runners::AsyncRunner;
+use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
+
+pub const NATS_URL_VAR: &str = "WHATSNAP_TEST_NATS_URL";
+pub const DATABASE_URL_VAR: &str = "WHATSNAP_TEST_DATABASE_URL";
+
+/// A short unique token for names of streams, prefixes and schemas.
+pub fn unique_token() -> String {
+    Uuid::now_v7().simple().to_string()
+}
+
+struct Started<I: testcontainers_modules::testcontainers::Image> {
+    url: String,
+    // Kept alive for the whole test process; the reaper removes it afterwards.
+    _container: ContainerAsync<I>,
+}
+
+static NATS_CONTAINER: OnceCell<Started<Nats>> = OnceCell::const_new();
+static POSTGRES_CONTAINER: OnceCell<Started<Postgres>> = OnceCell::const_new();
+
+fn no_server(what: &str, var: &str, err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no {what} for tests: set {var} (see DEVELOPERS.md; `bash .ci/run` starts one), or make a \
+         Docker engine reachable for testcontainers ({err})"
+    )
+}
+
+/// The URL of a NATS server (>= 2.12, JetStream enabled) for tests.
+pub async fn nats_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var(NATS_URL_VAR) {
+        return Ok(url);
+    }
+    let started = NATS_CONTAINER
+        .get_or_try_init(|| async {
+            let container = Nats::default()
+                .with_cmd(&NatsServerCmd::default().with_jetstream())
+                .with_tag("2.12-alpine")
+                .start()
+                .await
+                .map_err(|e| no_server("NATS server", NATS_URL_VAR, e))?;
+            let port = container.get_host_port_ipv4(4222).await?;
+            anyhow::Ok(Started {
+                url: format!("nats://127.0.0.1:{port}"),
+                _container: container,
+            })
+        })
+        .await?;
+    Ok(started.url.clone())
+}
+
+/// The URL of a PostgreSQL database for tests.
+pub async fn database_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
+        return Ok(url);
+    }
+    let started = POSTGRES_CONTAINER
+        .get_or_try_init(|| async {
+            let container = Postgres::default()
+                .with_tag("17-alpine")
+                .start()
+                .await
+                .map_err(|e| no_server("PostgreSQL server", DATABASE_URL_VAR, e))?;
+            let port = container.get_host_port_ipv4(5432).await?;
+            anyhow::Ok(Started {
+                url: format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
+                _container: container,
+            })
+        })
+        .await?;
+    Ok(started.url.clone())
+}
+
+/// A JetStream event store on a stream of its own, deleted when the fixture is dropped.
+pub struct TestNats {
+    pub config: JetStreamConfig,
+}
+
+impl TestNats {
+    pub async fn new() -> anyhow::Result<Self> {
+        let url = nats_url().await?;
+        let token = unique_token();
+        let mut config = JetStreamConfig::new(url);
+        config.stream_name = format!("T{token}");
+        config.subject_prefix = format!("t{token}");
+        // Keep test streams small on the shared server.
+        config.max_bytes = 1 << 30;
+        Ok(Self { config })
+    }
+
+    /// A store on this fixture's stream (creating the stream on first use).
+    pub async fn store(&self) -> anyhow::Result<JetStreamEventStore> {
+        JetStreamEventStore::connect(&self.config)
+            .await
+            .with_context(|| format!("event store on {}", self.config.url))
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let url = self.config.url.clone();
+        let stream = self.config.stream_name.clone();
+        // Drop cannot await, and the test's runtime may be shutting down: clean up on a thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = async_nats::connect(&url).await?;
+                // deny_delete/deny_purge forbid deleting events, not deleting the stream.
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&stream)
+                    .await;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL schema of its own, with a pool whose connections use it; dropped with the
+/// fixture.
+pub struct TestPostgres {
+    pub url: String,
+    pub schema: String,
+    pub pool: PgPool,
+}
+
+impl TestPostgres {
+    pub async fn new() -> anyhow::Result<Self> {
+        let url = database_url().await?;
+        let schema = format!("t_{}", unique_token());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to {DATABASE_URL_VAR}"))?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let pool = Self::connect(&url, &schema).await?;
+        Ok(Self { url, schema, pool })
+    }
+
+    /// A new pool on this fixture's schema (what a separate process would open).
+    pub async fn connect(url: &str, schema: &str) -> anyhow::Result<PgPool> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options.options([("search_path", schema)]);
+        Ok(PgPoolOptions::new()
+            .max_connections(5)
+            .connect_with(options)
+            .await?)
+    }
+
+    /// This schema's database URL, for a child process.
+    pub fn url_with_schema(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{separator}options=-c%20search_path%3D{}",
+            self.url, self.schema
+        )
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let schema = self.schema.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let pool = PgPoolOptions::new().max_connections(1).connect(&url).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&pool)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}
+
+/// An embedded store in a temporary directory, removed with the fixture.
+pub struct TestSqlite {
+    pub dir: tempfile::TempDir,
+    pub config: SqliteConfig,
+}
+
+impl TestSqlite {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("whatsnap-test-").tempdir()?;
+        let config = SqliteConfig::new(dir.path().join("whatsnap.db"));
+        Ok(Self { dir, config })
+    }
+
+    pub async fn store(&self) -> anyhow::Result<SqliteEventStore> {
+        Ok(SqliteEventStore::open(&self.config).await?)
+    }
+}

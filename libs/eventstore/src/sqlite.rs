@@ -1,0 +1,459 @@
+//! The embedded backend: the whole log in one SQLite file (WAL mode), positions assigned under
+//! SQLite's single write lock so that a reader never sees a later position before an earlier
+//! one, and subscribers woken in-process as soon as an append commits.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::watch;
+use uuid::Uuid;
+use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext};
+
+use crate::{
+    AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
+    SubscriptionSource, check_append, check_subscription_name, judge_retry,
+};
+
+/// How often a waiting subscriber looks for events appended by another process on the same
+/// file; appends made in this process wake it at once.
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(200);
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    position        INTEGER PRIMARY KEY,
+    event_id        TEXT    NOT NULL UNIQUE,
+    stream_id       TEXT    NOT NULL,
+    stream_version  INTEGER NOT NULL,
+    event_type      TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL,
+    occurred_at     TEXT    NOT NULL,
+    correlation_id  TEXT    NOT NULL,
+    causation_id    TEXT,
+    traceparent     TEXT,
+    tracestate      TEXT,
+    payload         BLOB    NOT NULL,
+    UNIQUE (stream_id, stream_version)
+);
+CREATE TABLE IF NOT EXISTS subscription_checkpoints (
+    name      TEXT    PRIMARY KEY,
+    position  INTEGER NOT NULL
+);
+"#;
+
+const COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
+     occurred_at, correlation_id, causation_id, traceparent, tracestate, payload";
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; created if missing.
+    pub path: PathBuf,
+    /// `true` (the default) syncs every commit to disk, so a power loss loses nothing that was
+    /// acknowledged. `false` only guards against a crash of the process.
+    pub sync_every_commit: bool,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_owned(),
+            sync_every_commit: true,
+        }
+    }
+}
+
+/// The embedded event store. Cheap to clone: clones share the file and the wake-up signal.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    /// Readers: any number in parallel (WAL).
+    readers: SqlitePool,
+    /// The one writer connection of this process.
+    writer: SqlitePool,
+    /// The last position appended by this process, to wake subscribers.
+    head: Arc<watch::Sender<u64>>,
+}
+
+impl SqliteEventStore {
+    pub async fn open(config: &SqliteConfig) -> Result<Self> {
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::backend("creating the data directory", e))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| StoreError::backend("sqlite options", e))?
+            .filename(&config.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if config.sync_every_commit {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::backend("opening the event log", e))?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&writer)
+            .await
+            .map_err(|e| StoreError::backend("creating the event log tables", e))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| StoreError::backend("opening the event log for reading", e))?;
+        let store = Self {
+            readers,
+            writer,
+            head: Arc::new(watch::channel(0).0),
+        };
+        let head = store.head_position().await?;
+        store.head.send_replace(head);
+        Ok(store)
+    }
+
+    async fn append_in_transaction(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome> {
+        let backend = |e| StoreError::backend("appending to the event log", e);
+        let stream_text = stream.to_string();
+        // IMMEDIATE takes the write lock up front: the version read below cannot go stale before
+        // the insert, and a writer in another process waits (busy timeout) instead of failing.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let actual: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?",
+        )
+        .bind(&stream_text)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let actual = actual as u64;
+
+        match expected.as_version() {
+            Some(v) if v < actual => {
+                let stored = select_stream(&mut *tx, &stream_text, v + 1, events.len()).await?;
+                return judge_retry(stream, expected, actual, events, &stored);
+            }
+            Some(v) if v > actual => {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            _ => {}
+        }
+        if let Some(outcome) = self
+            .already_stored(&mut tx, stream, &stream_text, expected, events)
+            .await?
+        {
+            return Ok(outcome);
+        }
+
+        let mut position = 0;
+        for (offset, event) in events.iter().enumerate() {
+            let version = actual + 1 + offset as u64;
+            position = sqlx::query(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, \
+                 schema_version, occurred_at, correlation_id, causation_id, traceparent, \
+                 tracestate, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(event.id.to_string())
+            .bind(&stream_text)
+            .bind(version as i64)
+            .bind(&event.event_type)
+            .bind(event.schema_version as i64)
+            .bind(event.occurred_at)
+            .bind(event.metadata.correlation_id.to_string())
+            .bind(event.metadata.causation_id.map(|id| id.to_string()))
+            .bind(event.metadata.trace.traceparent.as_deref())
+            .bind(event.metadata.trace.tracestate.as_deref())
+            .bind(event.payload.as_ref())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .last_insert_rowid() as u64;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(AppendOutcome {
+            version: actual + events.len() as u64,
+            position,
+            already_stored: false,
+        })
+    }
+
+    /// Looks up the appended ids: if all are stored already as this very append, the append is
+    /// a retry; if some are stored anywhere, it is a bad request; if none, it may go ahead.
+    async fn already_stored(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        stream: &StreamId,
+        stream_text: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendOutcome>> {
+        let first: Option<(String, i64)> =
+            sqlx::query_as("SELECT stream_id, stream_version FROM events WHERE event_id = ?")
+                .bind(events[0].id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| StoreError::backend("looking up event ids", e))?;
+        let Some((first_stream, first_version)) = first else {
+            let mut later_ids = 0;
+            for event in &events[1..] {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT position FROM events WHERE event_id = ?")
+                        .bind(event.id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| StoreError::backend("looking up event ids", e))?;
+                later_ids += usize::from(found.is_some());
+            }
+            if later_ids == 0 {
+                return Ok(None);
+            }
+            return Err(StoreError::PartiallyStored {
+                stream: stream.clone(),
+                detail: format!(
+                    "{later_ids} of {} event ids are already stored",
+                    events.len()
+                ),
+            });
+        };
+        if first_stream != stream_text {
+            return Err(StoreError::InvalidAppend {
+                stream: stream.clone(),
+                reason: format!(
+                    "event id {} is already stored in stream {first_stream}",
+                    events[0].id
+                ),
+            });
+        }
+        let from = first_version as u64;
+        let stored = select_stream(&mut *tx, stream_text, from, events.len()).await?;
+        let behind = ExpectedVersion::Exact(from - 1);
+        judge_retry(stream, behind, from - 1, events, &stored)
+            .map(Some)
+            .map_err(|err| match err {
+                StoreError::WrongExpectedVersion { .. } => StoreError::PartiallyStored {
+                    stream: stream.clone(),
+                    detail: format!("appended under {expected} but stored differently"),
+                },
+                other => other,
+            })
+    }
+}
+
+async fn select_stream(
+    conn: &mut sqlx::SqliteConnection,
+    stream_text: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? \
+         ORDER BY stream_version LIMIT ?"
+    ))
+    .bind(stream_text)
+    .bind(from_version as i64)
+    .bind(limit.min(i64::MAX as usize) as i64)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| StoreError::backend("reading a stream", e))?;
+    rows.iter().map(decode_row).collect()
+}
+
+fn decode_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    let position: i64 = row.get("position");
+    let corrupt = |reason: String| StoreError::Corrupt {
+        position: position as u64,
+        reason,
+    };
+    let uuid = |column: &str| -> Result<Uuid> {
+        let text: String = row.get(column);
+        Uuid::parse_str(&text).map_err(|e| corrupt(format!("{column}: {e}")))
+    };
+    let stream_text: String = row.get("stream_id");
+    let causation: Option<String> = row.get("causation_id");
+    let occurred_at: DateTime<Utc> = row.get("occurred_at");
+    let payload: Vec<u8> = row.get("payload");
+    Ok(RecordedEvent {
+        id: EventId::from_uuid(uuid("event_id")?),
+        stream: stream_text
+            .parse()
+            .map_err(|e| corrupt(format!("stream id: {e}")))?,
+        version: row.get::<i64, _>("stream_version") as u64,
+        position: position as u64,
+        event_type: row.get("event_type"),
+        schema_version: row.get::<i64, _>("schema_version") as u32,
+        occurred_at,
+        metadata: EventMetadata {
+            correlation_id: uuid("correlation_id")?,
+            causation_id: causation
+                .map(|c| Uuid::parse_str(&c))
+                .transpose()
+                .map_err(|e| corrupt(format!("causation_id: {e}")))?,
+            trace: TraceContext {
+                traceparent: row.get("traceparent"),
+                tracestate: row.get("tracestate"),
+            },
+        },
+        payload: Bytes::from(payload),
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome> {
+        check_append(stream, &events)?;
+        // The transaction runs on its own task: a caller that gives up waiting cannot leave it
+        // half done, and the wake-up is sent only once it has committed.
+        let store = self.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let outcome = store
+                .append_in_transaction(&stream, expected, &events)
+                .await?;
+            if !outcome.already_stored {
+                store.head.send_if_modified(|head| {
+                    let moved = outcome.position > *head;
+                    *head = (*head).max(outcome.position);
+                    moved
+                });
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(|e| StoreError::backend("append task", e))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut conn = self
+            .readers
+            .acquire()
+            .await
+            .map_err(|e| StoreError::backend("reading a stream", e))?;
+        select_stream(&mut conn, &stream.to_string(), from_version.max(1), limit).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| StoreError::backend("reading the log", e))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(|e| StoreError::backend("reading the log head", e))?;
+        Ok(head as u64)
+    }
+
+    async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription> {
+        check_subscription_name(name)?;
+        let after = match from {
+            SubscribeFrom::After(position) => {
+                save_checkpoint(&self.writer, name, position).await?;
+                position
+            }
+            SubscribeFrom::Checkpoint => {
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT position FROM subscription_checkpoints WHERE name = ?",
+                )
+                .bind(name)
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(|e| StoreError::backend("reading a subscription checkpoint", e))?;
+                stored.unwrap_or(0) as u64
+            }
+        };
+        let source = SqliteSubscription {
+            store: self.clone(),
+            name: name.to_owned(),
+            after,
+            woken: self.head.subscribe(),
+        };
+        Ok(Subscription::new(name, Box::new(source)))
+    }
+}
+
+async fn save_checkpoint(writer: &SqlitePool, name: &str, position: u64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO subscription_checkpoints (name, position) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .bind(name)
+    .bind(position as i64)
+    .execute(writer)
+    .await
+    .map_err(|e| StoreError::backend("saving a subscription checkpoint", e))?;
+    Ok(())
+}
+
+struct SqliteSubscription {
+    store: SqliteEventStore,
+    name: String,
+    after: u64,
+    woken: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl SubscriptionSource for SqliteSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        loop {
+            // Mark the current head as seen before reading, so an append that commits after the
+            // read still wakes the wait below.
+            self.woken.borrow_and_update();
+            let events = self.store.read_all(self.after, max).await?;
+            if let Some(last) = events.last() {
+                self.after = last.position;
+                return Ok(events);
+            }
+            tokio::select! {
+                changed = self.woken.changed() => {
+                    changed.map_err(|_| StoreError::SubscriptionClosed("the store was dropped".into()))?;
+                }
+                _ = tokio::time::sleep(CROSS_PROCESS_POLL) => {}
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, position: u64) -> Result<()> {
+        save_checkpoint(&self.store.writer, &self.name, position).await
+    }
+}

@@ -1,0 +1,527 @@
+//! The event store's contract, written once and run against every backend (the macro at the
+//! bottom instantiates each case for SQLite and for JetStream).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Barrier;
+use uuid::Uuid;
+use whatsnap_events::{AggregateKind, EventMetadata, LocationId, NewEvent, StreamId, TraceContext};
+use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError, SubscribeFrom};
+use whatsnap_testkit::{TestNats, TestSqlite};
+
+/// A backend under test: opening it again is what a restarted process does.
+#[async_trait]
+trait Backend: Send + Sync + 'static {
+    async fn open(&self) -> Arc<dyn EventStore>;
+}
+
+#[async_trait]
+impl Backend for TestSqlite {
+    async fn open(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.store().await.expect("sqlite store"))
+    }
+}
+
+#[async_trait]
+impl Backend for TestNats {
+    async fn open(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.store().await.expect("jetstream store"))
+    }
+}
+
+fn location() -> LocationId {
+    LocationId::parse("loc1").unwrap()
+}
+
+fn new_stream() -> StreamId {
+    StreamId::for_uuid(location(), AggregateKind::Contact, Uuid::now_v7())
+}
+
+fn event(n: usize) -> NewEvent {
+    NewEvent::raw("ContactTagged", format!(r#"{{"n":{n}}}"#))
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+fn wrong_version(err: &StoreError) -> (ExpectedVersion, u64) {
+    match err {
+        StoreError::WrongExpectedVersion {
+            expected, actual, ..
+        } => (*expected, *actual),
+        other => panic!("expected a version conflict, got {other}"),
+    }
+}
+
+async fn append_and_read_back_in_order(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    let mut first = events(0..3);
+    first[1].metadata = EventMetadata {
+        correlation_id: Uuid::now_v7(),
+        causation_id: Some(Uuid::now_v7()),
+        trace: TraceContext {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("congo=t61rcWkgMzE".into()),
+        },
+    };
+    first[2].schema_version = 3;
+    let outcome = store
+        .append(&stream, ExpectedVersion::NoStream, first.clone())
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 3);
+    assert!(!outcome.already_stored);
+    let outcome = store
+        .append(&stream, ExpectedVersion::Exact(3), events(3..5))
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 5);
+
+    let read = store.read_stream(&stream, 1, 100).await.unwrap();
+    assert_eq!(read.len(), 5);
+    for (i, recorded) in read.iter().enumerate() {
+        assert_eq!(recorded.version, i as u64 + 1);
+        assert_eq!(recorded.stream, stream);
+        assert_eq!(recorded.payload, format!(r#"{{"n":{i}}}"#).as_bytes());
+    }
+    assert!(read.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(read[4].position, outcome.position);
+    for (stored, sent) in read.iter().zip(&first) {
+        assert_eq!(stored.id, sent.id);
+        assert_eq!(stored.event_type, sent.event_type);
+        assert_eq!(stored.schema_version, sent.schema_version);
+        assert_eq!(stored.metadata, sent.metadata);
+        // Stores keep at least microseconds.
+        let drift = (stored.occurred_at - sent.occurred_at).num_microseconds().unwrap();
+        assert!(drift.abs() <= 1, "occurred_at drifted by {drift} µs");
+    }
+
+    let tail = store.read_stream(&stream, 4, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 5]);
+    let limited = store.read_stream(&stream, 2, 2).await.unwrap();
+    assert_eq!(limited.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    assert!(store.read_stream(&new_stream(), 1, 10).await.unwrap().is_empty());
+}
+
+async fn a_stale_expected_version_is_a_conflict_that_writes_nothing(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+
+    let err = store
+        .append(&stream, ExpectedVersion::NoStream, events(2..3))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_version(&err), (ExpectedVersion::NoStream, 2));
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(1), events(3..5))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(1), 2));
+    assert!(err.is_conflict());
+    assert!(err.to_string().contains("at version 2, the append expected version 1"), "{err}");
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(7), events(5..6))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(7), 2));
+    let err = store
+        .append(&new_stream(), ExpectedVersion::Exact(1), events(6..7))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(1), 0));
+
+    assert_eq!(store.read_stream(&stream, 1, 100).await.unwrap().len(), 2);
+}
+
+async fn one_of_eight_concurrent_writers_wins_each_round(backend: &dyn Backend) {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 20;
+    let stream = new_stream();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        // Each writer has its own connection, as separate processes would.
+        let store = backend.open().await;
+        let stream = stream.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0;
+            for round in 0..ROUNDS {
+                barrier.wait().await;
+                let event = event(writer);
+                let id = event.id;
+                match store
+                    .append(&stream, ExpectedVersion::Exact(round), vec![event])
+                    .await
+                {
+                    Ok(outcome) => {
+                        assert_eq!(outcome.version, round + 1);
+                        won.push((round, id));
+                    }
+                    Err(err) => {
+                        assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(round), round + 1));
+                        conflicts += 1;
+                    }
+                }
+                // Everyone has tried before the next round starts.
+                barrier.wait().await;
+            }
+            (won, conflicts)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (won, lost) = task.await.unwrap();
+        winners.extend(won);
+        conflicts += lost;
+    }
+    winners.sort();
+    assert_eq!(
+        winners.iter().map(|(round, _)| *round).collect::<Vec<_>>(),
+        (0..ROUNDS).collect::<Vec<_>>(),
+        "exactly one winner per round"
+    );
+    assert_eq!(conflicts, (WRITERS as u64 - 1) * ROUNDS);
+    let stored = backend.open().await.read_stream(&stream, 1, 1000).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.id).collect::<Vec<_>>(),
+        winners.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        "the stream holds each winner once, in round order, and nothing else"
+    );
+}
+
+async fn appending_the_same_event_ids_twice_stores_them_once(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    let batch = events(0..2);
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!((again.version, again.position), (first.version, first.position));
+
+    let single = vec![event(2)];
+    store
+        .append(&stream, ExpectedVersion::Exact(2), single.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::Exact(2), single.clone())
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!(again.version, 3);
+
+    let any = vec![event(3)];
+    store
+        .append(&stream, ExpectedVersion::Any, any.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::Any, any.clone())
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!(again.version, 4);
+
+    let any_batch = events(4..6);
+    store
+        .append(&stream, ExpectedVersion::Any, any_batch.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::Any, any_batch)
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!(again.version, 6);
+
+    // Half a retry is neither a retry nor a new append.
+    let mixed = vec![single[0].clone(), event(9)];
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(2), mixed)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PartiallyStored { .. }), "{err}");
+
+    let stored = store.read_stream(&stream, 1, 100).await.unwrap();
+    assert_eq!(stored.len(), 6);
+    let ids: HashSet<_> = stored.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 6);
+}
+
+async fn read_all_returns_every_stream_in_append_order(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let start = store.head_position().await.unwrap();
+    let streams = [new_stream(), new_stream(), new_stream()];
+    let mut appended = Vec::new();
+    for round in 0..4u64 {
+        for (i, stream) in streams.iter().enumerate() {
+            // Interleaved subjects, each with an exact expectation, alternating single events
+            // and batches (nats-server #7361 validated the wrong subject here).
+            let batch = if i == 1 { events(0..2) } else { events(0..1) };
+            let expected = if round == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(round * batch.len() as u64)
+            };
+            appended.extend(batch.iter().map(|e| e.id));
+            store.append(stream, expected, batch).await.unwrap();
+        }
+    }
+    let all = store.read_all(start, 1000).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), appended);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(store.head_position().await.unwrap(), all.last().unwrap().position);
+
+    let after_third = all[2].position;
+    let rest = store.read_all(after_third, 1000).await.unwrap();
+    assert_eq!(rest.len(), all.len() - 3);
+    assert_eq!(rest[0].id, all[3].id);
+    let page = store.read_all(start, 5).await.unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(store.read_all(all.last().unwrap().position, 10).await.unwrap().is_empty());
+}
+
+async fn a_catch_up_subscription_sees_events_from_before_and_after_it_started(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    let before = events(0..5);
+    store
+        .append(&stream, ExpectedVersion::NoStream, before.clone())
+        .await
+        .unwrap();
+    let mut subscription = store
+        .subscribe("catch_up", SubscribeFrom::Checkpoint)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(subscription.next().await.unwrap());
+    }
+
+    let writer = backend.open().await;
+    let after = events(5..10);
+    let appended = after.clone();
+    let stream_for_writer = stream.clone();
+    tokio::spawn(async move {
+        for (i, event) in appended.into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            writer
+                .append(&stream_for_writer, ExpectedVersion::Exact(5 + i as u64), vec![event])
+                .await
+                .unwrap();
+        }
+    });
+    for _ in 0..5 {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("a live event arrives")
+            .unwrap();
+        seen.push(event);
+    }
+    let expected: Vec<_> = before.iter().chain(&after).map(|e| e.id).collect();
+    assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), expected);
+    assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
+}
+
+async fn a_durable_checkpoint_survives_a_restart_of_the_subscriber(backend: &dyn Backend) {
+    let stream = new_stream();
+    let appended = events(0..10);
+    {
+        let store = backend.open().await;
+        store
+            .append(&stream, ExpectedVersion::NoStream, appended.clone())
+            .await
+            .unwrap();
+        let mut subscription = store
+            .subscribe("durable", SubscribeFrom::Checkpoint)
+            .await
+            .unwrap();
+        let mut handled = Vec::new();
+        for _ in 0..4 {
+            handled.push(subscription.next().await.unwrap());
+        }
+        // Two more were received but not handled: they must come again.
+        subscription.next().await.unwrap();
+        subscription.next().await.unwrap();
+        subscription.checkpoint(handled[3].position).await.unwrap();
+    }
+
+    // A new process: a new store and a new subscription of the same name.
+    let store = backend.open().await;
+    let mut subscription = store
+        .subscribe("durable", SubscribeFrom::Checkpoint)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..6 {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("resumes at once")
+            .unwrap();
+        rest.push(event.id);
+    }
+    assert_eq!(rest, appended[4..].iter().map(|e| e.id).collect::<Vec<_>>());
+
+    // Replay from zero on demand.
+    let mut replay = store
+        .subscribe("durable", SubscribeFrom::After(0))
+        .await
+        .unwrap();
+    assert_eq!(replay.next().await.unwrap().id, appended[0].id);
+}
+
+async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events(0..3))
+        .await
+        .unwrap();
+
+    // Refused batches store none of their events.
+    let stale = store
+        .append(&stream, ExpectedVersion::Exact(1), events(3..6))
+        .await
+        .unwrap_err();
+    assert!(stale.is_conflict());
+    let elsewhere = new_stream();
+    let taken = event(7);
+    store
+        .append(&elsewhere, ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .unwrap();
+    let mut reuses_an_id = events(8..11);
+    reuses_an_id[2] = taken;
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(3), reuses_an_id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PartiallyStored { .. } | StoreError::InvalidAppend { .. }),
+        "{err}"
+    );
+    let mut twice = events(11..13);
+    twice[1].id = twice[0].id;
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(3), twice)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend { .. }), "{err}");
+    assert!(
+        store
+            .append(&stream, ExpectedVersion::Any, Vec::new())
+            .await
+            .is_err()
+    );
+    assert_eq!(store.read_stream(&stream, 1, 100).await.unwrap().len(), 3);
+
+    // A reader never sees part of a batch.
+    const BATCH: usize = 50;
+    let reader_store = backend.open().await;
+    let watched = new_stream();
+    let reader_stream = watched.clone();
+    let reader = tokio::spawn(async move {
+        let mut observed = HashSet::new();
+        loop {
+            let len = reader_store.read_stream(&reader_stream, 1, 10_000).await.unwrap().len();
+            observed.insert(len);
+            if len == BATCH * 10 {
+                return observed;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    for round in 0..10u64 {
+        let expected = ExpectedVersion::Exact(round * BATCH as u64);
+        store
+            .append(&watched, expected, events(0..BATCH))
+            .await
+            .unwrap();
+    }
+    let observed = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        observed.iter().all(|len| len % BATCH == 0),
+        "a reader saw a partial batch: {observed:?}"
+    );
+    let stored = store.read_stream(&watched, 1, 10_000).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=(BATCH as u64 * 10)).collect::<Vec<_>>()
+    );
+}
+
+async fn bad_requests_are_refused_with_a_reason(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let stream = new_stream();
+    let err = store
+        .append(&stream, ExpectedVersion::Any, Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no events"), "{err}");
+    let err = store
+        .append(&stream, ExpectedVersion::Any, events(0..1001))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 1000"), "{err}");
+    let err = store
+        .subscribe("has.dots", SubscribeFrom::Checkpoint)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::InvalidSubscriptionName { .. }), "{err}");
+    assert!(store.read_stream(&stream, 1, 10).await.unwrap().is_empty());
+}
+
+macro_rules! conformance {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! case {
+                ($case:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() {
+                        let fixture = $fixture;
+                        super::$case(&fixture).await;
+                    }
+                };
+            }
+
+            case!(append_and_read_back_in_order);
+            case!(a_stale_expected_version_is_a_conflict_that_writes_nothing);
+            case!(one_of_eight_concurrent_writers_wins_each_round);
+            case!(appending_the_same_event_ids_twice_stores_them_once);
+            case!(read_all_returns_every_stream_in_append_order);
+            case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);
+            case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
+            case!(a_multi_event_append_is_all_or_nothing);
+            case!(bad_requests_are_refused_with_a_reason);
+        }
+    };
+}
+
+conformance!(sqlite, TestSqlite::new().unwrap());
+conformance!(jetstream, TestNats::new().await.unwrap());
