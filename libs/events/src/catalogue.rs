@@ -376,8 +376,8 @@ mod tests {
             tag: "whatsnap-account-sales".into(),
             source: TagSource::Account,
         });
-        let decoded = Event::decode(event.event_type(), event.schema_version(), &event.encode())
-            .unwrap();
+        let decoded =
+            Event::decode(event.event_type(), event.schema_version(), &event.encode()).unwrap();
         assert_eq!(decoded, event);
     }
 
@@ -386,7 +386,17 @@ mod tests {
         let err = Event::decode("Nope", 1, b"{}").unwrap_err();
         assert_eq!(err.to_string(), "unknown event type \"Nope\"");
         let err = Event::decode("ContactTagged", 9, b"{}").unwrap_err();
-        assert!(matches!(err, DecodeError::FutureVersion { found: 9, known: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::FutureVersion {
+                    found: 9,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

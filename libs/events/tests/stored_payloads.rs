@@ -15,7 +15,11 @@ fn fixtures() -> Vec<(String, u32, Vec<u8>)> {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         let (event_type, rest) = name.split_once(".v").expect("<Type>.v<N>.json");
         let version: u32 = rest.trim_end_matches(".json").parse().expect("version");
-        out.push((event_type.to_owned(), version, std::fs::read(&path).unwrap()));
+        out.push((
+            event_type.to_owned(),
+            version,
+            std::fs::read(&path).unwrap(),
+        ));
     }
     out
 }

@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::message::Acker;
-use async_nats::jetstream::stream::{
-    self, DiscardPolicy, RetentionPolicy, StorageType,
-};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, ErrorCode};
 use async_nats::{HeaderMap, Subject};
 use async_trait::async_trait;
@@ -121,7 +119,11 @@ fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim_start_matches('v');
     let core = core.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Refuses servers that would accept the store's headers and silently ignore them.
@@ -210,8 +212,7 @@ impl JetStreamEventStore {
 
     pub async fn with_client(client: async_nats::Client, config: &JetStreamConfig) -> Result<Self> {
         check_server_version(&client.server_info().version)?;
-        if config.subject_prefix.is_empty()
-            || config.subject_prefix.contains(['.', '*', '>', ' '])
+        if config.subject_prefix.is_empty() || config.subject_prefix.contains(['.', '*', '>', ' '])
         {
             return Err(StoreError::Unsupported(format!(
                 "subject prefix {:?} must be one subject token",
@@ -391,7 +392,13 @@ impl JetStreamEventStore {
         })
     }
 
-    fn decode(&self, subject: &str, sequence: u64, headers: Option<&HeaderMap>, payload: Bytes) -> Result<RecordedEvent> {
+    fn decode(
+        &self,
+        subject: &str,
+        sequence: u64,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Result<RecordedEvent> {
         decode_message(&self.prefix, subject, sequence, headers, payload)
     }
 
@@ -407,7 +414,11 @@ impl JetStreamEventStore {
             StoreError::backend("reading events from JetStream", e)
         }
         let inbox = self.client.new_inbox();
-        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(backend)?;
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(backend)?;
         let request = serde_json::json!({
             "seq": from_sequence.max(1),
             "batch": batch,
@@ -415,7 +426,10 @@ impl JetStreamEventStore {
         });
         self.client
             .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", self.stream.cached_info().config.name),
+                format!(
+                    "$JS.API.DIRECT.GET.{}",
+                    self.stream.cached_info().config.name
+                ),
                 inbox,
                 Bytes::from(request.to_string()),
             )
@@ -426,7 +440,9 @@ impl JetStreamEventStore {
             let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
                 .await
                 .map_err(|_| StoreError::backend("reading events from JetStream", "timed out"))?
-                .ok_or_else(|| StoreError::backend("reading events from JetStream", "subscription closed"))?;
+                .ok_or_else(|| {
+                    StoreError::backend("reading events from JetStream", "subscription closed")
+                })?;
             match reply.status.map(|s| s.as_u16()) {
                 // End of batch: the server says how many matching messages remain.
                 Some(204) => {
@@ -455,7 +471,12 @@ impl JetStreamEventStore {
             let sequence = headers
                 .and_then(|h| header(h, "Nats-Sequence"))
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::backend("reading events from JetStream", "direct get reply without a sequence"))?;
+                .ok_or_else(|| {
+                    StoreError::backend(
+                        "reading events from JetStream",
+                        "direct get reply without a sequence",
+                    )
+                })?;
             events.push(self.decode(&subject, sequence, headers, reply.payload)?);
         }
     }
@@ -494,9 +515,8 @@ fn decode_message(
     };
     let empty = HeaderMap::new();
     let headers = headers.unwrap_or(&empty);
-    let required = |name: &str| {
-        header(headers, name).ok_or_else(|| corrupt(format!("no {name} header")))
-    };
+    let required =
+        |name: &str| header(headers, name).ok_or_else(|| corrupt(format!("no {name} header")));
     let stream = subject
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('.'))
@@ -557,7 +577,10 @@ impl EventStore for JetStreamEventStore {
                 }
                 _ => {}
             }
-            match self.publish(&subject, actual + 1, last_sequence, &events).await {
+            match self
+                .publish(&subject, actual + 1, last_sequence, &events)
+                .await
+            {
                 Ok(ack) if ack.duplicate => {
                     if ack.sequence == 0 {
                         // A duplicate still in flight on a cluster: its outcome is unknown yet.
@@ -658,10 +681,7 @@ impl EventStore for JetStreamEventStore {
             (SubscribeFrom::Checkpoint, _) => None,
         };
         if let (Some(_), Some(_)) = (start_after, &existing) {
-            self.stream
-                .delete_consumer(name)
-                .await
-                .map_err(backend)?;
+            self.stream.delete_consumer(name).await.map_err(backend)?;
         }
         let deliver_policy = match start_after {
             Some(0) | None => DeliverPolicy::All,

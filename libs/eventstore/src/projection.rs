@@ -1,0 +1,279 @@
+//! Read models are projections of the log. A [`ProjectionRunner`] feeds a [`Projection`] the
+//! events after its checkpoint and, for each batch, applies the events and stores the new
+//! checkpoint in one database transaction: a crash at any point leaves the read model either
+//! before or after the whole batch, never half way, so no effect is lost or repeated.
+//!
+//! The read model lives in PostgreSQL in the distributed setup and in SQLite in the embedded
+//! one; the runner works with either through [`CheckpointTable`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::{Database, Pool, Postgres, Sqlite};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use whatsnap_events::RecordedEvent;
+
+use crate::{EventStore, StoreError, SubscribeFrom};
+
+/// Why a projection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("projection {projection}: read model database: {source}")]
+    Database {
+        projection: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("projection {projection} cannot apply {event_type} at position {position}: {reason}")]
+    Apply {
+        projection: String,
+        event_type: String,
+        position: u64,
+        reason: String,
+    },
+}
+
+/// A read model built from events. `apply` runs inside the runner's transaction and must do all
+/// its writes through the connection it is given.
+#[async_trait]
+pub trait Projection<DB: Database>: Send + Sync + 'static {
+    /// A stable name: the key of the checkpoint and the name of the subscription.
+    fn name(&self) -> &str;
+
+    /// Creates the read model's tables if they are missing.
+    async fn migrate(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
+
+    /// Applies one event; an error rolls back the whole batch and stops the runner.
+    async fn apply(
+        &self,
+        conn: &mut DB::Connection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError>;
+
+    /// Removes everything the projection wrote, for a rebuild from zero.
+    async fn reset(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
+}
+
+/// Why a projection could not apply an event.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a database keeps projection checkpoints.
+#[async_trait]
+pub trait CheckpointTable: Database {
+    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
+    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
+    async fn save_checkpoint(
+        conn: &mut Self::Connection,
+        name: &str,
+        position: u64,
+    ) -> sqlx::Result<()>;
+}
+
+const CREATE_CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
+     name TEXT PRIMARY KEY, position BIGINT NOT NULL)";
+
+#[async_trait]
+impl CheckpointTable for Postgres {
+    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
+        sqlx::query(CREATE_CHECKPOINTS)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(conn)
+                .await?;
+        Ok(position.map(|p| p as u64))
+    }
+
+    async fn save_checkpoint(
+        conn: &mut Self::Connection,
+        name: &str,
+        position: u64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+        )
+        .bind(name)
+        .bind(position as i64)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+}
+
+#[async_trait]
+impl CheckpointTable for Sqlite {
+    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
+        sqlx::query(CREATE_CHECKPOINTS)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(conn)
+                .await?;
+        Ok(position.map(|p| p as u64))
+    }
+
+    async fn save_checkpoint(
+        conn: &mut Self::Connection,
+        name: &str,
+        position: u64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(position as i64)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+}
+
+/// Runs one projection: one in-order worker, batches of events, one transaction a batch.
+pub struct ProjectionRunner<DB: CheckpointTable> {
+    store: Arc<dyn EventStore>,
+    pool: Pool<DB>,
+    projection: Arc<dyn Projection<DB>>,
+    batch_size: usize,
+    progress: watch::Sender<u64>,
+}
+
+impl<DB: CheckpointTable> ProjectionRunner<DB> {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        pool: Pool<DB>,
+        projection: Arc<dyn Projection<DB>>,
+    ) -> Self {
+        Self {
+            store,
+            pool,
+            projection,
+            batch_size: 100,
+            progress: watch::channel(0).0,
+        }
+    }
+
+    /// At most this many events per transaction (default 100).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The position the read model has reached, updated after every commit.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    fn db_error(&self, source: sqlx::Error) -> ProjectionError {
+        ProjectionError::Database {
+            projection: self.projection.name().to_owned(),
+            source,
+        }
+    }
+
+    /// Creates the read model and checkpoint tables; returns the checkpoint.
+    pub async fn prepare(&self) -> Result<u64, ProjectionError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        DB::create_checkpoint_table(&mut tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        self.projection
+            .migrate(&mut tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let checkpoint = DB::load_checkpoint(&mut tx, self.projection.name())
+            .await
+            .map_err(|e| self.db_error(e))?
+            .unwrap_or(0);
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(checkpoint)
+    }
+
+    /// Empties the read model and its checkpoint in one transaction, so that the next run
+    /// rebuilds it from the first event.
+    pub async fn rebuild(&self) -> Result<(), ProjectionError> {
+        self.prepare().await?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        self.projection
+            .reset(&mut tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        DB::save_checkpoint(&mut tx, self.projection.name(), 0)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        self.progress.send_replace(0);
+        info!(
+            projection = self.projection.name(),
+            "read model reset for a rebuild"
+        );
+        Ok(())
+    }
+
+    /// Applies events as they come until `shutdown` resolves or an error stops it.
+    pub async fn run_until(
+        &self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProjectionError> {
+        let name = self.projection.name().to_owned();
+        let mut checkpoint = self.prepare().await?;
+        self.progress.send_replace(checkpoint);
+        // The read model's checkpoint is the truth; the store's subscription is moved to it.
+        let mut subscription = self
+            .store
+            .subscribe(&name, SubscribeFrom::After(checkpoint))
+            .await?;
+        info!(projection = %name, checkpoint, "projection started");
+        tokio::pin!(shutdown);
+        loop {
+            let batch = tokio::select! {
+                () = &mut shutdown => break,
+                batch = subscription.next_batch(self.batch_size) => batch?,
+            };
+            let Some(last) = batch.last().map(|e| e.position) else {
+                continue;
+            };
+            let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+            for event in batch.iter().filter(|e| e.position > checkpoint) {
+                self.projection.apply(&mut tx, event).await.map_err(|e| {
+                    ProjectionError::Apply {
+                        projection: name.clone(),
+                        event_type: event.event_type.clone(),
+                        position: event.position,
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+            DB::save_checkpoint(&mut tx, &name, last)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            tx.commit().await.map_err(|e| self.db_error(e))?;
+            checkpoint = last;
+            self.progress.send_replace(checkpoint);
+            // Only a hint for the store: after a failure here the next start resumes from the
+            // read model's checkpoint anyway.
+            if let Err(err) = subscription.checkpoint(last).await {
+                warn!(projection = %name, position = last, error = %err, "subscription checkpoint not saved");
+            }
+        }
+        info!(projection = %name, checkpoint, "projection stopped");
+        Ok(())
+    }
+}

@@ -97,15 +97,26 @@ async fn append_and_read_back_in_order(backend: &dyn Backend) {
         assert_eq!(stored.schema_version, sent.schema_version);
         assert_eq!(stored.metadata, sent.metadata);
         // Stores keep at least microseconds.
-        let drift = (stored.occurred_at - sent.occurred_at).num_microseconds().unwrap();
+        let drift = (stored.occurred_at - sent.occurred_at)
+            .num_microseconds()
+            .unwrap();
         assert!(drift.abs() <= 1, "occurred_at drifted by {drift} µs");
     }
 
     let tail = store.read_stream(&stream, 4, 100).await.unwrap();
     assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 5]);
     let limited = store.read_stream(&stream, 2, 2).await.unwrap();
-    assert_eq!(limited.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    assert!(store.read_stream(&new_stream(), 1, 10).await.unwrap().is_empty());
+    assert_eq!(
+        limited.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert!(
+        store
+            .read_stream(&new_stream(), 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_stale_expected_version_is_a_conflict_that_writes_nothing(backend: &dyn Backend) {
@@ -127,7 +138,11 @@ async fn a_stale_expected_version_is_a_conflict_that_writes_nothing(backend: &dy
         .unwrap_err();
     assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(1), 2));
     assert!(err.is_conflict());
-    assert!(err.to_string().contains("at version 2, the append expected version 1"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("at version 2, the append expected version 1"),
+        "{err}"
+    );
     let err = store
         .append(&stream, ExpectedVersion::Exact(7), events(5..6))
         .await
@@ -169,7 +184,10 @@ async fn one_of_eight_concurrent_writers_wins_each_round(backend: &dyn Backend) 
                         won.push((round, id));
                     }
                     Err(err) => {
-                        assert_eq!(wrong_version(&err), (ExpectedVersion::Exact(round), round + 1));
+                        assert_eq!(
+                            wrong_version(&err),
+                            (ExpectedVersion::Exact(round), round + 1)
+                        );
                         conflicts += 1;
                     }
                 }
@@ -193,7 +211,12 @@ async fn one_of_eight_concurrent_writers_wins_each_round(backend: &dyn Backend) 
         "exactly one winner per round"
     );
     assert_eq!(conflicts, (WRITERS as u64 - 1) * ROUNDS);
-    let stored = backend.open().await.read_stream(&stream, 1, 1000).await.unwrap();
+    let stored = backend
+        .open()
+        .await
+        .read_stream(&stream, 1, 1000)
+        .await
+        .unwrap();
     assert_eq!(
         stored.iter().map(|e| e.id).collect::<Vec<_>>(),
         winners.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
@@ -214,7 +237,10 @@ async fn appending_the_same_event_ids_twice_stores_them_once(backend: &dyn Backe
         .await
         .unwrap();
     assert!(again.already_stored);
-    assert_eq!((again.version, again.position), (first.version, first.position));
+    assert_eq!(
+        (again.version, again.position),
+        (first.version, first.position)
+    );
 
     let single = vec![event(2)];
     store
@@ -288,7 +314,10 @@ async fn read_all_returns_every_stream_in_append_order(backend: &dyn Backend) {
     let all = store.read_all(start, 1000).await.unwrap();
     assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), appended);
     assert!(all.windows(2).all(|w| w[0].position < w[1].position));
-    assert_eq!(store.head_position().await.unwrap(), all.last().unwrap().position);
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        all.last().unwrap().position
+    );
 
     let after_third = all[2].position;
     let rest = store.read_all(after_third, 1000).await.unwrap();
@@ -296,7 +325,13 @@ async fn read_all_returns_every_stream_in_append_order(backend: &dyn Backend) {
     assert_eq!(rest[0].id, all[3].id);
     let page = store.read_all(start, 5).await.unwrap();
     assert_eq!(page.len(), 5);
-    assert!(store.read_all(all.last().unwrap().position, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_all(all.last().unwrap().position, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_catch_up_subscription_sees_events_from_before_and_after_it_started(
@@ -326,7 +361,11 @@ async fn a_catch_up_subscription_sees_events_from_before_and_after_it_started(
         for (i, event) in appended.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_millis(5)).await;
             writer
-                .append(&stream_for_writer, ExpectedVersion::Exact(5 + i as u64), vec![event])
+                .append(
+                    &stream_for_writer,
+                    ExpectedVersion::Exact(5 + i as u64),
+                    vec![event],
+                )
                 .await
                 .unwrap();
         }
@@ -417,7 +456,10 @@ async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::PartiallyStored { .. } | StoreError::InvalidAppend { .. }),
+        matches!(
+            err,
+            StoreError::PartiallyStored { .. } | StoreError::InvalidAppend { .. }
+        ),
         "{err}"
     );
     let mut twice = events(11..13);
@@ -443,7 +485,11 @@ async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
     let reader = tokio::spawn(async move {
         let mut observed = HashSet::new();
         loop {
-            let len = reader_store.read_stream(&reader_stream, 1, 10_000).await.unwrap().len();
+            let len = reader_store
+                .read_stream(&reader_stream, 1, 10_000)
+                .await
+                .unwrap()
+                .len();
             observed.insert(len);
             if len == BATCH * 10 {
                 return observed;
@@ -491,7 +537,10 @@ async fn bad_requests_are_refused_with_a_reason(backend: &dyn Backend) {
         .await
         .err()
         .unwrap();
-    assert!(matches!(err, StoreError::InvalidSubscriptionName { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::InvalidSubscriptionName { .. }),
+        "{err}"
+    );
     assert!(store.read_stream(&stream, 1, 10).await.unwrap().is_empty());
 }
 

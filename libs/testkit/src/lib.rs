@@ -17,7 +17,9 @@ use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
+use whatsnap_events::RecordedEvent;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
 
 pub const NATS_URL_VAR: &str = "WHATSNAP_TEST_NATS_URL";
@@ -191,7 +193,10 @@ impl Drop for TestPostgres {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let pool = PgPoolOptions::new().max_connections(1).connect(&url).await?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await?;
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                     .execute(&pool)
                     .await?;
@@ -210,7 +215,9 @@ pub struct TestSqlite {
 
 impl TestSqlite {
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("whatsnap-test-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("whatsnap-test-")
+            .tempdir()?;
         let config = SqliteConfig::new(dir.path().join("whatsnap.db"));
         Ok(Self { dir, config })
     }
@@ -219,3 +226,126 @@ impl TestSqlite {
         Ok(SqliteEventStore::open(&self.config).await?)
     }
 }
+
+/// A read model whose effect is countable: every applied event inserts a row keyed by its id
+/// (a second application would violate the key) and adds one to a total, so "each event exactly
+/// once" is `total == rows == events`.
+pub struct CountingProjection {
+    pub name: String,
+    /// Time spent inside the transaction per event, to widen the window for a crash.
+    pub pause_per_event: Duration,
+}
+
+impl CountingProjection {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            pause_per_event: Duration::ZERO,
+        }
+    }
+}
+
+/// What a [`CountingProjection`] has recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub rows: i64,
+    pub total: i64,
+}
+
+macro_rules! counting_projection_for {
+    ($db:ty, $counted:ident) => {
+        #[async_trait::async_trait]
+        impl Projection<$db> for CountingProjection {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            async fn migrate(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+            ) -> sqlx::Result<()> {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS counted_events (\
+                     event_id TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS counted_totals (\
+                     projection TEXT PRIMARY KEY, total BIGINT NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO counted_totals (projection, total) VALUES ($1, 0) \
+                     ON CONFLICT (projection) DO NOTHING",
+                )
+                .bind(&self.name)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn apply(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                event: &RecordedEvent,
+            ) -> Result<(), ApplyError> {
+                if event.payload.as_ref() == b"poison" {
+                    return Err("poison event".into());
+                }
+                sqlx::query("INSERT INTO counted_events (event_id, position) VALUES ($1, $2)")
+                    .bind(event.id.to_string())
+                    .bind(event.position as i64)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE counted_totals SET total = total + 1 WHERE projection = $1")
+                    .bind(&self.name)
+                    .execute(&mut *conn)
+                    .await?;
+                if !self.pause_per_event.is_zero() {
+                    tokio::time::sleep(self.pause_per_event).await;
+                }
+                Ok(())
+            }
+
+            async fn reset(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+            ) -> sqlx::Result<()> {
+                sqlx::query("DELETE FROM counted_events")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE counted_totals SET total = 0 WHERE projection = $1")
+                    .bind(&self.name)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        impl CountingProjection {
+            /// What the read model holds now; zero before the first run created its tables.
+            pub async fn $counted(&self, pool: &sqlx::Pool<$db>) -> Counted {
+                let rows: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM counted_events")
+                    .fetch_one(pool)
+                    .await
+                    .ok();
+                let total: Option<i64> =
+                    sqlx::query_scalar("SELECT total FROM counted_totals WHERE projection = $1")
+                        .bind(&self.name)
+                        .fetch_optional(pool)
+                        .await
+                        .ok()
+                        .flatten();
+                Counted {
+                    rows: rows.unwrap_or(0),
+                    total: total.unwrap_or(0),
+                }
+            }
+        }
+    };
+}
+
+counting_projection_for!(sqlx::Postgres, counted_in_postgres);
+counting_projection_for!(sqlx::Sqlite, counted_in_sqlite);
