@@ -1,1 +1,2 @@
-
+//! End-to-end tests of whatsnap: real processes, real NATS, real PostgreSQL. The binaries in
+//! `src/bin/` are the processes the tests start and kill.

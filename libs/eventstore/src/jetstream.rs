@@ -14,8 +14,10 @@
 //! Start-up refuses a server older than 2.12 and a stream whose settings differ from the ones
 //! asked for: NATS 2.9 accepts the batch headers and silently ignores them.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
@@ -113,7 +115,14 @@ pub struct JetStreamEventStore {
     context: js::Context,
     stream: stream::Stream,
     prefix: String,
+    /// The last (sequence, version) this process wrote per subject. An append that expects
+    /// exactly that version publishes on this guess without reading the subject first; a stale
+    /// guess is refused by the server's expected-sequence check and the append reads and retries.
+    heads: Arc<Mutex<HashMap<String, (u64, u64)>>>,
 }
+
+/// How many subjects' heads are remembered before the memory is cleared.
+const MAX_REMEMBERED_HEADS: usize = 100_000;
 
 fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim_start_matches('v');
@@ -248,7 +257,20 @@ impl JetStreamEventStore {
             context,
             stream,
             prefix: config.subject_prefix.clone(),
+            heads: Arc::default(),
         })
+    }
+
+    fn remembered_head(&self, subject: &str) -> Option<(u64, u64)> {
+        self.heads.lock().expect("heads lock").get(subject).copied()
+    }
+
+    fn remember_head(&self, subject: String, sequence: u64, version: u64) {
+        let mut heads = self.heads.lock().expect("heads lock");
+        if heads.len() >= MAX_REMEMBERED_HEADS {
+            heads.clear();
+        }
+        heads.insert(subject, (sequence, version));
     }
 
     fn subject(&self, stream: &StreamId) -> String {
@@ -561,8 +583,19 @@ impl EventStore for JetStreamEventStore {
     ) -> Result<AppendOutcome> {
         check_append(stream, &events)?;
         let subject = self.subject(stream);
-        for _ in 0..ANY_RETRIES {
-            let (last_sequence, actual) = self.last_on_subject(&subject).await?;
+        for attempt in 0..ANY_RETRIES {
+            let guess = (attempt == 0)
+                .then(|| self.remembered_head(&subject))
+                .flatten()
+                .filter(|(_, version)| {
+                    expected
+                        .as_version()
+                        .is_none_or(|wanted| wanted == *version)
+                });
+            let (last_sequence, actual) = match guess {
+                Some(head) => head,
+                None => self.last_on_subject(&subject).await?,
+            };
             match expected.as_version() {
                 Some(v) if v < actual => {
                     let stored = self.read_stream(stream, v + 1, events.len()).await?;
@@ -590,8 +623,10 @@ impl EventStore for JetStreamEventStore {
                     return self.judge_stored(stream, expected, &events).await;
                 }
                 Ok(ack) => {
+                    let version = actual + events.len() as u64;
+                    self.remember_head(subject, ack.sequence, version);
                     return Ok(AppendOutcome {
-                        version: actual + events.len() as u64,
+                        version,
                         position: ack.sequence,
                         already_stored: false,
                     });

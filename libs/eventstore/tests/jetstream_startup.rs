@@ -36,13 +36,10 @@ async fn a_stream_without_atomic_batches_or_immutability_is_refused() {
     }
 }
 
-/// Debian's NATS 2.9 accepts the batch and expected-sequence headers and ignores them. CI points
-/// `WHATSNAP_TEST_OLD_NATS_URL` at it (the machine's nats-server on 4222).
+/// Debian's NATS 2.9 accepts the batch and expected-sequence headers and ignores them.
 #[tokio::test]
 async fn a_nats_server_older_than_2_12_is_refused() {
-    let Ok(url) = std::env::var("WHATSNAP_TEST_OLD_NATS_URL") else {
-        panic!("set WHATSNAP_TEST_OLD_NATS_URL to a NATS 2.9 server (bash .ci/run does)");
-    };
+    let url = whatsnap_testkit::old_nats_url().await.unwrap();
     let err = JetStreamEventStore::connect(&JetStreamConfig::new(url))
         .await
         .err()

@@ -24,6 +24,8 @@ use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
 
 pub const NATS_URL_VAR: &str = "WHATSNAP_TEST_NATS_URL";
 pub const DATABASE_URL_VAR: &str = "WHATSNAP_TEST_DATABASE_URL";
+/// A NATS server older than 2.12 (Debian's 2.9), which the event store must refuse.
+pub const OLD_NATS_URL_VAR: &str = "WHATSNAP_TEST_OLD_NATS_URL";
 
 /// A short unique token for names of streams, prefixes and schemas.
 pub fn unique_token() -> String {
@@ -38,6 +40,7 @@ struct Started<I: testcontainers_modules::testcontainers::Image> {
 
 static NATS_CONTAINER: OnceCell<Started<Nats>> = OnceCell::const_new();
 static POSTGRES_CONTAINER: OnceCell<Started<Postgres>> = OnceCell::const_new();
+static OLD_NATS_CONTAINER: OnceCell<Started<Nats>> = OnceCell::const_new();
 
 fn no_server(what: &str, var: &str, err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!(
@@ -59,6 +62,29 @@ pub async fn nats_url() -> anyhow::Result<String> {
                 .start()
                 .await
                 .map_err(|e| no_server("NATS server", NATS_URL_VAR, e))?;
+            let port = container.get_host_port_ipv4(4222).await?;
+            anyhow::Ok(Started {
+                url: format!("nats://127.0.0.1:{port}"),
+                _container: container,
+            })
+        })
+        .await?;
+    Ok(started.url.clone())
+}
+
+/// The URL of a NATS 2.9 server with JetStream, to show that the store refuses it.
+pub async fn old_nats_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var(OLD_NATS_URL_VAR) {
+        return Ok(url);
+    }
+    let started = OLD_NATS_CONTAINER
+        .get_or_try_init(|| async {
+            let container = Nats::default()
+                .with_cmd(&NatsServerCmd::default().with_jetstream())
+                .with_tag("2.9.10")
+                .start()
+                .await
+                .map_err(|e| no_server("NATS 2.9 server", OLD_NATS_URL_VAR, e))?;
             let port = container.get_host_port_ipv4(4222).await?;
             anyhow::Ok(Started {
                 url: format!("nats://127.0.0.1:{port}"),

@@ -1,0 +1,165 @@
+//! Given 10,000 stored events, when the projection process is killed with SIGKILL in the middle
+//! of applying them and started again, then the read model holds the effect of each event exactly
+//! once — on the embedded backend and on JetStream + PostgreSQL.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::{Pool, Postgres, Sqlite};
+use uuid::Uuid;
+use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_testkit::{Counted, CountingProjection, TestNats, TestPostgres, TestSqlite};
+
+const EVENTS: usize = 10_000;
+/// Time each event spends inside the projector's transaction, so that kills land mid-batch.
+const PAUSE_US: &str = "150";
+
+async fn append_events(store: &dyn EventStore) -> u64 {
+    let location = LocationId::parse("crashloc").unwrap();
+    let mut head = 0;
+    for chunk in 0..EVENTS / 100 {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
+        let events = (0..100)
+            .map(|i| NewEvent::raw("MessageDelivered", format!("{{\"n\":{}}}", chunk * 100 + i)))
+            .collect();
+        head = store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap()
+            .position;
+    }
+    head
+}
+
+fn projector(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_crash-projector"))
+        .args(args)
+        .spawn()
+        .expect("start crash-projector")
+}
+
+fn sigkill(mut child: Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+}
+
+/// The read model's checkpoint; `None` until the projector has created its tables.
+trait Checkpoint {
+    async fn checkpoint(&self) -> Option<u64>;
+}
+
+impl Checkpoint for Pool<Postgres> {
+    async fn checkpoint(&self) -> Option<u64> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT position FROM projection_checkpoints WHERE name = 'crash'",
+        )
+        .fetch_one(self)
+        .await
+        .ok()
+        .map(|p| p as u64)
+    }
+}
+
+impl Checkpoint for Pool<Sqlite> {
+    async fn checkpoint(&self) -> Option<u64> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT position FROM projection_checkpoints WHERE name = 'crash'",
+        )
+        .fetch_one(self)
+        .await
+        .ok()
+        .map(|p| p as u64)
+    }
+}
+
+async fn wait_for_checkpoint(pool: &impl Checkpoint, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(position) = pool.checkpoint().await.filter(|p| *p >= at_least) {
+            return position;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the projector made no progress to {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Kills the projector twice part way, then lets a third one finish.
+async fn kill_twice_then_finish(pool: &impl Checkpoint, head: u64, args: &[&str]) {
+    for fraction in [0.25, 0.6] {
+        let child = projector(args);
+        let reached = wait_for_checkpoint(pool, (head as f64 * fraction) as u64).await;
+        sigkill(child);
+        let at_kill = pool.checkpoint().await.unwrap();
+        assert!(
+            reached <= at_kill && at_kill < head,
+            "killed at {at_kill} of {head}: not mid-way"
+        );
+        eprintln!("SIGKILLed the projector with its checkpoint at position {at_kill} of {head}");
+    }
+    let child = projector(args);
+    wait_for_checkpoint(pool, head).await;
+    sigkill(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_projection_killed_mid_way_applies_each_event_exactly_once() {
+    let fixture = TestSqlite::new().unwrap();
+    let head = append_events(&fixture.store().await.unwrap()).await;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&fixture.config.path)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let file = fixture.config.path.to_str().unwrap();
+    kill_twice_then_finish(&pool, head, &["sqlite", file, PAUSE_US]).await;
+
+    let counted = CountingProjection::new("crash")
+        .counted_in_sqlite(&pool)
+        .await;
+    assert_eq!(
+        counted,
+        Counted {
+            rows: EVENTS as i64,
+            total: EVENTS as i64
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_projection_killed_mid_way_applies_each_event_exactly_once() {
+    let nats = TestNats::new().await.unwrap();
+    let pg = TestPostgres::new().await.unwrap();
+    let head = append_events(&nats.store().await.unwrap()).await;
+    let max_bytes = nats.config.max_bytes.to_string();
+    let args = [
+        "jetstream",
+        nats.config.url.as_str(),
+        nats.config.stream_name.as_str(),
+        nats.config.subject_prefix.as_str(),
+        max_bytes.as_str(),
+        pg.url.as_str(),
+        pg.schema.as_str(),
+        PAUSE_US,
+    ];
+    kill_twice_then_finish(&pg.pool, head, &args).await;
+
+    let counted = CountingProjection::new("crash")
+        .counted_in_postgres(&pg.pool)
+        .await;
+    assert_eq!(
+        counted,
+        Counted {
+            rows: EVENTS as i64,
+            total: EVENTS as i64
+        }
+    );
+}
