@@ -149,7 +149,7 @@ impl SqliteEventStore {
 
         match expected.as_version() {
             Some(v) if v < actual => {
-                let stored = select_stream(&mut *tx, &stream_text, v + 1, events.len()).await?;
+                let stored = select_stream(&mut tx, &stream_text, v + 1, events.len()).await?;
                 return judge_retry(stream, expected, actual, events, &stored);
             }
             Some(v) if v > actual => {
