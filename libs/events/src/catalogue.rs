@@ -23,6 +23,29 @@ pub enum AccountKind {
     Twilio,
 }
 
+impl AccountKind {
+    pub const ALL: [AccountKind; 4] = [
+        Self::Whatsapp,
+        Self::AndroidSms,
+        Self::Imessage,
+        Self::Twilio,
+    ];
+
+    /// The name used in events, read models and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Whatsapp => "whatsapp",
+            Self::AndroidSms => "android_sms",
+            Self::Imessage => "imessage",
+            Self::Twilio => "twilio",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
 /// A file sent along with a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {

@@ -23,8 +23,10 @@
 mod catalogue;
 mod envelope;
 mod ids;
+mod phone;
 pub mod upcast;
 
 pub use catalogue::*;
 pub use envelope::{DecodeError, EventMetadata, NewEvent, RecordedEvent, TraceContext};
 pub use ids::{AggregateKind, EventId, IdError, LocationId, StreamId};
+pub use phone::{PhoneError, PhoneNumber, contact_id_for, inbound_message_id_for};

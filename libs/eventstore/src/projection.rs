@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::{Database, Pool, Postgres, Sqlite};
+use sqlx::{Any, Database, Pool, Postgres, Sqlite};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use whatsnap_events::RecordedEvent;
@@ -47,6 +47,17 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     /// Creates the read model's tables if they are missing.
     async fn migrate(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
 
+    /// Acts on one event outside the read model — typically by appending the events a service
+    /// decides in reaction to it. Runs for every event of a batch, in order, before the batch's
+    /// transaction begins (a write transaction held open across an append would deadlock the
+    /// embedded backend, whose log and read models share one SQLite file). It runs again for the
+    /// events of a batch that did not commit, so it must be idempotent: decide from the log's
+    /// state and append with an expected version or a derived stream id.
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let _ = event;
+        Ok(())
+    }
+
     /// Applies one event; an error rolls back the whole batch and stops the runner.
     async fn apply(
         &self,
@@ -61,9 +72,15 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
 /// Why a projection could not apply an event.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where a database keeps projection checkpoints.
+/// Where a database keeps projection checkpoints, and how a projection transaction begins.
 #[async_trait]
 pub trait CheckpointTable: Database {
+    /// Begins a read-model transaction. SQLite takes the write lock up front: a transaction
+    /// that read first and wrote later would fail outright if another writer committed between.
+    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
+        pool.begin().await
+    }
+
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
     async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
     async fn save_checkpoint(
@@ -113,6 +130,10 @@ impl CheckpointTable for Postgres {
 
 #[async_trait]
 impl CheckpointTable for Sqlite {
+    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
         sqlx::query(CREATE_CHECKPOINTS)
             .execute(conn)
@@ -136,6 +157,51 @@ impl CheckpointTable for Sqlite {
     ) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(position as i64)
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+}
+
+/// `sqlx::Any` serves the services' read models on either database; its SQL (`$n`
+/// placeholders, `ON CONFLICT … excluded`) is understood by PostgreSQL and SQLite alike.
+#[async_trait]
+impl CheckpointTable for Any {
+    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
+        if pool.connect_options().database_url.scheme() == "sqlite" {
+            pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            pool.begin().await
+        }
+    }
+
+    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
+        sqlx::query(CREATE_CHECKPOINTS)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(conn)
+                .await?;
+        Ok(position.map(|p| p as u64))
+    }
+
+    async fn save_checkpoint(
+        conn: &mut Self::Connection,
+        name: &str,
+        position: u64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET position = excluded.position",
         )
         .bind(name)
@@ -190,7 +256,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
 
     /// Creates the read model and checkpoint tables; returns the checkpoint.
     pub async fn prepare(&self) -> Result<u64, ProjectionError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let mut tx = DB::begin_write(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         DB::create_checkpoint_table(&mut tx)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -210,7 +278,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     /// rebuilds it from the first event.
     pub async fn rebuild(&self) -> Result<(), ProjectionError> {
         self.prepare().await?;
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let mut tx = DB::begin_write(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         self.projection
             .reset(&mut tx)
             .await
@@ -250,16 +320,28 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             let Some(last) = batch.last().map(|e| e.position) else {
                 continue;
             };
-            let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-            for event in batch.iter().filter(|e| e.position > checkpoint) {
-                self.projection.apply(&mut tx, event).await.map_err(|e| {
-                    ProjectionError::Apply {
-                        projection: name.clone(),
-                        event_type: event.event_type.clone(),
-                        position: event.position,
-                        reason: e.to_string(),
-                    }
-                })?;
+            let unseen = || batch.iter().filter(|e| e.position > checkpoint);
+            let failed = |event: &RecordedEvent| {
+                let name = name.clone();
+                let (event_type, position) = (event.event_type.clone(), event.position);
+                move |e: ApplyError| ProjectionError::Apply {
+                    projection: name,
+                    event_type,
+                    position,
+                    reason: e.to_string(),
+                }
+            };
+            for event in unseen() {
+                self.projection.react(event).await.map_err(failed(event))?;
+            }
+            let mut tx = DB::begin_write(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            for event in unseen() {
+                self.projection
+                    .apply(&mut tx, event)
+                    .await
+                    .map_err(failed(event))?;
             }
             DB::save_checkpoint(&mut tx, &name, last)
                 .await

@@ -1,0 +1,75 @@
+//! What every whatsnap gRPC server shares: [`ServiceError`], the one mapping from what went
+//! wrong to a gRPC status; parsing of ids and phone numbers in requests; the read-model database
+//! ([`ReadDb`]), which is SQLite in the embedded setup and PostgreSQL in the distributed one; and
+//! the protobuf form of a stored event.
+
+use tonic::{Code, Status};
+use tracing::error;
+use uuid::Uuid;
+use whatsnap_events::{LocationId, PhoneNumber, RecordedEvent};
+use whatsnap_eventstore::StoreError;
+
+/// The read models of every service: `sqlx::Any` over SQLite or PostgreSQL. Their SQL keeps to
+/// what both understand (`$n` placeholders, `ON CONFLICT`, `BIGINT`, `TEXT`).
+pub type ReadDb = sqlx::AnyPool;
+
+/// What a service call can fail with; each kind has one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("read model: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        let code = match &err {
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::AlreadyExists(_) => Code::AlreadyExists,
+            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServiceError::Conflict(_) => Code::Aborted,
+            ServiceError::Store(e) if e.is_conflict() => Code::Aborted,
+            ServiceError::Store(StoreError::InvalidAppend { .. }) => Code::InvalidArgument,
+            ServiceError::Store(_) | ServiceError::Database(_) => {
+                error!(error = %err, "internal error");
+                Code::Unavailable
+            }
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+pub fn location(value: &str) -> ServiceResult<LocationId> {
+    LocationId::parse(value).map_err(|e| ServiceError::InvalidArgument(e.to_string()))
+}
+
+pub fn uuid(what: &str, value: &str) -> ServiceResult<Uuid> {
+    Uuid::parse_str(value)
+        .map_err(|_| ServiceError::InvalidArgument(format!("{what} {value:?} is not a UUID")))
+}
+
+pub fn phone(value: &str) -> ServiceResult<PhoneNumber> {
+    PhoneNumber::parse(value).map_err(|e| ServiceError::InvalidArgument(e.to_string()))
+}
+
+/// The payload of a stored event as JSON text, for people and for the CLI.
+pub fn payload_json(event: &RecordedEvent) -> String {
+    match serde_json::from_slice::<serde_json::Value>(&event.payload) {
+        Ok(value) => value.to_string(),
+        Err(_) => String::from_utf8_lossy(&event.payload).into_owned(),
+    }
+}

@@ -1,0 +1,115 @@
+//! The contact aggregate: pure `decide` and `evolve`.
+
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+use whatsnap_events::{
+    AccountKind, ContactCreated, ContactTagged, Event, InboundMessageReceived, PhoneNumber,
+    TagSource,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct ContactState {
+    pub exists: bool,
+    pub tags: BTreeSet<String>,
+    pub version: u64,
+}
+
+pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactState {
+    state.version = version;
+    match event {
+        Event::ContactCreated(_) => state.exists = true,
+        Event::ContactTagged(e) => {
+            state.tags.insert(e.tag.clone());
+        }
+        Event::ContactUntagged(e) => {
+            state.tags.remove(&e.tag);
+        }
+        _ => {}
+    }
+    state
+}
+
+/// A message arrived from this contact's phone on an account with `tag`: create the contact if
+/// it does not exist, and tag it with the account's tag if it lacks it.
+pub fn decide_on_inbound(
+    state: &ContactState,
+    contact_id: Uuid,
+    phone: &PhoneNumber,
+    message: &InboundMessageReceived,
+    tag: &str,
+    platform: Option<AccountKind>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    if !state.exists {
+        events.push(Event::from(ContactCreated {
+            contact_id,
+            phone: phone.to_string(),
+            name: message.sender_name.clone(),
+            first_account_id: Some(message.account_id),
+            platform,
+        }));
+    }
+    if !state.tags.contains(tag) {
+        events.push(Event::from(ContactTagged {
+            contact_id,
+            tag: tag.to_owned(),
+            source: TagSource::Account,
+        }));
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn message() -> InboundMessageReceived {
+        InboundMessageReceived {
+            message_id: Uuid::now_v7(),
+            account_id: Uuid::now_v7(),
+            provider_message_id: "SM1".into(),
+            from: "+14155550100".into(),
+            to: None,
+            body: "hi".into(),
+            sender_name: Some("Ana".into()),
+            received_at: Utc::now(),
+            attachments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn given_no_contact_when_a_message_arrives_then_it_is_created_and_tagged() {
+        let phone = PhoneNumber::parse("+14155550100").unwrap();
+        let events = decide_on_inbound(
+            &ContactState::default(),
+            Uuid::now_v7(),
+            &phone,
+            &message(),
+            "whatsnap-account-a",
+            None,
+        );
+        assert!(
+            matches!(&events[..], [Event::ContactCreated(c), Event::ContactTagged(t)]
+            if c.name.as_deref() == Some("Ana") && t.tag == "whatsnap-account-a")
+        );
+    }
+
+    #[test]
+    fn given_a_tagged_contact_when_another_message_arrives_then_nothing_changes() {
+        let phone = PhoneNumber::parse("+14155550100").unwrap();
+        let id = Uuid::now_v7();
+        let mut state = ContactState::default();
+        for (version, event) in decide_on_inbound(&state.clone(), id, &phone, &message(), "t", None)
+            .iter()
+            .enumerate()
+        {
+            state = evolve(state, event, version as u64 + 1);
+        }
+        assert!(decide_on_inbound(&state, id, &phone, &message(), "t", None).is_empty());
+        let other = decide_on_inbound(&state, id, &phone, &message(), "u", None);
+        assert!(matches!(&other[..], [Event::ContactTagged(t)] if t.tag == "u"));
+    }
+}

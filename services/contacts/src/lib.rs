@@ -1,0 +1,295 @@
+//! The contacts service owns contacts and their tags. Every inbound message finds or creates
+//! the contact of its sender — by (location, E.164 phone), whose contact id is derived so that
+//! two processes cannot create it twice — and puts the receiving account's tag on it. The
+//! `contacts` read model answers lookups by phone.
+
+mod contact;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::{Any, AnyConnection, Row};
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+use whatsnap_events::{
+    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent, PhoneNumber,
+    RecordedEvent, StreamId, contact_id_for,
+};
+use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_proto::contacts::v1 as pb;
+use whatsnap_rpc::{ReadDb, ServiceError};
+
+pub use contact::{ContactState, decide_on_inbound, evolve};
+
+/// How often a decision is retried when another writer changed the contact meanwhile.
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Clone)]
+pub struct Contacts {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+}
+
+impl Contacts {
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self { store, db }
+    }
+
+    pub fn grpc(&self) -> pb::contacts_service_server::ContactsServiceServer<Self> {
+        pb::contacts_service_server::ContactsServiceServer::new(self.clone())
+    }
+
+    /// The handler and read model: it decides on inbound messages and projects contact events.
+    pub fn projection(&self) -> Arc<ContactsProjection> {
+        Arc::new(ContactsProjection {
+            store: self.store.clone(),
+        })
+    }
+}
+
+pub struct ContactsProjection {
+    store: Arc<dyn EventStore>,
+}
+
+impl ContactsProjection {
+    /// Finds or creates the sender's contact and tags it with the account's tag. Idempotent:
+    /// run again for the same message it decides nothing new.
+    async fn on_inbound(
+        &self,
+        cause: &RecordedEvent,
+        message: InboundMessageReceived,
+    ) -> Result<(), ApplyError> {
+        let location = cause.location_id().clone();
+        // The account's tag, from the account's own stream (the authority, and already written
+        // before any message reached the account).
+        let account =
+            StreamId::for_uuid(location.clone(), AggregateKind::Account, message.account_id);
+        let added = self
+            .store
+            .read_stream(&account, 1, 1)
+            .await?
+            .first()
+            .map(RecordedEvent::decode)
+            .transpose()?;
+        let Some(Event::AccountAdded(added)) = added else {
+            warn!(account_id = %message.account_id, "inbound message for an account never added; contact not created");
+            return Ok(());
+        };
+        let (tag, platform) = (added.tag, Some(added.kind));
+        let phone = PhoneNumber::parse(&message.from)?;
+        let contact_id = contact_id_for(&location, &phone);
+        let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
+        for _ in 0..CONFLICT_RETRIES {
+            let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
+            let mut state = ContactState::default();
+            for event in &history {
+                state = evolve(state, &event.decode()?, event.version);
+            }
+            let decided = decide_on_inbound(&state, contact_id, &phone, &message, &tag, platform);
+            if decided.is_empty() {
+                return Ok(());
+            }
+            let events = decided
+                .iter()
+                .map(|e| NewEvent::new(e, EventMetadata::caused_by(cause)))
+                .collect();
+            match self
+                .store
+                .append(&stream, ExpectedVersion::Exact(state.version), events)
+                .await
+            {
+                Ok(_) => {
+                    debug!(%contact_id, count = decided.len(), "contact events appended");
+                    return Ok(());
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(
+            format!("contact {contact_id} kept changing; giving up after {CONFLICT_RETRIES} tries")
+                .into(),
+        )
+    }
+}
+
+#[async_trait]
+impl Projection<Any> for ContactsProjection {
+    fn name(&self) -> &str {
+        "contacts"
+    }
+
+    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS contacts_accounts (account_id TEXT PRIMARY KEY, \
+             location_id TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT NOT NULL, removed BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS contacts (contact_id TEXT PRIMARY KEY, \
+             location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, \
+             UNIQUE (location_id, phone))",
+            "CREATE TABLE IF NOT EXISTS contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, \
+             PRIMARY KEY (contact_id, tag))",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        if event.event_type != "InboundMessageReceived" {
+            return Ok(());
+        }
+        match event.decode()? {
+            Event::InboundMessageReceived(message) => self.on_inbound(event, message).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        match event.decode()? {
+            Event::AccountAdded(e) => {
+                sqlx::query(
+                    "INSERT INTO contacts_accounts (account_id, location_id, tag, kind, removed) \
+                     VALUES ($1, $2, $3, $4, 0) ON CONFLICT (account_id) DO NOTHING",
+                )
+                .bind(e.account_id.to_string())
+                .bind(event.location_id().to_string())
+                .bind(e.tag)
+                .bind(e.kind.as_str())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::AccountRemoved(e) => {
+                sqlx::query("UPDATE contacts_accounts SET removed = 1 WHERE account_id = $1")
+                    .bind(e.account_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Event::ContactCreated(e) => {
+                sqlx::query(
+                    "INSERT INTO contacts (contact_id, location_id, phone, name, created_position) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (contact_id) DO NOTHING",
+                )
+                .bind(e.contact_id.to_string())
+                .bind(event.location_id().to_string())
+                .bind(e.phone)
+                .bind(e.name)
+                .bind(event.position as i64)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::ContactTagged(e) => {
+                sqlx::query(
+                    "INSERT INTO contact_tags (contact_id, tag) VALUES ($1, $2) \
+                     ON CONFLICT (contact_id, tag) DO NOTHING",
+                )
+                .bind(e.contact_id.to_string())
+                .bind(e.tag)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::ContactUntagged(e) => {
+                sqlx::query("DELETE FROM contact_tags WHERE contact_id = $1 AND tag = $2")
+                    .bind(e.contact_id.to_string())
+                    .bind(e.tag)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        for table in ["contacts_accounts", "contacts", "contact_tags"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn contact_row(db: &ReadDb, contact_id: &str) -> sqlx::Result<Option<pb::Contact>> {
+    let Some(row) = sqlx::query("SELECT * FROM contacts WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_optional(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let tags = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY tag")
+        .bind(contact_id)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(|r| r.get::<String, _>("tag"))
+        .collect();
+    Ok(Some(pb::Contact {
+        contact_id: row.get("contact_id"),
+        location_id: row.get("location_id"),
+        phone: row.get("phone"),
+        name: row.get::<Option<String>, _>("name").unwrap_or_default(),
+        tags,
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::contacts_service_server::ContactsService for Contacts {
+    async fn get_contact(
+        &self,
+        request: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let contact_id = contact_id_for(&location, &phone);
+        match contact_row(&self.db, &contact_id.to_string())
+            .await
+            .map_err(ServiceError::from)?
+        {
+            Some(contact) => Ok(Response::new(contact)),
+            None => Err(ServiceError::NotFound(format!(
+                "no contact with phone {phone} in location {location}"
+            ))
+            .into()),
+        }
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        let request = request.into_inner();
+        let location: LocationId = whatsnap_rpc::location(&request.location_id)?;
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let ids: Vec<String> = sqlx::query(
+            "SELECT contact_id FROM contacts WHERE location_id = $1 ORDER BY created_position LIMIT $2",
+        )
+        .bind(location.to_string())
+        .bind(limit as i64)
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .iter()
+        .map(|r| r.get("contact_id"))
+        .collect();
+        let mut contacts = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(contact) = contact_row(&self.db, &id)
+                .await
+                .map_err(ServiceError::from)?
+            {
+                contacts.push(contact);
+            }
+        }
+        Ok(Response::new(pb::ListContactsResponse { contacts }))
+    }
+}

@@ -1,0 +1,68 @@
+//! The gRPC front door in a split deployment: the gateway answers every service's API and
+//! forwards the calls of services that run in other processes.
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use whatsnap_proto::assignment::v1 as assignment;
+use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::session::v1 as session;
+
+/// A service that runs in another process, reached over `channel`.
+#[derive(Clone)]
+pub struct Remote {
+    channel: Channel,
+}
+
+impl Remote {
+    pub fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+}
+
+/// The message of `request` in a new request that keeps the caller's trace context.
+fn onward<T>(request: Request<T>) -> Request<T> {
+    let trace: Vec<_> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|key| request.metadata().get(key).map(|v| (key, v.clone())))
+        .collect();
+    let mut onward = Request::new(request.into_inner());
+    for (key, value) in trace {
+        onward.metadata_mut().insert(key, value);
+    }
+    onward
+}
+
+macro_rules! forward {
+    ($trait:path, $client:ty { $($method:ident($req:ty) -> $resp:ty;)* }) => {
+        #[tonic::async_trait]
+        impl $trait for Remote {
+            $(
+                async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                    <$client>::new(self.channel.clone()).$method(onward(request)).await
+                }
+            )*
+        }
+    };
+}
+
+forward!(session::session_service_server::SessionService, session::session_service_client::SessionServiceClient<Channel> {
+    add_account(session::AddAccountRequest) -> session::Account;
+    get_account(session::GetAccountRequest) -> session::Account;
+    list_accounts(session::ListAccountsRequest) -> session::ListAccountsResponse;
+    remove_account(session::RemoveAccountRequest) -> session::Account;
+    record_inbound_message(session::RecordInboundMessageRequest) -> session::RecordInboundMessageResponse;
+});
+
+forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_service_client::ContactsServiceClient<Channel> {
+    get_contact(contacts::GetContactRequest) -> contacts::Contact;
+    list_contacts(contacts::ListContactsRequest) -> contacts::ListContactsResponse;
+});
+
+forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {
+    get_assignment(assignment::GetAssignmentRequest) -> assignment::Assignment;
+});
+
+forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
+    sync_status(ghlsync::SyncStatusRequest) -> ghlsync::SyncStatusResponse;
+});

@@ -1,0 +1,180 @@
+//! The gateway: whatsnap's one public edge. It serves the event log API
+//! (`whatsnap.events.v1`: read a stream, tail the log, a contact's history), forwards the other
+//! services' gRPC APIs when they run in other processes, and answers the HTTP health checks.
+//! It owns no events; its `contact_timeline` read model indexes, per contact, every event that
+//! touched it with a one-line summary of what happened and why.
+
+mod forward;
+mod health;
+mod timeline;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+use whatsnap_events::{RecordedEvent, StreamId, contact_id_for};
+use whatsnap_eventstore::EventStore;
+use whatsnap_proto::events::v1 as pb;
+use whatsnap_rpc::{ReadDb, ServiceError};
+
+pub use forward::Remote;
+pub use health::{Readiness, router};
+pub use timeline::TimelineProjection;
+
+#[derive(Clone)]
+pub struct Gateway {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+}
+
+impl Gateway {
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self { store, db }
+    }
+
+    pub fn events_grpc(&self) -> pb::events_service_server::EventsServiceServer<Self> {
+        pb::events_service_server::EventsServiceServer::new(self.clone())
+    }
+
+    pub fn projection(&self) -> Arc<TimelineProjection> {
+        Arc::new(TimelineProjection)
+    }
+}
+
+pub fn event_to_pb(event: &RecordedEvent) -> pb::Event {
+    pb::Event {
+        event_id: event.id.to_string(),
+        stream_id: event.stream.to_string(),
+        version: event.version,
+        position: event.position,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        occurred_at: event.occurred_at.to_rfc3339(),
+        correlation_id: event.metadata.correlation_id.to_string(),
+        causation_id: event
+            .metadata
+            .causation_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        traceparent: event.metadata.trace.traceparent.clone().unwrap_or_default(),
+        payload_json: whatsnap_rpc::payload_json(event),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::events_service_server::EventsService for Gateway {
+    async fn read_stream(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        let request = request.into_inner();
+        let stream: StreamId = request
+            .stream_id
+            .parse()
+            .map_err(|e: whatsnap_events::IdError| ServiceError::InvalidArgument(e.to_string()))?;
+        let limit = match request.limit {
+            0 => 1000,
+            n => n as usize,
+        };
+        let events = self
+            .store
+            .read_stream(&stream, request.from_version.max(1), limit)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ReadStreamResponse {
+            events: events.iter().map(event_to_pb).collect(),
+        }))
+    }
+
+    type TailStream = EventStream;
+
+    async fn tail(
+        &self,
+        request: Request<pb::TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let store = self.store.clone();
+        let request = request.into_inner();
+        let mut after = if request.from_now {
+            store.head_position().await.map_err(ServiceError::from)?
+        } else {
+            request.after_position
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let events = match store.read_all(after, 500).await {
+                    Ok(events) => events,
+                    Err(err) => {
+                        let _ = sender
+                            .send(Err(Status::from(ServiceError::from(err))))
+                            .await;
+                        return;
+                    }
+                };
+                if events.is_empty() {
+                    tokio::select! {
+                        () = sender.closed() => return,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    }
+                }
+                for event in events {
+                    after = event.position;
+                    if sender.send(Ok(event_to_pb(&event))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn contact_history(
+        &self,
+        request: Request<pb::ContactHistoryRequest>,
+    ) -> Result<Response<pb::ContactHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let contact_id = contact_id_for(&location, &phone);
+        let rows = sqlx::query(
+            "SELECT position, summary FROM contact_timeline WHERE contact_id = $1 ORDER BY position",
+        )
+        .bind(contact_id.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?;
+        if rows.is_empty() {
+            return Err(ServiceError::NotFound(format!(
+                "no event has touched a contact with phone {phone} in location {location}"
+            ))
+            .into());
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let position = row.get::<i64, _>("position") as u64;
+            let event = self
+                .store
+                .read_all(position - 1, 1)
+                .await
+                .map_err(ServiceError::from)?
+                .into_iter()
+                .next()
+                .filter(|e| e.position == position);
+            entries.push(pb::HistoryEntry {
+                event: event.as_ref().map(event_to_pb),
+                summary: row.get("summary"),
+            });
+        }
+        Ok(Response::new(pb::ContactHistoryResponse {
+            contact_id: contact_id.to_string(),
+            entries,
+        }))
+    }
+}

@@ -1,0 +1,153 @@
+//! `contact_timeline`: for each contact, every event that touched it, with a summary that
+//! answers "what happened, and why" for `whatsnap trace`.
+
+use async_trait::async_trait;
+use sqlx::{Any, AnyConnection};
+use summary::contact_of;
+use whatsnap_events::RecordedEvent;
+use whatsnap_eventstore::projection::{ApplyError, Projection};
+
+pub struct TimelineProjection;
+
+mod summary {
+    use whatsnap_events::{Event, LocationId, PhoneNumber, contact_id_for};
+
+    /// The contact an event is about, and a summary of it; `None` for events about no contact.
+    pub fn contact_of(location: &LocationId, event: &Event) -> Option<(String, String)> {
+        let (contact_id, summary) = match event {
+            Event::InboundMessageReceived(e) => {
+                let phone = PhoneNumber::parse(&e.from).ok()?;
+                (
+                    contact_id_for(location, &phone),
+                    format!(
+                        "message received from {} by account {} (provider id {})",
+                        e.from, e.account_id, e.provider_message_id
+                    ),
+                )
+            }
+            Event::ContactCreated(e) => (
+                e.contact_id,
+                format!(
+                    "contact created for {}{}: first message reached account {}",
+                    e.phone,
+                    e.name
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default(),
+                    e.first_account_id
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ),
+            Event::ContactTagged(e) => (
+                e.contact_id,
+                format!("tag {} added ({:?})", e.tag, e.source),
+            ),
+            Event::ContactUntagged(e) => (
+                e.contact_id,
+                format!("tag {} removed ({:?})", e.tag, e.source),
+            ),
+            Event::ContactAssigned(e) => (
+                e.contact_id,
+                format!(
+                    "assigned to user {} by rule {}: {}",
+                    e.user_id, e.rule, e.reason
+                ),
+            ),
+            Event::AssignmentSkipped(e) => (e.contact_id, format!("left unassigned: {}", e.reason)),
+            Event::OutboundMessageRequested(e) => (
+                e.contact_id,
+                format!("reply requested (message {})", e.message_id),
+            ),
+            Event::OutboundMessageRouted(e) => (
+                e.contact_id,
+                format!(
+                    "reply {} routed to account {} by tag {}: {}",
+                    e.message_id, e.account_id, e.tag, e.reason
+                ),
+            ),
+            Event::OutboundRouteFailed(e) => (
+                e.contact_id,
+                format!("reply {} not routed: {}", e.message_id, e.reason),
+            ),
+            Event::GhlContactLinked(e) => (
+                e.contact_id,
+                format!("linked to GHL contact {}", e.ghl_contact_id),
+            ),
+            _ => return None,
+        };
+        Some((contact_id.to_string(), summary))
+    }
+}
+
+#[async_trait]
+impl Projection<Any> for TimelineProjection {
+    fn name(&self) -> &str {
+        "contact_timeline"
+    }
+
+    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS contact_timeline (contact_id TEXT NOT NULL, \
+             position BIGINT NOT NULL, event_type TEXT NOT NULL, summary TEXT NOT NULL, \
+             PRIMARY KEY (contact_id, position))",
+        )
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        let Ok(decoded) = event.decode() else {
+            // A type this build does not know cannot be about a contact it knows.
+            return Ok(());
+        };
+        if let Some((contact_id, summary)) = contact_of(event.location_id(), &decoded) {
+            sqlx::query(
+                "INSERT INTO contact_timeline (contact_id, position, event_type, summary) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (contact_id, position) DO NOTHING",
+            )
+            .bind(contact_id)
+            .bind(event.position as i64)
+            .bind(&event.event_type)
+            .bind(summary)
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM contact_timeline")
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+    use whatsnap_events::{AssignmentSkipped, Event, LocationId};
+
+    use super::*;
+
+    #[test]
+    fn an_assignment_decision_is_summarised_with_its_reason() {
+        let location = LocationId::parse("loc").unwrap();
+        let contact_id = Uuid::now_v7();
+        let event = Event::from(AssignmentSkipped {
+            contact_id,
+            account_id: None,
+            reason: "nobody is available".into(),
+            candidates: Vec::new(),
+        });
+        let (id, summary) = contact_of(&location, &event).unwrap();
+        assert_eq!(id, contact_id.to_string());
+        assert_eq!(summary, "left unassigned: nobody is available");
+    }
+}

@@ -1,0 +1,175 @@
+//! The account aggregate: pure `decide` and `evolve`.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+use whatsnap_events::{AccountAdded, AccountKind, AccountRemoved, Event};
+use whatsnap_rpc::{ServiceError, ServiceResult};
+
+/// The prefix of every account tag.
+pub const TAG_PREFIX: &str = "whatsnap-account-";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Status {
+    #[default]
+    Added,
+    Connected,
+    Disconnected,
+    Removed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccountState {
+    pub account_id: Option<Uuid>,
+    pub kind: Option<AccountKind>,
+    pub name: String,
+    pub tag: String,
+    pub phone_number: Option<String>,
+    pub status: Status,
+    pub version: u64,
+}
+
+pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountState {
+    state.version = version;
+    match event {
+        Event::AccountAdded(e) => {
+            state.account_id = Some(e.account_id);
+            state.kind = Some(e.kind);
+            state.name = e.name.clone();
+            state.tag = e.tag.clone();
+            state.phone_number = e.phone_number.clone();
+        }
+        Event::AccountConnected(e) => {
+            state.status = Status::Connected;
+            if e.phone_number.is_some() {
+                state.phone_number = e.phone_number.clone();
+            }
+        }
+        Event::AccountDisconnected(_) => state.status = Status::Disconnected,
+        Event::AccountRemoved(_) => state.status = Status::Removed,
+        _ => {}
+    }
+    state
+}
+
+/// `whatsnap-account-<slug>`: lowercase letters and digits of the name joined by `-`, with a
+/// number appended when another account of the location already has the tag.
+pub fn slug_tag(name: &str, taken: &HashSet<String>) -> String {
+    let slug = name
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let slug = if slug.is_empty() {
+        "account".to_owned()
+    } else {
+        slug
+    };
+    let base = format!("{TAG_PREFIX}{slug}");
+    let mut tag = base.clone();
+    let mut n = 2;
+    while taken.contains(&tag) {
+        tag = format!("{base}-{n}");
+        n += 1;
+    }
+    tag
+}
+
+pub fn decide_add(
+    account_id: Uuid,
+    kind: AccountKind,
+    name: &str,
+    phone_number: Option<String>,
+    taken_tags: &HashSet<String>,
+) -> ServiceResult<Event> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            "an account needs a name".into(),
+        ));
+    }
+    if name.chars().count() > 100 {
+        return Err(ServiceError::InvalidArgument(
+            "an account name has at most 100 characters".into(),
+        ));
+    }
+    Ok(Event::from(AccountAdded {
+        account_id,
+        kind,
+        name: name.to_owned(),
+        tag: slug_tag(name, taken_tags),
+        phone_number,
+    }))
+}
+
+pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> ServiceResult<Event> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    if state.status == Status::Removed {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is already removed"
+        )));
+    }
+    Ok(Event::from(AccountRemoved {
+        account_id,
+        reason: Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_slugs_of_the_name_and_unique_in_the_location() {
+        let mut taken = HashSet::new();
+        assert_eq!(
+            slug_tag("Sales Line (SP)", &taken),
+            "whatsnap-account-sales-line-sp"
+        );
+        taken.insert("whatsnap-account-sales".to_owned());
+        assert_eq!(slug_tag("Sales", &taken), "whatsnap-account-sales-2");
+        taken.insert("whatsnap-account-sales-2".to_owned());
+        assert_eq!(slug_tag("SALES", &taken), "whatsnap-account-sales-3");
+        assert_eq!(slug_tag("☎☎", &taken), "whatsnap-account-account");
+    }
+
+    #[test]
+    fn given_an_added_account_when_removed_twice_then_the_second_is_refused() {
+        let id = Uuid::now_v7();
+        let added = decide_add(id, AccountKind::Twilio, "Sales", None, &HashSet::new()).unwrap();
+        let state = evolve(AccountState::default(), &added, 1);
+        let removed = decide_remove(&state, id, "closed").unwrap();
+        let state = evolve(state, &removed, 2);
+        assert_eq!(state.status, Status::Removed);
+        assert!(matches!(
+            decide_remove(&state, id, ""),
+            Err(ServiceError::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn an_account_without_a_name_is_refused() {
+        let err = decide_add(
+            Uuid::now_v7(),
+            AccountKind::Whatsapp,
+            "  ",
+            None,
+            &HashSet::new(),
+        );
+        assert!(matches!(err, Err(ServiceError::InvalidArgument(_))));
+    }
+}

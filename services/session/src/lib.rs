@@ -1,0 +1,229 @@
+//! The session service owns accounts — the messaging accounts connected to a GHL location —
+//! and records the messages they receive. Commands arrive over gRPC (`whatsnap.session.v1`),
+//! are decided against the account's own stream, and become events; the `session_accounts`
+//! read model answers queries.
+
+mod account;
+mod read_model;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+use uuid::Uuid;
+use whatsnap_events::{
+    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent, StreamId,
+    inbound_message_id_for,
+};
+use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_proto::session::v1 as pb;
+use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
+
+pub use account::{AccountState, decide_add, decide_remove, evolve, slug_tag};
+pub use read_model::AccountsProjection;
+
+/// The session service: its gRPC API and its read model.
+#[derive(Clone)]
+pub struct Session {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+}
+
+impl Session {
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self { store, db }
+    }
+
+    pub fn grpc(&self) -> pb::session_service_server::SessionServiceServer<Self> {
+        pb::session_service_server::SessionServiceServer::new(self.clone())
+    }
+
+    pub fn projection(&self) -> Arc<AccountsProjection> {
+        Arc::new(AccountsProjection)
+    }
+
+    async fn load_account(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+    ) -> ServiceResult<(StreamId, AccountState)> {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+        let events = self.store.read_stream(&stream, 1, usize::MAX).await?;
+        let mut state = AccountState::default();
+        for event in &events {
+            let decoded = event.decode().map_err(|e| {
+                ServiceError::FailedPrecondition(format!("account {account_id}: {e}"))
+            })?;
+            state = evolve(state, &decoded, event.version);
+        }
+        Ok((stream, state))
+    }
+}
+
+fn to_pb(state: &AccountState, location: &LocationId) -> pb::Account {
+    pb::Account {
+        account_id: state
+            .account_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        location_id: location.to_string(),
+        kind: state.kind.map(read_model::kind_to_pb).unwrap_or_default() as i32,
+        name: state.name.clone(),
+        tag: state.tag.clone(),
+        phone_number: state.phone_number.clone().unwrap_or_default(),
+        status: state.status.as_str().to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::session_service_server::SessionService for Session {
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id))]
+    async fn add_account(
+        &self,
+        request: Request<pb::AddAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let kind = read_model::kind_from_pb(request.kind)?;
+        let taken = read_model::tags_in_location(&self.db, &location)
+            .await
+            .map_err(ServiceError::from)?;
+        let phone = match request.phone_number.trim() {
+            "" => None,
+            number => Some(whatsnap_rpc::phone(number)?.to_string()),
+        };
+        let account_id = Uuid::now_v7();
+        let event = decide_add(account_id, kind, &request.name, phone, &taken)?;
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+        let outcome = self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        let state = evolve(AccountState::default(), &event, outcome.version);
+        Ok(Response::new(to_pb(&state, &location)))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (_, state) = self.load_account(&location, account_id).await?;
+        if state.account_id.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "no account {account_id} in location {location}"
+            ))
+            .into());
+        }
+        Ok(Response::new(to_pb(&state, &location)))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let request = request.into_inner();
+        let location = match request.location_id.as_str() {
+            "" => None,
+            value => Some(whatsnap_rpc::location(value)?),
+        };
+        let accounts = read_model::list(&self.db, location.as_ref())
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn remove_account(
+        &self,
+        request: Request<pb::RemoveAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let event = decide_remove(&state, account_id, &request.reason)?;
+        let outcome = self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(state.version),
+                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(to_pb(
+            &evolve(state, &event, outcome.version),
+            &location,
+        )))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn record_inbound_message(
+        &self,
+        request: Request<pb::RecordInboundMessageRequest>,
+    ) -> Result<Response<pb::RecordInboundMessageResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let from = whatsnap_rpc::phone(&request.from)?;
+        if request.provider_message_id.trim().is_empty() {
+            return Err(
+                ServiceError::InvalidArgument("provider_message_id is empty".into()).into(),
+            );
+        }
+        let (_, account) = self.load_account(&location, account_id).await?;
+        if account.account_id.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "no account {account_id} in location {location}"
+            ))
+            .into());
+        }
+        if account.status == account::Status::Removed {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "account {account_id} was removed"
+            ))
+            .into());
+        }
+        // The message's stream is named by the provider's id: a redelivered webhook finds it
+        // already written.
+        let message_id = inbound_message_id_for(account_id, &request.provider_message_id);
+        let stream = StreamId::for_uuid(location, AggregateKind::Message, message_id);
+        let event = Event::from(InboundMessageReceived {
+            message_id,
+            account_id,
+            provider_message_id: request.provider_message_id,
+            from: from.to_string(),
+            to: account.phone_number.clone(),
+            body: request.body,
+            sender_name: Some(request.sender_name).filter(|n| !n.trim().is_empty()),
+            received_at: Utc::now(),
+            attachments: Vec::new(),
+        });
+        let duplicate = match self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+            )
+            .await
+        {
+            Ok(_) => false,
+            Err(StoreError::WrongExpectedVersion { .. }) => true,
+            Err(err) => return Err(ServiceError::from(err).into()),
+        };
+        Ok(Response::new(pb::RecordInboundMessageResponse {
+            message_id: message_id.to_string(),
+            duplicate,
+        }))
+    }
+}

@@ -1,0 +1,158 @@
+//! `session_accounts`: every account with its latest state, for listing.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use sqlx::{Any, AnyConnection, Row};
+use whatsnap_events::{AccountKind, Event, LocationId, RecordedEvent};
+use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_proto::session::v1 as pb;
+use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
+
+pub struct AccountsProjection;
+
+pub(crate) fn kind_to_pb(kind: AccountKind) -> pb::AccountKind {
+    match kind {
+        AccountKind::Whatsapp => pb::AccountKind::Whatsapp,
+        AccountKind::AndroidSms => pb::AccountKind::AndroidSms,
+        AccountKind::Imessage => pb::AccountKind::Imessage,
+        AccountKind::Twilio => pb::AccountKind::Twilio,
+    }
+}
+
+pub(crate) fn kind_from_pb(kind: i32) -> ServiceResult<AccountKind> {
+    match pb::AccountKind::try_from(kind) {
+        Ok(pb::AccountKind::Whatsapp) => Ok(AccountKind::Whatsapp),
+        Ok(pb::AccountKind::AndroidSms) => Ok(AccountKind::AndroidSms),
+        Ok(pb::AccountKind::Imessage) => Ok(AccountKind::Imessage),
+        Ok(pb::AccountKind::Twilio) => Ok(AccountKind::Twilio),
+        _ => Err(ServiceError::InvalidArgument(
+            "kind must be whatsapp, android_sms, imessage or twilio".into(),
+        )),
+    }
+}
+
+fn kind_from_name(name: &str) -> pb::AccountKind {
+    AccountKind::from_name(name).map_or(pb::AccountKind::Unspecified, kind_to_pb)
+}
+
+async fn set_status(
+    conn: &mut AnyConnection,
+    account_id: String,
+    status: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE session_accounts SET status = $1 WHERE account_id = $2")
+        .bind(status)
+        .bind(account_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+#[async_trait]
+impl Projection<Any> for AccountsProjection {
+    fn name(&self) -> &str {
+        "session_accounts"
+    }
+
+    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS session_accounts (\
+             account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, \
+             name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",
+        )
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        if event.stream.kind() != whatsnap_events::AggregateKind::Account {
+            return Ok(());
+        }
+        match event.decode()? {
+            Event::AccountAdded(e) => {
+                sqlx::query(
+                    "INSERT INTO session_accounts (account_id, location_id, kind, name, tag, phone_number, status) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'added') ON CONFLICT (account_id) DO NOTHING",
+                )
+                .bind(e.account_id.to_string())
+                .bind(event.location_id().to_string())
+                .bind(e.kind.as_str())
+                .bind(e.name)
+                .bind(e.tag)
+                .bind(e.phone_number)
+                .execute(conn)
+                .await?;
+            }
+            Event::AccountConnected(e) => {
+                set_status(conn, e.account_id.to_string(), "connected").await?
+            }
+            Event::AccountDisconnected(e) => {
+                set_status(conn, e.account_id.to_string(), "disconnected").await?
+            }
+            Event::AccountRemoved(e) => {
+                set_status(conn, e.account_id.to_string(), "removed").await?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM session_accounts")
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+/// Every tag in use in a location, removed accounts included: a tag is never given twice.
+pub(crate) async fn tags_in_location(
+    db: &ReadDb,
+    location: &LocationId,
+) -> sqlx::Result<HashSet<String>> {
+    let rows = sqlx::query("SELECT tag FROM session_accounts WHERE location_id = $1")
+        .bind(location.to_string())
+        .fetch_all(db)
+        .await?;
+    Ok(rows.iter().map(|row| row.get::<String, _>("tag")).collect())
+}
+
+pub(crate) async fn list(
+    db: &ReadDb,
+    location: Option<&LocationId>,
+) -> sqlx::Result<Vec<pb::Account>> {
+    let rows =
+        match location {
+            Some(location) => sqlx::query(
+                "SELECT * FROM session_accounts WHERE location_id = $1 ORDER BY location_id, name",
+            )
+            .bind(location.to_string())
+            .fetch_all(db)
+            .await?,
+            None => {
+                sqlx::query("SELECT * FROM session_accounts ORDER BY location_id, name")
+                    .fetch_all(db)
+                    .await?
+            }
+        };
+    Ok(rows
+        .iter()
+        .map(|row| pb::Account {
+            account_id: row.get("account_id"),
+            location_id: row.get("location_id"),
+            kind: kind_from_name(row.get::<String, _>("kind").as_str()) as i32,
+            name: row.get("name"),
+            tag: row.get("tag"),
+            phone_number: row
+                .get::<Option<String>, _>("phone_number")
+                .unwrap_or_default(),
+            status: row.get("status"),
+        })
+        .collect())
+}

@@ -1,0 +1,383 @@
+//! The operator CLI: each command is a gRPC call to a running `whatsnap serve` (the gateway in a
+//! split deployment), printed for people.
+#![allow(clippy::print_stdout)] // printing results is what the CLI is for
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+use tonic::transport::Channel;
+use uuid_free::short;
+use whatsnap_proto::assignment::v1 as assignment;
+use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::events::v1 as events;
+use whatsnap_proto::session::v1 as session;
+
+mod uuid_free {
+    /// The first block of an id, enough to tell ids apart on screen.
+    pub fn short(id: &str) -> &str {
+        id.split('-').next().unwrap_or(id)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Server {
+    /// The gRPC address of a running whatsnap (its gateway).
+    #[arg(
+        long,
+        env = "WHATSNAP_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+}
+
+impl Server {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Channel::from_shared(self.server.clone())
+            .with_context(|| format!("--server {}", self.server))?
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach whatsnap at {} (is `whatsnap serve` running?)",
+                    self.server
+                )
+            })
+    }
+}
+
+fn status(err: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", err.code(), err.message())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Whatsapp,
+    AndroidSms,
+    Imessage,
+    Twilio,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// List accounts, of one location or of all.
+    List {
+        #[arg(long)]
+        location: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Add an account; prints its id and tag.
+    Add {
+        #[arg(long)]
+        location: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        name: String,
+        /// The account's own number, with country code.
+        #[arg(long)]
+        phone: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Remove an account; its tag stays on its contacts.
+    Remove {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+fn print_account(account: &session::Account) {
+    let kind = session::AccountKind::try_from(account.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("ACCOUNT_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    println!(
+        "{}  {:<12} {:<11} {:<24} {:<36} {}",
+        account.account_id, account.location_id, kind, account.name, account.tag, account.status
+    );
+}
+
+pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::List { location, server } => {
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let accounts = client
+                .list_accounts(session::ListAccountsRequest {
+                    location_id: location.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .accounts;
+            if accounts.is_empty() {
+                println!("no accounts");
+            }
+            accounts.iter().for_each(print_account);
+        }
+        AccountsCommand::Add {
+            location,
+            kind,
+            name,
+            phone,
+            server,
+        } => {
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let kind = match kind {
+                Kind::Whatsapp => session::AccountKind::Whatsapp,
+                Kind::AndroidSms => session::AccountKind::AndroidSms,
+                Kind::Imessage => session::AccountKind::Imessage,
+                Kind::Twilio => session::AccountKind::Twilio,
+            };
+            let account = client
+                .add_account(session::AddAccountRequest {
+                    location_id: location,
+                    kind: kind as i32,
+                    name,
+                    phone_number: phone.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_account(&account);
+        }
+        AccountsCommand::Remove {
+            location,
+            account_id,
+            reason,
+            server,
+        } => {
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let account = client
+                .remove_account(session::RemoveAccountRequest {
+                    location_id: location,
+                    account_id,
+                    reason,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_account(&account);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Show the contact with this phone number, its tags and its owner.
+    Show {
+        phone: String,
+        #[arg(long)]
+        location: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+pub async fn contacts(command: ContactsCommand) -> anyhow::Result<()> {
+    let ContactsCommand::Show {
+        phone,
+        location,
+        server,
+    } = command;
+    let channel = server.channel().await?;
+    let contact = contacts::contacts_service_client::ContactsServiceClient::new(channel.clone())
+        .get_contact(contacts::GetContactRequest {
+            location_id: location.clone(),
+            phone,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("contact   {}", contact.contact_id);
+    println!("phone     {}", contact.phone);
+    println!(
+        "name      {}",
+        if contact.name.is_empty() {
+            "-"
+        } else {
+            &contact.name
+        }
+    );
+    println!("tags      {}", contact.tags.join(", "));
+    let owner = assignment::assignment_service_client::AssignmentServiceClient::new(channel)
+        .get_assignment(assignment::GetAssignmentRequest {
+            location_id: location,
+            contact_id: contact.contact_id,
+        })
+        .await;
+    match owner {
+        Ok(decision) => {
+            let decision = decision.into_inner();
+            if decision.user_id.is_empty() {
+                println!("owner     unassigned ({})", decision.reason);
+            } else {
+                println!(
+                    "owner     {} (rule {}: {})",
+                    decision.user_id, decision.rule, decision.reason
+                );
+            }
+        }
+        Err(err) => println!("owner     unknown ({})", err.message()),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as they are appended (from the beginning with --after 0).
+    Tail {
+        /// Start after this position (0: from the first event); by default, only new events.
+        #[arg(long)]
+        after: Option<u64>,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+pub async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    let EventsCommand::Tail { after, server } = command;
+    let mut client =
+        events::events_service_client::EventsServiceClient::new(server.channel().await?);
+    let mut stream = client
+        .tail(events::TailRequest {
+            after_position: after.unwrap_or(0),
+            from_now: after.is_none(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(status)?;
+        println!(
+            "{:>8}  {}  {:<24} {}  {}",
+            event.position,
+            event.occurred_at,
+            event.event_type,
+            event.stream_id,
+            event.payload_json
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessagesCommand {
+    /// Record a message received by an account, as its provider would deliver it.
+    Receive {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        account: String,
+        /// The sender's phone number, with country code.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        body: String,
+        /// The sender's name as the platform shows it.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The provider's message id; the same id twice is recorded once. Default: a new one.
+        #[arg(long)]
+        provider_message_id: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+pub async fn messages(command: MessagesCommand) -> anyhow::Result<()> {
+    let MessagesCommand::Receive {
+        location,
+        account,
+        from,
+        body,
+        name,
+        provider_message_id,
+        server,
+    } = command;
+    let mut client =
+        session::session_service_client::SessionServiceClient::new(server.channel().await?);
+    let provider_message_id = provider_message_id.unwrap_or_else(|| {
+        format!(
+            "cli-{}",
+            std::process::id() as u64 * 1_000_000
+                + u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_micros()
+                )
+        )
+    });
+    let response = client
+        .record_inbound_message(session::RecordInboundMessageRequest {
+            location_id: location,
+            account_id: account,
+            provider_message_id,
+            from,
+            body,
+            sender_name: name,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!(
+        "message {}{}",
+        response.message_id,
+        if response.duplicate {
+            " (already recorded)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The contact's phone number, with country code.
+    phone: String,
+    #[arg(long)]
+    location: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let mut client =
+        events::events_service_client::EventsServiceClient::new(args.server.channel().await?);
+    let history = client
+        .contact_history(events::ContactHistoryRequest {
+            location_id: args.location,
+            phone: args.phone,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("contact {}", history.contact_id);
+    for entry in history.entries {
+        let Some(event) = entry.event else { continue };
+        println!(
+            "{:>8}  {}  {:<24} {}  (correlation {})",
+            event.position,
+            event.occurred_at,
+            event.event_type,
+            entry.summary,
+            short(&event.correlation_id)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! `whatsnap serve`: builds the backend, the services of the chosen targets, their projections,
+//! the gRPC server (with health and reflection) and, for the gateway, the HTTP server; runs them
+//! until SIGTERM or Ctrl-C, then drains and exits.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sqlx::any::AnyPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Endpoint, Server};
+use tracing::{error, info, warn};
+use whatsnap_eventstore::EventStore;
+use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
+use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
+use whatsnap_gateway::{Readiness, Remote};
+use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
+use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
+use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncServiceServer;
+use whatsnap_proto::session::v1::session_service_server::SessionServiceServer;
+use whatsnap_rpc::ReadDb;
+
+/// The services one process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Gateway,
+    Session,
+    Contacts,
+    Assignment,
+    GhlSync,
+}
+
+impl Target {
+    const ALL: [Target; 5] = [
+        Self::Gateway,
+        Self::Session,
+        Self::Contacts,
+        Self::Assignment,
+        Self::GhlSync,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Session => "session",
+            Self::Contacts => "contacts",
+            Self::Assignment => "assignment",
+            Self::GhlSync => "ghl-sync",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Targets(BTreeSet<Target>);
+
+impl FromStr for Targets {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut targets = BTreeSet::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                targets.extend(Target::ALL);
+                continue;
+            }
+            let target = Target::ALL
+                .into_iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| {
+                    format!("unknown target {name:?}: use all, gateway, session, contacts, assignment or ghl-sync")
+                })?;
+            targets.insert(target);
+        }
+        if targets.is_empty() {
+            return Err("no target given".into());
+        }
+        Ok(Self(targets))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The services to run, comma separated: all, gateway, session, contacts, assignment,
+    /// ghl-sync.
+    #[arg(long, env = "WHATSNAP_TARGET", default_value = "all")]
+    target: Targets,
+    /// Where the embedded backend keeps its SQLite file (used without --nats-url).
+    #[arg(long, env = "WHATSNAP_DATA_DIR", default_value = "./whatsnap-data")]
+    data_dir: PathBuf,
+    /// NATS server (2.12 or newer, JetStream enabled) for the event log; with --database-url,
+    /// selects the distributed backend.
+    #[arg(long, env = "WHATSNAP_NATS_URL")]
+    nats_url: Option<String>,
+    /// PostgreSQL URL for the read models; with --nats-url, selects the distributed backend.
+    #[arg(long, env = "WHATSNAP_DATABASE_URL")]
+    database_url: Option<String>,
+    /// JetStream stream that holds the event log.
+    #[arg(long, env = "WHATSNAP_STREAM_NAME", default_value = "WHATSNAP_EVENTS")]
+    stream_name: String,
+    /// First subject token of every event.
+    #[arg(long, env = "WHATSNAP_SUBJECT_PREFIX", default_value = "evt")]
+    subject_prefix: String,
+    /// JetStream replicas of the event stream (3 in production clusters).
+    #[arg(long, env = "WHATSNAP_NATS_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// gRPC address (port 0 picks a free port; the chosen one is printed).
+    #[arg(long, env = "WHATSNAP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
+    /// HTTP address of the gateway: health checks, and the webhooks and dashboard to come.
+    #[arg(long, env = "WHATSNAP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// gRPC URL of the session service, when the gateway runs without it.
+    #[arg(long, env = "WHATSNAP_SESSION_URL")]
+    session_url: Option<String>,
+    /// gRPC URL of the contacts service, when the gateway runs without it.
+    #[arg(long, env = "WHATSNAP_CONTACTS_URL")]
+    contacts_url: Option<String>,
+    /// gRPC URL of the assignment service, when the gateway runs without it.
+    #[arg(long, env = "WHATSNAP_ASSIGNMENT_URL")]
+    assignment_url: Option<String>,
+    /// gRPC URL of the ghl-sync service, when the gateway runs without it.
+    #[arg(long, env = "WHATSNAP_GHL_SYNC_URL")]
+    ghl_sync_url: Option<String>,
+    /// /readyz fails while a projection is more than this many events behind the log.
+    #[arg(long, env = "WHATSNAP_MAX_LAG", default_value_t = 1000)]
+    max_lag: u64,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // People read a terminal; machines read everything else.
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+struct Backend {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    description: String,
+}
+
+async fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
+    sqlx::any::install_default_drivers();
+    match (&args.nats_url, &args.database_url) {
+        (Some(nats_url), Some(database_url)) => {
+            let mut config = JetStreamConfig::new(nats_url);
+            config.stream_name = args.stream_name.clone();
+            config.subject_prefix = args.subject_prefix.clone();
+            config.replicas = args.replicas;
+            let store = JetStreamEventStore::connect(&config)
+                .await
+                .with_context(|| format!("event store on NATS {nats_url}"))?;
+            let db = AnyPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(database_url)
+                .await
+                .context("read models on PostgreSQL (--database-url)")?;
+            Ok(Backend {
+                store: Arc::new(store),
+                db,
+                description: format!(
+                    "distributed: events in JetStream stream {} at {nats_url}, read models in PostgreSQL",
+                    config.stream_name
+                ),
+            })
+        }
+        (None, None) => {
+            let path = std::path::absolute(args.data_dir.join("whatsnap.db"))?;
+            let store = SqliteEventStore::open(&SqliteConfig::new(&path))
+                .await
+                .with_context(|| format!("embedded event store at {}", path.display()))?;
+            let db = AnyPoolOptions::new()
+                .max_connections(4)
+                .connect(&format!("sqlite://{}", path.display()))
+                .await
+                .with_context(|| format!("read models in {}", path.display()))?;
+            Ok(Backend {
+                store: Arc::new(store),
+                db,
+                description: format!(
+                    "embedded: events and read models in SQLite file {}",
+                    path.display()
+                ),
+            })
+        }
+        _ => bail!(
+            "the distributed backend needs both --nats-url and --database-url (or neither, for the embedded one)"
+        ),
+    }
+}
+
+/// Connects lazily: the other process may start after this one.
+fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
+    url.as_ref()
+        .map(|url| {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .with_context(|| format!("--{what}-url {url}"))?
+                .connect_timeout(Duration::from_secs(5));
+            Ok(Remote::new(endpoint.connect_lazy()))
+        })
+        .transpose()
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let targets = &args.target.0;
+    let has = |target| targets.contains(&target);
+    let backend = backend(&args).await?;
+    let (store, db) = (backend.store.clone(), backend.db.clone());
+
+    let session =
+        has(Target::Session).then(|| whatsnap_session::Session::new(store.clone(), db.clone()));
+    let contacts =
+        has(Target::Contacts).then(|| whatsnap_contacts::Contacts::new(store.clone(), db.clone()));
+    let assignment = has(Target::Assignment)
+        .then(|| whatsnap_assignment::Assignment::new(store.clone(), db.clone()));
+    let ghl_sync = has(Target::GhlSync).then(|| whatsnap_ghl_sync::GhlSync::new(db.clone()));
+    let gateway =
+        has(Target::Gateway).then(|| whatsnap_gateway::Gateway::new(store.clone(), db.clone()));
+
+    let mut projections: Vec<Arc<dyn Projection<sqlx::Any>>> = Vec::new();
+    if let Some(s) = &session {
+        projections.push(s.projection());
+    }
+    if let Some(s) = &contacts {
+        projections.push(s.projection());
+    }
+    if let Some(s) = &assignment {
+        projections.push(s.projection());
+    }
+    if let Some(s) = &ghl_sync {
+        projections.push(s.projection());
+    }
+    if let Some(s) = &gateway {
+        projections.push(s.projection());
+    }
+
+    // The gateway answers for the services that run elsewhere.
+    let (mut remote_session, mut remote_contacts, mut remote_assignment, mut remote_ghl_sync) =
+        (None, None, None, None);
+    if gateway.is_some() {
+        if session.is_none() {
+            remote_session = remote(&args.session_url, "session")?;
+        }
+        if contacts.is_none() {
+            remote_contacts = remote(&args.contacts_url, "contacts")?;
+        }
+        if assignment.is_none() {
+            remote_assignment = remote(&args.assignment_url, "assignment")?;
+        }
+        if ghl_sync.is_none() {
+            remote_ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
+        }
+        for (target, local, remote) in [
+            (Target::Session, session.is_some(), remote_session.is_some()),
+            (
+                Target::Contacts,
+                contacts.is_some(),
+                remote_contacts.is_some(),
+            ),
+            (
+                Target::Assignment,
+                assignment.is_some(),
+                remote_assignment.is_some(),
+            ),
+            (
+                Target::GhlSync,
+                ghl_sync.is_some(),
+                remote_ghl_sync.is_some(),
+            ),
+        ] {
+            if !local && !remote {
+                warn!(%target, "not run here and no --{target}-url given: the gateway will not answer its API");
+            }
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut progress = Vec::new();
+    for projection in projections {
+        let name = projection.name().to_owned();
+        let runner = ProjectionRunner::new(store.clone(), db.clone(), projection);
+        progress.push((name.clone(), runner.progress()));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            runner
+                .run_until(stop.cancelled_owned())
+                .await
+                .with_context(|| format!("projection {name}"))
+        });
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    if session.is_some() || remote_session.is_some() {
+        health_reporter
+            .set_serving::<SessionServiceServer<whatsnap_session::Session>>()
+            .await;
+    }
+    if contacts.is_some() || remote_contacts.is_some() {
+        health_reporter
+            .set_serving::<ContactsServiceServer<whatsnap_contacts::Contacts>>()
+            .await;
+    }
+    if assignment.is_some() || remote_assignment.is_some() {
+        health_reporter
+            .set_serving::<AssignmentServiceServer<whatsnap_assignment::Assignment>>()
+            .await;
+    }
+    if ghl_sync.is_some() || remote_ghl_sync.is_some() {
+        health_reporter
+            .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
+            .await;
+    }
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_optional_service(session.as_ref().map(|s| s.grpc()))
+        .add_optional_service(remote_session.map(SessionServiceServer::new))
+        .add_optional_service(contacts.as_ref().map(|s| s.grpc()))
+        .add_optional_service(remote_contacts.map(ContactsServiceServer::new))
+        .add_optional_service(assignment.as_ref().map(|s| s.grpc()))
+        .add_optional_service(remote_assignment.map(AssignmentServiceServer::new))
+        .add_optional_service(ghl_sync.as_ref().map(|s| s.grpc()))
+        .add_optional_service(remote_ghl_sync.map(GhlSyncServiceServer::new))
+        .add_optional_service(gateway.as_ref().map(|g| g.events_grpc()));
+
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                stop.cancelled_owned(),
+            )
+            .await
+            .context("gRPC server")
+    });
+
+    let names: Vec<_> = targets.iter().map(|t| t.name()).collect();
+    // Where it listens goes to stdout, for people and for scripts that start it.
+    let mut out = format!(
+        "whatsnap {} serving {}\nbackend: {}\ngRPC listening on {grpc_addr}\n",
+        env!("CARGO_PKG_VERSION"),
+        names.join(","),
+        backend.description
+    );
+    if gateway.is_some() {
+        let http_listener = TcpListener::bind(args.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        let routes = whatsnap_gateway::router(Readiness {
+            store: store.clone(),
+            projections: progress.clone(),
+            max_lag: args.max_lag,
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(http_listener, routes)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("HTTP server")
+        });
+        out.push_str(&format!(
+            "HTTP listening on {http_addr} (/healthz, /readyz)\n"
+        ));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+    }
+    info!(targets = %names.join(","), %grpc_addr, backend = %backend.description, "whatsnap started");
+
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: draining in-flight work");
+        stop.cancel();
+    });
+
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("task panicked").and_then(|r| r);
+        if let Err(err) = result {
+            error!(error = format!("{err:#}"), "stopping");
+            failure.get_or_insert(err);
+            shutdown.cancel();
+        }
+    }
+    backend.db.close().await;
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
