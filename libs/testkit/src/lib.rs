@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+mod process;
+pub use process::{Whatsnap, free_port, http_get};
+
 use anyhow::Context as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -129,8 +132,6 @@ impl TestNats {
         let mut config = JetStreamConfig::new(url);
         config.stream_name = format!("T{token}");
         config.subject_prefix = format!("t{token}");
-        // Keep test streams small on the shared server.
-        config.max_bytes = 1 << 30;
         Ok(Self { config })
     }
 

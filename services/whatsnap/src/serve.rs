@@ -304,6 +304,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for projection in projections {
         let name = projection.name().to_owned();
         let runner = ProjectionRunner::new(store.clone(), db.clone(), projection);
+        // Read-model tables exist before the first query can arrive.
+        runner
+            .prepare()
+            .await
+            .with_context(|| format!("migrating the read model of {name}"))?;
         progress.push((name.clone(), runner.progress()));
         let stop = shutdown.clone();
         tasks.spawn(async move {

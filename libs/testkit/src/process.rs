@@ -1,0 +1,133 @@
+//! Real `whatsnap` processes for end-to-end tests: started with arguments, their addresses read
+//! from what they print, killed or stopped like an operator or a crash would.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `whatsnap serve`.
+pub struct Whatsnap {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub http: Option<SocketAddr>,
+    /// Where its logs (stderr) go.
+    pub log: PathBuf,
+}
+
+/// A port free at the time of asking, for a process that must come back on the same address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Whatsnap {
+    /// Starts `binary serve <args>` and waits until it says where it listens.
+    pub fn serve(binary: &Path, args: &[String], log_name: &str) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!(
+            "whatsnap-e2e-{log_name}-{}.log",
+            crate::unique_token()
+        ));
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut grpc, mut http, mut gateway) = (None, None, false);
+        while grpc.is_none() || (gateway && http.is_none()) {
+            let line = match received.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                    bail!("whatsnap did not report its addresses; its log:\n{logs}");
+                }
+            };
+            if let Some(rest) = line.strip_prefix("whatsnap ") {
+                gateway = rest.contains("gateway");
+            } else if let Some(addr) = line.strip_prefix("gRPC listening on ") {
+                grpc = Some(addr.trim().parse()?);
+            } else if let Some(addr) = line.strip_prefix("HTTP listening on ") {
+                http = Some(addr.split_whitespace().next().unwrap_or_default().parse()?);
+            }
+        }
+        Ok(Self {
+            child: Some(child),
+            grpc: grpc.expect("read above"),
+            http,
+            log,
+        })
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn signal(&mut self, signal: Signal) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(child.wait()?)
+    }
+
+    /// SIGKILL: a crash, with no chance to finish anything.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGKILL).map(drop)
+    }
+
+    /// SIGTERM: the orderly stop of Kubernetes; returns how the process exited.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(Signal::SIGTERM)
+    }
+}
+
+impl Drop for Whatsnap {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The status code and body of `GET http://addr/path`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

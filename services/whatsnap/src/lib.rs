@@ -1,0 +1,70 @@
+//! `whatsnap`: one binary for every role. `whatsnap serve` runs the services (all of them, or
+//! the `--target`s given); the other subcommands are the operator CLI, which talks gRPC to a
+//! running server. The wiring lives here, in a library, so that the end-to-end tests build the
+//! very same program; `main.rs` only calls [`main`].
+
+mod cli;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "whatsnap",
+    version,
+    about = "Connects WhatsApp, SMS/iMessage and Twilio accounts to GoHighLevel",
+    long_about = "Connects WhatsApp, SMS/iMessage and Twilio accounts to GoHighLevel.\n\n\
+        `whatsnap serve` runs the services: with no --nats-url/--database-url everything lives in \
+        one SQLite file under --data-dir; with both, events go to NATS JetStream and read models \
+        to PostgreSQL. The other commands talk to a running server over gRPC (--server)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the services (all of them by default).
+    Serve(serve::ServeArgs),
+    /// Messaging accounts: list, add, remove.
+    #[command(subcommand)]
+    Accounts(cli::AccountsCommand),
+    /// Contacts: show one by phone number.
+    #[command(subcommand)]
+    Contacts(cli::ContactsCommand),
+    /// The event log: follow it as it grows.
+    #[command(subcommand)]
+    Events(cli::EventsCommand),
+    /// Messages: record one received by an account (for operators and demos, until the
+    /// provider connectors deliver them).
+    #[command(subcommand)]
+    Messages(cli::MessagesCommand),
+    /// Every event that touched a contact, in order, with the reason for each decision.
+    Trace(cli::TraceArgs),
+}
+
+/// Parses the command line and runs the command; what `whatsnap` does.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line a cause, no backtrace: this is for operators.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Accounts(command) => runtime.block_on(cli::accounts(command)),
+        Command::Contacts(command) => runtime.block_on(cli::contacts(command)),
+        Command::Events(command) => runtime.block_on(cli::events(command)),
+        Command::Messages(command) => runtime.block_on(cli::messages(command)),
+        Command::Trace(args) => runtime.block_on(cli::trace(args)),
+    }
+}

@@ -1,0 +1,401 @@
+//! The five services as real `whatsnap` processes: given an account, when a message reaches it,
+//! then the contacts service has a tagged contact, the assignment service has a decision, and
+//! the gateway tells its history — whether everything runs in one embedded process or each
+//! service in its own process on NATS JetStream and PostgreSQL. A service killed while messages
+//! flow catches up when it comes back, and applies nothing twice.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic::transport::Channel;
+use whatsnap_proto::assignment::v1 as assignment;
+use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::events::v1 as events;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::{TestNats, TestPostgres, Whatsnap, free_port, http_get};
+
+const LOCATION: &str = "loc1";
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Clients of the gateway, the front door.
+struct Api {
+    session: session::session_service_client::SessionServiceClient<Channel>,
+    contacts: contacts::contacts_service_client::ContactsServiceClient<Channel>,
+    assignment: assignment::assignment_service_client::AssignmentServiceClient<Channel>,
+    events: events::events_service_client::EventsServiceClient<Channel>,
+}
+
+impl Api {
+    async fn connect(gateway: &Whatsnap) -> Self {
+        let channel = Channel::from_shared(gateway.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            session: session::session_service_client::SessionServiceClient::new(channel.clone()),
+            contacts: contacts::contacts_service_client::ContactsServiceClient::new(
+                channel.clone(),
+            ),
+            assignment: assignment::assignment_service_client::AssignmentServiceClient::new(
+                channel.clone(),
+            ),
+            events: events::events_service_client::EventsServiceClient::new(channel),
+        }
+    }
+
+    async fn add_account(&mut self, name: &str) -> session::Account {
+        self.session
+            .add_account(session::AddAccountRequest {
+                location_id: LOCATION.into(),
+                kind: session::AccountKind::Twilio as i32,
+                name: name.into(),
+                phone_number: "+1 415 555 0199".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn receive(
+        &mut self,
+        account: &session::Account,
+        provider_id: &str,
+        from: &str,
+    ) -> Result<session::RecordInboundMessageResponse, tonic::Status> {
+        self.session
+            .record_inbound_message(session::RecordInboundMessageRequest {
+                location_id: LOCATION.into(),
+                account_id: account.account_id.clone(),
+                provider_message_id: provider_id.into(),
+                from: from.into(),
+                body: "Hi, is this open today?".into(),
+                sender_name: "Ana Lima".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the contacts read model has the contact (eventual consistency).
+    async fn contact(&mut self, phone: &str) -> contacts::Contact {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self
+                .contacts
+                .get_contact(contacts::GetContactRequest {
+                    location_id: LOCATION.into(),
+                    phone: phone.into(),
+                })
+                .await
+            {
+                Ok(contact) => return contact.into_inner(),
+                Err(status)
+                    if status.code() == Code::NotFound || status.code() == Code::Unavailable => {}
+                Err(status) => panic!("get_contact: {status}"),
+            }
+            assert!(Instant::now() < deadline, "contact {phone} never appeared");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn assignment(&mut self, contact_id: &str) -> assignment::Assignment {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(decision) = self
+                .assignment
+                .get_assignment(assignment::GetAssignmentRequest {
+                    location_id: LOCATION.into(),
+                    contact_id: contact_id.into(),
+                })
+                .await
+            {
+                return decision.into_inner();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no assignment decision for {contact_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stream_len(&mut self, stream_id: String) -> usize {
+        self.events
+            .read_stream(events::ReadStreamRequest {
+                stream_id,
+                from_version: 1,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .len()
+    }
+
+    async fn history(&mut self, phone: &str) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(history) = self
+                .events
+                .contact_history(events::ContactHistoryRequest {
+                    location_id: LOCATION.into(),
+                    phone: phone.into(),
+                })
+                .await
+            {
+                let entries: Vec<_> = history
+                    .into_inner()
+                    .entries
+                    .into_iter()
+                    .map(|e| (e.event.map(|e| e.event_type).unwrap_or_default(), e.summary))
+                    .collect();
+                if entries.len() >= 4 {
+                    return entries;
+                }
+            }
+            assert!(Instant::now() < deadline, "history of {phone} incomplete");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Given an account, when a new number messages it (twice, the same webhook), then one contact
+/// with the account's tag, one decision, and a history that says why.
+async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
+    let account = api.add_account("Sales Line").await;
+    assert_eq!(account.tag, "whatsnap-account-sales-line");
+    let first = api
+        .receive(&account, "SM100", "+1 (415) 555-0100")
+        .await
+        .unwrap();
+    let again = api
+        .receive(&account, "SM100", "+1 (415) 555-0100")
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(first.message_id, again.message_id);
+
+    let contact = api.contact("+14155550100").await;
+    assert_eq!(contact.phone, "+14155550100");
+    assert_eq!(contact.name, "Ana Lima");
+    assert_eq!(contact.tags, ["whatsnap-account-sales-line"]);
+
+    let decision = api.assignment(&contact.contact_id).await;
+    assert_eq!(decision.user_id, "");
+    assert!(
+        decision.reason.contains("no assignment rules"),
+        "{}",
+        decision.reason
+    );
+
+    let history = api.history("+14155550100").await;
+    let types: Vec<_> = history.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "InboundMessageReceived",
+            "ContactCreated",
+            "ContactTagged",
+            "AssignmentSkipped"
+        ]
+    );
+    assert!(history[3].1.contains("no assignment rules"), "{history:?}");
+
+    // Bad input changes nothing and says what is wrong.
+    let err = api.receive(&account, "SM101", "12345").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("country code"), "{}", err.message());
+    let mut unknown = account.clone();
+    unknown.account_id = "01a2086a-20c3-7705-8003-4b64ce7f8e21".into();
+    let err = api
+        .receive(&unknown, "SM102", "+14155550100")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_one_process_serves_every_service() {
+    let data = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut whatsnap = Whatsnap::serve(
+        binary(),
+        &args(&[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        "embedded",
+    )
+    .unwrap();
+    let http = whatsnap.http.unwrap();
+    loop {
+        if let Ok((200, body)) = http_get(http, "/readyz").await {
+            assert!(body.contains("\"ready\":true"), "{body}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "embedded whatsnap ready {} ms after start",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(http_get(http, "/healthz").await.unwrap().0, 200);
+
+    let mut api = Api::connect(&whatsnap).await;
+    a_message_becomes_a_tagged_contact_with_a_history(&mut api).await;
+
+    // SIGTERM drains and exits cleanly; a restart finds everything.
+    let status = whatsnap.terminate().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &args(&[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        "embedded-restarted",
+    )
+    .unwrap();
+    let mut api = Api::connect(&whatsnap).await;
+    assert_eq!(
+        api.contact("+14155550100").await.tags,
+        ["whatsnap-account-sales-line"]
+    );
+}
+
+struct Cluster {
+    common: Vec<String>,
+    session: Whatsnap,
+    contacts: Whatsnap,
+    contacts_port: u16,
+    _assignment: Whatsnap,
+    _ghl_sync: Whatsnap,
+    gateway: Whatsnap,
+}
+
+impl Cluster {
+    fn start_target(common: &[String], target: &str, grpc_port: u16) -> Whatsnap {
+        let mut list = common.to_vec();
+        list.extend(args(&[
+            "--target",
+            target,
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc_port}"),
+        ]));
+        Whatsnap::serve(binary(), &list, target).unwrap()
+    }
+
+    async fn start(nats: &TestNats, pg: &TestPostgres) -> Self {
+        let common = args(&[
+            "--nats-url",
+            &nats.config.url,
+            "--stream-name",
+            &nats.config.stream_name,
+            "--subject-prefix",
+            &nats.config.subject_prefix,
+            "--database-url",
+            &pg.url_with_schema(),
+        ]);
+        let contacts_port = free_port();
+        let session = Self::start_target(&common, "session", 0);
+        let contacts = Self::start_target(&common, "contacts", contacts_port);
+        let assignment = Self::start_target(&common, "assignment", 0);
+        let ghl_sync = Self::start_target(&common, "ghl-sync", 0);
+        let mut gateway_args = common.clone();
+        gateway_args.extend(args(&[
+            "--target",
+            "gateway",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--session-url",
+            &session.grpc_url(),
+            "--contacts-url",
+            &contacts.grpc_url(),
+            "--assignment-url",
+            &assignment.grpc_url(),
+            "--ghl-sync-url",
+            &ghl_sync.grpc_url(),
+        ]));
+        let gateway = Whatsnap::serve(binary(), &gateway_args, "gateway").unwrap();
+        Self {
+            common,
+            session,
+            contacts,
+            contacts_port,
+            _assignment: assignment,
+            _ghl_sync: ghl_sync,
+            gateway,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_one_process_per_service() {
+    let nats = TestNats::new().await.unwrap();
+    let pg = TestPostgres::new().await.unwrap();
+    let mut cluster = Cluster::start(&nats, &pg).await;
+    let mut api = Api::connect(&cluster.gateway).await;
+    a_message_becomes_a_tagged_contact_with_a_history(&mut api).await;
+
+    // Messages keep coming while the contacts service is killed and started again.
+    let account = api.add_account("Support").await;
+    const MESSAGES: usize = 60;
+    let phone = |i: usize| format!("+1415555{:04}", 1000 + i);
+    for i in 0..MESSAGES {
+        if i == MESSAGES / 3 {
+            cluster.contacts.kill().unwrap();
+        }
+        if i == 2 * MESSAGES / 3 {
+            cluster.contacts =
+                Cluster::start_target(&cluster.common, "contacts", cluster.contacts_port);
+        }
+        api.receive(&account, &format!("SM-flow-{i}"), &phone(i))
+            .await
+            .unwrap();
+    }
+    for i in 0..MESSAGES {
+        let contact = api.contact(&phone(i)).await;
+        assert_eq!(contact.tags, ["whatsnap-account-support"], "{}", phone(i));
+        // Exactly once: each contact's stream holds one creation and one tag, each decision one event.
+        let stream = format!("{LOCATION}.contact.{}", contact.contact_id);
+        assert_eq!(api.stream_len(stream).await, 2, "contact {}", phone(i));
+        api.assignment(&contact.contact_id).await;
+        let decisions = format!("{LOCATION}.assignment.{}", contact.contact_id);
+        assert_eq!(
+            api.stream_len(decisions).await,
+            1,
+            "decisions of {}",
+            phone(i)
+        );
+    }
+
+    // The gateway's readiness reflects its own projection, caught up.
+    let http = cluster.gateway.http.unwrap();
+    let (status, body) = http_get(http, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(cluster.session.terminate().unwrap().success());
+}
