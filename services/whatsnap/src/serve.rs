@@ -304,11 +304,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for projection in projections {
         let name = projection.name().to_owned();
         let runner = ProjectionRunner::new(store.clone(), db.clone(), projection);
-        // Read-model tables exist before the first query can arrive.
-        runner
-            .prepare()
-            .await
-            .with_context(|| format!("migrating the read model of {name}"))?;
+        // Read-model tables exist before the first query can arrive. Services starting together
+        // on one PostgreSQL may race to create the shared checkpoint table: try again.
+        let mut attempt = 1;
+        while let Err(err) = runner.prepare().await {
+            if attempt == 5 {
+                return Err(err).with_context(|| format!("migrating the read model of {name}"));
+            }
+            warn!(projection = %name, attempt, error = %err, "read model migration failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            attempt += 1;
+        }
         progress.push((name.clone(), runner.progress()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
