@@ -71,15 +71,32 @@ impl Api {
         provider_id: &str,
         from: &str,
     ) -> Result<session::RecordInboundMessageResponse, tonic::Status> {
+        self.receive_traced(account, provider_id, from, None).await
+    }
+
+    /// Records a message as a webhook would, optionally within the caller's W3C trace.
+    async fn receive_traced(
+        &mut self,
+        account: &session::Account,
+        provider_id: &str,
+        from: &str,
+        traceparent: Option<&str>,
+    ) -> Result<session::RecordInboundMessageResponse, tonic::Status> {
+        let mut request = tonic::Request::new(session::RecordInboundMessageRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            provider_message_id: provider_id.into(),
+            from: from.into(),
+            body: "Hi, is this open today?".into(),
+            sender_name: "Ana Lima".into(),
+        });
+        if let Some(traceparent) = traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.parse().unwrap());
+        }
         self.session
-            .record_inbound_message(session::RecordInboundMessageRequest {
-                location_id: LOCATION.into(),
-                account_id: account.account_id.clone(),
-                provider_message_id: provider_id.into(),
-                from: from.into(),
-                body: "Hi, is this open today?".into(),
-                sender_name: "Ana Lima".into(),
-            })
+            .record_inbound_message(request)
             .await
             .map(|r| r.into_inner())
     }
@@ -141,7 +158,8 @@ impl Api {
             .len()
     }
 
-    async fn history(&mut self, phone: &str) -> Vec<(String, String)> {
+    /// (event type, summary, traceparent) of every event that touched the contact.
+    async fn history(&mut self, phone: &str) -> Vec<(String, String, String)> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(history) = self
@@ -156,7 +174,10 @@ impl Api {
                     .into_inner()
                     .entries
                     .into_iter()
-                    .map(|e| (e.event.map(|e| e.event_type).unwrap_or_default(), e.summary))
+                    .map(|e| {
+                        let event = e.event.unwrap_or_default();
+                        (event.event_type, e.summary, event.traceparent)
+                    })
                     .collect();
                 if entries.len() >= 4 {
                     return entries;
@@ -173,8 +194,11 @@ impl Api {
 async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
     let account = api.add_account("Sales Line").await;
     assert_eq!(account.tag, "whatsnap-account-sales-line");
+    // The webhook's request carries a W3C trace; everything it causes continues that trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let first = api
-        .receive(&account, "SM100", "+1 (415) 555-0100")
+        .receive_traced(&account, "SM100", "+1 (415) 555-0100", Some(&traceparent))
         .await
         .unwrap();
     let again = api
@@ -199,7 +223,7 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
     );
 
     let history = api.history("+14155550100").await;
-    let types: Vec<_> = history.iter().map(|(t, _)| t.as_str()).collect();
+    let types: Vec<_> = history.iter().map(|(t, _, _)| t.as_str()).collect();
     assert_eq!(
         types,
         [
@@ -210,6 +234,12 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
         ]
     );
     assert!(history[3].1.contains("no assignment rules"), "{history:?}");
+    for (event_type, _, traceparent) in &history {
+        assert!(
+            traceparent.contains(trace_id),
+            "{event_type} was written outside the message's trace: {traceparent:?}"
+        );
+    }
 
     // Bad input changes nothing and says what is wrong.
     let err = api.receive(&account, "SM101", "12345").await.unwrap_err();

@@ -35,6 +35,15 @@ impl EventMetadata {
         }
     }
 
+    /// The same metadata in the trace `trace`, when it names one (an untraced caller keeps the
+    /// trace it had).
+    pub fn traced(mut self, trace: TraceContext) -> Self {
+        if trace.traceparent.is_some() {
+            self.trace = trace;
+        }
+        self
+    }
+
     /// Metadata for an event caused by `cause`: same correlation and trace, `cause` as causation.
     pub fn caused_by(cause: &RecordedEvent) -> Self {
         Self {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{Any, Database, Pool, Postgres, Sqlite};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 use whatsnap_events::RecordedEvent;
 
 use crate::{EventStore, StoreError, SubscribeFrom};
@@ -213,8 +213,12 @@ impl CheckpointTable for Any {
 }
 
 /// Runs one projection: one in-order worker, batches of events, one transaction a batch.
+/// Makes the span an event is handled in (see `ProjectionRunner::instrument`).
+pub type EventSpan = fn(&str, &RecordedEvent) -> tracing::Span;
+
 pub struct ProjectionRunner<DB: CheckpointTable> {
     store: Arc<dyn EventStore>,
+    event_span: EventSpan,
     pool: Pool<DB>,
     projection: Arc<dyn Projection<DB>>,
     batch_size: usize,
@@ -231,6 +235,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             store,
             pool,
             projection,
+            event_span: |projection, event| {
+                tracing::debug_span!("handle_event", projection, position = event.position)
+            },
             batch_size: 100,
             progress: watch::channel(0).0,
         }
@@ -239,6 +246,13 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     /// At most this many events per transaction (default 100).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Handles each event inside the span `event_span` makes, e.g. one that continues the
+    /// trace the event was written in.
+    pub fn instrument(mut self, event_span: EventSpan) -> Self {
+        self.event_span = event_span;
         self
     }
 
@@ -332,7 +346,11 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 }
             };
             for event in unseen() {
-                self.projection.react(event).await.map_err(failed(event))?;
+                self.projection
+                    .react(event)
+                    .instrument((self.event_span)(&name, event))
+                    .await
+                    .map_err(failed(event))?;
             }
             let mut tx = DB::begin_write(&self.pool)
                 .await
@@ -340,6 +358,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             for event in unseen() {
                 self.projection
                     .apply(&mut tx, event)
+                    .instrument((self.event_span)(&name, event))
                     .await
                     .map_err(failed(event))?;
             }

@@ -115,7 +115,10 @@ impl Projection<Any> for AssignmentProjection {
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
-                vec![NewEvent::new(&decision, EventMetadata::caused_by(event))],
+                vec![NewEvent::new(
+                    &decision,
+                    EventMetadata::caused_by(event).traced(whatsnap_telemetry::current()),
+                )],
             )
             .await
         {

@@ -92,7 +92,11 @@ impl ContactsProjection {
             }
             let events = decided
                 .iter()
-                .map(|e| NewEvent::new(e, EventMetadata::caused_by(cause)))
+                .map(|e| {
+                    let metadata =
+                        EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
+                    NewEvent::new(e, metadata)
+                })
                 .collect();
             match self
                 .store

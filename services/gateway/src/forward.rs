@@ -20,16 +20,10 @@ impl Remote {
     }
 }
 
-/// The message of `request` in a new request that keeps the caller's trace context.
+/// The message of `request` in a new request, in the trace of this call.
 fn onward<T>(request: Request<T>) -> Request<T> {
-    let trace: Vec<_> = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|key| request.metadata().get(key).map(|v| (key, v.clone())))
-        .collect();
     let mut onward = Request::new(request.into_inner());
-    for (key, value) in trace {
-        onward.metadata_mut().insert(key, value);
-    }
+    whatsnap_telemetry::inject(&mut onward);
     onward
 }
 

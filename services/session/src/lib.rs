@@ -61,6 +61,11 @@ impl Session {
     }
 }
 
+/// A command starts a correlation, in the trace of the call that carried it.
+fn metadata() -> EventMetadata {
+    EventMetadata::new_correlation().traced(whatsnap_telemetry::current())
+}
+
 fn to_pb(state: &AccountState, location: &LocationId) -> pb::Account {
     pb::Account {
         account_id: state
@@ -101,7 +106,7 @@ impl pb::session_service_server::SessionService for Session {
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
-                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+                vec![NewEvent::new(&event, metadata())],
             )
             .await
             .map_err(ServiceError::from)?;
@@ -156,7 +161,7 @@ impl pb::session_service_server::SessionService for Session {
             .append(
                 &stream,
                 ExpectedVersion::Exact(state.version),
-                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+                vec![NewEvent::new(&event, metadata())],
             )
             .await
             .map_err(ServiceError::from)?;
@@ -213,7 +218,7 @@ impl pb::session_service_server::SessionService for Session {
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
-                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+                vec![NewEvent::new(&event, metadata())],
             )
             .await
         {

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -141,20 +140,6 @@ pub struct ServeArgs {
     max_lag: u64,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // People read a terminal; machines read everything else.
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 struct Backend {
     store: Arc<dyn EventStore>,
     db: ReadDb,
@@ -225,8 +210,19 @@ fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
     let targets = &args.target.0;
+    let service_name = match targets.len() {
+        5 => "whatsnap".to_owned(),
+        _ => format!(
+            "whatsnap-{}",
+            targets
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join("-")
+        ),
+    };
+    let _telemetry = whatsnap_telemetry::init(&service_name)?;
     let has = |target| targets.contains(&target);
     let backend = backend(&args).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
@@ -303,7 +299,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut progress = Vec::new();
     for projection in projections {
         let name = projection.name().to_owned();
-        let runner = ProjectionRunner::new(store.clone(), db.clone(), projection);
+        let runner = ProjectionRunner::new(store.clone(), db.clone(), projection)
+            .instrument(whatsnap_telemetry::event_span);
         // Read-model tables exist before the first query can arrive. Services starting together
         // on one PostgreSQL may race to create the shared checkpoint table: try again.
         let mut attempt = 1;
@@ -351,6 +348,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await;
     }
     let router = Server::builder()
+        .trace_fn(whatsnap_telemetry::grpc_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_optional_service(session.as_ref().map(|s| s.grpc()))
