@@ -1,0 +1,198 @@
+//! What an operator sees: the CLI against a running whatsnap, the gRPC health service and server
+//! reflection.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use whatsnap_testkit::Whatsnap;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+/// Runs a CLI command against `server`; returns (success, stdout, stderr).
+fn cli(server: &Whatsnap, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .args(["--server", &server.grpc_url()])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Retries a CLI command until its output contains `expected` (read models are eventually
+/// consistent).
+fn cli_until(server: &Whatsnap, args: &[&str], expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = cli(server, args);
+        if ok && out.contains(expected) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never printed {expected:?}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() {
+    let data = tempfile::tempdir().unwrap();
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &[
+            "--data-dir".to_owned(),
+            data.path().to_str().unwrap().to_owned(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--http-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ],
+        "operator",
+    )
+    .unwrap();
+
+    let (ok, out, err) = cli(
+        &whatsnap,
+        &[
+            "accounts",
+            "add",
+            "--location",
+            "loc1",
+            "--kind",
+            "whatsapp",
+            "--name",
+            "Front Desk",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("whatsnap-account-front-desk"), "{out}");
+    let account_id = out.split_whitespace().next().unwrap().to_owned();
+    let listed = cli_until(
+        &whatsnap,
+        &["accounts", "list", "--location", "loc1"],
+        &account_id,
+    );
+    assert!(
+        listed.contains("whatsapp") && listed.contains("added"),
+        "{listed}"
+    );
+
+    let (ok, out, err) = cli(
+        &whatsnap,
+        &[
+            "messages",
+            "receive",
+            "--location",
+            "loc1",
+            "--account",
+            &account_id,
+            "--from",
+            "+55 11 99999-0000",
+            "--name",
+            "Bia",
+            "--body",
+            "Oi",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("message "), "{out}");
+
+    let shown = cli_until(
+        &whatsnap,
+        &["contacts", "show", "+5511999990000", "--location", "loc1"],
+        "whatsnap-account-front-desk",
+    );
+    assert!(shown.contains("Bia"), "{shown}");
+    let trace = cli_until(
+        &whatsnap,
+        &["trace", "+5511999990000", "--location", "loc1"],
+        "left unassigned",
+    );
+    for expected in [
+        "InboundMessageReceived",
+        "ContactCreated",
+        "ContactTagged",
+        "AssignmentSkipped",
+    ] {
+        assert!(
+            trace.contains(expected),
+            "{expected} missing from:\n{trace}"
+        );
+    }
+
+    // Mistakes get one clear line and a failing exit status.
+    let (ok, out, err) = cli(
+        &whatsnap,
+        &["contacts", "show", "99999", "--location", "loc1"],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.starts_with("error: ") && err.contains("country code"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &whatsnap,
+        &["accounts", "remove", "--location", "loc1", "not-an-id"],
+    );
+    assert!(!ok);
+    assert!(err.contains("not a UUID"), "{err}");
+
+    // Health and reflection, as Kubernetes probes and grpcurl use them.
+    let channel = Channel::from_shared(whatsnap.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "whatsnap.session.v1.SessionService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in [
+        "whatsnap.session.v1.SessionService",
+        "whatsnap.contacts.v1.ContactsService",
+        "whatsnap.assignment.v1.AssignmentService",
+        "whatsnap.events.v1.EventsService",
+        "whatsnap.ghlsync.v1.GhlSyncService",
+    ] {
+        assert!(names.contains(&service), "{service} not in {names:?}");
+    }
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> {
+    futures::stream::iter([item])
+}
