@@ -13,7 +13,7 @@ use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::{TestNats, TestPostgres, Whatsnap, free_port, http_get};
+use whatsnap_testkit::{FakeCollector, TestNats, TestPostgres, Whatsnap, free_port, http_get};
 
 const LOCATION: &str = "loc1";
 
@@ -428,4 +428,60 @@ async fn distributed_one_process_per_service() {
     let (status, body) = http_get(http, "/readyz").await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(cluster.session.terminate().unwrap().success());
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the call and of every handler it caused
+/// reach the collector, in the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_in_the_callers_trace() {
+    let collector = FakeCollector::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut whatsnap = Whatsnap::serve_with_env(
+        binary(),
+        &args(&[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())],
+        "otlp",
+    )
+    .unwrap();
+    let mut api = Api::connect(&whatsnap).await;
+    let account = api.add_account("Traced").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    api.receive_traced(
+        &account,
+        "SM-otlp",
+        "+14155550142",
+        Some(&format!("00-{trace_id}-b7ad6b7169203331-01")),
+    )
+    .await
+    .unwrap();
+    let contact = api.contact("+14155550142").await;
+    api.assignment(&contact.contact_id).await;
+    // SIGTERM flushes what is not exported yet.
+    assert!(whatsnap.terminate().unwrap().success());
+
+    let spans: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == trace_id)
+        .collect();
+    assert!(
+        spans.iter().any(|s| s.name == "grpc"),
+        "no gRPC span in the trace: {spans:?}"
+    );
+    let handled = spans.iter().filter(|s| s.name == "handle_event").count();
+    assert!(
+        handled >= 3,
+        "handlers of the message's events not in its trace: {spans:?}"
+    );
+    assert!(
+        spans.iter().all(|s| s.service_name == "whatsnap"),
+        "{spans:?}"
+    );
 }

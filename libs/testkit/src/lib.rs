@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
+mod collector;
 mod process;
+pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{Whatsnap, free_port, http_get};
 
 use anyhow::Context as _;

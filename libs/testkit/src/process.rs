@@ -33,6 +33,16 @@ pub fn free_port() -> u16 {
 impl Whatsnap {
     /// Starts `binary serve <args>` and waits until it says where it listens.
     pub fn serve(binary: &Path, args: &[String], log_name: &str) -> anyhow::Result<Self> {
+        Self::serve_with_env(binary, args, &[], log_name)
+    }
+
+    /// As [`Whatsnap::serve`], with these environment variables set for the process.
+    pub fn serve_with_env(
+        binary: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log_name: &str,
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "whatsnap-e2e-{log_name}-{}.log",
             crate::unique_token()
@@ -40,6 +50,7 @@ impl Whatsnap {
         let mut child = Command::new(binary)
             .arg("serve")
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
