@@ -241,6 +241,20 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
         );
     }
 
+    // A reply would leave from the account whose tag the contact carries; once that account is
+    // removed, there is no route, and the reason says what to do.
+    let route = api
+        .contacts
+        .resolve_route(contacts::ResolveRouteRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550100".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.account_id, account.account_id);
+    assert_eq!(route.tag, "whatsnap-account-sales-line");
+
     // Bad input changes nothing and says what is wrong.
     let err = api.receive(&account, "SM101", "12345").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -252,6 +266,44 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+
+    api.session
+        .remove_account(session::RemoveAccountRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            reason: "number returned".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        let result = api
+            .contacts
+            .resolve_route(contacts::ResolveRouteRequest {
+                location_id: LOCATION.into(),
+                phone: "+14155550100".into(),
+            })
+            .await;
+        match result {
+            Err(err) => break err,
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "the removed account still routes"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("removed accounts"),
+        "{}",
+        err.message()
+    );
+    let err = api
+        .receive(&account, "SM103", "+14155550100")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

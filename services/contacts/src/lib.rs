@@ -132,6 +132,7 @@ impl Projection<Any> for ContactsProjection {
              location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, \
              UNIQUE (location_id, phone))",
             "CREATE TABLE IF NOT EXISTS contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, \
+             position BIGINT NOT NULL, \
              PRIMARY KEY (contact_id, tag))",
         ] {
             sqlx::query(statement).execute(&mut *conn).await?;
@@ -188,11 +189,12 @@ impl Projection<Any> for ContactsProjection {
             }
             Event::ContactTagged(e) => {
                 sqlx::query(
-                    "INSERT INTO contact_tags (contact_id, tag) VALUES ($1, $2) \
+                    "INSERT INTO contact_tags (contact_id, tag, position) VALUES ($1, $2, $3) \
                      ON CONFLICT (contact_id, tag) DO NOTHING",
                 )
                 .bind(e.contact_id.to_string())
                 .bind(e.tag)
+                .bind(event.position as i64)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -226,7 +228,7 @@ async fn contact_row(db: &ReadDb, contact_id: &str) -> sqlx::Result<Option<pb::C
     else {
         return Ok(None);
     };
-    let tags = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY tag")
+    let tags = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY position")
         .bind(contact_id)
         .fetch_all(db)
         .await?
@@ -242,8 +244,102 @@ async fn contact_row(db: &ReadDb, contact_id: &str) -> sqlx::Result<Option<pb::C
     }))
 }
 
+/// A tag on a contact, with what the read model knows of the account it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedTag {
+    pub tag: String,
+    /// The account of the location with this tag, and whether it was removed.
+    pub account: Option<(String, bool)>,
+}
+
+/// The outbound route rule: of the contact's tags that name a live account of its location,
+/// the most recently added wins (`tags` come oldest first). A GHL user switches the route by
+/// adding the other account's tag, which then is the most recent.
+pub fn choose_route(phone: &str, tags: &[CarriedTag]) -> Result<(String, String, String), String> {
+    let live: Vec<_> = tags
+        .iter()
+        .filter_map(|t| match &t.account {
+            Some((account_id, false)) => Some((t.tag.as_str(), account_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let Some((tag, account_id)) = live.last() else {
+        let removed: Vec<_> = tags
+            .iter()
+            .filter(|t| matches!(t.account, Some((_, true))))
+            .map(|t| t.tag.as_str())
+            .collect();
+        return Err(if removed.is_empty() {
+            format!(
+                "contact {phone} carries no whatsnap account tag: add the tag of the account to reply from"
+            )
+        } else {
+            format!(
+                "contact {phone} only carries tags of removed accounts ({}): add the tag of a connected account",
+                removed.join(", ")
+            )
+        });
+    };
+    let reason = if live.len() == 1 {
+        format!("the contact carries the tag {tag}")
+    } else {
+        let all: Vec<_> = live.iter().map(|(t, _)| *t).collect();
+        format!(
+            "the contact carries {}; {tag} was added most recently",
+            all.join(", ")
+        )
+    };
+    Ok((account_id.to_string(), tag.to_string(), reason))
+}
+
 #[tonic::async_trait]
 impl pb::contacts_service_server::ContactsService for Contacts {
+    async fn resolve_route(
+        &self,
+        request: Request<pb::ResolveRouteRequest>,
+    ) -> Result<Response<pb::Route>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let contact_id = contact_id_for(&location, &phone).to_string();
+        if contact_row(&self.db, &contact_id)
+            .await
+            .map_err(ServiceError::from)?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!(
+                "no contact with phone {phone} in location {location}"
+            ))
+            .into());
+        }
+        let tags: Vec<CarriedTag> = sqlx::query(
+            "SELECT t.tag, a.account_id, a.removed FROM contact_tags t \
+             LEFT JOIN contacts_accounts a ON a.tag = t.tag AND a.location_id = $2 \
+             WHERE t.contact_id = $1 ORDER BY t.position",
+        )
+        .bind(&contact_id)
+        .bind(location.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .iter()
+        .map(|row| CarriedTag {
+            tag: row.get("tag"),
+            account: row
+                .get::<Option<String>, _>("account_id")
+                .map(|id| (id, row.get::<Option<i64>, _>("removed").unwrap_or(0) != 0)),
+        })
+        .collect();
+        let (account_id, tag, reason) =
+            choose_route(phone.as_str(), &tags).map_err(ServiceError::FailedPrecondition)?;
+        Ok(Response::new(pb::Route {
+            contact_id,
+            account_id,
+            tag,
+            reason,
+        }))
+    }
+
     async fn get_contact(
         &self,
         request: Request<pb::GetContactRequest>,
@@ -295,5 +391,58 @@ impl pb::contacts_service_server::ContactsService for Contacts {
             }
         }
         Ok(Response::new(pb::ListContactsResponse { contacts }))
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn tag(tag: &str, account: Option<(&str, bool)>) -> CarriedTag {
+        CarriedTag {
+            tag: tag.into(),
+            account: account.map(|(id, removed)| (id.into(), removed)),
+        }
+    }
+
+    #[test]
+    fn the_only_account_tag_routes() {
+        let tags = [
+            tag("vip", None),
+            tag("whatsnap-account-a", Some(("A", false))),
+        ];
+        let (account, chosen, reason) = choose_route("+1", &tags).unwrap();
+        assert_eq!(
+            (account.as_str(), chosen.as_str()),
+            ("A", "whatsnap-account-a")
+        );
+        assert_eq!(reason, "the contact carries the tag whatsnap-account-a");
+    }
+
+    #[test]
+    fn of_several_account_tags_the_most_recent_wins() {
+        let tags = [
+            tag("whatsnap-account-a", Some(("A", false))),
+            tag("whatsnap-account-b", Some(("B", false))),
+        ];
+        let (account, _, reason) = choose_route("+1", &tags).unwrap();
+        assert_eq!(account, "B");
+        assert!(
+            reason.contains("whatsnap-account-b was added most recently"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn removed_accounts_and_plain_tags_do_not_route() {
+        let tags = [
+            tag("whatsnap-account-b", Some(("B", false))),
+            tag("whatsnap-account-a", Some(("A", true))),
+        ];
+        assert_eq!(choose_route("+1", &tags).unwrap().0, "B");
+        let err = choose_route("+1", &[tag("whatsnap-account-a", Some(("A", true)))]).unwrap_err();
+        assert!(err.contains("removed accounts"), "{err}");
+        let err = choose_route("+1", &[tag("vip", None)]).unwrap_err();
+        assert!(err.contains("no whatsnap account tag"), "{err}");
     }
 }

@@ -51,6 +51,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
 forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_service_client::ContactsServiceClient<Channel> {
     get_contact(contacts::GetContactRequest) -> contacts::Contact;
     list_contacts(contacts::ListContactsRequest) -> contacts::ListContactsResponse;
+    resolve_route(contacts::ResolveRouteRequest) -> contacts::Route;
 });
 
 forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {
