@@ -344,6 +344,47 @@ async fn embedded_one_process_serves_every_service() {
     let mut api = Api::connect(&whatsnap).await;
     a_message_becomes_a_tagged_contact_with_a_history(&mut api).await;
 
+    // Assignment rules are versioned: each change is kept, the latest applies.
+    let set = |rules_json: &str| assignment::SetRulesRequest {
+        location_id: LOCATION.into(),
+        account_id: String::new(),
+        rules_json: rules_json.into(),
+    };
+    let err = api
+        .assignment
+        .set_rules(set("{not json"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = api.assignment.set_rules(set("[1, 2]")).await.unwrap_err();
+    assert!(err.message().contains("JSON object"), "{}", err.message());
+    api.assignment
+        .set_rules(set(r#"{"strategy":"individual","user":"u1"}"#))
+        .await
+        .unwrap();
+    let second = api
+        .assignment
+        .set_rules(set(r#"{"strategy":"round_robin","users":["u1","u2"]}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.version, 2);
+    let current = api
+        .assignment
+        .get_rules(assignment::GetRulesRequest {
+            location_id: LOCATION.into(),
+            account_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.version, 2);
+    assert!(
+        current.rules_json.contains("round_robin"),
+        "{}",
+        current.rules_json
+    );
+
     // SIGTERM drains and exits cleanly; a restart finds everything.
     let status = whatsnap.terminate().unwrap();
     assert!(status.success(), "exit status {status}");

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, AssignmentSkipped, ContactCreated, Event, EventMetadata, NewEvent,
-    RecordedEvent, StreamId,
+    AggregateKind, AssignmentRulesChanged, AssignmentSkipped, ContactCreated, Event, EventMetadata,
+    LocationId, NewEvent, RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
@@ -160,8 +161,86 @@ impl Projection<Any> for AssignmentProjection {
     }
 }
 
+/// The stream that holds the rules of an account, or of the location when `account` is `None`.
+fn rules_stream(location: &LocationId, account: Option<Uuid>) -> StreamId {
+    let id = match account {
+        Some(account) => format!("rules_{}", account.simple()),
+        None => "rules_location".to_owned(),
+    };
+    StreamId::new(location.clone(), AggregateKind::Assignment, id).expect("rules ids are tokens")
+}
+
+fn account_arg(value: &str) -> Result<Option<Uuid>, ServiceError> {
+    match value.trim() {
+        "" => Ok(None),
+        id => whatsnap_rpc::uuid("account id", id).map(Some),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::assignment_service_server::AssignmentService for Assignment {
+    async fn set_rules(
+        &self,
+        request: Request<pb::SetRulesRequest>,
+    ) -> Result<Response<pb::Rules>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = account_arg(&request.account_id)?;
+        let rules: serde_json::Value = serde_json::from_str(&request.rules_json).map_err(|e| {
+            ServiceError::InvalidArgument(format!("rules_json is not valid JSON: {e}"))
+        })?;
+        if !rules.is_object() {
+            return Err(
+                ServiceError::InvalidArgument("rules_json must be a JSON object".into()).into(),
+            );
+        }
+        let event = Event::from(AssignmentRulesChanged { account_id, rules });
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        let outcome = self
+            .store
+            .append(
+                &rules_stream(&location, account_id),
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, metadata)],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::Rules {
+            location_id: location.to_string(),
+            account_id: request.account_id,
+            rules_json: request.rules_json,
+            version: outcome.version,
+        }))
+    }
+
+    async fn get_rules(
+        &self,
+        request: Request<pb::GetRulesRequest>,
+    ) -> Result<Response<pb::Rules>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = account_arg(&request.account_id)?;
+        let history = self
+            .store
+            .read_stream(&rules_stream(&location, account_id), 1, usize::MAX)
+            .await
+            .map_err(ServiceError::from)?;
+        let (rules_json, version) = match history.last() {
+            Some(last) => match last.decode() {
+                Ok(Event::AssignmentRulesChanged(e)) => (e.rules.to_string(), last.version),
+                Ok(_) => (String::new(), 0),
+                Err(e) => return Err(ServiceError::FailedPrecondition(e.to_string()).into()),
+            },
+            None => (String::new(), 0),
+        };
+        Ok(Response::new(pb::Rules {
+            location_id: location.to_string(),
+            account_id: request.account_id,
+            rules_json,
+            version,
+        }))
+    }
+
     async fn get_assignment(
         &self,
         request: Request<pb::GetAssignmentRequest>,

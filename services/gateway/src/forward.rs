@@ -56,6 +56,8 @@ forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_
 
 forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {
     get_assignment(assignment::GetAssignmentRequest) -> assignment::Assignment;
+    set_rules(assignment::SetRulesRequest) -> assignment::Rules;
+    get_rules(assignment::GetRulesRequest) -> assignment::Rules;
 });
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
