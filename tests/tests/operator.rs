@@ -154,6 +154,64 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert!(err.contains("not a UUID"), "{err}");
 
     // Health and reflection, as Kubernetes probes and grpcurl use them.
+    let health_and_reflection = check_health_and_reflection(&whatsnap);
+    health_and_reflection.await;
+
+    // A read model rebuilt from zero while its service is stopped comes back the same.
+    let mut whatsnap = whatsnap;
+    assert!(whatsnap.terminate().unwrap().success());
+    let data_dir = data.path().to_str().unwrap();
+    let output = Command::new(binary())
+        .args(["rebuild", "contacts", "--data-dir", data_dir])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("contacts: emptied"), "{out}");
+    let file = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(data.path().join("whatsnap.db")),
+        )
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts")
+        .fetch_one(&file)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the read model was not emptied");
+    file.close().await;
+    let output = Command::new(binary())
+        .args(["rebuild", "nope", "--data-dir", data_dir])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no read model named \"nope\""));
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &[
+            "--data-dir".to_owned(),
+            data_dir.to_owned(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--http-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ],
+        "operator-rebuilt",
+    )
+    .unwrap();
+    let shown = cli_until(
+        &whatsnap,
+        &["contacts", "show", "+5511999990000", "--location", "loc1"],
+        "whatsnap-account-front-desk",
+    );
+    assert!(shown.contains("Bia"), "{shown}");
+}
+
+async fn check_health_and_reflection(whatsnap: &Whatsnap) {
     let channel = Channel::from_shared(whatsnap.grpc_url())
         .unwrap()
         .connect()

@@ -42,6 +42,9 @@ enum Command {
     Messages(cli::MessagesCommand),
     /// Every event that touched a contact, in order, with the reason for each decision.
     Trace(cli::TraceArgs),
+    /// Empty a read model so that its service replays the whole log into it on its next start
+    /// (stop that service first).
+    Rebuild(serve::RebuildArgs),
 }
 
 /// Parses the command line and runs the command; what `whatsnap` does.
@@ -66,5 +69,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => runtime.block_on(cli::events(command)),
         Command::Messages(command) => runtime.block_on(cli::messages(command)),
         Command::Trace(args) => runtime.block_on(cli::trace(args)),
+        Command::Rebuild(args) => runtime.block_on(serve::rebuild(args)),
     }
 }

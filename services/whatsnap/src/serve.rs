@@ -92,12 +92,9 @@ impl FromStr for Targets {
     }
 }
 
+/// Where events and read models live.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The services to run, comma separated: all, gateway, session, contacts, assignment,
-    /// ghl-sync.
-    #[arg(long, env = "WHATSNAP_TARGET", default_value = "all")]
-    target: Targets,
+pub struct BackendArgs {
     /// Where the embedded backend keeps its SQLite file (used without --nats-url).
     #[arg(long, env = "WHATSNAP_DATA_DIR", default_value = "./whatsnap-data")]
     data_dir: PathBuf,
@@ -117,6 +114,16 @@ pub struct ServeArgs {
     /// JetStream replicas of the event stream (3 in production clusters).
     #[arg(long, env = "WHATSNAP_NATS_REPLICAS", default_value_t = 1)]
     replicas: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The services to run, comma separated: all, gateway, session, contacts, assignment,
+    /// ghl-sync.
+    #[arg(long, env = "WHATSNAP_TARGET", default_value = "all")]
+    target: Targets,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// gRPC address (port 0 picks a free port; the chosen one is printed).
     #[arg(long, env = "WHATSNAP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
@@ -146,7 +153,7 @@ struct Backend {
     description: String,
 }
 
-async fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
+async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
     sqlx::any::install_default_drivers();
     match (&args.nats_url, &args.database_url) {
         (Some(nats_url), Some(database_url)) => {
@@ -224,7 +231,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let _telemetry = whatsnap_telemetry::init(&service_name)?;
     let has = |target| targets.contains(&target);
-    let backend = backend(&args).await?;
+    let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
 
     let session =
@@ -455,4 +462,57 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// Every read model, by the name its checkpoint is kept under.
+fn every_projection(
+    store: &Arc<dyn EventStore>,
+    db: &ReadDb,
+) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
+    vec![
+        whatsnap_session::Session::new(store.clone(), db.clone()).projection(),
+        whatsnap_contacts::Contacts::new(store.clone(), db.clone()).projection(),
+        whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
+        whatsnap_ghl_sync::GhlSync::new(db.clone()).projection(),
+        whatsnap_gateway::Gateway::new(store.clone(), db.clone()).projection(),
+    ]
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The read model to rebuild (session_accounts, contacts, assignment, ghl_pending,
+    /// contact_timeline), or `all`.
+    projection: String,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// `whatsnap rebuild`: empties a read model and its checkpoint, so that the service replays the
+/// whole log into it when it next starts. Stop the service that owns it first.
+#[allow(clippy::print_stdout)]
+pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    let backend = backend(&args.backend).await?;
+    let all = every_projection(&backend.store, &backend.db);
+    let names: Vec<String> = all.iter().map(|p| p.name().to_owned()).collect();
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|p| args.projection == "all" || p.name() == args.projection)
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "no read model named {:?}: use all or one of {}",
+            args.projection,
+            names.join(", ")
+        );
+    }
+    for projection in chosen {
+        let name = projection.name().to_owned();
+        ProjectionRunner::new(backend.store.clone(), backend.db.clone(), projection)
+            .rebuild()
+            .await
+            .with_context(|| format!("rebuilding {name}"))?;
+        println!("{name}: emptied; it replays the whole log when its service next starts");
+    }
+    backend.db.close().await;
+    Ok(())
 }
