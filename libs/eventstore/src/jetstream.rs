@@ -36,7 +36,7 @@ use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId,
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
-    SubscriptionSource, check_append, check_subscription_name, judge_retry,
+    SubscriptionSource, behind, check_append, check_subscription_name, judge_retry,
 };
 
 const H_EVENT_TYPE: &str = "Whatsnap-Event-Type";
@@ -596,19 +596,9 @@ impl EventStore for JetStreamEventStore {
                 Some(head) => head,
                 None => self.last_on_subject(&subject).await?,
             };
-            match expected.as_version() {
-                Some(v) if v < actual => {
-                    let stored = self.read_stream(stream, v + 1, events.len()).await?;
-                    return judge_retry(stream, expected, actual, &events, &stored);
-                }
-                Some(v) if v > actual => {
-                    return Err(StoreError::WrongExpectedVersion {
-                        stream: stream.clone(),
-                        expected,
-                        actual,
-                    });
-                }
-                _ => {}
+            if let Some(v) = behind(stream, expected, actual)? {
+                let stored = self.read_stream(stream, v + 1, events.len()).await?;
+                return judge_retry(stream, expected, actual, &events, &stored);
             }
             match self
                 .publish(&subject, actual + 1, last_sequence, &events)

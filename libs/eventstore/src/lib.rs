@@ -212,6 +212,26 @@ pub(crate) fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<()>
     }
 }
 
+/// Compares the stream's `actual` version with what an append expects: `Ok(None)` to go ahead,
+/// `Ok(Some(v))` when the writer is behind and the events after version `v` must be judged as a
+/// possible retry ([`judge_retry`]), and a conflict when the writer expects a version the stream
+/// has not reached.
+pub(crate) fn behind(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    actual: u64,
+) -> Result<Option<u64>> {
+    match expected.as_version() {
+        Some(v) if v < actual => Ok(Some(v)),
+        Some(v) if v > actual => Err(StoreError::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual,
+        }),
+        _ => Ok(None),
+    }
+}
+
 /// The idempotency rule for an append whose expected version is behind the stream (EventStoreDB's
 /// rule): if the events stored right after the expected version carry the appended ids in the
 /// same order, the append already happened and succeeds without writing; if none of them do, it

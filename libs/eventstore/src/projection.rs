@@ -77,9 +77,7 @@ pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 pub trait CheckpointTable: Database {
     /// Begins a read-model transaction. SQLite takes the write lock up front: a transaction
     /// that read first and wrote later would fail outright if another writer committed between.
-    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
-        pool.begin().await
-    }
+    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>>;
 
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
     async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
@@ -90,127 +88,69 @@ pub trait CheckpointTable: Database {
     ) -> sqlx::Result<()>;
 }
 
+// One SQL for every database: PostgreSQL and SQLite both take `$n` placeholders and
+// `ON CONFLICT … excluded`.
 const CREATE_CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
      name TEXT PRIMARY KEY, position BIGINT NOT NULL)";
+const LOAD_CHECKPOINT: &str = "SELECT position FROM projection_checkpoints WHERE name = $1";
+const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, position) \
+     VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = excluded.position";
 
-#[async_trait]
-impl CheckpointTable for Postgres {
-    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
-        sqlx::query(CREATE_CHECKPOINTS)
-            .execute(conn)
-            .await
-            .map(drop)
-    }
+/// The checkpoint table of one sqlx database type, with its own way to begin a write.
+macro_rules! checkpoint_table {
+    ($db:ty, |$pool:ident| $begin:expr) => {
+        #[async_trait]
+        impl CheckpointTable for $db {
+            async fn begin_write(
+                $pool: &Pool<Self>,
+            ) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
+                $begin
+            }
 
-    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(conn)
-                .await?;
-        Ok(position.map(|p| p as u64))
-    }
+            async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
+                sqlx::query(CREATE_CHECKPOINTS)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            }
 
-    async fn save_checkpoint(
-        conn: &mut Self::Connection,
-        name: &str,
-        position: u64,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-        )
-        .bind(name)
-        .bind(position as i64)
-        .execute(conn)
-        .await
-        .map(drop)
-    }
-}
+            async fn load_checkpoint(
+                conn: &mut Self::Connection,
+                name: &str,
+            ) -> sqlx::Result<Option<u64>> {
+                let position: Option<i64> = sqlx::query_scalar(LOAD_CHECKPOINT)
+                    .bind(name)
+                    .fetch_optional(conn)
+                    .await?;
+                Ok(position.map(|p| p as u64))
+            }
 
-#[async_trait]
-impl CheckpointTable for Sqlite {
-    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
-        pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
-        sqlx::query(CREATE_CHECKPOINTS)
-            .execute(conn)
-            .await
-            .map(drop)
-    }
-
-    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-                .bind(name)
-                .fetch_optional(conn)
-                .await?;
-        Ok(position.map(|p| p as u64))
-    }
-
-    async fn save_checkpoint(
-        conn: &mut Self::Connection,
-        name: &str,
-        position: u64,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(position as i64)
-        .execute(conn)
-        .await
-        .map(drop)
-    }
-}
-
-/// `sqlx::Any` serves the services' read models on either database; its SQL (`$n`
-/// placeholders, `ON CONFLICT … excluded`) is understood by PostgreSQL and SQLite alike.
-#[async_trait]
-impl CheckpointTable for Any {
-    async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
-        if pool.connect_options().database_url.scheme() == "sqlite" {
-            pool.begin_with("BEGIN IMMEDIATE").await
-        } else {
-            pool.begin().await
+            async fn save_checkpoint(
+                conn: &mut Self::Connection,
+                name: &str,
+                position: u64,
+            ) -> sqlx::Result<()> {
+                sqlx::query(SAVE_CHECKPOINT)
+                    .bind(name)
+                    .bind(position as i64)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            }
         }
-    }
-
-    async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
-        sqlx::query(CREATE_CHECKPOINTS)
-            .execute(conn)
-            .await
-            .map(drop)
-    }
-
-    async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(conn)
-                .await?;
-        Ok(position.map(|p| p as u64))
-    }
-
-    async fn save_checkpoint(
-        conn: &mut Self::Connection,
-        name: &str,
-        position: u64,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(position as i64)
-        .execute(conn)
-        .await
-        .map(drop)
-    }
+    };
 }
+
+checkpoint_table!(Postgres, |pool| pool.begin().await);
+checkpoint_table!(Sqlite, |pool| pool.begin_with("BEGIN IMMEDIATE").await);
+// `sqlx::Any` serves the services' read models on either database.
+checkpoint_table!(Any, |pool| {
+    if pool.connect_options().database_url.scheme() == "sqlite" {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        pool.begin().await
+    }
+});
 
 /// Runs one projection: one in-order worker, batches of events, one transaction a batch.
 /// Makes the span an event is handled in (see `ProjectionRunner::instrument`).

@@ -20,7 +20,7 @@ use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId,
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
-    SubscriptionSource, check_append, check_subscription_name, judge_retry,
+    SubscriptionSource, behind, check_append, check_subscription_name, judge_retry,
 };
 
 /// How often a waiting subscriber looks for events appended by another process on the same
@@ -147,19 +147,9 @@ impl SqliteEventStore {
         .map_err(backend)?;
         let actual = actual as u64;
 
-        match expected.as_version() {
-            Some(v) if v < actual => {
-                let stored = select_stream(&mut tx, &stream_text, v + 1, events.len()).await?;
-                return judge_retry(stream, expected, actual, events, &stored);
-            }
-            Some(v) if v > actual => {
-                return Err(StoreError::WrongExpectedVersion {
-                    stream: stream.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            _ => {}
+        if let Some(v) = behind(stream, expected, actual)? {
+            let stored = select_stream(&mut tx, &stream_text, v + 1, events.len()).await?;
+            return judge_retry(stream, expected, actual, events, &stored);
         }
         if let Some(outcome) = self
             .already_stored(&mut tx, stream, &stream_text, expected, events)

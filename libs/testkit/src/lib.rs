@@ -47,79 +47,83 @@ static NATS_CONTAINER: OnceCell<Started<Nats>> = OnceCell::const_new();
 static POSTGRES_CONTAINER: OnceCell<Started<Postgres>> = OnceCell::const_new();
 static OLD_NATS_CONTAINER: OnceCell<Started<Nats>> = OnceCell::const_new();
 
-fn no_server(what: &str, var: &str, err: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!(
-        "no {what} for tests: set {var} (see DEVELOPERS.md; `bash .ci/run` starts one), or make a \
-         Docker engine reachable for testcontainers ({err})"
-    )
+/// The server named by `var`, or else one container of `image` for the whole test process,
+/// reached at `url(host port of container_port)`.
+async fn server<I>(
+    var: &str,
+    what: &str,
+    cell: &'static OnceCell<Started<I>>,
+    image: impl FnOnce() -> testcontainers_modules::testcontainers::ContainerRequest<I>,
+    container_port: u16,
+    url: impl FnOnce(u16) -> String,
+) -> anyhow::Result<String>
+where
+    I: testcontainers_modules::testcontainers::Image,
+{
+    if let Ok(url) = std::env::var(var) {
+        return Ok(url);
+    }
+    let started = cell
+        .get_or_try_init(|| async {
+            let container = image().start().await.map_err(|err| {
+                anyhow::anyhow!(
+                    "no {what} for tests: set {var} (see DEVELOPERS.md; `bash .ci/run` starts \
+                     one), or make a Docker engine reachable for testcontainers ({err})"
+                )
+            })?;
+            let port = container.get_host_port_ipv4(container_port).await?;
+            anyhow::Ok(Started {
+                url: url(port),
+                _container: container,
+            })
+        })
+        .await?;
+    Ok(started.url.clone())
+}
+
+fn nats_image(tag: &str) -> testcontainers_modules::testcontainers::ContainerRequest<Nats> {
+    Nats::default()
+        .with_cmd(&NatsServerCmd::default().with_jetstream())
+        .with_tag(tag)
 }
 
 /// The URL of a NATS server (>= 2.12, JetStream enabled) for tests.
 pub async fn nats_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var(NATS_URL_VAR) {
-        return Ok(url);
-    }
-    let started = NATS_CONTAINER
-        .get_or_try_init(|| async {
-            let container = Nats::default()
-                .with_cmd(&NatsServerCmd::default().with_jetstream())
-                .with_tag("2.12-alpine")
-                .start()
-                .await
-                .map_err(|e| no_server("NATS server", NATS_URL_VAR, e))?;
-            let port = container.get_host_port_ipv4(4222).await?;
-            anyhow::Ok(Started {
-                url: format!("nats://127.0.0.1:{port}"),
-                _container: container,
-            })
-        })
-        .await?;
-    Ok(started.url.clone())
+    server(
+        NATS_URL_VAR,
+        "NATS server",
+        &NATS_CONTAINER,
+        || nats_image("2.12-alpine"),
+        4222,
+        |port| format!("nats://127.0.0.1:{port}"),
+    )
+    .await
 }
 
 /// The URL of a NATS 2.9 server with JetStream, to show that the store refuses it.
 pub async fn old_nats_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var(OLD_NATS_URL_VAR) {
-        return Ok(url);
-    }
-    let started = OLD_NATS_CONTAINER
-        .get_or_try_init(|| async {
-            let container = Nats::default()
-                .with_cmd(&NatsServerCmd::default().with_jetstream())
-                .with_tag("2.9.10")
-                .start()
-                .await
-                .map_err(|e| no_server("NATS 2.9 server", OLD_NATS_URL_VAR, e))?;
-            let port = container.get_host_port_ipv4(4222).await?;
-            anyhow::Ok(Started {
-                url: format!("nats://127.0.0.1:{port}"),
-                _container: container,
-            })
-        })
-        .await?;
-    Ok(started.url.clone())
+    server(
+        OLD_NATS_URL_VAR,
+        "NATS 2.9 server",
+        &OLD_NATS_CONTAINER,
+        || nats_image("2.9.10"),
+        4222,
+        |port| format!("nats://127.0.0.1:{port}"),
+    )
+    .await
 }
 
 /// The URL of a PostgreSQL database for tests.
 pub async fn database_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
-        return Ok(url);
-    }
-    let started = POSTGRES_CONTAINER
-        .get_or_try_init(|| async {
-            let container = Postgres::default()
-                .with_tag("17-alpine")
-                .start()
-                .await
-                .map_err(|e| no_server("PostgreSQL server", DATABASE_URL_VAR, e))?;
-            let port = container.get_host_port_ipv4(5432).await?;
-            anyhow::Ok(Started {
-                url: format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
-                _container: container,
-            })
-        })
-        .await?;
-    Ok(started.url.clone())
+    server(
+        DATABASE_URL_VAR,
+        "PostgreSQL server",
+        &POSTGRES_CONTAINER,
+        || Postgres::default().with_tag("17-alpine"),
+        5432,
+        |port| format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
+    )
+    .await
 }
 
 /// A JetStream event store on a stream of its own, deleted when the fixture is dropped.

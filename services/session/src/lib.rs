@@ -43,6 +43,7 @@ impl Session {
         Arc::new(AccountsProjection)
     }
 
+    /// The account's state from its own stream; not found when it was never added.
     async fn load_account(
         &self,
         location: &LocationId,
@@ -56,6 +57,11 @@ impl Session {
                 ServiceError::FailedPrecondition(format!("account {account_id}: {e}"))
             })?;
             state = evolve(state, &decoded, event.version);
+        }
+        if state.account_id.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "no account {account_id} in location {location}"
+            )));
         }
         Ok((stream, state))
     }
@@ -122,12 +128,6 @@ impl pb::session_service_server::SessionService for Session {
         let location = whatsnap_rpc::location(&request.location_id)?;
         let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
         let (_, state) = self.load_account(&location, account_id).await?;
-        if state.account_id.is_none() {
-            return Err(ServiceError::NotFound(format!(
-                "no account {account_id} in location {location}"
-            ))
-            .into());
-        }
         Ok(Response::new(to_pb(&state, &location)))
     }
 
@@ -186,12 +186,6 @@ impl pb::session_service_server::SessionService for Session {
             );
         }
         let (_, account) = self.load_account(&location, account_id).await?;
-        if account.account_id.is_none() {
-            return Err(ServiceError::NotFound(format!(
-                "no account {account_id} in location {location}"
-            ))
-            .into());
-        }
         if account.status == account::Status::Removed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "account {account_id} was removed"
