@@ -44,8 +44,11 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     /// A stable name: the key of the checkpoint and the name of the subscription.
     fn name(&self) -> &str;
 
-    /// Creates the read model's tables if they are missing.
-    async fn migrate(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
+    /// The read model's schema, as numbered migrations: the n-th entry is migration n, one or
+    /// more SQL statements separated by `;`. The runner applies, in the transaction that opens the read model,
+    /// those not applied yet and records them; an entry, once released, is never edited — a
+    /// change of schema is a new entry.
+    fn migrations(&self) -> &'static [&'static str];
 
     /// Acts on one event outside the read model — typically by appending the events a service
     /// decides in reaction to it. Runs for every event of a batch, in order, before the batch's
@@ -79,7 +82,17 @@ pub trait CheckpointTable: Database {
     /// that read first and wrote later would fail outright if another writer committed between.
     async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>>;
 
+    /// Creates the tables of checkpoints and of applied migrations.
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
+    /// How many migrations of the named projection were applied.
+    async fn applied_migrations(conn: &mut Self::Connection, name: &str) -> sqlx::Result<usize>;
+    /// Applies migration `number` (`sql`) of the named projection and records it.
+    async fn apply_migration(
+        conn: &mut Self::Connection,
+        name: &str,
+        number: usize,
+        sql: &str,
+    ) -> sqlx::Result<()>;
     async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
     async fn save_checkpoint(
         conn: &mut Self::Connection,
@@ -92,6 +105,11 @@ pub trait CheckpointTable: Database {
 // `ON CONFLICT … excluded`.
 const CREATE_CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
      name TEXT PRIMARY KEY, position BIGINT NOT NULL)";
+const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS read_model_migrations (\
+     projection TEXT NOT NULL, number BIGINT NOT NULL, PRIMARY KEY (projection, number))";
+const APPLIED_MIGRATIONS: &str = "SELECT COUNT(*) FROM read_model_migrations WHERE projection = $1";
+const RECORD_MIGRATION: &str =
+    "INSERT INTO read_model_migrations (projection, number) VALUES ($1, $2)";
 const LOAD_CHECKPOINT: &str = "SELECT position FROM projection_checkpoints WHERE name = $1";
 const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, position) \
      VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = excluded.position";
@@ -107,7 +125,38 @@ macro_rules! checkpoint_table {
                 $begin
             }
 
+            async fn applied_migrations(
+                conn: &mut Self::Connection,
+                name: &str,
+            ) -> sqlx::Result<usize> {
+                let count: i64 = sqlx::query_scalar(APPLIED_MIGRATIONS)
+                    .bind(name)
+                    .fetch_one(conn)
+                    .await?;
+                Ok(count as usize)
+            }
+
+            async fn apply_migration(
+                conn: &mut Self::Connection,
+                name: &str,
+                number: usize,
+                sql: &str,
+            ) -> sqlx::Result<()> {
+                // One statement at a time (prepared statements take one each); migrations keep
+                // `;` out of their literals.
+                for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement).execute(&mut *conn).await?;
+                }
+                sqlx::query(RECORD_MIGRATION)
+                    .bind(name)
+                    .bind(number as i64)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            }
+
             async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
+                sqlx::query(CREATE_MIGRATIONS).execute(&mut *conn).await?;
                 sqlx::query(CREATE_CHECKPOINTS)
                     .execute(conn)
                     .await
@@ -216,10 +265,26 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         DB::create_checkpoint_table(&mut tx)
             .await
             .map_err(|e| self.db_error(e))?;
-        self.projection
-            .migrate(&mut tx)
+        let name = self.projection.name();
+        let applied = DB::applied_migrations(&mut tx, name)
             .await
             .map_err(|e| self.db_error(e))?;
+        for (index, sql) in self
+            .projection
+            .migrations()
+            .iter()
+            .enumerate()
+            .skip(applied)
+        {
+            DB::apply_migration(&mut tx, name, index + 1, sql)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            info!(
+                projection = name,
+                migration = index + 1,
+                "read model migrated"
+            );
+        }
         let checkpoint = DB::load_checkpoint(&mut tx, self.projection.name())
             .await
             .map_err(|e| self.db_error(e))?

@@ -187,3 +187,56 @@ async fn postgres_read_model_rolls_back_a_batch_with_a_failing_event() {
     })
     .await;
 }
+
+/// A projection whose schema grows a table between two releases.
+struct Evolving(&'static [&'static str]);
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for Evolving {
+    fn name(&self) -> &str {
+        "evolving"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        self.0
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &whatsnap_events::RecordedEvent,
+    ) -> Result<(), whatsnap_eventstore::projection::ApplyError> {
+        Ok(())
+    }
+
+    async fn reset(&self, _: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_migration_added_in_a_later_release_is_applied_once() {
+    const FIRST: &[&str] = &["CREATE TABLE first (id TEXT PRIMARY KEY)"];
+    const SECOND: &[&str] = &[
+        "CREATE TABLE first (id TEXT PRIMARY KEY)",
+        "ALTER TABLE first ADD COLUMN note TEXT; CREATE TABLE second (id TEXT PRIMARY KEY)",
+    ];
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    ProjectionRunner::new(store.clone(), pool.clone(), Arc::new(Evolving(FIRST)))
+        .prepare()
+        .await
+        .unwrap();
+    let upgraded = ProjectionRunner::new(store.clone(), pool.clone(), Arc::new(Evolving(SECOND)));
+    upgraded.prepare().await.unwrap();
+    // Applied again, it would fail: the column and the table exist.
+    upgraded.prepare().await.unwrap();
+    sqlx::query("INSERT INTO first (id, note) VALUES ('a', 'b')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO second (id) VALUES ('a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+}

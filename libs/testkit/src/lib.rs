@@ -293,30 +293,9 @@ macro_rules! counting_projection_for {
                 &self.name
             }
 
-            async fn migrate(
-                &self,
-                conn: &mut <$db as sqlx::Database>::Connection,
-            ) -> sqlx::Result<()> {
-                sqlx::query(
-                    "CREATE TABLE IF NOT EXISTS counted_events (\
-                     event_id TEXT PRIMARY KEY, position BIGINT NOT NULL)",
-                )
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "CREATE TABLE IF NOT EXISTS counted_totals (\
-                     projection TEXT PRIMARY KEY, total BIGINT NOT NULL)",
-                )
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO counted_totals (projection, total) VALUES ($1, 0) \
-                     ON CONFLICT (projection) DO NOTHING",
-                )
-                .bind(&self.name)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+            fn migrations(&self) -> &'static [&'static str] {
+                &["CREATE TABLE counted_events (event_id TEXT PRIMARY KEY, position BIGINT NOT NULL); \
+                   CREATE TABLE counted_totals (projection TEXT PRIMARY KEY, total BIGINT NOT NULL)"]
             }
 
             async fn apply(
@@ -332,7 +311,10 @@ macro_rules! counting_projection_for {
                     .bind(event.position as i64)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query("UPDATE counted_totals SET total = total + 1 WHERE projection = $1")
+                sqlx::query(
+                    "INSERT INTO counted_totals (projection, total) VALUES ($1, 1) \
+                     ON CONFLICT (projection) DO UPDATE SET total = counted_totals.total + 1",
+                )
                     .bind(&self.name)
                     .execute(&mut *conn)
                     .await?;

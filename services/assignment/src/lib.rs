@@ -86,15 +86,10 @@ impl Projection<Any> for AssignmentProjection {
         "assignment"
     }
 
-    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS assignment_decisions (contact_id TEXT PRIMARY KEY, \
-             location_id TEXT NOT NULL, user_id TEXT NOT NULL, rule TEXT NOT NULL, \
-             reason TEXT NOT NULL, position BIGINT NOT NULL)",
-        )
-        .execute(conn)
-        .await
-        .map(drop)
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE assignment_decisions (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, user_id TEXT NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL, position BIGINT NOT NULL)",
+        ]
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {

@@ -124,20 +124,12 @@ impl Projection<Any> for ContactsProjection {
         "contacts"
     }
 
-    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for statement in [
-            "CREATE TABLE IF NOT EXISTS contacts_accounts (account_id TEXT PRIMARY KEY, \
-             location_id TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT NOT NULL, removed BIGINT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS contacts (contact_id TEXT PRIMARY KEY, \
-             location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, \
-             UNIQUE (location_id, phone))",
-            "CREATE TABLE IF NOT EXISTS contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, \
-             position BIGINT NOT NULL, \
-             PRIMARY KEY (contact_id, tag))",
-        ] {
-            sqlx::query(statement).execute(&mut *conn).await?;
-        }
-        Ok(())
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE contacts_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT NOT NULL, removed BIGINT NOT NULL); \
+         CREATE TABLE contacts (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, UNIQUE (location_id, phone)); \
+         CREATE TABLE contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (contact_id, tag))",
+        ]
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {

@@ -86,15 +86,10 @@ impl Projection<Any> for TimelineProjection {
         "contact_timeline"
     }
 
-    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS contact_timeline (contact_id TEXT NOT NULL, \
-             position BIGINT NOT NULL, event_type TEXT NOT NULL, summary TEXT NOT NULL, \
-             PRIMARY KEY (contact_id, position))",
-        )
-        .execute(conn)
-        .await
-        .map(drop)
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE contact_timeline (contact_id TEXT NOT NULL, position BIGINT NOT NULL, event_type TEXT NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (contact_id, position))",
+        ]
     }
 
     async fn apply(

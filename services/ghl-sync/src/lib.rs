@@ -60,15 +60,11 @@ impl Projection<Any> for PendingWork {
         "ghl_pending"
     }
 
-    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for statement in [
-            "CREATE TABLE IF NOT EXISTS ghl_pending (kind TEXT NOT NULL, subject_id TEXT NOT NULL, \
-             location_id TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (kind, subject_id))",
-            "CREATE TABLE IF NOT EXISTS ghl_installs (location_id TEXT PRIMARY KEY)",
-        ] {
-            sqlx::query(statement).execute(&mut *conn).await?;
-        }
-        Ok(())
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE ghl_pending (kind TEXT NOT NULL, subject_id TEXT NOT NULL, location_id TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (kind, subject_id)); \
+         CREATE TABLE ghl_installs (location_id TEXT PRIMARY KEY)",
+        ]
     }
 
     async fn apply(

@@ -55,15 +55,10 @@ impl Projection<Any> for AccountsProjection {
         "session_accounts"
     }
 
-    async fn migrate(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS session_accounts (\
-             account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, \
-             name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",
-        )
-        .execute(conn)
-        .await
-        .map(drop)
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE session_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",
+        ]
     }
 
     async fn apply(
