@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use tonic::transport::Channel;
+use whatsnap_events::{
+    AggregateKind, Event, EventMetadata, GhlUserSynced, LocationId, NewEvent, StreamId,
+};
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
@@ -515,6 +519,52 @@ async fn distributed_one_process_per_service() {
             phone(i)
         );
     }
+
+    // GHL users, as ghl-sync records them, are the assignment service's candidates; a user
+    // deleted in GHL stays listed but inactive.
+    let store = nats.store().await.unwrap();
+    for (user_id, name, deleted) in [("u1ana", "Ana", false), ("u2bruno", "Bruno", true)] {
+        let stream = StreamId::new(
+            LocationId::parse(LOCATION).unwrap(),
+            AggregateKind::Ghl,
+            format!("user_{user_id}"),
+        )
+        .unwrap();
+        let event = Event::from(GhlUserSynced {
+            user_id: user_id.into(),
+            name: name.into(),
+            email: Some(format!("{user_id}@example.com")),
+            role: Some("user".into()),
+            deleted,
+        });
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let users = loop {
+        let users = api
+            .assignment
+            .list_users(assignment::ListUsersRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .users;
+        if users.len() == 2 {
+            break users;
+        }
+        assert!(Instant::now() < deadline, "users never listed: {users:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let summary: Vec<_> = users.iter().map(|u| (u.name.as_str(), u.active)).collect();
+    assert_eq!(summary, [("Ana", true), ("Bruno", false)]);
 
     // The gateway's readiness reflects its own projection, caught up.
     let http = cluster.gateway.http.unwrap();

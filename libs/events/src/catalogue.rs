@@ -258,6 +258,19 @@ pub struct GhlInstalled {
     pub scopes: Vec<String>,
 }
 
+/// A GHL user of the location as GHL last reported it; the candidates of assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlUserSynced {
+    pub user_id: String,
+    pub name: String,
+    pub email: Option<String>,
+    /// GHL's role, e.g. `admin` or `user`.
+    pub role: Option<String>,
+    /// Deleted or deactivated in GHL: never assigned again.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GhlContactLinked {
     pub contact_id: Uuid,
@@ -358,6 +371,7 @@ catalogue! {
     ContactAssigned => 1,
     AssignmentSkipped => 1,
     GhlInstalled => 1,
+    GhlUserSynced => 1,
     GhlContactLinked => 1,
     GhlMessagePosted => 1,
     GhlSyncFailed => 1,

@@ -89,6 +89,9 @@ impl Projection<Any> for AssignmentProjection {
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE assignment_decisions (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, user_id TEXT NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL, position BIGINT NOT NULL)",
+            "CREATE TABLE assignment_users (location_id TEXT NOT NULL, user_id TEXT NOT NULL, \
+             name TEXT NOT NULL, email TEXT, role TEXT, active BIGINT NOT NULL, \
+             PRIMARY KEY (location_id, user_id))",
         ]
     }
 
@@ -138,6 +141,21 @@ impl Projection<Any> for AssignmentProjection {
                     &e.rule,
                     &e.reason,
                 )
+                .await?;
+            }
+            Event::GhlUserSynced(e) => {
+                sqlx::query(
+                    "INSERT INTO assignment_users (location_id, user_id, name, email, role, active) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location_id, user_id) DO UPDATE SET \
+                     name = excluded.name, email = excluded.email, role = excluded.role, active = excluded.active",
+                )
+                .bind(event.location_id().to_string())
+                .bind(e.user_id)
+                .bind(e.name)
+                .bind(e.email)
+                .bind(e.role)
+                .bind(i64::from(!e.deleted))
+                .execute(&mut *conn)
                 .await?;
             }
             Event::AssignmentSkipped(e) => {
@@ -206,6 +224,30 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             rules_json: request.rules_json,
             version: outcome.version,
         }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let location = whatsnap_rpc::location(&request.into_inner().location_id)?;
+        let users = sqlx::query(
+            "SELECT * FROM assignment_users WHERE location_id = $1 ORDER BY name, user_id",
+        )
+        .bind(location.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .iter()
+        .map(|row| pb::User {
+            user_id: row.get("user_id"),
+            name: row.get("name"),
+            email: row.get::<Option<String>, _>("email").unwrap_or_default(),
+            role: row.get::<Option<String>, _>("role").unwrap_or_default(),
+            active: row.get::<i64, _>("active") != 0,
+        })
+        .collect();
+        Ok(Response::new(pb::ListUsersResponse { users }))
     }
 
     async fn get_rules(

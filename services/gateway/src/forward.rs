@@ -58,6 +58,7 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
     get_assignment(assignment::GetAssignmentRequest) -> assignment::Assignment;
     set_rules(assignment::SetRulesRequest) -> assignment::Rules;
     get_rules(assignment::GetRulesRequest) -> assignment::Rules;
+    list_users(assignment::ListUsersRequest) -> assignment::ListUsersResponse;
 });
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
