@@ -628,3 +628,53 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
         "{spans:?}"
     );
 }
+
+/// The embedded default under a burst: eight senders at once, every message becomes its contact,
+/// nothing is refused for a busy database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_takes_a_burst_from_concurrent_senders() {
+    let data = tempfile::tempdir().unwrap();
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &args(&[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        "burst",
+    )
+    .unwrap();
+    let mut api = Api::connect(&whatsnap).await;
+    let account = api.add_account("Burst").await;
+    const SENDERS: usize = 8;
+    const EACH: usize = 40;
+    let mut tasks = Vec::new();
+    for sender in 0..SENDERS {
+        let mut api = Api::connect(&whatsnap).await;
+        let account = account.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let n = sender * EACH + i;
+                api.receive(
+                    &account,
+                    &format!("SM-burst-{n}"),
+                    &format!("+1415555{:04}", 2000 + n),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for n in 0..SENDERS * EACH {
+        let contact = api.contact(&format!("+1415555{:04}", 2000 + n)).await;
+        assert_eq!(contact.tags, ["whatsnap-account-burst"]);
+    }
+    let (status, body) = http_get(whatsnap.http.unwrap(), "/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
