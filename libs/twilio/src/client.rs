@@ -1,0 +1,319 @@
+//! The Twilio REST calls of an account: check the credentials and the number when the account is
+//! added, and send messages. The base URL is configuration (Twilio's by default) so that tests
+//! and operators can point whatsnap elsewhere.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::webhook::MessageStatus;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+
+/// An account's API credentials. The token never appears in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Credentials {
+    pub account_sid: String,
+    auth_token: String,
+}
+
+impl Credentials {
+    pub fn new(account_sid: impl Into<String>, auth_token: impl Into<String>) -> Self {
+        Self {
+            account_sid: account_sid.into(),
+            auth_token: auth_token.into(),
+        }
+    }
+
+    /// The Auth Token, for signing checks and for encrypting at rest; never for logs.
+    pub fn auth_token(&self) -> &str {
+        &self.auth_token
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &"********")
+            .finish()
+    }
+}
+
+/// What can go wrong talking to Twilio, each with a reason a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TwilioError {
+    /// Twilio answered, and said no; not worth retrying as is.
+    #[error("{reason}")]
+    Rejected {
+        code: Option<u32>,
+        http_status: u16,
+        reason: String,
+    },
+    #[error("the Twilio account {account_sid} is {status}, not active")]
+    AccountNotActive { account_sid: String, status: String },
+    #[error("the Twilio account does not own the number {number}")]
+    NumberNotOwned { number: String },
+    #[error("the Twilio number {number} cannot send SMS")]
+    NumberNotSmsCapable { number: String },
+    /// Twilio could not be reached or failed on its side; worth retrying later.
+    #[error("Twilio is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl TwilioError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+            || matches!(
+                self,
+                Self::Rejected {
+                    code: Some(20429),
+                    ..
+                }
+            )
+    }
+}
+
+/// A sentence for a Twilio error code: what happened and, where there is one, what to do.
+pub fn reason(code: u32, message: &str) -> String {
+    let known = match code {
+        20003 => "Twilio refused the Account SID or Auth Token: check both in the Twilio console",
+        20429 => "Twilio is rate limiting this account: the message will be tried again",
+        21211 => "the recipient's number is not a valid phone number",
+        21606 => "this Twilio number cannot send SMS",
+        21608 => "a Twilio trial account can only send to numbers verified in the Twilio console",
+        21610 => "the recipient replied STOP and unsubscribed from this number",
+        21612 => "Twilio cannot route a message between these two numbers",
+        21614 => "the recipient's number cannot receive SMS (a landline?)",
+        21619 => "the message has no text and no media",
+        30003 => "the recipient's phone is switched off or unreachable",
+        30005 => "the recipient's number does not exist",
+        30006 => "the recipient's number is a landline or its carrier is unreachable",
+        30007 => "the carrier filtered the message as spam",
+        _ => return format!("Twilio error {code}: {message}"),
+    };
+    format!("{known} (Twilio {code})")
+}
+
+#[derive(Debug, Deserialize)]
+struct RestException {
+    code: Option<u32>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountResource {
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Capabilities {
+    #[serde(default)]
+    sms: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct IncomingNumber {
+    phone_number: String,
+    capabilities: Capabilities,
+}
+
+#[derive(Debug, Deserialize)]
+struct IncomingNumbers {
+    incoming_phone_numbers: Vec<IncomingNumber>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageResource {
+    sid: String,
+    status: String,
+}
+
+/// A message Twilio accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    pub sid: String,
+    pub status: MessageStatus,
+}
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub body: &'a str,
+    pub media_urls: &'a [String],
+    /// Where Twilio reports the message's status.
+    pub status_callback: Option<&'a str>,
+}
+
+#[derive(Clone)]
+pub struct TwilioClient {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl TwilioClient {
+    /// A client of the Twilio API at `base_url` ([`DEFAULT_BASE_URL`] in production).
+    pub fn new(base_url: &str) -> Result<Self, TwilioError> {
+        // reqwest is built without a default TLS provider; whatsnap uses ring throughout.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .user_agent(concat!("whatsnap/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TwilioError::Unavailable(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    fn url(&self, credentials: &Credentials, path: &str) -> String {
+        format!(
+            "{}/2010-04-01/Accounts/{}{path}",
+            self.base_url, credentials.account_sid
+        )
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        credentials: &Credentials,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, TwilioError> {
+        let response = request
+            .basic_auth(&credentials.account_sid, Some(&credentials.auth_token))
+            .send()
+            .await
+            .map_err(|e| TwilioError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| TwilioError::Unavailable(e.without_url().to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| {
+                TwilioError::Unavailable(format!("unexpected answer from Twilio: {e}"))
+            });
+        }
+        if status.is_server_error() {
+            return Err(TwilioError::Unavailable(format!(
+                "Twilio answered {status}"
+            )));
+        }
+        let exception: Option<RestException> = serde_json::from_slice(&body).ok();
+        let code = exception.as_ref().and_then(|e| e.code);
+        let message = exception
+            .and_then(|e| e.message)
+            .unwrap_or_else(|| status.to_string());
+        debug!(
+            http_status = status.as_u16(),
+            ?code,
+            "twilio refused a request"
+        );
+        Err(TwilioError::Rejected {
+            code,
+            http_status: status.as_u16(),
+            reason: match code {
+                Some(code) => reason(code, &message),
+                None => format!("Twilio answered {status}: {message}"),
+            },
+        })
+    }
+
+    /// Checks that the credentials work, the account is active and owns `number` (E.164) with
+    /// SMS capability.
+    pub async fn verify(&self, credentials: &Credentials, number: &str) -> Result<(), TwilioError> {
+        let account: AccountResource = self
+            .call(credentials, self.http.get(self.url(credentials, ".json")))
+            .await?;
+        if account.status != "active" {
+            return Err(TwilioError::AccountNotActive {
+                account_sid: credentials.account_sid.clone(),
+                status: account.status,
+            });
+        }
+        let numbers: IncomingNumbers = self
+            .call(
+                credentials,
+                self.http
+                    .get(self.url(credentials, "/IncomingPhoneNumbers.json"))
+                    .query(&[("PhoneNumber", number), ("PageSize", "50")]),
+            )
+            .await?;
+        let owned = numbers
+            .incoming_phone_numbers
+            .iter()
+            .find(|n| n.phone_number == number)
+            .ok_or_else(|| TwilioError::NumberNotOwned {
+                number: number.to_owned(),
+            })?;
+        if !owned.capabilities.sms {
+            return Err(TwilioError::NumberNotSmsCapable {
+                number: number.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a message; Twilio reports what becomes of it to `status_callback`.
+    pub async fn send(
+        &self,
+        credentials: &Credentials,
+        message: &Outgoing<'_>,
+    ) -> Result<SentMessage, TwilioError> {
+        let mut form = vec![
+            ("To", message.to),
+            ("From", message.from),
+            ("Body", message.body),
+        ];
+        form.extend(
+            message
+                .media_urls
+                .iter()
+                .map(|url| ("MediaUrl", url.as_str())),
+        );
+        if let Some(callback) = message.status_callback {
+            form.push(("StatusCallback", callback));
+        }
+        let sent: MessageResource = self
+            .call(
+                credentials,
+                self.http
+                    .post(self.url(credentials, "/Messages.json"))
+                    .form(&form),
+            )
+            .await?;
+        Ok(SentMessage {
+            status: sent.status.parse().unwrap_or(MessageStatus::Queued),
+            sid: sent.sid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_errors_read_as_advice_and_unknown_ones_keep_twilios_words() {
+        assert_eq!(
+            reason(21610, "Attempt to send to unsubscribed recipient"),
+            "the recipient replied STOP and unsubscribed from this number (Twilio 21610)"
+        );
+        assert_eq!(
+            reason(12345, "Something new"),
+            "Twilio error 12345: Something new"
+        );
+    }
+
+    #[test]
+    fn the_auth_token_never_shows_in_debug_output() {
+        let credentials = Credentials::new("AC123", "super-secret-token");
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("AC123"));
+        assert!(!shown.contains("super-secret-token"));
+    }
+}
