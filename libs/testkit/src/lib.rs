@@ -10,8 +10,10 @@ use std::time::Duration;
 
 mod collector;
 mod process;
+mod twilio;
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{Whatsnap, free_port, http_get};
+pub use twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
