@@ -101,7 +101,7 @@ async fn account(
 ) -> Response {
     let sid = file.trim_end_matches(".json");
     match authenticate(&shared, &headers, sid) {
-        Ok(account) => Json(json!({
+        Some(account) => Json(json!({
             "sid": account.sid,
             "friendly_name": "whatsnap test account",
             "status": account.status,
@@ -109,7 +109,7 @@ async fn account(
             "owner_account_sid": account.sid,
         }))
         .into_response(),
-        Err(denied) => denied,
+        None => denied(),
     }
 }
 
@@ -119,9 +119,8 @@ async fn numbers(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let account = match authenticate(&shared, &headers, &sid) {
-        Ok(account) => account,
-        Err(denied) => return denied,
+    let Some(account) = authenticate(&shared, &headers, &sid) else {
+        return denied();
     };
     let wanted = query.get("PhoneNumber");
     let numbers: Vec<Value> = account
@@ -147,9 +146,8 @@ async fn create_message(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let account = match authenticate(&shared, &headers, &sid) {
-        Ok(account) => account,
-        Err(denied) => return denied,
+    let Some(account) = authenticate(&shared, &headers, &sid) else {
+        return denied();
     };
     if shared.with(|inner| {
         let fail = inner.fail_next > 0;
