@@ -71,27 +71,26 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
         .into_response()
 }
 
-/// The account the request authenticates as, or Twilio's 401 (20003).
-fn authenticate(
-    shared: &Shared,
-    headers: &HeaderMap,
-    sid: &str,
-) -> Result<FakeTwilioAccount, Response> {
-    let denied = || error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+/// Twilio's answer to bad credentials.
+fn denied() -> Response {
+    error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")
+}
+
+/// The account the request's Basic credentials authenticate as.
+fn authenticate(shared: &Shared, headers: &HeaderMap, sid: &str) -> Option<FakeTwilioAccount> {
     let header = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .ok_or_else(denied)?;
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(header)
-        .map_err(|_| denied())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| denied())?;
-    let (user, token) = decoded.split_once(':').ok_or_else(denied)?;
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, token) = decoded.split_once(':')?;
     shared
         .with(|inner| inner.accounts.get(sid).cloned())
         .filter(|account| user == account.sid && token == account.auth_token)
-        .ok_or_else(denied)
 }
 
 async fn account(
