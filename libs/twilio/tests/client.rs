@@ -12,6 +12,9 @@ use whatsnap_testkit::{FakeTwilio, FakeTwilioAccount};
 use whatsnap_twilio::webhook::{MessageStatus, parse_status};
 use whatsnap_twilio::{Credentials, Outgoing, TwilioClient, TwilioError, signature};
 
+/// What the callback receiver saw: whether the signature validated, and the parameters.
+type Received = Arc<Mutex<Vec<(bool, Vec<(String, String)>)>>>;
+
 const SID: &str = "AC00000000000000000000000000000001";
 const TOKEN: &str = "token-of-account-one";
 const NUMBER: &str = "+15005550006";
@@ -146,7 +149,7 @@ async fn refusals_become_reasons_and_outages_are_retryable() {
 async fn a_status_callback_arrives_signed_with_the_accounts_token() {
     let (fake, client) = twilio().await;
     // A receiver that validates as whatsnap's gateway will.
-    let received: Arc<Mutex<Vec<(bool, Vec<(String, String)>)>>> = Arc::default();
+    let received: Received = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let callback = format!(
         "http://{}/webhooks/twilio/status",
@@ -157,7 +160,7 @@ async fn a_status_callback_arrives_signed_with_the_accounts_token() {
         .route(
             "/webhooks/twilio/status",
             post(
-                move |State(received): State<Arc<Mutex<Vec<(bool, Vec<(String, String)>)>>>>,
+                move |State(received): State<Received>,
                       headers: HeaderMap,
                       axum::Form(params): axum::Form<Vec<(String, String)>>| async move {
                     let header = headers
