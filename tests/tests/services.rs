@@ -20,6 +20,8 @@ use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{FakeCollector, TestNats, TestPostgres, Whatsnap, free_port, http_get};
 
 const LOCATION: &str = "loc1";
+/// The key every process of the distributed setup shares.
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -60,9 +62,10 @@ impl Api {
         self.session
             .add_account(session::AddAccountRequest {
                 location_id: LOCATION.into(),
-                kind: session::AccountKind::Twilio as i32,
+                kind: session::AccountKind::Whatsapp as i32,
                 name: name.into(),
                 phone_number: "+1 415 555 0199".into(),
+                twilio: None,
             })
             .await
             .unwrap()
@@ -436,6 +439,8 @@ impl Cluster {
 
     async fn start(nats: &TestNats, pg: &TestPostgres) -> Self {
         let common = args(&[
+            "--secret-key",
+            SECRET_KEY,
             "--nats-url",
             &nats.config.url,
             "--stream-name",

@@ -74,6 +74,17 @@ pub struct AccountAdded {
     /// The tag put on every contact of this account, e.g. `whatsnap-account-sales`.
     pub tag: String,
     pub phone_number: Option<String>,
+    /// The API credentials of a Twilio account (added after the first schema; absent for other
+    /// kinds and in payloads written before).
+    #[serde(default)]
+    pub twilio: Option<TwilioCredentials>,
+}
+
+/// A Twilio account's credentials, the Auth Token sealed under the deployment's secret key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwilioCredentials {
+    pub account_sid: String,
+    pub auth_token: whatsnap_secrets::Sealed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

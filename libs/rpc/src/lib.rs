@@ -26,6 +26,9 @@ pub enum ServiceError {
     FailedPrecondition(String),
     #[error("{0}")]
     Conflict(String),
+    /// A third party (Twilio, GHL) could not be reached; worth trying again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("event store: {0}")]
     Store(#[from] StoreError),
     #[error("read model: {0}")]
@@ -40,6 +43,7 @@ impl From<ServiceError> for Status {
             ServiceError::AlreadyExists(_) => Code::AlreadyExists,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Conflict(_) => Code::Aborted,
+            ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Store(e) if e.is_conflict() => Code::Aborted,
             ServiceError::Store(StoreError::InvalidAppend { .. }) => Code::InvalidArgument,
             ServiceError::Store(_) | ServiceError::Database(_) => {

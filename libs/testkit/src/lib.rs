@@ -12,7 +12,7 @@ mod collector;
 mod process;
 mod twilio;
 pub use collector::{ExportedSpan, FakeCollector};
-pub use process::{Whatsnap, free_port, http_get};
+pub use process::{Whatsnap, free_port, http_get, http_post};
 pub use twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
 
 use anyhow::Context as _;

@@ -149,7 +149,7 @@ pub struct Outgoing<'a> {
     pub status_callback: Option<&'a str>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TwilioClient {
     base_url: String,
     http: reqwest::Client,

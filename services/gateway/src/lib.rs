@@ -7,6 +7,7 @@
 mod forward;
 mod health;
 mod timeline;
+mod webhooks;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 pub use forward::Remote;
 pub use health::{Readiness, router};
 pub use timeline::TimelineProjection;
+pub use webhooks::{MAX_WEBHOOK_BYTES, Webhooks, routes as webhook_routes};
 
 #[derive(Clone)]
 pub struct Gateway {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use uuid::Uuid;
-use whatsnap_events::{AccountAdded, AccountKind, AccountRemoved, Event};
+use whatsnap_events::{AccountAdded, AccountKind, AccountRemoved, Event, TwilioCredentials};
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
 /// The prefix of every account tag.
@@ -92,6 +92,7 @@ pub fn decide_add(
     kind: AccountKind,
     name: &str,
     phone_number: Option<String>,
+    twilio: Option<TwilioCredentials>,
     taken_tags: &HashSet<String>,
 ) -> ServiceResult<Event> {
     let name = name.trim();
@@ -111,6 +112,7 @@ pub fn decide_add(
         name: name.to_owned(),
         tag: slug_tag(name, taken_tags),
         phone_number,
+        twilio,
     }))
 }
 
@@ -150,7 +152,15 @@ mod tests {
     #[test]
     fn given_an_added_account_when_removed_twice_then_the_second_is_refused() {
         let id = Uuid::now_v7();
-        let added = decide_add(id, AccountKind::Twilio, "Sales", None, &HashSet::new()).unwrap();
+        let added = decide_add(
+            id,
+            AccountKind::Twilio,
+            "Sales",
+            None,
+            None,
+            &HashSet::new(),
+        )
+        .unwrap();
         let state = evolve(AccountState::default(), &added, 1);
         let removed = decide_remove(&state, id, "closed").unwrap();
         let state = evolve(state, &removed, 2);
@@ -167,6 +177,7 @@ mod tests {
             Uuid::now_v7(),
             AccountKind::Whatsapp,
             "  ",
+            None,
             None,
             &HashSet::new(),
         );

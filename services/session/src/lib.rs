@@ -13,26 +13,81 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent, StreamId,
-    inbound_message_id_for,
+    AccountKind, AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent,
+    StreamId, TwilioCredentials, inbound_message_id_for,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
+use whatsnap_secrets::SecretKey;
+use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
 
 pub use account::{AccountState, decide_add, decide_remove, evolve, slug_tag};
 pub use read_model::AccountsProjection;
+
+/// What the session service is configured with.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Seals the credentials of accounts before they are stored.
+    pub secret_key: SecretKey,
+    /// The Twilio API (Twilio's own by default).
+    pub twilio: TwilioClient,
+    /// How many accounts, of all kinds, one location may have.
+    pub max_accounts_per_location: usize,
+}
 
 /// The session service: its gRPC API and its read model.
 #[derive(Clone)]
 pub struct Session {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    config: SessionConfig,
 }
 
 impl Session {
-    pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
-        Self { store, db }
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: SessionConfig) -> Self {
+        Self { store, db, config }
+    }
+
+    /// Checks Twilio credentials and number with Twilio, and seals the token for storage.
+    async fn twilio_credentials(
+        &self,
+        credentials: Option<pb::TwilioCredentials>,
+        phone: Option<&str>,
+    ) -> ServiceResult<TwilioCredentials> {
+        let (Some(credentials), Some(phone)) = (credentials, phone) else {
+            return Err(ServiceError::InvalidArgument(
+                "a Twilio account needs its Account SID, Auth Token and phone number".into(),
+            ));
+        };
+        let (sid, token) = (
+            credentials.account_sid.trim(),
+            credentials.auth_token.trim(),
+        );
+        if !sid.starts_with("AC") || sid.len() != 34 {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{sid:?} is not a Twilio Account SID (AC followed by 32 characters)"
+            )));
+        }
+        if token.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "the Twilio Auth Token is empty".into(),
+            ));
+        }
+        self.config
+            .twilio
+            .verify(&twilio::Credentials::new(sid, token), phone)
+            .await
+            .map_err(|err| match err {
+                TwilioError::Unavailable(reason) => ServiceError::Unavailable(format!(
+                    "cannot check the account with Twilio: {reason}"
+                )),
+                refused => ServiceError::FailedPrecondition(refused.to_string()),
+            })?;
+        Ok(TwilioCredentials {
+            account_sid: sid.to_owned(),
+            auth_token: self.config.secret_key.seal(token),
+        })
     }
 
     pub fn grpc(&self) -> pb::session_service_server::SessionServiceServer<Self> {
@@ -97,6 +152,15 @@ impl pb::session_service_server::SessionService for Session {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let kind = read_model::kind_from_pb(request.kind)?;
+        let live = read_model::live_accounts(&self.db, &location)
+            .await
+            .map_err(ServiceError::from)?;
+        if live >= self.config.max_accounts_per_location {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "location {location} already has {live} accounts, the most it may have: remove one first"
+            ))
+            .into());
+        }
         let taken = read_model::tags_in_location(&self.db, &location)
             .await
             .map_err(ServiceError::from)?;
@@ -104,8 +168,15 @@ impl pb::session_service_server::SessionService for Session {
             "" => None,
             number => Some(whatsnap_rpc::phone(number)?.to_string()),
         };
+        let twilio = match kind {
+            AccountKind::Twilio => Some(
+                self.twilio_credentials(request.twilio, phone.as_deref())
+                    .await?,
+            ),
+            _ => None,
+        };
         let account_id = Uuid::now_v7();
-        let event = decide_add(account_id, kind, &request.name, phone, &taken)?;
+        let event = decide_add(account_id, kind, &request.name, phone, twilio, &taken)?;
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
         let outcome = self
             .store

@@ -106,6 +106,17 @@ impl Projection<Any> for AccountsProjection {
     }
 }
 
+/// How many accounts of the location are not removed.
+pub(crate) async fn live_accounts(db: &ReadDb, location: &LocationId) -> sqlx::Result<usize> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM session_accounts WHERE location_id = $1 AND status <> 'removed'",
+    )
+    .bind(location.to_string())
+    .fetch_one(db)
+    .await?;
+    Ok(count as usize)
+}
+
 /// Every tag in use in a location, removed accounts included: a tag is never given twice.
 pub(crate) async fn tags_in_location(
     db: &ReadDb,

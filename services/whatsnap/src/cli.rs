@@ -78,6 +78,13 @@ pub enum AccountsCommand {
         /// The account's own number, with country code.
         #[arg(long)]
         phone: Option<String>,
+        /// A Twilio account's Account SID.
+        #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+        twilio_account_sid: Option<String>,
+        /// A Twilio account's Auth Token (better given in TWILIO_AUTH_TOKEN than on the command
+        /// line).
+        #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+        twilio_auth_token: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -130,6 +137,8 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             kind,
             name,
             phone,
+            twilio_account_sid,
+            twilio_auth_token,
             server,
         } => {
             let mut client =
@@ -146,6 +155,13 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                     kind: kind as i32,
                     name,
                     phone_number: phone.unwrap_or_default(),
+                    twilio: match (twilio_account_sid, twilio_auth_token) {
+                        (Some(account_sid), Some(auth_token)) => Some(session::TwilioCredentials {
+                            account_sid,
+                            auth_token,
+                        }),
+                        _ => None,
+                    },
                 })
                 .await
                 .map_err(status)?

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the services (all of them by default).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Messaging accounts: list, add, remove.
     #[command(subcommand)]
     Accounts(cli::AccountsCommand),
@@ -63,7 +63,7 @@ pub fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(*args)),
         Command::Accounts(command) => runtime.block_on(cli::accounts(command)),
         Command::Contacts(command) => runtime.block_on(cli::contacts(command)),
         Command::Events(command) => runtime.block_on(cli::events(command)),

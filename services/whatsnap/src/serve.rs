@@ -142,6 +142,22 @@ pub struct ServeArgs {
     /// gRPC URL of the ghl-sync service, when the gateway runs without it.
     #[arg(long, env = "WHATSNAP_GHL_SYNC_URL")]
     ghl_sync_url: Option<String>,
+    /// The key that seals stored credentials: 32 random bytes, base64 (`openssl rand -base64
+    /// 32`), the same for every process. The embedded setup keeps one in <data-dir>/secret.key
+    /// when none is given.
+    #[arg(long, env = "WHATSNAP_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// The Twilio API.
+    #[arg(long, env = "WHATSNAP_TWILIO_BASE_URL", default_value = whatsnap_twilio::DEFAULT_BASE_URL)]
+    twilio_base_url: String,
+    /// The scheme and host providers call webhooks on, as configured with them (e.g.
+    /// https://whatsnap.example.com); Twilio signs that URL. Default: http:// and the request's
+    /// Host header.
+    #[arg(long, env = "WHATSNAP_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// How many accounts, of all kinds together, one location may have.
+    #[arg(long, env = "WHATSNAP_MAX_ACCOUNTS_PER_LOCATION", default_value_t = 10)]
+    max_accounts_per_location: usize,
     /// /readyz fails while a projection is more than this many events behind the log.
     #[arg(long, env = "WHATSNAP_MAX_LAG", default_value_t = 1000)]
     max_lag: u64,
@@ -204,6 +220,22 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
     }
 }
 
+/// The key that seals credentials: given, or for the embedded setup kept beside the database.
+fn secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
+    if let Some(text) = &args.secret_key {
+        return whatsnap_secrets::SecretKey::from_base64(text).context("--secret-key");
+    }
+    if args.backend.nats_url.is_some() {
+        bail!(
+            "the distributed setup needs --secret-key (WHATSNAP_SECRET_KEY): the same 32 random \
+             bytes, base64, for every process (e.g. `openssl rand -base64 32`)"
+        );
+    }
+    let path = args.backend.data_dir.join("secret.key");
+    whatsnap_secrets::SecretKey::load_or_create(&path)
+        .with_context(|| format!("the secret key in {}", path.display()))
+}
+
 /// Connects lazily: the other process may start after this one.
 fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
     url.as_ref()
@@ -234,8 +266,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
 
-    let session =
-        has(Target::Session).then(|| whatsnap_session::Session::new(store.clone(), db.clone()));
+    let secret_key = if has(Target::Session) || has(Target::Gateway) {
+        Some(secret_key(&args)?)
+    } else {
+        None
+    };
+    let session = match (has(Target::Session), &secret_key) {
+        (true, Some(key)) => Some(whatsnap_session::Session::new(
+            store.clone(),
+            db.clone(),
+            whatsnap_session::SessionConfig {
+                secret_key: key.clone(),
+                twilio: whatsnap_twilio::TwilioClient::new(&args.twilio_base_url)?,
+                max_accounts_per_location: args.max_accounts_per_location,
+            },
+        )),
+        _ => None,
+    };
     let contacts =
         has(Target::Contacts).then(|| whatsnap_contacts::Contacts::new(store.clone(), db.clone()));
     let assignment = has(Target::Assignment)
@@ -396,11 +443,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
         let http_addr = http_listener.local_addr()?;
+        // Webhooks become commands to the session service: this process's own, or the one
+        // the gateway forwards to.
+        let session_channel = match (&session, &args.session_url) {
+            (Some(_), _) => {
+                Some(Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy())
+            }
+            (None, Some(url)) => Some(Endpoint::from_shared(url.clone())?.connect_lazy()),
+            (None, None) => None,
+        };
         let routes = whatsnap_gateway::router(Readiness {
             store: store.clone(),
             projections: progress.clone(),
             max_lag: args.max_lag,
-        });
+        })
+        .merge(whatsnap_gateway::webhook_routes(
+            whatsnap_gateway::Webhooks {
+                store: store.clone(),
+                secret_key: secret_key.clone().expect("the gateway has a secret key"),
+                public_url: args.public_url.clone(),
+                session: session_channel,
+            },
+        ));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             axum::serve(http_listener, routes)
@@ -470,7 +534,7 @@ fn every_projection(
     db: &ReadDb,
 ) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
     vec![
-        whatsnap_session::Session::new(store.clone(), db.clone()).projection(),
+        Arc::new(whatsnap_session::AccountsProjection),
         whatsnap_contacts::Contacts::new(store.clone(), db.clone()).projection(),
         whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
         whatsnap_ghl_sync::GhlSync::new(db.clone()).projection(),

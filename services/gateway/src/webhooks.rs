@@ -1,0 +1,191 @@
+//! Provider webhooks at the public edge. `POST /webhooks/twilio/{location}/{account}/inbound`
+//! receives what a Twilio number is sent: the signature is checked with the account's own Auth
+//! Token against the URL Twilio requested, and only then does the message become a command to
+//! the session service. A refused webhook changes nothing.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::sync::Arc;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
+use whatsnap_eventstore::EventStore;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_secrets::SecretKey;
+use whatsnap_twilio::{signature, webhook};
+
+/// The most a webhook body may weigh; Twilio's are a few kilobytes.
+pub const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Webhooks {
+    pub store: Arc<dyn EventStore>,
+    pub secret_key: SecretKey,
+    /// The scheme and host Twilio is configured to call (e.g. `https://whatsnap.example.com`);
+    /// without it, `http://` and the request's Host header.
+    pub public_url: Option<String>,
+    /// The session service, where messages are recorded.
+    pub session: Option<Channel>,
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
+    let reason = reason.into();
+    warn!(status = status.as_u16(), %reason, "webhook refused");
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// Empty TwiML: received, nothing to reply.
+fn accepted() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml")],
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
+    )
+        .into_response()
+}
+
+/// The Twilio credentials of an account added to this location, if it is a Twilio account.
+async fn twilio_account(
+    store: &dyn EventStore,
+    location: &str,
+    account: &str,
+) -> Result<Option<(String, whatsnap_secrets::Sealed)>, Response> {
+    let (Ok(location), Ok(account)) = (LocationId::parse(location), uuid_of(account)) else {
+        return Ok(None);
+    };
+    let stream = StreamId::for_uuid(location, AggregateKind::Account, account);
+    let first = store
+        .read_stream(&stream, 1, 1)
+        .await
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("event store: {e}")))?;
+    Ok(match first.first().map(|e| e.decode()) {
+        Some(Ok(Event::AccountAdded(added))) => added.twilio.map(|t| (t.account_sid, t.auth_token)),
+        _ => None,
+    })
+}
+
+fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
+    uuid::Uuid::parse_str(text).map_err(drop)
+}
+
+async fn twilio_inbound(
+    State(hooks): State<Webhooks>,
+    Path((location, account)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let parsed = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body);
+    let (true, Ok(params)) = (is_form, parsed) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the body is not a form (application/x-www-form-urlencoded)",
+        );
+    };
+    let (account_sid, sealed) =
+        match twilio_account(hooks.store.as_ref(), &location, &account).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("no Twilio account {account} in location {location}"),
+                );
+            }
+            Err(response) => return response,
+        };
+    let token = match hooks.secret_key.open(&sealed) {
+        Ok(token) => token,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the account's Auth Token: {e}"),
+            );
+        }
+    };
+    let base = match &hooks.public_url {
+        Some(public) => public.trim_end_matches('/').to_owned(),
+        None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            Some(host) => format!("http://{host}"),
+            None => return refuse(StatusCode::BAD_REQUEST, "no Host header"),
+        },
+    };
+    let url = format!(
+        "{base}{}",
+        uri.path_and_query().map_or(uri.path(), |pq| pq.as_str())
+    );
+    let given = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::validate_form(token.expose(), &url, &params, given) {
+        return refuse(StatusCode::FORBIDDEN, e.to_string());
+    }
+    let message = match webhook::parse_inbound(&params) {
+        Ok(message) => message,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if message.account_sid != account_sid {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the webhook is for another Twilio account",
+        );
+    }
+    let Some(channel) = hooks.session.clone() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session service is not reachable from this gateway",
+        );
+    };
+    let mut request = tonic::Request::new(session::RecordInboundMessageRequest {
+        location_id: location,
+        account_id: account,
+        provider_message_id: message.message_sid.clone(),
+        from: message.from,
+        body: message.body,
+        sender_name: message.profile_name.unwrap_or_default(),
+    });
+    whatsnap_telemetry::inject(&mut request);
+    match session::session_service_client::SessionServiceClient::new(channel)
+        .record_inbound_message(request)
+        .await
+    {
+        Ok(recorded) => {
+            let recorded = recorded.into_inner();
+            info!(message_sid = %message.message_sid, message_id = %recorded.message_id, duplicate = recorded.duplicate, "twilio message received");
+            accepted()
+        }
+        Err(status) => {
+            let code = match status.code() {
+                Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                Code::NotFound => StatusCode::NOT_FOUND,
+                Code::FailedPrecondition => StatusCode::GONE,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            refuse(code, status.message().to_owned())
+        }
+    }
+}
+
+/// The webhook routes, with their body limit.
+pub fn routes(hooks: Webhooks) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/twilio/{location}/{account}/inbound",
+            post(twilio_inbound),
+        )
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
+        .with_state(hooks)
+}
