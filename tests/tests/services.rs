@@ -17,7 +17,9 @@ use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::{FakeCollector, TestNats, TestPostgres, Whatsnap, free_port, http_get};
+use whatsnap_testkit::{
+    FakeCollector, TestNats, TestPostgres, Whatsnap, eventually, free_port, http_get,
+};
 
 const LOCATION: &str = "loc1";
 /// The key every process of the distributed setup shares.
@@ -108,47 +110,41 @@ impl Api {
             .map(|r| r.into_inner())
     }
 
-    /// Waits until the contacts read model has the contact (eventual consistency).
+    /// Waits until the contacts read model has the contact with its account tag: its creation
+    /// and its tag are one append but may reach the read model in two transactions.
     async fn contact(&mut self, phone: &str) -> contacts::Contact {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self
-                .contacts
-                .get_contact(contacts::GetContactRequest {
-                    location_id: LOCATION.into(),
-                    phone: phone.into(),
-                })
-                .await
-            {
-                Ok(contact) => return contact.into_inner(),
-                Err(status)
-                    if status.code() == Code::NotFound || status.code() == Code::Unavailable => {}
+        let client = &mut self.contacts;
+        eventually(format!("contact {phone} appears, tagged"), async || {
+            let request = contacts::GetContactRequest {
+                location_id: LOCATION.into(),
+                phone: phone.into(),
+            };
+            match client.get_contact(request).await {
+                Ok(contact) => Some(contact.into_inner()).filter(|c| !c.tags.is_empty()),
+                Err(status) if matches!(status.code(), Code::NotFound | Code::Unavailable) => None,
                 Err(status) => panic!("get_contact: {status}"),
             }
-            assert!(Instant::now() < deadline, "contact {phone} never appeared");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     async fn assignment(&mut self, contact_id: &str) -> assignment::Assignment {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(decision) = self
-                .assignment
-                .get_assignment(assignment::GetAssignmentRequest {
+        let client = &mut self.assignment;
+        eventually(
+            format!("an assignment decision for {contact_id}"),
+            async || {
+                let request = assignment::GetAssignmentRequest {
                     location_id: LOCATION.into(),
                     contact_id: contact_id.into(),
-                })
-                .await
-            {
-                return decision.into_inner();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no assignment decision for {contact_id}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                };
+                client
+                    .get_assignment(request)
+                    .await
+                    .ok()
+                    .map(|d| d.into_inner())
+            },
+        )
+        .await
     }
 
     async fn stream_len(&mut self, stream_id: String) -> usize {
@@ -167,32 +163,27 @@ impl Api {
 
     /// (event type, summary, traceparent) of every event that touched the contact.
     async fn history(&mut self, phone: &str) -> Vec<(String, String, String)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(history) = self
-                .events
-                .contact_history(events::ContactHistoryRequest {
-                    location_id: LOCATION.into(),
-                    phone: phone.into(),
-                })
+        let client = &mut self.events;
+        eventually(format!("the history of {phone}"), async || {
+            let request = events::ContactHistoryRequest {
+                location_id: LOCATION.into(),
+                phone: phone.into(),
+            };
+            let entries: Vec<_> = client
+                .contact_history(request)
                 .await
-            {
-                let entries: Vec<_> = history
-                    .into_inner()
-                    .entries
-                    .into_iter()
-                    .map(|e| {
-                        let event = e.event.unwrap_or_default();
-                        (event.event_type, e.summary, event.traceparent)
-                    })
-                    .collect();
-                if entries.len() >= 4 {
-                    return entries;
-                }
-            }
-            assert!(Instant::now() < deadline, "history of {phone} incomplete");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .ok()?
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(|e| {
+                    let event = e.event.unwrap_or_default();
+                    (event.event_type, e.summary, event.traceparent)
+                })
+                .collect();
+            (entries.len() >= 4).then_some(entries)
+        })
+        .await
     }
 }
 
@@ -282,24 +273,14 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
         })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let err = loop {
-        let result = api
-            .contacts
-            .resolve_route(contacts::ResolveRouteRequest {
-                location_id: LOCATION.into(),
-                phone: "+14155550100".into(),
-            })
-            .await;
-        match result {
-            Err(err) => break err,
-            Ok(_) => assert!(
-                Instant::now() < deadline,
-                "the removed account still routes"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = eventually("the removed account stops routing", async || {
+        let request = contacts::ResolveRouteRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550100".into(),
+        };
+        api.contacts.resolve_route(request).await.err()
+    })
+    .await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.message().contains("removed accounts"),
@@ -551,23 +532,20 @@ async fn distributed_one_process_per_service() {
             .await
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let users = loop {
+    let users = eventually("both users listed", async || {
+        let request = assignment::ListUsersRequest {
+            location_id: LOCATION.into(),
+        };
         let users = api
             .assignment
-            .list_users(assignment::ListUsersRequest {
-                location_id: LOCATION.into(),
-            })
+            .list_users(request)
             .await
-            .unwrap()
+            .ok()?
             .into_inner()
             .users;
-        if users.len() == 2 {
-            break users;
-        }
-        assert!(Instant::now() < deadline, "users never listed: {users:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (users.len() == 2).then_some(users)
+    })
+    .await;
     let summary: Vec<_> = users.iter().map(|u| (u.name.as_str(), u.active)).collect();
     assert_eq!(summary, [("Ana", true), ("Bruno", false)]);
 

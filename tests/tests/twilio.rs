@@ -3,7 +3,6 @@
 //! often Twilio delivers it; a webhook that is not Twilio's changes nothing.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use tonic::Code;
 use tonic::transport::Channel;
@@ -11,7 +10,7 @@ use whatsnap_events::inbound_message_id_for;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::{FakeTwilio, FakeTwilioAccount, Whatsnap, http_post};
+use whatsnap_testkit::{FakeTwilio, FakeTwilioAccount, Whatsnap, eventually, http_post};
 
 const LOCATION: &str = "loc1";
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -219,20 +218,15 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("<Response></Response>"), "{body}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let contact = loop {
-        if let Ok(contact) = contacts_api
-            .get_contact(contacts::GetContactRequest {
-                location_id: LOCATION.into(),
-                phone: "+14155550100".into(),
-            })
-            .await
-        {
-            break contact.into_inner();
-        }
-        assert!(Instant::now() < deadline, "no contact from the webhook");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let contact = eventually("a tagged contact from the webhook", async || {
+        let request = contacts::GetContactRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550100".into(),
+        };
+        let contact = contacts_api.get_contact(request).await.ok()?.into_inner();
+        (!contact.tags.is_empty()).then_some(contact)
+    })
+    .await;
     assert_eq!(contact.tags, ["whatsnap-account-sales"]);
     let stored = events_api
         .read_stream(read(message_stream))
@@ -269,21 +263,14 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         .await
         .unwrap();
     // The limit counts the accounts the read model has: wait for the second to be in it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accounts
-        .list_accounts(session::ListAccountsRequest {
+    eventually("the second account is listed", async || {
+        let request = session::ListAccountsRequest {
             location_id: LOCATION.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts
-        .len()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the second account never listed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        };
+        let listed = accounts.list_accounts(request).await.ok()?.into_inner();
+        (listed.accounts.len() == 2).then_some(())
+    })
+    .await;
     let err = accounts
         .add_account(session::AddAccountRequest {
             location_id: LOCATION.into(),

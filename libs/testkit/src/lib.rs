@@ -34,6 +34,25 @@ pub const DATABASE_URL_VAR: &str = "WHATSNAP_TEST_DATABASE_URL";
 /// A NATS server older than 2.12 (Debian's 2.9), which the event store must refuse.
 pub const OLD_NATS_URL_VAR: &str = "WHATSNAP_TEST_OLD_NATS_URL";
 
+/// Polls `attempt` every 50 ms until it yields a value — for what read models make true
+/// eventually — and fails the test, naming `what`, after 30 s.
+pub async fn eventually<T>(
+    what: impl std::fmt::Display,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 30 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A short unique token for names of streams, prefixes and schemas.
 pub fn unique_token() -> String {
     Uuid::now_v7().simple().to_string()
