@@ -253,6 +253,62 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
     assert_eq!(route.account_id, account.account_id);
     assert_eq!(route.tag, "whatsnap-account-sales-line");
 
+    // A tag added by hand moves the replies to that account; removed, they come back.
+    let support = api.add_account("Support Line").await;
+    let tag = |remove: bool| contacts::TagContactRequest {
+        location_id: LOCATION.into(),
+        phone: "+14155550100".into(),
+        tag: support.tag.clone(),
+        remove,
+    };
+    let tagged = api
+        .contacts
+        .tag_contact(tag(false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tagged.tags.contains(&support.tag), "{:?}", tagged.tags);
+    let route_of = async |api: &mut Api| {
+        let request = contacts::ResolveRouteRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550100".into(),
+        };
+        api.contacts
+            .resolve_route(request)
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    let moved = eventually("the route follows the new tag", async || {
+        route_of(&mut *api)
+            .await
+            .filter(|r| r.account_id == support.account_id)
+    })
+    .await;
+    assert!(
+        moved.reason.contains("added most recently"),
+        "{}",
+        moved.reason
+    );
+    api.contacts.tag_contact(tag(true)).await.unwrap();
+    eventually("the route comes back", async || {
+        route_of(&mut *api)
+            .await
+            .filter(|r| r.account_id == account.account_id)
+    })
+    .await;
+    let err = api
+        .contacts
+        .tag_contact(contacts::TagContactRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550111".into(),
+            tag: "vip".into(),
+            remove: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
     // Bad input changes nothing and says what is wrong.
     let err = api.receive(&account, "SM101", "12345").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

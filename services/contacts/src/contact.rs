@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountKind, ContactCreated, ContactTagged, Event, InboundMessageReceived, PhoneNumber,
-    TagSource,
+    AccountKind, ContactCreated, ContactTagged, ContactUntagged, Event, InboundMessageReceived,
+    PhoneNumber, TagSource,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -28,6 +28,36 @@ pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactSt
         _ => {}
     }
     state
+}
+
+/// A tag added or removed by hand: nothing to do when the contact already is as asked.
+pub fn decide_tag(
+    state: &ContactState,
+    contact_id: Uuid,
+    tag: &str,
+    remove: bool,
+) -> Result<Option<Event>, String> {
+    if !state.exists {
+        return Err("no such contact".to_owned());
+    }
+    let tag = tag.trim();
+    if tag.is_empty() || tag.len() > 100 {
+        return Err("a tag has 1 to 100 characters".to_owned());
+    }
+    let has = state.tags.contains(tag);
+    Ok(match (remove, has) {
+        (false, false) => Some(Event::from(ContactTagged {
+            contact_id,
+            tag: tag.to_owned(),
+            source: TagSource::Manual,
+        })),
+        (true, true) => Some(Event::from(ContactUntagged {
+            contact_id,
+            tag: tag.to_owned(),
+            source: TagSource::Manual,
+        })),
+        _ => None,
+    })
 }
 
 /// A message arrived from this contact's phone on an account with `tag`: create the contact if

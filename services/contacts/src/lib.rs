@@ -20,7 +20,7 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
-pub use contact::{ContactState, decide_on_inbound, evolve};
+pub use contact::{ContactState, decide_on_inbound, decide_tag, evolve};
 
 /// How often a decision is retried when another writer changed the contact meanwhile.
 const CONFLICT_RETRIES: usize = 5;
@@ -286,6 +286,59 @@ pub fn choose_route(phone: &str, tags: &[CarriedTag]) -> Result<(String, String,
 
 #[tonic::async_trait]
 impl pb::contacts_service_server::ContactsService for Contacts {
+    async fn tag_contact(
+        &self,
+        request: Request<pb::TagContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let contact_id = contact_id_for(&location, &phone);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
+        let history = self
+            .store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut state = ContactState::default();
+        for event in &history {
+            let decoded = event
+                .decode()
+                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+            state = evolve(state, &decoded, event.version);
+        }
+        let decided =
+            decide_tag(&state, contact_id, &request.tag, request.remove).map_err(|reason| {
+                if state.exists {
+                    ServiceError::InvalidArgument(reason)
+                } else {
+                    ServiceError::NotFound(format!(
+                        "no contact with phone {phone} in location {location}"
+                    ))
+                }
+            })?;
+        if let Some(event) = &decided {
+            let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+            self.store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(state.version),
+                    vec![NewEvent::new(event, metadata)],
+                )
+                .await
+                .map_err(ServiceError::from)?;
+            let version = state.version + 1;
+            state = evolve(state, event, version);
+        }
+        Ok(Response::new(pb::Contact {
+            contact_id: contact_id.to_string(),
+            location_id: location.to_string(),
+            phone: phone.to_string(),
+            name: String::new(),
+            tags: state.tags.into_iter().collect(),
+        }))
+    }
+
     async fn resolve_route(
         &self,
         request: Request<pb::ResolveRouteRequest>,

@@ -52,6 +52,7 @@ forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_
     get_contact(contacts::GetContactRequest) -> contacts::Contact;
     list_contacts(contacts::ListContactsRequest) -> contacts::ListContactsResponse;
     resolve_route(contacts::ResolveRouteRequest) -> contacts::Route;
+    tag_contact(contacts::TagContactRequest) -> contacts::Contact;
 });
 
 forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {
