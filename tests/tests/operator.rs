@@ -136,6 +136,32 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
         );
     }
 
+    let (ok, out, err) = cli(
+        &whatsnap,
+        &["contacts", "route", "+5511999990000", "--location", "loc1"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&account_id) && out.contains("whatsnap-account-front-desk"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(
+        &whatsnap,
+        &[
+            "contacts",
+            "tag",
+            "+5511999990000",
+            "vip",
+            "--location",
+            "loc1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("vip") && out.contains("whatsnap-account-front-desk"),
+        "{out}"
+    );
+
     // Mistakes get one clear line and a failing exit status.
     let (ok, out, err) = cli(
         &whatsnap,

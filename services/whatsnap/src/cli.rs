@@ -201,14 +201,76 @@ pub enum ContactsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Add a tag to a contact by hand (or remove it): another account's tag moves its replies.
+    Tag {
+        phone: String,
+        tag: String,
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// The account a reply to this contact would leave from, and why.
+    Route {
+        phone: String,
+        #[arg(long)]
+        location: String,
+        #[command(flatten)]
+        server: Server,
+    },
 }
 
 pub async fn contacts(command: ContactsCommand) -> anyhow::Result<()> {
-    let ContactsCommand::Show {
-        phone,
-        location,
-        server,
-    } = command;
+    let (phone, location, server) = match command {
+        ContactsCommand::Show {
+            phone,
+            location,
+            server,
+        } => (phone, location, server),
+        ContactsCommand::Tag {
+            phone,
+            tag,
+            location,
+            remove,
+            server,
+        } => {
+            let contact = contacts::contacts_service_client::ContactsServiceClient::new(
+                server.channel().await?,
+            )
+            .tag_contact(contacts::TagContactRequest {
+                location_id: location,
+                phone,
+                tag,
+                remove,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+            println!("tags      {}", contact.tags.join(", "));
+            return Ok(());
+        }
+        ContactsCommand::Route {
+            phone,
+            location,
+            server,
+        } => {
+            let route = contacts::contacts_service_client::ContactsServiceClient::new(
+                server.channel().await?,
+            )
+            .resolve_route(contacts::ResolveRouteRequest {
+                location_id: location,
+                phone,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+            println!("account   {} ({})", route.account_id, route.tag);
+            println!("because   {}", route.reason);
+            return Ok(());
+        }
+    };
     let channel = server.channel().await?;
     let contact = contacts::contacts_service_client::ContactsServiceClient::new(channel.clone())
         .get_contact(contacts::GetContactRequest {
