@@ -30,7 +30,7 @@ enum Command {
     /// Messaging accounts: list, add, remove.
     #[command(subcommand)]
     Accounts(cli::AccountsCommand),
-    /// Contacts: show one by phone number.
+    /// Contacts: show one by phone number, tag it by hand, see where its replies would go.
     #[command(subcommand)]
     Contacts(cli::ContactsCommand),
     /// The event log: follow it as it grows.
