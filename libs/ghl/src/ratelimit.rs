@@ -1,0 +1,300 @@
+//! GHL allows each app, per location, 100 requests in any 10 seconds and 200,000 a day, and
+//! answers 429 beyond (`ghl-api.md` §7). whatsnap paces itself so that it never provokes a 429:
+//! a sliding window per location, the daily count, and what GHL's `X-RateLimit-*` headers and
+//! 429s say. Locations never share a budget, and [`RateLimiter::try_acquire`] tells a scheduler
+//! how long one location must wait so that it can serve another meanwhile: a busy location
+//! cannot starve the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use whatsnap_events::LocationId;
+
+/// GHL's published limits, per app and location.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub burst_max: u32,
+    pub burst_window: Duration,
+    pub daily_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            burst_max: 100,
+            burst_window: Duration::from_secs(10),
+            daily_max: 200_000,
+        }
+    }
+}
+
+/// What GHL's rate-limit headers said on a response (each is optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed {
+    /// `X-RateLimit-Remaining`: requests left in the current burst window.
+    pub burst_remaining: Option<u32>,
+    /// `X-RateLimit-Daily-Remaining`.
+    pub daily_remaining: Option<u32>,
+}
+
+impl Observed {
+    /// Reads the headers GHL sends (names compared case-insensitively).
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut observed = Self::default();
+        for (name, value) in headers {
+            let value = value.trim().parse().ok();
+            if name.eq_ignore_ascii_case("x-ratelimit-remaining") {
+                observed.burst_remaining = value;
+            } else if name.eq_ignore_ascii_case("x-ratelimit-daily-remaining") {
+                observed.daily_remaining = value;
+            }
+        }
+        observed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exhausted {
+    /// The location may send again after this long.
+    #[error("the location must wait {0:?} before its next GHL request")]
+    Wait(Duration),
+    /// The location has used its daily allowance; it resets after this long.
+    #[error("the location used its daily GHL allowance; it resets in {0:?}")]
+    DailyCap(Duration),
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// When each request of the current window went out.
+    sent: VecDeque<Instant>,
+    day_started: Instant,
+    daily_used: u32,
+    /// No request before this (a 429, or GHL saying the window is used up).
+    blocked_until: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Self {
+        Self {
+            sent: VecDeque::new(),
+            day_started: now,
+            daily_used: 0,
+            blocked_until: None,
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Pacing of GHL requests, per location.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    limits: Limits,
+    buckets: Mutex<HashMap<LocationId, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Reserves a request for `location` now, or says how long it must wait.
+    pub fn try_acquire(&self, location: &LocationId) -> Result<(), Exhausted> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        let bucket = buckets
+            .entry(location.clone())
+            .or_insert_with(|| Bucket::new(now));
+        if now.duration_since(bucket.day_started) >= DAY {
+            bucket.day_started = now;
+            bucket.daily_used = 0;
+        }
+        if bucket.daily_used >= self.limits.daily_max {
+            return Err(Exhausted::DailyCap(
+                DAY.saturating_sub(now.duration_since(bucket.day_started)),
+            ));
+        }
+        if let Some(until) = bucket.blocked_until {
+            if until > now {
+                return Err(Exhausted::Wait(until - now));
+            }
+            bucket.blocked_until = None;
+        }
+        while bucket
+            .sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= self.limits.burst_window)
+        {
+            bucket.sent.pop_front();
+        }
+        if bucket.sent.len() >= self.limits.burst_max as usize {
+            let oldest = *bucket.sent.front().expect("window is full");
+            return Err(Exhausted::Wait(
+                self.limits.burst_window - now.duration_since(oldest),
+            ));
+        }
+        bucket.sent.push_back(now);
+        bucket.daily_used += 1;
+        Ok(())
+    }
+
+    /// Waits until a request for `location` may go, and reserves it; fails only when the
+    /// location's daily allowance is used up.
+    pub async fn acquire(&self, location: &LocationId) -> Result<(), Exhausted> {
+        loop {
+            match self.try_acquire(location) {
+                Ok(()) => return Ok(()),
+                Err(Exhausted::Wait(wait)) => tokio::time::sleep(wait).await,
+                Err(daily) => return Err(daily),
+            }
+        }
+    }
+
+    /// Takes in what GHL's headers said after a response: with nothing left in the window, no
+    /// request goes before the window has passed; the daily count follows GHL's.
+    pub fn observe(&self, location: &LocationId, observed: Observed) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        let bucket = buckets
+            .entry(location.clone())
+            .or_insert_with(|| Bucket::new(now));
+        if observed.burst_remaining == Some(0) {
+            bucket.blocked_until = Some(now + self.limits.burst_window);
+        }
+        if let Some(remaining) = observed.daily_remaining {
+            bucket.daily_used = self.limits.daily_max.saturating_sub(remaining);
+        }
+    }
+
+    /// GHL answered 429: no request for `location` before `retry_after` (or a whole window).
+    pub fn too_many_requests(&self, location: &LocationId, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        let bucket = buckets
+            .entry(location.clone())
+            .or_insert_with(|| Bucket::new(now));
+        bucket.blocked_until = Some(now + retry_after.unwrap_or(self.limits.burst_window));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(name: &str) -> LocationId {
+        LocationId::parse(name).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_location_sends_100_at_once_then_waits_for_the_window() {
+        let limiter = RateLimiter::default();
+        let busy = location("busy");
+        let started = Instant::now();
+        for _ in 0..100 {
+            limiter.acquire(&busy).await.unwrap();
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            limiter.try_acquire(&busy),
+            Err(Exhausted::Wait(Duration::from_secs(10)))
+        );
+        limiter.acquire(&busy).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides_no_burst_exceeds_100_in_any_10_seconds() {
+        let limiter = RateLimiter::default();
+        let loc = location("loc");
+        let mut sent = Vec::new();
+        for _ in 0..350 {
+            limiter.acquire(&loc).await.unwrap();
+            sent.push(Instant::now());
+            tokio::time::sleep(Duration::from_millis(13)).await;
+        }
+        for (i, at) in sent.iter().enumerate() {
+            let in_window = sent[i..]
+                .iter()
+                .take_while(|later| later.duration_since(*at) < Duration::from_secs(10))
+                .count();
+            assert!(
+                in_window <= 100,
+                "{in_window} requests within 10 s from request {i}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_location_does_not_hold_back_another() {
+        let limiter = RateLimiter::default();
+        let (busy, quiet) = (location("busy"), location("quiet"));
+        for _ in 0..100 {
+            limiter.try_acquire(&busy).unwrap();
+        }
+        assert!(matches!(
+            limiter.try_acquire(&busy),
+            Err(Exhausted::Wait(_))
+        ));
+        limiter.try_acquire(&quiet).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ghls_headers_and_429s_are_obeyed() {
+        let limiter = RateLimiter::default();
+        let loc = location("loc");
+        limiter.try_acquire(&loc).unwrap();
+        let observed = Observed::from_headers([
+            ("X-RateLimit-Remaining", "0"),
+            ("x-ratelimit-daily-remaining", "150000"),
+            ("X-RateLimit-Max", "100"),
+        ]);
+        limiter.observe(&loc, observed);
+        assert_eq!(
+            limiter.try_acquire(&loc),
+            Err(Exhausted::Wait(Duration::from_secs(10)))
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        limiter.try_acquire(&loc).unwrap();
+
+        limiter.too_many_requests(&loc, Some(Duration::from_secs(3)));
+        let started = Instant::now();
+        limiter.acquire(&loc).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_daily_allowance_is_a_hard_stop_until_the_day_has_passed() {
+        let limiter = RateLimiter::new(Limits {
+            daily_max: 5,
+            ..Limits::default()
+        });
+        let loc = location("loc");
+        for _ in 0..5 {
+            limiter.acquire(&loc).await.unwrap();
+        }
+        assert!(matches!(
+            limiter.acquire(&loc).await,
+            Err(Exhausted::DailyCap(_))
+        ));
+        tokio::time::advance(DAY).await;
+        limiter.acquire(&loc).await.unwrap();
+        // GHL's own count wins: it says only 1 is left of 5.
+        limiter.observe(
+            &loc,
+            Observed {
+                burst_remaining: None,
+                daily_remaining: Some(1),
+            },
+        );
+        limiter.acquire(&loc).await.unwrap();
+        assert!(matches!(
+            limiter.try_acquire(&loc),
+            Err(Exhausted::DailyCap(_))
+        ));
+    }
+}
