@@ -30,6 +30,37 @@ pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactSt
     state
 }
 
+/// GHL reported the contact's whole tag list: add what is new, remove what is gone, in GHL's
+/// order (so the last new account tag is the most recent).
+pub fn decide_ghl_tags(state: &ContactState, contact_id: Uuid, ghl_tags: &[String]) -> Vec<Event> {
+    let wanted: BTreeSet<&str> = ghl_tags
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut events = Vec::new();
+    let mut seen = BTreeSet::new();
+    for tag in ghl_tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if !state.tags.contains(tag) && seen.insert(tag) {
+            events.push(Event::from(ContactTagged {
+                contact_id,
+                tag: tag.to_owned(),
+                source: TagSource::Ghl,
+            }));
+        }
+    }
+    for tag in &state.tags {
+        if !wanted.contains(tag.as_str()) {
+            events.push(Event::from(ContactUntagged {
+                contact_id,
+                tag: tag.clone(),
+                source: TagSource::Ghl,
+            }));
+        }
+    }
+    events
+}
+
 /// A tag added or removed by hand: nothing to do when the contact already is as asked.
 pub fn decide_tag(
     state: &ContactState,
@@ -108,6 +139,31 @@ mod tests {
             received_at: Utc::now(),
             attachments: Vec::new(),
         }
+    }
+
+    #[test]
+    fn ghls_tag_list_is_turned_into_the_changes_it_implies() {
+        let id = Uuid::now_v7();
+        let mut state = ContactState {
+            exists: true,
+            ..ContactState::default()
+        };
+        state.tags.insert("whatsnap-account-a".into());
+        state.tags.insert("vip".into());
+        let list = [
+            "vip".to_string(),
+            "whatsnap-account-b".into(),
+            " ".into(),
+            "vip".into(),
+        ];
+        let events = decide_ghl_tags(&state, id, &list);
+        assert!(
+            matches!(&events[..], [Event::ContactTagged(added), Event::ContactUntagged(gone)]
+            if added.tag == "whatsnap-account-b" && gone.tag == "whatsnap-account-a"
+                && added.source == TagSource::Ghl)
+        );
+        let same = ["whatsnap-account-a".to_string(), "vip".into()];
+        assert!(decide_ghl_tags(&state, id, &same).is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
-pub use contact::{ContactState, decide_on_inbound, decide_tag, evolve};
+pub use contact::{ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve};
 
 /// How often a decision is retried when another writer changed the contact meanwhile.
 const CONFLICT_RETRIES: usize = 5;
@@ -45,6 +45,27 @@ impl Contacts {
         Arc::new(ContactsProjection {
             store: self.store.clone(),
         })
+    }
+}
+
+impl Contacts {
+    /// The contact with this phone, from its own stream (not existing if never created).
+    async fn load_contact(
+        &self,
+        location: &LocationId,
+        phone: &PhoneNumber,
+    ) -> Result<(uuid::Uuid, StreamId, ContactState), ServiceError> {
+        let contact_id = contact_id_for(location, phone);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
+        let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
+        let mut state = ContactState::default();
+        for event in &history {
+            let decoded = event
+                .decode()
+                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+            state = evolve(state, &decoded, event.version);
+        }
+        Ok((contact_id, stream, state))
     }
 }
 
@@ -286,6 +307,48 @@ pub fn choose_route(phone: &str, tags: &[CarriedTag]) -> Result<(String, String,
 
 #[tonic::async_trait]
 impl pb::contacts_service_server::ContactsService for Contacts {
+    async fn apply_ghl_tags(
+        &self,
+        request: Request<pb::ApplyGhlTagsRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let (contact_id, stream, mut state) = self.load_contact(&location, &phone).await?;
+        if !state.exists {
+            return Err(ServiceError::NotFound(format!(
+                "no contact with phone {phone} in location {location}"
+            ))
+            .into());
+        }
+        let decided = decide_ghl_tags(&state, contact_id, &request.tags);
+        if !decided.is_empty() {
+            let events = decided
+                .iter()
+                .map(|e| {
+                    let metadata =
+                        EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+                    NewEvent::new(e, metadata)
+                })
+                .collect();
+            self.store
+                .append(&stream, ExpectedVersion::Exact(state.version), events)
+                .await
+                .map_err(ServiceError::from)?;
+            for (offset, event) in decided.iter().enumerate() {
+                let version = state.version + 1 + offset as u64;
+                state = evolve(state, event, version);
+            }
+        }
+        Ok(Response::new(pb::Contact {
+            contact_id: contact_id.to_string(),
+            location_id: location.to_string(),
+            phone: phone.to_string(),
+            name: String::new(),
+            tags: state.tags.into_iter().collect(),
+        }))
+    }
+
     async fn tag_contact(
         &self,
         request: Request<pb::TagContactRequest>,
@@ -293,20 +356,7 @@ impl pb::contacts_service_server::ContactsService for Contacts {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let phone = whatsnap_rpc::phone(&request.phone)?;
-        let contact_id = contact_id_for(&location, &phone);
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
-        let history = self
-            .store
-            .read_stream(&stream, 1, usize::MAX)
-            .await
-            .map_err(ServiceError::from)?;
-        let mut state = ContactState::default();
-        for event in &history {
-            let decoded = event
-                .decode()
-                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-            state = evolve(state, &decoded, event.version);
-        }
+        let (contact_id, stream, mut state) = self.load_contact(&location, &phone).await?;
         let decided =
             decide_tag(&state, contact_id, &request.tag, request.remove).map_err(|reason| {
                 if state.exists {

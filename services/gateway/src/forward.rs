@@ -53,6 +53,7 @@ forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_
     list_contacts(contacts::ListContactsRequest) -> contacts::ListContactsResponse;
     resolve_route(contacts::ResolveRouteRequest) -> contacts::Route;
     tag_contact(contacts::TagContactRequest) -> contacts::Contact;
+    apply_ghl_tags(contacts::ApplyGhlTagsRequest) -> contacts::Contact;
 });
 
 forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {

@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
 use whatsnap_eventstore::EventStore;
+use whatsnap_ghl::signature::WebhookKeys;
+use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{signature, webhook};
@@ -31,6 +33,10 @@ pub struct Webhooks {
     pub public_url: Option<String>,
     /// The session service, where messages are recorded.
     pub session: Option<Channel>,
+    /// The keys GHL signs its webhooks with.
+    pub ghl_keys: WebhookKeys,
+    /// The contacts service, where GHL's tag changes go.
+    pub contacts: Option<Channel>,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -179,9 +185,78 @@ async fn twilio_inbound(
     }
 }
 
+/// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
+/// carries the contact's whole tag list; its changes re-route the contact's next reply. GHL
+/// retries only on 429, so what whatsnap cannot act on is acknowledged with the reason.
+async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) =
+        hooks
+            .ghl_keys
+            .verify(header("x-ghl-signature"), header("x-wh-signature"), &body)
+    {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    let text = |field: &str| {
+        payload
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    match text("type") {
+        "ContactTagUpdate" => {
+            let Some(channel) = hooks.contacts.clone() else {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the contacts service is not reachable from this gateway",
+                );
+            };
+            let tags = payload
+                .get("tags")
+                .and_then(|t| t.as_array())
+                .map(|tags| {
+                    tags.iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut request = tonic::Request::new(contacts::ApplyGhlTagsRequest {
+                location_id: text("locationId").to_owned(),
+                phone: text("phone").to_owned(),
+                tags,
+            });
+            whatsnap_telemetry::inject(&mut request);
+            match contacts::contacts_service_client::ContactsServiceClient::new(channel)
+                .apply_ghl_tags(request)
+                .await
+            {
+                Ok(contact) => {
+                    info!(contact_id = %contact.get_ref().contact_id, "tags updated from GHL");
+                    (StatusCode::OK, "tags applied\n").into_response()
+                }
+                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                    info!(reason = %status.message(), "GHL tag update ignored");
+                    (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
+                }
+                // 429 is the one answer GHL retries.
+                Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+            }
+        }
+        other => (
+            StatusCode::OK,
+            format!("ignored: whatsnap does not act on {other:?} webhooks\n"),
+        )
+            .into_response(),
+    }
+}
+
 /// The webhook routes, with their body limit.
 pub fn routes(hooks: Webhooks) -> Router {
     Router::new()
+        .route("/webhooks/ghl", post(ghl_webhook))
         .route(
             "/webhooks/twilio/{location}/{account}/inbound",
             post(twilio_inbound),

@@ -155,6 +155,25 @@ pub struct ServeArgs {
     /// Host header.
     #[arg(long, env = "WHATSNAP_PUBLIC_URL")]
     public_url: Option<String>,
+    /// The Ed25519 public key (PEM) GHL signs X-GHL-Signature with; GHL's published key by
+    /// default.
+    #[arg(
+        long,
+        env = "WHATSNAP_GHL_WEBHOOK_ED25519_KEY",
+        default_value = whatsnap_ghl::signature::GHL_ED25519_PEM,
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    ghl_webhook_ed25519_key: String,
+    /// The RSA public key (PEM) of GHL's legacy X-WH-Signature; GHL's published key by default.
+    #[arg(
+        long,
+        env = "WHATSNAP_GHL_WEBHOOK_RSA_KEY",
+        default_value = whatsnap_ghl::signature::GHL_RSA_PEM,
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    ghl_webhook_rsa_key: String,
     /// How many accounts, of all kinds together, one location may have.
     #[arg(long, env = "WHATSNAP_MAX_ACCOUNTS_PER_LOCATION", default_value_t = 10)]
     max_accounts_per_location: usize,
@@ -452,6 +471,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, Some(url)) => Some(Endpoint::from_shared(url.clone())?.connect_lazy()),
             (None, None) => None,
         };
+        let contacts_channel = match (&contacts, &args.contacts_url) {
+            (Some(_), _) => {
+                Some(Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy())
+            }
+            (None, Some(url)) => Some(Endpoint::from_shared(url.clone())?.connect_lazy()),
+            (None, None) => None,
+        };
+        let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
+            &args.ghl_webhook_ed25519_key,
+            &args.ghl_webhook_rsa_key,
+        )?;
         let routes = whatsnap_gateway::router(Readiness {
             store: store.clone(),
             projections: progress.clone(),
@@ -463,6 +493,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 secret_key: secret_key.clone().expect("the gateway has a secret key"),
                 public_url: args.public_url.clone(),
                 session: session_channel,
+                ghl_keys,
+                contacts: contacts_channel,
             },
         ));
         let stop = shutdown.clone();
