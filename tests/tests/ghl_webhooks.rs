@@ -9,6 +9,8 @@ use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use serde_json::json;
 use tonic::transport::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::ghlsync::v1::ghl_sync_service_client::GhlSyncServiceClient as GhlSyncClient;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{Whatsnap, eventually, http_post};
 
@@ -152,7 +154,40 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     let (status, body) = post(Some(sign(stranger.as_bytes())), stranger.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("ignored"), "{body}");
-    let install = json!({"type": "INSTALL", "locationId": LOCATION, "appId": "a1"}).to_string();
+    let unknown = json!({"type": "NoteCreate", "locationId": LOCATION}).to_string();
+    let (status, body) = post(Some(sign(unknown.as_bytes())), unknown.as_bytes()).await;
+    assert_eq!((status, body.starts_with("ignored")), (200, true), "{body}");
+
+    // INSTALL and UNINSTALL are recorded; the pending work says whether GHL can be reached.
+    let waiting = async |ghl_sync: &mut GhlSyncClient<Channel>, installed: bool| {
+        eventually(format!("installed = {installed} is seen"), async || {
+            let request = ghlsync::SyncStatusRequest {
+                location_id: LOCATION.into(),
+            };
+            let status = ghl_sync.sync_status(request).await.ok()?.into_inner();
+            let not_installed = status.waiting_because.contains("has not installed");
+            (status.pending_contact_upserts > 0 && not_installed != installed).then_some(status)
+        })
+        .await
+    };
+    let mut ghl_sync = GhlSyncClient::new(
+        Channel::from_shared(whatsnap.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    waiting(&mut ghl_sync, false).await;
+    let install =
+        json!({"type": "INSTALL", "locationId": LOCATION, "companyId": "c1", "appId": "a1"})
+            .to_string();
     let (status, body) = post(Some(sign(install.as_bytes())), install.as_bytes()).await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!((status, body.as_str()), (200, "install recorded\n"));
+    waiting(&mut ghl_sync, true).await;
+    let uninstall = json!({"type": "UNINSTALL", "locationId": LOCATION, "appId": "a1"}).to_string();
+    for _ in 0..2 {
+        let (status, body) = post(Some(sign(uninstall.as_bytes())), uninstall.as_bytes()).await;
+        assert_eq!((status, body.as_str()), (200, "uninstall recorded\n"));
+    }
+    waiting(&mut ghl_sync, false).await;
 }

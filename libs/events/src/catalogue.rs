@@ -282,6 +282,12 @@ pub struct GhlUserSynced {
     pub deleted: bool,
 }
 
+/// The location uninstalled the whatsnap app in GHL: nothing more crosses to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlUninstalled {
+    pub app_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GhlContactLinked {
     pub contact_id: Uuid,
@@ -382,6 +388,7 @@ catalogue! {
     ContactAssigned => 1,
     AssignmentSkipped => 1,
     GhlInstalled => 1,
+    GhlUninstalled => 1,
     GhlUserSynced => 1,
     GhlContactLinked => 1,
     GhlMessagePosted => 1,

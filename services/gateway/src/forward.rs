@@ -65,4 +65,5 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
     sync_status(ghlsync::SyncStatusRequest) -> ghlsync::SyncStatusResponse;
+    record_install(ghlsync::RecordInstallRequest) -> ghlsync::RecordInstallResponse;
 });

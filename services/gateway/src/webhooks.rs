@@ -17,6 +17,7 @@ use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
 use whatsnap_eventstore::EventStore;
 use whatsnap_ghl::signature::WebhookKeys;
 use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{signature, webhook};
@@ -37,6 +38,8 @@ pub struct Webhooks {
     pub ghl_keys: WebhookKeys,
     /// The contacts service, where GHL's tag changes go.
     pub contacts: Option<Channel>,
+    /// The ghl-sync service, which records installs.
+    pub ghl_sync: Option<Channel>,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -242,6 +245,50 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
                     (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
                 }
                 // 429 is the one answer GHL retries.
+                Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+            }
+        }
+        kind @ ("INSTALL" | "UNINSTALL") => {
+            if text("locationId").is_empty() {
+                return (
+                    StatusCode::OK,
+                    "ignored: an agency-level install; locations are recorded as they install\n",
+                )
+                    .into_response();
+            }
+            let Some(channel) = hooks.ghl_sync.clone() else {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the ghl-sync service is not reachable from this gateway",
+                );
+            };
+            let mut request = tonic::Request::new(ghlsync::RecordInstallRequest {
+                location_id: text("locationId").to_owned(),
+                installed: kind == "INSTALL",
+                company_id: text("companyId").to_owned(),
+                app_id: text("appId").to_owned(),
+            });
+            whatsnap_telemetry::inject(&mut request);
+            match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
+                .record_install(request)
+                .await
+            {
+                Ok(recorded) => {
+                    info!(
+                        location_id = text("locationId"),
+                        kind,
+                        changed = recorded.get_ref().changed,
+                        "GHL install recorded"
+                    );
+                    (
+                        StatusCode::OK,
+                        format!("{} recorded\n", kind.to_lowercase()),
+                    )
+                        .into_response()
+                }
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
+                }
                 Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
             }
         }

@@ -8,19 +8,24 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
 use tonic::{Request, Response, Status};
-use whatsnap_events::{Event, RecordedEvent};
+use whatsnap_events::{
+    AggregateKind, Event, EventMetadata, GhlInstalled, GhlUninstalled, NewEvent, RecordedEvent,
+    StreamId,
+};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
 #[derive(Clone)]
 pub struct GhlSync {
+    store: Arc<dyn EventStore>,
     db: ReadDb,
 }
 
 impl GhlSync {
-    pub fn new(db: ReadDb) -> Self {
-        Self { db }
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self { store, db }
     }
 
     pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<Self> {
@@ -102,6 +107,12 @@ impl Projection<Any> for PendingWork {
                     .execute(&mut *conn)
                     .await?;
             }
+            Event::GhlUninstalled(_) => {
+                sqlx::query("DELETE FROM ghl_installs WHERE location_id = $1")
+                    .bind(event.location_id().to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             _ => {}
         }
         Ok(())
@@ -117,8 +128,63 @@ impl Projection<Any> for PendingWork {
     }
 }
 
+/// Whether the location has the app installed, after its install stream.
+pub fn installed_after(events: &[Event]) -> bool {
+    events.iter().fold(false, |installed, event| match event {
+        Event::GhlInstalled(_) => true,
+        Event::GhlUninstalled(_) => false,
+        _ => installed,
+    })
+}
+
 #[tonic::async_trait]
 impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
+    async fn record_install(
+        &self,
+        request: Request<pb::RecordInstallRequest>,
+    ) -> Result<Response<pb::RecordInstallResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let stream = StreamId::new(location, AggregateKind::Ghl, "install").expect("a token");
+        let history = self
+            .store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .map_err(ServiceError::from)?;
+        let decoded: Vec<Event> = history
+            .iter()
+            .map(|e| {
+                e.decode()
+                    .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        if installed_after(&decoded) == request.installed {
+            return Ok(Response::new(pb::RecordInstallResponse { changed: false }));
+        }
+        let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
+        let event = if request.installed {
+            Event::from(GhlInstalled {
+                company_id: non_empty(request.company_id),
+                install_type: "Location".into(),
+                scopes: Vec::new(),
+            })
+        } else {
+            Event::from(GhlUninstalled {
+                app_id: non_empty(request.app_id),
+            })
+        };
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(history.len() as u64),
+                vec![NewEvent::new(&event, metadata)],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::RecordInstallResponse { changed: true }))
+    }
+
     async fn sync_status(
         &self,
         request: Request<pb::SyncStatusRequest>,

@@ -255,6 +255,21 @@ fn secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
         .with_context(|| format!("the secret key in {}", path.display()))
 }
 
+/// A channel to a service: this process's own gRPC server when it runs the service here, else
+/// the URL it was given, else none.
+fn channel_to(
+    local: bool,
+    url: &Option<String>,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<Option<tonic::transport::Channel>> {
+    let target = match (local, url) {
+        (true, _) => format!("http://{grpc_addr}"),
+        (false, Some(url)) => url.clone(),
+        (false, None) => return Ok(None),
+    };
+    Ok(Some(Endpoint::from_shared(target)?.connect_lazy()))
+}
+
 /// Connects lazily: the other process may start after this one.
 fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
     url.as_ref()
@@ -306,7 +321,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         has(Target::Contacts).then(|| whatsnap_contacts::Contacts::new(store.clone(), db.clone()));
     let assignment = has(Target::Assignment)
         .then(|| whatsnap_assignment::Assignment::new(store.clone(), db.clone()));
-    let ghl_sync = has(Target::GhlSync).then(|| whatsnap_ghl_sync::GhlSync::new(db.clone()));
+    let ghl_sync =
+        has(Target::GhlSync).then(|| whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()));
     let gateway =
         has(Target::Gateway).then(|| whatsnap_gateway::Gateway::new(store.clone(), db.clone()));
 
@@ -464,20 +480,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let session_channel = match (&session, &args.session_url) {
-            (Some(_), _) => {
-                Some(Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy())
-            }
-            (None, Some(url)) => Some(Endpoint::from_shared(url.clone())?.connect_lazy()),
-            (None, None) => None,
-        };
-        let contacts_channel = match (&contacts, &args.contacts_url) {
-            (Some(_), _) => {
-                Some(Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy())
-            }
-            (None, Some(url)) => Some(Endpoint::from_shared(url.clone())?.connect_lazy()),
-            (None, None) => None,
-        };
+        let session_channel = channel_to(session.is_some(), &args.session_url, grpc_addr)?;
+        let contacts_channel = channel_to(contacts.is_some(), &args.contacts_url, grpc_addr)?;
+        let ghl_sync_channel = channel_to(ghl_sync.is_some(), &args.ghl_sync_url, grpc_addr)?;
         let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
             &args.ghl_webhook_ed25519_key,
             &args.ghl_webhook_rsa_key,
@@ -495,6 +500,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 session: session_channel,
                 ghl_keys,
                 contacts: contacts_channel,
+                ghl_sync: ghl_sync_channel,
             },
         ));
         let stop = shutdown.clone();
@@ -569,7 +575,7 @@ fn every_projection(
         Arc::new(whatsnap_session::AccountsProjection),
         whatsnap_contacts::Contacts::new(store.clone(), db.clone()).projection(),
         whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
-        whatsnap_ghl_sync::GhlSync::new(db.clone()).projection(),
+        whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).projection(),
         whatsnap_gateway::Gateway::new(store.clone(), db.clone()).projection(),
     ]
 }
