@@ -29,6 +29,20 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
 }
 
+/// `whatsnap serve` on the embedded backend in `data`, on free ports.
+fn embedded(data: &Path, env: &[(&str, String)], log_name: &str) -> Whatsnap {
+    let data = data.to_str().unwrap();
+    let list = args(&[
+        "--data-dir",
+        data,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    Whatsnap::serve_with_env(binary(), &list, env, log_name).unwrap()
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -354,19 +368,7 @@ async fn a_message_becomes_a_tagged_contact_with_a_history(api: &mut Api) {
 async fn embedded_one_process_serves_every_service() {
     let data = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut whatsnap = Whatsnap::serve(
-        binary(),
-        &args(&[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        "embedded",
-    )
-    .unwrap();
+    let mut whatsnap = embedded(data.path(), &[], "embedded");
     let http = whatsnap.http.unwrap();
     loop {
         if let Ok((200, body)) = http_get(http, "/readyz").await {
@@ -432,19 +434,7 @@ async fn embedded_one_process_serves_every_service() {
     // SIGTERM drains and exits cleanly; a restart finds everything.
     let status = whatsnap.terminate().unwrap();
     assert!(status.success(), "exit status {status}");
-    let whatsnap = Whatsnap::serve(
-        binary(),
-        &args(&[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        "embedded-restarted",
-    )
-    .unwrap();
+    let whatsnap = embedded(data.path(), &[], "embedded-restarted");
     let mut api = Api::connect(&whatsnap).await;
     assert_eq!(
         api.contact("+14155550100").await.tags,
@@ -618,20 +608,11 @@ async fn distributed_one_process_per_service() {
 async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     let collector = FakeCollector::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut whatsnap = Whatsnap::serve_with_env(
-        binary(),
-        &args(&[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
+    let mut whatsnap = embedded(
+        data.path(),
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())],
         "otlp",
-    )
-    .unwrap();
+    );
     let mut api = Api::connect(&whatsnap).await;
     let account = api.add_account("Traced").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
@@ -673,19 +654,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_takes_a_burst_from_concurrent_senders() {
     let data = tempfile::tempdir().unwrap();
-    let whatsnap = Whatsnap::serve(
-        binary(),
-        &args(&[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        "burst",
-    )
-    .unwrap();
+    let whatsnap = embedded(data.path(), &[], "burst");
     let mut api = Api::connect(&whatsnap).await;
     let account = api.add_account("Burst").await;
     const SENDERS: usize = 8;

@@ -49,6 +49,42 @@ impl Contacts {
 }
 
 impl Contacts {
+    /// Appends what a command decided to the contact's stream (if anything) and shows the
+    /// contact as it is then.
+    async fn record(
+        &self,
+        location: &LocationId,
+        phone: &PhoneNumber,
+        stream: &StreamId,
+        mut state: ContactState,
+        decided: &[Event],
+    ) -> Result<pb::Contact, ServiceError> {
+        if !decided.is_empty() {
+            let events = decided
+                .iter()
+                .map(|e| {
+                    let metadata =
+                        EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+                    NewEvent::new(e, metadata)
+                })
+                .collect();
+            self.store
+                .append(stream, ExpectedVersion::Exact(state.version), events)
+                .await?;
+            for (offset, event) in decided.iter().enumerate() {
+                let version = state.version + 1 + offset as u64;
+                state = evolve(state, event, version);
+            }
+        }
+        Ok(pb::Contact {
+            contact_id: contact_id_for(location, phone).to_string(),
+            location_id: location.to_string(),
+            phone: phone.to_string(),
+            name: String::new(),
+            tags: state.tags.into_iter().collect(),
+        })
+    }
+
     /// The contact with this phone, from its own stream (not existing if never created).
     async fn load_contact(
         &self,
@@ -314,7 +350,7 @@ impl pb::contacts_service_server::ContactsService for Contacts {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let phone = whatsnap_rpc::phone(&request.phone)?;
-        let (contact_id, stream, mut state) = self.load_contact(&location, &phone).await?;
+        let (contact_id, stream, state) = self.load_contact(&location, &phone).await?;
         if !state.exists {
             return Err(ServiceError::NotFound(format!(
                 "no contact with phone {phone} in location {location}"
@@ -322,31 +358,10 @@ impl pb::contacts_service_server::ContactsService for Contacts {
             .into());
         }
         let decided = decide_ghl_tags(&state, contact_id, &request.tags);
-        if !decided.is_empty() {
-            let events = decided
-                .iter()
-                .map(|e| {
-                    let metadata =
-                        EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-                    NewEvent::new(e, metadata)
-                })
-                .collect();
-            self.store
-                .append(&stream, ExpectedVersion::Exact(state.version), events)
-                .await
-                .map_err(ServiceError::from)?;
-            for (offset, event) in decided.iter().enumerate() {
-                let version = state.version + 1 + offset as u64;
-                state = evolve(state, event, version);
-            }
-        }
-        Ok(Response::new(pb::Contact {
-            contact_id: contact_id.to_string(),
-            location_id: location.to_string(),
-            phone: phone.to_string(),
-            name: String::new(),
-            tags: state.tags.into_iter().collect(),
-        }))
+        let contact = self
+            .record(&location, &phone, &stream, state, &decided)
+            .await?;
+        Ok(Response::new(contact))
     }
 
     async fn tag_contact(
@@ -356,7 +371,7 @@ impl pb::contacts_service_server::ContactsService for Contacts {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let phone = whatsnap_rpc::phone(&request.phone)?;
-        let (contact_id, stream, mut state) = self.load_contact(&location, &phone).await?;
+        let (contact_id, stream, state) = self.load_contact(&location, &phone).await?;
         let decided =
             decide_tag(&state, contact_id, &request.tag, request.remove).map_err(|reason| {
                 if state.exists {
@@ -367,26 +382,11 @@ impl pb::contacts_service_server::ContactsService for Contacts {
                     ))
                 }
             })?;
-        if let Some(event) = &decided {
-            let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-            self.store
-                .append(
-                    &stream,
-                    ExpectedVersion::Exact(state.version),
-                    vec![NewEvent::new(event, metadata)],
-                )
-                .await
-                .map_err(ServiceError::from)?;
-            let version = state.version + 1;
-            state = evolve(state, event, version);
-        }
-        Ok(Response::new(pb::Contact {
-            contact_id: contact_id.to_string(),
-            location_id: location.to_string(),
-            phone: phone.to_string(),
-            name: String::new(),
-            tags: state.tags.into_iter().collect(),
-        }))
+        let decided: Vec<Event> = decided.into_iter().collect();
+        let contact = self
+            .record(&location, &phone, &stream, state, &decided)
+            .await?;
+        Ok(Response::new(contact))
     }
 
     async fn resolve_route(

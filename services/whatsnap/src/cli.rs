@@ -388,18 +388,9 @@ pub async fn messages(command: MessagesCommand) -> anyhow::Result<()> {
     } = command;
     let mut client =
         session::session_service_client::SessionServiceClient::new(server.channel().await?);
-    let provider_message_id = provider_message_id.unwrap_or_else(|| {
-        format!(
-            "cli-{}",
-            std::process::id() as u64 * 1_000_000
-                + u64::from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_micros()
-                )
-        )
-    });
+    // A provider's id is unique per message: without one, make one up that is.
+    let provider_message_id =
+        provider_message_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7().simple()));
     let response = client
         .record_inbound_message(session::RecordInboundMessageRequest {
             location_id: location,
