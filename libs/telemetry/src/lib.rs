@@ -119,7 +119,10 @@ fn set_parent(span: &Span, trace: &TraceContext) {
         carrier.insert("tracestate".to_owned(), tracestate.clone());
     }
     let parent = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(parent);
+    if let Err(error) = span.set_parent(parent) {
+        // Should not happen for a span just made; if it does, the trace breaks here.
+        tracing::warn!(%error, %traceparent, "trace context not continued");
+    }
 }
 
 /// The span of an incoming gRPC call, a child of the caller's trace when it sent one
