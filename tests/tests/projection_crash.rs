@@ -8,31 +8,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::{Pool, Postgres, Sqlite};
-use uuid::Uuid;
-use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
-use whatsnap_eventstore::{EventStore, ExpectedVersion};
-use whatsnap_testkit::{Counted, CountingProjection, TestNats, TestPostgres, TestSqlite};
+use whatsnap_testkit::{
+    Counted, CountingProjection, TestNats, TestPostgres, TestSqlite, append_message_events,
+};
 
 const EVENTS: usize = 10_000;
 /// Time each event spends inside the projector's transaction, so that kills land mid-batch.
 const PAUSE_US: &str = "150";
-
-async fn append_events(store: &dyn EventStore) -> u64 {
-    let location = LocationId::parse("crashloc").unwrap();
-    let mut head = 0;
-    for chunk in 0..EVENTS / 100 {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
-        let events = (0..100)
-            .map(|i| NewEvent::raw("MessageDelivered", format!("{{\"n\":{}}}", chunk * 100 + i)))
-            .collect();
-        head = store
-            .append(&stream, ExpectedVersion::NoStream, events)
-            .await
-            .unwrap()
-            .position;
-    }
-    head
-}
 
 fn projector(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_crash-projector"))
@@ -110,7 +92,7 @@ async fn kill_twice_then_finish(pool: &impl Checkpoint, head: u64, args: &[&str]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_projection_killed_mid_way_applies_each_event_exactly_once() {
     let fixture = TestSqlite::new().unwrap();
-    let head = append_events(&fixture.store().await.unwrap()).await;
+    let head = append_message_events(&fixture.store().await.unwrap(), EVENTS, 100).await;
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .connect_with(
             sqlx::sqlite::SqliteConnectOptions::new()
@@ -138,7 +120,7 @@ async fn embedded_projection_killed_mid_way_applies_each_event_exactly_once() {
 async fn distributed_projection_killed_mid_way_applies_each_event_exactly_once() {
     let nats = TestNats::new().await.unwrap();
     let pg = TestPostgres::new().await.unwrap();
-    let head = append_events(&nats.store().await.unwrap()).await;
+    let head = append_message_events(&nats.store().await.unwrap(), EVENTS, 100).await;
     let max_bytes = nats.config.max_bytes.to_string();
     let args = [
         "jetstream",

@@ -12,25 +12,9 @@ use whatsnap_eventstore::projection::{
     CheckpointTable, Projection, ProjectionError, ProjectionRunner,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
-use whatsnap_testkit::{Counted, CountingProjection, TestNats, TestPostgres, TestSqlite};
-
-async fn append_events(store: &dyn EventStore, count: usize) -> u64 {
-    let location = LocationId::parse("loc1").unwrap();
-    let mut last = 0;
-    // Ten streams, batches of 25.
-    for chunk in 0..count / 25 {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
-        let events = (0..25)
-            .map(|i| NewEvent::raw("MessageDelivered", format!("{{\"n\":{}}}", chunk * 25 + i)))
-            .collect();
-        last = store
-            .append(&stream, ExpectedVersion::NoStream, events)
-            .await
-            .unwrap()
-            .position;
-    }
-    last
-}
+use whatsnap_testkit::{
+    Counted, CountingProjection, TestNats, TestPostgres, TestSqlite, append_message_events,
+};
 
 /// Runs the projection until it has applied everything up to `head`, then stops it.
 async fn run_to<DB: CheckpointTable>(runner: &ProjectionRunner<DB>, head: u64) {
@@ -61,7 +45,7 @@ async fn applies_once_resumes_and_rebuilds<DB: CheckpointTable>(
     let runner =
         ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()).batch_size(40);
 
-    let head = append_events(store.as_ref(), 250).await;
+    let head = append_message_events(store.as_ref(), 250, 25).await;
     run_to(&runner, head).await;
     assert_eq!(
         counted(&projection, &pool).await,
@@ -72,7 +56,7 @@ async fn applies_once_resumes_and_rebuilds<DB: CheckpointTable>(
     );
 
     // A restart picks up where the checkpoint says, applying only what is new.
-    let head = append_events(store.as_ref(), 50).await;
+    let head = append_message_events(store.as_ref(), 50, 25).await;
     let runner = ProjectionRunner::new(store.clone(), pool.clone(), projection.clone());
     run_to(&runner, head).await;
     assert_eq!(

@@ -53,6 +53,39 @@ pub async fn eventually<T>(
     }
 }
 
+/// Appends `count` raw events to `store`, `per_stream` to a new message stream each, in one
+/// append per stream; returns the position of the last.
+pub async fn append_message_events(
+    store: &dyn whatsnap_eventstore::EventStore,
+    count: usize,
+    per_stream: usize,
+) -> u64 {
+    use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+    let location = LocationId::parse("loc1").expect("a valid location");
+    let mut head = 0;
+    for chunk in 0..count / per_stream {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
+        let events = (0..per_stream)
+            .map(|i| {
+                NewEvent::raw(
+                    "MessageDelivered",
+                    format!("{{\"n\":{}}}", chunk * per_stream + i),
+                )
+            })
+            .collect();
+        head = store
+            .append(
+                &stream,
+                whatsnap_eventstore::ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .expect("appending test events")
+            .position;
+    }
+    head
+}
+
 /// A short unique token for names of streams, prefixes and schemas.
 pub fn unique_token() -> String {
     Uuid::now_v7().simple().to_string()
