@@ -149,6 +149,12 @@ pub struct OutboundMessageRequested {
     pub body: String,
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// The recipient as GHL gave it, in E.164 (added after the first schema).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// GHL's id of the contact the reply is for (added after the first schema).
+    #[serde(default)]
+    pub ghl_contact_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +298,47 @@ pub struct GhlUninstalled {
 pub struct GhlContactLinked {
     pub contact_id: Uuid,
     pub ghl_contact_id: String,
+    /// The tags whatsnap has put on the GHL contact (added after the first schema).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The contact is in step with GHL up to this event position (added after the first
+    /// schema; 0 in links written before).
+    #[serde(default)]
+    pub synced_through: u64,
+}
+
+/// How whatsnap authenticates to GHL for a location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GhlTokenKind {
+    /// A marketplace install: an access token refreshed with a rotating refresh token.
+    Oauth,
+    /// A Private Integration Token: static, rotated by hand.
+    PrivateIntegration,
+}
+
+/// Tokens for a location's GHL API calls, sealed under the deployment's secret key. A refresh
+/// appends a new one; the newest wins, and the used refresh token is never used again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlTokensIssued {
+    pub kind: GhlTokenKind,
+    pub access_token: whatsnap_secrets::Sealed,
+    pub refresh_token: Option<whatsnap_secrets::Sealed>,
+    /// When the access token stops working; `None` for a Private Integration Token.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// `Location` or `Company`.
+    pub user_type: String,
+    pub company_id: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// GHL accepted the final delivery status of a message it asked whatsnap to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlStatusReported {
+    pub message_id: Uuid,
+    pub ghl_message_id: String,
+    /// `delivered`, `failed` or `read`.
+    pub status: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +440,8 @@ catalogue! {
     GhlContactLinked => 1,
     GhlMessagePosted => 1,
     GhlSyncFailed => 1,
+    GhlTokensIssued => 1,
+    GhlStatusReported => 1,
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(

@@ -29,4 +29,6 @@ pub mod upcast;
 pub use catalogue::*;
 pub use envelope::{DecodeError, EventMetadata, NewEvent, RecordedEvent, TraceContext};
 pub use ids::{AggregateKind, EventId, IdError, LocationId, StreamId};
-pub use phone::{PhoneError, PhoneNumber, contact_id_for, inbound_message_id_for};
+pub use phone::{
+    PhoneError, PhoneNumber, contact_id_for, inbound_message_id_for, outbound_message_id_for,
+};

@@ -85,6 +85,15 @@ pub fn contact_id_for(location: &LocationId, phone: &PhoneNumber) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("contact|{location}|{phone}").as_bytes())
 }
 
+/// The id of a reply GHL asked whatsnap to deliver, from GHL's message id: the same Delivery URL
+/// call twice names the same message, so it is sent once.
+pub fn outbound_message_id_for(location: &LocationId, ghl_message_id: &str) -> Uuid {
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("outbound|{location}|{ghl_message_id}").as_bytes(),
+    )
+}
+
 /// The id of the message a provider delivered to an account: the same webhook delivered twice
 /// names the same message, so it is recorded once.
 pub fn inbound_message_id_for(account_id: Uuid, provider_message_id: &str) -> Uuid {

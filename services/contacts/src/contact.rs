@@ -30,6 +30,22 @@ pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactSt
     state
 }
 
+/// The contact's tags, oldest first by when each was (last) added: what the route rule reads.
+pub fn tags_by_recency<'a>(history: impl IntoIterator<Item = &'a Event>) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for event in history {
+        match event {
+            Event::ContactTagged(e) => {
+                tags.retain(|t| t != &e.tag);
+                tags.push(e.tag.clone());
+            }
+            Event::ContactUntagged(e) => tags.retain(|t| t != &e.tag),
+            _ => {}
+        }
+    }
+    tags
+}
+
 /// GHL reported the contact's whole tag list: add what is new, remove what is gone, in GHL's
 /// order (so the last new account tag is the most recent).
 pub fn decide_ghl_tags(state: &ContactState, contact_id: Uuid, ghl_tags: &[String]) -> Vec<Event> {

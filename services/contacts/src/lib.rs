@@ -12,7 +12,8 @@ use sqlx::{Any, AnyConnection, Row};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent, PhoneNumber,
+    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent,
+    OutboundMessageRequested, OutboundMessageRouted, OutboundRouteFailed, PhoneNumber,
     RecordedEvent, StreamId, contact_id_for,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
@@ -20,7 +21,9 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
-pub use contact::{ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve};
+pub use contact::{
+    ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve, tags_by_recency,
+};
 
 /// How often a decision is retried when another writer changed the contact meanwhile.
 const CONFLICT_RETRIES: usize = 5;
@@ -44,6 +47,7 @@ impl Contacts {
     pub fn projection(&self) -> Arc<ContactsProjection> {
         Arc::new(ContactsProjection {
             store: self.store.clone(),
+            db: self.db.clone(),
         })
     }
 }
@@ -107,6 +111,7 @@ impl Contacts {
 
 pub struct ContactsProjection {
     store: Arc<dyn EventStore>,
+    db: ReadDb,
 }
 
 impl ContactsProjection {
@@ -175,6 +180,84 @@ impl ContactsProjection {
     }
 }
 
+impl ContactsProjection {
+    /// Chooses the account a reply leaves from, by the route rule over the contact's tags as
+    /// its own stream has them (the authority: a tag GHL changed a moment ago counts), and
+    /// records the route or why there is none. Idempotent: a routed message is left alone.
+    async fn on_reply(
+        &self,
+        cause: &RecordedEvent,
+        reply: OutboundMessageRequested,
+    ) -> Result<(), ApplyError> {
+        if cause.version != 1 {
+            return Ok(());
+        }
+        let location = cause.location_id().clone();
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, reply.contact_id);
+        let mut history = Vec::new();
+        for recorded in self.store.read_stream(&stream, 1, usize::MAX).await? {
+            history.push(recorded.decode()?);
+        }
+        let phone = reply.to.clone().unwrap_or_default();
+        let decided = if history.is_empty() {
+            Event::from(OutboundRouteFailed {
+                message_id: reply.message_id,
+                contact_id: reply.contact_id,
+                reason: format!(
+                    "whatsnap has no contact {phone} in this location (it never messaged a connected account): \
+                     nothing says which account to reply from"
+                ),
+            })
+        } else {
+            let mut carried = Vec::new();
+            for tag in tags_by_recency(&history) {
+                let account = sqlx::query(
+                    "SELECT account_id, removed FROM contacts_accounts WHERE location_id = $1 AND tag = $2",
+                )
+                .bind(location.to_string())
+                .bind(&tag)
+                .fetch_optional(&self.db)
+                .await?
+                .map(|row| {
+                    (
+                        row.get::<String, _>("account_id"),
+                        row.get::<i64, _>("removed") != 0,
+                    )
+                });
+                carried.push(CarriedTag { tag, account });
+            }
+            match choose_route(&phone, &carried) {
+                Ok((account_id, tag, reason)) => Event::from(OutboundMessageRouted {
+                    message_id: reply.message_id,
+                    contact_id: reply.contact_id,
+                    account_id: account_id.parse()?,
+                    tag,
+                    to: phone.clone(),
+                    reason,
+                }),
+                Err(reason) => Event::from(OutboundRouteFailed {
+                    message_id: reply.message_id,
+                    contact_id: reply.contact_id,
+                    reason,
+                }),
+            }
+        };
+        let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
+        match self
+            .store
+            .append(
+                &cause.stream,
+                ExpectedVersion::Exact(1),
+                vec![NewEvent::new(&decided, metadata)],
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
 #[async_trait]
 impl Projection<Any> for ContactsProjection {
     fn name(&self) -> &str {
@@ -190,11 +273,15 @@ impl Projection<Any> for ContactsProjection {
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
-        if event.event_type != "InboundMessageReceived" {
+        if !matches!(
+            event.event_type.as_str(),
+            "InboundMessageReceived" | "OutboundMessageRequested"
+        ) {
             return Ok(());
         }
         match event.decode()? {
             Event::InboundMessageReceived(message) => self.on_inbound(event, message).await,
+            Event::OutboundMessageRequested(reply) => self.on_reply(event, reply).await,
             _ => Ok(()),
         }
     }

@@ -46,6 +46,8 @@ forward!(session::session_service_server::SessionService, session::session_servi
     list_accounts(session::ListAccountsRequest) -> session::ListAccountsResponse;
     remove_account(session::RemoveAccountRequest) -> session::Account;
     record_inbound_message(session::RecordInboundMessageRequest) -> session::RecordInboundMessageResponse;
+    request_outbound_message(session::RequestOutboundMessageRequest) -> session::RequestOutboundMessageResponse;
+    record_delivery_status(session::RecordDeliveryStatusRequest) -> session::RecordDeliveryStatusResponse;
 });
 
 forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_service_client::ContactsServiceClient<Channel> {
@@ -66,4 +68,7 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
     sync_status(ghlsync::SyncStatusRequest) -> ghlsync::SyncStatusResponse;
     record_install(ghlsync::RecordInstallRequest) -> ghlsync::RecordInstallResponse;
+    connect_private_token(ghlsync::ConnectPrivateTokenRequest) -> ghlsync::ConnectResponse;
+    begin_o_auth(ghlsync::BeginOAuthRequest) -> ghlsync::BeginOAuthResponse;
+    complete_o_auth(ghlsync::CompleteOAuthRequest) -> ghlsync::ConnectResponse;
 });

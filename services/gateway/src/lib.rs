@@ -6,6 +6,7 @@
 
 mod forward;
 mod health;
+mod replay;
 mod timeline;
 mod webhooks;
 
@@ -23,6 +24,7 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 
 pub use forward::Remote;
 pub use health::{Readiness, router};
+pub use replay::ReplayGuard;
 pub use timeline::TimelineProjection;
 pub use webhooks::{MAX_WEBHOOK_BYTES, Webhooks, routes as webhook_routes};
 

@@ -40,6 +40,8 @@ pub struct Webhooks {
     pub contacts: Option<Channel>,
     /// The ghl-sync service, which records installs.
     pub ghl_sync: Option<Channel>,
+    /// Refuses replayed GHL webhooks.
+    pub replay: crate::ReplayGuard,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -87,49 +89,49 @@ fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
     uuid::Uuid::parse_str(text).map_err(drop)
 }
 
-async fn twilio_inbound(
-    State(hooks): State<Webhooks>,
-    Path((location, account)): Path<(String, String)>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// Checks a Twilio webhook for an account: a form, for a Twilio account of the location,
+/// signed with that account's Auth Token over the URL Twilio requested. Gives the parameters
+/// and the account's SID, or the refusal to send.
+async fn verified_twilio_form(
+    hooks: &Webhooks,
+    location: &str,
+    account: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Vec<(String, String)>, String), Response> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let parsed = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body);
     let (true, Ok(params)) = (is_form, parsed) else {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "the body is not a form (application/x-www-form-urlencoded)",
-        );
+        ));
     };
     let (account_sid, sealed) =
-        match twilio_account(hooks.store.as_ref(), &location, &account).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                return refuse(
+        match twilio_account(hooks.store.as_ref(), location, account).await? {
+            Some(found) => found,
+            None => {
+                return Err(refuse(
                     StatusCode::NOT_FOUND,
                     format!("no Twilio account {account} in location {location}"),
-                );
+                ));
             }
-            Err(response) => return response,
         };
-    let token = match hooks.secret_key.open(&sealed) {
-        Ok(token) => token,
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the account's Auth Token: {e}"),
-            );
-        }
-    };
+    let token = hooks.secret_key.open(&sealed).map_err(|e| {
+        refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the account's Auth Token: {e}"),
+        )
+    })?;
     let base = match &hooks.public_url {
         Some(public) => public.trim_end_matches('/').to_owned(),
         None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
             Some(host) => format!("http://{host}"),
-            None => return refuse(StatusCode::BAD_REQUEST, "no Host header"),
+            None => return Err(refuse(StatusCode::BAD_REQUEST, "no Host header")),
         },
     };
     let url = format!(
@@ -140,8 +142,33 @@ async fn twilio_inbound(
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok());
     if let Err(e) = signature::validate_form(token.expose(), &url, &params, given) {
-        return refuse(StatusCode::FORBIDDEN, e.to_string());
+        return Err(refuse(StatusCode::FORBIDDEN, e.to_string()));
     }
+    let sid = params
+        .iter()
+        .find(|(k, _)| k == "AccountSid")
+        .map(|(_, v)| v.as_str());
+    if sid.is_some_and(|sid| sid != account_sid) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the webhook is for another Twilio account",
+        ));
+    }
+    Ok((params, account_sid))
+}
+
+async fn twilio_inbound(
+    State(hooks): State<Webhooks>,
+    Path((location, account)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (params, account_sid) =
+        match verified_twilio_form(&hooks, &location, &account, &uri, &headers, &body).await {
+            Ok(verified) => verified,
+            Err(refused) => return refused,
+        };
     let message = match webhook::parse_inbound(&params) {
         Ok(message) => message,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
@@ -188,6 +215,224 @@ async fn twilio_inbound(
     }
 }
 
+/// `POST /webhooks/twilio/{location}/{account}/status?message=<id>`: Twilio's StatusCallback for
+/// a reply whatsnap sent, signed like every Twilio webhook. Final states become the message's
+/// status, which ghl-sync reports to GHL.
+async fn twilio_status(
+    State(hooks): State<Webhooks>,
+    Path((location, account)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (params, _) =
+        match verified_twilio_form(&hooks, &location, &account, &uri, &headers, &body).await {
+            Ok(verified) => verified,
+            Err(refused) => return refused,
+        };
+    let update = match webhook::parse_status(&params) {
+        Ok(update) => update,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Some(message_id) = query
+        .iter()
+        .find(|(k, _)| k == "message")
+        .map(|(_, v)| v.clone())
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the status callback URL has no message parameter",
+        );
+    };
+    let Some(channel) = hooks.session.clone() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session service is not reachable from this gateway",
+        );
+    };
+    let mut request = tonic::Request::new(session::RecordDeliveryStatusRequest {
+        location_id: location,
+        account_id: account,
+        message_id,
+        provider_message_id: update.message_sid.clone(),
+        status: update.status.as_str().to_owned(),
+        error_code: update.error_code.unwrap_or(0),
+    });
+    whatsnap_telemetry::inject(&mut request);
+    match session::session_service_client::SessionServiceClient::new(channel)
+        .record_delivery_status(request)
+        .await
+    {
+        Ok(recorded) => {
+            info!(message_sid = %update.message_sid, status = %update.status, changed = recorded.get_ref().changed, "twilio status received");
+            accepted()
+        }
+        Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
+    }
+}
+
+fn grpc_to_http(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::FailedPrecondition => StatusCode::GONE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `POST /webhooks/ghl/delivery`: the Conversation Provider's Delivery URL. GHL posts each
+/// reply a user or workflow sends (ProviderOutboundMessage), signed with `X-GHL-Signature`
+/// over the raw body. The reply is recorded once per GHL messageId; routing, sending and the
+/// status report to GHL follow from the log. GHL retries only a 429, so that is the answer
+/// when whatsnap cannot record it now.
+async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) =
+        hooks
+            .ghl_keys
+            .verify(header("x-ghl-signature"), header("x-wh-signature"), &body)
+    {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    let text = |field: &str| {
+        payload
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let kind = text("type");
+    if !matches!(kind.as_str(), "SMS" | "Custom" | "") {
+        return (
+            StatusCode::OK,
+            format!("ignored: whatsnap delivers SMS, not {kind:?}\n"),
+        )
+            .into_response();
+    }
+    for field in ["locationId", "messageId", "phone"] {
+        if text(field).trim().is_empty() {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the ProviderOutboundMessage has no {field}"),
+            );
+        }
+    }
+    let attachment_urls = payload
+        .get("attachments")
+        .and_then(|a| a.as_array())
+        .map(|urls| {
+            urls.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(channel) = hooks.session.clone() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the session service is not reachable from this gateway",
+        );
+    };
+    let mut request = tonic::Request::new(session::RequestOutboundMessageRequest {
+        location_id: text("locationId"),
+        ghl_message_id: text("messageId"),
+        ghl_contact_id: text("contactId"),
+        phone: text("phone"),
+        body: text("message"),
+        attachment_urls,
+        ghl_user_id: text("userId"),
+    });
+    whatsnap_telemetry::inject(&mut request);
+    match session::session_service_client::SessionServiceClient::new(channel)
+        .request_outbound_message(request)
+        .await
+    {
+        Ok(recorded) => {
+            let recorded = recorded.into_inner();
+            info!(ghl_message_id = %text("messageId"), message_id = %recorded.message_id, duplicate = recorded.duplicate, "reply from GHL recorded");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"messageId": recorded.message_id, "duplicate": recorded.duplicate}).to_string(),
+            )
+                .into_response()
+        }
+        Err(status) if status.code() == Code::InvalidArgument => {
+            refuse(StatusCode::BAD_REQUEST, status.message().to_owned())
+        }
+        Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+    }
+}
+
+/// `GET /oauth/start`: sends the browser to GHL's page for choosing the location to install on.
+async fn oauth_start(State(hooks): State<Webhooks>) -> Response {
+    let Some(channel) = hooks.ghl_sync.clone() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the ghl-sync service is not reachable from this gateway",
+        );
+    };
+    match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
+        .begin_o_auth(ghlsync::BeginOAuthRequest::default())
+        .await
+    {
+        Ok(url) => axum::response::Redirect::to(&url.into_inner().authorize_url).into_response(),
+        Err(status) => refuse(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct OAuthCallback {
+    code: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /oauth/callback?code=…`: GHL's redirect after an install. The code becomes the
+/// location's tokens, sealed in ghl-sync.
+async fn oauth_callback(
+    State(hooks): State<Webhooks>,
+    axum::extract::Query(callback): axum::extract::Query<OAuthCallback>,
+) -> Response {
+    let Some(code) = callback.code.filter(|c| !c.trim().is_empty()) else {
+        let why = callback.error.unwrap_or_else(|| "no code".into());
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "GHL's redirect carried no authorization code ({why}): start the install again"
+            ),
+        );
+    };
+    let Some(channel) = hooks.ghl_sync.clone() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the ghl-sync service is not reachable from this gateway",
+        );
+    };
+    let mut request = tonic::Request::new(ghlsync::CompleteOAuthRequest { code });
+    whatsnap_telemetry::inject(&mut request);
+    match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
+        .complete_o_auth(request)
+        .await
+    {
+        Ok(connected) => {
+            let location = connected.into_inner().location_id;
+            info!(%location, "GHL install completed");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!(
+                    "whatsnap is connected to GHL location {location}. You can close this page.\n"
+                ),
+            )
+                .into_response()
+        }
+        Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
+    }
+}
+
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
 /// carries the contact's whole tag list; its changes re-route the contact's next reply. GHL
 /// retries only on 429, so what whatsnap cannot act on is acknowledged with the reason.
@@ -203,6 +448,36 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
     let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
+    let text = |field: &str| {
+        payload
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let webhook_id = Some(text("webhookId")).filter(|id| !id.is_empty());
+    match hooks.replay.check(webhook_id, payload.get("timestamp")) {
+        crate::replay::Verdict::Fresh => {}
+        crate::replay::Verdict::Duplicate => {
+            info!(
+                webhook_id = text("webhookId"),
+                "GHL webhook seen before; ignored"
+            );
+            return (StatusCode::OK, "duplicate: already handled\n").into_response();
+        }
+        crate::replay::Verdict::Stale(why) => return refuse(StatusCode::UNAUTHORIZED, why),
+    }
+    let response = ghl_event(&hooks, &payload).await;
+    // GHL sends again what was answered 429: it must not then count as seen.
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && let Some(id) = webhook_id
+    {
+        hooks.replay.forget(id);
+    }
+    response
+}
+
+/// Acts on one verified, fresh GHL webhook.
+async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
     let text = |field: &str| {
         payload
             .get(field)
@@ -304,10 +579,17 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
 pub fn routes(hooks: Webhooks) -> Router {
     Router::new()
         .route("/webhooks/ghl", post(ghl_webhook))
+        .route("/webhooks/ghl/delivery", post(ghl_delivery))
         .route(
             "/webhooks/twilio/{location}/{account}/inbound",
             post(twilio_inbound),
         )
+        .route(
+            "/webhooks/twilio/{location}/{account}/status",
+            post(twilio_status),
+        )
+        .route("/oauth/start", axum::routing::get(oauth_start))
+        .route("/oauth/callback", axum::routing::get(oauth_callback))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(hooks)
 }

@@ -1,31 +1,108 @@
 //! The ghl-sync service carries everything to GoHighLevel. It keeps, per location, the work
-//! that must cross — contacts to upsert, inbound messages to post — as a read model. The GHL
-//! client that drains it (OAuth, rate limits, retries) is issue #4; until then the work waits,
-//! and `SyncStatus` says so.
+//! that must cross — contacts to create and tag, inbound messages to post, delivery statuses
+//! to report — as a read model ([`read_model`]), and a [`worker`] drains it through the GHL
+//! client, one task per location, paced by GHL's per-location rate limits. It also holds each
+//! location's connection ([`connection`]): the app install, and the OAuth or Private
+//! Integration tokens, sealed.
+
+pub mod connection;
+pub mod read_model;
+pub mod worker;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::Row;
 use tonic::{Request, Response, Status};
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, GhlInstalled, GhlUninstalled, NewEvent, RecordedEvent,
-    StreamId,
+    Event, EventMetadata, GhlInstalled, GhlTokenKind, GhlTokensIssued, GhlUninstalled, LocationId,
+    NewEvent,
 };
-use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
+
+pub use read_model::PendingWork;
+pub use worker::{Worker, WorkerConfig};
 
 #[derive(Clone)]
 pub struct GhlSync {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    /// The GHL client and what seals tokens; without it, work waits and connecting is refused.
+    config: Option<WorkerConfig>,
 }
 
 impl GhlSync {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
-        Self { store, db }
+        Self {
+            store,
+            db,
+            config: None,
+        }
+    }
+
+    /// With the GHL client: the worker can run, and locations can connect.
+    pub fn with_client(mut self, config: WorkerConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The worker that drains the queue, when a client is configured.
+    pub fn worker(&self) -> Option<Arc<Worker>> {
+        self.config
+            .clone()
+            .map(|config| Arc::new(Worker::new(self.store.clone(), self.db.clone(), config)))
+    }
+
+    fn configured(&self) -> Result<&WorkerConfig, ServiceError> {
+        self.config.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition("this ghl-sync runs without a GHL client".into())
+        })
+    }
+
+    /// Appends tokens for a location (and its install, when OAuth brought it).
+    async fn connect(
+        &self,
+        location: &LocationId,
+        tokens: GhlTokensIssued,
+        installed_by_oauth: bool,
+    ) -> Result<(), ServiceError> {
+        let stream = connection::stream(location);
+        let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
+        let mut state = connection::Connection::default();
+        for recorded in &history {
+            let event = recorded
+                .decode()
+                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+            state = state.evolve(&event, recorded.version);
+        }
+        let mut events = Vec::new();
+        if installed_by_oauth && !state.installed {
+            events.push(Event::from(GhlInstalled {
+                company_id: tokens.company_id.clone(),
+                install_type: tokens.user_type.clone(),
+                scopes: tokens
+                    .scope
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            }));
+        }
+        events.push(Event::from(tokens));
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(state.version),
+                events
+                    .iter()
+                    .map(|e| NewEvent::new(e, metadata.clone()))
+                    .collect(),
+            )
+            .await?;
+        Ok(())
     }
 
     pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<Self> {
@@ -34,97 +111,6 @@ impl GhlSync {
 
     pub fn projection(&self) -> Arc<PendingWork> {
         Arc::new(PendingWork)
-    }
-}
-
-/// The work waiting to cross to GHL.
-pub struct PendingWork;
-
-async fn pending(
-    conn: &mut AnyConnection,
-    event: &RecordedEvent,
-    kind: &str,
-    subject: String,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO ghl_pending (kind, subject_id, location_id, position) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (kind, subject_id) DO NOTHING",
-    )
-    .bind(kind)
-    .bind(subject)
-    .bind(event.location_id().to_string())
-    .bind(event.position as i64)
-    .execute(conn)
-    .await
-    .map(drop)
-}
-
-#[async_trait]
-impl Projection<Any> for PendingWork {
-    fn name(&self) -> &str {
-        "ghl_pending"
-    }
-
-    fn migrations(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE ghl_pending (kind TEXT NOT NULL, subject_id TEXT NOT NULL, location_id TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (kind, subject_id)); \
-         CREATE TABLE ghl_installs (location_id TEXT PRIMARY KEY)",
-        ]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut AnyConnection,
-        event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        match event.decode()? {
-            Event::ContactCreated(e) => {
-                pending(conn, event, "contact_upsert", e.contact_id.to_string()).await?
-            }
-            Event::ContactTagged(e) => {
-                pending(conn, event, "contact_upsert", e.contact_id.to_string()).await?
-            }
-            Event::InboundMessageReceived(e) => {
-                pending(conn, event, "message", e.message_id.to_string()).await?
-            }
-            Event::GhlContactLinked(e) => {
-                sqlx::query(
-                    "DELETE FROM ghl_pending WHERE kind = 'contact_upsert' AND subject_id = $1",
-                )
-                .bind(e.contact_id.to_string())
-                .execute(&mut *conn)
-                .await?;
-            }
-            Event::GhlMessagePosted(e) => {
-                sqlx::query("DELETE FROM ghl_pending WHERE kind = 'message' AND subject_id = $1")
-                    .bind(e.message_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Event::GhlInstalled(_) => {
-                sqlx::query("INSERT INTO ghl_installs (location_id) VALUES ($1) ON CONFLICT (location_id) DO NOTHING")
-                    .bind(event.location_id().to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Event::GhlUninstalled(_) => {
-                sqlx::query("DELETE FROM ghl_installs WHERE location_id = $1")
-                    .bind(event.location_id().to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["ghl_pending", "ghl_installs"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
     }
 }
 
@@ -145,7 +131,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
     ) -> Result<Response<pb::RecordInstallResponse>, Status> {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
-        let stream = StreamId::new(location, AggregateKind::Ghl, "install").expect("a token");
+        let stream = connection::stream(&location);
         let history = self
             .store
             .read_stream(&stream, 1, usize::MAX)
@@ -204,23 +190,131 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
                 .map(|row| row.get::<i64, _>("n") as u64)
             }
         };
-        let contacts = count("contact_upsert").await.map_err(ServiceError::from)?;
-        let messages = count("message").await.map_err(ServiceError::from)?;
-        let installed = sqlx::query("SELECT location_id FROM ghl_installs WHERE location_id = $1")
-            .bind(location.to_string())
-            .fetch_optional(&self.db)
+        let contacts = count(read_model::CONTACT)
             .await
-            .map_err(ServiceError::from)?
-            .is_some();
-        let waiting_because = match (contacts + messages, installed) {
-            (0, _) => String::new(),
-            (_, false) => format!("location {location} has not installed the whatsnap app in GHL"),
-            (_, true) => "the GHL client is not built yet (issue #4)".to_owned(),
+            .map_err(ServiceError::from)?;
+        let messages = count(read_model::MESSAGE)
+            .await
+            .map_err(ServiceError::from)?;
+        let statuses = count(read_model::STATUS)
+            .await
+            .map_err(ServiceError::from)?;
+        let connection: Option<String> =
+            sqlx::query("SELECT kind FROM ghl_connections WHERE location_id = $1")
+                .bind(location.to_string())
+                .fetch_optional(&self.db)
+                .await
+                .map_err(ServiceError::from)?
+                .map(|row| row.get("kind"));
+        let waiting_because = match (contacts + messages + statuses, &connection, &self.config) {
+            (0, _, _) => String::new(),
+            (_, None, _) => format!(
+                "location {location} is not connected to GHL: install the whatsnap app or run `whatsnap ghl connect`"
+            ),
+            (_, Some(_), None) => "this ghl-sync runs without a GHL client".to_owned(),
+            (_, Some(_), Some(_)) => String::new(),
         };
         Ok(Response::new(pb::SyncStatusResponse {
             pending_contact_upserts: contacts,
             pending_messages: messages,
             waiting_because,
+            pending_statuses: statuses,
+            connection: connection.unwrap_or_default(),
+        }))
+    }
+
+    async fn connect_private_token(
+        &self,
+        request: Request<pb::ConnectPrivateTokenRequest>,
+    ) -> Result<Response<pb::ConnectResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let token = request.token.trim();
+        if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_whitespace) {
+            return Err(ServiceError::InvalidArgument(
+                "a Private Integration Token is one word (it usually starts with pit-)".into(),
+            )
+            .into());
+        }
+        let config = self.configured()?;
+        let tokens = GhlTokensIssued {
+            kind: GhlTokenKind::PrivateIntegration,
+            access_token: config.secret_key.seal(token),
+            refresh_token: None,
+            expires_at: None,
+            user_type: "Location".into(),
+            company_id: None,
+            scope: None,
+        };
+        self.connect(&location, tokens, false).await?;
+        Ok(Response::new(pb::ConnectResponse {
+            location_id: location.to_string(),
+            kind: "private_integration".into(),
+        }))
+    }
+
+    async fn begin_o_auth(
+        &self,
+        request: Request<pb::BeginOAuthRequest>,
+    ) -> Result<Response<pb::BeginOAuthResponse>, Status> {
+        let state = request.into_inner().state;
+        let config = self.configured()?;
+        let url = config
+            .client
+            .authorize_url(Some(state.as_str()).filter(|s| !s.is_empty()))
+            .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+        Ok(Response::new(pb::BeginOAuthResponse { authorize_url: url }))
+    }
+
+    async fn complete_o_auth(
+        &self,
+        request: Request<pb::CompleteOAuthRequest>,
+    ) -> Result<Response<pb::ConnectResponse>, Status> {
+        let code = request.into_inner().code;
+        if code.trim().is_empty() {
+            return Err(
+                ServiceError::InvalidArgument("the OAuth redirect carried no code".into()).into(),
+            );
+        }
+        let config = self.configured()?;
+        let grant = config
+            .client
+            .exchange_code(code.trim())
+            .await
+            .map_err(|e| match e {
+                whatsnap_ghl::client::GhlError::Refused { message, .. }
+                | whatsnap_ghl::client::GhlError::Unauthorized { message } => {
+                    ServiceError::InvalidArgument(format!("GHL refused the code: {message}"))
+                }
+                other if other.is_retryable() => ServiceError::Unavailable(other.to_string()),
+                other => ServiceError::FailedPrecondition(other.to_string()),
+            })?;
+        let Some(location) = grant.location_id.as_deref() else {
+            return Err(ServiceError::FailedPrecondition(
+                "GHL granted an agency (Company) token: install whatsnap on a sub-account".into(),
+            )
+            .into());
+        };
+        let location = whatsnap_rpc::location(location)?;
+        let tokens = GhlTokensIssued {
+            kind: GhlTokenKind::Oauth,
+            access_token: config.secret_key.seal(&grant.access_token),
+            refresh_token: grant
+                .refresh_token
+                .as_deref()
+                .map(|t| config.secret_key.seal(t)),
+            expires_at: grant
+                .expires_in
+                .map(|s| chrono::Utc::now() + chrono::Duration::seconds(s as i64)),
+            user_type: grant.user_type.clone().unwrap_or_else(|| "Location".into()),
+            company_id: grant.company_id.clone(),
+            scope: grant.scope.clone(),
+        };
+        self.connect(&location, tokens, true).await?;
+        tracing::info!(%location, "location connected to GHL by OAuth");
+        Ok(Response::new(pb::ConnectResponse {
+            location_id: location.to_string(),
+            kind: "oauth".into(),
         }))
     }
 }

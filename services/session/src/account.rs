@@ -6,8 +6,8 @@ use uuid::Uuid;
 use whatsnap_events::{AccountAdded, AccountKind, AccountRemoved, Event, TwilioCredentials};
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
-/// The prefix of every account tag.
-pub const TAG_PREFIX: &str = "whatsnap-account-";
+/// The prefix of every account tag unless the deployment configures another.
+pub const DEFAULT_TAG_PREFIX: &str = "whatsnap-account-";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Status {
@@ -63,9 +63,10 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
     state
 }
 
-/// `whatsnap-account-<slug>`: lowercase letters and digits of the name joined by `-`, with a
-/// number appended when another account of the location already has the tag.
-pub fn slug_tag(name: &str, taken: &HashSet<String>) -> String {
+/// `<prefix><slug>` (by default `whatsnap-account-<slug>`): lowercase letters and digits of the
+/// name joined by `-`, with a number appended when another account of the location already has
+/// the tag.
+pub fn slug_tag(prefix: &str, name: &str, taken: &HashSet<String>) -> String {
     let slug = name
         .to_lowercase()
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -77,7 +78,7 @@ pub fn slug_tag(name: &str, taken: &HashSet<String>) -> String {
     } else {
         slug
     };
-    let base = format!("{TAG_PREFIX}{slug}");
+    let base = format!("{prefix}{slug}");
     let mut tag = base.clone();
     let mut n = 2;
     while taken.contains(&tag) {
@@ -88,6 +89,7 @@ pub fn slug_tag(name: &str, taken: &HashSet<String>) -> String {
 }
 
 pub fn decide_add(
+    prefix: &str,
     account_id: Uuid,
     kind: AccountKind,
     name: &str,
@@ -110,7 +112,7 @@ pub fn decide_add(
         account_id,
         kind,
         name: name.to_owned(),
-        tag: slug_tag(name, taken_tags),
+        tag: slug_tag(prefix, name, taken_tags),
         phone_number,
         twilio,
     }))
@@ -139,20 +141,38 @@ mod tests {
     fn tags_are_slugs_of_the_name_and_unique_in_the_location() {
         let mut taken = HashSet::new();
         assert_eq!(
-            slug_tag("Sales Line (SP)", &taken),
+            slug_tag(DEFAULT_TAG_PREFIX, "Sales Line (SP)", &taken),
             "whatsnap-account-sales-line-sp"
         );
         taken.insert("whatsnap-account-sales".to_owned());
-        assert_eq!(slug_tag("Sales", &taken), "whatsnap-account-sales-2");
+        assert_eq!(
+            slug_tag(DEFAULT_TAG_PREFIX, "Sales", &taken),
+            "whatsnap-account-sales-2"
+        );
         taken.insert("whatsnap-account-sales-2".to_owned());
-        assert_eq!(slug_tag("SALES", &taken), "whatsnap-account-sales-3");
-        assert_eq!(slug_tag("☎☎", &taken), "whatsnap-account-account");
+        assert_eq!(
+            slug_tag(DEFAULT_TAG_PREFIX, "SALES", &taken),
+            "whatsnap-account-sales-3"
+        );
+        assert_eq!(
+            slug_tag(DEFAULT_TAG_PREFIX, "☎☎", &taken),
+            "whatsnap-account-account"
+        );
+    }
+
+    #[test]
+    fn a_configured_prefix_replaces_the_default() {
+        assert_eq!(
+            slug_tag("acme-line-", "Sales", &HashSet::new()),
+            "acme-line-sales"
+        );
     }
 
     #[test]
     fn given_an_added_account_when_removed_twice_then_the_second_is_refused() {
         let id = Uuid::now_v7();
         let added = decide_add(
+            DEFAULT_TAG_PREFIX,
             id,
             AccountKind::Twilio,
             "Sales",
@@ -174,6 +194,7 @@ mod tests {
     #[test]
     fn an_account_without_a_name_is_refused() {
         let err = decide_add(
+            DEFAULT_TAG_PREFIX,
             Uuid::now_v7(),
             AccountKind::Whatsapp,
             "  ",

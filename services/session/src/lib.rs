@@ -4,6 +4,7 @@
 //! read model answers queries.
 
 mod account;
+mod outbound;
 mod read_model;
 
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountKind, AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent,
-    StreamId, TwilioCredentials, inbound_message_id_for,
+    AccountKind, AggregateKind, Attachment, Event, EventMetadata, InboundMessageReceived,
+    LocationId, NewEvent, OutboundMessageRequested, StreamId, TwilioCredentials, contact_id_for,
+    inbound_message_id_for, outbound_message_id_for,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::session::v1 as pb;
@@ -22,7 +24,8 @@ use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
 
-pub use account::{AccountState, decide_add, decide_remove, evolve, slug_tag};
+pub use account::{AccountState, DEFAULT_TAG_PREFIX, decide_add, decide_remove, evolve, slug_tag};
+pub use outbound::{OutboundSender, OutboundState, decide_delivery_status};
 pub use read_model::AccountsProjection;
 
 /// What the session service is configured with.
@@ -34,6 +37,11 @@ pub struct SessionConfig {
     pub twilio: TwilioClient,
     /// How many accounts, of all kinds, one location may have.
     pub max_accounts_per_location: usize,
+    /// What every account tag starts with (`whatsnap-account-` by default).
+    pub tag_prefix: String,
+    /// Where Twilio reports the delivery status of what whatsnap sends: the gateway's public
+    /// base URL. Without it, messages go out with no StatusCallback.
+    pub status_callback_base: Option<String>,
 }
 
 /// The session service: its gRPC API and its read model.
@@ -96,6 +104,17 @@ impl Session {
 
     pub fn projection(&self) -> Arc<AccountsProjection> {
         Arc::new(AccountsProjection)
+    }
+
+    /// The sender of routed replies, a projection of its own.
+    pub fn sender(&self) -> Arc<OutboundSender> {
+        Arc::new(OutboundSender {
+            store: self.store.clone(),
+            secret_key: self.config.secret_key.clone(),
+            twilio: self.config.twilio.clone(),
+            status_callback_base: self.config.status_callback_base.clone(),
+            patience: std::time::Duration::from_secs(120),
+        })
     }
 
     /// The account's state from its own stream; not found when it was never added.
@@ -176,7 +195,15 @@ impl pb::session_service_server::SessionService for Session {
             _ => None,
         };
         let account_id = Uuid::now_v7();
-        let event = decide_add(account_id, kind, &request.name, phone, twilio, &taken)?;
+        let event = decide_add(
+            &self.config.tag_prefix,
+            account_id,
+            kind,
+            &request.name,
+            phone,
+            twilio,
+            &taken,
+        )?;
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
         let outcome = self
             .store
@@ -295,5 +322,124 @@ impl pb::session_service_server::SessionService for Session {
             message_id: message_id.to_string(),
             duplicate,
         }))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, ghl_message_id = %request.get_ref().ghl_message_id))]
+    async fn request_outbound_message(
+        &self,
+        request: Request<pb::RequestOutboundMessageRequest>,
+    ) -> Result<Response<pb::RequestOutboundMessageResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let ghl_message_id = request.ghl_message_id.trim();
+        if ghl_message_id.is_empty() || ghl_message_id.len() > 128 {
+            return Err(ServiceError::InvalidArgument(
+                "a reply needs GHL's messageId (1 to 128 characters)".into(),
+            )
+            .into());
+        }
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let message_id = outbound_message_id_for(&location, ghl_message_id);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        let non_empty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
+        let event = Event::from(OutboundMessageRequested {
+            message_id,
+            contact_id: contact_id_for(&location, &phone),
+            ghl_message_id: Some(ghl_message_id.to_owned()),
+            ghl_user_id: non_empty(request.ghl_user_id),
+            body: request.body,
+            attachments: request
+                .attachment_urls
+                .into_iter()
+                .map(|url| Attachment {
+                    url,
+                    content_type: None,
+                    file_name: None,
+                })
+                .collect(),
+            to: Some(phone.to_string()),
+            ghl_contact_id: non_empty(request.ghl_contact_id),
+        });
+        let duplicate = match self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await
+        {
+            Ok(_) => false,
+            Err(StoreError::WrongExpectedVersion { .. }) => true,
+            Err(err) => return Err(ServiceError::from(err).into()),
+        };
+        Ok(Response::new(pb::RequestOutboundMessageResponse {
+            message_id: message_id.to_string(),
+            duplicate,
+        }))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, message_id = %request.get_ref().message_id))]
+    async fn record_delivery_status(
+        &self,
+        request: Request<pb::RecordDeliveryStatusRequest>,
+    ) -> Result<Response<pb::RecordDeliveryStatusResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let message_id = whatsnap_rpc::uuid("message id", &request.message_id)?;
+        let status: whatsnap_twilio::webhook::MessageStatus =
+            request
+                .status
+                .parse()
+                .map_err(|e: whatsnap_twilio::webhook::WebhookError| {
+                    ServiceError::InvalidArgument(e.to_string())
+                })?;
+        let error_code = Some(request.error_code).filter(|code| *code != 0);
+        let stream = StreamId::for_uuid(location, AggregateKind::Message, message_id);
+        for _ in 0..5 {
+            let history = self
+                .store
+                .read_stream(&stream, 1, usize::MAX)
+                .await
+                .map_err(ServiceError::from)?;
+            let state = OutboundState::from_history(&history)
+                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+            let decided = decide_delivery_status(
+                &state,
+                message_id,
+                account_id,
+                &request.provider_message_id,
+                status,
+                error_code,
+            )
+            .map_err(ServiceError::NotFound)?;
+            let Some(event) = decided else {
+                return Ok(Response::new(pb::RecordDeliveryStatusResponse {
+                    changed: false,
+                }));
+            };
+            match self
+                .store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(state.version),
+                    vec![NewEvent::new(&event, metadata())],
+                )
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Response::new(pb::RecordDeliveryStatusResponse {
+                        changed: true,
+                    }));
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(err) => return Err(ServiceError::from(err).into()),
+            }
+        }
+        Err(
+            ServiceError::Unavailable(format!("message {message_id} kept changing; try again"))
+                .into(),
+        )
     }
 }

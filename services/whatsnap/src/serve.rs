@@ -180,6 +180,66 @@ pub struct ServeArgs {
     /// /readyz fails while a projection is more than this many events behind the log.
     #[arg(long, env = "WHATSNAP_MAX_LAG", default_value_t = 1000)]
     max_lag: u64,
+    /// What every account tag starts with; the account's name follows (`whatsnap-account-sales`).
+    #[arg(long, env = "WHATSNAP_TAG_PREFIX", default_value = whatsnap_session::DEFAULT_TAG_PREFIX, value_parser = tag_prefix)]
+    tag_prefix: String,
+    #[command(flatten)]
+    ghl: GhlArgs,
+}
+
+/// How whatsnap reaches GHL.
+#[derive(Debug, Args)]
+pub struct GhlArgs {
+    /// The GHL API (LeadConnector).
+    #[arg(long, env = "WHATSNAP_GHL_API_URL", default_value = whatsnap_ghl::client::DEFAULT_API_BASE)]
+    ghl_api_url: String,
+    /// The GHL marketplace, where the OAuth install page is.
+    #[arg(long, env = "WHATSNAP_GHL_MARKETPLACE_URL", default_value = whatsnap_ghl::client::DEFAULT_MARKETPLACE_BASE)]
+    ghl_marketplace_url: String,
+    /// The marketplace app's client id (for OAuth installs).
+    #[arg(long, env = "WHATSNAP_GHL_CLIENT_ID")]
+    ghl_client_id: Option<String>,
+    /// The marketplace app's client secret (for OAuth installs).
+    #[arg(long, env = "WHATSNAP_GHL_CLIENT_SECRET", hide_env_values = true)]
+    ghl_client_secret: Option<String>,
+    /// Where GHL redirects after an install; default: <public-url>/oauth/callback.
+    #[arg(long, env = "WHATSNAP_GHL_REDIRECT_URI")]
+    ghl_redirect_uri: Option<String>,
+    /// The Conversation Provider id the marketplace shows for the whatsnap app; sent with every
+    /// message added to GHL.
+    #[arg(long, env = "WHATSNAP_GHL_CONVERSATION_PROVIDER_ID")]
+    ghl_conversation_provider_id: Option<String>,
+    /// GHL webhooks whose timestamp is further than this from now are refused, and a
+    /// webhookId seen within it is not acted on twice.
+    #[arg(long, env = "WHATSNAP_GHL_WEBHOOK_MAX_AGE", default_value = "300", value_parser = seconds)]
+    ghl_webhook_max_age: Duration,
+    /// The longest pause between two tries of GHL work while GHL keeps failing.
+    #[arg(long, env = "WHATSNAP_GHL_MAX_BACKOFF", default_value = "60", value_parser = seconds)]
+    ghl_max_backoff: Duration,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
+}
+
+fn tag_prefix(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 40
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: a tag prefix has 1 to 40 lowercase letters, digits, '-' or '_'"
+        ))
+    }
 }
 
 struct Backend {
@@ -300,7 +360,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
 
-    let secret_key = if has(Target::Session) || has(Target::Gateway) {
+    // The gateway's address is known before the services are built: the session service
+    // tells Twilio where to report delivery.
+    let http_listener = match has(Target::Gateway) {
+        true => Some(
+            TcpListener::bind(args.http_addr)
+                .await
+                .with_context(|| format!("binding HTTP to {}", args.http_addr))?,
+        ),
+        false => None,
+    };
+    let public_url = match (&args.public_url, &http_listener) {
+        (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
+        (None, Some(listener)) => Some(format!("http://{}", listener.local_addr()?)),
+        (None, None) => None,
+    };
+    if has(Target::Session) && public_url.is_none() {
+        warn!(
+            "no --public-url: replies go out without a StatusCallback, so GHL never learns their delivery status"
+        );
+    }
+    let secret_key = if has(Target::Session) || has(Target::Gateway) || has(Target::GhlSync) {
         Some(secret_key(&args)?)
     } else {
         None
@@ -313,6 +393,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 secret_key: key.clone(),
                 twilio: whatsnap_twilio::TwilioClient::new(&args.twilio_base_url)?,
                 max_accounts_per_location: args.max_accounts_per_location,
+                tag_prefix: args.tag_prefix.clone(),
+                status_callback_base: public_url.clone(),
             },
         )),
         _ => None,
@@ -321,14 +403,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         has(Target::Contacts).then(|| whatsnap_contacts::Contacts::new(store.clone(), db.clone()));
     let assignment = has(Target::Assignment)
         .then(|| whatsnap_assignment::Assignment::new(store.clone(), db.clone()));
-    let ghl_sync =
-        has(Target::GhlSync).then(|| whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()));
+    let ghl_sync = match (has(Target::GhlSync), &secret_key) {
+        (true, Some(key)) => {
+            let ghl = &args.ghl;
+            let client = whatsnap_ghl::client::GhlClient::new(
+                whatsnap_ghl::client::GhlConfig {
+                    api_base: ghl.ghl_api_url.trim_end_matches('/').to_owned(),
+                    marketplace_base: ghl.ghl_marketplace_url.trim_end_matches('/').to_owned(),
+                    client_id: ghl.ghl_client_id.clone(),
+                    client_secret: ghl.ghl_client_secret.clone(),
+                    redirect_uri: ghl
+                        .ghl_redirect_uri
+                        .clone()
+                        .or_else(|| public_url.as_ref().map(|u| format!("{u}/oauth/callback"))),
+                    ..whatsnap_ghl::client::GhlConfig::default()
+                },
+                Arc::new(whatsnap_ghl::ratelimit::RateLimiter::new(
+                    whatsnap_ghl::ratelimit::Limits::default(),
+                )),
+            );
+            let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
+            worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
+            worker.max_backoff = ghl.ghl_max_backoff;
+            Some(whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).with_client(worker))
+        }
+        _ => None,
+    };
     let gateway =
         has(Target::Gateway).then(|| whatsnap_gateway::Gateway::new(store.clone(), db.clone()));
 
     let mut projections: Vec<Arc<dyn Projection<sqlx::Any>>> = Vec::new();
     if let Some(s) = &session {
         projections.push(s.projection());
+        projections.push(s.sender());
     }
     if let Some(s) = &contacts {
         projections.push(s.projection());
@@ -411,6 +518,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(worker) = ghl_sync.as_ref().and_then(|s| s.worker()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            worker.run(stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
@@ -473,10 +588,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         names.join(","),
         backend.description
     );
-    if gateway.is_some() {
-        let http_listener = TcpListener::bind(args.http_addr)
-            .await
-            .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
+    if let Some(http_listener) = http_listener {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
@@ -496,11 +608,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             whatsnap_gateway::Webhooks {
                 store: store.clone(),
                 secret_key: secret_key.clone().expect("the gateway has a secret key"),
-                public_url: args.public_url.clone(),
+                public_url: public_url.clone(),
                 session: session_channel,
                 ghl_keys,
                 contacts: contacts_channel,
                 ghl_sync: ghl_sync_channel,
+                replay: whatsnap_gateway::ReplayGuard::new(args.ghl.ghl_webhook_max_age),
             },
         ));
         let stop = shutdown.clone();

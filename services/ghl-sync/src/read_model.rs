@@ -1,0 +1,304 @@
+//! `ghl_pending`: per location, the work that must cross to GHL — contacts to create or tag,
+//! inbound messages to post, delivery statuses to report — with what the worker needs to do it
+//! (the contact's phone, name and tags; the message's text). Work leaves the table only through
+//! an event (`GhlContactLinked`, `GhlMessagePosted`, `GhlStatusReported`, or a final
+//! `GhlSyncFailed`), so a rebuild from the log gives the same queue.
+
+use async_trait::async_trait;
+use sqlx::{Any, AnyConnection, Row};
+use whatsnap_events::{Event, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
+use whatsnap_eventstore::projection::{ApplyError, Projection};
+
+pub const CONTACT: &str = "contact_upsert";
+pub const MESSAGE: &str = "message";
+pub const STATUS: &str = "status";
+
+/// The work waiting to cross to GHL.
+pub struct PendingWork;
+
+/// Queues `kind` for `subject`; queued again later (a new tag) it moves to the later position,
+/// so that the worker knows its earlier pass did not cover it.
+async fn pending(
+    conn: &mut AnyConnection,
+    event: &RecordedEvent,
+    kind: &str,
+    subject: String,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO ghl_pending (kind, subject_id, location_id, position) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (kind, subject_id) DO UPDATE SET position = excluded.position",
+    )
+    .bind(kind)
+    .bind(subject)
+    .bind(event.location_id().to_string())
+    .bind(event.position as i64)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+async fn done(conn: &mut AnyConnection, kind: &str, subject: String) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM ghl_pending WHERE kind = $1 AND subject_id = $2")
+        .bind(kind)
+        .bind(subject)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+async fn contact_tags(conn: &mut AnyConnection, contact_id: &str) -> sqlx::Result<Vec<String>> {
+    let tags: Option<String> = sqlx::query("SELECT tags FROM ghl_contacts WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.get("tags"));
+    Ok(tags
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+async fn set_contact_tags(
+    conn: &mut AnyConnection,
+    contact_id: &str,
+    tags: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE ghl_contacts SET tags = $2 WHERE contact_id = $1")
+        .bind(contact_id)
+        .bind(serde_json::to_string(tags).expect("strings serialise"))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Records a final state of a reply GHL sent, to report (only replies GHL knows by id).
+async fn outbound_status(
+    conn: &mut AnyConnection,
+    event: &RecordedEvent,
+    message_id: String,
+    status: &str,
+    reason: Option<String>,
+    code: Option<String>,
+) -> sqlx::Result<()> {
+    let known = sqlx::query(
+        "UPDATE ghl_messages SET status = $2, reason = $3, error_code = $4 \
+         WHERE message_id = $1 AND ghl_message_id IS NOT NULL AND (status IS NULL OR status <> 'failed')",
+    )
+    .bind(&message_id)
+    .bind(status)
+    .bind(reason)
+    .bind(code)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if known > 0 {
+        pending(conn, event, STATUS, message_id).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Projection<Any> for PendingWork {
+    fn name(&self) -> &str {
+        "ghl_pending"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE ghl_pending (kind TEXT NOT NULL, subject_id TEXT NOT NULL, location_id TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (kind, subject_id)); \
+         CREATE TABLE ghl_installs (location_id TEXT PRIMARY KEY)",
+            "CREATE TABLE ghl_contacts (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, tags TEXT NOT NULL, ghl_contact_id TEXT); \
+         CREATE TABLE ghl_messages (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, contact_id TEXT NOT NULL, direction TEXT NOT NULL, body TEXT NOT NULL, attachments TEXT NOT NULL, at TEXT NOT NULL, ghl_message_id TEXT, status TEXT, reason TEXT, error_code TEXT); \
+         CREATE TABLE ghl_connections (location_id TEXT PRIMARY KEY, kind TEXT NOT NULL); \
+         CREATE INDEX ghl_pending_by_location ON ghl_pending (location_id, position)",
+        ]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        let location = event.location_id().to_string();
+        match event.decode()? {
+            Event::ContactCreated(e) => {
+                sqlx::query(
+                    "INSERT INTO ghl_contacts (contact_id, location_id, phone, name, tags) \
+                     VALUES ($1, $2, $3, $4, '[]') ON CONFLICT (contact_id) DO NOTHING",
+                )
+                .bind(e.contact_id.to_string())
+                .bind(&location)
+                .bind(&e.phone)
+                .bind(&e.name)
+                .execute(&mut *conn)
+                .await?;
+                pending(conn, event, CONTACT, e.contact_id.to_string()).await?
+            }
+            Event::ContactTagged(e) => {
+                let id = e.contact_id.to_string();
+                let mut tags = contact_tags(conn, &id).await?;
+                if !tags.contains(&e.tag) {
+                    tags.push(e.tag);
+                    set_contact_tags(conn, &id, &tags).await?;
+                }
+                // A tag GHL itself reported is already there.
+                if e.source != TagSource::Ghl {
+                    pending(conn, event, CONTACT, id).await?
+                }
+            }
+            Event::ContactUntagged(e) => {
+                let id = e.contact_id.to_string();
+                let mut tags = contact_tags(conn, &id).await?;
+                tags.retain(|t| t != &e.tag);
+                set_contact_tags(conn, &id, &tags).await?;
+            }
+            Event::InboundMessageReceived(e) => {
+                let contact_id = PhoneNumber::parse(&e.from)
+                    .map(|phone| contact_id_for(event.location_id(), &phone))?;
+                let attachments: Vec<&str> = e.attachments.iter().map(|a| a.url.as_str()).collect();
+                sqlx::query(
+                    "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at) \
+                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+                )
+                .bind(e.message_id.to_string())
+                .bind(&location)
+                .bind(contact_id.to_string())
+                .bind(&e.body)
+                .bind(serde_json::to_string(&attachments).expect("strings serialise"))
+                .bind(e.received_at.to_rfc3339())
+                .execute(&mut *conn)
+                .await?;
+                pending(conn, event, MESSAGE, e.message_id.to_string()).await?
+            }
+            Event::OutboundMessageRequested(e) => {
+                sqlx::query(
+                    "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at, ghl_message_id) \
+                     VALUES ($1, $2, $3, 'outbound', $4, '[]', $5, $6) ON CONFLICT (message_id) DO NOTHING",
+                )
+                .bind(e.message_id.to_string())
+                .bind(&location)
+                .bind(e.contact_id.to_string())
+                .bind(&e.body)
+                .bind(event.occurred_at.to_rfc3339())
+                .bind(&e.ghl_message_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::MessageDelivered(e) => {
+                outbound_status(
+                    conn,
+                    event,
+                    e.message_id.to_string(),
+                    "delivered",
+                    None,
+                    None,
+                )
+                .await?
+            }
+            Event::MessageRead(e) => {
+                outbound_status(conn, event, e.message_id.to_string(), "read", None, None).await?
+            }
+            Event::MessageFailed(e) => {
+                outbound_status(
+                    conn,
+                    event,
+                    e.message_id.to_string(),
+                    "failed",
+                    Some(e.reason),
+                    e.provider_error_code,
+                )
+                .await?
+            }
+            Event::OutboundRouteFailed(e) => {
+                outbound_status(
+                    conn,
+                    event,
+                    e.message_id.to_string(),
+                    "failed",
+                    Some(e.reason),
+                    None,
+                )
+                .await?
+            }
+            Event::GhlContactLinked(e) => {
+                let id = e.contact_id.to_string();
+                sqlx::query("UPDATE ghl_contacts SET ghl_contact_id = $2 WHERE contact_id = $1")
+                    .bind(&id)
+                    .bind(&e.ghl_contact_id)
+                    .execute(&mut *conn)
+                    .await?;
+                // Tags added after the worker read the contact keep it queued.
+                sqlx::query(
+                    "DELETE FROM ghl_pending WHERE kind = $1 AND subject_id = $2 AND ($3 = 0 OR position <= $3)",
+                )
+                .bind(CONTACT)
+                .bind(id)
+                .bind(e.synced_through as i64)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::GhlMessagePosted(e) => done(conn, MESSAGE, e.message_id.to_string()).await?,
+            Event::GhlStatusReported(e) => {
+                // A later status (read after delivered) stays queued.
+                sqlx::query(
+                    "DELETE FROM ghl_pending WHERE kind = $1 AND subject_id = $2 AND EXISTS \
+                     (SELECT 1 FROM ghl_messages m WHERE m.message_id = $2 AND m.status = $3)",
+                )
+                .bind(STATUS)
+                .bind(e.message_id.to_string())
+                .bind(&e.status)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Event::GhlSyncFailed(e) if e.final_attempt => {
+                if let Some(subject) = e.subject_id {
+                    done(conn, &e.operation, subject.to_string()).await?
+                }
+            }
+            Event::GhlInstalled(_) => {
+                sqlx::query("INSERT INTO ghl_installs (location_id) VALUES ($1) ON CONFLICT (location_id) DO NOTHING")
+                    .bind(&location)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Event::GhlUninstalled(_) => {
+                for table in ["ghl_installs", "ghl_connections"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE location_id = $1"))
+                        .bind(&location)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            Event::GhlTokensIssued(e) => {
+                let kind = match e.kind {
+                    whatsnap_events::GhlTokenKind::Oauth => "oauth",
+                    whatsnap_events::GhlTokenKind::PrivateIntegration => "private_integration",
+                };
+                sqlx::query(
+                    "INSERT INTO ghl_connections (location_id, kind) VALUES ($1, $2) \
+                     ON CONFLICT (location_id) DO UPDATE SET kind = excluded.kind",
+                )
+                .bind(&location)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        for table in [
+            "ghl_pending",
+            "ghl_installs",
+            "ghl_contacts",
+            "ghl_messages",
+            "ghl_connections",
+        ] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}

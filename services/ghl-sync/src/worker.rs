@@ -1,0 +1,651 @@
+//! The worker that carries `ghl_pending` to GHL. One task per location with work, so that a
+//! location GHL slows down (rate limits, 5xx) holds back only itself; within a location the
+//! work goes in log order, the head retried with backoff until GHL takes it, so messages reach
+//! a conversation in the order they were received. Every call goes through the client's
+//! per-location rate limiter. What crossed is recorded as an event, which removes it from the
+//! queue; the worker remembers what it did until the read model has caught up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::Row;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use whatsnap_events::{
+    AggregateKind, Event, EventMetadata, GhlContactLinked, GhlMessagePosted, GhlStatusReported,
+    GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent, StreamId,
+};
+use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_ghl::client::{
+    ContactUpsert, DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection,
+    StatusError, StatusUpdate, UserType,
+};
+use whatsnap_rpc::ReadDb;
+use whatsnap_secrets::SecretKey;
+
+use crate::connection::{self, Connection};
+use crate::read_model::{CONTACT, MESSAGE, STATUS};
+
+/// How the worker talks to GHL.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub client: GhlClient,
+    pub secret_key: SecretKey,
+    /// The Conversation Provider id of the whatsnap app, sent with every message.
+    pub conversation_provider_id: Option<String>,
+    /// The longest pause between two tries of the same work while GHL keeps failing.
+    pub max_backoff: Duration,
+    /// How long a status report waits out GHL's "No conversation provider found" 403.
+    pub status_patience: Duration,
+    /// How often the queue is looked at for new work.
+    pub poll: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(client: GhlClient, secret_key: SecretKey) -> Self {
+        Self {
+            client,
+            secret_key,
+            conversation_provider_id: None,
+            max_backoff: Duration::from_secs(60),
+            status_patience: Duration::from_secs(30),
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+pub struct Worker {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    config: WorkerConfig,
+}
+
+/// One piece of queued work.
+#[derive(Debug, Clone)]
+struct Item {
+    kind: String,
+    subject: String,
+    position: i64,
+}
+
+/// What became of one piece of work.
+enum Step {
+    Done,
+    /// The read model has not caught up with what the work needs yet.
+    NotYet,
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// The token was refused: refresh it (OAuth) and try again.
+    Unauthorized(String),
+    /// Worth trying again as it is, later.
+    Retry(String),
+    /// GHL will never take it: recorded, and the queue moves on.
+    Final(String, Option<u16>),
+}
+
+impl From<GhlError> for Failure {
+    fn from(err: GhlError) -> Self {
+        match err {
+            GhlError::Unauthorized { message } => Self::Unauthorized(message),
+            GhlError::Refused { status, message } => Self::Final(
+                format!("GHL refused it with {status}: {message}"),
+                Some(status),
+            ),
+            // Rate limits, 5xx, timeouts, a 2xx that did not add the message (ISS#70), a
+            // missing scope or configuration: all can come right without changing the work.
+            other => Self::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Self::Retry(format!("event store: {err}"))
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Retry(format!("read model: {err}"))
+    }
+}
+
+fn metadata() -> EventMetadata {
+    EventMetadata::new_correlation().traced(whatsnap_telemetry::current())
+}
+
+impl Worker {
+    pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: WorkerConfig) -> Self {
+        Self { store, db, config }
+    }
+
+    /// Runs until `shutdown` resolves: starts a task for each location with queued work.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(self.config.poll) => {}
+            }
+            running.retain(|_, task| !task.is_finished());
+            let locations: Vec<String> =
+                match sqlx::query("SELECT DISTINCT location_id FROM ghl_pending")
+                    .fetch_all(&self.db)
+                    .await
+                {
+                    Ok(rows) => rows.iter().map(|r| r.get("location_id")).collect(),
+                    Err(err) => {
+                        warn!(error = %err, "cannot read the GHL queue");
+                        continue;
+                    }
+                };
+            for location in locations {
+                if running.contains_key(&location) {
+                    continue;
+                }
+                let Ok(parsed) = LocationId::parse(location.as_str()) else {
+                    continue;
+                };
+                let worker = self.clone();
+                running.insert(location, tokio::spawn(worker.drain(parsed)));
+            }
+        }
+        for task in running.values() {
+            task.abort();
+        }
+    }
+
+    async fn queued(&self, location: &LocationId) -> sqlx::Result<Vec<Item>> {
+        Ok(sqlx::query(
+            "SELECT kind, subject_id, position FROM ghl_pending WHERE location_id = $1 \
+             ORDER BY position LIMIT 200",
+        )
+        .bind(location.to_string())
+        .fetch_all(&self.db)
+        .await?
+        .iter()
+        .map(|row| Item {
+            kind: row.get("kind"),
+            subject: row.get("subject_id"),
+            position: row.get("position"),
+        })
+        .collect())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = Duration::from_millis(250).saturating_mul(1 << attempt.min(16));
+        let capped = exp.min(self.config.max_backoff);
+        // Jitter, so that locations that failed together do not come back together.
+        capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    /// Works through one location's queue until it is empty.
+    async fn drain(self: Arc<Self>, location: LocationId) {
+        // Work done, by (kind, subject), at the position it covered.
+        let mut done: HashMap<(String, String), i64> = HashMap::new();
+        let mut attempt: u32 = 0;
+        let mut reported_waiting = String::new();
+        loop {
+            let queued = match self.queued(&location).await {
+                Ok(queued) => queued,
+                Err(err) => {
+                    warn!(%location, error = %err, "cannot read the GHL queue");
+                    tokio::time::sleep(self.backoff(3)).await;
+                    continue;
+                }
+            };
+            if queued.is_empty() {
+                return;
+            }
+            let open: Vec<Item> = queued
+                .into_iter()
+                .filter(|item| {
+                    done.get(&(item.kind.clone(), item.subject.clone()))
+                        .is_none_or(|covered| *covered < item.position)
+                })
+                .collect();
+            if open.is_empty() {
+                // Done, and waiting for the read model to say so.
+                tokio::time::sleep(self.config.poll).await;
+                continue;
+            }
+            let token = match self.access_token(&location, false).await {
+                Ok(token) => token,
+                Err(why) => {
+                    if why != reported_waiting {
+                        info!(%location, reason = %why, "GHL work waits");
+                        reported_waiting = why;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for item in open {
+                match self.process(&location, &token, &item, &mut done).await {
+                    Ok(Step::Done) => {
+                        done.insert((item.kind.clone(), item.subject.clone()), item.position);
+                        attempt = 0;
+                    }
+                    Ok(Step::NotYet) => {
+                        tokio::time::sleep(self.config.poll).await;
+                        break;
+                    }
+                    Err(Failure::Unauthorized(message)) => {
+                        warn!(%location, %message, "GHL refused the token");
+                        if let Err(why) = self.access_token(&location, true).await {
+                            warn!(%location, reason = %why, "no usable GHL token");
+                        }
+                        attempt += 1;
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        break;
+                    }
+                    Err(Failure::Retry(reason)) => {
+                        attempt += 1;
+                        warn!(%location, kind = %item.kind, subject = %item.subject, attempt, %reason, "GHL work failed; trying again");
+                        if attempt == 1 {
+                            self.record_failure(&location, &item, &reason, None, false)
+                                .await;
+                        }
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        break;
+                    }
+                    Err(Failure::Final(reason, status)) => {
+                        warn!(%location, kind = %item.kind, subject = %item.subject, %reason, "GHL work given up");
+                        self.record_failure(&location, &item, &reason, status, true)
+                            .await;
+                        done.insert((item.kind.clone(), item.subject.clone()), item.position);
+                        attempt = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        location: &LocationId,
+        item: &Item,
+        reason: &str,
+        status: Option<u16>,
+        final_attempt: bool,
+    ) {
+        let Ok(subject) = item.subject.parse::<Uuid>() else {
+            return;
+        };
+        let event = Event::from(GhlSyncFailed {
+            operation: item.kind.clone(),
+            subject_id: Some(subject),
+            reason: reason.to_owned(),
+            http_status: status,
+            attempt: 1,
+            final_attempt,
+        });
+        // A contact's failures go beside its link, not into the stream contacts writes.
+        let stream = if item.kind == CONTACT {
+            StreamId::new(
+                location.clone(),
+                AggregateKind::Ghl,
+                format!("contact-{subject}"),
+            )
+            .expect("a valid token")
+        } else {
+            StreamId::for_uuid(location.clone(), AggregateKind::Message, subject)
+        };
+        if let Err(err) = self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await
+        {
+            warn!(%location, error = %err, "cannot record a GHL failure");
+        }
+    }
+
+    /// The location's access token, refreshed first when it is about to expire (or when
+    /// `force`d after GHL refused it). `Err` says why there is none.
+    async fn access_token(&self, location: &LocationId, force: bool) -> Result<String, String> {
+        let stream = connection::stream(location);
+        let history = self
+            .store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .map_err(|e| format!("event store: {e}"))?;
+        let mut state = Connection::default();
+        for recorded in &history {
+            let event = recorded.decode().map_err(|e| e.to_string())?;
+            state = state.evolve(&event, recorded.version);
+        }
+        let Some(tokens) = state.tokens.clone() else {
+            return Err(format!(
+                "location {location} is not connected to GHL: install the whatsnap app or `whatsnap ghl connect`"
+            ));
+        };
+        let refresh = match tokens.kind {
+            GhlTokenKind::Oauth => {
+                force || state.needs_refresh(Utc::now(), chrono::Duration::minutes(5))
+            }
+            GhlTokenKind::PrivateIntegration => false,
+        };
+        if !refresh {
+            return self
+                .config
+                .secret_key
+                .open(&tokens.access_token)
+                .map(|t| t.expose().to_owned())
+                .map_err(|e| format!("the stored GHL token: {e}"));
+        }
+        let Some(sealed) = &tokens.refresh_token else {
+            return Err(format!(
+                "location {location}'s GHL token expired and there is no refresh token: install the app again"
+            ));
+        };
+        let refresh_token = self
+            .config
+            .secret_key
+            .open(sealed)
+            .map_err(|e| format!("the stored refresh token: {e}"))?;
+        let user_type = if tokens.user_type == "Company" {
+            UserType::Company
+        } else {
+            UserType::Location
+        };
+        let grant = self
+            .config
+            .client
+            .refresh(refresh_token.expose(), user_type)
+            .await
+            .map_err(|e| format!("refreshing the GHL token: {e}"))?;
+        // The new refresh token is stored before anything uses the new access token: the old
+        // one is spent.
+        let issued = Event::from(GhlTokensIssued {
+            kind: GhlTokenKind::Oauth,
+            access_token: self.config.secret_key.seal(&grant.access_token),
+            refresh_token: grant
+                .refresh_token
+                .as_deref()
+                .map(|t| self.config.secret_key.seal(t))
+                .or(tokens.refresh_token.clone()),
+            expires_at: grant
+                .expires_in
+                .map(|s| Utc::now() + chrono::Duration::seconds(s as i64)),
+            user_type: grant.user_type.clone().unwrap_or(tokens.user_type.clone()),
+            company_id: grant.company_id.clone().or(tokens.company_id.clone()),
+            scope: grant.scope.clone().or(tokens.scope.clone()),
+        });
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(state.version),
+                vec![NewEvent::new(&issued, metadata())],
+            )
+            .await
+            .map_err(|e| format!("storing the refreshed GHL token: {e}"))?;
+        info!(%location, "GHL token refreshed");
+        Ok(grant.access_token)
+    }
+
+    async fn process(
+        &self,
+        location: &LocationId,
+        token: &str,
+        item: &Item,
+        done: &mut HashMap<(String, String), i64>,
+    ) -> Result<Step, Failure> {
+        let subject: Uuid = item
+            .subject
+            .parse()
+            .map_err(|_| Failure::Final(format!("{:?} is not an id", item.subject), None))?;
+        match item.kind.as_str() {
+            CONTACT => self
+                .sync_contact(location, token, subject, true, done)
+                .await
+                .map(|linked| match linked {
+                    Some(_) => Step::Done,
+                    None => Step::NotYet,
+                }),
+            MESSAGE => self.post_message(location, token, subject, done).await,
+            STATUS => self.report_status(location, token, subject).await,
+            other => Err(Failure::Final(format!("unknown GHL work {other:?}"), None)),
+        }
+    }
+
+    /// Makes sure GHL has the contact, with whatsnap's tags; returns GHL's contact id, or
+    /// `None` while the contact is not in the read model yet. With `push_tags` false an
+    /// already linked contact is returned as it is.
+    async fn sync_contact(
+        &self,
+        location: &LocationId,
+        token: &str,
+        contact_id: Uuid,
+        push_tags: bool,
+        done: &mut HashMap<(String, String), i64>,
+    ) -> Result<Option<String>, Failure> {
+        let id = contact_id.to_string();
+        // The queued position is read before the tags, so the tags cover at least it.
+        let queued: Option<i64> =
+            sqlx::query("SELECT position FROM ghl_pending WHERE kind = $1 AND subject_id = $2")
+                .bind(CONTACT)
+                .bind(&id)
+                .fetch_optional(&self.db)
+                .await?
+                .map(|row| row.get("position"));
+        let Some(row) = sqlx::query(
+            "SELECT phone, name, tags, ghl_contact_id FROM ghl_contacts WHERE contact_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let phone: String = row.get("phone");
+        let name: Option<String> = row.get("name");
+        let tags: Vec<String> =
+            serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
+        let linked: Option<String> = row.get("ghl_contact_id");
+        if tags.is_empty() && queued.is_some() {
+            // Created, its account tag not projected yet (they are written together).
+            return Ok(None);
+        }
+        let client = &self.config.client;
+        let ghl_id = match linked {
+            Some(ghl_id) if !push_tags => return Ok(Some(ghl_id)),
+            Some(ghl_id) => {
+                client.add_tags(location, token, &ghl_id, &tags).await?;
+                ghl_id
+            }
+            None => match client
+                .find_contact_by_phone(location, token, &phone)
+                .await?
+            {
+                Some(found) => {
+                    let missing: Vec<String> = tags
+                        .iter()
+                        .filter(|t| !found.tags.contains(t))
+                        .cloned()
+                        .collect();
+                    if !missing.is_empty() {
+                        client
+                            .add_tags(location, token, &found.id, &missing)
+                            .await?;
+                    }
+                    found.id
+                }
+                None => {
+                    let upsert = ContactUpsert {
+                        phone: phone.clone(),
+                        name: name.clone(),
+                        tags: tags.clone(),
+                        assigned_to: None,
+                        source: Some("whatsnap".into()),
+                    };
+                    client
+                        .upsert_contact(location, token, &upsert)
+                        .await?
+                        .contact
+                        .id
+                }
+            },
+        };
+        let synced_through = queued.unwrap_or(0);
+        let link = Event::from(GhlContactLinked {
+            contact_id,
+            ghl_contact_id: ghl_id.clone(),
+            tags,
+            synced_through: synced_through as u64,
+        });
+        let stream = StreamId::new(
+            location.clone(),
+            AggregateKind::Ghl,
+            format!("contact-{id}"),
+        )
+        .expect("a valid token");
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&link, metadata())],
+            )
+            .await?;
+        debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
+        if queued.is_some() {
+            done.insert((CONTACT.to_owned(), id), synced_through);
+        }
+        Ok(Some(ghl_id))
+    }
+
+    async fn post_message(
+        &self,
+        location: &LocationId,
+        token: &str,
+        message_id: Uuid,
+        done: &mut HashMap<(String, String), i64>,
+    ) -> Result<Step, Failure> {
+        let Some(row) = sqlx::query(
+            "SELECT contact_id, direction, body, attachments, at FROM ghl_messages WHERE message_id = $1",
+        )
+        .bind(message_id.to_string())
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(Step::NotYet);
+        };
+        let contact_id: Uuid = row
+            .get::<String, _>("contact_id")
+            .parse()
+            .map_err(|_| Failure::Final("a message without a contact".into(), None))?;
+        let Some(ghl_contact_id) = self
+            .sync_contact(location, token, contact_id, false, done)
+            .await?
+        else {
+            return Ok(Step::NotYet);
+        };
+        let direction = match row.get::<String, _>("direction").as_str() {
+            "outbound" => MessageDirection::Outbound,
+            _ => MessageDirection::Inbound,
+        };
+        let message = InboundMessage {
+            contact_id: ghl_contact_id,
+            conversation_provider_id: self.config.conversation_provider_id.clone(),
+            message: row.get("body"),
+            attachments: serde_json::from_str(&row.get::<String, _>("attachments"))
+                .unwrap_or_default(),
+            alt_id: message_id.to_string(),
+            direction,
+            date: chrono::DateTime::parse_from_rfc3339(&row.get::<String, _>("at"))
+                .ok()
+                .map(|at| at.with_timezone(&Utc)),
+        };
+        let posted = self
+            .config
+            .client
+            .add_inbound_message(location, token, &message)
+            .await?;
+        let event = Event::from(GhlMessagePosted {
+            message_id,
+            ghl_message_id: posted.message_id,
+            ghl_conversation_id: Some(posted.conversation_id),
+        });
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await?;
+        debug!(%location, %message_id, "message in GHL");
+        Ok(Step::Done)
+    }
+
+    async fn report_status(
+        &self,
+        location: &LocationId,
+        token: &str,
+        message_id: Uuid,
+    ) -> Result<Step, Failure> {
+        let Some(row) = sqlx::query(
+            "SELECT ghl_message_id, status, reason, error_code FROM ghl_messages WHERE message_id = $1",
+        )
+        .bind(message_id.to_string())
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(Step::NotYet);
+        };
+        let (Some(ghl_message_id), Some(status)) = (
+            row.get::<Option<String>, _>("ghl_message_id"),
+            row.get::<Option<String>, _>("status"),
+        ) else {
+            return Ok(Step::NotYet);
+        };
+        let update = StatusUpdate {
+            status: match status.as_str() {
+                "delivered" => DeliveryStatus::Delivered,
+                "read" => DeliveryStatus::Read,
+                _ => DeliveryStatus::Failed,
+            },
+            error: (status == "failed").then(|| StatusError {
+                code: row
+                    .get::<Option<String>, _>("error_code")
+                    .unwrap_or_else(|| "whatsnap".into()),
+                message: row
+                    .get::<Option<String>, _>("reason")
+                    .unwrap_or_else(|| "the message could not be sent".into()),
+            }),
+        };
+        self.config
+            .client
+            .update_message_status(
+                location,
+                token,
+                &ghl_message_id,
+                &update,
+                self.config.status_patience,
+            )
+            .await?;
+        let event = Event::from(GhlStatusReported {
+            message_id,
+            ghl_message_id,
+            status,
+        });
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await?;
+        Ok(Step::Done)
+    }
+}
