@@ -10,10 +10,13 @@ use std::time::Duration;
 
 mod collector;
 mod process;
-mod twilio;
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{Whatsnap, free_port, http_get, http_post};
-pub use twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
+// The fakes live in their own crate so `whatsnap serve --demo` can use them without
+// testcontainers; tests keep reaching them here.
+pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
+pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
+pub use whatsnap_fakes::{ghl, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -38,16 +41,25 @@ pub const OLD_NATS_URL_VAR: &str = "WHATSNAP_TEST_OLD_NATS_URL";
 /// eventually — and fails the test, naming `what`, after 30 s.
 pub async fn eventually<T>(
     what: impl std::fmt::Display,
+    attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_within(Duration::from_secs(30), what, attempt).await
+}
+
+/// As [`eventually`], for work that takes longer than 30 s (GHL's rate limits pace it).
+pub async fn eventually_within<T>(
+    limit: Duration,
+    what: impl std::fmt::Display,
     mut attempt: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(value) = attempt().await {
             return value;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not within 30 s: {what}"
+            "not within {limit:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,0 +1,18 @@
+//! Faithful fakes of the outside services whatsnap talks to: GoHighLevel's API v2
+//! ([`ghl::FakeGhl`]) and Twilio's Programmable Messaging ([`twilio::FakeTwilio`]). Each is a
+//! real HTTP server on a loopback port, built from the reference material in
+//! `shared/reference` (GHL's own OpenAPI documents are embedded from `ghl-openapi/`), that
+//! records what it was asked and can send what the real service sends back, signed the same
+//! way.
+//!
+//! End-to-end tests use them through `whatsnap-testkit`; `whatsnap serve --demo` runs them in
+//! place of the real services, which is why this crate does not depend on testcontainers.
+
+pub mod ghl;
+pub mod twilio;
+
+pub use ghl::{
+    FakeGhl, FakeGhlContact, FakeGhlLimits, FakeGhlMessage, FakeGhlUser, RecordedRequest,
+    SchemaViolation, StatusUpdate,
+};
+pub use twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
