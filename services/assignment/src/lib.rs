@@ -2,6 +2,8 @@
 //! with its reason, as an event. Until rules are set (the rules engine is issue #5), every new
 //! contact is recorded as left unassigned, with that reason, so that a trace says why.
 
+pub mod engine;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
