@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection};
-use summary::contact_of;
+use summary::{contact_of, message_of};
 use whatsnap_events::RecordedEvent;
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 
@@ -78,6 +78,53 @@ mod summary {
         };
         Some((contact_id.to_string(), summary))
     }
+
+    /// The message an event is about, and a summary of it, for events that name no contact.
+    pub fn message_of(event: &Event) -> Option<(String, String)> {
+        let (message_id, summary) = match event {
+            Event::OutboundMessageSent(e) => (
+                e.message_id,
+                format!(
+                    "reply {} sent from account {} (provider id {})",
+                    e.message_id, e.account_id, e.provider_message_id
+                ),
+            ),
+            Event::MessageDelivered(e) => {
+                (e.message_id, format!("message {} delivered", e.message_id))
+            }
+            Event::MessageRead(e) => (e.message_id, format!("message {} read", e.message_id)),
+            Event::MessageFailed(e) => (
+                e.message_id,
+                format!("message {} failed: {}", e.message_id, e.reason),
+            ),
+            Event::GhlMessagePosted(e) => (
+                e.message_id,
+                format!(
+                    "message {} added to the GHL conversation as {}",
+                    e.message_id, e.ghl_message_id
+                ),
+            ),
+            Event::GhlStatusReported(e) => (
+                e.message_id,
+                format!("GHL told that message {} is {}", e.ghl_message_id, e.status),
+            ),
+            Event::GhlSyncFailed(e) => (
+                e.subject_id?,
+                format!(
+                    "GHL {} {}: {}",
+                    e.operation,
+                    if e.final_attempt {
+                        "given up"
+                    } else {
+                        "failed, trying again"
+                    },
+                    e.reason
+                ),
+            ),
+            _ => return None,
+        };
+        Some((message_id.to_string(), summary))
+    }
 }
 
 #[async_trait]
@@ -89,6 +136,7 @@ impl Projection<Any> for TimelineProjection {
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE contact_timeline (contact_id TEXT NOT NULL, position BIGINT NOT NULL, event_type TEXT NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (contact_id, position))",
+            "CREATE TABLE timeline_messages (message_id TEXT PRIMARY KEY, contact_id TEXT NOT NULL)",
         ]
     }
 
@@ -101,7 +149,51 @@ impl Projection<Any> for TimelineProjection {
             // A type this build does not know cannot be about a contact it knows.
             return Ok(());
         };
-        if let Some((contact_id, summary)) = contact_of(event.location_id(), &decoded) {
+        let message = match &decoded {
+            whatsnap_events::Event::OutboundMessageRequested(e) => {
+                Some((e.message_id.to_string(), e.contact_id.to_string()))
+            }
+            whatsnap_events::Event::InboundMessageReceived(e) => {
+                whatsnap_events::PhoneNumber::parse(&e.from)
+                    .ok()
+                    .map(|phone| {
+                        (
+                            e.message_id.to_string(),
+                            whatsnap_events::contact_id_for(event.location_id(), &phone)
+                                .to_string(),
+                        )
+                    })
+            }
+            _ => None,
+        };
+        if let Some((message_id, contact_id)) = message {
+            sqlx::query(
+                "INSERT INTO timeline_messages (message_id, contact_id) VALUES ($1, $2) \
+                 ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(message_id)
+            .bind(contact_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let about = match contact_of(event.location_id(), &decoded) {
+            Some(found) => Some(found),
+            None => match message_of(&decoded) {
+                // A contact's GHL failure names the contact itself.
+                Some((subject, summary)) => sqlx::query_scalar::<_, String>(
+                    "SELECT contact_id FROM timeline_messages WHERE message_id = $1",
+                )
+                .bind(&subject)
+                .fetch_optional(&mut *conn)
+                .await?
+                .or_else(|| {
+                    matches!(decoded, whatsnap_events::Event::GhlSyncFailed(_)).then_some(subject)
+                })
+                .map(|contact| (contact, summary)),
+                None => None,
+            },
+        };
+        if let Some((contact_id, summary)) = about {
             sqlx::query(
                 "INSERT INTO contact_timeline (contact_id, position, event_type, summary) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (contact_id, position) DO NOTHING",
@@ -117,10 +209,12 @@ impl Projection<Any> for TimelineProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM contact_timeline")
-            .execute(conn)
-            .await
-            .map(drop)
+        for table in ["contact_timeline", "timeline_messages"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 

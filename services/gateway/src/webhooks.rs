@@ -104,7 +104,7 @@ async fn verified_twilio_form(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let parsed = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body);
+    let parsed = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body);
     let (true, Ok(params)) = (is_form, parsed) else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

@@ -450,3 +450,84 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum GhlCommand {
+    /// Connect a location with a Private Integration Token (GHL: Settings > Private
+    /// Integrations). The token is sealed before it is stored.
+    Connect {
+        #[arg(long)]
+        location: String,
+        /// The token; better passed through the environment than on the command line.
+        #[arg(long, env = "WHATSNAP_GHL_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// The page to send an agency user to for installing whatsnap on a location (OAuth).
+    InstallUrl {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// What is waiting to cross to GHL for a location, and why.
+    Status {
+        #[arg(long)]
+        location: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
+    use whatsnap_proto::ghlsync::v1 as ghlsync;
+    let client = |channel| ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel);
+    match command {
+        GhlCommand::Connect {
+            location,
+            token,
+            server,
+        } => {
+            let connected = client(server.channel().await?)
+                .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+                    location_id: location,
+                    token,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "location {} connected to GHL ({})",
+                connected.location_id, connected.kind
+            );
+        }
+        GhlCommand::InstallUrl { server } => {
+            let url = client(server.channel().await?)
+                .begin_o_auth(ghlsync::BeginOAuthRequest::default())
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", url.authorize_url);
+        }
+        GhlCommand::Status { location, server } => {
+            let sync = client(server.channel().await?)
+                .sync_status(ghlsync::SyncStatusRequest {
+                    location_id: location,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let connection = match sync.connection.as_str() {
+                "" => "not connected",
+                other => other,
+            };
+            println!("connection         {connection}");
+            println!("contacts to sync   {}", sync.pending_contact_upserts);
+            println!("messages to post   {}", sync.pending_messages);
+            println!("statuses to report {}", sync.pending_statuses);
+            if !sync.waiting_because.is_empty() {
+                println!("waiting because    {}", sync.waiting_because);
+            }
+        }
+    }
+    Ok(())
+}

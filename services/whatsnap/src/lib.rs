@@ -40,6 +40,9 @@ enum Command {
     /// provider connectors deliver them).
     #[command(subcommand)]
     Messages(cli::MessagesCommand),
+    /// GHL: connect a location (Private Integration Token or OAuth install), see what waits.
+    #[command(subcommand)]
+    Ghl(cli::GhlCommand),
     /// Every event that touched a contact, in order, with the reason for each decision.
     Trace(cli::TraceArgs),
     /// Empty a read model so that its service replays the whole log into it on its next start
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Contacts(command) => runtime.block_on(cli::contacts(command)),
         Command::Events(command) => runtime.block_on(cli::events(command)),
         Command::Messages(command) => runtime.block_on(cli::messages(command)),
+        Command::Ghl(command) => runtime.block_on(cli::ghl(command)),
         Command::Trace(args) => runtime.block_on(cli::trace(args)),
         Command::Rebuild(args) => runtime.block_on(serve::rebuild(args)),
     }

@@ -1,0 +1,620 @@
+//! The round trip, end to end, with the real binary against the fake GHL and the fake Twilio:
+//! a text to a Twilio number becomes one GHL contact with the account's tag and one message in
+//! its conversation; a reply from GHL leaves from the account the contact's tags name, and its
+//! delivery comes back to GHL; GHL being down or rate limiting a location loses nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use whatsnap_proto::events::v1 as events;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::{
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually,
+    eventually_within, http_post,
+};
+
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "twilio-auth-token-of-the-agency";
+const SALES: &str = "+15005550006";
+const SUPPORT: &str = "+15005550007";
+const PROVIDER: &str = "whatsnapProvider0001";
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The two ways whatsnap runs.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Distributed(TestNats, TestPostgres),
+}
+
+impl Backend {
+    async fn embedded() -> Self {
+        Self::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    async fn distributed() -> Self {
+        Self::Distributed(
+            TestNats::new().await.unwrap(),
+            TestPostgres::new().await.unwrap(),
+        )
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Self::Embedded(dir) => args(&["--data-dir", dir.path().to_str().unwrap()]),
+            Self::Distributed(nats, pg) => args(&[
+                "--nats-url",
+                &nats.config.url,
+                "--stream-name",
+                &nats.config.stream_name,
+                "--subject-prefix",
+                &nats.config.subject_prefix,
+                "--database-url",
+                &pg.url_with_schema(),
+            ]),
+        }
+    }
+}
+
+/// whatsnap with the fakes around it.
+struct Rig {
+    ghl: FakeGhl,
+    twilio: FakeTwilio,
+    whatsnap: Whatsnap,
+    channel: Channel,
+    http: SocketAddr,
+}
+
+impl Rig {
+    async fn start(backend: &Backend, name: &str, extra: &[&str]) -> Self {
+        let ghl = FakeGhl::start().await.unwrap();
+        let twilio = FakeTwilio::start().await.unwrap();
+        twilio.add_account(FakeTwilioAccount {
+            sid: SID.into(),
+            auth_token: TOKEN.into(),
+            status: "active".into(),
+            numbers: vec![(SALES.into(), true), (SUPPORT.into(), true)],
+        });
+        let mut list = backend.args();
+        list.extend(args(&[
+            "--secret-key",
+            SECRET_KEY,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--twilio-base-url",
+            &twilio.base_url(),
+            "--ghl-api-url",
+            &ghl.base_url(),
+            "--ghl-webhook-ed25519-key",
+            &ghl.ed25519_public_key_pem(),
+            "--ghl-conversation-provider-id",
+            PROVIDER,
+            "--ghl-max-backoff",
+            "1",
+            "--max-accounts-per-location",
+            "3",
+        ]));
+        list.extend(args(extra));
+        let whatsnap = Whatsnap::serve(binary(), &list, name).unwrap();
+        let channel = Channel::from_shared(whatsnap.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let http = whatsnap.http.unwrap();
+        Self {
+            ghl,
+            twilio,
+            whatsnap,
+            channel,
+            http,
+        }
+    }
+
+    fn delivery_url(&self) -> String {
+        format!("http://{}/webhooks/ghl/delivery", self.http)
+    }
+
+    fn ghl_webhook_url(&self) -> String {
+        format!("http://{}/webhooks/ghl", self.http)
+    }
+
+    /// Connects a location with a Private Integration Token the fake GHL knows.
+    async fn connect(&self, location: &str) {
+        let token = format!("pit-{location}-0000-0000");
+        self.ghl.add_private_token(location, &token);
+        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(self.channel.clone())
+            .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+                location_id: location.into(),
+                token,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn add_account(&self, location: &str, name: &str, number: &str) -> session::Account {
+        session::session_service_client::SessionServiceClient::new(self.channel.clone())
+            .add_account(session::AddAccountRequest {
+                location_id: location.into(),
+                kind: session::AccountKind::Twilio as i32,
+                name: name.into(),
+                phone_number: number.into(),
+                twilio: Some(session::TwilioCredentials {
+                    account_sid: SID.into(),
+                    auth_token: TOKEN.into(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Delivers a text to an account as Twilio does: a signed form. Returns the HTTP status.
+    async fn text(
+        &self,
+        location: &str,
+        account: &session::Account,
+        message_sid: &str,
+        from: &str,
+        body: &str,
+    ) -> u16 {
+        let path = format!("/webhooks/twilio/{location}/{}/inbound", account.account_id);
+        let url = format!("http://{}{path}", self.http);
+        let params: Vec<(String, String)> = [
+            ("MessageSid", message_sid),
+            ("SmsSid", message_sid),
+            ("AccountSid", SID),
+            ("From", from),
+            ("To", account.phone_number.as_str()),
+            ("Body", body),
+            ("NumMedia", "0"),
+            ("ApiVersion", "2010-04-01"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let signature = whatsnap_twilio::signature::sign(TOKEN, &url, &params);
+        let form = serde_urlencoded::to_string(&params).unwrap();
+        let (status, body) = http_post(
+            self.http,
+            &path,
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Twilio-Signature", &signature),
+            ],
+            Some(form.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert!(status == 200 || status >= 400, "{status} {body}");
+        status
+    }
+
+    async fn events_of(&self, stream: String) -> Vec<String> {
+        events::events_service_client::EventsServiceClient::new(self.channel.clone())
+            .read_stream(events::ReadStreamRequest {
+                stream_id: stream,
+                from_version: 1,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
+    }
+}
+
+/// The one sent SMS of the fake Twilio to `to` beyond the first `skip`.
+async fn sent_to(rig: &Rig, to: &str, count: usize) -> Vec<whatsnap_testkit::SentSms> {
+    eventually(&format!("{count} SMS sent to {to}"), async || {
+        let sent: Vec<_> = rig
+            .twilio
+            .sent()
+            .into_iter()
+            .filter(|m| m.to == to)
+            .collect();
+        (sent.len() >= count).then_some(sent)
+    })
+    .await
+}
+
+/// The accepted status GHL last received for its message.
+async fn ghl_status(
+    rig: &Rig,
+    ghl_message_id: &str,
+    wanted: &str,
+) -> whatsnap_testkit::ghl::StatusUpdate {
+    eventually(
+        &format!("GHL told {wanted} for {ghl_message_id}"),
+        async || {
+            rig.ghl
+                .status_updates(ghl_message_id)
+                .into_iter()
+                .rfind(|u| u.http_status == 200 && u.status == wanted)
+        },
+    )
+    .await
+}
+
+async fn round_trip(backend: Backend, name: &str) {
+    const LOCATION: &str = "locRoundTrip";
+    const CUSTOMER: &str = "+14155550100";
+    let rig = Rig::start(&backend, name, &[]).await;
+    rig.connect(LOCATION).await;
+    let sales = rig.add_account(LOCATION, "Sales", SALES).await;
+    let support = rig.add_account(LOCATION, "Support", SUPPORT).await;
+    assert_eq!(sales.tag, "whatsnap-account-sales");
+    assert_eq!(support.tag, "whatsnap-account-support");
+
+    // A text from a new number, delivered three times as Twilio may.
+    for _ in 0..3 {
+        let status = rig
+            .text(
+                LOCATION,
+                &sales,
+                "SM10000000000000000000000000000001",
+                CUSTOMER,
+                "Are you open today?",
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let contact = eventually("the contact in GHL with its message", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, CUSTOMER)?;
+        (!rig.ghl.messages(&contact.id).is_empty()).then_some(contact)
+    })
+    .await;
+    assert_eq!(contact.tags, ["whatsnap-account-sales"]);
+    // Time for a duplicate to show, had one been made.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rig.ghl.contacts(LOCATION).len(), 1, "one contact in GHL");
+    let messages = rig.ghl.messages(&contact.id);
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message in the conversation: {messages:?}"
+    );
+    let inbound = &messages[0];
+    assert_eq!(inbound.message.as_deref(), Some("Are you open today?"));
+    assert_eq!(inbound.direction, "inbound");
+    assert_eq!(inbound.message_type, "SMS");
+    assert_eq!(inbound.conversation_provider_id.as_deref(), Some(PROVIDER));
+    assert!(
+        inbound.alt_id.is_some(),
+        "whatsnap's message id goes as altId"
+    );
+
+    // A GHL user replies: it leaves from the Sales number, and GHL learns it was delivered.
+    let (reply, status) = rig
+        .ghl
+        .send_provider_outbound(
+            &rig.delivery_url(),
+            LOCATION,
+            &contact.id,
+            "Yes, until 6pm",
+            Some("userAna"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let sent = sent_to(&rig, CUSTOMER, 1).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].from, SALES);
+    assert_eq!(sent[0].body, "Yes, until 6pm");
+    assert!(
+        sent[0].status_callback.is_some(),
+        "sent with a StatusCallback"
+    );
+    assert_eq!(
+        rig.twilio
+            .report_status(&sent[0].sid, "delivered", None)
+            .await
+            .unwrap(),
+        200
+    );
+    ghl_status(&rig, &reply, "delivered").await;
+    // GHL delivering the same reply again sends nothing more.
+    let repeated = serde_json::json!({
+        "contactId": contact.id, "locationId": LOCATION, "messageId": reply, "type": "SMS",
+        "phone": CUSTOMER, "message": "Yes, until 6pm", "attachments": [], "userId": "userAna",
+    });
+    let again = rig
+        .ghl
+        .post_signed(&rig.delivery_url(), repeated.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(again, 200);
+
+    // A GHL user puts the Support tag on the contact: the next reply leaves from Support, and
+    // a failure Twilio reports reaches GHL with Twilio's reason.
+    let status = rig
+        .ghl
+        .set_tags_and_notify(
+            &rig.ghl_webhook_url(),
+            &contact.id,
+            &["whatsnap-account-sales", "whatsnap-account-support"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (second, _) = rig
+        .ghl
+        .send_provider_outbound(
+            &rig.delivery_url(),
+            LOCATION,
+            &contact.id,
+            "Support here",
+            None,
+        )
+        .await
+        .unwrap();
+    let sent = sent_to(&rig, CUSTOMER, 2).await;
+    assert_eq!(
+        sent.len(),
+        2,
+        "the repeated Delivery URL call sent nothing: {sent:?}"
+    );
+    assert_eq!(sent[1].from, SUPPORT);
+    rig.twilio
+        .report_status(&sent[1].sid, "undelivered", Some(30003))
+        .await
+        .unwrap();
+    let failed = ghl_status(&rig, &second, "failed").await;
+    let error = failed
+        .error
+        .expect("a failure carries its reason")
+        .to_string();
+    assert!(
+        error.contains("unreachable") && error.contains("30003"),
+        "{error}"
+    );
+
+    // Bad input changes nothing.
+    let before = rig.twilio.sent().len();
+    let body = br#"{"contactId":"x","locationId":"locRoundTrip","messageId":"forged1","type":"SMS","phone":"+14155550100","message":"pay now"}"#;
+    let forged = rig
+        .ghl
+        .post_with_signature(&rig.delivery_url(), body, Some("bm90IGEgc2lnbmF0dXJl"))
+        .await
+        .unwrap();
+    assert_eq!(forged, 401);
+    let (unsigned, _) = http_post(
+        rig.http,
+        "/webhooks/ghl/delivery",
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unsigned, 401);
+    let malformed = rig
+        .ghl
+        .post_signed(&rig.delivery_url(), b"{not json")
+        .await
+        .unwrap();
+    assert_eq!(malformed, 400);
+    let unknown = rig
+        .text(
+            LOCATION,
+            &session::Account {
+                account_id: "01a2086a-20c3-7705-8003-4b64ce7f8e21".into(),
+                ..sales.clone()
+            },
+            "SM10000000000000000000000000000002",
+            CUSTOMER,
+            "hi",
+        )
+        .await;
+    assert_eq!(unknown, 404);
+    let forged_stream = format!(
+        "{LOCATION}.message.{}",
+        whatsnap_events::outbound_message_id_for(
+            &whatsnap_events::LocationId::parse(LOCATION).unwrap(),
+            "forged1"
+        )
+    );
+    assert!(
+        rig.events_of(forged_stream).await.is_empty(),
+        "a forged reply was recorded"
+    );
+
+    // A reply to a contact whatsnap never heard from, and one to a contact whose account tags
+    // were all removed in GHL, fail in GHL with a reason a user can act on.
+    let stranger = rig
+        .ghl
+        .add_contact(LOCATION, "+14155550199", Some("Stranger"));
+    let (to_stranger, _) = rig
+        .ghl
+        .send_provider_outbound(&rig.delivery_url(), LOCATION, &stranger, "Hello?", None)
+        .await
+        .unwrap();
+    let failed = ghl_status(&rig, &to_stranger, "failed").await;
+    assert!(failed.error.unwrap().to_string().contains("never messaged"));
+    rig.ghl
+        .set_tags_and_notify(&rig.ghl_webhook_url(), &contact.id, &["vip"])
+        .await
+        .unwrap();
+    let (untagged, _) = rig
+        .ghl
+        .send_provider_outbound(
+            &rig.delivery_url(),
+            LOCATION,
+            &contact.id,
+            "Still there?",
+            None,
+        )
+        .await
+        .unwrap();
+    let failed = ghl_status(&rig, &untagged, "failed").await;
+    assert!(
+        failed
+            .error
+            .unwrap()
+            .to_string()
+            .contains("no whatsnap account tag")
+    );
+    assert_eq!(rig.twilio.sent().len(), before, "nothing more was sent");
+
+    assert!(
+        rig.ghl.schema_violations().is_empty(),
+        "{:?}",
+        rig.ghl.schema_violations()
+    );
+    assert_eq!(rig.ghl.rate_limited_count(LOCATION), 0);
+    drop(rig.whatsnap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_embedded() {
+    round_trip(Backend::embedded().await, "round-trip-embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_distributed() {
+    round_trip(Backend::distributed().await, "round-trip-distributed").await;
+}
+
+/// GHL fails every call for a while: the messages wait, and when GHL is back each arrives
+/// once, in the order each contact sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghl_down_then_back_loses_nothing_and_keeps_order() {
+    const LOCATION: &str = "locOutage";
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(&backend, "ghl-outage", &[]).await;
+    rig.connect(LOCATION).await;
+    let sales = rig.add_account(LOCATION, "Sales", SALES).await;
+    rig.ghl.set_down(true);
+    let customers = [
+        "+14155550101",
+        "+14155550102",
+        "+14155550103",
+        "+14155550104",
+    ];
+    for n in 0..24 {
+        let from = customers[n % customers.len()];
+        let status = rig
+            .text(
+                LOCATION,
+                &sales,
+                &format!("SM2{n:031}"),
+                from,
+                &format!("message {n}"),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // GHL answers 500 to every try meanwhile.
+    eventually("whatsnap tried GHL and was refused", async || {
+        rig.ghl
+            .requests()
+            .iter()
+            .any(|r| r.status == 500)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(rig.ghl.contacts(LOCATION).is_empty());
+    rig.ghl.set_down(false);
+    for (index, customer) in customers.iter().enumerate() {
+        let contact = eventually(&format!("{customer}'s six messages"), async || {
+            let contact = rig.ghl.contact_by_phone(LOCATION, customer)?;
+            (rig.ghl.messages(&contact.id).len() >= 6).then_some(contact)
+        })
+        .await;
+        let bodies: Vec<String> = rig
+            .ghl
+            .messages(&contact.id)
+            .into_iter()
+            .filter_map(|m| m.message)
+            .collect();
+        let expected: Vec<String> = (0..24)
+            .filter(|n| n % customers.len() == index)
+            .map(|n| format!("message {n}"))
+            .collect();
+        assert_eq!(bodies, expected, "each once, in order");
+    }
+    assert_eq!(rig.ghl.contacts(LOCATION).len(), customers.len());
+}
+
+/// 1,000 texts across three locations while GHL rate limits one of them: the other two flow
+/// meanwhile, whatsnap's own pacing provokes no 429, and every message arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_across_three_locations_with_one_rate_limited() {
+    let locations = ["locBusyA", "locBusyB", "locThrottled"];
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(&backend, "thousand", &[]).await;
+    let mut accounts = HashMap::new();
+    for location in locations {
+        rig.connect(location).await;
+        accounts.insert(location, rig.add_account(location, "Sales", SALES).await);
+    }
+    // GHL answers 429 to everything for the throttled location until told otherwise.
+    rig.ghl.fail_location("locThrottled", 429);
+    let mut per_location = HashMap::new();
+    for n in 0..1000 {
+        let location = locations[n % 3];
+        let from = format!("+1415555{:04}", 200 + (n / 3) % 10);
+        let status = rig
+            .text(
+                location,
+                &accounts[location],
+                &format!("SM3{n:031}"),
+                &from,
+                &format!("text {n}"),
+            )
+            .await;
+        assert_eq!(status, 200);
+        *per_location.entry(location).or_insert(0usize) += 1;
+    }
+    let count = |location: &str| -> usize {
+        rig.ghl
+            .contacts(location)
+            .iter()
+            .map(|c| rig.ghl.messages(&c.id).len())
+            .sum()
+    };
+    for location in ["locBusyA", "locBusyB"] {
+        eventually_within(
+            Duration::from_secs(240),
+            &format!("all of {location}'s messages in GHL"),
+            async || (count(location) >= per_location[location]).then_some(()),
+        )
+        .await;
+        assert_eq!(count(location), per_location[location], "each exactly once");
+        assert_eq!(
+            rig.ghl.rate_limited_count(location),
+            0,
+            "whatsnap's pacing provoked a 429"
+        );
+    }
+    assert_eq!(
+        count("locThrottled"),
+        0,
+        "the throttled location got nothing through"
+    );
+    rig.ghl.clear_failures();
+    eventually_within(
+        Duration::from_secs(240),
+        "the throttled location catches up",
+        async || (count("locThrottled") >= per_location["locThrottled"]).then_some(()),
+    )
+    .await;
+    assert_eq!(count("locThrottled"), per_location["locThrottled"]);
+    assert!(rig.ghl.schema_violations().is_empty());
+}
