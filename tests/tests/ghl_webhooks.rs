@@ -100,6 +100,10 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     route_to(&mut contacts_api, &first.account_id).await;
 
     let http = whatsnap.http.unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let update = json!({
         "type": "ContactTagUpdate",
         "locationId": LOCATION,
@@ -107,7 +111,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         "phone": PHONE,
         "tags": [first.tag, second.tag, "vip"],
         "webhookId": "9f1c2d3e",
-        "timestamp": "2026-11-23T12:00:00.000Z",
+        "timestamp": now_ms,
     })
     .to_string();
     let sign =
@@ -139,9 +143,21 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         .into_inner();
     assert_eq!(unchanged.tags, [first.tag.as_str()]);
 
+    // A signed update from ten minutes ago is a replay.
+    let stale = json!({
+        "type": "ContactTagUpdate", "locationId": LOCATION, "id": "seD4PfOuKoVMLkEZqohJ",
+        "phone": PHONE, "tags": [], "webhookId": "0ld", "timestamp": now_ms - 600_000,
+    })
+    .to_string();
+    let (status, body) = post(Some(sign(stale.as_bytes())), stale.as_bytes()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("more than the 300 s allowed"), "{body}");
+
     // The signed update: the Back account's tag is new, so replies go there now.
     let (status, body) = post(Some(sign(update.as_bytes())), update.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
+    let (status, body) = post(Some(sign(update.as_bytes())), update.as_bytes()).await;
+    assert_eq!((status, body.trim()), (200, "duplicate: already handled"));
     let route = route_to(&mut contacts_api, &second.account_id).await;
     assert!(
         route.reason.contains("added most recently"),

@@ -280,3 +280,88 @@ async fn check_health_and_reflection(whatsnap: &Whatsnap) {
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> {
     futures::stream::iter([item])
 }
+
+/// `whatsnap serve --demo` on a bare machine: the round trip plays against the built-in fakes,
+/// and afterwards `whatsnap trace` tells the contact's story, reply and delivery included.
+#[test]
+fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--demo",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut story = Vec::new();
+    let mut grpc = None;
+    while !story
+        .last()
+        .is_some_and(|l: &String| l.starts_with("demo: done"))
+    {
+        let line = received
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("the demo stopped short; it printed:\n{}", story.join("\n"))
+            });
+        if let Some(addr) = line.strip_prefix("gRPC listening on ") {
+            grpc = Some(addr.trim().to_owned());
+        }
+        story.push(line);
+    }
+    let story = story.join("\n");
+    for step in [
+        "texted +15005550006",
+        "tagged [\"whatsnap-account-demo-line\"]",
+        "Twilio sent it from +15005550006",
+        "GHL was told the reply was delivered",
+    ] {
+        assert!(story.contains(step), "{step:?} missing from:\n{story}");
+    }
+    let output = Command::new(binary())
+        .args([
+            "trace",
+            "+14155550123",
+            "--location",
+            "demoLocation",
+            "--server",
+            &format!("http://{}", grpc.unwrap()),
+        ])
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&output.stdout);
+    for event in [
+        "ContactCreated",
+        "OutboundMessageRouted",
+        "OutboundMessageSent",
+        "GhlStatusReported",
+    ] {
+        assert!(
+            trace.contains(event),
+            "{event} missing from the trace:\n{trace}"
+        );
+    }
+    // The demo leaves nothing in the directory it ran in.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -618,3 +618,122 @@ async fn a_thousand_messages_across_three_locations_with_one_rate_limited() {
     assert_eq!(count("locThrottled"), per_location["locThrottled"]);
     assert!(rig.ghl.schema_violations().is_empty());
 }
+
+/// A location installs whatsnap through GHL's OAuth: the redirect's code becomes sealed tokens,
+/// messages cross with them, and when GHL stops taking the access token whatsnap refreshes it,
+/// storing the new refresh token, and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
+    const LOCATION: &str = "locOAuth";
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(
+        &backend,
+        "oauth",
+        &[
+            "--ghl-client-id",
+            FakeGhl::CLIENT_ID,
+            "--ghl-client-secret",
+            FakeGhl::CLIENT_SECRET,
+            "--ghl-redirect-uri",
+            "https://whatsnap.example.com/oauth/callback",
+        ],
+    )
+    .await;
+    let sales = rig.add_account(LOCATION, "Sales", SALES).await;
+
+    // /oauth/start sends the browser to GHL's location chooser with whatsnap's client id.
+    let (status, body) = whatsnap_testkit::http_get(rig.http, "/oauth/start")
+        .await
+        .unwrap();
+    assert!(status == 303 || status == 307, "{status} {body}");
+    // A redirect without a code, and a code GHL never issued, connect nothing.
+    let (status, _) = whatsnap_testkit::http_get(rig.http, "/oauth/callback?error=access_denied")
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = whatsnap_testkit::http_get(rig.http, "/oauth/callback?code=made-up")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    let redirect = rig
+        .ghl
+        .authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
+    let query = redirect.split_once('?').unwrap().1;
+    let (status, body) = whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(LOCATION), "{body}");
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM40000000000000000000000000000001",
+        "+14155550140",
+        "first",
+    )
+    .await;
+    let contact = eventually("the first message in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, "+14155550140")?;
+        (rig.ghl.messages(&contact.id).len() == 1).then_some(contact)
+    })
+    .await;
+
+    // GHL expires the access token: the next call gets a 401, whatsnap refreshes and retries.
+    rig.ghl.expire_access_tokens();
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM40000000000000000000000000000002",
+        "+14155550140",
+        "second",
+    )
+    .await;
+    eventually("the second message in GHL", async || {
+        (rig.ghl.messages(&contact.id).len() == 2).then_some(())
+    })
+    .await;
+    let refreshes: Vec<_> = rig
+        .ghl
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/oauth/token" && r.status == 200)
+        .filter_map(|r| r.body?.get("grant_type")?.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(refreshes, ["authorization_code", "refresh_token"]);
+    // And again: the rotated refresh token was kept (GHL refuses a spent one).
+    rig.ghl.expire_access_tokens();
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM40000000000000000000000000000003",
+        "+14155550140",
+        "third",
+    )
+    .await;
+    eventually("the third message in GHL", async || {
+        (rig.ghl.messages(&contact.id).len() == 3).then_some(())
+    })
+    .await;
+    // The tokens are sealed at rest.
+    let Backend::Embedded(dir) = &backend else {
+        unreachable!()
+    };
+    let stored = std::fs::read(dir.path().join("whatsnap.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("whatsnap.db-wal")).unwrap_or_default();
+    let last_token = rig
+        .ghl
+        .requests()
+        .into_iter()
+        .rev()
+        .find_map(|r| r.authorization)
+        .unwrap();
+    let token = last_token.trim_start_matches("Bearer ");
+    for bytes in [&stored, &wal] {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "a GHL token is stored in clear"
+        );
+    }
+}

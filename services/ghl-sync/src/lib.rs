@@ -206,13 +206,24 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
                 .await
                 .map_err(ServiceError::from)?
                 .map(|row| row.get("kind"));
-        let waiting_because = match (contacts + messages + statuses, &connection, &self.config) {
+        let installed = sqlx::query("SELECT location_id FROM ghl_installs WHERE location_id = $1")
+            .bind(location.to_string())
+            .fetch_optional(&self.db)
+            .await
+            .map_err(ServiceError::from)?
+            .is_some();
+        let waiting_because = match (contacts + messages + statuses, &connection, installed) {
             (0, _, _) => String::new(),
-            (_, None, _) => format!(
-                "location {location} is not connected to GHL: install the whatsnap app or run `whatsnap ghl connect`"
+            (_, None, false) => format!(
+                "location {location} has not installed the whatsnap app in GHL (or connect it with `whatsnap ghl connect`)"
             ),
-            (_, Some(_), None) => "this ghl-sync runs without a GHL client".to_owned(),
-            (_, Some(_), Some(_)) => String::new(),
+            (_, None, true) => format!(
+                "location {location} installed the whatsnap app, but whatsnap holds no token for it yet: finish the install through /oauth/start"
+            ),
+            (_, Some(_), _) if self.config.is_none() => {
+                "this ghl-sync runs without a GHL client".to_owned()
+            }
+            _ => String::new(),
         };
         Ok(Response::new(pb::SyncStatusResponse {
             pending_contact_upserts: contacts,

@@ -4,6 +4,7 @@
 //! very same program; `main.rs` only calls [`main`].
 
 mod cli;
+mod demo;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -185,6 +185,11 @@ pub struct ServeArgs {
     tag_prefix: String,
     #[command(flatten)]
     ghl: GhlArgs,
+    /// Run against a fake GHL and a fake Twilio on loopback, and play a message's round trip
+    /// (a text in, a reply out, its delivery back) so you can watch it; data goes to a
+    /// temporary directory unless --nats-url/--database-url are given.
+    #[arg(long, env = "WHATSNAP_DEMO")]
+    demo: bool,
 }
 
 /// How whatsnap reaches GHL.
@@ -342,7 +347,25 @@ fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
         .transpose()
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    // The demo's fakes and scratch data live as long as the process.
+    let mut demo_data = None;
+    let demo = match args.demo {
+        true => {
+            let demo = crate::demo::Demo::start().await?;
+            args.twilio_base_url = demo.twilio.base_url();
+            args.ghl.ghl_api_url = demo.ghl.base_url();
+            args.ghl_webhook_ed25519_key = demo.ghl.ed25519_public_key_pem();
+            args.ghl.ghl_max_backoff = Duration::from_secs(2);
+            if args.backend.nats_url.is_none() {
+                let dir = tempfile::tempdir().context("a scratch directory for the demo")?;
+                args.backend.data_dir = dir.path().to_owned();
+                demo_data = Some(dir);
+            }
+            Some(Arc::new(demo))
+        }
+        false => None,
+    };
     let targets = &args.target.0;
     let service_name = match targets.len() {
         5 => "whatsnap".to_owned(),
@@ -626,6 +649,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         out.push_str(&format!(
             "HTTP listening on {http_addr} (/healthz, /readyz)\n"
         ));
+        if let Some(demo) = demo.clone() {
+            if targets.len() != Target::ALL.len() {
+                bail!("--demo runs every service in one process: leave out --target");
+            }
+            out.push_str(&format!(
+                "demo: fake GHL at {}, fake Twilio at {}\n",
+                demo.ghl.base_url(),
+                demo.twilio.base_url()
+            ));
+            tokio::spawn(async move {
+                if let Err(err) = demo.play(grpc_addr, http_addr).await {
+                    error!(error = format!("{err:#}"), "the demo stopped");
+                }
+            });
+        }
     }
     {
         use std::io::Write;
@@ -652,6 +690,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     backend.db.close().await;
+    drop(demo_data);
     match failure {
         Some(err) => Err(err),
         None => {
