@@ -332,6 +332,36 @@ pub struct GhlTokensIssued {
     pub scope: Option<String>,
 }
 
+/// ghl-sync set the GHL contact's owner (`assignedTo`) to the assignment decision's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlAssignmentApplied {
+    pub contact_id: Uuid,
+    pub ghl_contact_id: String,
+    pub user_id: String,
+}
+
+/// A period a user is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwayPeriod {
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// When a GHL user can take new contacts, as set through whatsnap's API. Each change replaces
+/// the whole availability of the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAvailabilityChanged {
+    pub user_id: String,
+    /// IANA time zone of the working hours, e.g. `Europe/Madrid`.
+    pub time_zone: Option<String>,
+    /// Working hours by day (`mon` … `sun`), each a list of `HH:MM-HH:MM`; empty: any time.
+    #[serde(default)]
+    pub working_hours: std::collections::BTreeMap<String, Vec<String>>,
+    pub out_of_office: Option<AwayPeriod>,
+    /// Deactivated in whatsnap: never assigned while false.
+    pub active: bool,
+}
+
 /// GHL accepted the final delivery status of a message it asked whatsnap to send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GhlStatusReported {
@@ -442,6 +472,8 @@ catalogue! {
     GhlSyncFailed => 1,
     GhlTokensIssued => 1,
     GhlStatusReported => 1,
+    GhlAssignmentApplied => 1,
+    UserAvailabilityChanged => 1,
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(
