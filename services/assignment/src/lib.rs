@@ -1,8 +1,13 @@
 //! The assignment service decides which GHL user owns a contact and records every decision,
-//! with its reason, as an event. Until rules are set (the rules engine is issue #5), every new
-//! contact is recorded as left unassigned, with that reason, so that a trace says why.
+//! with its reason and the candidates it passed over, as an event. The rules [`engine`] is pure;
+//! the [`decider`] feeds it from the log (rules, users and their availability, past decisions)
+//! and appends what it decides; [`simulate`] replays the log against other rules. A contact of
+//! an account with no rules is recorded as left unassigned, with that reason.
 
+pub mod decider;
 pub mod engine;
+pub mod model;
+pub mod simulate;
 
 use std::sync::Arc;
 
@@ -11,15 +16,15 @@ use sqlx::{Any, AnyConnection, Row};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, AssignmentRulesChanged, AssignmentSkipped, ContactCreated, Event, EventMetadata,
-    LocationId, NewEvent, RecordedEvent, StreamId,
+    AggregateKind, AssignmentRulesChanged, Event, EventMetadata, LocationId, NewEvent,
+    RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::assignment::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
-pub const NO_RULES: &str = "no assignment rules are set for this account or its location";
+pub use engine::NO_RULES;
 
 #[derive(Clone)]
 pub struct Assignment {
@@ -37,26 +42,17 @@ impl Assignment {
     }
 
     pub fn projection(&self) -> Arc<AssignmentProjection> {
-        Arc::new(AssignmentProjection {
-            store: self.store.clone(),
-        })
+        Arc::new(AssignmentProjection)
+    }
+
+    /// The decider that assigns contacts as their triggers reach the log.
+    pub fn decider(&self) -> decider::Decider {
+        decider::Decider::new(self.store.clone())
     }
 }
 
-/// Decides for each new contact; projects every decision.
-pub struct AssignmentProjection {
-    store: Arc<dyn EventStore>,
-}
-
-/// The decision for a new contact while no rules exist.
-pub fn decide_for_new_contact(contact: &ContactCreated) -> Event {
-    Event::from(AssignmentSkipped {
-        contact_id: contact.contact_id,
-        account_id: contact.first_account_id,
-        reason: NO_RULES.to_owned(),
-        candidates: Vec::new(),
-    })
-}
+/// The latest decision for each contact, and the location's users: what queries read.
+pub struct AssignmentProjection;
 
 async fn record(
     conn: &mut AnyConnection,
@@ -94,38 +90,9 @@ impl Projection<Any> for AssignmentProjection {
             "CREATE TABLE assignment_users (location_id TEXT NOT NULL, user_id TEXT NOT NULL, \
              name TEXT NOT NULL, email TEXT, role TEXT, active BIGINT NOT NULL, \
              PRIMARY KEY (location_id, user_id))",
+            "ALTER TABLE assignment_users ADD COLUMN enabled BIGINT NOT NULL DEFAULT 1; \
+             ALTER TABLE assignment_users ADD COLUMN availability TEXT",
         ]
-    }
-
-    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
-        if event.event_type != "ContactCreated" {
-            return Ok(());
-        }
-        let Event::ContactCreated(contact) = event.decode()? else {
-            return Ok(());
-        };
-        let stream = StreamId::for_uuid(
-            event.location_id().clone(),
-            AggregateKind::Assignment,
-            contact.contact_id,
-        );
-        let decision = decide_for_new_contact(&contact);
-        // The contact's first decision: written once even if this event is handled again.
-        match self
-            .store
-            .append(
-                &stream,
-                ExpectedVersion::NoStream,
-                vec![NewEvent::new(
-                    &decision,
-                    EventMetadata::caused_by(event).traced(whatsnap_telemetry::current()),
-                )],
-            )
-            .await
-        {
-            Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
-            Err(err) => Err(err.into()),
-        }
     }
 
     async fn apply(
@@ -163,16 +130,32 @@ impl Projection<Any> for AssignmentProjection {
             Event::AssignmentSkipped(e) => {
                 record(conn, event, e.contact_id.to_string(), "", "none", &e.reason).await?;
             }
+            Event::UserAvailabilityChanged(e) => {
+                // A user GHL has not listed yet gets a row that is not a candidate.
+                sqlx::query(
+                    "INSERT INTO assignment_users (location_id, user_id, name, active, enabled, availability) \
+                     VALUES ($1, $2, $2, 0, $3, $4) ON CONFLICT (location_id, user_id) DO UPDATE SET \
+                     enabled = excluded.enabled, availability = excluded.availability",
+                )
+                .bind(event.location_id().to_string())
+                .bind(&e.user_id)
+                .bind(i64::from(e.active))
+                .bind(serde_json::to_string(&e).expect("events serialise"))
+                .execute(&mut *conn)
+                .await?;
+            }
             _ => {}
         }
         Ok(())
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM assignment_decisions")
-            .execute(conn)
-            .await
-            .map(drop)
+        for table in ["assignment_decisions", "assignment_users"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -204,11 +187,8 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         let rules: serde_json::Value = serde_json::from_str(&request.rules_json).map_err(|e| {
             ServiceError::InvalidArgument(format!("rules_json is not valid JSON: {e}"))
         })?;
-        if !rules.is_object() {
-            return Err(
-                ServiceError::InvalidArgument("rules_json must be a JSON object".into()).into(),
-            );
-        }
+        engine::parse_rules(&rules)
+            .map_err(|e| ServiceError::InvalidArgument(format!("rules_json: {e}")))?;
         let event = Event::from(AssignmentRulesChanged { account_id, rules });
         let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
         let outcome = self
@@ -225,6 +205,218 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             account_id: request.account_id,
             rules_json: request.rules_json,
             version: outcome.version,
+        }))
+    }
+
+    async fn set_availability(
+        &self,
+        request: Request<pb::SetAvailabilityRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let user_id = request.user_id.trim().to_owned();
+        if user_id.is_empty()
+            || user_id.len() > 64
+            || !user_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(
+                ServiceError::InvalidArgument(format!("{user_id:?} is not a GHL user id")).into(),
+            );
+        }
+        let working_hours: std::collections::BTreeMap<String, Vec<String>> =
+            match request.working_hours_json.trim() {
+                "" => Default::default(),
+                text => serde_json::from_str(text).map_err(|e| {
+                    ServiceError::InvalidArgument(format!(
+                        "working_hours_json is not an object of day -> [\"HH:MM-HH:MM\"]: {e}"
+                    ))
+                })?,
+            };
+        let time = |field: &str, text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| ServiceError::InvalidArgument(format!("{field}: {e}")))
+        };
+        let out_of_office = match (
+            request.out_of_office_from.trim(),
+            request.out_of_office_until.trim(),
+        ) {
+            ("", "") => None,
+            (from, until) => Some(whatsnap_events::AwayPeriod {
+                from: time("out_of_office_from", from)?,
+                until: time("out_of_office_until", until)?,
+            }),
+        };
+        let changed = whatsnap_events::UserAvailabilityChanged {
+            user_id: user_id.clone(),
+            time_zone: Some(request.time_zone.trim().to_owned()).filter(|t| !t.is_empty()),
+            working_hours,
+            out_of_office,
+            active: request.active,
+        };
+        engine::availability_from(&changed)
+            .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+        let stream = StreamId::new(
+            location.clone(),
+            AggregateKind::Assignment,
+            format!("user-{user_id}"),
+        )
+        .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&Event::from(changed), metadata)],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        let name = sqlx::query(
+            "SELECT name FROM assignment_users WHERE location_id = $1 AND user_id = $2",
+        )
+        .bind(location.to_string())
+        .bind(&user_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .map(|row| row.get::<String, _>("name"))
+        .unwrap_or_else(|| user_id.clone());
+        Ok(Response::new(pb::User {
+            user_id,
+            name,
+            email: String::new(),
+            role: String::new(),
+            active: request.active,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let phone = whatsnap_rpc::phone(&request.phone)?;
+        let contact_id = whatsnap_events::contact_id_for(&location, &phone);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Assignment, contact_id);
+        let history = self
+            .store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .map_err(ServiceError::from)?;
+        if history.is_empty() {
+            return Err(ServiceError::NotFound(format!(
+                "no assignment decision for {phone} in location {location} yet"
+            ))
+            .into());
+        }
+        let mut decisions = Vec::new();
+        for recorded in &history {
+            // The trigger's type, from the event that caused the decision.
+            let trigger = String::new();
+            let candidates = |list: &[whatsnap_events::CandidateConsidered]| {
+                list.iter()
+                    .map(|c| pb::Candidate {
+                        user_id: c.user_id.clone(),
+                        passed_over: c.passed_over.clone().unwrap_or_default(),
+                    })
+                    .collect()
+            };
+            let decision = match recorded.decode() {
+                Ok(Event::ContactAssigned(e)) => pb::Decision {
+                    at: recorded.occurred_at.to_rfc3339(),
+                    trigger,
+                    account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
+                    user_id: e.user_id,
+                    rule: e.rule,
+                    reason: e.reason,
+                    candidates: candidates(&e.candidates),
+                },
+                Ok(Event::AssignmentSkipped(e)) => pb::Decision {
+                    at: recorded.occurred_at.to_rfc3339(),
+                    trigger,
+                    account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
+                    user_id: String::new(),
+                    rule: "none".into(),
+                    reason: e.reason,
+                    candidates: candidates(&e.candidates),
+                },
+                _ => continue,
+            };
+            decisions.push(decision);
+        }
+        Ok(Response::new(pb::ExplainResponse {
+            contact_id: contact_id.to_string(),
+            decisions,
+        }))
+    }
+
+    async fn simulate(
+        &self,
+        request: Request<pb::SimulateRequest>,
+    ) -> Result<Response<pb::SimulateResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let scope = account_arg(&request.account_id)?;
+        let value: serde_json::Value = serde_json::from_str(&request.rules_json).map_err(|e| {
+            ServiceError::InvalidArgument(format!("rules_json is not valid JSON: {e}"))
+        })?;
+        let rules = engine::parse_rules(&value)
+            .map_err(|e| ServiceError::InvalidArgument(format!("rules_json: {e}")))?;
+        let since = (request.since_seconds > 0).then(|| {
+            chrono::Utc::now()
+                - chrono::Duration::seconds(request.since_seconds.min(i64::MAX as u64) as i64)
+        });
+        let head = self
+            .store
+            .head_position()
+            .await
+            .map_err(ServiceError::from)?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        while after < head {
+            let batch = self
+                .store
+                .read_all(after, 2000)
+                .await
+                .map_err(ServiceError::from)?;
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            events.extend(batch.into_iter().filter(|e| e.location_id() == &location));
+        }
+        let result = simulate::simulate(&events, &location, scope, rules, since);
+        let split = |o: &simulate::Outcome| o.clone().unwrap_or_default();
+        Ok(Response::new(pb::SimulateResponse {
+            decisions: result.decisions,
+            changes: result
+                .changes
+                .iter()
+                .map(|c| {
+                    let (recorded_user_id, recorded_rule) = split(&c.recorded);
+                    let (simulated_user_id, simulated_rule) = split(&c.simulated);
+                    pb::Change {
+                        contact_id: c.contact_id.to_string(),
+                        trigger: c.trigger.clone(),
+                        at: c.at.to_rfc3339(),
+                        recorded_user_id,
+                        recorded_rule,
+                        simulated_user_id,
+                        simulated_rule,
+                        simulated_reason: c.simulated_reason.clone(),
+                    }
+                })
+                .collect(),
+            per_user: result
+                .per_user
+                .iter()
+                .map(|(user, (recorded, simulated))| pb::UserCount {
+                    user_id: user.clone(),
+                    recorded: *recorded,
+                    simulated: *simulated,
+                })
+                .collect(),
         }))
     }
 
@@ -246,7 +438,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             name: row.get("name"),
             email: row.get::<Option<String>, _>("email").unwrap_or_default(),
             role: row.get::<Option<String>, _>("role").unwrap_or_default(),
-            active: row.get::<i64, _>("active") != 0,
+            active: row.get::<i64, _>("active") != 0 && row.get::<i64, _>("enabled") != 0,
         })
         .collect();
         Ok(Response::new(pb::ListUsersResponse { users }))

@@ -63,6 +63,9 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
     set_rules(assignment::SetRulesRequest) -> assignment::Rules;
     get_rules(assignment::GetRulesRequest) -> assignment::Rules;
     list_users(assignment::ListUsersRequest) -> assignment::ListUsersResponse;
+    set_availability(assignment::SetAvailabilityRequest) -> assignment::User;
+    explain(assignment::ExplainRequest) -> assignment::ExplainResponse;
+    simulate(assignment::SimulateRequest) -> assignment::SimulateResponse;
 });
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {

@@ -41,6 +41,10 @@ enum Command {
     /// provider connectors deliver them).
     #[command(subcommand)]
     Messages(cli::MessagesCommand),
+    /// Assignment: rules, users' availability, why a contact is owned by whom, and what new
+    /// rules would have decided.
+    #[command(subcommand)]
+    Assignment(cli::AssignmentCommand),
     /// GHL: connect a location (Private Integration Token or OAuth install), see what waits.
     #[command(subcommand)]
     Ghl(cli::GhlCommand),
@@ -73,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => runtime.block_on(cli::events(command)),
         Command::Messages(command) => runtime.block_on(cli::messages(command)),
         Command::Ghl(command) => runtime.block_on(cli::ghl(command)),
+        Command::Assignment(command) => runtime.block_on(cli::assignment(command)),
         Command::Trace(args) => runtime.block_on(cli::trace(args)),
         Command::Rebuild(args) => runtime.block_on(serve::rebuild(args)),
     }

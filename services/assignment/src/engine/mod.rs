@@ -106,4 +106,4 @@ pub use rules::{
     Weighted, parse_rules,
 };
 pub use schedule::{Schedule, TimeRange, TimeWindow, WeeklyHours};
-pub use users::{Availability, OutOfOffice, User};
+pub use users::{Availability, OutOfOffice, User, availability_from};

@@ -666,7 +666,7 @@ fn capacity(value: &Value) -> Result<Capacity, RulesError> {
     })
 }
 
-fn weekly_hours(value: &Value, path: &str) -> Result<WeeklyHours, RulesError> {
+pub(crate) fn weekly_hours(value: &Value, path: &str) -> Result<WeeklyHours, RulesError> {
     let obj = object(value, path)?;
     known(obj, path, &DAY_KEYS)?;
     let mut week = WeeklyHours::default();

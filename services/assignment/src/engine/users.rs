@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::rules::UserId;
+use super::rules::{RulesError, UserId};
 use super::schedule::{Openness, Schedule};
 
 /// A period away; `until` is when the user is back.
@@ -101,4 +101,49 @@ impl User {
             None => format!("{} UTC", at.format("%Y-%m-%d %H:%M")),
         }
     }
+}
+
+/// The availability a `UserAvailabilityChanged` sets, and whether the user is active; the error
+/// names the bad field.
+pub fn availability_from(
+    changed: &whatsnap_events::UserAvailabilityChanged,
+) -> Result<(Availability, bool), RulesError> {
+    let bad = |field: &str, problem: String| RulesError {
+        field: field.to_owned(),
+        problem,
+    };
+    let working_hours = if changed.working_hours.is_empty() {
+        None
+    } else {
+        let name = changed
+            .time_zone
+            .as_deref()
+            .ok_or_else(|| bad("time_zone", "required with working_hours".to_owned()))?;
+        let time_zone: Tz = name
+            .parse()
+            .map_err(|_| bad("time_zone", format!("`{name}` is not an IANA time zone")))?;
+        let value = serde_json::to_value(&changed.working_hours).expect("strings serialise");
+        let week = super::rules::weekly_hours(&value, "working_hours")?;
+        Some(Schedule::new(time_zone, week))
+    };
+    let out_of_office = match &changed.out_of_office {
+        Some(away) if away.until <= away.from => {
+            return Err(bad(
+                "out_of_office",
+                "`until` must be after `from`".to_owned(),
+            ));
+        }
+        Some(away) => Some(OutOfOffice {
+            from: away.from,
+            until: away.until,
+        }),
+        None => None,
+    };
+    Ok((
+        Availability {
+            working_hours,
+            out_of_office,
+        },
+        changed.active,
+    ))
 }

@@ -1,0 +1,214 @@
+//! What the assignment service knows of each location, built by reading the log in order: the
+//! rules of its accounts and its default rules, its GHL users and their availability, its
+//! contacts, and every decision taken. From it, an event that triggers assignment (a new
+//! contact, a returning one, an account tag given in GHL) becomes a [`Situation`] for the
+//! engine. The same model serves live decisions and `simulate`, which is why it takes the time
+//! of each decision from the triggering event, never from the clock: replaying the log gives
+//! the same decisions.
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::warn;
+use uuid::Uuid;
+use whatsnap_events::{Event, LocationId, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
+
+use crate::engine::{
+    self, Decision, History, PastDecision, RuleSet, Situation, Trigger, User, UserId,
+};
+
+/// One location's assignment state.
+#[derive(Debug, Default)]
+pub struct LocationModel {
+    /// By account; `None` holds the location's default rules.
+    rules: HashMap<Option<Uuid>, RuleSet>,
+    users: HashMap<String, User>,
+    history: History,
+    contacts: HashSet<Uuid>,
+    /// Account tag → account.
+    tags: HashMap<String, Uuid>,
+    /// How many decisions each contact's assignment stream holds.
+    decisions: HashMap<Uuid, u64>,
+}
+
+/// An event that asks for a decision, and the situation it puts the contact in.
+#[derive(Debug, Clone)]
+pub struct Triggered {
+    pub situation: Situation,
+    /// The contact's decisions before this one: the expected version of its stream.
+    pub decided_before: u64,
+}
+
+impl LocationModel {
+    /// The situation `event` puts a contact in, if it asks for a decision. Looks at the state
+    /// before the event: call it before [`LocationModel::ingest`].
+    pub fn trigger(
+        &self,
+        location: &LocationId,
+        recorded: &RecordedEvent,
+        event: &Event,
+    ) -> Option<Triggered> {
+        let (contact_id, account_id, trigger) = match event {
+            Event::ContactCreated(e) => (e.contact_id, e.first_account_id, Trigger::NewContact),
+            Event::InboundMessageReceived(e) => {
+                let phone = PhoneNumber::parse(&e.from).ok()?;
+                let contact_id = contact_id_for(location, &phone);
+                // A first message makes the contact; ContactCreated asks for that decision.
+                if !self.contacts.contains(&contact_id) || !self.has_rules(Some(e.account_id)) {
+                    return None;
+                }
+                (contact_id, Some(e.account_id), Trigger::ReturningContact)
+            }
+            Event::ContactTagged(e) if e.source != TagSource::Account => {
+                let account = *self.tags.get(&e.tag)?;
+                if !self.contacts.contains(&e.contact_id)
+                    || !self.rules.contains_key(&Some(account))
+                {
+                    return None;
+                }
+                (e.contact_id, Some(account), Trigger::AccountTag)
+            }
+            _ => return None,
+        };
+        let owners = self.history.owners_of(contact_id);
+        Some(Triggered {
+            situation: Situation {
+                contact_id,
+                account_id,
+                trigger,
+                contact_source: None,
+                existed_before: matches!(trigger, Trigger::ReturningContact | Trigger::AccountTag),
+                previous_owner: owners.last().map(|o| o.user_id.clone()),
+                owners,
+                exclude: Vec::new(),
+                now: recorded.occurred_at,
+            },
+            decided_before: self.decisions.get(&contact_id).copied().unwrap_or(0),
+        })
+    }
+
+    fn has_rules(&self, account: Option<Uuid>) -> bool {
+        self.rules.contains_key(&account) || self.rules.contains_key(&None)
+    }
+
+    /// Decides for a situation with the rules the model holds.
+    pub fn decide(&self, situation: &Situation) -> Decision {
+        let users: Vec<User> = self.users.values().cloned().collect();
+        engine::decide(
+            situation.account_id.and_then(|a| self.rules.get(&Some(a))),
+            self.rules.get(&None),
+            &users,
+            &self.history,
+            situation,
+        )
+    }
+
+    /// Replaces the rules of an account (or the default ones), as a simulation does.
+    pub fn set_rules(&mut self, account: Option<Uuid>, rules: RuleSet) {
+        self.rules.insert(account, rules);
+    }
+
+    /// Takes in what an event changes. Rules of the `frozen` scope (an account, or `None` for
+    /// the location's default) are left as they are: a simulation holds its own there.
+    pub fn ingest(
+        &mut self,
+        recorded: &RecordedEvent,
+        event: &Event,
+        frozen: Option<Option<Uuid>>,
+    ) {
+        match event {
+            Event::AccountAdded(e) => {
+                self.tags.insert(e.tag.clone(), e.account_id);
+            }
+            Event::AssignmentRulesChanged(e) if frozen != Some(e.account_id) => {
+                match engine::parse_rules(&e.rules) {
+                    Ok(rules) => {
+                        self.rules.insert(e.account_id, rules);
+                    }
+                    Err(err) => {
+                        // Refused when set; an old stored document the engine no longer reads.
+                        warn!(account_id = ?e.account_id, error = %err, "stored assignment rules unreadable; ignored");
+                        self.rules.remove(&e.account_id);
+                    }
+                }
+            }
+            Event::GhlUserSynced(e) => {
+                if let Some(mut user) = User::from_synced(e) {
+                    if let Some(known) = self.users.get(&e.user_id) {
+                        user.availability = known.availability.clone();
+                        user.active = known.active && !e.deleted;
+                    }
+                    self.users.insert(e.user_id.clone(), user);
+                }
+            }
+            Event::UserAvailabilityChanged(e) => match engine::availability_from(e) {
+                Ok((availability, active)) => {
+                    let user = self.users.entry(e.user_id.clone()).or_insert_with(|| {
+                        // Availability set before GHL's users were synced: not a candidate
+                        // until GHL lists the user.
+                        let mut user = User::new(
+                            UserId::parse(&e.user_id).expect("checked when set"),
+                            e.user_id.clone(),
+                        );
+                        user.deleted = true;
+                        user
+                    });
+                    user.availability = availability;
+                    user.active = active;
+                }
+                Err(err) => {
+                    warn!(user_id = %e.user_id, error = %err, "stored availability unreadable; ignored")
+                }
+            },
+            Event::ContactCreated(e) => {
+                self.contacts.insert(e.contact_id);
+            }
+            Event::ContactAssigned(_) | Event::AssignmentSkipped(_) => {
+                self.note_decision(event, recorded.occurred_at)
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in a decision taken at `at` (its event's time).
+    pub fn note_decision(&mut self, event: &Event, at: chrono::DateTime<chrono::Utc>) {
+        match event {
+            Event::ContactAssigned(e) => {
+                *self.decisions.entry(e.contact_id).or_default() += 1;
+                if let Some(user_id) = UserId::parse(&e.user_id) {
+                    self.history.push(PastDecision {
+                        contact_id: e.contact_id,
+                        account_id: e.account_id,
+                        user_id,
+                        rule: e.rule.clone(),
+                        at,
+                    });
+                }
+            }
+            Event::AssignmentSkipped(e) => {
+                *self.decisions.entry(e.contact_id).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+}
+
+/// Every location's model.
+#[derive(Debug, Default)]
+pub struct Model {
+    locations: HashMap<LocationId, LocationModel>,
+}
+
+impl Model {
+    pub fn location(&mut self, location: &LocationId) -> &mut LocationModel {
+        self.locations.entry(location.clone()).or_default()
+    }
+}
+
+/// Whether an event is one of the decisions assignment records.
+pub fn is_decision(event_type: &str) -> bool {
+    matches!(event_type, "ContactAssigned" | "AssignmentSkipped")
+}
