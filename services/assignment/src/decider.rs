@@ -20,11 +20,16 @@ use crate::model::{Model, is_decision};
 
 pub struct Decider {
     store: Arc<dyn EventStore>,
+    /// How often owners' silence is checked against `reassign_after_silence_minutes`.
+    silence_check: Duration,
 }
 
 impl Decider {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            silence_check: Duration::from_secs(30),
+        }
     }
 
     /// Decides until `shutdown`; a store failure starts it over from the log after a pause.
@@ -72,8 +77,16 @@ impl Decider {
             .store
             .subscribe("assignment_decider", SubscribeFrom::After(0))
             .await?;
+        let mut silence = tokio::time::interval(self.silence_check);
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let batch = subscription.next_batch(256).await?;
+            let batch = tokio::select! {
+                batch = subscription.next_batch(256) => batch?,
+                _ = silence.tick() => {
+                    self.reassign_silent(&mut model, &mut own).await?;
+                    continue;
+                }
+            };
             for recorded in &batch {
                 if own.remove(&recorded.id) {
                     continue;
@@ -87,6 +100,54 @@ impl Decider {
                 subscription.checkpoint(last.position).await?;
             }
         }
+    }
+
+    /// Routes contacts away from owners who have not replied in time.
+    async fn reassign_silent(
+        &self,
+        model: &mut Model,
+        own: &mut HashSet<EventId>,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now();
+        for (location, state) in model.locations_mut() {
+            for triggered in state.silent(now) {
+                let situation = &triggered.situation;
+                let decision = state.decide(situation);
+                // Only a new owner is worth recording: with nobody else available the contact
+                // stays with its owner, and the next check would say the same again.
+                if !matches!(decision, Decision::Assign { .. }) {
+                    continue;
+                }
+                let Some(event) = decision.event(situation) else {
+                    continue;
+                };
+                let new = NewEvent::new(&event, EventMetadata::new_correlation());
+                let (id, at) = (new.id, new.occurred_at);
+                let stream = StreamId::for_uuid(
+                    location.clone(),
+                    AggregateKind::Assignment,
+                    situation.contact_id,
+                );
+                match self
+                    .store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(triggered.decided_before),
+                        vec![new],
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        state.note_decision(&event, at);
+                        own.insert(id);
+                        info!(contact_id = %situation.contact_id, reason = %situation.exclude[0].1, "contact reassigned for silence");
+                    }
+                    Err(StoreError::WrongExpectedVersion { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn handle(

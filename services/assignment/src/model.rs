@@ -13,7 +13,7 @@ use uuid::Uuid;
 use whatsnap_events::{Event, LocationId, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
 
 use crate::engine::{
-    self, Decision, History, PastDecision, RuleSet, Situation, Trigger, User, UserId,
+    self, Conversation, Decision, History, PastDecision, RuleSet, Situation, Trigger, User, UserId,
 };
 
 /// One location's assignment state.
@@ -28,6 +28,8 @@ pub struct LocationModel {
     tags: HashMap<String, Uuid>,
     /// How many decisions each contact's assignment stream holds.
     decisions: HashMap<Uuid, u64>,
+    /// Each contact's first unanswered message and last reply, for silence reassignment.
+    conversations: HashMap<Uuid, Conversation>,
 }
 
 /// An event that asks for a decision, and the situation it puts the contact in.
@@ -84,6 +86,40 @@ impl LocationModel {
             },
             decided_before: self.decisions.get(&contact_id).copied().unwrap_or(0),
         })
+    }
+
+    /// Contacts whose owner has been silent longer than their rules allow at `now`, each as a
+    /// situation that excludes that owner (the engine then routes the contact away).
+    pub fn silent(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Triggered> {
+        let mut found = Vec::new();
+        for (contact_id, conversation) in &self.conversations {
+            let owners = self.history.owners_of(*contact_id);
+            let Some(owner) = owners.last() else { continue };
+            let rules = owner
+                .account_id
+                .and_then(|a| self.rules.get(&Some(a)))
+                .or_else(|| self.rules.get(&None));
+            let Some(reason) = engine::should_reassign_for_silence(rules, owner, conversation, now)
+            else {
+                continue;
+            };
+            found.push(Triggered {
+                situation: Situation {
+                    contact_id: *contact_id,
+                    account_id: owner.account_id,
+                    trigger: Trigger::ReturningContact,
+                    contact_source: None,
+                    existed_before: true,
+                    previous_owner: None,
+                    exclude: vec![(owner.user_id.clone(), reason)],
+                    owners: owners.clone(),
+                    now,
+                },
+                decided_before: self.decisions.get(contact_id).copied().unwrap_or(0),
+            });
+        }
+        found.sort_by_key(|t| t.situation.contact_id);
+        found
     }
 
     fn has_rules(&self, account: Option<Uuid>) -> bool {
@@ -162,6 +198,30 @@ impl LocationModel {
             Event::ContactCreated(e) => {
                 self.contacts.insert(e.contact_id);
             }
+            Event::InboundMessageReceived(e) => {
+                if let Ok(phone) = PhoneNumber::parse(&e.from) {
+                    let location = recorded.location_id();
+                    let conversation = self
+                        .conversations
+                        .entry(contact_id_for(location, &phone))
+                        .or_default();
+                    let answered = match (conversation.last_inbound, conversation.last_outbound) {
+                        (None, _) => true,
+                        (Some(inbound), Some(outbound)) => outbound >= inbound,
+                        (Some(_), None) => false,
+                    };
+                    // The silence runs from the first message not answered yet.
+                    if answered {
+                        conversation.last_inbound = Some(recorded.occurred_at);
+                    }
+                }
+            }
+            Event::OutboundMessageRequested(e) => {
+                self.conversations
+                    .entry(e.contact_id)
+                    .or_default()
+                    .last_outbound = Some(recorded.occurred_at);
+            }
             Event::ContactAssigned(_) | Event::AssignmentSkipped(_) => {
                 self.note_decision(event, recorded.occurred_at)
             }
@@ -205,6 +265,10 @@ pub struct Model {
 impl Model {
     pub fn location(&mut self, location: &LocationId) -> &mut LocationModel {
         self.locations.entry(location.clone()).or_default()
+    }
+
+    pub fn locations_mut(&mut self) -> impl Iterator<Item = (&LocationId, &mut LocationModel)> {
+        self.locations.iter_mut()
     }
 }
 

@@ -73,7 +73,8 @@ async fn history(store: &dyn EventStore, account: Uuid, users: &[&str]) -> Vec<U
     .await;
     let mut contacts = Vec::new();
     for n in 0..CONTACTS {
-        let contact_id = Uuid::now_v7();
+        let phone = whatsnap_events::PhoneNumber::parse(&format!("+1415555{n:04}")).unwrap();
+        let contact_id = whatsnap_events::contact_id_for(&location, &phone);
         contacts.push(contact_id);
         append(
             store,
@@ -216,4 +217,110 @@ async fn decisions_take_turns_survive_restarts_and_replay_the_same() {
     );
     // The simulation touched nothing.
     assert_eq!(all(store.as_ref()).await.len(), again.len());
+}
+
+/// An owner who has not answered within the account's limit loses the contact to the next
+/// available user; a reply in time keeps it.
+#[tokio::test]
+async fn a_silent_owner_is_replaced_and_one_who_replied_is_not() {
+    use whatsnap_assignment::model::LocationModel;
+    use whatsnap_events::{ContactAssigned, InboundMessageReceived, OutboundMessageRequested};
+    let sqlite = TestSqlite::new().unwrap();
+    let store = sqlite.store().await.unwrap();
+    let location = location();
+    let account = Uuid::now_v7();
+    history(&store, account, &["u_ana"]).await;
+    append(
+        &store,
+        StreamId::new(location.clone(), AggregateKind::Assignment, "rules").unwrap(),
+        Event::from(AssignmentRulesChanged {
+            account_id: Some(account),
+            rules: serde_json::json!({
+                "reassign_after_silence_minutes": 5,
+                "rules": [{"strategy": "user", "user": "u_ana", "backup": ["u_ben"]}]
+            }),
+        }),
+    )
+    .await;
+    let events = all(&store).await;
+    let contacts: Vec<Uuid> = events
+        .iter()
+        .filter_map(|e| match e.decode() {
+            Ok(Event::ContactCreated(c)) => Some(c.contact_id),
+            _ => None,
+        })
+        .take(2)
+        .collect();
+    for (n, contact_id) in contacts.iter().enumerate() {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Assignment, *contact_id);
+        append(
+            &store,
+            stream,
+            Event::from(ContactAssigned {
+                contact_id: *contact_id,
+                account_id: Some(account),
+                user_id: "u_ana".into(),
+                rule: "user#1".into(),
+                reason: "the rule names u_ana".into(),
+                candidates: vec![],
+            }),
+        )
+        .await;
+        let message = Uuid::now_v7();
+        append(
+            &store,
+            StreamId::for_uuid(location.clone(), AggregateKind::Message, message),
+            Event::from(InboundMessageReceived {
+                message_id: message,
+                account_id: account,
+                provider_message_id: format!("SM{n}"),
+                from: format!("+1415555{n:04}"),
+                to: None,
+                body: "anyone there?".into(),
+                sender_name: None,
+                received_at: chrono::Utc::now(),
+                attachments: vec![],
+            }),
+        )
+        .await;
+    }
+    // Ana answers the second contact only.
+    let reply = Uuid::now_v7();
+    append(
+        &store,
+        StreamId::for_uuid(location.clone(), AggregateKind::Message, reply),
+        Event::from(OutboundMessageRequested {
+            message_id: reply,
+            contact_id: contacts[1],
+            ghl_message_id: Some("g1".into()),
+            ghl_user_id: Some("u_ana".into()),
+            body: "yes!".into(),
+            attachments: vec![],
+            to: None,
+            ghl_contact_id: None,
+        }),
+    )
+    .await;
+    let mut model = LocationModel::default();
+    for recorded in all(&store).await {
+        model.ingest(&recorded, &recorded.decode().unwrap(), None);
+    }
+    let now = chrono::Utc::now();
+    assert!(
+        model.silent(now + chrono::Duration::minutes(4)).is_empty(),
+        "within the limit"
+    );
+    let silent = model.silent(now + chrono::Duration::minutes(6));
+    assert_eq!(silent.len(), 1, "only the unanswered contact: {silent:?}");
+    let situation = &silent[0].situation;
+    assert_eq!(situation.contact_id, contacts[0]);
+    match model.decide(situation) {
+        engine::Decision::Assign {
+            user_id, reason, ..
+        } => {
+            assert_eq!(user_id.as_str(), "u_ben");
+            assert!(reason.contains("has not replied"), "{reason}");
+        }
+        other => panic!("expected u_ben, got {other:?}"),
+    }
 }
