@@ -140,6 +140,7 @@ impl Rig {
             .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
                 location_id: location.into(),
                 token,
+                company_id: FakeGhl::COMPANY_ID.into(),
             })
             .await
             .unwrap();

@@ -3,10 +3,13 @@
 //! to report — as a read model ([`read_model`]), and a [`worker`] drains it through the GHL
 //! client, one task per location, paced by GHL's per-location rate limits. It also holds each
 //! location's connection ([`connection`]): the app install, and the OAuth or Private
-//! Integration tokens, sealed.
+//! Integration tokens, sealed. It keeps each connected location's GHL users as events
+//! ([`users`]), the candidates of assignment, and sets a contact's owner (`assignedTo`) in GHL
+//! when the assignment service decides one.
 
 pub mod connection;
 pub mod read_model;
+pub mod users;
 pub mod worker;
 
 use std::sync::Arc;
@@ -199,6 +202,9 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         let statuses = count(read_model::STATUS)
             .await
             .map_err(ServiceError::from)?;
+        let assignments = count(read_model::ASSIGN)
+            .await
+            .map_err(ServiceError::from)?;
         let connection: Option<String> =
             sqlx::query("SELECT kind FROM ghl_connections WHERE location_id = $1")
                 .bind(location.to_string())
@@ -212,7 +218,11 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             .await
             .map_err(ServiceError::from)?
             .is_some();
-        let waiting_because = match (contacts + messages + statuses, &connection, installed) {
+        let waiting_because = match (
+            contacts + messages + statuses + assignments,
+            &connection,
+            installed,
+        ) {
             (0, _, _) => String::new(),
             (_, None, false) => format!(
                 "location {location} has not installed the whatsnap app in GHL (or connect it with `whatsnap ghl connect`)"
@@ -231,6 +241,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             waiting_because,
             pending_statuses: statuses,
             connection: connection.unwrap_or_default(),
+            pending_assignments: assignments,
         }))
     }
 
@@ -247,6 +258,14 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             )
             .into());
         }
+        let company_id = request.company_id.trim();
+        let id_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if company_id.len() > 100 || !company_id.chars().all(id_char) {
+            return Err(ServiceError::InvalidArgument(
+                "a GHL company id is one word of letters and digits, as GHL shows it".into(),
+            )
+            .into());
+        }
         let config = self.configured()?;
         let tokens = GhlTokensIssued {
             kind: GhlTokenKind::PrivateIntegration,
@@ -254,7 +273,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             refresh_token: None,
             expires_at: None,
             user_type: "Location".into(),
-            company_id: None,
+            company_id: Some(company_id.to_owned()).filter(|c| !c.is_empty()),
             scope: None,
         };
         self.connect(&location, tokens, false).await?;

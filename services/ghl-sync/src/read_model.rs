@@ -1,8 +1,9 @@
 //! `ghl_pending`: per location, the work that must cross to GHL — contacts to create or tag,
 //! inbound messages to post, delivery statuses to report — with what the worker needs to do it
-//! (the contact's phone, name and tags; the message's text). Work leaves the table only through
-//! an event (`GhlContactLinked`, `GhlMessagePosted`, `GhlStatusReported`, or a final
-//! `GhlSyncFailed`), so a rebuild from the log gives the same queue.
+//! (the contact's phone, name, tags and owner; the message's text). Work leaves the table only
+//! through an event (`GhlContactLinked`, `GhlMessagePosted`, `GhlStatusReported`,
+//! `GhlAssignmentApplied`, or a final `GhlSyncFailed`), so a rebuild from the log gives the same
+//! queue.
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
@@ -12,6 +13,8 @@ use whatsnap_eventstore::projection::{ApplyError, Projection};
 pub const CONTACT: &str = "contact_upsert";
 pub const MESSAGE: &str = "message";
 pub const STATUS: &str = "status";
+/// A contact's owner (`assignedTo`) to set in GHL.
+pub const ASSIGN: &str = "assign";
 
 /// The work waiting to cross to GHL.
 pub struct PendingWork;
@@ -110,6 +113,10 @@ impl Projection<Any> for PendingWork {
          CREATE TABLE ghl_messages (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, contact_id TEXT NOT NULL, direction TEXT NOT NULL, body TEXT NOT NULL, attachments TEXT NOT NULL, at TEXT NOT NULL, ghl_message_id TEXT, status TEXT, reason TEXT, error_code TEXT); \
          CREATE TABLE ghl_connections (location_id TEXT PRIMARY KEY, kind TEXT NOT NULL); \
          CREATE INDEX ghl_pending_by_location ON ghl_pending (location_id, position)",
+            // The owner the assignment service chose; where the newest tokens are in the log,
+            // so that the worker lists a location's users again after it connects anew.
+            "ALTER TABLE ghl_contacts ADD COLUMN assigned_to TEXT; \
+         ALTER TABLE ghl_connections ADD COLUMN issued_at BIGINT",
         ]
     }
 
@@ -236,6 +243,28 @@ impl Projection<Any> for PendingWork {
                 .execute(&mut *conn)
                 .await?;
             }
+            Event::ContactAssigned(e) => {
+                // The decision follows the contact's creation in the log, so its row is there.
+                let id = e.contact_id.to_string();
+                sqlx::query("UPDATE ghl_contacts SET assigned_to = $2 WHERE contact_id = $1")
+                    .bind(&id)
+                    .bind(&e.user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                pending(conn, event, ASSIGN, id).await?
+            }
+            Event::GhlAssignmentApplied(e) => {
+                // A later decision (another user) stays queued.
+                sqlx::query(
+                    "DELETE FROM ghl_pending WHERE kind = $1 AND subject_id = $2 AND EXISTS \
+                     (SELECT 1 FROM ghl_contacts c WHERE c.contact_id = $2 AND c.assigned_to = $3)",
+                )
+                .bind(ASSIGN)
+                .bind(e.contact_id.to_string())
+                .bind(&e.user_id)
+                .execute(&mut *conn)
+                .await?;
+            }
             Event::GhlMessagePosted(e) => done(conn, MESSAGE, e.message_id.to_string()).await?,
             Event::GhlStatusReported(e) => {
                 // A later status (read after delivered) stays queued.
@@ -274,11 +303,12 @@ impl Projection<Any> for PendingWork {
                     whatsnap_events::GhlTokenKind::PrivateIntegration => "private_integration",
                 };
                 sqlx::query(
-                    "INSERT INTO ghl_connections (location_id, kind) VALUES ($1, $2) \
-                     ON CONFLICT (location_id) DO UPDATE SET kind = excluded.kind",
+                    "INSERT INTO ghl_connections (location_id, kind, issued_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (location_id) DO UPDATE SET kind = excluded.kind, issued_at = excluded.issued_at",
                 )
                 .bind(&location)
                 .bind(kind)
+                .bind(event.position as i64)
                 .execute(&mut *conn)
                 .await?;
             }

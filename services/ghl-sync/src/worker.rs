@@ -4,30 +4,36 @@
 //! a conversation in the order they were received. Every call goes through the client's
 //! per-location rate limiter. What crossed is recorded as an event, which removes it from the
 //! queue; the worker remembers what it did until the read model has caught up.
+//!
+//! Beside the queue, it lists each connected location's GHL users when the location connects
+//! and every `users_refresh`, and records what changed in the location's users stream.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::Row;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, GhlContactLinked, GhlMessagePosted, GhlStatusReported,
-    GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent, StreamId,
+    AggregateKind, Event, EventMetadata, GhlAssignmentApplied, GhlContactLinked, GhlMessagePosted,
+    GhlStatusReported, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent,
+    StreamId,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_ghl::client::{
-    ContactUpsert, DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection,
-    StatusError, StatusUpdate, UserType,
+    ContactUpdate, ContactUpsert, DeliveryStatus, GhlClient, GhlError, InboundMessage,
+    MessageDirection, StatusError, StatusUpdate, UserType,
 };
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
 
 use crate::connection::{self, Connection};
-use crate::read_model::{CONTACT, MESSAGE, STATUS};
+use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
+use crate::users;
 
 /// How the worker talks to GHL.
 #[derive(Clone, Debug)]
@@ -42,6 +48,8 @@ pub struct WorkerConfig {
     pub status_patience: Duration,
     /// How often the queue is looked at for new work.
     pub poll: Duration,
+    /// How often each connected location's GHL users are listed again.
+    pub users_refresh: Duration,
 }
 
 impl WorkerConfig {
@@ -53,6 +61,7 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(60),
             status_patience: Duration::from_secs(30),
             poll: Duration::from_millis(200),
+            users_refresh: Duration::from_secs(600),
         }
     }
 }
@@ -61,6 +70,24 @@ pub struct Worker {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     config: WorkerConfig,
+    /// Locations whose users cannot be listed for want of a company id, said once each.
+    without_company: Mutex<HashSet<LocationId>>,
+}
+
+/// When a location's users are listed next.
+struct UsersSchedule {
+    /// Where the location's newest tokens are in the log: new tokens, a new listing.
+    issued_at: Option<i64>,
+    due: Instant,
+    task: Option<JoinHandle<()>>,
+}
+
+/// What became of listing a location's users.
+enum UsersOutcome {
+    /// This many users were new or changed.
+    Synced(usize),
+    /// The connection has no company id, which GHL's user search requires.
+    NoCompany,
 }
 
 /// One piece of queued work.
@@ -121,18 +148,25 @@ fn metadata() -> EventMetadata {
 
 impl Worker {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: WorkerConfig) -> Self {
-        Self { store, db, config }
+        Self {
+            store,
+            db,
+            config,
+            without_company: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Runs until `shutdown` resolves: starts a task for each location with queued work.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut users: HashMap<String, UsersSchedule> = HashMap::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(self.config.poll) => {}
             }
+            self.schedule_users(&mut users).await;
             running.retain(|_, task| !task.is_finished());
             let locations: Vec<String> =
                 match sqlx::query("SELECT DISTINCT location_id FROM ghl_pending")
@@ -156,9 +190,126 @@ impl Worker {
                 running.insert(location, tokio::spawn(worker.drain(parsed)));
             }
         }
-        for task in running.values() {
+        for task in running
+            .values()
+            .chain(users.values().filter_map(|s| s.task.as_ref()))
+        {
             task.abort();
         }
+    }
+
+    /// Starts listing the users of each connected location that is due: just connected (or
+    /// connected anew), or not listed for `users_refresh`.
+    async fn schedule_users(self: &Arc<Self>, users: &mut HashMap<String, UsersSchedule>) {
+        let connected: HashMap<String, Option<i64>> =
+            match sqlx::query("SELECT location_id, issued_at FROM ghl_connections")
+                .fetch_all(&self.db)
+                .await
+            {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| (r.get("location_id"), r.get("issued_at")))
+                    .collect(),
+                Err(err) => {
+                    warn!(error = %err, "cannot read the GHL connections");
+                    return;
+                }
+            };
+        users.retain(|location, _| connected.contains_key(location));
+        let now = Instant::now();
+        for (location, issued_at) in connected {
+            let Ok(parsed) = LocationId::parse(location.as_str()) else {
+                continue;
+            };
+            let schedule = users.entry(location).or_insert(UsersSchedule {
+                issued_at,
+                due: now,
+                task: None,
+            });
+            if schedule.issued_at != issued_at {
+                schedule.issued_at = issued_at;
+                schedule.due = now;
+            }
+            let busy = schedule.task.as_ref().is_some_and(|t| !t.is_finished());
+            if busy || schedule.due > now {
+                continue;
+            }
+            schedule.due = now + self.config.users_refresh;
+            schedule.task = Some(tokio::spawn(self.clone().sync_users(parsed)));
+        }
+    }
+
+    async fn sync_users(self: Arc<Self>, location: LocationId) {
+        let outcome = self.list_users(&location).await;
+        let mut without_company = self.without_company.lock().expect("not poisoned");
+        match outcome {
+            Ok(UsersOutcome::NoCompany) => {
+                if without_company.insert(location.clone()) {
+                    warn!(%location, "GHL users not synced: the connection has no company id (connect the Private Integration Token again with --company-id)");
+                }
+            }
+            Ok(UsersOutcome::Synced(changed)) => {
+                without_company.remove(&location);
+                if changed > 0 {
+                    info!(%location, changed, "GHL users synced");
+                }
+            }
+            Err(reason) => warn!(%location, %reason, "cannot sync GHL users"),
+        }
+    }
+
+    /// Lists the location's users in GHL and appends one `GhlUserSynced` for each that is new
+    /// or changed, or gone.
+    async fn list_users(&self, location: &LocationId) -> Result<UsersOutcome, String> {
+        let company = self
+            .connection(location)
+            .await?
+            .tokens
+            .and_then(|t| t.company_id)
+            .filter(|c| !c.is_empty());
+        let Some(company) = company else {
+            return Ok(UsersOutcome::NoCompany);
+        };
+        let client = &self.config.client;
+        let token = self.access_token(location, false).await?;
+        let listed = match client.search_users(location, &token, &company).await {
+            Err(GhlError::Unauthorized { .. }) => {
+                let token = self.access_token(location, true).await?;
+                client.search_users(location, &token, &company).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("listing the users: {e}"))?;
+        let listed: Vec<_> = listed.iter().map(users::synced).collect();
+        let stream = users::stream(location);
+        let history = self
+            .store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .map_err(|e| format!("event store: {e}"))?;
+        let mut known = users::Known::new();
+        for recorded in &history {
+            let event = recorded.decode().map_err(|e| e.to_string())?;
+            known = users::evolve(known, &event);
+        }
+        let changes = users::changes(&known, &listed);
+        if changes.is_empty() {
+            return Ok(UsersOutcome::Synced(0));
+        }
+        let metadata = metadata();
+        let events = changes
+            .iter()
+            .map(|user| NewEvent::new(&Event::from(user.clone()), metadata.clone()))
+            .collect();
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(history.len() as u64),
+                events,
+            )
+            .await
+            .map_err(|e| format!("storing the users: {e}"))?;
+        Ok(UsersOutcome::Synced(changes.len()))
     }
 
     async fn queued(&self, location: &LocationId) -> sqlx::Result<Vec<Item>> {
@@ -287,7 +438,7 @@ impl Worker {
             final_attempt,
         });
         // A contact's failures go beside its link, not into the stream contacts writes.
-        let stream = if item.kind == CONTACT {
+        let stream = if item.kind == CONTACT || item.kind == ASSIGN {
             StreamId::new(
                 location.clone(),
                 AggregateKind::Ghl,
@@ -314,16 +465,7 @@ impl Worker {
     /// `force`d after GHL refused it). `Err` says why there is none.
     async fn access_token(&self, location: &LocationId, force: bool) -> Result<String, String> {
         let stream = connection::stream(location);
-        let history = self
-            .store
-            .read_stream(&stream, 1, usize::MAX)
-            .await
-            .map_err(|e| format!("event store: {e}"))?;
-        let mut state = Connection::default();
-        for recorded in &history {
-            let event = recorded.decode().map_err(|e| e.to_string())?;
-            state = state.evolve(&event, recorded.version);
-        }
+        let state = self.connection(location).await?;
         let Some(tokens) = state.tokens.clone() else {
             return Err(format!(
                 "location {location} is not connected to GHL: install the whatsnap app or `whatsnap ghl connect`"
@@ -393,6 +535,21 @@ impl Worker {
         Ok(grant.access_token)
     }
 
+    /// The location's connection, from its install stream.
+    async fn connection(&self, location: &LocationId) -> Result<Connection, String> {
+        let history = self
+            .store
+            .read_stream(&connection::stream(location), 1, usize::MAX)
+            .await
+            .map_err(|e| format!("event store: {e}"))?;
+        let mut state = Connection::default();
+        for recorded in &history {
+            let event = recorded.decode().map_err(|e| e.to_string())?;
+            state = state.evolve(&event, recorded.version);
+        }
+        Ok(state)
+    }
+
     async fn process(
         &self,
         location: &LocationId,
@@ -414,6 +571,7 @@ impl Worker {
                 }),
             MESSAGE => self.post_message(location, token, subject, done).await,
             STATUS => self.report_status(location, token, subject).await,
+            ASSIGN => self.apply_assignment(location, token, subject, done).await,
             other => Err(Failure::Final(format!("unknown GHL work {other:?}"), None)),
         }
     }
@@ -439,7 +597,7 @@ impl Worker {
                 .await?
                 .map(|row| row.get("position"));
         let Some(row) = sqlx::query(
-            "SELECT phone, name, tags, ghl_contact_id FROM ghl_contacts WHERE contact_id = $1",
+            "SELECT phone, name, tags, ghl_contact_id, assigned_to FROM ghl_contacts WHERE contact_id = $1",
         )
         .bind(&id)
         .fetch_optional(&self.db)
@@ -452,6 +610,7 @@ impl Worker {
         let tags: Vec<String> =
             serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
         let linked: Option<String> = row.get("ghl_contact_id");
+        let assigned_to: Option<String> = row.get("assigned_to");
         if tags.is_empty() && queued.is_some() {
             // Created, its account tag not projected yet (they are written together).
             return Ok(None);
@@ -485,7 +644,8 @@ impl Worker {
                         phone: phone.clone(),
                         name: name.clone(),
                         tags: tags.clone(),
-                        assigned_to: None,
+                        // A new contact gets its owner at once, when one is already decided.
+                        assigned_to,
                         source: Some("whatsnap".into()),
                     };
                     client
@@ -521,6 +681,64 @@ impl Worker {
             done.insert((CONTACT.to_owned(), id), synced_through);
         }
         Ok(Some(ghl_id))
+    }
+
+    /// Sets the contact's owner in GHL to the user the newest assignment decision chose.
+    async fn apply_assignment(
+        &self,
+        location: &LocationId,
+        token: &str,
+        contact_id: Uuid,
+        done: &mut HashMap<(String, String), i64>,
+    ) -> Result<Step, Failure> {
+        let user_id: Option<String> =
+            sqlx::query("SELECT assigned_to FROM ghl_contacts WHERE contact_id = $1")
+                .bind(contact_id.to_string())
+                .fetch_optional(&self.db)
+                .await?
+                .and_then(|row| row.get("assigned_to"));
+        // The decision and its contact's row are projected together, so a missing one will not
+        // come: the queue moves on.
+        let Some(user_id) = user_id else {
+            return Err(Failure::Final(
+                "an assignment of a contact ghl-sync does not know".into(),
+                None,
+            ));
+        };
+        let Some(ghl_contact_id) = self
+            .sync_contact(location, token, contact_id, false, done)
+            .await?
+        else {
+            return Ok(Step::NotYet);
+        };
+        let update = ContactUpdate {
+            name: None,
+            assigned_to: Some(user_id.clone()),
+        };
+        self.config
+            .client
+            .update_contact(location, token, &ghl_contact_id, &update)
+            .await?;
+        let event = Event::from(GhlAssignmentApplied {
+            contact_id,
+            ghl_contact_id,
+            user_id,
+        });
+        let stream = StreamId::new(
+            location.clone(),
+            AggregateKind::Ghl,
+            format!("contact-{contact_id}"),
+        )
+        .expect("a valid token");
+        self.store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await?;
+        debug!(%location, %contact_id, "contact owner set in GHL");
+        Ok(Step::Done)
     }
 
     async fn post_message(

@@ -461,6 +461,11 @@ pub enum GhlCommand {
         /// The token; better passed through the environment than on the command line.
         #[arg(long, env = "WHATSNAP_GHL_TOKEN", hide_env_values = true)]
         token: String,
+        /// The company (agency) id of the location, which GHL requires for listing its users;
+        /// without it the location's users are not synced (messages still flow). An OAuth
+        /// install brings it by itself.
+        #[arg(long)]
+        company_id: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -485,12 +490,14 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
         GhlCommand::Connect {
             location,
             token,
+            company_id,
             server,
         } => {
             let connected = client(server.channel().await?)
                 .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
                     location_id: location,
                     token,
+                    company_id: company_id.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?

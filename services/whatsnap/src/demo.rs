@@ -54,6 +54,7 @@ impl Demo {
             .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
                 location_id: LOCATION.into(),
                 token: pit.into(),
+                company_id: FakeGhl::COMPANY_ID.into(),
             })
             .await?;
         println!("demo: GHL location {LOCATION} connected with a Private Integration Token");

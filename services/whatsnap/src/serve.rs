@@ -221,6 +221,10 @@ pub struct GhlArgs {
     /// The longest pause between two tries of GHL work while GHL keeps failing.
     #[arg(long, env = "WHATSNAP_GHL_MAX_BACKOFF", default_value = "60", value_parser = seconds)]
     ghl_max_backoff: Duration,
+    /// How often each connected location's GHL users are listed again (they are listed at
+    /// once when a location connects).
+    #[arg(long, env = "WHATSNAP_GHL_USERS_REFRESH", default_value = "600", value_parser = seconds)]
+    ghl_users_refresh: Duration,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -448,6 +452,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
             worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
             worker.max_backoff = ghl.ghl_max_backoff;
+            worker.users_refresh = ghl.ghl_users_refresh;
             Some(whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).with_client(worker))
         }
         _ => None,

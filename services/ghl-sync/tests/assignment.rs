@@ -1,0 +1,399 @@
+//! ghl-sync against the fake GHL, on the embedded store: given a location connected with a
+//! Private Integration Token and its company id, when the assignment service decides a
+//! contact's owner, then the GHL contact has that owner, and a later decision replaces it; the
+//! location's GHL users are kept as events, appended only when something changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tonic::Request;
+use uuid::Uuid;
+use whatsnap_events::{
+    AggregateKind, ContactAssigned, ContactCreated, ContactTagged, Event, EventMetadata,
+    GhlAssignmentApplied, GhlContactLinked, LocationId, NewEvent, PhoneNumber, StreamId, TagSource,
+    contact_id_for,
+};
+use whatsnap_eventstore::projection::ProjectionRunner;
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_ghl::client::{GhlClient, GhlConfig};
+use whatsnap_ghl::ratelimit::{Limits, RateLimiter};
+use whatsnap_ghl_sync::{GhlSync, PendingWork, WorkerConfig, users};
+use whatsnap_proto::ghlsync::v1 as pb;
+use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncService;
+use whatsnap_testkit::{FakeGhl, FakeGhlUser, TestSqlite, eventually};
+
+const LOCATION: &str = "locAssign";
+const PHONE: &str = "+5511987654321";
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn user(id: &str, name: &str, deleted: bool) -> FakeGhlUser {
+    FakeGhlUser {
+        id: id.into(),
+        name: name.into(),
+        email: format!("{id}@example.com"),
+        role: "user".into(),
+        deleted,
+    }
+}
+
+/// ghl-sync's projection and worker over a fresh embedded store, beside a fake GHL.
+struct Rig {
+    _sqlite: TestSqlite,
+    store: Arc<dyn EventStore>,
+    ghl: FakeGhl,
+    sync: GhlSync,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Rig {
+    /// With the worker listing users every `users_refresh`, or (`None`) the projection alone.
+    async fn start(users_refresh: Option<Duration>) -> Self {
+        sqlx::any::install_default_drivers();
+        let sqlite = TestSqlite::new().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(sqlite.store().await.unwrap());
+        let db = sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&format!("sqlite://{}", sqlite.config.path.display()))
+            .await
+            .unwrap();
+        let ghl = FakeGhl::start().await.unwrap();
+        let client = GhlClient::new(
+            GhlConfig {
+                api_base: ghl.base_url(),
+                ..GhlConfig::default()
+            },
+            Arc::new(RateLimiter::new(Limits::default())),
+        );
+        let key = whatsnap_secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
+        let mut config = WorkerConfig::new(client, key);
+        config.poll = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(500);
+        config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
+        let sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
+        let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork));
+        // The read model's tables, before anything asks it.
+        runner.prepare().await.unwrap();
+        let mut tasks = vec![tokio::spawn(async move {
+            runner.run_until(std::future::pending()).await.unwrap();
+        })];
+        if users_refresh.is_some() {
+            let worker = sync.worker().unwrap();
+            tasks.push(tokio::spawn(worker.run(std::future::pending())));
+        }
+        Self {
+            _sqlite: sqlite,
+            store,
+            ghl,
+            sync,
+            tasks,
+        }
+    }
+
+    async fn connect(&self, company_id: &str) {
+        let token = "pit-assign-0000-0000";
+        self.ghl.add_private_token(LOCATION, token);
+        let request = pb::ConnectPrivateTokenRequest {
+            location_id: LOCATION.into(),
+            token: token.into(),
+            company_id: company_id.into(),
+        };
+        self.sync
+            .connect_private_token(Request::new(request))
+            .await
+            .unwrap();
+    }
+
+    async fn append(&self, stream: StreamId, events: Vec<Event>) {
+        let metadata = EventMetadata::new_correlation();
+        let events = events
+            .iter()
+            .map(|e| NewEvent::new(e, metadata.clone()))
+            .collect();
+        self.store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+
+    /// The contact as the contacts service records it: created, with its account's tag.
+    async fn contact_messages(&self) -> Uuid {
+        let location = location();
+        let contact_id = contact_id_for(&location, &PhoneNumber::parse(PHONE).unwrap());
+        let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
+        let created = ContactCreated {
+            contact_id,
+            phone: PHONE.into(),
+            name: Some("Maria Silva".into()),
+            first_account_id: None,
+            platform: None,
+        };
+        let tagged = ContactTagged {
+            contact_id,
+            tag: "sales".into(),
+            source: TagSource::Account,
+        };
+        self.append(stream, vec![created.into(), tagged.into()])
+            .await;
+        contact_id
+    }
+
+    /// The assignment service's decision.
+    async fn assign(&self, contact_id: Uuid, user_id: &str) {
+        let stream = StreamId::for_uuid(location(), AggregateKind::Assignment, contact_id);
+        let decision = ContactAssigned {
+            contact_id,
+            account_id: None,
+            user_id: user_id.into(),
+            rule: "round_robin#1".into(),
+            reason: "next in turn".into(),
+            candidates: Vec::new(),
+        };
+        self.append(stream, vec![decision.into()]).await;
+    }
+
+    async fn status(&self) -> pb::SyncStatusResponse {
+        let request = pb::SyncStatusRequest {
+            location_id: LOCATION.into(),
+        };
+        self.sync
+            .sync_status(Request::new(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn pending_assignments(&self) -> u64 {
+        self.status().await.pending_assignments
+    }
+
+    async fn owner_in_ghl(&self) -> Option<String> {
+        self.ghl
+            .contact_by_phone(LOCATION, PHONE)
+            .and_then(|c| c.assigned_to)
+    }
+
+    async fn events(&self, stream: &StreamId) -> Vec<Event> {
+        self.store
+            .read_stream(stream, 1, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
+
+    fn requests(&self, method: &str, path: &str) -> Vec<Option<Value>> {
+        self.ghl
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(path))
+            .map(|r| r.body)
+            .collect()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn location() -> LocationId {
+    LocationId::parse(LOCATION).unwrap()
+}
+
+#[tokio::test]
+async fn the_decided_owner_becomes_the_ghl_contacts_owner_and_a_later_decision_replaces_it() {
+    let rig = Rig::start(Some(Duration::from_secs(600))).await;
+    rig.connect(FakeGhl::COMPANY_ID).await;
+
+    // Given a contact whose owner is decided before it crossed to GHL,
+    let contact_id = rig.contact_messages().await;
+    rig.assign(contact_id, "userAna").await;
+
+    // then GHL's contact has that owner, set as it was created,
+    let owner = eventually("the GHL contact owned by Ana", async || {
+        rig.owner_in_ghl().await.filter(|o| o == "userAna")
+    })
+    .await;
+    assert_eq!(owner, "userAna");
+    let upserts = rig.requests("POST", "/contacts/upsert");
+    assert_eq!(upserts.len(), 1, "one contact created");
+    assert_eq!(upserts[0].as_ref().unwrap()["assignedTo"], "userAna");
+    // and the decision leaves the queue through GhlAssignmentApplied.
+    eventually("no assignment pending", async || {
+        (rig.pending_assignments().await == 0).then_some(())
+    })
+    .await;
+    let ghl_stream = StreamId::new(
+        location(),
+        AggregateKind::Ghl,
+        format!("contact-{contact_id}"),
+    )
+    .unwrap();
+    let applied: Vec<String> = rig
+        .events(&ghl_stream)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::GhlAssignmentApplied(a) => Some(a.user_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["userAna"]);
+
+    // When the assignment service later decides Bruno, GHL's contact changes owner by PUT.
+    rig.assign(contact_id, "userBruno").await;
+    eventually("the GHL contact owned by Bruno", async || {
+        rig.owner_in_ghl().await.filter(|o| o == "userBruno")
+    })
+    .await;
+    let puts = rig.requests("PUT", "/contacts/");
+    assert_eq!(
+        puts.last().unwrap().as_ref().unwrap()["assignedTo"],
+        "userBruno"
+    );
+    eventually("no assignment pending", async || {
+        (rig.pending_assignments().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rig.requests("POST", "/contacts/upsert").len(),
+        1,
+        "the contact was not created again"
+    );
+}
+
+#[tokio::test]
+async fn users_are_recorded_when_they_change_and_only_then() {
+    let rig = Rig::start(Some(Duration::from_millis(100))).await;
+    rig.ghl
+        .add_user(LOCATION, user("userAna", "Ana Lima", false));
+    rig.ghl
+        .add_user(LOCATION, user("userBruno", "Bruno Souza", false));
+    rig.connect(FakeGhl::COMPANY_ID).await;
+    let stream = users::stream(&location());
+
+    let synced = eventually("both users recorded", async || {
+        let events = rig.events(&stream).await;
+        (events.len() == 2).then_some(events)
+    })
+    .await;
+    let names: Vec<_> = synced
+        .iter()
+        .filter_map(|e| match e {
+            Event::GhlUserSynced(u) => Some((u.user_id.as_str(), u.deleted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, [("userAna", false), ("userBruno", false)]);
+
+    // Listings that change nothing append nothing.
+    let searches = rig.requests("GET", "/users/search").len();
+    eventually("three more listings", async || {
+        (rig.requests("GET", "/users/search").len() >= searches + 3).then_some(())
+    })
+    .await;
+    assert_eq!(rig.events(&stream).await.len(), 2);
+
+    // Bruno deleted in GHL is recorded once, as deleted.
+    rig.ghl
+        .add_user(LOCATION, user("userBruno", "Bruno Souza", true));
+    let last = eventually("Bruno recorded deleted", async || {
+        let events = rig.events(&stream).await;
+        (events.len() == 3).then(|| events[2].clone())
+    })
+    .await;
+    assert!(matches!(last, Event::GhlUserSynced(u) if u.user_id == "userBruno" && u.deleted));
+    let searches = rig.requests("GET", "/users/search").len();
+    eventually("two more listings", async || {
+        (rig.requests("GET", "/users/search").len() >= searches + 2).then_some(())
+    })
+    .await;
+    assert_eq!(rig.events(&stream).await.len(), 3);
+}
+
+#[tokio::test]
+async fn without_a_company_id_users_are_not_listed_but_contacts_still_cross() {
+    let rig = Rig::start(Some(Duration::from_millis(100))).await;
+    rig.ghl
+        .add_user(LOCATION, user("userAna", "Ana Lima", false));
+    rig.connect("").await;
+    rig.contact_messages().await;
+    eventually("the contact in GHL", async || {
+        rig.ghl.contact_by_phone(LOCATION, PHONE)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rig.requests("GET", "/users/search").is_empty());
+    assert!(rig.events(&users::stream(&location())).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_company_id_that_is_not_one_word_is_refused() {
+    let rig = Rig::start(Some(Duration::from_secs(600))).await;
+    rig.ghl.add_private_token(LOCATION, "pit-x");
+    let request = pb::ConnectPrivateTokenRequest {
+        location_id: LOCATION.into(),
+        token: "pit-x".into(),
+        company_id: "not a company".into(),
+    };
+    let status = rig
+        .sync
+        .connect_private_token(Request::new(request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_applied_assignment_leaves_the_queue_unless_a_later_decision_chose_another_user() {
+    let rig = Rig::start(None).await;
+    let contact_id = rig.contact_messages().await;
+    let ghl_stream = StreamId::new(
+        location(),
+        AggregateKind::Ghl,
+        format!("contact-{contact_id}"),
+    )
+    .unwrap();
+    let applied = |user_id: &str| -> Event {
+        GhlAssignmentApplied {
+            contact_id,
+            ghl_contact_id: "ghlContact1".into(),
+            user_id: user_id.into(),
+        }
+        .into()
+    };
+    rig.assign(contact_id, "userAna").await;
+    eventually("Ana's assignment queued", async || {
+        (rig.pending_assignments().await == 1).then_some(())
+    })
+    .await;
+    rig.append(ghl_stream.clone(), vec![applied("userAna")])
+        .await;
+    eventually("Ana's assignment applied", async || {
+        (rig.pending_assignments().await == 0).then_some(())
+    })
+    .await;
+
+    // Bruno is decided while a worker still applies Ana: Ana's application does not settle
+    // Bruno's decision. (The link after it marks when the projection has read that far.)
+    rig.assign(contact_id, "userBruno").await;
+    let link = GhlContactLinked {
+        contact_id,
+        ghl_contact_id: "ghlContact1".into(),
+        tags: vec!["sales".into()],
+        synced_through: 0,
+    };
+    rig.append(ghl_stream, vec![applied("userAna"), link.into()])
+        .await;
+    eventually("the link projected", async || {
+        (rig.status().await.pending_contact_upserts == 0).then_some(())
+    })
+    .await;
+    assert_eq!(rig.pending_assignments().await, 1);
+}
