@@ -738,3 +738,192 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
         );
     }
 }
+
+/// A new contact texts an account whose rule names one user: the GHL contact is assigned to
+/// her. With her out of office, the next new contact goes to the backup user, and the trace
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
+    use whatsnap_proto::assignment::v1 as assignment;
+    const LOCATION: &str = "locAssign";
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(&backend, "assignment", &[]).await;
+    for (id, name) in [("uAna", "Ana"), ("uBen", "Ben")] {
+        rig.ghl.add_user(
+            LOCATION,
+            whatsnap_testkit::FakeGhlUser {
+                id: id.into(),
+                name: name.into(),
+                email: format!("{}@example.com", name.to_lowercase()),
+                role: "user".into(),
+                deleted: false,
+            },
+        );
+    }
+    rig.connect(LOCATION).await;
+    let sales = rig.add_account(LOCATION, "Sales", SALES).await;
+    let mut api =
+        assignment::assignment_service_client::AssignmentServiceClient::new(rig.channel.clone());
+    eventually("GHL's users in whatsnap", async || {
+        let request = assignment::ListUsersRequest {
+            location_id: LOCATION.into(),
+        };
+        let users = api
+            .clone()
+            .list_users(request)
+            .await
+            .ok()?
+            .into_inner()
+            .users;
+        (users.len() == 2).then_some(())
+    })
+    .await;
+    let bad = api
+        .set_rules(assignment::SetRulesRequest {
+            location_id: LOCATION.into(),
+            account_id: sales.account_id.clone(),
+            rules_json: r#"{"rules":[{"strategy":"user"}]}"#.into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().contains("rules[0]"), "{}", bad.message());
+    api.set_rules(assignment::SetRulesRequest {
+        location_id: LOCATION.into(),
+        account_id: sales.account_id.clone(),
+        rules_json: r#"{"rules":[{"strategy":"user","user":"uAna","backup":["uBen"]}]}"#.into(),
+    })
+    .await
+    .unwrap();
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM50000000000000000000000000000001",
+        "+14155550160",
+        "hello",
+    )
+    .await;
+    eventually("the first contact assigned to Ana in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, "+14155550160")?;
+        (contact.assigned_to.as_deref() == Some("uAna")).then_some(())
+    })
+    .await;
+
+    let now = chrono::Utc::now();
+    let rfc3339 = |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339();
+    api.set_availability(assignment::SetAvailabilityRequest {
+        location_id: LOCATION.into(),
+        user_id: "uAna".into(),
+        out_of_office_from: rfc3339(now - chrono::Duration::hours(1)),
+        out_of_office_until: rfc3339(now + chrono::Duration::days(1)),
+        active: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM50000000000000000000000000000002",
+        "+14155550161",
+        "hi there",
+    )
+    .await;
+    eventually("the second contact assigned to Ben in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, "+14155550161")?;
+        (contact.assigned_to.as_deref() == Some("uBen")).then_some(())
+    })
+    .await;
+    let explained = api
+        .explain(assignment::ExplainRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550161".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = &explained.decisions[0];
+    assert_eq!(decision.user_id, "uBen");
+    assert!(
+        decision.reason.contains("out of office"),
+        "{}",
+        decision.reason
+    );
+    let ana = decision
+        .candidates
+        .iter()
+        .find(|c| c.user_id == "uAna")
+        .unwrap();
+    assert!(
+        ana.passed_over.starts_with("out of office until"),
+        "{}",
+        ana.passed_over
+    );
+    let trace = events::events_service_client::EventsServiceClient::new(rig.channel.clone())
+        .contact_history(events::ContactHistoryRequest {
+            location_id: LOCATION.into(),
+            phone: "+14155550161".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let assigned = trace
+        .entries
+        .iter()
+        .find(|e| {
+            e.event
+                .as_ref()
+                .is_some_and(|e| e.event_type == "ContactAssigned")
+        })
+        .expect("the decision is in the trace");
+    assert!(
+        assigned.summary.contains("uBen") && assigned.summary.contains("out of office"),
+        "{}",
+        assigned.summary
+    );
+    // What if Ben alone had taken every contact? One decision changes, and nothing is written.
+    let before = rig
+        .events_of(format!("{LOCATION}.assignment.{}", explained.contact_id))
+        .await;
+    let simulated = api
+        .simulate(assignment::SimulateRequest {
+            location_id: LOCATION.into(),
+            account_id: sales.account_id.clone(),
+            rules_json: r#"{"rules":[{"strategy":"user","user":"uBen"}]}"#.into(),
+            since_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(simulated.decisions, 2);
+    assert_eq!(simulated.changes.len(), 1, "{:?}", simulated.changes);
+    let change = &simulated.changes[0];
+    assert_eq!(
+        (
+            change.recorded_user_id.as_str(),
+            change.simulated_user_id.as_str()
+        ),
+        ("uAna", "uBen")
+    );
+    let counts: Vec<_> = simulated
+        .per_user
+        .iter()
+        .map(|c| (c.user_id.as_str(), c.recorded, c.simulated))
+        .collect();
+    assert_eq!(counts, [("uAna", 1, 0), ("uBen", 1, 2)]);
+    assert_eq!(
+        rig.events_of(format!("{LOCATION}.assignment.{}", explained.contact_id))
+            .await,
+        before
+    );
+
+    // The first contact keeps Ana: she owns it while away and is not replaced until it returns.
+    assert_eq!(
+        rig.ghl
+            .contact_by_phone(LOCATION, "+14155550160")
+            .unwrap()
+            .assigned_to
+            .as_deref(),
+        Some("uAna")
+    );
+}

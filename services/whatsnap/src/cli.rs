@@ -538,3 +538,270 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum AssignmentCommand {
+    /// Set the rules of an account (or the location's default rules) from a JSON file.
+    SetRules {
+        #[arg(long)]
+        location: String,
+        /// The account; leave out for the location's default rules.
+        #[arg(long)]
+        account: Option<String>,
+        /// The rules document (see the README's assignment section).
+        #[arg(long)]
+        rules: std::path::PathBuf,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Print the rules of an account (or the location's default rules).
+    GetRules {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// The location's GHL users and whether each can be assigned.
+    Users {
+        #[arg(long)]
+        location: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Set when a user can take new contacts; replaces what was set before.
+    Availability {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        user: String,
+        /// IANA time zone of --hours, e.g. Europe/Madrid.
+        #[arg(long, default_value = "")]
+        time_zone: String,
+        /// Working hours as JSON, e.g. '{"mon":["09:00-17:00"],"tue":["09:00-17:00"]}'.
+        #[arg(long, default_value = "")]
+        hours: String,
+        /// Out of office from (RFC 3339), with --away-until.
+        #[arg(long, default_value = "")]
+        away_from: String,
+        #[arg(long, default_value = "")]
+        away_until: String,
+        /// Never assign this user until set active again.
+        #[arg(long)]
+        inactive: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Why a contact is owned by whom: every decision with the candidates considered.
+    Explain {
+        /// The contact's phone number.
+        phone: String,
+        #[arg(long)]
+        location: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Replay recorded history against new rules and print the decisions that would change,
+    /// with counts per user. Changes nothing.
+    Simulate {
+        #[arg(long)]
+        location: String,
+        /// The account the new rules are for; leave out for the location's default rules.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        rules: std::path::PathBuf,
+        /// How far back to decide again: 90s, 30m, 12h, 7d (default: all history).
+        #[arg(long, value_parser = since)]
+        since: Option<u64>,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `7d`, `12h`, `30m`, `90s` or plain seconds.
+fn since(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: use a number with s, m, h or d (e.g. 7d)"))?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(number.saturating_mul(unit))
+}
+
+pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
+    let client =
+        |channel| assignment::assignment_service_client::AssignmentServiceClient::new(channel);
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    match command {
+        AssignmentCommand::SetRules {
+            location,
+            account,
+            rules,
+            server,
+        } => {
+            let set = client(server.channel().await?)
+                .set_rules(assignment::SetRulesRequest {
+                    location_id: location,
+                    account_id: account.unwrap_or_default(),
+                    rules_json: read(&rules)?,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("rules version {} set", set.version);
+        }
+        AssignmentCommand::GetRules {
+            location,
+            account,
+            server,
+        } => {
+            let rules = client(server.channel().await?)
+                .get_rules(assignment::GetRulesRequest {
+                    location_id: location,
+                    account_id: account.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match rules.version {
+                0 => println!("no rules set"),
+                version => println!("version {version}\n{}", rules.rules_json),
+            }
+        }
+        AssignmentCommand::Users { location, server } => {
+            let users = client(server.channel().await?)
+                .list_users(assignment::ListUsersRequest {
+                    location_id: location,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for user in users.users {
+                println!(
+                    "{:<24} {:<24} {:<8} {}",
+                    user.user_id,
+                    user.name,
+                    user.role,
+                    if user.active { "active" } else { "inactive" }
+                );
+            }
+        }
+        AssignmentCommand::Availability {
+            location,
+            user,
+            time_zone,
+            hours,
+            away_from,
+            away_until,
+            inactive,
+            server,
+        } => {
+            client(server.channel().await?)
+                .set_availability(assignment::SetAvailabilityRequest {
+                    location_id: location,
+                    user_id: user.clone(),
+                    time_zone,
+                    working_hours_json: hours,
+                    out_of_office_from: away_from,
+                    out_of_office_until: away_until,
+                    active: !inactive,
+                })
+                .await
+                .map_err(status)?;
+            println!("availability of {user} set");
+        }
+        AssignmentCommand::Explain {
+            phone,
+            location,
+            server,
+        } => {
+            let explained = client(server.channel().await?)
+                .explain(assignment::ExplainRequest {
+                    location_id: location,
+                    phone,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("contact {}", explained.contact_id);
+            for decision in explained.decisions {
+                let owner = match decision.user_id.as_str() {
+                    "" => "unassigned".to_owned(),
+                    user => format!("assigned to {user}"),
+                };
+                println!(
+                    "{}  {owner} by {}: {}",
+                    decision.at, decision.rule, decision.reason
+                );
+                for candidate in decision.candidates {
+                    match candidate.passed_over.as_str() {
+                        "" => println!("    {:<24} chosen", candidate.user_id),
+                        why => println!("    {:<24} passed over: {why}", candidate.user_id),
+                    }
+                }
+            }
+        }
+        AssignmentCommand::Simulate {
+            location,
+            account,
+            rules,
+            since,
+            server,
+        } => {
+            let simulated = client(server.channel().await?)
+                .simulate(assignment::SimulateRequest {
+                    location_id: location,
+                    account_id: account.unwrap_or_default(),
+                    rules_json: read(&rules)?,
+                    since_seconds: since.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let name = |user: &str| match user {
+                "" => "unassigned".to_owned(),
+                user => user.to_owned(),
+            };
+            println!(
+                "{} decisions replayed, {} would change",
+                simulated.decisions,
+                simulated.changes.len()
+            );
+            for change in &simulated.changes {
+                println!(
+                    "{}  contact {}  {} -> {} ({}: {})",
+                    change.at,
+                    short(&change.contact_id),
+                    name(&change.recorded_user_id),
+                    name(&change.simulated_user_id),
+                    change.simulated_rule,
+                    change.simulated_reason
+                );
+            }
+            println!("{:<24} {:>9} {:>9}", "user", "recorded", "simulated");
+            for count in simulated.per_user {
+                println!(
+                    "{:<24} {:>9} {:>9}",
+                    name(&count.user_id),
+                    count.recorded,
+                    count.simulated
+                );
+            }
+        }
+    }
+    Ok(())
+}

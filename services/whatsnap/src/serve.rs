@@ -546,6 +546,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(decider) = assignment.as_ref().map(|a| a.decider()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            decider.run(stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
     if let Some(worker) = ghl_sync.as_ref().and_then(|s| s.worker()) {
         let stop = shutdown.clone();
         tasks.spawn(async move {
