@@ -493,11 +493,9 @@ async fn round_trip_distributed() {
 
 /// GHL fails every call for a while: the messages wait, and when GHL is back each arrives
 /// once, in the order each contact sent them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ghl_down_then_back_loses_nothing_and_keeps_order() {
+async fn ghl_down_then_back(backend: Backend, name: &str) {
     const LOCATION: &str = "locOutage";
-    let backend = Backend::embedded().await;
-    let rig = Rig::start(&backend, "ghl-outage", &[]).await;
+    let rig = Rig::start(&backend, name, &[]).await;
     rig.connect(LOCATION).await;
     let sales = rig.add_account(LOCATION, "Sales", SALES).await;
     rig.ghl.set_down(true);
@@ -553,13 +551,21 @@ async fn ghl_down_then_back_loses_nothing_and_keeps_order() {
     assert_eq!(rig.ghl.contacts(LOCATION).len(), customers.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghl_down_then_back_loses_nothing_and_keeps_order_embedded() {
+    ghl_down_then_back(Backend::embedded().await, "ghl-outage-embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghl_down_then_back_loses_nothing_and_keeps_order_distributed() {
+    ghl_down_then_back(Backend::distributed().await, "ghl-outage-distributed").await;
+}
+
 /// 1,000 texts across three locations while GHL rate limits one of them: the other two flow
 /// meanwhile, whatsnap's own pacing provokes no 429, and every message arrives exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_messages_across_three_locations_with_one_rate_limited() {
+async fn a_thousand_messages(backend: Backend, name: &str) {
     let locations = ["locBusyA", "locBusyB", "locThrottled"];
-    let backend = Backend::embedded().await;
-    let rig = Rig::start(&backend, "thousand", &[]).await;
+    let rig = Rig::start(&backend, name, &[]).await;
     let mut accounts = HashMap::new();
     for location in locations {
         rig.connect(location).await;
@@ -618,6 +624,16 @@ async fn a_thousand_messages_across_three_locations_with_one_rate_limited() {
     .await;
     assert_eq!(count("locThrottled"), per_location["locThrottled"]);
     assert!(rig.ghl.schema_violations().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_across_three_locations_with_one_rate_limited_embedded() {
+    a_thousand_messages(Backend::embedded().await, "thousand-embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_across_three_locations_with_one_rate_limited_distributed() {
+    a_thousand_messages(Backend::distributed().await, "thousand-distributed").await;
 }
 
 /// A location installs whatsnap through GHL's OAuth: the redirect's code becomes sealed tokens,
@@ -916,6 +932,59 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
             .await,
         before
     );
+
+    // The same through the CLI.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(binary())
+            .args(args)
+            .args(["--server", &rig.whatsnap.grpc_url()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let explained = cli(&[
+        "assignment",
+        "explain",
+        "+14155550161",
+        "--location",
+        LOCATION,
+    ]);
+    assert!(
+        explained.contains("assigned to uBen by user#1"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("uAna") && explained.contains("passed over: out of office until"),
+        "{explained}"
+    );
+    let rules = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        rules.path(),
+        r#"{"rules":[{"strategy":"user","user":"uBen"}]}"#,
+    )
+    .unwrap();
+    let simulated = cli(&[
+        "assignment",
+        "simulate",
+        "--location",
+        LOCATION,
+        "--account",
+        &sales.account_id,
+        "--rules",
+        rules.path().to_str().unwrap(),
+        "--since",
+        "7d",
+    ]);
+    assert!(
+        simulated.contains("2 decisions replayed, 1 would change"),
+        "{simulated}"
+    );
+    assert!(simulated.contains("uAna -> uBen"), "{simulated}");
 
     // The first contact keeps Ana: she owns it while away and is not replaced until it returns.
     assert_eq!(

@@ -403,14 +403,30 @@ async fn embedded_one_process_serves_every_service() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = api.assignment.set_rules(set("[1, 2]")).await.unwrap_err();
-    assert!(err.message().contains("JSON object"), "{}", err.message());
+    assert!(
+        err.message().contains("must be a JSON object"),
+        "{}",
+        err.message()
+    );
+    let err = api
+        .assignment
+        .set_rules(set(r#"{"rules":[{"strategy":"individual","user":"u1"}]}"#))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("rules[0].strategy"),
+        "{}",
+        err.message()
+    );
     api.assignment
-        .set_rules(set(r#"{"strategy":"individual","user":"u1"}"#))
+        .set_rules(set(r#"{"rules":[{"strategy":"user","user":"u1"}]}"#))
         .await
         .unwrap();
     let second = api
         .assignment
-        .set_rules(set(r#"{"strategy":"round_robin","users":["u1","u2"]}"#))
+        .set_rules(set(
+            r#"{"rules":[{"strategy":"round_robin","users":["u1","u2"]}]}"#,
+        ))
         .await
         .unwrap()
         .into_inner();
