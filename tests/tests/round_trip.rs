@@ -996,3 +996,86 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
         Some("uAna")
     );
 }
+
+/// An agency installs whatsnap for its locations: the agency's code becomes the agency's
+/// tokens, and a location's INSTALL webhook then gets the location its own token, made from the
+/// agency's, with which its messages cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_install_connects_each_location_as_it_installs() {
+    const LOCATION: &str = "locAgencyChild";
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(
+        &backend,
+        "agency",
+        &[
+            "--ghl-client-id",
+            FakeGhl::CLIENT_ID,
+            "--ghl-client-secret",
+            FakeGhl::CLIENT_SECRET,
+            "--ghl-redirect-uri",
+            "https://whatsnap.example.com/oauth/callback",
+        ],
+    )
+    .await;
+    let sales = rig.add_account(LOCATION, "Sales", SALES).await;
+    let code = rig.ghl.issue_company_code(FakeGhl::COMPANY_ID);
+    let (status, body) =
+        whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?code={code}"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("agency") && body.contains(FakeGhl::COMPANY_ID),
+        "{body}"
+    );
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM60000000000000000000000000000001",
+        "+14155550170",
+        "hola",
+    )
+    .await;
+    // Not installed on the location yet: the message waits, and says why.
+    let mut ghl_sync =
+        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(rig.channel.clone());
+    let waiting = eventually("the message waiting for the install", async || {
+        let status = ghl_sync
+            .sync_status(ghlsync::SyncStatusRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (status.pending_messages > 0).then_some(status)
+    })
+    .await;
+    assert!(
+        waiting.waiting_because.contains("has not installed"),
+        "{}",
+        waiting.waiting_because
+    );
+
+    let status = rig
+        .ghl
+        .send_install(&rig.ghl_webhook_url(), LOCATION, FakeGhl::COMPANY_ID)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    eventually(
+        "the message in GHL through the location's token",
+        async || {
+            let contact = rig.ghl.contact_by_phone(LOCATION, "+14155550170")?;
+            (rig.ghl.messages(&contact.id).len() == 1).then_some(())
+        },
+    )
+    .await;
+    let made: Vec<_> = rig
+        .ghl
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/oauth/locationToken" && r.status == 200)
+        .collect();
+    assert_eq!(made.len(), 1, "one location token made from the agency's");
+}

@@ -418,14 +418,26 @@ async fn oauth_callback(
         .await
     {
         Ok(connected) => {
-            let location = connected.into_inner().location_id;
-            info!(%location, "GHL install completed");
+            let connected = connected.into_inner();
+            let text = match connected.location_id.as_str() {
+                "" => {
+                    info!(company_id = %connected.company_id, "GHL agency install completed");
+                    format!(
+                        "whatsnap is connected to GHL agency {}: each location connects as it installs the app. You can close this page.\n",
+                        connected.company_id
+                    )
+                }
+                location => {
+                    info!(%location, "GHL install completed");
+                    format!(
+                        "whatsnap is connected to GHL location {location}. You can close this page.\n"
+                    )
+                }
+            };
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                format!(
-                    "whatsnap is connected to GHL location {location}. You can close this page.\n"
-                ),
+                text,
             )
                 .into_response()
         }

@@ -9,9 +9,18 @@ pub fn stream(location: &LocationId) -> StreamId {
     StreamId::new(location.clone(), AggregateKind::Ghl, "install").expect("a valid token")
 }
 
+/// The stream of an agency's (company's) OAuth tokens, from which its locations' tokens are
+/// made as they install the app; `None` for a company id that cannot name a stream.
+pub fn company_stream(company_id: &str) -> Option<StreamId> {
+    let company = LocationId::parse(format!("company-{company_id}")).ok()?;
+    StreamId::new(company, AggregateKind::Ghl, "agency").ok()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
     pub installed: bool,
+    /// The agency the location was installed from, as GHL's INSTALL said.
+    pub company_id: Option<String>,
     /// The newest tokens, unless the app was uninstalled after they were issued.
     pub tokens: Option<GhlTokensIssued>,
     pub version: u64,
@@ -21,7 +30,12 @@ impl Connection {
     pub fn evolve(mut self, event: &Event, version: u64) -> Self {
         self.version = version;
         match event {
-            Event::GhlInstalled(_) => self.installed = true,
+            Event::GhlInstalled(e) => {
+                self.installed = true;
+                if e.company_id.is_some() {
+                    self.company_id = e.company_id.clone();
+                }
+            }
             Event::GhlUninstalled(_) => {
                 self.installed = false;
                 self.tokens = None;

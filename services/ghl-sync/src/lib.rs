@@ -280,6 +280,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         Ok(Response::new(pb::ConnectResponse {
             location_id: location.to_string(),
             kind: "private_integration".into(),
+            company_id: String::new(),
         }))
     }
 
@@ -319,11 +320,44 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
                 other if other.is_retryable() => ServiceError::Unavailable(other.to_string()),
                 other => ServiceError::FailedPrecondition(other.to_string()),
             })?;
+        let sealed = |t: &str| config.secret_key.seal(t);
         let Some(location) = grant.location_id.as_deref() else {
-            return Err(ServiceError::FailedPrecondition(
-                "GHL granted an agency (Company) token: install whatsnap on a sub-account".into(),
-            )
-            .into());
+            // An agency install: its token makes each location's as the location installs.
+            let Some(company) = grant.company_id.clone() else {
+                return Err(ServiceError::FailedPrecondition(
+                    "GHL granted a token for neither a location nor a company".into(),
+                )
+                .into());
+            };
+            let stream = connection::company_stream(&company).ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!("{company:?} is not a GHL company id"))
+            })?;
+            let tokens = GhlTokensIssued {
+                kind: GhlTokenKind::Oauth,
+                access_token: sealed(&grant.access_token),
+                refresh_token: grant.refresh_token.as_deref().map(sealed),
+                expires_at: grant
+                    .expires_in
+                    .map(|s| chrono::Utc::now() + chrono::Duration::seconds(s as i64)),
+                user_type: "Company".into(),
+                company_id: Some(company.clone()),
+                scope: grant.scope.clone(),
+            };
+            let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+            self.store
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(&Event::from(tokens), metadata)],
+                )
+                .await
+                .map_err(ServiceError::from)?;
+            tracing::info!(company_id = %company, "agency connected to GHL by OAuth");
+            return Ok(Response::new(pb::ConnectResponse {
+                location_id: String::new(),
+                kind: "oauth_agency".into(),
+                company_id: company,
+            }));
         };
         let location = whatsnap_rpc::location(location)?;
         let tokens = GhlTokensIssued {
@@ -345,6 +379,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         Ok(Response::new(pb::ConnectResponse {
             location_id: location.to_string(),
             kind: "oauth".into(),
+            company_id: grant.company_id.clone().unwrap_or_default(),
         }))
     }
 }

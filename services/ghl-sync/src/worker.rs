@@ -464,12 +464,116 @@ impl Worker {
     /// The location's access token, refreshed first when it is about to expire (or when
     /// `force`d after GHL refused it). `Err` says why there is none.
     async fn access_token(&self, location: &LocationId, force: bool) -> Result<String, String> {
-        let stream = connection::stream(location);
         let state = self.connection(location).await?;
-        let Some(tokens) = state.tokens.clone() else {
-            return Err(format!(
+        let agency = |tokens: Option<&GhlTokensIssued>| {
+            tokens
+                .and_then(|t| t.company_id.clone())
+                .or(state.company_id.clone())
+        };
+        match &state.tokens {
+            // Installed from an agency: its token makes the location's.
+            None if state.installed => match agency(None) {
+                Some(company) => self.location_token(location, &company, &state).await,
+                None => Err(format!(
+                    "location {location} installed the whatsnap app, but whatsnap holds no token for it yet: finish the install through /oauth/start"
+                )),
+            },
+            None => Err(format!(
                 "location {location} is not connected to GHL: install the whatsnap app or `whatsnap ghl connect`"
+            )),
+            // A location token made from an agency token has no refresh token of its own.
+            Some(tokens)
+                if tokens.kind == GhlTokenKind::Oauth
+                    && tokens.refresh_token.is_none()
+                    && (force || state.needs_refresh(Utc::now(), chrono::Duration::minutes(5))) =>
+            {
+                match agency(Some(tokens)) {
+                    Some(company) => self.location_token(location, &company, &state).await,
+                    None => Err(format!(
+                        "location {location}'s GHL token expired and there is no refresh token: install the app again"
+                    )),
+                }
+            }
+            Some(_) => {
+                self.own_token(
+                    &connection::stream(location),
+                    &state,
+                    force,
+                    &location.to_string(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// A new location token made from the agency's token (`POST /oauth/locationToken`),
+    /// stored before use.
+    async fn location_token(
+        &self,
+        location: &LocationId,
+        company: &str,
+        state: &Connection,
+    ) -> Result<String, String> {
+        let Some(agency_stream) = connection::company_stream(company) else {
+            return Err(format!("{company:?} is not a GHL company id"));
+        };
+        let agency_state = self.stream_state(&agency_stream).await?;
+        if agency_state.tokens.is_none() {
+            return Err(format!(
+                "location {location} was installed from agency {company}, which has not completed the OAuth install: send an agency admin to /oauth/start"
             ));
+        }
+        let agency_token = self
+            .own_token(
+                &agency_stream,
+                &agency_state,
+                false,
+                &format!("agency {company}"),
+            )
+            .await?;
+        let grant = self
+            .config
+            .client
+            .location_token(&agency_token, company, location)
+            .await
+            .map_err(|e| format!("a location token from agency {company}: {e}"))?;
+        let issued = Event::from(GhlTokensIssued {
+            kind: GhlTokenKind::Oauth,
+            access_token: self.config.secret_key.seal(&grant.access_token),
+            refresh_token: grant
+                .refresh_token
+                .as_deref()
+                .map(|t| self.config.secret_key.seal(t)),
+            expires_at: grant
+                .expires_in
+                .map(|s| Utc::now() + chrono::Duration::seconds(s as i64)),
+            user_type: "Location".into(),
+            company_id: Some(company.to_owned()),
+            scope: grant.scope.clone(),
+        });
+        self.store
+            .append(
+                &connection::stream(location),
+                ExpectedVersion::Exact(state.version),
+                vec![NewEvent::new(&issued, metadata())],
+            )
+            .await
+            .map_err(|e| format!("storing the location token: {e}"))?;
+        info!(%location, company, "location token made from the agency's");
+        Ok(grant.access_token)
+    }
+
+    /// The access token of the connection in `stream`, refreshed (and the rotated refresh token
+    /// stored) when it is about to expire or `force`d.
+    async fn own_token(
+        &self,
+        stream: &whatsnap_events::StreamId,
+        state: &Connection,
+        force: bool,
+        whose: &str,
+    ) -> Result<String, String> {
+        let Some(tokens) = state.tokens.clone() else {
+            return Err(format!("{whose} holds no GHL token"));
         };
         let refresh = match tokens.kind {
             GhlTokenKind::Oauth => {
@@ -487,7 +591,7 @@ impl Worker {
         }
         let Some(sealed) = &tokens.refresh_token else {
             return Err(format!(
-                "location {location}'s GHL token expired and there is no refresh token: install the app again"
+                "{whose}'s GHL token expired and there is no refresh token: install the app again"
             ));
         };
         let refresh_token = self
@@ -525,21 +629,25 @@ impl Worker {
         });
         self.store
             .append(
-                &stream,
+                stream,
                 ExpectedVersion::Exact(state.version),
                 vec![NewEvent::new(&issued, metadata())],
             )
             .await
             .map_err(|e| format!("storing the refreshed GHL token: {e}"))?;
-        info!(%location, "GHL token refreshed");
+        info!(whose, "GHL token refreshed");
         Ok(grant.access_token)
     }
 
     /// The location's connection, from its install stream.
     async fn connection(&self, location: &LocationId) -> Result<Connection, String> {
+        self.stream_state(&connection::stream(location)).await
+    }
+
+    async fn stream_state(&self, stream: &whatsnap_events::StreamId) -> Result<Connection, String> {
         let history = self
             .store
-            .read_stream(&connection::stream(location), 1, usize::MAX)
+            .read_stream(stream, 1, usize::MAX)
             .await
             .map_err(|e| format!("event store: {e}"))?;
         let mut state = Connection::default();
