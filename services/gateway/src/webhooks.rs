@@ -281,22 +281,33 @@ fn grpc_to_http(code: Code) -> StatusCode {
     }
 }
 
+/// A GHL request's JSON body, once its signature (`X-GHL-Signature`, else the legacy
+/// `X-WH-Signature`) checks out over the raw bytes: 401 otherwise, 400 for a body that is not
+/// JSON.
+#[allow(clippy::result_large_err)] // the refusal is the response, built once per request
+fn verified_ghl_json(
+    hooks: &Webhooks,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Value, Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    hooks
+        .ghl_keys
+        .verify(header("x-ghl-signature"), header("x-wh-signature"), body)
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    serde_json::from_slice(body)
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "the body is not JSON"))
+}
+
 /// `POST /webhooks/ghl/delivery`: the Conversation Provider's Delivery URL. GHL posts each
 /// reply a user or workflow sends (ProviderOutboundMessage), signed with `X-GHL-Signature`
 /// over the raw body. The reply is recorded once per GHL messageId; routing, sending and the
 /// status report to GHL follow from the log. GHL retries only a 429, so that is the answer
 /// when whatsnap cannot record it now.
 async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(e) =
-        hooks
-            .ghl_keys
-            .verify(header("x-ghl-signature"), header("x-wh-signature"), &body)
-    {
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
-    }
-    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
+    let payload = match verified_ghl_json(&hooks, &headers, &body) {
+        Ok(payload) => payload,
+        Err(refused) => return refused,
     };
     let text = |field: &str| {
         payload
@@ -449,16 +460,9 @@ async fn oauth_callback(
 /// carries the contact's whole tag list; its changes re-route the contact's next reply. GHL
 /// retries only on 429, so what whatsnap cannot act on is acknowledged with the reason.
 async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(e) =
-        hooks
-            .ghl_keys
-            .verify(header("x-ghl-signature"), header("x-wh-signature"), &body)
-    {
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
-    }
-    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "the body is not JSON");
+    let payload = match verified_ghl_json(&hooks, &headers, &body) {
+        Ok(payload) => payload,
+        Err(refused) => return refused,
     };
     let text = |field: &str| {
         payload

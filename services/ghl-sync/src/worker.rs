@@ -418,6 +418,19 @@ impl Worker {
         }
     }
 
+    /// Appends what crossed to GHL (its stream is written by ghl-sync alone, or appended to
+    /// after the writers that decide).
+    async fn record(&self, stream: &StreamId, event: &Event) -> Result<(), StoreError> {
+        self.store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(event, metadata())],
+            )
+            .await
+            .map(drop)
+    }
+
     async fn record_failure(
         &self,
         location: &LocationId,
@@ -777,13 +790,7 @@ impl Worker {
             format!("contact-{id}"),
         )
         .expect("a valid token");
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new(&link, metadata())],
-            )
-            .await?;
+        self.record(&stream, &link).await?;
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
         if queued.is_some() {
             done.insert((CONTACT.to_owned(), id), synced_through);
@@ -838,13 +845,7 @@ impl Worker {
             format!("contact-{contact_id}"),
         )
         .expect("a valid token");
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await?;
+        self.record(&stream, &event).await?;
         debug!(%location, %contact_id, "contact owner set in GHL");
         Ok(Step::Done)
     }
@@ -902,13 +903,7 @@ impl Worker {
             ghl_conversation_id: Some(posted.conversation_id),
         });
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await?;
+        self.record(&stream, &event).await?;
         debug!(%location, %message_id, "message in GHL");
         Ok(Step::Done)
     }
@@ -965,13 +960,7 @@ impl Worker {
             status,
         });
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await?;
+        self.record(&stream, &event).await?;
         Ok(Step::Done)
     }
 }

@@ -117,6 +117,24 @@ impl Session {
         })
     }
 
+    /// Starts `stream` with `event`; `true` when the stream existed, so nothing was written
+    /// (a provider or GHL delivering the same message again).
+    async fn append_once(&self, stream: &StreamId, event: &Event) -> ServiceResult<bool> {
+        match self
+            .store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(event, metadata())],
+            )
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(StoreError::WrongExpectedVersion { .. }) => Ok(true),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The account's state from its own stream; not found when it was never added.
     async fn load_account(
         &self,
@@ -305,19 +323,7 @@ impl pb::session_service_server::SessionService for Session {
             received_at: Utc::now(),
             attachments: Vec::new(),
         });
-        let duplicate = match self
-            .store
-            .append(
-                &stream,
-                ExpectedVersion::NoStream,
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await
-        {
-            Ok(_) => false,
-            Err(StoreError::WrongExpectedVersion { .. }) => true,
-            Err(err) => return Err(ServiceError::from(err).into()),
-        };
+        let duplicate = self.append_once(&stream, &event).await?;
         Ok(Response::new(pb::RecordInboundMessageResponse {
             message_id: message_id.to_string(),
             duplicate,
@@ -360,19 +366,7 @@ impl pb::session_service_server::SessionService for Session {
             to: Some(phone.to_string()),
             ghl_contact_id: non_empty(request.ghl_contact_id),
         });
-        let duplicate = match self
-            .store
-            .append(
-                &stream,
-                ExpectedVersion::NoStream,
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await
-        {
-            Ok(_) => false,
-            Err(StoreError::WrongExpectedVersion { .. }) => true,
-            Err(err) => return Err(ServiceError::from(err).into()),
-        };
+        let duplicate = self.append_once(&stream, &event).await?;
         Ok(Response::new(pb::RequestOutboundMessageResponse {
             message_id: message_id.to_string(),
             duplicate,
