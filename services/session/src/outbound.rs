@@ -145,6 +145,7 @@ impl OutboundSender {
         location: &LocationId,
         routed: &OutboundMessageRouted,
         body: &str,
+        media: &[String],
     ) -> Result<Outcome, ApplyError> {
         let (account, credentials) = self.account(location, routed.account_id).await?;
         if account.status == account::Status::Removed {
@@ -185,7 +186,7 @@ impl OutboundSender {
             from,
             to: &routed.to,
             body,
-            media_urls: &[],
+            media_urls: media,
             status_callback: callback.as_deref(),
         };
         let started = tokio::time::Instant::now();
@@ -223,14 +224,17 @@ impl OutboundSender {
         if state.done_sending() {
             return Ok(());
         }
-        let body = history
+        let (body, media): (String, Vec<String>) = history
             .iter()
             .find_map(|e| match e.decode() {
-                Ok(Event::OutboundMessageRequested(requested)) => Some(requested.body),
+                Ok(Event::OutboundMessageRequested(requested)) => Some((
+                    requested.body,
+                    requested.attachments.into_iter().map(|a| a.url).collect(),
+                )),
                 _ => None,
             })
             .unwrap_or_default();
-        let event = match self.send(&location, &routed, &body).await? {
+        let event = match self.send(&location, &routed, &body, &media).await? {
             Outcome::Sent(sid) => {
                 info!(message_id = %routed.message_id, account_id = %routed.account_id, message_sid = %sid, "reply sent");
                 Event::from(OutboundMessageSent {
