@@ -172,6 +172,20 @@ impl Rig {
         from: &str,
         body: &str,
     ) -> u16 {
+        self.text_with(location, account, message_sid, from, body, &[])
+            .await
+    }
+
+    /// As [`Rig::text`], with more of Twilio's parameters (e.g. `ProfileName`).
+    async fn text_with(
+        &self,
+        location: &str,
+        account: &session::Account,
+        message_sid: &str,
+        from: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> u16 {
         let path = format!("/webhooks/twilio/{location}/{}/inbound", account.account_id);
         let url = format!("http://{}{path}", self.http);
         let params: Vec<(String, String)> = [
@@ -185,6 +199,7 @@ impl Rig {
             ("ApiVersion", "2010-04-01"),
         ]
         .iter()
+        .chain(extra)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let signature = whatsnap_twilio::signature::sign(TOKEN, &url, &params);
@@ -263,15 +278,17 @@ async fn round_trip(backend: Backend, name: &str) {
     assert_eq!(sales.tag, "whatsnap-account-sales");
     assert_eq!(support.tag, "whatsnap-account-support");
 
-    // A text from a new number, delivered three times as Twilio may.
+    // A text from a new number, delivered three times as Twilio may; the sender's name comes
+    // with it when the platform shows one.
     for _ in 0..3 {
         let status = rig
-            .text(
+            .text_with(
                 LOCATION,
                 &sales,
                 "SM10000000000000000000000000000001",
                 CUSTOMER,
                 "Are you open today?",
+                &[("ProfileName", "Ana Lima")],
             )
             .await;
         assert_eq!(status, 200);
@@ -282,6 +299,8 @@ async fn round_trip(backend: Backend, name: &str) {
     })
     .await;
     assert_eq!(contact.tags, ["whatsnap-account-sales"]);
+    assert_eq!(contact.phone.as_deref(), Some(CUSTOMER));
+    assert_eq!(contact.name.as_deref(), Some("Ana Lima"));
     // Time for a duplicate to show, had one been made.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rig.ghl.contacts(LOCATION).len(), 1, "one contact in GHL");

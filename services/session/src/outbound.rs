@@ -50,9 +50,10 @@ impl OutboundState {
         Ok(state)
     }
 
-    /// Sent, or settled without sending: nothing more goes out.
+    /// Sent (or reported on by the provider), or settled without sending: nothing more goes
+    /// out.
     fn done_sending(&self) -> bool {
-        self.sent.is_some() || self.failed
+        self.sent.is_some() || self.failed || self.delivered || self.read
     }
 }
 
@@ -66,10 +67,16 @@ pub fn decide_delivery_status(
     status: MessageStatus,
     error_code: Option<u32>,
 ) -> Result<Option<Event>, String> {
-    let Some(sent) = &state.sent else {
-        return Err(format!("message {message_id} was never sent"));
+    let from_this_account = match (&state.sent, &state.routed) {
+        (Some(sent), _) => {
+            sent.account_id == account_id && sent.provider_message_id == provider_message_id
+        }
+        // Twilio can report before the sender has recorded what Twilio answered it; the
+        // report is signed with the account's token for this message's URL, so it counts.
+        (None, Some(routed)) => routed.account_id == account_id,
+        (None, None) => return Err(format!("message {message_id} was never sent")),
     };
-    if sent.account_id != account_id || sent.provider_message_id != provider_message_id {
+    if !from_this_account {
         return Err(format!(
             "message {message_id} was not sent as {provider_message_id} from account {account_id}"
         ));
@@ -430,5 +437,43 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_report_ahead_of_the_recorded_send_counts_for_the_routed_account_only() {
+        let account = Uuid::now_v7();
+        let routed = OutboundState {
+            routed: Some(OutboundMessageRouted {
+                message_id: Uuid::nil(),
+                contact_id: Uuid::nil(),
+                account_id: account,
+                tag: "whatsnap-account-sales".into(),
+                to: "+14155550100".into(),
+                reason: "the contact carries the tag".into(),
+            }),
+            version: 2,
+            ..OutboundState::default()
+        };
+        let decided = decide_delivery_status(
+            &routed,
+            Uuid::nil(),
+            account,
+            "SM9",
+            MessageStatus::Delivered,
+            None,
+        );
+        assert!(
+            matches!(decided, Ok(Some(Event::MessageDelivered(_)))),
+            "{decided:?}"
+        );
+        let stranger = decide_delivery_status(
+            &routed,
+            Uuid::nil(),
+            Uuid::now_v7(),
+            "SM9",
+            MessageStatus::Delivered,
+            None,
+        );
+        assert!(stranger.is_err());
     }
 }
