@@ -127,7 +127,7 @@ pub struct ServeArgs {
     /// gRPC address (port 0 picks a free port; the chosen one is printed).
     #[arg(long, env = "WHATSNAP_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    /// HTTP address of the gateway: health checks, and the webhooks and dashboard to come.
+    /// HTTP address of the gateway: health checks, Twilio and GHL webhooks, the OAuth install.
     #[arg(long, env = "WHATSNAP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// gRPC URL of the session service, when the gateway runs without it.
