@@ -94,6 +94,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
             from: PHONE.into(),
             body: "hello".into(),
             sender_name: String::new(),
+            attachments: Vec::new(),
         })
         .await
         .unwrap();

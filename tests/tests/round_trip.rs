@@ -199,6 +199,7 @@ impl Rig {
             ("ApiVersion", "2010-04-01"),
         ]
         .iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
         .chain(extra)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -404,6 +405,32 @@ async fn round_trip(backend: Backend, name: &str) {
         error.contains("unreachable") && error.contains("30003"),
         "{error}"
     );
+
+    // A picture (MMS) reaches the conversation as an attachment.
+    let picture = "https://api.twilio.com/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/MM1/Media/ME1";
+    let status = rig
+        .text_with(
+            LOCATION,
+            &sales,
+            "MM10000000000000000000000000000001",
+            CUSTOMER,
+            "",
+            &[
+                ("NumMedia", "1"),
+                ("MediaUrl0", picture),
+                ("MediaContentType0", "image/jpeg"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let with_picture = eventually("the picture in the conversation", async || {
+        rig.ghl
+            .messages(&contact.id)
+            .into_iter()
+            .find(|m| !m.attachments.is_empty())
+    })
+    .await;
+    assert_eq!(with_picture.attachments, [picture]);
 
     // Bad input changes nothing.
     let before = rig.twilio.sent().len();

@@ -112,6 +112,7 @@ impl Api {
             from: from.into(),
             body: "Hi, is this open today?".into(),
             sender_name: "Ana Lima".into(),
+            attachments: Vec::new(),
         });
         if let Some(traceparent) = traceparent {
             request

@@ -192,6 +192,14 @@ async fn twilio_inbound(
         from: message.from,
         body: message.body,
         sender_name: message.profile_name.unwrap_or_default(),
+        attachments: message
+            .media
+            .into_iter()
+            .map(|m| session::Attachment {
+                url: m.url,
+                content_type: m.content_type.unwrap_or_default(),
+            })
+            .collect(),
     });
     whatsnap_telemetry::inject(&mut request);
     match session::session_service_client::SessionServiceClient::new(channel)

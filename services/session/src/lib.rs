@@ -321,7 +321,16 @@ impl pb::session_service_server::SessionService for Session {
             body: request.body,
             sender_name: Some(request.sender_name).filter(|n| !n.trim().is_empty()),
             received_at: Utc::now(),
-            attachments: Vec::new(),
+            attachments: request
+                .attachments
+                .into_iter()
+                .filter(|a| !a.url.trim().is_empty())
+                .map(|a| Attachment {
+                    url: a.url,
+                    content_type: Some(a.content_type).filter(|c| !c.is_empty()),
+                    file_name: None,
+                })
+                .collect(),
         });
         let duplicate = self.append_once(&stream, &event).await?;
         Ok(Response::new(pb::RecordInboundMessageResponse {

@@ -399,6 +399,7 @@ pub async fn messages(command: MessagesCommand) -> anyhow::Result<()> {
             from,
             body,
             sender_name: name,
+            attachments: Vec::new(),
         })
         .await
         .map_err(status)?
