@@ -90,8 +90,8 @@ fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
 }
 
 /// Checks a Twilio webhook for an account: a form, for a Twilio account of the location,
-/// signed with that account's Auth Token over the URL Twilio requested. Gives the parameters
-/// and the account's SID, or the refusal to send.
+/// signed with that account's Auth Token over the URL Twilio requested. A webhook that names
+/// another account (`AccountSid`) is refused. Gives the parameters, or the refusal to send.
 async fn verified_twilio_form(
     hooks: &Webhooks,
     location: &str,
@@ -99,7 +99,7 @@ async fn verified_twilio_form(
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(Vec<(String, String)>, String), Response> {
+) -> Result<Vec<(String, String)>, Response> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -154,7 +154,7 @@ async fn verified_twilio_form(
             "the webhook is for another Twilio account",
         ));
     }
-    Ok((params, account_sid))
+    Ok(params)
 }
 
 async fn twilio_inbound(
@@ -164,7 +164,7 @@ async fn twilio_inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (params, account_sid) =
+    let params =
         match verified_twilio_form(&hooks, &location, &account, &uri, &headers, &body).await {
             Ok(verified) => verified,
             Err(refused) => return refused,
@@ -173,17 +173,9 @@ async fn twilio_inbound(
         Ok(message) => message,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if message.account_sid != account_sid {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the webhook is for another Twilio account",
-        );
-    }
-    let Some(channel) = hooks.session.clone() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the session service is not reachable from this gateway",
-        );
+    let channel = match reach(&hooks.session, "session", StatusCode::SERVICE_UNAVAILABLE) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
     };
     let mut request = tonic::Request::new(session::RecordInboundMessageRequest {
         location_id: location,
@@ -211,15 +203,7 @@ async fn twilio_inbound(
             info!(message_sid = %message.message_sid, message_id = %recorded.message_id, duplicate = recorded.duplicate, "twilio message received");
             accepted()
         }
-        Err(status) => {
-            let code = match status.code() {
-                Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                Code::NotFound => StatusCode::NOT_FOUND,
-                Code::FailedPrecondition => StatusCode::GONE,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            refuse(code, status.message().to_owned())
-        }
+        Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
     }
 }
 
@@ -234,7 +218,7 @@ async fn twilio_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (params, _) =
+    let params =
         match verified_twilio_form(&hooks, &location, &account, &uri, &headers, &body).await {
             Ok(verified) => verified,
             Err(refused) => return refused,
@@ -253,11 +237,9 @@ async fn twilio_status(
             "the status callback URL has no message parameter",
         );
     };
-    let Some(channel) = hooks.session.clone() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the session service is not reachable from this gateway",
-        );
+    let channel = match reach(&hooks.session, "session", StatusCode::SERVICE_UNAVAILABLE) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
     };
     let mut request = tonic::Request::new(session::RecordDeliveryStatusRequest {
         location_id: location,
@@ -278,6 +260,21 @@ async fn twilio_status(
         }
         Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
     }
+}
+
+/// The channel to a service, or the refusal to answer when this gateway cannot reach it.
+#[allow(clippy::result_large_err)] // the refusal is the response, built once per request
+fn reach(
+    channel: &Option<Channel>,
+    service: &str,
+    status: StatusCode,
+) -> Result<Channel, Response> {
+    channel.clone().ok_or_else(|| {
+        refuse(
+            status,
+            format!("the {service} service is not reachable from this gateway"),
+        )
+    })
 }
 
 fn grpc_to_http(code: Code) -> StatusCode {
@@ -349,11 +346,9 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
                 .collect()
         })
         .unwrap_or_default();
-    let Some(channel) = hooks.session.clone() else {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the session service is not reachable from this gateway",
-        );
+    let channel = match reach(&hooks.session, "session", StatusCode::TOO_MANY_REQUESTS) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
     };
     let mut request = tonic::Request::new(session::RequestOutboundMessageRequest {
         location_id: text("locationId"),
@@ -388,11 +383,9 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
 
 /// `GET /oauth/start`: sends the browser to GHL's page for choosing the location to install on.
 async fn oauth_start(State(hooks): State<Webhooks>) -> Response {
-    let Some(channel) = hooks.ghl_sync.clone() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the ghl-sync service is not reachable from this gateway",
-        );
+    let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
     };
     match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
         .begin_o_auth(ghlsync::BeginOAuthRequest::default())
@@ -424,11 +417,9 @@ async fn oauth_callback(
             ),
         );
     };
-    let Some(channel) = hooks.ghl_sync.clone() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the ghl-sync service is not reachable from this gateway",
-        );
+    let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
     };
     let mut request = tonic::Request::new(ghlsync::CompleteOAuthRequest { code });
     whatsnap_telemetry::inject(&mut request);
@@ -510,11 +501,10 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
     };
     match text("type") {
         "ContactTagUpdate" => {
-            let Some(channel) = hooks.contacts.clone() else {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the contacts service is not reachable from this gateway",
-                );
+            let channel = match reach(&hooks.contacts, "contacts", StatusCode::SERVICE_UNAVAILABLE)
+            {
+                Ok(channel) => channel,
+                Err(refused) => return refused,
             };
             let tags = payload
                 .get("tags")
@@ -555,11 +545,10 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 )
                     .into_response();
             }
-            let Some(channel) = hooks.ghl_sync.clone() else {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the ghl-sync service is not reachable from this gateway",
-                );
+            let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE)
+            {
+                Ok(channel) => channel,
+                Err(refused) => return refused,
             };
             let mut request = tonic::Request::new(ghlsync::RecordInstallRequest {
                 location_id: text("locationId").to_owned(),
