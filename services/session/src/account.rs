@@ -36,6 +36,8 @@ pub struct AccountState {
     pub name: String,
     pub tag: String,
     pub phone_number: Option<String>,
+    /// A Twilio account's credentials, the Auth Token sealed.
+    pub twilio: Option<TwilioCredentials>,
     pub status: Status,
     pub version: u64,
 }
@@ -49,6 +51,7 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             state.name = e.name.clone();
             state.tag = e.tag.clone();
             state.phone_number = e.phone_number.clone();
+            state.twilio = e.twilio.clone();
         }
         Event::AccountConnected(e) => {
             state.status = Status::Connected;

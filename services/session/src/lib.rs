@@ -141,15 +141,7 @@ impl Session {
         location: &LocationId,
         account_id: Uuid,
     ) -> ServiceResult<(StreamId, AccountState)> {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-        let events = self.store.read_stream(&stream, 1, usize::MAX).await?;
-        let mut state = AccountState::default();
-        for event in &events {
-            let decoded = event.decode().map_err(|e| {
-                ServiceError::FailedPrecondition(format!("account {account_id}: {e}"))
-            })?;
-            state = evolve(state, &decoded, event.version);
-        }
+        let (stream, state) = read_account(self.store.as_ref(), location, account_id).await?;
         if state.account_id.is_none() {
             return Err(ServiceError::NotFound(format!(
                 "no account {account_id} in location {location}"
@@ -157,6 +149,23 @@ impl Session {
         }
         Ok((stream, state))
     }
+}
+
+/// The account's state from its own stream; empty (no `account_id`) when it was never added.
+pub(crate) async fn read_account(
+    store: &dyn EventStore,
+    location: &LocationId,
+    account_id: Uuid,
+) -> ServiceResult<(StreamId, AccountState)> {
+    let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+    let mut state = AccountState::default();
+    for event in store.read_stream(&stream, 1, usize::MAX).await? {
+        let decoded = event
+            .decode()
+            .map_err(|e| ServiceError::FailedPrecondition(format!("account {account_id}: {e}")))?;
+        state = evolve(state, &decoded, event.version);
+    }
+    Ok((stream, state))
 }
 
 /// A command starts a correlation, in the trace of the call that carried it.

@@ -11,8 +11,8 @@ use sqlx::{Any, AnyConnection};
 use tracing::{info, warn};
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
-    MessageRead, NewEvent, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
+    AccountKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed, MessageRead,
+    NewEvent, OutboundMessageRouted, OutboundMessageSent, RecordedEvent,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
@@ -20,7 +20,7 @@ use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::webhook::MessageStatus;
 use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
 
-use crate::account::{self, AccountState};
+use crate::account;
 
 /// Where an outbound message stands, from its own stream.
 #[derive(Debug, Clone, Default)]
@@ -129,24 +129,6 @@ enum Outcome {
 }
 
 impl OutboundSender {
-    async fn account(
-        &self,
-        location: &LocationId,
-        account_id: Uuid,
-    ) -> Result<(AccountState, Option<whatsnap_events::TwilioCredentials>), ApplyError> {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-        let mut state = AccountState::default();
-        let mut credentials = None;
-        for recorded in self.store.read_stream(&stream, 1, usize::MAX).await? {
-            let event = recorded.decode()?;
-            if let Event::AccountAdded(added) = &event {
-                credentials = added.twilio.clone();
-            }
-            state = account::evolve(state, &event, recorded.version);
-        }
-        Ok((state, credentials))
-    }
-
     async fn send(
         &self,
         location: &LocationId,
@@ -154,7 +136,8 @@ impl OutboundSender {
         body: &str,
         media: &[String],
     ) -> Result<Outcome, ApplyError> {
-        let (account, credentials) = self.account(location, routed.account_id).await?;
+        let (_, account) =
+            crate::read_account(self.store.as_ref(), location, routed.account_id).await?;
         if account.status == account::Status::Removed {
             return Ok(Outcome::Failed {
                 reason: format!(
@@ -164,7 +147,7 @@ impl OutboundSender {
                 code: None,
             });
         }
-        let (Some(AccountKind::Twilio), Some(credentials)) = (account.kind, credentials) else {
+        let (Some(AccountKind::Twilio), Some(credentials)) = (account.kind, &account.twilio) else {
             return Ok(Outcome::Failed {
                 reason: format!(
                     "sending through {} accounts is not available yet; add the tag of a Twilio account to reply",
