@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use whatsnap_events::{AggregateKind, Event, GhlTokenKind, GhlTokensIssued, LocationId, StreamId};
+use whatsnap_eventstore::EventStore;
+use whatsnap_rpc::ServiceError;
 
 /// The stream of a location's GHL connection.
 pub fn stream(location: &LocationId) -> StreamId {
@@ -14,6 +16,18 @@ pub fn stream(location: &LocationId) -> StreamId {
 pub fn company_stream(company_id: &str) -> Option<StreamId> {
     let company = LocationId::parse(format!("company-{company_id}")).ok()?;
     StreamId::new(company, AggregateKind::Ghl, "agency").ok()
+}
+
+/// The connection as the events of `stream` (a location's or an agency's) leave it.
+pub async fn load(store: &dyn EventStore, stream: &StreamId) -> Result<Connection, ServiceError> {
+    let mut state = Connection::default();
+    for recorded in store.read_stream(stream, 1, usize::MAX).await? {
+        let event = recorded
+            .decode()
+            .map_err(|e| ServiceError::FailedPrecondition(format!("{stream}: {e}")))?;
+        state = state.evolve(&event, recorded.version);
+    }
+    Ok(state)
 }
 
 #[derive(Debug, Clone, Default)]

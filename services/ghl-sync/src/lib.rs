@@ -71,14 +71,7 @@ impl GhlSync {
         installed_by_oauth: bool,
     ) -> Result<(), ServiceError> {
         let stream = connection::stream(location);
-        let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
-        let mut state = connection::Connection::default();
-        for recorded in &history {
-            let event = recorded
-                .decode()
-                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-            state = state.evolve(&event, recorded.version);
-        }
+        let state = connection::load(self.store.as_ref(), &stream).await?;
         let mut events = Vec::new();
         if installed_by_oauth && !state.installed {
             events.push(Event::from(GhlInstalled {
@@ -117,15 +110,6 @@ impl GhlSync {
     }
 }
 
-/// Whether the location has the app installed, after its install stream.
-pub fn installed_after(events: &[Event]) -> bool {
-    events.iter().fold(false, |installed, event| match event {
-        Event::GhlInstalled(_) => true,
-        Event::GhlUninstalled(_) => false,
-        _ => installed,
-    })
-}
-
 #[tonic::async_trait]
 impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
     async fn record_install(
@@ -135,19 +119,8 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let stream = connection::stream(&location);
-        let history = self
-            .store
-            .read_stream(&stream, 1, usize::MAX)
-            .await
-            .map_err(ServiceError::from)?;
-        let decoded: Vec<Event> = history
-            .iter()
-            .map(|e| {
-                e.decode()
-                    .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        if installed_after(&decoded) == request.installed {
+        let state = connection::load(self.store.as_ref(), &stream).await?;
+        if state.installed == request.installed {
             return Ok(Response::new(pb::RecordInstallResponse { changed: false }));
         }
         let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
@@ -166,7 +139,7 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         self.store
             .append(
                 &stream,
-                ExpectedVersion::Exact(history.len() as u64),
+                ExpectedVersion::Exact(state.version),
                 vec![NewEvent::new(&event, metadata)],
             )
             .await

@@ -658,17 +658,9 @@ impl Worker {
     }
 
     async fn stream_state(&self, stream: &whatsnap_events::StreamId) -> Result<Connection, String> {
-        let history = self
-            .store
-            .read_stream(stream, 1, usize::MAX)
+        connection::load(self.store.as_ref(), stream)
             .await
-            .map_err(|e| format!("event store: {e}"))?;
-        let mut state = Connection::default();
-        for recorded in &history {
-            let event = recorded.decode().map_err(|e| e.to_string())?;
-            state = state.evolve(&event, recorded.version);
-        }
-        Ok(state)
+            .map_err(|e| e.to_string())
     }
 
     async fn process(
