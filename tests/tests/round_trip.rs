@@ -23,6 +23,15 @@ const TOKEN: &str = "twilio-auth-token-of-the-agency";
 const SALES: &str = "+15005550006";
 const SUPPORT: &str = "+15005550007";
 const PROVIDER: &str = "whatsnapProvider0001";
+/// whatsnap as the fake GHL's marketplace app, for OAuth installs.
+const OAUTH_APP: [&str; 6] = [
+    "--ghl-client-id",
+    FakeGhl::CLIENT_ID,
+    "--ghl-client-secret",
+    FakeGhl::CLIENT_SECRET,
+    "--ghl-redirect-uri",
+    "https://whatsnap.example.com/oauth/callback",
+];
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -689,19 +698,7 @@ async fn a_thousand_messages_across_three_locations_with_one_rate_limited_distri
 async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
     const LOCATION: &str = "locOAuth";
     let backend = Backend::embedded().await;
-    let rig = Rig::start(
-        &backend,
-        "oauth",
-        &[
-            "--ghl-client-id",
-            FakeGhl::CLIENT_ID,
-            "--ghl-client-secret",
-            FakeGhl::CLIENT_SECRET,
-            "--ghl-redirect-uri",
-            "https://whatsnap.example.com/oauth/callback",
-        ],
-    )
-    .await;
+    let rig = Rig::start(&backend, "oauth", &OAUTH_APP).await;
     let sales = rig.add_account(LOCATION, "Sales", SALES).await;
 
     // /oauth/start sends the browser to GHL's location chooser with whatsnap's client id.
@@ -1050,19 +1047,7 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
 async fn an_agency_install_connects_each_location_as_it_installs() {
     const LOCATION: &str = "locAgencyChild";
     let backend = Backend::embedded().await;
-    let rig = Rig::start(
-        &backend,
-        "agency",
-        &[
-            "--ghl-client-id",
-            FakeGhl::CLIENT_ID,
-            "--ghl-client-secret",
-            FakeGhl::CLIENT_SECRET,
-            "--ghl-redirect-uri",
-            "https://whatsnap.example.com/oauth/callback",
-        ],
-    )
-    .await;
+    let rig = Rig::start(&backend, "agency", &OAUTH_APP).await;
     let sales = rig.add_account(LOCATION, "Sales", SALES).await;
     let code = rig.ghl.issue_company_code(FakeGhl::COMPANY_ID);
     let (status, body) =
