@@ -391,6 +391,54 @@ pub struct GhlSyncFailed {
     pub final_attempt: bool,
 }
 
+/// An effect on the outside world (a call to GHL, Twilio, a device) is about to be made. Appended
+/// to the subject's stream before the call; the call's outcome follows it in the same stream. An
+/// intent with no outcome after a restart is reconciled with the third party before any retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectIntended {
+    /// What is done, e.g. `ghl.post_message` or `twilio.send`.
+    pub operation: String,
+    /// The whatsnap id of the message or contact the effect is for.
+    pub subject_id: Uuid,
+    /// Which try this is (1 for the first).
+    pub attempt: u32,
+    /// What identifies the call at the third party, for reconciling (e.g. the `altId`, or the
+    /// sender and recipient of a text).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// An operator asked for work that ghl-sync set aside to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlSyncRetryRequested {
+    pub operation: String,
+    pub subject_id: Uuid,
+    /// Who asked, for the trace.
+    pub requested_by: Option<String>,
+}
+
+/// A projection set an event aside after it kept failing; the rest of the log goes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionEventParked {
+    pub projection: String,
+    /// The position of the parked event in the log.
+    pub position: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub reason: String,
+    pub attempts: u32,
+}
+
+/// An operator dealt with a parked event: `retried` (applied again, successfully) or `skipped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEventResolved {
+    pub projection: String,
+    pub position: u64,
+    /// `retried` or `skipped`.
+    pub action: String,
+    pub requested_by: Option<String>,
+}
+
 macro_rules! catalogue {
     ($($variant:ident => $version:literal),* $(,)?) => {
         /// Every event whatsnap writes, by type.
@@ -474,6 +522,10 @@ catalogue! {
     GhlStatusReported => 1,
     GhlAssignmentApplied => 1,
     UserAvailabilityChanged => 1,
+    EffectIntended => 1,
+    GhlSyncRetryRequested => 1,
+    ProjectionEventParked => 1,
+    ParkedEventResolved => 1,
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(
