@@ -37,6 +37,16 @@ pub struct SentSms {
     pub to: String,
     pub body: String,
     pub status_callback: Option<String>,
+    pub date_created: chrono::DateTime<chrono::Utc>,
+}
+
+/// How the fake misbehaves on one account's sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFault {
+    /// Never answers, and sends nothing: the client times out.
+    Hang,
+    /// Takes the message (it is sent), then never answers: the client times out not knowing.
+    AcceptThenHang,
 }
 
 #[derive(Default)]
@@ -47,6 +57,8 @@ struct Inner {
     opted_out: Vec<String>,
     /// Answer the next sends with HTTP 500.
     fail_next: usize,
+    /// Accounts whose sends misbehave.
+    faults: HashMap<String, SendFault>,
 }
 
 #[derive(Clone, Default)]
@@ -148,6 +160,10 @@ async fn create_message(
     let Some(account) = authenticate(&shared, &headers, &sid) else {
         return denied();
     };
+    let fault = shared.with(|inner| inner.faults.get(&account.sid).copied());
+    if fault == Some(SendFault::Hang) {
+        std::future::pending::<()>().await;
+    }
     if shared.with(|inner| {
         let fail = inner.fail_next > 0;
         inner.fail_next = inner.fail_next.saturating_sub(1);
@@ -216,10 +232,14 @@ async fn create_message(
             to,
             body,
             status_callback: field("StatusCallback"),
+            date_created: chrono::Utc::now(),
         };
         inner.sent.push(message.clone());
         message
     });
+    if fault == Some(SendFault::AcceptThenHang) {
+        std::future::pending::<()>().await;
+    }
     (
         StatusCode::CREATED,
         Json(json!({
@@ -241,6 +261,72 @@ async fn create_message(
 }
 
 /// A running fake Twilio; stops when dropped.
+/// `GET Messages.json`: the account's messages, newest first, filtered by `To`, `From` and
+/// `DateSent` (a `YYYY-MM-DD` day, UTC), as Twilio's list resource is.
+async fn list_messages(
+    State(shared): State<Shared>,
+    Path(sid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(account) = authenticate(&shared, &headers, &sid) else {
+        return denied();
+    };
+    let day = match query.get("DateSent") {
+        Some(day) => match chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") {
+            Ok(day) => Some(day),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    20001,
+                    &format!("Invalid DateSent: {day}"),
+                );
+            }
+        },
+        None => None,
+    };
+    let page_size: usize = query
+        .get("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let messages: Vec<Value> = shared.with(|inner| {
+        inner
+            .sent
+            .iter()
+            .rev()
+            .filter(|m| m.account_sid == account.sid)
+            .filter(|m| query.get("To").is_none_or(|to| *to == m.to))
+            .filter(|m| query.get("From").is_none_or(|from| *from == m.from))
+            .filter(|m| day.is_none_or(|day| m.date_created.date_naive() == day))
+            .take(page_size)
+            .map(|m| {
+                let date = m.date_created.to_rfc2822();
+                json!({
+                    "sid": m.sid,
+                    "account_sid": m.account_sid,
+                    "from": m.from,
+                    "to": m.to,
+                    "body": m.body,
+                    "status": "sent",
+                    "direction": "outbound-api",
+                    "date_created": date,
+                    "date_updated": date,
+                    "date_sent": date,
+                    "api_version": "2010-04-01",
+                })
+            })
+            .collect()
+    });
+    Json(json!({
+        "messages": messages,
+        "page": 0,
+        "page_size": page_size,
+        "next_page_uri": null,
+    }))
+    .into_response()
+}
+
 pub struct FakeTwilio {
     pub addr: SocketAddr,
     shared: Shared,
@@ -260,7 +346,7 @@ impl FakeTwilio {
             )
             .route(
                 "/2010-04-01/Accounts/{sid}/Messages.json",
-                post(create_message),
+                post(create_message).get(list_messages),
             )
             .with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -290,6 +376,14 @@ impl FakeTwilio {
     /// The next `count` sends fail with HTTP 500.
     pub fn fail_next_sends(&self, count: usize) {
         self.shared.with(|inner| inner.fail_next = count);
+    }
+
+    /// Makes every send of account `sid` misbehave (`None`: behave again).
+    pub fn set_send_fault(&self, sid: &str, fault: Option<SendFault>) {
+        self.shared.with(|inner| match fault {
+            Some(fault) => inner.faults.insert(sid.to_owned(), fault),
+            None => inner.faults.remove(sid),
+        });
     }
 
     pub fn sent(&self) -> Vec<SentSms> {

@@ -172,6 +172,20 @@ impl GhlError {
         )
     }
 
+    /// Whether the request certainly changed nothing at GHL: refused, rate limited, or never
+    /// connected. A 5xx or a timeout may have been acted on before it failed.
+    pub fn certainly_unsent(&self) -> bool {
+        match self {
+            Self::Unauthorized { .. }
+            | Self::Forbidden { .. }
+            | Self::RateLimited { .. }
+            | Self::Refused { .. }
+            | Self::NotConfigured(_) => true,
+            Self::Unavailable(reason) => reason.starts_with(NOT_CONNECTED),
+            Self::Server { .. } | Self::Protocol(_) => false,
+        }
+    }
+
     /// The HTTP status GHL answered with, where it answered.
     pub fn http_status(&self) -> Option<u16> {
         match self {
@@ -265,6 +279,26 @@ pub struct InboundMessage {
 pub struct PostedMessage {
     pub conversation_id: String,
     pub message_id: String,
+}
+
+/// A message of a conversation as GHL lists it (`GetMessageResponseDto`), as much as whatsnap
+/// uses to recognise its own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedMessage {
+    pub id: String,
+    pub body: Option<String>,
+    pub direction: Option<String>,
+    pub date_added: Option<String>,
+    /// Not in GHL's schema for SMS messages; used where GHL returns it.
+    pub alt_id: Option<String>,
+}
+
+/// One page of a conversation's messages; `next` is the `lastMessageId` of the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagePage {
+    pub messages: Vec<ListedMessage>,
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -599,6 +633,7 @@ impl GhlClient {
                     &["conversations", "messages", "inbound"],
                 )
                 .location(location, token)
+                .once()
                 .json(&body)?,
             )
             .await?;
@@ -630,6 +665,138 @@ impl GhlClient {
             conversation_id,
             message_id,
         })
+    }
+
+    /// The ids of the contact's conversations (`GET /conversations/search?contactId=`).
+    #[tracing::instrument(skip_all, fields(location_id = %location))]
+    pub async fn search_conversations(
+        &self,
+        location: &LocationId,
+        token: &str,
+        contact_id: &str,
+    ) -> Result<Vec<String>, GhlError> {
+        #[derive(Deserialize)]
+        struct Found {
+            conversations: Vec<Conversation>,
+        }
+        #[derive(Deserialize)]
+        struct Conversation {
+            id: String,
+        }
+        let found: Found = self
+            .send_json(
+                Call::new(
+                    "search conversations",
+                    Api::Conversations,
+                    Method::GET,
+                    &["conversations", "search"],
+                )
+                .location(location, token)
+                .query(&[
+                    ("locationId", location.as_str()),
+                    ("contactId", contact_id),
+                    ("limit", "100"),
+                ]),
+            )
+            .await?;
+        Ok(found.conversations.into_iter().map(|c| c.id).collect())
+    }
+
+    /// One page of a conversation's messages, newest first, after `last_message_id`
+    /// (`GET /conversations/{id}/messages`).
+    #[tracing::instrument(skip_all, fields(location_id = %location))]
+    pub async fn conversation_messages(
+        &self,
+        location: &LocationId,
+        token: &str,
+        conversation_id: &str,
+        last_message_id: Option<&str>,
+    ) -> Result<MessagePage, GhlError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Page {
+            last_message_id: Option<String>,
+            next_page: Option<bool>,
+            messages: Vec<ListedMessage>,
+        }
+        let path = ["conversations", conversation_id, "messages"];
+        let mut query = vec![("limit", "100")];
+        if let Some(last) = last_message_id {
+            query.push(("lastMessageId", last));
+        }
+        let page: Page = self
+            .send_json(
+                Call::new(
+                    "list conversation messages",
+                    Api::Conversations,
+                    Method::GET,
+                    &path,
+                )
+                .location(location, token)
+                .query(&query),
+            )
+            .await?;
+        let next = match (page.next_page, page.last_message_id) {
+            (Some(true), Some(last)) if !page.messages.is_empty() => Some(last),
+            _ => None,
+        };
+        Ok(MessagePage {
+            messages: page.messages,
+            next,
+        })
+    }
+
+    /// The message an earlier [`GhlClient::add_inbound_message`] added, if GHL has it: looked
+    /// for in the contact's conversations by its `altId` where GHL returns it, else by
+    /// direction, text and date (the date whatsnap sent with it, to the millisecond). Looks at
+    /// most `max_pages` pages of each conversation, newest first.
+    #[tracing::instrument(skip_all, fields(location_id = %location, contact_id = %message.contact_id))]
+    pub async fn find_inbound_message(
+        &self,
+        location: &LocationId,
+        token: &str,
+        message: &InboundMessage,
+        max_pages: usize,
+    ) -> Result<Option<PostedMessage>, GhlError> {
+        let direction = match message.direction {
+            MessageDirection::Inbound => "inbound",
+            MessageDirection::Outbound => "outbound",
+        };
+        let same_date = |added: Option<&str>| match (message.date, added) {
+            (Some(ours), Some(theirs)) => DateTime::parse_from_rfc3339(theirs)
+                .is_ok_and(|t| (t.with_timezone(&Utc) - ours).num_milliseconds().abs() < 1),
+            _ => false,
+        };
+        for conversation_id in self
+            .search_conversations(location, token, &message.contact_id)
+            .await?
+        {
+            let mut after = None;
+            for _ in 0..max_pages.max(1) {
+                let page = self
+                    .conversation_messages(location, token, &conversation_id, after.as_deref())
+                    .await?;
+                let found = page.messages.iter().find(|listed| match &listed.alt_id {
+                    Some(alt_id) => *alt_id == message.alt_id,
+                    None => {
+                        listed.direction.as_deref() == Some(direction)
+                            && listed.body.as_deref().unwrap_or_default() == message.message
+                            && same_date(listed.date_added.as_deref())
+                    }
+                });
+                if let Some(found) = found {
+                    return Ok(Some(PostedMessage {
+                        conversation_id: conversation_id.clone(),
+                        message_id: found.id.clone(),
+                    }));
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Reports a message's delivery (`PUT /conversations/messages/{id}/status`). Right after
@@ -704,6 +871,18 @@ impl GhlClient {
                         status = error.http_status(),
                         attempt,
                         "ghl refused a request"
+                    );
+                    return Err(error);
+                }
+                Err(Failure::Transient { error, .. })
+                    if !call.idempotent && !error.certainly_unsent() =>
+                {
+                    warn!(
+                        location_id,
+                        operation = call.operation,
+                        status = error.http_status(),
+                        attempt,
+                        "ghl request failed and may have been acted on; not repeated"
                     );
                     return Err(error);
                 }
@@ -866,6 +1045,10 @@ pub(crate) struct Call<'a> {
     location: Option<&'a LocationId>,
     /// Until when a 403 "No conversation provider found" is waited out.
     provider_race_until: Option<Instant>,
+    /// Whether the same request may be sent again after a 5xx or a timeout. A call that is not
+    /// (a POST that adds something) returns such a failure at once: whether GHL acted on it is
+    /// for the caller's outbox to find out before it tries again.
+    idempotent: bool,
 }
 
 impl<'a> Call<'a> {
@@ -885,7 +1068,14 @@ impl<'a> Call<'a> {
             bearer: None,
             location: None,
             provider_race_until: None,
+            idempotent: true,
         }
+    }
+
+    /// Marks the call as one that is not repeated after a 5xx or a timeout (see `idempotent`).
+    pub(crate) fn once(mut self) -> Self {
+        self.idempotent = false;
+        self
     }
 
     fn location(mut self, location: &'a LocationId, token: &'a str) -> Self {
@@ -1003,11 +1193,14 @@ fn retry_after(map: &HeaderMap) -> Option<Duration> {
 }
 
 /// What failed, without the URL (it may hold a phone number).
+/// How [`describe`] starts when the request never reached GHL.
+const NOT_CONNECTED: &str = "could not connect";
+
 fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
-        "could not connect"
+        NOT_CONNECTED
     } else {
         "request failed"
     };

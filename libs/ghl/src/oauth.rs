@@ -200,7 +200,13 @@ impl GhlClient {
 
     async fn token(&self, form: &[(&str, &str)]) -> Result<TokenGrant, GhlError> {
         let body = self
-            .send(Call::new("token", Api::Token, Method::POST, &["oauth", "token"]).form(form))
+            // A code or a refresh token is spent by the first request GHL acts on: never sent
+            // twice blindly.
+            .send(
+                Call::new("token", Api::Token, Method::POST, &["oauth", "token"])
+                    .once()
+                    .form(form),
+            )
             .await?;
         parse::<RawGrant>(&body)?.into_grant()
     }

@@ -63,7 +63,19 @@ pub enum TwilioError {
     Unavailable(String),
 }
 
+/// How an [`TwilioError::Unavailable`] starts when the request never reached Twilio.
+const NOT_CONNECTED: &str = "could not connect";
+
 impl TwilioError {
+    /// Whether the request certainly sent nothing: Twilio refused it, or it never connected. A
+    /// timeout or a 5xx may come after Twilio took the message.
+    pub fn certainly_unsent(&self) -> bool {
+        match self {
+            Self::Unavailable(reason) => reason.starts_with(NOT_CONNECTED),
+            _ => true,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
             || matches!(
@@ -131,6 +143,30 @@ struct MessageResource {
     status: String,
 }
 
+/// A message as Twilio's list resource shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ListedMessage {
+    pub sid: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub body: Option<String>,
+    /// RFC 2822, as Twilio writes dates.
+    pub date_created: Option<String>,
+}
+
+impl ListedMessage {
+    pub fn created_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::parse_from_rfc2822(self.date_created.as_deref()?)
+            .ok()
+            .map(|at| at.with_timezone(&chrono::Utc))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageList {
+    messages: Vec<ListedMessage>,
+}
+
 /// A message Twilio accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
@@ -158,10 +194,15 @@ pub struct TwilioClient {
 impl TwilioClient {
     /// A client of the Twilio API at `base_url` ([`DEFAULT_BASE_URL`] in production).
     pub fn new(base_url: &str) -> Result<Self, TwilioError> {
+        Self::with_timeout(base_url, Duration::from_secs(15))
+    }
+
+    /// As [`TwilioClient::new`], with requests given up after `timeout`.
+    pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, TwilioError> {
         // reqwest is built without a default TLS provider; whatsnap uses ring throughout.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
+            .timeout(timeout)
             .user_agent(concat!("whatsnap/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TwilioError::Unavailable(format!("HTTP client: {e}")))?;
@@ -187,7 +228,10 @@ impl TwilioClient {
             .basic_auth(&credentials.account_sid, Some(&credentials.auth_token))
             .send()
             .await
-            .map_err(|e| TwilioError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| {
+                let prefix = if e.is_connect() { NOT_CONNECTED } else { "request failed" };
+                TwilioError::Unavailable(format!("{prefix}: {}", e.without_url()))
+            })?;
         let status = response.status();
         let body = response
             .bytes()
@@ -258,7 +302,35 @@ impl TwilioClient {
         Ok(())
     }
 
-    /// Sends a message; Twilio reports what becomes of it to `status_callback`.
+    /// The account's messages from `from` to `to` sent on `day` (UTC), newest first, at most
+    /// 100 (`GET Messages.json?To=&From=&DateSent=`): how an outbox finds a send whose answer
+    /// it never got.
+    pub async fn list_messages(
+        &self,
+        credentials: &Credentials,
+        from: &str,
+        to: &str,
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<ListedMessage>, TwilioError> {
+        let day = day.format("%Y-%m-%d").to_string();
+        let list: MessageList = self
+            .call(
+                credentials,
+                self.http
+                    .get(self.url(credentials, "/Messages.json"))
+                    .query(&[
+                        ("To", to),
+                        ("From", from),
+                        ("DateSent", day.as_str()),
+                        ("PageSize", "100"),
+                    ]),
+            )
+            .await?;
+        Ok(list.messages)
+    }
+
+    /// Sends a message once (a timeout or a 5xx is returned, not retried: Twilio may have
+    /// taken it); Twilio reports what becomes of it to `status_callback`.
     pub async fn send(
         &self,
         credentials: &Credentials,

@@ -366,6 +366,10 @@ fn route(inner: &mut Inner, op: &Operation, call: &Call, bearer: &Bearer, now: I
         ("POST" | "DELETE", "/contacts/{contactId}/tags") => tags(inner, op, call, bearer),
         ("GET", "/users/search") => users(inner, call, bearer),
         ("POST", "/conversations/messages/inbound") => inbound(inner, call, bearer),
+        ("GET", "/conversations/search") => search_conversations(inner, call, bearer),
+        ("GET", "/conversations/{conversationId}/messages") => {
+            conversation_messages(inner, op, call, bearer)
+        }
         ("PUT", "/conversations/messages/{messageId}/status") => {
             status(inner, op, call, bearer, now)
         }
@@ -626,6 +630,111 @@ fn inbound(inner: &mut Inner, call: &Call, bearer: &Bearer) -> Result<Reply, Rep
         "message": "Message queued successfully",
         "contactId": contact_id,
         "dateAdded": date,
+    })))
+}
+
+/// `GET /conversations/search` (`SendConversationResponseDto`): the location's conversations,
+/// of one contact when `contactId` is given.
+fn search_conversations(inner: &mut Inner, call: &Call, bearer: &Bearer) -> Result<Reply, Reply> {
+    let location = call.query("locationId").unwrap_or_default().to_owned();
+    may_access(bearer, &location)?;
+    let wanted = call.query("contactId");
+    let mut conversations: Vec<Value> = inner
+        .conversations
+        .iter()
+        .filter(|(contact, _)| wanted.is_none_or(|w| w == contact.as_str()))
+        .filter_map(|(contact_id, conversation_id)| {
+            let contact = inner.contact(contact_id)?;
+            (contact.location_id == location).then(|| {
+                let last = inner
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| &m.public.conversation_id == conversation_id);
+                json!({
+                    "id": conversation_id,
+                    "contactId": contact_id,
+                    "locationId": location,
+                    "lastMessageBody": last.and_then(|m| m.public.message.clone()).unwrap_or_default(),
+                    "lastMessageType": "TYPE_SMS",
+                    "type": "TYPE_PHONE",
+                    "unreadCount": 0,
+                    "fullName": contact.name.clone().unwrap_or_default(),
+                    "contactName": contact.name.clone().unwrap_or_default(),
+                    "email": "",
+                    "phone": contact.phone.clone().unwrap_or_default(),
+                })
+            })
+        })
+        .collect();
+    conversations.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let total = conversations.len();
+    Ok(Reply::ok(json!({ "conversations": conversations, "total": total })))
+}
+
+/// `GET /conversations/{conversationId}/messages` (`GetMessagesByConversationResponseDto`):
+/// newest first, `limit` a page (20 by default), the next page after `lastMessageId`. Like
+/// GHL's schema for SMS messages, no `altId`.
+fn conversation_messages(
+    inner: &mut Inner,
+    op: &Operation,
+    call: &Call,
+    bearer: &Bearer,
+) -> Result<Reply, Reply> {
+    let conversation_id = path_param(op.template, &call.path, "conversationId");
+    let contact_id = inner
+        .contact_of_conversation(&conversation_id)
+        .ok_or_else(|| Reply::error(StatusCode::BAD_REQUEST, "Conversation not found"))?;
+    let location = inner
+        .contact(&contact_id)
+        .map(|c| c.location_id.clone())
+        .ok_or_else(|| Reply::error(StatusCode::BAD_REQUEST, "Conversation not found"))?;
+    may_access(bearer, &location)?;
+    let limit: usize = call
+        .query("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let newest_first = inner
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| m.public.conversation_id == conversation_id)
+        .map(|m| &m.public);
+    let after: Vec<_> = match call.query("lastMessageId") {
+        Some(last) => newest_first.skip_while(|m| m.id != last).skip(1).collect(),
+        None => newest_first.collect(),
+    };
+    let page: Vec<Value> = after
+        .iter()
+        .take(limit)
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "type": 2,
+                "messageType": "TYPE_SMS",
+                "locationId": m.location_id,
+                "contactId": m.contact_id,
+                "conversationId": m.conversation_id,
+                "dateAdded": m.date,
+                "body": m.message.clone().unwrap_or_default(),
+                "direction": m.direction,
+                "status": m.status.clone().unwrap_or_else(|| "delivered".into()),
+                "contentType": "text/plain",
+                "attachments": m.attachments,
+                "conversationProviderId": m.conversation_provider_id,
+            })
+        })
+        .collect();
+    let last_message_id = page
+        .last()
+        .and_then(|m| m["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Reply::ok(json!({
+        "lastMessageId": last_message_id,
+        "nextPage": after.len() > limit,
+        "messages": page,
     })))
 }
 
