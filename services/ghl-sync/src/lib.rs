@@ -8,6 +8,7 @@
 //! when the assignment service decides one.
 
 pub mod connection;
+pub mod effects;
 pub mod read_model;
 pub mod users;
 pub mod worker;

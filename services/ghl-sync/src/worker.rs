@@ -19,19 +19,21 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, GhlAssignmentApplied, GhlContactLinked, GhlMessagePosted,
-    GhlStatusReported, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent,
+    AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent,
     StreamId,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_ghl::client::{
-    ContactUpdate, ContactUpsert, DeliveryStatus, GhlClient, GhlError, InboundMessage,
+    DeliveryStatus, GhlClient, GhlError, InboundMessage,
     MessageDirection, StatusError, StatusUpdate, UserType,
 };
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
 
+use whatsnap_effects::{EffectError, Outbox, Subject};
+
 use crate::connection::{self, Connection};
+use crate::effects;
 use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
 use crate::users;
 
@@ -50,6 +52,9 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// How often each connected location's GHL users are listed again.
     pub users_refresh: Duration,
+    /// How many times an item GHL refuses (a 403, a message GHL does not add) is tried before
+    /// it is set aside, so that the location's queue moves on.
+    pub max_item_attempts: u32,
 }
 
 impl WorkerConfig {
@@ -62,12 +67,14 @@ impl WorkerConfig {
             status_patience: Duration::from_secs(30),
             poll: Duration::from_millis(200),
             users_refresh: Duration::from_secs(600),
+            max_item_attempts: 3,
         }
     }
 }
 
 pub struct Worker {
     store: Arc<dyn EventStore>,
+    outbox: Outbox,
     db: ReadDb,
     config: WorkerConfig,
     /// Locations whose users cannot be listed for want of a company id, said once each.
@@ -109,9 +116,13 @@ enum Step {
 enum Failure {
     /// The token was refused: refresh it (OAuth) and try again.
     Unauthorized(String),
-    /// Worth trying again as it is, later.
+    /// GHL (or the store) is down, slow or rate limiting: nothing is wrong with the work, which
+    /// waits, in order, as long as it takes.
     Retry(String),
-    /// GHL will never take it: recorded, and the queue moves on.
+    /// Something about this item: tried `max_item_attempts` times, then set aside so that the
+    /// queue behind it moves.
+    Item(String, Option<u16>),
+    /// GHL will never take it: set aside at once, and the queue moves on.
     Final(String, Option<u16>),
 }
 
@@ -123,11 +134,35 @@ impl From<GhlError> for Failure {
                 format!("GHL refused it with {status}: {message}"),
                 Some(status),
             ),
-            // Rate limits, 5xx, timeouts, a 2xx that did not add the message (ISS#70), a
-            // missing scope or configuration: all can come right without changing the work.
+            // A 403 (a scope, a contact of another location, "no conversation provider"), or
+            // a 2xx that did not add the message (ISS#70, a wrong provider id).
+            forbidden @ GhlError::Forbidden { .. } => Self::Item(forbidden.to_string(), Some(403)),
+            protocol @ GhlError::Protocol(_) => Self::Item(protocol.to_string(), None),
+            // Rate limits, 5xx, timeouts, missing configuration: all come right without
+            // changing the work.
             other => Self::Retry(other.to_string()),
         }
     }
+}
+
+impl From<EffectError<GhlError>> for Failure {
+    fn from(err: EffectError<GhlError>) -> Self {
+        match err {
+            EffectError::Call(err) => err.into(),
+            EffectError::Store(err) => err.into(),
+            contended @ EffectError::Contended(_) => Self::Retry(contended.to_string()),
+        }
+    }
+}
+
+/// The stream beside a contact's where ghl-sync records what crossed to GHL for it.
+fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
+    StreamId::new(
+        location.clone(),
+        AggregateKind::Ghl,
+        format!("contact-{contact_id}"),
+    )
+    .expect("a valid token")
 }
 
 impl From<StoreError> for Failure {
@@ -149,6 +184,7 @@ fn metadata() -> EventMetadata {
 impl Worker {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: WorkerConfig) -> Self {
         Self {
+            outbox: Outbox::new(store.clone()),
             store,
             db,
             config,
@@ -406,8 +442,20 @@ impl Worker {
                         tokio::time::sleep(self.backoff(attempt)).await;
                         break;
                     }
-                    Err(Failure::Final(reason, status)) => {
-                        warn!(%location, kind = %item.kind, subject = %item.subject, %reason, "GHL work given up");
+                    Err(Failure::Item(reason, status))
+                        if attempt + 1 < self.config.max_item_attempts =>
+                    {
+                        attempt += 1;
+                        warn!(%location, kind = %item.kind, subject = %item.subject, attempt, %reason, "GHL refused this item; trying again");
+                        if attempt == 1 {
+                            self.record_failure(&location, &item, &reason, status, false)
+                                .await;
+                        }
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        break;
+                    }
+                    Err(Failure::Final(reason, status) | Failure::Item(reason, status)) => {
+                        warn!(%location, kind = %item.kind, subject = %item.subject, %reason, "GHL work set aside: `whatsnap ghl retry` tries it again");
                         self.record_failure(&location, &item, &reason, status, true)
                             .await;
                         done.insert((item.kind.clone(), item.subject.clone()), item.position);
@@ -416,19 +464,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Appends what crossed to GHL (its stream is written by ghl-sync alone, or appended to
-    /// after the writers that decide).
-    async fn record(&self, stream: &StreamId, event: &Event) -> Result<(), StoreError> {
-        self.store
-            .append(
-                stream,
-                ExpectedVersion::Any,
-                vec![NewEvent::new(event, metadata())],
-            )
-            .await
-            .map(drop)
     }
 
     async fn record_failure(
@@ -452,12 +487,7 @@ impl Worker {
         });
         // A contact's failures go beside its link, not into the stream contacts writes.
         let stream = if item.kind == CONTACT || item.kind == ASSIGN {
-            StreamId::new(
-                location.clone(),
-                AggregateKind::Ghl,
-                format!("contact-{subject}"),
-            )
-            .expect("a valid token")
+            contact_stream(location, subject)
         } else {
             StreamId::for_uuid(location.clone(), AggregateKind::Message, subject)
         };
@@ -689,6 +719,17 @@ impl Worker {
         }
     }
 
+    /// The subject of an effect on GHL: its stream, for the intent and the outcome.
+    fn subject(&self, stream: StreamId, operation: &'static str, subject_id: Uuid) -> Subject {
+        Subject {
+            stream,
+            operation,
+            subject_id,
+            key: None,
+            metadata: metadata(),
+        }
+    }
+
     /// Makes sure GHL has the contact, with whatsnap's tags; returns GHL's contact id, or
     /// `None` while the contact is not in the read model yet. With `push_tags` false an
     /// already linked contact is returned as it is.
@@ -718,74 +759,33 @@ impl Worker {
         else {
             return Ok(None);
         };
-        let phone: String = row.get("phone");
-        let name: Option<String> = row.get("name");
         let tags: Vec<String> =
             serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
-        let linked: Option<String> = row.get("ghl_contact_id");
-        let assigned_to: Option<String> = row.get("assigned_to");
         if tags.is_empty() && queued.is_some() {
             // Created, its account tag not projected yet (they are written together).
             return Ok(None);
         }
-        let client = &self.config.client;
-        let ghl_id = match linked {
-            Some(ghl_id) if !push_tags => return Ok(Some(ghl_id)),
-            Some(ghl_id) => {
-                client.add_tags(location, token, &ghl_id, &tags).await?;
-                ghl_id
-            }
-            None => match client
-                .find_contact_by_phone(location, token, &phone)
-                .await?
-            {
-                Some(found) => {
-                    let missing: Vec<String> = tags
-                        .iter()
-                        .filter(|t| !found.tags.contains(t))
-                        .cloned()
-                        .collect();
-                    if !missing.is_empty() {
-                        client
-                            .add_tags(location, token, &found.id, &missing)
-                            .await?;
-                    }
-                    found.id
-                }
-                None => {
-                    let upsert = ContactUpsert {
-                        phone: phone.clone(),
-                        name: name.clone(),
-                        tags: tags.clone(),
-                        // A new contact gets its owner at once, when one is already decided.
-                        assigned_to,
-                        source: Some("whatsnap".into()),
-                    };
-                    client
-                        .upsert_contact(location, token, &upsert)
-                        .await?
-                        .contact
-                        .id
-                }
+        let effect = effects::SyncContact {
+            client: &self.config.client,
+            location,
+            token,
+            contact_id,
+            phone: row.get("phone"),
+            name: row.get("name"),
+            tags,
+            assigned_to: row.get("assigned_to"),
+            linked: row.get("ghl_contact_id"),
+            through: match (push_tags, queued) {
+                (true, Some(position)) => Some(position as u64),
+                (true, None) => Some(0),
+                (false, _) => None,
             },
         };
-        let synced_through = queued.unwrap_or(0);
-        let link = Event::from(GhlContactLinked {
-            contact_id,
-            ghl_contact_id: ghl_id.clone(),
-            tags,
-            synced_through: synced_through as u64,
-        });
-        let stream = StreamId::new(
-            location.clone(),
-            AggregateKind::Ghl,
-            format!("contact-{id}"),
-        )
-        .expect("a valid token");
-        self.record(&stream, &link).await?;
+        let subject = self.subject(contact_stream(location, contact_id), effects::SYNC_CONTACT, contact_id);
+        let ghl_id = self.outbox.perform(&subject, &effect).await?.into_inner();
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
-        if queued.is_some() {
-            done.insert((CONTACT.to_owned(), id), synced_through);
+        if let (true, Some(position)) = (push_tags, queued) {
+            done.insert((CONTACT.to_owned(), id), position);
         }
         Ok(Some(ghl_id))
     }
@@ -818,26 +818,16 @@ impl Worker {
         else {
             return Ok(Step::NotYet);
         };
-        let update = ContactUpdate {
-            name: None,
-            assigned_to: Some(user_id.clone()),
-        };
-        self.config
-            .client
-            .update_contact(location, token, &ghl_contact_id, &update)
-            .await?;
-        let event = Event::from(GhlAssignmentApplied {
+        let effect = effects::ApplyAssignment {
+            client: &self.config.client,
+            location,
+            token,
             contact_id,
             ghl_contact_id,
             user_id,
-        });
-        let stream = StreamId::new(
-            location.clone(),
-            AggregateKind::Ghl,
-            format!("contact-{contact_id}"),
-        )
-        .expect("a valid token");
-        self.record(&stream, &event).await?;
+        };
+        let subject = self.subject(contact_stream(location, contact_id), effects::APPLY_ASSIGNMENT, contact_id);
+        self.outbox.perform(&subject, &effect).await?;
         debug!(%location, %contact_id, "contact owner set in GHL");
         Ok(Step::Done)
     }
@@ -872,30 +862,31 @@ impl Worker {
             "outbound" => MessageDirection::Outbound,
             _ => MessageDirection::Inbound,
         };
-        let message = InboundMessage {
-            contact_id: ghl_contact_id,
-            conversation_provider_id: self.config.conversation_provider_id.clone(),
-            message: row.get("body"),
-            attachments: serde_json::from_str(&row.get::<String, _>("attachments"))
-                .unwrap_or_default(),
-            alt_id: message_id.to_string(),
-            direction,
-            date: chrono::DateTime::parse_from_rfc3339(&row.get::<String, _>("at"))
-                .ok()
-                .map(|at| at.with_timezone(&Utc)),
-        };
-        let posted = self
-            .config
-            .client
-            .add_inbound_message(location, token, &message)
-            .await?;
-        let event = Event::from(GhlMessagePosted {
+        let effect = effects::PostMessage {
+            client: &self.config.client,
+            location,
+            token,
             message_id,
-            ghl_message_id: posted.message_id,
-            ghl_conversation_id: Some(posted.conversation_id),
-        });
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        self.record(&stream, &event).await?;
+            message: InboundMessage {
+                contact_id: ghl_contact_id,
+                conversation_provider_id: self.config.conversation_provider_id.clone(),
+                message: row.get("body"),
+                attachments: serde_json::from_str(&row.get::<String, _>("attachments"))
+                    .unwrap_or_default(),
+                alt_id: message_id.to_string(),
+                direction,
+                date: chrono::DateTime::parse_from_rfc3339(&row.get::<String, _>("at"))
+                    .ok()
+                    .map(|at| at.with_timezone(&Utc)),
+            },
+        };
+        let mut subject = self.subject(
+            StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id),
+            effects::POST_MESSAGE,
+            message_id,
+        );
+        subject.key = Some(message_id.to_string());
+        self.outbox.perform(&subject, &effect).await?;
         debug!(%location, %message_id, "message in GHL");
         Ok(Step::Done)
     }
@@ -936,23 +927,22 @@ impl Worker {
                     .unwrap_or_else(|| "the message could not be sent".into()),
             }),
         };
-        self.config
-            .client
-            .update_message_status(
-                location,
-                token,
-                &ghl_message_id,
-                &update,
-                self.config.status_patience,
-            )
-            .await?;
-        let event = Event::from(GhlStatusReported {
+        let effect = effects::ReportStatus {
+            client: &self.config.client,
+            location,
+            token,
             message_id,
             ghl_message_id,
             status,
-        });
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        self.record(&stream, &event).await?;
+            update,
+            patience: self.config.status_patience,
+        };
+        let subject = self.subject(
+            StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id),
+            effects::REPORT_STATUS,
+            message_id,
+        );
+        self.outbox.perform(&subject, &effect).await?;
         Ok(Step::Done)
     }
 }

@@ -345,6 +345,43 @@ impl FakeGhl {
         })
     }
 
+    /// Adds an inbound SMS to the contact's conversation, as `POST /conversations/messages/inbound`
+    /// does (dated `date`); returns its id. For tests of a post whose answer was lost.
+    pub fn post_inbound_message(
+        &self,
+        contact_id: &str,
+        body: &str,
+        date: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<String> {
+        self.shared.with(|inner| {
+            let Some(location_id) = inner.contact(contact_id).map(|c| c.location_id.clone()) else {
+                anyhow::bail!("no contact {contact_id}");
+            };
+            let conversation_id = inner.conversation_of(contact_id);
+            let message = FakeGhlMessage {
+                id: state::ghl_id(),
+                conversation_id,
+                contact_id: contact_id.to_owned(),
+                location_id,
+                message_type: "SMS".into(),
+                direction: "inbound".into(),
+                message: Some(body.to_owned()),
+                attachments: Vec::new(),
+                alt_id: None,
+                conversation_provider_id: None,
+                date: date.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                status: None,
+                user_id: None,
+            };
+            let id = message.id.clone();
+            inner.messages.push(state::Message {
+                public: message,
+                sent_to_provider_at: None,
+            });
+            Ok(id)
+        })
+    }
+
     /// Replaces a contact's tags, as a GHL user editing the contact would.
     pub fn set_tags(&self, contact_id: &str, tags: &[&str]) -> anyhow::Result<()> {
         self.shared.with(|inner| {

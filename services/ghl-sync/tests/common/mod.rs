@@ -1,0 +1,206 @@
+//! The rig of ghl-sync's tests: its projection and worker over a fresh embedded store, beside
+//! a fake GHL.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tonic::Request;
+use uuid::Uuid;
+use whatsnap_events::{
+    AggregateKind, ContactAssigned, ContactCreated, ContactTagged, Event, EventMetadata,
+    LocationId, NewEvent, PhoneNumber, StreamId, TagSource, contact_id_for,
+};
+use whatsnap_eventstore::projection::ProjectionRunner;
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_ghl::client::{GhlClient, GhlConfig};
+use whatsnap_ghl::ratelimit::{Limits, RateLimiter};
+use whatsnap_ghl_sync::{GhlSync, PendingWork, WorkerConfig};
+use whatsnap_proto::ghlsync::v1 as pb;
+use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncService;
+use whatsnap_testkit::{FakeGhl, FakeGhlUser, TestSqlite};
+
+pub const LOCATION: &str = "locAssign";
+pub const PHONE: &str = "+5511987654321";
+pub const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+pub fn user(id: &str, name: &str, deleted: bool) -> FakeGhlUser {
+    FakeGhlUser {
+        id: id.into(),
+        name: name.into(),
+        email: format!("{id}@example.com"),
+        role: "user".into(),
+        deleted,
+    }
+}
+
+/// ghl-sync's projection and worker over a fresh embedded store, beside a fake GHL.
+pub struct Rig {
+    _sqlite: TestSqlite,
+    pub store: Arc<dyn EventStore>,
+    pub ghl: FakeGhl,
+    pub sync: GhlSync,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl Rig {
+    /// With the worker listing users every `users_refresh`, or (`None`) the projection alone.
+    pub async fn start(users_refresh: Option<Duration>) -> Self {
+        sqlx::any::install_default_drivers();
+        let sqlite = TestSqlite::new().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(sqlite.store().await.unwrap());
+        let db = sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&format!("sqlite://{}", sqlite.config.path.display()))
+            .await
+            .unwrap();
+        let ghl = FakeGhl::start().await.unwrap();
+        let client = GhlClient::new(
+            GhlConfig {
+                api_base: ghl.base_url(),
+                ..GhlConfig::default()
+            },
+            Arc::new(RateLimiter::new(Limits::default())),
+        );
+        let key = whatsnap_secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
+        let mut config = WorkerConfig::new(client, key);
+        config.poll = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(500);
+        config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
+        let sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
+        let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork));
+        // The read model's tables, before anything asks it.
+        runner.prepare().await.unwrap();
+        let mut tasks = vec![tokio::spawn(async move {
+            runner.run_until(std::future::pending()).await.unwrap();
+        })];
+        if users_refresh.is_some() {
+            let worker = sync.worker().unwrap();
+            tasks.push(tokio::spawn(worker.run(std::future::pending())));
+        }
+        Self {
+            _sqlite: sqlite,
+            store,
+            ghl,
+            sync,
+            tasks,
+        }
+    }
+
+    pub async fn connect(&self, company_id: &str) {
+        let token = "pit-assign-0000-0000";
+        self.ghl.add_private_token(LOCATION, token);
+        let request = pb::ConnectPrivateTokenRequest {
+            location_id: LOCATION.into(),
+            token: token.into(),
+            company_id: company_id.into(),
+        };
+        self.sync
+            .connect_private_token(Request::new(request))
+            .await
+            .unwrap();
+    }
+
+    pub async fn append(&self, stream: StreamId, events: Vec<Event>) {
+        let metadata = EventMetadata::new_correlation();
+        let events = events
+            .iter()
+            .map(|e| NewEvent::new(e, metadata.clone()))
+            .collect();
+        self.store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+
+    /// The contact as the contacts service records it: created, with its account's tag.
+    pub async fn contact_messages(&self) -> Uuid {
+        let location = location();
+        let contact_id = contact_id_for(&location, &PhoneNumber::parse(PHONE).unwrap());
+        let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
+        let created = ContactCreated {
+            contact_id,
+            phone: PHONE.into(),
+            name: Some("Maria Silva".into()),
+            first_account_id: None,
+            platform: None,
+        };
+        let tagged = ContactTagged {
+            contact_id,
+            tag: "sales".into(),
+            source: TagSource::Account,
+        };
+        self.append(stream, vec![created.into(), tagged.into()])
+            .await;
+        contact_id
+    }
+
+    /// The assignment service's decision.
+    pub async fn assign(&self, contact_id: Uuid, user_id: &str) {
+        let stream = StreamId::for_uuid(location(), AggregateKind::Assignment, contact_id);
+        let decision = ContactAssigned {
+            contact_id,
+            account_id: None,
+            user_id: user_id.into(),
+            rule: "round_robin#1".into(),
+            reason: "next in turn".into(),
+            candidates: Vec::new(),
+        };
+        self.append(stream, vec![decision.into()]).await;
+    }
+
+    pub async fn status(&self) -> pb::SyncStatusResponse {
+        let request = pb::SyncStatusRequest {
+            location_id: LOCATION.into(),
+        };
+        self.sync
+            .sync_status(Request::new(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn pending_assignments(&self) -> u64 {
+        self.status().await.pending_assignments
+    }
+
+    pub async fn owner_in_ghl(&self) -> Option<String> {
+        self.ghl
+            .contact_by_phone(LOCATION, PHONE)
+            .and_then(|c| c.assigned_to)
+    }
+
+    pub async fn events(&self, stream: &StreamId) -> Vec<Event> {
+        self.store
+            .read_stream(stream, 1, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
+
+    pub fn requests(&self, method: &str, path: &str) -> Vec<Option<Value>> {
+        self.ghl
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(path))
+            .map(|r| r.body)
+            .collect()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub fn location() -> LocationId {
+    LocationId::parse(LOCATION).unwrap()
+}
+
