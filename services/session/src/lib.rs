@@ -25,7 +25,7 @@ use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
 
 pub use account::{AccountState, DEFAULT_TAG_PREFIX, decide_add, decide_remove, evolve, slug_tag};
-pub use outbound::{OutboundSender, OutboundState, decide_delivery_status};
+pub use outbound::{OutboundQueue, OutboundState, SEND, SendWorker, decide_delivery_status};
 pub use read_model::AccountsProjection;
 
 /// What the session service is configured with.
@@ -42,6 +42,9 @@ pub struct SessionConfig {
     /// Where Twilio reports the delivery status of what whatsnap sends: the gateway's public
     /// base URL. Without it, messages go out with no StatusCallback.
     pub status_callback_base: Option<String>,
+    /// How long a reply is tried while its provider is unreachable before it is recorded as
+    /// failed.
+    pub send_patience: std::time::Duration,
 }
 
 /// The session service: its gRPC API and its read model.
@@ -106,14 +109,21 @@ impl Session {
         Arc::new(AccountsProjection)
     }
 
-    /// The sender of routed replies, a projection of its own.
-    pub fn sender(&self) -> Arc<OutboundSender> {
-        Arc::new(OutboundSender {
-            store: self.store.clone(),
+    /// The queue of routed replies, per account: a projection of its own.
+    pub fn send_queue(&self) -> Arc<OutboundQueue> {
+        Arc::new(OutboundQueue)
+    }
+
+    /// The worker that sends the queued replies, one task per account.
+    pub fn send_worker(&self) -> Arc<SendWorker> {
+        Arc::new(SendWorker {
+            outbox: whatsnap_effects::Outbox::new(self.store.clone()),
+            db: self.db.clone(),
             secret_key: self.config.secret_key.clone(),
             twilio: self.config.twilio.clone(),
             status_callback_base: self.config.status_callback_base.clone(),
-            patience: std::time::Duration::from_secs(120),
+            patience: self.config.send_patience,
+            poll: std::time::Duration::from_millis(100),
         })
     }
 

@@ -1,21 +1,26 @@
-//! Replies on their way out. A routed message is sent from the account contacts chose, once:
-//! the sender reads the message's stream before it sends, and records what the provider said
-//! right after. What the provider later reports (Twilio's StatusCallback) becomes the
-//! message's final status.
+//! Replies on their way out. A routed message joins its account's queue ([`OutboundQueue`]);
+//! the [`SendWorker`] sends each through the outbox — intent recorded, Twilio called once,
+//! outcome recorded, an unanswered send looked for in Twilio's message list before it is sent
+//! again — from the account contacts chose. What the provider later reports (Twilio's
+//! StatusCallback) becomes the message's final status.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{Any, AnyConnection};
+use chrono::Utc;
+use sqlx::{Any, AnyConnection, Row};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
+use whatsnap_effects::{Effect, EffectError, OpenIntent, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed, MessageRead,
-    NewEvent, OutboundMessageRouted, OutboundMessageSent, RecordedEvent,
+    AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
+    MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::webhook::MessageStatus;
 use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
@@ -108,112 +113,289 @@ pub fn decide_delivery_status(
     })
 }
 
-/// Sends every routed reply through its account. Runs as its own projection (no tables), so a
-/// provider outage holds back only the replies, in order, and never the other read models.
-pub struct OutboundSender {
-    pub(crate) store: Arc<dyn EventStore>,
+/// The replies waiting to leave, per account (`outbound_queue`): a routed message joins its
+/// account's queue, and leaves it once sent, failed or reported on. The [`SendWorker`] drains
+/// it; a rebuild from the log gives the same queue.
+pub struct OutboundQueue;
+
+#[async_trait]
+impl Projection<Any> for OutboundQueue {
+    fn name(&self) -> &str {
+        "outbound_queue"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &["CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \
+           CREATE INDEX outbound_queue_by_account ON outbound_queue (account_id, position)"]
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let settled = match event.event_type.as_str() {
+            "OutboundMessageRouted" => {
+                let Event::OutboundMessageRouted(routed) = event.decode()? else {
+                    return Ok(());
+                };
+                sqlx::query(
+                    "INSERT INTO outbound_queue (message_id, location_id, account_id, position) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING",
+                )
+                .bind(routed.message_id.to_string())
+                .bind(event.location_id().to_string())
+                .bind(routed.account_id.to_string())
+                .bind(event.position as i64)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
+            "OutboundMessageSent" | "MessageFailed" | "MessageDelivered" | "MessageRead" => {
+                match event.decode()? {
+                    Event::OutboundMessageSent(e) => e.message_id,
+                    Event::MessageFailed(e) => e.message_id,
+                    Event::MessageDelivered(e) => e.message_id,
+                    Event::MessageRead(e) => e.message_id,
+                    _ => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        sqlx::query("DELETE FROM outbound_queue WHERE message_id = $1")
+            .bind(settled.to_string())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM outbound_queue")
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+/// One text through one Twilio account, as an effect of the outbox: reconciled with Twilio's
+/// list of the account's messages (same sender, recipient and text, created after the intent).
+struct TwilioSend<'a> {
+    twilio: &'a TwilioClient,
+    credentials: twilio::Credentials,
+    routed: &'a OutboundMessageRouted,
+    from: String,
+    body: String,
+    media: Vec<String>,
+    callback: Option<String>,
+}
+
+/// How far before an intent's time a message Twilio lists may be dated (clocks differ).
+const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+#[async_trait]
+impl Effect for TwilioSend<'_> {
+    type Output = String;
+    type Error = TwilioError;
+
+    fn recorded(&self, history: &[Recorded]) -> Option<String> {
+        history.iter().find_map(|(_, event)| match event {
+            Event::OutboundMessageSent(sent) => Some(sent.provider_message_id.clone()),
+            _ => None,
+        })
+    }
+
+    fn settles(&self, event: &Event) -> bool {
+        matches!(
+            event,
+            Event::OutboundMessageSent(_)
+                | Event::MessageFailed(_)
+                | Event::MessageDelivered(_)
+                | Event::MessageRead(_)
+        )
+    }
+
+    async fn reconcile(&self, intent: &OpenIntent) -> Result<Option<String>, TwilioError> {
+        let since = intent.at - CLOCK_SKEW;
+        let mut days = vec![since.date_naive()];
+        if Utc::now().date_naive() != since.date_naive() {
+            days.push(since.date_naive() + chrono::Days::new(1));
+        }
+        for day in days {
+            let listed = self
+                .twilio
+                .list_messages(&self.credentials, &self.from, &self.routed.to, day)
+                .await?;
+            if let Some(found) = listed.into_iter().find(|m| {
+                m.body.as_deref().unwrap_or_default() == self.body
+                    && m.created_at().is_some_and(|at| at >= since)
+            }) {
+                return Ok(Some(found.sid));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn call(&self) -> Result<String, TwilioError> {
+        let outgoing = twilio::Outgoing {
+            from: &self.from,
+            to: &self.routed.to,
+            body: &self.body,
+            media_urls: &self.media,
+            status_callback: self.callback.as_deref(),
+        };
+        self.twilio
+            .send(&self.credentials, &outgoing)
+            .await
+            .map(|sent| sent.sid)
+    }
+
+    fn unsent(&self, error: &TwilioError) -> bool {
+        error.certainly_unsent()
+    }
+
+    fn outcome(&self, sid: &String) -> Event {
+        Event::from(OutboundMessageSent {
+            message_id: self.routed.message_id,
+            account_id: self.routed.account_id,
+            provider_message_id: sid.clone(),
+        })
+    }
+}
+
+/// Sends the routed replies, one queue per account: a Twilio account that is down or rate
+/// limited (20429) holds back its own replies only, in order, and never another's.
+pub struct SendWorker {
+    pub(crate) outbox: Outbox,
+    pub(crate) db: ReadDb,
     pub(crate) secret_key: SecretKey,
     pub(crate) twilio: TwilioClient,
     pub(crate) status_callback_base: Option<String>,
-    /// How long a send is retried while the provider is unreachable before the message is
+    /// How long a send is tried while the provider is unreachable before the message is
     /// recorded as failed.
     pub(crate) patience: Duration,
+    /// How often the queue is looked at for new work.
+    pub(crate) poll: Duration,
 }
 
-enum Outcome {
-    Sent(String),
-    Failed {
-        reason: String,
-        code: Option<String>,
-    },
+/// What became of one try.
+enum Step {
+    /// Sent, or settled without sending: the next reply.
+    Done,
+    /// Twilio is unavailable or rate limiting: this account waits.
+    Wait(String),
 }
 
-impl OutboundSender {
-    async fn send(
-        &self,
-        location: &LocationId,
-        routed: &OutboundMessageRouted,
-        body: &str,
-        media: &[String],
-    ) -> Result<Outcome, ApplyError> {
-        let (_, account) =
-            crate::read_account(self.store.as_ref(), location, routed.account_id).await?;
-        if account.status == account::Status::Removed {
-            return Ok(Outcome::Failed {
-                reason: format!(
-                    "the account {} was removed before the reply left",
-                    account.name
-                ),
-                code: None,
-            });
-        }
-        let (Some(AccountKind::Twilio), Some(credentials)) = (account.kind, &account.twilio) else {
-            return Ok(Outcome::Failed {
-                reason: format!(
-                    "sending through {} accounts is not available yet; add the tag of a Twilio account to reply",
-                    account.kind.map_or("unknown", AccountKind::as_str)
-                ),
-                code: None,
-            });
-        };
-        let Some(from) = account.phone_number.as_deref() else {
-            return Ok(Outcome::Failed {
-                reason: format!("the account {} has no phone number", account.name),
-                code: None,
-            });
-        };
-        let token = self.secret_key.open(&credentials.auth_token)?;
-        let credentials = twilio::Credentials::new(&credentials.account_sid, token.expose());
-        let callback = self.status_callback_base.as_ref().map(|base| {
-            format!(
-                "{}/webhooks/twilio/{location}/{}/status?message={}",
-                base.trim_end_matches('/'),
-                routed.account_id,
-                routed.message_id
-            )
-        });
-        let outgoing = twilio::Outgoing {
-            from,
-            to: &routed.to,
-            body,
-            media_urls: media,
-            status_callback: callback.as_deref(),
-        };
-        let started = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(250);
+impl SendWorker {
+    /// Runs until `shutdown` resolves: one task per account with replies waiting.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        tokio::pin!(shutdown);
         loop {
-            match self.twilio.send(&credentials, &outgoing).await {
-                Ok(sent) => return Ok(Outcome::Sent(sent.sid)),
-                Err(err) if err.is_retryable() && started.elapsed() < self.patience => {
-                    warn!(message_id = %routed.message_id, error = %err, "twilio send failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(15));
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(self.poll) => {}
+            }
+            running.retain(|_, task| !task.is_finished());
+            let accounts: Vec<(String, String)> =
+                match sqlx::query("SELECT DISTINCT location_id, account_id FROM outbound_queue")
+                    .fetch_all(&self.db)
+                    .await
+                {
+                    Ok(rows) => rows
+                        .iter()
+                        .map(|r| (r.get("location_id"), r.get("account_id")))
+                        .collect(),
+                    Err(err) => {
+                        warn!(error = %err, "cannot read the reply queue");
+                        continue;
+                    }
+                };
+            for (location, account) in accounts {
+                if running.contains_key(&account) {
+                    continue;
                 }
+                let (Ok(location), Ok(account_id)) =
+                    (LocationId::parse(location.as_str()), account.parse::<Uuid>())
+                else {
+                    continue;
+                };
+                let worker = self.clone();
+                running.insert(account, tokio::spawn(worker.drain(location, account_id)));
+            }
+        }
+        for task in running.values() {
+            task.abort();
+        }
+    }
+
+    /// Sends one account's replies in order until its queue is empty.
+    async fn drain(self: Arc<Self>, location: LocationId, account_id: Uuid) {
+        let mut done: HashSet<Uuid> = HashSet::new();
+        let mut attempt: u32 = 0;
+        loop {
+            let queued: Vec<Uuid> = match sqlx::query(
+                "SELECT message_id FROM outbound_queue WHERE account_id = $1 ORDER BY position LIMIT 100",
+            )
+            .bind(account_id.to_string())
+            .fetch_all(&self.db)
+            .await
+            {
+                Ok(rows) => rows
+                    .iter()
+                    .filter_map(|r| r.get::<String, _>("message_id").parse().ok())
+                    .collect(),
                 Err(err) => {
-                    let code = match &err {
-                        TwilioError::Rejected { code, .. } => code.map(|c| c.to_string()),
-                        _ => None,
-                    };
-                    return Ok(Outcome::Failed {
-                        reason: err.to_string(),
-                        code,
-                    });
+                    warn!(%account_id, error = %err, "cannot read the reply queue");
+                    tokio::time::sleep(self.poll * 5).await;
+                    continue;
+                }
+            };
+            if queued.is_empty() {
+                return;
+            }
+            let open: Vec<Uuid> = queued.into_iter().filter(|id| !done.contains(id)).collect();
+            if open.is_empty() {
+                // Sent, and waiting for the read model to say so.
+                tokio::time::sleep(self.poll).await;
+                continue;
+            }
+            for message_id in open {
+                match self.send_one(&location, message_id).await {
+                    Ok(Step::Done) => {
+                        done.insert(message_id);
+                        attempt = 0;
+                    }
+                    Ok(Step::Wait(reason)) => {
+                        attempt += 1;
+                        let wait = backoff(attempt);
+                        warn!(%account_id, %message_id, attempt, %reason, retry_in_ms = wait.as_millis() as u64, "reply not sent yet; this account waits");
+                        tokio::time::sleep(wait).await;
+                        break;
+                    }
+                    Err(err) => {
+                        attempt += 1;
+                        warn!(%account_id, %message_id, error = %err, "reply queue: trying again");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        break;
+                    }
                 }
             }
         }
     }
 
-    async fn on_routed(
-        &self,
-        cause: &RecordedEvent,
-        routed: OutboundMessageRouted,
-    ) -> Result<(), ApplyError> {
-        let location = cause.location_id().clone();
-        let history = self.store.read_stream(&cause.stream, 1, usize::MAX).await?;
+    /// Sends one routed reply through the outbox, or settles it when it cannot leave.
+    async fn send_one(&self, location: &LocationId, message_id: Uuid) -> Result<Step, ApplyError> {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        let history = self.outbox.store().read_stream(&stream, 1, usize::MAX).await?;
         let state = OutboundState::from_history(&history)?;
+        let Some(routed) = state.routed.clone() else {
+            return Ok(Step::Done);
+        };
         if state.done_sending() {
-            return Ok(());
+            return Ok(Step::Done);
         }
+        let cause = history
+            .iter()
+            .rev()
+            .find(|e| e.event_type == "OutboundMessageRouted")
+            .expect("a routed message has its routing event");
+        let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
         let (body, media): (String, Vec<String>) = history
             .iter()
             .find_map(|e| match e.decode() {
@@ -224,87 +406,123 @@ impl OutboundSender {
                 _ => None,
             })
             .unwrap_or_default();
-        let event = match self.send(&location, &routed, &body, &media).await? {
-            Outcome::Sent(sid) => {
-                info!(message_id = %routed.message_id, account_id = %routed.account_id, message_sid = %sid, "reply sent");
-                Event::from(OutboundMessageSent {
-                    message_id: routed.message_id,
-                    account_id: routed.account_id,
-                    provider_message_id: sid,
-                })
-            }
-            Outcome::Failed { reason, code } => {
-                warn!(message_id = %routed.message_id, %reason, "reply not sent");
-                Event::from(MessageFailed {
-                    message_id: routed.message_id,
+        let subject = Subject {
+            stream: stream.clone(),
+            operation: SEND,
+            subject_id: message_id,
+            key: None,
+            metadata: metadata.clone(),
+        };
+        let effect = match self.effect(location, &routed, body, media).await? {
+            Ok(effect) => effect,
+            Err(reason) => {
+                warn!(%message_id, %reason, "reply not sent");
+                let failed = Event::from(MessageFailed {
+                    message_id,
                     reason,
-                    provider_error_code: code,
-                })
+                    provider_error_code: None,
+                });
+                self.outbox.record(&subject, &failed).await?;
+                return Ok(Step::Done);
             }
         };
-        append_settled(self.store.as_ref(), cause, state.version, &event).await
-    }
-}
-
-/// Appends what became of a message after its last known version; if another writer appended
-/// meanwhile (ghl-sync reporting), goes after it.
-async fn append_settled(
-    store: &dyn EventStore,
-    cause: &RecordedEvent,
-    mut version: u64,
-    event: &Event,
-) -> Result<(), ApplyError> {
-    for _ in 0..5 {
-        let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
-        match store
-            .append(
-                &cause.stream,
-                ExpectedVersion::Exact(version),
-                vec![NewEvent::new(event, metadata)],
-            )
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(StoreError::WrongExpectedVersion { .. }) => {
-                version = store
-                    .read_stream(&cause.stream, version + 1, usize::MAX)
-                    .await?
-                    .last()
-                    .map_or(version, |e| e.version);
+        let err = match self.outbox.perform(&subject, &effect).await {
+            Ok(performed) => {
+                let sid = performed.into_inner();
+                info!(%message_id, account_id = %routed.account_id, message_sid = %sid, "reply sent");
+                return Ok(Step::Done);
             }
-            Err(err) => return Err(err.into()),
+            Err(EffectError::Call(err)) => err,
+            Err(other) => return Err(other.to_string().into()),
+        };
+        let first_try = history
+            .iter()
+            .find(|e| e.event_type == "EffectIntended")
+            .map_or_else(Utc::now, |e| e.occurred_at);
+        let waited = (Utc::now() - first_try).to_std().unwrap_or_default();
+        if err.is_retryable() && waited < self.patience {
+            return Ok(Step::Wait(err.to_string()));
         }
+        // Given up: unless Twilio has it after all, it failed.
+        if !err.certainly_unsent() {
+            let intent = OpenIntent {
+                attempt: 0,
+                at: first_try,
+                key: None,
+            };
+            if let Ok(Some(sid)) = effect.reconcile(&intent).await {
+                self.outbox.record(&subject, &effect.outcome(&sid)).await?;
+                return Ok(Step::Done);
+            }
+        }
+        let code = match &err {
+            TwilioError::Rejected { code, .. } => code.map(|c| c.to_string()),
+            _ => None,
+        };
+        warn!(%message_id, reason = %err, "reply not sent");
+        let failed = Event::from(MessageFailed {
+            message_id,
+            reason: err.to_string(),
+            provider_error_code: code,
+        });
+        self.outbox.record(&subject, &failed).await?;
+        Ok(Step::Done)
     }
-    Err(format!("message stream {} kept changing", cause.stream).into())
+
+    /// The send through the routed account, or why it cannot leave.
+    async fn effect<'a>(
+        &'a self,
+        location: &LocationId,
+        routed: &'a OutboundMessageRouted,
+        body: String,
+        media: Vec<String>,
+    ) -> Result<Result<TwilioSend<'a>, String>, ApplyError> {
+        let (_, account) =
+            crate::read_account(self.outbox.store().as_ref(), location, routed.account_id).await?;
+        if account.status == account::Status::Removed {
+            return Ok(Err(format!(
+                "the account {} was removed before the reply left",
+                account.name
+            )));
+        }
+        let (Some(AccountKind::Twilio), Some(credentials)) = (account.kind, &account.twilio) else {
+            return Ok(Err(format!(
+                "sending through {} accounts is not available yet; add the tag of a Twilio account to reply",
+                account.kind.map_or("unknown", AccountKind::as_str)
+            )));
+        };
+        let Some(from) = account.phone_number.clone() else {
+            return Ok(Err(format!("the account {} has no phone number", account.name)));
+        };
+        let token = self.secret_key.open(&credentials.auth_token)?;
+        let callback = self.status_callback_base.as_ref().map(|base| {
+            format!(
+                "{}/webhooks/twilio/{location}/{}/status?message={}",
+                base.trim_end_matches('/'),
+                routed.account_id,
+                routed.message_id
+            )
+        });
+        Ok(Ok(TwilioSend {
+            twilio: &self.twilio,
+            credentials: twilio::Credentials::new(&credentials.account_sid, token.expose()),
+            routed,
+            from,
+            body,
+            media,
+            callback,
+        }))
+    }
 }
 
-#[async_trait]
-impl Projection<Any> for OutboundSender {
-    fn name(&self) -> &str {
-        "outbound_sender"
-    }
+/// The operation name of a Twilio send in the log and in fail point names.
+pub const SEND: &str = "twilio.send";
 
-    fn migrations(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
-        if event.event_type != "OutboundMessageRouted" {
-            return Ok(());
-        }
-        match event.decode()? {
-            Event::OutboundMessageRouted(routed) => self.on_routed(event, routed).await,
-            _ => Ok(()),
-        }
-    }
-
-    async fn apply(&self, _: &mut AnyConnection, _: &RecordedEvent) -> Result<(), ApplyError> {
-        Ok(())
-    }
-
-    async fn reset(&self, _: &mut AnyConnection) -> sqlx::Result<()> {
-        Ok(())
-    }
+/// The pause before the `attempt`-th retry of an account's head reply, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let exp = Duration::from_millis(250).saturating_mul(1 << attempt.min(8));
+    exp.min(Duration::from_secs(15))
+        .mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ pub struct ServeArgs {
     /// The Twilio API.
     #[arg(long, env = "WHATSNAP_TWILIO_BASE_URL", default_value = whatsnap_twilio::DEFAULT_BASE_URL)]
     twilio_base_url: String,
+    /// How long one request to Twilio may take before it is given up, in seconds. A send given up this
+    /// way is looked for in the account's message list before it is sent again.
+    #[arg(long, env = "WHATSNAP_TWILIO_TIMEOUT", default_value = "15", value_parser = seconds)]
+    twilio_timeout: Duration,
+    /// How long (seconds) a reply keeps being tried while its Twilio account is unreachable or rate
+    /// limited before it is recorded as failed (and GHL told so). Other accounts' replies do
+    /// not wait for it.
+    #[arg(long, env = "WHATSNAP_SEND_PATIENCE", default_value = "120", value_parser = seconds)]
+    send_patience: Duration,
     /// The scheme and host providers call webhooks on, as configured with them (e.g.
     /// https://whatsnap.example.com); Twilio signs that URL. Default: http:// and the request's
     /// Host header.
@@ -418,10 +427,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             db.clone(),
             whatsnap_session::SessionConfig {
                 secret_key: key.clone(),
-                twilio: whatsnap_twilio::TwilioClient::new(&args.twilio_base_url)?,
+                twilio: whatsnap_twilio::TwilioClient::with_timeout(
+                    &args.twilio_base_url,
+                    args.twilio_timeout,
+                )?,
                 max_accounts_per_location: args.max_accounts_per_location,
                 tag_prefix: args.tag_prefix.clone(),
                 status_callback_base: public_url.clone(),
+                send_patience: args.send_patience,
             },
         )),
         _ => None,
@@ -463,7 +476,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let mut projections: Vec<Arc<dyn Projection<sqlx::Any>>> = Vec::new();
     if let Some(s) = &session {
         projections.push(s.projection());
-        projections.push(s.sender());
+        projections.push(s.send_queue());
     }
     if let Some(s) = &contacts {
         projections.push(s.projection());
@@ -550,6 +563,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         tasks.spawn(async move {
             decider.run(stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
+    if let Some(worker) = session.as_ref().map(|s| s.send_worker()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            worker.run(stop.cancelled_owned()).await;
             Ok(())
         });
     }
