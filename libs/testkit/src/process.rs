@@ -101,6 +101,13 @@ impl Whatsnap {
         Ok(child.wait()?)
     }
 
+    /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL: a crash, with no chance to finish anything.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.signal(Signal::SIGKILL).map(drop)

@@ -79,6 +79,8 @@ pub struct Worker {
     config: WorkerConfig,
     /// Locations whose users cannot be listed for want of a company id, said once each.
     without_company: Mutex<HashSet<LocationId>>,
+    /// One lock per connection stream, held while its tokens are renewed.
+    refreshing: Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// When a location's users are listed next.
@@ -189,6 +191,7 @@ impl Worker {
             db,
             config,
             without_company: Mutex::new(HashSet::new()),
+            refreshing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -560,6 +563,23 @@ impl Worker {
         let Some(agency_stream) = connection::company_stream(company) else {
             return Err(format!("{company:?} is not a GHL company id"));
         };
+        // One location token at a time per location; one made while this task waited serves.
+        let own_stream = connection::stream(location);
+        let lock = self.refresh_lock(&own_stream);
+        let _making = lock.lock().await;
+        let fresh = self.stream_state(&own_stream).await?;
+        if fresh.version != state.version
+            && let Some(tokens) = &fresh.tokens
+            && !fresh.needs_refresh(Utc::now(), chrono::Duration::minutes(5))
+        {
+            return self
+                .config
+                .secret_key
+                .open(&tokens.access_token)
+                .map(|t| t.expose().to_owned())
+                .map_err(|e| format!("the stored GHL token: {e}"));
+        }
+        let state = &fresh;
         let agency_state = self.stream_state(&agency_stream).await?;
         if agency_state.tokens.is_none() {
             return Err(format!(
@@ -615,6 +635,7 @@ impl Worker {
         force: bool,
         whose: &str,
     ) -> Result<String, String> {
+        let seen_version = state.version;
         let Some(tokens) = state.tokens.clone() else {
             return Err(format!("{whose} holds no GHL token"));
         };
@@ -624,13 +645,26 @@ impl Worker {
             }
             GhlTokenKind::PrivateIntegration => false,
         };
-        if !refresh {
-            return self
-                .config
+        let open = |tokens: &GhlTokensIssued| {
+            self.config
                 .secret_key
                 .open(&tokens.access_token)
                 .map(|t| t.expose().to_owned())
-                .map_err(|e| format!("the stored GHL token: {e}"));
+                .map_err(|e| format!("the stored GHL token: {e}"))
+        };
+        if !refresh {
+            return open(&tokens);
+        }
+        // One refresh at a time per connection: a refresh token is spent by its first use.
+        let lock = self.refresh_lock(stream);
+        let _refreshing = lock.lock().await;
+        let state = &self.stream_state(stream).await?;
+        let Some(tokens) = state.tokens.clone() else {
+            return Err(format!("{whose} holds no GHL token"));
+        };
+        if state.version != seen_version {
+            // Another task refreshed while this one waited: its tokens are the new ones.
+            return open(&tokens);
         }
         let Some(sealed) = &tokens.refresh_token else {
             return Err(format!(
@@ -680,6 +714,16 @@ impl Worker {
             .map_err(|e| format!("storing the refreshed GHL token: {e}"))?;
         info!(whose, "GHL token refreshed");
         Ok(grant.access_token)
+    }
+
+    /// The lock held while the tokens of the connection in `stream` are renewed.
+    fn refresh_lock(&self, stream: &StreamId) -> Arc<tokio::sync::Mutex<()>> {
+        self.refreshing
+            .lock()
+            .expect("not poisoned")
+            .entry(stream.clone())
+            .or_default()
+            .clone()
     }
 
     /// The location's connection, from its install stream.

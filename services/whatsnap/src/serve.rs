@@ -299,6 +299,13 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
             let db = AnyPoolOptions::new()
                 .max_connections(4)
+                // Writers of the one file take turns: a busy machine waits, never fails.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 30000").await?;
+                        Ok(())
+                    })
+                })
                 .connect(&format!("sqlite://{}", path.display()))
                 .await
                 .with_context(|| format!("read models in {}", path.display()))?;

@@ -1,0 +1,529 @@
+//! The crash suite: a real `whatsnap` killed at every named fail point of every effect (before
+//! its intent is recorded, before the call, after the call, after its outcome is recorded), on
+//! both backends, then started again on the same data while the providers deliver again what
+//! was not acknowledged. What the fake GHL and the fake Twilio received is then compared with
+//! what was sent: nothing lost, nothing twice.
+//!
+//! And the scenario a user saw: 200 signed Twilio webhooks to one location, `SIGKILL` half-way,
+//! a restart, Twilio's retries. `WHATSNAP_CRASH_RUNS=20` plays it twenty times in a row (the
+//! long form, see the README); CI plays it once per backend.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::{
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually_within,
+    free_port, http_post,
+};
+
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "twilio-auth-token-of-the-agency";
+const SALES: &str = "+15005550006";
+const LOCATION: &str = "locCrash";
+const PROVIDER: &str = "whatsnapProvider0001";
+/// The customer the reply goes to; the other two only write.
+const CUSTOMERS: [&str; 3] = ["+14155550100", "+14155550101", "+14155550102"];
+const REPLY: &str = "Yes, until 6pm";
+/// How long one step may take before the test says which one hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Distributed(TestNats, TestPostgres),
+}
+
+impl Backend {
+    async fn new(distributed: bool) -> Self {
+        if distributed {
+            Self::Distributed(
+                TestNats::new().await.unwrap(),
+                TestPostgres::new().await.unwrap(),
+            )
+        } else {
+            Self::Embedded(tempfile::tempdir().unwrap())
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let list: Vec<&str> = match self {
+            Self::Embedded(dir) => vec!["--data-dir", dir.path().to_str().unwrap()],
+            Self::Distributed(nats, pg) => {
+                return [
+                    "--nats-url",
+                    &nats.config.url,
+                    "--stream-name",
+                    &nats.config.stream_name,
+                    "--subject-prefix",
+                    &nats.config.subject_prefix,
+                    "--database-url",
+                    &pg.url_with_schema(),
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            }
+        };
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+/// The fakes, the data and the addresses that outlive one `whatsnap` process.
+struct World {
+    backend: Backend,
+    ghl: FakeGhl,
+    twilio: FakeTwilio,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+/// The process died: the step has to be played again after a restart.
+#[derive(Debug)]
+struct Died;
+
+impl World {
+    async fn new(distributed: bool) -> Self {
+        let ghl = FakeGhl::start().await.unwrap();
+        let twilio = FakeTwilio::start().await.unwrap();
+        twilio.add_account(FakeTwilioAccount {
+            sid: SID.into(),
+            auth_token: TOKEN.into(),
+            status: "active".into(),
+            numbers: vec![(SALES.into(), true)],
+        });
+        let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            backend: Backend::new(distributed).await,
+            ghl,
+            twilio,
+            grpc: localhost(free_port()),
+            http: localhost(free_port()),
+        }
+    }
+
+    /// `whatsnap serve` on the world's data and ports; `failpoints` armed when given.
+    fn start(&self, failpoints: Option<&str>, name: &str) -> Whatsnap {
+        let mut args = self.backend.args();
+        let (grpc, http) = (self.grpc.to_string(), self.http.to_string());
+        let public = format!("http://{}", self.http);
+        let (ghl, twilio, key) = (
+            self.ghl.base_url(),
+            self.twilio.base_url(),
+            self.ghl.ed25519_public_key_pem(),
+        );
+        args.extend(
+            [
+                "--secret-key",
+                SECRET_KEY,
+                "--grpc-addr",
+                &grpc,
+                "--http-addr",
+                &http,
+                "--public-url",
+                &public,
+                "--twilio-base-url",
+                &twilio,
+                "--ghl-api-url",
+                &ghl,
+                "--ghl-webhook-ed25519-key",
+                &key,
+                "--ghl-conversation-provider-id",
+                PROVIDER,
+                "--ghl-max-backoff",
+                "1",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
+        let env: Vec<(&str, String)> = failpoints
+            .map(|points| ("WHATSNAP_FAILPOINTS", points.to_owned()))
+            .into_iter()
+            .collect();
+        Whatsnap::serve_with_env(binary(), &args, &env, name).unwrap()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// The location connected and its Sales account added: done once, before any crash.
+    async fn set_up(&self) -> session::Account {
+        let channel = self.channel().await;
+        let token = format!("pit-{LOCATION}-0000-0000");
+        self.ghl.add_private_token(LOCATION, &token);
+        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
+            .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+                location_id: LOCATION.into(),
+                token,
+                company_id: FakeGhl::COMPANY_ID.into(),
+            })
+            .await
+            .unwrap();
+        session::session_service_client::SessionServiceClient::new(channel)
+            .add_account(session::AddAccountRequest {
+                location_id: LOCATION.into(),
+                kind: session::AccountKind::Twilio as i32,
+                name: "Sales".into(),
+                phone_number: SALES.into(),
+                twilio: Some(session::TwilioCredentials {
+                    account_sid: SID.into(),
+                    auth_token: TOKEN.into(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Delivers a text as Twilio does; `Err` when nothing acknowledged it (Twilio retries).
+    async fn text(
+        &self,
+        account: &session::Account,
+        message_sid: &str,
+        from: &str,
+        body: &str,
+    ) -> Result<(), Died> {
+        let path = format!("/webhooks/twilio/{LOCATION}/{}/inbound", account.account_id);
+        let url = format!("http://{}{path}", self.http);
+        let params: Vec<(String, String)> = [
+            ("MessageSid", message_sid),
+            ("SmsSid", message_sid),
+            ("AccountSid", SID),
+            ("From", from),
+            ("To", SALES),
+            ("Body", body),
+            ("NumMedia", "0"),
+            ("ApiVersion", "2010-04-01"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let signature = whatsnap_twilio::signature::sign(TOKEN, &url, &params);
+        let form = serde_urlencoded::to_string(&params).unwrap();
+        let headers = [
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Twilio-Signature", signature.as_str()),
+        ];
+        match http_post(self.http, &path, &headers, Some(form.as_bytes())).await {
+            Ok((200, _)) => Ok(()),
+            _ => Err(Died),
+        }
+    }
+
+    /// The GHL messages of each customer's contact, by text.
+    fn ghl_messages(&self) -> HashMap<String, Vec<String>> {
+        CUSTOMERS
+            .iter()
+            .filter_map(|phone| {
+                let contact = self.ghl.contact_by_phone(LOCATION, phone)?;
+                let texts = self
+                    .ghl
+                    .messages(&contact.id)
+                    .into_iter()
+                    .filter(|m| m.direction == "inbound")
+                    .filter_map(|m| m.message)
+                    .collect();
+                Some(((*phone).to_owned(), texts))
+            })
+            .collect()
+    }
+}
+
+/// Waits for `check` while the process lives: `Err(Died)` as soon as it has exited.
+async fn until<T>(
+    whatsnap: &mut Whatsnap,
+    what: &str,
+    check: impl AsyncFn() -> Option<T>,
+) -> Result<T, Died> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return Ok(found);
+        }
+        if whatsnap.exited().is_some() {
+            return Err(Died);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PATIENCE:?} for {what}; log: {}",
+            std::fs::read_to_string(&whatsnap.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the customers write: two texts each.
+fn texts() -> Vec<(String, &'static str, String)> {
+    CUSTOMERS
+        .iter()
+        .enumerate()
+        .flat_map(|(c, phone)| {
+            (0..2).map(move |n| {
+                (
+                    format!("SM{c:016}{n:016}"),
+                    *phone,
+                    format!("text {n} from customer {c}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The whole story, from the top; every step may be played again after a crash, as the
+/// providers would deliver again what was not acknowledged.
+async fn play(
+    world: &World,
+    whatsnap: &mut Whatsnap,
+    account: &session::Account,
+    reply: &mut Option<serde_json::Value>,
+) -> Result<(), Died> {
+    for (sid, from, body) in texts() {
+        world.text(account, &sid, from, &body).await?;
+    }
+    let customer = CUSTOMERS[0];
+    let contact = until(whatsnap, "the customers' texts in GHL", async || {
+        let all = world.ghl_messages();
+        (all.len() == CUSTOMERS.len() && all.values().all(|texts| texts.len() >= 2))
+            .then(|| world.ghl.contact_by_phone(LOCATION, customer))
+            .flatten()
+    })
+    .await?;
+    // A GHL user replies; GHL delivers it again until acknowledged.
+    let payload = match reply {
+        Some(payload) => payload.clone(),
+        None => {
+            let (id, status) = world
+                .ghl
+                .send_provider_outbound(
+                    &format!("http://{}/webhooks/ghl/delivery", world.http),
+                    LOCATION,
+                    &contact.id,
+                    REPLY,
+                    Some("userAna"),
+                )
+                .await
+                .unwrap_or_default();
+            let payload = serde_json::json!({
+                "contactId": contact.id, "locationId": LOCATION, "messageId": id,
+                "type": "SMS", "phone": customer, "message": REPLY, "attachments": [],
+                "userId": "userAna",
+            });
+            *reply = Some(payload.clone());
+            if status != 200 {
+                return Err(Died);
+            }
+            payload
+        }
+    };
+    let delivery = format!("http://{}/webhooks/ghl/delivery", world.http);
+    match world
+        .ghl
+        .post_signed(&delivery, payload.to_string().as_bytes())
+        .await
+    {
+        Ok(200) => {}
+        _ => return Err(Died),
+    }
+    let sent = until(whatsnap, "the reply sent by Twilio", async || {
+        world.twilio.sent().into_iter().find(|m| m.to == customer)
+    })
+    .await?;
+    match world.twilio.report_status(&sent.sid, "delivered", None).await {
+        Ok(200) => {}
+        _ => return Err(Died),
+    }
+    let ghl_message_id = payload["messageId"].as_str().unwrap().to_owned();
+    until(whatsnap, "GHL told the reply was delivered", async || {
+        world
+            .ghl
+            .status_updates(&ghl_message_id)
+            .into_iter()
+            .find(|u| u.http_status == 200 && u.status == "delivered")
+    })
+    .await?;
+    Ok(())
+}
+
+/// Kills whatsnap at `point`, starts it again, plays the story to its end, and compares what
+/// the fakes received with what was sent.
+async fn crash_at(point: &str, distributed: bool) {
+    let world = World::new(distributed).await;
+    let name = format!("crash-{point}");
+    let mut first = world.start(Some(point), &name);
+    let account = world.set_up().await;
+    let mut reply = None;
+    let outcome = play(&world, &mut first, &account, &mut reply).await;
+    assert!(
+        outcome.is_err(),
+        "the fail point {point} never fired: the story ran to its end"
+    );
+    let status = eventually_within(PATIENCE, "the process gone", async || first.exited()).await;
+    assert!(!status.success(), "{point}: {status:?}");
+    drop(first);
+
+    let mut second = world.start(None, &format!("{name}-again"));
+    play(&world, &mut second, &account, &mut reply)
+        .await
+        .unwrap_or_else(|Died| panic!("whatsnap died again after {point}"));
+
+    // Every text once in GHL, one contact per customer, one reply sent.
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for (_, from, body) in texts() {
+        expected.entry(from.to_owned()).or_default().push(body);
+    }
+    let mut received = world.ghl_messages();
+    for texts in received.values_mut() {
+        texts.sort();
+    }
+    assert_eq!(received, expected, "{point}: the texts in GHL");
+    assert_eq!(
+        world.ghl.contacts(LOCATION).len(),
+        CUSTOMERS.len(),
+        "{point}: one GHL contact per customer"
+    );
+    let replies: Vec<_> = world
+        .twilio
+        .sent()
+        .into_iter()
+        .filter(|m| m.body == REPLY)
+        .collect();
+    assert_eq!(replies.len(), 1, "{point}: the reply sent once: {replies:?}");
+    assert!(
+        world.ghl.schema_violations().is_empty(),
+        "{:?}",
+        world.ghl.schema_violations()
+    );
+}
+
+/// Every fail point of every effect.
+fn points() -> Vec<String> {
+    let operations = ["ghl.contact", "ghl.post_message", "twilio.send", "ghl.status"];
+    operations
+        .iter()
+        .flat_map(|op| {
+            whatsnap_effects::failpoint::STAGES
+                .iter()
+                .map(move |stage| format!("{op}.{stage}"))
+        })
+        .collect()
+}
+
+async fn every_point(distributed: bool) {
+    for point in points() {
+        crash_at(&point, distributed).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_any_effect_loses_nothing_and_repeats_nothing_embedded() {
+    every_point(false).await;
+}
+
+#[tokio::test]
+async fn a_crash_at_any_effect_loses_nothing_and_repeats_nothing_distributed() {
+    every_point(true).await;
+}
+
+/// 200 texts, 8 at a time; `SIGKILL` once the 100th is acknowledged; a restart; Twilio
+/// delivering again whatever was not acknowledged. Every text in GHL exactly once.
+async fn two_hundred_texts_and_a_sigkill(distributed: bool, run: usize) {
+    const TOTAL: usize = 200;
+    let world = World::new(distributed).await;
+    let mut first = world.start(None, &format!("sigkill-{run}"));
+    let account = world.set_up().await;
+    let customer = |n: usize| format!("+1415556{:04}", n % 20);
+    let body = |n: usize| format!("message {n:03}");
+    let sid = |n: usize| format!("SM{n:032}");
+    let acknowledged = std::sync::Mutex::new(std::collections::HashSet::new());
+    let killed = tokio::sync::Notify::new();
+    let kill_at = TOTAL / 2;
+    {
+        use futures::StreamExt;
+        let deliver = futures::stream::iter(0..TOTAL)
+            .map(|n| {
+                let (world, account, acknowledged, killed) =
+                    (&world, &account, &acknowledged, &killed);
+                let (from, text, message_sid) = (customer(n), body(n), sid(n));
+                async move {
+                    if world.text(account, &message_sid, &from, &text).await.is_ok() {
+                        let mut acked = acknowledged.lock().unwrap();
+                        acked.insert(n);
+                        if acked.len() == kill_at {
+                            killed.notify_one();
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<()>>();
+        tokio::select! {
+            _ = deliver => panic!("all {TOTAL} delivered before the kill"),
+            () = killed.notified() => first.kill().unwrap(),
+        }
+    }
+    drop(first);
+    let _second = world.start(None, &format!("sigkill-{run}-again"));
+    // Twilio delivers again what was not acknowledged (and some that were).
+    for n in 0..TOTAL {
+        if !acknowledged.lock().unwrap().contains(&n) || n % 10 == 0 {
+            world
+                .text(&account, &sid(n), &customer(n), &body(n))
+                .await
+                .unwrap();
+        }
+    }
+    let expected: usize = TOTAL;
+    let all = eventually_within(Duration::from_secs(120), "every text in GHL", async || {
+        let contacts = world.ghl.contacts(LOCATION);
+        let texts: Vec<String> = contacts
+            .iter()
+            .flat_map(|c| world.ghl.messages(&c.id))
+            .filter_map(|m| m.message)
+            .collect();
+        (texts.len() >= expected).then_some(texts)
+    })
+    .await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for text in &all {
+        *counts.entry(text.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "run {run}: posted more than once: {twice:?}");
+    assert_eq!(all.len(), TOTAL, "run {run}");
+    assert_eq!(world.ghl.contacts(LOCATION).len(), 20, "run {run}");
+}
+
+/// How many times the SIGKILL scenario is played: `WHATSNAP_CRASH_RUNS`, 1 by default.
+fn runs() -> usize {
+    std::env::var("WHATSNAP_CRASH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test]
+async fn two_hundred_texts_and_a_sigkill_half_way_embedded() {
+    for run in 0..runs() {
+        two_hundred_texts_and_a_sigkill(false, run).await;
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_texts_and_a_sigkill_half_way_distributed() {
+    for run in 0..runs() {
+        two_hundred_texts_and_a_sigkill(true, run).await;
+    }
+}
