@@ -365,12 +365,11 @@ async fn crash_at(point: &str, distributed: bool) {
     let mut first = world.start(Some(point), &name);
     let account = world.set_up().await;
     let mut reply = None;
-    let outcome = play(&world, &mut first, &account, &mut reply).await;
-    assert!(
-        outcome.is_err(),
-        "the fail point {point} never fired: the story ran to its end"
-    );
-    let status = eventually_within(PATIENCE, "the process gone", async || first.exited()).await;
+    // The story stops where the process died (or, at the last effect's final points, may just
+    // have ended as it dies).
+    let _ = play(&world, &mut first, &account, &mut reply).await;
+    let what = format!("the fail point {point} to end the process");
+    let status = eventually_within(PATIENCE, what, async || first.exited()).await;
     assert!(!status.success(), "{point}: {status:?}");
     drop(first);
 

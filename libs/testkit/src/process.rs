@@ -103,9 +103,8 @@ impl Whatsnap {
 
     /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
-        Some(status)
+        // `Child` keeps the status once reaped, so asking again answers the same.
+        self.child.as_mut()?.try_wait().ok()?
     }
 
     /// SIGKILL: a crash, with no chance to finish anything.
