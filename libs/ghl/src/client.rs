@@ -359,6 +359,11 @@ impl GhlClient {
         &self.inner.config
     }
 
+    /// The per-location pacing every call goes through.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
     /// The contact GHL holds for a phone number, if any (`GET /contacts/search/duplicate`).
     #[tracing::instrument(skip_all, fields(location_id = %location))]
     pub async fn find_contact_by_phone(

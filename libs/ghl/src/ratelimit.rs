@@ -143,6 +143,19 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// How many requests `location` has left of today's allowance, and when it resets.
+    pub fn daily_left(&self, location: &LocationId) -> (u32, Duration) {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().expect("rate limiter lock");
+        match buckets.get(location) {
+            Some(bucket) if now.duration_since(bucket.day_started) < DAY => (
+                self.limits.daily_max.saturating_sub(bucket.daily_used),
+                DAY.saturating_sub(now.duration_since(bucket.day_started)),
+            ),
+            _ => (self.limits.daily_max, DAY),
+        }
+    }
+
     /// Waits until a request for `location` may go, and reserves it; fails only when the
     /// location's daily allowance is used up.
     pub async fn acquire(&self, location: &LocationId) -> Result<(), Exhausted> {

@@ -74,4 +74,5 @@ forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_ser
     connect_private_token(ghlsync::ConnectPrivateTokenRequest) -> ghlsync::ConnectResponse;
     begin_o_auth(ghlsync::BeginOAuthRequest) -> ghlsync::BeginOAuthResponse;
     complete_o_auth(ghlsync::CompleteOAuthRequest) -> ghlsync::ConnectResponse;
+    retry_set_aside(ghlsync::RetrySetAsideRequest) -> ghlsync::RetrySetAsideResponse;
 });

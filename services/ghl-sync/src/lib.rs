@@ -18,7 +18,7 @@ use std::sync::Arc;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 use whatsnap_events::{
-    Event, EventMetadata, GhlInstalled, GhlTokenKind, GhlTokensIssued, GhlUninstalled, LocationId,
+    Event, EventMetadata, GhlInstalled, GhlSyncRetryRequested, GhlTokenKind, GhlTokensIssued, GhlUninstalled, LocationId,
     NewEvent,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
@@ -209,6 +209,37 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             }
             _ => String::new(),
         };
+        let set_aside = sqlx::query(
+            "SELECT kind, subject_id, reason, http_status FROM ghl_set_aside WHERE location_id = $1 \
+             ORDER BY kind, subject_id",
+        )
+        .bind(location.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .iter()
+        .map(|row| pb::SetAsideItem {
+            kind: row.get("kind"),
+            subject_id: row.get("subject_id"),
+            reason: row.get("reason"),
+            http_status: row.get::<Option<i64>, _>("http_status").unwrap_or(0) as u32,
+        })
+        .collect();
+        let queued = contacts + messages + statuses + assignments;
+        let (daily_left, resets_in) = match &self.config {
+            Some(config) => config.client.limiter().daily_left(&location),
+            None => (0, std::time::Duration::ZERO),
+        };
+        // A contact takes up to three requests (look-up, create, tags); the rest one each.
+        let needed = contacts * 3 + messages + statuses + assignments;
+        let allowance_warning = if self.config.is_some() && needed > u64::from(daily_left) {
+            format!(
+                "{queued} items need about {needed} GHL requests, but only {daily_left} are left of today's allowance: the rest waits until it resets in {} min",
+                resets_in.as_secs() / 60
+            )
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::SyncStatusResponse {
             pending_contact_upserts: contacts,
             pending_messages: messages,
@@ -216,7 +247,57 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             pending_statuses: statuses,
             connection: connection.unwrap_or_default(),
             pending_assignments: assignments,
+            set_aside,
+            daily_requests_left: u64::from(daily_left),
+            allowance_warning,
         }))
+    }
+
+    async fn retry_set_aside(
+        &self,
+        request: Request<pb::RetrySetAsideRequest>,
+    ) -> Result<Response<pb::RetrySetAsideResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let (kind, subject) = (request.kind.trim(), request.subject_id.trim());
+        let rows = sqlx::query(
+            "SELECT kind, subject_id FROM ghl_set_aside WHERE location_id = $1 \
+             AND ($2 = '' OR kind = $2) AND ($3 = '' OR subject_id = $3)",
+        )
+        .bind(location.to_string())
+        .bind(kind)
+        .bind(subject)
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?;
+        if rows.is_empty() && !(kind.is_empty() && subject.is_empty()) {
+            return Err(ServiceError::NotFound(format!(
+                "nothing of kind {kind:?} for {subject:?} is set aside in location {location}: see `whatsnap ghl status`"
+            ))
+            .into());
+        }
+        let mut requeued = 0;
+        for row in rows {
+            let kind: String = row.get("kind");
+            let Ok(subject_id) = row.get::<String, _>("subject_id").parse::<uuid::Uuid>() else {
+                continue;
+            };
+            let event = Event::from(GhlSyncRetryRequested {
+                operation: kind.clone(),
+                subject_id,
+                requested_by: Some("whatsnap ghl retry".into()),
+            });
+            self.store
+                .append(
+                    &worker::subject_stream(&location, &kind, subject_id),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(&event, EventMetadata::new_correlation())],
+                )
+                .await
+                .map_err(ServiceError::from)?;
+            requeued += 1;
+        }
+        Ok(Response::new(pb::RetrySetAsideResponse { requeued }))
     }
 
     async fn connect_private_token(

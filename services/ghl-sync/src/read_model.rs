@@ -117,6 +117,8 @@ impl Projection<Any> for PendingWork {
             // so that the worker lists a location's users again after it connects anew.
             "ALTER TABLE ghl_contacts ADD COLUMN assigned_to TEXT; \
          ALTER TABLE ghl_connections ADD COLUMN issued_at BIGINT",
+            // Work set aside after GHL refused it, until an operator retries it.
+            "CREATE TABLE ghl_set_aside (kind TEXT NOT NULL, subject_id TEXT NOT NULL, location_id TEXT NOT NULL, reason TEXT NOT NULL, http_status BIGINT, PRIMARY KEY (kind, subject_id))",
         ]
     }
 
@@ -280,8 +282,29 @@ impl Projection<Any> for PendingWork {
             }
             Event::GhlSyncFailed(e) if e.final_attempt => {
                 if let Some(subject) = e.subject_id {
-                    done(conn, &e.operation, subject.to_string()).await?
+                    done(conn, &e.operation, subject.to_string()).await?;
+                    sqlx::query(
+                        "INSERT INTO ghl_set_aside (kind, subject_id, location_id, reason, http_status) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, subject_id) DO UPDATE \
+                         SET reason = excluded.reason, http_status = excluded.http_status",
+                    )
+                    .bind(&e.operation)
+                    .bind(subject.to_string())
+                    .bind(&location)
+                    .bind(&e.reason)
+                    .bind(e.http_status.map(i64::from))
+                    .execute(&mut *conn)
+                    .await?;
                 }
+            }
+            Event::GhlSyncRetryRequested(e) => {
+                let subject = e.subject_id.to_string();
+                sqlx::query("DELETE FROM ghl_set_aside WHERE kind = $1 AND subject_id = $2")
+                    .bind(&e.operation)
+                    .bind(&subject)
+                    .execute(&mut *conn)
+                    .await?;
+                pending(conn, event, &e.operation, subject).await?
             }
             Event::GhlInstalled(_) => {
                 sqlx::query("INSERT INTO ghl_installs (location_id) VALUES ($1) ON CONFLICT (location_id) DO NOTHING")
@@ -324,6 +347,7 @@ impl Projection<Any> for PendingWork {
             "ghl_contacts",
             "ghl_messages",
             "ghl_connections",
+            "ghl_set_aside",
         ] {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *conn)

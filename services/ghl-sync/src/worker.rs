@@ -157,6 +157,16 @@ impl From<EffectError<GhlError>> for Failure {
     }
 }
 
+/// Where the failures (and retries) of a queue item are recorded: a contact's beside its link,
+/// not in the stream contacts writes; a message's in the message's own.
+pub(crate) fn subject_stream(location: &LocationId, kind: &str, subject: Uuid) -> StreamId {
+    if kind == CONTACT || kind == ASSIGN {
+        contact_stream(location, subject)
+    } else {
+        StreamId::for_uuid(location.clone(), AggregateKind::Message, subject)
+    }
+}
+
 /// The stream beside a contact's where ghl-sync records what crossed to GHL for it.
 fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
     StreamId::new(
@@ -488,12 +498,7 @@ impl Worker {
             attempt: 1,
             final_attempt,
         });
-        // A contact's failures go beside its link, not into the stream contacts writes.
-        let stream = if item.kind == CONTACT || item.kind == ASSIGN {
-            contact_stream(location, subject)
-        } else {
-            StreamId::for_uuid(location.clone(), AggregateKind::Message, subject)
-        };
+        let stream = subject_stream(location, &item.kind, subject);
         if let Err(err) = self
             .store
             .append(

@@ -475,10 +475,25 @@ pub enum GhlCommand {
         #[command(flatten)]
         server: Server,
     },
-    /// What is waiting to cross to GHL for a location, and why.
+    /// What is waiting to cross to GHL for a location, and why; what was set aside.
     Status {
         #[arg(long)]
         location: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Put work that was set aside (GHL refused it: a 403, a 4xx, a message GHL did not add)
+    /// back in the location's queue, after fixing its cause. Without --subject, every item set
+    /// aside for the location (of --kind, when given).
+    Retry {
+        #[arg(long)]
+        location: String,
+        /// contact_upsert, message, status or assign, as `ghl status` lists them.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The contact or message id, as `ghl status` lists it.
+        #[arg(long)]
+        subject: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -532,9 +547,49 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
             println!("contacts to sync   {}", sync.pending_contact_upserts);
             println!("messages to post   {}", sync.pending_messages);
             println!("statuses to report {}", sync.pending_statuses);
+            println!("owners to set      {}", sync.pending_assignments);
             if !sync.waiting_because.is_empty() {
                 println!("waiting because    {}", sync.waiting_because);
             }
+            println!("requests left today {}", sync.daily_requests_left);
+            if !sync.allowance_warning.is_empty() {
+                println!("allowance          {}", sync.allowance_warning);
+            }
+            if sync.set_aside.is_empty() {
+                println!("set aside          nothing");
+            } else {
+                println!(
+                    "set aside          {} (`whatsnap ghl retry --location …` puts them back)",
+                    sync.set_aside.len()
+                );
+                for item in &sync.set_aside {
+                    let http = match item.http_status {
+                        0 => String::new(),
+                        code => format!(" (HTTP {code})"),
+                    };
+                    println!(
+                        "  {} {}{http}: {}",
+                        item.kind, item.subject_id, item.reason
+                    );
+                }
+            }
+        }
+        GhlCommand::Retry {
+            location,
+            kind,
+            subject,
+            server,
+        } => {
+            let retried = client(server.channel().await?)
+                .retry_set_aside(ghlsync::RetrySetAsideRequest {
+                    location_id: location,
+                    kind: kind.unwrap_or_default(),
+                    subject_id: subject.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{} item(s) back in the GHL queue", retried.requeued);
         }
     }
     Ok(())
