@@ -138,7 +138,9 @@ impl From<GhlError> for Failure {
             ),
             // A 403 (a scope, a contact of another location, "no conversation provider"), or
             // a 2xx that did not add the message (ISS#70, a wrong provider id).
-            forbidden @ GhlError::Forbidden { .. } => Self::Item(forbidden.to_string(), Some(403)),
+            GhlError::Forbidden { message } => {
+                Self::Item(format!("GHL refused it with 403: {message}"), Some(403))
+            }
             protocol @ GhlError::Protocol(_) => Self::Item(protocol.to_string(), None),
             // Rate limits, 5xx, timeouts, missing configuration: all come right without
             // changing the work.

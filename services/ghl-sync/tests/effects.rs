@@ -170,3 +170,80 @@ async fn an_intent_without_an_outcome_is_found_at_ghl_and_recorded_without_posti
         ]
     );
 }
+
+#[tokio::test]
+async fn a_message_ghl_keeps_refusing_is_set_aside_the_rest_moves_on_and_a_retry_posts_it() {
+    use tonic::Request;
+    use whatsnap_proto::ghlsync::v1 as pb;
+    use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncService;
+
+    let rig = Rig::start(Some(std::time::Duration::from_secs(600))).await;
+    rig.connect(FakeGhl::COMPANY_ID).await;
+    rig.contact_messages().await;
+    rig.ghl.refuse_messages_containing(Some(("refused", 403)));
+    let (refused_stream, refused) = inbound("SMrefused", "one GHL refused");
+    let (fine_stream, _) = inbound("SMfine", "one GHL takes");
+    for (stream, event) in [
+        (refused_stream, Event::from(refused.clone())),
+        (fine_stream, Event::from(inbound("SMfine", "one GHL takes").1)),
+    ] {
+        rig.append(stream, vec![event]).await;
+    }
+
+    // The message behind the refused one crosses,
+    let contact = eventually("the second message in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, PHONE)?;
+        (posted_bodies(&rig, &contact.id) == ["one GHL takes"]).then_some(contact)
+    })
+    .await;
+    // and `ghl status` shows the refused one set aside, with GHL's answer.
+    let status = eventually("the refused message set aside", async || {
+        let status = rig.status().await;
+        (!status.set_aside.is_empty() && status.pending_messages == 0).then_some(status)
+    })
+    .await;
+    assert_eq!(status.set_aside.len(), 1, "{:?}", status.set_aside);
+    let item = &status.set_aside[0];
+    assert_eq!(item.kind, "message");
+    assert_eq!(item.subject_id, refused.message_id.to_string());
+    assert_eq!(item.http_status, 403);
+    assert!(item.reason.contains("403"), "{}", item.reason);
+
+    // Once GHL takes it, an operator's retry posts it, and nothing is set aside any more.
+    rig.ghl.refuse_messages_containing(None);
+    let retried = rig
+        .sync
+        .retry_set_aside(Request::new(pb::RetrySetAsideRequest {
+            location_id: LOCATION.into(),
+            kind: String::new(),
+            subject_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.requeued, 1);
+    eventually("the retried message in GHL", async || {
+        (posted_bodies(&rig, &contact.id).len() == 2).then_some(())
+    })
+    .await;
+    let mut bodies = posted_bodies(&rig, &contact.id);
+    bodies.sort();
+    assert_eq!(bodies, ["one GHL refused", "one GHL takes"]);
+    let status = eventually("nothing set aside", async || {
+        let status = rig.status().await;
+        status.set_aside.is_empty().then_some(status)
+    })
+    .await;
+    assert_eq!(status.pending_messages, 0);
+    // A retry of something that is not set aside says so.
+    let missing = rig
+        .sync
+        .retry_set_aside(Request::new(pb::RetrySetAsideRequest {
+            location_id: LOCATION.into(),
+            kind: "message".into(),
+            subject_id: refused.message_id.to_string(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}

@@ -432,6 +432,14 @@ impl FakeGhl {
     }
 
     /// The next `count` requests, whatever they are, answer `status`.
+    /// Refuses with `status` every inbound message whose text contains `text` (`None`: take
+    /// them again), as GHL refuses what it will not add whatever the retries.
+    pub fn refuse_messages_containing(&self, refusal: Option<(&str, u16)>) {
+        self.shared.with(|inner| {
+            inner.refuse_text = refusal.map(|(text, status)| (text.to_owned(), status));
+        });
+    }
+
     pub fn fail_next(&self, count: usize, status: u16) {
         self.shared.with(|inner| inner.fail_next = (count, status));
     }

@@ -592,6 +592,11 @@ fn inbound(inner: &mut Inner, call: &Call, bearer: &Bearer) -> Result<Reply, Rep
         .map(|c| c.location_id.clone())
         .ok_or_else(|| Reply::error(StatusCode::BAD_REQUEST, "Contact not found"))?;
     may_access(bearer, &location)?;
+    if let Some((refused, status)) = &inner.refuse_text
+        && text(&body, "message").is_some_and(|m| m.contains(refused.as_str()))
+    {
+        return Err(Reply::injected(*status));
+    }
     let conversation_id = inner.conversation_of(&contact_id);
     let date = text(&body, "date")
         .map(str::to_owned)

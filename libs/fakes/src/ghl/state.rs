@@ -303,6 +303,8 @@ pub(crate) struct Inner {
     pub latency: Duration,
     pub down: bool,
     pub fail_next: (usize, u16),
+    /// Inbound messages whose text contains this are refused with this status.
+    pub refuse_text: Option<(String, u16)>,
     pub fail_locations: HashMap<String, u16>,
     pub forbid_unknown_properties: bool,
     pub limits: FakeGhlLimits,
@@ -334,6 +336,7 @@ impl Inner {
             latency: Duration::ZERO,
             down: false,
             fail_next: (0, 500),
+            refuse_text: None,
             fail_locations: HashMap::new(),
             forbid_unknown_properties: true,
             limits: FakeGhlLimits::default(),
