@@ -4,6 +4,8 @@
 //! was not acknowledged. What the fake GHL and the fake Twilio received is then compared with
 //! what was sent: nothing lost, nothing twice.
 //!
+//! One tenant's outage: a Twilio account that never answers delays only its own replies.
+//!
 //! And the scenario a user saw: 200 signed Twilio webhooks to one location, `SIGKILL` half-way,
 //! a restart, Twilio's retries. `WHATSNAP_CRASH_RUNS=20` plays it twenty times in a row (the
 //! long form, see the README); CI plays it once per backend.
@@ -112,6 +114,10 @@ impl World {
 
     /// `whatsnap serve` on the world's data and ports; `failpoints` armed when given.
     fn start(&self, failpoints: Option<&str>, name: &str) -> Whatsnap {
+        self.start_with(failpoints, &[], name)
+    }
+
+    fn start_with(&self, failpoints: Option<&str>, extra: &[&str], name: &str) -> Whatsnap {
         let mut args = self.backend.args();
         let (grpc, http) = (self.grpc.to_string(), self.http.to_string());
         let public = format!("http://{}", self.http);
@@ -142,6 +148,7 @@ impl World {
                 "1",
             ]
             .iter()
+            .chain(extra)
             .map(|s| (*s).to_owned()),
         );
         let env: Vec<(&str, String)> = failpoints
@@ -161,26 +168,37 @@ impl World {
 
     /// The location connected and its Sales account added: done once, before any crash.
     async fn set_up(&self) -> session::Account {
+        self.set_up_location(LOCATION, SID, TOKEN, SALES).await
+    }
+
+    /// `location` connected to GHL, with a Twilio account of `sid` on `number`.
+    async fn set_up_location(
+        &self,
+        location: &str,
+        sid: &str,
+        token: &str,
+        number: &str,
+    ) -> session::Account {
         let channel = self.channel().await;
-        let token = format!("pit-{LOCATION}-0000-0000");
-        self.ghl.add_private_token(LOCATION, &token);
+        let pit = format!("pit-{location}-0000-0000");
+        self.ghl.add_private_token(location, &pit);
         ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
             .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
-                location_id: LOCATION.into(),
-                token,
+                location_id: location.into(),
+                token: pit,
                 company_id: FakeGhl::COMPANY_ID.into(),
             })
             .await
             .unwrap();
         session::session_service_client::SessionServiceClient::new(channel)
             .add_account(session::AddAccountRequest {
-                location_id: LOCATION.into(),
+                location_id: location.into(),
                 kind: session::AccountKind::Twilio as i32,
                 name: "Sales".into(),
-                phone_number: SALES.into(),
+                phone_number: number.into(),
                 twilio: Some(session::TwilioCredentials {
-                    account_sid: SID.into(),
-                    auth_token: TOKEN.into(),
+                    account_sid: sid.into(),
+                    auth_token: token.into(),
                 }),
             })
             .await
@@ -196,14 +214,30 @@ impl World {
         from: &str,
         body: &str,
     ) -> Result<(), Died> {
-        let path = format!("/webhooks/twilio/{LOCATION}/{}/inbound", account.account_id);
+        self.text_as((SID, TOKEN), account, message_sid, from, body)
+            .await
+    }
+
+    /// As [`World::text`], to an account of the Twilio account `sid` with `token`.
+    async fn text_as(
+        &self,
+        (sid, token): (&str, &str),
+        account: &session::Account,
+        message_sid: &str,
+        from: &str,
+        body: &str,
+    ) -> Result<(), Died> {
+        let path = format!(
+            "/webhooks/twilio/{}/{}/inbound",
+            account.location_id, account.account_id
+        );
         let url = format!("http://{}{path}", self.http);
         let params: Vec<(String, String)> = [
             ("MessageSid", message_sid),
             ("SmsSid", message_sid),
-            ("AccountSid", SID),
+            ("AccountSid", sid),
             ("From", from),
-            ("To", SALES),
+            ("To", account.phone_number.as_str()),
             ("Body", body),
             ("NumMedia", "0"),
             ("ApiVersion", "2010-04-01"),
@@ -211,7 +245,7 @@ impl World {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let signature = whatsnap_twilio::signature::sign(TOKEN, &url, &params);
+        let signature = whatsnap_twilio::signature::sign(token, &url, &params);
         let form = serde_urlencoded::to_string(&params).unwrap();
         let headers = [
             ("Content-Type", "application/x-www-form-urlencoded"),
@@ -525,4 +559,127 @@ async fn two_hundred_texts_and_a_sigkill_half_way_distributed() {
     for run in 0..runs() {
         two_hundred_texts_and_a_sigkill(true, run).await;
     }
+}
+
+/// One Twilio account that never answers holds back its own replies only: another location's
+/// reply leaves meanwhile. When that account takes a send but its answer never comes, the
+/// send is found in the account's message list and recorded: sent once.
+async fn one_account_times_out(distributed: bool) {
+    const SLOW_SID: &str = "AC99999999999999999999999999999999";
+    const SLOW_TOKEN: &str = "twilio-auth-token-of-the-slow-one";
+    const SLOW_NUMBER: &str = "+15005550009";
+    const OTHER: &str = "locOther";
+    let world = World::new(distributed).await;
+    world.twilio.add_account(FakeTwilioAccount {
+        sid: SLOW_SID.into(),
+        auth_token: SLOW_TOKEN.into(),
+        status: "active".into(),
+        numbers: vec![(SLOW_NUMBER.into(), true)],
+    });
+    let _whatsnap = world.start_with(
+        None,
+        &["--twilio-timeout", "1", "--send-patience", "600"],
+        "one-account-times-out",
+    );
+    let slow = world
+        .set_up_location(OTHER, SLOW_SID, SLOW_TOKEN, SLOW_NUMBER)
+        .await;
+    let fine = world.set_up().await;
+    let (slow_customer, fine_customer) = ("+14155550190", "+14155550191");
+    world
+        .text_as((SLOW_SID, SLOW_TOKEN), &slow, "SMslow", slow_customer, "hello")
+        .await
+        .unwrap();
+    world
+        .text(&fine, "SMfine", fine_customer, "hello")
+        .await
+        .unwrap();
+    let contact_of = |location: &'static str, phone: &'static str| {
+        let world = &world;
+        async move {
+            eventually_within(PATIENCE, format!("{phone} in GHL"), async || {
+                world.ghl.contact_by_phone(location, phone)
+            })
+            .await
+        }
+    };
+    let (slow_contact, fine_contact) = (
+        contact_of(OTHER, slow_customer).await,
+        contact_of(LOCATION, fine_customer).await,
+    );
+    world
+        .twilio
+        .set_send_fault(SLOW_SID, Some(whatsnap_testkit::twilio::SendFault::Hang));
+    let delivery = format!("http://{}/webhooks/ghl/delivery", world.http);
+    // The slow account's reply is asked for first, then the other location's.
+    let (_, status) = world
+        .ghl
+        .send_provider_outbound(&delivery, OTHER, &slow_contact.id, "slow reply", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, status) = world
+        .ghl
+        .send_provider_outbound(&delivery, LOCATION, &fine_contact.id, "fine reply", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let sent_bodies = || -> Vec<String> { world.twilio.sent().into_iter().map(|m| m.body).collect() };
+    eventually_within(PATIENCE, "the other location's reply sent", async || {
+        sent_bodies().contains(&"fine reply".to_owned()).then_some(())
+    })
+    .await;
+    assert!(!sent_bodies().contains(&"slow reply".to_owned()));
+
+    // Twilio now takes the slow account's sends but never answers: the send whose answer
+    // was lost is found in the account's list and recorded, not sent again.
+    world.twilio.set_send_fault(
+        SLOW_SID,
+        Some(whatsnap_testkit::twilio::SendFault::AcceptThenHang),
+    );
+    let channel = world.channel().await;
+    let recorded = eventually_within(PATIENCE, "the slow reply recorded as sent", async || {
+        let sent = world.twilio.sent().into_iter().find(|m| m.body == "slow reply")?;
+        let events = whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
+            channel.clone(),
+        )
+        .read_stream(whatsnap_proto::events::v1::ReadStreamRequest {
+            stream_id: format!(
+                "{OTHER}.message.{}",
+                sent.status_callback
+                    .as_deref()
+                    .and_then(|c| c.split("message=").nth(1))
+                    .unwrap_or_default()
+            ),
+            from_version: 1,
+            limit: 100,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .events;
+        events
+            .iter()
+            .any(|e| e.event_type == "OutboundMessageSent")
+            .then_some(sent)
+    })
+    .await;
+    let slow_sends: Vec<_> = world
+        .twilio
+        .sent()
+        .into_iter()
+        .filter(|m| m.body == "slow reply")
+        .collect();
+    assert_eq!(slow_sends.len(), 1, "sent once: {slow_sends:?}");
+    assert_eq!(recorded.from, SLOW_NUMBER);
+}
+
+#[tokio::test]
+async fn one_twilio_account_timing_out_delays_only_its_own_replies_embedded() {
+    one_account_times_out(false).await;
+}
+
+#[tokio::test]
+async fn one_twilio_account_timing_out_delays_only_its_own_replies_distributed() {
+    one_account_times_out(true).await;
 }
