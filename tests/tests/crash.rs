@@ -179,6 +179,11 @@ impl World {
         token: &str,
         number: &str,
     ) -> session::Account {
+        self.connect_private_token(location).await;
+        self.add_account(location, sid, token, number).await
+    }
+
+    async fn connect_private_token(&self, location: &str) {
         let channel = self.channel().await;
         let pit = format!("pit-{location}-0000-0000");
         self.ghl.add_private_token(location, &pit);
@@ -190,7 +195,16 @@ impl World {
             })
             .await
             .unwrap();
-        session::session_service_client::SessionServiceClient::new(channel)
+    }
+
+    async fn add_account(
+        &self,
+        location: &str,
+        sid: &str,
+        token: &str,
+        number: &str,
+    ) -> session::Account {
+        session::session_service_client::SessionServiceClient::new(self.channel().await)
             .add_account(session::AddAccountRequest {
                 location_id: location.into(),
                 kind: session::AccountKind::Twilio as i32,
@@ -682,4 +696,88 @@ async fn one_twilio_account_timing_out_delays_only_its_own_replies_embedded() {
 #[tokio::test]
 async fn one_twilio_account_timing_out_delays_only_its_own_replies_distributed() {
     one_account_times_out(true).await;
+}
+
+/// The location installs the app with OAuth; GHL expires its access token; whatsnap dies just
+/// before refreshing it, or just after storing the rotated tokens. Started again, it goes on
+/// with the tokens it holds: no reinstall, and the rotated refresh token works at the next
+/// expiry.
+async fn crash_around_a_refresh(point: &str, distributed: bool) {
+    const OAUTH_APP: [&str; 6] = [
+        "--ghl-client-id",
+        FakeGhl::CLIENT_ID,
+        "--ghl-client-secret",
+        FakeGhl::CLIENT_SECRET,
+        "--ghl-redirect-uri",
+        "https://whatsnap.example.com/oauth/callback",
+    ];
+    let world = World::new(distributed).await;
+    let name = format!("refresh-{point}");
+    let mut first = world.start_with(Some(point), &OAUTH_APP, &name);
+    let account = world.add_account(LOCATION, SID, TOKEN, SALES).await;
+    let redirect = world
+        .ghl
+        .authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
+    let query = redirect.split_once('?').unwrap().1;
+    let (status, body) =
+        whatsnap_testkit::http_get(world.http, &format!("/oauth/callback?{query}"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let customer = CUSTOMERS[0];
+    let in_ghl = |count: usize| {
+        let world = &world;
+        async move {
+            let contact = world.ghl.contact_by_phone(LOCATION, customer)?;
+            (world.ghl.messages(&contact.id).len() >= count).then_some(())
+        }
+    };
+    world.text(&account, "SMrefresh1", customer, "first").await.unwrap();
+    until(&mut first, "the first text in GHL", async || in_ghl(1).await)
+        .await
+        .unwrap();
+
+    // GHL expires the token: the next call refreshes it, and the process dies at `point`.
+    world.ghl.expire_access_tokens();
+    let _ = world.text(&account, "SMrefresh2", customer, "second").await;
+    let what = format!("the fail point {point} to end the process");
+    eventually_within(PATIENCE, what, async || first.exited()).await;
+    drop(first);
+
+    let _second = world.start_with(None, &OAUTH_APP, &format!("{name}-again"));
+    world.text(&account, "SMrefresh2", customer, "second").await.unwrap();
+    eventually_within(PATIENCE, "the second text in GHL", async || in_ghl(2).await).await;
+    world.ghl.expire_access_tokens();
+    world.text(&account, "SMrefresh3", customer, "third").await.unwrap();
+    eventually_within(PATIENCE, "the third text in GHL", async || in_ghl(3).await).await;
+    let grants: Vec<String> = world
+        .ghl
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/oauth/token")
+        .map(|r| {
+            let grant = r.body.as_ref().and_then(|b| b.get("grant_type")?.as_str().map(str::to_owned));
+            format!("{} {}", grant.unwrap_or_default(), r.status)
+        })
+        .collect();
+    // No refresh token was spent twice, and none was refused.
+    assert!(grants.iter().all(|g| g.ends_with(" 200")), "{point}: {grants:?}");
+    let contact = world.ghl.contact_by_phone(LOCATION, customer).unwrap();
+    let mut texts: Vec<String> = world
+        .ghl
+        .messages(&contact.id)
+        .into_iter()
+        .filter_map(|m| m.message)
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["first", "second", "third"], "{point}");
+}
+
+#[tokio::test]
+async fn a_crash_around_a_token_refresh_never_needs_a_reinstall() {
+    for distributed in [false, true] {
+        for point in ["ghl.refresh.before_call", "ghl.refresh.after_outcome"] {
+            crash_around_a_refresh(point, distributed).await;
+        }
+    }
 }

@@ -30,7 +30,7 @@ use whatsnap_ghl::client::{
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
 
-use whatsnap_effects::{EffectError, Outbox, Subject};
+use whatsnap_effects::{EffectError, Outbox, Subject, failpoint};
 
 use crate::connection::{self, Connection};
 use crate::effects;
@@ -688,12 +688,14 @@ impl Worker {
         } else {
             UserType::Location
         };
+        failpoint::hit("ghl.refresh.before_call");
         let grant = self
             .config
             .client
             .refresh(refresh_token.expose(), user_type)
             .await
             .map_err(|e| format!("refreshing the GHL token: {e}"))?;
+        failpoint::hit("ghl.refresh.after_call");
         // The new refresh token is stored before anything uses the new access token: the old
         // one is spent.
         let issued = Event::from(GhlTokensIssued {
@@ -719,6 +721,7 @@ impl Worker {
             )
             .await
             .map_err(|e| format!("storing the refreshed GHL token: {e}"))?;
+        failpoint::hit("ghl.refresh.after_outcome");
         info!(whose, "GHL token refreshed");
         Ok(grant.access_token)
     }
