@@ -353,7 +353,7 @@ async fn play(
     let payload = match reply {
         Some(payload) => payload.clone(),
         None => {
-            let (id, status) = world
+            let delivered = world
                 .ghl
                 .send_provider_outbound(
                     &format!("http://{}/webhooks/ghl/delivery", world.http),
@@ -362,8 +362,16 @@ async fn play(
                     REPLY,
                     Some("userAna"),
                 )
-                .await
-                .unwrap_or_default();
+                .await;
+            let status = delivered.as_ref().map_or(0, |(_, status)| *status);
+            // GHL holds the message whether or not its delivery was answered.
+            let id = world
+                .ghl
+                .messages(&contact.id)
+                .into_iter()
+                .rfind(|m| m.direction == "outbound" && m.message.as_deref() == Some(REPLY))
+                .expect("GHL keeps the reply")
+                .id;
             let payload = serde_json::json!({
                 "contactId": contact.id, "locationId": LOCATION, "messageId": id,
                 "type": "SMS", "phone": customer, "message": REPLY, "attachments": [],
@@ -455,9 +463,11 @@ async fn crash_at(point: &str, distributed: bool) {
     );
 }
 
-/// Every fail point of every effect.
+/// Every fail point of every effect, and around the appends that record what a provider or
+/// GHL delivered (the webhook is not acknowledged: it comes again).
 fn points() -> Vec<String> {
     let operations = ["ghl.contact", "ghl.post_message", "twilio.send", "ghl.status"];
+    let appends = ["InboundMessageReceived", "OutboundMessageRequested"];
     operations
         .iter()
         .flat_map(|op| {
@@ -465,6 +475,11 @@ fn points() -> Vec<String> {
                 .iter()
                 .map(move |stage| format!("{op}.{stage}"))
         })
+        .chain(appends.iter().flat_map(|event| {
+            ["before_append", "after_append"]
+                .iter()
+                .map(move |stage| format!("session.{event}.{stage}"))
+        }))
         .collect()
 }
 

@@ -130,6 +130,16 @@ impl Session {
     /// Starts `stream` with `event`; `true` when the stream existed, so nothing was written
     /// (a provider or GHL delivering the same message again).
     async fn append_once(&self, stream: &StreamId, event: &Event) -> ServiceResult<bool> {
+        let point = |stage: &str| {
+            whatsnap_effects::failpoint::hit(&format!("session.{}.{stage}", event.event_type()));
+        };
+        point("before_append");
+        let appended = self.append_new(stream, event).await;
+        point("after_append");
+        appended
+    }
+
+    async fn append_new(&self, stream: &StreamId, event: &Event) -> ServiceResult<bool> {
         match self
             .store
             .append(
