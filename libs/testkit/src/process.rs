@@ -13,9 +13,45 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A child process that is killed (and reaped) when this guard is dropped — when the test that
+/// started it ends, whether it passed or panicked — so no test leaves a process behind.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The process id, while the process has not been stopped through this guard.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// The child itself, to take its pipes.
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child is still guarded")
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal(&mut self, signal: Signal) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.0.take().context("already stopped")?;
+        kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A running `whatsnap serve`.
 pub struct Whatsnap {
-    child: Option<Child>,
+    child: ChildGuard,
     pub grpc: SocketAddr,
     pub http: Option<SocketAddr>,
     /// Where its logs (stderr) go.
@@ -47,15 +83,18 @@ impl Whatsnap {
             "whatsnap-e2e-{log_name}-{}.log",
             crate::unique_token()
         ));
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
+        // Guarded from the start, so that an error below does not leave the process running.
+        let mut child = ChildGuard::new(
+            Command::new(binary)
+                .arg("serve")
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?,
+        );
+        let stdout = child.child_mut().stdout.take().expect("piped stdout");
         let (lines, received) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -70,7 +109,7 @@ impl Whatsnap {
             let line = match received.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => line,
                 Err(_) => {
-                    let _ = child.kill();
+                    drop(child);
                     let logs = std::fs::read_to_string(&log).unwrap_or_default();
                     bail!("whatsnap did not report its addresses; its log:\n{logs}");
                 }
@@ -84,7 +123,7 @@ impl Whatsnap {
             }
         }
         Ok(Self {
-            child: Some(child),
+            child,
             grpc: grpc.expect("read above"),
             http,
             log,
@@ -95,29 +134,14 @@ impl Whatsnap {
         format!("http://{}", self.grpc)
     }
 
-    fn signal(&mut self, signal: Signal) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
-        kill(Pid::from_raw(child.id() as i32), signal)?;
-        Ok(child.wait()?)
-    }
-
     /// SIGKILL: a crash, with no chance to finish anything.
     pub fn kill(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGKILL).map(drop)
+        self.child.signal(Signal::SIGKILL).map(drop)
     }
 
     /// SIGTERM: the orderly stop of Kubernetes; returns how the process exited.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        self.signal(Signal::SIGTERM)
-    }
-}
-
-impl Drop for Whatsnap {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.signal(Signal::SIGTERM)
     }
 }
 

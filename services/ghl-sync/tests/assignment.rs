@@ -92,11 +92,15 @@ impl Rig {
     }
 
     async fn connect(&self, company_id: &str) {
-        let token = "pit-assign-0000-0000";
-        self.ghl.add_private_token(LOCATION, token);
+        self.connect_location(LOCATION, company_id).await;
+    }
+
+    async fn connect_location(&self, location: &str, company_id: &str) {
+        let token = format!("pit-{location}-0000");
+        self.ghl.add_private_token(location, &token);
         let request = pb::ConnectPrivateTokenRequest {
-            location_id: LOCATION.into(),
-            token: token.into(),
+            location_id: location.into(),
+            token,
             company_id: company_id.into(),
         };
         self.sync
@@ -328,8 +332,27 @@ async fn without_a_company_id_users_are_not_listed_but_contacts_still_cross() {
         rig.ghl.contact_by_phone(LOCATION, PHONE)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(rig.requests("GET", "/users/search").is_empty());
+    // A location connected with its company id is listed every round: two listings of it mean
+    // the worker has been through the users of every connected location since.
+    const OTHER: &str = "locAssignOther";
+    rig.connect_location(OTHER, "companyOther").await;
+    let other_listings = || {
+        rig.ghl
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/users/search"))
+            .filter(|r| r.location.as_deref() == Some(OTHER))
+            .count()
+    };
+    eventually("two listings of the other location's users", async || {
+        (other_listings() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rig.requests("GET", "/users/search").len(),
+        other_listings(),
+        "the location without a company id was listed"
+    );
     assert!(rig.events(&users::stream(&location())).await.is_empty());
 }
 
