@@ -158,6 +158,36 @@ pub async fn http_post(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> anyhow::Result<(u16, String)> {
+    let reply = http_request(addr, path, headers, body).await?;
+    Ok((reply.status, reply.body))
+}
+
+/// An HTTP answer: its status, headers (names lowercase) and body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of the header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// As [`http_post`], with the answer's headers.
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> anyhow::Result<HttpReply> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let method = if body.is_some() { "POST" } else { "GET" };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -181,9 +211,19 @@ pub async fn http_post(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("not an HTTP response: {response:?}"))?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }
