@@ -108,7 +108,9 @@ fn accepted() -> Response {
         .into_response()
 }
 
-/// The Twilio credentials of an account added to this location, if it is a Twilio account.
+/// The current Twilio credentials of an account added to this location, if it is a Twilio
+/// account: those it was added with, or the latest it rotated to. Read from the account's
+/// stream on every webhook, so a rotated Auth Token applies from the next request on.
 async fn twilio_account(
     store: &dyn EventStore,
     location: &str,
@@ -118,14 +120,23 @@ async fn twilio_account(
         return Ok(None);
     };
     let stream = StreamId::for_uuid(location, AggregateKind::Account, account);
-    let first = store
-        .read_stream(&stream, 1, 1)
+    let history = store
+        .read_stream(&stream, 1, usize::MAX)
         .await
         .map_err(|e| Sender::Twilio.try_again_later(format!("event store: {e}")))?;
-    Ok(match first.first().map(|e| e.decode()) {
-        Some(Ok(Event::AccountAdded(added))) => added.twilio.map(|t| (t.account_sid, t.auth_token)),
-        _ => None,
-    })
+    let mut events = history.iter().map(|e| e.decode());
+    let Some(Ok(Event::AccountAdded(added))) = events.next() else {
+        return Ok(None);
+    };
+    let mut credentials = added.twilio;
+    for event in events {
+        if let Ok(Event::AccountSettingsChanged(changed)) = event
+            && let Some(rotated) = changed.twilio_credentials()
+        {
+            credentials = Some(rotated);
+        }
+    }
+    Ok(credentials.map(|t| (t.account_sid, t.auth_token)))
 }
 
 fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
