@@ -397,7 +397,11 @@ async fn play(
         world.twilio.sent().into_iter().find(|m| m.to == customer)
     })
     .await?;
-    match world.twilio.report_status(&sent.sid, "delivered", None).await {
+    match world
+        .twilio
+        .report_status(&sent.sid, "delivered", None)
+        .await
+    {
         Ok(200) => {}
         _ => return Err(Died),
     }
@@ -455,7 +459,11 @@ async fn crash_at(point: &str, distributed: bool) {
         .into_iter()
         .filter(|m| m.body == REPLY)
         .collect();
-    assert_eq!(replies.len(), 1, "{point}: the reply sent once: {replies:?}");
+    assert_eq!(
+        replies.len(),
+        1,
+        "{point}: the reply sent once: {replies:?}"
+    );
     assert!(
         world.ghl.schema_violations().is_empty(),
         "{:?}",
@@ -466,7 +474,12 @@ async fn crash_at(point: &str, distributed: bool) {
 /// Every fail point of every effect, and around the appends that record what a provider or
 /// GHL delivered (the webhook is not acknowledged: it comes again).
 fn points() -> Vec<String> {
-    let operations = ["ghl.contact", "ghl.post_message", "twilio.send", "ghl.status"];
+    let operations = [
+        "ghl.contact",
+        "ghl.post_message",
+        "twilio.send",
+        "ghl.status",
+    ];
     let appends = ["InboundMessageReceived", "OutboundMessageRequested"];
     operations
         .iter()
@@ -520,7 +533,11 @@ async fn two_hundred_texts_and_a_sigkill(distributed: bool, run: usize) {
                     (&world, &account, &acknowledged, &killed);
                 let (from, text, message_sid) = (customer(n), body(n), sid(n));
                 async move {
-                    if world.text(account, &message_sid, &from, &text).await.is_ok() {
+                    if world
+                        .text(account, &message_sid, &from, &text)
+                        .await
+                        .is_ok()
+                    {
                         let mut acked = acknowledged.lock().unwrap();
                         acked.insert(n);
                         if acked.len() == kill_at {
@@ -563,7 +580,10 @@ async fn two_hundred_texts_and_a_sigkill(distributed: bool, run: usize) {
         *counts.entry(text.as_str()).or_default() += 1;
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "run {run}: posted more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "run {run}: posted more than once: {twice:?}"
+    );
     assert_eq!(all.len(), TOTAL, "run {run}");
     assert_eq!(world.ghl.contacts(LOCATION).len(), 20, "run {run}");
 }
@@ -616,7 +636,13 @@ async fn one_account_times_out(distributed: bool) {
     let fine = world.set_up().await;
     let (slow_customer, fine_customer) = ("+14155550190", "+14155550191");
     world
-        .text_as((SLOW_SID, SLOW_TOKEN), &slow, "SMslow", slow_customer, "hello")
+        .text_as(
+            (SLOW_SID, SLOW_TOKEN),
+            &slow,
+            "SMslow",
+            slow_customer,
+            "hello",
+        )
         .await
         .unwrap();
     world
@@ -653,9 +679,12 @@ async fn one_account_times_out(distributed: bool) {
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let sent_bodies = || -> Vec<String> { world.twilio.sent().into_iter().map(|m| m.body).collect() };
+    let sent_bodies =
+        || -> Vec<String> { world.twilio.sent().into_iter().map(|m| m.body).collect() };
     eventually_within(PATIENCE, "the other location's reply sent", async || {
-        sent_bodies().contains(&"fine reply".to_owned()).then_some(())
+        sent_bodies()
+            .contains(&"fine reply".to_owned())
+            .then_some(())
     })
     .await;
     assert!(!sent_bodies().contains(&"slow reply".to_owned()));
@@ -668,7 +697,11 @@ async fn one_account_times_out(distributed: bool) {
     );
     let channel = world.channel().await;
     let recorded = eventually_within(PATIENCE, "the slow reply recorded as sent", async || {
-        let sent = world.twilio.sent().into_iter().find(|m| m.body == "slow reply")?;
+        let sent = world
+            .twilio
+            .sent()
+            .into_iter()
+            .find(|m| m.body == "slow reply")?;
         let events = whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
             channel.clone(),
         )
@@ -747,10 +780,15 @@ async fn crash_around_a_refresh(point: &str, distributed: bool) {
             (world.ghl.messages(&contact.id).len() >= count).then_some(())
         }
     };
-    world.text(&account, "SMrefresh1", customer, "first").await.unwrap();
-    until(&mut first, "the first text in GHL", async || in_ghl(1).await)
+    world
+        .text(&account, "SMrefresh1", customer, "first")
         .await
         .unwrap();
+    until(&mut first, "the first text in GHL", async || {
+        in_ghl(1).await
+    })
+    .await
+    .unwrap();
 
     // GHL expires the token: the next call refreshes it, and the process dies at `point`.
     world.ghl.expire_access_tokens();
@@ -760,10 +798,16 @@ async fn crash_around_a_refresh(point: &str, distributed: bool) {
     drop(first);
 
     let _second = world.start_with(None, &OAUTH_APP, &format!("{name}-again"));
-    world.text(&account, "SMrefresh2", customer, "second").await.unwrap();
+    world
+        .text(&account, "SMrefresh2", customer, "second")
+        .await
+        .unwrap();
     eventually_within(PATIENCE, "the second text in GHL", async || in_ghl(2).await).await;
     world.ghl.expire_access_tokens();
-    world.text(&account, "SMrefresh3", customer, "third").await.unwrap();
+    world
+        .text(&account, "SMrefresh3", customer, "third")
+        .await
+        .unwrap();
     eventually_within(PATIENCE, "the third text in GHL", async || in_ghl(3).await).await;
     let grants: Vec<String> = world
         .ghl
@@ -771,12 +815,18 @@ async fn crash_around_a_refresh(point: &str, distributed: bool) {
         .into_iter()
         .filter(|r| r.path == "/oauth/token")
         .map(|r| {
-            let grant = r.body.as_ref().and_then(|b| b.get("grant_type")?.as_str().map(str::to_owned));
+            let grant = r
+                .body
+                .as_ref()
+                .and_then(|b| b.get("grant_type")?.as_str().map(str::to_owned));
             format!("{} {}", grant.unwrap_or_default(), r.status)
         })
         .collect();
     // No refresh token was spent twice, and none was refused.
-    assert!(grants.iter().all(|g| g.ends_with(" 200")), "{point}: {grants:?}");
+    assert!(
+        grants.iter().all(|g| g.ends_with(" 200")),
+        "{point}: {grants:?}"
+    );
     let contact = world.ghl.contact_by_phone(LOCATION, customer).unwrap();
     let mut texts: Vec<String> = world
         .ghl

@@ -13,7 +13,7 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use whatsnap_testkit::Whatsnap;
+use whatsnap_testkit::{ChildGuard, Whatsnap};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -287,22 +287,25 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = 
 fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--demo",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when the test ends, passed or failed.
+    let mut child = ChildGuard::new(
+        Command::new(binary())
+            .args([
+                "serve",
+                "--demo",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (lines, received) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.child_mut().stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines.send(line);
@@ -333,18 +336,31 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
     ] {
         assert!(story.contains(step), "{step:?} missing from:\n{story}");
     }
-    let output = Command::new(binary())
-        .args([
-            "trace",
-            "+14155550123",
-            "--location",
-            "demoLocation",
-            "--server",
-            &format!("http://{}", grpc.unwrap()),
-        ])
-        .output()
-        .unwrap();
-    let trace = String::from_utf8_lossy(&output.stdout);
+    // The demo prints its last line once GHL has answered; the store records that answer right
+    // after, so the trace is read until it tells it.
+    let server = format!("http://{}", grpc.unwrap());
+    let trace_args = [
+        "trace",
+        "+14155550123",
+        "--location",
+        "demoLocation",
+        "--server",
+        &server,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let trace = loop {
+        let output = Command::new(binary()).args(trace_args).output().unwrap();
+        let trace = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && trace.contains("GhlStatusReported") {
+            break trace;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace never told GHL's delivery report:\n{trace}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for event in [
         "ContactCreated",
         "OutboundMessageRouted",
@@ -357,11 +373,11 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
         );
     }
     // The demo leaves nothing in the directory it ran in.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(
+        child
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .unwrap()
+            .success()
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

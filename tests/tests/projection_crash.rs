@@ -2,30 +2,32 @@
 //! of applying them and started again, then the read model holds the effect of each event exactly
 //! once — on the embedded backend and on JetStream + PostgreSQL.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sqlx::{Pool, Postgres, Sqlite};
 use whatsnap_testkit::{
-    Counted, CountingProjection, TestNats, TestPostgres, TestSqlite, append_message_events,
+    ChildGuard, Counted, CountingProjection, TestNats, TestPostgres, TestSqlite,
+    append_message_events,
 };
 
 const EVENTS: usize = 10_000;
 /// Time each event spends inside the projector's transaction, so that kills land mid-batch.
 const PAUSE_US: &str = "150";
 
-fn projector(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_crash-projector"))
-        .args(args)
-        .spawn()
-        .expect("start crash-projector")
+/// The projector, killed when the guard drops should the test fail before it does.
+fn projector(args: &[&str]) -> ChildGuard {
+    ChildGuard::new(
+        Command::new(env!("CARGO_BIN_EXE_crash-projector"))
+            .args(args)
+            .spawn()
+            .expect("start crash-projector"),
+    )
 }
 
-fn sigkill(mut child: Child) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    child.wait().unwrap();
+fn sigkill(mut child: ChildGuard) {
+    child.signal(Signal::SIGKILL).unwrap();
 }
 
 /// The read model's checkpoint; `None` until the projector has created its tables.

@@ -9,7 +9,12 @@
 //! politely.
 
 /// Every point the outbox passes for one operation, in order.
-pub const STAGES: [&str; 4] = ["before_intent", "before_call", "after_call", "after_outcome"];
+pub const STAGES: [&str; 4] = [
+    "before_intent",
+    "before_call",
+    "after_call",
+    "after_outcome",
+];
 
 /// Passes the fail point `name`; aborts the process when `WHATSNAP_FAILPOINTS` names it.
 #[inline]
@@ -34,7 +39,11 @@ mod armed {
     /// The armed points: how many passes each still lets through.
     fn armed() -> &'static Mutex<HashMap<String, u64>> {
         static ARMED: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-        ARMED.get_or_init(|| Mutex::new(parse(&std::env::var("WHATSNAP_FAILPOINTS").unwrap_or_default())))
+        ARMED.get_or_init(|| {
+            Mutex::new(parse(
+                &std::env::var("WHATSNAP_FAILPOINTS").unwrap_or_default(),
+            ))
+        })
     }
 
     pub(super) fn parse(spec: &str) -> HashMap<String, u64> {

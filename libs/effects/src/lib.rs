@@ -20,9 +20,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 use uuid::Uuid;
-use chrono::{DateTime, Utc};
 use whatsnap_events::{EffectIntended, Event, EventMetadata, NewEvent, RecordedEvent, StreamId};
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 
@@ -158,19 +158,18 @@ impl Outbox {
             match open_intent(subject, effect, &history) {
                 Some(open) => {
                     let known_unsent = self.unsent().contains(&unsent_key);
-                    if !known_unsent {
-                        if let Some(output) =
+                    if !known_unsent
+                        && let Some(output) =
                             effect.reconcile(&open).await.map_err(EffectError::Call)?
-                        {
-                            info!(
-                                operation = subject.operation,
-                                subject_id = %subject.subject_id,
-                                attempt = open.attempt,
-                                "an earlier call had taken effect; recording it, not calling again"
-                            );
-                            self.record(subject, &effect.outcome(&output)).await?;
-                            return Ok(Performed::Reconciled(output));
-                        }
+                    {
+                        info!(
+                            operation = subject.operation,
+                            subject_id = %subject.subject_id,
+                            attempt = open.attempt,
+                            "an earlier call had taken effect; recording it, not calling again"
+                        );
+                        self.record(subject, &effect.outcome(&output)).await?;
+                        return Ok(Performed::Reconciled(output));
                     }
                     // The open intent covers this try: the third party has nothing of it.
                 }
@@ -267,7 +266,11 @@ fn is_intent_of(subject: &Subject, event: &Event) -> bool {
 }
 
 /// The newest intent of this operation with nothing after it that settles it.
-fn open_intent<E: Effect>(subject: &Subject, effect: &E, history: &[Recorded]) -> Option<OpenIntent> {
+fn open_intent<E: Effect>(
+    subject: &Subject,
+    effect: &E,
+    history: &[Recorded],
+) -> Option<OpenIntent> {
     let mut open = None;
     for (recorded, event) in history {
         if let Event::EffectIntended(intent) = event {

@@ -120,6 +120,30 @@ pub struct AccountSettingsChanged {
     pub changes: serde_json::Map<String, serde_json::Value>,
 }
 
+impl AccountSettingsChanged {
+    /// The setting that holds a Twilio account's credentials (a [`TwilioCredentials`], the
+    /// Auth Token sealed), changed when they are rotated.
+    pub const TWILIO: &'static str = "twilio";
+
+    /// A Twilio account's new credentials.
+    pub fn twilio(account_id: Uuid, credentials: &TwilioCredentials) -> Self {
+        let mut changes = serde_json::Map::new();
+        changes.insert(
+            Self::TWILIO.to_owned(),
+            serde_json::to_value(credentials).expect("credentials serialise"),
+        );
+        Self {
+            account_id,
+            changes,
+        }
+    }
+
+    /// The Twilio credentials this change sets, when it sets them.
+    pub fn twilio_credentials(&self) -> Option<TwilioCredentials> {
+        serde_json::from_value(self.changes.get(Self::TWILIO)?.clone()).ok()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundMessageReceived {
     pub message_id: Uuid,

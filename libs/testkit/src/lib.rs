@@ -11,7 +11,7 @@ use std::time::Duration;
 mod collector;
 mod process;
 pub use collector::{ExportedSpan, FakeCollector};
-pub use process::{Whatsnap, free_port, http_get, http_post};
+pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_post, http_request};
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};

@@ -13,9 +13,51 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A child process that is killed (and reaped) when this guard is dropped — when the test that
+/// started it ends, whether it passed or panicked — so no test leaves a process behind.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The process id, while the process has not been stopped through this guard.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// The child itself, to take its pipes.
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child is still guarded")
+    }
+
+    /// How the process ended, if it has; `None` while it runs. `Child` keeps the status once
+    /// reaped, so asking again answers the same.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut()?.try_wait().ok()?
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal(&mut self, signal: Signal) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.0.take().context("already stopped")?;
+        kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A running `whatsnap serve`.
 pub struct Whatsnap {
-    child: Option<Child>,
+    child: ChildGuard,
     pub grpc: SocketAddr,
     pub http: Option<SocketAddr>,
     /// Where its logs (stderr) go.
@@ -47,15 +89,18 @@ impl Whatsnap {
             "whatsnap-e2e-{log_name}-{}.log",
             crate::unique_token()
         ));
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
+        // Guarded from the start, so that an error below does not leave the process running.
+        let mut child = ChildGuard::new(
+            Command::new(binary)
+                .arg("serve")
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?,
+        );
+        let stdout = child.child_mut().stdout.take().expect("piped stdout");
         let (lines, received) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -70,7 +115,7 @@ impl Whatsnap {
             let line = match received.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => line,
                 Err(_) => {
-                    let _ = child.kill();
+                    drop(child);
                     let logs = std::fs::read_to_string(&log).unwrap_or_default();
                     bail!("whatsnap did not report its addresses; its log:\n{logs}");
                 }
@@ -84,7 +129,7 @@ impl Whatsnap {
             }
         }
         Ok(Self {
-            child: Some(child),
+            child,
             grpc: grpc.expect("read above"),
             http,
             log,
@@ -95,35 +140,19 @@ impl Whatsnap {
         format!("http://{}", self.grpc)
     }
 
-    fn signal(&mut self, signal: Signal) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
-        kill(Pid::from_raw(child.id() as i32), signal)?;
-        Ok(child.wait()?)
-    }
-
     /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        // `Child` keeps the status once reaped, so asking again answers the same.
-        self.child.as_mut()?.try_wait().ok()?
+        self.child.try_wait()
     }
 
     /// SIGKILL: a crash, with no chance to finish anything.
     pub fn kill(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGKILL).map(drop)
+        self.child.signal(Signal::SIGKILL).map(drop)
     }
 
     /// SIGTERM: the orderly stop of Kubernetes; returns how the process exited.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        self.signal(Signal::SIGTERM)
-    }
-}
-
-impl Drop for Whatsnap {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.signal(Signal::SIGTERM)
     }
 }
 
@@ -140,6 +169,36 @@ pub async fn http_post(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> anyhow::Result<(u16, String)> {
+    let reply = http_request(addr, path, headers, body).await?;
+    Ok((reply.status, reply.body))
+}
+
+/// An HTTP answer: its status, headers (names lowercase) and body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of the header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// As [`http_post`], with the answer's headers.
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> anyhow::Result<HttpReply> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let method = if body.is_some() { "POST" } else { "GET" };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -163,9 +222,19 @@ pub async fn http_post(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("not an HTTP response: {response:?}"))?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }

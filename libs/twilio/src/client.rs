@@ -229,7 +229,11 @@ impl TwilioClient {
             .send()
             .await
             .map_err(|e| {
-                let prefix = if e.is_connect() { NOT_CONNECTED } else { "request failed" };
+                let prefix = if e.is_connect() {
+                    NOT_CONNECTED
+                } else {
+                    "request failed"
+                };
                 TwilioError::Unavailable(format!("{prefix}: {}", e.without_url()))
             })?;
         let status = response.status();

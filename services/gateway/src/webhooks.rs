@@ -22,6 +22,8 @@ use whatsnap_proto::session::v1 as session;
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{signature, webhook};
 
+use crate::replay::Verdict;
+
 /// The most a webhook body may weigh; Twilio's are a few kilobytes.
 pub const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
 
@@ -55,6 +57,47 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Who sent a webhook, which decides how "not now" is said so that the sender tries again.
+#[derive(Clone, Copy, Debug)]
+enum Sender {
+    /// GHL retries only a 429 under its older policy, every non-2xx under the newer one
+    /// (`ghl-api.md` §6.2): 429 is retried under both.
+    Ghl,
+    /// Twilio moves to the number's fallback URL, or retries, on a 5xx.
+    Twilio,
+}
+
+/// How long a sender is asked to wait before trying again.
+const RETRY_AFTER_SECS: u64 = 30;
+
+impl Sender {
+    /// The refusal of a webhook that whatsnap cannot record now (a service or the event store
+    /// is unavailable): nothing was recorded, and the sender is asked to send it again.
+    fn try_again_later(self, reason: impl Into<String>) -> Response {
+        let status = match self {
+            Sender::Ghl => StatusCode::TOO_MANY_REQUESTS,
+            Sender::Twilio => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut response = refuse(status, reason);
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(RETRY_AFTER_SECS),
+        );
+        response
+    }
+
+    /// The refusal for a service's gRPC error: a final 4xx for what a retry cannot fix, the
+    /// sender's "try again" for the rest.
+    fn refuse_status(self, status: &tonic::Status) -> Response {
+        match status.code() {
+            Code::InvalidArgument => refuse(StatusCode::BAD_REQUEST, status.message()),
+            Code::NotFound => refuse(StatusCode::NOT_FOUND, status.message()),
+            Code::FailedPrecondition => refuse(StatusCode::GONE, status.message()),
+            _ => self.try_again_later(status.message()),
+        }
+    }
+}
+
 /// Empty TwiML: received, nothing to reply.
 fn accepted() -> Response {
     (
@@ -65,7 +108,9 @@ fn accepted() -> Response {
         .into_response()
 }
 
-/// The Twilio credentials of an account added to this location, if it is a Twilio account.
+/// The current Twilio credentials of an account added to this location, if it is a Twilio
+/// account: those it was added with, or the latest it rotated to. Read from the account's
+/// stream on every webhook, so a rotated Auth Token applies from the next request on.
 async fn twilio_account(
     store: &dyn EventStore,
     location: &str,
@@ -75,14 +120,23 @@ async fn twilio_account(
         return Ok(None);
     };
     let stream = StreamId::for_uuid(location, AggregateKind::Account, account);
-    let first = store
-        .read_stream(&stream, 1, 1)
+    let history = store
+        .read_stream(&stream, 1, usize::MAX)
         .await
-        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("event store: {e}")))?;
-    Ok(match first.first().map(|e| e.decode()) {
-        Some(Ok(Event::AccountAdded(added))) => added.twilio.map(|t| (t.account_sid, t.auth_token)),
-        _ => None,
-    })
+        .map_err(|e| Sender::Twilio.try_again_later(format!("event store: {e}")))?;
+    let mut events = history.iter().map(|e| e.decode());
+    let Some(Ok(Event::AccountAdded(added))) = events.next() else {
+        return Ok(None);
+    };
+    let mut credentials = added.twilio;
+    for event in events {
+        if let Ok(Event::AccountSettingsChanged(changed)) = event
+            && let Some(rotated) = changed.twilio_credentials()
+        {
+            credentials = Some(rotated);
+        }
+    }
+    Ok(credentials.map(|t| (t.account_sid, t.auth_token)))
 }
 
 fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
@@ -173,7 +227,7 @@ async fn twilio_inbound(
         Ok(message) => message,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let channel = match reach(&hooks.session, "session", StatusCode::SERVICE_UNAVAILABLE) {
+    let channel = match reach(&hooks.session, "session", Sender::Twilio) {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
@@ -203,7 +257,7 @@ async fn twilio_inbound(
             info!(message_sid = %message.message_sid, message_id = %recorded.message_id, duplicate = recorded.duplicate, "twilio message received");
             accepted()
         }
-        Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
+        Err(status) => Sender::Twilio.refuse_status(&status),
     }
 }
 
@@ -237,7 +291,7 @@ async fn twilio_status(
             "the status callback URL has no message parameter",
         );
     };
-    let channel = match reach(&hooks.session, "session", StatusCode::SERVICE_UNAVAILABLE) {
+    let channel = match reach(&hooks.session, "session", Sender::Twilio) {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
@@ -258,20 +312,27 @@ async fn twilio_status(
             info!(message_sid = %update.message_sid, status = %update.status, changed = recorded.get_ref().changed, "twilio status received");
             accepted()
         }
-        Err(status) => refuse(grpc_to_http(status.code()), status.message().to_owned()),
+        Err(status) => Sender::Twilio.refuse_status(&status),
     }
 }
 
-/// The channel to a service, or the refusal to answer when this gateway cannot reach it.
+/// The channel to a service, or the refusal of `sender`'s webhook when this gateway cannot
+/// reach it.
 #[allow(clippy::result_large_err)] // the refusal is the response, built once per request
-fn reach(
-    channel: &Option<Channel>,
-    service: &str,
-    status: StatusCode,
-) -> Result<Channel, Response> {
+fn reach(channel: &Option<Channel>, service: &str, sender: Sender) -> Result<Channel, Response> {
+    channel.clone().ok_or_else(|| {
+        sender.try_again_later(format!(
+            "the {service} service is not reachable from this gateway"
+        ))
+    })
+}
+
+/// The channel to a service for a browser's request (the OAuth pages), or a 503.
+#[allow(clippy::result_large_err)] // the refusal is the response, built once per request
+fn reach_for_browser(channel: &Option<Channel>, service: &str) -> Result<Channel, Response> {
     channel.clone().ok_or_else(|| {
         refuse(
-            status,
+            StatusCode::SERVICE_UNAVAILABLE,
             format!("the {service} service is not reachable from this gateway"),
         )
     })
@@ -346,7 +407,7 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
                 .collect()
         })
         .unwrap_or_default();
-    let channel = match reach(&hooks.session, "session", StatusCode::TOO_MANY_REQUESTS) {
+    let channel = match reach(&hooks.session, "session", Sender::Ghl) {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
@@ -377,13 +438,14 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
         Err(status) if status.code() == Code::InvalidArgument => {
             refuse(StatusCode::BAD_REQUEST, status.message().to_owned())
         }
-        Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+        // GHL's messageId is the idempotency key: the retry is recorded once.
+        Err(status) => Sender::Ghl.try_again_later(status.message()),
     }
 }
 
 /// `GET /oauth/start`: sends the browser to GHL's page for choosing the location to install on.
 async fn oauth_start(State(hooks): State<Webhooks>) -> Response {
-    let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE) {
+    let channel = match reach_for_browser(&hooks.ghl_sync, "ghl-sync") {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
@@ -417,7 +479,7 @@ async fn oauth_callback(
             ),
         );
     };
-    let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE) {
+    let channel = match reach_for_browser(&hooks.ghl_sync, "ghl-sync") {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
@@ -456,8 +518,11 @@ async fn oauth_callback(
 }
 
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
-/// carries the contact's whole tag list; its changes re-route the contact's next reply. GHL
-/// retries only on 429, so what whatsnap cannot act on is acknowledged with the reason.
+/// carries the contact's whole tag list; its changes re-route the contact's next reply. What
+/// whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
+/// service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
+/// under both of its policies, and its webhookId is not counted as seen, so the retry is
+/// acted on.
 async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
     let payload = match verified_ghl_json(&hooks, &headers, &body) {
         Ok(payload) => payload,
@@ -470,23 +535,27 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
             .unwrap_or_default()
     };
     let webhook_id = Some(text("webhookId")).filter(|id| !id.is_empty());
-    match hooks.replay.check(webhook_id, payload.get("timestamp")) {
-        crate::replay::Verdict::Fresh => {}
-        crate::replay::Verdict::Duplicate => {
+    let claim = match hooks.replay.check(webhook_id, payload.get("timestamp")) {
+        Verdict::Fresh(claim) => claim,
+        Verdict::Duplicate => {
             info!(
                 webhook_id = text("webhookId"),
                 "GHL webhook seen before; ignored"
             );
             return (StatusCode::OK, "duplicate: already handled\n").into_response();
         }
-        crate::replay::Verdict::Stale(why) => return refuse(StatusCode::UNAUTHORIZED, why),
-    }
+        Verdict::InFlight => {
+            return Sender::Ghl.try_again_later("the same webhook is being handled now");
+        }
+        Verdict::Stale(why) => return refuse(StatusCode::UNAUTHORIZED, why),
+    };
     let response = ghl_event(&hooks, &payload).await;
-    // GHL sends again what was answered 429: it must not then count as seen.
-    if response.status() == StatusCode::TOO_MANY_REQUESTS
-        && let Some(id) = webhook_id
+    // Only an acknowledged webhook is seen; a refused one (dropping its claim) is not, so
+    // that GHL's retry of it is acted on.
+    if response.status().is_success()
+        && let Some(claim) = claim
     {
-        hooks.replay.forget(id);
+        claim.handled();
     }
     response
 }
@@ -501,8 +570,7 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
     };
     match text("type") {
         "ContactTagUpdate" => {
-            let channel = match reach(&hooks.contacts, "contacts", StatusCode::SERVICE_UNAVAILABLE)
-            {
+            let channel = match reach(&hooks.contacts, "contacts", Sender::Ghl) {
                 Ok(channel) => channel,
                 Err(refused) => return refused,
             };
@@ -533,8 +601,7 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                     info!(reason = %status.message(), "GHL tag update ignored");
                     (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
                 }
-                // 429 is the one answer GHL retries.
-                Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+                Err(status) => Sender::Ghl.try_again_later(status.message()),
             }
         }
         kind @ ("INSTALL" | "UNINSTALL") => {
@@ -545,8 +612,7 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 )
                     .into_response();
             }
-            let channel = match reach(&hooks.ghl_sync, "ghl-sync", StatusCode::SERVICE_UNAVAILABLE)
-            {
+            let channel = match reach(&hooks.ghl_sync, "ghl-sync", Sender::Ghl) {
                 Ok(channel) => channel,
                 Err(refused) => return refused,
             };
@@ -577,7 +643,7 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 Err(status) if status.code() == Code::InvalidArgument => {
                     (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
                 }
-                Err(status) => refuse(StatusCode::TOO_MANY_REQUESTS, status.message().to_owned()),
+                Err(status) => Sender::Ghl.try_again_later(status.message()),
             }
         }
         other => (

@@ -14,8 +14,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 use whatsnap_effects::{Effect, OpenIntent, Recorded};
 use whatsnap_events::{
-    Event, GhlAssignmentApplied, GhlContactLinked, GhlMessagePosted, GhlStatusReported,
-    LocationId,
+    Event, GhlAssignmentApplied, GhlContactLinked, GhlMessagePosted, GhlStatusReported, LocationId,
 };
 use whatsnap_ghl::client::{
     ContactUpdate, ContactUpsert, GhlClient, GhlError, InboundMessage, PostedMessage, StatusUpdate,
@@ -114,7 +113,9 @@ impl Effect for SyncContact<'_> {
     fn recorded(&self, history: &[Recorded]) -> Option<String> {
         history.iter().rev().find_map(|(_, event)| match event {
             Event::GhlContactLinked(link)
-                if self.through.is_none_or(|through| link.synced_through >= through) =>
+                if self
+                    .through
+                    .is_none_or(|through| link.synced_through >= through) =>
             {
                 Some(link.ghl_contact_id.clone())
             }
@@ -143,7 +144,9 @@ impl Effect for SyncContact<'_> {
                 .cloned()
                 .collect();
             if !missing.is_empty() {
-                client.add_tags(location, token, &found.id, &missing).await?;
+                client
+                    .add_tags(location, token, &found.id, &missing)
+                    .await?;
             }
             return Ok(found.id);
         }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 use whatsnap_events::{
-    Event, EventMetadata, GhlInstalled, GhlSyncRetryRequested, GhlTokenKind, GhlTokensIssued, GhlUninstalled, LocationId,
-    NewEvent,
+    Event, EventMetadata, GhlInstalled, GhlSyncRetryRequested, GhlTokenKind, GhlTokensIssued,
+    GhlUninstalled, LocationId, NewEvent,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::ghlsync::v1 as pb;

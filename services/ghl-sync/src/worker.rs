@@ -19,13 +19,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId, NewEvent,
-    StreamId,
+    AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId,
+    NewEvent, StreamId,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_ghl::client::{
-    DeliveryStatus, GhlClient, GhlError, InboundMessage,
-    MessageDirection, StatusError, StatusUpdate, UserType,
+    DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection, StatusError,
+    StatusUpdate, UserType,
 };
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
@@ -835,7 +835,11 @@ impl Worker {
                 (false, _) => None,
             },
         };
-        let subject = self.subject(contact_stream(location, contact_id), effects::SYNC_CONTACT, contact_id);
+        let subject = self.subject(
+            contact_stream(location, contact_id),
+            effects::SYNC_CONTACT,
+            contact_id,
+        );
         let ghl_id = self.outbox.perform(&subject, &effect).await?.into_inner();
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
         if let (true, Some(position)) = (push_tags, queued) {
@@ -880,7 +884,11 @@ impl Worker {
             ghl_contact_id,
             user_id,
         };
-        let subject = self.subject(contact_stream(location, contact_id), effects::APPLY_ASSIGNMENT, contact_id);
+        let subject = self.subject(
+            contact_stream(location, contact_id),
+            effects::APPLY_ASSIGNMENT,
+            contact_id,
+        );
         self.outbox.perform(&subject, &effect).await?;
         debug!(%location, %contact_id, "contact owner set in GHL");
         Ok(Step::Done)

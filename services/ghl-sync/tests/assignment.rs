@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use whatsnap_events::{AggregateKind, Event, GhlAssignmentApplied, GhlContactLinked, StreamId};
 use tonic::Request;
+use whatsnap_events::{AggregateKind, Event, GhlAssignmentApplied, GhlContactLinked, StreamId};
+use whatsnap_ghl_sync::users;
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncService;
-use whatsnap_ghl_sync::users;
 use whatsnap_testkit::{FakeGhl, eventually};
 
 mod common;
@@ -138,8 +138,27 @@ async fn without_a_company_id_users_are_not_listed_but_contacts_still_cross() {
         rig.ghl.contact_by_phone(LOCATION, PHONE)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(rig.requests("GET", "/users/search").is_empty());
+    // A location connected with its company id is listed every round: two listings of it mean
+    // the worker has been through the users of every connected location since.
+    const OTHER: &str = "locAssignOther";
+    rig.connect_location(OTHER, "companyOther").await;
+    let other_listings = || {
+        rig.ghl
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/users/search"))
+            .filter(|r| r.location.as_deref() == Some(OTHER))
+            .count()
+    };
+    eventually("two listings of the other location's users", async || {
+        (other_listings() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rig.requests("GET", "/users/search").len(),
+        other_listings(),
+        "the location without a company id was listed"
+    );
     assert!(rig.events(&users::stream(&location())).await.is_empty());
 }
 

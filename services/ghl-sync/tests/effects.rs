@@ -152,7 +152,9 @@ async fn an_intent_without_an_outcome_is_found_at_ghl_and_recorded_without_posti
         .map(|e| e.decode().unwrap())
         .collect();
     assert!(
-        recorded.iter().any(|e| matches!(e, Event::GhlMessagePosted(p) if p.ghl_message_id == ghl_message)),
+        recorded
+            .iter()
+            .any(|e| matches!(e, Event::GhlMessagePosted(p) if p.ghl_message_id == ghl_message)),
         "{recorded:?}"
     );
     // The second had its intent recorded before its post, its outcome after.
@@ -185,7 +187,10 @@ async fn a_message_ghl_keeps_refusing_is_set_aside_the_rest_moves_on_and_a_retry
     let (fine_stream, _) = inbound("SMfine", "one GHL takes");
     for (stream, event) in [
         (refused_stream, Event::from(refused.clone())),
-        (fine_stream, Event::from(inbound("SMfine", "one GHL takes").1)),
+        (
+            fine_stream,
+            Event::from(inbound("SMfine", "one GHL takes").1),
+        ),
     ] {
         rig.append(stream, vec![event]).await;
     }

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use uuid::Uuid;
-use whatsnap_events::{AccountAdded, AccountKind, AccountRemoved, Event, TwilioCredentials};
+use whatsnap_events::{
+    AccountAdded, AccountKind, AccountRemoved, AccountSettingsChanged, Event, TwilioCredentials,
+};
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
 /// The prefix of every account tag unless the deployment configures another.
@@ -61,6 +63,11 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
         }
         Event::AccountDisconnected(_) => state.status = Status::Disconnected,
         Event::AccountRemoved(_) => state.status = Status::Removed,
+        Event::AccountSettingsChanged(e) => {
+            if let Some(twilio) = e.twilio_credentials() {
+                state.twilio = Some(twilio);
+            }
+        }
         _ => {}
     }
     state
@@ -136,6 +143,44 @@ pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> Se
     }))
 }
 
+/// Who may have their Twilio credentials rotated: an account that exists, is not removed and
+/// is a Twilio account. Gives the Account SID the new token goes with.
+pub fn check_rotation(state: &AccountState, account_id: Uuid) -> ServiceResult<String> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    if state.status == Status::Removed {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        )));
+    }
+    match (&state.kind, &state.twilio) {
+        (Some(AccountKind::Twilio), Some(twilio)) => Ok(twilio.account_sid.clone()),
+        _ => Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is not a Twilio account: it has no credentials to rotate"
+        ))),
+    }
+}
+
+/// The rotation of a Twilio account's credentials, once Twilio accepted them.
+pub fn decide_rotate(
+    state: &AccountState,
+    account_id: Uuid,
+    credentials: TwilioCredentials,
+) -> ServiceResult<Event> {
+    let account_sid = check_rotation(state, account_id)?;
+    if credentials.account_sid != account_sid {
+        return Err(ServiceError::InvalidArgument(format!(
+            "the new credentials are for Twilio account {}, not {account_sid}",
+            credentials.account_sid
+        )));
+    }
+    Ok(Event::from(AccountSettingsChanged::twilio(
+        account_id,
+        &credentials,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +236,82 @@ mod tests {
         assert!(matches!(
             decide_remove(&state, id, ""),
             Err(ServiceError::FailedPrecondition(_))
+        ));
+    }
+
+    fn sealed(token: &str) -> whatsnap_secrets::Sealed {
+        whatsnap_secrets::SecretKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .unwrap()
+            .seal(token)
+    }
+
+    #[test]
+    fn given_a_twilio_account_when_its_credentials_rotate_then_it_keeps_its_id_and_tag() {
+        let id = Uuid::now_v7();
+        let old = TwilioCredentials {
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            auth_token: sealed("old"),
+        };
+        let added = decide_add(
+            DEFAULT_TAG_PREFIX,
+            id,
+            AccountKind::Twilio,
+            "Sales",
+            Some("+15005550006".into()),
+            Some(old.clone()),
+            &HashSet::new(),
+        )
+        .unwrap();
+        let state = evolve(AccountState::default(), &added, 1);
+        let new = TwilioCredentials {
+            auth_token: sealed("new"),
+            ..old.clone()
+        };
+        let rotated = decide_rotate(&state, id, new.clone()).unwrap();
+        let state = evolve(state, &rotated, 2);
+        assert_eq!(state.twilio, Some(new));
+        assert_eq!(
+            (state.account_id, state.tag.as_str(), state.version),
+            (Some(id), "whatsnap-account-sales", 2)
+        );
+
+        let other_account = TwilioCredentials {
+            account_sid: "AC99999999999999999999999999999999".into(),
+            ..old
+        };
+        assert!(matches!(
+            decide_rotate(&state, id, other_account),
+            Err(ServiceError::InvalidArgument(_))
+        ));
+        let removed = decide_remove(&state, id, "").unwrap();
+        let state = evolve(state, &removed, 3);
+        assert!(matches!(
+            check_rotation(&state, id),
+            Err(ServiceError::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn an_account_that_is_not_twilio_has_no_credentials_to_rotate() {
+        let id = Uuid::now_v7();
+        let added = decide_add(
+            DEFAULT_TAG_PREFIX,
+            id,
+            AccountKind::Whatsapp,
+            "Front",
+            None,
+            None,
+            &HashSet::new(),
+        )
+        .unwrap();
+        let state = evolve(AccountState::default(), &added, 1);
+        assert!(matches!(
+            check_rotation(&state, id),
+            Err(ServiceError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            check_rotation(&AccountState::default(), id),
+            Err(ServiceError::NotFound(_))
         ));
     }
 

@@ -24,7 +24,10 @@ use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
 
-pub use account::{AccountState, DEFAULT_TAG_PREFIX, decide_add, decide_remove, evolve, slug_tag};
+pub use account::{
+    AccountState, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove, decide_rotate,
+    evolve, slug_tag,
+};
 pub use outbound::{OutboundQueue, OutboundState, SEND, SendWorker, decide_delivery_status};
 pub use read_model::AccountsProjection;
 
@@ -310,6 +313,44 @@ impl pb::session_service_server::SessionService for Session {
             )
             .await
             .map_err(ServiceError::from)?;
+        Ok(Response::new(to_pb(
+            &evolve(state, &event, outcome.version),
+            &location,
+        )))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn update_account_credentials(
+        &self,
+        request: Request<pb::UpdateAccountCredentialsRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let account_sid = check_rotation(&state, account_id)?;
+        // Checked with Twilio exactly as when the account was added: a token Twilio refuses,
+        // or one that no longer owns the number, changes nothing.
+        let credentials = self
+            .twilio_credentials(
+                Some(pb::TwilioCredentials {
+                    account_sid,
+                    auth_token: request.auth_token,
+                }),
+                state.phone_number.as_deref(),
+            )
+            .await?;
+        let event = decide_rotate(&state, account_id, credentials)?;
+        let outcome = self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(state.version),
+                vec![NewEvent::new(&event, metadata())],
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        tracing::info!(%location, %account_id, "twilio credentials rotated");
         Ok(Response::new(to_pb(
             &evolve(state, &event, outcome.version),
             &location,

@@ -125,11 +125,17 @@ impl Projection<Any> for OutboundQueue {
     }
 
     fn migrations(&self) -> &'static [&'static str] {
-        &["CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \
-           CREATE INDEX outbound_queue_by_account ON outbound_queue (account_id, position)"]
+        &[
+            "CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \
+           CREATE INDEX outbound_queue_by_account ON outbound_queue (account_id, position)",
+        ]
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
         let settled = match event.event_type.as_str() {
             "OutboundMessageRouted" => {
                 let Event::OutboundMessageRouted(routed) = event.decode()? else {
@@ -310,9 +316,10 @@ impl SendWorker {
                 if running.contains_key(&account) {
                     continue;
                 }
-                let (Ok(location), Ok(account_id)) =
-                    (LocationId::parse(location.as_str()), account.parse::<Uuid>())
-                else {
+                let (Ok(location), Ok(account_id)) = (
+                    LocationId::parse(location.as_str()),
+                    account.parse::<Uuid>(),
+                ) else {
                     continue;
                 };
                 let worker = self.clone();
@@ -382,7 +389,11 @@ impl SendWorker {
     /// Sends one routed reply through the outbox, or settles it when it cannot leave.
     async fn send_one(&self, location: &LocationId, message_id: Uuid) -> Result<Step, ApplyError> {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        let history = self.outbox.store().read_stream(&stream, 1, usize::MAX).await?;
+        let history = self
+            .outbox
+            .store()
+            .read_stream(&stream, 1, usize::MAX)
+            .await?;
         let state = OutboundState::from_history(&history)?;
         let Some(routed) = state.routed.clone() else {
             return Ok(Step::Done);
@@ -492,7 +503,10 @@ impl SendWorker {
             )));
         };
         let Some(from) = account.phone_number.clone() else {
-            return Ok(Err(format!("the account {} has no phone number", account.name)));
+            return Ok(Err(format!(
+                "the account {} has no phone number",
+                account.name
+            )));
         };
         let token = self.secret_key.open(&credentials.auth_token)?;
         let callback = self.status_callback_base.as_ref().map(|base| {

@@ -98,6 +98,35 @@ pub enum AccountsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Give a Twilio account a new Auth Token, checked with Twilio first; the account keeps its
+    /// id, tag and contacts. The token is read from TWILIO_AUTH_TOKEN, or from the first line of
+    /// standard input when neither it nor --auth-token is given, so it stays out of the shell's
+    /// history.
+    RotateCredentials {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        account: String,
+        /// The new Auth Token (better given in TWILIO_AUTH_TOKEN or on standard input).
+        #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+        auth_token: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// The first line of standard input, for a secret that should not be an argument.
+fn secret_from_stdin(what: &str) -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    let secret = line.trim().to_owned();
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "no {what}: give it in TWILIO_AUTH_TOKEN, with --auth-token, or on standard input"
+    );
+    Ok(secret)
 }
 
 fn print_account(account: &session::Account) {
@@ -185,6 +214,30 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            print_account(&account);
+        }
+        AccountsCommand::RotateCredentials {
+            location,
+            account,
+            auth_token,
+            server,
+        } => {
+            let auth_token = match auth_token {
+                Some(token) => token,
+                None => secret_from_stdin("new Twilio Auth Token")?,
+            };
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let account = client
+                .update_account_credentials(session::UpdateAccountCredentialsRequest {
+                    location_id: location,
+                    account_id: account,
+                    auth_token,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("twilio credentials rotated");
             print_account(&account);
         }
     }
@@ -567,10 +620,7 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
                         0 => String::new(),
                         code => format!(" (HTTP {code})"),
                     };
-                    println!(
-                        "  {} {}{http}: {}",
-                        item.kind, item.subject_id, item.reason
-                    );
+                    println!("  {} {}{http}: {}", item.kind, item.subject_id, item.reason);
                 }
             }
         }

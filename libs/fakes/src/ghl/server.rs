@@ -674,7 +674,9 @@ fn search_conversations(inner: &mut Inner, call: &Call, bearer: &Bearer) -> Resu
         .collect();
     conversations.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let total = conversations.len();
-    Ok(Reply::ok(json!({ "conversations": conversations, "total": total })))
+    Ok(Reply::ok(
+        json!({ "conversations": conversations, "total": total }),
+    ))
 }
 
 /// `GET /conversations/{conversationId}/messages` (`GetMessagesByConversationResponseDto`):

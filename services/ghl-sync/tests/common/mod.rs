@@ -90,11 +90,15 @@ impl Rig {
     }
 
     pub async fn connect(&self, company_id: &str) {
-        let token = "pit-assign-0000-0000";
-        self.ghl.add_private_token(LOCATION, token);
+        self.connect_location(LOCATION, company_id).await;
+    }
+
+    pub async fn connect_location(&self, location: &str, company_id: &str) {
+        let token = format!("pit-{location}-0000");
+        self.ghl.add_private_token(location, &token);
         let request = pb::ConnectPrivateTokenRequest {
-            location_id: LOCATION.into(),
-            token: token.into(),
+            location_id: location.into(),
+            token,
             company_id: company_id.into(),
         };
         self.sync
@@ -203,4 +207,3 @@ impl Drop for Rig {
 pub fn location() -> LocationId {
     LocationId::parse(LOCATION).unwrap()
 }
-
