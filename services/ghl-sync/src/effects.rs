@@ -101,8 +101,11 @@ pub struct SyncContact<'a> {
     pub assigned_to: Option<String>,
     /// GHL's id of the contact, where a link is recorded.
     pub linked: Option<String>,
-    /// The log position the tags cover; `None`: any link will do (only the id is wanted).
+    /// The log position a recorded link must cover to count as done; `None`: any link will
+    /// do (only the id is wanted).
     pub through: Option<u64>,
+    /// The log position the tags read for this call cover (the contact's queued position).
+    pub covers: u64,
 }
 
 #[async_trait]
@@ -174,7 +177,7 @@ impl Effect for SyncContact<'_> {
             contact_id: self.contact_id,
             ghl_contact_id: ghl_contact_id.clone(),
             tags: self.tags.clone(),
-            synced_through: self.through.unwrap_or(0),
+            synced_through: self.covers,
         })
     }
 }

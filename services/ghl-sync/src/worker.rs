@@ -829,20 +829,20 @@ impl Worker {
             tags,
             assigned_to: row.get("assigned_to"),
             linked: row.get("ghl_contact_id"),
-            through: match (push_tags, queued) {
-                (true, Some(position)) => Some(position as u64),
-                (true, None) => Some(0),
-                (false, _) => None,
-            },
+            through: push_tags.then(|| queued.unwrap_or(0) as u64),
+            covers: queued.unwrap_or(0) as u64,
         };
         let subject = self.subject(
             contact_stream(location, contact_id),
             effects::SYNC_CONTACT,
             contact_id,
         );
-        let ghl_id = self.outbox.perform(&subject, &effect).await?.into_inner();
+        let performed = self.outbox.perform(&subject, &effect).await?;
+        // A link found in the log covers the queued tags only when it was asked to.
+        let covered = push_tags || performed.called();
+        let ghl_id = performed.into_inner();
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
-        if let (true, Some(position)) = (push_tags, queued) {
+        if let (true, Some(position)) = (covered, queued) {
             done.insert((CONTACT.to_owned(), id), position);
         }
         Ok(Some(ghl_id))

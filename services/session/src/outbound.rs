@@ -448,7 +448,9 @@ impl SendWorker {
         };
         let first_try = history
             .iter()
-            .find(|e| e.event_type == "EffectIntended")
+            .find(|e| {
+                matches!(e.decode(), Ok(Event::EffectIntended(intent)) if intent.operation == SEND)
+            })
             .map_or_else(Utc::now, |e| e.occurred_at);
         let waited = (Utc::now() - first_try).to_std().unwrap_or_default();
         if err.is_retryable() && waited < self.patience {
