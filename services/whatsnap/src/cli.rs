@@ -809,14 +809,6 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Subcommand)]
-#[command(
-    long_about = "Events a projection set aside because it kept failing on them.\n\n\
-        When a projection (a service's read model or reactions) fails on an event again and again, \
-        whatsnap parks the event: the projection moves on without it, so one bad event never \
-        stops the others, and the event waits here for an operator. Fix the cause (often a new \
-        release), then `retry` it, or `skip` it if it should never be applied. `whatsnap status` \
-        lists what is parked."
-)]
 pub enum ParkedCommand {
     /// List the parked events: projection, position in the log, event type, status, tries
     /// and the last failure.

@@ -57,6 +57,12 @@ enum Command {
     /// (stop that service first).
     Rebuild(serve::RebuildArgs),
     /// Events a projection set aside after failing on them: list, retry, skip.
+    ///
+    /// When a projection (a service's read model or its reactions) fails on an event again and
+    /// again, whatsnap parks the event: the projection moves on without it, so one bad event
+    /// never stops the others, and the event waits here for an operator. Fix the cause (often
+    /// with a new release), then `retry` it, or `skip` it if it should never be applied.
+    /// `whatsnap status` lists what is parked.
     #[command(subcommand)]
     Parked(cli::ParkedCommand),
     /// What needs an operator's attention: the parked events, with how to retry or skip each.
