@@ -268,13 +268,14 @@ where
         conn: &mut DB::Connection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        let failing = self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        if event.payload.as_ref() == b"flaky" && failing {
+        let failing = event.payload.as_ref() == b"flaky"
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        if failing {
             return Err(Box::new(sqlx::Error::PoolTimedOut));
         }
         Projection::<DB>::apply(&self.inner, conn, event).await
