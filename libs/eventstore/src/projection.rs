@@ -981,3 +981,50 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_the_cap_with_jitter() {
+        let backoff = Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let first = backoff.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff.delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(backoff.delay(40) <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn outages_are_told_from_failures_of_the_event() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("the service failed: {0}")]
+        struct ServiceFailed(#[source] StoreError);
+
+        let outage: Vec<ApplyError> = vec![
+            Box::new(sqlx::Error::PoolTimedOut),
+            Box::new(StoreError::backend("appending", "connection reset")),
+            Box::new(ServiceFailed(StoreError::backend("reading", "timed out"))),
+        ];
+        for err in &outage {
+            assert!(is_transient(err.as_ref()), "{err}");
+        }
+        let event: Vec<ApplyError> = vec![
+            "no such contact".into(),
+            Box::new(sqlx::Error::RowNotFound),
+            Box::new(ServiceFailed(StoreError::InvalidAppend {
+                stream: "loc.contact.1".parse().unwrap(),
+                reason: "no events".into(),
+            })),
+        ];
+        for err in &event {
+            assert!(!is_transient(err.as_ref()), "{err}");
+        }
+    }
+}
