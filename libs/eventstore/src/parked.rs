@@ -314,6 +314,7 @@ pub async fn request_retry<DB: CheckpointTable>(
         },
     )
     .await?;
+    drop(conn);
     if changed == 0 {
         return Err(resolved_meanwhile(pool, &parked).await);
     }
