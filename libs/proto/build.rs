@@ -5,10 +5,17 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<PathBuf> = ["session", "contacts", "assignment", "events", "ghlsync"]
-        .iter()
-        .map(|service| root.join(format!("whatsnap/{service}/v1/{service}.proto")))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "session",
+        "contacts",
+        "assignment",
+        "events",
+        "ghlsync",
+        "operations",
+    ]
+    .iter()
+    .map(|service| root.join(format!("whatsnap/{service}/v1/{service}.proto")))
+    .collect();
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

@@ -143,15 +143,19 @@ pub enum AggregateKind {
     Assignment,
     /// A location's GHL installation, tokens and synchronisation state (ghl-sync).
     Ghl,
+    /// What happened to the system itself rather than to the business: events a projection
+    /// parked and how an operator resolved them (one stream per location and projection).
+    Operations,
 }
 
 impl AggregateKind {
-    pub const ALL: [AggregateKind; 5] = [
+    pub const ALL: [AggregateKind; 6] = [
         Self::Account,
         Self::Contact,
         Self::Message,
         Self::Assignment,
         Self::Ghl,
+        Self::Operations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +165,7 @@ impl AggregateKind {
             Self::Message => "message",
             Self::Assignment => "assignment",
             Self::Ghl => "ghl",
+            Self::Operations => "operations",
         }
     }
 }

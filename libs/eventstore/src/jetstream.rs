@@ -795,9 +795,17 @@ impl SubscriptionSource for JetStreamSubscription {
     }
 
     async fn checkpoint(&mut self, position: u64) -> Result<()> {
-        let mut last = None;
+        // After a redelivery the queue holds a position twice, out of order: acknowledge the
+        // highest handled, never a lower redelivered one (which would not move the floor).
+        let mut last: Option<(u64, Acker)> = None;
         while self.unacked.front().is_some_and(|(p, _)| *p <= position) {
-            last = self.unacked.pop_front();
+            let popped = self.unacked.pop_front().expect("front checked above");
+            if last
+                .as_ref()
+                .is_none_or(|(highest, _)| popped.0 >= *highest)
+            {
+                last = Some(popped);
+            }
         }
         if let Some((_, acker)) = last {
             // AckPolicy::All: acknowledging this message acknowledges every earlier one.

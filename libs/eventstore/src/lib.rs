@@ -7,7 +7,8 @@
 //!   aggregate, optimistic concurrency checked by the server, durable pull consumers.
 //!
 //! Both pass the conformance suite in `tests/conformance.rs`. Read models are built from the log
-//! by the [`projection`] runner, which keeps its checkpoint in the read model's own transaction.
+//! by the [`projection`] runner, which keeps its checkpoint in the read model's own transaction
+//! and sets aside ([`parked`]) an event a projection keeps failing on.
 
 use std::fmt;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 pub use whatsnap_events::{EventId, NewEvent, RecordedEvent, StreamId};
 
 pub mod jetstream;
+pub mod parked;
 pub mod projection;
 pub mod sqlite;
 mod subscription;

@@ -3,21 +3,27 @@
 //! checkpoint in one database transaction: a crash at any point leaves the read model either
 //! before or after the whole batch, never half way, so no effect is lost or repeated.
 //!
+//! An event the projection keeps failing on does not stop it: it is parked (see
+//! [`crate::parked`]) and the log goes on; outages of the database or the store are waited out.
+//!
 //! The read model lives in PostgreSQL in the distributed setup and in SQLite in the embedded
 //! one; the runner works with either through [`CheckpointTable`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{Any, Database, Pool, Postgres, Sqlite};
 use tokio::sync::watch;
-use tracing::{Instrument, info, warn};
-use whatsnap_events::RecordedEvent;
+use tracing::{Instrument, debug, error, info, warn};
+use whatsnap_events::{Event, RecordedEvent};
 
+use crate::parked::{self, ParkedChange, ParkedEvent, ParkedQuery, ParkedStatus};
 use crate::{EventStore, StoreError, SubscribeFrom};
 
-/// Why a projection stopped.
+/// Why a projection could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error(transparent)]
@@ -27,13 +33,6 @@ pub enum ProjectionError {
         projection: String,
         #[source]
         source: sqlx::Error,
-    },
-    #[error("projection {projection} cannot apply {event_type} at position {position}: {reason}")]
-    Apply {
-        projection: String,
-        event_type: String,
-        position: u64,
-        reason: String,
     },
 }
 
@@ -61,7 +60,8 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Applies one event; an error rolls back the whole batch and stops the runner.
+    /// Applies one event; an error rolls back the whole batch, and an event that keeps failing
+    /// is parked.
     async fn apply(
         &self,
         conn: &mut DB::Connection,
@@ -75,14 +75,15 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
 /// Why a projection could not apply an event.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where a database keeps projection checkpoints, and how a projection transaction begins.
+/// Where a database keeps projection checkpoints and parked events, and how a projection
+/// transaction begins.
 #[async_trait]
 pub trait CheckpointTable: Database {
     /// Begins a read-model transaction. SQLite takes the write lock up front: a transaction
     /// that read first and wrote later would fail outright if another writer committed between.
     async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>>;
 
-    /// Creates the tables of checkpoints and of applied migrations.
+    /// Creates the tables of checkpoints, of applied migrations and of parked events.
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
     /// How many migrations of the named projection were applied.
     async fn applied_migrations(conn: &mut Self::Connection, name: &str) -> sqlx::Result<usize>;
@@ -94,11 +95,27 @@ pub trait CheckpointTable: Database {
         sql: &str,
     ) -> sqlx::Result<()>;
     async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
+    /// Moves the checkpoint forward to `position`; a lower position leaves it where it is (a
+    /// redelivered event must not rewind a projection).
     async fn save_checkpoint(
         conn: &mut Self::Connection,
         name: &str,
         position: u64,
     ) -> sqlx::Result<()>;
+    /// Sets the checkpoint back to the beginning, for a rebuild.
+    async fn reset_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<()>;
+    /// The names of every projection with a checkpoint.
+    async fn projection_names(conn: &mut Self::Connection) -> sqlx::Result<Vec<String>>;
+    async fn load_parked(
+        conn: &mut Self::Connection,
+        query: ParkedQuery<'_>,
+    ) -> sqlx::Result<Vec<ParkedEvent>>;
+    /// Applies `change`; returns how many rows it changed (0 when the row's status did not
+    /// allow it).
+    async fn update_parked(
+        conn: &mut Self::Connection,
+        change: ParkedChange<'_>,
+    ) -> sqlx::Result<u64>;
 }
 
 // One SQL for every database: PostgreSQL and SQLite both take `$n` placeholders and
@@ -111,8 +128,13 @@ const APPLIED_MIGRATIONS: &str = "SELECT COUNT(*) FROM read_model_migrations WHE
 const RECORD_MIGRATION: &str =
     "INSERT INTO read_model_migrations (projection, number) VALUES ($1, $2)";
 const LOAD_CHECKPOINT: &str = "SELECT position FROM projection_checkpoints WHERE name = $1";
+// Never lower: `CASE` rather than `GREATEST`/`MAX`, which the two databases spell differently.
 const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, position) \
-     VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = excluded.position";
+     VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = CASE \
+     WHEN excluded.position > projection_checkpoints.position THEN excluded.position \
+     ELSE projection_checkpoints.position END";
+const RESET_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, position) \
+     VALUES ($1, 0) ON CONFLICT (name) DO UPDATE SET position = 0";
 
 /// The checkpoint table of one sqlx database type, with its own way to begin a write.
 macro_rules! checkpoint_table {
@@ -157,6 +179,9 @@ macro_rules! checkpoint_table {
 
             async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
                 sqlx::query(CREATE_MIGRATIONS).execute(&mut *conn).await?;
+                sqlx::query(parked::CREATE_PARKED)
+                    .execute(&mut *conn)
+                    .await?;
                 sqlx::query(CREATE_CHECKPOINTS)
                     .execute(conn)
                     .await
@@ -186,6 +211,100 @@ macro_rules! checkpoint_table {
                     .await
                     .map(drop)
             }
+
+            async fn reset_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<()> {
+                sqlx::query(RESET_CHECKPOINT)
+                    .bind(name)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            }
+
+            async fn projection_names(conn: &mut Self::Connection) -> sqlx::Result<Vec<String>> {
+                sqlx::query_scalar(parked::PROJECTION_NAMES)
+                    .fetch_all(conn)
+                    .await
+            }
+
+            async fn load_parked(
+                conn: &mut Self::Connection,
+                query: ParkedQuery<'_>,
+            ) -> sqlx::Result<Vec<ParkedEvent>> {
+                let rows: Vec<parked::ParkedRow> = match query {
+                    ParkedQuery::Open => sqlx::query_as(parked::LOAD_OPEN).fetch_all(conn).await?,
+                    ParkedQuery::All => sqlx::query_as(parked::LOAD_ALL).fetch_all(conn).await?,
+                    ParkedQuery::One {
+                        projection,
+                        position,
+                    } => {
+                        sqlx::query_as(parked::LOAD_ONE)
+                            .bind(projection)
+                            .bind(position as i64)
+                            .fetch_all(conn)
+                            .await?
+                    }
+                    ParkedQuery::RetryRequests { projection } => {
+                        sqlx::query_as(parked::LOAD_RETRY_REQUESTS)
+                            .bind(projection)
+                            .fetch_all(conn)
+                            .await?
+                    }
+                };
+                Ok(rows.into_iter().map(parked::from_row).collect())
+            }
+
+            async fn update_parked(
+                conn: &mut Self::Connection,
+                change: ParkedChange<'_>,
+            ) -> sqlx::Result<u64> {
+                let query = match change {
+                    ParkedChange::Park(p) => sqlx::query(parked::PARK)
+                        .bind(p.projection.clone())
+                        .bind(p.position as i64)
+                        .bind(p.event_id.clone())
+                        .bind(p.stream_id.clone())
+                        .bind(p.event_type.clone())
+                        .bind(p.reason.clone())
+                        .bind(i64::from(p.attempts))
+                        .bind(p.parked_at.clone()),
+                    ParkedChange::RequestRetry {
+                        projection,
+                        position,
+                        requested_by,
+                    } => sqlx::query(parked::REQUEST_RETRY)
+                        .bind(projection.to_owned())
+                        .bind(position as i64)
+                        .bind(requested_by.map(str::to_owned)),
+                    ParkedChange::Skip {
+                        projection,
+                        position,
+                        requested_by,
+                    } => sqlx::query(parked::SKIP)
+                        .bind(projection.to_owned())
+                        .bind(position as i64)
+                        .bind(parked::now())
+                        .bind(requested_by.map(str::to_owned)),
+                    ParkedChange::Retried {
+                        projection,
+                        position,
+                    } => sqlx::query(parked::RETRIED)
+                        .bind(projection.to_owned())
+                        .bind(position as i64)
+                        .bind(parked::now()),
+                    ParkedChange::RetryFailed {
+                        projection,
+                        position,
+                        reason,
+                    } => sqlx::query(parked::RETRY_FAILED)
+                        .bind(projection.to_owned())
+                        .bind(position as i64)
+                        .bind(reason.to_owned()),
+                    ParkedChange::Clear { projection } => {
+                        sqlx::query(parked::CLEAR).bind(projection.to_owned())
+                    }
+                };
+                Ok(query.execute(conn).await?.rows_affected())
+            }
         }
     };
 }
@@ -201,16 +320,124 @@ checkpoint_table!(Any, |pool| {
     }
 });
 
-/// Runs one projection: one in-order worker, batches of events, one transaction a batch.
 /// Makes the span an event is handled in (see `ProjectionRunner::instrument`).
 pub type EventSpan = fn(&str, &RecordedEvent) -> tracing::Span;
 
+/// How long to wait before trying again: doubling from `first` up to `max`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The pause after the `failures`-th failure in a row.
+    fn delay(&self, failures: u32) -> Duration {
+        let doubled = self
+            .first
+            .saturating_mul(1 << failures.saturating_sub(1).min(20));
+        // Jitter, so that runners that failed together do not come back together.
+        doubled
+            .min(self.max)
+            .mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why one try at a few events failed.
+enum Failure {
+    /// The database or the event store failed, not the event: try again, as long as it takes.
+    Transient(String),
+    /// The projection failed on the `index`-th event.
+    Event { index: usize, reason: String },
+    /// An operator resolved the parked event while it was being retried.
+    Superseded,
+}
+
+impl Failure {
+    fn event(index: usize, err: ApplyError) -> Self {
+        if is_transient(err.as_ref()) {
+            Self::Transient(err.to_string())
+        } else {
+            Self::Event {
+                index,
+                reason: err.to_string(),
+            }
+        }
+    }
+
+    fn database(err: sqlx::Error) -> Self {
+        Self::Transient(format!("read model database: {err}"))
+    }
+}
+
+/// What a successful try records with the projection's writes.
+#[derive(Clone, Copy)]
+enum Finish<'a> {
+    /// The checkpoint moves to this position.
+    Checkpoint(u64),
+    /// The parked event was applied on an operator's request.
+    Retried(&'a ParkedEvent),
+}
+
+/// Whether an error a projection returned is the database's or the store's rather than the
+/// event's: a lost connection, a timeout, a serialisation failure, a locked SQLite file.
+fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(err) = err.downcast_ref::<sqlx::Error>() {
+            return match err {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // PostgreSQL: serialisation failure, deadlock, connection and shutdown
+                    // classes; SQLite: SQLITE_BUSY and SQLITE_LOCKED with their extended codes.
+                    matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261")
+                        || code.starts_with("08")
+                        || code.starts_with("57P")
+                }),
+                _ => false,
+            };
+        }
+        if let Some(err) = err.downcast_ref::<StoreError>() {
+            return matches!(
+                err,
+                StoreError::Backend { .. } | StoreError::SubscriptionClosed(_)
+            );
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Runs one projection: one in-order worker, batches of events, one transaction a batch.
+///
+/// It stops only when told to. A failure of the database or of the event store is retried with
+/// backoff for as long as it lasts. An event the projection keeps failing on is tried
+/// [`attempts`](Self::attempts) times and then parked (see [`crate::parked`]): the events around
+/// it are applied and the projection goes on. An event of a type or schema version this build
+/// does not know (written by a newer version during a rolling deploy) is skipped with a warning.
 pub struct ProjectionRunner<DB: CheckpointTable> {
     store: Arc<dyn EventStore>,
     event_span: EventSpan,
     pool: Pool<DB>,
     projection: Arc<dyn Projection<DB>>,
     batch_size: usize,
+    attempts: u32,
+    backoff: Backoff,
+    retry_poll: Duration,
     progress: watch::Sender<u64>,
 }
 
@@ -228,6 +455,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 tracing::debug_span!("handle_event", projection, position = event.position)
             },
             batch_size: 100,
+            attempts: 5,
+            backoff: Backoff::default(),
+            retry_poll: Duration::from_secs(1),
             progress: watch::channel(0).0,
         }
     }
@@ -235,6 +465,24 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     /// At most this many events per transaction (default 100).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// How many times an event is tried before it is parked (default 5, at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The pauses between tries (default: from 0.5 s, doubling, up to 30 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How often the runner looks for retries operators asked for (default 1 s).
+    pub fn retry_poll(mut self, interval: Duration) -> Self {
+        self.retry_poll = interval.max(Duration::from_millis(10));
         self
     }
 
@@ -250,14 +498,18 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         self.progress.subscribe()
     }
 
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
     fn db_error(&self, source: sqlx::Error) -> ProjectionError {
         ProjectionError::Database {
-            projection: self.projection.name().to_owned(),
+            projection: self.name().to_owned(),
             source,
         }
     }
 
-    /// Creates the read model and checkpoint tables; returns the checkpoint.
+    /// Creates the read model, checkpoint and parked-event tables; returns the checkpoint.
     pub async fn prepare(&self) -> Result<u64, ProjectionError> {
         let mut tx = DB::begin_write(&self.pool)
             .await
@@ -265,7 +517,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         DB::create_checkpoint_table(&mut tx)
             .await
             .map_err(|e| self.db_error(e))?;
-        let name = self.projection.name();
+        let name = self.name();
         let applied = DB::applied_migrations(&mut tx, name)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -285,7 +537,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 "read model migrated"
             );
         }
-        let checkpoint = DB::load_checkpoint(&mut tx, self.projection.name())
+        let checkpoint = DB::load_checkpoint(&mut tx, name)
             .await
             .map_err(|e| self.db_error(e))?
             .unwrap_or(0);
@@ -293,10 +545,11 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         Ok(checkpoint)
     }
 
-    /// Empties the read model and its checkpoint in one transaction, so that the next run
-    /// rebuilds it from the first event.
+    /// Empties the read model, its checkpoint and its parked events in one transaction, so
+    /// that the next run rebuilds it from the first event.
     pub async fn rebuild(&self) -> Result<(), ProjectionError> {
         self.prepare().await?;
+        let name = self.name();
         let mut tx = DB::begin_write(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -304,82 +557,474 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             .reset(&mut tx)
             .await
             .map_err(|e| self.db_error(e))?;
-        DB::save_checkpoint(&mut tx, self.projection.name(), 0)
+        DB::reset_checkpoint(&mut tx, name)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        DB::update_parked(&mut tx, ParkedChange::Clear { projection: name })
             .await
             .map_err(|e| self.db_error(e))?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         self.progress.send_replace(0);
-        info!(
-            projection = self.projection.name(),
-            "read model reset for a rebuild"
-        );
+        info!(projection = name, "read model reset for a rebuild");
         Ok(())
     }
 
-    /// Applies events as they come until `shutdown` resolves or an error stops it.
+    /// Applies events as they come until `shutdown` resolves. Returns an error only for what
+    /// no retry can mend (a subscription name the store refuses); everything else is retried
+    /// or parked. Stopping drops the work in hand: its transaction rolls back and the next run
+    /// does it again, which `react` allows by being idempotent.
     pub async fn run_until(
         &self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProjectionError> {
-        let name = self.projection.name().to_owned();
-        let mut checkpoint = self.prepare().await?;
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            result = self.follow_forever() => result,
+        };
+        info!(
+            projection = self.name(),
+            checkpoint = *self.progress.borrow(),
+            "projection stopped"
+        );
+        result
+    }
+
+    async fn follow_forever(&self) -> Result<(), ProjectionError> {
+        let mut failures = 0;
+        loop {
+            let Err(err) = self.follow(&mut failures).await;
+            if let ProjectionError::Store(
+                StoreError::InvalidSubscriptionName { .. } | StoreError::Unsupported(_),
+            ) = err
+            {
+                return Err(err);
+            }
+            failures += 1;
+            let delay = self.backoff.delay(failures);
+            warn!(
+                projection = self.name(),
+                error = %err,
+                failures,
+                retry_in_ms = delay.as_millis() as u64,
+                "projection interrupted; resuming from its checkpoint"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Follows the log from the read model's checkpoint until the store or the database fails.
+    async fn follow(&self, failures: &mut u32) -> Result<Infallible, ProjectionError> {
+        let name = self.name();
+        let checkpoint = self.prepare().await?;
         self.progress.send_replace(checkpoint);
         // The read model's checkpoint is the truth; the store's subscription is moved to it.
         let mut subscription = self
             .store
-            .subscribe(&name, SubscribeFrom::After(checkpoint))
+            .subscribe(name, SubscribeFrom::After(checkpoint))
             .await?;
-        info!(projection = %name, checkpoint, "projection started");
-        tokio::pin!(shutdown);
+        info!(projection = name, checkpoint, "projection started");
+        let mut poll = tokio::time::interval(self.retry_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let batch = tokio::select! {
-                () = &mut shutdown => break,
-                batch = subscription.next_batch(self.batch_size) => batch?,
-            };
-            let Some(last) = batch.last().map(|e| e.position) else {
-                continue;
-            };
-            let unseen = || batch.iter().filter(|e| e.position > checkpoint);
-            let failed = |event: &RecordedEvent| {
-                let name = name.clone();
-                let (event_type, position) = (event.event_type.clone(), event.position);
-                move |e: ApplyError| ProjectionError::Apply {
-                    projection: name,
-                    event_type,
-                    position,
-                    reason: e.to_string(),
+            let batch = {
+                // Retries asked for are handled while waiting for events, not between two
+                // reads of a batch: the batch read is never cancelled half way.
+                let next = subscription.next_batch(self.batch_size);
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        batch = &mut next => break batch?,
+                        _ = poll.tick() => self.retry_requested().await,
+                    }
                 }
             };
-            for event in unseen() {
-                self.projection
-                    .react(event)
-                    .instrument((self.event_span)(&name, event))
-                    .await
-                    .map_err(failed(event))?;
-            }
-            let mut tx = DB::begin_write(&self.pool)
-                .await
-                .map_err(|e| self.db_error(e))?;
-            for event in unseen() {
-                self.projection
-                    .apply(&mut tx, event)
-                    .instrument((self.event_span)(&name, event))
-                    .await
-                    .map_err(failed(event))?;
-            }
-            DB::save_checkpoint(&mut tx, &name, last)
-                .await
-                .map_err(|e| self.db_error(e))?;
-            tx.commit().await.map_err(|e| self.db_error(e))?;
-            checkpoint = last;
-            self.progress.send_replace(checkpoint);
-            // Only a hint for the store: after a failure here the next start resumes from the
-            // read model's checkpoint anyway.
-            if let Err(err) = subscription.checkpoint(last).await {
-                warn!(projection = %name, position = last, error = %err, "subscription checkpoint not saved");
+            if let Some(position) = self.handle_batch(&batch).await {
+                *failures = 0;
+                // Only a hint for the store: after a failure here the next start resumes from
+                // the read model's checkpoint anyway.
+                if let Err(err) = subscription.checkpoint(position).await {
+                    warn!(projection = name, position, error = %err, "subscription checkpoint not saved");
+                }
             }
         }
-        info!(projection = %name, checkpoint, "projection stopped");
+    }
+
+    fn checkpoint(&self) -> u64 {
+        *self.progress.borrow()
+    }
+
+    /// Whether this build knows the event's type and schema version. The catalogue's list is
+    /// what `RecordedEvent::decode` checks for `UnknownType` and `FutureVersion`, without
+    /// parsing the payload once more per projection.
+    fn understood(&self, event: &RecordedEvent) -> bool {
+        let known = Event::TYPES
+            .iter()
+            .find(|(event_type, _)| *event_type == event.event_type)
+            .map(|(_, version)| *version);
+        if known.is_some_and(|known| event.schema_version <= known) {
+            return true;
+        }
+        warn!(
+            projection = self.name(),
+            position = event.position,
+            event_type = %event.event_type,
+            schema_version = event.schema_version,
+            known_version = known,
+            "event skipped: its type or schema version is newer than this build"
+        );
+        false
+    }
+
+    /// Handles the events of `batch` after the checkpoint; returns the new checkpoint if it
+    /// moved. Never fails: what fails is retried or parked.
+    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Option<u64> {
+        let start = self.checkpoint();
+        let mut last = start;
+        let mut known = Vec::new();
+        // A redelivery can repeat events at or below the checkpoint: they were applied.
+        for event in batch {
+            if event.position <= last {
+                continue;
+            }
+            last = event.position;
+            if self.understood(event) {
+                known.push(event);
+            }
+        }
+        if last == start {
+            return None;
+        }
+        if known.len() == 1 {
+            self.handle_one(known[0]).await;
+        } else if let Err((index, reason)) = self.until_done(&known, Finish::Checkpoint(last)).await
+        {
+            // Find the failing event by applying the events one at a time, so that the good
+            // ones around it are applied.
+            debug!(
+                projection = self.name(),
+                position = known[index].position,
+                %reason,
+                "batch failed; applying its events one at a time"
+            );
+            for event in known {
+                self.handle_one(event).await;
+            }
+        }
+        // Events this build skipped may follow the last one applied.
+        if self.checkpoint() < last {
+            let _ = self.until_done(&[], Finish::Checkpoint(last)).await;
+        }
+        Some(last)
+    }
+
+    /// Tries `event` until it succeeds or its tries run out; then parks it.
+    async fn handle_one(&self, event: &RecordedEvent) {
+        let mut attempt = 0;
+        loop {
+            let Err((_, reason)) = self
+                .until_done(&[event], Finish::Checkpoint(event.position))
+                .await
+            else {
+                return;
+            };
+            attempt += 1;
+            // The projection's error may hide an outage (a service's error type wraps the
+            // store's): park only when both backends answer.
+            if attempt >= self.attempts && self.backends_answer().await {
+                self.park(event, reason, attempt).await;
+                return;
+            }
+            let delay = self.backoff.delay(attempt);
+            warn!(
+                projection = self.name(),
+                position = event.position,
+                event_type = %event.event_type,
+                attempt,
+                %reason,
+                retry_in_ms = delay.as_millis() as u64,
+                "event failed; trying again"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Tries `events` until the database and the store let it finish; the error names the
+    /// event the projection failed on.
+    async fn until_done(
+        &self,
+        events: &[&RecordedEvent],
+        finish: Finish<'_>,
+    ) -> Result<(), (usize, String)> {
+        let mut failures = 0;
+        loop {
+            match self.try_events(events, finish).await {
+                Ok(()) | Err(Failure::Superseded) => return Ok(()),
+                Err(Failure::Event { index, reason }) => return Err((index, reason)),
+                Err(Failure::Transient(reason)) => {
+                    failures += 1;
+                    self.pause_after_outage(&reason, failures).await;
+                }
+            }
+        }
+    }
+
+    async fn pause_after_outage(&self, reason: &str, failures: u32) {
+        let delay = self.backoff.delay(failures);
+        warn!(
+            projection = self.name(),
+            %reason,
+            failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "read model or event store unavailable; trying again"
+        );
+        tokio::time::sleep(delay).await;
+    }
+
+    /// One try: `react` to each event, then apply them all and record `finish` in one
+    /// transaction.
+    async fn try_events(
+        &self,
+        events: &[&RecordedEvent],
+        finish: Finish<'_>,
+    ) -> Result<(), Failure> {
+        let name = self.name();
+        for (index, event) in events.iter().enumerate() {
+            self.projection
+                .react(event)
+                .instrument((self.event_span)(name, event))
+                .await
+                .map_err(|err| Failure::event(index, err))?;
+        }
+        let mut tx = DB::begin_write(&self.pool)
+            .await
+            .map_err(Failure::database)?;
+        for (index, event) in events.iter().enumerate() {
+            self.projection
+                .apply(&mut tx, event)
+                .instrument((self.event_span)(name, event))
+                .await
+                .map_err(|err| Failure::event(index, err))?;
+        }
+        match finish {
+            Finish::Checkpoint(position) => DB::save_checkpoint(&mut tx, name, position)
+                .await
+                .map_err(Failure::database)?,
+            Finish::Retried(parked) => {
+                let changed = DB::update_parked(
+                    &mut tx,
+                    ParkedChange::Retried {
+                        projection: name,
+                        position: parked.position,
+                    },
+                )
+                .await
+                .map_err(Failure::database)?;
+                if changed == 0 {
+                    // Dropping the transaction rolls the apply back.
+                    return Err(Failure::Superseded);
+                }
+            }
+        }
+        tx.commit().await.map_err(Failure::database)?;
+        if let Finish::Checkpoint(position) = finish {
+            self.progress.send_if_modified(|reached| {
+                let moved = position > *reached;
+                *reached = (*reached).max(position);
+                moved
+            });
+        }
         Ok(())
+    }
+
+    async fn backends_answer(&self) -> bool {
+        self.store.head_position().await.is_ok() && DB::begin_write(&self.pool).await.is_ok()
+    }
+
+    /// Sets `event` aside: announced in the log, then recorded with the checkpoint past it.
+    async fn park(&self, event: &RecordedEvent, reason: String, attempts: u32) {
+        let name = self.name();
+        // No payload here: it may hold a message's text.
+        error!(
+            projection = name,
+            position = event.position,
+            event_id = %event.id,
+            event_type = %event.event_type,
+            attempts,
+            %reason,
+            "event parked: the projection goes on without it (`whatsnap parked retry` or `skip` resolves it)"
+        );
+        let parked = ParkedEvent {
+            projection: name.to_owned(),
+            position: event.position,
+            event_id: event.id.to_string(),
+            stream_id: event.stream.to_string(),
+            event_type: event.event_type.clone(),
+            reason,
+            attempts,
+            status: ParkedStatus::Parked,
+            parked_at: parked::now(),
+            resolved_at: None,
+            requested_by: None,
+        };
+        let parked = &parked;
+        self.retrying("announcing a parked event", move || {
+            parked::announce_parked(self.store.as_ref(), event, parked)
+        })
+        .await;
+        self.retrying("recording a parked event", move || async move {
+            let mut tx = DB::begin_write(&self.pool).await?;
+            DB::update_parked(&mut tx, ParkedChange::Park(parked)).await?;
+            DB::save_checkpoint(&mut tx, name, parked.position).await?;
+            tx.commit().await
+        })
+        .await;
+        self.progress.send_if_modified(|reached| {
+            std::mem::replace(reached, parked.position) < parked.position
+        });
+    }
+
+    /// Runs `op` until it succeeds: for writes of the runner's own that only an outage stops.
+    async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        &self,
+        what: &'static str,
+        mut op: impl FnMut() -> F,
+    ) -> T {
+        let mut failures = 0;
+        loop {
+            match op().await {
+                Ok(value) => return value,
+                Err(err) => {
+                    failures += 1;
+                    self.pause_after_outage(&format!("{what}: {err}"), failures)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Handles the retries operators asked of this projection.
+    async fn retry_requested(&self) {
+        let requests = match self.pool.acquire().await {
+            Ok(mut conn) => {
+                DB::load_parked(
+                    &mut conn,
+                    ParkedQuery::RetryRequests {
+                        projection: self.name(),
+                    },
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        match requests {
+            Ok(requests) => {
+                for parked in requests {
+                    self.retry(&parked).await;
+                }
+            }
+            // The next poll asks again.
+            Err(err) => {
+                warn!(projection = self.name(), error = %err, "cannot read the retries asked for")
+            }
+        }
+    }
+
+    /// Applies a parked event again, once; success resolves it, failure leaves it parked with
+    /// the new reason.
+    async fn retry(&self, parked: &ParkedEvent) {
+        let name = self.name();
+        let position = parked.position;
+        let event = match self.store.read_all(position.saturating_sub(1), 1).await {
+            Ok(events) => events.into_iter().find(|e| e.position == position),
+            Err(err) => {
+                warn!(projection = name, position, error = %err, "cannot read a parked event to retry it");
+                return;
+            }
+        };
+        let outcome = match &event {
+            Some(event) => self.try_events(&[event], Finish::Retried(parked)).await,
+            None => Err(Failure::Event {
+                index: 0,
+                reason: format!("the log has no event at position {position}"),
+            }),
+        };
+        match outcome {
+            Ok(()) => {
+                info!(projection = name, position, event_type = %parked.event_type, "parked event retried and applied");
+                let by = parked.requested_by.as_deref();
+                self.retrying("announcing a retried event", move || {
+                    parked::announce_resolved(self.store.as_ref(), parked, "retried", by)
+                })
+                .await;
+            }
+            Err(Failure::Event { reason, .. }) => {
+                warn!(projection = name, position, event_type = %parked.event_type, %reason, "parked event failed again; it stays parked");
+                let reason = reason.as_str();
+                self.retrying("recording a failed retry", move || async move {
+                    let mut conn = self.pool.acquire().await?;
+                    DB::update_parked(
+                        &mut conn,
+                        ParkedChange::RetryFailed {
+                            projection: name,
+                            position,
+                            reason,
+                        },
+                    )
+                    .await
+                })
+                .await;
+            }
+            Err(Failure::Transient(reason)) => {
+                warn!(projection = name, position, %reason, "retry of a parked event put off: read model or event store unavailable");
+            }
+            Err(Failure::Superseded) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_the_cap_with_jitter() {
+        let backoff = Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let first = backoff.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff.delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(backoff.delay(40) <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn outages_are_told_from_failures_of_the_event() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("the service failed: {0}")]
+        struct ServiceFailed(#[source] StoreError);
+
+        let outage: Vec<ApplyError> = vec![
+            Box::new(sqlx::Error::PoolTimedOut),
+            Box::new(StoreError::backend("appending", "connection reset")),
+            Box::new(ServiceFailed(StoreError::backend("reading", "timed out"))),
+        ];
+        for err in &outage {
+            assert!(is_transient(err.as_ref()), "{err}");
+        }
+        let event: Vec<ApplyError> = vec![
+            "no such contact".into(),
+            Box::new(sqlx::Error::RowNotFound),
+            Box::new(ServiceFailed(StoreError::InvalidAppend {
+                stream: "loc.contact.1".parse().unwrap(),
+                reason: "no events".into(),
+            })),
+        ];
+        for err in &event {
+            assert!(!is_transient(err.as_ref()), "{err}");
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct Subscription {
     name: String,
     source: Box<dyn SubscriptionSource>,
     buffered: VecDeque<RecordedEvent>,
+    /// The highest position checkpointed so far.
+    checkpointed: u64,
 }
 
 impl Subscription {
@@ -29,6 +31,7 @@ impl Subscription {
             name: name.into(),
             source,
             buffered: VecDeque::new(),
+            checkpointed: 0,
         }
     }
 
@@ -59,8 +62,14 @@ impl Subscription {
     }
 
     /// Records that every event up to and including `position` has been handled, so that the
-    /// next subscription with this name starts after it.
+    /// next subscription with this name starts after it. A position at or below one already
+    /// checkpointed changes nothing: a checkpoint never moves backwards.
     pub async fn checkpoint(&mut self, position: u64) -> Result<()> {
-        self.source.checkpoint(position).await
+        if position <= self.checkpointed {
+            return Ok(());
+        }
+        self.source.checkpoint(position).await?;
+        self.checkpointed = position;
+        Ok(())
     }
 }

@@ -544,6 +544,44 @@ async fn bad_requests_are_refused_with_a_reason(backend: &dyn Backend) {
     assert!(store.read_stream(&stream, 1, 10).await.unwrap().is_empty());
 }
 
+async fn a_subscription_checkpoint_never_moves_backwards(backend: &dyn Backend) {
+    let stream = new_stream();
+    let appended = events(0..6);
+    {
+        let store = backend.open().await;
+        store
+            .append(&stream, ExpectedVersion::NoStream, appended.clone())
+            .await
+            .unwrap();
+        let mut subscription = store
+            .subscribe("forward", SubscribeFrom::Checkpoint)
+            .await
+            .unwrap();
+        let mut handled = Vec::new();
+        for _ in 0..4 {
+            handled.push(subscription.next().await.unwrap().position);
+        }
+        subscription.checkpoint(handled[3]).await.unwrap();
+        // A late checkpoint of an earlier position, e.g. for a redelivered event.
+        subscription.checkpoint(handled[1]).await.unwrap();
+    }
+
+    let store = backend.open().await;
+    let mut subscription = store
+        .subscribe("forward", SubscribeFrom::Checkpoint)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("resumes at once")
+        .unwrap();
+    assert_eq!(
+        next.id, appended[4].id,
+        "resumed at position {}",
+        next.position
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $fixture:expr) => {
         mod $backend {
@@ -566,6 +604,7 @@ macro_rules! conformance {
             case!(read_all_returns_every_stream_in_append_order);
             case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
+            case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_multi_event_append_is_all_or_nothing);
             case!(bad_requests_are_refused_with_a_reason);
         }

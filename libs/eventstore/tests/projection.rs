@@ -1,17 +1,22 @@
-//! The projection runner applies each event once, keeps its checkpoint with the read model,
-//! rebuilds from zero on demand, and rolls back a batch that fails — on SQLite beside the
-//! embedded store and on PostgreSQL beside JetStream.
+//! The projection runner applies each event once, keeps its checkpoint with the read model and
+//! never moves it backwards, rebuilds from zero on demand, parks an event it keeps failing on
+//! while applying the others, waits out an outage of its database, and skips events written by
+//! a newer version — on SQLite beside the embedded store and on PostgreSQL beside JetStream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::{Pool, Postgres, Sqlite};
 use uuid::Uuid;
-use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+use whatsnap_events::{AggregateKind, Event, LocationId, NewEvent, RecordedEvent, StreamId};
+use whatsnap_eventstore::parked::{self, ParkedError, ParkedStatus};
 use whatsnap_eventstore::projection::{
-    CheckpointTable, Projection, ProjectionError, ProjectionRunner,
+    ApplyError, Backoff, CheckpointTable, Projection, ProjectionRunner,
 };
-use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_eventstore::{
+    EventStore, ExpectedVersion, SubscribeFrom, Subscription, SubscriptionSource,
+};
 use whatsnap_testkit::{
     Counted, CountingProjection, TestNats, TestPostgres, TestSqlite, append_message_events,
 };
@@ -82,7 +87,233 @@ async fn applies_once_resumes_and_rebuilds<DB: CheckpointTable>(
     );
 }
 
-async fn a_failing_event_rolls_back_its_batch<DB: CheckpointTable>(
+/// Appends one message stream of `payloads` (raw `MessageRead` events); returns their positions.
+async fn append_payloads(store: &dyn EventStore, payloads: &[&str]) -> Vec<u64> {
+    let location = LocationId::parse("loc1").unwrap();
+    let stream = StreamId::for_uuid(location, AggregateKind::Message, Uuid::now_v7());
+    let events = payloads
+        .iter()
+        .map(|payload| NewEvent::raw("MessageRead", payload.to_string()))
+        .collect();
+    let last = store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap()
+        .position;
+    let all = store.read_all(0, 10_000).await.unwrap();
+    all.iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.position)
+        .inspect(|p| assert!(*p <= last))
+        .collect()
+}
+
+/// Short pauses between tries, so that tests do not wait.
+fn quick<DB: CheckpointTable>(runner: ProjectionRunner<DB>, attempts: u32) -> ProjectionRunner<DB> {
+    runner
+        .attempts(attempts)
+        .backoff(Backoff {
+            first: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        })
+        .retry_poll(Duration::from_millis(50))
+}
+
+async fn a_poison_event_is_parked_and_the_log_goes_on<DB: CheckpointTable>(
+    store: Arc<dyn EventStore>,
+    pool: Pool<DB>,
+    counted: impl AsyncFn(&CountingProjection, &Pool<DB>) -> Counted,
+) where
+    CountingProjection: Projection<DB>,
+{
+    let mut payloads = vec!["{}"; 10];
+    payloads[5] = "poison";
+    let positions = append_payloads(store.as_ref(), &payloads).await;
+    let (poison, head) = (positions[5], positions[9]);
+    let projection = Arc::new(CountingProjection::new("poisoned"));
+    let runner = quick(
+        ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()),
+        2,
+    );
+    run_to(&runner, head).await;
+
+    // The good events before and after it, in the same batch, are applied.
+    assert_eq!(
+        counted(&projection, &pool).await,
+        Counted { rows: 9, total: 9 }
+    );
+    assert_eq!(
+        runner.prepare().await.unwrap(),
+        head,
+        "checkpoint at the head"
+    );
+    let open = parked::list(&pool, false).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let row = &open[0];
+    assert_eq!(
+        (
+            row.projection.as_str(),
+            row.position,
+            row.event_type.as_str()
+        ),
+        ("poisoned", poison, "MessageRead")
+    );
+    assert_eq!((row.status, row.attempts), (ParkedStatus::Parked, 2));
+    assert!(row.reason.contains("poison event"), "{}", row.reason);
+
+    // The log says so, in the location's operations stream.
+    let announced: Vec<_> = store
+        .read_all(head, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.decode() {
+            Ok(Event::ProjectionEventParked(parked)) => Some((e.stream.to_string(), parked)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0].0, "loc1.operations.poisoned");
+    assert_eq!(
+        (announced[0].1.position, announced[0].1.attempts),
+        (poison, 2)
+    );
+
+    // A retry that fails again keeps it parked, with one more attempt.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = runner.run_until(async {
+        let _ = stopped.await;
+    });
+    let retry = async {
+        parked::request_retry(&pool, "poisoned", poison, Some("ops"))
+            .await
+            .unwrap();
+        let row = parked::wait_for_retry(&pool, "poisoned", poison, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let _ = stop.send(());
+        row
+    };
+    let (result, row) = tokio::join!(run, retry);
+    result.unwrap();
+    assert_eq!((row.status, row.attempts), (ParkedStatus::Parked, 3));
+
+    // Skipped, it is resolved and no longer open.
+    let row = parked::skip(&pool, store.as_ref(), "poisoned", poison, Some("ops"))
+        .await
+        .unwrap();
+    assert_eq!(row.status, ParkedStatus::Skipped);
+    assert!(parked::list(&pool, false).await.unwrap().is_empty());
+    let err = parked::skip(&pool, store.as_ref(), "poisoned", poison, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("was skipped"), "{err}");
+    let resolved = store
+        .read_all(head, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.decode() {
+            Ok(Event::ParkedEventResolved(resolved)) => Some(resolved),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(
+        (
+            resolved[0].action.as_str(),
+            resolved[0].requested_by.as_deref()
+        ),
+        ("skipped", Some("ops"))
+    );
+
+    // Unknown positions and projections are named as such.
+    let err = parked::find(&pool, "poisoned", poison + 1000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ParkedError::NotFound(_)), "{err}");
+    assert!(
+        err.to_string().contains("no parked event at position"),
+        "{err}"
+    );
+    let err = parked::find(&pool, "nonesuch", poison).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no projection named \"nonesuch\""),
+        "{err}"
+    );
+}
+
+/// Fails with a lost database connection on the events whose payload is `flaky`, the first
+/// `failures` times.
+struct Flaky {
+    inner: CountingProjection,
+    failures: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl<DB: CheckpointTable> Projection<DB> for Flaky
+where
+    CountingProjection: Projection<DB>,
+{
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        Projection::<DB>::migrations(&self.inner)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut DB::Connection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        let failing = event.payload.as_ref() == b"flaky"
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        if failing {
+            return Err(Box::new(sqlx::Error::PoolTimedOut));
+        }
+        Projection::<DB>::apply(&self.inner, conn, event).await
+    }
+
+    async fn reset(&self, conn: &mut DB::Connection) -> sqlx::Result<()> {
+        Projection::<DB>::reset(&self.inner, conn).await
+    }
+}
+
+async fn a_database_outage_is_waited_out_not_parked<DB: CheckpointTable>(
+    store: Arc<dyn EventStore>,
+    pool: Pool<DB>,
+    counted: impl AsyncFn(&CountingProjection, &Pool<DB>) -> Counted,
+) where
+    CountingProjection: Projection<DB>,
+{
+    let positions = append_payloads(store.as_ref(), &["{}", "{}", "flaky", "{}", "{}"]).await;
+    let head = positions[4];
+    let projection = Arc::new(Flaky {
+        inner: CountingProjection::new("flaky"),
+        failures: AtomicU32::new(2),
+    });
+    // One attempt only: were the outage counted as the event's failure, it would be parked.
+    let runner = quick(
+        ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()),
+        1,
+    );
+    run_to(&runner, head).await;
+    assert_eq!(projection.failures.load(Ordering::SeqCst), 0, "it failed");
+    assert_eq!(
+        counted(&projection.inner, &pool).await,
+        Counted { rows: 5, total: 5 }
+    );
+    assert!(parked::list(&pool, true).await.unwrap().is_empty());
+}
+
+async fn events_of_a_newer_version_are_skipped<DB: CheckpointTable>(
     store: Arc<dyn EventStore>,
     pool: Pool<DB>,
     counted: impl AsyncFn(&CountingProjection, &Pool<DB>) -> Counted,
@@ -91,31 +322,174 @@ async fn a_failing_event_rolls_back_its_batch<DB: CheckpointTable>(
 {
     let location = LocationId::parse("loc1").unwrap();
     let stream = StreamId::for_uuid(location, AggregateKind::Message, Uuid::now_v7());
-    let mut events: Vec<_> = (0..10)
-        .map(|_| NewEvent::raw("MessageRead", "{}"))
-        .collect();
-    events[5].payload = "poison".into();
-    store
+    let mut newer = NewEvent::raw("MessageRead", "{}");
+    newer.schema_version = 99;
+    let events = vec![
+        NewEvent::raw("MessageRead", "{}"),
+        NewEvent::raw("MessageEdited", "{\"body\":\"from the future\"}"),
+        newer,
+        NewEvent::raw("MessageRead", "{}"),
+        // Last in the batch: the checkpoint still moves past it.
+        NewEvent::raw("MessageEdited", "{}"),
+    ];
+    let head = store
         .append(&stream, ExpectedVersion::NoStream, events)
         .await
-        .unwrap();
-    let projection = Arc::new(CountingProjection::new("poisoned"));
-    let runner = ProjectionRunner::new(store, pool.clone(), projection.clone()).batch_size(100);
-    let err = tokio::time::timeout(
-        Duration::from_secs(30),
-        runner.run_until(std::future::pending()),
-    )
-    .await
-    .expect("the runner stops on the failure")
-    .unwrap_err();
-    assert!(matches!(err, ProjectionError::Apply { .. }), "{err}");
-    assert!(err.to_string().contains("MessageRead"), "{err}");
-    // The five good events before it were in the same transaction: none of them stayed.
+        .unwrap()
+        .position;
+    let projection = Arc::new(CountingProjection::new("newer"));
+    let runner = quick(
+        ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()),
+        1,
+    );
+    run_to(&runner, head).await;
     assert_eq!(
         counted(&projection, &pool).await,
-        Counted { rows: 0, total: 0 }
+        Counted { rows: 2, total: 2 }
     );
-    assert_eq!(runner.prepare().await.unwrap(), 0, "checkpoint unchanged");
+    assert_eq!(runner.prepare().await.unwrap(), head);
+    assert!(parked::list(&pool, true).await.unwrap().is_empty());
+}
+
+/// A store whose subscriptions deliver the stored events, then the first three again (as
+/// JetStream does after `ack_wait`), then say so and wait.
+struct Redelivering {
+    inner: Arc<dyn EventStore>,
+    redelivered: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+struct RedeliveringSource {
+    inner: Arc<dyn EventStore>,
+    after: u64,
+    delivered: Vec<RecordedEvent>,
+    stage: u8,
+    redelivered: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[async_trait::async_trait]
+impl SubscriptionSource for RedeliveringSource {
+    async fn next_batch(&mut self, max: usize) -> whatsnap_eventstore::Result<Vec<RecordedEvent>> {
+        self.stage += 1;
+        match self.stage {
+            1 => {
+                self.delivered = self.inner.read_all(self.after, max).await?;
+                Ok(self.delivered.clone())
+            }
+            2 => Ok(self.delivered.iter().take(3).cloned().collect()),
+            _ => {
+                // The runner asks for more: it has handled the redelivered batch.
+                if let Some(redelivered) = self.redelivered.take() {
+                    let _ = redelivered.send(());
+                }
+                std::future::pending().await
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, _: u64) -> whatsnap_eventstore::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for Redelivering {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> whatsnap_eventstore::Result<whatsnap_eventstore::AppendOutcome> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<RecordedEvent>> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn head_position(&self) -> whatsnap_eventstore::Result<u64> {
+        self.inner.head_position().await
+    }
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+    ) -> whatsnap_eventstore::Result<Subscription> {
+        let SubscribeFrom::After(after) = from else {
+            panic!("the runner subscribes after its checkpoint");
+        };
+        let source = RedeliveringSource {
+            inner: self.inner.clone(),
+            after,
+            delivered: Vec::new(),
+            stage: 0,
+            redelivered: self.redelivered.lock().unwrap().take(),
+        };
+        Ok(Subscription::new(name, Box::new(source)))
+    }
+}
+
+async fn the_checkpoint_never_moves_backwards<DB: CheckpointTable>(
+    store: Arc<dyn EventStore>,
+    pool: Pool<DB>,
+    counted: impl AsyncFn(&CountingProjection, &Pool<DB>) -> Counted,
+) where
+    CountingProjection: Projection<DB>,
+{
+    let head = append_message_events(store.as_ref(), 10, 10).await;
+    let (redelivered, redelivery_handled) = tokio::sync::oneshot::channel();
+    let redelivering: Arc<dyn EventStore> = Arc::new(Redelivering {
+        inner: store.clone(),
+        redelivered: std::sync::Mutex::new(Some(redelivered)),
+    });
+    let projection = Arc::new(CountingProjection::new("redelivered"));
+    let runner = quick(
+        ProjectionRunner::new(redelivering, pool.clone(), projection.clone()),
+        1,
+    );
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        runner.run_until(async {
+            let _ = redelivery_handled.await;
+        }),
+    )
+    .await
+    .expect("the redelivery is handled")
+    .unwrap();
+    // The redelivered events were neither applied again nor allowed to rewind the checkpoint.
+    assert_eq!(runner.prepare().await.unwrap(), head);
+    assert_eq!(
+        counted(&projection, &pool).await,
+        Counted {
+            rows: 10,
+            total: 10
+        }
+    );
+    assert!(parked::list(&pool, true).await.unwrap().is_empty());
+
+    // Nor does a save of a lower position, e.g. from a process that is behind.
+    let mut tx = DB::begin_write(&pool).await.unwrap();
+    DB::save_checkpoint(&mut tx, "redelivered", 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(runner.prepare().await.unwrap(), head);
+    // A rebuild is the one way back.
+    runner.rebuild().await.unwrap();
+    assert_eq!(runner.prepare().await.unwrap(), 0);
 }
 
 async fn sqlite_pair(fixture: &TestSqlite) -> (Arc<dyn EventStore>, Pool<Sqlite>) {
@@ -152,21 +526,88 @@ async fn postgres_read_model_applies_each_event_once_resumes_and_rebuilds() {
 }
 
 #[tokio::test]
-async fn sqlite_read_model_rolls_back_a_batch_with_a_failing_event() {
+async fn sqlite_read_model_parks_a_poison_event_and_goes_on() {
     let fixture = TestSqlite::new().unwrap();
     let (store, pool) = sqlite_pair(&fixture).await;
-    a_failing_event_rolls_back_its_batch(store, pool, async |p, pool| {
+    a_poison_event_is_parked_and_the_log_goes_on(store, pool, async |p, pool| {
         p.counted_in_sqlite(pool).await
     })
     .await;
 }
 
 #[tokio::test]
-async fn postgres_read_model_rolls_back_a_batch_with_a_failing_event() {
+async fn postgres_read_model_parks_a_poison_event_and_goes_on() {
     let nats = TestNats::new().await.unwrap();
     let pg = TestPostgres::new().await.unwrap();
     let store: Arc<dyn EventStore> = Arc::new(nats.store().await.unwrap());
-    a_failing_event_rolls_back_its_batch::<Postgres>(store, pg.pool.clone(), async |p, pool| {
+    a_poison_event_is_parked_and_the_log_goes_on::<Postgres>(
+        store,
+        pg.pool.clone(),
+        async |p, pool| p.counted_in_postgres(pool).await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_read_model_waits_out_a_database_outage_without_parking() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    a_database_outage_is_waited_out_not_parked(store, pool, async |p, pool| {
+        p.counted_in_sqlite(pool).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_read_model_waits_out_a_database_outage_without_parking() {
+    let nats = TestNats::new().await.unwrap();
+    let pg = TestPostgres::new().await.unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(nats.store().await.unwrap());
+    a_database_outage_is_waited_out_not_parked::<Postgres>(
+        store,
+        pg.pool.clone(),
+        async |p, pool| p.counted_in_postgres(pool).await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_read_model_skips_events_of_a_newer_version() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    events_of_a_newer_version_are_skipped(store, pool, async |p, pool| {
+        p.counted_in_sqlite(pool).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_read_model_skips_events_of_a_newer_version() {
+    let nats = TestNats::new().await.unwrap();
+    let pg = TestPostgres::new().await.unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(nats.store().await.unwrap());
+    events_of_a_newer_version_are_skipped::<Postgres>(store, pg.pool.clone(), async |p, pool| {
+        p.counted_in_postgres(pool).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_read_model_checkpoint_never_moves_backwards() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    the_checkpoint_never_moves_backwards(store, pool, async |p, pool| {
+        p.counted_in_sqlite(pool).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_read_model_checkpoint_never_moves_backwards() {
+    let nats = TestNats::new().await.unwrap();
+    let pg = TestPostgres::new().await.unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(nats.store().await.unwrap());
+    the_checkpoint_never_moves_backwards::<Postgres>(store, pg.pool.clone(), async |p, pool| {
         p.counted_in_postgres(pool).await
     })
     .await;

@@ -31,5 +31,11 @@ pub mod ghlsync {
     }
 }
 
+pub mod operations {
+    pub mod v1 {
+        tonic::include_proto!("whatsnap.operations.v1");
+    }
+}
+
 /// The encoded descriptors of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

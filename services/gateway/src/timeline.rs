@@ -145,10 +145,9 @@ impl Projection<Any> for TimelineProjection {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        let Ok(decoded) = event.decode() else {
-            // A type this build does not know cannot be about a contact it knows.
-            return Ok(());
-        };
+        // The runner skips types this build does not know; a payload that does not decode is
+        // a failure, for the runner to retry and park.
+        let decoded = event.decode()?;
         let message = match &decoded {
             whatsnap_events::Event::OutboundMessageRequested(e) => {
                 Some((e.message_id.to_string(), e.contact_id.to_string()))

@@ -10,6 +10,7 @@ use uuid_free::short;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
+use whatsnap_proto::operations::v1 as operations;
 use whatsnap_proto::session::v1 as session;
 
 mod uuid_free {
@@ -908,6 +909,177 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParkedCommand {
+    /// List the parked events: projection, position in the log, event type, status, tries
+    /// and the last failure.
+    List {
+        /// Show resolved (retried or skipped) events too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Have the projection apply a parked event again; waits for the outcome. The event is
+    /// resolved if it applies, else it stays parked with the new reason.
+    Retry {
+        #[command(flatten)]
+        event: ParkedEventArgs,
+        /// How long to wait for the projection to try, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u32,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Leave a parked event unapplied for good; it is marked skipped.
+    Skip {
+        #[command(flatten)]
+        event: ParkedEventArgs,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ParkedEventArgs {
+    /// The projection that parked it (first column of `whatsnap parked list`), e.g. contacts.
+    projection: String,
+    /// The event's position in the log (second column of `whatsnap parked list`).
+    position: u64,
+    /// Who asks, recorded with the resolution.
+    #[arg(long, env = "USER")]
+    by: Option<String>,
+}
+
+impl ParkedEventArgs {
+    fn request(self, wait_seconds: u32) -> operations::ParkedEventRequest {
+        operations::ParkedEventRequest {
+            projection: self.projection,
+            position: self.position,
+            requested_by: self.by.unwrap_or_default(),
+            wait_seconds,
+        }
+    }
+}
+
+fn operations_client(
+    channel: Channel,
+) -> operations::operations_service_client::OperationsServiceClient<Channel> {
+    operations::operations_service_client::OperationsServiceClient::new(channel)
+}
+
+pub async fn parked(command: ParkedCommand) -> anyhow::Result<()> {
+    match command {
+        ParkedCommand::List { all, server } => {
+            let events = operations_client(server.channel().await?)
+                .list_parked(operations::ListParkedRequest {
+                    include_resolved: all,
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .events;
+            if events.is_empty() {
+                println!("no parked events");
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:>9}  {:<28} {:<16} {:>8}  reason",
+                "projection", "position", "event type", "status", "attempts"
+            );
+            for event in events {
+                println!(
+                    "{:<20} {:>9}  {:<28} {:<16} {:>8}  {}",
+                    event.projection,
+                    event.position,
+                    event.event_type,
+                    event.status,
+                    event.attempts,
+                    event.reason
+                );
+            }
+        }
+        ParkedCommand::Retry {
+            event,
+            wait,
+            server,
+        } => {
+            let parked = operations_client(server.channel().await?)
+                .retry_parked(event.request(wait))
+                .await
+                .map_err(status)?
+                .into_inner();
+            let at = format!("{} at position {}", parked.projection, parked.position);
+            match parked.status.as_str() {
+                "retried" => println!("{at}: {} retried and applied", parked.event_type),
+                "retry_requested" => println!(
+                    "{at}: retry requested; projection {} has not tried it within {wait} s \
+                     (is the service that runs it up?)",
+                    parked.projection
+                ),
+                _ => anyhow::bail!(
+                    "{at}: {} failed again and stays parked: {}",
+                    parked.event_type,
+                    parked.reason
+                ),
+            }
+        }
+        ParkedCommand::Skip { event, server } => {
+            let parked = operations_client(server.channel().await?)
+                .skip_parked(event.request(0))
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "{} at position {}: {} skipped; it stays unapplied",
+                parked.projection, parked.position, parked.event_type
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    server: Server,
+}
+
+/// What needs an operator's attention: today, the parked events.
+pub async fn overall_status(args: StatusArgs) -> anyhow::Result<()> {
+    let events = operations_client(args.server.channel().await?)
+        .list_parked(operations::ListParkedRequest {
+            include_resolved: false,
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .events;
+    if events.is_empty() {
+        println!("no parked events");
+        return Ok(());
+    }
+    println!(
+        "{} parked event(s): their projections went on without them",
+        events.len()
+    );
+    for event in events {
+        let state = match event.status.as_str() {
+            "retry_requested" => "retry requested".to_owned(),
+            _ => format!("parked after {} attempt(s)", event.attempts),
+        };
+        println!(
+            "  {} at position {}: {}, {state}: {}",
+            event.projection, event.position, event.event_type, event.reason
+        );
+        println!(
+            "    fix the cause, then `whatsnap parked retry {0} {1}`, or `whatsnap parked skip {0} {1}` to leave it unapplied",
+            event.projection, event.position
+        );
     }
     Ok(())
 }

@@ -5,6 +5,9 @@
 
 mod cli;
 mod demo;
+#[cfg(feature = "failpoints")]
+mod failpoints;
+mod operations;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +56,17 @@ enum Command {
     /// Empty a read model so that its service replays the whole log into it on its next start
     /// (stop that service first).
     Rebuild(serve::RebuildArgs),
+    /// Events a projection set aside after failing on them: list, retry, skip.
+    ///
+    /// When a projection (a service's read model or its reactions) fails on an event again and
+    /// again, whatsnap parks the event: the projection moves on without it, so one bad event
+    /// never stops the others, and the event waits here for an operator. Fix the cause (often
+    /// with a new release), then `retry` it, or `skip` it if it should never be applied.
+    /// `whatsnap status` lists what is parked.
+    #[command(subcommand)]
+    Parked(cli::ParkedCommand),
+    /// What needs an operator's attention: the parked events, with how to retry or skip each.
+    Status(cli::StatusArgs),
 }
 
 /// Parses the command line and runs the command; what `whatsnap` does.
@@ -80,5 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Assignment(command) => runtime.block_on(cli::assignment(command)),
         Command::Trace(args) => runtime.block_on(cli::trace(args)),
         Command::Rebuild(args) => runtime.block_on(serve::rebuild(args)),
+        Command::Parked(command) => runtime.block_on(cli::parked(command)),
+        Command::Status(args) => runtime.block_on(cli::overall_status(args)),
     }
 }

@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// /readyz fails while a projection is more than this many events behind the log.
     #[arg(long, env = "WHATSNAP_MAX_LAG", default_value_t = 1000)]
     max_lag: u64,
+    /// How many times a projection tries an event that fails (with growing pauses) before it
+    /// parks it and goes on; see `whatsnap parked --help`.
+    #[arg(long, env = "WHATSNAP_PROJECTION_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    projection_attempts: u32,
     /// What every account tag starts with; the account's name follows (`whatsnap-account-sales`).
     #[arg(long, env = "WHATSNAP_TAG_PREFIX", default_value = whatsnap_session::DEFAULT_TAG_PREFIX, value_parser = tag_prefix)]
     tag_prefix: String,
@@ -497,6 +501,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &gateway {
         projections.push(s.projection());
     }
+    #[cfg(feature = "failpoints")]
+    let projections = crate::failpoints::poison_projections(projections);
 
     // The gateway answers for the services that run elsewhere.
     let (mut remote_session, mut remote_contacts, mut remote_assignment, mut remote_ghl_sync) =
@@ -544,6 +550,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     for projection in projections {
         let name = projection.name().to_owned();
         let runner = ProjectionRunner::new(store.clone(), db.clone(), projection)
+            .attempts(args.projection_attempts)
             .instrument(whatsnap_telemetry::event_span);
         // Read-model tables exist before the first query can arrive. Services starting together
         // on one PostgreSQL may race to create the shared checkpoint table: try again.
@@ -558,11 +565,25 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         }
         progress.push((name.clone(), runner.progress()));
         let stop = shutdown.clone();
+        let run = tokio::spawn(async move { runner.run_until(stop.cancelled_owned()).await });
+        // A projection that ends, by an error or a panic, leaves its read model behind the log
+        // (/readyz shows its lag grow) but must not take the gateway and the other services
+        // with it.
         tasks.spawn(async move {
-            runner
-                .run_until(stop.cancelled_owned())
-                .await
-                .with_context(|| format!("projection {name}"))
+            match run.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => error!(
+                    projection = %name,
+                    error = %err,
+                    "projection stopped for good: its read model no longer follows the log; the other services keep running"
+                ),
+                Err(err) => error!(
+                    projection = %name,
+                    error = %err,
+                    "projection panicked: its read model no longer follows the log; the other services keep running"
+                ),
+            }
+            Ok(())
         });
     }
 
@@ -625,7 +646,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .add_optional_service(remote_assignment.map(AssignmentServiceServer::new))
         .add_optional_service(ghl_sync.as_ref().map(|s| s.grpc()))
         .add_optional_service(remote_ghl_sync.map(GhlSyncServiceServer::new))
-        .add_optional_service(gateway.as_ref().map(|g| g.events_grpc()));
+        .add_optional_service(gateway.as_ref().map(|g| g.events_grpc()))
+        .add_service(crate::operations::Operations::new(store.clone(), db.clone()).grpc());
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
