@@ -19,8 +19,8 @@ use tonic::transport::Channel;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    FakeGhl, FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually_within,
-    free_port, http_post,
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually_within,
+    free_port,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -39,49 +39,9 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
 }
 
-enum Backend {
-    Embedded(tempfile::TempDir),
-    Distributed(TestNats, TestPostgres),
-}
-
-impl Backend {
-    async fn new(distributed: bool) -> Self {
-        if distributed {
-            Self::Distributed(
-                TestNats::new().await.unwrap(),
-                TestPostgres::new().await.unwrap(),
-            )
-        } else {
-            Self::Embedded(tempfile::tempdir().unwrap())
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        let list: Vec<&str> = match self {
-            Self::Embedded(dir) => vec!["--data-dir", dir.path().to_str().unwrap()],
-            Self::Distributed(nats, pg) => {
-                return [
-                    "--nats-url",
-                    &nats.config.url,
-                    "--stream-name",
-                    &nats.config.stream_name,
-                    "--subject-prefix",
-                    &nats.config.subject_prefix,
-                    "--database-url",
-                    &pg.url_with_schema(),
-                ]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-            }
-        };
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-}
-
 /// The fakes, the data and the addresses that outlive one `whatsnap` process.
 struct World {
-    backend: Backend,
+    backend: TestBackend,
     ghl: FakeGhl,
     twilio: FakeTwilio,
     grpc: SocketAddr,
@@ -104,7 +64,7 @@ impl World {
         });
         let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Self {
-            backend: Backend::new(distributed).await,
+            backend: TestBackend::new(distributed).await,
             ghl,
             twilio,
             grpc: localhost(free_port()),
@@ -245,27 +205,15 @@ impl World {
             "/webhooks/twilio/{}/{}/inbound",
             account.location_id, account.account_id
         );
-        let url = format!("http://{}{path}", self.http);
-        let params: Vec<(String, String)> = [
-            ("MessageSid", message_sid),
-            ("SmsSid", message_sid),
-            ("AccountSid", sid),
-            ("From", from),
-            ("To", account.phone_number.as_str()),
-            ("Body", body),
-            ("NumMedia", "0"),
-            ("ApiVersion", "2010-04-01"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let signature = whatsnap_twilio::signature::sign(token, &url, &params);
-        let form = serde_urlencoded::to_string(&params).unwrap();
-        let headers = [
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("X-Twilio-Signature", signature.as_str()),
-        ];
-        match http_post(self.http, &path, &headers, Some(form.as_bytes())).await {
+        let text = TwilioText {
+            account_sid: sid,
+            message_sid,
+            from,
+            to: &account.phone_number,
+            body,
+            extra: &[],
+        };
+        match text.post(self.http, &path, token).await {
             Ok((200, _)) => Ok(()),
             _ => Err(Died),
         }

@@ -13,7 +13,7 @@ use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    FakeGhl, FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually,
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually,
     eventually_within, http_post,
 };
 
@@ -42,39 +42,7 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// The two ways whatsnap runs.
-enum Backend {
-    Embedded(tempfile::TempDir),
-    Distributed(TestNats, TestPostgres),
-}
-
-impl Backend {
-    async fn embedded() -> Self {
-        Self::Embedded(tempfile::tempdir().unwrap())
-    }
-
-    async fn distributed() -> Self {
-        Self::Distributed(
-            TestNats::new().await.unwrap(),
-            TestPostgres::new().await.unwrap(),
-        )
-    }
-
-    fn args(&self) -> Vec<String> {
-        match self {
-            Self::Embedded(dir) => args(&["--data-dir", dir.path().to_str().unwrap()]),
-            Self::Distributed(nats, pg) => args(&[
-                "--nats-url",
-                &nats.config.url,
-                "--stream-name",
-                &nats.config.stream_name,
-                "--subject-prefix",
-                &nats.config.subject_prefix,
-                "--database-url",
-                &pg.url_with_schema(),
-            ]),
-        }
-    }
-}
+type Backend = TestBackend;
 
 /// whatsnap with the fakes around it.
 struct Rig {
@@ -213,35 +181,15 @@ impl Rig {
         extra: &[(&str, &str)],
     ) -> u16 {
         let path = format!("/webhooks/twilio/{location}/{}/inbound", account.account_id);
-        let url = format!("http://{}{path}", self.http);
-        let params: Vec<(String, String)> = [
-            ("MessageSid", message_sid),
-            ("SmsSid", message_sid),
-            ("AccountSid", SID),
-            ("From", from),
-            ("To", account.phone_number.as_str()),
-            ("Body", body),
-            ("NumMedia", "0"),
-            ("ApiVersion", "2010-04-01"),
-        ]
-        .iter()
-        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let signature = whatsnap_twilio::signature::sign(token, &url, &params);
-        let form = serde_urlencoded::to_string(&params).unwrap();
-        let (status, body) = http_post(
-            self.http,
-            &path,
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("X-Twilio-Signature", &signature),
-            ],
-            Some(form.as_bytes()),
-        )
-        .await
-        .unwrap();
+        let text = TwilioText {
+            account_sid: SID,
+            message_sid,
+            from,
+            to: &account.phone_number,
+            body,
+            extra,
+        };
+        let (status, body) = text.post(self.http, &path, token).await.unwrap();
         assert!(status == 200 || status >= 400, "{status} {body}");
         status
     }

@@ -8,10 +8,14 @@
 
 use std::time::Duration;
 
+mod backend;
 mod collector;
 mod process;
+mod twilio_text;
+pub use backend::TestBackend;
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_post, http_request};
+pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};

@@ -158,11 +158,15 @@ async fn an_intent_without_an_outcome_is_found_at_ghl_and_recorded_without_posti
         "{recorded:?}"
     );
     // The second had its intent recorded before its post, its outcome after.
-    let second: Vec<String> = ghl_events(&rig, &second_stream)
-        .await
-        .iter()
-        .map(|e| e.event_type.clone())
-        .collect();
+    let second = eventually("the second post recorded", async || {
+        let types: Vec<String> = ghl_events(&rig, &second_stream)
+            .await
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect();
+        (types.len() == 3).then_some(types)
+    })
+    .await;
     assert_eq!(
         second,
         [
@@ -234,12 +238,11 @@ async fn a_message_ghl_keeps_refusing_is_set_aside_the_rest_moves_on_and_a_retry
     let mut bodies = posted_bodies(&rig, &contact.id);
     bodies.sort();
     assert_eq!(bodies, ["one GHL refused", "one GHL takes"]);
-    let status = eventually("nothing set aside", async || {
+    eventually("nothing set aside or waiting", async || {
         let status = rig.status().await;
-        status.set_aside.is_empty().then_some(status)
+        (status.set_aside.is_empty() && status.pending_messages == 0).then_some(())
     })
     .await;
-    assert_eq!(status.pending_messages, 0);
     // A retry of something that is not set aside says so.
     let missing = rig
         .sync

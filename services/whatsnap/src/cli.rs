@@ -972,17 +972,23 @@ fn operations_client(
     operations::operations_service_client::OperationsServiceClient::new(channel)
 }
 
+/// The parked events, and with `include_resolved` those retried or skipped since.
+async fn parked_events(
+    server: &Server,
+    include_resolved: bool,
+) -> anyhow::Result<Vec<operations::ParkedEvent>> {
+    Ok(operations_client(server.channel().await?)
+        .list_parked(operations::ListParkedRequest { include_resolved })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .events)
+}
+
 pub async fn parked(command: ParkedCommand) -> anyhow::Result<()> {
     match command {
         ParkedCommand::List { all, server } => {
-            let events = operations_client(server.channel().await?)
-                .list_parked(operations::ListParkedRequest {
-                    include_resolved: all,
-                })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .events;
+            let events = parked_events(&server, all).await?;
             if events.is_empty() {
                 println!("no parked events");
                 return Ok(());
@@ -1051,14 +1057,7 @@ pub struct StatusArgs {
 
 /// What needs an operator's attention: today, the parked events.
 pub async fn overall_status(args: StatusArgs) -> anyhow::Result<()> {
-    let events = operations_client(args.server.channel().await?)
-        .list_parked(operations::ListParkedRequest {
-            include_resolved: false,
-        })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .events;
+    let events = parked_events(&args.server, false).await?;
     if events.is_empty() {
         println!("no parked events");
         return Ok(());

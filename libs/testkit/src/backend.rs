@@ -1,0 +1,57 @@
+//! The two ways a `whatsnap` process under test keeps its data, and the arguments that say so.
+
+use crate::{TestNats, TestPostgres};
+
+/// Where a `whatsnap serve` under test keeps its events and read models; kept for as long as
+/// the test lives, so that a restarted process finds its data.
+pub enum TestBackend {
+    /// One SQLite file in a temporary directory.
+    Embedded(tempfile::TempDir),
+    /// An isolated JetStream stream and PostgreSQL schema.
+    Distributed(TestNats, TestPostgres),
+}
+
+impl TestBackend {
+    pub async fn embedded() -> Self {
+        Self::Embedded(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    pub async fn distributed() -> Self {
+        Self::Distributed(
+            TestNats::new().await.expect("a test NATS stream"),
+            TestPostgres::new().await.expect("a test PostgreSQL schema"),
+        )
+    }
+
+    pub async fn new(distributed: bool) -> Self {
+        if distributed {
+            Self::distributed().await
+        } else {
+            Self::embedded().await
+        }
+    }
+
+    /// The `whatsnap serve` arguments that choose this backend.
+    pub fn args(&self) -> Vec<String> {
+        let args: Vec<&str> = match self {
+            Self::Embedded(dir) => vec!["--data-dir", dir.path().to_str().expect("a UTF-8 path")],
+            Self::Distributed(nats, pg) => {
+                let url = pg.url_with_schema();
+                return [
+                    "--nats-url",
+                    &nats.config.url,
+                    "--stream-name",
+                    &nats.config.stream_name,
+                    "--subject-prefix",
+                    &nats.config.subject_prefix,
+                    "--database-url",
+                    &url,
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            }
+        };
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
