@@ -13,6 +13,7 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
+    distributed_args,
     FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually, http_post,
 };
 
@@ -73,18 +74,8 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
     let pg = TestPostgres::new().await.unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let cured = scratch.path().join("cured");
-    let common = args(&[
-        "--secret-key",
-        SECRET_KEY,
-        "--nats-url",
-        &nats.config.url,
-        "--stream-name",
-        &nats.config.stream_name,
-        "--subject-prefix",
-        &nats.config.subject_prefix,
-        "--database-url",
-        &pg.url_with_schema(),
-    ]);
+    let mut common = args(&["--secret-key", SECRET_KEY]);
+    common.extend(distributed_args(&nats, &pg));
     let mut contacts_args = common.clone();
     contacts_args.extend(args(&[
         "--target",

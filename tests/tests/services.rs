@@ -18,6 +18,7 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
+    distributed_args,
     FakeCollector, TestNats, TestPostgres, Whatsnap, eventually, free_port, http_get,
 };
 
@@ -482,18 +483,8 @@ impl Cluster {
     }
 
     async fn start(nats: &TestNats, pg: &TestPostgres) -> Self {
-        let common = args(&[
-            "--secret-key",
-            SECRET_KEY,
-            "--nats-url",
-            &nats.config.url,
-            "--stream-name",
-            &nats.config.stream_name,
-            "--subject-prefix",
-            &nats.config.subject_prefix,
-            "--database-url",
-            &pg.url_with_schema(),
-        ]);
+        let mut common = args(&["--secret-key", SECRET_KEY]);
+        common.extend(distributed_args(nats, pg));
         let contacts_port = free_port();
         let session = Self::start_target(&common, "session", 0);
         let contacts = Self::start_target(&common, "contacts", contacts_port);

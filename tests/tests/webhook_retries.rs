@@ -14,6 +14,7 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
+    distributed_args,
     FakeTwilio, FakeTwilioAccount, HttpReply, TestNats, TestPostgres, Whatsnap, eventually,
     free_port, http_request,
 };
@@ -73,20 +74,12 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
         .verifying_key()
         .to_public_key_pem(Default::default())
         .unwrap();
-    let common = args(&[
-        "--secret-key",
-        SECRET_KEY,
-        "--nats-url",
-        &nats.config.url,
-        "--stream-name",
-        &nats.config.stream_name,
-        "--subject-prefix",
-        &nats.config.subject_prefix,
-        "--database-url",
-        &pg.url_with_schema(),
+    let mut common = args(&["--secret-key", SECRET_KEY]);
+    common.extend(distributed_args(&nats, &pg));
+    common.extend(args(&[
         "--twilio-base-url",
         &twilio.base_url(),
-    ]);
+    ]));
     let (session_port, contacts_port, ghl_sync_port) = (free_port(), free_port(), free_port());
     let mut session_service = service(&common, "session", session_port);
     // The contacts and ghl-sync services are not running yet.

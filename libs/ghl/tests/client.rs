@@ -574,6 +574,85 @@ async fn a_message_accepted_without_a_message_id_is_an_error() {
 }
 
 #[tokio::test]
+async fn a_message_post_that_fails_with_a_5xx_is_not_repeated_inside_the_call() {
+    // GHL may have added the message before failing: whether to post again is the outbox's
+    // to decide, after looking for it. A 429 (nothing was done) is still waited out.
+    let ghl = StubGhl::start().await;
+    let (client, _) = ghl.client();
+    ghl.then(reply(502, json!({"message": "Bad Gateway"})))
+        .then(reply(429, json!({"message": "Too many requests"})))
+        .then(reply(
+            200,
+            json!({"success": true, "conversationId": "conv-1", "messageId": "msg-1", "message": "ok"}),
+        ));
+    let message = InboundMessage {
+        contact_id: "contact-1".into(),
+        message: "hi".into(),
+        alt_id: "wamid.1".into(),
+        ..InboundMessage::default()
+    };
+    let err = client
+        .add_inbound_message(&location(), TOKEN, &message)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GhlError::Server { status: 502, .. }), "{err:?}");
+    assert!(!err.certainly_unsent());
+    assert_eq!(ghl.seen().len(), 1, "not repeated");
+    let posted = client
+        .add_inbound_message(&location(), TOKEN, &message)
+        .await
+        .unwrap();
+    assert_eq!(posted.message_id, "msg-1");
+    assert_eq!(ghl.seen().len(), 3, "the 429 was waited out");
+}
+
+#[tokio::test]
+async fn a_posted_message_is_found_in_the_contacts_conversations_by_its_text_and_date() {
+    let ghl = StubGhl::start().await;
+    let (client, _) = ghl.client();
+    let at = Utc.with_ymd_and_hms(2026, 12, 2, 9, 30, 0).unwrap();
+    let listed = |id: &str, body: &str, date: &str| {
+        json!({"id": id, "type": 2, "messageType": "TYPE_SMS", "locationId": "loc", "contactId": "contact-1",
+               "conversationId": "conv-1", "dateAdded": date, "body": body, "direction": "inbound",
+               "contentType": "text/plain"})
+    };
+    ghl.then(reply(200, json!({"conversations": [{"id": "conv-1"}], "total": 1})))
+        .then(reply(
+            200,
+            json!({"lastMessageId": "m2", "nextPage": true, "messages": [
+                listed("m3", "hi", "2026-12-02T09:31:00.000Z"),
+                listed("m2", "other", "2026-12-02T09:30:00.000Z"),
+            ]}),
+        ))
+        .then(reply(
+            200,
+            json!({"lastMessageId": "m1", "nextPage": false, "messages": [
+                listed("m1", "hi", "2026-12-02T09:30:00.000Z"),
+            ]}),
+        ));
+    let message = InboundMessage {
+        contact_id: "contact-1".into(),
+        message: "hi".into(),
+        alt_id: "wamid.1".into(),
+        date: Some(at),
+        ..InboundMessage::default()
+    };
+    let found = client
+        .find_inbound_message(&location(), TOKEN, &message, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|f| (f.conversation_id, f.message_id)),
+        Some(("conv-1".into(), "m1".into()))
+    );
+    let seen = ghl.seen();
+    assert_eq!(seen[0].path, "/conversations/search");
+    assert!(seen[0].query_pairs().contains(&("contactId".into(), "contact-1".into())));
+    assert_eq!(seen[1].path, "/conversations/conv-1/messages");
+    assert!(seen[2].query_pairs().contains(&("lastMessageId".into(), "m2".into())));
+}
+
+#[tokio::test]
 async fn a_server_error_is_retried_and_the_call_succeeds() {
     let ghl = StubGhl::start().await;
     let (client, _) = ghl.client();

@@ -35,23 +35,26 @@ impl TestBackend {
     pub fn args(&self) -> Vec<String> {
         let args: Vec<&str> = match self {
             Self::Embedded(dir) => vec!["--data-dir", dir.path().to_str().expect("a UTF-8 path")],
-            Self::Distributed(nats, pg) => {
-                let url = pg.url_with_schema();
-                return [
-                    "--nats-url",
-                    &nats.config.url,
-                    "--stream-name",
-                    &nats.config.stream_name,
-                    "--subject-prefix",
-                    &nats.config.subject_prefix,
-                    "--database-url",
-                    &url,
-                ]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-            }
+            Self::Distributed(nats, pg) => return distributed_args(nats, pg),
         };
         args.iter().map(|s| (*s).to_owned()).collect()
     }
+}
+
+/// The `whatsnap serve` arguments of the distributed backend on `nats`'s stream and `pg`'s
+/// schema.
+pub fn distributed_args(nats: &TestNats, pg: &TestPostgres) -> Vec<String> {
+    [
+        "--nats-url",
+        &nats.config.url,
+        "--stream-name",
+        &nats.config.stream_name,
+        "--subject-prefix",
+        &nats.config.subject_prefix,
+        "--database-url",
+        &pg.url_with_schema(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }

@@ -12,7 +12,7 @@ mod backend;
 mod collector;
 mod process;
 mod twilio_text;
-pub use backend::TestBackend;
+pub use backend::{TestBackend, distributed_args};
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_post, http_request};
 pub use twilio_text::TwilioText;
