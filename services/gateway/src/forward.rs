@@ -76,4 +76,5 @@ forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_ser
     begin_o_auth(ghlsync::BeginOAuthRequest) -> ghlsync::BeginOAuthResponse;
     complete_o_auth(ghlsync::CompleteOAuthRequest) -> ghlsync::ConnectResponse;
     retry_set_aside(ghlsync::RetrySetAsideRequest) -> ghlsync::RetrySetAsideResponse;
+    record_contact_webhook(ghlsync::RecordContactWebhookRequest) -> ghlsync::RecordContactWebhookResponse;
 });

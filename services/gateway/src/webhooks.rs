@@ -518,7 +518,9 @@ async fn oauth_callback(
 }
 
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
-/// carries the contact's whole tag list; its changes re-route the contact's next reply. What
+/// carries the contact's whole tag list; its changes re-route the contact's next reply. A
+/// ContactCreate or ContactUpdate of a linked contact whose owner changed in GHL is recorded
+/// for assignment. What
 /// whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
 /// service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
 /// under both of its policies, and its webhookId is not counted as seen, so the retry is
@@ -599,6 +601,38 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 }
                 Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
                     info!(reason = %status.message(), "GHL tag update ignored");
+                    (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
+                }
+                Err(status) => Sender::Ghl.try_again_later(status.message()),
+            }
+        }
+        kind @ ("ContactCreate" | "ContactUpdate") => {
+            let channel = match reach(&hooks.ghl_sync, "ghl-sync", Sender::Ghl) {
+                Ok(channel) => channel,
+                Err(refused) => return refused,
+            };
+            let mut request = tonic::Request::new(ghlsync::RecordContactWebhookRequest {
+                location_id: text("locationId").to_owned(),
+                phone: text("phone").to_owned(),
+                ghl_contact_id: text("id").to_owned(),
+                assigned_to: text("assignedTo").to_owned(),
+            });
+            whatsnap_telemetry::inject(&mut request);
+            match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
+                .record_contact_webhook(request)
+                .await
+            {
+                Ok(recorded) if recorded.get_ref().owner_changed => {
+                    info!(
+                        kind,
+                        ghl_contact_id = text("id"),
+                        "contact owner changed in GHL recorded"
+                    );
+                    (StatusCode::OK, "owner change recorded\n").into_response()
+                }
+                Ok(_) => (StatusCode::OK, "no owner change\n").into_response(),
+                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                    info!(kind, reason = %status.message(), "GHL contact webhook ignored");
                     (StatusCode::OK, format!("ignored: {}\n", status.message())).into_response()
                 }
                 Err(status) => Sender::Ghl.try_again_later(status.message()),

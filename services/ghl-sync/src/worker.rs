@@ -170,7 +170,7 @@ pub(crate) fn subject_stream(location: &LocationId, kind: &str, subject: Uuid) -
 }
 
 /// The stream beside a contact's where ghl-sync records what crossed to GHL for it.
-fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
+pub(crate) fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
     StreamId::new(
         location.clone(),
         AggregateKind::Ghl,
@@ -840,7 +840,12 @@ impl Worker {
             effects::SYNC_CONTACT,
             contact_id,
         );
-        let ghl_id = self.outbox.perform(&subject, &effect).await?.into_inner();
+        let ghl_id = self
+            .outbox
+            .perform(&subject, &effect)
+            .await?
+            .into_inner()
+            .ghl_contact_id;
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
         if let (true, Some(position)) = (push_tags, queued) {
             done.insert((CONTACT.to_owned(), id), position);
