@@ -1140,23 +1140,25 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
         "{}",
         ana.passed_over
     );
-    let trace = events::events_service_client::EventsServiceClient::new(rig.channel.clone())
-        .contact_history(events::ContactHistoryRequest {
-            location_id: LOCATION.into(),
-            phone: "+14155550161".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let assigned = trace
-        .entries
-        .iter()
-        .find(|e| {
-            e.event
-                .as_ref()
-                .is_some_and(|e| e.event_type == "ContactAssigned")
-        })
-        .expect("the decision is in the trace");
+    // The trace is a projection: it shows the decision once it has read that far.
+    let assigned = eventually("the decision in the contact's trace", async || {
+        events::events_service_client::EventsServiceClient::new(rig.channel.clone())
+            .contact_history(events::ContactHistoryRequest {
+                location_id: LOCATION.into(),
+                phone: "+14155550161".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .entries
+            .into_iter()
+            .find(|e| {
+                e.event
+                    .as_ref()
+                    .is_some_and(|e| e.event_type == "ContactAssigned")
+            })
+    })
+    .await;
     assert!(
         assigned.summary.contains("uBen") && assigned.summary.contains("out of office"),
         "{}",
@@ -1331,4 +1333,256 @@ async fn an_agency_install_connects_each_location_as_it_installs() {
         .filter(|r| r.path == "/oauth/locationToken" && r.status == 200)
         .collect();
     assert_eq!(made.len(), 1, "one location token made from the agency's");
+}
+
+/// A rig whose location has these GHL users, connected, with its Sales account; returns the
+/// assignment API once whatsnap lists the users.
+async fn assignment_rig(
+    name: &str,
+    location: &str,
+    users: &[&str],
+) -> (
+    Rig,
+    session::Account,
+    whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<Channel>,
+) {
+    use whatsnap_proto::assignment::v1 as assignment;
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(&backend, name, &[]).await;
+    for id in users {
+        rig.ghl.add_user(
+            location,
+            whatsnap_testkit::FakeGhlUser {
+                id: (*id).into(),
+                name: id.trim_start_matches('u').into(),
+                email: format!("{}@example.com", id.to_lowercase()),
+                role: "user".into(),
+                deleted: false,
+            },
+        );
+    }
+    rig.connect(location).await;
+    let sales = rig.add_account(location, "Sales", SALES).await;
+    let api =
+        assignment::assignment_service_client::AssignmentServiceClient::new(rig.channel.clone());
+    eventually("GHL's users in whatsnap", async || {
+        let request = assignment::ListUsersRequest {
+            location_id: location.into(),
+        };
+        let listed = api.clone().list_users(request).await.ok()?.into_inner();
+        (listed.users.len() == users.len()).then_some(())
+    })
+    .await;
+    (rig, sales, api)
+}
+
+async fn set_rules(
+    api: &whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<
+        Channel,
+    >,
+    location: &str,
+    account: &session::Account,
+    rules: serde_json::Value,
+) {
+    api.clone()
+        .set_rules(whatsnap_proto::assignment::v1::SetRulesRequest {
+            location_id: location.into(),
+            account_id: account.account_id.clone(),
+            rules_json: rules.to_string(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The contact's decisions once there are `count` of them, newest last.
+async fn decisions(
+    api: &whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<
+        Channel,
+    >,
+    location: &str,
+    phone: &str,
+    count: usize,
+) -> Vec<whatsnap_proto::assignment::v1::Decision> {
+    eventually(&format!("{count} decisions for the contact"), async || {
+        let explained = api
+            .clone()
+            .explain(whatsnap_proto::assignment::v1::ExplainRequest {
+                location_id: location.into(),
+                phone: phone.into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (explained.decisions.len() >= count).then_some(explained.decisions)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_contact_owned_in_ghl_before_whatsnap_keeps_its_owner_and_a_new_one_follows_its_source() {
+    const LOCATION: &str = "locGhlKnows";
+    let (rig, sales, api) =
+        assignment_rig("ghl-knows", LOCATION, &["uSenior", "uAna", "uBen"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [
+            { "strategy": "user", "user": "uSenior",
+              "when": { "sources": ["Google Ads Campaign"] } },
+            { "strategy": "user", "user": "uAna" }
+        ] }),
+    )
+    .await;
+    // Ben owned this one in GHL before it ever wrote; the other came from the same ad campaign
+    // and nobody owns it yet.
+    let owned = rig.ghl.add_contact_with(
+        LOCATION,
+        serde_json::json!({ "phone": "+14155550170", "source": "Google Ads Campaign",
+                            "assignedTo": "uBen" }),
+    );
+    let from_ad = rig.ghl.add_contact_with(
+        LOCATION,
+        serde_json::json!({ "phone": "+14155550171", "source": "Google Ads Campaign" }),
+    );
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM70000000000000000000000000000001",
+        "+14155550171",
+        "I saw your ad",
+    )
+    .await;
+    eventually(
+        "the ad's contact assigned to the senior rep in GHL",
+        async || {
+            let contact = rig.ghl.contact(&from_ad)?;
+            (contact.assigned_to.as_deref() == Some("uSenior")).then_some(())
+        },
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, "+14155550171", 1).await;
+    assert_eq!(decided[0].rule, "user#1");
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM70000000000000000000000000000002",
+        "+14155550170",
+        "hello again",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, "+14155550170", 1).await;
+    assert_eq!(decided[0].user_id, "uBen");
+    assert_eq!(decided[0].rule, "ghl_owner");
+    assert!(
+        decided[0].reason.contains("owner in GHL before whatsnap"),
+        "{}",
+        decided[0].reason
+    );
+    let contact = rig.ghl.contact(&owned).unwrap();
+    assert_eq!(contact.assigned_to.as_deref(), Some("uBen"));
+    assert_eq!(
+        rig.ghl.contacts(LOCATION).len(),
+        2,
+        "whatsnap linked GHL's contacts instead of making new ones"
+    );
+}
+
+#[tokio::test]
+async fn a_reassignment_made_in_ghl_is_respected_and_under_override_replaced_and_written_back() {
+    const LOCATION: &str = "locManual";
+    const PHONE: &str = "+14155550180";
+    let (rig, sales, api) = assignment_rig("manual", LOCATION, &["uAna", "uBen", "uCleo"]).await;
+    let rules = |manual: &str| serde_json::json!({ "manual": manual, "rules": [ { "strategy": "user", "user": "uAna" } ] });
+    set_rules(&api, LOCATION, &sales, rules("respect")).await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let ghl_id = eventually("the contact assigned to Ana in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, PHONE)?;
+        (contact.assigned_to.as_deref() == Some("uAna")).then_some(contact.id)
+    })
+    .await;
+
+    // ghl-sync has recorded setting Ana (so GHL's next change is not mistaken for it).
+    let contact_id = whatsnap_events::contact_id_for(
+        &whatsnap_events::LocationId::parse(LOCATION).unwrap(),
+        &whatsnap_events::PhoneNumber::parse(PHONE).unwrap(),
+    );
+    let ghl_stream = format!("{LOCATION}.ghl.contact-{contact_id}");
+    eventually("ghl-sync records Ana set in GHL", async || {
+        let events = rig.events_of(ghl_stream.clone()).await;
+        events
+            .iter()
+            .any(|e| e == "GhlAssignmentApplied")
+            .then_some(())
+    })
+    .await;
+
+    // A GHL user gives the contact to Ben by hand; GHL tells whatsnap with a signed webhook.
+    let status = rig
+        .ghl
+        .reassign_and_notify(&rig.ghl_webhook_url(), &ghl_id, Some("uBen"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000002",
+        PHONE,
+        "are you there?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert_eq!(
+        latest.reason,
+        "reassigned to uBen by hand in GHL (manual: respect)"
+    );
+    assert_eq!(
+        rig.ghl.contact(&ghl_id).unwrap().assigned_to.as_deref(),
+        Some("uBen")
+    );
+
+    // Under `override` the rules' owner (Ben, whatsnap's latest) is kept over a reassignment
+    // to Cleo made in GHL, written back to GHL, and the decision says why.
+    set_rules(&api, LOCATION, &sales, rules("override")).await;
+    let status = rig
+        .ghl
+        .reassign_and_notify(&rig.ghl_webhook_url(), &ghl_id, Some("uCleo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000003",
+        PHONE,
+        "hello?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 3).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert!(
+        latest
+            .reason
+            .ends_with("GHL shows uCleo: written back; overrides reassigned to uCleo by hand in GHL (manual: override)"),
+        "{}",
+        latest.reason
+    );
+    eventually("Ben written back as the owner in GHL", async || {
+        let contact = rig.ghl.contact(&ghl_id)?;
+        (contact.assigned_to.as_deref() == Some("uBen")).then_some(())
+    })
+    .await;
 }

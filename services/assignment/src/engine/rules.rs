@@ -82,6 +82,31 @@ impl MultiTouch {
     }
 }
 
+/// Whether the rules may take a contact from the owner a GHL user gave it by hand (or that it
+/// had in GHL before whatsnap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Manual {
+    /// The owner chosen in GHL stays while valid (default).
+    #[default]
+    Respect,
+    /// The rules decide; the decision's reason names the GHL owner it overrides.
+    Override,
+}
+
+impl Manual {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Respect => "respect",
+            Self::Override => "override",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// What asked for a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -220,6 +245,9 @@ pub struct RuleSet {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub holidays: Vec<NaiveDate>,
     pub multi_touch: MultiTouch,
+    /// Whether the rules may override an owner chosen in GHL.
+    #[serde(skip_serializing_if = "Manual::is_default")]
+    pub manual: Manual,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -271,6 +299,7 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
             "business_hours",
             "holidays",
             "multi_touch",
+            "manual",
             "capacity",
             "reassign_after_silence_minutes",
             "rules",
@@ -331,6 +360,19 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
             }
         },
     };
+    let manual = match root.get("manual") {
+        None | Some(Value::Null) => Manual::default(),
+        Some(v) => match string(v, "manual")? {
+            "respect" => Manual::Respect,
+            "override" => Manual::Override,
+            other => {
+                return Err(bad(
+                    "manual",
+                    format!("`{other}` is not one of respect, override"),
+                ));
+            }
+        },
+    };
     let capacity = root
         .get("capacity")
         .filter(|v| !v.is_null())
@@ -367,6 +409,7 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
         business_hours,
         holidays,
         multi_touch,
+        manual,
         capacity,
         reassign_after_silence_minutes,
         rules,
