@@ -1464,6 +1464,7 @@ async fn a_contact_owned_in_ghl_before_whatsnap_keeps_its_owner_and_a_new_one_fo
     .await;
     let decided = decisions(&api, LOCATION, "+14155550171", 1).await;
     assert_eq!(decided[0].rule, "user#1");
+    assert_eq!(decided[0].trigger, "new_contact");
 
     rig.text(
         LOCATION,
@@ -1548,6 +1549,7 @@ async fn a_reassignment_made_in_ghl_is_respected_and_under_override_replaced_and
         latest.reason,
         "reassigned to uBen by hand in GHL (manual: respect)"
     );
+    assert_eq!(latest.trigger, "returning_contact");
     assert_eq!(
         rig.ghl.contact(&ghl_id).unwrap().assigned_to.as_deref(),
         Some("uBen")

@@ -279,6 +279,10 @@ pub struct ContactAssigned {
     pub reason: String,
     #[serde(default)]
     pub candidates: Vec<CandidateConsidered>,
+    /// What asked for the decision: `new_contact`, `returning_contact`, `account_tag` or
+    /// `owner_silent` (added after the first schema; `None` in decisions written before).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +292,10 @@ pub struct AssignmentSkipped {
     pub reason: String,
     #[serde(default)]
     pub candidates: Vec<CandidateConsidered>,
+    /// What asked for the decision: `new_contact`, `returning_contact`, `account_tag` or
+    /// `owner_silent` (added after the first schema; `None` in decisions written before).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

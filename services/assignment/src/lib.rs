@@ -314,8 +314,6 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         }
         let mut decisions = Vec::new();
         for recorded in &history {
-            // The trigger's type, from the event that caused the decision.
-            let trigger = String::new();
             let candidates = |list: &[whatsnap_events::CandidateConsidered]| {
                 list.iter()
                     .map(|c| pb::Candidate {
@@ -327,7 +325,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             let decision = match recorded.decode() {
                 Ok(Event::ContactAssigned(e)) => pb::Decision {
                     at: recorded.occurred_at.to_rfc3339(),
-                    trigger,
+                    trigger: e.trigger.unwrap_or_default(),
                     account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
                     user_id: e.user_id,
                     rule: e.rule,
@@ -336,7 +334,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
                 },
                 Ok(Event::AssignmentSkipped(e)) => pb::Decision {
                     at: recorded.occurred_at.to_rfc3339(),
-                    trigger,
+                    trigger: e.trigger.unwrap_or_default(),
                     account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
                     user_id: String::new(),
                     rule: "none".into(),

@@ -849,8 +849,12 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                     "" => "unassigned".to_owned(),
                     user => format!("assigned to {user}"),
                 };
+                let trigger = match decision.trigger.as_str() {
+                    "" => String::new(),
+                    trigger => format!(" on {trigger}"),
+                };
                 println!(
-                    "{}  {owner} by {}: {}",
+                    "{}{trigger}  {owner} by {}: {}",
                     decision.at, decision.rule, decision.reason
                 );
                 for candidate in decision.candidates {

@@ -82,6 +82,15 @@ pub struct Situation {
 }
 
 impl Situation {
+    /// What asked for the decision, as decisions record it.
+    pub fn trigger_name(&self) -> &'static str {
+        if self.exclude.is_empty() {
+            self.trigger.as_str()
+        } else {
+            "owner_silent"
+        }
+    }
+
     fn excluded(&self, user: &UserId) -> Option<String> {
         self.exclude
             .iter()
@@ -151,12 +160,14 @@ impl Decision {
                 rule: rule.clone(),
                 reason: reason.clone(),
                 candidates: considered(candidates),
+                trigger: Some(situation.trigger_name().to_owned()),
             })),
             Decision::Skip { reason, candidates } => Some(Event::from(AssignmentSkipped {
                 contact_id: situation.contact_id,
                 account_id: situation.account_id,
                 reason: reason.clone(),
                 candidates: considered(candidates),
+                trigger: Some(situation.trigger_name().to_owned()),
             })),
             Decision::Keep { .. } => None,
         }
@@ -360,6 +371,10 @@ pub fn decide(
                         }
                         if let Some(overridden) = overridden {
                             reason = format!("{reason}; {overridden}");
+                        }
+                        // Why each earlier rule did not take the contact.
+                        if !notes.is_empty() {
+                            reason = format!("{reason}; before it: {}", notes.join("; "));
                         }
                         candidates.push(Candidate {
                             user_id: user_id.clone(),

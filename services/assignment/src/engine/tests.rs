@@ -2009,3 +2009,24 @@ fn a_kept_owner_that_ghl_does_not_show_is_decided_again_so_ghl_is_set() {
         "{reason}"
     );
 }
+
+#[test]
+fn an_assignment_says_why_each_earlier_rule_did_not_take_the_contact() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("Referral Program".into());
+    let decision = decide_one(
+        &source_rules("respect"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision).1, "round_robin#2");
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.ends_with("; before it: user#1 does not apply: source is `Referral Program`"),
+        "{reason}"
+    );
+}
