@@ -1102,6 +1102,25 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
     })
     .await
     .unwrap();
+    // `assignment users` shows Ana away until her return, Ben not.
+    let listed = eventually("Ana listed as away", async || {
+        let users = api
+            .clone()
+            .list_users(assignment::ListUsersRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .users;
+        users
+            .iter()
+            .any(|u| u.user_id == "uAna" && !u.away_until.is_empty())
+            .then_some(users)
+    })
+    .await;
+    let ben = listed.iter().find(|u| u.user_id == "uBen").unwrap();
+    assert_eq!(ben.away_until, "", "Ben is not away");
     rig.text(
         LOCATION,
         &sales,
@@ -1489,6 +1508,38 @@ async fn a_contact_owned_in_ghl_before_whatsnap_keeps_its_owner_and_a_new_one_fo
         2,
         "whatsnap linked GHL's contacts instead of making new ones"
     );
+
+    // A Support account with its own rules decides its own contact; simulating the Sales
+    // account's rules counts Sales' two decisions only.
+    let support = rig.add_account(LOCATION, "Support", SUPPORT).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &support,
+        serde_json::json!({ "rules": [ { "strategy": "user", "user": "uAna" } ] }),
+    )
+    .await;
+    rig.text(
+        LOCATION,
+        &support,
+        "SM70000000000000000000000000000003",
+        "+14155550172",
+        "help",
+    )
+    .await;
+    decisions(&api, LOCATION, "+14155550172", 1).await;
+    let simulated = api
+        .clone()
+        .simulate(whatsnap_proto::assignment::v1::SimulateRequest {
+            location_id: LOCATION.into(),
+            account_id: sales.account_id.clone(),
+            rules_json: r#"{"rules":[{"strategy":"user","user":"uAna"}]}"#.into(),
+            since_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(simulated.decisions, 2, "{simulated:?}");
 }
 
 #[tokio::test]

@@ -159,6 +159,19 @@ impl Projection<Any> for AssignmentProjection {
     }
 }
 
+/// The end of the out-of-office period a user's stored availability puts them in at `now`, or
+/// an empty string.
+fn away_until(availability: Option<String>, now: chrono::DateTime<chrono::Utc>) -> String {
+    availability
+        .and_then(|json| {
+            serde_json::from_str::<whatsnap_events::UserAvailabilityChanged>(&json).ok()
+        })
+        .and_then(|a| a.out_of_office)
+        .filter(|away| away.from <= now && now < away.until)
+        .map(|away| away.until.to_rfc3339())
+        .unwrap_or_default()
+}
+
 /// The stream that holds the rules of an account, or of the location when `account` is `None`.
 fn rules_stream(location: &LocationId, account: Option<Uuid>) -> StreamId {
     let id = match account {
@@ -269,7 +282,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             .append(
                 &stream,
                 ExpectedVersion::Any,
-                vec![NewEvent::new(&Event::from(changed), metadata)],
+                vec![NewEvent::new(&Event::from(changed.clone()), metadata)],
             )
             .await
             .map_err(ServiceError::from)?;
@@ -283,12 +296,17 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         .map_err(ServiceError::from)?
         .map(|row| row.get::<String, _>("name"))
         .unwrap_or_else(|| user_id.clone());
+        let away_until = away_until(
+            Some(serde_json::to_string(&changed).expect("events serialise")),
+            chrono::Utc::now(),
+        );
         Ok(Response::new(pb::User {
             user_id,
             name,
             email: String::new(),
             role: String::new(),
             active: request.active,
+            away_until,
         }))
     }
 
@@ -423,6 +441,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let location = whatsnap_rpc::location(&request.into_inner().location_id)?;
+        let now = chrono::Utc::now();
         let users = sqlx::query(
             "SELECT * FROM assignment_users WHERE location_id = $1 ORDER BY name, user_id",
         )
@@ -437,6 +456,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             email: row.get::<Option<String>, _>("email").unwrap_or_default(),
             role: row.get::<Option<String>, _>("role").unwrap_or_default(),
             active: row.get::<i64, _>("active") != 0 && row.get::<i64, _>("enabled") != 0,
+            away_until: away_until(row.get("availability"), now),
         })
         .collect();
         Ok(Response::new(pb::ListUsersResponse { users }))

@@ -797,12 +797,14 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             for user in users.users {
+                let state = match (user.active, user.away_until.as_str()) {
+                    (false, _) => "inactive".to_owned(),
+                    (true, "") => "active".to_owned(),
+                    (true, until) => format!("away until {until}"),
+                };
                 println!(
-                    "{:<24} {:<24} {:<8} {}",
-                    user.user_id,
-                    user.name,
-                    user.role,
-                    if user.active { "active" } else { "inactive" }
+                    "{:<24} {:<24} {:<8} {state}",
+                    user.user_id, user.name, user.role
                 );
             }
         }
