@@ -1639,3 +1639,63 @@ async fn a_reassignment_made_in_ghl_is_respected_and_under_override_replaced_and
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_owner_changed_in_ghl_seen_in_a_tag_update_is_respected() {
+    const LOCATION: &str = "locTagOwner";
+    const PHONE: &str = "+14155550190";
+    let (rig, sales, api) = assignment_rig("tag-owner", LOCATION, &["uAna", "uBen"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [ { "strategy": "user", "user": "uAna" } ] }),
+    )
+    .await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM90000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let contact_id = whatsnap_events::contact_id_for(
+        &whatsnap_events::LocationId::parse(LOCATION).unwrap(),
+        &whatsnap_events::PhoneNumber::parse(PHONE).unwrap(),
+    );
+    let ghl_stream = format!("{LOCATION}.ghl.contact-{contact_id}");
+    eventually("ghl-sync records Ana set in GHL", async || {
+        let events = rig.events_of(ghl_stream.clone()).await;
+        events
+            .iter()
+            .any(|e| e == "GhlAssignmentApplied")
+            .then_some(())
+    })
+    .await;
+    let ghl_id = rig.ghl.contact_by_phone(LOCATION, PHONE).unwrap().id;
+
+    // A GHL user gives the contact to Ben and tags it; GHL's ContactTagUpdate carries both.
+    rig.ghl.set_assigned_to(&ghl_id, Some("uBen")).unwrap();
+    let status = rig
+        .ghl
+        .set_tags_and_notify(&rig.ghl_webhook_url(), &ghl_id, &["vip"])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM90000000000000000000000000000002",
+        PHONE,
+        "still there?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert_eq!(
+        latest.reason,
+        "reassigned to uBen by hand in GHL (manual: respect)"
+    );
+}
