@@ -1699,3 +1699,72 @@ async fn an_owner_changed_in_ghl_seen_in_a_tag_update_is_respected() {
         "reassigned to uBen by hand in GHL (manual: respect)"
     );
 }
+
+#[tokio::test]
+async fn a_team_takes_contacts_in_turn_and_its_lead_the_overflow() {
+    use whatsnap_proto::assignment::v1 as assignment;
+    const LOCATION: &str = "locTeam";
+    let (rig, sales, api) = assignment_rig("team", LOCATION, &["uAna", "uBen", "uLead"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [
+            { "strategy": "team", "team": "Sales", "members": ["uAna", "uBen"], "lead": "uLead" }
+        ] }),
+    )
+    .await;
+    let owner_in_ghl = async |phone: &str, user: &str| {
+        eventually(format!("{phone} assigned to {user} in GHL"), async || {
+            let contact = rig.ghl.contact_by_phone(LOCATION, phone)?;
+            (contact.assigned_to.as_deref() == Some(user)).then_some(())
+        })
+        .await
+    };
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000001",
+        "+14155550201",
+        "one",
+    )
+    .await;
+    owner_in_ghl("+14155550201", "uAna").await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000002",
+        "+14155550202",
+        "two",
+    )
+    .await;
+    owner_in_ghl("+14155550202", "uBen").await;
+
+    // Both members are off: the lead takes the next contact.
+    for member in ["uAna", "uBen"] {
+        api.clone()
+            .set_availability(assignment::SetAvailabilityRequest {
+                location_id: LOCATION.into(),
+                user_id: member.into(),
+                active: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000003",
+        "+14155550203",
+        "three",
+    )
+    .await;
+    owner_in_ghl("+14155550203", "uLead").await;
+    let decided = decisions(&api, LOCATION, "+14155550203", 1).await;
+    assert!(
+        decided[0].reason.starts_with("lead of Sales, as overflow"),
+        "{}",
+        decided[0].reason
+    );
+}

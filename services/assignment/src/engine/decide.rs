@@ -514,6 +514,33 @@ fn offers(
                 })
                 .collect()
         }
+        Strategy::Team {
+            team,
+            members,
+            lead,
+        } => {
+            let total: u32 = members.iter().map(|u| u.weight).sum();
+            let mut offered: Vec<(UserId, String)> = history
+                .rotation(id, scope.rotation_account, members)
+                .into_iter()
+                .map(|i| {
+                    let u = &members[i];
+                    (
+                        u.user.clone(),
+                        format!(
+                            "{team} member {} in turn (weight {} of {total})",
+                            u.user, u.weight
+                        ),
+                    )
+                })
+                .collect();
+            if let Some(lead) = lead
+                && !offered.iter().any(|(u, _)| u == lead)
+            {
+                offered.push((lead.clone(), format!("lead of {team}, as overflow")));
+            }
+            offered
+        }
         Strategy::PreviousOwner => situation
             .previous_owner
             .iter()

@@ -34,7 +34,8 @@
 //! ```
 //!
 //! - `strategy`: `user` (one named user), `team_lead` (a department's lead; `team` names the
-//!   department), `round_robin` (users in turn in proportion to `weight`, default 1),
+//!   department), `round_robin` (users in turn in proportion to `weight`, default 1), `team`
+//!   (`members` in turn like a round-robin, then its optional `lead` as overflow),
 //!   `previous_owner` (the contact's owner before it came back).
 //! - `backup`: users tried in order when the strategy yields no available user.
 //! - `when`: every condition given must hold: `sources` (contact source or attribution, any case),

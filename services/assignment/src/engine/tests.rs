@@ -2030,3 +2030,71 @@ fn an_assignment_says_why_each_earlier_rule_did_not_take_the_contact() {
         "{reason}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Teams: members in turn, the lead as overflow
+
+fn team_rules() -> RuleSet {
+    rules(json!({ "rules": [
+        { "strategy": "team", "team": "Sales", "members": ["u_ana", "u_ben"], "lead": "u_lead",
+          "backup": ["u_owner"] }
+    ] }))
+}
+
+#[test]
+fn a_team_routes_to_its_members_in_turn() {
+    let users = users(&["u_ana", "u_ben", "u_lead", "u_owner"]);
+    let rules = team_rules();
+    let mut history = History::default();
+    let mut chosen = Vec::new();
+    for contact in 1..=4 {
+        let situation = situation(contact, at(MONDAY_NOON_UTC));
+        let decision = decide_one(&rules, &users, &history, &situation);
+        let (user, rule) = assigned(&decision);
+        assert_eq!(rule, "team#1");
+        chosen.push(user.to_owned());
+        history.push(decision.past(&situation).unwrap());
+    }
+    assert_eq!(chosen, ["u_ana", "u_ben", "u_ana", "u_ben"]);
+}
+
+#[test]
+fn the_team_lead_takes_the_overflow_when_no_member_can() {
+    let mut users = users(&["u_ana", "u_ben", "u_lead", "u_owner"]);
+    away(
+        user_mut(&mut users, "u_ana"),
+        "2026-03-16T00:00:00Z",
+        "2026-03-17T00:00:00Z",
+    );
+    user_mut(&mut users, "u_ben").active = false;
+    let situation = situation(1, at(MONDAY_NOON_UTC));
+    let decision = decide_one(&team_rules(), &users, &History::default(), &situation);
+    assert_eq!(assigned(&decision), ("u_lead", "team#1"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.starts_with("lead of Sales, as overflow, as u_ana out of office until"),
+        "{reason}"
+    );
+    assert!(reason.contains("u_ben inactive"), "{reason}");
+
+    // With the lead away too, the backup.
+    user_mut(&mut users, "u_lead").active = false;
+    let decision = decide_one(&team_rules(), &users, &History::default(), &situation);
+    assert_eq!(assigned(&decision), ("u_owner", "team#1"));
+}
+
+#[test]
+fn a_team_needs_members_and_names_them_once() {
+    let err = parse_rules(
+        &json!({ "rules": [ { "strategy": "team", "team": "Sales", "members": [] } ] }),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "rules[0].members: needs at least one user");
+    let err = parse_rules(&json!({ "rules": [ { "strategy": "team", "members": ["u_ana"] } ] }))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "rules[0].team: missing");
+    let parsed = team_rules();
+    assert_eq!(parse_rules(&parsed.to_json()).unwrap(), parsed);
+}
