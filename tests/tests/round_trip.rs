@@ -1767,4 +1767,22 @@ async fn a_team_takes_contacts_in_turn_and_its_lead_the_overflow() {
         "{}",
         decided[0].reason
     );
+
+    // The report's workload: one open contact each, nobody left unassigned.
+    let report = api
+        .clone()
+        .report(assignment::ReportRequest {
+            location_id: LOCATION.into(),
+            since_seconds: 7 * 24 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open: Vec<(&str, u64)> = report
+        .open_contacts
+        .iter()
+        .map(|c| (c.key.as_str(), c.count))
+        .collect();
+    assert_eq!(open, [("uAna", 1), ("uBen", 1), ("uLead", 1)]);
+    assert!(report.unassigned.is_empty(), "{:?}", report.unassigned);
 }

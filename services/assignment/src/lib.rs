@@ -7,6 +7,7 @@
 pub mod decider;
 pub mod engine;
 pub mod model;
+pub mod report;
 pub mod simulate;
 
 use std::sync::Arc;
@@ -33,6 +34,23 @@ pub struct Assignment {
 }
 
 impl Assignment {
+    /// The whole log of one location, in order.
+    async fn location_log(
+        &self,
+        location: &LocationId,
+    ) -> Result<Vec<RecordedEvent>, ServiceError> {
+        let head = self.store.head_position().await?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        while after < head {
+            let batch = self.store.read_all(after, 2000).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            events.extend(batch.into_iter().filter(|e| e.location_id() == location));
+        }
+        Ok(events)
+    }
+
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self { store, db }
     }
@@ -369,6 +387,50 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         }))
     }
 
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let since = match request.since_seconds {
+            0 => chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            seconds => {
+                chrono::Utc::now() - chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64)
+            }
+        };
+        let events = self.location_log(&location).await?;
+        let figures = report::report(&events, &location, since);
+        let times = |id: String, r: &report::Responses| pb::ResponseTimes {
+            id,
+            first_responses: r.count,
+            average_seconds: r.average_seconds().unwrap_or(0),
+        };
+        let counts = |map: &std::collections::BTreeMap<String, u64>| {
+            map.iter()
+                .map(|(key, count)| pb::Count {
+                    key: key.clone(),
+                    count: *count,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ReportResponse {
+            users: figures
+                .users
+                .iter()
+                .map(|(user, r)| times(user.clone(), r))
+                .collect(),
+            accounts: figures
+                .accounts
+                .iter()
+                .map(|(account, r)| times(account.to_string(), r))
+                .collect(),
+            open_contacts: counts(&figures.open),
+            reassignments: counts(&figures.reassignments),
+            unassigned: counts(&figures.unassigned),
+        }))
+    }
+
     async fn simulate(
         &self,
         request: Request<pb::SimulateRequest>,
@@ -385,23 +447,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             chrono::Utc::now()
                 - chrono::Duration::seconds(request.since_seconds.min(i64::MAX as u64) as i64)
         });
-        let head = self
-            .store
-            .head_position()
-            .await
-            .map_err(ServiceError::from)?;
-        let mut events = Vec::new();
-        let mut after = 0;
-        while after < head {
-            let batch = self
-                .store
-                .read_all(after, 2000)
-                .await
-                .map_err(ServiceError::from)?;
-            let Some(last) = batch.last() else { break };
-            after = last.position;
-            events.extend(batch.into_iter().filter(|e| e.location_id() == &location));
-        }
+        let events = self.location_log(&location).await?;
         let result = simulate::simulate(&events, &location, scope, rules, since);
         let split = |o: &simulate::Outcome| o.clone().unwrap_or_default();
         Ok(Response::new(pb::SimulateResponse {
