@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use tracing::warn;
 use uuid::Uuid;
 use whatsnap_events::{
-    Event, GhlContactObservation, LocationId, PhoneNumber, RecordedEvent, TagSource, contact_id_for,
+    AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId, PhoneNumber,
+    RecordedEvent, TagSource, contact_id_for,
 };
 
 use crate::engine::{
@@ -129,13 +130,16 @@ impl LocationModel {
                 let contact_id = contact_id_for(location, &phone);
                 // A first message makes the contact; ContactCreated (or its look-up in GHL)
                 // asks for that decision.
-                if !self.contacts.contains(&contact_id)
-                    || self.awaiting_ghl.contains_key(&contact_id)
-                    || !self.has_rules(Some(e.account_id))
-                {
+                if !self.contacts.contains(&contact_id) || !self.has_rules(Some(e.account_id)) {
                     return None;
                 }
-                (contact_id, Some(e.account_id), Trigger::ReturningContact)
+                match self.awaiting_ghl.get(&contact_id) {
+                    None => (contact_id, Some(e.account_id), Trigger::ReturningContact),
+                    Some(_) if self.ghl_connected => return None,
+                    // GHL was disconnected while the contact waited for its look-up there: its
+                    // next message decides it as new.
+                    Some(first_account) => (contact_id, *first_account, Trigger::NewContact),
+                }
             }
             Event::ContactTagged(e) if e.source != TagSource::Account => {
                 let account = *self.tags.get(&e.tag)?;
@@ -357,6 +361,11 @@ impl LocationModel {
 
     /// Takes in a decision taken at `at` (its event's time).
     pub fn note_decision(&mut self, event: &Event, at: chrono::DateTime<chrono::Utc>) {
+        if let Event::ContactAssigned(ContactAssigned { contact_id, .. })
+        | Event::AssignmentSkipped(AssignmentSkipped { contact_id, .. }) = event
+        {
+            self.awaiting_ghl.remove(contact_id);
+        }
         match event {
             Event::ContactAssigned(e) => {
                 *self.decisions.entry(e.contact_id).or_default() += 1;
