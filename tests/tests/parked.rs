@@ -13,8 +13,8 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    distributed_args,
-    FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, eventually, http_post,
+    FakeTwilio, FakeTwilioAccount, TestNats, TestPostgres, Whatsnap, distributed_args, eventually,
+    http_post,
 };
 
 const LOCATION: &str = "loc1";

@@ -1050,6 +1050,25 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
     })
     .await
     .unwrap();
+    // `assignment users` shows Ana away until her return, Ben not.
+    let listed = eventually("Ana listed as away", async || {
+        let users = api
+            .clone()
+            .list_users(assignment::ListUsersRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .users;
+        users
+            .iter()
+            .any(|u| u.user_id == "uAna" && !u.away_until.is_empty())
+            .then_some(users)
+    })
+    .await;
+    let ben = listed.iter().find(|u| u.user_id == "uBen").unwrap();
+    assert_eq!(ben.away_until, "", "Ben is not away");
     rig.text(
         LOCATION,
         &sales,
@@ -1088,23 +1107,25 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
         "{}",
         ana.passed_over
     );
-    let trace = events::events_service_client::EventsServiceClient::new(rig.channel.clone())
-        .contact_history(events::ContactHistoryRequest {
-            location_id: LOCATION.into(),
-            phone: "+14155550161".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let assigned = trace
-        .entries
-        .iter()
-        .find(|e| {
-            e.event
-                .as_ref()
-                .is_some_and(|e| e.event_type == "ContactAssigned")
-        })
-        .expect("the decision is in the trace");
+    // The trace is a projection: it shows the decision once it has read that far.
+    let assigned = eventually("the decision in the contact's trace", async || {
+        events::events_service_client::EventsServiceClient::new(rig.channel.clone())
+            .contact_history(events::ContactHistoryRequest {
+                location_id: LOCATION.into(),
+                phone: "+14155550161".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .entries
+            .into_iter()
+            .find(|e| {
+                e.event
+                    .as_ref()
+                    .is_some_and(|e| e.event_type == "ContactAssigned")
+            })
+    })
+    .await;
     assert!(
         assigned.summary.contains("uBen") && assigned.summary.contains("out of office"),
         "{}",
@@ -1279,4 +1300,437 @@ async fn an_agency_install_connects_each_location_as_it_installs() {
         .filter(|r| r.path == "/oauth/locationToken" && r.status == 200)
         .collect();
     assert_eq!(made.len(), 1, "one location token made from the agency's");
+}
+
+/// A rig whose location has these GHL users, connected, with its Sales account; returns the
+/// assignment API once whatsnap lists the users.
+async fn assignment_rig(
+    name: &str,
+    location: &str,
+    users: &[&str],
+) -> (
+    Rig,
+    session::Account,
+    whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<Channel>,
+) {
+    use whatsnap_proto::assignment::v1 as assignment;
+    let backend = Backend::embedded().await;
+    let rig = Rig::start(&backend, name, &[]).await;
+    for id in users {
+        rig.ghl.add_user(
+            location,
+            whatsnap_testkit::FakeGhlUser {
+                id: (*id).into(),
+                name: id.trim_start_matches('u').into(),
+                email: format!("{}@example.com", id.to_lowercase()),
+                role: "user".into(),
+                deleted: false,
+            },
+        );
+    }
+    rig.connect(location).await;
+    let sales = rig.add_account(location, "Sales", SALES).await;
+    let api =
+        assignment::assignment_service_client::AssignmentServiceClient::new(rig.channel.clone());
+    eventually("GHL's users in whatsnap", async || {
+        let request = assignment::ListUsersRequest {
+            location_id: location.into(),
+        };
+        let listed = api.clone().list_users(request).await.ok()?.into_inner();
+        (listed.users.len() == users.len()).then_some(())
+    })
+    .await;
+    (rig, sales, api)
+}
+
+async fn set_rules(
+    api: &whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<
+        Channel,
+    >,
+    location: &str,
+    account: &session::Account,
+    rules: serde_json::Value,
+) {
+    api.clone()
+        .set_rules(whatsnap_proto::assignment::v1::SetRulesRequest {
+            location_id: location.into(),
+            account_id: account.account_id.clone(),
+            rules_json: rules.to_string(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The contact's decisions once there are `count` of them, newest last.
+async fn decisions(
+    api: &whatsnap_proto::assignment::v1::assignment_service_client::AssignmentServiceClient<
+        Channel,
+    >,
+    location: &str,
+    phone: &str,
+    count: usize,
+) -> Vec<whatsnap_proto::assignment::v1::Decision> {
+    eventually(&format!("{count} decisions for the contact"), async || {
+        let explained = api
+            .clone()
+            .explain(whatsnap_proto::assignment::v1::ExplainRequest {
+                location_id: location.into(),
+                phone: phone.into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (explained.decisions.len() >= count).then_some(explained.decisions)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_contact_owned_in_ghl_before_whatsnap_keeps_its_owner_and_a_new_one_follows_its_source() {
+    const LOCATION: &str = "locGhlKnows";
+    let (rig, sales, api) =
+        assignment_rig("ghl-knows", LOCATION, &["uSenior", "uAna", "uBen"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [
+            { "strategy": "user", "user": "uSenior",
+              "when": { "sources": ["Google Ads Campaign"] } },
+            { "strategy": "user", "user": "uAna" }
+        ] }),
+    )
+    .await;
+    // Ben owned this one in GHL before it ever wrote; the other came from the same ad campaign
+    // and nobody owns it yet.
+    let owned = rig.ghl.add_contact_with(
+        LOCATION,
+        serde_json::json!({ "phone": "+14155550170", "source": "Google Ads Campaign",
+                            "assignedTo": "uBen" }),
+    );
+    let from_ad = rig.ghl.add_contact_with(
+        LOCATION,
+        serde_json::json!({ "phone": "+14155550171", "source": "Google Ads Campaign" }),
+    );
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM70000000000000000000000000000001",
+        "+14155550171",
+        "I saw your ad",
+    )
+    .await;
+    eventually(
+        "the ad's contact assigned to the senior rep in GHL",
+        async || {
+            let contact = rig.ghl.contact(&from_ad)?;
+            (contact.assigned_to.as_deref() == Some("uSenior")).then_some(())
+        },
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, "+14155550171", 1).await;
+    assert_eq!(decided[0].rule, "user#1");
+    assert_eq!(decided[0].trigger, "new_contact");
+
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM70000000000000000000000000000002",
+        "+14155550170",
+        "hello again",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, "+14155550170", 1).await;
+    assert_eq!(decided[0].user_id, "uBen");
+    assert_eq!(decided[0].rule, "ghl_owner");
+    assert!(
+        decided[0].reason.contains("owner in GHL before whatsnap"),
+        "{}",
+        decided[0].reason
+    );
+    let contact = rig.ghl.contact(&owned).unwrap();
+    assert_eq!(contact.assigned_to.as_deref(), Some("uBen"));
+    assert_eq!(
+        rig.ghl.contacts(LOCATION).len(),
+        2,
+        "whatsnap linked GHL's contacts instead of making new ones"
+    );
+
+    // A Support account with its own rules decides its own contact; simulating the Sales
+    // account's rules counts Sales' two decisions only.
+    let support = rig.add_account(LOCATION, "Support", SUPPORT).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &support,
+        serde_json::json!({ "rules": [ { "strategy": "user", "user": "uAna" } ] }),
+    )
+    .await;
+    rig.text(
+        LOCATION,
+        &support,
+        "SM70000000000000000000000000000003",
+        "+14155550172",
+        "help",
+    )
+    .await;
+    decisions(&api, LOCATION, "+14155550172", 1).await;
+    let simulated = api
+        .clone()
+        .simulate(whatsnap_proto::assignment::v1::SimulateRequest {
+            location_id: LOCATION.into(),
+            account_id: sales.account_id.clone(),
+            rules_json: r#"{"rules":[{"strategy":"user","user":"uAna"}]}"#.into(),
+            since_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(simulated.decisions, 2, "{simulated:?}");
+}
+
+#[tokio::test]
+async fn a_reassignment_made_in_ghl_is_respected_and_under_override_replaced_and_written_back() {
+    const LOCATION: &str = "locManual";
+    const PHONE: &str = "+14155550180";
+    let (rig, sales, api) = assignment_rig("manual", LOCATION, &["uAna", "uBen", "uCleo"]).await;
+    let rules = |manual: &str| serde_json::json!({ "manual": manual, "rules": [ { "strategy": "user", "user": "uAna" } ] });
+    set_rules(&api, LOCATION, &sales, rules("respect")).await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let ghl_id = eventually("the contact assigned to Ana in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, PHONE)?;
+        (contact.assigned_to.as_deref() == Some("uAna")).then_some(contact.id)
+    })
+    .await;
+
+    // ghl-sync has recorded setting Ana (so GHL's next change is not mistaken for it).
+    let contact_id = whatsnap_events::contact_id_for(
+        &whatsnap_events::LocationId::parse(LOCATION).unwrap(),
+        &whatsnap_events::PhoneNumber::parse(PHONE).unwrap(),
+    );
+    let ghl_stream = format!("{LOCATION}.ghl.contact-{contact_id}");
+    eventually("ghl-sync records Ana set in GHL", async || {
+        let events = rig.events_of(ghl_stream.clone()).await;
+        events
+            .iter()
+            .any(|e| e == "GhlAssignmentApplied")
+            .then_some(())
+    })
+    .await;
+
+    // A GHL user gives the contact to Ben by hand; GHL tells whatsnap with a signed webhook.
+    let status = rig
+        .ghl
+        .reassign_and_notify(&rig.ghl_webhook_url(), &ghl_id, Some("uBen"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000002",
+        PHONE,
+        "are you there?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert_eq!(
+        latest.reason,
+        "reassigned to uBen by hand in GHL (manual: respect)"
+    );
+    assert_eq!(latest.trigger, "returning_contact");
+    assert_eq!(
+        rig.ghl.contact(&ghl_id).unwrap().assigned_to.as_deref(),
+        Some("uBen")
+    );
+
+    // Under `override` the rules' owner (Ben, whatsnap's latest) is kept over a reassignment
+    // to Cleo made in GHL, written back to GHL, and the decision says why.
+    set_rules(&api, LOCATION, &sales, rules("override")).await;
+    let status = rig
+        .ghl
+        .reassign_and_notify(&rig.ghl_webhook_url(), &ghl_id, Some("uCleo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM80000000000000000000000000000003",
+        PHONE,
+        "hello?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 3).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert!(
+        latest
+            .reason
+            .ends_with("GHL shows uCleo: written back; overrides reassigned to uCleo by hand in GHL (manual: override)"),
+        "{}",
+        latest.reason
+    );
+    eventually("Ben written back as the owner in GHL", async || {
+        let contact = rig.ghl.contact(&ghl_id)?;
+        (contact.assigned_to.as_deref() == Some("uBen")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_owner_changed_in_ghl_seen_in_a_tag_update_is_respected() {
+    const LOCATION: &str = "locTagOwner";
+    const PHONE: &str = "+14155550190";
+    let (rig, sales, api) = assignment_rig("tag-owner", LOCATION, &["uAna", "uBen"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [ { "strategy": "user", "user": "uAna" } ] }),
+    )
+    .await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM90000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let contact_id = whatsnap_events::contact_id_for(
+        &whatsnap_events::LocationId::parse(LOCATION).unwrap(),
+        &whatsnap_events::PhoneNumber::parse(PHONE).unwrap(),
+    );
+    let ghl_stream = format!("{LOCATION}.ghl.contact-{contact_id}");
+    eventually("ghl-sync records Ana set in GHL", async || {
+        let events = rig.events_of(ghl_stream.clone()).await;
+        events
+            .iter()
+            .any(|e| e == "GhlAssignmentApplied")
+            .then_some(())
+    })
+    .await;
+    let ghl_id = rig.ghl.contact_by_phone(LOCATION, PHONE).unwrap().id;
+
+    // A GHL user gives the contact to Ben and tags it; GHL's ContactTagUpdate carries both.
+    rig.ghl.set_assigned_to(&ghl_id, Some("uBen")).unwrap();
+    let status = rig
+        .ghl
+        .set_tags_and_notify(&rig.ghl_webhook_url(), &ghl_id, &["vip"])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SM90000000000000000000000000000002",
+        PHONE,
+        "still there?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(latest.user_id, "uBen");
+    assert_eq!(
+        latest.reason,
+        "reassigned to uBen by hand in GHL (manual: respect)"
+    );
+}
+
+#[tokio::test]
+async fn a_team_takes_contacts_in_turn_and_its_lead_the_overflow() {
+    use whatsnap_proto::assignment::v1 as assignment;
+    const LOCATION: &str = "locTeam";
+    let (rig, sales, api) = assignment_rig("team", LOCATION, &["uAna", "uBen", "uLead"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [
+            { "strategy": "team", "team": "Sales", "members": ["uAna", "uBen"], "lead": "uLead" }
+        ] }),
+    )
+    .await;
+    let owner_in_ghl = async |phone: &str, user: &str| {
+        eventually(format!("{phone} assigned to {user} in GHL"), async || {
+            let contact = rig.ghl.contact_by_phone(LOCATION, phone)?;
+            (contact.assigned_to.as_deref() == Some(user)).then_some(())
+        })
+        .await
+    };
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000001",
+        "+14155550201",
+        "one",
+    )
+    .await;
+    owner_in_ghl("+14155550201", "uAna").await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000002",
+        "+14155550202",
+        "two",
+    )
+    .await;
+    owner_in_ghl("+14155550202", "uBen").await;
+
+    // Both members are off: the lead takes the next contact.
+    for member in ["uAna", "uBen"] {
+        api.clone()
+            .set_availability(assignment::SetAvailabilityRequest {
+                location_id: LOCATION.into(),
+                user_id: member.into(),
+                active: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMa0000000000000000000000000000003",
+        "+14155550203",
+        "three",
+    )
+    .await;
+    owner_in_ghl("+14155550203", "uLead").await;
+    let decided = decisions(&api, LOCATION, "+14155550203", 1).await;
+    assert!(
+        decided[0].reason.starts_with("lead of Sales, as overflow"),
+        "{}",
+        decided[0].reason
+    );
+
+    // The report's workload: one open contact each, nobody left unassigned.
+    let report = api
+        .clone()
+        .report(assignment::ReportRequest {
+            location_id: LOCATION.into(),
+            since_seconds: 7 * 24 * 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open: Vec<(&str, u64)> = report
+        .open_contacts
+        .iter()
+        .map(|c| (c.key.as_str(), c.count))
+        .collect();
+    assert_eq!(open, [("uAna", 1), ("uBen", 1), ("uLead", 1)]);
+    assert!(report.unassigned.is_empty(), "{:?}", report.unassigned);
 }

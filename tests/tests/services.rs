@@ -18,8 +18,8 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    distributed_args,
-    FakeCollector, TestNats, TestPostgres, Whatsnap, eventually, free_port, http_get,
+    FakeCollector, TestNats, TestPostgres, Whatsnap, distributed_args, eventually, free_port,
+    http_get,
 };
 
 const LOCATION: &str = "loc1";

@@ -14,9 +14,8 @@ use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    distributed_args,
-    FakeTwilio, FakeTwilioAccount, HttpReply, TestNats, TestPostgres, Whatsnap, eventually,
-    free_port, http_request,
+    FakeTwilio, FakeTwilioAccount, HttpReply, TestNats, TestPostgres, Whatsnap, distributed_args,
+    eventually, free_port, http_request,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -76,10 +75,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
         .unwrap();
     let mut common = args(&["--secret-key", SECRET_KEY]);
     common.extend(distributed_args(&nats, &pg));
-    common.extend(args(&[
-        "--twilio-base-url",
-        &twilio.base_url(),
-    ]));
+    common.extend(args(&["--twilio-base-url", &twilio.base_url()]));
     let (session_port, contacts_port, ghl_sync_port) = (free_port(), free_port(), free_port());
     let mut session_service = service(&common, "session", session_port);
     // The contacts and ghl-sync services are not running yet.

@@ -279,6 +279,10 @@ pub struct ContactAssigned {
     pub reason: String,
     #[serde(default)]
     pub candidates: Vec<CandidateConsidered>,
+    /// What asked for the decision: `new_contact`, `returning_contact`, `account_tag` or
+    /// `owner_silent` (added after the first schema; `None` in decisions written before).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +292,10 @@ pub struct AssignmentSkipped {
     pub reason: String,
     #[serde(default)]
     pub candidates: Vec<CandidateConsidered>,
+    /// What asked for the decision: `new_contact`, `returning_contact`, `account_tag` or
+    /// `owner_silent` (added after the first schema; `None` in decisions written before).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +337,25 @@ pub struct GhlContactLinked {
     /// schema; 0 in links written before).
     #[serde(default)]
     pub synced_through: u64,
+    /// What GHL held of the contact when this link found or created it there (added after
+    /// the first schema; `None` in links written before, and when a linked contact only got
+    /// tags).
+    #[serde(default)]
+    pub observed: Option<GhlContactObservation>,
+}
+
+/// What GHL knew of a contact when whatsnap first linked it: the assignment engine reads it
+/// (the source for `when.sources`, the owner a contact had in GHL before whatsnap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhlContactObservation {
+    /// GHL had the contact before whatsnap looked (found by phone, not created).
+    pub existed_before: bool,
+    /// GHL's `source`, e.g. `Google Ads Campaign`.
+    pub source: Option<String>,
+    /// GHL's `assignedTo`: the user who owned the contact.
+    pub assigned_to: Option<String>,
+    /// GHL's `dateAdded`.
+    pub date_added: Option<DateTime<Utc>>,
 }
 
 /// How whatsnap authenticates to GHL for a location.
@@ -362,6 +389,19 @@ pub struct GhlAssignmentApplied {
     pub contact_id: Uuid,
     pub ghl_contact_id: String,
     pub user_id: String,
+}
+
+/// A GHL user changed the contact's owner (`assignedTo`) in GHL, as a contact webhook told;
+/// recorded by ghl-sync, read by assignment as the current owner (per the location's `manual`
+/// policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactOwnerChangedInGhl {
+    pub contact_id: Uuid,
+    pub ghl_contact_id: String,
+    /// The new owner; `None`: unassigned in GHL.
+    pub user_id: Option<String>,
+    /// Who GHL showed before, as whatsnap knew it.
+    pub previous: Option<String>,
 }
 
 /// A period a user is away.
@@ -545,6 +585,7 @@ catalogue! {
     GhlTokensIssued => 1,
     GhlStatusReported => 1,
     GhlAssignmentApplied => 1,
+    ContactOwnerChangedInGhl => 1,
     UserAvailabilityChanged => 1,
     EffectIntended => 1,
     GhlSyncRetryRequested => 1,

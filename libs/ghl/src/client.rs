@@ -208,6 +208,10 @@ pub struct GhlContact {
     pub tags: Vec<String>,
     /// The GHL user who owns the contact.
     pub assigned_to: Option<String>,
+    /// Where GHL says the contact came from, e.g. `Google Ads Campaign`.
+    pub source: Option<String>,
+    /// When the contact was added to GHL.
+    pub date_added: Option<DateTime<Utc>>,
 }
 
 /// A contact to create or update by phone number (`POST /contacts/upsert`). `tags` replace all
@@ -1315,6 +1319,8 @@ struct RawContact {
     last_name: Option<String>,
     tags: Option<Vec<String>>,
     assigned_to: Option<String>,
+    source: Option<String>,
+    date_added: Option<String>,
 }
 
 impl RawContact {
@@ -1330,6 +1336,11 @@ impl RawContact {
             name: full_name(self.name, self.first_name, self.last_name),
             tags: self.tags.unwrap_or_default(),
             assigned_to: self.assigned_to.filter(|user| !user.is_empty()),
+            source: self.source.filter(|source| !source.trim().is_empty()),
+            date_added: self
+                .date_added
+                .and_then(|date| DateTime::parse_from_rfc3339(&date).ok())
+                .map(|date| date.with_timezone(&Utc)),
         })
     }
 }

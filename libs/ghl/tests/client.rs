@@ -595,7 +595,10 @@ async fn a_message_post_that_fails_with_a_5xx_is_not_repeated_inside_the_call() 
         .add_inbound_message(&location(), TOKEN, &message)
         .await
         .unwrap_err();
-    assert!(matches!(err, GhlError::Server { status: 502, .. }), "{err:?}");
+    assert!(
+        matches!(err, GhlError::Server { status: 502, .. }),
+        "{err:?}"
+    );
     assert!(!err.certainly_unsent());
     assert_eq!(ghl.seen().len(), 1, "not repeated");
     let posted = client
@@ -616,20 +619,23 @@ async fn a_posted_message_is_found_in_the_contacts_conversations_by_its_text_and
                "conversationId": "conv-1", "dateAdded": date, "body": body, "direction": "inbound",
                "contentType": "text/plain"})
     };
-    ghl.then(reply(200, json!({"conversations": [{"id": "conv-1"}], "total": 1})))
-        .then(reply(
-            200,
-            json!({"lastMessageId": "m2", "nextPage": true, "messages": [
-                listed("m3", "hi", "2026-12-02T09:31:00.000Z"),
-                listed("m2", "other", "2026-12-02T09:30:00.000Z"),
-            ]}),
-        ))
-        .then(reply(
-            200,
-            json!({"lastMessageId": "m1", "nextPage": false, "messages": [
-                listed("m1", "hi", "2026-12-02T09:30:00.000Z"),
-            ]}),
-        ));
+    ghl.then(reply(
+        200,
+        json!({"conversations": [{"id": "conv-1"}], "total": 1}),
+    ))
+    .then(reply(
+        200,
+        json!({"lastMessageId": "m2", "nextPage": true, "messages": [
+            listed("m3", "hi", "2026-12-02T09:31:00.000Z"),
+            listed("m2", "other", "2026-12-02T09:30:00.000Z"),
+        ]}),
+    ))
+    .then(reply(
+        200,
+        json!({"lastMessageId": "m1", "nextPage": false, "messages": [
+            listed("m1", "hi", "2026-12-02T09:30:00.000Z"),
+        ]}),
+    ));
     let message = InboundMessage {
         contact_id: "contact-1".into(),
         message: "hi".into(),
@@ -647,9 +653,17 @@ async fn a_posted_message_is_found_in_the_contacts_conversations_by_its_text_and
     );
     let seen = ghl.seen();
     assert_eq!(seen[0].path, "/conversations/search");
-    assert!(seen[0].query_pairs().contains(&("contactId".into(), "contact-1".into())));
+    assert!(
+        seen[0]
+            .query_pairs()
+            .contains(&("contactId".into(), "contact-1".into()))
+    );
     assert_eq!(seen[1].path, "/conversations/conv-1/messages");
-    assert!(seen[2].query_pairs().contains(&("lastMessageId".into(), "m2".into())));
+    assert!(
+        seen[2]
+            .query_pairs()
+            .contains(&("lastMessageId".into(), "m2".into()))
+    );
 }
 
 #[tokio::test]

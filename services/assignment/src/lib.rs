@@ -7,6 +7,7 @@
 pub mod decider;
 pub mod engine;
 pub mod model;
+pub mod report;
 pub mod simulate;
 
 use std::sync::Arc;
@@ -33,6 +34,23 @@ pub struct Assignment {
 }
 
 impl Assignment {
+    /// The whole log of one location, in order.
+    async fn location_log(
+        &self,
+        location: &LocationId,
+    ) -> Result<Vec<RecordedEvent>, ServiceError> {
+        let head = self.store.head_position().await?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        while after < head {
+            let batch = self.store.read_all(after, 2000).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            events.extend(batch.into_iter().filter(|e| e.location_id() == location));
+        }
+        Ok(events)
+    }
+
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self { store, db }
     }
@@ -159,6 +177,19 @@ impl Projection<Any> for AssignmentProjection {
     }
 }
 
+/// The end of the out-of-office period a user's stored availability puts them in at `now`, or
+/// an empty string.
+fn away_until(availability: Option<String>, now: chrono::DateTime<chrono::Utc>) -> String {
+    availability
+        .and_then(|json| {
+            serde_json::from_str::<whatsnap_events::UserAvailabilityChanged>(&json).ok()
+        })
+        .and_then(|a| a.out_of_office)
+        .filter(|away| away.from <= now && now < away.until)
+        .map(|away| away.until.to_rfc3339())
+        .unwrap_or_default()
+}
+
 /// The stream that holds the rules of an account, or of the location when `account` is `None`.
 fn rules_stream(location: &LocationId, account: Option<Uuid>) -> StreamId {
     let id = match account {
@@ -269,7 +300,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             .append(
                 &stream,
                 ExpectedVersion::Any,
-                vec![NewEvent::new(&Event::from(changed), metadata)],
+                vec![NewEvent::new(&Event::from(changed.clone()), metadata)],
             )
             .await
             .map_err(ServiceError::from)?;
@@ -283,12 +314,17 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         .map_err(ServiceError::from)?
         .map(|row| row.get::<String, _>("name"))
         .unwrap_or_else(|| user_id.clone());
+        let away_until = away_until(
+            Some(serde_json::to_string(&changed).expect("events serialise")),
+            chrono::Utc::now(),
+        );
         Ok(Response::new(pb::User {
             user_id,
             name,
             email: String::new(),
             role: String::new(),
             active: request.active,
+            away_until,
         }))
     }
 
@@ -314,8 +350,6 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         }
         let mut decisions = Vec::new();
         for recorded in &history {
-            // The trigger's type, from the event that caused the decision.
-            let trigger = String::new();
             let candidates = |list: &[whatsnap_events::CandidateConsidered]| {
                 list.iter()
                     .map(|c| pb::Candidate {
@@ -327,7 +361,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             let decision = match recorded.decode() {
                 Ok(Event::ContactAssigned(e)) => pb::Decision {
                     at: recorded.occurred_at.to_rfc3339(),
-                    trigger,
+                    trigger: e.trigger.unwrap_or_default(),
                     account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
                     user_id: e.user_id,
                     rule: e.rule,
@@ -336,7 +370,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
                 },
                 Ok(Event::AssignmentSkipped(e)) => pb::Decision {
                     at: recorded.occurred_at.to_rfc3339(),
-                    trigger,
+                    trigger: e.trigger.unwrap_or_default(),
                     account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
                     user_id: String::new(),
                     rule: "none".into(),
@@ -350,6 +384,50 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         Ok(Response::new(pb::ExplainResponse {
             contact_id: contact_id.to_string(),
             decisions,
+        }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let since = match request.since_seconds {
+            0 => chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            seconds => {
+                chrono::Utc::now() - chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64)
+            }
+        };
+        let events = self.location_log(&location).await?;
+        let figures = report::report(&events, &location, since);
+        let times = |id: String, r: &report::Responses| pb::ResponseTimes {
+            id,
+            first_responses: r.count,
+            average_seconds: r.average_seconds().unwrap_or(0),
+        };
+        let counts = |map: &std::collections::BTreeMap<String, u64>| {
+            map.iter()
+                .map(|(key, count)| pb::Count {
+                    key: key.clone(),
+                    count: *count,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ReportResponse {
+            users: figures
+                .users
+                .iter()
+                .map(|(user, r)| times(user.clone(), r))
+                .collect(),
+            accounts: figures
+                .accounts
+                .iter()
+                .map(|(account, r)| times(account.to_string(), r))
+                .collect(),
+            open_contacts: counts(&figures.open),
+            reassignments: counts(&figures.reassignments),
+            unassigned: counts(&figures.unassigned),
         }))
     }
 
@@ -369,23 +447,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             chrono::Utc::now()
                 - chrono::Duration::seconds(request.since_seconds.min(i64::MAX as u64) as i64)
         });
-        let head = self
-            .store
-            .head_position()
-            .await
-            .map_err(ServiceError::from)?;
-        let mut events = Vec::new();
-        let mut after = 0;
-        while after < head {
-            let batch = self
-                .store
-                .read_all(after, 2000)
-                .await
-                .map_err(ServiceError::from)?;
-            let Some(last) = batch.last() else { break };
-            after = last.position;
-            events.extend(batch.into_iter().filter(|e| e.location_id() == &location));
-        }
+        let events = self.location_log(&location).await?;
         let result = simulate::simulate(&events, &location, scope, rules, since);
         let split = |o: &simulate::Outcome| o.clone().unwrap_or_default();
         Ok(Response::new(pb::SimulateResponse {
@@ -425,6 +487,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let location = whatsnap_rpc::location(&request.into_inner().location_id)?;
+        let now = chrono::Utc::now();
         let users = sqlx::query(
             "SELECT * FROM assignment_users WHERE location_id = $1 ORDER BY name, user_id",
         )
@@ -439,6 +502,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             email: row.get::<Option<String>, _>("email").unwrap_or_default(),
             role: row.get::<Option<String>, _>("role").unwrap_or_default(),
             active: row.get::<i64, _>("active") != 0 && row.get::<i64, _>("enabled") != 0,
+            away_until: away_until(row.get("availability"), now),
         })
         .collect();
         Ok(Response::new(pb::ListUsersResponse { users }))

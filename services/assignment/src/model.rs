@@ -5,16 +5,68 @@
 //! engine. The same model serves live decisions and `simulate`, which is why it takes the time
 //! of each decision from the triggering event, never from the clock: replaying the log gives
 //! the same decisions.
+//!
+//! What GHL knows is read from ghl-sync's events: where the location is connected to GHL, a new
+//! contact is decided once ghl-sync has looked it up there (`GhlContactLinked` with what it
+//! observed: GHL's source, owner and whether the contact existed), or has given up on GHL, so
+//! that the rules see the contact's source and the owner it had in GHL before whatsnap.
 
 use std::collections::{HashMap, HashSet};
 
 use tracing::warn;
 use uuid::Uuid;
-use whatsnap_events::{Event, LocationId, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
+use whatsnap_events::{
+    AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId, PhoneNumber,
+    RecordedEvent, TagSource, contact_id_for,
+};
 
 use crate::engine::{
-    self, Conversation, Decision, History, PastDecision, RuleSet, Situation, Trigger, User, UserId,
+    self, Conversation, Decision, GhlOwner, GhlOwnerKind, History, PastDecision, RuleSet,
+    Situation, Trigger, User, UserId,
 };
+
+/// ghl-sync's queue kind for looking a contact up in GHL (`GhlSyncFailed.operation`).
+const GHL_CONTACT_OPERATION: &str = "contact_upsert";
+
+/// What whatsnap knows of a contact from GHL.
+#[derive(Debug, Clone, Default)]
+struct GhlFacts {
+    source: Option<String>,
+    /// A look-up in GHL was taken in.
+    observed: bool,
+    existed_before: bool,
+    /// The latest owner chosen in GHL rather than by whatsnap.
+    owner: Option<GhlOwner>,
+    /// Who GHL shows as the owner, as last heard (whatsnap's own decisions count: ghl-sync
+    /// sets each of them).
+    assigned_to: Option<Option<UserId>>,
+}
+
+impl GhlFacts {
+    /// Takes in what a look-up in GHL found. Only the first look-up says whether the contact
+    /// existed before whatsnap and who owned it then; a later one (a link looked up again)
+    /// tells only the source and who GHL shows now.
+    fn observe(&mut self, observed: &GhlContactObservation, at: chrono::DateTime<chrono::Utc>) {
+        if observed.source.is_some() {
+            self.source = observed.source.clone();
+        }
+        let owner = observed.assigned_to.as_deref().and_then(UserId::parse);
+        self.assigned_to = Some(owner.clone());
+        if std::mem::replace(&mut self.observed, true) {
+            return;
+        }
+        self.existed_before = observed.existed_before;
+        if observed.existed_before
+            && let Some(user_id) = owner.clone()
+        {
+            self.owner = Some(GhlOwner {
+                user_id,
+                kind: GhlOwnerKind::BeforeWhatsnap,
+                since: at,
+            });
+        }
+    }
+}
 
 /// One location's assignment state.
 #[derive(Debug, Default)]
@@ -30,6 +82,12 @@ pub struct LocationModel {
     decisions: HashMap<Uuid, u64>,
     /// Each contact's first unanswered message and last reply, for silence reassignment.
     conversations: HashMap<Uuid, Conversation>,
+    /// Whether ghl-sync holds tokens for the location (it then looks new contacts up in GHL).
+    ghl_connected: bool,
+    /// New contacts waiting for ghl-sync's look-up before their first decision, with the
+    /// account they first messaged.
+    awaiting_ghl: HashMap<Uuid, Option<Uuid>>,
+    ghl: HashMap<Uuid, GhlFacts>,
 }
 
 /// An event that asks for a decision, and the situation it puts the contact in.
@@ -49,20 +107,44 @@ impl LocationModel {
         recorded: &RecordedEvent,
         event: &Event,
     ) -> Option<Triggered> {
+        // What GHL says of the contact, with what this event tells.
+        let mut facts = None;
         let (contact_id, account_id, trigger) = match event {
+            // Where GHL is connected, the decision waits for ghl-sync's look-up.
+            Event::ContactCreated(_) if self.ghl_connected => return None,
             Event::ContactCreated(e) => (e.contact_id, e.first_account_id, Trigger::NewContact),
+            Event::GhlContactLinked(e) if e.observed.is_some() => {
+                let account = *self.awaiting_ghl.get(&e.contact_id)?;
+                let mut known = self.ghl.get(&e.contact_id).cloned().unwrap_or_default();
+                known.observe(e.observed.as_ref()?, recorded.occurred_at);
+                facts = Some(known);
+                (e.contact_id, account, Trigger::NewContact)
+            }
+            Event::GhlSyncFailed(e) if e.final_attempt && e.operation == GHL_CONTACT_OPERATION => {
+                let contact_id = e.subject_id?;
+                let account = *self.awaiting_ghl.get(&contact_id)?;
+                (contact_id, account, Trigger::NewContact)
+            }
             Event::InboundMessageReceived(e) => {
                 let phone = PhoneNumber::parse(&e.from).ok()?;
                 let contact_id = contact_id_for(location, &phone);
-                // A first message makes the contact; ContactCreated asks for that decision.
+                // A first message makes the contact; ContactCreated (or its look-up in GHL)
+                // asks for that decision.
                 if !self.contacts.contains(&contact_id) || !self.has_rules(Some(e.account_id)) {
                     return None;
                 }
-                (contact_id, Some(e.account_id), Trigger::ReturningContact)
+                match self.awaiting_ghl.get(&contact_id) {
+                    None => (contact_id, Some(e.account_id), Trigger::ReturningContact),
+                    Some(_) if self.ghl_connected => return None,
+                    // GHL was disconnected while the contact waited for its look-up there: its
+                    // next message decides it as new.
+                    Some(first_account) => (contact_id, *first_account, Trigger::NewContact),
+                }
             }
             Event::ContactTagged(e) if e.source != TagSource::Account => {
                 let account = *self.tags.get(&e.tag)?;
                 if !self.contacts.contains(&e.contact_id)
+                    || self.awaiting_ghl.contains_key(&e.contact_id)
                     || !self.rules.contains_key(&Some(account))
                 {
                     return None;
@@ -71,17 +153,28 @@ impl LocationModel {
             }
             _ => return None,
         };
+        let facts = facts
+            .or_else(|| self.ghl.get(&contact_id).cloned())
+            .unwrap_or_default();
         let owners = self.history.owners_of(contact_id);
+        let ghl_before = facts
+            .owner
+            .as_ref()
+            .filter(|o| o.kind == GhlOwnerKind::BeforeWhatsnap)
+            .map(|o| o.user_id.clone());
         Some(Triggered {
             situation: Situation {
                 contact_id,
                 account_id,
                 trigger,
-                contact_source: None,
-                existed_before: matches!(trigger, Trigger::ReturningContact | Trigger::AccountTag),
-                previous_owner: owners.last().map(|o| o.user_id.clone()),
+                contact_source: facts.source.clone(),
+                existed_before: facts.existed_before
+                    || matches!(trigger, Trigger::ReturningContact | Trigger::AccountTag),
+                previous_owner: owners.last().map(|o| o.user_id.clone()).or(ghl_before),
                 owners,
                 exclude: Vec::new(),
+                ghl_owner: facts.owner,
+                ghl_assigned_to: facts.assigned_to,
                 now: recorded.occurred_at,
             },
             decided_before: self.decisions.get(&contact_id).copied().unwrap_or(0),
@@ -113,6 +206,8 @@ impl LocationModel {
                     previous_owner: None,
                     exclude: vec![(owner.user_id.clone(), reason)],
                     owners: owners.clone(),
+                    ghl_owner: None,
+                    ghl_assigned_to: None,
                     now,
                 },
                 decided_before: self.decisions.get(contact_id).copied().unwrap_or(0),
@@ -197,6 +292,41 @@ impl LocationModel {
             },
             Event::ContactCreated(e) => {
                 self.contacts.insert(e.contact_id);
+                if self.ghl_connected {
+                    self.awaiting_ghl.insert(e.contact_id, e.first_account_id);
+                }
+            }
+            Event::GhlTokensIssued(_) => self.ghl_connected = true,
+            Event::GhlUninstalled(_) => self.ghl_connected = false,
+            Event::GhlContactLinked(e) => {
+                if let Some(observed) = &e.observed {
+                    self.awaiting_ghl.remove(&e.contact_id);
+                    self.ghl
+                        .entry(e.contact_id)
+                        .or_default()
+                        .observe(observed, recorded.occurred_at);
+                }
+            }
+            Event::GhlSyncFailed(e) if e.final_attempt && e.operation == GHL_CONTACT_OPERATION => {
+                if let Some(contact_id) = e.subject_id {
+                    self.awaiting_ghl.remove(&contact_id);
+                }
+            }
+            Event::ContactOwnerChangedInGhl(e) => {
+                let facts = self.ghl.entry(e.contact_id).or_default();
+                let user_id = e.user_id.as_deref().and_then(UserId::parse);
+                facts.assigned_to = Some(user_id.clone());
+                if let Some(user_id) = user_id {
+                    facts.owner = Some(GhlOwner {
+                        user_id,
+                        kind: GhlOwnerKind::ReassignedInGhl,
+                        since: recorded.occurred_at,
+                    });
+                }
+            }
+            Event::GhlAssignmentApplied(e) => {
+                self.ghl.entry(e.contact_id).or_default().assigned_to =
+                    Some(UserId::parse(&e.user_id));
             }
             Event::InboundMessageReceived(e) => {
                 if let Ok(phone) = PhoneNumber::parse(&e.from) {
@@ -231,9 +361,18 @@ impl LocationModel {
 
     /// Takes in a decision taken at `at` (its event's time).
     pub fn note_decision(&mut self, event: &Event, at: chrono::DateTime<chrono::Utc>) {
+        if let Event::ContactAssigned(ContactAssigned { contact_id, .. })
+        | Event::AssignmentSkipped(AssignmentSkipped { contact_id, .. }) = event
+        {
+            self.awaiting_ghl.remove(contact_id);
+        }
         match event {
             Event::ContactAssigned(e) => {
                 *self.decisions.entry(e.contact_id).or_default() += 1;
+                // ghl-sync sets every decision in GHL.
+                if let Some(facts) = self.ghl.get_mut(&e.contact_id) {
+                    facts.assigned_to = Some(UserId::parse(&e.user_id));
+                }
                 if let Some(user_id) = UserId::parse(&e.user_id) {
                     self.history.push(PastDecision {
                         contact_id: e.contact_id,

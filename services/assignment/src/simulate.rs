@@ -89,7 +89,9 @@ pub fn simulate(
                 .get(&recorded_event.id.as_uuid())
                 .cloned()
                 .flatten();
-            if before.is_some() || simulated.is_some() {
+            // An account's rules are simulated: only that account's decisions count.
+            let counted = scope.is_none_or(|account| situation.account_id == Some(account));
+            if counted && (before.is_some() || simulated.is_some()) {
                 result.decisions += 1;
                 if let Some((user, _)) = &before {
                     result.per_user.entry(user.clone()).or_default().0 += 1;
@@ -99,7 +101,7 @@ pub fn simulate(
                 }
             }
             let user = |o: &Outcome| o.as_ref().map(|(u, _)| u.clone());
-            if user(&before) != user(&simulated) {
+            if counted && user(&before) != user(&simulated) {
                 let reason = match &decision {
                     Decision::Assign { reason, .. }
                     | Decision::Keep { reason, .. }

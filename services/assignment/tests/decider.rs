@@ -280,6 +280,7 @@ async fn a_silent_owner_is_replaced_and_one_who_replied_is_not() {
                 rule: "user#1".into(),
                 reason: "the rule names u_ana".into(),
                 candidates: vec![],
+                trigger: None,
             }),
         )
         .await;

@@ -67,6 +67,7 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
     set_availability(assignment::SetAvailabilityRequest) -> assignment::User;
     explain(assignment::ExplainRequest) -> assignment::ExplainResponse;
     simulate(assignment::SimulateRequest) -> assignment::SimulateResponse;
+    report(assignment::ReportRequest) -> assignment::ReportResponse;
 });
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {
@@ -76,4 +77,5 @@ forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_ser
     begin_o_auth(ghlsync::BeginOAuthRequest) -> ghlsync::BeginOAuthResponse;
     complete_o_auth(ghlsync::CompleteOAuthRequest) -> ghlsync::ConnectResponse;
     retry_set_aside(ghlsync::RetrySetAsideRequest) -> ghlsync::RetrySetAsideResponse;
+    record_contact_webhook(ghlsync::RecordContactWebhookRequest) -> ghlsync::RecordContactWebhookResponse;
 });

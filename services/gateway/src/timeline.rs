@@ -233,6 +233,7 @@ mod tests {
             account_id: None,
             reason: "nobody is available".into(),
             candidates: Vec::new(),
+            trigger: None,
         });
         let (id, summary) = contact_of(&location, &event).unwrap();
         assert_eq!(id, contact_id.to_string());

@@ -518,7 +518,9 @@ async fn oauth_callback(
 }
 
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
-/// carries the contact's whole tag list; its changes re-route the contact's next reply. What
+/// carries the contact's whole tag list; its changes re-route the contact's next reply. A
+/// ContactCreate or ContactUpdate of a linked contact whose owner changed in GHL is recorded
+/// for assignment. What
 /// whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
 /// service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
 /// under both of its policies, and its webhookId is not counted as seen, so the retry is
@@ -595,6 +597,13 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
             {
                 Ok(contact) => {
                     info!(contact_id = %contact.get_ref().contact_id, "tags updated from GHL");
+                    // The tag update carries the owner too. Applying the same tags again on
+                    // GHL's retry changes nothing.
+                    if hooks.ghl_sync.is_some()
+                        && let Err(refused) = record_owner(hooks, payload).await
+                    {
+                        return refused;
+                    }
                     (StatusCode::OK, "tags applied\n").into_response()
                 }
                 Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
@@ -604,6 +613,21 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 Err(status) => Sender::Ghl.try_again_later(status.message()),
             }
         }
+        kind @ ("ContactCreate" | "ContactUpdate") => match record_owner(hooks, payload).await {
+            Ok(Some(true)) => {
+                info!(
+                    kind,
+                    ghl_contact_id = text("id"),
+                    "contact owner changed in GHL recorded"
+                );
+                (StatusCode::OK, "owner change recorded\n").into_response()
+            }
+            Ok(Some(false)) => (StatusCode::OK, "no owner change\n").into_response(),
+            Ok(None) => {
+                (StatusCode::OK, "ignored: not a contact whatsnap linked\n").into_response()
+            }
+            Err(refused) => refused,
+        },
         kind @ ("INSTALL" | "UNINSTALL") => {
             if text("locationId").is_empty() {
                 return (
@@ -651,6 +675,41 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
             format!("ignored: whatsnap does not act on {other:?} webhooks\n"),
         )
             .into_response(),
+    }
+}
+
+/// Hands a contact webhook's owner (`assignedTo`) to ghl-sync, which records it when it differs
+/// from what whatsnap knew GHL to show. `Some(changed)`, `None` for a contact whatsnap has not
+/// linked, or the response that asks GHL to try again.
+async fn record_owner(
+    hooks: &Webhooks,
+    payload: &serde_json::Value,
+) -> Result<Option<bool>, Response> {
+    let text = |field: &str| {
+        payload
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let channel = reach(&hooks.ghl_sync, "ghl-sync", Sender::Ghl)?;
+    let mut request = tonic::Request::new(ghlsync::RecordContactWebhookRequest {
+        location_id: text("locationId"),
+        phone: text("phone"),
+        ghl_contact_id: text("id"),
+        assigned_to: text("assignedTo"),
+    });
+    whatsnap_telemetry::inject(&mut request);
+    match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
+        .record_contact_webhook(request)
+        .await
+    {
+        Ok(recorded) => Ok(Some(recorded.get_ref().owner_changed)),
+        Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+            info!(reason = %status.message(), "GHL contact owner not recorded");
+            Ok(None)
+        }
+        Err(status) => Err(Sender::Ghl.try_again_later(status.message())),
     }
 }
 

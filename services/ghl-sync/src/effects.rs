@@ -14,10 +14,12 @@ use async_trait::async_trait;
 use uuid::Uuid;
 use whatsnap_effects::{Effect, OpenIntent, Recorded};
 use whatsnap_events::{
-    Event, GhlAssignmentApplied, GhlContactLinked, GhlMessagePosted, GhlStatusReported, LocationId,
+    Event, GhlAssignmentApplied, GhlContactLinked, GhlContactObservation, GhlMessagePosted,
+    GhlStatusReported, LocationId,
 };
 use whatsnap_ghl::client::{
-    ContactUpdate, ContactUpsert, GhlClient, GhlError, InboundMessage, PostedMessage, StatusUpdate,
+    ContactUpdate, ContactUpsert, GhlClient, GhlContact, GhlError, InboundMessage, PostedMessage,
+    StatusUpdate,
 };
 
 use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
@@ -108,19 +110,39 @@ pub struct SyncContact<'a> {
     pub covers: u64,
 }
 
+/// The GHL contact a [`SyncContact`] linked, and what GHL held of it when it was first found
+/// or created (`None` when an already linked contact only got tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub ghl_contact_id: String,
+    pub observed: Option<GhlContactObservation>,
+}
+
+fn observation(contact: &GhlContact, existed_before: bool) -> GhlContactObservation {
+    GhlContactObservation {
+        existed_before,
+        source: contact.source.clone(),
+        assigned_to: contact.assigned_to.clone(),
+        date_added: contact.date_added,
+    }
+}
+
 #[async_trait]
 impl Effect for SyncContact<'_> {
-    type Output = String;
+    type Output = Linked;
     type Error = GhlError;
 
-    fn recorded(&self, history: &[Recorded]) -> Option<String> {
+    fn recorded(&self, history: &[Recorded]) -> Option<Linked> {
         history.iter().rev().find_map(|(_, event)| match event {
             Event::GhlContactLinked(link)
                 if self
                     .through
                     .is_none_or(|through| link.synced_through >= through) =>
             {
-                Some(link.ghl_contact_id.clone())
+                Some(Linked {
+                    ghl_contact_id: link.ghl_contact_id.clone(),
+                    observed: link.observed.clone(),
+                })
             }
             _ => None,
         })
@@ -130,11 +152,14 @@ impl Effect for SyncContact<'_> {
         matches!(event, Event::GhlContactLinked(_)) || given_up(event, CONTACT)
     }
 
-    async fn call(&self) -> Result<String, GhlError> {
+    async fn call(&self) -> Result<Linked, GhlError> {
         let (client, location, token) = (self.client, self.location, self.token);
         if let Some(ghl_id) = &self.linked {
             client.add_tags(location, token, ghl_id, &self.tags).await?;
-            return Ok(ghl_id.clone());
+            return Ok(Linked {
+                ghl_contact_id: ghl_id.clone(),
+                observed: None,
+            });
         }
         if let Some(found) = client
             .find_contact_by_phone(location, token, &self.phone)
@@ -151,7 +176,11 @@ impl Effect for SyncContact<'_> {
                     .add_tags(location, token, &found.id, &missing)
                     .await?;
             }
-            return Ok(found.id);
+            // What GHL knew before whatsnap touched it: its source and owner.
+            return Ok(Linked {
+                observed: Some(observation(&found, true)),
+                ghl_contact_id: found.id,
+            });
         }
         let upsert = ContactUpsert {
             phone: self.phone.clone(),
@@ -161,23 +190,24 @@ impl Effect for SyncContact<'_> {
             assigned_to: self.assigned_to.clone(),
             source: Some("whatsnap".into()),
         };
-        Ok(client
-            .upsert_contact(location, token, &upsert)
-            .await?
-            .contact
-            .id)
+        let upserted = client.upsert_contact(location, token, &upsert).await?;
+        Ok(Linked {
+            observed: Some(observation(&upserted.contact, !upserted.created)),
+            ghl_contact_id: upserted.contact.id,
+        })
     }
 
     fn unsent(&self, error: &GhlError) -> bool {
         error.certainly_unsent()
     }
 
-    fn outcome(&self, ghl_contact_id: &String) -> Event {
+    fn outcome(&self, linked: &Linked) -> Event {
         Event::from(GhlContactLinked {
             contact_id: self.contact_id,
-            ghl_contact_id: ghl_contact_id.clone(),
+            ghl_contact_id: linked.ghl_contact_id.clone(),
             tags: self.tags.clone(),
             synced_through: self.covers,
+            observed: linked.observed.clone(),
         })
     }
 }
@@ -197,13 +227,17 @@ impl Effect for ApplyAssignment<'_> {
     type Output = ();
     type Error = GhlError;
 
-    /// Done when the newest owner whatsnap set in GHL is this user.
+    /// Done when the newest owner whatsnap set in GHL (or saw set there) is this user.
     fn recorded(&self, history: &[Recorded]) -> Option<()> {
         history
             .iter()
             .rev()
             .find_map(|(_, event)| match event {
                 Event::GhlAssignmentApplied(applied) => Some(applied.user_id == self.user_id),
+                // A GHL user changed the owner since: setting it again is not done yet.
+                Event::ContactOwnerChangedInGhl(changed) => {
+                    Some(changed.user_id.as_deref() == Some(self.user_id.as_str()))
+                }
                 _ => None,
             })
             .filter(|same| *same)

@@ -9,6 +9,7 @@
 
 pub mod connection;
 pub mod effects;
+pub mod owners;
 pub mod read_model;
 pub mod users;
 pub mod worker;
@@ -146,6 +147,27 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::RecordInstallResponse { changed: true }))
+    }
+
+    async fn record_contact_webhook(
+        &self,
+        request: Request<pb::RecordContactWebhookRequest>,
+    ) -> Result<Response<pb::RecordContactWebhookResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let owner_changed = owners::record(
+            self.store.as_ref(),
+            owners::ContactWebhook {
+                location: &location,
+                phone: &request.phone,
+                ghl_contact_id: &request.ghl_contact_id,
+                assigned_to: Some(request.assigned_to.as_str()),
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::RecordContactWebhookResponse {
+            owner_changed,
+        }))
     }
 
     async fn sync_status(

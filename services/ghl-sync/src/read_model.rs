@@ -15,6 +15,8 @@ pub const MESSAGE: &str = "message";
 pub const STATUS: &str = "status";
 /// A contact's owner (`assignedTo`) to set in GHL.
 pub const ASSIGN: &str = "assign";
+/// The rule of an assignment decision that keeps the owner chosen in GHL.
+const GHL_OWNER_RULE: &str = "ghl_owner";
 
 /// The work waiting to cross to GHL.
 pub struct PendingWork;
@@ -253,7 +255,10 @@ impl Projection<Any> for PendingWork {
                     .bind(&e.user_id)
                     .execute(&mut *conn)
                     .await?;
-                pending(conn, event, ASSIGN, id).await?
+                // An owner GHL chose (and told whatsnap of) is already set there.
+                if e.rule != GHL_OWNER_RULE {
+                    pending(conn, event, ASSIGN, id).await?
+                }
             }
             Event::GhlAssignmentApplied(e) => {
                 // A later decision (another user) stays queued.

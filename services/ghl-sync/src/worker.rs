@@ -170,7 +170,7 @@ pub(crate) fn subject_stream(location: &LocationId, kind: &str, subject: Uuid) -
 }
 
 /// The stream beside a contact's where ghl-sync records what crossed to GHL for it.
-fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
+pub(crate) fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamId {
     StreamId::new(
         location.clone(),
         AggregateKind::Ghl,
@@ -840,7 +840,7 @@ impl Worker {
         let performed = self.outbox.perform(&subject, &effect).await?;
         // A link found in the log covers the queued tags only when it was asked to.
         let covered = push_tags || performed.called();
-        let ghl_id = performed.into_inner();
+        let ghl_id = performed.into_inner().ghl_contact_id;
         debug!(%location, contact_id = %id, ghl_contact_id = %ghl_id, "contact in GHL");
         if let (true, Some(position)) = (covered, queued) {
             done.insert((CONTACT.to_owned(), id), position);

@@ -217,6 +217,7 @@ async fn an_applied_assignment_leaves_the_queue_unless_a_later_decision_chose_an
         ghl_contact_id: "ghlContact1".into(),
         tags: vec!["sales".into()],
         synced_through: 0,
+        observed: None,
     };
     rig.append(ghl_stream, vec![applied("userAna"), link.into()])
         .await;

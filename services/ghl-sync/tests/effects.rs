@@ -72,6 +72,7 @@ async fn two_messages_queued_then_projection_stopped(
         ghl_contact_id: ghl_contact_id.clone(),
         tags: vec!["sales".into()],
         synced_through: u64::MAX,
+        observed: None,
     };
     let contact_stream = StreamId::new(
         location(),

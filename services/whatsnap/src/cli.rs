@@ -725,6 +725,72 @@ pub enum AssignmentCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// How assignment is performing: first-response time per user and account, open contacts
+    /// per user, reassignments and their causes, unassigned contacts and why.
+    Report {
+        #[arg(long)]
+        location: String,
+        /// The window: 90s, 30m, 12h, 7d (default: all history).
+        #[arg(long, value_parser = since)]
+        since: Option<u64>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// Prints an assignment report as tables, or as one JSON document.
+fn print_report(report: &assignment::ReportResponse, json: bool) {
+    let times = |list: &[assignment::ResponseTimes]| {
+        list.iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id, "first_responses": t.first_responses,
+                    "average_first_response_seconds": t.average_seconds,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let counts = |list: &[assignment::Count]| {
+        list.iter()
+            .map(|c| (c.key.clone(), serde_json::json!(c.count)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    if json {
+        let document = serde_json::json!({
+            "first_response_by_user": times(&report.users),
+            "first_response_by_account": times(&report.accounts),
+            "open_contacts_by_user": counts(&report.open_contacts),
+            "reassignments_by_cause": counts(&report.reassignments),
+            "unassigned_by_reason": counts(&report.unassigned),
+        });
+        println!("{document:#}");
+        return;
+    }
+    let minutes = |seconds: i64| format!("{}m{:02}s", seconds / 60, seconds % 60);
+    for (title, list) in [("user", &report.users), ("account", &report.accounts)] {
+        println!("first response by {title}");
+        for t in list.iter() {
+            println!(
+                "  {:<38} {:>5} replies  average {}",
+                t.id,
+                t.first_responses,
+                minutes(t.average_seconds)
+            );
+        }
+    }
+    for (title, list) in [
+        ("open contacts by user", &report.open_contacts),
+        ("reassignments by cause", &report.reassignments),
+        ("unassigned by reason", &report.unassigned),
+    ] {
+        println!("{title}");
+        for c in list.iter() {
+            println!("  {:>5}  {}", c.count, c.key);
+        }
+    }
 }
 
 /// `7d`, `12h`, `30m`, `90s` or plain seconds.
@@ -798,12 +864,14 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             for user in users.users {
+                let state = match (user.active, user.away_until.as_str()) {
+                    (false, _) => "inactive".to_owned(),
+                    (true, "") => "active".to_owned(),
+                    (true, until) => format!("away until {until}"),
+                };
                 println!(
-                    "{:<24} {:<24} {:<8} {}",
-                    user.user_id,
-                    user.name,
-                    user.role,
-                    if user.active { "active" } else { "inactive" }
+                    "{:<24} {:<24} {:<8} {state}",
+                    user.user_id, user.name, user.role
                 );
             }
         }
@@ -850,8 +918,12 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                     "" => "unassigned".to_owned(),
                     user => format!("assigned to {user}"),
                 };
+                let trigger = match decision.trigger.as_str() {
+                    "" => String::new(),
+                    trigger => format!(" on {trigger}"),
+                };
                 println!(
-                    "{}  {owner} by {}: {}",
+                    "{}{trigger}  {owner} by {}: {}",
                     decision.at, decision.rule, decision.reason
                 );
                 for candidate in decision.candidates {
@@ -861,6 +933,22 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        AssignmentCommand::Report {
+            location,
+            since,
+            json,
+            server,
+        } => {
+            let report = client(server.channel().await?)
+                .report(assignment::ReportRequest {
+                    location_id: location,
+                    since_seconds: since.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_report(&report, json);
         }
         AssignmentCommand::Simulate {
             location,

@@ -345,6 +345,20 @@ impl FakeGhl {
         })
     }
 
+    /// Creates a contact directly with the fields GHL's API names (`phone`, `source`,
+    /// `assignedTo`, …), as a form, an ad or a GHL user would; returns its id.
+    pub fn add_contact_with(&self, location_id: &str, fields: serde_json::Value) -> String {
+        self.shared.with(|inner| {
+            let mut contact = state::Contact::new(location_id);
+            if let Some(body) = fields.as_object() {
+                contact.apply(body);
+            }
+            let id = contact.id.clone();
+            inner.contacts.push(contact);
+            id
+        })
+    }
+
     /// Adds an inbound SMS to the contact's conversation, as `POST /conversations/messages/inbound`
     /// does (dated `date`); returns its id. For tests of a post whose answer was lost.
     pub fn post_inbound_message(

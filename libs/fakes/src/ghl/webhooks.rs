@@ -113,12 +113,38 @@ impl FakeGhl {
         webhook_url: &str,
         contact_id: &str,
     ) -> anyhow::Result<u16> {
+        self.send_contact_webhook(webhook_url, "ContactTagUpdate", contact_id)
+            .await
+    }
+
+    /// Reassigns `contact_id` to `user_id` in GHL, as a GHL user editing the contact would,
+    /// then posts the ContactUpdate webhook. Returns the HTTP status the webhook answered.
+    pub async fn reassign_and_notify(
+        &self,
+        webhook_url: &str,
+        contact_id: &str,
+        user_id: Option<&str>,
+    ) -> anyhow::Result<u16> {
+        self.set_assigned_to(contact_id, user_id)?;
+        self.send_contact_webhook(webhook_url, "ContactUpdate", contact_id)
+            .await
+    }
+
+    /// Posts a contact webhook (§6.1: `ContactCreate`, `ContactUpdate`, `ContactTagUpdate`)
+    /// of `contact_id` as it is now: the flat contact with its full tag list, its source and
+    /// owner, plus `webhookId` and `timestamp`.
+    pub async fn send_contact_webhook(
+        &self,
+        webhook_url: &str,
+        kind: &str,
+        contact_id: &str,
+    ) -> anyhow::Result<u16> {
         let contact = self
             .shared
             .with(|inner| inner.contact(contact_id).cloned())
             .ok_or_else(|| anyhow::anyhow!("no contact {contact_id}"))?;
         let mut payload = json!({
-            "type": "ContactTagUpdate",
+            "type": kind,
             "locationId": contact.location_id,
             "id": contact.id,
             "dateAdded": contact.date_added,

@@ -6,7 +6,9 @@ use uuid::Uuid;
 use whatsnap_events::{AssignmentSkipped, CandidateConsidered, ContactAssigned, Event};
 
 use super::history::{History, PastDecision};
-use super::rules::{Conditions, Hours, MultiTouch, Rule, RuleSet, Strategy, Trigger, UserId};
+use super::rules::{
+    Conditions, Hours, Manual, MultiTouch, Rule, RuleSet, Strategy, Trigger, UserId,
+};
 use super::schedule::{Openness, format_minute, local_label};
 use super::users::User;
 
@@ -19,6 +21,38 @@ pub struct Ownership {
     pub account_id: Option<Uuid>,
     pub user_id: UserId,
     pub since: DateTime<Utc>,
+}
+
+/// How a GHL user, not whatsnap, came to own the contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GhlOwnerKind {
+    /// GHL had the contact, with this owner, before it first messaged a connected account.
+    BeforeWhatsnap,
+    /// A GHL user reassigned the contact by hand.
+    ReassignedInGhl,
+}
+
+/// An owner chosen in GHL, outside whatsnap; the location's `manual` policy says whether the
+/// rules may override it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GhlOwner {
+    pub user_id: UserId,
+    pub kind: GhlOwnerKind,
+    /// When whatsnap learned of it (the time of the event that recorded it).
+    pub since: DateTime<Utc>,
+}
+
+impl GhlOwner {
+    fn describe(&self) -> String {
+        match self.kind {
+            GhlOwnerKind::BeforeWhatsnap => {
+                format!("owner in GHL before whatsnap: {}", self.user_id)
+            }
+            GhlOwnerKind::ReassignedInGhl => {
+                format!("reassigned to {} by hand in GHL", self.user_id)
+            }
+        }
+    }
 }
 
 /// Everything about the contact and the moment that the rules may look at.
@@ -39,10 +73,24 @@ pub struct Situation {
     /// Users the caller rules out for this decision, with why (e.g. an owner who did not reply
     /// in time, see [`should_reassign_for_silence`]).
     pub exclude: Vec<(UserId, String)>,
+    /// The latest owner chosen in GHL rather than by whatsnap, if any.
+    pub ghl_owner: Option<GhlOwner>,
+    /// Who GHL shows as the owner (`assignedTo`), as whatsnap last heard; `None` when it never
+    /// heard. A kept owner GHL does not show is decided again, so that GHL is set.
+    pub ghl_assigned_to: Option<Option<UserId>>,
     pub now: DateTime<Utc>,
 }
 
 impl Situation {
+    /// What asked for the decision, as decisions record it.
+    pub fn trigger_name(&self) -> &'static str {
+        if self.exclude.is_empty() {
+            self.trigger.as_str()
+        } else {
+            "owner_silent"
+        }
+    }
+
     fn excluded(&self, user: &UserId) -> Option<String> {
         self.exclude
             .iter()
@@ -112,12 +160,14 @@ impl Decision {
                 rule: rule.clone(),
                 reason: reason.clone(),
                 candidates: considered(candidates),
+                trigger: Some(situation.trigger_name().to_owned()),
             })),
             Decision::Skip { reason, candidates } => Some(Event::from(AssignmentSkipped {
                 contact_id: situation.contact_id,
                 account_id: situation.account_id,
                 reason: reason.clone(),
                 candidates: considered(candidates),
+                trigger: Some(situation.trigger_name().to_owned()),
             })),
             Decision::Keep { .. } => None,
         }
@@ -184,26 +234,88 @@ pub fn decide(
     };
     let now = situation.now;
     let find = |id: &UserId| users.iter().find(|u| &u.id == id);
+    let invalid = |id: &UserId| match find(id) {
+        None => Some("no longer a user of this location".to_owned()),
+        Some(user) => situation
+            .excluded(&user.id)
+            .or_else(|| user.invalid_reason(now)),
+    };
     let mut candidates = Vec::new();
     let mut rerouted = None;
+    let mut overridden = None;
+    let owner = current_owner(governing.multi_touch, situation);
 
-    if let Some(owner) = current_owner(governing.multi_touch, situation) {
-        let invalid = match find(&owner.user_id) {
-            None => Some("no longer a user of this location".to_owned()),
-            Some(user) => situation
-                .excluded(&user.id)
-                .or_else(|| user.invalid_reason(now)),
-        };
-        match invalid {
+    // An owner chosen in GHL after whatsnap's own choice (or before whatsnap had any).
+    if let Some(ghl) = situation
+        .ghl_owner
+        .as_ref()
+        .filter(|ghl| owner.is_none_or(|o| o.user_id != ghl.user_id && o.since <= ghl.since))
+    {
+        match governing.manual {
+            Manual::Respect => match invalid(&ghl.user_id) {
+                None => {
+                    candidates.push(Candidate {
+                        user_id: ghl.user_id.clone(),
+                        rule: "ghl_owner".to_owned(),
+                        passed_over: None,
+                    });
+                    return Decision::Assign {
+                        user_id: ghl.user_id.clone(),
+                        rule: "ghl_owner".to_owned(),
+                        reason: format!("{} (manual: respect)", ghl.describe()),
+                        candidates,
+                        all_accounts: governing.multi_touch == MultiTouch::SingleOwner,
+                    };
+                }
+                Some(why) => {
+                    rerouted = Some(format!("passed over {}: {why}", ghl.describe()));
+                    candidates.push(Candidate {
+                        user_id: ghl.user_id.clone(),
+                        rule: "ghl_owner".to_owned(),
+                        passed_over: Some(why),
+                    });
+                }
+            },
+            Manual::Override => {
+                overridden = Some(format!("overrides {} (manual: override)", ghl.describe()));
+            }
+        }
+    }
+
+    if let Some(owner) = owner {
+        match invalid(&owner.user_id) {
             None => {
+                let reason = format!(
+                    "{} owns the contact since {} and is still valid (multi_touch {})",
+                    owner.user_id,
+                    owner.since.format("%Y-%m-%d %H:%M UTC"),
+                    governing.multi_touch.as_str()
+                );
+                // GHL shows someone else: the kept owner is decided again, and so set in GHL.
+                if let Some(shown) = &situation.ghl_assigned_to
+                    && shown.as_ref() != Some(&owner.user_id)
+                {
+                    let shown = shown.as_ref().map_or("nobody", UserId::as_str);
+                    let mut reason = format!("{reason}; GHL shows {shown}: written back");
+                    if let Some(overridden) = overridden {
+                        reason = format!("{reason}; {overridden}");
+                    }
+                    candidates.push(Candidate {
+                        user_id: owner.user_id.clone(),
+                        rule: "current_owner".to_owned(),
+                        passed_over: None,
+                    });
+                    return Decision::Assign {
+                        user_id: owner.user_id.clone(),
+                        rule: "current_owner".to_owned(),
+                        reason,
+                        candidates,
+                        all_accounts: false,
+                    };
+                }
                 return Decision::Keep {
                     user_id: owner.user_id.clone(),
-                    reason: format!(
-                        "{} owns the contact since {} and is still valid (multi_touch {})",
-                        owner.user_id,
-                        owner.since.format("%Y-%m-%d %H:%M UTC"),
-                        governing.multi_touch.as_str()
-                    ),
+                    reason,
                 };
             }
             Some(why) => {
@@ -257,6 +369,13 @@ pub fn decide(
                         if let Some(rerouted) = rerouted {
                             reason = format!("{reason}; {rerouted}");
                         }
+                        if let Some(overridden) = overridden {
+                            reason = format!("{reason}; {overridden}");
+                        }
+                        // Why each earlier rule did not take the contact.
+                        if !notes.is_empty() {
+                            reason = format!("{reason}; before it: {}", notes.join("; "));
+                        }
                         candidates.push(Candidate {
                             user_id: user_id.clone(),
                             rule: id.clone(),
@@ -282,6 +401,9 @@ pub fn decide(
     };
     if let Some(rerouted) = rerouted {
         reason = format!("{reason}; {rerouted}");
+    }
+    if let Some(overridden) = overridden {
+        reason = format!("{reason}; {overridden}");
     }
     Decision::Skip { reason, candidates }
 }
@@ -391,6 +513,33 @@ fn offers(
                     )
                 })
                 .collect()
+        }
+        Strategy::Team {
+            team,
+            members,
+            lead,
+        } => {
+            let total: u32 = members.iter().map(|u| u.weight).sum();
+            let mut offered: Vec<(UserId, String)> = history
+                .rotation(id, scope.rotation_account, members)
+                .into_iter()
+                .map(|i| {
+                    let u = &members[i];
+                    (
+                        u.user.clone(),
+                        format!(
+                            "{team} member {} in turn (weight {} of {total})",
+                            u.user, u.weight
+                        ),
+                    )
+                })
+                .collect();
+            if let Some(lead) = lead
+                && !offered.iter().any(|(u, _)| u == lead)
+            {
+                offered.push((lead.clone(), format!("lead of {team}, as overflow")));
+            }
+            offered
         }
         Strategy::PreviousOwner => situation
             .previous_owner

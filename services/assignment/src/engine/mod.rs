@@ -34,7 +34,8 @@
 //! ```
 //!
 //! - `strategy`: `user` (one named user), `team_lead` (a department's lead; `team` names the
-//!   department), `round_robin` (users in turn in proportion to `weight`, default 1),
+//!   department), `round_robin` (users in turn in proportion to `weight`, default 1), `team`
+//!   (`members` in turn like a round-robin, then its optional `lead` as overflow),
 //!   `previous_owner` (the contact's owner before it came back).
 //! - `backup`: users tried in order when the strategy yields no available user.
 //! - `when`: every condition given must hold: `sources` (contact source or attribution, any case),
@@ -50,6 +51,8 @@
 //!   account its own owner), `first_owner` (the contact's first owner keeps it while valid), or
 //!   `single_owner` (one owner for all accounts: the latest owner keeps it while valid, and a new
 //!   decision is flagged `all_accounts`).
+//! - `manual`: `respect` (default) or `override`, whether the rules may take a contact from an
+//!   owner chosen in GHL (see step 2 below).
 //! - A rule's id is `strategy#position` (`round_robin#4`) unless it has an `id`; the location's
 //!   default rules are prefixed `location/`. Decisions carry the id, and a round-robin rule's
 //!   turn is derived from the past decisions carrying it, so renumbering rules restarts turns.
@@ -59,23 +62,30 @@
 //! 1. **Which rules.** The account's rules, then the location's default rules. With neither, the
 //!    contact is left unassigned: "no assignment rules are set for this account or its location".
 //!    `multi_touch` is read from the account's rules when it has any, else the location's.
-//! 2. **Keep a valid owner.** If the contact already has an owner (by `multi_touch`: this
+//! 2. **An owner chosen in GHL** ([`Situation::ghl_owner`]: the contact's owner in GHL before
+//!    whatsnap, or a reassignment a GHL user made by hand after whatsnap's latest decision).
+//!    With `manual: respect` (default) a valid one is assigned by the rule `ghl_owner`; an
+//!    invalid one is passed over. With `manual: override` the steps below decide, and the
+//!    reason ends with what they override.
+//! 3. **Keep a valid owner.** If the contact already has an owner (by `multi_touch`: this
 //!    account's owner, its first owner, or its latest owner), and that owner is still a user of
 //!    the location, not deleted, active and not out of office, the decision is `Keep`: nothing is
 //!    redone, whatever the trigger. Working hours and capacity do not take a contact away from
 //!    its owner. An owner who is no longer valid is listed as a passed-over candidate and the
 //!    contact is routed away from them by the rules below.
-//! 3. **Rules in order.** The account's rules in the order listed, then the location's. A rule
+//!    A kept owner GHL does not show ([`Situation::ghl_assigned_to`]) is assigned again by
+//!    `current_owner`, so that the caller writes it to GHL.
+//! 4. **Rules in order.** The account's rules in the order listed, then the location's. A rule
 //!    whose `when` does not hold is skipped. A rule that holds offers its users: the named user,
 //!    the team lead, the previous owner, or the round-robin users in turn order; then its
 //!    `backup` users in order.
-//! 4. **First available user wins.** An offered user is passed over, with the reason recorded,
+//! 5. **First available user wins.** An offered user is passed over, with the reason recorded,
 //!    when: not a user of the location; "deleted in GHL"; "inactive"; "out of office until …";
 //!    "outside working hours (Europe/Madrid 21:40)" (unless the rule sets
 //!    `respect_working_hours: false`); "at capacity 5/5 in 24h" (the capacity of the rule's own
 //!    rule set). The first user not passed over is assigned, with the rule's id, a reason, and
 //!    every candidate considered.
-//! 5. **Otherwise unassigned.** When no rule yields an available user, the decision is `Skip`
+//! 6. **Otherwise unassigned.** When no rule yields an available user, the decision is `Skip`
 //!    with a reason that says, rule by rule, why not.
 //!
 //! Round-robin turns: smooth weighted round-robin replayed over the rule's past decisions (see
@@ -97,13 +107,13 @@ mod users;
 mod tests;
 
 pub use decide::{
-    Candidate, Conversation, Decision, NO_RULES, Ownership, Situation, decide,
-    should_reassign_for_silence,
+    Candidate, Conversation, Decision, GhlOwner, GhlOwnerKind, NO_RULES, Ownership, Situation,
+    decide, should_reassign_for_silence,
 };
 pub use history::{History, PastDecision};
 pub use rules::{
-    Capacity, Conditions, Hours, MultiTouch, Rule, RuleSet, RulesError, Strategy, Trigger, UserId,
-    Weighted, parse_rules,
+    Capacity, Conditions, Hours, Manual, MultiTouch, Rule, RuleSet, RulesError, Strategy, Trigger,
+    UserId, Weighted, parse_rules,
 };
 pub use schedule::{Schedule, TimeRange, TimeWindow, WeeklyHours};
 pub use users::{Availability, OutOfOffice, User, availability_from};

@@ -82,6 +82,31 @@ impl MultiTouch {
     }
 }
 
+/// Whether the rules may take a contact from the owner a GHL user gave it by hand (or that it
+/// had in GHL before whatsnap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Manual {
+    /// The owner chosen in GHL stays while valid (default).
+    #[default]
+    Respect,
+    /// The rules decide; the decision's reason names the GHL owner it overrides.
+    Override,
+}
+
+impl Manual {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Respect => "respect",
+            Self::Override => "override",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// What asked for a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +197,14 @@ pub enum Strategy {
     TeamLead { team: String, lead: UserId },
     /// Several users in turn, in proportion to their weights.
     RoundRobin { users: Vec<Weighted> },
+    /// A team's members in turn (in proportion to their weights); its lead takes the contact
+    /// when no member can (overflow).
+    Team {
+        team: String,
+        members: Vec<Weighted>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lead: Option<UserId>,
+    },
     /// The user who owned the contact before (a contact that existed before).
     PreviousOwner,
 }
@@ -182,6 +215,7 @@ impl Strategy {
             Self::User { .. } => "user",
             Self::TeamLead { .. } => "team_lead",
             Self::RoundRobin { .. } => "round_robin",
+            Self::Team { .. } => "team",
             Self::PreviousOwner => "previous_owner",
         }
     }
@@ -220,6 +254,9 @@ pub struct RuleSet {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub holidays: Vec<NaiveDate>,
     pub multi_touch: MultiTouch,
+    /// Whether the rules may override an owner chosen in GHL.
+    #[serde(skip_serializing_if = "Manual::is_default")]
+    pub manual: Manual,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -271,6 +308,7 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
             "business_hours",
             "holidays",
             "multi_touch",
+            "manual",
             "capacity",
             "reassign_after_silence_minutes",
             "rules",
@@ -331,6 +369,19 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
             }
         },
     };
+    let manual = match root.get("manual") {
+        None | Some(Value::Null) => Manual::default(),
+        Some(v) => match string(v, "manual")? {
+            "respect" => Manual::Respect,
+            "override" => Manual::Override,
+            other => {
+                return Err(bad(
+                    "manual",
+                    format!("`{other}` is not one of respect, override"),
+                ));
+            }
+        },
+    };
     let capacity = root
         .get("capacity")
         .filter(|v| !v.is_null())
@@ -367,6 +418,7 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
         business_hours,
         holidays,
         multi_touch,
+        manual,
         capacity,
         reassign_after_silence_minutes,
         rules,
@@ -398,55 +450,35 @@ fn rule(value: &Value, index: usize, has_tz: bool, has_hours: bool) -> Result<Ru
             },
             &["team", "lead"],
         ),
-        "round_robin" => {
-            let users_field = field("users");
-            let list = array(required(obj, &users_field, "users")?, &users_field)?;
-            if list.is_empty() {
-                return Err(bad(&users_field, "needs at least one user"));
-            }
-            let mut users: Vec<Weighted> = Vec::new();
-            for (i, entry) in list.iter().enumerate() {
-                let at = format!("{users_field}[{i}]");
-                let weighted = match entry {
-                    Value::String(_) => Weighted {
-                        user: user_id(entry, &at)?,
-                        weight: 1,
-                    },
-                    Value::Object(o) => {
-                        known(o, &at, &["user", "weight"])?;
-                        Weighted {
-                            user: user_id(
-                                required(o, &format!("{at}.user"), "user")?,
-                                &format!("{at}.user"),
-                            )?,
-                            weight: match o.get("weight") {
-                                None => 1,
-                                Some(w) => positive(w, &format!("{at}.weight"))?,
-                            },
-                        }
-                    }
-                    _ => {
-                        return Err(bad(
-                            &at,
-                            "must be a user id or {\"user\": .., \"weight\": ..}",
-                        ));
-                    }
-                };
-                if weighted.weight > 1000 {
-                    return Err(bad(&format!("{at}.weight"), "must be at most 1000"));
-                }
-                if users.iter().any(|u| u.user == weighted.user) {
-                    return Err(bad(&at, format!("`{}` is listed twice", weighted.user)));
-                }
-                users.push(weighted);
-            }
-            (Strategy::RoundRobin { users }, &["users"])
+        "round_robin" => (
+            Strategy::RoundRobin {
+                users: weighted_users(obj, &field("users"), "users")?,
+            },
+            &["users"],
+        ),
+        "team" => {
+            let lead = match obj.get("lead") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(user_id(v, &field("lead"))?),
+            };
+            (
+                Strategy::Team {
+                    team: string(required(obj, &field("team"), "team")?, &field("team"))?
+                        .trim()
+                        .to_owned(),
+                    members: weighted_users(obj, &field("members"), "members")?,
+                    lead,
+                },
+                &["team", "members", "lead"],
+            )
         }
         "previous_owner" => (Strategy::PreviousOwner, &[]),
         other => {
             return Err(bad(
                 &field("strategy"),
-                format!("`{other}` is not one of user, team_lead, round_robin, previous_owner"),
+                format!(
+                    "`{other}` is not one of user, team, team_lead, round_robin, previous_owner"
+                ),
             ));
         }
     };
@@ -496,6 +528,55 @@ fn rule(value: &Value, index: usize, has_tz: bool, has_hours: bool) -> Result<Ru
         when,
         respect_working_hours,
     })
+}
+
+/// A list of users with weights (`"u_ana"` or `{"user": "u_ana", "weight": 2}`), not empty.
+fn weighted_users(
+    obj: &Map<String, Value>,
+    users_field: &str,
+    name: &str,
+) -> Result<Vec<Weighted>, RulesError> {
+    let list = array(required(obj, users_field, name)?, users_field)?;
+    if list.is_empty() {
+        return Err(bad(users_field, "needs at least one user"));
+    }
+    let mut users: Vec<Weighted> = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let at = format!("{users_field}[{i}]");
+        let weighted = match entry {
+            Value::String(_) => Weighted {
+                user: user_id(entry, &at)?,
+                weight: 1,
+            },
+            Value::Object(o) => {
+                known(o, &at, &["user", "weight"])?;
+                Weighted {
+                    user: user_id(
+                        required(o, &format!("{at}.user"), "user")?,
+                        &format!("{at}.user"),
+                    )?,
+                    weight: match o.get("weight") {
+                        None => 1,
+                        Some(w) => positive(w, &format!("{at}.weight"))?,
+                    },
+                }
+            }
+            _ => {
+                return Err(bad(
+                    &at,
+                    "must be a user id or {\"user\": .., \"weight\": ..}",
+                ));
+            }
+        };
+        if weighted.weight > 1000 {
+            return Err(bad(&format!("{at}.weight"), "must be at most 1000"));
+        }
+        if users.iter().any(|u| u.user == weighted.user) {
+            return Err(bad(&at, format!("`{}` is listed twice", weighted.user)));
+        }
+        users.push(weighted);
+    }
+    Ok(users)
 }
 
 fn conditions(

@@ -58,6 +58,8 @@ fn situation(contact: u128, now: DateTime<Utc>) -> Situation {
         previous_owner: None,
         owners: Vec::new(),
         exclude: Vec::new(),
+        ghl_owner: None,
+        ghl_assigned_to: None,
         now,
     }
 }
@@ -1760,4 +1762,339 @@ fn a_decision_becomes_the_event_that_records_it() {
         "no rule yielded an available user: user#1 has no available user"
     );
     assert_eq!(event.candidates.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What GHL knows: the contact's source, its owner before whatsnap, reassignments made in GHL
+
+fn ghl_owner(user: &str, kind: GhlOwnerKind, since: &str) -> Option<GhlOwner> {
+    Some(GhlOwner {
+        user_id: user.into(),
+        kind,
+        since: at(since),
+    })
+}
+
+fn source_rules(manual: &str) -> RuleSet {
+    rules(json!({
+        "manual": manual,
+        "rules": [
+            { "strategy": "user", "user": "u_senior",
+              "when": { "sources": ["Google Ads Campaign"] } },
+            { "strategy": "round_robin", "users": ["u_ana", "u_ben"] }
+        ]
+    }))
+}
+
+#[test]
+fn the_manual_policy_defaults_to_respect_and_refuses_other_words() {
+    let parsed = rules(json!({ "rules": [] }));
+    assert_eq!(parsed.manual, Manual::Respect);
+    assert_eq!(parse_rules(&parsed.to_json()).unwrap(), parsed);
+    let overriding = rules(json!({ "manual": "override", "rules": [] }));
+    assert_eq!(overriding.manual, Manual::Override);
+    assert_eq!(overriding.to_json()["manual"], "override");
+    let err = parse_rules(&json!({ "manual": "ignore", "rules": [] })).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "manual: `ignore` is not one of respect, override"
+    );
+}
+
+#[test]
+fn a_new_contact_whose_ghl_source_matches_follows_the_source_rule() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("google ads campaign".into());
+    let decision = decide_one(
+        &source_rules("respect"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision), ("u_senior", "user#1"));
+}
+
+#[test]
+fn a_contact_owned_in_ghl_before_whatsnap_keeps_its_owner_whatever_its_source() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("Google Ads Campaign".into());
+    situation.existed_before = true;
+    situation.ghl_owner = ghl_owner("u_ben", GhlOwnerKind::BeforeWhatsnap, MONDAY_NOON_UTC);
+    situation.ghl_assigned_to = Some(Some("u_ben".into()));
+    let decision = decide_one(
+        &source_rules("respect"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision), ("u_ben", "ghl_owner"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "owner in GHL before whatsnap: u_ben (manual: respect)"
+    );
+}
+
+#[test]
+fn an_inactive_owner_from_ghl_is_passed_over_and_the_rules_decide() {
+    let mut users = users(&["u_senior", "u_ana", "u_ben"]);
+    user_mut(&mut users, "u_ben").active = false;
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("Google Ads Campaign".into());
+    situation.ghl_owner = ghl_owner("u_ben", GhlOwnerKind::BeforeWhatsnap, MONDAY_NOON_UTC);
+    let decision = decide_one(
+        &source_rules("respect"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision), ("u_senior", "user#1"));
+    assert_eq!(
+        passed_over(&decision),
+        vec![("u_ben".to_owned(), "inactive".to_owned())]
+    );
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("passed over owner in GHL before whatsnap: u_ben: inactive"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn under_override_the_rules_decide_and_say_whom_they_override() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("Google Ads Campaign".into());
+    situation.ghl_owner = ghl_owner("u_ben", GhlOwnerKind::BeforeWhatsnap, MONDAY_NOON_UTC);
+    let decision = decide_one(
+        &source_rules("override"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision), ("u_senior", "user#1"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.ends_with("; overrides owner in GHL before whatsnap: u_ben (manual: override)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_reassignment_made_in_ghl_becomes_the_owner_and_is_then_kept() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let history = History::new([past(
+        1,
+        ACCOUNT_A,
+        "u_ana",
+        "round_robin#1",
+        "2026-03-16T09:00:00Z",
+    )]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.trigger = Trigger::ReturningContact;
+    situation.owners = history.owners_of(Uuid::from_u128(1));
+    situation.ghl_owner = ghl_owner(
+        "u_ben",
+        GhlOwnerKind::ReassignedInGhl,
+        "2026-03-16T10:00:00Z",
+    );
+    situation.ghl_assigned_to = Some(Some("u_ben".into()));
+    let rules = source_rules("respect");
+    let decision = decide_one(&rules, &users, &history, &situation);
+    assert_eq!(assigned(&decision), ("u_ben", "ghl_owner"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "reassigned to u_ben by hand in GHL (manual: respect)"
+    );
+
+    // Once recorded, the next message keeps the owner chosen in GHL.
+    let history = History::new([
+        past(
+            1,
+            ACCOUNT_A,
+            "u_ana",
+            "round_robin#1",
+            "2026-03-16T09:00:00Z",
+        ),
+        past(1, ACCOUNT_A, "u_ben", "ghl_owner", MONDAY_NOON_UTC),
+    ]);
+    situation.owners = history.owners_of(Uuid::from_u128(1));
+    situation.now = at("2026-03-16T13:00:00Z");
+    let decision = decide_one(&rules, &users, &history, &situation);
+    assert!(
+        matches!(&decision, Decision::Keep { user_id, .. } if user_id.as_str() == "u_ben"),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn under_override_a_reassignment_made_in_ghl_is_replaced_by_the_kept_owner_with_the_reason() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let history = History::new([past(
+        1,
+        ACCOUNT_A,
+        "u_ana",
+        "round_robin#1",
+        "2026-03-16T09:00:00Z",
+    )]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.trigger = Trigger::ReturningContact;
+    situation.owners = history.owners_of(Uuid::from_u128(1));
+    situation.ghl_owner = ghl_owner(
+        "u_ben",
+        GhlOwnerKind::ReassignedInGhl,
+        "2026-03-16T10:00:00Z",
+    );
+    situation.ghl_assigned_to = Some(Some("u_ben".into()));
+    let decision = decide_one(&source_rules("override"), &users, &history, &situation);
+    assert_eq!(assigned(&decision), ("u_ana", "current_owner"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "u_ana owns the contact since 2026-03-16 09:00 UTC and is still valid (multi_touch \
+         per_account); GHL shows u_ben: written back; overrides reassigned to u_ben by hand in \
+         GHL (manual: override)"
+    );
+}
+
+#[test]
+fn a_kept_owner_that_ghl_does_not_show_is_decided_again_so_ghl_is_set() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let history = History::new([past(
+        1,
+        ACCOUNT_A,
+        "u_ana",
+        "round_robin#1",
+        "2026-03-16T09:00:00Z",
+    )]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.trigger = Trigger::ReturningContact;
+    situation.owners = history.owners_of(Uuid::from_u128(1));
+    let rules = source_rules("respect");
+
+    // GHL shows the kept owner, or whatsnap never heard: nothing to do.
+    situation.ghl_assigned_to = Some(Some("u_ana".into()));
+    assert!(matches!(
+        decide_one(&rules, &users, &history, &situation),
+        Decision::Keep { .. }
+    ));
+    situation.ghl_assigned_to = None;
+    assert!(matches!(
+        decide_one(&rules, &users, &history, &situation),
+        Decision::Keep { .. }
+    ));
+
+    // GHL shows nobody.
+    situation.ghl_assigned_to = Some(None);
+    let decision = decide_one(&rules, &users, &history, &situation);
+    assert_eq!(assigned(&decision), ("u_ana", "current_owner"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.ends_with("; GHL shows nobody: written back"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_assignment_says_why_each_earlier_rule_did_not_take_the_contact() {
+    let users = users(&["u_senior", "u_ana", "u_ben"]);
+    let mut situation = situation(1, at(MONDAY_NOON_UTC));
+    situation.contact_source = Some("Referral Program".into());
+    let decision = decide_one(
+        &source_rules("respect"),
+        &users,
+        &History::default(),
+        &situation,
+    );
+    assert_eq!(assigned(&decision).1, "round_robin#2");
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.ends_with("; before it: user#1 does not apply: source is `Referral Program`"),
+        "{reason}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Teams: members in turn, the lead as overflow
+
+fn team_rules() -> RuleSet {
+    rules(json!({ "rules": [
+        { "strategy": "team", "team": "Sales", "members": ["u_ana", "u_ben"], "lead": "u_lead",
+          "backup": ["u_owner"] }
+    ] }))
+}
+
+#[test]
+fn a_team_routes_to_its_members_in_turn() {
+    let users = users(&["u_ana", "u_ben", "u_lead", "u_owner"]);
+    let rules = team_rules();
+    let mut history = History::default();
+    let mut chosen = Vec::new();
+    for contact in 1..=4 {
+        let situation = situation(contact, at(MONDAY_NOON_UTC));
+        let decision = decide_one(&rules, &users, &history, &situation);
+        let (user, rule) = assigned(&decision);
+        assert_eq!(rule, "team#1");
+        chosen.push(user.to_owned());
+        history.push(decision.past(&situation).unwrap());
+    }
+    assert_eq!(chosen, ["u_ana", "u_ben", "u_ana", "u_ben"]);
+}
+
+#[test]
+fn the_team_lead_takes_the_overflow_when_no_member_can() {
+    let mut users = users(&["u_ana", "u_ben", "u_lead", "u_owner"]);
+    away(
+        user_mut(&mut users, "u_ana"),
+        "2026-03-16T00:00:00Z",
+        "2026-03-17T00:00:00Z",
+    );
+    user_mut(&mut users, "u_ben").active = false;
+    let situation = situation(1, at(MONDAY_NOON_UTC));
+    let decision = decide_one(&team_rules(), &users, &History::default(), &situation);
+    assert_eq!(assigned(&decision), ("u_lead", "team#1"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.starts_with("lead of Sales, as overflow, as u_ana out of office until"),
+        "{reason}"
+    );
+    assert!(reason.contains("u_ben inactive"), "{reason}");
+
+    // With the lead away too, the backup.
+    user_mut(&mut users, "u_lead").active = false;
+    let decision = decide_one(&team_rules(), &users, &History::default(), &situation);
+    assert_eq!(assigned(&decision), ("u_owner", "team#1"));
+}
+
+#[test]
+fn a_team_needs_members_and_names_them_once() {
+    let err = parse_rules(
+        &json!({ "rules": [ { "strategy": "team", "team": "Sales", "members": [] } ] }),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "rules[0].members: needs at least one user");
+    let err = parse_rules(&json!({ "rules": [ { "strategy": "team", "members": ["u_ana"] } ] }))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "rules[0].team: missing");
+    let parsed = team_rules();
+    assert_eq!(parse_rules(&parsed.to_json()).unwrap(), parsed);
 }

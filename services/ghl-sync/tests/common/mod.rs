@@ -151,6 +151,7 @@ impl Rig {
             rule: "round_robin#1".into(),
             reason: "next in turn".into(),
             candidates: Vec::new(),
+            trigger: None,
         };
         self.append(stream, vec![decision.into()]).await;
     }

@@ -1,0 +1,295 @@
+//! How assignment is performing, from the log alone: first-response time per user and per
+//! account (a contact's first unanswered message to the first reply a GHL user sent it), open
+//! contacts per user (the contacts each user owns now), reassignments and their causes, and
+//! contacts left unassigned with why. Pure: the caller passes the events and the window.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use whatsnap_events::{Event, LocationId, PhoneNumber, RecordedEvent, contact_id_for};
+
+/// First responses of one user or account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Responses {
+    pub count: u64,
+    pub total_seconds: i64,
+}
+
+impl Responses {
+    fn add(&mut self, seconds: i64) {
+        self.count += 1;
+        self.total_seconds += seconds;
+    }
+
+    /// The mean first-response time in whole seconds; `None` without responses.
+    pub fn average_seconds(&self) -> Option<i64> {
+        (self.count > 0).then(|| self.total_seconds / self.count as i64)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// By GHL user id.
+    pub users: BTreeMap<String, Responses>,
+    /// By account id.
+    pub accounts: BTreeMap<Uuid, Responses>,
+    /// The contacts each user owns now, by user id.
+    pub open: BTreeMap<String, u64>,
+    /// Reassignments in the window, by cause.
+    pub reassignments: BTreeMap<String, u64>,
+    /// Contacts whose latest decision left them unassigned, by reason.
+    pub unassigned: BTreeMap<String, u64>,
+}
+
+/// Why a contact that had an owner got another.
+fn cause(rule: &str, trigger: Option<&str>, reason: &str) -> &'static str {
+    match (rule, trigger) {
+        ("ghl_owner", _) => "chosen in GHL",
+        ("current_owner", _) => "owner written back to GHL",
+        (_, Some("owner_silent")) => "owner did not reply in time",
+        _ if reason.contains("rerouted from") => "owner no longer available",
+        _ => "rules",
+    }
+}
+
+/// The report of `location` over the events that occurred from `since` on (ownership is
+/// counted over the whole log).
+pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<Utc>) -> Report {
+    let mut report = Report::default();
+    // Per contact: its first unanswered message (when and to which account), and its owner.
+    let mut waiting: HashMap<Uuid, (DateTime<Utc>, Uuid)> = HashMap::new();
+    let mut owner: HashMap<Uuid, Option<String>> = HashMap::new();
+    let mut skipped: HashMap<Uuid, String> = HashMap::new();
+    for recorded in events.iter().filter(|e| e.location_id() == location) {
+        let Ok(event) = recorded.decode() else {
+            continue;
+        };
+        let at = recorded.occurred_at;
+        let in_window = at >= since;
+        match event {
+            Event::InboundMessageReceived(e) => {
+                if let Ok(phone) = PhoneNumber::parse(&e.from) {
+                    waiting
+                        .entry(contact_id_for(location, &phone))
+                        .or_insert((at, e.account_id));
+                }
+            }
+            Event::OutboundMessageRequested(e) => {
+                let Some(user) = e.ghl_user_id else { continue };
+                if let Some((asked, account)) = waiting.remove(&e.contact_id)
+                    && asked >= since
+                {
+                    let seconds = (at - asked).num_seconds();
+                    report.users.entry(user).or_default().add(seconds);
+                    report.accounts.entry(account).or_default().add(seconds);
+                }
+            }
+            Event::ContactAssigned(e) => {
+                let before = owner
+                    .insert(e.contact_id, Some(e.user_id.clone()))
+                    .flatten();
+                skipped.remove(&e.contact_id);
+                if in_window && before.as_ref().is_some_and(|b| *b != e.user_id) {
+                    *report
+                        .reassignments
+                        .entry(cause(&e.rule, e.trigger.as_deref(), &e.reason).to_owned())
+                        .or_default() += 1;
+                }
+            }
+            // A contact that has an owner keeps it when a later decision finds nobody.
+            Event::AssignmentSkipped(e)
+                if owner.get(&e.contact_id).cloned().flatten().is_none() =>
+            {
+                skipped.insert(e.contact_id, e.reason);
+            }
+            _ => {}
+        }
+    }
+    for user in owner.into_values().flatten() {
+        *report.open.entry(user).or_default() += 1;
+    }
+    for reason in skipped.into_values() {
+        *report.unassigned.entry(reason).or_default() += 1;
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use whatsnap_events::{
+        AggregateKind, AssignmentSkipped, ContactAssigned, EventId, EventMetadata,
+        InboundMessageReceived, OutboundMessageRequested, StreamId,
+    };
+
+    use super::*;
+
+    const ACCOUNT: Uuid = Uuid::from_u128(0xA);
+
+    struct Log {
+        location: LocationId,
+        start: DateTime<Utc>,
+        events: Vec<RecordedEvent>,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Self {
+                location: LocationId::parse("locReport").unwrap(),
+                start: "2026-03-16T09:00:00Z".parse().unwrap(),
+                events: Vec::new(),
+            }
+        }
+
+        fn contact(&self, phone: &str) -> Uuid {
+            contact_id_for(&self.location, &PhoneNumber::parse(phone).unwrap())
+        }
+
+        /// Records `event` `minutes` after the start.
+        fn at(&mut self, minutes: i64, event: impl Into<Event>) {
+            let event = event.into();
+            self.events.push(RecordedEvent {
+                id: EventId::new(),
+                stream: StreamId::for_uuid(
+                    self.location.clone(),
+                    AggregateKind::Contact,
+                    Uuid::now_v7(),
+                ),
+                version: 1,
+                position: self.events.len() as u64 + 1,
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                occurred_at: self.start + Duration::minutes(minutes),
+                metadata: EventMetadata::new_correlation(),
+                payload: event.encode(),
+            });
+        }
+
+        fn inbound(&mut self, minutes: i64, phone: &str) {
+            let event = InboundMessageReceived {
+                message_id: Uuid::now_v7(),
+                account_id: ACCOUNT,
+                provider_message_id: format!("SM{minutes}"),
+                from: phone.into(),
+                to: None,
+                body: "hello".into(),
+                sender_name: None,
+                received_at: self.start + Duration::minutes(minutes),
+                attachments: Vec::new(),
+            };
+            self.at(minutes, event);
+        }
+
+        fn reply(&mut self, minutes: i64, phone: &str, user: &str) {
+            let event = OutboundMessageRequested {
+                message_id: Uuid::now_v7(),
+                contact_id: self.contact(phone),
+                ghl_message_id: None,
+                ghl_user_id: Some(user.into()),
+                body: "hi".into(),
+                attachments: Vec::new(),
+                to: None,
+                ghl_contact_id: None,
+            };
+            self.at(minutes, event);
+        }
+
+        fn assign(&mut self, minutes: i64, phone: &str, user: &str, rule: &str, trigger: &str) {
+            let event = ContactAssigned {
+                contact_id: self.contact(phone),
+                account_id: Some(ACCOUNT),
+                user_id: user.into(),
+                rule: rule.into(),
+                reason: "scripted".into(),
+                candidates: Vec::new(),
+                trigger: Some(trigger.into()),
+            };
+            self.at(minutes, event);
+        }
+    }
+
+    #[test]
+    fn the_report_tells_response_times_workload_reassignments_and_the_unassigned() {
+        let mut log = Log::new();
+        // Ana answers her first contact in 4 minutes and her second in 10 (the second message
+        // before her reply does not restart the clock); Ben answers his in 2.
+        log.inbound(0, "+14155550001");
+        log.assign(0, "+14155550001", "u_ana", "user#1", "new_contact");
+        log.inbound(1, "+14155550001");
+        log.reply(4, "+14155550001", "u_ana");
+        log.inbound(10, "+14155550002");
+        log.assign(10, "+14155550002", "u_ana", "user#1", "new_contact");
+        log.reply(20, "+14155550002", "u_ana");
+        log.inbound(30, "+14155550003");
+        log.assign(30, "+14155550003", "u_ben", "user#1", "new_contact");
+        log.reply(32, "+14155550003", "u_ben");
+        // The second contact is taken from Ana for silence, the third by hand in GHL.
+        log.assign(40, "+14155550002", "u_ben", "user#1", "owner_silent");
+        log.assign(
+            50,
+            "+14155550003",
+            "u_cleo",
+            "ghl_owner",
+            "returning_contact",
+        );
+        // Nobody could take the fourth.
+        log.inbound(60, "+14155550004");
+        let skipped = AssignmentSkipped {
+            contact_id: log.contact("+14155550004"),
+            account_id: Some(ACCOUNT),
+            reason: "no rule yielded an available user".into(),
+            candidates: Vec::new(),
+            trigger: Some("new_contact".into()),
+        };
+        log.at(60, skipped);
+
+        let report = report(&log.events, &log.location, log.start);
+        assert_eq!(
+            report.users["u_ana"],
+            Responses {
+                count: 2,
+                total_seconds: 14 * 60
+            }
+        );
+        assert_eq!(report.users["u_ana"].average_seconds(), Some(7 * 60));
+        assert_eq!(report.users["u_ben"].average_seconds(), Some(2 * 60));
+        assert_eq!(report.accounts[&ACCOUNT].count, 3);
+        assert_eq!(
+            report.accounts[&ACCOUNT].average_seconds(),
+            Some(16 * 60 / 3)
+        );
+        assert_eq!(
+            report.open,
+            BTreeMap::from([
+                ("u_ana".into(), 1),
+                ("u_ben".into(), 1),
+                ("u_cleo".into(), 1)
+            ])
+        );
+        assert_eq!(
+            report.reassignments,
+            BTreeMap::from([
+                ("chosen in GHL".into(), 1),
+                ("owner did not reply in time".into(), 1)
+            ])
+        );
+        assert_eq!(
+            report.unassigned,
+            BTreeMap::from([("no rule yielded an available user".into(), 1)])
+        );
+
+        // A window that starts after the first hour sees no responses nor reassignments.
+        let later = report_since(&log, 61);
+        assert!(later.users.is_empty() && later.reassignments.is_empty());
+        assert_eq!(later.open.len(), 3, "ownership counts the whole log");
+    }
+
+    fn report_since(log: &Log, minutes: i64) -> Report {
+        report(
+            &log.events,
+            &log.location,
+            log.start + Duration::minutes(minutes),
+        )
+    }
+}
