@@ -402,10 +402,14 @@ fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // PostgreSQL: serialisation failure, deadlock, connection and shutdown
-                    // classes; SQLite: SQLITE_BUSY and SQLITE_LOCKED with their extended codes.
-                    matches!(code.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261")
-                        || code.starts_with("08")
+                    // PostgreSQL: serialisation failure, deadlock, connection, insufficient
+                    // resources (a full disk) and shutdown classes; SQLite: SQLITE_BUSY and
+                    // SQLITE_LOCKED with their extended codes, and SQLITE_FULL.
+                    matches!(
+                        code.as_ref(),
+                        "40001" | "40P01" | "5" | "6" | "517" | "261" | "13"
+                    ) || code.starts_with("08")
+                        || code.starts_with("53")
                         || code.starts_with("57P")
                 }),
                 _ => false,
