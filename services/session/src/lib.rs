@@ -158,6 +158,25 @@ impl Session {
         }
     }
 
+    /// Appends `event`, decided against the account as `state` holds it, at that version (a
+    /// concurrent change is a conflict); the account as it then is.
+    async fn append_decided(
+        &self,
+        stream: &StreamId,
+        state: AccountState,
+        event: &Event,
+    ) -> ServiceResult<AccountState> {
+        let outcome = self
+            .store
+            .append(
+                stream,
+                ExpectedVersion::Exact(state.version),
+                vec![NewEvent::new(event, metadata())],
+            )
+            .await?;
+        Ok(evolve(state, event, outcome.version))
+    }
+
     /// The account's state from its own stream; not found when it was never added.
     async fn load_account(
         &self,
@@ -304,19 +323,8 @@ impl pb::session_service_server::SessionService for Session {
         let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
         let (stream, state) = self.load_account(&location, account_id).await?;
         let event = decide_remove(&state, account_id, &request.reason)?;
-        let outcome = self
-            .store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(state.version),
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(to_pb(
-            &evolve(state, &event, outcome.version),
-            &location,
-        )))
+        let account = self.append_decided(&stream, state, &event).await?;
+        Ok(Response::new(to_pb(&account, &location)))
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
@@ -341,20 +349,9 @@ impl pb::session_service_server::SessionService for Session {
             )
             .await?;
         let event = decide_rotate(&state, account_id, credentials)?;
-        let outcome = self
-            .store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(state.version),
-                vec![NewEvent::new(&event, metadata())],
-            )
-            .await
-            .map_err(ServiceError::from)?;
+        let account = self.append_decided(&stream, state, &event).await?;
         tracing::info!(%location, %account_id, "twilio credentials rotated");
-        Ok(Response::new(to_pb(
-            &evolve(state, &event, outcome.version),
-            &location,
-        )))
+        Ok(Response::new(to_pb(&account, &location)))
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
