@@ -36,15 +36,24 @@ fn cli(server: &Whatsnap, args: &[&str]) -> (bool, String, String) {
 /// Retries a CLI command until its output contains `expected` (read models are eventually
 /// consistent).
 fn cli_until(server: &Whatsnap, args: &[&str], expected: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let server = server.grpc_url();
+    let args: Vec<&str> = args.iter().copied().chain(["--server", &server]).collect();
+    run_until(&args, expected, Duration::from_secs(30))
+}
+
+/// Runs `whatsnap <args>` until it succeeds and prints `expected`, for at most `limit`.
+fn run_until(args: &[&str], expected: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
     loop {
-        let (ok, out, err) = cli(server, args);
-        if ok && out.contains(expected) {
+        let output = Command::new(binary()).args(args).output().unwrap();
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && out.contains(expected) {
             return out;
         }
         assert!(
             Instant::now() < deadline,
-            "{args:?} never printed {expected:?}: {out}{err}"
+            "{args:?} never printed {expected:?}: {out}{}",
+            String::from_utf8_lossy(&output.stderr)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -347,20 +356,7 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
         "--server",
         &server,
     ];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let trace = loop {
-        let output = Command::new(binary()).args(trace_args).output().unwrap();
-        let trace = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && trace.contains("GhlStatusReported") {
-            break trace;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trace never told GHL's delivery report:\n{trace}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let trace = run_until(&trace_args, "GhlStatusReported", Duration::from_secs(60));
     for event in [
         "ContactCreated",
         "OutboundMessageRouted",
