@@ -304,9 +304,9 @@ pub async fn request_retry<DB: CheckpointTable>(
     requested_by: Option<&str>,
 ) -> Result<ParkedEvent, ParkedError> {
     let parked = open(pool, projection, position).await?;
-    let mut conn = pool.acquire().await?;
-    let changed = DB::update_parked(
-        &mut conn,
+    change_open(
+        pool,
+        &parked,
         ParkedChange::RequestRetry {
             projection,
             position,
@@ -314,10 +314,6 @@ pub async fn request_retry<DB: CheckpointTable>(
         },
     )
     .await?;
-    drop(conn);
-    if changed == 0 {
-        return Err(resolved_meanwhile(pool, &parked).await);
-    }
     find(pool, projection, position).await
 }
 
@@ -349,9 +345,9 @@ pub async fn skip<DB: CheckpointTable>(
     requested_by: Option<&str>,
 ) -> Result<ParkedEvent, ParkedError> {
     let parked = open(pool, projection, position).await?;
-    let mut conn = pool.acquire().await?;
-    let changed = DB::update_parked(
-        &mut conn,
+    change_open(
+        pool,
+        &parked,
         ParkedChange::Skip {
             projection,
             position,
@@ -359,12 +355,25 @@ pub async fn skip<DB: CheckpointTable>(
         },
     )
     .await?;
-    drop(conn);
-    if changed == 0 {
-        return Err(resolved_meanwhile(pool, &parked).await);
-    }
     announce_resolved(store, &parked, "skipped", requested_by).await?;
     find(pool, projection, position).await
+}
+
+/// Makes `change` to the `parked` row, which was open when read; an error says what became of
+/// it when another request resolved it meanwhile.
+async fn change_open<DB: CheckpointTable>(
+    pool: &Pool<DB>,
+    parked: &ParkedEvent,
+    change: ParkedChange<'_>,
+) -> Result<(), ParkedError> {
+    let mut conn = pool.acquire().await?;
+    let changed = DB::update_parked(&mut conn, change).await?;
+    // The connection goes back before the row is read again.
+    drop(conn);
+    if changed == 0 {
+        return Err(resolved_meanwhile(pool, parked).await);
+    }
+    Ok(())
 }
 
 async fn open<DB: CheckpointTable>(
