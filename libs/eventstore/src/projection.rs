@@ -331,8 +331,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The pause after the `failures`-th failure in a row.
-    fn delay(&self, failures: u32) -> Duration {
+    /// The pause after the `failures`-th failure in a row (1 is the first), with jitter.
+    pub fn delay(&self, failures: u32) -> Duration {
         let doubled = self
             .first
             .saturating_mul(1 << failures.saturating_sub(1).min(20));

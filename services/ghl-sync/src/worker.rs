@@ -22,6 +22,7 @@ use whatsnap_events::{
     AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId,
     NewEvent, StreamId,
 };
+use whatsnap_eventstore::projection::Backoff;
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_ghl::client::{
     DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection, StatusError,
@@ -380,11 +381,14 @@ impl Worker {
         .collect())
     }
 
+    /// The pause after the `attempt`-th failure in a row, with jitter so that locations that
+    /// failed together do not come back together.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = Duration::from_millis(250).saturating_mul(1 << attempt.min(16));
-        let capped = exp.min(self.config.max_backoff);
-        // Jitter, so that locations that failed together do not come back together.
-        capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        Backoff {
+            first: Duration::from_millis(500),
+            max: self.config.max_backoff,
+        }
+        .delay(attempt)
     }
 
     /// Works through one location's queue until it is empty.

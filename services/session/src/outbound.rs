@@ -19,7 +19,7 @@ use whatsnap_events::{
     AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
     MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
 };
-use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
 use whatsnap_twilio::webhook::MessageStatus;
@@ -536,9 +536,11 @@ pub const SEND: &str = "twilio.send";
 
 /// The pause before the `attempt`-th retry of an account's head reply, with jitter.
 fn backoff(attempt: u32) -> Duration {
-    let exp = Duration::from_millis(250).saturating_mul(1 << attempt.min(8));
-    exp.min(Duration::from_secs(15))
-        .mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(15),
+    }
+    .delay(attempt)
 }
 
 #[cfg(test)]
