@@ -1,0 +1,341 @@
+//! The seam between whatsnap and the platforms it connects. Every account kind — WhatsApp by QR
+//! (embedded engine or Evolution API), SMS through an Android phone, iMessage through a Mac,
+//! Twilio — is a [`Connector`]: it checks an account's settings when the account is added, sends
+//! replies, and finds a reply it may already have sent. Kinds that keep a live link to the
+//! platform (a linked WhatsApp device) are also a [`Session`], run by the session service's
+//! supervisor.
+//!
+//! What a platform reports — a QR code to scan, a connection opened or lost, a message received
+//! or typed on the phone, a receipt — arrives as a [`ConnectorEvent`], in whatsnap's own terms,
+//! whether it came from a live session or from a webhook. The session service turns each into
+//! the account's and messages' events; nothing past this crate knows which platform spoke.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use whatsnap_events::{AccountKind, Attachment, LocationId};
+use whatsnap_secrets::SecretKey;
+
+/// The account a connector acts for, as the session service knows it.
+#[derive(Clone)]
+pub struct AccountRef {
+    pub location: LocationId,
+    pub account_id: Uuid,
+    pub name: String,
+    /// The account's own number in E.164, once known.
+    pub phone_number: Option<String>,
+    /// The connector's settings, as its [`Connector::check`] returned them (secrets sealed).
+    pub settings: serde_json::Value,
+    /// Opens the sealed secrets in `settings`.
+    pub secret_key: SecretKey,
+}
+
+impl fmt::Debug for AccountRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountRef")
+            .field("location", &self.location)
+            .field("account_id", &self.account_id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is at the other end of a chat, as the platform names them. WhatsApp may name a sender by
+/// a LID (`123456789@lid`) instead of, or beside, the phone number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The phone number in E.164, when the platform gives it.
+    pub phone: Option<String>,
+    /// WhatsApp's LID, when the platform gives it.
+    pub lid: Option<String>,
+}
+
+/// A code that links a device: a QR code to scan, or a pairing code to type on the phone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkCode {
+    Qr { code: String, valid_for: Duration },
+    Pairing { code: String, valid_for: Duration },
+}
+
+/// Why a connection is not open, in terms a user can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The network dropped or the platform closed the connection; whatsnap reconnects.
+    ConnectionLost,
+    /// The phone has been offline too long for the linked device to work.
+    PhoneOffline,
+    /// The platform refuses this client's version.
+    ClientOutdated,
+    /// No QR code was scanned before the codes ran out, or the platform refused the link.
+    Refused,
+    /// The number is banned or restricted by the platform.
+    Banned,
+    /// The device was unlinked (from the phone, or by a logout): a new scan is needed.
+    LoggedOut,
+    /// The engine whatsnap drives (e.g. an Evolution API server) cannot be reached.
+    EngineUnavailable,
+    /// whatsnap stopped the connection (the account was removed, or whatsnap is stopping).
+    Stopped,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLost => "connection_lost",
+            Self::PhoneOffline => "phone_offline",
+            Self::ClientOutdated => "client_outdated",
+            Self::Refused => "refused",
+            Self::Banned => "banned",
+            Self::LoggedOut => "logged_out",
+            Self::EngineUnavailable => "engine_unavailable",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// Whether whatsnap should try to connect again by itself; otherwise a user acts first.
+    pub fn reconnects(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionLost | Self::PhoneOffline | Self::EngineUnavailable
+        )
+    }
+
+    /// What a user should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::ConnectionLost => "whatsnap reconnects by itself",
+            Self::PhoneOffline => "open WhatsApp on the phone and keep it online",
+            Self::ClientOutdated => "update whatsnap: WhatsApp refuses this client's version",
+            Self::Refused => "run `whatsnap accounts connect` again and scan the QR code in time",
+            Self::Banned => "the number is banned or restricted by WhatsApp; contact WhatsApp support",
+            Self::LoggedOut => {
+                "the device was unlinked; run `whatsnap accounts connect` and scan again"
+            }
+            Self::EngineUnavailable => "check that the WhatsApp engine is running and reachable",
+            Self::Stopped => "nothing: whatsnap stopped the connection",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message the platform reported in a chat of the account: received from the peer, or typed
+/// on the account's own phone (`from_me`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedMessage {
+    /// The platform's id of the message: what makes a redelivery recognisable.
+    pub provider_message_id: String,
+    /// The other side of the chat.
+    pub peer: Peer,
+    /// Typed on the account's own phone (or sent by another linked device), not received.
+    pub from_me: bool,
+    /// The sender's name as the platform shows it (WhatsApp's push name).
+    pub sender_name: Option<String>,
+    pub body: String,
+    pub attachments: Vec<Attachment>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// How far a message whatsnap sent has got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Receipt {
+    /// The platform's server took it.
+    Sent,
+    Delivered,
+    Read,
+    Failed {
+        reason: String,
+        code: Option<String>,
+    },
+}
+
+/// What a platform reported about an account, in whatsnap's terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnectorEvent {
+    /// A code to link the device was issued (each rotation is another one).
+    Linking(LinkCode),
+    /// The link is open.
+    Connected {
+        phone_number: Option<String>,
+        display_name: Option<String>,
+    },
+    /// The link is closed.
+    Disconnected {
+        reason: DisconnectReason,
+        detail: String,
+    },
+    Message(ObservedMessage),
+    Receipt {
+        provider_message_id: String,
+        receipt: Receipt,
+    },
+}
+
+/// A reply to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// whatsnap's id of the message.
+    pub message_id: Uuid,
+    /// The recipient in E.164.
+    pub to: String,
+    pub body: String,
+    pub attachments: Vec<Attachment>,
+    /// Where the provider reports the message's status, for providers that call back per
+    /// message (Twilio's StatusCallback).
+    pub status_callback: Option<String>,
+}
+
+/// The provider took the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub provider_message_id: String,
+}
+
+/// Why a send did not happen, as the outbox needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The provider answered and refused it: sending it again will not help.
+    #[error("{reason}")]
+    Refused { reason: String, code: Option<String> },
+    /// The provider asked whatsnap to slow down; nothing was sent.
+    #[error("{0}")]
+    RateLimited(String),
+    /// The provider could not be reached; nothing was sent.
+    #[error("{0}")]
+    NotConnected(String),
+    /// The call failed in a way that may come after the provider took the message (a timeout,
+    /// a 5xx): look for it before sending again.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+impl SendError {
+    /// Whether the provider certainly did not take the message.
+    pub fn certainly_unsent(&self) -> bool {
+        !matches!(self, Self::Unknown(_))
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Refused { .. })
+    }
+
+    /// The provider's error code, when it gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a connector refused an account's settings or an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// The settings are wrong in a way the user can fix (a bad key, a missing field).
+    #[error("{0}")]
+    Invalid(String),
+    /// The platform said no (wrong credentials, a number the account does not own).
+    #[error("{0}")]
+    Refused(String),
+    /// The platform or engine could not be reached; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An account kind, as whatsnap drives it.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The platform the accounts of this connector are on.
+    fn platform(&self) -> AccountKind;
+
+    /// The engine's name in events, settings and the CLI, e.g. `twilio`, `evolution`,
+    /// `embedded`.
+    fn engine(&self) -> &'static str;
+
+    /// Checks what a user gave to add an account (credentials, a number, an instance) with the
+    /// platform, and returns the settings to store with the account, secrets sealed with
+    /// `secret_key`.
+    async fn check(
+        &self,
+        account: &NewAccount,
+        settings: serde_json::Value,
+        secret_key: &SecretKey,
+    ) -> Result<serde_json::Value, ConnectorError>;
+
+    /// Sends one reply, once: retries are the outbox's, after [`Connector::find_sent`].
+    async fn send(&self, account: &AccountRef, outgoing: &Outgoing) -> Result<Sent, SendError>;
+
+    /// Looks for `outgoing` among what the account sent since `since`: a send whose answer was
+    /// lost. `None` when the provider has no trace of it, or offers no way to look.
+    async fn find_sent(
+        &self,
+        account: &AccountRef,
+        outgoing: &Outgoing,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Sent>, SendError> {
+        let _ = (account, outgoing, since);
+        Ok(None)
+    }
+
+    /// The live link of this kind, when it keeps one.
+    fn session(&self) -> Option<&dyn Session> {
+        None
+    }
+}
+
+/// What a user gave to add an account, before it exists.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub location: LocationId,
+    pub account_id: Uuid,
+    pub name: String,
+    pub phone_number: Option<String>,
+}
+
+/// How a session asks to be linked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkMethod {
+    /// Show QR codes to scan.
+    #[default]
+    Qr,
+    /// Show a pairing code to type on the phone with this number (E.164).
+    PairingCode { phone_number: String },
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub reason: DisconnectReason,
+    pub detail: String,
+}
+
+/// A connector that keeps a live link per account (a linked WhatsApp device).
+#[async_trait]
+pub trait Session: Send + Sync {
+    /// Runs the account's link until it ends or `stop` is cancelled: connects (asking for a QR
+    /// scan or a pairing code with `method` when the device is not linked yet), and reports
+    /// everything that happens on `events`, in order. Returns why it ended; the supervisor
+    /// decides whether to run it again.
+    async fn run(
+        &self,
+        account: &AccountRef,
+        method: LinkMethod,
+        events: mpsc::Sender<ConnectorEvent>,
+        stop: CancellationToken,
+    ) -> Ended;
+
+    /// Unlinks the device (the account is removed, or a user asked to log out).
+    async fn logout(&self, account: &AccountRef) -> Result<(), ConnectorError>;
+}
