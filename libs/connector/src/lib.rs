@@ -293,6 +293,38 @@ pub trait Connector: Send + Sync + 'static {
     fn session(&self) -> Option<&dyn Session> {
         None
     }
+
+    /// Checks a webhook the platform (or the engine) sent for `account` — its signature or key
+    /// — and reads what it reports. Kinds without webhooks refuse every one.
+    fn webhook(
+        &self,
+        account: &AccountRef,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Vec<ConnectorEvent>, WebhookError> {
+        let _ = (account, headers, body);
+        Err(WebhookError::NotExpected(format!(
+            "{} accounts receive no webhooks here",
+            self.engine()
+        )))
+    }
+}
+
+/// Why a webhook was refused; nothing it carried is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// Not signed, or not with this account's key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Not a payload this engine sends.
+    #[error("{0}")]
+    Malformed(String),
+    /// For another account or instance.
+    #[error("{0}")]
+    WrongAccount(String),
+    /// This engine sends no webhooks to this route.
+    #[error("{0}")]
+    NotExpected(String),
 }
 
 /// What a user gave to add an account, before it exists.
