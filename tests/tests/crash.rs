@@ -174,6 +174,7 @@ impl World {
                     account_sid: sid.into(),
                     auth_token: token.into(),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

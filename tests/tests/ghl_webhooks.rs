@@ -75,6 +75,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         name: name.into(),
         phone_number: String::new(),
         twilio: None,
+        ..Default::default()
     };
     let first = accounts
         .add_account(add("Front"))

@@ -130,6 +130,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
                 account_sid: SID.into(),
                 auth_token: TOKEN.into(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -134,6 +134,7 @@ impl Rig {
                     account_sid: SID.into(),
                     auth_token: TOKEN.into(),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

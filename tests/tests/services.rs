@@ -83,6 +83,7 @@ impl Api {
                 name: name.into(),
                 phone_number: "+1 415 555 0199".into(),
                 twilio: None,
+                ..Default::default()
             })
             .await
             .unwrap()

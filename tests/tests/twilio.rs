@@ -31,6 +31,7 @@ fn add(name: &str, token: &str, number: &str) -> session::AddAccountRequest {
             account_sid: SID.into(),
             auth_token: token.into(),
         }),
+        ..Default::default()
     }
 }
 
@@ -259,6 +260,7 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
             name: "Second".into(),
             phone_number: String::new(),
             twilio: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -278,6 +280,7 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
             name: "Third".into(),
             phone_number: String::new(),
             twilio: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -130,6 +130,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
             account_sid: SID.into(),
             auth_token: TOKEN.into(),
         }),
+        ..Default::default()
     };
     let sales = accounts
         .add_account(add("Sales"))

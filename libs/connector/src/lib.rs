@@ -10,7 +10,9 @@
 //! whether it came from a live session or from a webhook. The session service turns each into
 //! the account's and messages' events; nothing past this crate knows which platform spoke.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -191,9 +193,6 @@ pub struct Outgoing {
     pub to: String,
     pub body: String,
     pub attachments: Vec<Attachment>,
-    /// Where the provider reports the message's status, for providers that call back per
-    /// message (Twilio's StatusCallback).
-    pub status_callback: Option<String>,
 }
 
 /// The provider took the message.
@@ -263,6 +262,9 @@ pub trait Connector: Send + Sync + 'static {
     /// The engine's name in events, settings and the CLI, e.g. `twilio`, `evolution`,
     /// `embedded`.
     fn engine(&self) -> &'static str;
+
+    /// The name of a send in the log and in fail point names, e.g. `twilio.send`.
+    fn send_operation(&self) -> &'static str;
 
     /// Checks what a user gave to add an account (credentials, a number, an instance) with the
     /// platform, and returns the settings to store with the account, secrets sealed with
@@ -371,3 +373,87 @@ pub trait Session: Send + Sync {
     /// Unlinks the device (the account is removed, or a user asked to log out).
     async fn logout(&self, account: &AccountRef) -> Result<(), ConnectorError>;
 }
+
+/// Every connector this deployment runs, by engine, and the engine each platform uses when an
+/// account is added without naming one.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    by_engine: BTreeMap<&'static str, Arc<dyn Connector>>,
+    defaults: BTreeMap<&'static str, &'static str>,
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connectors")
+            .field("engines", &self.by_engine.keys().collect::<Vec<_>>())
+            .field("defaults", &self.defaults)
+            .finish()
+    }
+}
+
+impl Connectors {
+    /// Adds `connector`; the first connector of a platform is its default engine.
+    pub fn with(mut self, connector: Arc<dyn Connector>) -> Self {
+        let platform = connector.platform().as_str();
+        self.defaults.entry(platform).or_insert(connector.engine());
+        self.by_engine.insert(connector.engine(), connector);
+        self
+    }
+
+    /// Makes `engine` the default of its platform.
+    pub fn default_engine(mut self, engine: &str) -> Result<Self, String> {
+        let connector = self
+            .by_engine
+            .get(engine)
+            .ok_or_else(|| format!("no engine {engine:?}: this deployment runs {}", self.names()))?;
+        self.defaults
+            .insert(connector.platform().as_str(), connector.engine());
+        Ok(self)
+    }
+
+    fn names(&self) -> String {
+        self.by_engine.keys().copied().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The connector that adds an account of `kind`, by the engine asked for or the platform's
+    /// default.
+    pub fn for_new(&self, kind: AccountKind, engine: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let engine = match engine.trim() {
+            "" => self.defaults.get(kind.as_str()).copied().ok_or_else(|| {
+                ConnectorError::Refused(format!(
+                    "this deployment connects no {} accounts",
+                    kind.as_str()
+                ))
+            })?,
+            named => named,
+        };
+        match self.by_engine.get(engine) {
+            Some(connector) if connector.platform() == kind => Ok(connector.clone()),
+            Some(connector) => Err(ConnectorError::Invalid(format!(
+                "the engine {engine} connects {} accounts, not {}",
+                connector.platform().as_str(),
+                kind.as_str()
+            ))),
+            None => Err(ConnectorError::Invalid(format!(
+                "no engine {engine:?}: this deployment runs {}",
+                self.names()
+            ))),
+        }
+    }
+
+    /// The connector that drives an existing account of `kind`: the engine it was added with,
+    /// or (accounts added before engines were recorded) the platform's default.
+    pub fn for_account(&self, kind: AccountKind, engine: Option<&str>) -> Option<Arc<dyn Connector>> {
+        let engine = match engine {
+            Some(engine) => engine,
+            None => self.defaults.get(kind.as_str())?,
+        };
+        self.by_engine.get(engine).cloned()
+    }
+
+    /// Every connector that keeps a live link per account.
+    pub fn sessions(&self) -> impl Iterator<Item = &Arc<dyn Connector>> {
+        self.by_engine.values().filter(|c| c.session().is_some())
+    }
+}
+

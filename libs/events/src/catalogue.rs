@@ -78,6 +78,14 @@ pub struct AccountAdded {
     /// kinds and in payloads written before).
     #[serde(default)]
     pub twilio: Option<TwilioCredentials>,
+    /// The connector that drives the account, e.g. `twilio`, `evolution`, `embedded` (added
+    /// after the first schema; `None` in payloads written before: the platform's first engine).
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// The connector's own settings, secrets sealed (added after the first schema; `None`
+    /// before, and for connectors that need none). Only the connector reads them.
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// A Twilio account's credentials, the Auth Token sealed under the deployment's secret key.
@@ -94,6 +102,25 @@ pub struct QrCodeIssued {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A device-linking code to type on the phone (WhatsApp's pairing code), the alternative to a QR
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingCodeIssued {
+    pub account_id: Uuid,
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A user asked to link (or re-link) a session-based account: its connector starts and shows
+/// QR codes, or a pairing code for `pairing_phone_number`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLinkRequested {
+    pub account_id: Uuid,
+    /// E.164; `None`: link by QR code.
+    pub pairing_phone_number: Option<String>,
+    pub requested_by: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountConnected {
     pub account_id: Uuid,
@@ -104,7 +131,13 @@ pub struct AccountConnected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountDisconnected {
     pub account_id: Uuid,
+    /// What happened, in words.
     pub reason: String,
+    /// Why, as a stable name: `connection_lost`, `phone_offline`, `client_outdated`,
+    /// `refused`, `banned`, `logged_out`, `engine_unavailable`, `stopped`, `not_delivering`
+    /// (added after the first schema; `None` before).
+    #[serde(default)]
+    pub cause: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +193,14 @@ pub struct InboundMessageReceived {
     /// Added after the first schema: payloads written without it decode with no attachments.
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// Typed on the account's own phone (or another linked device), not received: shown in
+    /// GHL as outbound, never sent again (added after the first schema; false before).
+    #[serde(default)]
+    pub from_me: bool,
+    /// The sender's WhatsApp LID (`…@lid`), when the platform named them by it (added after
+    /// the first schema).
+    #[serde(default)]
+    pub sender_lid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,6 +599,8 @@ macro_rules! catalogue {
 catalogue! {
     AccountAdded => 1,
     QrCodeIssued => 1,
+    PairingCodeIssued => 1,
+    AccountLinkRequested => 1,
     AccountConnected => 1,
     AccountDisconnected => 1,
     AccountRemoved => 1,

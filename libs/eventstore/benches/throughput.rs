@@ -37,6 +37,8 @@ fn payload_event() -> Event {
         sender_name: Some("Ana Lima".into()),
         received_at: Utc::now(),
         attachments: Vec::new(),
+        from_me: false,
+        sender_lid: None,
     })
 }
 

@@ -29,6 +29,12 @@ pub enum ServiceError {
     /// A third party (Twilio, GHL) could not be reached; worth trying again.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller did not prove who it is (a webhook without a valid key or signature).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A fault of whatsnap's own, not the caller's.
+    #[error("{0}")]
+    Internal(String),
     #[error("event store: {0}")]
     Store(#[from] StoreError),
     #[error("read model: {0}")]
@@ -44,6 +50,11 @@ impl From<ServiceError> for Status {
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Conflict(_) => Code::Aborted,
             ServiceError::Unavailable(_) => Code::Unavailable,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::Internal(_) => {
+                error!(error = %err, "internal error");
+                Code::Internal
+            }
             ServiceError::Store(e) if e.is_conflict() => Code::Aborted,
             ServiceError::Store(StoreError::InvalidAppend { .. }) => Code::InvalidArgument,
             ServiceError::Store(_) | ServiceError::Database(_) => {

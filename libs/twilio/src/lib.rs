@@ -3,7 +3,9 @@
 //! its credentials and number, sending a message ([`client`]).
 
 pub mod client;
+pub mod connector;
 pub mod signature;
 pub mod webhook;
 
+pub use connector::TwilioConnector;
 pub use client::{Credentials, DEFAULT_BASE_URL, Outgoing, SentMessage, TwilioClient, TwilioError};

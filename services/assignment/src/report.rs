@@ -177,6 +177,8 @@ mod tests {
                 sender_name: None,
                 received_at: self.start + Duration::minutes(minutes),
                 attachments: Vec::new(),
+                from_me: false,
+                sender_lid: None,
             };
             self.at(minutes, event);
         }

@@ -44,6 +44,8 @@ async fn history(store: &dyn EventStore, account: Uuid, users: &[&str]) -> Vec<U
             tag: "whatsnap-account-sales".into(),
             phone_number: None,
             twilio: None,
+            engine: None,
+            settings: None,
         }),
     )
     .await;
@@ -298,6 +300,8 @@ async fn a_silent_owner_is_replaced_and_one_who_replied_is_not() {
                 sender_name: None,
                 received_at: chrono::Utc::now(),
                 attachments: vec![],
+                from_me: false,
+                sender_lid: None,
             }),
         )
         .await;

@@ -154,6 +154,8 @@ mod tests {
             sender_name: Some("Ana".into()),
             received_at: Utc::now(),
             attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
         }
     }
 

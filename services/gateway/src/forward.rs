@@ -28,7 +28,11 @@ fn onward<T>(request: Request<T>) -> Request<T> {
 }
 
 macro_rules! forward {
-    ($trait:path, $client:ty { $($method:ident($req:ty) -> $resp:ty;)* }) => {
+    ($trait:path, $client:ty {
+        $($method:ident($req:ty) -> $resp:ty;)*
+    } $(streams {
+        $($smethod:ident($sreq:ty) -> $stream:ident of $sresp:ty;)*
+    })?) => {
         #[tonic::async_trait]
         impl $trait for Remote {
             $(
@@ -36,6 +40,13 @@ macro_rules! forward {
                     <$client>::new(self.channel.clone()).$method(onward(request)).await
                 }
             )*
+            $($(
+                type $stream = tonic::codec::Streaming<$sresp>;
+
+                async fn $smethod(&self, request: Request<$sreq>) -> Result<Response<Self::$stream>, Status> {
+                    <$client>::new(self.channel.clone()).$smethod(onward(request)).await
+                }
+            )*)?
         }
     };
 }
@@ -49,6 +60,10 @@ forward!(session::session_service_server::SessionService, session::session_servi
     record_inbound_message(session::RecordInboundMessageRequest) -> session::RecordInboundMessageResponse;
     request_outbound_message(session::RequestOutboundMessageRequest) -> session::RequestOutboundMessageResponse;
     record_delivery_status(session::RecordDeliveryStatusRequest) -> session::RecordDeliveryStatusResponse;
+    connect_account(session::ConnectAccountRequest) -> session::Account;
+    record_connector_webhook(session::ConnectorWebhookRequest) -> session::ConnectorWebhookResponse;
+} streams {
+    watch_account(session::WatchAccountRequest) -> WatchAccountStream of session::AccountUpdate;
 });
 
 forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_service_client::ContactsServiceClient<Channel> {

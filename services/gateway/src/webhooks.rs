@@ -65,6 +65,8 @@ enum Sender {
     Ghl,
     /// Twilio moves to the number's fallback URL, or retries, on a 5xx.
     Twilio,
+    /// A messaging engine (Evolution API retries a 5xx, never a 400, 401, 403, 404 or 422).
+    Engine,
 }
 
 /// How long a sender is asked to wait before trying again.
@@ -76,7 +78,7 @@ impl Sender {
     fn try_again_later(self, reason: impl Into<String>) -> Response {
         let status = match self {
             Sender::Ghl => StatusCode::TOO_MANY_REQUESTS,
-            Sender::Twilio => StatusCode::SERVICE_UNAVAILABLE,
+            Sender::Twilio | Sender::Engine => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = refuse(status, reason);
         response.headers_mut().insert(
@@ -93,6 +95,7 @@ impl Sender {
             Code::InvalidArgument => refuse(StatusCode::BAD_REQUEST, status.message()),
             Code::NotFound => refuse(StatusCode::NOT_FOUND, status.message()),
             Code::FailedPrecondition => refuse(StatusCode::GONE, status.message()),
+            Code::Unauthenticated => refuse(StatusCode::UNAUTHORIZED, status.message()),
             _ => self.try_again_later(status.message()),
         }
     }
@@ -714,8 +717,51 @@ async fn record_owner(
 }
 
 /// The webhook routes, with their body limit.
+/// `POST /webhooks/{engine}/{location}/{account}`: what a messaging engine (e.g. Evolution API)
+/// reports for an account. The gateway knows no engine: the session service hands the request
+/// to the account's connector, which checks its key or signature and reads it; a webhook for an
+/// account of another engine is a 404, an unauthenticated one a 401, and nothing is recorded.
+async fn connector_webhook(
+    State(hooks): State<Webhooks>,
+    Path((engine, location, account)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let channel = match reach(&hooks.session, "session", Sender::Engine) {
+        Ok(channel) => channel,
+        Err(refused) => return refused,
+    };
+    let headers = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    let mut request = tonic::Request::new(session::ConnectorWebhookRequest {
+        engine: engine.clone(),
+        location_id: location,
+        account_id: account,
+        headers,
+        body: body.to_vec(),
+    });
+    whatsnap_telemetry::inject(&mut request);
+    match session::session_service_client::SessionServiceClient::new(channel)
+        .record_connector_webhook(request)
+        .await
+    {
+        Ok(recorded) => {
+            let recorded = recorded.into_inner();
+            info!(%engine, events = recorded.events, duplicates = recorded.duplicates, "engine webhook received");
+            StatusCode::OK.into_response()
+        }
+        Err(status) => Sender::Engine.refuse_status(&status),
+    }
+}
+
 pub fn routes(hooks: Webhooks) -> Router {
     Router::new()
+        .route(
+            "/webhooks/{engine}/{location}/{account}",
+            post(connector_webhook),
+        )
         .route("/webhooks/ghl", post(ghl_webhook))
         .route("/webhooks/ghl/delivery", post(ghl_delivery))
         .route(

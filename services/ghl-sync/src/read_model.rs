@@ -168,11 +168,13 @@ impl Projection<Any> for PendingWork {
                 let attachments: Vec<&str> = e.attachments.iter().map(|a| a.url.as_str()).collect();
                 sqlx::query(
                     "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at) \
-                     VALUES ($1, $2, $3, 'inbound', $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
                 )
                 .bind(e.message_id.to_string())
                 .bind(&location)
                 .bind(contact_id.to_string())
+                // Typed on the account's own phone: shown in GHL as sent from the account.
+                .bind(if e.from_me { "outbound" } else { "inbound" })
                 .bind(&e.body)
                 .bind(serde_json::to_string(&attachments).expect("strings serialise"))
                 .bind(e.received_at.to_rfc3339())

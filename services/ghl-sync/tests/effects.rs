@@ -30,6 +30,8 @@ fn inbound(provider_id: &str, body: &str) -> (StreamId, InboundMessageReceived) 
         received_at: chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
             .unwrap(),
         attachments: Vec::new(),
+        from_me: false,
+        sender_lid: None,
     };
     (stream, event)
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountAdded, AccountKind, AccountRemoved, AccountSettingsChanged, Event, TwilioCredentials,
+    AccountAdded, AccountKind, AccountLinkRequested, AccountRemoved, AccountSettingsChanged, Event, TwilioCredentials,
 };
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
@@ -15,8 +15,12 @@ pub const DEFAULT_TAG_PREFIX: &str = "whatsnap-account-";
 pub enum Status {
     #[default]
     Added,
+    /// A user asked to link the device: QR or pairing codes are being shown.
+    Linking,
     Connected,
     Disconnected,
+    /// The device was unlinked: nothing reconnects until a user links it again.
+    LoggedOut,
     Removed,
 }
 
@@ -24,8 +28,10 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Added => "added",
+            Self::Linking => "linking",
             Self::Connected => "connected",
             Self::Disconnected => "disconnected",
+            Self::LoggedOut => "logged_out",
             Self::Removed => "removed",
         }
     }
@@ -40,8 +46,36 @@ pub struct AccountState {
     pub phone_number: Option<String>,
     /// A Twilio account's credentials, the Auth Token sealed.
     pub twilio: Option<TwilioCredentials>,
+    /// The connector that drives the account; `None` in accounts added before engines were
+    /// recorded (the platform's first engine).
+    pub engine: Option<String>,
+    /// The connector's own settings, secrets sealed.
+    pub settings: Option<serde_json::Value>,
     pub status: Status,
+    /// Why the account is not connected, as a stable name (`refused`, `logged_out`, …).
+    pub cause: Option<String>,
+    /// What the platform last said about the connection, in words.
+    pub status_reason: Option<String>,
+    /// The number a pairing code is for, when the user asked to link by pairing code.
+    pub pairing_phone_number: Option<String>,
     pub version: u64,
+}
+
+impl AccountState {
+    /// Whether the account's live link should be running: a user asked to link it, or it was
+    /// connected and lost the connection for a reason whatsnap can recover from by itself.
+    pub fn wants_link(&self) -> bool {
+        match self.status {
+            Status::Linking | Status::Connected => true,
+            Status::Disconnected => self.cause.as_deref().is_none_or(|cause| {
+                matches!(
+                    cause,
+                    "connection_lost" | "phone_offline" | "engine_unavailable" | "not_delivering"
+                )
+            }),
+            Status::Added | Status::LoggedOut | Status::Removed => false,
+        }
+    }
 }
 
 pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountState {
@@ -54,18 +88,52 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             state.tag = e.tag.clone();
             state.phone_number = e.phone_number.clone();
             state.twilio = e.twilio.clone();
+            state.engine = e.engine.clone();
+            state.settings = e.settings.clone();
         }
+        _ if state.status == Status::Removed => {}
+        Event::AccountLinkRequested(e) => {
+            state.status = Status::Linking;
+            state.cause = None;
+            state.status_reason = None;
+            state.pairing_phone_number = e.pairing_phone_number.clone();
+        }
+        Event::QrCodeIssued(_) | Event::PairingCodeIssued(_) => state.status = Status::Linking,
         Event::AccountConnected(e) => {
             state.status = Status::Connected;
+            state.cause = None;
+            state.status_reason = None;
             if e.phone_number.is_some() {
                 state.phone_number = e.phone_number.clone();
             }
         }
-        Event::AccountDisconnected(_) => state.status = Status::Disconnected,
+        Event::AccountDisconnected(e) => {
+            state.status = if e.cause.as_deref() == Some("logged_out") {
+                Status::LoggedOut
+            } else {
+                Status::Disconnected
+            };
+            state.cause = e.cause.clone();
+            state.status_reason = Some(e.reason.clone());
+        }
         Event::AccountRemoved(_) => state.status = Status::Removed,
         Event::AccountSettingsChanged(e) => {
             if let Some(twilio) = e.twilio_credentials() {
                 state.twilio = Some(twilio);
+            }
+            let others: serde_json::Map<_, _> = e
+                .changes
+                .iter()
+                .filter(|(name, _)| name.as_str() != AccountSettingsChanged::TWILIO)
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            if !others.is_empty() {
+                let mut settings = match state.settings.take() {
+                    Some(serde_json::Value::Object(map)) => map,
+                    _ => serde_json::Map::new(),
+                };
+                settings.extend(others);
+                state.settings = Some(serde_json::Value::Object(settings));
             }
         }
         _ => {}
@@ -104,7 +172,7 @@ pub fn decide_add(
     kind: AccountKind,
     name: &str,
     phone_number: Option<String>,
-    twilio: Option<TwilioCredentials>,
+    connection: Connection,
     taken_tags: &HashSet<String>,
 ) -> ServiceResult<Event> {
     let name = name.trim();
@@ -124,8 +192,22 @@ pub fn decide_add(
         name: name.to_owned(),
         tag: slug_tag(prefix, name, taken_tags),
         phone_number,
-        twilio,
+        twilio: connection.twilio,
+        engine: Some(connection.engine),
+        settings: connection.settings,
     }))
+}
+
+/// How an account is connected, as its connector checked it.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The connector's engine name.
+    pub engine: String,
+    /// The connector's settings, secrets sealed.
+    pub settings: Option<serde_json::Value>,
+    /// A Twilio account's credentials, kept where accounts added before the connector seam
+    /// keep them (the gateway and rotation read them there).
+    pub twilio: Option<TwilioCredentials>,
 }
 
 pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> ServiceResult<Event> {
@@ -141,6 +223,35 @@ pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> Se
         account_id,
         reason: Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
     }))
+}
+
+/// A user's request to link (or re-link) a session-based account's device.
+pub fn decide_link(
+    state: &AccountState,
+    account_id: Uuid,
+    pairing_phone_number: Option<String>,
+) -> ServiceResult<Event> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    match state.status {
+        Status::Removed => Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        ))),
+        Status::Connected => Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is already connected{}",
+            state
+                .phone_number
+                .as_ref()
+                .map(|n| format!(" as {n}"))
+                .unwrap_or_default()
+        ))),
+        _ => Ok(Event::from(AccountLinkRequested {
+            account_id,
+            pairing_phone_number,
+            requested_by: None,
+        })),
+    }
 }
 
 /// Who may have their Twilio credentials rotated: an account that exists, is not removed and
@@ -225,7 +336,7 @@ mod tests {
             AccountKind::Twilio,
             "Sales",
             None,
-            None,
+            Connection::default(),
             &HashSet::new(),
         )
         .unwrap();
@@ -258,7 +369,11 @@ mod tests {
             AccountKind::Twilio,
             "Sales",
             Some("+15005550006".into()),
-            Some(old.clone()),
+            Connection {
+                engine: "twilio".into(),
+                settings: None,
+                twilio: Some(old.clone()),
+            },
             &HashSet::new(),
         )
         .unwrap();
@@ -300,7 +415,7 @@ mod tests {
             AccountKind::Whatsapp,
             "Front",
             None,
-            None,
+            Connection::default(),
             &HashSet::new(),
         )
         .unwrap();
@@ -323,7 +438,7 @@ mod tests {
             AccountKind::Whatsapp,
             "  ",
             None,
-            None,
+            Connection::default(),
             &HashSet::new(),
         );
         assert!(matches!(err, Err(ServiceError::InvalidArgument(_))));

@@ -4,8 +4,11 @@
 //! read model answers queries.
 
 mod account;
+mod connection;
 mod outbound;
 mod read_model;
+mod supervisor;
+mod watch;
 
 use std::sync::Arc;
 
@@ -22,29 +25,31 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 use whatsnap_secrets::SecretKey;
-use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
+use whatsnap_connector::{
+    Connector, ConnectorError, ConnectorEvent, Connectors, NewAccount, ObservedMessage, Receipt,
+    WebhookError,
+};
 
 pub use account::{
-    AccountState, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove, decide_rotate,
-    evolve, slug_tag,
+    AccountState, Connection, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove,
+    decide_rotate, evolve, slug_tag,
 };
-pub use outbound::{OutboundQueue, OutboundState, SEND, SendWorker, decide_delivery_status};
+pub use connection::{account_ref, decide_connection};
+pub use outbound::{OutboundQueue, OutboundState, SendWorker, decide_delivery_status};
 pub use read_model::AccountsProjection;
+pub use supervisor::Supervisor;
 
 /// What the session service is configured with.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// Seals the credentials of accounts before they are stored.
     pub secret_key: SecretKey,
-    /// The Twilio API (Twilio's own by default).
-    pub twilio: TwilioClient,
+    /// The account kinds this deployment connects, by engine.
+    pub connectors: Connectors,
     /// How many accounts, of all kinds, one location may have.
     pub max_accounts_per_location: usize,
     /// What every account tag starts with (`whatsnap-account-` by default).
     pub tag_prefix: String,
-    /// Where Twilio reports the delivery status of what whatsnap sends: the gateway's public
-    /// base URL. Without it, messages go out with no StatusCallback.
-    pub status_callback_base: Option<String>,
     /// How long a reply is tried while its provider is unreachable before it is recorded as
     /// failed.
     pub send_patience: std::time::Duration,
@@ -63,44 +68,51 @@ impl Session {
         Self { store, db, config }
     }
 
-    /// Checks Twilio credentials and number with Twilio, and seals the token for storage.
-    async fn twilio_credentials(
+    /// How a new account connects: its connector checks what the user gave with the platform
+    /// and gives the settings to store, secrets sealed.
+    async fn connection(
         &self,
-        credentials: Option<pb::TwilioCredentials>,
-        phone: Option<&str>,
-    ) -> ServiceResult<TwilioCredentials> {
-        let (Some(credentials), Some(phone)) = (credentials, phone) else {
-            return Err(ServiceError::InvalidArgument(
-                "a Twilio account needs its Account SID, Auth Token and phone number".into(),
-            ));
+        account: &NewAccount,
+        kind: AccountKind,
+        request: &pb::AddAccountRequest,
+    ) -> ServiceResult<Connection> {
+        let connector = self
+            .config
+            .connectors
+            .for_new(kind, &request.engine)
+            .map_err(connector_error)?;
+        let mut settings = match request.settings_json.trim() {
+            "" => serde_json::Value::Object(Default::default()),
+            json => serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    ServiceError::InvalidArgument("settings must be a JSON object".into())
+                })?,
         };
-        let (sid, token) = (
-            credentials.account_sid.trim(),
-            credentials.auth_token.trim(),
-        );
-        if !sid.starts_with("AC") || sid.len() != 34 {
-            return Err(ServiceError::InvalidArgument(format!(
-                "{sid:?} is not a Twilio Account SID (AC followed by 32 characters)"
-            )));
+        if let Some(twilio) = &request.twilio {
+            settings["account_sid"] = twilio.account_sid.clone().into();
+            settings["auth_token"] = twilio.auth_token.clone().into();
         }
-        if token.is_empty() {
-            return Err(ServiceError::InvalidArgument(
-                "the Twilio Auth Token is empty".into(),
-            ));
-        }
-        self.config
-            .twilio
-            .verify(&twilio::Credentials::new(sid, token), phone)
+        let stored = connector
+            .check(account, settings, &self.config.secret_key)
             .await
-            .map_err(|err| match err {
-                TwilioError::Unavailable(reason) => ServiceError::Unavailable(format!(
-                    "cannot check the account with Twilio: {reason}"
-                )),
-                refused => ServiceError::FailedPrecondition(refused.to_string()),
-            })?;
-        Ok(TwilioCredentials {
-            account_sid: sid.to_owned(),
-            auth_token: self.config.secret_key.seal(token),
+            .map_err(connector_error)?;
+        // Twilio's credentials stay where accounts added before the connector seam keep them:
+        // the gateway checks Twilio's signatures with them, and rotation replaces them.
+        if connector.engine() == whatsnap_twilio::connector::ENGINE {
+            let twilio: TwilioCredentials = serde_json::from_value(stored)
+                .map_err(|e| ServiceError::Internal(format!("twilio settings: {e}")))?;
+            return Ok(Connection {
+                engine: connector.engine().to_owned(),
+                settings: None,
+                twilio: Some(twilio),
+            });
+        }
+        Ok(Connection {
+            engine: connector.engine().to_owned(),
+            settings: Some(stored),
+            twilio: None,
         })
     }
 
@@ -123,11 +135,15 @@ impl Session {
             outbox: whatsnap_effects::Outbox::new(self.store.clone()),
             db: self.db.clone(),
             secret_key: self.config.secret_key.clone(),
-            twilio: self.config.twilio.clone(),
-            status_callback_base: self.config.status_callback_base.clone(),
+            connectors: self.config.connectors.clone(),
             patience: self.config.send_patience,
             poll: std::time::Duration::from_millis(100),
         })
+    }
+
+    /// The supervisor of the live links of session-based accounts (a linked WhatsApp device).
+    pub fn supervisor(&self) -> Arc<Supervisor> {
+        Arc::new(Supervisor::new(self.clone()))
     }
 
     /// Starts `stream` with `event`; `true` when the stream existed, so nothing was written
@@ -227,6 +243,17 @@ fn to_pb(state: &AccountState, location: &LocationId) -> pb::Account {
         tag: state.tag.clone(),
         phone_number: state.phone_number.clone().unwrap_or_default(),
         status: state.status.as_str().to_owned(),
+        engine: state.engine.clone().unwrap_or_default(),
+        status_reason: state.status_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// A connector's refusal as the API's error.
+fn connector_error(err: ConnectorError) -> ServiceError {
+    match err {
+        ConnectorError::Invalid(reason) => ServiceError::InvalidArgument(reason),
+        ConnectorError::Refused(reason) => ServiceError::FailedPrecondition(reason),
+        ConnectorError::Unavailable(reason) => ServiceError::Unavailable(reason),
     }
 }
 
@@ -256,21 +283,21 @@ impl pb::session_service_server::SessionService for Session {
             "" => None,
             number => Some(whatsnap_rpc::phone(number)?.to_string()),
         };
-        let twilio = match kind {
-            AccountKind::Twilio => Some(
-                self.twilio_credentials(request.twilio, phone.as_deref())
-                    .await?,
-            ),
-            _ => None,
-        };
         let account_id = Uuid::now_v7();
+        let new = NewAccount {
+            location: location.clone(),
+            account_id,
+            name: request.name.trim().to_owned(),
+            phone_number: phone.clone(),
+        };
+        let connection = self.connection(&new, kind, &request).await?;
         let event = decide_add(
             &self.config.tag_prefix,
             account_id,
             kind,
             &request.name,
             phone,
-            twilio,
+            connection,
             &taken,
         )?;
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
@@ -339,15 +366,26 @@ impl pb::session_service_server::SessionService for Session {
         let account_sid = check_rotation(&state, account_id)?;
         // Checked with Twilio exactly as when the account was added: a token Twilio refuses,
         // or one that no longer owns the number, changes nothing.
+        let new = NewAccount {
+            location: location.clone(),
+            account_id,
+            name: state.name.clone(),
+            phone_number: state.phone_number.clone(),
+        };
+        let check = pb::AddAccountRequest {
+            kind: pb::AccountKind::Twilio as i32,
+            engine: state.engine.clone().unwrap_or_default(),
+            twilio: Some(pb::TwilioCredentials {
+                account_sid,
+                auth_token: request.auth_token,
+            }),
+            ..Default::default()
+        };
         let credentials = self
-            .twilio_credentials(
-                Some(pb::TwilioCredentials {
-                    account_sid,
-                    auth_token: request.auth_token,
-                }),
-                state.phone_number.as_deref(),
-            )
-            .await?;
+            .connection(&new, AccountKind::Twilio, &check)
+            .await?
+            .twilio
+            .ok_or_else(|| ServiceError::Internal("twilio credentials were not kept".into()))?;
         let event = decide_rotate(&state, account_id, credentials)?;
         let account = self.append_decided(&stream, state, &event).await?;
         tracing::info!(%location, %account_id, "twilio credentials rotated");
@@ -398,6 +436,8 @@ impl pb::session_service_server::SessionService for Session {
                     file_name: None,
                 })
                 .collect(),
+            from_me: false,
+            sender_lid: None,
         });
         let duplicate = self.append_once(&stream, &event).await?;
         Ok(Response::new(pb::RecordInboundMessageResponse {
@@ -466,7 +506,262 @@ impl pb::session_service_server::SessionService for Session {
                     ServiceError::InvalidArgument(e.to_string())
                 })?;
         let error_code = Some(request.error_code).filter(|code| *code != 0);
-        let stream = StreamId::for_uuid(location, AggregateKind::Message, message_id);
+        let Some(receipt) = whatsnap_twilio::connector::receipt(status, error_code) else {
+            return Ok(Response::new(pb::RecordDeliveryStatusResponse {
+                changed: false,
+            }));
+        };
+        let changed = self
+            .record_receipt(
+                &location,
+                account_id,
+                message_id,
+                &request.provider_message_id,
+                &receipt,
+            )
+            .await?;
+        Ok(Response::new(pb::RecordDeliveryStatusResponse { changed }))
+    }
+
+    type WatchAccountStream = watch::AccountUpdates;
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn watch_account(
+        &self,
+        request: Request<pb::WatchAccountRequest>,
+    ) -> Result<Response<Self::WatchAccountStream>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        self.load_account(&location, account_id).await?;
+        Ok(Response::new(watch::updates(
+            self.store.clone(),
+            location,
+            account_id,
+        )))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn connect_account(
+        &self,
+        request: Request<pb::ConnectAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let pairing = match request.pairing_phone_number.trim() {
+            "" => None,
+            number => Some(whatsnap_rpc::phone(number)?.to_string()),
+        };
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let connector = self.connector_of(&state)?;
+        if connector.session().is_none() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{} accounts ({}) are connected when they are added: there is nothing to link",
+                state.kind.map_or("these", AccountKind::as_str),
+                connector.engine()
+            ))
+            .into());
+        }
+        let event = account::decide_link(&state, account_id, pairing)?;
+        let account = self.append_decided(&stream, state, &event).await?;
+        tracing::info!(%location, %account_id, engine = connector.engine(), "linking requested");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id, engine = %request.get_ref().engine))]
+    async fn record_connector_webhook(
+        &self,
+        request: Request<pb::ConnectorWebhookRequest>,
+    ) -> Result<Response<pb::ConnectorWebhookResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let not_found = || {
+            ServiceError::NotFound(format!(
+                "no {} account {account_id} in location {location}",
+                request.engine
+            ))
+        };
+        let (_, state) = self
+            .load_account(&location, account_id)
+            .await
+            .map_err(|_| not_found())?;
+        let connector = self.connector_of(&state)?;
+        if connector.engine() != request.engine {
+            return Err(not_found().into());
+        }
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &request.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let reference = account_ref(&location, &state, &self.config.secret_key)
+            .ok_or_else(not_found)?;
+        let events = connector
+            .webhook(&reference, &headers, &request.body)
+            .map_err(|err| match err {
+                WebhookError::Unauthenticated(reason) => ServiceError::Unauthenticated(reason),
+                WebhookError::Malformed(reason) => ServiceError::InvalidArgument(reason),
+                WebhookError::WrongAccount(reason) | WebhookError::NotExpected(reason) => {
+                    ServiceError::NotFound(reason)
+                }
+            })?;
+        let mut duplicates = 0;
+        for event in &events {
+            if !self
+                .record_connector_event(&location, account_id, event)
+                .await?
+            {
+                duplicates += 1;
+            }
+        }
+        Ok(Response::new(pb::ConnectorWebhookResponse {
+            events: events.len() as u32,
+            duplicates,
+        }))
+    }
+}
+
+impl Session {
+    /// The connector that drives the account.
+    fn connector_of(&self, state: &AccountState) -> ServiceResult<Arc<dyn Connector>> {
+        let kind = state
+            .kind
+            .ok_or_else(|| ServiceError::FailedPrecondition("the account has no kind".into()))?;
+        self.config
+            .connectors
+            .for_account(kind, state.engine.as_deref())
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!(
+                    "this deployment does not run the {} engine of this account",
+                    state.engine.as_deref().unwrap_or(kind.as_str())
+                ))
+            })
+    }
+
+    /// Records what a connector reported about an account: a code, a state, a message seen in
+    /// one of its chats, a receipt. `false` when it was recorded before (a redelivery) or
+    /// changes nothing.
+    pub async fn record_connector_event(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        event: &ConnectorEvent,
+    ) -> ServiceResult<bool> {
+        match event {
+            ConnectorEvent::Message(message) => {
+                self.record_observed(location, account_id, message).await
+            }
+            ConnectorEvent::Receipt {
+                provider_message_id,
+                receipt,
+            } => {
+                let Some(message_id) = read_model::sent_message(
+                    &self.db,
+                    account_id,
+                    provider_message_id,
+                )
+                .await
+                .map_err(ServiceError::from)?
+                else {
+                    // The send's outcome may not have reached the read model yet: the engine
+                    // delivers the receipt again.
+                    return Err(ServiceError::Unavailable(format!(
+                        "no message sent as {provider_message_id} from account {account_id} yet"
+                    )));
+                };
+                self.record_receipt(
+                    location,
+                    account_id,
+                    message_id,
+                    provider_message_id,
+                    receipt,
+                )
+                .await
+            }
+            _ => {
+                for _ in 0..5 {
+                    let (stream, state) = self.load_account(location, account_id).await?;
+                    let Some(decided) =
+                        decide_connection(&state, account_id, event, Utc::now())
+                    else {
+                        return Ok(false);
+                    };
+                    match self.append_decided(&stream, state, &decided).await {
+                        Ok(_) => return Ok(true),
+                        Err(ServiceError::Store(e)) if e.is_conflict() => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+                Err(ServiceError::Unavailable(format!(
+                    "account {account_id} kept changing; try again"
+                )))
+            }
+        }
+    }
+
+    /// A message seen in one of the account's chats, in its own stream named by the platform's
+    /// id: a redelivery finds it written. A sender known only by a LID is set aside until the
+    /// platform names their number.
+    async fn record_observed(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        message: &ObservedMessage,
+    ) -> ServiceResult<bool> {
+        let Some(phone) = message.peer.phone.as_deref() else {
+            tracing::warn!(%account_id, provider_message_id = %message.provider_message_id, "a message from a sender known only by a WhatsApp LID is not recorded");
+            return Ok(false);
+        };
+        let peer = whatsnap_rpc::phone(phone)?;
+        if message.from_me
+            && read_model::sent_message(&self.db, account_id, &message.provider_message_id)
+                .await
+                .map_err(ServiceError::from)?
+                .is_some()
+        {
+            // whatsnap's own reply, echoed by the engine: GHL has it already.
+            return Ok(false);
+        }
+        let (_, account) = self.load_account(location, account_id).await?;
+        if account.status == account::Status::Removed {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "account {account_id} was removed"
+            )));
+        }
+        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        let event = Event::from(InboundMessageReceived {
+            message_id,
+            account_id,
+            provider_message_id: message.provider_message_id.clone(),
+            from: peer.to_string(),
+            to: account.phone_number.clone(),
+            body: message.body.clone(),
+            sender_name: message.sender_name.clone().filter(|n| !n.trim().is_empty()),
+            received_at: message.sent_at,
+            attachments: message.attachments.clone(),
+            from_me: message.from_me,
+            sender_lid: message.peer.lid.clone(),
+        });
+        Ok(!self.append_once(&stream, &event).await?)
+    }
+
+    /// A provider's receipt for a message whatsnap sent: final states and reads, each once.
+    async fn record_receipt(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        message_id: Uuid,
+        provider_message_id: &str,
+        receipt: &Receipt,
+    ) -> ServiceResult<bool> {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
         for _ in 0..5 {
             let history = self
                 .store
@@ -479,15 +774,12 @@ impl pb::session_service_server::SessionService for Session {
                 &state,
                 message_id,
                 account_id,
-                &request.provider_message_id,
-                status,
-                error_code,
+                provider_message_id,
+                receipt,
             )
             .map_err(ServiceError::NotFound)?;
             let Some(event) = decided else {
-                return Ok(Response::new(pb::RecordDeliveryStatusResponse {
-                    changed: false,
-                }));
+                return Ok(false);
             };
             match self
                 .store
@@ -498,18 +790,13 @@ impl pb::session_service_server::SessionService for Session {
                 )
                 .await
             {
-                Ok(_) => {
-                    return Ok(Response::new(pb::RecordDeliveryStatusResponse {
-                        changed: true,
-                    }));
-                }
+                Ok(_) => return Ok(true),
                 Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(err) => return Err(ServiceError::from(err).into()),
+                Err(err) => return Err(ServiceError::from(err)),
             }
         }
-        Err(
-            ServiceError::Unavailable(format!("message {message_id} kept changing; try again"))
-                .into(),
-        )
+        Err(ServiceError::Unavailable(format!(
+            "message {message_id} kept changing; try again"
+        )))
     }
 }

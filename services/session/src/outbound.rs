@@ -1,8 +1,8 @@
 //! Replies on their way out. A routed message joins its account's queue ([`OutboundQueue`]);
-//! the [`SendWorker`] sends each through the outbox — intent recorded, Twilio called once,
-//! outcome recorded, an unanswered send looked for in Twilio's message list before it is sent
-//! again — from the account contacts chose. What the provider later reports (Twilio's
-//! StatusCallback) becomes the message's final status.
+//! the [`SendWorker`] sends each through the outbox — intent recorded, the account's connector
+//! called once, outcome recorded, an unanswered send looked for with the provider before it is
+//! sent again — from the account contacts chose. What the provider later reports (a Twilio
+//! StatusCallback, a WhatsApp receipt) becomes the message's status.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,10 +22,10 @@ use whatsnap_events::{
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
-use whatsnap_twilio::webhook::MessageStatus;
-use whatsnap_twilio::{self as twilio, TwilioClient, TwilioError};
+use whatsnap_connector::{AccountRef, Connector, Connectors, Outgoing, Receipt, SendError};
 
 use crate::account;
+use crate::connection::account_ref;
 
 /// Where an outbound message stands, from its own stream.
 #[derive(Debug, Clone, Default)]
@@ -69,15 +69,14 @@ pub fn decide_delivery_status(
     message_id: Uuid,
     account_id: Uuid,
     provider_message_id: &str,
-    status: MessageStatus,
-    error_code: Option<u32>,
+    receipt: &Receipt,
 ) -> Result<Option<Event>, String> {
     let from_this_account = match (&state.sent, &state.routed) {
         (Some(sent), _) => {
             sent.account_id == account_id && sent.provider_message_id == provider_message_id
         }
-        // Twilio can report before the sender has recorded what Twilio answered it; the
-        // report is signed with the account's token for this message's URL, so it counts.
+        // A provider can report before the sender has recorded what the provider answered it;
+        // the report is authenticated as the account's, for this message, so it counts.
         (None, Some(routed)) => routed.account_id == account_id,
         (None, None) => return Err(format!("message {message_id} was never sent")),
     };
@@ -87,26 +86,22 @@ pub fn decide_delivery_status(
         ));
     }
     let provider_message_id = Some(provider_message_id.to_owned());
-    Ok(match status {
-        MessageStatus::Delivered if !state.delivered && !state.failed => {
+    Ok(match receipt {
+        Receipt::Delivered if !state.delivered && !state.read && !state.failed => {
             Some(Event::from(MessageDelivered {
                 message_id,
                 provider_message_id,
             }))
         }
-        MessageStatus::Read if !state.read && !state.failed => Some(Event::from(MessageRead {
+        Receipt::Read if !state.read && !state.failed => Some(Event::from(MessageRead {
             message_id,
             provider_message_id,
         })),
-        failure if failure.is_failure() && !state.failed && !state.delivered => {
-            let reason = match error_code {
-                Some(code) => twilio::client::reason(code, &format!("the message was {failure}")),
-                None => format!("Twilio reported the message {failure}"),
-            };
+        Receipt::Failed { reason, code } if !state.failed && !state.delivered && !state.read => {
             Some(Event::from(MessageFailed {
                 message_id,
-                reason,
-                provider_error_code: error_code.map(|c| c.to_string()),
+                reason: reason.clone(),
+                provider_error_code: code.clone(),
             }))
         }
         _ => None,
@@ -128,6 +123,7 @@ impl Projection<Any> for OutboundQueue {
         &[
             "CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \
            CREATE INDEX outbound_queue_by_account ON outbound_queue (account_id, position)",
+            "CREATE TABLE sent_messages (account_id TEXT NOT NULL, provider_message_id TEXT NOT NULL, location_id TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (account_id, provider_message_id))",
         ]
     }
 
@@ -155,7 +151,19 @@ impl Projection<Any> for OutboundQueue {
             }
             "OutboundMessageSent" | "MessageFailed" | "MessageDelivered" | "MessageRead" => {
                 match event.decode()? {
-                    Event::OutboundMessageSent(e) => e.message_id,
+                    Event::OutboundMessageSent(e) => {
+                        sqlx::query(
+                            "INSERT INTO sent_messages (account_id, provider_message_id, location_id, message_id) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, provider_message_id) DO NOTHING",
+                        )
+                        .bind(e.account_id.to_string())
+                        .bind(&e.provider_message_id)
+                        .bind(event.location_id().to_string())
+                        .bind(e.message_id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                        e.message_id
+                    }
                     Event::MessageFailed(e) => e.message_id,
                     Event::MessageDelivered(e) => e.message_id,
                     Event::MessageRead(e) => e.message_id,
@@ -173,31 +181,28 @@ impl Projection<Any> for OutboundQueue {
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM outbound_queue")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM sent_messages")
             .execute(conn)
             .await
             .map(drop)
     }
 }
 
-/// One text through one Twilio account, as an effect of the outbox: reconciled with Twilio's
-/// list of the account's messages (same sender, recipient and text, created after the intent).
-struct TwilioSend<'a> {
-    twilio: &'a TwilioClient,
-    credentials: twilio::Credentials,
+/// One reply through its account's connector, as an effect of the outbox: looked for with the
+/// provider (when it offers a way) before it is sent again.
+struct ConnectorSend<'a> {
+    connector: &'a dyn Connector,
+    account: AccountRef,
     routed: &'a OutboundMessageRouted,
-    from: String,
-    body: String,
-    media: Vec<String>,
-    callback: Option<String>,
+    outgoing: Outgoing,
 }
 
-/// How far before an intent's time a message Twilio lists may be dated (clocks differ).
-const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
-
 #[async_trait]
-impl Effect for TwilioSend<'_> {
+impl Effect for ConnectorSend<'_> {
     type Output = String;
-    type Error = TwilioError;
+    type Error = SendError;
 
     fn recorded(&self, history: &[Recorded]) -> Option<String> {
         history.iter().find_map(|(_, event)| match event {
@@ -216,42 +221,22 @@ impl Effect for TwilioSend<'_> {
         )
     }
 
-    async fn reconcile(&self, intent: &OpenIntent) -> Result<Option<String>, TwilioError> {
-        let since = intent.at - CLOCK_SKEW;
-        let mut days = vec![since.date_naive()];
-        if Utc::now().date_naive() != since.date_naive() {
-            days.push(since.date_naive() + chrono::Days::new(1));
-        }
-        for day in days {
-            let listed = self
-                .twilio
-                .list_messages(&self.credentials, &self.from, &self.routed.to, day)
-                .await?;
-            if let Some(found) = listed.into_iter().find(|m| {
-                m.body.as_deref().unwrap_or_default() == self.body
-                    && m.created_at().is_some_and(|at| at >= since)
-            }) {
-                return Ok(Some(found.sid));
-            }
-        }
-        Ok(None)
+    async fn reconcile(&self, intent: &OpenIntent) -> Result<Option<String>, SendError> {
+        let found = self
+            .connector
+            .find_sent(&self.account, &self.outgoing, intent.at)
+            .await?;
+        Ok(found.map(|sent| sent.provider_message_id))
     }
 
-    async fn call(&self) -> Result<String, TwilioError> {
-        let outgoing = twilio::Outgoing {
-            from: &self.from,
-            to: &self.routed.to,
-            body: &self.body,
-            media_urls: &self.media,
-            status_callback: self.callback.as_deref(),
-        };
-        self.twilio
-            .send(&self.credentials, &outgoing)
+    async fn call(&self) -> Result<String, SendError> {
+        self.connector
+            .send(&self.account, &self.outgoing)
             .await
-            .map(|sent| sent.sid)
+            .map(|sent| sent.provider_message_id)
     }
 
-    fn unsent(&self, error: &TwilioError) -> bool {
+    fn unsent(&self, error: &SendError) -> bool {
         error.certainly_unsent()
     }
 
@@ -270,8 +255,7 @@ pub struct SendWorker {
     pub(crate) outbox: Outbox,
     pub(crate) db: ReadDb,
     pub(crate) secret_key: SecretKey,
-    pub(crate) twilio: TwilioClient,
-    pub(crate) status_callback_base: Option<String>,
+    pub(crate) connectors: Connectors,
     /// How long a send is tried while the provider is unreachable before the message is
     /// recorded as failed.
     pub(crate) patience: Duration,
@@ -283,7 +267,7 @@ pub struct SendWorker {
 enum Step {
     /// Sent, or settled without sending: the next reply.
     Done,
-    /// Twilio is unavailable or rate limiting: this account waits.
+    /// The provider is unavailable or rate limiting: this account waits.
     Wait(String),
 }
 
@@ -407,27 +391,32 @@ impl SendWorker {
             .find(|e| e.event_type == "OutboundMessageRouted")
             .expect("a routed message has its routing event");
         let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
-        let (body, media): (String, Vec<String>) = history
+        let (body, attachments) = history
             .iter()
             .find_map(|e| match e.decode() {
-                Ok(Event::OutboundMessageRequested(requested)) => Some((
-                    requested.body,
-                    requested.attachments.into_iter().map(|a| a.url).collect(),
-                )),
+                Ok(Event::OutboundMessageRequested(requested)) => {
+                    Some((requested.body, requested.attachments))
+                }
                 _ => None,
             })
             .unwrap_or_default();
-        let subject = Subject {
-            stream: stream.clone(),
-            operation: SEND,
-            subject_id: message_id,
-            key: None,
-            metadata: metadata.clone(),
+        let outgoing = Outgoing {
+            message_id,
+            to: routed.to.clone(),
+            body,
+            attachments,
         };
-        let effect = match self.effect(location, &routed, body, media).await? {
-            Ok(effect) => effect,
+        let (connector, account) = match self.connector(location, &routed).await? {
+            Ok(found) => found,
             Err(reason) => {
                 warn!(%message_id, %reason, "reply not sent");
+                let subject = Subject {
+                    stream: stream.clone(),
+                    operation: "send",
+                    subject_id: message_id,
+                    key: None,
+                    metadata: metadata.clone(),
+                };
                 let failed = Event::from(MessageFailed {
                     message_id,
                     reason,
@@ -437,10 +426,23 @@ impl SendWorker {
                 return Ok(Step::Done);
             }
         };
+        let subject = Subject {
+            stream: stream.clone(),
+            operation: connector.send_operation(),
+            subject_id: message_id,
+            key: None,
+            metadata: metadata.clone(),
+        };
+        let effect = ConnectorSend {
+            connector: connector.as_ref(),
+            account,
+            routed: &routed,
+            outgoing,
+        };
         let err = match self.outbox.perform(&subject, &effect).await {
             Ok(performed) => {
                 let sid = performed.into_inner();
-                info!(%message_id, account_id = %routed.account_id, message_sid = %sid, "reply sent");
+                info!(%message_id, account_id = %routed.account_id, provider_message_id = %sid, engine = connector.engine(), "reply sent");
                 return Ok(Step::Done);
             }
             Err(EffectError::Call(err)) => err,
@@ -449,14 +451,14 @@ impl SendWorker {
         let first_try = history
             .iter()
             .find(|e| {
-                matches!(e.decode(), Ok(Event::EffectIntended(intent)) if intent.operation == SEND)
+                matches!(e.decode(), Ok(Event::EffectIntended(intent)) if intent.operation == subject.operation)
             })
             .map_or_else(Utc::now, |e| e.occurred_at);
         let waited = (Utc::now() - first_try).to_std().unwrap_or_default();
         if err.is_retryable() && waited < self.patience {
             return Ok(Step::Wait(err.to_string()));
         }
-        // Given up: unless Twilio has it after all, it failed.
+        // Given up: unless the provider has it after all, it failed.
         if !err.certainly_unsent() {
             let intent = OpenIntent {
                 attempt: 0,
@@ -468,10 +470,7 @@ impl SendWorker {
                 return Ok(Step::Done);
             }
         }
-        let code = match &err {
-            TwilioError::Rejected { code, .. } => code.map(|c| c.to_string()),
-            _ => None,
-        };
+        let code = err.code().map(str::to_owned);
         warn!(%message_id, reason = %err, "reply not sent");
         let failed = Event::from(MessageFailed {
             message_id,
@@ -482,14 +481,13 @@ impl SendWorker {
         Ok(Step::Done)
     }
 
-    /// The send through the routed account, or why it cannot leave.
-    async fn effect<'a>(
-        &'a self,
+    /// The connector of the routed account and the account as it needs it, or why the reply
+    /// cannot leave.
+    async fn connector(
+        &self,
         location: &LocationId,
-        routed: &'a OutboundMessageRouted,
-        body: String,
-        media: Vec<String>,
-    ) -> Result<Result<TwilioSend<'a>, String>, ApplyError> {
+        routed: &OutboundMessageRouted,
+    ) -> Result<Result<(Arc<dyn Connector>, AccountRef), String>, ApplyError> {
         let (_, account) =
             crate::read_account(self.outbox.store().as_ref(), location, routed.account_id).await?;
         if account.status == account::Status::Removed {
@@ -498,41 +496,23 @@ impl SendWorker {
                 account.name
             )));
         }
-        let (Some(AccountKind::Twilio), Some(credentials)) = (account.kind, &account.twilio) else {
+        let connector = account
+            .kind
+            .and_then(|kind| self.connectors.for_account(kind, account.engine.as_deref()));
+        let Some(connector) = connector else {
             return Ok(Err(format!(
-                "sending through {} accounts is not available yet; add the tag of a Twilio account to reply",
-                account.kind.map_or("unknown", AccountKind::as_str)
+                "this deployment runs no engine for {} accounts ({}); add the tag of another account to reply",
+                account.kind.map_or("unknown", AccountKind::as_str),
+                account.engine.as_deref().unwrap_or("default engine")
             )));
         };
-        let Some(from) = account.phone_number.clone() else {
-            return Ok(Err(format!(
-                "the account {} has no phone number",
-                account.name
-            )));
-        };
-        let token = self.secret_key.open(&credentials.auth_token)?;
-        let callback = self.status_callback_base.as_ref().map(|base| {
-            format!(
-                "{}/webhooks/twilio/{location}/{}/status?message={}",
-                base.trim_end_matches('/'),
-                routed.account_id,
-                routed.message_id
-            )
-        });
-        Ok(Ok(TwilioSend {
-            twilio: &self.twilio,
-            credentials: twilio::Credentials::new(&credentials.account_sid, token.expose()),
-            routed,
-            from,
-            body,
-            media,
-            callback,
-        }))
+        match account_ref(location, &account, &self.secret_key) {
+            Some(reference) => Ok(Ok((connector, reference))),
+            None => Ok(Err(format!("the account {} cannot be read", account.name))),
+        }
     }
 }
 
-/// The operation name of a Twilio send in the log and in fail point names.
-pub const SEND: &str = "twilio.send";
 
 /// The pause before the `attempt`-th retry of an account's head reply, with jitter.
 fn backoff(attempt: u32) -> Duration {
@@ -545,7 +525,24 @@ fn backoff(attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use whatsnap_twilio::webhook::MessageStatus;
+
     use super::*;
+
+    /// A Twilio status report, as the session service decides it.
+    fn decide(
+        state: &OutboundState,
+        message_id: Uuid,
+        account_id: Uuid,
+        sid: &str,
+        status: MessageStatus,
+        error_code: Option<u32>,
+    ) -> Result<Option<Event>, String> {
+        match whatsnap_twilio::connector::receipt(status, error_code) {
+            Some(receipt) => decide_delivery_status(state, message_id, account_id, sid, &receipt),
+            None => Ok(None),
+        }
+    }
 
     fn sent_state(account_id: Uuid) -> OutboundState {
         OutboundState {
@@ -563,7 +560,7 @@ mod tests {
     fn a_delivered_report_is_recorded_once() {
         let account = Uuid::now_v7();
         let mut state = sent_state(account);
-        let first = decide_delivery_status(
+        let first = decide(
             &state,
             Uuid::nil(),
             account,
@@ -574,7 +571,7 @@ mod tests {
         .unwrap();
         assert!(matches!(first, Some(Event::MessageDelivered(_))));
         state.delivered = true;
-        let again = decide_delivery_status(
+        let again = decide(
             &state,
             Uuid::nil(),
             account,
@@ -589,7 +586,7 @@ mod tests {
     #[test]
     fn a_failure_carries_twilios_reason_and_code() {
         let account = Uuid::now_v7();
-        let decided = decide_delivery_status(
+        let decided = decide(
             &sent_state(account),
             Uuid::nil(),
             account,
@@ -619,12 +616,12 @@ mod tests {
             MessageStatus::Sending,
         ] {
             assert_eq!(
-                decide_delivery_status(&state, Uuid::nil(), account, "SM1", status, None).unwrap(),
+                decide(&state, Uuid::nil(), account, "SM1", status, None).unwrap(),
                 None
             );
         }
         assert!(
-            decide_delivery_status(
+            decide(
                 &state,
                 Uuid::nil(),
                 account,
@@ -635,7 +632,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            decide_delivery_status(
+            decide(
                 &state,
                 Uuid::nil(),
                 Uuid::now_v7(),
@@ -646,7 +643,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            decide_delivery_status(
+            decide(
                 &OutboundState::default(),
                 Uuid::nil(),
                 account,
@@ -673,7 +670,7 @@ mod tests {
             version: 2,
             ..OutboundState::default()
         };
-        let decided = decide_delivery_status(
+        let decided = decide(
             &routed,
             Uuid::nil(),
             account,
@@ -685,7 +682,7 @@ mod tests {
             matches!(decided, Ok(Some(Event::MessageDelivered(_)))),
             "{decided:?}"
         );
-        let stranger = decide_delivery_status(
+        let stranger = decide(
             &routed,
             Uuid::nil(),
             Uuid::now_v7(),

@@ -36,17 +36,22 @@ fn kind_from_name(name: &str) -> pb::AccountKind {
     AccountKind::from_name(name).map_or(pb::AccountKind::Unspecified, kind_to_pb)
 }
 
+/// Sets an account's status and why it is in it; a removed account stays removed.
 async fn set_status(
     conn: &mut AnyConnection,
     account_id: String,
     status: &str,
+    reason: Option<String>,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE session_accounts SET status = $1 WHERE account_id = $2")
-        .bind(status)
-        .bind(account_id)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query(
+        "UPDATE session_accounts SET status = $1, status_reason = $2 WHERE account_id = $3 AND status <> 'removed'",
+    )
+    .bind(status)
+    .bind(reason)
+    .bind(account_id)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 #[async_trait]
@@ -58,6 +63,7 @@ impl Projection<Any> for AccountsProjection {
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE session_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",
+            "ALTER TABLE session_accounts ADD COLUMN engine TEXT; ALTER TABLE session_accounts ADD COLUMN status_reason TEXT",
         ]
     }
 
@@ -72,8 +78,8 @@ impl Projection<Any> for AccountsProjection {
         match event.decode()? {
             Event::AccountAdded(e) => {
                 sqlx::query(
-                    "INSERT INTO session_accounts (account_id, location_id, kind, name, tag, phone_number, status) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'added') ON CONFLICT (account_id) DO NOTHING",
+                    "INSERT INTO session_accounts (account_id, location_id, kind, name, tag, phone_number, status, engine) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'added', $7) ON CONFLICT (account_id) DO NOTHING",
                 )
                 .bind(e.account_id.to_string())
                 .bind(event.location_id().to_string())
@@ -81,17 +87,33 @@ impl Projection<Any> for AccountsProjection {
                 .bind(e.name)
                 .bind(e.tag)
                 .bind(e.phone_number)
+                .bind(e.engine)
                 .execute(conn)
                 .await?;
             }
+            Event::AccountLinkRequested(e) => {
+                set_status(conn, e.account_id.to_string(), "linking", None).await?
+            }
             Event::AccountConnected(e) => {
-                set_status(conn, e.account_id.to_string(), "connected").await?
+                set_status(conn, e.account_id.to_string(), "connected", None).await?;
+                if let Some(number) = e.phone_number {
+                    sqlx::query("UPDATE session_accounts SET phone_number = $1 WHERE account_id = $2")
+                        .bind(number)
+                        .bind(e.account_id.to_string())
+                        .execute(conn)
+                        .await?;
+                }
             }
             Event::AccountDisconnected(e) => {
-                set_status(conn, e.account_id.to_string(), "disconnected").await?
+                let status = if e.cause.as_deref() == Some("logged_out") {
+                    "logged_out"
+                } else {
+                    "disconnected"
+                };
+                set_status(conn, e.account_id.to_string(), status, Some(e.reason)).await?
             }
             Event::AccountRemoved(e) => {
-                set_status(conn, e.account_id.to_string(), "removed").await?
+                set_status(conn, e.account_id.to_string(), "removed", e.reason).await?
             }
             _ => {}
         }
@@ -159,6 +181,48 @@ pub(crate) async fn list(
                 .get::<Option<String>, _>("phone_number")
                 .unwrap_or_default(),
             status: row.get("status"),
+            engine: row.get::<Option<String>, _>("engine").unwrap_or_default(),
+            status_reason: row
+                .get::<Option<String>, _>("status_reason")
+                .unwrap_or_default(),
         })
         .collect())
+}
+
+/// The accounts driven by one of `engines` whose link may need to run: linking, connected or
+/// disconnected. Gives (location, account id) pairs.
+pub(crate) async fn linkable(
+    db: &ReadDb,
+    engines: &[&str],
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT location_id, account_id, engine FROM session_accounts WHERE status IN ('linking', 'connected', 'disconnected')",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter(|row| {
+            row.get::<Option<String>, _>("engine")
+                .is_some_and(|engine| engines.contains(&engine.as_str()))
+        })
+        .map(|row| (row.get("location_id"), row.get("account_id")))
+        .collect())
+}
+
+/// The message whatsnap sent through `account_id` that the provider calls
+/// `provider_message_id`, once its send is recorded.
+pub(crate) async fn sent_message(
+    db: &ReadDb,
+    account_id: uuid::Uuid,
+    provider_message_id: &str,
+) -> sqlx::Result<Option<uuid::Uuid>> {
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT message_id FROM sent_messages WHERE account_id = $1 AND provider_message_id = $2",
+    )
+    .bind(account_id.to_string())
+    .bind(provider_message_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(id.and_then(|id| id.parse().ok()))
 }

@@ -86,6 +86,30 @@ pub enum AccountsCommand {
         /// line).
         #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
         twilio_auth_token: Option<String>,
+        /// The engine that drives the account (WhatsApp: `embedded` or `evolution`); the
+        /// deployment's default for the kind when not given.
+        #[arg(long)]
+        engine: Option<String>,
+        /// An engine setting, NAME=VALUE, repeatable (Evolution: `instance_name=acme-1`,
+        /// `api_key=...`).
+        #[arg(long = "setting", value_name = "NAME=VALUE")]
+        settings: Vec<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Link a WhatsApp account's device: shows the QR code to scan with the phone (WhatsApp >
+    /// Linked devices > Link a device), replaced as it rotates, until the account is connected
+    /// or the codes run out.
+    Connect {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        /// Link with a pairing code typed on the phone with this number instead of a QR code.
+        #[arg(long)]
+        pairing_phone: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value = "300")]
+        timeout: u64,
         #[command(flatten)]
         server: Server,
     },
@@ -116,6 +140,92 @@ pub enum AccountsCommand {
     },
 }
 
+/// Asks to link the account, then shows each code and state as it is recorded, until the
+/// account is connected (Ok) or stops without connecting (an error that says why and what to
+/// do).
+async fn connect_account(
+    channel: tonic::transport::Channel,
+    location: String,
+    account_id: String,
+    pairing_phone: Option<String>,
+) -> anyhow::Result<()> {
+    let mut client = session::session_service_client::SessionServiceClient::new(channel);
+    let requested = client
+        .connect_account(session::ConnectAccountRequest {
+            location_id: location.clone(),
+            account_id: account_id.clone(),
+            pairing_phone_number: pairing_phone.unwrap_or_default(),
+        })
+        .await;
+    if let Err(refused) = &requested
+        && refused.message().contains("already connected")
+    {
+        println!("{}", refused.message());
+        return Ok(());
+    }
+    requested.map_err(status)?;
+    let mut updates = client
+        .watch_account(session::WatchAccountRequest {
+            location_id: location,
+            account_id,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("waiting for the engine to issue a code…");
+    while let Some(update) = updates.message().await.map_err(status)? {
+        let Some(account) = update.account else {
+            continue;
+        };
+        let expires = chrono::DateTime::from_timestamp_millis(update.code_expires_at_ms)
+            .map(|at| (at - chrono::Utc::now()).num_seconds().max(0))
+            .unwrap_or_default();
+        if !update.qr_code.is_empty() {
+            // Clear the screen, so that the new code replaces the old one.
+            print!("\x1b[2J\x1b[H");
+            println!("{}", render_qr(&update.qr_code)?);
+            println!(
+                "Scan with WhatsApp on the phone: Settings > Linked devices > Link a device. This code works for {expires} s; a new one replaces it."
+            );
+            println!("qr: {}", update.qr_code);
+        } else if !update.pairing_code.is_empty() {
+            println!(
+                "On the phone: WhatsApp > Linked devices > Link a device > Link with phone number instead, then type {} (valid {expires} s)",
+                update.pairing_code
+            );
+        }
+        match account.status.as_str() {
+            "connected" => {
+                println!(
+                    "connected{}",
+                    Some(account.phone_number.as_str())
+                        .filter(|n| !n.is_empty())
+                        .map(|n| format!(" as {n}"))
+                        .unwrap_or_default()
+                );
+                return Ok(());
+            }
+            "disconnected" | "logged_out" if !account.status_reason.is_empty() => {
+                anyhow::bail!("not connected: {}", account.status_reason);
+            }
+            "removed" => anyhow::bail!("the account was removed"),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the server stopped sending updates; run `whatsnap accounts connect` again")
+}
+
+/// A QR code for a terminal: two rows of modules per line of text.
+fn render_qr(data: &str) -> anyhow::Result<String> {
+    let code = qrcode::QrCode::new(data.as_bytes()).context("making the QR code")?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
+}
+
 /// The first line of standard input, for a secret that should not be an argument.
 fn secret_from_stdin(what: &str) -> anyhow::Result<String> {
     let mut line = String::new();
@@ -138,8 +248,12 @@ fn print_account(account: &session::Account) {
                 .to_lowercase()
         })
         .unwrap_or_default();
+    let reason = Some(account.status_reason.as_str())
+        .filter(|r| !r.is_empty())
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
     println!(
-        "{}  {:<12} {:<11} {:<24} {:<36} {}",
+        "{}  {:<12} {:<11} {:<24} {:<36} {}{reason}",
         account.account_id, account.location_id, kind, account.name, account.tag, account.status
     );
 }
@@ -169,8 +283,17 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             phone,
             twilio_account_sid,
             twilio_auth_token,
+            engine,
+            settings,
             server,
         } => {
+            let mut settings_json = serde_json::Map::new();
+            for setting in settings {
+                let Some((name, value)) = setting.split_once('=') else {
+                    anyhow::bail!("--setting {setting:?} is not NAME=VALUE");
+                };
+                settings_json.insert(name.trim().to_owned(), value.into());
+            }
             let mut client =
                 session::session_service_client::SessionServiceClient::new(server.channel().await?);
             let kind = match kind {
@@ -192,11 +315,36 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                         }),
                         _ => None,
                     },
+                    engine: engine.unwrap_or_default(),
+                    settings_json: if settings_json.is_empty() {
+                        String::new()
+                    } else {
+                        serde_json::Value::Object(settings_json).to_string()
+                    },
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
             print_account(&account);
+        }
+        AccountsCommand::Connect {
+            location,
+            account_id,
+            pairing_phone,
+            timeout,
+            server,
+        } => {
+            let channel = server.channel().await?;
+            let watch = tokio::time::timeout(
+                std::time::Duration::from_secs(timeout),
+                connect_account(channel, location, account_id, pairing_phone),
+            );
+            match watch.await {
+                Ok(result) => result?,
+                Err(_) => anyhow::bail!(
+                    "the account did not connect within {timeout} s; run `whatsnap accounts connect` again"
+                ),
+            }
         }
         AccountsCommand::Remove {
             location,

@@ -68,6 +68,7 @@ impl Demo {
                     account_sid: SID.into(),
                     auth_token: TOKEN.into(),
                 }),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -438,13 +438,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             db.clone(),
             whatsnap_session::SessionConfig {
                 secret_key: key.clone(),
-                twilio: whatsnap_twilio::TwilioClient::with_timeout(
-                    &args.twilio_base_url,
-                    args.twilio_timeout,
-                )?,
+                connectors: connectors(&args, public_url.clone())?,
                 max_accounts_per_location: args.max_accounts_per_location,
                 tag_prefix: args.tag_prefix.clone(),
-                status_callback_base: public_url.clone(),
                 send_patience: args.send_patience,
             },
         )),
@@ -598,6 +594,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         tasks.spawn(async move {
             worker.run(stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
+    if let Some(supervisor) = session.as_ref().map(|s| s.supervisor()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            supervisor.run(stop.cancelled_owned()).await;
             Ok(())
         });
     }
@@ -830,4 +833,16 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     }
     backend.db.close().await;
     Ok(())
+}
+
+/// The account kinds this deployment connects, each through its connector.
+fn connectors(
+    args: &ServeArgs,
+    public_url: Option<String>,
+) -> anyhow::Result<whatsnap_connector::Connectors> {
+    let twilio = whatsnap_twilio::TwilioConnector::new(
+        whatsnap_twilio::TwilioClient::with_timeout(&args.twilio_base_url, args.twilio_timeout)?,
+        public_url,
+    );
+    Ok(whatsnap_connector::Connectors::default().with(std::sync::Arc::new(twilio)))
 }

@@ -1,0 +1,191 @@
+//! Accounts as their connectors see them, and what a connector's report ([`ConnectorEvent`])
+//! changes in the account's stream. Nothing here knows a platform: each kind lives in its own
+//! connector crate, registered in [`whatsnap_connector::Connectors`].
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use whatsnap_connector::{AccountRef, ConnectorEvent, LinkCode};
+use whatsnap_events::{
+    AccountConnected, AccountDisconnected, Event, LocationId, PairingCodeIssued, QrCodeIssued,
+};
+use whatsnap_secrets::SecretKey;
+
+use crate::account::{AccountState, Status};
+
+/// The account as a connector needs it.
+pub fn account_ref(
+    location: &LocationId,
+    state: &AccountState,
+    secret_key: &SecretKey,
+) -> Option<AccountRef> {
+    let settings = match (&state.settings, &state.twilio) {
+        (Some(settings), _) => settings.clone(),
+        (None, Some(twilio)) => serde_json::to_value(twilio).ok()?,
+        (None, None) => serde_json::Value::Object(Default::default()),
+    };
+    Some(AccountRef {
+        location: location.clone(),
+        account_id: state.account_id?,
+        name: state.name.clone(),
+        phone_number: state.phone_number.clone(),
+        settings,
+        secret_key: secret_key.clone(),
+    })
+}
+
+/// What a connector's report about the connection changes in the account's stream: a code to
+/// show, a state that differs from the recorded one. Messages and receipts are not the account's
+/// (they go to their message's stream), and a removed account records nothing more.
+pub fn decide_connection(
+    state: &AccountState,
+    account_id: Uuid,
+    event: &ConnectorEvent,
+    now: DateTime<Utc>,
+) -> Option<Event> {
+    if state.status == Status::Removed {
+        return None;
+    }
+    let until = |valid_for: &std::time::Duration| {
+        now + chrono::Duration::from_std(*valid_for).unwrap_or(chrono::Duration::seconds(60))
+    };
+    match event {
+        ConnectorEvent::Linking(LinkCode::Qr { code, valid_for }) => {
+            Some(Event::from(QrCodeIssued {
+                account_id,
+                qr_code: code.clone(),
+                expires_at: until(valid_for),
+            }))
+        }
+        ConnectorEvent::Linking(LinkCode::Pairing { code, valid_for }) => {
+            Some(Event::from(PairingCodeIssued {
+                account_id,
+                code: code.clone(),
+                expires_at: until(valid_for),
+            }))
+        }
+        ConnectorEvent::Connected {
+            phone_number,
+            display_name,
+        } => {
+            let same_number = phone_number.is_none() || *phone_number == state.phone_number;
+            (state.status != Status::Connected || !same_number).then(|| {
+                Event::from(AccountConnected {
+                    account_id,
+                    phone_number: phone_number.clone(),
+                    display_name: display_name.clone(),
+                })
+            })
+        }
+        ConnectorEvent::Disconnected { reason, detail } => {
+            let cause = reason.as_str();
+            let already = matches!(state.status, Status::Disconnected | Status::LoggedOut)
+                && state.cause.as_deref() == Some(cause);
+            let never_linked = state.status == Status::Added;
+            (!already && !never_linked).then(|| {
+                Event::from(AccountDisconnected {
+                    account_id,
+                    reason: if detail.is_empty() {
+                        reason.advice().to_owned()
+                    } else {
+                        format!("{detail}; {}", reason.advice())
+                    },
+                    cause: Some(cause.to_owned()),
+                })
+            })
+        }
+        ConnectorEvent::Message(_) | ConnectorEvent::Receipt { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use whatsnap_connector::DisconnectReason;
+    use whatsnap_events::AccountLinkRequested;
+
+    use super::*;
+    use crate::account::evolve;
+
+    fn linking() -> (Uuid, AccountState) {
+        let id = Uuid::now_v7();
+        let requested = Event::from(AccountLinkRequested {
+            account_id: id,
+            pairing_phone_number: None,
+            requested_by: None,
+        });
+        let state = AccountState {
+            account_id: Some(id),
+            ..Default::default()
+        };
+        (id, evolve(state, &requested, 2))
+    }
+
+    #[test]
+    fn each_qr_code_is_recorded_with_the_time_it_expires() {
+        let (id, state) = linking();
+        let now = Utc::now();
+        let event = ConnectorEvent::Linking(LinkCode::Qr {
+            code: "2@abc".into(),
+            valid_for: Duration::from_secs(60),
+        });
+        let Some(Event::QrCodeIssued(issued)) = decide_connection(&state, id, &event, now) else {
+            panic!("a QR code is recorded");
+        };
+        assert_eq!(issued.qr_code, "2@abc");
+        assert_eq!(issued.expires_at, now + chrono::Duration::seconds(60));
+    }
+
+    #[test]
+    fn a_state_the_account_is_already_in_records_nothing() {
+        let (id, state) = linking();
+        let now = Utc::now();
+        let open = ConnectorEvent::Connected {
+            phone_number: Some("+15550001111".into()),
+            display_name: None,
+        };
+        let connected = decide_connection(&state, id, &open, now).expect("connected");
+        let state = evolve(state, &connected, 3);
+        assert_eq!(state.status, Status::Connected);
+        assert_eq!(decide_connection(&state, id, &open, now), None);
+
+        let lost = ConnectorEvent::Disconnected {
+            reason: DisconnectReason::LoggedOut,
+            detail: "unlinked from the phone".into(),
+        };
+        let Some(disconnected) = decide_connection(&state, id, &lost, now) else {
+            panic!("a disconnection is recorded");
+        };
+        let state = evolve(state, &disconnected, 4);
+        assert_eq!(state.status, Status::LoggedOut);
+        assert!(!state.wants_link(), "a logged-out device waits for a user");
+        assert!(
+            state
+                .status_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("scan again")),
+            "{:?}",
+            state.status_reason
+        );
+        assert_eq!(decide_connection(&state, id, &lost, now), None);
+    }
+
+    #[test]
+    fn a_lost_connection_is_one_whatsnap_recovers_from_by_itself() {
+        let (id, state) = linking();
+        let now = Utc::now();
+        let lost = ConnectorEvent::Disconnected {
+            reason: DisconnectReason::EngineUnavailable,
+            detail: String::new(),
+        };
+        let event = decide_connection(&state, id, &lost, now).unwrap();
+        let state = evolve(state, &event, 3);
+        assert!(state.wants_link());
+        let refused = ConnectorEvent::Disconnected {
+            reason: DisconnectReason::Refused,
+            detail: "QR codes ran out".into(),
+        };
+        let event = decide_connection(&state, id, &refused, now).unwrap();
+        assert!(!evolve(state, &event, 4).wants_link());
+    }
+}
