@@ -121,6 +121,20 @@ pub struct AccountLinkRequested {
     pub requested_by: Option<String>,
 }
 
+/// A WhatsApp sender's two names were found to be one person: their LID (`…@lid`) and their
+/// phone number. Messages from either are the same contact's. Recorded in the stream of the
+/// account that learned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactIdentityMerged {
+    pub account_id: Uuid,
+    /// The LID, e.g. `123456789012345@lid`.
+    pub lid: String,
+    /// E.164.
+    pub phone: String,
+    /// How whatsnap learned it, e.g. "WhatsApp sent message 3EB0… from +1… with LID 1…@lid".
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountConnected {
     pub account_id: Uuid,
@@ -201,6 +215,25 @@ pub struct InboundMessageReceived {
     /// the first schema).
     #[serde(default)]
     pub sender_lid: Option<String>,
+}
+
+/// A message from a WhatsApp sender known so far only by their LID: held, not yet anyone's,
+/// until WhatsApp names their number ([`ContactIdentityMerged`]); then an
+/// [`InboundMessageReceived`] follows in the same stream, with the number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessageHeld {
+    pub message_id: Uuid,
+    pub account_id: Uuid,
+    pub provider_message_id: String,
+    /// The LID, e.g. `123456789012345@lid`.
+    pub sender_lid: String,
+    pub body: String,
+    pub sender_name: Option<String>,
+    pub received_at: DateTime<Utc>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub from_me: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -601,11 +634,13 @@ catalogue! {
     QrCodeIssued => 1,
     PairingCodeIssued => 1,
     AccountLinkRequested => 1,
+    ContactIdentityMerged => 1,
     AccountConnected => 1,
     AccountDisconnected => 1,
     AccountRemoved => 1,
     AccountSettingsChanged => 1,
     InboundMessageReceived => 1,
+    InboundMessageHeld => 1,
     OutboundMessageRequested => 1,
     OutboundMessageRouted => 1,
     OutboundRouteFailed => 1,

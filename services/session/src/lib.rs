@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountKind, AggregateKind, Attachment, Event, EventMetadata, InboundMessageReceived,
+    AccountKind, AggregateKind, Attachment, ContactIdentityMerged, Event, EventMetadata,
+    InboundMessageHeld, InboundMessageReceived,
     LocationId, NewEvent, OutboundMessageRequested, StreamId, TwilioCredentials, contact_id_for,
     inbound_message_id_for, outbound_message_id_for,
 };
@@ -706,19 +707,15 @@ impl Session {
     }
 
     /// A message seen in one of the account's chats, in its own stream named by the platform's
-    /// id: a redelivery finds it written. A sender known only by a LID is set aside until the
-    /// platform names their number.
+    /// id: a redelivery finds it written. A WhatsApp sender named by LID and number at once
+    /// teaches whatsnap that both are one person ([`ContactIdentityMerged`]); one named only by
+    /// a LID whose number is not known yet is held until it is.
     async fn record_observed(
         &self,
         location: &LocationId,
         account_id: Uuid,
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
-        let Some(phone) = message.peer.phone.as_deref() else {
-            tracing::warn!(%account_id, provider_message_id = %message.provider_message_id, "a message from a sender known only by a WhatsApp LID is not recorded");
-            return Ok(false);
-        };
-        let peer = whatsnap_rpc::phone(phone)?;
         if message.from_me
             && read_model::sent_message(&self.db, account_id, &message.provider_message_id)
                 .await
@@ -728,28 +725,160 @@ impl Session {
             // whatsnap's own reply, echoed by the engine: GHL has it already.
             return Ok(false);
         }
-        let (_, account) = self.load_account(location, account_id).await?;
+        let (stream, account) = self.load_account(location, account_id).await?;
         if account.status == account::Status::Removed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "account {account_id} was removed"
             )));
         }
+        let lid = message.peer.lid.as_deref();
+        let phone = match (message.peer.phone.as_deref(), lid) {
+            (Some(phone), Some(lid)) => {
+                let phone = whatsnap_rpc::phone(phone)?.to_string();
+                self.learn_identity(location, &stream, account_id, lid, &phone, message)
+                    .await?;
+                phone
+            }
+            (Some(phone), None) => whatsnap_rpc::phone(phone)?.to_string(),
+            (None, Some(lid)) => {
+                match read_model::phone_of_lid(&self.db, location, lid)
+                    .await
+                    .map_err(ServiceError::from)?
+                {
+                    Some(phone) => phone,
+                    None => return self.hold(location, account_id, lid, message).await,
+                }
+            }
+            (None, None) => {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "message {} names no sender",
+                    message.provider_message_id
+                )));
+            }
+        };
         let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
         let event = Event::from(InboundMessageReceived {
             message_id,
             account_id,
             provider_message_id: message.provider_message_id.clone(),
-            from: peer.to_string(),
+            from: phone,
             to: account.phone_number.clone(),
             body: message.body.clone(),
             sender_name: message.sender_name.clone().filter(|n| !n.trim().is_empty()),
             received_at: message.sent_at,
             attachments: message.attachments.clone(),
             from_me: message.from_me,
-            sender_lid: message.peer.lid.clone(),
+            sender_lid: lid.map(str::to_owned),
         });
         Ok(!self.append_once(&stream, &event).await?)
+    }
+
+    /// Records that `lid` and `phone` are one sender, when whatsnap did not know it, and lets
+    /// go of the messages held for that LID.
+    async fn learn_identity(
+        &self,
+        location: &LocationId,
+        stream: &StreamId,
+        account_id: Uuid,
+        lid: &str,
+        phone: &str,
+        message: &ObservedMessage,
+    ) -> ServiceResult<()> {
+        let known = read_model::phone_of_lid(&self.db, location, lid)
+            .await
+            .map_err(ServiceError::from)?;
+        if known.as_deref() == Some(phone) {
+            return Ok(());
+        }
+        let merged = Event::from(ContactIdentityMerged {
+            account_id,
+            lid: lid.to_owned(),
+            phone: phone.to_owned(),
+            reason: format!(
+                "WhatsApp sent message {} from {phone} with LID {lid}",
+                message.provider_message_id
+            ),
+        });
+        self.store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&merged, metadata())],
+            )
+            .await?;
+        tracing::info!(%location, %account_id, "a WhatsApp LID was matched to a phone number");
+        for held in read_model::held_for(&self.db, location, lid)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            self.release(location, held, phone).await?;
+        }
+        Ok(())
+    }
+
+    /// Holds a message from a sender known only by `lid` until WhatsApp names their number.
+    async fn hold(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        lid: &str,
+        message: &ObservedMessage,
+    ) -> ServiceResult<bool> {
+        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        let event = Event::from(InboundMessageHeld {
+            message_id,
+            account_id,
+            provider_message_id: message.provider_message_id.clone(),
+            sender_lid: lid.to_owned(),
+            body: message.body.clone(),
+            sender_name: message.sender_name.clone(),
+            received_at: message.sent_at,
+            attachments: message.attachments.clone(),
+            from_me: message.from_me,
+        });
+        tracing::info!(%location, %account_id, %message_id, "a message from a sender known only by a WhatsApp LID is held until their number is known");
+        Ok(!self.append_once(&stream, &event).await?)
+    }
+
+    /// A held message, now that its sender's number is known: received, from `phone`.
+    async fn release(&self, location: &LocationId, message_id: Uuid, phone: &str) -> ServiceResult<()> {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
+        let Some(Ok(Event::InboundMessageHeld(held))) = history.first().map(|e| e.decode()) else {
+            return Ok(());
+        };
+        if history.len() > 1 {
+            return Ok(());
+        }
+        let (_, account) = self.load_account(location, held.account_id).await?;
+        let received = Event::from(InboundMessageReceived {
+            message_id,
+            account_id: held.account_id,
+            provider_message_id: held.provider_message_id,
+            from: phone.to_owned(),
+            to: account.phone_number,
+            body: held.body,
+            sender_name: held.sender_name.filter(|n| !n.trim().is_empty()),
+            received_at: held.received_at,
+            attachments: held.attachments,
+            from_me: held.from_me,
+            sender_lid: Some(held.sender_lid),
+        });
+        match self
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(1),
+                vec![NewEvent::new(&received, metadata())],
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::WrongExpectedVersion { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// A provider's receipt for a message whatsnap sent: final states and reads, each once.

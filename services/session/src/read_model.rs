@@ -64,6 +64,8 @@ impl Projection<Any> for AccountsProjection {
         &[
             "CREATE TABLE session_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",
             "ALTER TABLE session_accounts ADD COLUMN engine TEXT; ALTER TABLE session_accounts ADD COLUMN status_reason TEXT",
+            "CREATE TABLE whatsapp_identities (location_id TEXT NOT NULL, lid TEXT NOT NULL, phone TEXT NOT NULL, PRIMARY KEY (location_id, lid)); \
+             CREATE TABLE held_messages (location_id TEXT NOT NULL, lid TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (location_id, message_id))",
         ]
     }
 
@@ -72,10 +74,55 @@ impl Projection<Any> for AccountsProjection {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
+        let location = event.location_id().to_string();
+        if event.stream.kind() == whatsnap_events::AggregateKind::Message {
+            // Only the messages held for a sender's number concern this read model.
+            match event.event_type.as_str() {
+                "InboundMessageHeld" => {
+                    if let Event::InboundMessageHeld(e) = event.decode()? {
+                        sqlx::query(
+                            "INSERT INTO held_messages (location_id, lid, message_id) VALUES ($1, $2, $3) \
+                             ON CONFLICT (location_id, message_id) DO NOTHING",
+                        )
+                        .bind(&location)
+                        .bind(e.sender_lid)
+                        .bind(e.message_id.to_string())
+                        .execute(conn)
+                        .await?;
+                    }
+                }
+                "InboundMessageReceived" => {
+                    if let Event::InboundMessageReceived(e) = event.decode()?
+                        && e.sender_lid.is_some()
+                    {
+                        sqlx::query(
+                            "DELETE FROM held_messages WHERE location_id = $1 AND message_id = $2",
+                        )
+                        .bind(&location)
+                        .bind(e.message_id.to_string())
+                        .execute(conn)
+                        .await?;
+                    }
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         if event.stream.kind() != whatsnap_events::AggregateKind::Account {
             return Ok(());
         }
         match event.decode()? {
+            Event::ContactIdentityMerged(e) => {
+                sqlx::query(
+                    "INSERT INTO whatsapp_identities (location_id, lid, phone) VALUES ($1, $2, $3) \
+                     ON CONFLICT (location_id, lid) DO UPDATE SET phone = excluded.phone",
+                )
+                .bind(&location)
+                .bind(e.lid)
+                .bind(e.phone)
+                .execute(conn)
+                .await?;
+            }
             Event::AccountAdded(e) => {
                 sqlx::query(
                     "INSERT INTO session_accounts (account_id, location_id, kind, name, tag, phone_number, status, engine) \
@@ -121,10 +168,12 @@ impl Projection<Any> for AccountsProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM session_accounts")
-            .execute(conn)
-            .await
-            .map(drop)
+        for table in ["session_accounts", "whatsapp_identities", "held_messages"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -225,4 +274,33 @@ pub(crate) async fn sent_message(
     .fetch_optional(db)
     .await?;
     Ok(id.and_then(|id| id.parse().ok()))
+}
+
+/// The phone number WhatsApp has named for `lid` in this location, once known.
+pub(crate) async fn phone_of_lid(
+    db: &ReadDb,
+    location: &LocationId,
+    lid: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT phone FROM whatsapp_identities WHERE location_id = $1 AND lid = $2")
+        .bind(location.to_string())
+        .bind(lid)
+        .fetch_optional(db)
+        .await
+}
+
+/// The messages held until the number of `lid` is known.
+pub(crate) async fn held_for(
+    db: &ReadDb,
+    location: &LocationId,
+    lid: &str,
+) -> sqlx::Result<Vec<uuid::Uuid>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM held_messages WHERE location_id = $1 AND lid = $2",
+    )
+    .bind(location.to_string())
+    .bind(lid)
+    .fetch_all(db)
+    .await?;
+    Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
 }
