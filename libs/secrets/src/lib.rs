@@ -126,6 +126,18 @@ impl SecretKey {
 #[serde(transparent)]
 pub struct Sealed(String);
 
+impl Sealed {
+    /// A sealed value as it was stored (`v1:…`); opening it checks it.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
+
+    /// The sealed value as it is stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Sealed(..)")

@@ -44,6 +44,8 @@ pub struct Webhooks {
     pub ghl_sync: Option<Channel>,
     /// Refuses replayed GHL webhooks.
     pub replay: crate::ReplayGuard,
+    /// The files received with messages, served to GHL at `/media/<id>`.
+    pub media: Option<whatsnap_media::MediaStore>,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -744,6 +746,7 @@ async fn connector_webhook(
     });
     whatsnap_telemetry::inject(&mut request);
     match session::session_service_client::SessionServiceClient::new(channel)
+        .max_encoding_message_size(MAX_ENGINE_WEBHOOK_BYTES)
         .record_connector_webhook(request)
         .await
     {
@@ -756,12 +759,52 @@ async fn connector_webhook(
     }
 }
 
+/// The most an engine's webhook may weigh: Evolution sends a received file inline, as base64.
+pub const MAX_ENGINE_WEBHOOK_BYTES: usize = 24 * 1024 * 1024;
+
+/// `GET /media/{id}`: a file received with a message, for GHL to show. The id is random and
+/// unguessable; anything else is a 404.
+async fn media(State(hooks): State<Webhooks>, Path(id): Path<String>) -> Response {
+    let (Some(store), Ok(id)) = (&hooks.media, uuid::Uuid::parse_str(&id)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match store.get(id).await {
+        Ok(Some(file)) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, file.content_type)],
+                file.bytes,
+            )
+                .into_response();
+            if let Some(name) = file
+                .file_name
+                .filter(|n| !n.contains('"') && n.is_ascii())
+                && let Ok(value) =
+                    header::HeaderValue::from_str(&format!("inline; filename=\"{name}\""))
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
+            }
+            response
+        }
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(err) => {
+            warn!(error = %err, "a file cannot be served");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
 pub fn routes(hooks: Webhooks) -> Router {
-    Router::new()
+    let engines = Router::new()
         .route(
             "/webhooks/{engine}/{location}/{account}",
             post(connector_webhook),
         )
+        .route("/media/{id}", axum::routing::get(media))
+        .layer(DefaultBodyLimit::max(MAX_ENGINE_WEBHOOK_BYTES))
+        .with_state(hooks.clone());
+    Router::new()
         .route("/webhooks/ghl", post(ghl_webhook))
         .route("/webhooks/ghl/delivery", post(ghl_delivery))
         .route(
@@ -776,4 +819,5 @@ pub fn routes(hooks: Webhooks) -> Router {
         .route("/oauth/callback", axum::routing::get(oauth_callback))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(hooks)
+        .merge(engines)
 }

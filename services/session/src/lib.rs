@@ -51,6 +51,10 @@ pub struct SessionConfig {
     pub max_accounts_per_location: usize,
     /// What every account tag starts with (`whatsnap-account-` by default).
     pub tag_prefix: String,
+    /// Where files received with messages are kept, and the public URL the gateway serves them
+    /// under (GHL fetches them there); without it, attachments an engine hands over as data
+    /// are left out of the messages, with a note in their text.
+    pub media: Option<(whatsnap_media::MediaStore, String)>,
     /// How long a reply is tried while its provider is unreachable before it is recorded as
     /// failed.
     pub send_patience: std::time::Duration,
@@ -119,6 +123,41 @@ impl Session {
 
     pub fn grpc(&self) -> pb::session_service_server::SessionServiceServer<Self> {
         pb::session_service_server::SessionServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_WEBHOOK_MESSAGE_BYTES)
+    }
+
+    /// The attachments of a message with every file an engine handed over as data kept in the
+    /// media store and replaced by its URL; one that cannot be kept is left out, with a note
+    /// appended to `body`.
+    async fn host_attachments(
+        &self,
+        location: &LocationId,
+        attachments: &[Attachment],
+        body: &mut String,
+    ) -> Vec<Attachment> {
+        let mut hosted = Vec::with_capacity(attachments.len());
+        for attachment in attachments {
+            if !attachment.url.starts_with("data:") {
+                hosted.push(attachment.clone());
+                continue;
+            }
+            let kept = match &self.config.media {
+                Some((store, public_url)) => store
+                    .host(location, public_url, attachment.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("whatsnap has no public URL to serve files from".to_owned()),
+            };
+            match kept {
+                Ok(attachment) => hosted.push(attachment),
+                Err(reason) => {
+                    tracing::warn!(%location, %reason, "an attachment was left out");
+                    let what = attachment.file_name.as_deref().unwrap_or("a file");
+                    body.push_str(&format!("\n[{what} not shown: {reason}]"));
+                }
+            }
+        }
+        hosted
     }
 
     pub fn projection(&self) -> Arc<AccountsProjection> {
@@ -226,6 +265,10 @@ pub(crate) async fn read_account(
     }
     Ok((stream, state))
 }
+
+/// The largest request the session service reads: an engine's webhook can carry a file as
+/// base64 (16 MB, a third more encoded).
+pub const MAX_WEBHOOK_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
 
 /// A command starts a correlation, in the trace of the call that carried it.
 fn metadata() -> EventMetadata {
@@ -758,20 +801,33 @@ impl Session {
         };
         let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        if self.already_recorded(&stream).await? {
+            return Ok(false);
+        }
+        let mut body = message.body.clone();
+        let attachments = self
+            .host_attachments(location, &message.attachments, &mut body)
+            .await;
         let event = Event::from(InboundMessageReceived {
             message_id,
             account_id,
             provider_message_id: message.provider_message_id.clone(),
             from: phone,
             to: account.phone_number.clone(),
-            body: message.body.clone(),
+            body,
             sender_name: message.sender_name.clone().filter(|n| !n.trim().is_empty()),
             received_at: message.sent_at,
-            attachments: message.attachments.clone(),
+            attachments,
             from_me: message.from_me,
             sender_lid: lid.map(str::to_owned),
         });
         Ok(!self.append_once(&stream, &event).await?)
+    }
+
+    /// Whether the stream has anything in it: a redelivered message, whose files are not kept
+    /// a second time.
+    async fn already_recorded(&self, stream: &StreamId) -> ServiceResult<bool> {
+        Ok(!self.store.read_stream(stream, 1, 1).await?.is_empty())
     }
 
     /// Records that `lid` and `phone` are one sender, when whatsnap did not know it, and lets
@@ -827,15 +883,22 @@ impl Session {
     ) -> ServiceResult<bool> {
         let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        if self.already_recorded(&stream).await? {
+            return Ok(false);
+        }
+        let mut body = message.body.clone();
+        let attachments = self
+            .host_attachments(location, &message.attachments, &mut body)
+            .await;
         let event = Event::from(InboundMessageHeld {
             message_id,
             account_id,
             provider_message_id: message.provider_message_id.clone(),
             sender_lid: lid.to_owned(),
-            body: message.body.clone(),
+            body,
             sender_name: message.sender_name.clone(),
             received_at: message.sent_at,
-            attachments: message.attachments.clone(),
+            attachments,
             from_me: message.from_me,
         });
         tracing::info!(%location, %account_id, %message_id, "a message from a sender known only by a WhatsApp LID is held until their number is known");

@@ -432,6 +432,15 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Files received with messages, kept by the session service and served by the gateway.
+    let media = match &secret_key {
+        Some(key) if has(Target::Session) || has(Target::Gateway) => Some(
+            whatsnap_media::MediaStore::open(db.clone(), key.clone())
+                .await
+                .context("opening the media store")?,
+        ),
+        _ => None,
+    };
     let session = match (has(Target::Session), &secret_key) {
         (true, Some(key)) => Some(whatsnap_session::Session::new(
             store.clone(),
@@ -441,6 +450,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 connectors: connectors(&args, public_url.clone())?,
                 max_accounts_per_location: args.max_accounts_per_location,
                 tag_prefix: args.tag_prefix.clone(),
+                media: media.clone().zip(public_url.clone()),
                 send_patience: args.send_patience,
             },
         )),
@@ -701,6 +711,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 contacts: contacts_channel,
                 ghl_sync: ghl_sync_channel,
                 replay: whatsnap_gateway::ReplayGuard::new(args.ghl.ghl_webhook_max_age),
+                media: media.clone(),
             },
         ));
         let stop = shutdown.clone();
