@@ -184,6 +184,53 @@ pub enum ConnectorEvent {
     },
 }
 
+/// How fast an account sends: unofficial WhatsApp clients that send fast, regularly spaced
+/// messages are what WhatsApp bans first, so replies from one number leave at least `interval`
+/// apart plus a random part of `jitter`, each after showing "typing…" for `typing` where the
+/// platform has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pacing {
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    #[serde(with = "millis")]
+    pub jitter: Duration,
+    #[serde(with = "millis")]
+    pub typing: Duration,
+}
+
+impl Pacing {
+    /// The pause after a send: the interval and a random part of the jitter.
+    pub fn pause(&self, random: f64) -> Duration {
+        self.interval + self.jitter.mul_f64(random.clamp(0.0, 1.0))
+    }
+}
+
+impl fmt::Display for Pacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.1} s apart (+ up to {:.1} s), typing {:.1} s",
+            self.interval.as_secs_f64(),
+            self.jitter.as_secs_f64(),
+            self.typing.as_secs_f64()
+        )
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
 /// A reply to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -193,6 +240,9 @@ pub struct Outgoing {
     pub to: String,
     pub body: String,
     pub attachments: Vec<Attachment>,
+    /// How long to show "typing…" to the recipient before the message, where the platform
+    /// has it; zero: send at once.
+    pub typing: Duration,
 }
 
 /// The provider took the message.
@@ -289,6 +339,11 @@ pub trait Connector: Send + Sync + 'static {
     ) -> Result<Option<Sent>, SendError> {
         let _ = (account, outgoing, since);
         Ok(None)
+    }
+
+    /// How fast an account of this kind sends when its own pacing is not set.
+    fn default_pacing(&self) -> Pacing {
+        Pacing::default()
     }
 
     /// The live link of this kind, when it keeps one.

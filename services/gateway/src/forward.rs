@@ -62,6 +62,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
     record_delivery_status(session::RecordDeliveryStatusRequest) -> session::RecordDeliveryStatusResponse;
     connect_account(session::ConnectAccountRequest) -> session::Account;
     record_connector_webhook(session::ConnectorWebhookRequest) -> session::ConnectorWebhookResponse;
+    set_pacing(session::SetPacingRequest) -> session::Account;
 } streams {
     watch_account(session::WatchAccountRequest) -> WatchAccountStream of session::AccountUpdate;
 });

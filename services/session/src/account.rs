@@ -58,6 +58,8 @@ pub struct AccountState {
     pub status_reason: Option<String>,
     /// The number a pairing code is for, when the user asked to link by pairing code.
     pub pairing_phone_number: Option<String>,
+    /// How fast the account sends, when set for it; otherwise its connector's default.
+    pub pacing: Option<whatsnap_connector::Pacing>,
     pub version: u64,
 }
 
@@ -121,10 +123,13 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             if let Some(twilio) = e.twilio_credentials() {
                 state.twilio = Some(twilio);
             }
+            if let Some(pacing) = e.changes.get(PACING) {
+                state.pacing = serde_json::from_value(pacing.clone()).ok();
+            }
             let others: serde_json::Map<_, _> = e
                 .changes
                 .iter()
-                .filter(|(name, _)| name.as_str() != AccountSettingsChanged::TWILIO)
+                .filter(|(name, _)| ![AccountSettingsChanged::TWILIO, PACING].contains(&name.as_str()))
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
             if !others.is_empty() {
@@ -222,6 +227,45 @@ pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> Se
     Ok(Event::from(AccountRemoved {
         account_id,
         reason: Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
+    }))
+}
+
+/// The setting that holds an account's pacing (a [`whatsnap_connector::Pacing`]).
+pub const PACING: &str = "pacing";
+
+/// The most an account may be made to wait between sends, or to show "typing…".
+const MAX_PACING: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A change of how fast the account sends.
+pub fn decide_pacing(
+    state: &AccountState,
+    account_id: Uuid,
+    pacing: whatsnap_connector::Pacing,
+) -> ServiceResult<Event> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    if state.status == Status::Removed {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        )));
+    }
+    if [pacing.interval, pacing.jitter, pacing.typing]
+        .iter()
+        .any(|d| *d > MAX_PACING)
+    {
+        return Err(ServiceError::InvalidArgument(
+            "an interval, jitter or typing time is at most 600 s".into(),
+        ));
+    }
+    let mut changes = serde_json::Map::new();
+    changes.insert(
+        PACING.to_owned(),
+        serde_json::to_value(pacing).expect("pacing serialises"),
+    );
+    Ok(Event::from(AccountSettingsChanged {
+        account_id,
+        changes,
     }))
 }
 

@@ -289,6 +289,9 @@ fn to_pb(state: &AccountState, location: &LocationId) -> pb::Account {
         status: state.status.as_str().to_owned(),
         engine: state.engine.clone().unwrap_or_default(),
         status_reason: state.status_reason.clone().unwrap_or_default(),
+        pacing: state
+            .pacing
+            .map_or_else(|| "the engine's default".to_owned(), |p| p.to_string()),
     }
 }
 
@@ -610,6 +613,27 @@ impl pb::session_service_server::SessionService for Session {
         let event = account::decide_link(&state, account_id, pairing)?;
         let account = self.append_decided(&stream, state, &event).await?;
         tracing::info!(%location, %account_id, engine = connector.engine(), "linking requested");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn set_pacing(
+        &self,
+        request: Request<pb::SetPacingRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let millis = |ms: u32| std::time::Duration::from_millis(ms.into());
+        let pacing = whatsnap_connector::Pacing {
+            interval: millis(request.interval_ms),
+            jitter: millis(request.jitter_ms),
+            typing: millis(request.typing_ms),
+        };
+        let event = account::decide_pacing(&state, account_id, pacing)?;
+        let account = self.append_decided(&stream, state, &event).await?;
+        tracing::info!(%location, %account_id, %pacing, "pacing set");
         Ok(Response::new(to_pb(&account, &location)))
     }
 

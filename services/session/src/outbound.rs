@@ -22,7 +22,9 @@ use whatsnap_events::{
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
-use whatsnap_connector::{AccountRef, Connector, Connectors, Outgoing, Receipt, SendError};
+use whatsnap_connector::{
+    AccountRef, Connector, Connectors, Outgoing, Pacing, Receipt, SendError,
+};
 
 use crate::account;
 use crate::connection::account_ref;
@@ -267,6 +269,8 @@ pub struct SendWorker {
 enum Step {
     /// Sent, or settled without sending: the next reply.
     Done,
+    /// Sent: the next reply after this pause (the account's pacing).
+    Paced(Duration),
     /// The provider is unavailable or rate limiting: this account waits.
     Wait(String),
 }
@@ -352,6 +356,11 @@ impl SendWorker {
                         done.insert(message_id);
                         attempt = 0;
                     }
+                    Ok(Step::Paced(pause)) => {
+                        done.insert(message_id);
+                        attempt = 0;
+                        tokio::time::sleep(pause).await;
+                    }
                     Ok(Step::Wait(reason)) => {
                         attempt += 1;
                         let wait = backoff(attempt);
@@ -400,13 +409,7 @@ impl SendWorker {
                 _ => None,
             })
             .unwrap_or_default();
-        let outgoing = Outgoing {
-            message_id,
-            to: routed.to.clone(),
-            body,
-            attachments,
-        };
-        let (connector, account) = match self.connector(location, &routed).await? {
+        let (connector, account, pacing) = match self.connector(location, &routed).await? {
             Ok(found) => found,
             Err(reason) => {
                 warn!(%message_id, %reason, "reply not sent");
@@ -426,6 +429,13 @@ impl SendWorker {
                 return Ok(Step::Done);
             }
         };
+        let outgoing = Outgoing {
+            message_id,
+            to: routed.to.clone(),
+            body,
+            attachments,
+            typing: pacing.typing,
+        };
         let subject = Subject {
             stream: stream.clone(),
             operation: connector.send_operation(),
@@ -441,9 +451,14 @@ impl SendWorker {
         };
         let err = match self.outbox.perform(&subject, &effect).await {
             Ok(performed) => {
+                let called = performed.called();
                 let sid = performed.into_inner();
                 info!(%message_id, account_id = %routed.account_id, provider_message_id = %sid, engine = connector.engine(), "reply sent");
-                return Ok(Step::Done);
+                return Ok(if called && pacing != Pacing::default() {
+                    Step::Paced(pacing.pause(rand::random()))
+                } else {
+                    Step::Done
+                });
             }
             Err(EffectError::Call(err)) => err,
             Err(other) => return Err(other.to_string().into()),
@@ -487,7 +502,7 @@ impl SendWorker {
         &self,
         location: &LocationId,
         routed: &OutboundMessageRouted,
-    ) -> Result<Result<(Arc<dyn Connector>, AccountRef), String>, ApplyError> {
+    ) -> Result<Result<(Arc<dyn Connector>, AccountRef, Pacing), String>, ApplyError> {
         let (_, account) =
             crate::read_account(self.outbox.store().as_ref(), location, routed.account_id).await?;
         if account.status == account::Status::Removed {
@@ -506,8 +521,9 @@ impl SendWorker {
                 account.engine.as_deref().unwrap_or("default engine")
             )));
         };
+        let pacing = account.pacing.unwrap_or_else(|| connector.default_pacing());
         match account_ref(location, &account, &self.secret_key) {
-            Some(reference) => Ok(Ok((connector, reference))),
+            Some(reference) => Ok(Ok((connector, reference, pacing))),
             None => Ok(Err(format!("the account {} cannot be read", account.name))),
         }
     }

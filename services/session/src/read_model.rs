@@ -234,6 +234,8 @@ pub(crate) async fn list(
             status_reason: row
                 .get::<Option<String>, _>("status_reason")
                 .unwrap_or_default(),
+            // Shown by `accounts show`, from the account's own stream.
+            pacing: String::new(),
         })
         .collect())
 }

@@ -97,6 +97,30 @@ pub enum AccountsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Show one account: its engine, status and why, and how fast it sends.
+    Show {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Set how fast an account sends, against WhatsApp bans: replies from the number leave at
+    /// least INTERVAL seconds apart plus up to JITTER seconds at random, each after TYPING
+    /// seconds of "typing…" (WhatsApp).
+    Pacing {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        #[arg(long, value_name = "SECONDS")]
+        interval: f64,
+        #[arg(long, value_name = "SECONDS", default_value = "0")]
+        jitter: f64,
+        #[arg(long, value_name = "SECONDS", default_value = "0")]
+        typing: f64,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Link a WhatsApp account's device: shows the QR code to scan with the phone (WhatsApp >
     /// Linked devices > Link a device), replaced as it rotates, until the account is connected
     /// or the codes run out.
@@ -138,6 +162,32 @@ pub enum AccountsCommand {
         #[command(flatten)]
         server: Server,
     },
+}
+
+fn print_account_details(account: &session::Account) {
+    let kind = session::AccountKind::try_from(account.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("ACCOUNT_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    let or_none = |text: &str| {
+        if text.is_empty() {
+            "-".to_owned()
+        } else {
+            text.to_owned()
+        }
+    };
+    println!("account   {}", account.account_id);
+    println!("location  {}", account.location_id);
+    println!("name      {}", account.name);
+    println!("kind      {kind} ({})", or_none(&account.engine));
+    println!("tag       {}", account.tag);
+    println!("number    {}", or_none(&account.phone_number));
+    println!("status    {}", account.status);
+    println!("why       {}", or_none(&account.status_reason));
+    println!("pacing    {}", or_none(&account.pacing));
 }
 
 /// Asks to link the account, then shows each code and state as it is recorded, until the
@@ -326,6 +376,53 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             print_account(&account);
+        }
+        AccountsCommand::Show {
+            location,
+            account_id,
+            server,
+        } => {
+            let account = session::session_service_client::SessionServiceClient::new(
+                server.channel().await?,
+            )
+            .get_account(session::GetAccountRequest {
+                location_id: location,
+                account_id,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+            print_account_details(&account);
+        }
+        AccountsCommand::Pacing {
+            location,
+            account_id,
+            interval,
+            jitter,
+            typing,
+            server,
+        } => {
+            let millis = |what: &str, seconds: f64| -> anyhow::Result<u32> {
+                anyhow::ensure!(
+                    (0.0..=600.0).contains(&seconds),
+                    "--{what} is between 0 and 600 seconds"
+                );
+                Ok((seconds * 1000.0).round() as u32)
+            };
+            let account = session::session_service_client::SessionServiceClient::new(
+                server.channel().await?,
+            )
+            .set_pacing(session::SetPacingRequest {
+                location_id: location,
+                account_id,
+                interval_ms: millis("interval", interval)?,
+                jitter_ms: millis("jitter", jitter)?,
+                typing_ms: millis("typing", typing)?,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+            print_account_details(&account);
         }
         AccountsCommand::Connect {
             location,
