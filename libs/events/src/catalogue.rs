@@ -135,6 +135,25 @@ pub struct ContactIdentityMerged {
     pub reason: String,
 }
 
+/// A connected account stopped delivering (its link reports open while sends fail), or
+/// delivers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDeliveryChanged {
+    pub account_id: Uuid,
+    pub delivering: bool,
+    /// What shows it, in words.
+    pub reason: String,
+}
+
+/// An operator was alerted about an account (the deployment's alert webhook accepted it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountAlertSent {
+    pub account_id: Uuid,
+    /// The event the alert is about.
+    pub about_event_id: Uuid,
+    pub text: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountConnected {
     pub account_id: Uuid,
@@ -635,6 +654,8 @@ catalogue! {
     PairingCodeIssued => 1,
     AccountLinkRequested => 1,
     ContactIdentityMerged => 1,
+    AccountDeliveryChanged => 1,
+    AccountAlertSent => 1,
     AccountConnected => 1,
     AccountDisconnected => 1,
     AccountRemoved => 1,

@@ -58,6 +58,9 @@ pub struct AccountState {
     pub status_reason: Option<String>,
     /// The number a pairing code is for, when the user asked to link by pairing code.
     pub pairing_phone_number: Option<String>,
+    /// Connected, but sends fail: why (the link may report open while WhatsApp delivers
+    /// nothing).
+    pub not_delivering: Option<String>,
     /// How fast the account sends, when set for it; otherwise its connector's default.
     pub pacing: Option<whatsnap_connector::Pacing>,
     pub version: u64,
@@ -105,6 +108,7 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             state.status = Status::Connected;
             state.cause = None;
             state.status_reason = None;
+            state.not_delivering = None;
             if e.phone_number.is_some() {
                 state.phone_number = e.phone_number.clone();
             }
@@ -117,6 +121,10 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             };
             state.cause = e.cause.clone();
             state.status_reason = Some(e.reason.clone());
+            state.not_delivering = None;
+        }
+        Event::AccountDeliveryChanged(e) => {
+            state.not_delivering = (!e.delivering).then(|| e.reason.clone());
         }
         Event::AccountRemoved(_) => state.status = Status::Removed,
         Event::AccountSettingsChanged(e) => {

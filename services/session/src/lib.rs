@@ -4,6 +4,7 @@
 //! read model answers queries.
 
 mod account;
+mod alerts;
 mod connection;
 mod outbound;
 mod read_model;
@@ -55,6 +56,8 @@ pub struct SessionConfig {
     /// under (GHL fetches them there); without it, attachments an engine hands over as data
     /// are left out of the messages, with a note in their text.
     pub media: Option<(whatsnap_media::MediaStore, String)>,
+    /// Where alerts about accounts go (a Slack-compatible incoming webhook); none without it.
+    pub alert_webhook_url: Option<String>,
     /// How long a reply is tried while its provider is unreachable before it is recorded as
     /// failed.
     pub send_patience: std::time::Duration,
@@ -181,6 +184,20 @@ impl Session {
         })
     }
 
+    /// Alerts about disconnected accounts and accounts that do not deliver, when the
+    /// deployment has somewhere to send them.
+    pub fn alerts(&self) -> Option<Arc<alerts::Alerts>> {
+        let url = self.config.alert_webhook_url.clone()?;
+        Some(Arc::new(alerts::Alerts {
+            outbox: whatsnap_effects::Outbox::new(self.store.clone()),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .ok()?,
+            url,
+        }))
+    }
+
     /// The supervisor of the live links of session-based accounts (a linked WhatsApp device).
     pub fn supervisor(&self) -> Arc<Supervisor> {
         Arc::new(Supervisor::new(self.clone()))
@@ -288,7 +305,10 @@ fn to_pb(state: &AccountState, location: &LocationId) -> pb::Account {
         phone_number: state.phone_number.clone().unwrap_or_default(),
         status: state.status.as_str().to_owned(),
         engine: state.engine.clone().unwrap_or_default(),
-        status_reason: state.status_reason.clone().unwrap_or_default(),
+        status_reason: match (&state.not_delivering, &state.status_reason) {
+            (Some(stalled), _) => format!("connected but not delivering: {stalled}"),
+            (None, reason) => reason.clone().unwrap_or_default(),
+        },
         pacing: state
             .pacing
             .map_or_else(|| "the engine's default".to_owned(), |p| p.to_string()),

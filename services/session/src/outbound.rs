@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 use whatsnap_effects::{Effect, EffectError, OpenIntent, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
+    AccountDeliveryChanged, AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
     MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
@@ -265,6 +265,10 @@ pub struct SendWorker {
     pub(crate) poll: Duration,
 }
 
+/// Whether a connected account is flagged as not delivering: `None` when it is not connected,
+/// `Some(None)` when it delivers, `Some(Some(why))` when it does not.
+type Stalled = Option<Option<String>>;
+
 /// What became of one try.
 enum Step {
     /// Sent, or settled without sending: the next reply.
@@ -409,7 +413,7 @@ impl SendWorker {
                 _ => None,
             })
             .unwrap_or_default();
-        let (connector, account, pacing) = match self.connector(location, &routed).await? {
+        let (connector, account, pacing, stalled) = match self.connector(location, &routed).await? {
             Ok(found) => found,
             Err(reason) => {
                 warn!(%message_id, %reason, "reply not sent");
@@ -452,6 +456,10 @@ impl SendWorker {
         let err = match self.outbox.perform(&subject, &effect).await {
             Ok(performed) => {
                 let called = performed.called();
+                if called && stalled.is_some() {
+                    self.delivery_changed(location, routed.account_id, true, "a reply was sent")
+                        .await?;
+                }
                 let sid = performed.into_inner();
                 info!(%message_id, account_id = %routed.account_id, provider_message_id = %sid, engine = connector.engine(), "reply sent");
                 return Ok(if called && pacing != Pacing::default() {
@@ -463,6 +471,13 @@ impl SendWorker {
             Err(EffectError::Call(err)) => err,
             Err(other) => return Err(other.to_string().into()),
         };
+        // A live link (a WhatsApp device) that reports open while sends fail is flagged: the
+        // account shows it and an operator is alerted.
+        if stalled == Some(None) && err.is_retryable() && connector.session().is_some() {
+            let reason = format!("the link reports open, but sends fail: {err}");
+            self.delivery_changed(location, routed.account_id, false, &reason)
+                .await?;
+        }
         let first_try = history
             .iter()
             .find(|e| {
@@ -496,13 +511,42 @@ impl SendWorker {
         Ok(Step::Done)
     }
 
+    /// Records that a connected account stopped delivering, or delivers again.
+    async fn delivery_changed(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        delivering: bool,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+        let event = Event::from(AccountDeliveryChanged {
+            account_id,
+            delivering,
+            reason: reason.to_owned(),
+        });
+        warn!(%account_id, delivering, %reason, "account delivery changed");
+        self.outbox
+            .store()
+            .append(
+                &stream,
+                whatsnap_eventstore::ExpectedVersion::Any,
+                vec![whatsnap_events::NewEvent::new(
+                    &event,
+                    EventMetadata::new_correlation(),
+                )],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The connector of the routed account and the account as it needs it, or why the reply
     /// cannot leave.
     async fn connector(
         &self,
         location: &LocationId,
         routed: &OutboundMessageRouted,
-    ) -> Result<Result<(Arc<dyn Connector>, AccountRef, Pacing), String>, ApplyError> {
+    ) -> Result<Result<(Arc<dyn Connector>, AccountRef, Pacing, Stalled), String>, ApplyError> {
         let (_, account) =
             crate::read_account(self.outbox.store().as_ref(), location, routed.account_id).await?;
         if account.status == account::Status::Removed {
@@ -522,8 +566,10 @@ impl SendWorker {
             )));
         };
         let pacing = account.pacing.unwrap_or_else(|| connector.default_pacing());
+        let stalled = (account.status == account::Status::Connected)
+            .then(|| account.not_delivering.clone());
         match account_ref(location, &account, &self.secret_key) {
-            Some(reference) => Ok(Ok((connector, reference, pacing))),
+            Some(reference) => Ok(Ok((connector, reference, pacing, stalled))),
             None => Ok(Err(format!("the account {} cannot be read", account.name))),
         }
     }

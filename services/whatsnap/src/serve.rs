@@ -159,6 +159,11 @@ pub struct ServeArgs {
     /// not wait for it.
     #[arg(long, env = "WHATSNAP_SEND_PATIENCE", default_value = "120", value_parser = seconds)]
     send_patience: Duration,
+    /// Where alerts go when an account disconnects or is connected but not delivering: an
+    /// incoming webhook that takes Slack's `{"text": …}` (Slack, Mattermost, Google Chat, most
+    /// incident tools). No alerts without it.
+    #[arg(long, env = "WHATSNAP_ALERT_WEBHOOK_URL")]
+    alert_webhook_url: Option<String>,
     /// The scheme and host providers call webhooks on, as configured with them (e.g.
     /// https://whatsnap.example.com); Twilio signs that URL. Default: http:// and the request's
     /// Host header.
@@ -451,6 +456,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 max_accounts_per_location: args.max_accounts_per_location,
                 tag_prefix: args.tag_prefix.clone(),
                 media: media.clone().zip(public_url.clone()),
+                alert_webhook_url: args.alert_webhook_url.clone(),
                 send_patience: args.send_patience,
             },
         )),
@@ -494,6 +500,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &session {
         projections.push(s.projection());
         projections.push(s.send_queue());
+        if let Some(alerts) = s.alerts() {
+            projections.push(alerts);
+        }
     }
     if let Some(s) = &contacts {
         projections.push(s.projection());
