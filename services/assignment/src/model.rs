@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use tracing::warn;
 use uuid::Uuid;
 use whatsnap_events::{
-    AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId, PhoneNumber,
-    RecordedEvent, TagSource, contact_id_for,
+    AccountKind, AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId,
+    PhoneNumber, RecordedEvent, TagSource, contact_id_for,
 };
 
 use crate::engine::{
@@ -60,7 +60,7 @@ impl GhlFacts {
             && let Some(user_id) = owner.clone()
         {
             self.owner = Some(GhlOwner {
-                user_id,
+                user_id: Some(user_id),
                 kind: GhlOwnerKind::BeforeWhatsnap,
                 since: at,
             });
@@ -78,6 +78,8 @@ pub struct LocationModel {
     contacts: HashSet<Uuid>,
     /// Account tag → account.
     tags: HashMap<String, Uuid>,
+    /// The channel (platform) of each account.
+    channels: std::collections::BTreeMap<Uuid, AccountKind>,
     /// How many decisions each contact's assignment stream holds.
     decisions: HashMap<Uuid, u64>,
     /// Each contact's first unanswered message and last reply, for silence reassignment.
@@ -161,11 +163,12 @@ impl LocationModel {
             .owner
             .as_ref()
             .filter(|o| o.kind == GhlOwnerKind::BeforeWhatsnap)
-            .map(|o| o.user_id.clone());
+            .and_then(|o| o.user_id.clone());
         Some(Triggered {
             situation: Situation {
                 contact_id,
                 account_id,
+                channels: self.channels.clone(),
                 trigger,
                 contact_source: facts.source.clone(),
                 existed_before: facts.existed_before
@@ -196,10 +199,20 @@ impl LocationModel {
             else {
                 continue;
             };
+            // An owner a GHL user removed by hand since is not the rules' to replace.
+            let unassigned_in_ghl = self
+                .ghl
+                .get(contact_id)
+                .and_then(|facts| facts.owner.as_ref())
+                .is_some_and(|o| o.user_id.is_none() && o.since >= owner.since);
+            if unassigned_in_ghl && rules.is_some_and(|r| r.manual == engine::Manual::Respect) {
+                continue;
+            }
             found.push(Triggered {
                 situation: Situation {
                     contact_id: *contact_id,
                     account_id: owner.account_id,
+                    channels: self.channels.clone(),
                     trigger: Trigger::ReturningContact,
                     contact_source: None,
                     existed_before: true,
@@ -249,6 +262,7 @@ impl LocationModel {
         match event {
             Event::AccountAdded(e) => {
                 self.tags.insert(e.tag.clone(), e.account_id);
+                self.channels.insert(e.account_id, e.kind);
             }
             Event::AssignmentRulesChanged(e) if frozen != Some(e.account_id) => {
                 match engine::parse_rules(&e.rules) {
@@ -316,13 +330,15 @@ impl LocationModel {
                 let facts = self.ghl.entry(e.contact_id).or_default();
                 let user_id = e.user_id.as_deref().and_then(UserId::parse);
                 facts.assigned_to = Some(user_id.clone());
-                if let Some(user_id) = user_id {
-                    facts.owner = Some(GhlOwner {
-                        user_id,
-                        kind: GhlOwnerKind::ReassignedInGhl,
-                        since: recorded.occurred_at,
-                    });
-                }
+                // Nobody is a choice too: a GHL user removed the owner by hand.
+                facts.owner = Some(GhlOwner {
+                    user_id,
+                    kind: GhlOwnerKind::ReassignedInGhl,
+                    since: recorded.occurred_at,
+                });
+            }
+            Event::ContactSourceChangedInGhl(e) => {
+                self.ghl.entry(e.contact_id).or_default().source = e.source.clone();
             }
             Event::GhlAssignmentApplied(e) => {
                 self.ghl.entry(e.contact_id).or_default().assigned_to =
