@@ -1735,3 +1735,207 @@ async fn a_team_takes_contacts_in_turn_and_its_lead_the_overflow() {
     assert_eq!(open, [("uAna", 1), ("uBen", 1), ("uLead", 1)]);
     assert!(report.unassigned.is_empty(), "{:?}", report.unassigned);
 }
+
+/// The GHL stream of a contact (ghl-sync's link, and what GHL's webhooks told of it).
+fn ghl_stream_of(location: &str, phone: &str) -> String {
+    let contact_id = whatsnap_events::contact_id_for(
+        &whatsnap_events::LocationId::parse(location).unwrap(),
+        &whatsnap_events::PhoneNumber::parse(phone).unwrap(),
+    );
+    format!("{location}.ghl.contact-{contact_id}")
+}
+
+#[tokio::test]
+async fn a_source_changed_in_ghl_is_read_by_the_next_decision() {
+    const LOCATION: &str = "locSourceChange";
+    const PHONE: &str = "+14155550210";
+    let (rig, sales, api) = assignment_rig("source-change", LOCATION, &["uSenior"]).await;
+    set_rules(
+        &api,
+        LOCATION,
+        &sales,
+        serde_json::json!({ "rules": [
+            { "strategy": "user", "user": "uSenior",
+              "when": { "sources": ["Google Ads Campaign"] } }
+        ] }),
+    )
+    .await;
+    // A contact whatsnap created in GHL has the source `whatsnap`: no rule takes it, and
+    // explain says why.
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMb0000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 1).await;
+    assert_eq!(decided[0].rule, "none");
+    assert!(
+        decided[0]
+            .reason
+            .contains("user#1 does not apply: source is `whatsnap`"),
+        "{}",
+        decided[0].reason
+    );
+
+    // A GHL user (or a form) sets the contact's source; GHL tells whatsnap in a ContactUpdate.
+    let ghl_id = rig.ghl.contact_by_phone(LOCATION, PHONE).unwrap().id;
+    rig.ghl
+        .set_source(&ghl_id, Some("Google Ads Campaign"))
+        .unwrap();
+    let status = rig
+        .ghl
+        .send_contact_webhook(&rig.ghl_webhook_url(), "ContactUpdate", &ghl_id)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // GHL's retry, or a later webhook that tells the same source, records nothing more.
+    let status = rig
+        .ghl
+        .send_contact_webhook(&rig.ghl_webhook_url(), "ContactUpdate", &ghl_id)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let events = rig.events_of(ghl_stream_of(LOCATION, PHONE)).await;
+    let changes = events
+        .iter()
+        .filter(|e| *e == "ContactSourceChangedInGhl")
+        .count();
+    assert_eq!(changes, 1, "{events:?}");
+
+    // The contact's next message is decided by the source rule.
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMb0000000000000000000000000000002",
+        PHONE,
+        "still there?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(
+        (latest.user_id.as_str(), latest.rule.as_str()),
+        ("uSenior", "user#1")
+    );
+    assert_eq!(latest.trigger, "returning_contact");
+    eventually(
+        "the contact assigned to the senior rep in GHL",
+        async || {
+            let contact = rig.ghl.contact(&ghl_id)?;
+            (contact.assigned_to.as_deref() == Some("uSenior")).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_owner_removed_by_hand_in_ghl_is_respected_and_under_override_set_again() {
+    use whatsnap_proto::assignment::v1 as assignment;
+    const LOCATION: &str = "locUnassigned";
+    const PHONE: &str = "+14155550220";
+    let (rig, sales, api) = assignment_rig("unassigned", LOCATION, &["uAna", "uBen"]).await;
+    let rules = |manual: &str| serde_json::json!({ "manual": manual, "rules": [ { "strategy": "user", "user": "uAna" } ] });
+    set_rules(&api, LOCATION, &sales, rules("respect")).await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMc0000000000000000000000000000001",
+        PHONE,
+        "hello",
+    )
+    .await;
+    let ghl_id = eventually("the contact assigned to Ana in GHL", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, PHONE)?;
+        (contact.assigned_to.as_deref() == Some("uAna")).then_some(contact.id)
+    })
+    .await;
+    eventually("ghl-sync records Ana set in GHL", async || {
+        let events = rig.events_of(ghl_stream_of(LOCATION, PHONE)).await;
+        events
+            .iter()
+            .any(|e| e == "GhlAssignmentApplied")
+            .then_some(())
+    })
+    .await;
+
+    // A GHL user removes the contact's owner by hand; GHL tells whatsnap with a signed webhook.
+    let status = rig
+        .ghl
+        .reassign_and_notify(&rig.ghl_webhook_url(), &ghl_id, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMc0000000000000000000000000000002",
+        PHONE,
+        "anyone?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 2).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(
+        (latest.user_id.as_str(), latest.rule.as_str()),
+        ("", "none")
+    );
+    assert_eq!(
+        latest.reason,
+        "owner removed by hand in GHL (manual: respect): left without an owner until a GHL \
+         user assigns one; uAna is not assigned again"
+    );
+    assert_eq!(latest.trigger, "returning_contact");
+    // A decision that assigns nobody sends nothing to GHL: the contact stays unassigned there.
+    assert_eq!(rig.ghl.contact(&ghl_id).unwrap().assigned_to, None);
+    // The report no longer counts the contact as Ana's, and tells why it is unassigned.
+    let report = api
+        .clone()
+        .report(assignment::ReportRequest {
+            location_id: LOCATION.into(),
+            since_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        report.open_contacts.is_empty(),
+        "{:?}",
+        report.open_contacts
+    );
+    assert_eq!(report.unassigned.len(), 1, "{:?}", report.unassigned);
+    assert_eq!(report.unassigned[0].key, latest.reason);
+
+    // Under `override` the rules decide again: Ana is still valid, so she is set in GHL again,
+    // and the decision names the conflict.
+    set_rules(&api, LOCATION, &sales, rules("override")).await;
+    rig.text(
+        LOCATION,
+        &sales,
+        "SMc0000000000000000000000000000003",
+        PHONE,
+        "hello?",
+    )
+    .await;
+    let decided = decisions(&api, LOCATION, PHONE, 3).await;
+    let latest = decided.last().unwrap();
+    assert_eq!(
+        (latest.user_id.as_str(), latest.rule.as_str()),
+        ("uAna", "current_owner")
+    );
+    assert!(
+        latest.reason.ends_with(
+            "GHL shows nobody: written back; overrides owner removed by hand in GHL \
+             (manual: override)"
+        ),
+        "{}",
+        latest.reason
+    );
+    eventually("Ana set in GHL again", async || {
+        let contact = rig.ghl.contact(&ghl_id)?;
+        (contact.assigned_to.as_deref() == Some("uAna")).then_some(())
+    })
+    .await;
+}

@@ -497,6 +497,19 @@ pub struct ContactOwnerChangedInGhl {
     pub previous: Option<String>,
 }
 
+/// The contact's source (GHL's `source`, e.g. `Google Ads Campaign`) changed in GHL after
+/// whatsnap linked it, as a contact webhook told; recorded by ghl-sync, read by assignment for
+/// the rules' `when.sources` from the next decision on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactSourceChangedInGhl {
+    pub contact_id: Uuid,
+    pub ghl_contact_id: String,
+    /// The new source.
+    pub source: Option<String>,
+    /// The source whatsnap knew before (from its look-up in GHL or an earlier webhook).
+    pub previous: Option<String>,
+}
+
 /// A period a user is away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwayPeriod {
@@ -685,6 +698,7 @@ catalogue! {
     GhlStatusReported => 1,
     GhlAssignmentApplied => 1,
     ContactOwnerChangedInGhl => 1,
+    ContactSourceChangedInGhl => 1,
     UserAvailabilityChanged => 1,
     EffectIntended => 1,
     GhlSyncRetryRequested => 1,

@@ -10,6 +10,7 @@ pub mod model;
 pub mod report;
 pub mod simulate;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,16 +40,49 @@ impl Assignment {
         &self,
         location: &LocationId,
     ) -> Result<Vec<RecordedEvent>, ServiceError> {
+        Ok(self
+            .logs(Some(location))
+            .await?
+            .remove(location)
+            .unwrap_or_default())
+    }
+
+    /// The whole log of each location (of `only` one, when given), in order.
+    async fn logs(
+        &self,
+        only: Option<&LocationId>,
+    ) -> Result<BTreeMap<LocationId, Vec<RecordedEvent>>, ServiceError> {
         let head = self.store.head_position().await?;
-        let mut events = Vec::new();
+        let mut logs: BTreeMap<LocationId, Vec<RecordedEvent>> = BTreeMap::new();
         let mut after = 0;
         while after < head {
             let batch = self.store.read_all(after, 2000).await?;
             let Some(last) = batch.last() else { break };
             after = last.position;
-            events.extend(batch.into_iter().filter(|e| e.location_id() == location));
+            for event in batch {
+                if only.is_none_or(|location| event.location_id() == location) {
+                    logs.entry(event.location_id().clone())
+                        .or_default()
+                        .push(event);
+                }
+            }
         }
-        Ok(events)
+        Ok(logs)
+    }
+
+    /// The report of every location over its whole history, as Prometheus metrics.
+    pub async fn metrics(&self) -> Result<String, ServiceError> {
+        let reports: Vec<(LocationId, report::Report)> = self
+            .logs(None)
+            .await?
+            .into_iter()
+            .map(|(location, events)| {
+                let figures =
+                    report::report(&events, &location, chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                (location, figures)
+            })
+            .collect();
+        Ok(report::prometheus(reports.iter().map(|(l, r)| (l, r))))
     }
 
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
@@ -428,6 +462,15 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             open_contacts: counts(&figures.open),
             reassignments: counts(&figures.reassignments),
             unassigned: counts(&figures.unassigned),
+        }))
+    }
+
+    async fn metrics(
+        &self,
+        _request: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        Ok(Response::new(pb::MetricsResponse {
+            text: self.metrics().await?,
         }))
     }
 

@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use tracing::warn;
 use uuid::Uuid;
 use whatsnap_events::{
-    AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId, PhoneNumber,
-    RecordedEvent, TagSource, contact_id_for,
+    AccountKind, AssignmentSkipped, ContactAssigned, Event, GhlContactObservation, LocationId,
+    PhoneNumber, RecordedEvent, TagSource, contact_id_for,
 };
 
 use crate::engine::{
@@ -60,7 +60,7 @@ impl GhlFacts {
             && let Some(user_id) = owner.clone()
         {
             self.owner = Some(GhlOwner {
-                user_id,
+                user_id: Some(user_id),
                 kind: GhlOwnerKind::BeforeWhatsnap,
                 since: at,
             });
@@ -78,6 +78,8 @@ pub struct LocationModel {
     contacts: HashSet<Uuid>,
     /// Account tag → account.
     tags: HashMap<String, Uuid>,
+    /// The channel (platform) of each account.
+    channels: std::collections::BTreeMap<Uuid, AccountKind>,
     /// How many decisions each contact's assignment stream holds.
     decisions: HashMap<Uuid, u64>,
     /// Each contact's first unanswered message and last reply, for silence reassignment.
@@ -161,11 +163,12 @@ impl LocationModel {
             .owner
             .as_ref()
             .filter(|o| o.kind == GhlOwnerKind::BeforeWhatsnap)
-            .map(|o| o.user_id.clone());
+            .and_then(|o| o.user_id.clone());
         Some(Triggered {
             situation: Situation {
                 contact_id,
                 account_id,
+                channels: self.channels.clone(),
                 trigger,
                 contact_source: facts.source.clone(),
                 existed_before: facts.existed_before
@@ -196,10 +199,20 @@ impl LocationModel {
             else {
                 continue;
             };
+            // An owner a GHL user removed by hand since is not the rules' to replace.
+            let unassigned_in_ghl = self
+                .ghl
+                .get(contact_id)
+                .and_then(|facts| facts.owner.as_ref())
+                .is_some_and(|o| o.user_id.is_none() && o.since >= owner.since);
+            if unassigned_in_ghl && rules.is_some_and(|r| r.manual == engine::Manual::Respect) {
+                continue;
+            }
             found.push(Triggered {
                 situation: Situation {
                     contact_id: *contact_id,
                     account_id: owner.account_id,
+                    channels: self.channels.clone(),
                     trigger: Trigger::ReturningContact,
                     contact_source: None,
                     existed_before: true,
@@ -249,6 +262,7 @@ impl LocationModel {
         match event {
             Event::AccountAdded(e) => {
                 self.tags.insert(e.tag.clone(), e.account_id);
+                self.channels.insert(e.account_id, e.kind);
             }
             Event::AssignmentRulesChanged(e) if frozen != Some(e.account_id) => {
                 match engine::parse_rules(&e.rules) {
@@ -316,13 +330,15 @@ impl LocationModel {
                 let facts = self.ghl.entry(e.contact_id).or_default();
                 let user_id = e.user_id.as_deref().and_then(UserId::parse);
                 facts.assigned_to = Some(user_id.clone());
-                if let Some(user_id) = user_id {
-                    facts.owner = Some(GhlOwner {
-                        user_id,
-                        kind: GhlOwnerKind::ReassignedInGhl,
-                        since: recorded.occurred_at,
-                    });
-                }
+                // Nobody is a choice too: a GHL user removed the owner by hand.
+                facts.owner = Some(GhlOwner {
+                    user_id,
+                    kind: GhlOwnerKind::ReassignedInGhl,
+                    since: recorded.occurred_at,
+                });
+            }
+            Event::ContactSourceChangedInGhl(e) => {
+                self.ghl.entry(e.contact_id).or_default().source = e.source.clone();
             }
             Event::GhlAssignmentApplied(e) => {
                 self.ghl.entry(e.contact_id).or_default().assigned_to =
@@ -414,4 +430,136 @@ impl Model {
 /// Whether an event is one of the decisions assignment records.
 pub fn is_decision(event_type: &str) -> bool {
     matches!(event_type, "ContactAssigned" | "AssignmentSkipped")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration};
+    use whatsnap_events::{
+        AggregateKind, AssignmentRulesChanged, ContactOwnerChangedInGhl, EventId, EventMetadata,
+        GhlUserSynced, InboundMessageReceived, StreamId,
+    };
+
+    use super::*;
+
+    const ACCOUNT: Uuid = Uuid::from_u128(0xA);
+    const PHONE: &str = "+14155550401";
+
+    /// A location's model fed events at chosen times.
+    struct Feed {
+        model: LocationModel,
+        location: LocationId,
+        start: DateTime<chrono::Utc>,
+        position: u64,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Self {
+                model: LocationModel::default(),
+                location: LocationId::parse("locModel").unwrap(),
+                start: "2026-03-16T09:00:00Z".parse().unwrap(),
+                position: 0,
+            }
+        }
+
+        fn contact(&self) -> Uuid {
+            contact_id_for(&self.location, &PhoneNumber::parse(PHONE).unwrap())
+        }
+
+        /// Takes in `event` as if it happened `minutes` after the start.
+        fn at(&mut self, minutes: i64, event: impl Into<Event>) {
+            let event = event.into();
+            self.position += 1;
+            let recorded = RecordedEvent {
+                id: EventId::new(),
+                stream: StreamId::for_uuid(
+                    self.location.clone(),
+                    AggregateKind::Contact,
+                    self.contact(),
+                ),
+                version: self.position,
+                position: self.position,
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                occurred_at: self.start + Duration::minutes(minutes),
+                metadata: EventMetadata::new_correlation(),
+                payload: event.encode(),
+            };
+            self.model.ingest(&recorded, &event, None);
+        }
+    }
+
+    /// Ana owns the contact since the start; it wrote then and nobody replied; a GHL user
+    /// removed its owner by hand a minute later.
+    fn unassigned_by_hand(manual: &str) -> Feed {
+        let mut feed = Feed::new();
+        for user in ["u_ana", "u_ben"] {
+            feed.at(
+                0,
+                GhlUserSynced {
+                    user_id: user.into(),
+                    name: user.into(),
+                    email: None,
+                    role: None,
+                    deleted: false,
+                },
+            );
+        }
+        let rules = serde_json::json!({
+            "manual": manual, "reassign_after_silence_minutes": 30,
+            "rules": [ { "strategy": "round_robin", "users": ["u_ana", "u_ben"] } ]
+        });
+        feed.at(
+            0,
+            AssignmentRulesChanged {
+                account_id: None,
+                rules,
+            },
+        );
+        let inbound = InboundMessageReceived {
+            message_id: Uuid::now_v7(),
+            account_id: ACCOUNT,
+            provider_message_id: "SM1".into(),
+            from: PHONE.into(),
+            to: None,
+            body: "hello".into(),
+            sender_name: None,
+            received_at: feed.start,
+            attachments: Vec::new(),
+        };
+        feed.at(0, inbound);
+        let assigned = ContactAssigned {
+            contact_id: feed.contact(),
+            account_id: Some(ACCOUNT),
+            user_id: "u_ana".into(),
+            rule: "location/round_robin#1".into(),
+            reason: "round-robin".into(),
+            candidates: Vec::new(),
+            trigger: Some("new_contact".into()),
+        };
+        feed.at(0, assigned);
+        let removed = ContactOwnerChangedInGhl {
+            contact_id: feed.contact(),
+            ghl_contact_id: "ghl1".into(),
+            user_id: None,
+            previous: Some("u_ana".into()),
+        };
+        feed.at(1, removed);
+        feed
+    }
+
+    #[test]
+    fn an_owner_removed_by_hand_is_not_replaced_for_silence_under_respect() {
+        let feed = unassigned_by_hand("respect");
+        let an_hour_later = feed.start + Duration::hours(1);
+        assert!(feed.model.silent(an_hour_later).is_empty());
+
+        // Under override the rules take the contact from the silent owner, as for any other.
+        let feed = unassigned_by_hand("override");
+        let silent = feed.model.silent(an_hour_later);
+        assert_eq!(silent.len(), 1);
+        assert_eq!(silent[0].situation.contact_id, feed.contact());
+        assert_eq!(silent[0].situation.exclude[0].0.as_str(), "u_ana");
+    }
 }

@@ -1,7 +1,9 @@
 //! How assignment is performing, from the log alone: first-response time per user and per
 //! account (a contact's first unanswered message to the first reply a GHL user sent it), open
-//! contacts per user (the contacts each user owns now), reassignments and their causes, and
-//! contacts left unassigned with why. Pure: the caller passes the events and the window.
+//! contacts per user (the contacts each user owns now; an owner removed by hand in GHL no
+//! longer counts), reassignments and their causes, and contacts left unassigned with why. Pure:
+//! the caller passes the events and the window. [`prometheus`] writes the same figures as
+//! Prometheus metrics.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,6 +99,10 @@ pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<U
                         .or_default() += 1;
                 }
             }
+            // A GHL user removed the owner by hand: the contact is nobody's until a decision.
+            Event::ContactOwnerChangedInGhl(e) if e.user_id.is_none() => {
+                owner.insert(e.contact_id, None);
+            }
             // A contact that has an owner keeps it when a later decision finds nobody.
             Event::AssignmentSkipped(e)
                 if owner.get(&e.contact_id).cloned().flatten().is_none() =>
@@ -113,6 +119,131 @@ pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<U
         *report.unassigned.entry(reason).or_default() += 1;
     }
     report
+}
+
+/// The reports of several locations as Prometheus metrics, in the text exposition format
+/// (0.0.4), every series labelled with its `location`:
+///
+/// - `whatsnap_assignment_user_first_response_seconds` (summary: `_sum` and `_count`, label
+///   `user`) and `whatsnap_assignment_account_first_response_seconds` (label `account`): first
+///   responses and their total time;
+/// - `whatsnap_assignment_open_contacts` (gauge, label `user`): the contacts each user owns;
+/// - `whatsnap_assignment_reassignments_total` (counter, label `cause`);
+/// - `whatsnap_assignment_unassigned_contacts` (gauge, label `reason`).
+///
+/// Give it reports over the whole history (`since` the beginning), so that the summaries and
+/// the counter only grow, as Prometheus expects. Written here rather than with a metrics crate
+/// because the figures are not counted as things happen but computed from the log on each
+/// scrape, by [`report`]: a registry would only hold a copy of them.
+pub fn prometheus<'a>(reports: impl IntoIterator<Item = (&'a LocationId, &'a Report)>) -> String {
+    let reports: Vec<(&LocationId, &Report)> = reports.into_iter().collect();
+    let mut out = String::new();
+    let by_user = reports.iter().flat_map(|(location, report)| {
+        report
+            .users
+            .iter()
+            .map(move |(user, times)| (labels(location, "user", user), times))
+    });
+    summary(
+        &mut out,
+        "whatsnap_assignment_user_first_response_seconds",
+        "by the GHL user who replied",
+        by_user,
+    );
+    let by_account = reports.iter().flat_map(|(location, report)| {
+        report
+            .accounts
+            .iter()
+            .map(move |(account, times)| (labels(location, "account", &account.to_string()), times))
+    });
+    summary(
+        &mut out,
+        "whatsnap_assignment_account_first_response_seconds",
+        "by the account the contact wrote to",
+        by_account,
+    );
+    let counts = |key: &'static str, pick: fn(&Report) -> &BTreeMap<String, u64>| {
+        reports
+            .iter()
+            .flat_map(move |(location, report)| {
+                pick(report)
+                    .iter()
+                    .map(move |(value, count)| format!("{} {count}", labels(location, key, value)))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut out,
+        "whatsnap_assignment_open_contacts",
+        "gauge",
+        "Contacts each user owns now.",
+        counts("user", |r| &r.open),
+    );
+    family(
+        &mut out,
+        "whatsnap_assignment_reassignments_total",
+        "counter",
+        "Contacts that had an owner and got another, by cause.",
+        counts("cause", |r| &r.reassignments),
+    );
+    family(
+        &mut out,
+        "whatsnap_assignment_unassigned_contacts",
+        "gauge",
+        "Contacts whose latest decision left them without an owner, by reason.",
+        counts("reason", |r| &r.unassigned),
+    );
+    out
+}
+
+/// The labels of one series: its location and one more.
+fn labels(location: &LocationId, key: &str, value: &str) -> String {
+    format!(
+        "{{location=\"{}\",{key}=\"{}\"}}",
+        escape(location.as_str()),
+        escape(value)
+    )
+}
+
+/// A summary of first-response times (`_sum` and `_count`, no quantiles), one series per
+/// label set.
+fn summary<'a>(
+    out: &mut String,
+    name: &str,
+    by: &str,
+    series: impl Iterator<Item = (String, &'a Responses)>,
+) {
+    let samples = series
+        .flat_map(|(labels, times)| {
+            [
+                format!("_sum{labels} {}", times.total_seconds),
+                format!("_count{labels} {}", times.count),
+            ]
+        })
+        .collect();
+    let help = format!(
+        "Time from a contact's first unanswered message to the first reply from GHL, {by}."
+    );
+    family(out, name, "summary", &help, samples);
+}
+
+/// One metric family: its HELP and TYPE lines, then its samples (each `<suffix><labels>
+/// <value>`, written after the family's name).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<String>) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for sample in samples {
+        out.push_str(name);
+        out.push_str(&sample);
+        out.push('\n');
+    }
+}
+
+/// A label value as the text exposition format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -285,6 +416,77 @@ mod tests {
         let later = report_since(&log, 61);
         assert!(later.users.is_empty() && later.reassignments.is_empty());
         assert_eq!(later.open.len(), 3, "ownership counts the whole log");
+    }
+
+    #[test]
+    fn the_metrics_are_the_reports_figures_in_prometheus_text() {
+        let mut log = Log::new();
+        // Ana answers in 5 minutes; Ben's contact is taken from him by hand in GHL, then its
+        // owner removed there and the contact left unassigned.
+        log.inbound(0, "+14155550001");
+        log.assign(0, "+14155550001", "u_ana", "user#1", "new_contact");
+        log.reply(5, "+14155550001", "u_ana");
+        log.inbound(10, "+14155550002");
+        log.assign(10, "+14155550002", "u_ben", "user#1", "new_contact");
+        log.assign(
+            20,
+            "+14155550002",
+            "u_cleo",
+            "ghl_owner",
+            "returning_contact",
+        );
+        let removed = whatsnap_events::ContactOwnerChangedInGhl {
+            contact_id: log.contact("+14155550002"),
+            ghl_contact_id: "ghl2".into(),
+            user_id: None,
+            previous: Some("u_cleo".into()),
+        };
+        log.at(30, removed);
+        let skipped = AssignmentSkipped {
+            contact_id: log.contact("+14155550002"),
+            account_id: Some(ACCOUNT),
+            reason: "owner removed by hand in GHL (manual: respect): \"left\" alone".into(),
+            candidates: Vec::new(),
+            trigger: Some("returning_contact".into()),
+        };
+        log.at(31, skipped);
+
+        let figures = report(&log.events, &log.location, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(figures.open, BTreeMap::from([("u_ana".into(), 1)]));
+        let text = prometheus([(&log.location, &figures)]);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let account = ACCOUNT.to_string();
+        assert_eq!(
+            samples,
+            [
+                r#"whatsnap_assignment_user_first_response_seconds_sum{location="locReport",user="u_ana"} 300"#.to_owned(),
+                r#"whatsnap_assignment_user_first_response_seconds_count{location="locReport",user="u_ana"} 1"#.to_owned(),
+                format!(r#"whatsnap_assignment_account_first_response_seconds_sum{{location="locReport",account="{account}"}} 300"#),
+                format!(r#"whatsnap_assignment_account_first_response_seconds_count{{location="locReport",account="{account}"}} 1"#),
+                r#"whatsnap_assignment_open_contacts{location="locReport",user="u_ana"} 1"#.to_owned(),
+                r#"whatsnap_assignment_reassignments_total{location="locReport",cause="chosen in GHL"} 1"#.to_owned(),
+                r#"whatsnap_assignment_unassigned_contacts{location="locReport",reason="owner removed by hand in GHL (manual: respect): \"left\" alone"} 1"#.to_owned(),
+            ]
+        );
+        for (name, kind) in [
+            ("whatsnap_assignment_user_first_response_seconds", "summary"),
+            (
+                "whatsnap_assignment_account_first_response_seconds",
+                "summary",
+            ),
+            ("whatsnap_assignment_open_contacts", "gauge"),
+            ("whatsnap_assignment_reassignments_total", "counter"),
+            ("whatsnap_assignment_unassigned_contacts", "gauge"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == format!("# TYPE {name} {kind}")),
+                "{name} {kind}: {text}"
+            );
+        }
+        // No location, no samples: every family is still described.
+        let empty = prometheus([]);
+        assert_eq!(empty.lines().filter(|l| l.starts_with("# TYPE")).count(), 5);
+        assert!(empty.lines().all(|l| l.starts_with('#')));
     }
 
     fn report_since(log: &Log, minutes: i64) -> Report {

@@ -346,3 +346,111 @@ async fn a_silent_owner_is_replaced_and_one_who_replied_is_not() {
         other => panic!("expected u_ben, got {other:?}"),
     }
 }
+
+/// Adds an account of `kind` to the location.
+async fn account(store: &dyn EventStore, account: Uuid, kind: AccountKind, name: &str) {
+    append(
+        store,
+        StreamId::for_uuid(location(), AggregateKind::Account, account),
+        Event::from(AccountAdded {
+            account_id: account,
+            kind,
+            name: name.into(),
+            tag: format!("whatsnap-account-{name}"),
+            phone_number: None,
+            twilio: None,
+        }),
+    )
+    .await;
+}
+
+/// A message from the `n`th contact's phone to `account`.
+async fn message(store: &dyn EventStore, account: Uuid, n: usize) {
+    append(
+        store,
+        StreamId::for_uuid(location(), AggregateKind::Account, account),
+        Event::from(whatsnap_events::InboundMessageReceived {
+            message_id: Uuid::now_v7(),
+            account_id: account,
+            provider_message_id: Uuid::now_v7().to_string(),
+            from: format!("+1415555{n:04}"),
+            to: None,
+            body: "hello".into(),
+            sender_name: None,
+            received_at: chrono::Utc::now(),
+            attachments: Vec::new(),
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_channel_a_contact_has_an_owner_on_whatsapp_and_another_on_sms() {
+    let sqlite = TestSqlite::new().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(sqlite.store().await.unwrap());
+    let (whatsapp, whatsapp_2, sms) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    account(store.as_ref(), whatsapp, AccountKind::Whatsapp, "wa").await;
+    account(store.as_ref(), whatsapp_2, AccountKind::Whatsapp, "wa2").await;
+    account(store.as_ref(), sms, AccountKind::Twilio, "sms").await;
+    for user in ["u_ana", "u_ben"] {
+        append(
+            store.as_ref(),
+            StreamId::new(location(), AggregateKind::Ghl, "users").unwrap(),
+            Event::from(GhlUserSynced {
+                user_id: user.into(),
+                name: user.into(),
+                email: None,
+                role: Some("user".into()),
+                deleted: false,
+            }),
+        )
+        .await;
+    }
+    append(
+        store.as_ref(),
+        StreamId::new(location(), AggregateKind::Assignment, "rules_location").unwrap(),
+        Event::from(AssignmentRulesChanged {
+            account_id: None,
+            rules: serde_json::json!({ "multi_touch": "per_channel",
+                "rules": [ { "strategy": "round_robin", "users": ["u_ana", "u_ben"] } ] }),
+        }),
+    )
+    .await;
+    let stop = run(&store);
+
+    // The contact writes on WhatsApp (Ana), then on the Twilio number (Ben: another channel),
+    // then on a second WhatsApp account (Ana keeps it: same channel, nothing to record).
+    let contact = new_contact_of(store.as_ref(), whatsapp, 0).await;
+    decided(&store, 1).await;
+    message(store.as_ref(), sms, 0).await;
+    decided(&store, 2).await;
+    message(store.as_ref(), whatsapp_2, 0).await;
+    // A later contact's decision shows the decider went past that message.
+    let later = new_contact_of(store.as_ref(), sms, 1).await;
+    let events = decided(&store, 3).await;
+    let _ = stop.send(());
+
+    let decisions: Vec<(Option<Uuid>, String)> = events
+        .iter()
+        .filter_map(|e| match e.decode() {
+            Ok(Event::ContactAssigned(a)) if a.contact_id == contact => {
+                Some((a.account_id, a.user_id))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            (Some(whatsapp), "u_ana".to_owned()),
+            (Some(sms), "u_ben".to_owned())
+        ]
+    );
+    assert_eq!(owners(&events, &[later]), ["u_ana"]);
+}
+
+/// The `n`th new contact, created by its first message, to `account`.
+async fn new_contact_of(store: &dyn EventStore, account: Uuid, n: usize) -> Uuid {
+    message(store, account, n).await;
+    new_contact(store, account, n).await
+}

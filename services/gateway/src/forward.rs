@@ -84,6 +84,7 @@ forward!(assignment::assignment_service_server::AssignmentService, assignment::a
     explain(assignment::ExplainRequest) -> assignment::ExplainResponse;
     simulate(assignment::SimulateRequest) -> assignment::SimulateResponse;
     report(assignment::ReportRequest) -> assignment::ReportResponse;
+    metrics(assignment::MetricsRequest) -> assignment::MetricsResponse;
 });
 
 forward!(ghlsync::ghl_sync_service_server::GhlSyncService, ghlsync::ghl_sync_service_client::GhlSyncServiceClient<Channel> {

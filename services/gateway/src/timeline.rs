@@ -74,6 +74,22 @@ mod summary {
                 e.contact_id,
                 format!("linked to GHL contact {}", e.ghl_contact_id),
             ),
+            Event::ContactOwnerChangedInGhl(e) => (
+                e.contact_id,
+                format!(
+                    "owner changed by hand in GHL: {} -> {}",
+                    e.previous.as_deref().unwrap_or("nobody"),
+                    e.user_id.as_deref().unwrap_or("nobody")
+                ),
+            ),
+            Event::ContactSourceChangedInGhl(e) => (
+                e.contact_id,
+                format!(
+                    "source changed in GHL: {} -> {}",
+                    e.previous.as_deref().unwrap_or("none"),
+                    e.source.as_deref().unwrap_or("none")
+                ),
+            ),
             _ => return None,
         };
         Some((contact_id.to_string(), summary))
@@ -238,5 +254,31 @@ mod tests {
         let (id, summary) = contact_of(&location, &event).unwrap();
         assert_eq!(id, contact_id.to_string());
         assert_eq!(summary, "left unassigned: nobody is available");
+    }
+
+    #[test]
+    fn what_ghl_users_changed_by_hand_is_summarised_from_and_to() {
+        let location = LocationId::parse("loc").unwrap();
+        let contact_id = Uuid::now_v7();
+        let removed = Event::from(whatsnap_events::ContactOwnerChangedInGhl {
+            contact_id,
+            ghl_contact_id: "ghl1".into(),
+            user_id: None,
+            previous: Some("uAna".into()),
+        });
+        let (_, summary) = contact_of(&location, &removed).unwrap();
+        assert_eq!(summary, "owner changed by hand in GHL: uAna -> nobody");
+        let source = Event::from(whatsnap_events::ContactSourceChangedInGhl {
+            contact_id,
+            ghl_contact_id: "ghl1".into(),
+            source: Some("Google Ads Campaign".into()),
+            previous: Some("whatsnap".into()),
+        });
+        let (id, summary) = contact_of(&location, &source).unwrap();
+        assert_eq!(id, contact_id.to_string());
+        assert_eq!(
+            summary,
+            "source changed in GHL: whatsnap -> Google Ads Campaign"
+        );
     }
 }

@@ -524,9 +524,8 @@ async fn oauth_callback(
 
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
 /// carries the contact's whole tag list; its changes re-route the contact's next reply. A
-/// ContactCreate or ContactUpdate of a linked contact whose owner changed in GHL is recorded
-/// for assignment. What
-/// whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
+/// ContactCreate or ContactUpdate of a linked contact whose owner or source changed in GHL is
+/// recorded for assignment. What whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
 /// service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
 /// under both of its policies, and its webhookId is not counted as seen, so the retry is
 /// acted on.
@@ -605,7 +604,7 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                     // The tag update carries the owner too. Applying the same tags again on
                     // GHL's retry changes nothing.
                     if hooks.ghl_sync.is_some()
-                        && let Err(refused) = record_owner(hooks, payload).await
+                        && let Err(refused) = record_contact(hooks, payload).await
                     {
                         return refused;
                     }
@@ -618,16 +617,23 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
                 Err(status) => Sender::Ghl.try_again_later(status.message()),
             }
         }
-        kind @ ("ContactCreate" | "ContactUpdate") => match record_owner(hooks, payload).await {
-            Ok(Some(true)) => {
+        kind @ ("ContactCreate" | "ContactUpdate") => match record_contact(hooks, payload).await {
+            Ok(Some(recorded)) if recorded.owner_changed || recorded.source_changed => {
                 info!(
                     kind,
                     ghl_contact_id = text("id"),
-                    "contact owner changed in GHL recorded"
+                    owner_changed = recorded.owner_changed,
+                    source_changed = recorded.source_changed,
+                    "contact changed in GHL recorded"
                 );
-                (StatusCode::OK, "owner change recorded\n").into_response()
+                let what = match (recorded.owner_changed, recorded.source_changed) {
+                    (true, true) => "owner and source change",
+                    (true, false) => "owner change",
+                    _ => "source change",
+                };
+                (StatusCode::OK, format!("{what} recorded\n")).into_response()
             }
-            Ok(Some(false)) => (StatusCode::OK, "no owner change\n").into_response(),
+            Ok(Some(_)) => (StatusCode::OK, "no owner change\n").into_response(),
             Ok(None) => {
                 (StatusCode::OK, "ignored: not a contact whatsnap linked\n").into_response()
             }
@@ -683,13 +689,13 @@ async fn ghl_event(hooks: &Webhooks, payload: &serde_json::Value) -> Response {
     }
 }
 
-/// Hands a contact webhook's owner (`assignedTo`) to ghl-sync, which records it when it differs
-/// from what whatsnap knew GHL to show. `Some(changed)`, `None` for a contact whatsnap has not
-/// linked, or the response that asks GHL to try again.
-async fn record_owner(
+/// Hands a contact webhook's owner (`assignedTo`) and `source` to ghl-sync, which records each
+/// when it differs from what whatsnap knew GHL to show. `Some(what changed)`, `None` for a
+/// contact whatsnap has not linked, or the response that asks GHL to try again.
+async fn record_contact(
     hooks: &Webhooks,
     payload: &serde_json::Value,
-) -> Result<Option<bool>, Response> {
+) -> Result<Option<ghlsync::RecordContactWebhookResponse>, Response> {
     let text = |field: &str| {
         payload
             .get(field)
@@ -703,13 +709,14 @@ async fn record_owner(
         phone: text("phone"),
         ghl_contact_id: text("id"),
         assigned_to: text("assignedTo"),
+        source: text("source"),
     });
     whatsnap_telemetry::inject(&mut request);
     match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
         .record_contact_webhook(request)
         .await
     {
-        Ok(recorded) => Ok(Some(recorded.get_ref().owner_changed)),
+        Ok(recorded) => Ok(Some(recorded.into_inner())),
         Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
             info!(reason = %status.message(), "GHL contact owner not recorded");
             Ok(None)

@@ -155,18 +155,20 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
     ) -> Result<Response<pb::RecordContactWebhookResponse>, Status> {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
-        let owner_changed = owners::record(
+        let recorded = owners::record(
             self.store.as_ref(),
             owners::ContactWebhook {
                 location: &location,
                 phone: &request.phone,
                 ghl_contact_id: &request.ghl_contact_id,
                 assigned_to: Some(request.assigned_to.as_str()),
+                source: Some(request.source.as_str()),
             },
         )
         .await?;
         Ok(Response::new(pb::RecordContactWebhookResponse {
-            owner_changed,
+            owner_changed: recorded.owner_changed,
+            source_changed: recorded.source_changed,
         }))
     }
 

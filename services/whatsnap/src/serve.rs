@@ -701,6 +701,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let session_channel = channel_to(session.is_some(), &args.session_url, grpc_addr)?;
         let contacts_channel = channel_to(contacts.is_some(), &args.contacts_url, grpc_addr)?;
         let ghl_sync_channel = channel_to(ghl_sync.is_some(), &args.ghl_sync_url, grpc_addr)?;
+        let assignment_channel = channel_to(assignment.is_some(), &args.assignment_url, grpc_addr)?;
         let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
             &args.ghl_webhook_ed25519_key,
             &args.ghl_webhook_rsa_key,
@@ -722,7 +723,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 replay: whatsnap_gateway::ReplayGuard::new(args.ghl.ghl_webhook_max_age),
                 media: media.clone(),
             },
-        ));
+        ))
+        .merge(whatsnap_gateway::metrics_routes(assignment_channel));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             axum::serve(http_listener, routes)
@@ -731,7 +733,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 .context("HTTP server")
         });
         out.push_str(&format!(
-            "HTTP listening on {http_addr} (/healthz, /readyz)\n"
+            "HTTP listening on {http_addr} (/healthz, /readyz, /metrics)\n"
         ));
         if let Some(demo) = demo.clone() {
             if targets.len() != Target::ALL.len() {

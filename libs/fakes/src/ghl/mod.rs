@@ -420,6 +420,23 @@ impl FakeGhl {
         })
     }
 
+    /// Sets a contact's source (or removes it), as a GHL user editing the contact would.
+    pub fn set_source(&self, contact_id: &str, source: Option<&str>) -> anyhow::Result<()> {
+        self.shared.with(|inner| {
+            let contact = inner
+                .contact_mut(contact_id)
+                .ok_or_else(|| anyhow::anyhow!("no contact {contact_id}"))?;
+            match source {
+                Some(source) => contact
+                    .other
+                    .insert("source".to_owned(), serde_json::json!(source)),
+                None => contact.other.remove("source"),
+            };
+            contact.date_updated = state::now_iso();
+            Ok(())
+        })
+    }
+
     // ---- behaviour ------------------------------------------------------------------------
 
     /// How long after GHL posts a message to the Delivery URL status updates for it start to

@@ -1,9 +1,13 @@
 //! `decide`: which user owns a contact now, and why; `should_reassign_for_silence`: whether an
 //! owner who has not replied should lose the contact.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
-use whatsnap_events::{AssignmentSkipped, CandidateConsidered, ContactAssigned, Event};
+use whatsnap_events::{
+    AccountKind, AssignmentSkipped, CandidateConsidered, ContactAssigned, Event,
+};
 
 use super::history::{History, PastDecision};
 use super::rules::{
@@ -28,7 +32,7 @@ pub struct Ownership {
 pub enum GhlOwnerKind {
     /// GHL had the contact, with this owner, before it first messaged a connected account.
     BeforeWhatsnap,
-    /// A GHL user reassigned the contact by hand.
+    /// A GHL user reassigned the contact by hand, or removed its owner.
     ReassignedInGhl,
 }
 
@@ -36,7 +40,8 @@ pub enum GhlOwnerKind {
 /// rules may override it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GhlOwner {
-    pub user_id: UserId,
+    /// `None`: a GHL user removed the contact's owner by hand (always `Some` before whatsnap).
+    pub user_id: Option<UserId>,
     pub kind: GhlOwnerKind,
     /// When whatsnap learned of it (the time of the event that recorded it).
     pub since: DateTime<Utc>,
@@ -44,13 +49,15 @@ pub struct GhlOwner {
 
 impl GhlOwner {
     fn describe(&self) -> String {
-        match self.kind {
-            GhlOwnerKind::BeforeWhatsnap => {
-                format!("owner in GHL before whatsnap: {}", self.user_id)
+        match (self.kind, &self.user_id) {
+            (GhlOwnerKind::BeforeWhatsnap, Some(user)) => {
+                format!("owner in GHL before whatsnap: {user}")
             }
-            GhlOwnerKind::ReassignedInGhl => {
-                format!("reassigned to {} by hand in GHL", self.user_id)
+            (GhlOwnerKind::BeforeWhatsnap, None) => "no owner in GHL before whatsnap".to_owned(),
+            (GhlOwnerKind::ReassignedInGhl, Some(user)) => {
+                format!("reassigned to {user} by hand in GHL")
             }
+            (GhlOwnerKind::ReassignedInGhl, None) => "owner removed by hand in GHL".to_owned(),
         }
     }
 }
@@ -61,6 +68,9 @@ pub struct Situation {
     pub contact_id: Uuid,
     /// The account messaged or tagged; `None` when no account is involved.
     pub account_id: Option<Uuid>,
+    /// The channel (platform) of the location's accounts, for `multi_touch: per_channel` and
+    /// `when.channels`; an account missing here has no known channel.
+    pub channels: BTreeMap<Uuid, AccountKind>,
     pub trigger: Trigger,
     /// The contact's source or attribution, e.g. `Google Ads Campaign`.
     pub contact_source: Option<String>,
@@ -89,6 +99,11 @@ impl Situation {
         } else {
             "owner_silent"
         }
+    }
+
+    /// The channel of `account`, when known.
+    pub fn channel_of(&self, account: Option<Uuid>) -> Option<AccountKind> {
+        self.channels.get(&account?).copied()
     }
 
     fn excluded(&self, user: &UserId) -> Option<String> {
@@ -246,21 +261,30 @@ pub fn decide(
     let owner = current_owner(governing.multi_touch, situation);
 
     // An owner chosen in GHL after whatsnap's own choice (or before whatsnap had any).
-    if let Some(ghl) = situation
-        .ghl_owner
-        .as_ref()
-        .filter(|ghl| owner.is_none_or(|o| o.user_id != ghl.user_id && o.since <= ghl.since))
-    {
-        match governing.manual {
-            Manual::Respect => match invalid(&ghl.user_id) {
+    if let Some(ghl) = situation.ghl_owner.as_ref().filter(|ghl| {
+        owner.is_none_or(|o| Some(&o.user_id) != ghl.user_id.as_ref() && o.since <= ghl.since)
+    }) {
+        match (governing.manual, &ghl.user_id) {
+            // Nobody is what a GHL user chose: the contact stays without an owner.
+            (Manual::Respect, None) => {
+                let mut reason = format!(
+                    "{} (manual: respect): left without an owner until a GHL user assigns one",
+                    ghl.describe()
+                );
+                if let Some(owner) = owner {
+                    reason = format!("{reason}; {} is not assigned again", owner.user_id);
+                }
+                return Decision::Skip { reason, candidates };
+            }
+            (Manual::Respect, Some(user_id)) => match invalid(user_id) {
                 None => {
                     candidates.push(Candidate {
-                        user_id: ghl.user_id.clone(),
+                        user_id: user_id.clone(),
                         rule: "ghl_owner".to_owned(),
                         passed_over: None,
                     });
                     return Decision::Assign {
-                        user_id: ghl.user_id.clone(),
+                        user_id: user_id.clone(),
                         rule: "ghl_owner".to_owned(),
                         reason: format!("{} (manual: respect)", ghl.describe()),
                         candidates,
@@ -270,13 +294,13 @@ pub fn decide(
                 Some(why) => {
                     rerouted = Some(format!("passed over {}: {why}", ghl.describe()));
                     candidates.push(Candidate {
-                        user_id: ghl.user_id.clone(),
+                        user_id: user_id.clone(),
                         rule: "ghl_owner".to_owned(),
                         passed_over: Some(why),
                     });
                 }
             },
-            Manual::Override => {
+            (Manual::Override, _) => {
                 overridden = Some(format!("overrides {} (manual: override)", ghl.describe()));
             }
         }
@@ -413,6 +437,13 @@ fn current_owner(mode: MultiTouch, situation: &Situation) -> Option<&Ownership> 
     let mut owners = situation.owners.iter();
     match mode {
         MultiTouch::PerAccount => owners.rfind(|o| o.account_id == situation.account_id),
+        MultiTouch::PerChannel => match situation.channel_of(situation.account_id) {
+            Some(channel) => owners
+                .filter(|o| situation.channel_of(o.account_id) == Some(channel))
+                .max_by_key(|o| o.since),
+            // An account of no known channel is a channel of its own.
+            None => owners.rfind(|o| o.account_id == situation.account_id),
+        },
         // `min_by_key` keeps the first of equals, `max_by_key` the last.
         MultiTouch::FirstOwner => owners.min_by_key(|o| o.since),
         MultiTouch::SingleOwner => owners.max_by_key(|o| o.since),
@@ -440,6 +471,15 @@ fn applies(when: &Conditions, rules: &RuleSet, situation: &Situation) -> Result<
             .is_some_and(|a| when.accounts.contains(&a))
     {
         return Err("another account".to_owned());
+    }
+    if !when.channels.is_empty() {
+        match situation.channel_of(situation.account_id) {
+            None => return Err("the account's channel is not known".to_owned()),
+            Some(channel) if !when.channels.contains(&channel) => {
+                return Err(format!("channel is {}", channel.as_str()));
+            }
+            Some(_) => {}
+        }
     }
     if let Some(expected) = when.existed_before
         && expected != situation.existed_before

@@ -39,7 +39,8 @@
 //!   `previous_owner` (the contact's owner before it came back).
 //! - `backup`: users tried in order when the strategy yields no available user.
 //! - `when`: every condition given must hold: `sources` (contact source or attribution, any case),
-//!   `accounts` (account ids, for a location's default rules), `hours` (`business` or
+//!   `accounts` (account ids, for a location's default rules), `channels` (the platform of the
+//!   account messaged: `whatsapp`, `android_sms`, `imessage`, `twilio`), `hours` (`business` or
 //!   `after_hours`, by `business_hours` in `time_zone`, closed all day on `holidays`), `window`
 //!   (`{"days": ["mon"], "from": "08:00", "until": "12:00"}` in `time_zone`; `from` after
 //!   `until` crosses midnight), `existed_before` (bool), `triggers` (`new_contact`,
@@ -48,9 +49,12 @@
 //! - `capacity`: a user takes no more than `max_open` (or their `per_user` limit) contacts
 //!   assigned to them and still theirs and open within the last `window_hours` (default 24).
 //! - `multi_touch`, for a contact that messages several accounts: `per_account` (default; each
-//!   account its own owner), `first_owner` (the contact's first owner keeps it while valid), or
-//!   `single_owner` (one owner for all accounts: the latest owner keeps it while valid, and a new
-//!   decision is flagged `all_accounts`).
+//!   account its own owner), `per_channel` (each channel its own owner: the latest owner from
+//!   any account of the same platform keeps it while valid, so a contact on a WhatsApp account
+//!   and on a Twilio number can have two owners, and two WhatsApp accounts share one),
+//!   `first_owner` (the contact's first owner keeps it while valid), or `single_owner` (one
+//!   owner for all accounts: the latest owner keeps it while valid, and a new decision is
+//!   flagged `all_accounts`).
 //! - `manual`: `respect` (default) or `override`, whether the rules may take a contact from an
 //!   owner chosen in GHL (see step 2 below).
 //! - A rule's id is `strategy#position` (`round_robin#4`) unless it has an `id`; the location's
@@ -63,12 +67,13 @@
 //!    contact is left unassigned: "no assignment rules are set for this account or its location".
 //!    `multi_touch` is read from the account's rules when it has any, else the location's.
 //! 2. **An owner chosen in GHL** ([`Situation::ghl_owner`]: the contact's owner in GHL before
-//!    whatsnap, or a reassignment a GHL user made by hand after whatsnap's latest decision).
-//!    With `manual: respect` (default) a valid one is assigned by the rule `ghl_owner`; an
-//!    invalid one is passed over. With `manual: override` the steps below decide, and the
-//!    reason ends with what they override.
+//!    whatsnap, or a reassignment a GHL user made by hand after whatsnap's latest decision,
+//!    possibly to nobody). With `manual: respect` (default) a valid one is assigned by the rule
+//!    `ghl_owner`; an invalid one is passed over; an owner removed by hand leaves the contact
+//!    unassigned (`Skip`, with that reason) until a GHL user assigns one. With
+//!    `manual: override` the steps below decide, and the reason ends with what they override.
 //! 3. **Keep a valid owner.** If the contact already has an owner (by `multi_touch`: this
-//!    account's owner, its first owner, or its latest owner), and that owner is still a user of
+//!    account's owner, this channel's latest owner, its first owner, or its latest owner), and that owner is still a user of
 //!    the location, not deleted, active and not out of office, the decision is `Keep`: nothing is
 //!    redone, whatever the trigger. Working hours and capacity do not take a contact away from
 //!    its owner. An owner who is no longer valid is listed as a passed-over candidate and the

@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+use whatsnap_events::AccountKind;
 
 use super::schedule::{DAY_KEYS, TimeRange, TimeWindow, WeeklyHours, parse_day, parse_minute};
 
@@ -65,6 +66,10 @@ pub enum MultiTouch {
     /// Each account has its own owner of the contact.
     #[default]
     PerAccount,
+    /// Each channel (the platform of the account: whatsapp, android_sms, imessage, twilio) has
+    /// its own owner of the contact: the latest owner from any account of the same channel keeps
+    /// it while valid, and a channel the contact has no owner on yet is decided by the rules.
+    PerChannel,
     /// The contact's first owner, from whichever account, keeps it while still valid.
     FirstOwner,
     /// One owner for all accounts: the latest owner keeps it while valid, and a new decision
@@ -76,6 +81,7 @@ impl MultiTouch {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PerAccount => "per_account",
+            Self::PerChannel => "per_channel",
             Self::FirstOwner => "first_owner",
             Self::SingleOwner => "single_owner",
         }
@@ -165,6 +171,10 @@ pub struct Conditions {
     /// The account messaged (useful in a location's default rules).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<Uuid>,
+    /// The channel (platform) of the account messaged: `whatsapp`, `android_sms`, `imessage`,
+    /// `twilio`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<AccountKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hours: Option<Hours>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,12 +369,15 @@ pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
         None | Some(Value::Null) => MultiTouch::default(),
         Some(v) => match string(v, "multi_touch")? {
             "per_account" => MultiTouch::PerAccount,
+            "per_channel" => MultiTouch::PerChannel,
             "first_owner" => MultiTouch::FirstOwner,
             "single_owner" => MultiTouch::SingleOwner,
             other => {
                 return Err(bad(
                     "multi_touch",
-                    format!("`{other}` is not one of per_account, first_owner, single_owner"),
+                    format!(
+                        "`{other}` is not one of per_account, per_channel, first_owner, single_owner"
+                    ),
                 ));
             }
         },
@@ -592,6 +605,7 @@ fn conditions(
         &[
             "sources",
             "accounts",
+            "channels",
             "hours",
             "window",
             "existed_before",
@@ -630,6 +644,20 @@ fn conditions(
             })
         })
         .collect::<Result<_, _>>()?;
+    let mut channels: Vec<AccountKind> = Vec::new();
+    for (i, name) in strings("channels")?.into_iter().enumerate() {
+        let at = format!("{}[{i}]", field("channels"));
+        let channel = AccountKind::from_name(name.trim()).ok_or_else(|| {
+            bad(
+                &at,
+                format!("`{name}` is not one of whatsapp, android_sms, imessage, twilio"),
+            )
+        })?;
+        if channels.contains(&channel) {
+            return Err(bad(&at, format!("`{name}` is listed twice")));
+        }
+        channels.push(channel);
+    }
     let triggers = strings("triggers")?
         .into_iter()
         .enumerate()
@@ -708,6 +736,7 @@ fn conditions(
     Ok(Conditions {
         sources,
         accounts,
+        channels,
         hours,
         window,
         existed_before,

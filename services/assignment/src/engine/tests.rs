@@ -52,6 +52,7 @@ fn situation(contact: u128, now: DateTime<Utc>) -> Situation {
     Situation {
         contact_id: Uuid::from_u128(contact),
         account_id: Some(ACCOUNT_A),
+        channels: Default::default(),
         trigger: Trigger::NewContact,
         contact_source: None,
         existed_before: false,
@@ -1769,7 +1770,7 @@ fn a_decision_becomes_the_event_that_records_it() {
 
 fn ghl_owner(user: &str, kind: GhlOwnerKind, since: &str) -> Option<GhlOwner> {
     Some(GhlOwner {
-        user_id: user.into(),
+        user_id: Some(user.into()),
         kind,
         since: at(since),
     })
@@ -2097,4 +2098,310 @@ fn a_team_needs_members_and_names_them_once() {
     assert_eq!(err.to_string(), "rules[0].team: missing");
     let parsed = team_rules();
     assert_eq!(parse_rules(&parsed.to_json()).unwrap(), parsed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context-based multi-touch: the channel of the account messaged
+
+const WHATSAPP_1: Uuid = Uuid::from_u128(0x1A);
+const WHATSAPP_2: Uuid = Uuid::from_u128(0x1B);
+const TWILIO: Uuid = Uuid::from_u128(0x2A);
+
+fn channels() -> std::collections::BTreeMap<Uuid, whatsnap_events::AccountKind> {
+    use whatsnap_events::AccountKind;
+    [
+        (WHATSAPP_1, AccountKind::Whatsapp),
+        (WHATSAPP_2, AccountKind::Whatsapp),
+        (TWILIO, AccountKind::Twilio),
+    ]
+    .into()
+}
+
+/// Decides for the contact on `account` at `now`, records an assignment in `history`, and
+/// returns the decision.
+fn on_account(
+    set: &RuleSet,
+    team: &[User],
+    history: &mut History,
+    account: Uuid,
+    now: &str,
+) -> Decision {
+    let mut s = situation(1, at(now));
+    s.account_id = Some(account);
+    s.channels = channels();
+    s.trigger = if history.owners_of(s.contact_id).is_empty() {
+        Trigger::NewContact
+    } else {
+        Trigger::ReturningContact
+    };
+    s.owners = history.owners_of(s.contact_id);
+    let decision = decide(None, Some(set), team, history, &s);
+    if let Some(past) = decision.past(&s) {
+        history.push(past);
+    }
+    decision
+}
+
+#[test]
+fn per_channel_gives_a_contact_one_owner_per_channel() {
+    let set = rules(json!({
+        "multi_touch": "per_channel",
+        "rules": [ { "strategy": "round_robin", "users": ["u_ana", "u_ben"] } ]
+    }));
+    let team = users(&["u_ana", "u_ben"]);
+    let mut history = History::default();
+
+    // The contact writes on WhatsApp first: Ana, by the round-robin.
+    let first = on_account(&set, &team, &mut history, WHATSAPP_1, MONDAY_NOON_UTC);
+    assert_eq!(assigned(&first), ("u_ana", "location/round_robin#1"));
+    // Then on a Twilio number, another channel: its own owner, Ben.
+    let sms = on_account(&set, &team, &mut history, TWILIO, "2026-03-16T12:05:00Z");
+    assert_eq!(assigned(&sms), ("u_ben", "location/round_robin#1"));
+    // Then on a second WhatsApp account: the WhatsApp owner keeps the contact.
+    let second = on_account(
+        &set,
+        &team,
+        &mut history,
+        WHATSAPP_2,
+        "2026-03-16T12:10:00Z",
+    );
+    assert_eq!(
+        second,
+        Decision::Keep {
+            user_id: "u_ana".into(),
+            reason: "u_ana owns the contact since 2026-03-16 12:00 UTC and is still valid \
+                     (multi_touch per_channel)"
+                .into()
+        }
+    );
+    // And back on Twilio: Ben keeps it.
+    let again = on_account(&set, &team, &mut history, TWILIO, "2026-03-16T12:15:00Z");
+    assert!(
+        matches!(&again, Decision::Keep { user_id, .. } if user_id.as_str() == "u_ben"),
+        "{again:?}"
+    );
+
+    // Per account (the default), the second WhatsApp account would have had its own owner.
+    let per_account = rules(json!({
+        "rules": [ { "strategy": "round_robin", "users": ["u_ana", "u_ben"] } ]
+    }));
+    let mut history = History::default();
+    on_account(
+        &per_account,
+        &team,
+        &mut history,
+        WHATSAPP_1,
+        MONDAY_NOON_UTC,
+    );
+    let second = on_account(
+        &per_account,
+        &team,
+        &mut history,
+        WHATSAPP_2,
+        "2026-03-16T12:10:00Z",
+    );
+    assert_eq!(assigned(&second).0, "u_ben");
+}
+
+#[test]
+fn per_channel_reroutes_from_a_channels_owner_who_is_gone() {
+    let set = rules(json!({
+        "multi_touch": "per_channel",
+        "rules": [ { "strategy": "user", "user": "u_cleo" } ]
+    }));
+    let mut team = users(&["u_ana", "u_ben", "u_cleo"]);
+    user_mut(&mut team, "u_ana").deleted = true;
+    let history = History::new([
+        past(1, WHATSAPP_1, "u_ana", "user#1", "2026-03-16T09:00:00Z"),
+        past(1, TWILIO, "u_ben", "user#1", "2026-03-16T10:00:00Z"),
+    ]);
+    let mut s = situation(1, at(MONDAY_NOON_UTC));
+    s.account_id = Some(WHATSAPP_2);
+    s.channels = channels();
+    s.trigger = Trigger::ReturningContact;
+    s.owners = history.owners_of(s.contact_id);
+    // The WhatsApp owner is gone; Ben owns the Twilio channel only, so he is not kept.
+    let decision = decide_one(&set, &team, &history, &s);
+    assert_eq!(assigned(&decision), ("u_cleo", "user#1"));
+    assert_eq!(
+        passed_over(&decision),
+        [("u_ana".to_owned(), "deleted in GHL".to_owned())]
+    );
+}
+
+#[test]
+fn a_rule_may_route_by_the_channel_of_the_account_messaged() {
+    let set = rules(json!({ "rules": [
+        { "strategy": "user", "user": "u_whatsapp", "when": { "channels": ["whatsapp"] } },
+        { "strategy": "user", "user": "u_sms", "when": { "channels": ["twilio", "android_sms"] } }
+    ] }));
+    let team = users(&["u_whatsapp", "u_sms"]);
+    let mut s = situation(1, at(MONDAY_NOON_UTC));
+    s.channels = channels();
+    s.account_id = Some(WHATSAPP_1);
+    assert_eq!(
+        assigned(&decide_one(&set, &team, &History::default(), &s)),
+        ("u_whatsapp", "user#1")
+    );
+    s.account_id = Some(TWILIO);
+    let decision = decide_one(&set, &team, &History::default(), &s);
+    assert_eq!(assigned(&decision), ("u_sms", "user#2"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "user#2 names u_sms; before it: user#1 does not apply: channel is twilio"
+    );
+    // An account whose channel is not known matches no channel rule, and says so.
+    s.account_id = Some(ACCOUNT_B);
+    let Decision::Skip { reason, .. } = decide_one(&set, &team, &History::default(), &s) else {
+        panic!("no rule should apply");
+    };
+    assert!(
+        reason.contains("user#1 does not apply: the account's channel is not known"),
+        "{reason}"
+    );
+    assert_eq!(parse_rules(&set.to_json()).unwrap(), set);
+}
+
+#[test]
+fn channel_settings_that_make_no_sense_are_refused_with_the_field() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({ "multi_touch": "per_platform", "rules": [] }),
+            "multi_touch: `per_platform` is not one of per_account, per_channel, first_owner, \
+             single_owner",
+        ),
+        (
+            json!({ "rules": [ { "strategy": "user", "user": "u", "when": { "channels": ["sms"] } } ] }),
+            "rules[0].when.channels[0]: `sms` is not one of whatsapp, android_sms, imessage, twilio",
+        ),
+        (
+            json!({ "rules": [ { "strategy": "user", "user": "u", "when": { "channels": [] } } ] }),
+            "rules[0].when.channels: is empty: leave it out to match any",
+        ),
+        (
+            json!({ "rules": [ { "strategy": "user", "user": "u",
+                                 "when": { "channels": ["twilio", "twilio"] } } ] }),
+            "rules[0].when.channels[1]: `twilio` is listed twice",
+        ),
+        (
+            json!({ "rules": [ { "strategy": "user", "user": "u", "when": { "channels": "twilio" } } ] }),
+            "rules[0].when.channels: must be a JSON array",
+        ),
+    ];
+    for (document, expected) in cases {
+        let error = parse_rules(&document).expect_err(&format!("accepted {document}"));
+        assert_eq!(error.to_string(), expected);
+    }
+    let parsed = rules(json!({ "multi_touch": "per_channel", "rules": [] }));
+    assert_eq!(parsed.multi_touch, MultiTouch::PerChannel);
+    assert_eq!(parsed.to_json()["multi_touch"], "per_channel");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An owner removed by hand in GHL
+
+fn unassigned_in_ghl(manual: &str) -> (RuleSet, Vec<User>, History, Situation) {
+    let set = source_rules(manual);
+    let team = users(&["u_senior", "u_ana", "u_ben"]);
+    let history = History::new([past(
+        1,
+        ACCOUNT_A,
+        "u_ana",
+        "round_robin#2",
+        "2026-03-16T09:00:00Z",
+    )]);
+    let mut s = situation(1, at(MONDAY_NOON_UTC));
+    s.trigger = Trigger::ReturningContact;
+    s.owners = history.owners_of(s.contact_id);
+    s.ghl_owner = Some(GhlOwner {
+        user_id: None,
+        kind: GhlOwnerKind::ReassignedInGhl,
+        since: at("2026-03-16T10:00:00Z"),
+    });
+    s.ghl_assigned_to = Some(None);
+    (set, team, history, s)
+}
+
+#[test]
+fn an_owner_removed_by_hand_in_ghl_is_not_assigned_again_under_respect() {
+    let (set, team, history, s) = unassigned_in_ghl("respect");
+    let decision = decide_one(&set, &team, &history, &s);
+    assert_eq!(
+        decision,
+        Decision::Skip {
+            reason: "owner removed by hand in GHL (manual: respect): left without an owner \
+                     until a GHL user assigns one; u_ana is not assigned again"
+                .into(),
+            candidates: Vec::new(),
+        }
+    );
+    let Some(whatsnap_events::Event::AssignmentSkipped(event)) = decision.event(&s) else {
+        panic!("a skip is recorded, so explain tells it");
+    };
+    assert_eq!(event.trigger.as_deref(), Some("returning_contact"));
+
+    // Once a GHL user assigns someone by hand, that owner is respected.
+    let mut s = s;
+    s.ghl_owner = ghl_owner(
+        "u_ben",
+        GhlOwnerKind::ReassignedInGhl,
+        "2026-03-16T11:00:00Z",
+    );
+    s.ghl_assigned_to = Some(Some("u_ben".into()));
+    assert_eq!(
+        assigned(&decide_one(&set, &team, &history, &s)),
+        ("u_ben", "ghl_owner")
+    );
+}
+
+#[test]
+fn under_override_an_owner_removed_by_hand_is_set_again_with_the_conflict_explained() {
+    let (set, team, history, s) = unassigned_in_ghl("override");
+    let decision = decide_one(&set, &team, &history, &s);
+    assert_eq!(assigned(&decision), ("u_ana", "current_owner"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "u_ana owns the contact since 2026-03-16 09:00 UTC and is still valid (multi_touch \
+         per_account); GHL shows nobody: written back; overrides owner removed by hand in GHL \
+         (manual: override)"
+    );
+
+    // A contact whatsnap never assigned is decided by the rules, and the reason says whom
+    // they override.
+    let mut s = s;
+    s.owners = Vec::new();
+    let decision = decide_one(&set, &team, &History::default(), &s);
+    assert_eq!(assigned(&decision), ("u_ana", "round_robin#2"));
+    let Decision::Assign { reason, .. } = &decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("; overrides owner removed by hand in GHL (manual: override)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_owner_removed_in_ghl_before_whatsnaps_latest_decision_does_not_count() {
+    // whatsnap decided after the removal (e.g. under override): the removal is history.
+    let (set, team, _, mut s) = unassigned_in_ghl("respect");
+    let history = History::new([past(
+        1,
+        ACCOUNT_A,
+        "u_ana",
+        "current_owner",
+        "2026-03-16T11:00:00Z",
+    )]);
+    s.owners = history.owners_of(s.contact_id);
+    s.ghl_assigned_to = Some(Some("u_ana".into()));
+    assert!(matches!(
+        decide_one(&set, &team, &history, &s),
+        Decision::Keep { .. }
+    ));
 }
