@@ -1,0 +1,746 @@
+//! WhatsApp accounts on an Evolution server, behind whatsnap's seam: an account is one
+//! Evolution instance. [`EvolutionConnector::check`] finds or creates the instance and seals its
+//! token; [`Session::run`] points the instance's webhook at whatsnap, asks for a QR code, and
+//! watches the link's state; messages, receipts and later QR codes arrive through the webhook
+//! ([`crate::webhook`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use whatsnap_connector::{
+    AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkCode,
+    LinkMethod, NewAccount, Outgoing, SendError, Sent, Session,
+};
+use whatsnap_events::{AccountKind, Attachment, LocationId};
+use whatsnap_secrets::{Sealed, SecretKey};
+
+use crate::client::{
+    ConnectAnswer, CreateInstance, EvolutionClient, EvolutionError, LinkState, MediaType,
+    SendMedia, SendText, WebhookConfig,
+};
+use crate::webhook::{QR_VALIDITY, WebhookAuth, phone_of_jid};
+
+/// The engine's name in events, settings and the CLI.
+pub const ENGINE: &str = "evolution";
+
+/// The deployment's Evolution server and how whatsnap drives it.
+#[derive(Clone)]
+pub struct EvolutionConfig {
+    /// The server, e.g. `https://evolution.example.com`.
+    pub base_url: String,
+    /// The server's global key (`AUTHENTICATION_API_KEY`): creating instances needs it.
+    pub api_key: String,
+    /// Where Evolution reaches whatsnap's gateway, e.g. `https://whatsnap.example.com`.
+    pub public_base_url: String,
+    /// When set, webhooks are signed with a JWT under this key (a `jwt_key` webhook header);
+    /// needed when the server does not expose instance tokens in webhook bodies
+    /// (`AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES` unset).
+    pub webhook_jwt_key: Option<String>,
+    /// How often a session asks for the link's state.
+    pub poll_interval: Duration,
+    /// How long one request to Evolution may take.
+    pub request_timeout: Duration,
+}
+
+impl EvolutionConfig {
+    pub fn new(base_url: &str, api_key: &str, public_base_url: &str) -> Self {
+        Self {
+            base_url: base_url.to_owned(),
+            api_key: api_key.to_owned(),
+            public_base_url: public_base_url.to_owned(),
+            webhook_jwt_key: None,
+            poll_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl fmt::Debug for EvolutionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvolutionConfig")
+            .field("base_url", &self.base_url)
+            .field("public_base_url", &self.public_base_url)
+            .field(
+                "webhook_jwt_key",
+                &self.webhook_jwt_key.as_ref().map(|_| "********"),
+            )
+            .field("poll_interval", &self.poll_interval)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL of an account's Evolution webhook on whatsnap's gateway.
+pub fn webhook_url(public_base_url: &str, location: &LocationId, account_id: Uuid) -> String {
+    format!(
+        "{}/webhooks/evolution/{location}/{account_id}",
+        public_base_url.trim_end_matches('/')
+    )
+}
+
+/// What a user gives to add an Evolution account; both optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GivenSettings {
+    /// An existing instance to use; whatsnap names (and creates) one otherwise.
+    instance_name: Option<String>,
+    /// The instance's token, to use an instance whose token the global key cannot read.
+    api_key: Option<String>,
+}
+
+/// What an Evolution account keeps in its settings (the token sealed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvolutionSettings {
+    pub instance_name: String,
+    pub instance_token: Sealed,
+}
+
+impl fmt::Debug for EvolutionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvolutionSettings")
+            .field("instance_name", &self.instance_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EvolutionSettings {
+    pub fn of(settings: &serde_json::Value) -> Result<Self, ConnectorError> {
+        serde_json::from_value(settings.clone()).map_err(|e| {
+            ConnectorError::Invalid(format!(
+                "the account's evolution settings are unreadable: {e}"
+            ))
+        })
+    }
+}
+
+/// The name whatsnap gives the instance of an account it creates.
+pub fn default_instance_name(account_id: Uuid) -> String {
+    format!("whatsnap-{}", account_id.simple())
+}
+
+fn check_instance_name(name: &str) -> Result<(), ConnectorError> {
+    let fine = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(ConnectorError::Invalid(format!(
+            "{name:?} is not a usable instance name: use letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// The Evolution API engine for WhatsApp accounts.
+#[derive(Debug, Clone)]
+pub struct EvolutionConnector {
+    config: EvolutionConfig,
+    client: EvolutionClient,
+}
+
+impl EvolutionConnector {
+    pub fn new(config: EvolutionConfig) -> Result<Self, ConnectorError> {
+        let client = EvolutionClient::with_timeout(
+            &config.base_url,
+            &config.api_key,
+            config.request_timeout,
+        )
+        .map_err(EvolutionError::into_connector_error)?;
+        Ok(Self { config, client })
+    }
+
+    pub fn client(&self) -> &EvolutionClient {
+        &self.client
+    }
+
+    pub fn config(&self) -> &EvolutionConfig {
+        &self.config
+    }
+
+    /// The instance name and token that a webhook for `account` must match, opened.
+    pub fn webhook_secrets(
+        &self,
+        account: &AccountRef,
+    ) -> Result<(String, String), ConnectorError> {
+        let settings = EvolutionSettings::of(&account.settings)?;
+        let token = account
+            .secret_key
+            .open(&settings.instance_token)
+            .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
+        Ok((settings.instance_name, token.expose().to_owned()))
+    }
+
+    /// Checks and reads a webhook POST for `account` (see [`crate::webhook::parse_webhook`]).
+    pub fn parse_webhook(
+        &self,
+        account: &AccountRef,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Vec<ConnectorEvent>, WebhookRefusal> {
+        let (instance_name, api_key) = self
+            .webhook_secrets(account)
+            .map_err(WebhookRefusal::Account)?;
+        let auth = WebhookAuth {
+            instance_name: &instance_name,
+            api_key: &api_key,
+            jwt_key: self.config.webhook_jwt_key.as_deref(),
+        };
+        crate::webhook::parse_webhook(headers, body, &auth).map_err(WebhookRefusal::Webhook)
+    }
+
+    fn webhook_for(&self, location: &LocationId, account_id: Uuid) -> WebhookConfig {
+        WebhookConfig::whatsnap(
+            webhook_url(&self.config.public_base_url, location, account_id),
+            self.config.webhook_jwt_key.as_deref(),
+        )
+    }
+
+    /// Makes sure the instance exists and reports to whatsnap: creates it when absent
+    /// (`qrcode` starts linking at once), points its webhook at whatsnap otherwise. Returns the
+    /// instance's token when the server shows it.
+    async fn ensure_instance(
+        &self,
+        name: &str,
+        token: Option<&str>,
+        webhook: &WebhookConfig,
+        qrcode: bool,
+    ) -> Result<Option<String>, EvolutionError> {
+        match self.client.find_instance(name).await? {
+            Some(found) => {
+                self.client.set_webhook(name, webhook).await?;
+                Ok(found.token)
+            }
+            None => {
+                info!(instance = name, "creating evolution instance");
+                let created = self
+                    .client
+                    .create_instance(&CreateInstance {
+                        instance_name: name.to_owned(),
+                        qrcode,
+                        number: None,
+                        token: token.map(str::to_owned),
+                        webhook: Some(webhook.clone()),
+                    })
+                    .await?;
+                Ok(Some(created.hash))
+            }
+        }
+    }
+
+    async fn send_one(
+        &self,
+        instance: &str,
+        number: &str,
+        body: &str,
+        attachment: Option<&Attachment>,
+    ) -> Result<String, SendError> {
+        let sent = match attachment {
+            None => {
+                self.client
+                    .send_text(
+                        instance,
+                        &SendText {
+                            number: number.to_owned(),
+                            text: body.to_owned(),
+                            delay: 0,
+                            link_preview: false,
+                        },
+                    )
+                    .await
+            }
+            Some(attachment) => {
+                let (media, mime) = media_of(attachment);
+                self.client
+                    .send_media(
+                        instance,
+                        &SendMedia {
+                            number: number.to_owned(),
+                            mediatype: MediaType::of_mime(mime.as_deref()),
+                            media,
+                            mimetype: mime,
+                            file_name: Some(file_name_of(attachment)),
+                            caption: (!body.is_empty()).then(|| body.to_owned()),
+                            delay: 0,
+                        },
+                    )
+                    .await
+            }
+        };
+        sent.map(|s| s.key.id)
+            .map_err(EvolutionError::into_send_error)
+    }
+}
+
+/// Why a webhook for an account was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookRefusal {
+    /// The account's own settings could not be opened (a changed secret key?).
+    #[error("{0}")]
+    Account(ConnectorError),
+    #[error("{0}")]
+    Webhook(crate::webhook::WebhookError),
+}
+
+/// What `sendMedia` gets for an attachment: a `data:` URL's base64 as is, any other URL for
+/// Evolution to download.
+fn media_of(attachment: &Attachment) -> (String, Option<String>) {
+    if let Some(rest) = attachment.url.strip_prefix("data:")
+        && let Some((meta, data)) = rest.split_once(',')
+        && let Some(mime) = meta.strip_suffix(";base64")
+    {
+        let mime = attachment
+            .content_type
+            .clone()
+            .or_else(|| (!mime.is_empty()).then(|| mime.to_owned()));
+        return (data.to_owned(), mime);
+    }
+    (attachment.url.clone(), attachment.content_type.clone())
+}
+
+fn file_name_of(attachment: &Attachment) -> String {
+    if let Some(name) = &attachment.file_name {
+        return name.clone();
+    }
+    let from_url = (!attachment.url.starts_with("data:"))
+        .then(|| {
+            attachment
+                .url
+                .split(['?', '#'])
+                .next()
+                .and_then(|path| path.rsplit('/').next())
+                .filter(|name| !name.is_empty())
+        })
+        .flatten();
+    from_url.map_or_else(|| "attachment".to_owned(), str::to_owned)
+}
+
+/// Evolution's `number`: the E.164 number without its `+`.
+fn number_of(e164: &str) -> String {
+    e164.trim().trim_start_matches('+').to_owned()
+}
+
+#[async_trait]
+impl Connector for EvolutionConnector {
+    fn platform(&self) -> AccountKind {
+        AccountKind::Whatsapp
+    }
+
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
+    async fn check(
+        &self,
+        account: &NewAccount,
+        settings: serde_json::Value,
+        secret_key: &SecretKey,
+    ) -> Result<serde_json::Value, ConnectorError> {
+        let given: GivenSettings = if settings.is_null() {
+            GivenSettings::default()
+        } else {
+            serde_json::from_value(settings).map_err(|e| {
+                ConnectorError::Invalid(format!(
+                    "evolution settings are {{instance_name?, api_key?}}: {e}"
+                ))
+            })?
+        };
+        let name = given
+            .instance_name
+            .unwrap_or_else(|| default_instance_name(account.account_id));
+        check_instance_name(&name)?;
+        if let Some(key) = &given.api_key {
+            // A key given for an existing instance must open it.
+            match self.client.with_key(key).connection_state(&name).await {
+                Ok(_) | Err(EvolutionError::NotFound(_)) => {}
+                Err(EvolutionError::Unauthorized(_)) => {
+                    return Err(ConnectorError::Refused(format!(
+                        "the api_key is not the token of the evolution instance {name}"
+                    )));
+                }
+                Err(error) => return Err(error.into_connector_error()),
+            }
+        }
+        let webhook = self.webhook_for(&account.location, account.account_id);
+        let token = self
+            .ensure_instance(&name, given.api_key.as_deref(), &webhook, false)
+            .await
+            .map_err(EvolutionError::into_connector_error)?
+            .or(given.api_key)
+            .ok_or_else(|| {
+                ConnectorError::Invalid(format!(
+                    "evolution does not show the token of instance {name}: give it as api_key"
+                ))
+            })?;
+        let settings = EvolutionSettings {
+            instance_name: name,
+            instance_token: secret_key.seal(&token),
+        };
+        Ok(serde_json::to_value(settings).expect("settings serialize"))
+    }
+
+    async fn send(&self, account: &AccountRef, outgoing: &Outgoing) -> Result<Sent, SendError> {
+        let settings =
+            EvolutionSettings::of(&account.settings).map_err(|e| SendError::Refused {
+                reason: e.to_string(),
+                code: None,
+            })?;
+        let instance = settings.instance_name.as_str();
+        let number = number_of(&outgoing.to);
+        if outgoing.attachments.is_empty() {
+            let id = self
+                .send_one(instance, &number, &outgoing.body, None)
+                .await?;
+            return Ok(Sent {
+                provider_message_id: id,
+            });
+        }
+        // One message per attachment, the text as the first one's caption. A failure after the
+        // first is logged, not returned: the outbox would send the first again.
+        let mut first = None;
+        for (index, attachment) in outgoing.attachments.iter().enumerate() {
+            let caption = if index == 0 {
+                outgoing.body.as_str()
+            } else {
+                ""
+            };
+            match self
+                .send_one(instance, &number, caption, Some(attachment))
+                .await
+            {
+                Ok(id) => {
+                    first.get_or_insert(id);
+                }
+                Err(error) if first.is_none() => return Err(error),
+                Err(error) => warn!(
+                    message_id = %outgoing.message_id,
+                    attachment = index,
+                    %error,
+                    "evolution did not send an attachment after the first"
+                ),
+            }
+        }
+        Ok(Sent {
+            provider_message_id: first.expect("at least one attachment was sent"),
+        })
+    }
+
+    async fn find_sent(
+        &self,
+        account: &AccountRef,
+        outgoing: &Outgoing,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Sent>, SendError> {
+        let settings =
+            EvolutionSettings::of(&account.settings).map_err(|e| SendError::Refused {
+                reason: e.to_string(),
+                code: None,
+            })?;
+        let jid = format!("{}@s.whatsapp.net", number_of(&outgoing.to));
+        let until = Utc::now() + chrono::Duration::minutes(1);
+        let records = self
+            .client
+            .find_sent_messages(&settings.instance_name, &jid, since, until)
+            .await
+            .map_err(EvolutionError::into_send_error)?;
+        Ok(records
+            .into_iter()
+            .find(|m| m.key.from_me && m.text().unwrap_or_default() == outgoing.body)
+            .map(|m| Sent {
+                provider_message_id: m.key.id,
+            }))
+    }
+
+    fn session(&self) -> Option<&dyn Session> {
+        Some(self)
+    }
+}
+
+/// What a session last told the supervisor about the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Nothing,
+    Linking,
+    Open,
+    Unreachable,
+}
+
+impl EvolutionConnector {
+    /// Emits `event`; `false` when nobody listens any more.
+    async fn emit(events: &mpsc::Sender<ConnectorEvent>, event: ConnectorEvent) -> bool {
+        events.send(event).await.is_ok()
+    }
+
+    /// Connects the instance (creating it when needed) and reports the code it answers.
+    async fn start_linking(
+        &self,
+        account: &AccountRef,
+        name: &str,
+        method: &LinkMethod,
+        events: &mpsc::Sender<ConnectorEvent>,
+    ) -> Result<Shown, EvolutionError> {
+        let webhook = self.webhook_for(&account.location, account.account_id);
+        self.ensure_instance(name, None, &webhook, false).await?;
+        let number = match method {
+            LinkMethod::PairingCode { phone_number } => Some(number_of(phone_number)),
+            LinkMethod::Qr => None,
+        };
+        match self.client.connect(name, number.as_deref()).await? {
+            ConnectAnswer::Open => {
+                self.report_open(name, events).await;
+                Ok(Shown::Open)
+            }
+            ConnectAnswer::Linking(qr) => {
+                let code = match (qr.pairing_code, qr.code) {
+                    (Some(pairing), _) if !pairing.is_empty() => Some(LinkCode::Pairing {
+                        code: pairing,
+                        valid_for: QR_VALIDITY,
+                    }),
+                    (_, Some(code)) if !code.is_empty() => Some(LinkCode::Qr {
+                        code,
+                        valid_for: QR_VALIDITY,
+                    }),
+                    // Evolution had no code yet: it comes with `qrcode.updated`.
+                    _ => None,
+                };
+                if let Some(code) = code {
+                    Self::emit(events, ConnectorEvent::Linking(code)).await;
+                }
+                Ok(Shown::Linking)
+            }
+        }
+    }
+
+    async fn report_open(&self, name: &str, events: &mpsc::Sender<ConnectorEvent>) {
+        let found = self.client.find_instance(name).await.ok().flatten();
+        Self::emit(
+            events,
+            ConnectorEvent::Connected {
+                phone_number: found
+                    .as_ref()
+                    .and_then(|i| i.owner_jid.as_deref())
+                    .and_then(phone_of_jid),
+                display_name: found.and_then(|i| i.profile_name),
+            },
+        )
+        .await;
+    }
+
+    /// One look at the link; returns what is shown after it, or why the session ends.
+    async fn step(
+        &self,
+        account: &AccountRef,
+        name: &str,
+        method: &LinkMethod,
+        shown: Shown,
+        events: &mpsc::Sender<ConnectorEvent>,
+    ) -> Result<Shown, Ended> {
+        let looked = match shown {
+            // (Re)start: the server may also have restarted and lost the instance.
+            Shown::Nothing | Shown::Unreachable => {
+                self.start_linking(account, name, method, events).await
+            }
+            Shown::Linking | Shown::Open => match self.client.connection_state(name).await {
+                Ok(state) => return self.on_state(name, shown, state, events).await,
+                Err(error) => Err(error),
+            },
+        };
+        match looked {
+            Ok(next) => Ok(next),
+            Err(error) => self.on_error(name, shown, error, events).await,
+        }
+    }
+
+    async fn on_state(
+        &self,
+        name: &str,
+        shown: Shown,
+        state: LinkState,
+        events: &mpsc::Sender<ConnectorEvent>,
+    ) -> Result<Shown, Ended> {
+        debug!(instance = name, ?state, ?shown, "evolution link state");
+        let (reason, detail) = match (shown, state) {
+            (Shown::Open, LinkState::Open) => return Ok(Shown::Open),
+            (_, LinkState::Open) => {
+                self.report_open(name, events).await;
+                return Ok(Shown::Open);
+            }
+            // Linking, or Evolution reconnecting an open link by itself.
+            (_, LinkState::Connecting) => return Ok(shown),
+            (Shown::Open, _) => (
+                DisconnectReason::ConnectionLost,
+                "evolution reports the link closed",
+            ),
+            (_, _) => (
+                DisconnectReason::Refused,
+                "no QR code was scanned before evolution's codes ran out",
+            ),
+        };
+        Err(Self::end(events, reason, detail.to_owned()).await)
+    }
+
+    async fn on_error(
+        &self,
+        name: &str,
+        shown: Shown,
+        error: EvolutionError,
+        events: &mpsc::Sender<ConnectorEvent>,
+    ) -> Result<Shown, Ended> {
+        match error {
+            EvolutionError::NotConnected(reason) | EvolutionError::Unavailable { reason, .. } => {
+                if shown != Shown::Unreachable {
+                    warn!(instance = name, %reason, "evolution cannot be reached");
+                    Self::emit(
+                        events,
+                        ConnectorEvent::Disconnected {
+                            reason: DisconnectReason::EngineUnavailable,
+                            detail: format!("evolution cannot be reached: {reason}"),
+                        },
+                    )
+                    .await;
+                }
+                Ok(Shown::Unreachable)
+            }
+            EvolutionError::NotFound(_) if shown == Shown::Open => Err(Self::end(
+                events,
+                DisconnectReason::LoggedOut,
+                format!("the evolution instance {name} was deleted"),
+            )
+            .await),
+            // Deleted while linking: make it again.
+            EvolutionError::NotFound(_) => Ok(Shown::Nothing),
+            error => Err(Self::end(
+                events,
+                DisconnectReason::Refused,
+                format!("evolution refused the session: {error}"),
+            )
+            .await),
+        }
+    }
+
+    /// Reports that the link closed for `reason`, and ends the session with it.
+    async fn end(
+        events: &mpsc::Sender<ConnectorEvent>,
+        reason: DisconnectReason,
+        detail: String,
+    ) -> Ended {
+        Self::emit(
+            events,
+            ConnectorEvent::Disconnected {
+                reason,
+                detail: detail.clone(),
+            },
+        )
+        .await;
+        Ended { reason, detail }
+    }
+}
+
+#[async_trait]
+impl Session for EvolutionConnector {
+    async fn run(
+        &self,
+        account: &AccountRef,
+        method: LinkMethod,
+        events: mpsc::Sender<ConnectorEvent>,
+        stop: CancellationToken,
+    ) -> Ended {
+        let settings = match EvolutionSettings::of(&account.settings) {
+            Ok(settings) => settings,
+            Err(error) => {
+                return Ended {
+                    reason: DisconnectReason::Refused,
+                    detail: error.to_string(),
+                };
+            }
+        };
+        let name = settings.instance_name;
+        let mut shown = Shown::Nothing;
+        loop {
+            let step = tokio::select! {
+                () = stop.cancelled() => break,
+                step = self.step(account, &name, &method, shown, &events) => step,
+            };
+            match step {
+                Ok(next) => shown = next,
+                Err(ended) => return ended,
+            }
+            if events.is_closed() {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        Ended {
+            reason: DisconnectReason::Stopped,
+            detail: "whatsnap stopped the session".to_owned(),
+        }
+    }
+
+    async fn logout(&self, account: &AccountRef) -> Result<(), ConnectorError> {
+        let settings = EvolutionSettings::of(&account.settings)?;
+        match self.client.logout(&settings.instance_name).await {
+            // Not connected (400) or gone (404): nothing is linked.
+            Ok(())
+            | Err(EvolutionError::NotFound(_))
+            | Err(EvolutionError::Refused {
+                http_status: 400, ..
+            }) => Ok(()),
+            Err(error) => Err(error.into_connector_error()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_become_evolution_media() {
+        let url = Attachment {
+            url: "https://files.example.com/a/photo.png?sig=1".into(),
+            content_type: Some("image/png".into()),
+            file_name: None,
+        };
+        assert_eq!(
+            media_of(&url),
+            (url.url.clone(), Some("image/png".to_owned()))
+        );
+        assert_eq!(file_name_of(&url), "photo.png");
+        let data = Attachment {
+            url: "data:application/pdf;base64,JVBERi0=".into(),
+            content_type: None,
+            file_name: Some("quote.pdf".into()),
+        };
+        assert_eq!(
+            media_of(&data),
+            ("JVBERi0=".to_owned(), Some("application/pdf".to_owned()))
+        );
+        assert_eq!(
+            MediaType::of_mime(Some("application/pdf")),
+            MediaType::Document
+        );
+        assert_eq!(
+            MediaType::of_mime(Some("audio/ogg; codecs=opus")),
+            MediaType::Audio
+        );
+    }
+
+    #[test]
+    fn instance_names_are_checked() {
+        assert!(check_instance_name("acme-1").is_ok());
+        assert!(check_instance_name(&default_instance_name(Uuid::nil())).is_ok());
+        assert!(check_instance_name("").is_err());
+        assert!(check_instance_name("a/b").is_err());
+    }
+}
