@@ -53,6 +53,14 @@ pub enum EvolutionError {
 impl EvolutionError {
     /// As the outbox needs it for a send.
     pub fn into_send_error(self) -> SendError {
+        // Baileys refuses to send on a closed socket before anything leaves. Evolution answers
+        // that with Boom's "Connection Closed": a 500 from its error handler, or a 400 when
+        // its send path catches it (`BadRequestException(error.toString())`).
+        if let Self::Refused { reason, .. } | Self::Unavailable { reason, .. } = &self
+            && reason.contains("Connection Closed")
+        {
+            return SendError::NotConnected(format!("the WhatsApp link is not open: {reason}"));
+        }
         match self {
             Self::Unauthorized(reason) => SendError::Refused {
                 reason: format!("evolution refused the API key: {reason}"),
@@ -71,11 +79,6 @@ impl EvolutionError {
             },
             Self::RateLimited(reason) => SendError::RateLimited(reason),
             Self::NotConnected(reason) => SendError::NotConnected(reason),
-            // Baileys refuses to send on a closed socket before anything leaves, and Evolution
-            // answers that with a 500 whose message is Boom's "Connection Closed".
-            Self::Unavailable { reason, .. } if reason.contains("Connection Closed") => {
-                SendError::NotConnected(format!("the WhatsApp link is not open: {reason}"))
-            }
             Self::Unavailable { reason, .. } => SendError::Unknown(reason),
         }
     }
@@ -782,6 +785,11 @@ mod tests {
             reason: "Connection Closed".into(),
         };
         assert!(closed.into_send_error().certainly_unsent());
+        let caught = EvolutionError::Refused {
+            http_status: 400,
+            reason: "Error: Connection Closed".into(),
+        };
+        assert!(caught.into_send_error().is_retryable());
         let timeout = EvolutionError::Unavailable {
             http_status: None,
             reason: "operation timed out".into(),
