@@ -25,7 +25,7 @@ use crate::client::{
     ConnectAnswer, CreateInstance, EvolutionClient, EvolutionError, LinkState, MediaType,
     SendMedia, SendText, WebhookConfig,
 };
-use crate::webhook::{QR_VALIDITY, WebhookAuth, phone_of_jid};
+use crate::webhook::{QR_VALIDITY, WebhookAuth, close_reason, phone_of_jid};
 
 /// The engine's name in events, settings and the CLI.
 pub const ENGINE: &str = "evolution";
@@ -575,10 +575,22 @@ impl EvolutionConnector {
             }
             // Linking, or Evolution reconnecting an open link by itself.
             (_, LinkState::Connecting) => return Ok(shown),
-            (Shown::Open, _) => (
-                DisconnectReason::ConnectionLost,
-                "evolution reports the link closed",
-            ),
+            (Shown::Open, _) => {
+                // Evolution records why it gave up on the link (Baileys' status code).
+                let code = self
+                    .client
+                    .find_instance(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.disconnection_reason_code);
+                let (reason, what) = close_reason(code);
+                let detail = match code {
+                    Some(code) => format!("{what} (status {code})"),
+                    None => what.to_owned(),
+                };
+                return Err(Self::end(events, reason, detail).await);
+            }
             (_, _) => (
                 DisconnectReason::Refused,
                 "no QR code was scanned before evolution's codes ran out",

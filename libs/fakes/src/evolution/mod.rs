@@ -233,6 +233,8 @@ pub(crate) struct Instance {
     pub pairing_code: Option<String>,
     /// Messages as Evolution stores them (`findMessages` reads them).
     pub messages: Vec<Value>,
+    /// Baileys' status code when Evolution gave up on the link.
+    pub disconnection_reason: Option<u16>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -282,7 +284,7 @@ impl Instance {
             "businessId": null,
             "token": self.token,
             "clientName": "evolution_exchange",
-            "disconnectionReasonCode": null,
+            "disconnectionReasonCode": self.disconnection_reason,
             "disconnectionObject": null,
             "disconnectionAt": null,
             "createdAt": self.created_at.to_rfc3339(),
@@ -648,6 +650,7 @@ impl FakeEvolution {
         self.shared.with(|inner| {
             let i = inner.instances.get_mut(instance).expect("checked above");
             i.state = LinkState::Open;
+            i.disconnection_reason = None;
             i.owner_jid = Some(wuid.clone());
             i.profile_name = Some(profile_name.to_owned());
             i.qr_code = None;
@@ -679,6 +682,7 @@ impl FakeEvolution {
         self.shared.with(|inner| {
             let i = inner.instances.get_mut(instance).expect("checked above");
             i.state = if terminal {
+                i.disconnection_reason = Some(status_reason);
                 LinkState::Close
             } else {
                 LinkState::Connecting

@@ -34,36 +34,49 @@ pub(super) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Evolution's error answer: `{status, error, response: {message}}`.
-fn error(status: StatusCode, message: Value) -> Response {
-    let word = match status.as_u16() {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        _ => "Internal Server Error",
-    };
-    (
-        status,
-        axum::Json(json!({
-            "status": status.as_u16(),
-            "error": word,
-            "response": { "message": message },
-        })),
-    )
-        .into_response()
+/// What Evolution refuses a request with: `{status, error, response: {message}}`.
+pub(super) struct Refusal {
+    status: StatusCode,
+    message: Value,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let word = match self.status.as_u16() {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            _ => "Internal Server Error",
+        };
+        (
+            self.status,
+            axum::Json(json!({
+                "status": self.status.as_u16(),
+                "error": word,
+                "response": { "message": self.message },
+            })),
+        )
+            .into_response()
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+fn error(status: StatusCode, message: Value) -> Refusal {
+    Refusal { status, message }
 }
 
 /// `BadRequestException(...args)`: the arguments become the `message` array.
-fn bad_request(message: Value) -> Response {
+fn bad_request(message: Value) -> Refusal {
     error(StatusCode::BAD_REQUEST, json!([message]))
 }
 
-fn unauthorized() -> Response {
+fn unauthorized() -> Refusal {
     error(StatusCode::UNAUTHORIZED, json!("Unauthorized"))
 }
 
-async fn not_found_route(method: Method, uri: Uri) -> Response {
+async fn not_found_route(method: Method, uri: Uri) -> Refusal {
     error(
         StatusCode::NOT_FOUND,
         json!([format!("Cannot {method} {uri}")]),
@@ -76,7 +89,7 @@ fn apikey(headers: &HeaderMap) -> Option<&str> {
 
 /// The guards of a route with an instance: it exists (404, before the key is looked at), then
 /// the key is the global one or the instance's token (401).
-fn guard(shared: &Shared, headers: &HeaderMap, name: &str) -> Result<(), Response> {
+fn guard(shared: &Shared, headers: &HeaderMap, name: &str) -> Result<(), Refusal> {
     let (exists, global, token) = shared.with(|inner| {
         let token = inner.instances.get(name).map(|i| i.token.clone());
         (token.is_some(), inner.global_key.clone(), token)
@@ -94,7 +107,7 @@ fn guard(shared: &Shared, headers: &HeaderMap, name: &str) -> Result<(), Respons
 }
 
 /// The request body as JSON; what express' JSON parser refuses is a 400.
-fn json_body(body: &Bytes) -> Result<Value, Response> {
+fn json_body(body: &Bytes) -> Result<Value, Refusal> {
     if body.is_empty() {
         return Ok(json!({}));
     }
@@ -126,7 +139,7 @@ const fn rule(name: &'static str, kind: &'static str, required: bool) -> Rule {
     }
 }
 
-fn validate(body: &Value, rules: &[Rule]) -> Result<(), Response> {
+fn validate(body: &Value, rules: &[Rule]) -> Result<(), Refusal> {
     let mut messages = Vec::new();
     if !body.is_object() {
         messages.push("instance is not of a type(s) object".to_owned());
@@ -193,6 +206,7 @@ pub(super) fn new_instance(
         qr_code: None,
         pairing_code: None,
         messages: Vec::new(),
+        disconnection_reason: None,
         created_at: chrono::Utc::now(),
     }
 }
@@ -277,11 +291,8 @@ fn start_linking(shared: &Shared, name: &str, number: Option<String>) {
     }
 }
 
-async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
+    let body = json_body(&body)?;
     let name = body
         .get("instanceName")
         .and_then(Value::as_str)
@@ -289,15 +300,15 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         .to_owned();
     // instanceLoggedGuard, then the key: creating needs the global one.
     if shared.with(|inner| inner.instances.contains_key(&name)) {
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             json!([format!("This name \"{name}\" is already in use.")]),
-        );
+        ));
     }
     if apikey(&headers) != Some(shared.with(|inner| inner.global_key.clone()).as_str()) {
-        return unauthorized();
+        return Err(unauthorized());
     }
-    if let Err(response) = validate(
+    validate(
         &body,
         &[
             rule("instanceName", "string", false),
@@ -306,11 +317,9 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             rule("qrcode", "boolean", false),
             rule("webhook", "object", false),
         ],
-    ) {
-        return response;
-    }
+    )?;
     if name.is_empty() {
-        return bad_request(json!(["The \"instanceName\" cannot be empty"]));
+        return Err(bad_request(json!(["The \"instanceName\" cannot be empty"])));
     }
     let number = body
         .get("number")
@@ -320,9 +329,9 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         let mut chars = number.chars();
         let leading_digit = chars.next().is_some_and(|c| c.is_ascii_digit());
         if !leading_digit || number.len() < 2 {
-            return bad_request(json!([format!(
+            return Err(bad_request(json!([format!(
                 "number does not match pattern \"^\\\\d+[\\\\.@\\\\w-]+\""
-            )]));
+            )])));
         }
     }
     let integration = body
@@ -330,7 +339,7 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         .and_then(Value::as_str)
         .unwrap_or_default();
     if !INTEGRATIONS.contains(&integration) {
-        return bad_request(json!("Invalid integration"));
+        return Err(bad_request(json!("Invalid integration")));
     }
     let webhook = body.get("webhook").and_then(|w| webhook_of(w, true));
     let (instance, token) = shared.with(|inner| {
@@ -361,7 +370,7 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
     }
     let mut instance = instance;
     instance["status"] = json!(shared.with(|inner| inner.instances[&name].state.as_str()));
-    (
+    Ok((
         StatusCode::CREATED,
         axum::Json(json!({
             "instance": instance,
@@ -381,7 +390,7 @@ async fn create(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             "qrcode": qr,
         })),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn connect(
@@ -389,21 +398,19 @@ async fn connect(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
+) -> Answer {
+    guard(&shared, &headers, &name)?;
     let state = shared.with(|inner| inner.instances[&name].state);
     match state {
-        LinkState::Open => {
-            axum::Json(shared.with(|inner| inner.instances[&name].state_json())).into_response()
-        }
+        LinkState::Open => Ok(
+            axum::Json(shared.with(|inner| inner.instances[&name].state_json())).into_response(),
+        ),
         LinkState::Connecting => {
-            axum::Json(shared.with(|inner| inner.instances[&name].qr_json())).into_response()
+            Ok(axum::Json(shared.with(|inner| inner.instances[&name].qr_json())).into_response())
         }
         LinkState::Close => {
             start_linking(&shared, &name, query.get("number").cloned());
-            axum::Json(shared.with(|inner| inner.instances[&name].qr_json())).into_response()
+            Ok(axum::Json(shared.with(|inner| inner.instances[&name].qr_json())).into_response())
         }
     }
 }
@@ -412,33 +419,32 @@ async fn connection_state(
     State(shared): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    axum::Json(shared.with(|inner| inner.instances[&name].state_json())).into_response()
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    Ok(axum::Json(shared.with(|inner| inner.instances[&name].state_json())).into_response())
 }
 
 async fn logout(
     State(shared): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
+) -> Answer {
+    guard(&shared, &headers, &name)?;
     let was = shared.with(|inner| {
         let i = inner.instances.get_mut(&name).expect("guarded");
         let was = i.state;
         if was != LinkState::Close {
             i.state = LinkState::Close;
+            i.disconnection_reason = Some(401);
             i.qr_code = None;
             i.pairing_code = None;
         }
         was
     });
     if was == LinkState::Close {
-        return bad_request(json!(format!("The \"{name}\" instance is not connected")));
+        return Err(bad_request(json!(format!(
+            "The \"{name}\" instance is not connected"
+        ))));
     }
     shared.deliver_later(
         &name,
@@ -450,30 +456,28 @@ async fn logout(
             ),
         ],
     );
-    axum::Json(json!({ "status": "SUCCESS", "error": false, "response": { "message": "Instance logged out" } }))
-        .into_response()
+    Ok(axum::Json(json!({ "status": "SUCCESS", "error": false, "response": { "message": "Instance logged out" } }))
+        .into_response())
 }
 
 async fn delete_instance(
     State(shared): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
+) -> Answer {
+    guard(&shared, &headers, &name)?;
     shared.with(|inner| inner.instances.remove(&name));
-    axum::Json(json!({ "status": "SUCCESS", "error": false, "response": { "message": "Instance deleted" } }))
-        .into_response()
+    Ok(axum::Json(json!({ "status": "SUCCESS", "error": false, "response": { "message": "Instance deleted" } }))
+        .into_response())
 }
 
 async fn fetch_instances(
     State(shared): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Response {
+) -> Answer {
     let Some(key) = apikey(&headers).map(str::to_owned) else {
-        return unauthorized();
+        return Err(unauthorized());
     };
     let wanted = query.get("instanceName").cloned();
     shared.with(|inner| {
@@ -486,18 +490,18 @@ async fn fetch_instances(
                 .map(Instance::row_json)
                 .collect();
             return if rows.is_empty() {
-                unauthorized()
+                Err(unauthorized())
             } else {
-                axum::Json(json!(rows)).into_response()
+                Ok(axum::Json(json!(rows)).into_response())
             };
         }
         if let Some(name) = &wanted
             && !inner.instances.contains_key(name)
         {
-            return error(
+            return Err(error(
                 StatusCode::NOT_FOUND,
                 json!([format!("Instance \"{name}\" not found")]),
-            );
+            ));
         }
         let rows: Vec<Value> = inner
             .instances
@@ -505,7 +509,7 @@ async fn fetch_instances(
             .filter(|i| wanted.as_ref().is_none_or(|w| *w == i.name))
             .map(Instance::row_json)
             .collect();
-        axum::Json(json!(rows)).into_response()
+        Ok(axum::Json(json!(rows)).into_response())
     })
 }
 
@@ -514,18 +518,15 @@ async fn set_webhook(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    let body = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    let body = json_body(&body)?;
     if body.get("webhook").is_none() {
-        return bad_request(json!(["instance requires property \"webhook\""]));
+        return Err(bad_request(json!([
+            "instance requires property \"webhook\""
+        ])));
     }
-    if let Err(response) = validate(
+    validate(
         &body["webhook"],
         &[
             rule("enabled", "boolean", true),
@@ -534,14 +535,12 @@ async fn set_webhook(
             rule("byEvents", "boolean", false),
             rule("base64", "boolean", false),
         ],
-    ) {
-        return response;
-    }
+    )?;
     let Some(mut webhook) = webhook_of(&body["webhook"], false) else {
-        return bad_request(json!(["The \"url\" cannot be empty"]));
+        return Err(bad_request(json!(["The \"url\" cannot be empty"])));
     };
     if webhook.url.is_empty() {
-        return bad_request(json!(["The \"url\" cannot be empty"]));
+        return Err(bad_request(json!(["The \"url\" cannot be empty"])));
     }
     if !webhook.enabled {
         webhook.events.clear();
@@ -551,23 +550,21 @@ async fn set_webhook(
         i.webhook = Some(webhook);
         webhook_row(i)
     });
-    (StatusCode::CREATED, axum::Json(row)).into_response()
+    Ok((StatusCode::CREATED, axum::Json(row)).into_response())
 }
 
 async fn find_webhook(
     State(shared): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    axum::Json(shared.with(|inner| webhook_row(&inner.instances[&name]))).into_response()
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    Ok(axum::Json(shared.with(|inner| webhook_row(&inner.instances[&name]))).into_response())
 }
 
 /// The checks every send makes before anything leaves: the link is open, the recipient is on
 /// WhatsApp, no failure is injected. Returns the recipient's JID.
-fn check_send(shared: &Shared, name: &str, number: &str) -> Result<String, Response> {
+fn check_send(shared: &Shared, name: &str, number: &str) -> Result<String, Refusal> {
     let digits: String = number
         .split('@')
         .next()
@@ -650,14 +647,9 @@ async fn send_text(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    let body = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    let body = json_body(&body)?;
     let number_rule = Rule {
         description: Some("Invalid format"),
         ..rule("number", "string", true)
@@ -666,7 +658,7 @@ async fn send_text(
         description: Some("Enter a value in milliseconds"),
         ..rule("delay", "integer", false)
     };
-    if let Err(response) = validate(
+    validate(
         &body,
         &[
             number_rule,
@@ -674,25 +666,20 @@ async fn send_text(
             rule("linkPreview", "boolean", false),
             delay_rule,
         ],
-    ) {
-        return response;
-    }
+    )?;
     let text = body["text"].as_str().unwrap_or_default().to_owned();
     if text.trim().is_empty() {
-        return bad_request(json!("Text is required"));
+        return Err(bad_request(json!("Text is required")));
     }
-    let jid = match check_send(&shared, &name, body["number"].as_str().unwrap_or_default()) {
-        Ok(jid) => jid,
-        Err(response) => return response,
-    };
-    accept_send(
+    let jid = check_send(&shared, &name, body["number"].as_str().unwrap_or_default())?;
+    Ok(accept_send(
         &shared,
         &name,
         jid,
         "text",
         body,
         json!({ "conversation": text }),
-    )
+    ))
 }
 
 fn is_url(media: &str) -> bool {
@@ -701,7 +688,7 @@ fn is_url(media: &str) -> bool {
 
 fn is_base64(media: &str) -> bool {
     !media.is_empty()
-        && media.len() % 4 == 0
+        && media.len().is_multiple_of(4)
         && base64::engine::general_purpose::STANDARD
             .decode(media)
             .is_ok()
@@ -712,14 +699,9 @@ async fn send_media(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    let body = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    let body = json_body(&body)?;
     const MEDIA_TYPES: &[&str] = &["image", "document", "video", "audio"];
     let number_rule = Rule {
         description: Some("Invalid format"),
@@ -733,7 +715,7 @@ async fn send_media(
         description: Some("Enter a value in milliseconds"),
         ..rule("delay", "integer", false)
     };
-    if let Err(response) = validate(
+    validate(
         &body,
         &[
             number_rule,
@@ -744,24 +726,21 @@ async fn send_media(
             rule("caption", "string", false),
             delay_rule,
         ],
-    ) {
-        return response;
-    }
+    )?;
     let media = body
         .get("media")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let mediatype = body["mediatype"].as_str().unwrap_or_default();
     if is_base64(media) && body.get("fileName").is_none() && mediatype == "document" {
-        return bad_request(json!("For base64 the file name must be informed."));
+        return Err(bad_request(json!(
+            "For base64 the file name must be informed."
+        )));
     }
     if !is_url(media) && !is_base64(media) {
-        return bad_request(json!("Owned media must be a url or base64"));
+        return Err(bad_request(json!("Owned media must be a url or base64")));
     }
-    let jid = match check_send(&shared, &name, body["number"].as_str().unwrap_or_default()) {
-        Ok(jid) => jid,
-        Err(response) => return response,
-    };
+    let jid = check_send(&shared, &name, body["number"].as_str().unwrap_or_default())?;
     let mut fields = json!({
         "url": "https://mmg.whatsapp.net/v/t62.7118-24/fake.enc",
         "mimetype": if mediatype == "image" { "image/jpeg" } else {
@@ -775,7 +754,7 @@ async fn send_media(
         fields["fileName"] = file_name.clone();
     }
     let message = json!({ format!("{mediatype}Message"): fields });
-    accept_send(&shared, &name, jid, "media", body, message)
+    Ok(accept_send(&shared, &name, jid, "media", body, message))
 }
 
 async fn find_messages(
@@ -783,14 +762,9 @@ async fn find_messages(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(response) = guard(&shared, &headers, &name) {
-        return response;
-    }
-    let body = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+) -> Answer {
+    guard(&shared, &headers, &name)?;
+    let body = json_body(&body)?;
     let key = body.pointer("/where/key").cloned().unwrap_or(Value::Null);
     let time = |bound: &str| {
         body.pointer(&format!("/where/messageTimestamp/{bound}"))
@@ -841,7 +815,7 @@ async fn find_messages(
             m
         })
         .collect();
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "messages": {
             "total": total,
             "pages": total.div_ceil(offset),
@@ -849,7 +823,7 @@ async fn find_messages(
             "records": page_records,
         }
     }))
-    .into_response()
+    .into_response())
 }
 
 // ---- what the phone sends ---------------------------------------------------------------
