@@ -1,8 +1,8 @@
 //! WhatsApp accounts on an Evolution server, behind whatsnap's seam: an account is one
-//! Evolution instance. [`EvolutionConnector::check`] finds or creates the instance and seals its
-//! token; [`Session::run`] points the instance's webhook at whatsnap, asks for a QR code, and
-//! watches the link's state; messages, receipts and later QR codes arrive through the webhook
-//! ([`crate::webhook`]).
+//! Evolution instance. [`Connector::check`] finds or creates the instance and seals its token;
+//! [`Connector::send`] sends text and media through it, [`Connector::find_sent`] looks for a
+//! send whose answer was lost. The live link is `crate::session`; messages, receipts and QR
+//! codes arrive through the webhook ([`crate::webhook`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -10,22 +10,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 use whatsnap_connector::{
-    AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkCode,
-    LinkMethod, NewAccount, Outgoing, SendError, Sent, Session,
+    AccountRef, Connector, ConnectorError, ConnectorEvent, NewAccount, Outgoing, SendError, Sent,
+    Session,
 };
 use whatsnap_events::{AccountKind, Attachment, LocationId};
 use whatsnap_secrets::{Sealed, SecretKey};
 
 use crate::client::{
-    ConnectAnswer, CreateInstance, EvolutionClient, EvolutionError, LinkState, MediaType,
-    SendMedia, SendText, WebhookConfig,
+    CreateInstance, EvolutionClient, EvolutionError, MediaType, SendMedia, SendText, WebhookConfig,
 };
-use crate::webhook::{QR_VALIDITY, WebhookAuth, close_reason, phone_of_jid};
+use crate::webhook::WebhookAuth;
 
 /// The engine's name in events, settings and the CLI.
 pub const ENGINE: &str = "evolution";
@@ -197,7 +194,7 @@ impl EvolutionConnector {
         crate::webhook::parse_webhook(headers, body, &auth).map_err(WebhookRefusal::Webhook)
     }
 
-    fn webhook_for(&self, location: &LocationId, account_id: Uuid) -> WebhookConfig {
+    pub(crate) fn webhook_for(&self, location: &LocationId, account_id: Uuid) -> WebhookConfig {
         WebhookConfig::whatsnap(
             webhook_url(&self.config.public_base_url, location, account_id),
             self.config.webhook_jwt_key.as_deref(),
@@ -207,7 +204,7 @@ impl EvolutionConnector {
     /// Makes sure the instance exists and reports to whatsnap: creates it when absent
     /// (`qrcode` starts linking at once), points its webhook at whatsnap otherwise. Returns the
     /// instance's token when the server shows it.
-    async fn ensure_instance(
+    pub(crate) async fn ensure_instance(
         &self,
         name: &str,
         token: Option<&str>,
@@ -324,7 +321,7 @@ fn file_name_of(attachment: &Attachment) -> String {
 }
 
 /// Evolution's `number`: the E.164 number without its `+`.
-fn number_of(e164: &str) -> String {
+pub(crate) fn number_of(e164: &str) -> String {
     e164.trim().trim_start_matches('+').to_owned()
 }
 
@@ -463,256 +460,6 @@ impl Connector for EvolutionConnector {
         Some(self)
     }
 }
-
-/// What a session last told the supervisor about the link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shown {
-    Nothing,
-    Linking,
-    Open,
-    Unreachable,
-}
-
-impl EvolutionConnector {
-    /// Emits `event`; `false` when nobody listens any more.
-    async fn emit(events: &mpsc::Sender<ConnectorEvent>, event: ConnectorEvent) -> bool {
-        events.send(event).await.is_ok()
-    }
-
-    /// Connects the instance (creating it when needed) and reports the code it answers.
-    async fn start_linking(
-        &self,
-        account: &AccountRef,
-        name: &str,
-        method: &LinkMethod,
-        events: &mpsc::Sender<ConnectorEvent>,
-    ) -> Result<Shown, EvolutionError> {
-        let webhook = self.webhook_for(&account.location, account.account_id);
-        self.ensure_instance(name, None, &webhook, false).await?;
-        let number = match method {
-            LinkMethod::PairingCode { phone_number } => Some(number_of(phone_number)),
-            LinkMethod::Qr => None,
-        };
-        match self.client.connect(name, number.as_deref()).await? {
-            ConnectAnswer::Open => {
-                self.report_open(name, events).await;
-                Ok(Shown::Open)
-            }
-            ConnectAnswer::Linking(qr) => {
-                let code = match (qr.pairing_code, qr.code) {
-                    (Some(pairing), _) if !pairing.is_empty() => Some(LinkCode::Pairing {
-                        code: pairing,
-                        valid_for: QR_VALIDITY,
-                    }),
-                    (_, Some(code)) if !code.is_empty() => Some(LinkCode::Qr {
-                        code,
-                        valid_for: QR_VALIDITY,
-                    }),
-                    // Evolution had no code yet: it comes with `qrcode.updated`.
-                    _ => None,
-                };
-                if let Some(code) = code {
-                    Self::emit(events, ConnectorEvent::Linking(code)).await;
-                }
-                Ok(Shown::Linking)
-            }
-        }
-    }
-
-    async fn report_open(&self, name: &str, events: &mpsc::Sender<ConnectorEvent>) {
-        let found = self.client.find_instance(name).await.ok().flatten();
-        Self::emit(
-            events,
-            ConnectorEvent::Connected {
-                phone_number: found
-                    .as_ref()
-                    .and_then(|i| i.owner_jid.as_deref())
-                    .and_then(phone_of_jid),
-                display_name: found.and_then(|i| i.profile_name),
-            },
-        )
-        .await;
-    }
-
-    /// One look at the link; returns what is shown after it, or why the session ends.
-    async fn step(
-        &self,
-        account: &AccountRef,
-        name: &str,
-        method: &LinkMethod,
-        shown: Shown,
-        events: &mpsc::Sender<ConnectorEvent>,
-    ) -> Result<Shown, Ended> {
-        let looked = match shown {
-            // (Re)start: the server may also have restarted and lost the instance.
-            Shown::Nothing | Shown::Unreachable => {
-                self.start_linking(account, name, method, events).await
-            }
-            Shown::Linking | Shown::Open => match self.client.connection_state(name).await {
-                Ok(state) => return self.on_state(name, shown, state, events).await,
-                Err(error) => Err(error),
-            },
-        };
-        match looked {
-            Ok(next) => Ok(next),
-            Err(error) => self.on_error(name, shown, error, events).await,
-        }
-    }
-
-    async fn on_state(
-        &self,
-        name: &str,
-        shown: Shown,
-        state: LinkState,
-        events: &mpsc::Sender<ConnectorEvent>,
-    ) -> Result<Shown, Ended> {
-        debug!(instance = name, ?state, ?shown, "evolution link state");
-        let (reason, detail) = match (shown, state) {
-            (Shown::Open, LinkState::Open) => return Ok(Shown::Open),
-            (_, LinkState::Open) => {
-                self.report_open(name, events).await;
-                return Ok(Shown::Open);
-            }
-            // Linking, or Evolution reconnecting an open link by itself.
-            (_, LinkState::Connecting) => return Ok(shown),
-            (Shown::Open, _) => {
-                // Evolution records why it gave up on the link (Baileys' status code).
-                let code = self
-                    .client
-                    .find_instance(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|i| i.disconnection_reason_code);
-                let (reason, what) = close_reason(code);
-                let detail = match code {
-                    Some(code) => format!("{what} (status {code})"),
-                    None => what.to_owned(),
-                };
-                return Err(Self::end(events, reason, detail).await);
-            }
-            (_, _) => (
-                DisconnectReason::Refused,
-                "no QR code was scanned before evolution's codes ran out",
-            ),
-        };
-        Err(Self::end(events, reason, detail.to_owned()).await)
-    }
-
-    async fn on_error(
-        &self,
-        name: &str,
-        shown: Shown,
-        error: EvolutionError,
-        events: &mpsc::Sender<ConnectorEvent>,
-    ) -> Result<Shown, Ended> {
-        match error {
-            EvolutionError::NotConnected(reason) | EvolutionError::Unavailable { reason, .. } => {
-                if shown != Shown::Unreachable {
-                    warn!(instance = name, %reason, "evolution cannot be reached");
-                    Self::emit(
-                        events,
-                        ConnectorEvent::Disconnected {
-                            reason: DisconnectReason::EngineUnavailable,
-                            detail: format!("evolution cannot be reached: {reason}"),
-                        },
-                    )
-                    .await;
-                }
-                Ok(Shown::Unreachable)
-            }
-            EvolutionError::NotFound(_) if shown == Shown::Open => Err(Self::end(
-                events,
-                DisconnectReason::LoggedOut,
-                format!("the evolution instance {name} was deleted"),
-            )
-            .await),
-            // Deleted while linking: make it again.
-            EvolutionError::NotFound(_) => Ok(Shown::Nothing),
-            error => Err(Self::end(
-                events,
-                DisconnectReason::Refused,
-                format!("evolution refused the session: {error}"),
-            )
-            .await),
-        }
-    }
-
-    /// Reports that the link closed for `reason`, and ends the session with it.
-    async fn end(
-        events: &mpsc::Sender<ConnectorEvent>,
-        reason: DisconnectReason,
-        detail: String,
-    ) -> Ended {
-        Self::emit(
-            events,
-            ConnectorEvent::Disconnected {
-                reason,
-                detail: detail.clone(),
-            },
-        )
-        .await;
-        Ended { reason, detail }
-    }
-}
-
-#[async_trait]
-impl Session for EvolutionConnector {
-    async fn run(
-        &self,
-        account: &AccountRef,
-        method: LinkMethod,
-        events: mpsc::Sender<ConnectorEvent>,
-        stop: CancellationToken,
-    ) -> Ended {
-        let settings = match EvolutionSettings::of(&account.settings) {
-            Ok(settings) => settings,
-            Err(error) => {
-                return Ended {
-                    reason: DisconnectReason::Refused,
-                    detail: error.to_string(),
-                };
-            }
-        };
-        let name = settings.instance_name;
-        let mut shown = Shown::Nothing;
-        loop {
-            let step = tokio::select! {
-                () = stop.cancelled() => break,
-                step = self.step(account, &name, &method, shown, &events) => step,
-            };
-            match step {
-                Ok(next) => shown = next,
-                Err(ended) => return ended,
-            }
-            if events.is_closed() {
-                break;
-            }
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-            }
-        }
-        Ended {
-            reason: DisconnectReason::Stopped,
-            detail: "whatsnap stopped the session".to_owned(),
-        }
-    }
-
-    async fn logout(&self, account: &AccountRef) -> Result<(), ConnectorError> {
-        let settings = EvolutionSettings::of(&account.settings)?;
-        match self.client.logout(&settings.instance_name).await {
-            // Not connected (400) or gone (404): nothing is linked.
-            Ok(())
-            | Err(EvolutionError::NotFound(_))
-            | Err(EvolutionError::Refused {
-                http_status: 400, ..
-            }) => Ok(()),
-            Err(error) => Err(error.into_connector_error()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

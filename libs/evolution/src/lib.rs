@@ -11,6 +11,7 @@
 pub mod client;
 mod connector;
 pub mod jwt;
+mod session;
 pub mod webhook;
 
 pub use client::{

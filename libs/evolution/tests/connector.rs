@@ -19,7 +19,9 @@ use whatsnap_events::Attachment;
 use whatsnap_evolution::{EvolutionConfig, EvolutionConnector, EvolutionSettings};
 use whatsnap_fakes::FakeEvolution;
 
-const PUBLIC: &str = "https://whatsnap.example.com";
+/// Where whatsnap's gateway would be: nothing listens there, so these sessions see only what
+/// they look at themselves.
+const PUBLIC: &str = "http://127.0.0.1:9";
 
 fn connector(fake: &FakeEvolution) -> EvolutionConnector {
     let mut config = EvolutionConfig::new(&fake.base_url(), FakeEvolution::GLOBAL_API_KEY, PUBLIC);
@@ -242,7 +244,7 @@ async fn next(events: &mut mpsc::Receiver<ConnectorEvent>) -> ConnectorEvent {
 }
 
 #[tokio::test]
-async fn a_session_shows_the_qr_code_connects_on_scan_and_reports_the_server_gone() {
+async fn a_session_shows_each_qr_code_connects_on_scan_and_reports_the_server_gone() {
     let fake = FakeEvolution::start().await.unwrap();
     let connector = connector(&fake);
     let id = Uuid::now_v7();
@@ -267,6 +269,16 @@ async fn a_session_shows_the_qr_code_connects_on_scan_and_reports_the_server_gon
     assert_eq!(
         fake.instance(&name).unwrap().qr_code.as_deref(),
         Some(code.as_str())
+    );
+    // The code rotates; the session follows it without the webhook.
+    let rotated = fake.rotate_qr(&name).await.unwrap().unwrap();
+    assert_ne!(rotated, code);
+    assert_eq!(
+        next(&mut events).await,
+        ConnectorEvent::Linking(LinkCode::Qr {
+            code: rotated,
+            valid_for: Duration::from_secs(45),
+        })
     );
 
     fake.scan(&name, "+5511999990000", "Acme Front Desk")
