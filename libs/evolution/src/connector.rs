@@ -40,6 +40,9 @@ pub struct EvolutionConfig {
     /// needed when the server does not expose instance tokens in webhook bodies
     /// (`AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES` unset).
     pub webhook_jwt_key: Option<String>,
+    /// How long Evolution shows "typing…" to the recipient before each send (its `delay`);
+    /// zero sends at once.
+    pub typing_delay: Duration,
     /// How often a session asks for the link's state.
     pub poll_interval: Duration,
     /// How long one request to Evolution may take.
@@ -53,6 +56,7 @@ impl EvolutionConfig {
             api_key: api_key.to_owned(),
             public_base_url: public_base_url.to_owned(),
             webhook_jwt_key: None,
+            typing_delay: Duration::ZERO,
             poll_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
@@ -68,6 +72,7 @@ impl fmt::Debug for EvolutionConfig {
                 "webhook_jwt_key",
                 &self.webhook_jwt_key.as_ref().map(|_| "********"),
             )
+            .field("typing_delay", &self.typing_delay)
             .field("poll_interval", &self.poll_interval)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
@@ -233,6 +238,10 @@ impl EvolutionConnector {
         }
     }
 
+    fn typing_delay_ms(&self) -> u32 {
+        u32::try_from(self.config.typing_delay.as_millis()).unwrap_or(u32::MAX)
+    }
+
     async fn send_one(
         &self,
         instance: &str,
@@ -248,7 +257,7 @@ impl EvolutionConnector {
                         &SendText {
                             number: number.to_owned(),
                             text: body.to_owned(),
-                            delay: 0,
+                            delay: self.typing_delay_ms(),
                             link_preview: false,
                         },
                     )
@@ -266,7 +275,7 @@ impl EvolutionConnector {
                             mimetype: mime,
                             file_name: Some(file_name_of(attachment)),
                             caption: (!body.is_empty()).then(|| body.to_owned()),
-                            delay: 0,
+                            delay: self.typing_delay_ms(),
                         },
                     )
                     .await
@@ -285,6 +294,18 @@ pub enum WebhookRefusal {
     Account(ConnectorError),
     #[error("{0}")]
     Webhook(crate::webhook::WebhookError),
+}
+
+impl WebhookRefusal {
+    /// What to answer Evolution: a refusal it does not retry (400, 401, 404), or 500 when
+    /// whatsnap could not open the account's settings (Evolution retries; nothing is lost if
+    /// the key is put back).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Account(_) => 500,
+            Self::Webhook(error) => error.http_status(),
+        }
+    }
 }
 
 /// What `sendMedia` gets for an attachment: a `data:` URL's base64 as is, any other URL for

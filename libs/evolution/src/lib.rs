@@ -7,6 +7,21 @@
 //!
 //! Field names and behaviour follow `shared/reference/connectors.md` §2.2 and §6a, read against
 //! Evolution 2.3.6.
+//!
+//! What the Evolution server needs, for the operator's guide:
+//! - its global key (`AUTHENTICATION_API_KEY`) in whatsnap's configuration: creating instances
+//!   needs it;
+//! - a way for whatsnap to trust its webhooks: `AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES=true`
+//!   (the instance token then travels in each body's `apikey`; true in Evolution's
+//!   `.env.example`, false when unset), or a JWT key in whatsnap's configuration (set on every
+//!   instance's webhook as `jwt_key`; Evolution then signs each delivery);
+//! - to reach whatsnap's gateway at `<public base>/webhooks/evolution/<location>/<account>`;
+//! - `DATABASE_SAVE_DATA_NEW_MESSAGE=true` (its default) for a send whose answer was lost to be
+//!   found again instead of sent twice.
+//!
+//! Evolution retries a webhook that failed (10 attempts over about 25 minutes) and never
+//! retries a 400, 401, 403, 404 or 422: the same message can arrive twice, late, and a consumer
+//! deduplicates by [`whatsnap_connector::ObservedMessage::provider_message_id`].
 
 pub mod client;
 mod connector;

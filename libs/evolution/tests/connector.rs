@@ -18,6 +18,7 @@ use whatsnap_connector::{
 use whatsnap_events::Attachment;
 use whatsnap_evolution::{EvolutionConfig, EvolutionConnector, EvolutionSettings};
 use whatsnap_fakes::FakeEvolution;
+use whatsnap_fakes::evolution::SendFault;
 
 /// Where whatsnap's gateway would be: nothing listens there, so these sessions see only what
 /// they look at themselves.
@@ -445,4 +446,50 @@ async fn webhooks_are_read_with_the_accounts_sealed_token() {
             )
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_send_that_timed_out_is_unknown_and_found_if_it_left() {
+    let fake = FakeEvolution::start().await.unwrap();
+    let mut config = EvolutionConfig::new(&fake.base_url(), FakeEvolution::GLOBAL_API_KEY, PUBLIC);
+    config.request_timeout = Duration::from_millis(300);
+    let connector = EvolutionConnector::new(config).unwrap();
+    let account = linked(&fake, &connector).await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+
+    fake.set_send_fault(Some(SendFault::Hang));
+    let lost = outgoing("Sent into the void", vec![]);
+    let error = connector.send(&account, &lost).await.unwrap_err();
+    assert!(!error.certainly_unsent(), "{error:?}");
+    fake.set_send_fault(None);
+    assert_eq!(
+        connector.find_sent(&account, &lost, since).await.unwrap(),
+        None
+    );
+
+    fake.set_send_fault(Some(SendFault::AcceptThenHang));
+    let taken = outgoing("Taken, answer lost", vec![]);
+    let error = connector.send(&account, &taken).await.unwrap_err();
+    assert!(!error.certainly_unsent(), "{error:?}");
+    fake.set_send_fault(None);
+    let found = connector.find_sent(&account, &taken, since).await.unwrap();
+    assert_eq!(
+        found.map(|s| s.provider_message_id),
+        Some(fake.sent()[0].id.clone()),
+        "the outbox finds the message instead of sending it twice"
+    );
+}
+
+#[tokio::test]
+async fn a_typing_delay_is_asked_of_evolution_before_each_send() {
+    let fake = FakeEvolution::start().await.unwrap();
+    let mut config = EvolutionConfig::new(&fake.base_url(), FakeEvolution::GLOBAL_API_KEY, PUBLIC);
+    config.typing_delay = Duration::from_millis(1_200);
+    let connector = EvolutionConnector::new(config).unwrap();
+    let account = linked(&fake, &connector).await;
+    connector
+        .send(&account, &outgoing("hi", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(fake.sent()[0].body["delay"], 1_200);
 }

@@ -31,6 +31,16 @@ pub const INTEGRATIONS: [&str; 3] = ["WHATSAPP-BAILEYS", "WHATSAPP-BUSINESS", "E
 /// Evolution's default `QRCODE_LIMIT`.
 pub const DEFAULT_QRCODE_LIMIT: u32 = 30;
 
+/// How the fake misbehaves on sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFault {
+    /// Never answers, and sends nothing: the client times out.
+    Hang,
+    /// Takes the message (it is sent and stored), then never answers: the client times out
+    /// not knowing.
+    AcceptThenHang,
+}
+
 /// An instance, as the fake holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeEvolutionInstance {
@@ -327,6 +337,7 @@ pub(crate) struct Inner {
     pub expose_apikey: bool,
     pub not_on_whatsapp: HashSet<String>,
     pub fail_next_sends: usize,
+    pub send_fault: Option<SendFault>,
     pub server_url: String,
     pub seq: u64,
 }
@@ -488,6 +499,7 @@ impl FakeEvolution {
                 expose_apikey: true,
                 not_on_whatsapp: HashSet::new(),
                 fail_next_sends: 0,
+                send_fault: None,
                 server_url: format!("http://{addr}"),
                 seq: 0,
             })),
@@ -545,6 +557,11 @@ impl FakeEvolution {
     /// The next `count` sends fail with HTTP 500 after nothing was sent.
     pub fn fail_next_sends(&self, count: usize) {
         self.shared.with(|inner| inner.fail_next_sends = count);
+    }
+
+    /// Makes every send misbehave (`None`: behave again).
+    pub fn set_send_fault(&self, fault: Option<SendFault>) {
+        self.shared.with(|inner| inner.send_fault = fault);
     }
 
     /// Creates an instance directly (as if made earlier by someone else); returns its token.

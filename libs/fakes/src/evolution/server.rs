@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::{
     FakeEvolutionIncoming, FakeEvolutionSent, FakeEvolutionWebhook, FakeSender, INTEGRATIONS,
-    Instance, LinkState, Shared, qr_webhook_data,
+    Instance, LinkState, SendFault, Shared, qr_webhook_data,
 };
 
 pub(super) fn router(shared: Shared) -> Router {
@@ -672,14 +672,29 @@ async fn send_text(
         return Err(bad_request(json!("Text is required")));
     }
     let jid = check_send(&shared, &name, body["number"].as_str().unwrap_or_default())?;
-    Ok(accept_send(
+    before_send(&shared).await;
+    let answer = accept_send(
         &shared,
         &name,
         jid,
         "text",
         body,
         json!({ "conversation": text }),
-    ))
+    );
+    after_send(&shared).await;
+    Ok(answer)
+}
+
+async fn before_send(shared: &Shared) {
+    if shared.with(|inner| inner.send_fault) == Some(SendFault::Hang) {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn after_send(shared: &Shared) {
+    if shared.with(|inner| inner.send_fault) == Some(SendFault::AcceptThenHang) {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn is_url(media: &str) -> bool {
@@ -754,7 +769,10 @@ async fn send_media(
         fields["fileName"] = file_name.clone();
     }
     let message = json!({ format!("{mediatype}Message"): fields });
-    Ok(accept_send(&shared, &name, jid, "media", body, message))
+    before_send(&shared).await;
+    let answer = accept_send(&shared, &name, jid, "media", body, message);
+    after_send(&shared).await;
+    Ok(answer)
 }
 
 async fn find_messages(
