@@ -22,7 +22,7 @@ use whatsnap_secrets::{Sealed, SecretKey};
 use crate::client::{
     CreateInstance, EvolutionClient, EvolutionError, MediaType, SendMedia, SendText, WebhookConfig,
 };
-use crate::webhook::WebhookAuth;
+use crate::webhook::{WebhookAuth, phone_of_jid};
 
 /// The engine's name in events, settings and the CLI.
 pub const ENGINE: &str = "evolution";
@@ -95,6 +95,10 @@ struct GivenSettings {
     instance_name: Option<String>,
     /// The instance's token, to use an instance whose token the global key cannot read.
     api_key: Option<String>,
+    /// An existing instance posting its webhooks elsewhere (n8n, Chatwoot…) is refused unless
+    /// this is set: an instance has one webhook, and whatsnap's replaces the other.
+    #[serde(default)]
+    replace_webhook: bool,
 }
 
 /// What an Evolution account keeps in its settings (the token sealed).
@@ -238,6 +242,47 @@ impl EvolutionConnector {
         }
     }
 
+    /// An existing instance must be free to become the account's: linked to the account's
+    /// number if it is linked at all, and not reporting to someone else.
+    async fn check_existing(
+        &self,
+        account: &NewAccount,
+        name: &str,
+        webhook: &WebhookConfig,
+        replace_webhook: bool,
+    ) -> Result<(), ConnectorError> {
+        let unavailable = EvolutionError::into_connector_error;
+        let Some(found) = self.client.find_instance(name).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let owner = found.owner_jid.as_deref().and_then(phone_of_jid);
+        if let (Some(wanted), Some(owner)) = (&account.phone_number, &owner)
+            && wanted != owner
+        {
+            return Err(ConnectorError::Refused(format!(
+                "the evolution instance {name} is linked to {owner}, not {wanted}"
+            )));
+        }
+        if replace_webhook {
+            return Ok(());
+        }
+        match self.client.find_webhook(name).await.map_err(unavailable)? {
+            Some(current)
+                if current.enabled != Some(false)
+                    && !current.url.is_empty()
+                    && current.url != webhook.url =>
+            {
+                Err(ConnectorError::Invalid(format!(
+                    "the evolution instance {name} already posts its webhooks to {}; an \
+                     instance has one webhook: set \"replace_webhook\": true to give it to \
+                     whatsnap",
+                    current.url
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn typing_delay_ms(&self) -> u32 {
         u32::try_from(self.config.typing_delay.as_millis()).unwrap_or(u32::MAX)
     }
@@ -367,7 +412,7 @@ impl Connector for EvolutionConnector {
         } else {
             serde_json::from_value(settings).map_err(|e| {
                 ConnectorError::Invalid(format!(
-                    "evolution settings are {{instance_name?, api_key?}}: {e}"
+                    "evolution settings are {{instance_name?, api_key?, replace_webhook?}}: {e}"
                 ))
             })?
         };
@@ -388,6 +433,8 @@ impl Connector for EvolutionConnector {
             }
         }
         let webhook = self.webhook_for(&account.location, account.account_id);
+        self.check_existing(account, &name, &webhook, given.replace_webhook)
+            .await?;
         let token = self
             .ensure_instance(&name, given.api_key.as_deref(), &webhook, false)
             .await

@@ -94,11 +94,21 @@ async fn an_existing_instance_is_used_with_its_own_key_and_a_wrong_key_is_refuse
         secret_key().open(&stored.instance_token).unwrap().expose(),
         token
     );
+    // A second account on the same instance would take its webhook from the first: refused
+    // unless asked for.
+    let second = connector
+        .check(
+            &new_account(Uuid::now_v7()),
+            json!({ "instance_name": "agency-7" }),
+            &secret_key(),
+        )
+        .await;
+    assert!(matches!(second, Err(ConnectorError::Invalid(_))), "{second:?}");
     // The global key reads the token when none is given.
     let settings = connector
         .check(
             &new_account(Uuid::now_v7()),
-            json!({ "instance_name": "agency-7" }),
+            json!({ "instance_name": "agency-7", "replace_webhook": true }),
             &secret_key(),
         )
         .await
@@ -492,4 +502,66 @@ async fn a_typing_delay_is_asked_of_evolution_before_each_send() {
         .await
         .unwrap();
     assert_eq!(fake.sent()[0].body["delay"], 1_200);
+}
+
+#[tokio::test]
+async fn an_instance_reporting_elsewhere_or_linked_to_another_number_is_not_taken_over() {
+    let fake = FakeEvolution::start().await.unwrap();
+    let connector = connector(&fake);
+    fake.add_instance("agency-n8n");
+    connector
+        .client()
+        .set_webhook(
+            "agency-n8n",
+            &whatsnap_evolution::WebhookConfig::whatsnap("https://n8n.example.com/hook", None),
+        )
+        .await
+        .unwrap();
+    let refused = connector
+        .check(
+            &new_account(Uuid::now_v7()),
+            json!({ "instance_name": "agency-n8n" }),
+            &secret_key(),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(ConnectorError::Invalid(reason)) if reason.contains("https://n8n.example.com/hook")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fake.instance("agency-n8n").unwrap().webhook.unwrap().url,
+        "https://n8n.example.com/hook",
+        "the other webhook is left alone"
+    );
+    let id = Uuid::now_v7();
+    connector
+        .check(
+            &new_account(id),
+            json!({ "instance_name": "agency-n8n", "replace_webhook": true }),
+            &secret_key(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.instance("agency-n8n").unwrap().webhook.unwrap().url,
+        format!("{PUBLIC}/webhooks/evolution/LocEvolution0001/{id}")
+    );
+
+    let account = linked(&fake, &connector).await;
+    let name = EvolutionSettings::of(&account.settings)
+        .unwrap()
+        .instance_name;
+    let mut other_number = new_account(Uuid::now_v7());
+    other_number.phone_number = Some("+5511911112222".to_owned());
+    let refused = connector
+        .check(
+            &other_number,
+            json!({ "instance_name": name, "replace_webhook": true }),
+            &secret_key(),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(ConnectorError::Refused(reason)) if reason.contains("+5511999990000")),
+        "{refused:?}"
+    );
 }
