@@ -87,8 +87,8 @@ pub fn webhook_url(public_base_url: &str, location: &LocationId, account_id: Uui
     )
 }
 
-/// What a user gives to add an Evolution account; both optional.
-#[derive(Debug, Default, Deserialize)]
+/// What a user gives to add an Evolution account, all optional. No `Debug`: it holds a key.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GivenSettings {
     /// An existing instance to use; whatsnap names (and creates) one otherwise.

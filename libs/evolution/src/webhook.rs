@@ -116,8 +116,9 @@ pub fn parse_webhook_at(
     events_of(&body)
 }
 
-/// A bearer token, when present, must verify (a forged one is refused even beside a right
-/// `apikey`); without one, the body's `apikey` must be the instance's token.
+/// When whatsnap has a JWT key, a bearer token that comes must verify (a forged one is refused
+/// even beside a right `apikey`); otherwise the body's `apikey` must be the instance's token,
+/// compared in constant time.
 fn authenticate(
     headers: &http::HeaderMap,
     body: &WebhookBody,

@@ -103,7 +103,10 @@ async fn an_existing_instance_is_used_with_its_own_key_and_a_wrong_key_is_refuse
             &secret_key(),
         )
         .await;
-    assert!(matches!(second, Err(ConnectorError::Invalid(_))), "{second:?}");
+    assert!(
+        matches!(second, Err(ConnectorError::Invalid(_))),
+        "{second:?}"
+    );
     // The global key reads the token when none is given.
     let settings = connector
         .check(
