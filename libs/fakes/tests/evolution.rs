@@ -354,6 +354,17 @@ async fn webhooks_carry_the_instance_token_or_a_jwt_and_go_where_configured() {
         json!([["instance requires property \"enabled\""]])
     );
 
+    let (status, body) =
+        set(json!({ "enabled": true, "url": url, "events": ["MESSAGE_UPSERT"] })).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["response"]["message"][0][0]
+            .as_str()
+            .is_some_and(|m| m
+                .starts_with("webhook.events[0] is not one of enum values: APPLICATION_STARTUP,")),
+        "{body}"
+    );
+
     let (status, _) = set(json!({
         "enabled": true, "url": format!("{url}/hook"), "byEvents": true, "base64": true,
         "headers": { "jwt_key": "the-jwt-key" }, "events": ["QRCODE_UPDATED", "CONNECTION_UPDATE"],

@@ -17,6 +17,41 @@ use super::{
     Instance, LinkState, SendFault, Shared, qr_webhook_data,
 };
 
+/// The events a webhook can subscribe to (`EventController.events`).
+const EVENTS: [&str; 31] = [
+    "APPLICATION_STARTUP",
+    "QRCODE_UPDATED",
+    "MESSAGES_SET",
+    "MESSAGES_UPSERT",
+    "MESSAGES_EDITED",
+    "MESSAGES_UPDATE",
+    "MESSAGES_DELETE",
+    "SEND_MESSAGE",
+    "SEND_MESSAGE_UPDATE",
+    "CONTACTS_SET",
+    "CONTACTS_UPSERT",
+    "CONTACTS_UPDATE",
+    "PRESENCE_UPDATE",
+    "CHATS_SET",
+    "CHATS_UPSERT",
+    "CHATS_UPDATE",
+    "CHATS_DELETE",
+    "GROUPS_UPSERT",
+    "GROUP_UPDATE",
+    "GROUP_PARTICIPANTS_UPDATE",
+    "CONNECTION_UPDATE",
+    "LABELS_EDIT",
+    "LABELS_ASSOCIATION",
+    "CALL",
+    "TYPEBOT_START",
+    "TYPEBOT_CHANGE_STATUS",
+    "REMOVE_INSTANCE",
+    "LOGOUT_INSTANCE",
+    "INSTANCE_CREATE",
+    "INSTANCE_DELETE",
+    "STATUS_INSTANCE",
+];
+
 pub(super) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/instance/create", post(create))
@@ -536,6 +571,22 @@ async fn set_webhook(
             rule("base64", "boolean", false),
         ],
     )?;
+    let unknown: Vec<String> = body["webhook"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, e)| !e.as_str().is_some_and(|e| EVENTS.contains(&e)))
+        .map(|(i, _)| {
+            format!(
+                "webhook.events[{i}] is not one of enum values: {}",
+                EVENTS.join(",")
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(bad_request(json!(unknown)));
+    }
     let Some(mut webhook) = webhook_of(&body["webhook"], false) else {
         return Err(bad_request(json!(["The \"url\" cannot be empty"])));
     };
