@@ -258,8 +258,8 @@ async fn next(events: &mut mpsc::Receiver<ConnectorEvent>) -> ConnectorEvent {
 }
 
 #[tokio::test]
-async fn a_session_shows_each_qr_code_connects_on_scan_and_reports_the_server_gone() {
-    let fake = FakeEvolution::start().await.unwrap();
+async fn a_session_shows_each_qr_code_connects_on_scan_and_reports_the_server_gone_and_back() {
+    let mut fake = FakeEvolution::start().await.unwrap();
     let connector = connector(&fake);
     let id = Uuid::now_v7();
     let settings = connector
@@ -314,6 +314,16 @@ async fn a_session_shows_each_qr_code_connects_on_scan_and_reports_the_server_go
             ..
         }
     ));
+
+    // Back, still linked: the session says so without a new scan.
+    fake.restart().await.unwrap();
+    assert_eq!(
+        next(&mut events).await,
+        ConnectorEvent::Connected {
+            phone_number: Some("+5511999990000".to_owned()),
+            display_name: Some("Acme Front Desk".to_owned()),
+        }
+    );
 
     stop.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(10), session)

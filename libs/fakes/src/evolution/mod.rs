@@ -507,21 +507,25 @@ impl FakeEvolution {
                 .timeout(std::time::Duration::from_secs(10))
                 .build()?,
         };
-        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
-        let app = server::router(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await;
-        });
+        let (shutdown, task) = serve(listener, &shared);
         Ok(Self {
             addr,
             shared,
             shutdown,
             task,
         })
+    }
+
+    /// Starts answering again on the same address, with everything it held (as Evolution
+    /// restarting with its database).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let listener = TcpListener::bind(self.addr).await?;
+        let (shutdown, task) = serve(listener, &self.shared);
+        self.task.abort();
+        self.shutdown = shutdown;
+        self.task = task;
+        Ok(())
     }
 
     pub fn base_url(&self) -> String {
@@ -869,6 +873,26 @@ impl FakeEvolution {
             )
             .await)
     }
+}
+
+/// Serves the fake's routes on `listener` until the returned sender says stop.
+fn serve(
+    listener: TcpListener,
+    shared: &Shared,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let app = server::router(shared.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
+    });
+    (shutdown, task)
 }
 
 /// `qrcode.updated`'s `data`.
