@@ -357,6 +357,16 @@ impl MediaType {
             _ => Self::Document,
         }
     }
+
+    /// The `messageType` Evolution stores a message of this kind under.
+    pub fn message_type(self) -> &'static str {
+        match self {
+            Self::Image => "imageMessage",
+            Self::Document => "documentMessage",
+            Self::Video => "videoMessage",
+            Self::Audio => "audioMessage",
+        }
+    }
 }
 
 /// `POST /message/sendMedia/{name}`.

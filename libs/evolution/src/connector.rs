@@ -516,9 +516,23 @@ impl Connector for EvolutionConnector {
             .find_sent_messages(&settings.instance_name, &jid, since, until)
             .await
             .map_err(EvolutionError::into_send_error)?;
+        // What `send` returned: the text, or the first attachment carrying it as its caption.
+        let kind = outgoing
+            .attachments
+            .first()
+            .map(|first| MediaType::of_mime(media_of(first).1.as_deref()).message_type());
         Ok(records
             .into_iter()
-            .find(|m| m.key.from_me && m.text().unwrap_or_default() == outgoing.body)
+            .find(|m| {
+                let same_kind = match (kind, m.message_type.as_deref()) {
+                    (Some(kind), Some(stored)) => kind == stored,
+                    (None, Some(stored)) => {
+                        matches!(stored, "conversation" | "extendedTextMessage")
+                    }
+                    (_, None) => true,
+                };
+                m.key.from_me && same_kind && m.text().unwrap_or_default() == outgoing.body
+            })
             .map(|m| Sent {
                 provider_message_id: m.key.id,
             }))
@@ -528,6 +542,7 @@ impl Connector for EvolutionConnector {
         Some(self)
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

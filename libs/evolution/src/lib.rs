@@ -38,4 +38,6 @@ pub use connector::{
     ENGINE, EvolutionConfig, EvolutionConnector, EvolutionSettings, WebhookRefusal,
     default_instance_name, webhook_url,
 };
-pub use webhook::{QR_VALIDITY, WebhookAuth, WebhookBody, WebhookError, parse_webhook};
+pub use webhook::{
+    QR_VALIDITY, WebhookAuth, WebhookBody, WebhookError, data_url_bytes, parse_webhook,
+};

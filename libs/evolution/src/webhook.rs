@@ -339,6 +339,19 @@ fn attachment_of(message: &Value) -> Option<Attachment> {
     })
 }
 
+/// The media type and bytes of a `data:…;base64,…` URL, as received media arrives in an
+/// [`Attachment`]: what a consumer uploads (GHL takes attachments as URLs) before passing the
+/// attachment on. `None` for any other URL.
+pub fn data_url_bytes(url: &str) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    Some((mime.to_owned(), bytes))
+}
+
 fn timestamp_of(data: &Value) -> Option<DateTime<Utc>> {
     let seconds = match data.get("messageTimestamp")? {
         Value::Number(n) => n.as_i64()?,
@@ -433,6 +446,16 @@ mod tests {
             lid_of_jid("123456789@lid").as_deref(),
             Some("123456789@lid")
         );
+    }
+
+    #[test]
+    fn data_urls_give_back_their_bytes() {
+        assert_eq!(
+            data_url_bytes("data:image/jpeg;base64,/9j/4A=="),
+            Some(("image/jpeg".to_owned(), vec![0xff, 0xd8, 0xff, 0xe0]))
+        );
+        assert_eq!(data_url_bytes("https://example.com/a.jpg"), None);
+        assert_eq!(data_url_bytes("data:text/plain,hello"), None);
     }
 
     #[test]

@@ -247,6 +247,32 @@ async fn a_send_whose_answer_was_lost_is_found_and_an_unsent_one_is_not() {
         connector.find_sent(&account, &never, since).await.unwrap(),
         None
     );
+
+    // A photo without a caption is not mistaken for a text, nor a text for a photo.
+    let photo = outgoing(
+        "",
+        vec![Attachment {
+            url: "https://files.example.com/menu.jpg".to_owned(),
+            content_type: Some("image/jpeg".to_owned()),
+            file_name: None,
+        }],
+    );
+    assert_eq!(
+        connector.find_sent(&account, &photo, since).await.unwrap(),
+        None
+    );
+    let sent_photo = connector.send(&account, &photo).await.unwrap();
+    assert_eq!(
+        connector.find_sent(&account, &photo, since).await.unwrap(),
+        Some(sent_photo)
+    );
+    assert_eq!(
+        connector
+            .find_sent(&account, &outgoing("", vec![]), since)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// The next event within 10 s.
