@@ -12,10 +12,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-use super::{
-    FakeEvolutionIncoming, FakeEvolutionSent, FakeEvolutionWebhook, FakeSender, INTEGRATIONS,
-    Instance, LinkState, SendFault, Shared, qr_webhook_data,
-};
+use super::state::{Instance, LinkState, Shared, qr_webhook_data};
+use super::{FakeEvolutionSent, FakeEvolutionWebhook, INTEGRATIONS, SendFault};
 
 /// The events a webhook can subscribe to (`EventController.events`).
 const EVENTS: [&str; 31] = [
@@ -893,112 +891,4 @@ async fn find_messages(
         }
     }))
     .into_response())
-}
-
-// ---- what the phone sends ---------------------------------------------------------------
-
-fn jid(phone: &str) -> String {
-    format!("{}@s.whatsapp.net", phone.trim_start_matches('+'))
-}
-
-fn lid_jid(lid: &str) -> String {
-    format!("{}@lid", lid.trim_end_matches("@lid"))
-}
-
-/// The `key` of a received message, with the sender's other form as Baileys 7 (or 6) writes it.
-fn received_key(id: &str, incoming: &FakeEvolutionIncoming) -> Value {
-    let (remote, alt, mode) = match &incoming.from {
-        FakeSender::Phone { phone, lid } => (jid(phone), lid.as_deref().map(lid_jid), "pn"),
-        FakeSender::Lid { lid, phone } => (lid_jid(lid), phone.as_deref().map(jid), "lid"),
-    };
-    let mut key = json!({ "remoteJid": remote, "fromMe": false, "id": id });
-    if let Some(chat) = &incoming.chat {
-        key["participant"] = json!(remote);
-        key["remoteJid"] = json!(chat);
-    }
-    match (alt, incoming.baileys6) {
-        (Some(alt), false) => {
-            key["remoteJidAlt"] = json!(alt);
-            key["addressingMode"] = json!(mode);
-        }
-        (Some(alt), true) if mode == "lid" => key["senderPn"] = json!(alt),
-        (Some(alt), true) => key["senderLid"] = json!(alt),
-        (None, false) => key["addressingMode"] = json!(mode),
-        (None, true) => {}
-    }
-    key
-}
-
-/// `messages.upsert`'s `data` for a received message (Evolution's `prepareMessage`).
-pub(super) fn received_message(
-    instance: &mut Instance,
-    id: &str,
-    incoming: &FakeEvolutionIncoming,
-    base64: bool,
-) -> Value {
-    let key = received_key(id, incoming);
-    let (message, message_type) = match &incoming.media {
-        None => (
-            json!({ "conversation": incoming.text.clone().unwrap_or_default() }),
-            "conversation".to_owned(),
-        ),
-        Some(media) => {
-            let kind = format!("{}Message", media.kind);
-            let mut fields = json!({
-                "url": "https://mmg.whatsapp.net/v/t62.7118-24/fake-incoming.enc",
-                "mimetype": media.mimetype,
-                "fileLength": media.data.len().to_string(),
-                "mediaKey": "ZmFrZS1tZWRpYS1rZXk=",
-                "directPath": "/v/t62.7118-24/fake-incoming.enc",
-            });
-            if let Some(caption) = &incoming.text {
-                fields["caption"] = json!(caption);
-            }
-            if let Some(file_name) = &media.file_name {
-                fields["fileName"] = json!(file_name);
-            }
-            if media.kind == "audio" {
-                fields["ptt"] = json!(true);
-                fields["seconds"] = json!(3);
-            }
-            let mut message = json!({ kind.clone(): fields });
-            if base64 {
-                message["base64"] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(&media.data));
-            }
-            (message, kind)
-        }
-    };
-    let data = json!({
-        "key": key,
-        "pushName": incoming.push_name.clone().unwrap_or_else(|| {
-            key["remoteJid"].as_str().unwrap_or_default().split('@').next().unwrap_or_default().to_owned()
-        }),
-        "status": "DELIVERY_ACK",
-        "message": message,
-        "contextInfo": null,
-        "messageType": message_type,
-        "messageTimestamp": chrono::Utc::now().timestamp(),
-        "instanceId": instance.id,
-        "source": "android",
-    });
-    instance.messages.push(data.clone());
-    data
-}
-
-/// `messages.upsert`'s `data` for a message typed on the account's own phone.
-pub(super) fn typed_message(instance: &mut Instance, id: &str, to: &str, text: &str) -> Value {
-    let data = json!({
-        "key": { "remoteJid": jid(to), "fromMe": true, "id": id, "addressingMode": "pn" },
-        "pushName": instance.profile_name.clone().unwrap_or_else(|| "Você".to_owned()),
-        "status": "SERVER_ACK",
-        "message": { "conversation": text },
-        "contextInfo": null,
-        "messageType": "conversation",
-        "messageTimestamp": chrono::Utc::now().timestamp(),
-        "instanceId": instance.id,
-        "source": "android",
-    });
-    instance.messages.push(data.clone());
-    data
 }
