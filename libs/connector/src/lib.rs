@@ -114,7 +114,9 @@ impl DisconnectReason {
             Self::PhoneOffline => "open WhatsApp on the phone and keep it online",
             Self::ClientOutdated => "update whatsnap: WhatsApp refuses this client's version",
             Self::Refused => "run `whatsnap accounts connect` again and scan the QR code in time",
-            Self::Banned => "the number is banned or restricted by WhatsApp; contact WhatsApp support",
+            Self::Banned => {
+                "the number is banned or restricted by WhatsApp; contact WhatsApp support"
+            }
             Self::LoggedOut => {
                 "the device was unlinked; run `whatsnap accounts connect` and scan again"
             }
@@ -207,7 +209,10 @@ pub struct Sent {
 pub enum SendError {
     /// The provider answered and refused it: sending it again will not help.
     #[error("{reason}")]
-    Refused { reason: String, code: Option<String> },
+    Refused {
+        reason: String,
+        code: Option<String>,
+    },
     /// The provider asked whatsnap to slow down; nothing was sent.
     #[error("{0}")]
     RateLimited(String),
