@@ -20,6 +20,11 @@ use crate::client::{ConnectAnswer, EvolutionError, LinkState, QrCode};
 use crate::connector::{EvolutionConnector, EvolutionSettings, number_of};
 use crate::webhook::{QR_VALIDITY, close_reason, phone_of_jid};
 
+/// How many looks in a row must find the link closed before the session ends: Evolution closes
+/// a link for a moment when it reconnects by itself (WhatsApp's "restart required" right after
+/// a scan, a dropped connection), and one look may fall in that moment.
+const CLOSED_LOOKS_TO_END: u32 = 2;
+
 /// What the session last told the supervisor about the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shown {
@@ -39,6 +44,8 @@ struct Watch<'a> {
     shown: Shown,
     /// The last code reported, so that a code is reported once however often it is seen.
     last_code: Option<String>,
+    /// Looks in a row that found the link closed.
+    closed_looks: u32,
 }
 
 /// The code to show for an answer of `connect`: the pairing code when there is one.
@@ -144,6 +151,14 @@ impl Watch<'_> {
 
     async fn on_state(&mut self, state: LinkState) -> Result<(), Ended> {
         debug!(instance = %self.name, ?state, shown = ?self.shown, "evolution link state");
+        if matches!(state, LinkState::Close | LinkState::Refused) {
+            self.closed_looks += 1;
+            if self.closed_looks < CLOSED_LOOKS_TO_END {
+                return Ok(());
+            }
+        } else {
+            self.closed_looks = 0;
+        }
         match (self.shown, state) {
             (Shown::Open, LinkState::Open | LinkState::Connecting) => Ok(()),
             (_, LinkState::Open) => {
@@ -248,6 +263,7 @@ impl Session for EvolutionConnector {
             events,
             shown: Shown::Nothing,
             last_code: None,
+            closed_looks: 0,
         };
         loop {
             let step = tokio::select! {

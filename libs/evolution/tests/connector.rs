@@ -604,3 +604,63 @@ async fn an_instance_reporting_elsewhere_or_linked_to_another_number_is_not_take
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_link_closed_for_a_moment_while_evolution_reconnects_does_not_end_the_session() {
+    let fake = FakeEvolution::start().await.unwrap();
+    let connector = connector(&fake);
+    let account = linked(&fake, &connector).await;
+    let name = EvolutionSettings::of(&account.settings)
+        .unwrap()
+        .instance_name;
+    let (tx, mut events) = mpsc::channel(16);
+    let session = {
+        let connector = connector.clone();
+        let account = account.clone();
+        tokio::spawn(async move {
+            connector
+                .run(&account, LinkMethod::Qr, tx, CancellationToken::new())
+                .await
+        })
+    };
+    assert!(matches!(
+        next(&mut events).await,
+        ConnectorEvent::Connected { .. }
+    ));
+
+    fake.blink(&name).unwrap();
+    // Wait until the session has seen the blink and looked twice more: a session that took the
+    // blink for a close would have ended at the blink.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen_at = None;
+    loop {
+        let (looks, pending) = fake.state_looks(&name);
+        if !pending {
+            let at = *seen_at.get_or_insert(looks);
+            if looks >= at + 2 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session stopped looking after the blink"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(events.try_recv().is_err(), "the blink was not reported");
+    assert!(!session.is_finished());
+    // The next thing the session reports is the real close.
+    fake.disconnect(&name, 401).await.unwrap();
+    assert!(matches!(
+        next(&mut events).await,
+        ConnectorEvent::Disconnected {
+            reason: DisconnectReason::LoggedOut,
+            ..
+        }
+    ));
+    let ended = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.reason, DisconnectReason::LoggedOut);
+}

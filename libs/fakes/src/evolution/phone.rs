@@ -165,6 +165,31 @@ impl FakeEvolution {
             .await)
     }
 
+    /// Evolution closes the link for a moment and reconnects by itself (WhatsApp's "restart
+    /// required" after a scan, code 515): the next `connectionState` answers `close`, later
+    /// ones the state again. Nothing is posted.
+    pub fn blink(&self, instance: &str) -> anyhow::Result<()> {
+        self.shared
+            .with(|inner| {
+                inner
+                    .instances
+                    .get_mut(instance)
+                    .map(|i| i.closed_looks += 1)
+            })
+            .ok_or_else(|| anyhow::anyhow!("no instance {instance}"))
+    }
+
+    /// How many `connectionState` calls the instance answered, and whether a
+    /// [`FakeEvolution::blink`] is still waiting for one.
+    pub fn state_looks(&self, instance: &str) -> (u64, bool) {
+        self.shared.with(|inner| {
+            inner
+                .instances
+                .get(instance)
+                .map_or((0, false), |i| (i.state_looks, i.closed_looks > 0))
+        })
+    }
+
     /// The device is unlinked from the phone (as a logout through the API does).
     pub async fn logout(&self, instance: &str) -> anyhow::Result<()> {
         self.disconnect(instance, 401).await

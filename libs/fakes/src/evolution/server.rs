@@ -240,6 +240,8 @@ pub(super) fn new_instance(
         pairing_code: None,
         messages: Vec::new(),
         disconnection_reason: None,
+        closed_looks: 0,
+        state_looks: 0,
         created_at: chrono::Utc::now(),
     }
 }
@@ -454,7 +456,17 @@ async fn connection_state(
     headers: HeaderMap,
 ) -> Answer {
     guard(&shared, &headers, &name)?;
-    Ok(axum::Json(shared.with(|inner| inner.instances[&name].state_json())).into_response())
+    let answer = shared.with(|inner| {
+        let instance = inner.instances.get_mut(&name).expect("guarded");
+        instance.state_looks += 1;
+        if instance.closed_looks > 0 {
+            instance.closed_looks -= 1;
+            json!({ "instance": { "instanceName": name, "state": "close" } })
+        } else {
+            instance.state_json()
+        }
+    });
+    Ok(axum::Json(answer).into_response())
 }
 
 async fn logout(

@@ -46,6 +46,10 @@ pub(crate) struct Instance {
     pub messages: Vec<Value>,
     /// Baileys' status code when Evolution gave up on the link.
     pub disconnection_reason: Option<u16>,
+    /// `connectionState` answers `close` this many more times, whatever the state.
+    pub closed_looks: u32,
+    /// `connectionState` calls answered.
+    pub state_looks: u64,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
