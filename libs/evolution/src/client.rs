@@ -198,7 +198,7 @@ impl fmt::Debug for WebhookConfig {
 }
 
 /// `POST /instance/create`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreateInstance {
     pub instance_name: String,
     /// Start linking at once (Evolution connects and waits for the first QR code).
@@ -211,13 +211,32 @@ pub struct CreateInstance {
 }
 
 /// What `POST /instance/create` answers (the parts whatsnap reads).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct CreatedInstance {
     pub instance: CreatedInstanceInfo,
     /// The instance's API key (`token`).
     pub hash: String,
     #[serde(default)]
     pub qrcode: Option<QrCode>,
+}
+
+impl fmt::Debug for CreateInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateInstance")
+            .field("instance_name", &self.instance_name)
+            .field("qrcode", &self.qrcode)
+            .field("webhook", &self.webhook)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for CreatedInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedInstance")
+            .field("instance", &self.instance)
+            .field("qrcode", &self.qrcode)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -820,6 +839,20 @@ mod tests {
         assert!(!shown.contains("instance-token"));
         let webhook = WebhookConfig::whatsnap("http://x", Some("the-jwt-key"));
         assert!(!format!("{webhook:?}").contains("the-jwt-key"));
+        let create = CreateInstance {
+            instance_name: "acme".into(),
+            qrcode: true,
+            number: None,
+            token: Some("chosen-token".into()),
+            webhook: Some(webhook),
+        };
+        assert!(!format!("{create:?}").contains("chosen-token"));
+        let created: CreatedInstance = serde_json::from_value(json!({
+            "instance": { "instanceName": "acme", "instanceId": "1" },
+            "hash": "issued-token",
+        }))
+        .unwrap();
+        assert!(!format!("{created:?}").contains("issued-token"));
     }
 
     #[test]

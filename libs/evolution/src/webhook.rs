@@ -69,8 +69,9 @@ impl WebhookError {
     }
 }
 
-/// A webhook body, as Evolution posts it.
-#[derive(Debug, Clone, Deserialize)]
+/// A webhook body, as Evolution posts it. Its `Debug` leaves out `apikey` and `data` (a token,
+/// and message bodies).
+#[derive(Clone, Deserialize)]
 pub struct WebhookBody {
     /// Dotted lowercase: `qrcode.updated`, `connection.update`, `messages.upsert`, …
     pub event: String,
@@ -86,6 +87,16 @@ pub struct WebhookBody {
     /// (`AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES=true`).
     #[serde(default)]
     pub apikey: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookBody")
+            .field("event", &self.event)
+            .field("instance", &self.instance)
+            .field("date_time", &self.date_time)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks a webhook POST at the current time and reads its events.
@@ -446,6 +457,18 @@ mod tests {
             lid_of_jid("123456789@lid").as_deref(),
             Some("123456789@lid")
         );
+    }
+
+    #[test]
+    fn a_webhook_body_shows_neither_its_token_nor_its_messages() {
+        let body: WebhookBody = serde_json::from_value(serde_json::json!({
+            "event": "messages.upsert", "instance": "acme", "apikey": "SECRET-TOKEN",
+            "data": { "message": { "conversation": "private words" } },
+        }))
+        .unwrap();
+        let shown = format!("{body:?}");
+        assert!(shown.contains("messages.upsert"));
+        assert!(!shown.contains("SECRET-TOKEN") && !shown.contains("private words"));
     }
 
     #[test]
