@@ -39,6 +39,8 @@ struct Watch<'a> {
     connector: &'a EvolutionConnector,
     account: &'a AccountRef,
     name: String,
+    /// The instance's token, opened from the account's settings.
+    token: String,
     method: LinkMethod,
     events: mpsc::Sender<ConnectorEvent>,
     shown: Shown,
@@ -90,12 +92,14 @@ impl Watch<'_> {
 
     /// Connects the instance (creating it, or pointing its webhook at whatsnap) and shows the
     /// code it answers.
+    /// An instance deleted on the server is made again with the account's token, so that the
+    /// webhooks it posts still prove themselves.
     async fn start_linking(&mut self) -> Result<(), EvolutionError> {
         let webhook = self
             .connector
             .webhook_for(&self.account.location, self.account.account_id);
         self.connector
-            .ensure_instance(&self.name, None, &webhook, false)
+            .ensure_instance(&self.name, Some(self.token.as_str()), &webhook, false)
             .await?;
         self.connect().await
     }
@@ -246,8 +250,8 @@ impl Session for EvolutionConnector {
         events: mpsc::Sender<ConnectorEvent>,
         stop: CancellationToken,
     ) -> Ended {
-        let settings = match EvolutionSettings::of(&account.settings) {
-            Ok(settings) => settings,
+        let (name, token) = match self.webhook_secrets(account) {
+            Ok(secrets) => secrets,
             Err(error) => {
                 return Ended {
                     reason: DisconnectReason::Refused,
@@ -258,7 +262,8 @@ impl Session for EvolutionConnector {
         let mut watch = Watch {
             connector: self,
             account,
-            name: settings.instance_name,
+            name,
+            token,
             method,
             events,
             shown: Shown::Nothing,

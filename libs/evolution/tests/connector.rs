@@ -664,3 +664,33 @@ async fn a_link_closed_for_a_moment_while_evolution_reconnects_does_not_end_the_
         .unwrap();
     assert_eq!(ended.reason, DisconnectReason::LoggedOut);
 }
+
+#[tokio::test]
+async fn an_instance_deleted_on_the_server_is_made_again_with_the_accounts_token() {
+    let fake = FakeEvolution::start().await.unwrap();
+    let connector = connector(&fake);
+    let id = Uuid::now_v7();
+    let settings = connector
+        .check(&new_account(id), json!({}), &secret_key())
+        .await
+        .unwrap();
+    let account = account_ref(id, settings);
+    let (name, token) = connector.webhook_secrets(&account).unwrap();
+    connector.client().delete_instance(&name).await.unwrap();
+
+    let (tx, mut events) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let session = {
+        let connector = connector.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { connector.run(&account, LinkMethod::Qr, tx, stop).await })
+    };
+    assert!(matches!(
+        next(&mut events).await,
+        ConnectorEvent::Linking(LinkCode::Qr { .. })
+    ));
+    let remade = fake.instance(&name).expect("the instance is made again");
+    assert_eq!(remade.token, token, "webhooks keep proving themselves");
+    stop.cancel();
+    session.await.unwrap();
+}
