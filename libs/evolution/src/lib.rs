@@ -5,6 +5,14 @@
 //! whatsnap's connector seam (`whatsnap-connector`): the session service runs its
 //! [`whatsnap_connector::Session`], the gateway hands it the webhooks.
 //!
+//! Wiring it: the deployment builds one [`EvolutionConnector`] from an [`EvolutionConfig`]. The
+//! gateway routes `POST /webhooks/evolution/{location}/{account_id}` ([`webhook_url`]) to the
+//! account, calls [`EvolutionConnector::parse_webhook`] with the request's headers and raw body,
+//! answers [`WebhookRefusal::http_status`] on a refusal (nothing recorded) and 200 once the
+//! events are recorded. The session service runs [`whatsnap_connector::Session::run`] per
+//! account and records what it reports; both streams can say the same thing (a QR code, a
+//! connection), so their consumer skips a repeat.
+//!
 //! Field names and behaviour follow `shared/reference/connectors.md` §2.2 and §6a, read against
 //! Evolution 2.3.6.
 //!
