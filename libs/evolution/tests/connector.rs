@@ -645,7 +645,7 @@ async fn a_link_closed_for_a_moment_while_evolution_reconnects_does_not_end_the_
             tokio::time::Instant::now() < deadline,
             "the session stopped looking after the blink"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(events.try_recv().is_err(), "the blink was not reported");
     assert!(!session.is_finished());
