@@ -80,6 +80,24 @@ async fn the_instance_must_exist_before_the_key_is_looked_at() {
         );
     }
 
+    // A body that is not JSON is refused before anything else, by express' parser.
+    let response = reqwest::Client::new()
+        .post(url("/message/sendText/ghost"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "Internal Server Error");
+    assert!(
+        body["response"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unexpected token")
+    );
+
     let (status, body) = call(reqwest::Method::GET, url("/nowhere"), Some(GLOBAL), None).await;
     assert_eq!(status, 404);
     assert_eq!(

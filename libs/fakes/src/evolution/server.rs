@@ -71,17 +71,20 @@ pub(super) fn router(shared: Shared) -> Router {
 pub(super) struct Refusal {
     status: StatusCode,
     message: Value,
+    /// The `error` word, when not the status's own: errors that are not Evolution's exceptions
+    /// (express' JSON parser) get the handler's default.
+    word: Option<&'static str>,
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let word = match self.status.as_u16() {
+        let word = self.word.unwrap_or(match self.status.as_u16() {
             400 => "Bad Request",
             401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             _ => "Internal Server Error",
-        };
+        });
         (
             self.status,
             axum::Json(json!({
@@ -97,7 +100,11 @@ impl IntoResponse for Refusal {
 type Answer = Result<Response, Refusal>;
 
 fn error(status: StatusCode, message: Value) -> Refusal {
-    Refusal { status, message }
+    Refusal {
+        status,
+        message,
+        word: None,
+    }
 }
 
 /// `BadRequestException(...args)`: the arguments become the `message` array.
@@ -139,16 +146,16 @@ fn guard(shared: &Shared, headers: &HeaderMap, name: &str) -> Result<(), Refusal
     }
 }
 
-/// The request body as JSON; what express' JSON parser refuses is a 400.
+/// The request body as JSON. What express' JSON parser refuses is a 400 that reaches
+/// Evolution's error handler without an `error` word, so it says `Internal Server Error`.
 fn json_body(body: &Bytes) -> Result<Value, Refusal> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            json!(format!("Unexpected token in JSON: {e}")),
-        )
+    serde_json::from_slice(body).map_err(|e| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        message: json!(format!("Unexpected token in JSON: {e}")),
+        word: Some("Internal Server Error"),
     })
 }
 
@@ -564,8 +571,9 @@ async fn set_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    guard(&shared, &headers, &name)?;
+    // express' JSON parser runs before any route, so a bad body is refused before the guards.
     let body = json_body(&body)?;
+    guard(&shared, &headers, &name)?;
     if body.get("webhook").is_none() {
         return Err(bad_request(json!([
             "instance requires property \"webhook\""
@@ -709,8 +717,9 @@ async fn send_text(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    guard(&shared, &headers, &name)?;
+    // express' JSON parser runs before any route, so a bad body is refused before the guards.
     let body = json_body(&body)?;
+    guard(&shared, &headers, &name)?;
     let number_rule = Rule {
         description: Some("Invalid format"),
         ..rule("number", "string", true)
@@ -776,8 +785,9 @@ async fn send_media(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    guard(&shared, &headers, &name)?;
+    // express' JSON parser runs before any route, so a bad body is refused before the guards.
     let body = json_body(&body)?;
+    guard(&shared, &headers, &name)?;
     const MEDIA_TYPES: &[&str] = &["image", "document", "video", "audio"];
     let number_rule = Rule {
         description: Some("Invalid format"),
@@ -842,8 +852,9 @@ async fn find_messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    guard(&shared, &headers, &name)?;
+    // express' JSON parser runs before any route, so a bad body is refused before the guards.
     let body = json_body(&body)?;
+    guard(&shared, &headers, &name)?;
     let key = body.pointer("/where/key").cloned().unwrap_or(Value::Null);
     let time = |bound: &str| {
         body.pointer(&format!("/where/messageTimestamp/{bound}"))
