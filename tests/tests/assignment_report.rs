@@ -60,6 +60,8 @@ impl Script {
             sender_name: None,
             received_at: self.start + Duration::minutes(minutes),
             attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
         };
         self.at(minutes, AggregateKind::Account, ACCOUNT, event)
             .await;

@@ -116,7 +116,9 @@ impl DisconnectReason {
             Self::PhoneOffline => "open WhatsApp on the phone and keep it online",
             Self::ClientOutdated => "update whatsnap: WhatsApp refuses this client's version",
             Self::Refused => "run `whatsnap accounts connect` again and scan the QR code in time",
-            Self::Banned => "the number is banned or restricted by WhatsApp; contact WhatsApp support",
+            Self::Banned => {
+                "the number is banned or restricted by WhatsApp; contact WhatsApp support"
+            }
             Self::LoggedOut => {
                 "the device was unlinked; run `whatsnap accounts connect` and scan again"
             }
@@ -199,6 +201,14 @@ pub struct Pacing {
 }
 
 impl Pacing {
+    /// The default of WhatsApp accounts linked by QR: at least 3 s between replies from one
+    /// number, plus up to 4 s at random, each after 2 s of "typing…".
+    pub const WHATSAPP: Pacing = Pacing {
+        interval: Duration::from_secs(3),
+        jitter: Duration::from_secs(4),
+        typing: Duration::from_secs(2),
+    };
+
     /// The pause after a send: the interval and a random part of the jitter.
     pub fn pause(&self, random: f64) -> Duration {
         self.interval + self.jitter.mul_f64(random.clamp(0.0, 1.0))
@@ -256,7 +266,10 @@ pub struct Sent {
 pub enum SendError {
     /// The provider answered and refused it: sending it again will not help.
     #[error("{reason}")]
-    Refused { reason: String, code: Option<String> },
+    Refused {
+        reason: String,
+        code: Option<String>,
+    },
     /// The provider asked whatsnap to slow down; nothing was sent.
     #[error("{0}")]
     RateLimited(String),
@@ -382,6 +395,10 @@ pub enum WebhookError {
     /// This engine sends no webhooks to this route.
     #[error("{0}")]
     NotExpected(String),
+    /// whatsnap cannot read the account's own settings (a changed secret key?): the engine
+    /// should deliver it again.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// What a user gave to add an account, before it exists.

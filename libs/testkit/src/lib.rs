@@ -18,9 +18,10 @@ pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_pos
 pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.
+pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{ghl, twilio};
+pub use whatsnap_fakes::{evolution, ghl, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;

@@ -527,6 +527,8 @@ mod tests {
             sender_name: None,
             received_at: feed.start,
             attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
         };
         feed.at(0, inbound);
         let assigned = ContactAssigned {

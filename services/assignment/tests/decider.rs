@@ -359,6 +359,8 @@ async fn account(store: &dyn EventStore, account: Uuid, kind: AccountKind, name:
             tag: format!("whatsnap-account-{name}"),
             phone_number: None,
             twilio: None,
+            engine: None,
+            settings: None,
         }),
     )
     .await;
@@ -379,6 +381,8 @@ async fn message(store: &dyn EventStore, account: Uuid, n: usize) {
             sender_name: None,
             received_at: chrono::Utc::now(),
             attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
         }),
     )
     .await;

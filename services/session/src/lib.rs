@@ -698,6 +698,7 @@ impl pb::session_service_server::SessionService for Session {
                 WebhookError::WrongAccount(reason) | WebhookError::NotExpected(reason) => {
                     ServiceError::NotFound(reason)
                 }
+                WebhookError::Unreadable(reason) => ServiceError::Internal(reason),
             })?;
         let mut duplicates = 0;
         for event in &events {

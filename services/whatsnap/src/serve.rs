@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use sqlx::any::AnyPoolOptions;
 use tokio::net::TcpListener;
@@ -159,6 +159,23 @@ pub struct ServeArgs {
     /// not wait for it.
     #[arg(long, env = "WHATSNAP_SEND_PATIENCE", default_value = "120", value_parser = seconds)]
     send_patience: Duration,
+    /// An Evolution API v2 server that drives WhatsApp accounts for agencies that run one
+    /// (e.g. https://evolution.example.com); without it, WhatsApp accounts use the embedded
+    /// engine only.
+    #[arg(long, env = "WHATSNAP_EVOLUTION_URL")]
+    evolution_url: Option<String>,
+    /// The Evolution server's global API key (its AUTHENTICATION_API_KEY).
+    #[arg(long, env = "WHATSNAP_EVOLUTION_API_KEY", hide_env_values = true)]
+    evolution_api_key: Option<String>,
+    /// The key Evolution signs its webhooks with (a `jwt_key` webhook header), for servers
+    /// that do not put the instance's token in webhook bodies
+    /// (AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES unset).
+    #[arg(long, env = "WHATSNAP_EVOLUTION_WEBHOOK_JWT_KEY", hide_env_values = true)]
+    evolution_webhook_jwt_key: Option<String>,
+    /// The engine new WhatsApp accounts use when they are added without `--engine`:
+    /// `embedded` (in this process, nothing else to install) or `evolution`.
+    #[arg(long, env = "WHATSNAP_WHATSAPP_ENGINE", default_value = "embedded")]
+    whatsapp_engine: String,
     /// Where alerts go when an account disconnects or is connected but not delivering: an
     /// incoming webhook that takes Slack's `{"text": …}` (Slack, Mattermost, Google Chat, most
     /// incident tools). No alerts without it.
@@ -864,7 +881,27 @@ fn connectors(
 ) -> anyhow::Result<whatsnap_connector::Connectors> {
     let twilio = whatsnap_twilio::TwilioConnector::new(
         whatsnap_twilio::TwilioClient::with_timeout(&args.twilio_base_url, args.twilio_timeout)?,
-        public_url,
+        public_url.clone(),
     );
-    Ok(whatsnap_connector::Connectors::default().with(std::sync::Arc::new(twilio)))
+    let mut connectors =
+        whatsnap_connector::Connectors::default().with(std::sync::Arc::new(twilio));
+    if let Some(url) = &args.evolution_url {
+        let Some(key) = &args.evolution_api_key else {
+            bail!("--evolution-url needs --evolution-api-key (WHATSNAP_EVOLUTION_API_KEY)");
+        };
+        let Some(public) = &public_url else {
+            bail!("--evolution-url needs --public-url: Evolution posts its webhooks there");
+        };
+        let mut config = whatsnap_evolution::EvolutionConfig::new(url, key, public);
+        config.webhook_jwt_key = args.evolution_webhook_jwt_key.clone();
+        let evolution = whatsnap_evolution::EvolutionConnector::new(config)
+            .map_err(|e| anyhow!("the Evolution API at {url}: {e}"))?;
+        connectors = connectors.with(std::sync::Arc::new(evolution));
+    }
+    if args.whatsapp_engine != "embedded" || args.evolution_url.is_some() {
+        connectors = connectors
+            .default_engine(&args.whatsapp_engine)
+            .map_err(|e| anyhow!("--whatsapp-engine: {e}"))?;
+    }
+    Ok(connectors)
 }
