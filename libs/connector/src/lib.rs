@@ -474,22 +474,32 @@ impl Connectors {
 
     /// Makes `engine` the default of its platform.
     pub fn default_engine(mut self, engine: &str) -> Result<Self, String> {
-        let connector = self
-            .by_engine
-            .get(engine)
-            .ok_or_else(|| format!("no engine {engine:?}: this deployment runs {}", self.names()))?;
+        let connector = self.by_engine.get(engine).ok_or_else(|| {
+            format!(
+                "no engine {engine:?}: this deployment runs {}",
+                self.names()
+            )
+        })?;
         self.defaults
             .insert(connector.platform().as_str(), connector.engine());
         Ok(self)
     }
 
     fn names(&self) -> String {
-        self.by_engine.keys().copied().collect::<Vec<_>>().join(", ")
+        self.by_engine
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The connector that adds an account of `kind`, by the engine asked for or the platform's
     /// default.
-    pub fn for_new(&self, kind: AccountKind, engine: &str) -> Result<Arc<dyn Connector>, ConnectorError> {
+    pub fn for_new(
+        &self,
+        kind: AccountKind,
+        engine: &str,
+    ) -> Result<Arc<dyn Connector>, ConnectorError> {
         let engine = match engine.trim() {
             "" => self.defaults.get(kind.as_str()).copied().ok_or_else(|| {
                 ConnectorError::Refused(format!(
@@ -515,7 +525,11 @@ impl Connectors {
 
     /// The connector that drives an existing account of `kind`: the engine it was added with,
     /// or (accounts added before engines were recorded) the platform's default.
-    pub fn for_account(&self, kind: AccountKind, engine: Option<&str>) -> Option<Arc<dyn Connector>> {
+    pub fn for_account(
+        &self,
+        kind: AccountKind,
+        engine: Option<&str>,
+    ) -> Option<Arc<dyn Connector>> {
         let engine = match engine {
             Some(engine) => engine,
             None => self.defaults.get(kind.as_str())?,
@@ -528,4 +542,3 @@ impl Connectors {
         self.by_engine.values().filter(|c| c.session().is_some())
     }
 }
-

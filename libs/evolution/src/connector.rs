@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use uuid::Uuid;
 use whatsnap_connector::{
-    AccountRef, Connector, ConnectorError, ConnectorEvent, NewAccount, Outgoing, Pacing,
-    SendError, Sent, Session, WebhookError as SeamWebhookError,
+    AccountRef, Connector, ConnectorError, ConnectorEvent, NewAccount, Outgoing, Pacing, SendError,
+    Sent, Session, WebhookError as SeamWebhookError,
 };
 use whatsnap_events::{AccountKind, Attachment, LocationId};
 use whatsnap_secrets::{Sealed, SecretKey};
@@ -514,7 +514,13 @@ impl Connector for EvolutionConnector {
                 ""
             };
             match self
-                .send_one(instance, &number, caption, Some(attachment), outgoing.typing)
+                .send_one(
+                    instance,
+                    &number,
+                    caption,
+                    Some(attachment),
+                    outgoing.typing,
+                )
                 .await
             {
                 Ok(id) => {

@@ -142,9 +142,7 @@ pub fn url(public_base: &str, id: Uuid) -> String {
 pub fn parse_data_url(url: &str) -> Result<(String, Vec<u8>), MediaError> {
     let rest = url.strip_prefix("data:").ok_or(MediaError::NotDataUrl)?;
     let (meta, data) = rest.split_once(',').ok_or(MediaError::NotDataUrl)?;
-    let content_type = meta
-        .strip_suffix(";base64")
-        .ok_or(MediaError::NotDataUrl)?;
+    let content_type = meta.strip_suffix(";base64").ok_or(MediaError::NotDataUrl)?;
     // Base64 grows a file by a third: refuse a huge one before decoding it.
     if data.len() / 4 * 3 > MAX_BYTES + 3 {
         return Err(MediaError::TooLarge {
@@ -218,7 +216,10 @@ mod tests {
             file_name: None,
         };
         assert_eq!(
-            store.host(&location, "https://w", link.clone()).await.unwrap(),
+            store
+                .host(&location, "https://w", link.clone())
+                .await
+                .unwrap(),
             link
         );
         let bad = Attachment {

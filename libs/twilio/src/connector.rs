@@ -56,18 +56,22 @@ impl TwilioConnector {
 
     /// The account's credentials, the Auth Token opened.
     fn credentials(account: &AccountRef) -> Result<Credentials, SendError> {
-        let stored: TwilioCredentials = serde_json::from_value(account.settings.clone())
-            .map_err(|e| SendError::Refused {
-                reason: format!("the account {} has no Twilio credentials: {e}", account.name),
+        let stored: TwilioCredentials =
+            serde_json::from_value(account.settings.clone()).map_err(|e| SendError::Refused {
+                reason: format!(
+                    "the account {} has no Twilio credentials: {e}",
+                    account.name
+                ),
                 code: None,
             })?;
-        let token = account
-            .secret_key
-            .open(&stored.auth_token)
-            .map_err(|e| SendError::Refused {
-                reason: format!("the account's Auth Token cannot be opened: {e}"),
-                code: None,
-            })?;
+        let token =
+            account
+                .secret_key
+                .open(&stored.auth_token)
+                .map_err(|e| SendError::Refused {
+                    reason: format!("the account's Auth Token cannot be opened: {e}"),
+                    code: None,
+                })?;
         Ok(Credentials::new(stored.account_sid, token.expose()))
     }
 

@@ -7,5 +7,5 @@ pub mod connector;
 pub mod signature;
 pub mod webhook;
 
-pub use connector::TwilioConnector;
 pub use client::{Credentials, DEFAULT_BASE_URL, Outgoing, SentMessage, TwilioClient, TwilioError};
+pub use connector::TwilioConnector;

@@ -742,7 +742,9 @@ async fn connector_webhook(
     };
     let headers = headers
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
         .collect();
     let mut request = tonic::Request::new(session::ConnectorWebhookRequest {
         engine: engine.clone(),
@@ -777,14 +779,9 @@ async fn media(State(hooks): State<Webhooks>, Path(id): Path<String>) -> Respons
     };
     match store.get(id).await {
         Ok(Some(file)) => {
-            let mut response = (
-                [(header::CONTENT_TYPE, file.content_type)],
-                file.bytes,
-            )
-                .into_response();
-            if let Some(name) = file
-                .file_name
-                .filter(|n| !n.contains('"') && n.is_ascii())
+            let mut response =
+                ([(header::CONTENT_TYPE, file.content_type)], file.bytes).into_response();
+            if let Some(name) = file.file_name.filter(|n| !n.contains('"') && n.is_ascii())
                 && let Ok(value) =
                     header::HeaderValue::from_str(&format!("inline; filename=\"{name}\""))
             {

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountAdded, AccountKind, AccountLinkRequested, AccountRemoved, AccountSettingsChanged, Event, TwilioCredentials,
+    AccountAdded, AccountKind, AccountLinkRequested, AccountRemoved, AccountSettingsChanged, Event,
+    TwilioCredentials,
 };
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
@@ -63,6 +64,8 @@ pub struct AccountState {
     pub not_delivering: Option<String>,
     /// How fast the account sends, when set for it; otherwise its connector's default.
     pub pacing: Option<whatsnap_connector::Pacing>,
+    /// The WhatsApp LIDs this account has learned the numbers of.
+    pub identities: std::collections::HashMap<String, String>,
     pub version: u64,
 }
 
@@ -123,6 +126,9 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             state.status_reason = Some(e.reason.clone());
             state.not_delivering = None;
         }
+        Event::ContactIdentityMerged(e) => {
+            state.identities.insert(e.lid.clone(), e.phone.clone());
+        }
         Event::AccountDeliveryChanged(e) => {
             state.not_delivering = (!e.delivering).then(|| e.reason.clone());
         }
@@ -137,7 +143,9 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             let others: serde_json::Map<_, _> = e
                 .changes
                 .iter()
-                .filter(|(name, _)| ![AccountSettingsChanged::TWILIO, PACING].contains(&name.as_str()))
+                .filter(|(name, _)| {
+                    ![AccountSettingsChanged::TWILIO, PACING].contains(&name.as_str())
+                })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
             if !others.is_empty() {

@@ -81,7 +81,10 @@ pub fn decide_connection(
             let already = matches!(state.status, Status::Disconnected | Status::LoggedOut)
                 && state.cause.as_deref() == Some(cause);
             let never_linked = state.status == Status::Added;
-            (!already && !never_linked).then(|| {
+            // A link being made drops and comes back while the codes are shown: only a reason
+            // that ends it (codes ran out, refused, banned) is news.
+            let linking_goes_on = state.status == Status::Linking && reason.reconnects();
+            (!already && !never_linked && !linking_goes_on).then(|| {
                 Event::from(AccountDisconnected {
                     account_id,
                     reason: if detail.is_empty() {

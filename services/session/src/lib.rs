@@ -17,20 +17,19 @@ use chrono::Utc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 use uuid::Uuid;
+use whatsnap_connector::{
+    Connector, ConnectorError, ConnectorEvent, Connectors, NewAccount, ObservedMessage, Receipt,
+    WebhookError,
+};
 use whatsnap_events::{
     AccountKind, AggregateKind, Attachment, ContactIdentityMerged, Event, EventMetadata,
-    InboundMessageHeld, InboundMessageReceived,
-    LocationId, NewEvent, OutboundMessageRequested, StreamId, TwilioCredentials, contact_id_for,
-    inbound_message_id_for, outbound_message_id_for,
+    InboundMessageHeld, InboundMessageReceived, LocationId, NewEvent, OutboundMessageRequested,
+    StreamId, TwilioCredentials, contact_id_for, inbound_message_id_for, outbound_message_id_for,
 };
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 use whatsnap_secrets::SecretKey;
-use whatsnap_connector::{
-    Connector, ConnectorError, ConnectorEvent, Connectors, NewAccount, ObservedMessage, Receipt,
-    WebhookError,
-};
 
 pub use account::{
     AccountState, Connection, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove,
@@ -688,8 +687,8 @@ impl pb::session_service_server::SessionService for Session {
                 headers.insert(name, value);
             }
         }
-        let reference = account_ref(&location, &state, &self.config.secret_key)
-            .ok_or_else(not_found)?;
+        let reference =
+            account_ref(&location, &state, &self.config.secret_key).ok_or_else(not_found)?;
         let events = connector
             .webhook(&reference, &headers, &request.body)
             .map_err(|err| match err {
@@ -750,13 +749,7 @@ impl Session {
                 provider_message_id,
                 receipt,
             } => {
-                let Some(message_id) = read_model::sent_message(
-                    &self.db,
-                    account_id,
-                    provider_message_id,
-                )
-                .await
-                .map_err(ServiceError::from)?
+                let Some(message_id) = self.sent_message(account_id, provider_message_id).await?
                 else {
                     // The send's outcome may not have reached the read model yet: the engine
                     // delivers the receipt again.
@@ -776,8 +769,7 @@ impl Session {
             _ => {
                 for _ in 0..5 {
                     let (stream, state) = self.load_account(location, account_id).await?;
-                    let Some(decided) =
-                        decide_connection(&state, account_id, event, Utc::now())
+                    let Some(decided) = decide_connection(&state, account_id, event, Utc::now())
                     else {
                         return Ok(false);
                     };
@@ -792,6 +784,24 @@ impl Session {
                 )))
             }
         }
+    }
+
+    /// The message whatsnap sent through the account as `provider_message_id`, waiting a few
+    /// seconds for the read model: a receipt can come right behind the send.
+    async fn sent_message(
+        &self,
+        account_id: Uuid,
+        provider_message_id: &str,
+    ) -> ServiceResult<Option<Uuid>> {
+        for _ in 0..50 {
+            if let Some(found) =
+                read_model::sent_message(&self.db, account_id, provider_message_id).await?
+            {
+                return Ok(Some(found));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(None)
     }
 
     /// A message seen in one of the account's chats, in its own stream named by the platform's
@@ -823,16 +833,23 @@ impl Session {
         let phone = match (message.peer.phone.as_deref(), lid) {
             (Some(phone), Some(lid)) => {
                 let phone = whatsnap_rpc::phone(phone)?.to_string();
-                self.learn_identity(location, &stream, account_id, lid, &phone, message)
-                    .await?;
+                if account.identities.get(lid) != Some(&phone) {
+                    self.learn_identity(location, &stream, account_id, lid, &phone, message)
+                        .await?;
+                }
                 phone
             }
             (Some(phone), None) => whatsnap_rpc::phone(phone)?.to_string(),
             (None, Some(lid)) => {
-                match read_model::phone_of_lid(&self.db, location, lid)
-                    .await
-                    .map_err(ServiceError::from)?
-                {
+                // Learned by this account (its own stream, never behind), else by another
+                // account of the location.
+                let known = match account.identities.get(lid) {
+                    Some(phone) => Some(phone.clone()),
+                    None => read_model::phone_of_lid(&self.db, location, lid)
+                        .await
+                        .map_err(ServiceError::from)?,
+                };
+                match known {
                     Some(phone) => phone,
                     None => return self.hold(location, account_id, lid, message).await,
                 }
@@ -875,8 +892,8 @@ impl Session {
         Ok(!self.store.read_stream(stream, 1, 1).await?.is_empty())
     }
 
-    /// Records that `lid` and `phone` are one sender, when whatsnap did not know it, and lets
-    /// go of the messages held for that LID.
+    /// Records that `lid` and `phone` are one sender, and lets go of the messages held for that
+    /// LID.
     async fn learn_identity(
         &self,
         location: &LocationId,
@@ -886,12 +903,6 @@ impl Session {
         phone: &str,
         message: &ObservedMessage,
     ) -> ServiceResult<()> {
-        let known = read_model::phone_of_lid(&self.db, location, lid)
-            .await
-            .map_err(ServiceError::from)?;
-        if known.as_deref() == Some(phone) {
-            return Ok(());
-        }
         let merged = Event::from(ContactIdentityMerged {
             account_id,
             lid: lid.to_owned(),
@@ -950,8 +961,25 @@ impl Session {
         Ok(!self.append_once(&stream, &event).await?)
     }
 
+    /// Lets go of every held message whose sender's number is now known (learned by another
+    /// account, or while the message was being held).
+    pub(crate) async fn release_known(&self) -> ServiceResult<usize> {
+        let known = read_model::held_with_known_number(&self.db)
+            .await
+            .map_err(ServiceError::from)?;
+        for (location, message_id, phone) in &known {
+            self.release(location, *message_id, phone).await?;
+        }
+        Ok(known.len())
+    }
+
     /// A held message, now that its sender's number is known: received, from `phone`.
-    async fn release(&self, location: &LocationId, message_id: Uuid, phone: &str) -> ServiceResult<()> {
+    async fn release(
+        &self,
+        location: &LocationId,
+        message_id: Uuid,
+        phone: &str,
+    ) -> ServiceResult<()> {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
         let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
         let Some(Ok(Event::InboundMessageHeld(held))) = history.first().map(|e| e.decode()) else {

@@ -14,17 +14,16 @@ use sqlx::{Any, AnyConnection, Row};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
+use whatsnap_connector::{AccountRef, Connector, Connectors, Outgoing, Pacing, Receipt, SendError};
 use whatsnap_effects::{Effect, EffectError, OpenIntent, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountDeliveryChanged, AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
-    MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
+    AccountDeliveryChanged, AccountKind, AggregateKind, Event, EventMetadata, LocationId,
+    MessageDelivered, MessageFailed, MessageRead, OutboundMessageRouted, OutboundMessageSent,
+    RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
-use whatsnap_connector::{
-    AccountRef, Connector, Connectors, Outgoing, Pacing, Receipt, SendError,
-};
 
 use crate::account;
 use crate::connection::account_ref;
@@ -456,7 +455,7 @@ impl SendWorker {
         let err = match self.outbox.perform(&subject, &effect).await {
             Ok(performed) => {
                 let called = performed.called();
-                if called && stalled.is_some() {
+                if called && matches!(stalled, Some(Some(_))) {
                     self.delivery_changed(location, routed.account_id, true, "a reply was sent")
                         .await?;
                 }
@@ -566,15 +565,14 @@ impl SendWorker {
             )));
         };
         let pacing = account.pacing.unwrap_or_else(|| connector.default_pacing());
-        let stalled = (account.status == account::Status::Connected)
-            .then(|| account.not_delivering.clone());
+        let stalled =
+            (account.status == account::Status::Connected).then(|| account.not_delivering.clone());
         match account_ref(location, &account, &self.secret_key) {
             Some(reference) => Ok(Ok((connector, reference, pacing, stalled))),
             None => Ok(Err(format!("the account {} cannot be read", account.name))),
         }
     }
 }
-
 
 /// The pause before the `attempt`-th retry of an account's head reply, with jitter.
 fn backoff(attempt: u32) -> Duration {

@@ -144,11 +144,13 @@ impl Projection<Any> for AccountsProjection {
             Event::AccountConnected(e) => {
                 set_status(conn, e.account_id.to_string(), "connected", None).await?;
                 if let Some(number) = e.phone_number {
-                    sqlx::query("UPDATE session_accounts SET phone_number = $1 WHERE account_id = $2")
-                        .bind(number)
-                        .bind(e.account_id.to_string())
-                        .execute(conn)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE session_accounts SET phone_number = $1 WHERE account_id = $2",
+                    )
+                    .bind(number)
+                    .bind(e.account_id.to_string())
+                    .execute(conn)
+                    .await?;
                 }
             }
             Event::AccountDisconnected(e) => {
@@ -242,10 +244,7 @@ pub(crate) async fn list(
 
 /// The accounts driven by one of `engines` whose link may need to run: linking, connected or
 /// disconnected. Gives (location, account id) pairs.
-pub(crate) async fn linkable(
-    db: &ReadDb,
-    engines: &[&str],
-) -> sqlx::Result<Vec<(String, String)>> {
+pub(crate) async fn linkable(db: &ReadDb, engines: &[&str]) -> sqlx::Result<Vec<(String, String)>> {
     let rows = sqlx::query(
         "SELECT location_id, account_id, engine FROM session_accounts WHERE status IN ('linking', 'connected', 'disconnected')",
     )
@@ -305,4 +304,26 @@ pub(crate) async fn held_for(
     .fetch_all(db)
     .await?;
     Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+}
+
+/// The held messages whose sender's number is known by now: (location, message, number).
+pub(crate) async fn held_with_known_number(
+    db: &ReadDb,
+) -> sqlx::Result<Vec<(LocationId, uuid::Uuid, String)>> {
+    let rows = sqlx::query(
+        "SELECT h.location_id, h.message_id, i.phone FROM held_messages h \
+         JOIN whatsapp_identities i ON i.location_id = h.location_id AND i.lid = h.lid",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            Some((
+                LocationId::parse(row.get::<String, _>("location_id").as_str()).ok()?,
+                row.get::<String, _>("message_id").parse().ok()?,
+                row.get("phone"),
+            ))
+        })
+        .collect())
 }

@@ -69,6 +69,14 @@ impl Supervisor {
         tokio::pin!(shutdown);
         loop {
             running.retain(|_, link| !link.task.is_finished());
+            match self.session.release_known().await {
+                Ok(0) => {}
+                Ok(released) => info!(
+                    released,
+                    "held messages received: their senders' numbers are known"
+                ),
+                Err(err) => warn!(error = %err, "cannot look at the held messages"),
+            }
             match read_model::linkable(&self.session.db, &engines).await {
                 Ok(accounts) => {
                     let wanted: Vec<(LocationId, Uuid)> = accounts
@@ -113,7 +121,12 @@ impl Supervisor {
     }
 
     /// One account's link, run again while the account wants it.
-    async fn supervise(self: Arc<Self>, location: LocationId, account_id: Uuid, stop: CancellationToken) {
+    async fn supervise(
+        self: Arc<Self>,
+        location: LocationId,
+        account_id: Uuid,
+        stop: CancellationToken,
+    ) {
         let mut failures: u32 = 0;
         loop {
             let state = match self.session.load_account(&location, account_id).await {

@@ -23,14 +23,20 @@ pub type AccountUpdates = Pin<Box<dyn Stream<Item = Result<pb::AccountUpdate, St
 const POLL: Duration = Duration::from_millis(200);
 
 /// The updates of one account, until the watcher goes away or the account is removed.
-pub fn updates(store: Arc<dyn EventStore>, location: LocationId, account_id: Uuid) -> AccountUpdates {
+pub fn updates(
+    store: Arc<dyn EventStore>,
+    location: LocationId,
+    account_id: Uuid,
+) -> AccountUpdates {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
         let mut state = AccountState::default();
         let mut first = true;
         loop {
-            let read = store.read_stream(&stream, state.version + 1, usize::MAX).await;
+            let read = store
+                .read_stream(&stream, state.version + 1, usize::MAX)
+                .await;
             let events = match read {
                 Ok(events) => events,
                 Err(err) => {

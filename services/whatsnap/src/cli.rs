@@ -382,16 +382,15 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             account_id,
             server,
         } => {
-            let account = session::session_service_client::SessionServiceClient::new(
-                server.channel().await?,
-            )
-            .get_account(session::GetAccountRequest {
-                location_id: location,
-                account_id,
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
+            let account =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?)
+                    .get_account(session::GetAccountRequest {
+                        location_id: location,
+                        account_id,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
             print_account_details(&account);
         }
         AccountsCommand::Pacing {
@@ -409,19 +408,18 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 );
                 Ok((seconds * 1000.0).round() as u32)
             };
-            let account = session::session_service_client::SessionServiceClient::new(
-                server.channel().await?,
-            )
-            .set_pacing(session::SetPacingRequest {
-                location_id: location,
-                account_id,
-                interval_ms: millis("interval", interval)?,
-                jitter_ms: millis("jitter", jitter)?,
-                typing_ms: millis("typing", typing)?,
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
+            let account =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?)
+                    .set_pacing(session::SetPacingRequest {
+                        location_id: location,
+                        account_id,
+                        interval_ms: millis("interval", interval)?,
+                        jitter_ms: millis("jitter", jitter)?,
+                        typing_ms: millis("typing", typing)?,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
             print_account_details(&account);
         }
         AccountsCommand::Connect {

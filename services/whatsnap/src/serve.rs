@@ -170,7 +170,11 @@ pub struct ServeArgs {
     /// The key Evolution signs its webhooks with (a `jwt_key` webhook header), for servers
     /// that do not put the instance's token in webhook bodies
     /// (AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES unset).
-    #[arg(long, env = "WHATSNAP_EVOLUTION_WEBHOOK_JWT_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WHATSNAP_EVOLUTION_WEBHOOK_JWT_KEY",
+        hide_env_values = true
+    )]
     evolution_webhook_jwt_key: Option<String>,
     /// The engine new WhatsApp accounts use when they are added without `--engine`:
     /// `embedded` (in this process, nothing else to install) or `evolution`.

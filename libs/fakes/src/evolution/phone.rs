@@ -101,10 +101,11 @@ impl FakeEvolution {
             .await)
     }
 
-    /// WhatsApp closes the link with Baileys' `statusReason`. For the codes Evolution does not
-    /// reconnect after (401 logged out, 403 forbidden, 402, 406) it posts `logout.instance` and
-    /// `connection.update` `close`; for the others it reconnects by itself, which shows as
-    /// `connecting` (see [`FakeEvolution::reconnect`]).
+    /// WhatsApp closes the link with Baileys' `statusReason`: Evolution posts every
+    /// `connection.update`, so `close` with the reason first. For the codes Evolution does not
+    /// reconnect after (401 logged out, 403 forbidden, 402, 406) it also posts
+    /// `logout.instance`; for the others it reconnects by itself, which shows as `connecting`
+    /// (see [`FakeEvolution::reconnect`]).
     pub async fn disconnect(&self, instance: &str, status_reason: u16) -> anyhow::Result<()> {
         if self.instance_state(instance)? != LinkState::Open {
             anyhow::bail!("instance {instance} is not open");
@@ -131,6 +132,13 @@ impl FakeEvolution {
                 )
                 .await;
         } else {
+            self.shared
+                .deliver(
+                    instance,
+                    "connection.update",
+                    json!({ "instance": instance, "state": "close", "statusReason": status_reason }),
+                )
+                .await;
             self.shared
                 .deliver(
                     instance,
