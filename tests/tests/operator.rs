@@ -290,8 +290,9 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = 
     futures::stream::iter([item])
 }
 
-/// `whatsnap serve --demo` on a bare machine: the round trip plays against the built-in fakes,
-/// and afterwards `whatsnap trace` tells the contact's story, reply and delivery included.
+/// `whatsnap serve --demo` on a bare machine: the round trip plays against the built-in fakes —
+/// Twilio, then a WhatsApp account linked by a QR code printed in the terminal — and afterwards
+/// `whatsnap trace` tells the contact's story, reply and delivery included.
 #[test]
 fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
     use std::io::{BufRead, BufReader};
@@ -342,6 +343,11 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
         "tagged [\"whatsnap-account-demo-line\"]",
         "Twilio sent it from +15005550006",
         "GHL was told the reply was delivered",
+        "scan this with WhatsApp",
+        "connected as +5511912345678",
+        "tagged [\"whatsnap-account-demo-whatsapp\"]",
+        "it left through WhatsApp",
+        "Bia read it, and GHL was told so",
     ] {
         assert!(story.contains(step), "{step:?} missing from:\n{story}");
     }

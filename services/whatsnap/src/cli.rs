@@ -266,7 +266,7 @@ async fn connect_account(
 }
 
 /// A QR code for a terminal: two rows of modules per line of text.
-fn render_qr(data: &str) -> anyhow::Result<String> {
+pub(crate) fn render_qr(data: &str) -> anyhow::Result<String> {
     let code = qrcode::QrCode::new(data.as_bytes()).context("making the QR code")?;
     Ok(code
         .render::<qrcode::render::unicode::Dense1x2>()

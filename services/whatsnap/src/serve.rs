@@ -404,6 +404,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         true => {
             let demo = crate::demo::Demo::start().await?;
             args.twilio_base_url = demo.twilio.base_url();
+            args.evolution_url = Some(demo.evolution.base_url());
+            args.evolution_api_key =
+                Some(whatsnap_fakes::evolution::FakeEvolution::GLOBAL_API_KEY.to_owned());
             args.ghl.ghl_api_url = demo.ghl.base_url();
             args.ghl_webhook_ed25519_key = demo.ghl.ed25519_public_key_pem();
             args.ghl.ghl_max_backoff = Duration::from_secs(2);
@@ -761,9 +764,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 bail!("--demo runs every service in one process: leave out --target");
             }
             out.push_str(&format!(
-                "demo: fake GHL at {}, fake Twilio at {}\n",
+                "demo: fake GHL at {}, fake Twilio at {}, fake Evolution API at {}\n",
                 demo.ghl.base_url(),
-                demo.twilio.base_url()
+                demo.twilio.base_url(),
+                demo.evolution.base_url()
             ));
             tokio::spawn(async move {
                 if let Err(err) = demo.play(grpc_addr, http_addr).await {
