@@ -17,7 +17,8 @@ use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually, http_get,
+    ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually, free_port,
+    http_get,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -35,45 +36,24 @@ struct Rig {
     evolution: FakeEvolution,
     whatsnap: Whatsnap,
     channel: Channel,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
+    grpc: u16,
+    http: u16,
 }
 
 impl Rig {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A whatsnap whose process aborts at the fail point `failpoints` names, if any.
+    async fn start_with(failpoints: Option<&str>) -> Self {
         let ghl = FakeGhl::start().await.unwrap();
         let evolution = FakeEvolution::start().await.unwrap();
         let data = tempfile::tempdir().unwrap();
-        let args = [
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--secret-key",
-            SECRET_KEY,
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--ghl-api-url",
-            &ghl.base_url(),
-            "--ghl-webhook-ed25519-key",
-            &ghl.ed25519_public_key_pem(),
-            "--ghl-conversation-provider-id",
-            PROVIDER,
-            "--ghl-max-backoff",
-            "1",
-            "--evolution-url",
-            &evolution.base_url(),
-            "--evolution-api-key",
-            FakeEvolution::GLOBAL_API_KEY,
-            "--whatsapp-engine",
-            "evolution",
-        ]
-        .map(str::to_owned);
-        let whatsnap = Whatsnap::serve(binary(), &args, "whatsapp").unwrap();
-        let channel = Channel::from_shared(whatsnap.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let (grpc, http) = (free_port(), free_port());
+        let whatsnap = launch(&ghl, &evolution, data.path(), grpc, http, failpoints);
+        let channel = connect(&whatsnap).await;
         let token = format!("pit-{LOCATION}-0000-0000");
         ghl.add_private_token(LOCATION, &token);
         ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
@@ -89,8 +69,24 @@ impl Rig {
             evolution,
             whatsnap,
             channel,
-            _data: data,
+            data,
+            grpc,
+            http,
         }
+    }
+
+    /// whatsnap again, on the same data and addresses (after a crash or a stop).
+    async fn restart(&mut self, failpoints: Option<&str>) {
+        let _ = self.whatsnap.kill();
+        self.whatsnap = launch(
+            &self.ghl,
+            &self.evolution,
+            self.data.path(),
+            self.grpc,
+            self.http,
+            failpoints,
+        );
+        self.channel = connect(&self.whatsnap).await;
     }
 
     fn accounts(&self) -> session::session_service_client::SessionServiceClient<Channel> {
@@ -130,6 +126,55 @@ impl Rig {
             self.whatsnap.http.unwrap()
         )
     }
+}
+
+fn launch(
+    ghl: &FakeGhl,
+    evolution: &FakeEvolution,
+    data: &Path,
+    grpc: u16,
+    http: u16,
+    failpoints: Option<&str>,
+) -> Whatsnap {
+    let (grpc, http) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--secret-key",
+        SECRET_KEY,
+        "--grpc-addr",
+        &grpc,
+        "--http-addr",
+        &http,
+        "--ghl-api-url",
+        &ghl.base_url(),
+        "--ghl-webhook-ed25519-key",
+        &ghl.ed25519_public_key_pem(),
+        "--ghl-conversation-provider-id",
+        PROVIDER,
+        "--ghl-max-backoff",
+        "1",
+        "--evolution-url",
+        &evolution.base_url(),
+        "--evolution-api-key",
+        FakeEvolution::GLOBAL_API_KEY,
+        "--whatsapp-engine",
+        "evolution",
+    ]
+    .map(str::to_owned);
+    let env: Vec<(&str, String)> = failpoints
+        .map(|points| ("WHATSNAP_FAILPOINTS", points.to_owned()))
+        .into_iter()
+        .collect();
+    Whatsnap::serve_with_env(binary(), &args, &env, "whatsapp").unwrap()
+}
+
+async fn connect(whatsnap: &Whatsnap) -> Channel {
+    Channel::from_shared(whatsnap.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// The instance whatsnap made for the account in the fake Evolution server.
@@ -562,5 +607,115 @@ async fn an_evolution_webhook_without_the_instance_key_records_nothing() {
         .await
         .is_empty(),
         "a refused webhook records nothing"
+    );
+}
+
+/// A crash while the QR code is shown, and another between Evolution taking a reply and
+/// whatsnap recording it: after each restart the link is made, and the reply is found at
+/// Evolution (`chat/findMessages`) instead of being sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_qr_and_mid_send_loses_nothing_and_sends_nothing_twice() {
+    let mut rig = Rig::start_with(Some("evolution.send.after_call")).await;
+    let account = rig
+        .accounts()
+        .add_account(session::AddAccountRequest {
+            location_id: LOCATION.into(),
+            kind: session::AccountKind::Whatsapp as i32,
+            name: "Front desk".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let instance = instance_of(&account.account_id);
+    rig.accounts()
+        .set_pacing(session::SetPacingRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rig.accounts()
+        .connect_account(session::ConnectAccountRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            pairing_phone_number: String::new(),
+        })
+        .await
+        .unwrap();
+    eventually("a QR code shown", async || {
+        rig.evolution.instance(&instance)?.qr_code
+    })
+    .await;
+
+    // Killed while the code is on screen: the link is taken up again.
+    rig.restart(Some("evolution.send.after_call")).await;
+    rig.evolution
+        .scan(&instance, OWN_NUMBER, "Front desk")
+        .await
+        .unwrap();
+    eventually("connected after the restart", async || {
+        (rig.account(&account.account_id).await.status == "connected").then_some(())
+    })
+    .await;
+
+    rig.evolution
+        .receive(&instance, FakeEvolutionIncoming::text(ANA, "¿Hay mesa?"))
+        .await
+        .unwrap();
+    let contact = eventually("Ana in GHL", async || {
+        rig.ghl.contact_by_phone(LOCATION, ANA)
+    })
+    .await;
+    let (reply, code) = rig
+        .ghl
+        .send_provider_outbound(
+            &rig.delivery_url(),
+            LOCATION,
+            &contact.id,
+            "Sí, para dos",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // Evolution takes it; whatsnap dies before recording that it did.
+    eventually("whatsnap stopped at the fail point", async || {
+        rig.whatsnap.exited()
+    })
+    .await;
+    assert_eq!(
+        rig.evolution
+            .sent()
+            .iter()
+            .filter(|m| m.text() == Some("Sí, para dos"))
+            .count(),
+        1
+    );
+
+    rig.restart(None).await;
+    let location = LocationId::parse(LOCATION).unwrap();
+    let message = StreamId::for_uuid(
+        location.clone(),
+        AggregateKind::Message,
+        whatsnap_events::outbound_message_id_for(&location, &reply),
+    );
+    eventually("the send reconciled and recorded", async || {
+        rig.event_types(&message)
+            .await
+            .iter()
+            .any(|(t, _)| t == "OutboundMessageSent")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        rig.evolution
+            .sent()
+            .iter()
+            .filter(|m| m.text() == Some("Sí, para dos"))
+            .count(),
+        1,
+        "the reply left once"
     );
 }
