@@ -1,0 +1,32 @@
+//! WhatsApp by QR code, embedded: a linked device run in process on the `whatsapp-rust` crate,
+//! so `whatsnap serve` links a WhatsApp account with nothing else installed. It sits behind
+//! whatsnap's connector seam (`whatsnap-connector`) as the `embedded` engine of WhatsApp accounts:
+//!
+//! - [`EmbeddedConnector`] is the [`Connector`](whatsnap_connector::Connector) and
+//!   [`Session`](whatsnap_connector::Session): a session per account runs the crate's client,
+//!   reports what it says as [`ConnectorEvent`](whatsnap_connector::ConnectorEvent)s, and sends
+//!   replies (text, and attachments uploaded to WhatsApp's media servers) through it.
+//! - [`SealedDeviceStore`] keeps each account's device (keys, Signal sessions, protocol state)
+//!   in whatsnap's own read database, SQLite or PostgreSQL, sealed with the deployment's secret
+//!   key: a restart or another replica resumes the link without a new scan, and no pod needs a
+//!   volume.
+//! - [`Translator`] turns the crate's events into whatsnap's; it is pure and tested with the
+//!   crate's own event values.
+//!
+//! **Not run against WhatsApp's servers here**: this was written without internet access. The
+//! translation of events, the device store (on SQLite and PostgreSQL) and the reply building
+//! are tested; linking a phone, sending and receiving are not. Unofficial clients risk the
+//! number being banned by WhatsApp.
+//!
+//! Built without the crate's `simd` feature (nightly only) and without `sqlite-storage` (its
+//! `libsqlite3-sys` cannot link beside sqlx 0.8's).
+
+mod connector;
+mod media;
+mod store;
+mod translate;
+
+pub use connector::{EmbeddedConfig, EmbeddedConnector, recipient};
+pub use media::{MediaKind, file_name};
+pub use store::{MIGRATIONS, SealedDeviceStore};
+pub use translate::{OwnIdentity, Translator};

@@ -1,0 +1,221 @@
+//! A reply as WhatsApp messages: its text, or its attachments fetched from their URLs and
+//! uploaded (encrypted) to WhatsApp's media servers with the crate's `upload`.
+
+use whatsapp_rust::Client;
+use whatsapp_rust::download::MediaType;
+use whatsapp_rust::media::{
+    AudioOptions, DocumentOptions, ImageOptions, VideoOptions, audio_message, document_message,
+    image_message, video_message,
+};
+use whatsapp_rust::proto_helpers::MessageBuilderExt as _;
+use whatsapp_rust::upload::UploadOptions;
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsnap_connector::{Outgoing, SendError};
+use whatsnap_events::Attachment;
+
+/// What kind of WhatsApp message carries an attachment, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+}
+
+impl MediaKind {
+    pub fn of(content_type: &str) -> Self {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.split_once('/') {
+            // WhatsApp shows these inline; anything else goes as a document.
+            Some(("image", "jpeg" | "png" | "jpg")) => Self::Image,
+            Some(("video", "mp4" | "3gpp")) => Self::Video,
+            Some(("audio", _)) => Self::Audio,
+            _ => Self::Document,
+        }
+    }
+
+    /// Whether WhatsApp shows a caption under this kind of message.
+    pub fn has_caption(self) -> bool {
+        !matches!(self, Self::Audio)
+    }
+
+    fn media_type(self) -> MediaType {
+        match self {
+            Self::Image => MediaType::Image,
+            Self::Video => MediaType::Video,
+            Self::Audio => MediaType::Audio,
+            Self::Document => MediaType::Document,
+        }
+    }
+}
+
+/// The file name an attachment is shown under: its own, or the last segment of its URL.
+pub fn file_name(attachment: &Attachment) -> String {
+    attachment
+        .file_name
+        .clone()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            url::Url::parse(&attachment.url).ok().and_then(|url| {
+                url.path_segments()
+                    .and_then(|mut segments| segments.next_back().map(str::to_owned))
+                    .filter(|name| !name.is_empty())
+            })
+        })
+        .unwrap_or_else(|| "attachment".to_owned())
+}
+
+/// An attachment's bytes and content type.
+async fn fetch(
+    http: &reqwest::Client,
+    max_bytes: usize,
+    attachment: &Attachment,
+) -> Result<(Vec<u8>, String), SendError> {
+    let unavailable = |detail: String| SendError::Refused {
+        reason: format!(
+            "the attachment {} could not be fetched: {detail}",
+            attachment.url
+        ),
+        code: Some("attachment_unavailable".into()),
+    };
+    let response = http
+        .get(&attachment.url)
+        .send()
+        .await
+        .map_err(|err| SendError::NotConnected(format!("fetching the attachment: {err}")))?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(SendError::NotConnected(format!(
+            "fetching the attachment: status {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(unavailable(format!("status {status}")));
+    }
+    if response
+        .content_length()
+        .is_some_and(|length| length > max_bytes as u64)
+    {
+        return Err(unavailable(format!("larger than {max_bytes} bytes")));
+    }
+    let content_type = attachment
+        .content_type
+        .clone()
+        .or_else(|| {
+            response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|err| SendError::NotConnected(format!("fetching the attachment: {err}")))?;
+    if bytes.len() > max_bytes {
+        return Err(unavailable(format!("larger than {max_bytes} bytes")));
+    }
+    Ok((bytes.to_vec(), content_type))
+}
+
+/// The messages that carry `outgoing`, in order; every attachment is uploaded before this
+/// returns, so nothing has been sent if it fails.
+pub(crate) async fn messages(
+    client: &Client,
+    http: &reqwest::Client,
+    max_bytes: usize,
+    outgoing: &Outgoing,
+) -> Result<Vec<wa::Message>, SendError> {
+    let body = outgoing.body.trim();
+    let mut caption = (!body.is_empty()).then(|| body.to_owned());
+    if outgoing.attachments.is_empty() {
+        return Ok(caption.map(wa::Message::text).into_iter().collect());
+    }
+    let mut media = Vec::new();
+    for attachment in &outgoing.attachments {
+        let (bytes, content_type) = fetch(http, max_bytes, attachment).await?;
+        let kind = MediaKind::of(&content_type);
+        let upload = client
+            .upload(bytes, kind.media_type(), UploadOptions::default())
+            .await
+            .map_err(|err| SendError::NotConnected(format!("uploading the attachment: {err}")))?;
+        let mimetype = Some(content_type);
+        let message = match kind {
+            MediaKind::Image => image_message(
+                upload,
+                ImageOptions {
+                    caption: caption.take(),
+                    mimetype,
+                    ..ImageOptions::default()
+                },
+            ),
+            MediaKind::Video => video_message(
+                upload,
+                VideoOptions {
+                    caption: caption.take(),
+                    mimetype,
+                    ..VideoOptions::default()
+                },
+            ),
+            MediaKind::Audio => audio_message(
+                upload,
+                AudioOptions {
+                    mimetype,
+                    ..AudioOptions::default()
+                },
+            ),
+            MediaKind::Document => document_message(
+                upload,
+                DocumentOptions {
+                    caption: caption.take(),
+                    mimetype,
+                    file_name: Some(file_name(attachment)),
+                    ..DocumentOptions::default()
+                },
+            ),
+        };
+        media.push(message);
+    }
+    // Text no attachment could carry (only audio came) goes first, on its own.
+    let mut messages: Vec<wa::Message> = caption.map(wa::Message::text).into_iter().collect();
+    messages.extend(media);
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_pick_the_message_kind() {
+        assert_eq!(MediaKind::of("image/jpeg"), MediaKind::Image);
+        assert_eq!(MediaKind::of("IMAGE/PNG; q=1"), MediaKind::Image);
+        assert_eq!(MediaKind::of("image/svg+xml"), MediaKind::Document);
+        assert_eq!(MediaKind::of("video/mp4"), MediaKind::Video);
+        assert_eq!(MediaKind::of("audio/ogg; codecs=opus"), MediaKind::Audio);
+        assert_eq!(MediaKind::of("application/pdf"), MediaKind::Document);
+        assert_eq!(MediaKind::of(""), MediaKind::Document);
+        assert!(!MediaKind::Audio.has_caption());
+    }
+
+    #[test]
+    fn a_document_is_named_by_its_file_name_or_url() {
+        let named = Attachment {
+            url: "https://cdn.example/x/invoice.pdf?sig=1".into(),
+            content_type: None,
+            file_name: None,
+        };
+        assert_eq!(file_name(&named), "invoice.pdf");
+        let given = Attachment {
+            file_name: Some("Quote.pdf".into()),
+            ..named
+        };
+        assert_eq!(file_name(&given), "Quote.pdf");
+    }
+}
