@@ -579,14 +579,18 @@ impl AppSyncStore for SealedDeviceStore {
     }
 
     async fn set_sync_key(&self, key_id: &[u8], key: AppStateSyncKey) -> Result<()> {
-        self.put(
-            kind::SYNC_KEY,
-            &hex(key_id),
-            "",
-            now_micros(),
-            &to_json(&key)?,
+        // `num` orders the keys by when they were set, strictly: the latest is asked for.
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(num) FROM whatsapp_device_store WHERE account_id = $1 AND kind = $2",
         )
+        .bind(&self.account)
+        .bind(kind::SYNC_KEY)
+        .fetch_one(&self.db)
         .await
+        .map_err(db_error)?;
+        let order = now_micros().max(last.unwrap_or(0) + 1);
+        self.put(kind::SYNC_KEY, &hex(key_id), "", order, &to_json(&key)?)
+            .await
     }
 
     async fn get_version(&self, name: &str) -> Result<HashState> {
@@ -732,14 +736,16 @@ impl ProtocolStore for SealedDeviceStore {
     }
 
     async fn put_lid_mappings(&self, entries: &[LidPnMappingEntry]) -> Result<()> {
+        // Later entries of the batch are the more recent.
         let now = now_micros();
         let rows = entries
             .iter()
-            .map(|entry| {
+            .zip(now..)
+            .map(|(entry, order)| {
                 Ok((
                     entry.lid.clone(),
                     entry.phone_number.clone(),
-                    now,
+                    order,
                     to_json(entry)?,
                 ))
             })
