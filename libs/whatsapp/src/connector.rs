@@ -24,8 +24,9 @@ use whatsnap_events::AccountKind;
 use whatsnap_secrets::SecretKey;
 
 use crate::media;
+use crate::run::drive;
 use crate::store::SealedDeviceStore;
-use crate::translate::{OwnIdentity, Translator};
+use crate::translate::OwnIdentity;
 
 /// The crate's events a session listens to; the client skips building the others.
 const KINDS: &[EventKind] = &[
@@ -265,54 +266,6 @@ fn own_identity(client: &Client) -> OwnIdentity {
     OwnIdentity::from_jid(client.pn().as_ref(), &client.push_name())
 }
 
-/// One run of an account's session: reports what its client says.
-struct Run {
-    translator: Translator,
-    client: Arc<Client>,
-    events: mpsc::Sender<ConnectorEvent>,
-    /// The device was logged out: its keys are useless and the next link needs a new device.
-    forget_device: bool,
-    /// The last loss of the connection, which the client recovers from by itself unless it
-    /// stops.
-    last_loss: Option<Ended>,
-}
-
-impl Run {
-    /// Reports an event of the client; `Some` when it ends the run.
-    async fn report(&mut self, event: &Event) -> Option<Ended> {
-        if matches!(event, Event::Connected(_) | Event::PairSuccess(_)) {
-            self.translator.set_own(own_identity(&self.client));
-        }
-        if matches!(event, Event::LoggedOut(_)) {
-            self.forget_device = true;
-        }
-        for out in self.translator.translate(event) {
-            let mut ends = None;
-            if let ConnectorEvent::Disconnected { reason, detail } = &out {
-                let ended = Ended {
-                    reason: *reason,
-                    detail: detail.clone(),
-                };
-                if reason.reconnects() {
-                    self.last_loss = Some(ended);
-                } else {
-                    ends = Some(ended);
-                }
-            }
-            if self.events.send(out).await.is_err() {
-                return Some(Ended {
-                    reason: DisconnectReason::Stopped,
-                    detail: "nobody listens to the session any more".into(),
-                });
-            }
-            if ends.is_some() {
-                return ends;
-            }
-        }
-        None
-    }
-}
-
 #[async_trait]
 impl Session for EmbeddedConnector {
     async fn run(
@@ -324,7 +277,7 @@ impl Session for EmbeddedConnector {
     ) -> Ended {
         let account_id = account.account_id;
         let store = self.store(account_id);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Event>>();
+        let (tx, rx) = mpsc::unbounded_channel::<Arc<Event>>();
         let mut builder = Bot::builder()
             .with_backend(store.clone())
             .with_event_delivery(EventDelivery::Ordered {
@@ -359,45 +312,11 @@ impl Session for EmbeddedConnector {
         self.live_map().insert(account_id, client.clone());
         info!(account_id = %account_id, "whatsapp session started");
 
-        let mut run = Run {
-            translator: Translator::new(own_identity(&client)),
-            client: client.clone(),
-            events,
-            forget_device: false,
-            last_loss: None,
-        };
-        let mut client_stopped = false;
-        let ended = loop {
-            tokio::select! {
-                _ = stop.cancelled() => break Ended {
-                    reason: DisconnectReason::Stopped,
-                    detail: "whatsnap stopped the connection".into(),
-                },
-                _ = &mut handle => {
-                    client_stopped = true;
-                    // The client stopped by itself; what it said last may still be on its way.
-                    let mut ended = None;
-                    while ended.is_none()
-                        && let Ok(Some(event)) =
-                            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
-                    {
-                        ended = run.report(&event).await;
-                    }
-                    break ended.or(run.last_loss.take()).unwrap_or(Ended {
-                        reason: DisconnectReason::ConnectionLost,
-                        detail: "the whatsapp client stopped".into(),
-                    });
-                }
-                Some(event) = rx.recv() => {
-                    if let Some(ended) = run.report(&event).await {
-                        break ended;
-                    }
-                }
-            }
-        };
+        let outcome = drive(rx, &mut handle, || own_identity(&client), events, stop).await;
+        let ended = outcome.ended;
 
         self.retire(account_id, &client);
-        if !client_stopped {
+        if !outcome.client_stopped {
             client.disconnect().await;
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut handle)
                 .await
@@ -407,7 +326,7 @@ impl Session for EmbeddedConnector {
                 handle.abort();
             }
         }
-        if run.forget_device
+        if outcome.forget_device
             && let Err(err) = store.forget().await
         {
             warn!(account_id = %account_id, error = %err, "could not forget a logged-out device");

@@ -23,6 +23,7 @@
 
 mod connector;
 mod media;
+mod run;
 mod store;
 mod translate;
 
