@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 use whatsapp_rust::bot::{Bot, EventDelivery};
+use whatsapp_rust::http::HttpClient;
 use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::transport::TransportFactory;
 use whatsapp_rust::types::events::{Event, EventKind};
 use whatsapp_rust::{Client, Jid};
 use whatsnap_connector::{
@@ -87,6 +89,42 @@ pub struct EmbeddedConnector {
     config: EmbeddedConfig,
     /// The running client of each account with a live session: what `send` goes through.
     live: Mutex<HashMap<Uuid, Arc<Client>>>,
+    /// Where clients connect, when not to WhatsApp's servers.
+    network: Option<Network>,
+}
+
+/// Where the client connects and makes HTTP requests (media, its version): WhatsApp's servers
+/// unless [`EmbeddedConnector::with_network`] says otherwise.
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Arc<dyn TransportFactory>,
+    pub http: Arc<dyn HttpClient>,
+}
+
+struct SharedTransport(Arc<dyn TransportFactory>);
+
+#[async_trait]
+impl TransportFactory for SharedTransport {
+    async fn create_transport(
+        &self,
+    ) -> whatsapp_rust::anyhow::Result<(
+        Arc<dyn whatsapp_rust::transport::Transport>,
+        whatsapp_rust::async_channel::Receiver<whatsapp_rust::transport::TransportEvent>,
+    )> {
+        self.0.create_transport().await
+    }
+}
+
+struct SharedHttp(Arc<dyn HttpClient>);
+
+#[async_trait]
+impl HttpClient for SharedHttp {
+    async fn execute(
+        &self,
+        request: whatsapp_rust::http::HttpRequest,
+    ) -> whatsapp_rust::anyhow::Result<whatsapp_rust::http::HttpResponse> {
+        self.0.execute(request).await
+    }
 }
 
 impl EmbeddedConnector {
@@ -109,7 +147,14 @@ impl EmbeddedConnector {
             http,
             config,
             live: Mutex::new(HashMap::new()),
+            network: None,
         })
+    }
+
+    /// Clients connect through `network` instead of to WhatsApp's servers (tests).
+    pub fn with_network(mut self, network: Network) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// The store of an account's device.
@@ -291,6 +336,11 @@ impl Session for EmbeddedConnector {
                     let _ = tx.send(event);
                 }
             });
+        if let Some(network) = &self.network {
+            builder = builder
+                .with_transport_factory(SharedTransport(network.transport.clone()))
+                .with_http_client(SharedHttp(network.http.clone()));
+        }
         if let LinkMethod::PairingCode { phone_number } = method {
             builder = builder.with_pair_code(PairCodeOptions {
                 phone_number: phone_number.trim_start_matches('+').to_owned(),
@@ -368,12 +418,15 @@ impl Session for EmbeddedConnector {
 impl EmbeddedConnector {
     /// Connects with the stored device just to unlink it.
     async fn logout_offline(&self, store: &SealedDeviceStore) -> Result<(), String> {
-        let bot = Bot::builder()
+        let mut builder = Bot::builder()
             .with_backend(store.clone())
-            .skip_history_sync()
-            .build()
-            .await
-            .map_err(|err| err.to_string())?;
+            .skip_history_sync();
+        if let Some(network) = &self.network {
+            builder = builder
+                .with_transport_factory(SharedTransport(network.transport.clone()))
+                .with_http_client(SharedHttp(network.http.clone()));
+        }
+        let bot = builder.build().await.map_err(|err| err.to_string())?;
         let client = bot.client();
         if client.pn().is_none() {
             // Never linked: there is nothing to tell WhatsApp.
@@ -394,5 +447,53 @@ impl EmbeddedConnector {
             warn!("whatsapp client did not stop in time after a logout");
         }
         connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use whatsapp_rust::{ClientError, IqError, SendError as WaSendError};
+
+    use super::*;
+
+    #[test]
+    fn the_crate_s_send_failures_tell_the_outbox_whether_to_retry() {
+        for unsent in [
+            WaSendError::NotLoggedIn,
+            WaSendError::Client(ClientError::NotConnected),
+            WaSendError::Iq(IqError::NotConnected),
+        ] {
+            let err = send_error(unsent);
+            assert!(matches!(err, SendError::NotConnected(_)), "{err:?}");
+            assert!(err.certainly_unsent() && err.is_retryable());
+        }
+        let slow_down = send_error(WaSendError::Iq(IqError::ServerError {
+            code: 429,
+            text: "rate-overlimit".into(),
+            error_type: None,
+            backoff: Some(30),
+        }));
+        assert!(
+            matches!(slow_down, SendError::RateLimited(_)),
+            "{slow_down:?}"
+        );
+        let refused = send_error(WaSendError::InvalidRequest("bad jid".into()));
+        assert_eq!(
+            refused,
+            SendError::Refused {
+                reason: "bad jid".into(),
+                code: Some("invalid_request".into()),
+            }
+        );
+        assert!(!refused.is_retryable());
+        // A failure after the message may have left: look before sending again.
+        for maybe_sent in [
+            WaSendError::Iq(IqError::Timeout),
+            WaSendError::Internal(whatsapp_rust::anyhow::anyhow!("encrypt failed")),
+        ] {
+            let err = send_error(maybe_sent);
+            assert!(matches!(err, SendError::Unknown(_)), "{err:?}");
+            assert!(!err.certainly_unsent());
+        }
     }
 }

@@ -179,6 +179,11 @@ impl SealedDeviceStore {
         self.exists().await
     }
 
+    /// The account's device (its identity, keys and linked number), if it has one.
+    pub async fn load_device(&self) -> std::result::Result<Option<Device>, StoreError> {
+        self.load().await
+    }
+
     /// Forgets everything the account's device stored: after a logout, the next link starts
     /// from a new device and a new scan.
     pub async fn forget(&self) -> std::result::Result<(), StoreError> {
