@@ -49,6 +49,12 @@ const KINDS: &[EventKind] = &[
     EventKind::ConnectFailure,
 ];
 
+/// The engine's name in events, settings and the CLI.
+pub const ENGINE: &str = "embedded";
+
+/// The name of a send in the log and in fail point names.
+pub const SEND: &str = "embedded.send";
+
 /// How many of the client's events may wait for the session before the client drops some
 /// (the crate's ordered delivery never blocks its receive loop).
 const EVENT_MAILBOX: usize = 4096;
@@ -229,7 +235,11 @@ impl Connector for EmbeddedConnector {
     }
 
     fn engine(&self) -> &'static str {
-        "embedded"
+        ENGINE
+    }
+
+    fn send_operation(&self) -> &'static str {
+        SEND
     }
 
     /// Nothing to check: the account has no credentials until its device is linked.

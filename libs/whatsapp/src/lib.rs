@@ -27,7 +27,7 @@ mod run;
 mod store;
 mod translate;
 
-pub use connector::{EmbeddedConfig, EmbeddedConnector, Network, recipient};
+pub use connector::{ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, recipient};
 pub use media::{MediaKind, file_name};
 pub use store::{MIGRATIONS, SealedDeviceStore};
 pub use translate::{OwnIdentity, Translator};

@@ -86,7 +86,6 @@ fn reply(to: &str) -> Outgoing {
         to: to.into(),
         body: "we open at 9".into(),
         attachments: vec![],
-        status_callback: None,
     }
 }
 
@@ -96,6 +95,7 @@ async fn an_embedded_account_needs_no_credentials() {
     let connector = connector(database(&dir).await).await;
     assert_eq!(connector.platform(), AccountKind::Whatsapp);
     assert_eq!(connector.engine(), "embedded");
+    assert_eq!(connector.send_operation(), "embedded.send");
     assert!(connector.session().is_some());
     let account = account();
     let new = NewAccount {
