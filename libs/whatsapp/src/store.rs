@@ -27,6 +27,7 @@ use whatsapp_rust::store::traits::{
 use whatsapp_rust::wacore::appstate::hash::HashState;
 use whatsapp_rust::wacore::appstate::processor::AppStateMutationMAC;
 use whatsapp_rust::wacore::store::Device;
+use whatsapp_rust::wacore::store::device::DEVICE_PROPS;
 use whatsapp_rust::wacore::store::error::{Result, StoreError};
 use whatsnap_secrets::{Sealed, SecretKey};
 
@@ -1071,10 +1072,15 @@ impl DeviceStore for SealedDeviceStore {
     }
 
     async fn load(&self) -> Result<Option<Device>> {
-        self.get(kind::DEVICE, DEVICE_ITEM)
-            .await?
-            .map(|s| from_json(&s))
-            .transpose()
+        let Some(stored) = self.get(kind::DEVICE, DEVICE_ITEM).await? else {
+            return Ok(None);
+        };
+        let mut device: Device = from_json(&stored)?;
+        // Not serialized (the crate treats them as the process's, set at every start): without
+        // this a loaded device would register with empty device properties. The builder's
+        // `with_device_props` still applies on top.
+        device.device_props = Arc::new(DEVICE_PROPS.clone());
+        Ok(Some(device))
     }
 
     async fn exists(&self) -> Result<bool> {

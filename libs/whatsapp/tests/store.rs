@@ -735,6 +735,11 @@ async fn resumes_after_reopening_and_keeps_accounts_apart(url: &str) {
     resumed.create().await.unwrap();
     let loaded = resumed.load().await.unwrap().unwrap();
     assert_eq!(loaded.pn, device.pn);
+    assert_eq!(
+        loaded.device_props.os.as_deref(),
+        Some(whatsapp_rust::wacore::store::Device::default_os()),
+        "a loaded device registers with the crate's device properties"
+    );
     assert_eq!(loaded.registration_id, device.registration_id);
     assert_eq!(
         loaded.identity_key.public_key,
