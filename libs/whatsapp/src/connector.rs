@@ -40,6 +40,7 @@ const KINDS: &[EventKind] = &[
     EventKind::PairingQrCode,
     EventKind::PairingCode,
     EventKind::PairingCodeError,
+    EventKind::PairingCodeRefresh,
     EventKind::PairingQrCodesExhausted,
     EventKind::ClientOutdated,
     EventKind::Messages,
@@ -333,6 +334,14 @@ impl Session for EmbeddedConnector {
         let account_id = account.account_id;
         let store = self.store(account_id);
         let (tx, rx) = mpsc::unbounded_channel::<Arc<Event>>();
+        let pair_code = match &method {
+            LinkMethod::PairingCode { phone_number } => Some(PairCodeOptions {
+                phone_number: phone_number.trim_start_matches('+').to_owned(),
+                ..PairCodeOptions::default()
+            }),
+            LinkMethod::Qr => None,
+        };
+        let refresh = pair_code.clone();
         let mut builder = Bot::builder()
             .with_backend(store.clone())
             .with_event_delivery(EventDelivery::Ordered {
@@ -340,7 +349,16 @@ impl Session for EmbeddedConnector {
             })
             // Old chats are not replayed into GHL.
             .skip_history_sync()
-            .on_event_for(KINDS, move |event, _client| {
+            .on_event_for(KINDS, move |event, client| {
+                if let (Event::PairingCodeRefresh(_), Some(options)) = (&*event, &refresh) {
+                    // The code expired unused: ask for the next one, as WhatsApp Web does.
+                    let options = options.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = client.pair_with_code(options).await {
+                            warn!(error = %err, "no new pairing code");
+                        }
+                    });
+                }
                 let tx = tx.clone();
                 async move {
                     let _ = tx.send(event);
@@ -351,11 +369,8 @@ impl Session for EmbeddedConnector {
                 .with_transport_factory(SharedTransport(network.transport.clone()))
                 .with_http_client(SharedHttp(network.http.clone()));
         }
-        if let LinkMethod::PairingCode { phone_number } = method {
-            builder = builder.with_pair_code(PairCodeOptions {
-                phone_number: phone_number.trim_start_matches('+').to_owned(),
-                ..PairCodeOptions::default()
-            });
+        if let Some(options) = pair_code.clone() {
+            builder = builder.with_pair_code(options);
         }
         let bot = match builder.build().await {
             Ok(bot) => bot,
@@ -372,7 +387,15 @@ impl Session for EmbeddedConnector {
         self.live_map().insert(account_id, client.clone());
         info!(account_id = %account_id, "whatsapp session started");
 
-        let outcome = drive(rx, &mut handle, || own_identity(&client), events, stop).await;
+        let outcome = drive(
+            rx,
+            &mut handle,
+            || own_identity(&client),
+            pair_code.is_some(),
+            events,
+            stop,
+        )
+        .await;
         let ended = outcome.ended;
 
         self.retire(account_id, &client);

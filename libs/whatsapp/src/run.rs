@@ -27,6 +27,9 @@ pub(crate) struct Outcome {
 
 struct Run<O> {
     translator: Translator,
+    /// Linking by pairing code: the QR codes the server issues meanwhile are not shown, and
+    /// their running out does not end the run.
+    by_pairing_code: bool,
     own: O,
     events: mpsc::Sender<ConnectorEvent>,
     forget_device: bool,
@@ -37,6 +40,14 @@ struct Run<O> {
 impl<O: Fn() -> OwnIdentity> Run<O> {
     /// Reports an event of the client; `Some` when it ends the run.
     async fn report(&mut self, event: &Event) -> Option<Ended> {
+        if self.by_pairing_code
+            && matches!(
+                event,
+                Event::PairingQrCode(_) | Event::PairingQrCodesExhausted(_)
+            )
+        {
+            return None;
+        }
         if matches!(event, Event::Connected(_) | Event::PairSuccess(_)) {
             self.translator.set_own((self.own)());
         }
@@ -72,11 +83,13 @@ impl<O: Fn() -> OwnIdentity> Run<O> {
 
 /// Reports what the client says (`from_client`) on `events` until the run ends: `stop` is
 /// cancelled, the link ends for a reason the client does not recover from, or the client
-/// stops (`client_done`). `own` reads the account's own number and name from the client.
+/// stops (`client_done`). `own` reads the account's own number and name from the client;
+/// `by_pairing_code` when the link is made with a pairing code rather than a QR code.
 pub(crate) async fn drive<D, O>(
     mut from_client: mpsc::UnboundedReceiver<Arc<Event>>,
     mut client_done: D,
     own: O,
+    by_pairing_code: bool,
     events: mpsc::Sender<ConnectorEvent>,
     stop: CancellationToken,
 ) -> Outcome
@@ -86,6 +99,7 @@ where
 {
     let mut run = Run {
         translator: Translator::new(own()),
+        by_pairing_code,
         own,
         events,
         forget_device: false,
@@ -134,7 +148,8 @@ mod tests {
     use whatsapp_rust::Jid;
     use whatsapp_rust::types::events::{ConnectFailureReason, TemporaryBan};
     use whatsapp_rust::types::events::{
-        Connected, Disconnected, LoggedOut, PairSuccess, PairingQrCode, StreamReplaced,
+        Connected, Disconnected, LoggedOut, PairSuccess, PairingCode, PairingQrCode,
+        PairingQrCodesExhausted, StreamReplaced,
     };
     use whatsapp_rust::wacore::net::DisconnectReason as TransportReason;
     use whatsnap_connector::LinkCode;
@@ -189,6 +204,10 @@ mod tests {
 
     /// A run whose client is this test: it says what the test feeds it, and stops when told.
     fn rig() -> Rig {
+        rig_linking(false)
+    }
+
+    fn rig_linking(by_pairing_code: bool) -> Rig {
         let (to_session, from_client) = mpsc::unbounded_channel();
         let (events, heard) = mpsc::channel(64);
         let stop = CancellationToken::new();
@@ -200,7 +219,14 @@ mod tests {
             phone_number: Some("+15551234567".into()),
             display_name: Some("Ana".into()),
         };
-        let outcome = tokio::spawn(drive(from_client, done, own, events, stop.clone()));
+        let outcome = tokio::spawn(drive(
+            from_client,
+            done,
+            own,
+            by_pairing_code,
+            events,
+            stop.clone(),
+        ));
         Rig {
             to_session,
             heard,
@@ -325,6 +351,29 @@ mod tests {
         let outcome = rig.end().await;
         assert_eq!(outcome.ended.reason, DisconnectReason::Banned);
         assert!(outcome.client_stopped);
+    }
+
+    #[tokio::test]
+    async fn linking_by_pairing_code_shows_the_code_not_the_qr_codes() {
+        let mut rig = rig_linking(true);
+        rig.say(qr("2@one"));
+        rig.say(Event::PairingQrCodesExhausted(
+            PairingQrCodesExhausted::builder()
+                .disconnected(false)
+                .build(),
+        ));
+        rig.say(Event::PairingCode(
+            PairingCode::builder()
+                .code("ABCD-EFGH".to_owned())
+                .timeout(Duration::from_secs(180))
+                .build(),
+        ));
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Linking(LinkCode::Pairing { .. })
+        ));
+        rig.stop.cancel();
+        assert_eq!(rig.end().await.ended.reason, DisconnectReason::Stopped);
     }
 
     #[tokio::test]
