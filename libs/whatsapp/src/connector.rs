@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::http::HttpClient;
 use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::send::SendOptions;
 use whatsapp_rust::transport::TransportFactory;
 use whatsapp_rust::types::events::{Event, EventKind};
 use whatsapp_rust::{Client, Jid};
@@ -208,6 +210,23 @@ pub fn recipient(e164: &str) -> Result<Jid, SendError> {
     Ok(Jid::pn(digits))
 }
 
+/// The WhatsApp message id of part `part` of whatsnap's message `message_id`: WhatsApp Web's
+/// form (`3EB0` and 18 upper-case hex digits), derived rather than random, so a reply sent
+/// again after an unknown outcome carries the same message key as the first attempt.
+pub fn message_id(message_id: Uuid, part: usize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"whatsnap message ");
+    hasher.update(message_id.as_bytes());
+    hasher.update((part as u64).to_be_bytes());
+    let digest = hasher.finalize();
+    let mut id = String::with_capacity(22);
+    id.push_str("3EB0");
+    for byte in &digest[..9] {
+        id.push_str(&format!("{byte:02X}"));
+    }
+    id
+}
+
 /// The crate's send failure in the outbox's terms.
 pub(crate) fn send_error(err: whatsapp_rust::SendError) -> SendError {
     use whatsapp_rust::{ClientError, IqError, SendError as WaSendError};
@@ -276,8 +295,13 @@ impl Connector for EmbeddedConnector {
         )
         .await?;
         let mut first: Option<String> = None;
-        for message in messages {
-            match client.send_message(to.clone(), message).await {
+        for (part, message) in messages.into_iter().enumerate() {
+            let options =
+                SendOptions::default().with_message_id(message_id(outgoing.message_id, part));
+            match client
+                .send_message_with_options(to.clone(), message, options)
+                .await
+            {
                 Ok(sent) => {
                     first.get_or_insert(sent.message_id);
                 }
@@ -488,6 +512,22 @@ mod tests {
     use whatsapp_rust::{ClientError, IqError, SendError as WaSendError};
 
     use super::*;
+
+    #[test]
+    fn a_reply_s_message_ids_are_whatsapp_web_s_form_and_the_same_every_attempt() {
+        let reply = Uuid::now_v7();
+        let first = message_id(reply, 0);
+        assert_eq!(first.len(), 22);
+        assert!(first.starts_with("3EB0"));
+        assert!(
+            first[4..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        );
+        assert_eq!(message_id(reply, 0), first, "the same on a second attempt");
+        assert_ne!(message_id(reply, 1), first, "each part its own");
+        assert_ne!(message_id(Uuid::now_v7(), 0), first);
+    }
 
     #[test]
     fn the_crate_s_send_failures_tell_the_outbox_whether_to_retry() {

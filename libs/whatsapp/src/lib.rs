@@ -27,7 +27,9 @@ mod run;
 mod store;
 mod translate;
 
-pub use connector::{ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, recipient};
+pub use connector::{
+    ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, message_id, recipient,
+};
 pub use media::{MediaKind, file_name};
 pub use store::{MIGRATIONS, SealedDeviceStore};
 pub use translate::{OwnIdentity, Translator};
