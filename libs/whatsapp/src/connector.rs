@@ -87,6 +87,15 @@ impl Default for EmbeddedConfig {
     }
 }
 
+/// Why the embedded engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the whatsapp device table: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the http client for attachments: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// WhatsApp by QR code, in process, on the `whatsapp-rust` crate (engine `embedded`).
 ///
 /// Not run against WhatsApp's servers where it was written (no internet there): the translation
@@ -143,13 +152,9 @@ impl EmbeddedConnector {
         db: sqlx::AnyPool,
         key: SecretKey,
         config: EmbeddedConfig,
-    ) -> Result<Self, sqlx::Error> {
+    ) -> Result<Self, StartError> {
         SealedDeviceStore::migrate(&db).await?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(config.attachment_timeout)
-            .build()
-            .map_err(|err| sqlx::Error::Configuration(Box::new(err)))?;
+        let http = media::http_client(config.attachment_timeout)?;
         Ok(Self {
             db,
             key,

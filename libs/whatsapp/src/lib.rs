@@ -28,7 +28,7 @@ mod store;
 mod translate;
 
 pub use connector::{
-    ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, message_id, recipient,
+    ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, StartError, message_id, recipient,
 };
 pub use media::{MediaKind, file_name};
 pub use store::{MIGRATIONS, SealedDeviceStore};

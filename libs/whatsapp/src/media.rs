@@ -70,6 +70,12 @@ pub fn file_name(attachment: &Attachment) -> String {
         .unwrap_or_else(|| "attachment".to_owned())
 }
 
+/// The HTTP client that fetches attachments.
+pub(crate) fn http_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build()
+}
+
 /// An attachment's bytes and content type.
 async fn fetch(
     http: &reqwest::Client,
@@ -190,7 +196,87 @@ pub(crate) async fn messages(
 
 #[cfg(test)]
 mod tests {
+    use axum::Router;
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+
     use super::*;
+
+    /// A file server: `/menu.pdf`, `/photo` (no content type given by the reply), `/big`,
+    /// `/gone` (404) and `/down` (503).
+    async fn files() -> String {
+        let app = Router::new()
+            .route(
+                "/menu.pdf",
+                get(|| async { ([(header::CONTENT_TYPE, "application/pdf")], "%PDF-1.7") }),
+            )
+            .route(
+                "/photo",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "image/jpeg")],
+                        vec![0xFFu8, 0xD8, 0xFF],
+                    )
+                }),
+            )
+            .route("/big", get(|| async { vec![0u8; 2048] }))
+            .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
+            .route("/down", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    fn attachment(url: String) -> Attachment {
+        Attachment {
+            url,
+            content_type: None,
+            file_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attachment_is_fetched_with_its_content_type() {
+        let base = files().await;
+        let http = http_client(std::time::Duration::from_secs(10)).unwrap();
+        let (bytes, content_type) = fetch(&http, 1024, &attachment(format!("{base}/photo")))
+            .await
+            .unwrap();
+        assert_eq!(bytes, vec![0xFF, 0xD8, 0xFF]);
+        assert_eq!(MediaKind::of(&content_type), MediaKind::Image);
+        let given = Attachment {
+            content_type: Some("application/x-custom".into()),
+            ..attachment(format!("{base}/menu.pdf"))
+        };
+        let (_, content_type) = fetch(&http, 1024, &given).await.unwrap();
+        assert_eq!(
+            content_type, "application/x-custom",
+            "the reply's own type wins"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_attachment_that_cannot_be_fetched_sends_nothing_and_says_whether_to_retry() {
+        let base = files().await;
+        let http = http_client(std::time::Duration::from_secs(10)).unwrap();
+        let gone = fetch(&http, 1024, &attachment(format!("{base}/gone")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&gone, SendError::Refused { code: Some(code), .. } if code == "attachment_unavailable"),
+            "{gone:?}"
+        );
+        let big = fetch(&http, 1024, &attachment(format!("{base}/big")))
+            .await
+            .unwrap_err();
+        assert!(matches!(big, SendError::Refused { .. }), "{big:?}");
+        let down = fetch(&http, 1024, &attachment(format!("{base}/down")))
+            .await
+            .unwrap_err();
+        assert!(matches!(down, SendError::NotConnected(_)), "{down:?}");
+        assert!(down.is_retryable() && down.certainly_unsent());
+    }
 
     #[test]
     fn content_types_pick_the_message_kind() {
