@@ -23,13 +23,15 @@
 
 mod connector;
 mod media;
+mod network;
+mod outbound;
 mod run;
 mod store;
 mod translate;
 
-pub use connector::{
-    ENGINE, EmbeddedConfig, EmbeddedConnector, Network, SEND, StartError, message_id, recipient,
-};
+pub use connector::{ENGINE, EmbeddedConfig, EmbeddedConnector, SEND, StartError};
 pub use media::{MediaKind, file_name};
+pub use network::Network;
+pub use outbound::{message_id, recipient};
 pub use store::{MIGRATIONS, SealedDeviceStore};
 pub use translate::{OwnIdentity, Translator};
