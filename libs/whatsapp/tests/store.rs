@@ -69,35 +69,40 @@ fn msg_secret(id: &str, secret: u8, expires_at: i64, message_ts: i64) -> MsgSecr
     }
 }
 
-/// Runs the same operations on a backend and says what each answered: two backends that
-/// answer alike behave alike for the client.
-async fn exercise(store: &dyn Backend) -> Vec<String> {
-    let mut said = Vec::new();
-    let mut say = |what: &str, answer: String| said.push(format!("{what}: {answer}"));
+/// What a backend answered, in order.
+#[derive(Default)]
+struct Said(Vec<String>);
 
-    // Identities and sessions.
+impl Said {
+    fn say(&mut self, what: &str, answer: String) {
+        self.0.push(format!("{what}: {answer}"));
+    }
+}
+
+/// Identities and sessions.
+async fn identities_and_sessions(store: &dyn Backend, said: &mut Said) {
     store.put_identity("15557654321.0", [1; 32]).await.unwrap();
     store
         .put_identities_batch(&[(Arc::from("100000099887766_1.0"), [2; 32])])
         .await
         .unwrap();
-    say(
+    said.say(
         "identity",
         format!("{:?}", store.load_identity("15557654321.0").await.unwrap()),
     );
-    say(
+    said.say(
         "identity lid",
         format!(
             "{:?}",
             store.load_identity("100000099887766_1.0").await.unwrap()
         ),
     );
-    say(
+    said.say(
         "no identity",
         format!("{:?}", store.load_identity("nobody.0").await.unwrap()),
     );
     store.delete_identity("15557654321.0").await.unwrap();
-    say(
+    said.say(
         "deleted identity",
         format!("{:?}", store.load_identity("15557654321.0").await.unwrap()),
     );
@@ -119,22 +124,24 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ])
         .await
         .unwrap();
-    say(
+    said.say(
         "session",
         format!("{:?}", store.get_session("15557654321.0").await.unwrap()),
     );
-    say(
+    said.say(
         "has session",
         format!("{:?}", store.has_session("15557654321.1").await.unwrap()),
     );
     store.delete_session("15557654321.1").await.unwrap();
-    say(
+    said.say(
         "deleted session",
         format!("{:?}", store.has_session("15557654321.1").await.unwrap()),
     );
+}
 
-    // Pre-keys.
-    say(
+/// Pre-keys, signed pre-keys and sender keys.
+async fn pre_keys(store: &dyn Backend, said: &mut Said) {
+    said.say(
         "no pre-keys",
         format!("{}", store.get_max_prekey_id().await.unwrap()),
     );
@@ -151,27 +158,27 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .unwrap();
     store.store_prekey(3, b"pk3", true).await.unwrap();
     store.mark_prekeys_uploaded(&[1, 9]).await.unwrap();
-    say(
+    said.say(
         "pre-key",
         format!("{:?}", store.load_prekey(812).await.unwrap()),
     );
-    say(
+    said.say(
         "unmarked stays absent",
         format!("{:?}", store.load_prekey(9).await.unwrap()),
     );
-    say(
+    said.say(
         "pre-keys",
         format!(
             "{:?}",
             sorted(store.load_prekeys_batch(&[1, 2, 4]).await.unwrap())
         ),
     );
-    say(
+    said.say(
         "max pre-key",
         format!("{}", store.get_max_prekey_id().await.unwrap()),
     );
     store.remove_prekey(812).await.unwrap();
-    say(
+    said.say(
         "max after removal",
         format!("{}", store.get_max_prekey_id().await.unwrap()),
     );
@@ -179,11 +186,11 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
     store.store_signed_prekey(1, b"spk1").await.unwrap();
     store.store_signed_prekey(2, b"spk2").await.unwrap();
     store.remove_signed_prekey(1).await.unwrap();
-    say(
+    said.say(
         "signed",
         format!("{:?}", store.load_signed_prekey(2).await.unwrap()),
     );
-    say(
+    said.say(
         "all signed",
         format!(
             "{:?}",
@@ -195,7 +202,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .put_sender_key("120363021033254949@g.us::15557654321.0", b"sk")
         .await
         .unwrap();
-    say(
+    said.say(
         "sender key",
         format!(
             "{:?}",
@@ -209,7 +216,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .delete_sender_key("120363021033254949@g.us::15557654321.0")
         .await
         .unwrap();
-    say(
+    said.say(
         "deleted sender key",
         format!(
             "{:?}",
@@ -219,9 +226,11 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
+}
 
-    // App state.
-    say(
+/// App state: sync keys, versions, mutation MACs.
+async fn app_state(store: &dyn Backend, said: &mut Said) {
+    said.say(
         "no sync key",
         format!("{:?}", store.get_latest_sync_key_id().await.unwrap()),
     );
@@ -233,15 +242,15 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         };
         store.set_sync_key(id, key).await.unwrap();
     }
-    say(
+    said.say(
         "sync key",
         format!("{:?}", store.get_sync_key(b"key-2").await.unwrap()),
     );
-    say(
+    said.say(
         "latest sync key",
         format!("{:?}", store.get_latest_sync_key_id().await.unwrap()),
     );
-    say(
+    said.say(
         "no version",
         format!(
             "{:?}",
@@ -255,7 +264,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
     state.hash[0] = 9;
     state.index_value_map.insert("idx".into(), vec![1, 2, 3]);
     store.set_version("regular_high", state).await.unwrap();
-    say(
+    said.say(
         "version",
         format!("{:?}", store.get_version("regular_high").await.unwrap()),
     );
@@ -271,7 +280,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .put_mutation_macs("regular_low", 3, &[macs(1)])
         .await
         .unwrap();
-    say(
+    said.say(
         "mac",
         format!(
             "{:?}",
@@ -289,9 +298,9 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .get_mutation_macs("regular_high", &[[1; 32], [2; 32], [3; 32]])
         .await
         .unwrap();
-    say("macs", format!("{:?}", sorted(found.into_iter().collect())));
+    said.say("macs", format!("{:?}", sorted(found.into_iter().collect())));
     store.clear_mutation_macs("regular_high").await.unwrap();
-    say(
+    said.say(
         "cleared",
         format!(
             "{:?}",
@@ -301,7 +310,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
-    say(
+    said.say(
         "other collection",
         format!(
             "{:?}",
@@ -311,8 +320,10 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
+}
 
-    // Protocol state.
+/// Protocol state.
+async fn protocol(store: &dyn Backend, said: &mut Said) {
     let group = "120363021033254949@g.us";
     let other = "120363000000000001@g.us";
     store
@@ -333,7 +344,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .set_sender_key_status(group, &[("15550000000:0@s.whatsapp.net", true)])
         .await
         .unwrap();
-    say(
+    said.say(
         "skd",
         format!(
             "{:?}",
@@ -344,14 +355,14 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .delete_sender_key_device_rows(&["15557654321:1@s.whatsapp.net"])
         .await
         .unwrap();
-    say(
+    said.say(
         "skd after device removal",
         format!(
             "{:?}",
             sorted(store.get_sender_key_devices(group).await.unwrap())
         ),
     );
-    say(
+    said.say(
         "skd other",
         format!(
             "{:?}",
@@ -359,7 +370,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ),
     );
     store.clear_sender_key_devices(group).await.unwrap();
-    say(
+    said.say(
         "skd cleared",
         format!("{:?}", store.get_sender_key_devices(group).await.unwrap()),
     );
@@ -368,7 +379,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .await
         .unwrap();
     store.clear_all_sender_key_devices().await.unwrap();
-    say(
+    said.say(
         "skd all cleared",
         format!("{:?}", store.get_sender_key_devices(other).await.unwrap()),
     );
@@ -384,14 +395,14 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ])
         .await
         .unwrap();
-    say(
+    said.say(
         "lid",
         format!(
             "{:?}",
             store.get_lid_mapping("100000011111111").await.unwrap()
         ),
     );
-    say(
+    said.say(
         "pn",
         format!(
             "{:?}",
@@ -402,7 +413,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .map(|e| e.lid)
         ),
     );
-    say(
+    said.say(
         "no pn",
         format!("{:?}", store.get_pn_mapping("15559999999").await.unwrap()),
     );
@@ -414,13 +425,13 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .map(|e| format!("{}>{}", e.lid, e.phone_number))
         .collect();
     all.sort();
-    say("all lids", format!("{all:?}"));
+    said.say("all lids", format!("{all:?}"));
 
     store
         .save_base_key("15557654321.0", "M1", b"base")
         .await
         .unwrap();
-    say(
+    said.say(
         "same base key",
         format!(
             "{:?}",
@@ -430,7 +441,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
-    say(
+    said.say(
         "other base key",
         format!(
             "{:?}",
@@ -441,7 +452,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ),
     );
     store.delete_base_key("15557654321.0", "M1").await.unwrap();
-    say(
+    said.say(
         "deleted base key",
         format!(
             "{:?}",
@@ -463,23 +474,23 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         raw_id: Some(42),
     };
     store.update_device_lists(vec![record]).await.unwrap();
-    say(
+    said.say(
         "devices",
         format!("{:?}", store.get_devices("15557654321").await.unwrap()),
     );
     store.delete_devices("15557654321").await.unwrap();
-    say(
+    said.say(
         "deleted devices",
         format!("{:?}", store.get_devices("15557654321").await.unwrap()),
     );
 
     store.put_group_metadata(group, b"meta").await.unwrap();
-    say(
+    said.say(
         "group meta",
         format!("{:?}", store.get_group_metadata(group).await.unwrap()),
     );
     store.delete_group_metadata(group).await.unwrap();
-    say(
+    said.say(
         "deleted group meta",
         format!("{:?}", store.get_group_metadata(group).await.unwrap()),
     );
@@ -513,31 +524,31 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .store_received_tc_token("a@lid", b"older", 50)
         .await
         .unwrap();
-    say(
+    said.say(
         "tc token",
         format!("{:?}", store.get_tc_token("b@lid").await.unwrap()),
     );
-    say(
+    said.say(
         "kept fresher token",
         format!("{:?}", store.get_tc_token("a@lid").await.unwrap()),
     );
-    say(
+    said.say(
         "tc jids",
         format!("{:?}", sorted(store.get_all_tc_token_jids().await.unwrap())),
     );
-    say(
+    said.say(
         "expired tc",
         format!(
             "{}",
             store.delete_expired_tc_tokens(200, 200).await.unwrap()
         ),
     );
-    say(
+    said.say(
         "tc jids left",
         format!("{:?}", sorted(store.get_all_tc_token_jids().await.unwrap())),
     );
     store.delete_tc_token("b@lid").await.unwrap();
-    say(
+    said.say(
         "tc deleted",
         format!("{:?}", store.get_tc_token("b@lid").await.unwrap()),
     );
@@ -550,7 +561,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .store_sent_message("15557654321@s.whatsapp.net", "3EB0B", b"payload b")
         .await
         .unwrap();
-    say(
+    said.say(
         "take",
         format!(
             "{:?}",
@@ -560,7 +571,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
-    say(
+    said.say(
         "taken",
         format!(
             "{:?}",
@@ -571,7 +582,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ),
     );
     let now = chrono::Utc::now().timestamp();
-    say(
+    said.say(
         "sent kept",
         format!(
             "{}",
@@ -581,7 +592,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
-    say(
+    said.say(
         "sent expired",
         format!(
             "{}",
@@ -596,7 +607,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .store_pending_inbound("c@s.whatsapp.net", "s@s.whatsapp.net", "I1", b"inbound")
         .await
         .unwrap();
-    say(
+    said.say(
         "pending",
         format!(
             "{:?}",
@@ -610,7 +621,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         .delete_pending_inbound("c@s.whatsapp.net", "s@s.whatsapp.net", "I1")
         .await
         .unwrap();
-    say(
+    said.say(
         "pending gone",
         format!(
             "{:?}",
@@ -620,8 +631,10 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
                 .unwrap()
         ),
     );
+}
 
-    // Message secrets: later deadlines and message times win on a rewrite.
+/// Message secrets: later deadlines and message times win on a rewrite.
+async fn msg_secrets(store: &dyn Backend, said: &mut Said) {
     let written = store
         .put_msg_secrets(vec![
             msg_secret("NEVER", 1, 0, 10),
@@ -631,7 +644,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
         ])
         .await
         .unwrap();
-    say("secrets written", format!("{written}"));
+    said.say("secrets written", format!("{written}"));
     store
         .put_msg_secret(
             "15557654321@s.whatsapp.net",
@@ -650,9 +663,9 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
             )
             .await
             .unwrap();
-        say(id, format!("{got:?}"));
+        said.say(id, format!("{got:?}"));
     }
-    say(
+    said.say(
         "secrets expired",
         format!("{}", store.delete_expired_msg_secrets(2_000).await.unwrap()),
     );
@@ -665,16 +678,18 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
             )
             .await
             .unwrap();
-        say(id, format!("{}", got.is_some()));
+        said.say(id, format!("{}", got.is_some()));
     }
+}
 
-    // The device.
-    say(
+/// The device.
+async fn device(store: &dyn Backend, said: &mut Said) {
+    said.say(
         "device exists",
         format!("{}", store.exists().await.unwrap()),
     );
     store.create().await.unwrap();
-    say(
+    said.say(
         "device created",
         format!("{}", store.exists().await.unwrap()),
     );
@@ -683,7 +698,7 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
     device.pn = Some("15551234567@s.whatsapp.net".parse().unwrap());
     store.save(&device).await.unwrap();
     let loaded = store.load().await.unwrap().unwrap();
-    say(
+    said.say(
         "device",
         format!(
             "{} {:?}",
@@ -691,7 +706,19 @@ async fn exercise(store: &dyn Backend) -> Vec<String> {
             loaded.pn.map(|pn| pn.to_string())
         ),
     );
-    said
+}
+
+/// Runs the same operations on a backend and says what each answered: two backends that
+/// answer alike behave alike for the client.
+async fn exercise(store: &dyn Backend) -> Vec<String> {
+    let mut said = Said::default();
+    identities_and_sessions(store, &mut said).await;
+    pre_keys(store, &mut said).await;
+    app_state(store, &mut said).await;
+    protocol(store, &mut said).await;
+    msg_secrets(store, &mut said).await;
+    device(store, &mut said).await;
+    said.0
 }
 
 async fn answers_as_the_crate_s_own_backend(db: AnyPool) {
