@@ -850,6 +850,24 @@ async fn on_postgresql_the_store_answers_as_the_crate_s_own_backend() {
 }
 
 #[tokio::test]
+async fn replicas_starting_together_all_find_the_table() {
+    let pg = TestPostgres::new().await.unwrap();
+    let url = pg.url_with_schema();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let db = connect(&url).await;
+                SealedDeviceStore::migrate(&db).await
+            })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
 async fn on_postgresql_a_device_resumes_on_another_replica_and_accounts_stay_apart() {
     let pg = TestPostgres::new().await.unwrap();
     resumes_after_reopening_and_keeps_accounts_apart(&pg.url_with_schema()).await;

@@ -148,7 +148,19 @@ impl SealedDeviceStore {
     /// used; safe to run again.
     pub async fn migrate(db: &AnyPool) -> std::result::Result<(), sqlx::Error> {
         for migration in MIGRATIONS {
-            sqlx::query(migration).execute(db).await?;
+            // Replicas starting together race on PostgreSQL's catalogue even with `IF NOT
+            // EXISTS` (a unique violation on the type's name); the loser's retry finds the table.
+            let mut attempt = 1;
+            loop {
+                match sqlx::query(migration).execute(db).await {
+                    Ok(_) => break,
+                    Err(_) if attempt < 3 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
         }
         Ok(())
     }
