@@ -320,10 +320,13 @@ impl Session for EmbeddedConnector {
                 handle.abort();
             }
         }
-        if outcome.forget_device
-            && let Err(err) = store.forget().await
-        {
-            warn!(account_id = %account_id, error = %err, "could not forget a logged-out device");
+        if outcome.forget_device {
+            // Disconnecting again flushes what the client still holds (a no-op when it has
+            // stopped), so nothing it writes later brings the logged-out device back.
+            client.disconnect().await;
+            if let Err(err) = store.forget().await {
+                warn!(account_id = %account_id, error = %err, "could not forget a logged-out device");
+            }
         }
         info!(account_id = %account_id, reason = %ended.reason, "whatsapp session ended");
         ended
@@ -373,7 +376,9 @@ impl EmbeddedConnector {
         let bot = builder.build().await.map_err(|err| err.to_string())?;
         let client = bot.client();
         if client.pn().is_none() {
-            // Never linked: there is nothing to tell WhatsApp.
+            // Never linked: there is nothing to tell WhatsApp. Stopped, so that nothing it
+            // would still save outlives the forgetting.
+            client.disconnect().await;
             return Ok(());
         }
         let handle = bot.spawn();
