@@ -13,6 +13,21 @@
 //! - [`Translator`] turns the crate's events into whatsnap's; it is pure and tested with the
 //!   crate's own event values.
 //!
+//! Wiring it into a deployment, over the read database the services already share:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # async fn wire(db: sqlx::AnyPool, key: whatsnap_secrets::SecretKey) -> Result<(), whatsnap_whatsapp::StartError> {
+//! use whatsnap_whatsapp::{EmbeddedConfig, EmbeddedConnector};
+//!
+//! // Creates `whatsapp_device_store` when it is missing.
+//! let embedded = EmbeddedConnector::new(db, key, EmbeddedConfig::default()).await?;
+//! let connectors = whatsnap_connector::Connectors::default().with(Arc::new(embedded));
+//! # let _ = connectors;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! **Not run against WhatsApp's servers here**: this was written without internet access. The
 //! translation of events, the device store (on SQLite and PostgreSQL) and the reply building
 //! are tested; linking a phone, sending and receiving are not. Unofficial clients risk the
