@@ -33,6 +33,15 @@
 //! are tested; linking a phone, sending and receiving are not. Unofficial clients risk the
 //! number being banned by WhatsApp.
 //!
+//! What it does not do yet: inbound media is not downloaded (a message reports its caption,
+//! or says what came: `[image]`, `[document: menu.pdf]`, …); inbound delivery is at most once
+//! (the crate's inbound durability hook needs the seam to acknowledge a recorded message);
+//! WhatsApp offers no way to look for a sent message ([`Connector::find_sent`] finds nothing),
+//! but a reply sent again reuses its message ids ([`message_id`]). Group chats, status
+//! broadcasts, broadcast lists and channels are ignored.
+//!
+//! [`Connector::find_sent`]: whatsnap_connector::Connector::find_sent
+//!
 //! Built without the crate's `simd` feature (nightly only) and without `sqlite-storage` (its
 //! `libsqlite3-sys` cannot link beside sqlx 0.8's).
 
