@@ -29,14 +29,14 @@ pub const MIGRATIONS: &[&str] = &[
 const UPSERT: &str = "INSERT INTO whatsapp_device_store (account_id, kind, item, grp, num, value) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (account_id, kind, item) DO UPDATE SET grp = excluded.grp, num = excluded.num, value = excluded.value";
 
-/// The stores of the crate's [`Backend`](whatsapp_rust::store::traits::Backend), one linked
-/// device per whatsnap account.
 mod app_state;
 mod device;
 mod msg_secret;
 mod protocol;
 mod signal;
 
+/// The stores of the crate's [`Backend`](whatsapp_rust::store::traits::Backend), as the `kind`
+/// column names them.
 mod kind {
     pub const DEVICE: &str = "device";
     pub const IDENTITY: &str = "identity";
