@@ -18,7 +18,7 @@ use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::{Event, EventKind};
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkMethod,
-    NewAccount, Outgoing, SendError, Sent, Session,
+    NewAccount, Outgoing, Pacing, SendError, Sent, Session,
 };
 use whatsnap_events::AccountKind;
 use whatsnap_secrets::SecretKey;
@@ -222,6 +222,11 @@ impl Connector for EmbeddedConnector {
     ) -> Result<Option<Sent>, SendError> {
         // WhatsApp offers no way to list what a device sent.
         Ok(None)
+    }
+
+    /// Unofficial clients that send fast, regular bursts are what WhatsApp bans first.
+    fn default_pacing(&self) -> Pacing {
+        Pacing::WHATSAPP
     }
 
     fn session(&self) -> Option<&dyn Session> {

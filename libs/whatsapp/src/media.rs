@@ -1,6 +1,7 @@
 //! A reply as WhatsApp messages: its text, or its attachments fetched from their URLs and
 //! uploaded (encrypted) to WhatsApp's media servers with the crate's `upload`.
 
+use base64::Engine as _;
 use whatsapp_rust::Client;
 use whatsapp_rust::download::MediaType;
 use whatsapp_rust::media::{
@@ -76,19 +77,48 @@ pub(crate) fn http_client(timeout: std::time::Duration) -> reqwest::Result<reqwe
     reqwest::Client::builder().timeout(timeout).build()
 }
 
+/// The bytes and content type of a `data:` URL (`data:<type>;base64,<data>`), as engines and
+/// whatsnap's media store hand files over.
+fn data_url(url: &str) -> Option<(Vec<u8>, Option<String>)> {
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let content_type = meta.strip_suffix(";base64")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    Some((
+        bytes,
+        (!content_type.is_empty()).then(|| content_type.to_owned()),
+    ))
+}
+
 /// An attachment's bytes and content type.
 async fn fetch(
     http: &reqwest::Client,
     max_bytes: usize,
     attachment: &Attachment,
 ) -> Result<(Vec<u8>, String), SendError> {
+    let shown = match &attachment.file_name {
+        Some(name) => name.as_str(),
+        None if attachment.url.starts_with("data:") => "(data)",
+        None => attachment.url.as_str(),
+    };
     let unavailable = |detail: String| SendError::Refused {
-        reason: format!(
-            "the attachment {} could not be fetched: {detail}",
-            attachment.url
-        ),
+        reason: format!("the attachment {shown} could not be fetched: {detail}"),
         code: Some("attachment_unavailable".into()),
     };
+    if attachment.url.starts_with("data:") {
+        let (bytes, content_type) = data_url(&attachment.url)
+            .ok_or_else(|| unavailable("not a base64 data: URL".into()))?;
+        if bytes.len() > max_bytes {
+            return Err(unavailable(format!("larger than {max_bytes} bytes")));
+        }
+        let content_type = attachment
+            .content_type
+            .clone()
+            .or(content_type)
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        return Ok((bytes, content_type));
+    }
     let response = http
         .get(&attachment.url)
         .send()
@@ -254,6 +284,31 @@ mod tests {
             content_type, "application/x-custom",
             "the reply's own type wins"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_handed_over_as_data_needs_no_fetching() {
+        let http = http_client(std::time::Duration::from_secs(10)).unwrap();
+        let pdf = Attachment {
+            url: "data:application/pdf;base64,JVBERi0=".into(),
+            content_type: None,
+            file_name: Some("menu.pdf".into()),
+        };
+        let (bytes, content_type) = fetch(&http, 1024, &pdf).await.unwrap();
+        assert_eq!(bytes, b"%PDF-");
+        assert_eq!(content_type, "application/pdf");
+        let garbled = Attachment {
+            url: "data:application/pdf;base64,%%%".into(),
+            ..pdf.clone()
+        };
+        assert!(matches!(
+            fetch(&http, 1024, &garbled).await,
+            Err(SendError::Refused { .. })
+        ));
+        assert!(matches!(
+            fetch(&http, 2, &pdf).await,
+            Err(SendError::Refused { .. })
+        ));
     }
 
     #[tokio::test]

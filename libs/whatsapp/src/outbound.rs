@@ -21,6 +21,14 @@ pub(crate) async fn send(
 ) -> Result<Sent, SendError> {
     let to = recipient(&outgoing.to)?;
     let messages = media::messages(client, http, max_attachment_bytes, outgoing).await?;
+    if !outgoing.typing.is_zero() {
+        // "typing…" for the pacing's while; the message itself ends it. Only a nicety: a
+        // failure here does not keep the reply back.
+        if let Err(err) = client.chatstate().send_composing(&to).await {
+            tracing::debug!(error = %err, "no typing indicator");
+        }
+        tokio::time::sleep(outgoing.typing).await;
+    }
     let mut first: Option<String> = None;
     for (part, message) in messages.into_iter().enumerate() {
         let options = SendOptions::default().with_message_id(message_id(outgoing.message_id, part));

@@ -18,7 +18,7 @@ use whatsapp_rust::async_channel::Receiver;
 use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse};
 use whatsapp_rust::transport::{Transport, TransportEvent, TransportFactory};
 use whatsnap_connector::{
-    AccountRef, Connector, DisconnectReason, LinkMethod, NewAccount, Outgoing, SendError,
+    AccountRef, Connector, DisconnectReason, LinkMethod, NewAccount, Outgoing, Pacing, SendError,
 };
 use whatsnap_events::{AccountKind, Attachment, LocationId};
 use whatsnap_secrets::SecretKey;
@@ -86,6 +86,7 @@ fn reply(to: &str) -> Outgoing {
         to: to.into(),
         body: "we open at 9".into(),
         attachments: vec![],
+        typing: Duration::ZERO,
     }
 }
 
@@ -96,6 +97,7 @@ async fn an_embedded_account_needs_no_credentials() {
     assert_eq!(connector.platform(), AccountKind::Whatsapp);
     assert_eq!(connector.engine(), "embedded");
     assert_eq!(connector.send_operation(), "embedded.send");
+    assert_eq!(connector.default_pacing(), Pacing::WHATSAPP);
     assert!(connector.session().is_some());
     let account = account();
     let new = NewAccount {
