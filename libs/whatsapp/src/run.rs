@@ -1,0 +1,393 @@
+//! One run of an account's session: what the client says, reported in order until something
+//! ends the run. Apart from the client itself, so tests drive it with the crate's events.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use whatsapp_rust::types::events::Event;
+use whatsnap_connector::{ConnectorEvent, DisconnectReason, Ended};
+
+use crate::translate::{OwnIdentity, Translator};
+
+/// How long the last words of a client that stopped by itself may take to arrive.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub ended: Ended,
+    /// The client stopped by itself (otherwise it is still running and must be stopped).
+    pub client_stopped: bool,
+    /// The device was logged out: its keys are useless and the next link needs a new device.
+    pub forget_device: bool,
+}
+
+struct Run<O> {
+    translator: Translator,
+    /// Linking by pairing code: the QR codes the server issues meanwhile are not shown, and
+    /// their running out does not end the run.
+    by_pairing_code: bool,
+    own: O,
+    events: mpsc::Sender<ConnectorEvent>,
+    forget_device: bool,
+    /// The last loss of the connection: the client recovers from it by itself, unless it stops.
+    last_loss: Option<Ended>,
+}
+
+impl<O: Fn() -> OwnIdentity> Run<O> {
+    /// Reports an event of the client; `Some` when it ends the run.
+    async fn report(&mut self, event: &Event) -> Option<Ended> {
+        if self.by_pairing_code
+            && matches!(
+                event,
+                Event::PairingQrCode(_) | Event::PairingQrCodesExhausted(_)
+            )
+        {
+            return None;
+        }
+        if matches!(event, Event::Connected(_) | Event::PairSuccess(_)) {
+            self.translator.set_own((self.own)());
+        }
+        if matches!(event, Event::LoggedOut(_)) {
+            self.forget_device = true;
+        }
+        for out in self.translator.translate(event) {
+            let mut ends = None;
+            if let ConnectorEvent::Disconnected { reason, detail } = &out {
+                let ended = Ended {
+                    reason: *reason,
+                    detail: detail.clone(),
+                };
+                if reason.reconnects() {
+                    self.last_loss = Some(ended);
+                } else {
+                    ends = Some(ended);
+                }
+            }
+            if self.events.send(out).await.is_err() {
+                return Some(Ended {
+                    reason: DisconnectReason::Stopped,
+                    detail: "nobody listens to the session any more".into(),
+                });
+            }
+            if ends.is_some() {
+                return ends;
+            }
+        }
+        None
+    }
+}
+
+/// Reports what the client says (`from_client`) on `events` until the run ends: `stop` is
+/// cancelled, the link ends for a reason the client does not recover from, or the client
+/// stops (`client_done`). `own` reads the account's own number and name from the client;
+/// `by_pairing_code` when the link is made with a pairing code rather than a QR code.
+pub(crate) async fn drive<D, O>(
+    mut from_client: mpsc::UnboundedReceiver<Arc<Event>>,
+    mut client_done: D,
+    own: O,
+    by_pairing_code: bool,
+    events: mpsc::Sender<ConnectorEvent>,
+    stop: CancellationToken,
+) -> Outcome
+where
+    D: Future<Output = ()> + Unpin,
+    O: Fn() -> OwnIdentity,
+{
+    let mut run = Run {
+        translator: Translator::new(own()),
+        by_pairing_code,
+        own,
+        events,
+        forget_device: false,
+        last_loss: None,
+    };
+    let mut client_stopped = false;
+    let ended = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ended {
+                reason: DisconnectReason::Stopped,
+                detail: "whatsnap stopped the connection".into(),
+            },
+            Some(event) = from_client.recv() => {
+                if let Some(ended) = run.report(&event).await {
+                    break ended;
+                }
+            }
+            _ = &mut client_done => {
+                client_stopped = true;
+                // What the client said last may still be on its way.
+                let mut ended = None;
+                while ended.is_none()
+                    && let Ok(Some(event)) = tokio::time::timeout(LAST_WORDS, from_client.recv()).await
+                {
+                    ended = run.report(&event).await;
+                }
+                break ended.or(run.last_loss.take()).unwrap_or(Ended {
+                    reason: DisconnectReason::ConnectionLost,
+                    detail: "the whatsapp client stopped".into(),
+                });
+            }
+        }
+    };
+    Outcome {
+        ended,
+        client_stopped,
+        forget_device: run.forget_device,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use whatsapp_rust::Jid;
+    use whatsapp_rust::types::events::{ConnectFailureReason, TemporaryBan};
+    use whatsapp_rust::types::events::{
+        Connected, Disconnected, LoggedOut, PairSuccess, PairingCode, PairingQrCode,
+        PairingQrCodesExhausted, StreamReplaced,
+    };
+    use whatsapp_rust::wacore::net::DisconnectReason as TransportReason;
+    use whatsnap_connector::LinkCode;
+
+    use super::*;
+
+    fn qr(code: &str) -> Event {
+        Event::PairingQrCode(
+            PairingQrCode::builder()
+                .code(code.to_owned())
+                .timeout(Duration::from_secs(60))
+                .build(),
+        )
+    }
+
+    fn paired() -> Event {
+        let id: Jid = "15551234567:4@s.whatsapp.net".parse().unwrap();
+        Event::PairSuccess(
+            PairSuccess::builder()
+                .id(id)
+                .lid("100000012345678:4@lid".parse().unwrap())
+                .business_name(String::new())
+                .platform("android".to_owned())
+                .build(),
+        )
+    }
+
+    fn lost() -> Event {
+        Event::Disconnected(
+            Disconnected::builder()
+                .reason(TransportReason::StreamEnded)
+                .build(),
+        )
+    }
+
+    fn logged_out() -> Event {
+        Event::LoggedOut(
+            LoggedOut::builder()
+                .on_connect(false)
+                .reason(ConnectFailureReason::LoggedOut)
+                .build(),
+        )
+    }
+
+    struct Rig {
+        to_session: mpsc::UnboundedSender<Arc<Event>>,
+        heard: mpsc::Receiver<ConnectorEvent>,
+        stop: CancellationToken,
+        client_stops: Option<tokio::sync::oneshot::Sender<()>>,
+        outcome: tokio::task::JoinHandle<Outcome>,
+    }
+
+    /// A run whose client is this test: it says what the test feeds it, and stops when told.
+    fn rig() -> Rig {
+        rig_linking(false)
+    }
+
+    fn rig_linking(by_pairing_code: bool) -> Rig {
+        let (to_session, from_client) = mpsc::unbounded_channel();
+        let (events, heard) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let (client_stops, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        let own = || OwnIdentity {
+            phone_number: Some("+15551234567".into()),
+            display_name: Some("Ana".into()),
+        };
+        let outcome = tokio::spawn(drive(
+            from_client,
+            done,
+            own,
+            by_pairing_code,
+            events,
+            stop.clone(),
+        ));
+        Rig {
+            to_session,
+            heard,
+            stop,
+            client_stops: Some(client_stops),
+            outcome,
+        }
+    }
+
+    impl Rig {
+        fn say(&self, event: Event) {
+            self.to_session.send(Arc::new(event)).unwrap();
+        }
+
+        async fn hear(&mut self) -> ConnectorEvent {
+            tokio::time::timeout(Duration::from_secs(5), self.heard.recv())
+                .await
+                .expect("the session reports in time")
+                .expect("the session reports")
+        }
+
+        async fn end(self) -> Outcome {
+            tokio::time::timeout(Duration::from_secs(5), self.outcome)
+                .await
+                .expect("the run ends in time")
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scan_then_a_logout_ends_the_run_and_forgets_the_device() {
+        let mut rig = rig();
+        rig.say(qr("2@one"));
+        rig.say(paired());
+        rig.say(Event::Connected(Connected::builder().build()));
+        rig.say(logged_out());
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Linking(LinkCode::Qr { .. })
+        ));
+        assert_eq!(
+            rig.hear().await,
+            ConnectorEvent::Connected {
+                phone_number: Some("+15551234567".into()),
+                display_name: Some("Ana".into()),
+            }
+        );
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Disconnected {
+                reason: DisconnectReason::LoggedOut,
+                ..
+            }
+        ));
+        let outcome = rig.end().await;
+        assert_eq!(outcome.ended.reason, DisconnectReason::LoggedOut);
+        assert!(outcome.forget_device);
+        assert!(!outcome.client_stopped, "the session stops the client");
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_reported_and_the_run_goes_on_until_stopped() {
+        let mut rig = rig();
+        rig.say(Event::Connected(Connected::builder().build()));
+        rig.say(lost());
+        rig.say(Event::Connected(Connected::builder().build()));
+        assert!(matches!(rig.hear().await, ConnectorEvent::Connected { .. }));
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Disconnected {
+                reason: DisconnectReason::ConnectionLost,
+                ..
+            }
+        ));
+        assert!(matches!(rig.hear().await, ConnectorEvent::Connected { .. }));
+        rig.stop.cancel();
+        let outcome = rig.end().await;
+        assert_eq!(outcome.ended.reason, DisconnectReason::Stopped);
+        assert!(!outcome.forget_device && !outcome.client_stopped);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_after_being_replaced_ends_the_run_with_why() {
+        let mut rig = rig();
+        rig.say(Event::StreamReplaced(StreamReplaced::builder().build()));
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Disconnected {
+                reason: DisconnectReason::ConnectionLost,
+                ..
+            }
+        ));
+        rig.client_stops.take().unwrap().send(()).unwrap();
+        let outcome = rig.end().await;
+        assert!(outcome.client_stopped);
+        assert_eq!(outcome.ended.reason, DisconnectReason::ConnectionLost);
+        assert!(
+            outcome.ended.detail.contains("replaced"),
+            "{:?}",
+            outcome.ended
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_words_of_a_stopping_client_decide_how_the_run_ends() {
+        let mut rig = rig();
+        rig.client_stops.take().unwrap().send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rig.say(Event::TemporaryBan(
+            TemporaryBan::builder()
+                .code(whatsapp_rust::types::events::TempBanReason::BlockedByUsers)
+                .expire(chrono::Duration::hours(1))
+                .build(),
+        ));
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Disconnected {
+                reason: DisconnectReason::Banned,
+                ..
+            }
+        ));
+        let outcome = rig.end().await;
+        assert_eq!(outcome.ended.reason, DisconnectReason::Banned);
+        assert!(outcome.client_stopped);
+    }
+
+    #[tokio::test]
+    async fn linking_by_pairing_code_shows_the_code_not_the_qr_codes() {
+        let mut rig = rig_linking(true);
+        rig.say(qr("2@one"));
+        rig.say(Event::PairingQrCodesExhausted(
+            PairingQrCodesExhausted::builder()
+                .disconnected(false)
+                .build(),
+        ));
+        rig.say(Event::PairingCode(
+            PairingCode::builder()
+                .code("ABCD-EFGH".to_owned())
+                .timeout(Duration::from_secs(180))
+                .build(),
+        ));
+        assert!(matches!(
+            rig.hear().await,
+            ConnectorEvent::Linking(LinkCode::Pairing { .. })
+        ));
+        rig.stop.cancel();
+        assert_eq!(rig.end().await.ended.reason, DisconnectReason::Stopped);
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_ends_the_run() {
+        let rig = rig();
+        let Rig {
+            to_session,
+            heard,
+            outcome,
+            ..
+        } = rig;
+        drop(heard);
+        to_session.send(Arc::new(qr("2@one"))).unwrap();
+        let outcome = outcome.await.unwrap();
+        assert_eq!(outcome.ended.reason, DisconnectReason::Stopped);
+    }
+}
