@@ -476,7 +476,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             db.clone(),
             whatsnap_session::SessionConfig {
                 secret_key: key.clone(),
-                connectors: connectors(&args, public_url.clone())?,
+                connectors: connectors(&args, public_url.clone(), &db, key).await?,
                 max_accounts_per_location: args.max_accounts_per_location,
                 tag_prefix: args.tag_prefix.clone(),
                 media: media.clone().zip(public_url.clone()),
@@ -883,16 +883,27 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
 }
 
 /// The account kinds this deployment connects, each through its connector.
-fn connectors(
+async fn connectors(
     args: &ServeArgs,
     public_url: Option<String>,
+    db: &ReadDb,
+    secret_key: &whatsnap_secrets::SecretKey,
 ) -> anyhow::Result<whatsnap_connector::Connectors> {
     let twilio = whatsnap_twilio::TwilioConnector::new(
         whatsnap_twilio::TwilioClient::with_timeout(&args.twilio_base_url, args.twilio_timeout)?,
         public_url.clone(),
     );
-    let mut connectors =
-        whatsnap_connector::Connectors::default().with(std::sync::Arc::new(twilio));
+    // WhatsApp in process: its linked devices live in the read database, sealed.
+    let embedded = whatsnap_whatsapp::EmbeddedConnector::new(
+        db.clone(),
+        secret_key.clone(),
+        whatsnap_whatsapp::EmbeddedConfig::default(),
+    )
+    .await
+    .context("starting the embedded WhatsApp engine")?;
+    let mut connectors = whatsnap_connector::Connectors::default()
+        .with(std::sync::Arc::new(twilio))
+        .with(std::sync::Arc::new(embedded));
     if let Some(url) = &args.evolution_url {
         let Some(key) = &args.evolution_api_key else {
             bail!("--evolution-url needs --evolution-api-key (WHATSNAP_EVOLUTION_API_KEY)");
@@ -906,10 +917,8 @@ fn connectors(
             .map_err(|e| anyhow!("the Evolution API at {url}: {e}"))?;
         connectors = connectors.with(std::sync::Arc::new(evolution));
     }
-    if args.whatsapp_engine != "embedded" || args.evolution_url.is_some() {
-        connectors = connectors
-            .default_engine(&args.whatsapp_engine)
-            .map_err(|e| anyhow!("--whatsapp-engine: {e}"))?;
-    }
+    connectors = connectors
+        .default_engine(&args.whatsapp_engine)
+        .map_err(|e| anyhow!("--whatsapp-engine: {e}"))?;
     Ok(connectors)
 }
