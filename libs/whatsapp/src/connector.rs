@@ -16,19 +16,20 @@ use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::{Event, EventKind};
+use whatsapp_rust::waproto::whatsapp as wa;
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkMethod,
     NewAccount, Outgoing, Pacing, SendError, Sent, Session,
 };
-use whatsnap_events::AccountKind;
+use whatsnap_events::{AccountKind, Attachment};
 use whatsnap_secrets::SecretKey;
 
 use crate::media;
 use crate::network::{Network, SharedHttp, SharedTransport};
 use crate::outbound;
-use crate::run::drive;
+use crate::run::{Files, drive};
 use crate::store::SealedDeviceStore;
-use crate::translate::OwnIdentity;
+use crate::translate::{OwnIdentity, file_of};
 
 /// The crate's events a session listens to; the client skips building the others.
 const KINDS: &[EventKind] = &[
@@ -73,6 +74,9 @@ pub struct EmbeddedConfig {
     pub attachment_timeout: Duration,
     /// How long a logout of an account without a live session waits for WhatsApp.
     pub logout_timeout: Duration,
+    /// The largest file a received message may bring in (whatsnap's media store keeps 16 MB);
+    /// a larger one arrives as a note of what came.
+    pub max_inbound_file_bytes: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -81,6 +85,7 @@ impl Default for EmbeddedConfig {
             max_attachment_bytes: 64 * 1024 * 1024,
             attachment_timeout: Duration::from_secs(60),
             logout_timeout: Duration::from_secs(30),
+            max_inbound_file_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -234,6 +239,31 @@ impl Connector for EmbeddedConnector {
     }
 }
 
+/// Downloads what messages carry through the account's client.
+struct ClientFiles {
+    client: Arc<Client>,
+    max_bytes: u64,
+}
+
+#[async_trait]
+impl Files for ClientFiles {
+    async fn attachment(&self, message: &wa::Message) -> Option<Attachment> {
+        let file = file_of(message)?;
+        let length = file.media.file_length().unwrap_or(0);
+        if length > self.max_bytes {
+            warn!(length, "an inbound file is too large to keep");
+            return None;
+        }
+        match self.client.download(file.media).await {
+            Ok(bytes) => Some(file.attachment(&bytes)),
+            Err(err) => {
+                warn!(error = %err, "an inbound file could not be downloaded");
+                None
+            }
+        }
+    }
+}
+
 fn own_identity(client: &Client) -> OwnIdentity {
     OwnIdentity::from_jid(client.pn().as_ref(), &client.push_name())
 }
@@ -303,10 +333,15 @@ impl Session for EmbeddedConnector {
         self.live_map().insert(account_id, client.clone());
         info!(account_id = %account_id, "whatsapp session started");
 
+        let files = ClientFiles {
+            client: client.clone(),
+            max_bytes: self.config.max_inbound_file_bytes,
+        };
         let outcome = drive(
             rx,
             &mut handle,
             || own_identity(&client),
+            &files,
             pair_code.is_some(),
             events,
             stop,
