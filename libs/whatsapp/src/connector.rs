@@ -61,6 +61,9 @@ pub const SEND: &str = "embedded.send";
 /// (the crate's ordered delivery never blocks its receive loop).
 const EVENT_MAILBOX: usize = 4096;
 
+/// How long downloading one received file may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long a stopping client gets to flush its state before it is aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -254,10 +257,15 @@ impl Files for ClientFiles {
             warn!(length, "an inbound file is too large to keep");
             return None;
         }
-        match self.client.download(file.media).await {
-            Ok(bytes) => Some(file.attachment(&bytes)),
-            Err(err) => {
+        // Bounded: the session reports nothing else meanwhile, and a stop waits for it.
+        match tokio::time::timeout(DOWNLOAD_TIMEOUT, self.client.download(file.media)).await {
+            Ok(Ok(bytes)) => Some(file.attachment(&bytes)),
+            Ok(Err(err)) => {
                 warn!(error = %err, "an inbound file could not be downloaded");
+                None
+            }
+            Err(_) => {
+                warn!("an inbound file took too long to download");
                 None
             }
         }
