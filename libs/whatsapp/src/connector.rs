@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::{Event, EventKind};
 use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{Client, Jid};
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkMethod,
     NewAccount, Outgoing, Pacing, SendError, Sent, Session,
@@ -27,7 +27,7 @@ use whatsnap_secrets::SecretKey;
 use crate::media;
 use crate::network::{Network, SharedHttp, SharedTransport};
 use crate::outbound;
-use crate::run::{Files, drive};
+use crate::run::{Lookups, drive};
 use crate::store::SealedDeviceStore;
 use crate::translate::{OwnIdentity, file_of};
 
@@ -242,14 +242,31 @@ impl Connector for EmbeddedConnector {
     }
 }
 
-/// Downloads what messages carry through the account's client.
-struct ClientFiles {
+/// What the session asks the account's client: the files messages carry, the numbers behind
+/// LIDs.
+struct ClientLookups {
     client: Arc<Client>,
     max_bytes: u64,
 }
 
 #[async_trait]
-impl Files for ClientFiles {
+impl Lookups for ClientLookups {
+    async fn phone_of(&self, lid: &str) -> Option<String> {
+        let user = lid.strip_suffix("@lid")?;
+        match self.client.get_lid_pn_entry(&Jid::lid(user)).await {
+            Ok(Some(entry)) => {
+                let digits = entry.phone_number.as_ref();
+                (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| format!("+{digits}"))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                warn!(error = %err, "the number behind a lid could not be looked up");
+                None
+            }
+        }
+    }
+
     async fn attachment(&self, message: &wa::Message) -> Option<Attachment> {
         let file = file_of(message)?;
         let length = file.media.file_length().unwrap_or(0);
@@ -341,7 +358,7 @@ impl Session for EmbeddedConnector {
         self.live_map().insert(account_id, client.clone());
         info!(account_id = %account_id, "whatsapp session started");
 
-        let files = ClientFiles {
+        let lookups = ClientLookups {
             client: client.clone(),
             max_bytes: self.config.max_inbound_file_bytes,
         };
@@ -349,7 +366,7 @@ impl Session for EmbeddedConnector {
             rx,
             &mut handle,
             || own_identity(&client),
-            &files,
+            &lookups,
             pair_code.is_some(),
             events,
             stop,

@@ -17,12 +17,15 @@ use crate::translate::{OwnIdentity, Translator, text_of};
 /// How long the last words of a client that stopped by itself may take to arrive.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 
-/// Downloads the file a message carries.
+/// What the session asks the client beyond its events.
 #[async_trait::async_trait]
-pub(crate) trait Files: Send + Sync {
+pub(crate) trait Lookups: Send + Sync {
     /// The file of `message` as an attachment; `None` when it has none or it cannot be had
     /// (the message then says what came instead).
     async fn attachment(&self, message: &wa::Message) -> Option<Attachment>;
+
+    /// The number (E.164) behind a LID (`…@lid`), when the client has learned it.
+    async fn phone_of(&self, lid: &str) -> Option<String>;
 }
 
 /// How a run ended.
@@ -37,7 +40,7 @@ pub(crate) struct Outcome {
 
 struct Run<'f, O> {
     translator: Translator,
-    files: &'f dyn Files,
+    lookups: &'f dyn Lookups,
     /// Linking by pairing code: the QR codes the server issues meanwhile are not shown, and
     /// their running out does not end the run.
     by_pairing_code: bool,
@@ -49,8 +52,14 @@ struct Run<'f, O> {
 }
 
 impl<O: Fn() -> OwnIdentity> Run<'_, O> {
-    /// Gives a message the file it carries, in place of the note saying what came.
-    async fn with_file(&self, event: &Event, mut message: ObservedMessage) -> ObservedMessage {
+    /// Gives a message the file it carries, in place of the note saying what came, and a
+    /// sender named only by LID the number the client knows for it.
+    async fn completed(&self, event: &Event, mut message: ObservedMessage) -> ObservedMessage {
+        if message.peer.phone.is_none()
+            && let Some(lid) = &message.peer.lid
+        {
+            message.peer.phone = self.lookups.phone_of(lid).await;
+        }
         let Event::Messages(batch) = event else {
             return message;
         };
@@ -60,7 +69,7 @@ impl<O: Fn() -> OwnIdentity> Run<'_, O> {
         else {
             return message;
         };
-        if let Some(file) = self.files.attachment(&inbound.message).await {
+        if let Some(file) = self.lookups.attachment(&inbound.message).await {
             if text_of(&inbound.message).is_none() {
                 message.body.clear();
             }
@@ -88,7 +97,7 @@ impl<O: Fn() -> OwnIdentity> Run<'_, O> {
         for out in self.translator.translate(event) {
             let out = match out {
                 ConnectorEvent::Message(message) => {
-                    ConnectorEvent::Message(self.with_file(event, message).await)
+                    ConnectorEvent::Message(self.completed(event, message).await)
                 }
                 other => other,
             };
@@ -121,13 +130,13 @@ impl<O: Fn() -> OwnIdentity> Run<'_, O> {
 /// Reports what the client says (`from_client`) on `events` until the run ends: `stop` is
 /// cancelled, the link ends for a reason the client does not recover from, or the client
 /// stops (`client_done`). `own` reads the account's own number and name from the client,
-/// `files` downloads what messages carry; `by_pairing_code` when the link is made with a
+/// `lookups` asks it for what messages carry and whose LIDs are whose; `by_pairing_code` when the link is made with a
 /// pairing code rather than a QR code.
 pub(crate) async fn drive<D, O>(
     mut from_client: mpsc::UnboundedReceiver<Arc<Event>>,
     mut client_done: D,
     own: O,
-    files: &dyn Files,
+    lookups: &dyn Lookups,
     by_pairing_code: bool,
     events: mpsc::Sender<ConnectorEvent>,
     stop: CancellationToken,
@@ -138,7 +147,7 @@ where
 {
     let mut run = Run {
         translator: Translator::new(own()),
-        files,
+        lookups,
         by_pairing_code,
         own,
         events,
@@ -237,19 +246,27 @@ mod tests {
         )
     }
 
-    /// Downloads photos, and nothing else.
+    /// Downloads photos, and nothing else; knows one LID's number.
     struct PhotosOnly;
 
     #[async_trait::async_trait]
-    impl Files for PhotosOnly {
+    impl Lookups for PhotosOnly {
         async fn attachment(&self, message: &wa::Message) -> Option<Attachment> {
             let file = crate::translate::file_of(message)?;
             (file.content_type == "image/jpeg").then(|| file.attachment(b"jpeg bytes"))
         }
+
+        async fn phone_of(&self, lid: &str) -> Option<String> {
+            (lid == "100000099887766@lid").then(|| "+15557654321".to_owned())
+        }
     }
 
     fn inbound(id: &str, message: wa::Message) -> Event {
-        let sender: Jid = "15557654321@s.whatsapp.net".parse().unwrap();
+        inbound_from("15557654321@s.whatsapp.net", id, message)
+    }
+
+    fn inbound_from(sender: &str, id: &str, message: wa::Message) -> Event {
+        let sender: Jid = sender.parse().unwrap();
         let info = MessageInfo {
             source: MessageSource {
                 chat: sender.clone(),
@@ -499,6 +516,29 @@ mod tests {
         assert_eq!(heard[1].attachments.len(), 1);
         assert_eq!(heard[2].body, "[document: menu.pdf]");
         assert!(heard[2].attachments.is_empty());
+        rig.stop.cancel();
+        rig.end().await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_named_by_lid_alone_gets_the_number_the_client_learned() {
+        let mut rig = rig();
+        let text = || wa::Message {
+            conversation: Some("hi".into()),
+            ..Default::default()
+        };
+        rig.say(inbound_from("100000099887766@lid", "L1", text()));
+        rig.say(inbound_from("100000011111111@lid", "L2", text()));
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            match rig.hear().await {
+                ConnectorEvent::Message(message) => peers.push(message.peer),
+                other => panic!("not a message: {other:?}"),
+            }
+        }
+        assert_eq!(peers[0].phone.as_deref(), Some("+15557654321"));
+        assert_eq!(peers[0].lid.as_deref(), Some("100000099887766@lid"));
+        assert_eq!(peers[1].phone, None, "an unknown LID stays a LID");
         rig.stop.cancel();
         rig.end().await;
     }
