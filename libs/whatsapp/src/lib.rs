@@ -38,6 +38,9 @@
 //! its media store; one that cannot be had arrives as a note of what came (`[image]`,
 //! `[document: menu.pdf]`, …).
 //!
+//! A sender WhatsApp names by LID (`…@lid`) carries the phone number the server gave beside
+//! it, or else the one the client has learned for that LID, so whatsnap can merge the two.
+//!
 //! What it does not do yet: inbound delivery is at most once
 //! (the crate's inbound durability hook needs the seam to acknowledge a recorded message);
 //! WhatsApp offers no way to look for a sent message ([`Connector::find_sent`] finds nothing),
