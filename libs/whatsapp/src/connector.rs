@@ -22,7 +22,7 @@ use whatsnap_connector::{
     NewAccount, Outgoing, Pacing, SendError, Sent, Session,
 };
 use whatsnap_events::{AccountKind, Attachment};
-use whatsnap_secrets::SecretKey;
+use whatsnap_secrets::{SecretError, SecretKey};
 
 use crate::media;
 use crate::network::{Network, SharedHttp, SharedTransport};
@@ -289,6 +289,28 @@ impl Lookups for ClientLookups {
     }
 }
 
+/// Why a client did not start: a device sealed with another key waits for a user (trying again
+/// will not open it, and forgetting it could wipe a link a misconfigured replica cannot read);
+/// anything else is the database, worth trying again.
+fn not_started(err: &(dyn std::error::Error + 'static)) -> Ended {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(SecretError::WrongKey) = cause.downcast_ref::<SecretError>() {
+            return Ended {
+                reason: DisconnectReason::LoggedOut,
+                detail: "the account's device is sealed with another secret key: restore \
+                         WHATSNAP_SECRET_KEY, or log the account out and scan again"
+                    .into(),
+            };
+        }
+        source = cause.source();
+    }
+    Ended {
+        reason: DisconnectReason::EngineUnavailable,
+        detail: format!("the whatsapp client did not start: {err}"),
+    }
+}
+
 fn own_identity(client: &Client) -> OwnIdentity {
     OwnIdentity::from_jid(client.pn().as_ref(), &client.push_name())
 }
@@ -347,10 +369,7 @@ impl Session for EmbeddedConnector {
             Ok(bot) => bot,
             Err(err) => {
                 warn!(account_id = %account_id, error = %err, "whatsapp client did not start");
-                return Ended {
-                    reason: DisconnectReason::EngineUnavailable,
-                    detail: format!("the whatsapp client did not start: {err}"),
-                };
+                return not_started(&err);
             }
         };
         let client = bot.client();
