@@ -12,23 +12,24 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::types::events::{Event, EventKind};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{Client, Jid};
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, ConnectorEvent, DisconnectReason, Ended, LinkMethod,
     NewAccount, Outgoing, Pacing, SendError, Sent, Session,
 };
-use whatsnap_events::AccountKind;
-use whatsnap_secrets::SecretKey;
+use whatsnap_events::{AccountKind, Attachment};
+use whatsnap_secrets::{SecretError, SecretKey};
 
 use crate::media;
 use crate::network::{Network, SharedHttp, SharedTransport};
 use crate::outbound;
-use crate::run::drive;
+use crate::run::{Lookups, drive};
 use crate::store::SealedDeviceStore;
-use crate::translate::OwnIdentity;
+use crate::translate::{OwnIdentity, file_of};
 
 /// The crate's events a session listens to; the client skips building the others.
 const KINDS: &[EventKind] = &[
@@ -60,6 +61,9 @@ pub const SEND: &str = "embedded.send";
 /// (the crate's ordered delivery never blocks its receive loop).
 const EVENT_MAILBOX: usize = 4096;
 
+/// How long downloading one received file may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long a stopping client gets to flush its state before it is aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -73,6 +77,9 @@ pub struct EmbeddedConfig {
     pub attachment_timeout: Duration,
     /// How long a logout of an account without a live session waits for WhatsApp.
     pub logout_timeout: Duration,
+    /// The largest file a received message may bring in (whatsnap's media store keeps 16 MB);
+    /// a larger one arrives as a note of what came.
+    pub max_inbound_file_bytes: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -81,6 +88,7 @@ impl Default for EmbeddedConfig {
             max_attachment_bytes: 64 * 1024 * 1024,
             attachment_timeout: Duration::from_secs(60),
             logout_timeout: Duration::from_secs(30),
+            max_inbound_file_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -234,6 +242,75 @@ impl Connector for EmbeddedConnector {
     }
 }
 
+/// What the session asks the account's client: the files messages carry, the numbers behind
+/// LIDs.
+struct ClientLookups {
+    client: Arc<Client>,
+    max_bytes: u64,
+}
+
+#[async_trait]
+impl Lookups for ClientLookups {
+    async fn phone_of(&self, lid: &str) -> Option<String> {
+        let user = lid.strip_suffix("@lid")?;
+        match self.client.get_lid_pn_entry(&Jid::lid(user)).await {
+            Ok(Some(entry)) => {
+                let digits = entry.phone_number.as_ref();
+                (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| format!("+{digits}"))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                warn!(error = %err, "the number behind a lid could not be looked up");
+                None
+            }
+        }
+    }
+
+    async fn attachment(&self, message: &wa::Message) -> Option<Attachment> {
+        let file = file_of(message)?;
+        let length = file.media.file_length().unwrap_or(0);
+        if length > self.max_bytes {
+            warn!(length, "an inbound file is too large to keep");
+            return None;
+        }
+        // Bounded: the session reports nothing else meanwhile, and a stop waits for it.
+        match tokio::time::timeout(DOWNLOAD_TIMEOUT, self.client.download(file.media)).await {
+            Ok(Ok(bytes)) => Some(file.attachment(&bytes)),
+            Ok(Err(err)) => {
+                warn!(error = %err, "an inbound file could not be downloaded");
+                None
+            }
+            Err(_) => {
+                warn!("an inbound file took too long to download");
+                None
+            }
+        }
+    }
+}
+
+/// Why a client did not start: a device sealed with another key waits for a user (trying again
+/// will not open it, and forgetting it could wipe a link a misconfigured replica cannot read);
+/// anything else is the database, worth trying again.
+fn not_started(err: &(dyn std::error::Error + 'static)) -> Ended {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(SecretError::WrongKey) = cause.downcast_ref::<SecretError>() {
+            return Ended {
+                reason: DisconnectReason::LoggedOut,
+                detail: "the account's device is sealed with another secret key: restore \
+                         WHATSNAP_SECRET_KEY, or log the account out and scan again"
+                    .into(),
+            };
+        }
+        source = cause.source();
+    }
+    Ended {
+        reason: DisconnectReason::EngineUnavailable,
+        detail: format!("the whatsapp client did not start: {err}"),
+    }
+}
+
 fn own_identity(client: &Client) -> OwnIdentity {
     OwnIdentity::from_jid(client.pn().as_ref(), &client.push_name())
 }
@@ -292,10 +369,7 @@ impl Session for EmbeddedConnector {
             Ok(bot) => bot,
             Err(err) => {
                 warn!(account_id = %account_id, error = %err, "whatsapp client did not start");
-                return Ended {
-                    reason: DisconnectReason::EngineUnavailable,
-                    detail: format!("the whatsapp client did not start: {err}"),
-                };
+                return not_started(&err);
             }
         };
         let client = bot.client();
@@ -303,10 +377,15 @@ impl Session for EmbeddedConnector {
         self.live_map().insert(account_id, client.clone());
         info!(account_id = %account_id, "whatsapp session started");
 
+        let lookups = ClientLookups {
+            client: client.clone(),
+            max_bytes: self.config.max_inbound_file_bytes,
+        };
         let outcome = drive(
             rx,
             &mut handle,
             || own_identity(&client),
+            &lookups,
             pair_code.is_some(),
             events,
             stop,

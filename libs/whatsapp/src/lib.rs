@@ -33,8 +33,15 @@
 //! are tested; linking a phone, sending and receiving are not. Unofficial clients risk the
 //! number being banned by WhatsApp.
 //!
-//! What it does not do yet: inbound media is not downloaded (a message reports its caption,
-//! or says what came: `[image]`, `[document: menu.pdf]`, …); inbound delivery is at most once
+//! A received photo, video, voice note, document or sticker is downloaded (and decrypted) by
+//! the client and handed over as a `data:` URL attachment, which the session service keeps in
+//! its media store; one that cannot be had arrives as a note of what came (`[image]`,
+//! `[document: menu.pdf]`, …).
+//!
+//! A sender WhatsApp names by LID (`…@lid`) carries the phone number the server gave beside
+//! it, or else the one the client has learned for that LID, so whatsnap can merge the two.
+//!
+//! What it does not do yet: inbound delivery is at most once
 //! (the crate's inbound durability hook needs the seam to acknowledge a recorded message);
 //! WhatsApp offers no way to look for a sent message ([`Connector::find_sent`] finds nothing),
 //! but a reply sent again reuses its message ids ([`message_id`]). Group chats, status

@@ -8,12 +8,25 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use whatsapp_rust::types::events::Event;
-use whatsnap_connector::{ConnectorEvent, DisconnectReason, Ended};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsnap_connector::{ConnectorEvent, DisconnectReason, Ended, ObservedMessage};
+use whatsnap_events::Attachment;
 
-use crate::translate::{OwnIdentity, Translator};
+use crate::translate::{OwnIdentity, Translator, text_of};
 
 /// How long the last words of a client that stopped by itself may take to arrive.
 const LAST_WORDS: Duration = Duration::from_millis(500);
+
+/// What the session asks the client beyond its events.
+#[async_trait::async_trait]
+pub(crate) trait Lookups: Send + Sync {
+    /// The file of `message` as an attachment; `None` when it has none or it cannot be had
+    /// (the message then says what came instead).
+    async fn attachment(&self, message: &wa::Message) -> Option<Attachment>;
+
+    /// The number (E.164) behind a LID (`…@lid`), when the client has learned it.
+    async fn phone_of(&self, lid: &str) -> Option<String>;
+}
 
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,8 +38,9 @@ pub(crate) struct Outcome {
     pub forget_device: bool,
 }
 
-struct Run<O> {
+struct Run<'f, O> {
     translator: Translator,
+    lookups: &'f dyn Lookups,
     /// Linking by pairing code: the QR codes the server issues meanwhile are not shown, and
     /// their running out does not end the run.
     by_pairing_code: bool,
@@ -37,7 +51,33 @@ struct Run<O> {
     last_loss: Option<Ended>,
 }
 
-impl<O: Fn() -> OwnIdentity> Run<O> {
+impl<O: Fn() -> OwnIdentity> Run<'_, O> {
+    /// Gives a message the file it carries, in place of the note saying what came, and a
+    /// sender named only by LID the number the client knows for it.
+    async fn completed(&self, event: &Event, mut message: ObservedMessage) -> ObservedMessage {
+        if message.peer.phone.is_none()
+            && let Some(lid) = &message.peer.lid
+        {
+            message.peer.phone = self.lookups.phone_of(lid).await;
+        }
+        let Event::Messages(batch) = event else {
+            return message;
+        };
+        let Some(inbound) = batch
+            .iter()
+            .find(|inbound| inbound.info.id == message.provider_message_id)
+        else {
+            return message;
+        };
+        if let Some(file) = self.lookups.attachment(&inbound.message).await {
+            if text_of(&inbound.message).is_none() {
+                message.body.clear();
+            }
+            message.attachments.push(file);
+        }
+        message
+    }
+
     /// Reports an event of the client; `Some` when it ends the run.
     async fn report(&mut self, event: &Event) -> Option<Ended> {
         if self.by_pairing_code
@@ -55,6 +95,12 @@ impl<O: Fn() -> OwnIdentity> Run<O> {
             self.forget_device = true;
         }
         for out in self.translator.translate(event) {
+            let out = match out {
+                ConnectorEvent::Message(message) => {
+                    ConnectorEvent::Message(self.completed(event, message).await)
+                }
+                other => other,
+            };
             let mut ends = None;
             if let ConnectorEvent::Disconnected { reason, detail } = &out {
                 let ended = Ended {
@@ -83,12 +129,14 @@ impl<O: Fn() -> OwnIdentity> Run<O> {
 
 /// Reports what the client says (`from_client`) on `events` until the run ends: `stop` is
 /// cancelled, the link ends for a reason the client does not recover from, or the client
-/// stops (`client_done`). `own` reads the account's own number and name from the client;
-/// `by_pairing_code` when the link is made with a pairing code rather than a QR code.
+/// stops (`client_done`). `own` reads the account's own number and name from the client,
+/// `lookups` asks it for what messages carry and whose LIDs are whose; `by_pairing_code` when the link is made with a
+/// pairing code rather than a QR code.
 pub(crate) async fn drive<D, O>(
     mut from_client: mpsc::UnboundedReceiver<Arc<Event>>,
     mut client_done: D,
     own: O,
+    lookups: &dyn Lookups,
     by_pairing_code: bool,
     events: mpsc::Sender<ConnectorEvent>,
     stop: CancellationToken,
@@ -99,6 +147,7 @@ where
 {
     let mut run = Run {
         translator: Translator::new(own()),
+        lookups,
         by_pairing_code,
         own,
         events,
@@ -146,11 +195,14 @@ mod tests {
     use std::time::Duration;
 
     use whatsapp_rust::Jid;
-    use whatsapp_rust::types::events::{ConnectFailureReason, TemporaryBan};
+    use whatsapp_rust::types::events::{
+        BatchOrigin, ConnectFailureReason, InboundMessage, MessageBatch, TemporaryBan,
+    };
     use whatsapp_rust::types::events::{
         Connected, Disconnected, LoggedOut, PairSuccess, PairingCode, PairingQrCode,
         PairingQrCodesExhausted, StreamReplaced,
     };
+    use whatsapp_rust::types::message::{MessageInfo, MessageSource};
     use whatsapp_rust::wacore::net::DisconnectReason as TransportReason;
     use whatsnap_connector::LinkCode;
 
@@ -194,6 +246,49 @@ mod tests {
         )
     }
 
+    /// Downloads photos, and nothing else; knows one LID's number.
+    struct PhotosOnly;
+
+    #[async_trait::async_trait]
+    impl Lookups for PhotosOnly {
+        async fn attachment(&self, message: &wa::Message) -> Option<Attachment> {
+            let file = crate::translate::file_of(message)?;
+            (file.content_type == "image/jpeg").then(|| file.attachment(b"jpeg bytes"))
+        }
+
+        async fn phone_of(&self, lid: &str) -> Option<String> {
+            (lid == "100000099887766@lid").then(|| "+15557654321".to_owned())
+        }
+    }
+
+    fn inbound(id: &str, message: wa::Message) -> Event {
+        inbound_from("15557654321@s.whatsapp.net", id, message)
+    }
+
+    fn inbound_from(sender: &str, id: &str, message: wa::Message) -> Event {
+        let sender: Jid = sender.parse().unwrap();
+        let info = MessageInfo {
+            source: MessageSource {
+                chat: sender.clone(),
+                sender,
+                ..Default::default()
+            },
+            id: id.into(),
+            ..Default::default()
+        };
+        Event::Messages(
+            MessageBatch::builder()
+                .messages(Arc::from(vec![
+                    InboundMessage::builder()
+                        .message(Arc::new(message))
+                        .info(Arc::new(info))
+                        .build(),
+                ]))
+                .origin(BatchOrigin::Live)
+                .build(),
+        )
+    }
+
     struct Rig {
         to_session: mpsc::UnboundedSender<Arc<Event>>,
         heard: mpsc::Receiver<ConnectorEvent>,
@@ -219,14 +314,19 @@ mod tests {
             phone_number: Some("+15551234567".into()),
             display_name: Some("Ana".into()),
         };
-        let outcome = tokio::spawn(drive(
-            from_client,
-            done,
-            own,
-            by_pairing_code,
-            events,
-            stop.clone(),
-        ));
+        let stopping = stop.clone();
+        let outcome = tokio::spawn(async move {
+            drive(
+                from_client,
+                done,
+                own,
+                &PhotosOnly,
+                by_pairing_code,
+                events,
+                stopping,
+            )
+            .await
+        });
         Rig {
             to_session,
             heard,
@@ -374,6 +474,73 @@ mod tests {
         ));
         rig.stop.cancel();
         assert_eq!(rig.end().await.ended.reason, DisconnectReason::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_photo_arrives_as_its_file_and_what_cannot_be_had_as_a_note() {
+        use whatsapp_rust::buffa::MessageField;
+        let mut rig = rig();
+        let photo = |caption: Option<&str>| wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                mimetype: Some("image/jpeg".into()),
+                caption: caption.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        rig.say(inbound("P1", photo(None)));
+        rig.say(inbound("P2", photo(Some("the cake"))));
+        rig.say(inbound(
+            "D1",
+            wa::Message {
+                document_message: MessageField::some(wa::message::DocumentMessage {
+                    file_name: Some("menu.pdf".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ));
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            match rig.hear().await {
+                ConnectorEvent::Message(message) => heard.push(message),
+                other => panic!("not a message: {other:?}"),
+            }
+        }
+        assert_eq!(heard[0].body, "", "the photo itself, no note");
+        assert_eq!(
+            heard[0].attachments[0].url,
+            "data:image/jpeg;base64,anBlZyBieXRlcw=="
+        );
+        assert_eq!(heard[1].body, "the cake");
+        assert_eq!(heard[1].attachments.len(), 1);
+        assert_eq!(heard[2].body, "[document: menu.pdf]");
+        assert!(heard[2].attachments.is_empty());
+        rig.stop.cancel();
+        rig.end().await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_named_by_lid_alone_gets_the_number_the_client_learned() {
+        let mut rig = rig();
+        let text = || wa::Message {
+            conversation: Some("hi".into()),
+            ..Default::default()
+        };
+        rig.say(inbound_from("100000099887766@lid", "L1", text()));
+        rig.say(inbound_from("100000011111111@lid", "L2", text()));
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            match rig.hear().await {
+                ConnectorEvent::Message(message) => peers.push(message.peer),
+                other => panic!("not a message: {other:?}"),
+            }
+        }
+        assert_eq!(peers[0].phone.as_deref(), Some("+15557654321"));
+        assert_eq!(peers[0].lid.as_deref(), Some("100000099887766@lid"));
+        assert_eq!(peers[1].phone, None, "an unknown LID stays a LID");
+        rig.stop.cancel();
+        rig.end().await;
     }
 
     #[tokio::test]

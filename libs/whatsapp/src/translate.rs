@@ -4,6 +4,8 @@
 //! Only one-to-one chats reach whatsnap: group chats, status broadcasts, broadcast lists and
 //! channels (newsletters) are left out.
 
+use base64::Engine as _;
+use whatsapp_rust::download::Downloadable;
 use whatsapp_rust::proto_helpers::MessageExt as _;
 use whatsapp_rust::types::events::{ConnectFailureReason, Event, InboundMessage, Receipt};
 use whatsapp_rust::types::presence::ReceiptType;
@@ -12,6 +14,7 @@ use whatsapp_rust::{Jid, Server};
 use whatsnap_connector::{
     ConnectorEvent, DisconnectReason, LinkCode, ObservedMessage, Peer, Receipt as Progress,
 };
+use whatsnap_events::Attachment;
 
 /// The account's own identity, as the session last saw it: what `Connected` reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,13 +211,76 @@ fn peer(primary: &Jid, alternates: &[Option<&Jid>]) -> Peer {
     peer
 }
 
+/// A message's text, or its media's caption.
+pub fn text_of(message: &wa::Message) -> Option<&str> {
+    message
+        .text_content()
+        .or_else(|| message.get_caption())
+        .filter(|text| !text.is_empty())
+}
+
+/// A file a message carries, for the client to download.
+pub struct InboundFile<'a> {
+    pub media: &'a dyn Downloadable,
+    /// Its MIME type without parameters (what a `data:` URL can carry).
+    pub content_type: String,
+    pub file_name: Option<String>,
+}
+
+impl InboundFile<'_> {
+    /// Its bytes as the attachment whatsnap keeps: a `data:` URL, which the session service
+    /// stores and serves to GHL.
+    pub fn attachment(&self, bytes: &[u8]) -> Attachment {
+        Attachment {
+            url: format!(
+                "data:{};base64,{}",
+                self.content_type,
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            ),
+            content_type: Some(self.content_type.clone()),
+            file_name: self.file_name.clone(),
+        }
+    }
+}
+
+/// The file of a photo, video, voice note or audio, document or sticker.
+pub fn file_of(message: &wa::Message) -> Option<InboundFile<'_>> {
+    let base = message.get_base_message();
+    let bare = |mimetype: Option<&str>, default: &str| {
+        let mime = mimetype.unwrap_or(default);
+        mime.split(';').next().unwrap_or(mime).trim().to_owned()
+    };
+    let (media, content_type, file_name): (&dyn Downloadable, String, Option<String>) =
+        if let Some(m) = base.image_message.as_option() {
+            (m, bare(m.mimetype.as_deref(), "image/jpeg"), None)
+        } else if let Some(m) = base.video_message.as_option() {
+            (m, bare(m.mimetype.as_deref(), "video/mp4"), None)
+        } else if let Some(m) = base.audio_message.as_option() {
+            (m, bare(m.mimetype.as_deref(), "audio/ogg"), None)
+        } else if let Some(m) = base.document_message.as_option() {
+            let name = m.file_name.clone().filter(|name| !name.is_empty());
+            (
+                m,
+                bare(m.mimetype.as_deref(), "application/octet-stream"),
+                name,
+            )
+        } else if let Some(m) = base.sticker_message.as_option() {
+            (m, bare(m.mimetype.as_deref(), "image/webp"), None)
+        } else {
+            return None;
+        };
+    Some(InboundFile {
+        media,
+        content_type,
+        file_name,
+    })
+}
+
 /// What a message carries that whatsnap can show: its text or caption, or else a note of the
-/// media it holds. `None` for what is not a message to a person (reactions, protocol messages,
-/// polls, …).
+/// media it holds (replaced by the file itself when the session downloads it). `None` for what
+/// is not a message to a person (reactions, protocol messages, polls, …).
 fn body_of(message: &wa::Message) -> Option<String> {
-    if let Some(text) = message.text_content().or_else(|| message.get_caption())
-        && !text.is_empty()
-    {
+    if let Some(text) = text_of(message) {
         return Some(text.to_owned());
     }
     let base = message.get_base_message();

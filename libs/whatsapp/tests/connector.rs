@@ -215,6 +215,56 @@ async fn a_running_session_owns_the_device_and_stops_when_told() {
     );
 }
 
+/// Given an account whose device was sealed under another secret key (a replica started with
+/// the wrong `WHATSNAP_SECRET_KEY`), its session ends at once waiting for a user, and the
+/// device is left as it was for the right key.
+#[tokio::test]
+async fn a_device_sealed_with_another_key_is_left_alone_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir).await;
+    let account = account();
+    let right = connector(db.clone()).await;
+    right
+        .store(account.account_id)
+        .create_device()
+        .await
+        .unwrap();
+    let other_key = SecretKey::from_base64(&STANDARD.encode([9u8; 32])).unwrap();
+    let wrong = EmbeddedConnector::new(db.clone(), other_key, EmbeddedConfig::default())
+        .await
+        .unwrap()
+        .with_network(Network {
+            transport: Arc::new(Unreachable),
+            http: Arc::new(Unreachable),
+        });
+    let (events, _heard) = mpsc::channel(16);
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        wrong
+            .session()
+            .unwrap()
+            .run(&account, LinkMethod::Qr, events, CancellationToken::new()),
+    )
+    .await
+    .expect("the session ends at once");
+    assert_eq!(ended.reason, DisconnectReason::LoggedOut);
+    assert!(
+        ended.detail.contains("WHATSNAP_SECRET_KEY"),
+        "{}",
+        ended.detail
+    );
+    assert!(!ended.reason.reconnects(), "no retrying in a loop");
+    assert!(
+        right
+            .store(account.account_id)
+            .load_device()
+            .await
+            .unwrap()
+            .is_some(),
+        "the right key still opens the device"
+    );
+}
+
 #[tokio::test]
 async fn a_reply_to_something_else_than_a_phone_number_is_refused() {
     for bad in ["15557654321@s.whatsapp.net", "+1 555 765", "+123", ""] {

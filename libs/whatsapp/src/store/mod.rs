@@ -185,6 +185,11 @@ impl SealedDeviceStore {
         self.load().await
     }
 
+    /// Creates the account's device (fresh keys) unless it has one.
+    pub async fn create_device(&self) -> std::result::Result<(), StoreError> {
+        self.create().await.map(drop)
+    }
+
     /// Forgets everything the account's device stored: after a logout, the next link starts
     /// from a new device and a new scan.
     pub async fn forget(&self) -> std::result::Result<(), StoreError> {
