@@ -181,14 +181,29 @@ mod tests {
             reason: DisconnectReason::EngineUnavailable,
             detail: String::new(),
         };
+        assert_eq!(
+            decide_connection(&state, id, &lost, now),
+            None,
+            "while codes are shown, a drop the link recovers from is not news"
+        );
+        let open = ConnectorEvent::Connected {
+            phone_number: None,
+            display_name: None,
+        };
+        let state = evolve(
+            state,
+            &decide_connection(&state, id, &open, now).unwrap(),
+            3,
+        );
         let event = decide_connection(&state, id, &lost, now).unwrap();
-        let state = evolve(state, &event, 3);
+        let state = evolve(state, &event, 4);
+        assert_eq!(state.status, Status::Disconnected);
         assert!(state.wants_link());
         let refused = ConnectorEvent::Disconnected {
             reason: DisconnectReason::Refused,
             detail: "QR codes ran out".into(),
         };
         let event = decide_connection(&state, id, &refused, now).unwrap();
-        assert!(!evolve(state, &event, 4).wants_link());
+        assert!(!evolve(state, &event, 5).wants_link());
     }
 }

@@ -751,10 +751,10 @@ impl Session {
             } => {
                 let Some(message_id) = self.sent_message(account_id, provider_message_id).await?
                 else {
-                    // The send's outcome may not have reached the read model yet: the engine
-                    // delivers the receipt again.
-                    return Err(ServiceError::Unavailable(format!(
-                        "no message sent as {provider_message_id} from account {account_id} yet"
+                    // Not a reply whatsnap sent (one typed on the phone, say), or one whose
+                    // send is still not recorded after the wait above.
+                    return Err(ServiceError::NotFound(format!(
+                        "no message sent as {provider_message_id} from account {account_id}"
                     )));
                 };
                 self.record_receipt(

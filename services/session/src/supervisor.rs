@@ -14,13 +14,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorEvent, DisconnectReason, Ended, LinkMethod,
 };
 use whatsnap_events::LocationId;
 use whatsnap_eventstore::projection::Backoff;
+use whatsnap_rpc::ServiceError;
 
 use crate::account::{AccountState, Status};
 use crate::connection::account_ref;
@@ -209,7 +210,7 @@ impl Supervisor {
             );
         };
         let (tx, mut rx) = mpsc::channel::<ConnectorEvent>(64);
-        let link = session.run(account, method, tx, stop);
+        let link = session.run(account, method, tx, stop.clone());
         tokio::pin!(link);
         let mut connected = false;
         let mut ended = None;
@@ -219,7 +220,7 @@ impl Supervisor {
                 event = rx.recv() => match event {
                     Some(event) => {
                         connected |= matches!(event, ConnectorEvent::Connected { .. });
-                        self.record(account, &event).await;
+                        self.record(account, &event, &stop).await;
                     }
                     None => break,
                 },
@@ -232,22 +233,33 @@ impl Supervisor {
         (ended, connected)
     }
 
-    /// Records one report, trying again a few times when the store or the read model lags (a
-    /// receipt for a send not in the read model yet).
-    async fn record(&self, account: &AccountRef, event: &ConnectorEvent) {
-        for attempt in 1..=5u32 {
+    /// Records one report, trying again while the store or the read model cannot take it: a
+    /// report is not dropped because whatsnap is briefly unwell. A receipt for a message
+    /// whatsnap did not send (one typed on the phone) is of no use and is let go.
+    async fn record(&self, account: &AccountRef, event: &ConnectorEvent, stop: &CancellationToken) {
+        let mut failures = 0;
+        loop {
             match self
                 .session
                 .record_connector_event(&account.location, account.account_id, event)
                 .await
             {
                 Ok(_) => return,
-                Err(err) if attempt < 5 => {
-                    warn!(account_id = %account.account_id, attempt, error = %err, "cannot record what the link reported yet");
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                Err(ServiceError::NotFound(reason)) => {
+                    debug!(account_id = %account.account_id, %reason, "a report about nothing whatsnap knows is let go");
+                    return;
+                }
+                Err(ServiceError::InvalidArgument(reason)) => {
+                    warn!(account_id = %account.account_id, %reason, "the link reported something whatsnap cannot record");
+                    return;
                 }
                 Err(err) => {
-                    warn!(account_id = %account.account_id, error = %err, "what the link reported is not recorded");
+                    failures += 1;
+                    warn!(account_id = %account.account_id, failures, error = %err, "cannot record what the link reported yet");
+                    if self.pause(failures, stop).await {
+                        warn!(account_id = %account.account_id, "stopping: a report of the link is not recorded");
+                        return;
+                    }
                 }
             }
         }
