@@ -719,3 +719,95 @@ async fn a_crash_mid_qr_and_mid_send_loses_nothing_and_sends_nothing_twice() {
         "the reply left once"
     );
 }
+
+/// The Evolution server goes away: the account shows disconnected with the reason, a GHL reply
+/// waits for it instead of failing, and leaves once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_is_down_shows_the_account_disconnected_and_replies_wait_for_it() {
+    let mut rig = Rig::start().await;
+    let account = rig
+        .accounts()
+        .add_account(session::AddAccountRequest {
+            location_id: LOCATION.into(),
+            kind: session::AccountKind::Whatsapp as i32,
+            name: "Front desk".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let instance = instance_of(&account.account_id);
+    rig.accounts()
+        .set_pacing(session::SetPacingRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rig.accounts()
+        .connect_account(session::ConnectAccountRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+            pairing_phone_number: String::new(),
+        })
+        .await
+        .unwrap();
+    eventually("a QR code shown", async || {
+        rig.evolution.instance(&instance)?.qr_code
+    })
+    .await;
+    rig.evolution
+        .scan(&instance, OWN_NUMBER, "Front desk")
+        .await
+        .unwrap();
+    rig.evolution
+        .receive(&instance, FakeEvolutionIncoming::text(ANA, "¿Hay mesa?"))
+        .await
+        .unwrap();
+    let contact = eventually("Ana in GHL", async || {
+        rig.ghl.contact_by_phone(LOCATION, ANA)
+    })
+    .await;
+
+    rig.evolution.stop();
+    let down = eventually("the account disconnected", async || {
+        let account = rig.account(&account.account_id).await;
+        (account.status == "disconnected").then_some(account)
+    })
+    .await;
+    assert!(
+        down.status_reason.contains("engine"),
+        "the reason names the engine: {}",
+        down.status_reason
+    );
+    let (reply, _) = rig
+        .ghl
+        .send_provider_outbound(&rig.delivery_url(), LOCATION, &contact.id, "Sí", None)
+        .await
+        .unwrap();
+
+    rig.evolution.restart().await.unwrap();
+    eventually("connected again", async || {
+        (rig.account(&account.account_id).await.status == "connected").then_some(())
+    })
+    .await;
+    eventually("the reply sent once the engine is back", async || {
+        rig.evolution
+            .sent()
+            .into_iter()
+            .find(|m| m.text() == Some("Sí"))
+    })
+    .await;
+    let location = LocationId::parse(LOCATION).unwrap();
+    let message = StreamId::for_uuid(
+        location.clone(),
+        AggregateKind::Message,
+        whatsnap_events::outbound_message_id_for(&location, &reply),
+    );
+    let recorded = rig.event_types(&message).await;
+    assert!(
+        !recorded.iter().any(|(t, _)| t == "MessageFailed"),
+        "the reply waited instead of failing: {recorded:?}"
+    );
+}

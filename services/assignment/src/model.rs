@@ -127,7 +127,8 @@ impl LocationModel {
                 let account = *self.awaiting_ghl.get(&contact_id)?;
                 (contact_id, account, Trigger::NewContact)
             }
-            Event::InboundMessageReceived(e) => {
+            // Typed on the account's own phone: not the contact writing.
+            Event::InboundMessageReceived(e) if !e.from_me => {
                 let phone = PhoneNumber::parse(&e.from).ok()?;
                 let contact_id = contact_id_for(location, &phone);
                 // A first message makes the contact; ContactCreated (or its look-up in GHL)
@@ -344,7 +345,7 @@ impl LocationModel {
                 self.ghl.entry(e.contact_id).or_default().assigned_to =
                     Some(UserId::parse(&e.user_id));
             }
-            Event::InboundMessageReceived(e) => {
+            Event::InboundMessageReceived(e) if !e.from_me => {
                 if let Ok(phone) = PhoneNumber::parse(&e.from) {
                     let location = recorded.location_id();
                     let conversation = self

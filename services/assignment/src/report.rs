@@ -70,7 +70,8 @@ pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<U
         let at = recorded.occurred_at;
         let in_window = at >= since;
         match event {
-            Event::InboundMessageReceived(e) => {
+            // A message typed on the account's own phone is no customer waiting.
+            Event::InboundMessageReceived(e) if !e.from_me => {
                 if let Ok(phone) = PhoneNumber::parse(&e.from) {
                     waiting
                         .entry(contact_id_for(location, &phone))

@@ -49,6 +49,8 @@ pub fn decide_connection(
         now + chrono::Duration::from_std(*valid_for).unwrap_or(chrono::Duration::seconds(60))
     };
     match event {
+        // A code issued before the scan, reported after it: the link is made.
+        ConnectorEvent::Linking(_) if state.status == Status::Connected => None,
         ConnectorEvent::Linking(LinkCode::Qr { code, valid_for }) => {
             Some(Event::from(QrCodeIssued {
                 account_id,
@@ -137,6 +139,26 @@ mod tests {
         };
         assert_eq!(issued.qr_code, "2@abc");
         assert_eq!(issued.expires_at, now + chrono::Duration::seconds(60));
+    }
+
+    #[test]
+    fn a_code_reported_after_the_scan_leaves_the_account_connected() {
+        let (id, state) = linking();
+        let now = Utc::now();
+        let open = ConnectorEvent::Connected {
+            phone_number: None,
+            display_name: None,
+        };
+        let state = evolve(
+            state,
+            &decide_connection(&state, id, &open, now).unwrap(),
+            3,
+        );
+        let late = ConnectorEvent::Linking(LinkCode::Qr {
+            code: "2@late".into(),
+            valid_for: Duration::from_secs(45),
+        });
+        assert_eq!(decide_connection(&state, id, &late, now), None);
     }
 
     #[test]
