@@ -149,11 +149,8 @@ mod tests {
             phone_number: None,
             display_name: None,
         };
-        let state = evolve(
-            state,
-            &decide_connection(&state, id, &open, now).unwrap(),
-            3,
-        );
+        let connected = decide_connection(&state, id, &open, now).unwrap();
+        let state = evolve(state, &connected, 3);
         let late = ConnectorEvent::Linking(LinkCode::Qr {
             code: "2@late".into(),
             valid_for: Duration::from_secs(45),
@@ -212,11 +209,8 @@ mod tests {
             phone_number: None,
             display_name: None,
         };
-        let state = evolve(
-            state,
-            &decide_connection(&state, id, &open, now).unwrap(),
-            3,
-        );
+        let connected = decide_connection(&state, id, &open, now).unwrap();
+        let state = evolve(state, &connected, 3);
         let event = decide_connection(&state, id, &lost, now).unwrap();
         let state = evolve(state, &event, 4);
         assert_eq!(state.status, Status::Disconnected);
