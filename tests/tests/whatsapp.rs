@@ -120,6 +120,44 @@ impl Rig {
             .collect()
     }
 
+    /// A WhatsApp account through Evolution, unpaced, showing its first QR code: the account
+    /// and its Evolution instance.
+    async fn linking(&self, name: &str) -> (session::Account, String) {
+        let account = self
+            .accounts()
+            .add_account(session::AddAccountRequest {
+                location_id: LOCATION.into(),
+                kind: session::AccountKind::Whatsapp as i32,
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let instance = instance_of(&account.account_id);
+        self.accounts()
+            .set_pacing(session::SetPacingRequest {
+                location_id: LOCATION.into(),
+                account_id: account.account_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.accounts()
+            .connect_account(session::ConnectAccountRequest {
+                location_id: LOCATION.into(),
+                account_id: account.account_id.clone(),
+                pairing_phone_number: String::new(),
+            })
+            .await
+            .unwrap();
+        eventually("a QR code shown", async || {
+            self.evolution.instance(&instance)?.qr_code
+        })
+        .await;
+        (account, instance)
+    }
+
     fn delivery_url(&self) -> String {
         format!(
             "http://{}/webhooks/ghl/delivery",
@@ -616,38 +654,7 @@ async fn an_evolution_webhook_without_the_instance_key_records_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_qr_and_mid_send_loses_nothing_and_sends_nothing_twice() {
     let mut rig = Rig::start_with(Some("evolution.send.after_call")).await;
-    let account = rig
-        .accounts()
-        .add_account(session::AddAccountRequest {
-            location_id: LOCATION.into(),
-            kind: session::AccountKind::Whatsapp as i32,
-            name: "Front desk".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let instance = instance_of(&account.account_id);
-    rig.accounts()
-        .set_pacing(session::SetPacingRequest {
-            location_id: LOCATION.into(),
-            account_id: account.account_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    rig.accounts()
-        .connect_account(session::ConnectAccountRequest {
-            location_id: LOCATION.into(),
-            account_id: account.account_id.clone(),
-            pairing_phone_number: String::new(),
-        })
-        .await
-        .unwrap();
-    eventually("a QR code shown", async || {
-        rig.evolution.instance(&instance)?.qr_code
-    })
-    .await;
+    let (account, instance) = rig.linking("Front desk").await;
 
     // Killed while the code is on screen: the link is taken up again.
     rig.restart(Some("evolution.send.after_call")).await;
@@ -725,38 +732,7 @@ async fn a_crash_mid_qr_and_mid_send_loses_nothing_and_sends_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_is_down_shows_the_account_disconnected_and_replies_wait_for_it() {
     let mut rig = Rig::start().await;
-    let account = rig
-        .accounts()
-        .add_account(session::AddAccountRequest {
-            location_id: LOCATION.into(),
-            kind: session::AccountKind::Whatsapp as i32,
-            name: "Front desk".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let instance = instance_of(&account.account_id);
-    rig.accounts()
-        .set_pacing(session::SetPacingRequest {
-            location_id: LOCATION.into(),
-            account_id: account.account_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    rig.accounts()
-        .connect_account(session::ConnectAccountRequest {
-            location_id: LOCATION.into(),
-            account_id: account.account_id.clone(),
-            pairing_phone_number: String::new(),
-        })
-        .await
-        .unwrap();
-    eventually("a QR code shown", async || {
-        rig.evolution.instance(&instance)?.qr_code
-    })
-    .await;
+    let (account, instance) = rig.linking("Front desk").await;
     rig.evolution
         .scan(&instance, OWN_NUMBER, "Front desk")
         .await

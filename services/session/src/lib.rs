@@ -282,6 +282,14 @@ pub(crate) async fn read_account(
     Ok((stream, state))
 }
 
+/// A message seen in a chat, with its files kept, before it is recorded.
+struct Observed {
+    message_id: Uuid,
+    stream: StreamId,
+    body: String,
+    attachments: Vec<Attachment>,
+}
+
 /// The largest request the session service reads: an engine's webhook can carry a file as
 /// base64 (16 MB, a third more encoded).
 pub const MAX_WEBHOOK_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
@@ -861,15 +869,15 @@ impl Session {
                 )));
             }
         };
-        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        if self.already_recorded(&stream).await? {
+        let Some(Observed {
+            message_id,
+            stream,
+            body,
+            attachments,
+        }) = self.observed(location, account_id, message).await?
+        else {
             return Ok(false);
-        }
-        let mut body = message.body.clone();
-        let attachments = self
-            .host_attachments(location, &message.attachments, &mut body)
-            .await;
+        };
         let event = Event::from(InboundMessageReceived {
             message_id,
             account_id,
@@ -886,10 +894,30 @@ impl Session {
         Ok(!self.append_once(&stream, &event).await?)
     }
 
-    /// Whether the stream has anything in it: a redelivered message, whose files are not kept
-    /// a second time.
-    async fn already_recorded(&self, stream: &StreamId) -> ServiceResult<bool> {
-        Ok(!self.store.read_stream(stream, 1, 1).await?.is_empty())
+    /// A message seen in a chat, ready to record: its stream (named by the platform's id), its
+    /// files kept in the media store. `None` when the stream has it already (a redelivery,
+    /// whose files are not kept a second time).
+    async fn observed(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        message: &ObservedMessage,
+    ) -> ServiceResult<Option<Observed>> {
+        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        if !self.store.read_stream(&stream, 1, 1).await?.is_empty() {
+            return Ok(None);
+        }
+        let mut body = message.body.clone();
+        let attachments = self
+            .host_attachments(location, &message.attachments, &mut body)
+            .await;
+        Ok(Some(Observed {
+            message_id,
+            stream,
+            body,
+            attachments,
+        }))
     }
 
     /// Records that `lid` and `phone` are one sender, and lets go of the messages held for that
@@ -937,15 +965,15 @@ impl Session {
         lid: &str,
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
-        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        if self.already_recorded(&stream).await? {
+        let Some(Observed {
+            message_id,
+            stream,
+            body,
+            attachments,
+        }) = self.observed(location, account_id, message).await?
+        else {
             return Ok(false);
-        }
-        let mut body = message.body.clone();
-        let attachments = self
-            .host_attachments(location, &message.attachments, &mut body)
-            .await;
+        };
         let event = Event::from(InboundMessageHeld {
             message_id,
             account_id,

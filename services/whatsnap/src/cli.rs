@@ -165,13 +165,7 @@ pub enum AccountsCommand {
 }
 
 fn print_account_details(account: &session::Account) {
-    let kind = session::AccountKind::try_from(account.kind)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("ACCOUNT_KIND_")
-                .to_lowercase()
-        })
-        .unwrap_or_default();
+    let kind = kind_name(account);
     let or_none = |text: &str| {
         if text.is_empty() {
             "-".to_owned()
@@ -290,14 +284,19 @@ fn secret_from_stdin(what: &str) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-fn print_account(account: &session::Account) {
-    let kind = session::AccountKind::try_from(account.kind)
+/// The account's kind as the CLI names it: `whatsapp`, `twilio`, …
+fn kind_name(account: &session::Account) -> String {
+    session::AccountKind::try_from(account.kind)
         .map(|k| {
             k.as_str_name()
                 .trim_start_matches("ACCOUNT_KIND_")
                 .to_lowercase()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn print_account(account: &session::Account) {
+    let kind = kind_name(account);
     let reason = Some(account.status_reason.as_str())
         .filter(|r| !r.is_empty())
         .map(|r| format!(" ({r})"))
