@@ -43,16 +43,25 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, &[]).await
     }
 
-    /// A whatsnap whose process aborts at the fail point `failpoints` names, if any.
-    async fn start_with(failpoints: Option<&str>) -> Self {
+    /// A whatsnap whose process aborts at the fail point `failpoints` names, if any, started
+    /// with `extra` flags.
+    async fn start_with(failpoints: Option<&str>, extra: &[&str]) -> Self {
         let ghl = FakeGhl::start().await.unwrap();
         let evolution = FakeEvolution::start().await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let (grpc, http) = (free_port(), free_port());
-        let whatsnap = launch(&ghl, &evolution, data.path(), grpc, http, failpoints);
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let whatsnap = launch(
+            &ghl,
+            &evolution,
+            data.path(),
+            (grpc, http),
+            failpoints,
+            &extra,
+        );
         let channel = connect(&whatsnap).await;
         let token = format!("pit-{LOCATION}-0000-0000");
         ghl.add_private_token(LOCATION, &token);
@@ -82,9 +91,9 @@ impl Rig {
             &self.ghl,
             &self.evolution,
             self.data.path(),
-            self.grpc,
-            self.http,
+            (self.grpc, self.http),
             failpoints,
+            &[],
         );
         self.channel = connect(&self.whatsnap).await;
     }
@@ -170,9 +179,9 @@ fn launch(
     ghl: &FakeGhl,
     evolution: &FakeEvolution,
     data: &Path,
-    grpc: u16,
-    http: u16,
+    (grpc, http): (u16, u16),
     failpoints: Option<&str>,
+    extra: &[String],
 ) -> Whatsnap {
     let (grpc, http) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"));
     let args = [
@@ -199,7 +208,10 @@ fn launch(
         "--whatsapp-engine",
         "evolution",
     ]
-    .map(str::to_owned);
+    .map(str::to_owned)
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect::<Vec<_>>();
     let env: Vec<(&str, String)> = failpoints
         .map(|points| ("WHATSNAP_FAILPOINTS", points.to_owned()))
         .into_iter()
@@ -653,7 +665,7 @@ async fn an_evolution_webhook_without_the_instance_key_records_nothing() {
 /// Evolution (`chat/findMessages`) instead of being sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_qr_and_mid_send_loses_nothing_and_sends_nothing_twice() {
-    let mut rig = Rig::start_with(Some("evolution.send.after_call")).await;
+    let mut rig = Rig::start_with(Some("evolution.send.after_call"), &[]).await;
     let (account, instance) = rig.linking("Front desk").await;
 
     // Killed while the code is on screen: the link is taken up again.
@@ -785,5 +797,114 @@ async fn an_engine_that_is_down_shows_the_account_disconnected_and_replies_wait_
     assert!(
         !recorded.iter().any(|(t, _)| t == "MessageFailed"),
         "the reply waited instead of failing: {recorded:?}"
+    );
+}
+
+/// What an alert webhook received.
+#[derive(Clone, Default)]
+struct AlertSink(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl AlertSink {
+    async fn start(&self) -> String {
+        let sink = self.clone();
+        let app = axum::Router::new().route(
+            "/alert",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| async move {
+                let text = body["text"].as_str().unwrap_or_default().to_owned();
+                sink.0.lock().unwrap().push(text);
+                "ok"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/alert")
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A link that says it is open while its replies get no receipts is flagged as connected but
+/// not delivering, an operator is alerted (once), and the next receipt clears it; a disconnect
+/// alerts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_whose_replies_get_no_receipts_is_flagged_and_the_operator_alerted() {
+    let sink = AlertSink::default();
+    let url = sink.start().await;
+    let rig = Rig::start_with(
+        None,
+        &["--alert-webhook-url", &url, "--receipt-patience", "1"],
+    )
+    .await;
+    let (account, instance) = rig.linking("Front desk").await;
+    rig.evolution
+        .scan(&instance, OWN_NUMBER, "Front desk")
+        .await
+        .unwrap();
+    rig.evolution
+        .receive(&instance, FakeEvolutionIncoming::text(ANA, "hola"))
+        .await
+        .unwrap();
+    let contact = eventually("Ana in GHL", async || {
+        rig.ghl.contact_by_phone(LOCATION, ANA)
+    })
+    .await;
+    for text in ["uno", "dos", "tres"] {
+        rig.ghl
+            .send_provider_outbound(&rig.delivery_url(), LOCATION, &contact.id, text, None)
+            .await
+            .unwrap();
+    }
+    let sent = eventually("three replies sent", async || {
+        let sent = rig.evolution.sent();
+        (sent.len() == 3).then_some(sent)
+    })
+    .await;
+    let flagged = eventually("the account flagged", async || {
+        let account = rig.account(&account.account_id).await;
+        account
+            .status_reason
+            .contains("not delivering")
+            .then_some(account)
+    })
+    .await;
+    assert_eq!(flagged.status, "connected");
+    assert!(
+        flagged.status_reason.contains("no delivery receipt"),
+        "{}",
+        flagged.status_reason
+    );
+    let alert = eventually("the operator alerted", async || {
+        sink.texts()
+            .into_iter()
+            .find(|t| t.contains("not delivering"))
+    })
+    .await;
+    assert!(alert.contains("Front desk"), "{alert}");
+
+    rig.evolution.mark_delivered(&sent[2].id).await.unwrap();
+    eventually("delivering again", async || {
+        let account = rig.account(&account.account_id).await;
+        (!account.status_reason.contains("not delivering")).then_some(())
+    })
+    .await;
+
+    rig.evolution.logout(&instance).await.unwrap();
+    eventually("the disconnect alerted", async || {
+        sink.texts()
+            .into_iter()
+            .find(|t| t.contains("disconnected"))
+    })
+    .await;
+    assert_eq!(
+        sink.texts()
+            .iter()
+            .filter(|t| t.contains("not delivering"))
+            .count(),
+        1,
+        "one alert per event: {:?}",
+        sink.texts()
     );
 }

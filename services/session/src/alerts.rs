@@ -1,19 +1,25 @@
 //! Alerts: when an account disconnects, or is connected but not delivering, the deployment's
 //! alert webhook gets a Slack-compatible message (`{"text": …}`; Slack, Mattermost, Google Chat
-//! and most incident tools take it). Each alert is an effect of the outbox on the account's
-//! stream — intended, then `AccountAlertSent` — so a restart never sends one twice, and one the
-//! webhook refused is tried again with the projection runner's backoff, then parked for an
-//! operator. Events older than an hour (a first start with alerts configured, a rebuild) alert
-//! nobody.
+//! and most incident tools take it). The events that call for one queue up in a read model
+//! ([`AlertQueue`]); the [`Alerts`] worker posts each as an effect of the outbox on the
+//! account's stream — intended, then `AccountAlertSent` — so a restart never sends one twice,
+//! and one the webhook refused is tried again with backoff. Events older than an hour (a first
+//! start with alerts configured, a rebuild) alert nobody.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::{Any, AnyConnection};
+use sqlx::{Any, AnyConnection, Row};
+use tracing::warn;
+use uuid::Uuid;
 use whatsnap_effects::{Effect, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountAlertSent, AggregateKind, Event, EventMetadata, LocationId, RecordedEvent,
+    AccountAlertSent, AggregateKind, Event, EventMetadata, LocationId, RecordedEvent, StreamId,
 };
-use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
+use whatsnap_rpc::ReadDb;
 
 /// The operation name of an alert in the log and in fail point names.
 pub const ALERT: &str = "alert.post";
@@ -24,6 +30,7 @@ const FRESH: chrono::Duration = chrono::Duration::hours(1);
 /// Posts alerts about accounts to one webhook.
 pub struct Alerts {
     pub(crate) outbox: Outbox,
+    pub(crate) db: ReadDb,
     pub(crate) http: reqwest::Client,
     pub(crate) url: String,
 }
@@ -97,16 +104,22 @@ fn alert_text(event: &Event, account: &str, location: &LocationId) -> Option<Str
 }
 
 #[async_trait]
-impl Projection<Any> for Alerts {
+impl Projection<Any> for AlertQueue {
     fn name(&self) -> &str {
         "session_alerts"
     }
 
     fn migrations(&self) -> &'static [&'static str] {
-        &[]
+        &[
+            "CREATE TABLE alert_queue (event_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL)",
+        ]
     }
 
-    async fn apply(&self, _: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
         if event.stream.kind() != AggregateKind::Account
             || !matches!(
                 event.event_type.as_str(),
@@ -116,42 +129,125 @@ impl Projection<Any> for Alerts {
         {
             return Ok(());
         }
-        let decoded = event.decode()?;
-        let location = event.location_id();
-        let Some(account_id) = (match &decoded {
-            Event::AccountDisconnected(e) => Some(e.account_id),
-            Event::AccountDeliveryChanged(e) => Some(e.account_id),
-            _ => None,
-        }) else {
+        let account_id = match event.decode()? {
+            Event::AccountDisconnected(e) => e.account_id,
+            Event::AccountDeliveryChanged(e) => e.account_id,
+            _ => return Ok(()),
+        };
+        sqlx::query(
+            "INSERT INTO alert_queue (event_id, location_id, account_id, position) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.id.as_uuid().to_string())
+        .bind(event.location_id().to_string())
+        .bind(account_id.to_string())
+        .bind(event.position as i64)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM alert_queue")
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
+/// The events that should alert someone (`alert_queue`), as a read model: the [`Alerts`]
+/// worker posts them, outside the projection's transaction.
+pub struct AlertQueue;
+
+impl Alerts {
+    /// Posts the queued alerts until `shutdown` resolves; one that fails is tried again later,
+    /// and the rest go on.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut failures: u32 = 0;
+        loop {
+            let pause = match self.post_queued().await {
+                Ok(()) => {
+                    failures = 0;
+                    Duration::from_millis(500)
+                }
+                Err(err) => {
+                    failures += 1;
+                    warn!(error = %err, failures, "alerts not sent yet");
+                    Backoff::default().delay(failures)
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn post_queued(&self) -> Result<(), String> {
+        let rows = sqlx::query(
+            "SELECT event_id, location_id, account_id, position FROM alert_queue ORDER BY position LIMIT 50",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(|e| e.to_string())?;
+        for row in rows {
+            let event_id: String = row.get("event_id");
+            let position: i64 = row.get("position");
+            let location = LocationId::parse(row.get::<String, _>("location_id").as_str())
+                .map_err(|e| e.to_string())?;
+            let account_id: Uuid = row
+                .get::<String, _>("account_id")
+                .parse()
+                .map_err(|_| "an alert without an account".to_owned())?;
+            let stream = StreamId::for_uuid(location, AggregateKind::Account, account_id);
+            self.post(&stream, account_id, position as u64).await?;
+            sqlx::query("DELETE FROM alert_queue WHERE event_id = $1")
+                .bind(event_id)
+                .execute(&self.db)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Posts the alert about the event at `position` of the account's stream, once.
+    async fn post(&self, stream: &StreamId, account_id: Uuid, position: u64) -> Result<(), String> {
+        let history = self
+            .outbox
+            .store()
+            .read_stream(stream, 1, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(recorded) = history.iter().find(|e| e.position == position) else {
             return Ok(());
         };
-        let (_, account) =
-            crate::read_account(self.outbox.store().as_ref(), location, account_id).await?;
-        let Some(text) = alert_text(&decoded, &account.name, location) else {
+        let event = recorded.decode().map_err(|e| e.to_string())?;
+        let location = recorded.location_id();
+        let (_, account) = crate::read_account(self.outbox.store().as_ref(), location, account_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(text) = alert_text(&event, &account.name, location) else {
             return Ok(());
         };
         let subject = Subject {
-            stream: event.stream.clone(),
+            stream: stream.clone(),
             operation: ALERT,
-            subject_id: event.id.as_uuid(),
+            subject_id: recorded.id.as_uuid(),
             key: None,
-            metadata: EventMetadata::caused_by(event),
+            metadata: EventMetadata::caused_by(recorded),
         };
         let effect = PostAlert {
             http: &self.http,
             url: &self.url,
-            about: event.id.as_uuid(),
+            about: recorded.id.as_uuid(),
             account_id,
             text,
         };
         self.outbox
             .perform(&subject, &effect)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    async fn reset(&self, _: &mut AnyConnection) -> sqlx::Result<()> {
-        Ok(())
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }

@@ -6,11 +6,44 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use whatsnap_connector::{AccountRef, ConnectorEvent, LinkCode};
 use whatsnap_events::{
-    AccountConnected, AccountDisconnected, Event, LocationId, PairingCodeIssued, QrCodeIssued,
+    AccountConnected, AccountDeliveryChanged, AccountDisconnected, Event, LocationId,
+    PairingCodeIssued, QrCodeIssued,
 };
 use whatsnap_secrets::SecretKey;
 
 use crate::account::{AccountState, Status};
+
+/// Records that a connected account stopped delivering (`delivering` false), or delivers again.
+pub(crate) async fn record_delivery(
+    store: &dyn whatsnap_eventstore::EventStore,
+    location: &LocationId,
+    account_id: Uuid,
+    delivering: bool,
+    reason: &str,
+) -> Result<(), whatsnap_eventstore::StoreError> {
+    let stream = whatsnap_events::StreamId::for_uuid(
+        location.clone(),
+        whatsnap_events::AggregateKind::Account,
+        account_id,
+    );
+    let event = Event::from(AccountDeliveryChanged {
+        account_id,
+        delivering,
+        reason: reason.to_owned(),
+    });
+    tracing::warn!(%account_id, delivering, %reason, "account delivery changed");
+    store
+        .append(
+            &stream,
+            whatsnap_eventstore::ExpectedVersion::Any,
+            vec![whatsnap_events::NewEvent::new(
+                &event,
+                whatsnap_events::EventMetadata::new_correlation(),
+            )],
+        )
+        .await
+        .map(drop)
+}
 
 /// The account as a connector needs it.
 pub fn account_ref(

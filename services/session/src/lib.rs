@@ -57,6 +57,9 @@ pub struct SessionConfig {
     pub media: Option<(whatsnap_media::MediaStore, String)>,
     /// Where alerts about accounts go (a Slack-compatible incoming webhook); none without it.
     pub alert_webhook_url: Option<String>,
+    /// How long a reply through a live link (WhatsApp) may go without a receipt: when the
+    /// account's last replies sent longer ago all lack one, it is flagged as not delivering.
+    pub receipt_patience: std::time::Duration,
     /// How long a reply is tried while its provider is unreachable before it is recorded as
     /// failed.
     pub send_patience: std::time::Duration,
@@ -183,12 +186,21 @@ impl Session {
         })
     }
 
-    /// Alerts about disconnected accounts and accounts that do not deliver, when the
-    /// deployment has somewhere to send them.
+    /// The queue of alerts to post: a projection of its own.
+    pub fn alert_queue(&self) -> Option<Arc<alerts::AlertQueue>> {
+        self.config
+            .alert_webhook_url
+            .as_ref()
+            .map(|_| Arc::new(alerts::AlertQueue))
+    }
+
+    /// The worker that posts alerts about disconnected accounts and accounts that do not
+    /// deliver, when the deployment has somewhere to send them.
     pub fn alerts(&self) -> Option<Arc<alerts::Alerts>> {
         let url = self.config.alert_webhook_url.clone()?;
         Some(Arc::new(alerts::Alerts {
             outbox: whatsnap_effects::Outbox::new(self.store.clone()),
+            db: self.db.clone(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
@@ -1083,7 +1095,10 @@ impl Session {
                 )
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(_) => {
+                    self.receipts_came(location, account_id).await?;
+                    return Ok(true);
+                }
                 Err(StoreError::WrongExpectedVersion { .. }) => continue,
                 Err(err) => return Err(ServiceError::from(err)),
             }
@@ -1091,5 +1106,48 @@ impl Session {
         Err(ServiceError::Unavailable(format!(
             "message {message_id} kept changing; try again"
         )))
+    }
+
+    /// A receipt came: an account flagged as not delivering delivers again.
+    async fn receipts_came(&self, location: &LocationId, account_id: Uuid) -> ServiceResult<()> {
+        let (_, account) = self.load_account(location, account_id).await?;
+        if account.not_delivering.is_some() {
+            connection::record_delivery(
+                self.store.as_ref(),
+                location,
+                account_id,
+                true,
+                "a delivery receipt came",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Flags each connected account with a live link whose last replies, sent more than
+    /// `patience` ago, all lack a receipt: its link says open while WhatsApp delivers nothing.
+    pub(crate) async fn flag_silent_links(
+        &self,
+        accounts: &[(LocationId, Uuid)],
+        patience: chrono::Duration,
+    ) -> ServiceResult<()> {
+        const LAST: i64 = 3;
+        let before = Utc::now() - patience;
+        for (location, account_id) in accounts {
+            if !read_model::unanswered_sends(&self.db, *account_id, before, LAST).await? {
+                continue;
+            }
+            let (_, account) = self.load_account(location, *account_id).await?;
+            if account.status != account::Status::Connected || account.not_delivering.is_some() {
+                continue;
+            }
+            let reason = format!(
+                "the last {LAST} replies, sent more than {} s ago, have no delivery receipt",
+                patience.num_seconds()
+            );
+            connection::record_delivery(self.store.as_ref(), location, *account_id, false, &reason)
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -17,9 +17,8 @@ use uuid::Uuid;
 use whatsnap_connector::{AccountRef, Connector, Connectors, Outgoing, Pacing, Receipt, SendError};
 use whatsnap_effects::{Effect, EffectError, OpenIntent, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountDeliveryChanged, AccountKind, AggregateKind, Event, EventMetadata, LocationId,
-    MessageDelivered, MessageFailed, MessageRead, OutboundMessageRouted, OutboundMessageSent,
-    RecordedEvent, StreamId,
+    AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
+    MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
@@ -125,6 +124,9 @@ impl Projection<Any> for OutboundQueue {
             "CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \
            CREATE INDEX outbound_queue_by_account ON outbound_queue (account_id, position)",
             "CREATE TABLE sent_messages (account_id TEXT NOT NULL, provider_message_id TEXT NOT NULL, location_id TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (account_id, provider_message_id))",
+            "ALTER TABLE sent_messages ADD COLUMN sent_at TEXT; \
+             ALTER TABLE sent_messages ADD COLUMN answered BIGINT NOT NULL DEFAULT 0; \
+             CREATE INDEX sent_messages_by_time ON sent_messages (account_id, sent_at)",
         ]
     }
 
@@ -154,13 +156,14 @@ impl Projection<Any> for OutboundQueue {
                 match event.decode()? {
                     Event::OutboundMessageSent(e) => {
                         sqlx::query(
-                            "INSERT INTO sent_messages (account_id, provider_message_id, location_id, message_id) \
-                             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, provider_message_id) DO NOTHING",
+                            "INSERT INTO sent_messages (account_id, provider_message_id, location_id, message_id, sent_at) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, provider_message_id) DO NOTHING",
                         )
                         .bind(e.account_id.to_string())
                         .bind(&e.provider_message_id)
                         .bind(event.location_id().to_string())
                         .bind(e.message_id.to_string())
+                        .bind(event.occurred_at.to_rfc3339())
                         .execute(&mut *conn)
                         .await?;
                         e.message_id
@@ -175,8 +178,15 @@ impl Projection<Any> for OutboundQueue {
         };
         sqlx::query("DELETE FROM outbound_queue WHERE message_id = $1")
             .bind(settled.to_string())
-            .execute(conn)
+            .execute(&mut *conn)
             .await?;
+        if event.event_type != "OutboundMessageSent" {
+            // The provider said what became of it: the account's receipts come through.
+            sqlx::query("UPDATE sent_messages SET answered = 1 WHERE message_id = $1")
+                .bind(settled.to_string())
+                .execute(conn)
+                .await?;
+        }
         Ok(())
     }
 
@@ -518,24 +528,14 @@ impl SendWorker {
         delivering: bool,
         reason: &str,
     ) -> Result<(), ApplyError> {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-        let event = Event::from(AccountDeliveryChanged {
+        crate::connection::record_delivery(
+            self.outbox.store().as_ref(),
+            location,
             account_id,
             delivering,
-            reason: reason.to_owned(),
-        });
-        warn!(%account_id, delivering, %reason, "account delivery changed");
-        self.outbox
-            .store()
-            .append(
-                &stream,
-                whatsnap_eventstore::ExpectedVersion::Any,
-                vec![whatsnap_events::NewEvent::new(
-                    &event,
-                    EventMetadata::new_correlation(),
-                )],
-            )
-            .await?;
+            reason,
+        )
+        .await?;
         Ok(())
     }
 

@@ -327,3 +327,23 @@ pub(crate) async fn held_with_known_number(
         })
         .collect())
 }
+
+/// Whether the account's last `count` replies sent before `before` all lack a receipt: the
+/// account's link may say it is open while WhatsApp delivers nothing.
+pub(crate) async fn unanswered_sends(
+    db: &ReadDb,
+    account_id: uuid::Uuid,
+    before: chrono::DateTime<chrono::Utc>,
+    count: i64,
+) -> sqlx::Result<bool> {
+    let answered: Vec<i64> = sqlx::query_scalar(
+        "SELECT answered FROM sent_messages WHERE account_id = $1 AND sent_at < $2 \
+         ORDER BY sent_at DESC LIMIT $3",
+    )
+    .bind(account_id.to_string())
+    .bind(before.to_rfc3339())
+    .bind(count)
+    .fetch_all(db)
+    .await?;
+    Ok(answered.len() as i64 == count && answered.iter().all(|a| *a == 0))
+}

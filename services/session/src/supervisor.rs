@@ -34,7 +34,13 @@ pub struct Supervisor {
     poll: Duration,
     /// The pause before a link is started again, by failures in a row.
     backoff: Backoff,
+    /// How long a reply may go without a receipt before a link whose last replies all lack one
+    /// is flagged as not delivering.
+    receipt_patience: chrono::Duration,
 }
+
+/// How often the accounts' receipts are looked at.
+const RECEIPT_CHECK: Duration = Duration::from_secs(5);
 
 struct Running {
     stop: CancellationToken,
@@ -44,6 +50,8 @@ struct Running {
 impl Supervisor {
     pub fn new(session: Session) -> Self {
         Self {
+            receipt_patience: chrono::Duration::from_std(session.config.receipt_patience)
+                .unwrap_or(chrono::Duration::minutes(10)),
             session,
             poll: Duration::from_millis(500),
             backoff: Backoff {
@@ -67,6 +75,7 @@ impl Supervisor {
             return;
         }
         let mut running: HashMap<Uuid, Running> = HashMap::new();
+        let mut last_receipt_check = tokio::time::Instant::now();
         tokio::pin!(shutdown);
         loop {
             running.retain(|_, link| !link.task.is_finished());
@@ -86,6 +95,16 @@ impl Supervisor {
                             Some((LocationId::parse(&location).ok()?, account.parse().ok()?))
                         })
                         .collect();
+                    if last_receipt_check.elapsed() >= RECEIPT_CHECK {
+                        last_receipt_check = tokio::time::Instant::now();
+                        if let Err(err) = self
+                            .session
+                            .flag_silent_links(&wanted, self.receipt_patience)
+                            .await
+                        {
+                            warn!(error = %err, "cannot look at the accounts' receipts");
+                        }
+                    }
                     for (location, account_id) in &wanted {
                         if running.contains_key(account_id) {
                             continue;

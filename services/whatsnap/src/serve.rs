@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// `embedded` (in this process, nothing else to install) or `evolution`.
     #[arg(long, env = "WHATSNAP_WHATSAPP_ENGINE", default_value = "embedded")]
     whatsapp_engine: String,
+    /// How long (seconds) a WhatsApp reply may go without a delivery receipt: when an account's
+    /// last three replies sent longer ago all lack one, the account is flagged as connected but
+    /// not delivering (and an alert fires).
+    #[arg(long, env = "WHATSNAP_RECEIPT_PATIENCE", default_value = "600", value_parser = seconds)]
+    receipt_patience: Duration,
     /// Where alerts go when an account disconnects or is connected but not delivering: an
     /// incoming webhook that takes Slack's `{"text": …}` (Slack, Mattermost, Google Chat, most
     /// incident tools). No alerts without it.
@@ -481,6 +486,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 tag_prefix: args.tag_prefix.clone(),
                 media: media.clone().zip(public_url.clone()),
                 alert_webhook_url: args.alert_webhook_url.clone(),
+                receipt_patience: args.receipt_patience,
                 send_patience: args.send_patience,
             },
         )),
@@ -524,8 +530,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &session {
         projections.push(s.projection());
         projections.push(s.send_queue());
-        if let Some(alerts) = s.alerts() {
-            projections.push(alerts);
+        if let Some(queue) = s.alert_queue() {
+            projections.push(queue);
         }
     }
     if let Some(s) = &contacts {
@@ -637,6 +643,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         tasks.spawn(async move {
             worker.run(stop.cancelled_owned()).await;
+            Ok(())
+        });
+    }
+    if let Some(alerts) = session.as_ref().and_then(|s| s.alerts()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            alerts.run(stop.cancelled_owned()).await;
             Ok(())
         });
     }
