@@ -17,6 +17,11 @@ pub const DEFAULT_TRIES: usize = 5;
 /// The state of one stream, built by folding its events in version order from
 /// [`Default::default`].
 pub trait Aggregate: Default + Send {
+    /// Whether an event this build cannot decode is passed over (it still counts for the
+    /// version) rather than failing the load: for a state that reads a few types out of a
+    /// stream others write to.
+    const SKIPS_UNDECODABLE: bool = false;
+
     /// The state after `event`, the stream's `version`th (versions start at 1).
     fn evolve(self, event: &Event, version: u64) -> Self;
 }
@@ -91,9 +96,12 @@ impl<'s> Aggregates<'s> {
     pub async fn load<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
         let mut loaded = Loaded::<A>::default();
         for recorded in self.store.read_stream(stream, 1, usize::MAX).await? {
-            let event = recorded.decode()?;
-            loaded.state = loaded.state.evolve(&event, recorded.version);
             loaded.version = recorded.version;
+            match recorded.decode() {
+                Ok(event) => loaded.state = loaded.state.evolve(&event, recorded.version),
+                Err(_) if A::SKIPS_UNDECODABLE => {}
+                Err(err) => return Err(err.into()),
+            }
         }
         Ok(loaded)
     }
@@ -304,6 +312,9 @@ mod tests {
         assert!(
             matches!(&err, AggregateError::KeptChanging { tries: 3, last, .. } if last.is_conflict())
         );
-        assert_eq!(store.inner.read_stream(&stream, 1, 10).await.unwrap().len(), 3);
+        assert_eq!(
+            store.inner.read_stream(&stream, 1, 10).await.unwrap().len(),
+            3
+        );
     }
 }

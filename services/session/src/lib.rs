@@ -782,7 +782,9 @@ impl Session {
                         )))
                     })
                     .await
-                    .map_err(|e| ServiceError::not_updated(format_args!("account {account_id}"), e))?;
+                    .map_err(|e| {
+                        ServiceError::not_updated(format_args!("account {account_id}"), e)
+                    })?;
                 Ok(updated.appended > 0)
             }
         }
@@ -1031,15 +1033,9 @@ impl Session {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
         let updated = Aggregates::new(self.store.as_ref())
             .update(&stream, &metadata(), |state: &OutboundState| {
-                decide_delivery_status(
-                    state,
-                    message_id,
-                    account_id,
-                    provider_message_id,
-                    receipt,
-                )
-                .map(Vec::from_iter)
-                .map_err(ServiceError::NotFound)
+                decide_delivery_status(state, message_id, account_id, provider_message_id, receipt)
+                    .map(Vec::from_iter)
+                    .map_err(ServiceError::NotFound)
             })
             .await
             .map_err(|e| ServiceError::not_updated(format_args!("message {message_id}"), e))?;
