@@ -3,6 +3,7 @@
 //! two processes cannot create it twice — and puts the receiving account's tag on it. The
 //! `contacts` read model answers lookups by phone.
 
+mod application;
 mod contact;
 
 use std::convert::Infallible;
@@ -24,6 +25,7 @@ use whatsnap_eventstore::{
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::Application;
 pub use contact::{
     ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve, tags_by_recency,
 };

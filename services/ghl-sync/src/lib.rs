@@ -7,6 +7,7 @@
 //! ([`users`]), the candidates of assignment, and sets a contact's owner (`assignedTo`) in GHL
 //! when the assignment service decides one.
 
+mod application;
 pub mod connection;
 pub mod effects;
 pub mod owners;
@@ -26,6 +27,7 @@ use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, Loaded};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::Application;
 pub use read_model::PendingWork;
 pub use worker::{Worker, WorkerConfig};
 

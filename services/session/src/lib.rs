@@ -5,6 +5,7 @@
 
 mod account;
 mod alerts;
+mod application;
 mod connection;
 mod outbound;
 mod read_model;
@@ -35,6 +36,7 @@ pub use account::{
     AccountState, Connection, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove,
     decide_rotate, evolve, slug_tag,
 };
+pub use application::Application;
 pub use connection::{account_ref, decide_connection};
 pub use outbound::{OutboundQueue, OutboundState, SendWorker, decide_delivery_status};
 pub use read_model::AccountsProjection;
