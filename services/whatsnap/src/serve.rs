@@ -470,90 +470,43 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let session = match (has(Target::Session), &secret_key) {
-        (true, Some(key)) => Some(whatsnap_session::Application::build(
-            store.clone(),
-            db.clone(),
-            whatsnap_session::SessionConfig {
-                secret_key: key.clone(),
-                connectors: connectors(&args, public_url.clone())?,
-                max_accounts_per_location: args.max_accounts_per_location,
-                tag_prefix: args.tag_prefix.clone(),
-                media: media.clone().zip(public_url.clone()),
-                alert_webhook_url: args.alert_webhook_url.clone(),
-                send_patience: args.send_patience,
-            },
-        )),
-        _ => None,
+    let services = Services {
+        session: match (has(Target::Session), &secret_key) {
+            (true, Some(key)) => Some(whatsnap_session::Application::build(
+                store.clone(),
+                db.clone(),
+                whatsnap_session::SessionConfig {
+                    secret_key: key.clone(),
+                    connectors: connectors(&args, public_url.clone())?,
+                    max_accounts_per_location: args.max_accounts_per_location,
+                    tag_prefix: args.tag_prefix.clone(),
+                    media: media.clone().zip(public_url.clone()),
+                    alert_webhook_url: args.alert_webhook_url.clone(),
+                    send_patience: args.send_patience,
+                },
+            )),
+            _ => None,
+        },
+        contacts: has(Target::Contacts)
+            .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
+        assignment: has(Target::Assignment)
+            .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone())),
+        ghl_sync: match (has(Target::GhlSync), &secret_key) {
+            (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
+                store.clone(),
+                db.clone(),
+                Some(ghl_worker(&args.ghl, key, public_url.as_deref())),
+            )),
+            _ => None,
+        },
+        gateway: has(Target::Gateway)
+            .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone())),
     };
-    let contacts = has(Target::Contacts)
-        .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone()));
-    let assignment = has(Target::Assignment)
-        .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone()));
-    let ghl_sync = match (has(Target::GhlSync), &secret_key) {
-        (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
-            store.clone(),
-            db.clone(),
-            Some(ghl_worker(&args.ghl, key, public_url.as_deref())),
-        )),
-        _ => None,
-    };
-    let gateway = has(Target::Gateway)
-        .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone()));
-
-    let projections: Vec<Arc<dyn Projection<sqlx::Any>>> = [
-        session.as_ref().map(|s| s.projections()),
-        contacts.as_ref().map(|s| s.projections()),
-        assignment.as_ref().map(|s| s.projections()),
-        ghl_sync.as_ref().map(|s| s.projections()),
-        gateway.as_ref().map(|s| s.projections()),
-    ]
-    .into_iter()
-    .flatten()
-    .flatten()
-    .collect();
+    let projections = services.projections();
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);
-
     // The gateway answers for the services that run elsewhere.
-    let (mut remote_session, mut remote_contacts, mut remote_assignment, mut remote_ghl_sync) =
-        (None, None, None, None);
-    if gateway.is_some() {
-        if session.is_none() {
-            remote_session = remote(&args.session_url, "session")?;
-        }
-        if contacts.is_none() {
-            remote_contacts = remote(&args.contacts_url, "contacts")?;
-        }
-        if assignment.is_none() {
-            remote_assignment = remote(&args.assignment_url, "assignment")?;
-        }
-        if ghl_sync.is_none() {
-            remote_ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
-        }
-        for (target, local, remote) in [
-            (Target::Session, session.is_some(), remote_session.is_some()),
-            (
-                Target::Contacts,
-                contacts.is_some(),
-                remote_contacts.is_some(),
-            ),
-            (
-                Target::Assignment,
-                assignment.is_some(),
-                remote_assignment.is_some(),
-            ),
-            (
-                Target::GhlSync,
-                ghl_sync.is_some(),
-                remote_ghl_sync.is_some(),
-            ),
-        ] {
-            if !local && !remote {
-                warn!(%target, "not run here and no --{target}-url given: the gateway will not answer its API");
-            }
-        }
-    }
+    let remotes = services.remotes(&args)?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -567,78 +520,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    // The gRPC APIs are taken before the services' workers start.
-    let session_grpc = session.as_ref().map(|s| s.grpc());
-    let contacts_grpc = contacts.as_ref().map(|s| s.grpc());
-    let assignment_grpc = assignment.as_ref().map(|s| s.grpc());
-    let ghl_sync_grpc = ghl_sync.as_ref().map(|s| s.grpc());
-    let (local_session, local_contacts, local_assignment, local_ghl_sync) = (
-        session.is_some(),
-        contacts.is_some(),
-        assignment.is_some(),
-        ghl_sync.is_some(),
-    );
-    if let Some(assignment) = assignment {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            assignment.run_until_stopped(stop).await;
-            Ok(())
-        });
-    }
-    if let Some(session) = session {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            session.run_until_stopped(stop).await;
-            Ok(())
-        });
-    }
-    if let Some(ghl_sync) = ghl_sync {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            ghl_sync.run_until_stopped(stop).await;
-            Ok(())
-        });
-    }
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    if local_session || remote_session.is_some() {
-        health_reporter
-            .set_serving::<SessionServiceServer<whatsnap_session::Session>>()
-            .await;
-    }
-    if local_contacts || remote_contacts.is_some() {
-        health_reporter
-            .set_serving::<ContactsServiceServer<whatsnap_contacts::Contacts>>()
-            .await;
-    }
-    if local_assignment || remote_assignment.is_some() {
-        health_reporter
-            .set_serving::<AssignmentServiceServer<whatsnap_assignment::Assignment>>()
-            .await;
-    }
-    if local_ghl_sync || remote_ghl_sync.is_some() {
-        health_reporter
-            .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
-            .await;
-    }
-    let router = Server::builder()
-        .trace_fn(whatsnap_telemetry::grpc_span)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_optional_service(session_grpc)
-        .add_optional_service(remote_session.map(SessionServiceServer::new))
-        .add_optional_service(contacts_grpc)
-        .add_optional_service(remote_contacts.map(ContactsServiceServer::new))
-        .add_optional_service(assignment_grpc)
-        .add_optional_service(remote_assignment.map(AssignmentServiceServer::new))
-        .add_optional_service(ghl_sync_grpc)
-        .add_optional_service(remote_ghl_sync.map(GhlSyncServiceServer::new))
-        .add_optional_service(gateway.as_ref().map(|g| g.events_grpc()))
-        .add_service(crate::operations::Operations::new(store.clone(), db.clone()).grpc());
+    let router = services
+        .grpc_router(remotes, store.clone(), db.clone())
+        .await?;
+    let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -667,10 +552,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let session_channel = channel_to(local_session, &args.session_url, grpc_addr)?;
-        let contacts_channel = channel_to(local_contacts, &args.contacts_url, grpc_addr)?;
-        let ghl_sync_channel = channel_to(local_ghl_sync, &args.ghl_sync_url, grpc_addr)?;
-        let assignment_channel = channel_to(local_assignment, &args.assignment_url, grpc_addr)?;
+        let session_channel = channel_to(has(Target::Session), &args.session_url, grpc_addr)?;
+        let contacts_channel = channel_to(has(Target::Contacts), &args.contacts_url, grpc_addr)?;
+        let ghl_sync_channel = channel_to(has(Target::GhlSync), &args.ghl_sync_url, grpc_addr)?;
+        let assignment_channel =
+            channel_to(has(Target::Assignment), &args.assignment_url, grpc_addr)?;
         let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
             &args.ghl_webhook_ed25519_key,
             &args.ghl_webhook_rsa_key,
@@ -754,6 +640,169 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             info!("stopped cleanly");
             Ok(())
         }
+    }
+}
+
+/// The services this process runs, each its crate's `Application`.
+struct Services {
+    session: Option<whatsnap_session::Application>,
+    contacts: Option<whatsnap_contacts::Application>,
+    assignment: Option<whatsnap_assignment::Application>,
+    ghl_sync: Option<whatsnap_ghl_sync::Application>,
+    gateway: Option<whatsnap_gateway::Application>,
+}
+
+/// The services the gateway forwards to, where they run in other processes.
+#[derive(Default)]
+struct Remotes {
+    session: Option<Remote>,
+    contacts: Option<Remote>,
+    assignment: Option<Remote>,
+    ghl_sync: Option<Remote>,
+}
+
+impl Services {
+    /// Every read model of the services, in the order they are prepared.
+    fn projections(&self) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
+        [
+            self.session.as_ref().map(|s| s.projections()),
+            self.contacts.as_ref().map(|s| s.projections()),
+            self.assignment.as_ref().map(|s| s.projections()),
+            self.ghl_sync.as_ref().map(|s| s.projections()),
+            self.gateway.as_ref().map(|s| s.projections()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+    }
+
+    /// Where the gateway forwards the APIs of the services not run here; a warning for each
+    /// it cannot answer.
+    fn remotes(&self, args: &ServeArgs) -> anyhow::Result<Remotes> {
+        let mut remotes = Remotes::default();
+        if self.gateway.is_none() {
+            return Ok(remotes);
+        }
+        if self.session.is_none() {
+            remotes.session = remote(&args.session_url, "session")?;
+        }
+        if self.contacts.is_none() {
+            remotes.contacts = remote(&args.contacts_url, "contacts")?;
+        }
+        if self.assignment.is_none() {
+            remotes.assignment = remote(&args.assignment_url, "assignment")?;
+        }
+        if self.ghl_sync.is_none() {
+            remotes.ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
+        }
+        for (target, local, remote) in [
+            (
+                Target::Session,
+                self.session.is_some(),
+                remotes.session.is_some(),
+            ),
+            (
+                Target::Contacts,
+                self.contacts.is_some(),
+                remotes.contacts.is_some(),
+            ),
+            (
+                Target::Assignment,
+                self.assignment.is_some(),
+                remotes.assignment.is_some(),
+            ),
+            (
+                Target::GhlSync,
+                self.ghl_sync.is_some(),
+                remotes.ghl_sync.is_some(),
+            ),
+        ] {
+            if !local && !remote {
+                warn!(%target, "not run here and no --{target}-url given: the gateway will not answer its API");
+            }
+        }
+        Ok(remotes)
+    }
+
+    /// The process's gRPC server: the APIs of the services run here and of those forwarded
+    /// to, with health, reflection and the operator API.
+    async fn grpc_router(
+        &self,
+        remotes: Remotes,
+        store: Arc<dyn EventStore>,
+        db: ReadDb,
+    ) -> anyhow::Result<tonic::transport::server::Router> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        if self.session.is_some() || remotes.session.is_some() {
+            health_reporter
+                .set_serving::<SessionServiceServer<whatsnap_session::Session>>()
+                .await;
+        }
+        if self.contacts.is_some() || remotes.contacts.is_some() {
+            health_reporter
+                .set_serving::<ContactsServiceServer<whatsnap_contacts::Contacts>>()
+                .await;
+        }
+        if self.assignment.is_some() || remotes.assignment.is_some() {
+            health_reporter
+                .set_serving::<AssignmentServiceServer<whatsnap_assignment::Assignment>>()
+                .await;
+        }
+        if self.ghl_sync.is_some() || remotes.ghl_sync.is_some() {
+            health_reporter
+                .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
+                .await;
+        }
+        Ok(Server::builder()
+            .trace_fn(whatsnap_telemetry::grpc_span)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_optional_service(self.session.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.session.map(SessionServiceServer::new))
+            .add_optional_service(self.contacts.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.contacts.map(ContactsServiceServer::new))
+            .add_optional_service(self.assignment.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.assignment.map(AssignmentServiceServer::new))
+            .add_optional_service(self.ghl_sync.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.ghl_sync.map(GhlSyncServiceServer::new))
+            .add_optional_service(self.gateway.as_ref().map(|g| g.events_grpc()))
+            .add_service(crate::operations::Operations::new(store, db).grpc()))
+    }
+
+    /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose
+    /// HTTP server starts once the gRPC server listens.
+    fn run_until_stopped(
+        self,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Option<whatsnap_gateway::Application> {
+        if let Some(assignment) = self.assignment {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                assignment.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        if let Some(session) = self.session {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                session.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        if let Some(ghl_sync) = self.ghl_sync {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                ghl_sync.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        self.gateway
     }
 }
 
