@@ -470,38 +470,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let services = Services {
-        session: match (has(Target::Session), &secret_key) {
-            (true, Some(key)) => Some(whatsnap_session::Application::build(
-                store.clone(),
-                db.clone(),
-                whatsnap_session::SessionConfig {
-                    secret_key: key.clone(),
-                    connectors: connectors(&args, public_url.clone())?,
-                    max_accounts_per_location: args.max_accounts_per_location,
-                    tag_prefix: args.tag_prefix.clone(),
-                    media: media.clone().zip(public_url.clone()),
-                    alert_webhook_url: args.alert_webhook_url.clone(),
-                    send_patience: args.send_patience,
-                },
-            )),
-            _ => None,
-        },
-        contacts: has(Target::Contacts)
-            .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
-        assignment: has(Target::Assignment)
-            .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone())),
-        ghl_sync: match (has(Target::GhlSync), &secret_key) {
-            (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
-                store.clone(),
-                db.clone(),
-                Some(ghl_worker(&args.ghl, key, public_url.as_deref())),
-            )),
-            _ => None,
-        },
-        gateway: has(Target::Gateway)
-            .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone())),
-    };
+    let services = Services::build(
+        &args,
+        &store,
+        &db,
+        secret_key.as_ref(),
+        media.as_ref(),
+        public_url.as_deref(),
+    )?;
     let projections = services.projections();
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);
@@ -662,6 +638,51 @@ struct Remotes {
 }
 
 impl Services {
+    /// The services of the chosen targets; those that seal credentials are built only with a
+    /// key.
+    fn build(
+        args: &ServeArgs,
+        store: &Arc<dyn EventStore>,
+        db: &ReadDb,
+        secret_key: Option<&whatsnap_secrets::SecretKey>,
+        media: Option<&whatsnap_media::MediaStore>,
+        public_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let has = |target| args.target.0.contains(&target);
+        Ok(Self {
+            session: match (has(Target::Session), secret_key) {
+                (true, Some(key)) => Some(whatsnap_session::Application::build(
+                    store.clone(),
+                    db.clone(),
+                    whatsnap_session::SessionConfig {
+                        secret_key: key.clone(),
+                        connectors: connectors(args, public_url.map(str::to_owned))?,
+                        max_accounts_per_location: args.max_accounts_per_location,
+                        tag_prefix: args.tag_prefix.clone(),
+                        media: media.cloned().zip(public_url.map(str::to_owned)),
+                        alert_webhook_url: args.alert_webhook_url.clone(),
+                        send_patience: args.send_patience,
+                    },
+                )),
+                _ => None,
+            },
+            contacts: has(Target::Contacts)
+                .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
+            assignment: has(Target::Assignment)
+                .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone())),
+            ghl_sync: match (has(Target::GhlSync), secret_key) {
+                (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
+                    store.clone(),
+                    db.clone(),
+                    Some(ghl_worker(&args.ghl, key, public_url)),
+                )),
+                _ => None,
+            },
+            gateway: has(Target::Gateway)
+                .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone())),
+        })
+    }
+
     /// Every read model of the services, in the order they are prepared.
     fn projections(&self) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
         [
