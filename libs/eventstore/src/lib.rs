@@ -8,19 +8,23 @@
 //!
 //! Both pass the conformance suite in `tests/conformance.rs`. Read models are built from the log
 //! by the [`projection`] runner, which keeps its checkpoint in the read model's own transaction
-//! and sets aside ([`parked`]) an event a projection keeps failing on.
+//! and sets aside ([`parked`]) an event a projection keeps failing on. Services write through
+//! [`aggregate`]: load a stream, fold it, decide, append at the expected version, retry on a
+//! conflict.
 
 use std::fmt;
 
 use async_trait::async_trait;
 pub use whatsnap_events::{EventId, NewEvent, RecordedEvent, StreamId};
 
+pub mod aggregate;
 pub mod jetstream;
 pub mod parked;
 pub mod projection;
 pub mod sqlite;
 mod subscription;
 
+pub use aggregate::{Aggregate, AggregateError, Aggregates, LoadError, Loaded, Updated};
 pub use subscription::{Subscription, SubscriptionSource};
 
 /// The most events one append may carry; JetStream's atomic batches hold at most 1,000.

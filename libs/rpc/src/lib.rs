@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use tracing::error;
 use uuid::Uuid;
 use whatsnap_events::{LocationId, PhoneNumber, RecordedEvent};
-use whatsnap_eventstore::StoreError;
+use whatsnap_eventstore::{AggregateError, LoadError, StoreError};
 
 /// The read models of every service: `sqlx::Any` over SQLite or PostgreSQL. Their SQL keeps to
 /// what both understand (`$n` placeholders, `ON CONFLICT`, `BIGINT`, `TEXT`).
@@ -63,6 +63,29 @@ impl From<ServiceError> for Status {
             }
         };
         Status::new(code, err.to_string())
+    }
+}
+
+impl ServiceError {
+    /// A stream that could not be folded; `what` names its aggregate ("account …").
+    pub fn unloadable(what: impl std::fmt::Display, err: LoadError) -> Self {
+        match err {
+            LoadError::Store(err) => err.into(),
+            LoadError::Undecodable(err) => Self::FailedPrecondition(format!("{what}: {err}")),
+        }
+    }
+
+    /// An update of an aggregate that did not happen: a refusal as decided, and a stream that
+    /// kept changing as unavailable (worth trying again); `what` names the aggregate.
+    pub fn not_updated(what: impl std::fmt::Display, err: AggregateError<ServiceError>) -> Self {
+        match err {
+            AggregateError::Rejected(err) => err,
+            AggregateError::Load(err) => Self::unloadable(what, err),
+            AggregateError::Store(err) => err.into(),
+            AggregateError::KeptChanging { .. } => {
+                Self::Unavailable(format!("{what} kept changing; try again"))
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! and appends what it decides; [`simulate`] replays the log against other rules. A contact of
 //! an account with no rules is recorded as left unassigned, with that reason.
 
+mod application;
 pub mod decider;
 pub mod engine;
 pub mod model;
@@ -26,6 +27,7 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_proto::assignment::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::Application;
 pub use engine::NO_RULES;
 
 #[derive(Clone)]

@@ -15,6 +15,12 @@ pub struct ContactState {
     pub version: u64,
 }
 
+impl whatsnap_eventstore::Aggregate for ContactState {
+    fn evolve(self, event: &Event, version: u64) -> Self {
+        evolve(self, event, version)
+    }
+}
+
 pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactState {
     state.version = version;
     match event {

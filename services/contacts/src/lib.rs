@@ -3,8 +3,10 @@
 //! two processes cannot create it twice — and puts the receiving account's tag on it. The
 //! `contacts` read model answers lookups by phone.
 
+mod application;
 mod contact;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,10 +19,13 @@ use whatsnap_events::{
     RecordedEvent, StreamId, contact_id_for,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection};
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_eventstore::{
+    AggregateError, Aggregates, EventStore, ExpectedVersion, LoadError, Loaded, StoreError,
+};
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::Application;
 pub use contact::{
     ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve, tags_by_recency,
 };
@@ -60,26 +65,15 @@ impl Contacts {
         location: &LocationId,
         phone: &PhoneNumber,
         stream: &StreamId,
-        mut state: ContactState,
+        state: ContactState,
         decided: &[Event],
     ) -> Result<pb::Contact, ServiceError> {
-        if !decided.is_empty() {
-            let events = decided
-                .iter()
-                .map(|e| {
-                    let metadata =
-                        EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-                    NewEvent::new(e, metadata)
-                })
-                .collect();
-            self.store
-                .append(stream, ExpectedVersion::Exact(state.version), events)
-                .await?;
-            for (offset, event) in decided.iter().enumerate() {
-                let version = state.version + 1 + offset as u64;
-                state = evolve(state, event, version);
-            }
-        }
+        let version = state.version;
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        let state = Aggregates::new(self.store.as_ref())
+            .append(stream, Loaded { state, version }, decided, &metadata)
+            .await?
+            .state;
         Ok(pb::Contact {
             contact_id: contact_id_for(location, phone).to_string(),
             location_id: location.to_string(),
@@ -97,15 +91,11 @@ impl Contacts {
     ) -> Result<(uuid::Uuid, StreamId, ContactState), ServiceError> {
         let contact_id = contact_id_for(location, phone);
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
-        let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
-        let mut state = ContactState::default();
-        for event in &history {
-            let decoded = event
-                .decode()
-                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-            state = evolve(state, &decoded, event.version);
-        }
-        Ok((contact_id, stream, state))
+        let loaded = Aggregates::new(self.store.as_ref())
+            .load::<ContactState>(&stream)
+            .await
+            .map_err(|e| ServiceError::unloadable(format_args!("contact {contact_id}"), e))?;
+        Ok((contact_id, stream, loaded.state))
     }
 }
 
@@ -142,41 +132,32 @@ impl ContactsProjection {
         let phone = PhoneNumber::parse(&message.from)?;
         let contact_id = contact_id_for(&location, &phone);
         let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
-        for _ in 0..CONFLICT_RETRIES {
-            let history = self.store.read_stream(&stream, 1, usize::MAX).await?;
-            let mut state = ContactState::default();
-            for event in &history {
-                state = evolve(state, &event.decode()?, event.version);
+        let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
+        let decided = Aggregates::new(self.store.as_ref())
+            .tries(CONFLICT_RETRIES)
+            .update(&stream, &metadata, |state: &ContactState| {
+                Ok::<_, Infallible>(decide_on_inbound(
+                    state, contact_id, &phone, &message, &tag, platform,
+                ))
+            })
+            .await;
+        match decided {
+            Ok(updated) if updated.appended > 0 => {
+                debug!(%contact_id, count = updated.appended, "contact events appended");
+                Ok(())
             }
-            let decided = decide_on_inbound(&state, contact_id, &phone, &message, &tag, platform);
-            if decided.is_empty() {
-                return Ok(());
+            Ok(_) => Ok(()),
+            Err(AggregateError::KeptChanging { tries, .. }) => Err(format!(
+                "contact {contact_id} kept changing; giving up after {tries} tries"
+            )
+            .into()),
+            // The store's own errors, as they are: the runner waits out an outage of the store.
+            Err(AggregateError::Load(LoadError::Store(err)) | AggregateError::Store(err)) => {
+                Err(err.into())
             }
-            let events = decided
-                .iter()
-                .map(|e| {
-                    let metadata =
-                        EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
-                    NewEvent::new(e, metadata)
-                })
-                .collect();
-            match self
-                .store
-                .append(&stream, ExpectedVersion::Exact(state.version), events)
-                .await
-            {
-                Ok(_) => {
-                    debug!(%contact_id, count = decided.len(), "contact events appended");
-                    return Ok(());
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(err) => return Err(err.into()),
-            }
+            Err(AggregateError::Load(LoadError::Undecodable(err))) => Err(err.into()),
+            Err(AggregateError::Rejected(never)) => match never {},
         }
-        Err(
-            format!("contact {contact_id} kept changing; giving up after {CONFLICT_RETRIES} tries")
-                .into(),
-        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! It owns no events; its `contact_timeline` read model indexes, per contact, every event that
 //! touched it with a one-line summary of what happened and why.
 
+mod application;
 mod forward;
 mod health;
 mod metrics;
@@ -24,6 +25,7 @@ use whatsnap_eventstore::EventStore;
 use whatsnap_proto::events::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::{Application, HttpConfig};
 pub use forward::Remote;
 pub use health::{Readiness, router};
 pub use metrics::routes as metrics_routes;

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use whatsnap_events::{AggregateKind, Event, GhlTokenKind, GhlTokensIssued, LocationId, StreamId};
-use whatsnap_eventstore::EventStore;
+use whatsnap_eventstore::{Aggregate, Aggregates, EventStore};
 use whatsnap_rpc::ServiceError;
 
 /// The stream of a location's GHL connection.
@@ -20,14 +20,11 @@ pub fn company_stream(company_id: &str) -> Option<StreamId> {
 
 /// The connection as the events of `stream` (a location's or an agency's) leave it.
 pub async fn load(store: &dyn EventStore, stream: &StreamId) -> Result<Connection, ServiceError> {
-    let mut state = Connection::default();
-    for recorded in store.read_stream(stream, 1, usize::MAX).await? {
-        let event = recorded
-            .decode()
-            .map_err(|e| ServiceError::FailedPrecondition(format!("{stream}: {e}")))?;
-        state = state.evolve(&event, recorded.version);
-    }
-    Ok(state)
+    Ok(Aggregates::new(store)
+        .load::<Connection>(stream)
+        .await
+        .map_err(|e| ServiceError::unloadable(stream, e))?
+        .state)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -38,6 +35,12 @@ pub struct Connection {
     /// The newest tokens, unless the app was uninstalled after they were issued.
     pub tokens: Option<GhlTokensIssued>,
     pub version: u64,
+}
+
+impl Aggregate for Connection {
+    fn evolve(self, event: &Event, version: u64) -> Self {
+        Connection::evolve(self, event, version)
+    }
 }
 
 impl Connection {

@@ -7,6 +7,7 @@
 //! ([`users`]), the candidates of assignment, and sets a contact's owner (`assignedTo`) in GHL
 //! when the assignment service decides one.
 
+mod application;
 pub mod connection;
 pub mod effects;
 pub mod owners;
@@ -22,10 +23,11 @@ use whatsnap_events::{
     Event, EventMetadata, GhlInstalled, GhlSyncRetryRequested, GhlTokenKind, GhlTokensIssued,
     GhlUninstalled, LocationId, NewEvent,
 };
-use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, Loaded};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
+pub use application::Application;
 pub use read_model::PendingWork;
 pub use worker::{Worker, WorkerConfig};
 
@@ -90,15 +92,9 @@ impl GhlSync {
         }
         events.push(Event::from(tokens));
         let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(state.version),
-                events
-                    .iter()
-                    .map(|e| NewEvent::new(e, metadata.clone()))
-                    .collect(),
-            )
+        let version = state.version;
+        Aggregates::new(self.store.as_ref())
+            .append(&stream, Loaded { state, version }, &events, &metadata)
             .await?;
         Ok(())
     }
@@ -138,12 +134,9 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
             })
         };
         let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(state.version),
-                vec![NewEvent::new(&event, metadata)],
-            )
+        let version = state.version;
+        Aggregates::new(self.store.as_ref())
+            .append(&stream, Loaded { state, version }, &[event], &metadata)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::RecordInstallResponse { changed: true }))

@@ -8,9 +8,9 @@
 
 use whatsnap_events::{
     ContactOwnerChangedInGhl, ContactSourceChangedInGhl, Event, EventMetadata, LocationId,
-    NewEvent, PhoneNumber, StreamId, contact_id_for,
+    PhoneNumber, contact_id_for,
 };
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_eventstore::{Aggregate, AggregateError, Aggregates, EventStore};
 use whatsnap_rpc::ServiceError;
 
 use crate::worker::contact_stream;
@@ -45,45 +45,66 @@ pub async fn record(
     let contact_id = contact_id_for(hook.location, &phone);
     let stream = contact_stream(hook.location, contact_id);
     // The stream is also ghl-sync's outbox for the contact: a concurrent append is read again.
-    let mut attempts = 0;
-    loop {
-        match try_record(store, &hook, contact_id, &stream).await {
-            Err(ServiceError::Store(StoreError::WrongExpectedVersion { .. })) if attempts < 5 => {
-                attempts += 1;
+    let mut recorded = Recorded::default();
+    let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+    Aggregates::new(store)
+        .tries(6)
+        .update(&stream, &metadata, |known: &Known| {
+            let changes;
+            (recorded, changes) = decide(known, &hook, contact_id)?;
+            Ok(changes)
+        })
+        .await
+        .map_err(|err| match err {
+            AggregateError::KeptChanging { last, .. } => ServiceError::Store(last),
+            err => ServiceError::not_updated(format_args!("contact {contact_id}"), err),
+        })?;
+    Ok(recorded)
+}
+
+/// What whatsnap last knew GHL to show of a contact, from the contact's stream.
+#[derive(Debug, Default)]
+struct Known {
+    linked: Option<String>,
+    shown: Option<String>,
+    source: Option<String>,
+}
+
+impl Aggregate for Known {
+    // The stream is the contact's: other services write types this one need not know.
+    const SKIPS_UNDECODABLE: bool = true;
+
+    fn evolve(mut self, event: &Event, _version: u64) -> Self {
+        match event {
+            Event::GhlContactLinked(link) => {
+                if let Some(observed) = &link.observed {
+                    self.shown = observed.assigned_to.clone();
+                    if observed.source.is_some() {
+                        self.source = observed.source.clone();
+                    }
+                }
+                self.linked = Some(link.ghl_contact_id.clone());
             }
-            outcome => return outcome,
+            Event::GhlAssignmentApplied(applied) => self.shown = Some(applied.user_id.clone()),
+            Event::ContactOwnerChangedInGhl(changed) => self.shown = changed.user_id.clone(),
+            Event::ContactSourceChangedInGhl(changed) => self.source = changed.source.clone(),
+            _ => {}
         }
+        self
     }
 }
 
-async fn try_record(
-    store: &dyn EventStore,
+/// What the webhook changes of what whatsnap knew.
+fn decide(
+    known: &Known,
     hook: &ContactWebhook<'_>,
     contact_id: uuid::Uuid,
-    stream: &StreamId,
-) -> Result<Recorded, ServiceError> {
-    let mut linked = None;
-    let mut shown: Option<String> = None;
-    let mut source: Option<String> = None;
-    let mut version = 0;
-    for recorded in store.read_stream(stream, 1, usize::MAX).await? {
-        version = recorded.version;
-        match recorded.decode() {
-            Ok(Event::GhlContactLinked(link)) => {
-                if let Some(observed) = link.observed {
-                    shown = observed.assigned_to;
-                    if observed.source.is_some() {
-                        source = observed.source;
-                    }
-                }
-                linked = Some(link.ghl_contact_id);
-            }
-            Ok(Event::GhlAssignmentApplied(applied)) => shown = Some(applied.user_id),
-            Ok(Event::ContactOwnerChangedInGhl(changed)) => shown = changed.user_id,
-            Ok(Event::ContactSourceChangedInGhl(changed)) => source = changed.source,
-            _ => {}
-        }
-    }
+) -> Result<(Recorded, Vec<Event>), ServiceError> {
+    let Known {
+        linked,
+        shown,
+        source,
+    } = known;
     if linked.as_deref() != Some(hook.ghl_contact_id) {
         return Err(ServiceError::NotFound(
             "a GHL contact whatsnap has not linked".into(),
@@ -98,7 +119,7 @@ async fn try_record(
             contact_id,
             ghl_contact_id: hook.ghl_contact_id.to_owned(),
             user_id: user_id.map(str::to_owned),
-            previous: shown,
+            previous: shown.clone(),
         }));
     }
     if let Some(told) = hook.source.map(str::trim).filter(|s| !s.is_empty())
@@ -109,22 +130,8 @@ async fn try_record(
             contact_id,
             ghl_contact_id: hook.ghl_contact_id.to_owned(),
             source: Some(told.to_owned()),
-            previous: source,
+            previous: source.clone(),
         }));
     }
-    if changes.is_empty() {
-        return Ok(recorded);
-    }
-    let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
-    store
-        .append(
-            stream,
-            ExpectedVersion::Exact(version),
-            changes
-                .iter()
-                .map(|event| NewEvent::new(event, metadata.clone()))
-                .collect(),
-        )
-        .await?;
-    Ok(recorded)
+    Ok((recorded, changes))
 }

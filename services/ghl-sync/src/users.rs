@@ -23,6 +23,16 @@ pub fn evolve(mut known: Known, event: &Event) -> Known {
     known
 }
 
+/// The users of a location's stream, as an aggregate.
+#[derive(Debug, Default)]
+pub struct Users(pub Known);
+
+impl whatsnap_eventstore::Aggregate for Users {
+    fn evolve(self, event: &Event, _version: u64) -> Self {
+        Self(evolve(self.0, event))
+    }
+}
+
 /// A user as GHL listed it, in the event's shape.
 pub fn synced(user: &GhlUser) -> GhlUserSynced {
     GhlUserSynced {

@@ -23,7 +23,7 @@ use whatsnap_events::{
     NewEvent, StreamId,
 };
 use whatsnap_eventstore::projection::Backoff;
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, LoadError, StoreError};
 use whatsnap_ghl::client::{
     DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection, StatusError,
     StatusUpdate, UserType,
@@ -334,31 +334,21 @@ impl Worker {
         .map_err(|e| format!("listing the users: {e}"))?;
         let listed: Vec<_> = listed.iter().map(users::synced).collect();
         let stream = users::stream(location);
-        let history = self
-            .store
-            .read_stream(&stream, 1, usize::MAX)
+        let aggregates = Aggregates::new(self.store.as_ref());
+        let known = aggregates
+            .load::<users::Users>(&stream)
             .await
-            .map_err(|e| format!("event store: {e}"))?;
-        let mut known = users::Known::new();
-        for recorded in &history {
-            let event = recorded.decode().map_err(|e| e.to_string())?;
-            known = users::evolve(known, &event);
-        }
-        let changes = users::changes(&known, &listed);
+            .map_err(|e| match e {
+                LoadError::Store(e) => format!("event store: {e}"),
+                LoadError::Undecodable(e) => e.to_string(),
+            })?;
+        let changes = users::changes(&known.state.0, &listed);
         if changes.is_empty() {
             return Ok(UsersOutcome::Synced(0));
         }
-        let metadata = metadata();
-        let events = changes
-            .iter()
-            .map(|user| NewEvent::new(&Event::from(user.clone()), metadata.clone()))
-            .collect();
-        self.store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(history.len() as u64),
-                events,
-            )
+        let events: Vec<Event> = changes.iter().cloned().map(Event::from).collect();
+        aggregates
+            .append(&stream, known, &events, &metadata())
             .await
             .map_err(|e| format!("storing the users: {e}"))?;
         Ok(UsersOutcome::Synced(changes.len()))

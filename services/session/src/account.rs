@@ -86,6 +86,12 @@ impl AccountState {
     }
 }
 
+impl whatsnap_eventstore::Aggregate for AccountState {
+    fn evolve(self, event: &Event, version: u64) -> Self {
+        evolve(self, event, version)
+    }
+}
+
 pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountState {
     state.version = version;
     match event {

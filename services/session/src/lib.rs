@@ -5,6 +5,7 @@
 
 mod account;
 mod alerts;
+mod application;
 mod connection;
 mod outbound;
 mod read_model;
@@ -26,7 +27,7 @@ use whatsnap_events::{
     InboundMessageHeld, InboundMessageReceived, LocationId, NewEvent, OutboundMessageRequested,
     StreamId, TwilioCredentials, contact_id_for, inbound_message_id_for, outbound_message_id_for,
 };
-use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError};
+use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, Loaded, StoreError};
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 use whatsnap_secrets::SecretKey;
@@ -35,6 +36,7 @@ pub use account::{
     AccountState, Connection, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove,
     decide_rotate, evolve, slug_tag,
 };
+pub use application::Application;
 pub use connection::{account_ref, decide_connection};
 pub use outbound::{OutboundQueue, OutboundState, SendWorker, decide_delivery_status};
 pub use read_model::AccountsProjection;
@@ -250,15 +252,16 @@ impl Session {
         state: AccountState,
         event: &Event,
     ) -> ServiceResult<AccountState> {
-        let outcome = self
-            .store
+        let version = state.version;
+        let loaded = Aggregates::new(self.store.as_ref())
             .append(
                 stream,
-                ExpectedVersion::Exact(state.version),
-                vec![NewEvent::new(event, metadata())],
+                Loaded { state, version },
+                std::slice::from_ref(event),
+                &metadata(),
             )
             .await?;
-        Ok(evolve(state, event, outcome.version))
+        Ok(loaded.state)
     }
 
     /// The account's state from its own stream; not found when it was never added.
@@ -284,14 +287,11 @@ pub(crate) async fn read_account(
     account_id: Uuid,
 ) -> ServiceResult<(StreamId, AccountState)> {
     let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-    let mut state = AccountState::default();
-    for event in store.read_stream(&stream, 1, usize::MAX).await? {
-        let decoded = event
-            .decode()
-            .map_err(|e| ServiceError::FailedPrecondition(format!("account {account_id}: {e}")))?;
-        state = evolve(state, &decoded, event.version);
-    }
-    Ok((stream, state))
+    let loaded = Aggregates::new(store)
+        .load::<AccountState>(&stream)
+        .await
+        .map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?;
+    Ok((stream, loaded.state))
 }
 
 /// A message seen in a chat, with its files kept, before it is recorded.
@@ -787,21 +787,27 @@ impl Session {
                 .await
             }
             _ => {
-                for _ in 0..5 {
-                    let (stream, state) = self.load_account(location, account_id).await?;
-                    let Some(decided) = decide_connection(&state, account_id, event, Utc::now())
-                    else {
-                        return Ok(false);
-                    };
-                    match self.append_decided(&stream, state, &decided).await {
-                        Ok(_) => return Ok(true),
-                        Err(ServiceError::Store(e)) if e.is_conflict() => continue,
-                        Err(err) => return Err(err),
-                    }
-                }
-                Err(ServiceError::Unavailable(format!(
-                    "account {account_id} kept changing; try again"
-                )))
+                let stream =
+                    StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+                let updated = Aggregates::new(self.store.as_ref())
+                    .update(&stream, &metadata(), |state: &AccountState| {
+                        if state.account_id.is_none() {
+                            return Err(ServiceError::NotFound(format!(
+                                "no account {account_id} in location {location}"
+                            )));
+                        }
+                        Ok(Vec::from_iter(decide_connection(
+                            state,
+                            account_id,
+                            event,
+                            Utc::now(),
+                        )))
+                    })
+                    .await
+                    .map_err(|e| {
+                        ServiceError::not_updated(format_args!("account {account_id}"), e)
+                    })?;
+                Ok(updated.appended > 0)
             }
         }
     }
@@ -1067,45 +1073,18 @@ impl Session {
         receipt: &Receipt,
     ) -> ServiceResult<bool> {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
-        for _ in 0..5 {
-            let history = self
-                .store
-                .read_stream(&stream, 1, usize::MAX)
-                .await
-                .map_err(ServiceError::from)?;
-            let state = OutboundState::from_history(&history)
-                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-            let decided = decide_delivery_status(
-                &state,
-                message_id,
-                account_id,
-                provider_message_id,
-                receipt,
-            )
-            .map_err(ServiceError::NotFound)?;
-            let Some(event) = decided else {
-                return Ok(false);
-            };
-            match self
-                .store
-                .append(
-                    &stream,
-                    ExpectedVersion::Exact(state.version),
-                    vec![NewEvent::new(&event, metadata())],
-                )
-                .await
-            {
-                Ok(_) => {
-                    self.receipts_came(location, account_id).await?;
-                    return Ok(true);
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(err) => return Err(ServiceError::from(err)),
-            }
+        let updated = Aggregates::new(self.store.as_ref())
+            .update(&stream, &metadata(), |state: &OutboundState| {
+                decide_delivery_status(state, message_id, account_id, provider_message_id, receipt)
+                    .map(Vec::from_iter)
+                    .map_err(ServiceError::NotFound)
+            })
+            .await
+            .map_err(|e| ServiceError::not_updated(format_args!("message {message_id}"), e))?;
+        if updated.appended > 0 {
+            self.receipts_came(location, account_id).await?;
         }
-        Err(ServiceError::Unavailable(format!(
-            "message {message_id} kept changing; try again"
-        )))
+        Ok(updated.appended > 0)
     }
 
     /// A receipt came: an account flagged as not delivering delivers again.

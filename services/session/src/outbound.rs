@@ -20,6 +20,7 @@ use whatsnap_events::{
     AccountKind, AggregateKind, Event, EventMetadata, LocationId, MessageDelivered, MessageFailed,
     MessageRead, OutboundMessageRouted, OutboundMessageSent, RecordedEvent, StreamId,
 };
+use whatsnap_eventstore::Aggregate;
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
 use whatsnap_secrets::SecretKey;
@@ -42,15 +43,7 @@ impl OutboundState {
     pub fn from_history(history: &[RecordedEvent]) -> Result<Self, ApplyError> {
         let mut state = Self::default();
         for recorded in history {
-            state.version = recorded.version;
-            match recorded.decode()? {
-                Event::OutboundMessageRouted(e) => state.routed = Some(e),
-                Event::OutboundMessageSent(e) => state.sent = Some(e),
-                Event::MessageDelivered(_) => state.delivered = true,
-                Event::MessageRead(_) => state.read = true,
-                Event::MessageFailed(_) | Event::OutboundRouteFailed(_) => state.failed = true,
-                _ => {}
-            }
+            state = state.evolve(&recorded.decode()?, recorded.version);
         }
         Ok(state)
     }
@@ -59,6 +52,21 @@ impl OutboundState {
     /// out.
     fn done_sending(&self) -> bool {
         self.sent.is_some() || self.failed || self.delivered || self.read
+    }
+}
+
+impl Aggregate for OutboundState {
+    fn evolve(mut self, event: &Event, version: u64) -> Self {
+        self.version = version;
+        match event {
+            Event::OutboundMessageRouted(e) => self.routed = Some(e.clone()),
+            Event::OutboundMessageSent(e) => self.sent = Some(e.clone()),
+            Event::MessageDelivered(_) => self.delivered = true,
+            Event::MessageRead(_) => self.read = true,
+            Event::MessageFailed(_) | Event::OutboundRouteFailed(_) => self.failed = true,
+            _ => {}
+        }
+        self
     }
 }
 

@@ -475,238 +475,37 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let session = match (has(Target::Session), &secret_key) {
-        (true, Some(key)) => Some(whatsnap_session::Session::new(
-            store.clone(),
-            db.clone(),
-            whatsnap_session::SessionConfig {
-                secret_key: key.clone(),
-                connectors: connectors(&args, public_url.clone(), &db, key).await?,
-                max_accounts_per_location: args.max_accounts_per_location,
-                tag_prefix: args.tag_prefix.clone(),
-                media: media.clone().zip(public_url.clone()),
-                alert_webhook_url: args.alert_webhook_url.clone(),
-                receipt_patience: args.receipt_patience,
-                send_patience: args.send_patience,
-            },
-        )),
-        _ => None,
-    };
-    let contacts =
-        has(Target::Contacts).then(|| whatsnap_contacts::Contacts::new(store.clone(), db.clone()));
-    let assignment = has(Target::Assignment)
-        .then(|| whatsnap_assignment::Assignment::new(store.clone(), db.clone()));
-    let ghl_sync = match (has(Target::GhlSync), &secret_key) {
-        (true, Some(key)) => {
-            let ghl = &args.ghl;
-            let client = whatsnap_ghl::client::GhlClient::new(
-                whatsnap_ghl::client::GhlConfig {
-                    api_base: ghl.ghl_api_url.trim_end_matches('/').to_owned(),
-                    marketplace_base: ghl.ghl_marketplace_url.trim_end_matches('/').to_owned(),
-                    client_id: ghl.ghl_client_id.clone(),
-                    client_secret: ghl.ghl_client_secret.clone(),
-                    redirect_uri: ghl
-                        .ghl_redirect_uri
-                        .clone()
-                        .or_else(|| public_url.as_ref().map(|u| format!("{u}/oauth/callback"))),
-                    ..whatsnap_ghl::client::GhlConfig::default()
-                },
-                Arc::new(whatsnap_ghl::ratelimit::RateLimiter::new(
-                    whatsnap_ghl::ratelimit::Limits::default(),
-                )),
-            );
-            let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
-            worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
-            worker.max_backoff = ghl.ghl_max_backoff;
-            worker.users_refresh = ghl.ghl_users_refresh;
-            Some(whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).with_client(worker))
-        }
-        _ => None,
-    };
-    let gateway =
-        has(Target::Gateway).then(|| whatsnap_gateway::Gateway::new(store.clone(), db.clone()));
-
-    let mut projections: Vec<Arc<dyn Projection<sqlx::Any>>> = Vec::new();
-    if let Some(s) = &session {
-        projections.push(s.projection());
-        projections.push(s.send_queue());
-        if let Some(queue) = s.alert_queue() {
-            projections.push(queue);
-        }
-    }
-    if let Some(s) = &contacts {
-        projections.push(s.projection());
-    }
-    if let Some(s) = &assignment {
-        projections.push(s.projection());
-    }
-    if let Some(s) = &ghl_sync {
-        projections.push(s.projection());
-    }
-    if let Some(s) = &gateway {
-        projections.push(s.projection());
-    }
+    let services = Services::build(
+        &args,
+        &store,
+        &db,
+        secret_key.as_ref(),
+        media.as_ref(),
+        public_url.as_deref(),
+    )
+    .await?;
+    let projections = services.projections();
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);
-
     // The gateway answers for the services that run elsewhere.
-    let (mut remote_session, mut remote_contacts, mut remote_assignment, mut remote_ghl_sync) =
-        (None, None, None, None);
-    if gateway.is_some() {
-        if session.is_none() {
-            remote_session = remote(&args.session_url, "session")?;
-        }
-        if contacts.is_none() {
-            remote_contacts = remote(&args.contacts_url, "contacts")?;
-        }
-        if assignment.is_none() {
-            remote_assignment = remote(&args.assignment_url, "assignment")?;
-        }
-        if ghl_sync.is_none() {
-            remote_ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
-        }
-        for (target, local, remote) in [
-            (Target::Session, session.is_some(), remote_session.is_some()),
-            (
-                Target::Contacts,
-                contacts.is_some(),
-                remote_contacts.is_some(),
-            ),
-            (
-                Target::Assignment,
-                assignment.is_some(),
-                remote_assignment.is_some(),
-            ),
-            (
-                Target::GhlSync,
-                ghl_sync.is_some(),
-                remote_ghl_sync.is_some(),
-            ),
-        ] {
-            if !local && !remote {
-                warn!(%target, "not run here and no --{target}-url given: the gateway will not answer its API");
-            }
-        }
-    }
+    let remotes = services.remotes(&args)?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let mut progress = Vec::new();
-    for projection in projections {
-        let name = projection.name().to_owned();
-        let runner = ProjectionRunner::new(store.clone(), db.clone(), projection)
-            .attempts(args.projection_attempts)
-            .instrument(whatsnap_telemetry::event_span);
-        // Read-model tables exist before the first query can arrive. Services starting together
-        // on one PostgreSQL may race to create the shared checkpoint table: try again.
-        let mut attempt = 1;
-        while let Err(err) = runner.prepare().await {
-            if attempt == 5 {
-                return Err(err).with_context(|| format!("migrating the read model of {name}"));
-            }
-            warn!(projection = %name, attempt, error = %err, "read model migration failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            attempt += 1;
-        }
-        progress.push((name.clone(), runner.progress()));
-        let stop = shutdown.clone();
-        let run = tokio::spawn(async move { runner.run_until(stop.cancelled_owned()).await });
-        // A projection that ends, by an error or a panic, leaves its read model behind the log
-        // (/readyz shows its lag grow) but must not take the gateway and the other services
-        // with it.
-        tasks.spawn(async move {
-            match run.await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => error!(
-                    projection = %name,
-                    error = %err,
-                    "projection stopped for good: its read model no longer follows the log; the other services keep running"
-                ),
-                Err(err) => error!(
-                    projection = %name,
-                    error = %err,
-                    "projection panicked: its read model no longer follows the log; the other services keep running"
-                ),
-            }
-            Ok(())
-        });
-    }
+    let progress = run_projections(
+        &store,
+        &db,
+        projections,
+        args.projection_attempts,
+        &shutdown,
+        &mut tasks,
+    )
+    .await?;
 
-    if let Some(decider) = assignment.as_ref().map(|a| a.decider()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            decider.run(stop.cancelled_owned()).await;
-            Ok(())
-        });
-    }
-    if let Some(worker) = session.as_ref().map(|s| s.send_worker()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            worker.run(stop.cancelled_owned()).await;
-            Ok(())
-        });
-    }
-    if let Some(alerts) = session.as_ref().and_then(|s| s.alerts()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            alerts.run(stop.cancelled_owned()).await;
-            Ok(())
-        });
-    }
-    if let Some(supervisor) = session.as_ref().map(|s| s.supervisor()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            supervisor.run(stop.cancelled_owned()).await;
-            Ok(())
-        });
-    }
-    if let Some(worker) = ghl_sync.as_ref().and_then(|s| s.worker()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            worker.run(stop.cancelled_owned()).await;
-            Ok(())
-        });
-    }
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    if session.is_some() || remote_session.is_some() {
-        health_reporter
-            .set_serving::<SessionServiceServer<whatsnap_session::Session>>()
-            .await;
-    }
-    if contacts.is_some() || remote_contacts.is_some() {
-        health_reporter
-            .set_serving::<ContactsServiceServer<whatsnap_contacts::Contacts>>()
-            .await;
-    }
-    if assignment.is_some() || remote_assignment.is_some() {
-        health_reporter
-            .set_serving::<AssignmentServiceServer<whatsnap_assignment::Assignment>>()
-            .await;
-    }
-    if ghl_sync.is_some() || remote_ghl_sync.is_some() {
-        health_reporter
-            .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
-            .await;
-    }
-    let router = Server::builder()
-        .trace_fn(whatsnap_telemetry::grpc_span)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_optional_service(session.as_ref().map(|s| s.grpc()))
-        .add_optional_service(remote_session.map(SessionServiceServer::new))
-        .add_optional_service(contacts.as_ref().map(|s| s.grpc()))
-        .add_optional_service(remote_contacts.map(ContactsServiceServer::new))
-        .add_optional_service(assignment.as_ref().map(|s| s.grpc()))
-        .add_optional_service(remote_assignment.map(AssignmentServiceServer::new))
-        .add_optional_service(ghl_sync.as_ref().map(|s| s.grpc()))
-        .add_optional_service(remote_ghl_sync.map(GhlSyncServiceServer::new))
-        .add_optional_service(gateway.as_ref().map(|g| g.events_grpc()))
-        .add_service(crate::operations::Operations::new(store.clone(), db.clone()).grpc());
+    let router = services
+        .grpc_router(remotes, store.clone(), db.clone())
+        .await?;
+    let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -735,21 +534,22 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let session_channel = channel_to(session.is_some(), &args.session_url, grpc_addr)?;
-        let contacts_channel = channel_to(contacts.is_some(), &args.contacts_url, grpc_addr)?;
-        let ghl_sync_channel = channel_to(ghl_sync.is_some(), &args.ghl_sync_url, grpc_addr)?;
-        let assignment_channel = channel_to(assignment.is_some(), &args.assignment_url, grpc_addr)?;
+        let session_channel = channel_to(has(Target::Session), &args.session_url, grpc_addr)?;
+        let contacts_channel = channel_to(has(Target::Contacts), &args.contacts_url, grpc_addr)?;
+        let ghl_sync_channel = channel_to(has(Target::GhlSync), &args.ghl_sync_url, grpc_addr)?;
+        let assignment_channel =
+            channel_to(has(Target::Assignment), &args.assignment_url, grpc_addr)?;
         let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
             &args.ghl_webhook_ed25519_key,
             &args.ghl_webhook_rsa_key,
         )?;
-        let routes = whatsnap_gateway::router(Readiness {
-            store: store.clone(),
-            projections: progress.clone(),
-            max_lag: args.max_lag,
-        })
-        .merge(whatsnap_gateway::webhook_routes(
-            whatsnap_gateway::Webhooks {
+        let http = whatsnap_gateway::HttpConfig {
+            readiness: Readiness {
+                store: store.clone(),
+                projections: progress.clone(),
+                max_lag: args.max_lag,
+            },
+            webhooks: whatsnap_gateway::Webhooks {
                 store: store.clone(),
                 secret_key: secret_key.clone().expect("the gateway has a secret key"),
                 public_url: public_url.clone(),
@@ -760,12 +560,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 replay: whatsnap_gateway::ReplayGuard::new(args.ghl.ghl_webhook_max_age),
                 media: media.clone(),
             },
-        ))
-        .merge(whatsnap_gateway::metrics_routes(assignment_channel));
+            assignment: assignment_channel,
+        };
+        let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            axum::serve(http_listener, routes)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            gateway
+                .run_until_stopped(http_listener, http, stop)
                 .await
                 .context("HTTP server")
         });
@@ -822,6 +623,305 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The services this process runs, each its crate's `Application`.
+struct Services {
+    session: Option<whatsnap_session::Application>,
+    contacts: Option<whatsnap_contacts::Application>,
+    assignment: Option<whatsnap_assignment::Application>,
+    ghl_sync: Option<whatsnap_ghl_sync::Application>,
+    gateway: Option<whatsnap_gateway::Application>,
+}
+
+/// The services the gateway forwards to, where they run in other processes.
+#[derive(Default)]
+struct Remotes {
+    session: Option<Remote>,
+    contacts: Option<Remote>,
+    assignment: Option<Remote>,
+    ghl_sync: Option<Remote>,
+}
+
+impl Services {
+    /// The services of the chosen targets; those that seal credentials are built only with a
+    /// key.
+    async fn build(
+        args: &ServeArgs,
+        store: &Arc<dyn EventStore>,
+        db: &ReadDb,
+        secret_key: Option<&whatsnap_secrets::SecretKey>,
+        media: Option<&whatsnap_media::MediaStore>,
+        public_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let has = |target| args.target.0.contains(&target);
+        let connectors = match (has(Target::Session), secret_key) {
+            (true, Some(key)) => {
+                Some(connectors(args, public_url.map(str::to_owned), db, key).await?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            session: match (connectors, secret_key) {
+                (Some(connectors), Some(key)) => Some(whatsnap_session::Application::build(
+                    store.clone(),
+                    db.clone(),
+                    whatsnap_session::SessionConfig {
+                        secret_key: key.clone(),
+                        connectors,
+                        max_accounts_per_location: args.max_accounts_per_location,
+                        tag_prefix: args.tag_prefix.clone(),
+                        media: media.cloned().zip(public_url.map(str::to_owned)),
+                        alert_webhook_url: args.alert_webhook_url.clone(),
+                        receipt_patience: args.receipt_patience,
+                        send_patience: args.send_patience,
+                    },
+                )),
+                _ => None,
+            },
+            contacts: has(Target::Contacts)
+                .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
+            assignment: has(Target::Assignment)
+                .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone())),
+            ghl_sync: match (has(Target::GhlSync), secret_key) {
+                (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
+                    store.clone(),
+                    db.clone(),
+                    Some(ghl_worker(&args.ghl, key, public_url)),
+                )),
+                _ => None,
+            },
+            gateway: has(Target::Gateway)
+                .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone())),
+        })
+    }
+
+    /// Every read model of the services, in the order they are prepared.
+    fn projections(&self) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
+        [
+            self.session.as_ref().map(|s| s.projections()),
+            self.contacts.as_ref().map(|s| s.projections()),
+            self.assignment.as_ref().map(|s| s.projections()),
+            self.ghl_sync.as_ref().map(|s| s.projections()),
+            self.gateway.as_ref().map(|s| s.projections()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+    }
+
+    /// Where the gateway forwards the APIs of the services not run here; a warning for each
+    /// it cannot answer.
+    fn remotes(&self, args: &ServeArgs) -> anyhow::Result<Remotes> {
+        let mut remotes = Remotes::default();
+        if self.gateway.is_none() {
+            return Ok(remotes);
+        }
+        if self.session.is_none() {
+            remotes.session = remote(&args.session_url, "session")?;
+        }
+        if self.contacts.is_none() {
+            remotes.contacts = remote(&args.contacts_url, "contacts")?;
+        }
+        if self.assignment.is_none() {
+            remotes.assignment = remote(&args.assignment_url, "assignment")?;
+        }
+        if self.ghl_sync.is_none() {
+            remotes.ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
+        }
+        for (target, local, remote) in [
+            (
+                Target::Session,
+                self.session.is_some(),
+                remotes.session.is_some(),
+            ),
+            (
+                Target::Contacts,
+                self.contacts.is_some(),
+                remotes.contacts.is_some(),
+            ),
+            (
+                Target::Assignment,
+                self.assignment.is_some(),
+                remotes.assignment.is_some(),
+            ),
+            (
+                Target::GhlSync,
+                self.ghl_sync.is_some(),
+                remotes.ghl_sync.is_some(),
+            ),
+        ] {
+            if !local && !remote {
+                warn!(%target, "not run here and no --{target}-url given: the gateway will not answer its API");
+            }
+        }
+        Ok(remotes)
+    }
+
+    /// The process's gRPC server: the APIs of the services run here and of those forwarded
+    /// to, with health, reflection and the operator API.
+    async fn grpc_router(
+        &self,
+        remotes: Remotes,
+        store: Arc<dyn EventStore>,
+        db: ReadDb,
+    ) -> anyhow::Result<tonic::transport::server::Router> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        if self.session.is_some() || remotes.session.is_some() {
+            health_reporter
+                .set_serving::<SessionServiceServer<whatsnap_session::Session>>()
+                .await;
+        }
+        if self.contacts.is_some() || remotes.contacts.is_some() {
+            health_reporter
+                .set_serving::<ContactsServiceServer<whatsnap_contacts::Contacts>>()
+                .await;
+        }
+        if self.assignment.is_some() || remotes.assignment.is_some() {
+            health_reporter
+                .set_serving::<AssignmentServiceServer<whatsnap_assignment::Assignment>>()
+                .await;
+        }
+        if self.ghl_sync.is_some() || remotes.ghl_sync.is_some() {
+            health_reporter
+                .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
+                .await;
+        }
+        Ok(Server::builder()
+            .trace_fn(whatsnap_telemetry::grpc_span)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_optional_service(self.session.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.session.map(SessionServiceServer::new))
+            .add_optional_service(self.contacts.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.contacts.map(ContactsServiceServer::new))
+            .add_optional_service(self.assignment.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.assignment.map(AssignmentServiceServer::new))
+            .add_optional_service(self.ghl_sync.as_ref().map(|s| s.grpc()))
+            .add_optional_service(remotes.ghl_sync.map(GhlSyncServiceServer::new))
+            .add_optional_service(self.gateway.as_ref().map(|g| g.events_grpc()))
+            .add_service(crate::operations::Operations::new(store, db).grpc()))
+    }
+
+    /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose
+    /// HTTP server starts once the gRPC server listens.
+    fn run_until_stopped(
+        self,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Option<whatsnap_gateway::Application> {
+        if let Some(assignment) = self.assignment {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                assignment.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        if let Some(session) = self.session {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                session.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        if let Some(ghl_sync) = self.ghl_sync {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                ghl_sync.run_until_stopped(stop).await;
+                Ok(())
+            });
+        }
+        self.gateway
+    }
+}
+
+/// Prepares every read model of the process (their tables exist before the first query can
+/// arrive) and runs each projection in its own task until `shutdown`; the position each has
+/// reached, by name, for `/readyz`.
+async fn run_projections(
+    store: &Arc<dyn EventStore>,
+    db: &ReadDb,
+    projections: Vec<Arc<dyn Projection<sqlx::Any>>>,
+    attempts: u32,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Vec<(String, tokio::sync::watch::Receiver<u64>)>> {
+    let mut progress = Vec::new();
+    for projection in projections {
+        let name = projection.name().to_owned();
+        let runner = ProjectionRunner::new(store.clone(), db.clone(), projection)
+            .attempts(attempts)
+            .instrument(whatsnap_telemetry::event_span);
+        // Read-model tables exist before the first query can arrive. Services starting together
+        // on one PostgreSQL may race to create the shared checkpoint table: try again.
+        let mut attempt = 1;
+        while let Err(err) = runner.prepare().await {
+            if attempt == 5 {
+                return Err(err).with_context(|| format!("migrating the read model of {name}"));
+            }
+            warn!(projection = %name, attempt, error = %err, "read model migration failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            attempt += 1;
+        }
+        progress.push((name.clone(), runner.progress()));
+        let stop = shutdown.clone();
+        let run = tokio::spawn(async move { runner.run_until(stop.cancelled_owned()).await });
+        // A projection that ends, by an error or a panic, leaves its read model behind the log
+        // (/readyz shows its lag grow) but must not take the gateway and the other services
+        // with it.
+        tasks.spawn(async move {
+            match run.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => error!(
+                    projection = %name,
+                    error = %err,
+                    "projection stopped for good: its read model no longer follows the log; the other services keep running"
+                ),
+                Err(err) => error!(
+                    projection = %name,
+                    error = %err,
+                    "projection panicked: its read model no longer follows the log; the other services keep running"
+                ),
+            }
+            Ok(())
+        });
+    }
+
+    Ok(progress)
+}
+
+/// The ghl-sync worker's configuration: the GHL client, and what seals tokens.
+fn ghl_worker(
+    ghl: &GhlArgs,
+    key: &whatsnap_secrets::SecretKey,
+    public_url: Option<&str>,
+) -> whatsnap_ghl_sync::WorkerConfig {
+    let client = whatsnap_ghl::client::GhlClient::new(
+        whatsnap_ghl::client::GhlConfig {
+            api_base: ghl.ghl_api_url.trim_end_matches('/').to_owned(),
+            marketplace_base: ghl.ghl_marketplace_url.trim_end_matches('/').to_owned(),
+            client_id: ghl.ghl_client_id.clone(),
+            client_secret: ghl.ghl_client_secret.clone(),
+            redirect_uri: ghl
+                .ghl_redirect_uri
+                .clone()
+                .or_else(|| public_url.map(|u| format!("{u}/oauth/callback"))),
+            ..whatsnap_ghl::client::GhlConfig::default()
+        },
+        Arc::new(whatsnap_ghl::ratelimit::RateLimiter::new(
+            whatsnap_ghl::ratelimit::Limits::default(),
+        )),
+    );
+    let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
+    worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
+    worker.max_backoff = ghl.ghl_max_backoff;
+    worker.users_refresh = ghl.ghl_users_refresh;
+    worker
 }
 
 async fn wait_for_signal() {

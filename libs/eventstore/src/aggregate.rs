@@ -1,0 +1,320 @@
+//! Aggregates: the state of one stream, folded from its events, and the one loop every service
+//! writes through — load the stream, fold it, decide, append at the version the decision was
+//! made on, and when another writer got there first (a conflict) do it all again, a bounded
+//! number of times.
+//!
+//! The state is a pure fold ([`Aggregate::evolve`]) and the decision a pure function of it, so
+//! a retry only ever re-reads and re-decides; nothing is overwritten.
+
+use whatsnap_events::{DecodeError, Event, EventMetadata, NewEvent, StreamId};
+
+use crate::{EventStore, ExpectedVersion, StoreError};
+
+/// How many times [`Aggregates::update`] decides before it gives up on a stream that keeps
+/// changing.
+pub const DEFAULT_TRIES: usize = 5;
+
+/// The state of one stream, built by folding its events in version order from
+/// [`Default::default`].
+pub trait Aggregate: Default + Send {
+    /// Whether an event this build cannot decode is passed over (it still counts for the
+    /// version) rather than failing the load: for a state that reads a few types out of a
+    /// stream others write to.
+    const SKIPS_UNDECODABLE: bool = false;
+
+    /// The state after `event`, the stream's `version`th (versions start at 1).
+    fn evolve(self, event: &Event, version: u64) -> Self;
+}
+
+/// A stream's state and the version it was folded up to (0 for a stream with no events).
+#[derive(Debug, Clone, Default)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: u64,
+}
+
+/// What [`Aggregates::update`] did: the state after it, and how many events it appended (none
+/// when the decision was that nothing changes).
+#[derive(Debug, Clone)]
+pub struct Updated<A> {
+    pub loaded: Loaded<A>,
+    pub appended: usize,
+}
+
+/// Why a stream could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+}
+
+/// Why an update did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError<E> {
+    /// The decision refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The append failed for another reason than a conflict.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every try conflicted with another writer; `last` is the last conflict.
+    #[error("{stream} kept changing: {tries} tries conflicted")]
+    KeptChanging {
+        stream: StreamId,
+        tries: usize,
+        #[source]
+        last: StoreError,
+    },
+}
+
+/// Loads, decides and appends aggregates through one [`EventStore`].
+#[derive(Clone, Copy)]
+pub struct Aggregates<'s> {
+    store: &'s dyn EventStore,
+    tries: usize,
+}
+
+impl<'s> Aggregates<'s> {
+    pub fn new(store: &'s dyn EventStore) -> Self {
+        Self {
+            store,
+            tries: DEFAULT_TRIES,
+        }
+    }
+
+    /// How many times [`Self::update`] decides (at least once).
+    pub fn tries(mut self, tries: usize) -> Self {
+        self.tries = tries.max(1);
+        self
+    }
+
+    /// The stream's state, folded from all its events.
+    pub async fn load<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
+        let mut loaded = Loaded::<A>::default();
+        for recorded in self.store.read_stream(stream, 1, usize::MAX).await? {
+            loaded.version = recorded.version;
+            match recorded.decode() {
+                Ok(event) => loaded.state = loaded.state.evolve(&event, recorded.version),
+                Err(_) if A::SKIPS_UNDECODABLE => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Appends `events`, decided on `loaded`, at the version `loaded` was folded up to (a
+    /// concurrent change is [`StoreError::WrongExpectedVersion`]); the state after them.
+    pub async fn append<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+        events: &[Event],
+        metadata: &EventMetadata,
+    ) -> Result<Loaded<A>, StoreError> {
+        if events.is_empty() {
+            return Ok(loaded);
+        }
+        let new = events
+            .iter()
+            .map(|event| NewEvent::new(event, metadata.clone()))
+            .collect();
+        self.store
+            .append(stream, ExpectedVersion::Exact(loaded.version), new)
+            .await?;
+        let Loaded { mut state, version } = loaded;
+        for (offset, event) in events.iter().enumerate() {
+            state = state.evolve(event, version + 1 + offset as u64);
+        }
+        Ok(Loaded {
+            state,
+            version: version + events.len() as u64,
+        })
+    }
+
+    /// Loads the stream, lets `decide` say what happens (no events: nothing), and appends that
+    /// at the loaded version; on a conflict, loads and decides again, up to the configured
+    /// number of tries. `decide` may run more than once.
+    pub async fn update<A, E, F>(
+        &self,
+        stream: &StreamId,
+        metadata: &EventMetadata,
+        mut decide: F,
+    ) -> Result<Updated<A>, AggregateError<E>>
+    where
+        A: Aggregate,
+        F: FnMut(&A) -> Result<Vec<Event>, E> + Send,
+    {
+        let mut last = None;
+        for _ in 0..self.tries {
+            let loaded = self.load::<A>(stream).await?;
+            let events = decide(&loaded.state).map_err(AggregateError::Rejected)?;
+            let appended = events.len();
+            match self.append(stream, loaded, &events, metadata).await {
+                Ok(loaded) => return Ok(Updated { loaded, appended }),
+                Err(err) if err.is_conflict() => last = Some(err),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(AggregateError::KeptChanging {
+            stream: stream.clone(),
+            tries: self.tries,
+            last: last.expect("at least one try"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use whatsnap_events::{AggregateKind, GhlUninstalled, LocationId, RecordedEvent};
+
+    use super::*;
+    use crate::sqlite::{SqliteConfig, SqliteEventStore};
+    use crate::{AppendOutcome, SubscribeFrom, Subscription};
+
+    /// Counts the events of its stream.
+    #[derive(Debug, Default)]
+    struct Count(u64);
+
+    impl Aggregate for Count {
+        fn evolve(self, _: &Event, _: u64) -> Self {
+            Self(self.0 + 1)
+        }
+    }
+
+    /// A store where another writer appends to the stream just before each of the first
+    /// `races` appends.
+    struct Racing {
+        inner: SqliteEventStore,
+        races: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventStore for Racing {
+        async fn append(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> crate::Result<AppendOutcome> {
+            if self
+                .races
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let other = NewEvent::new(&event(), EventMetadata::new_correlation());
+                self.inner
+                    .append(stream, ExpectedVersion::Any, vec![other])
+                    .await?;
+            }
+            self.inner.append(stream, expected, events).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &StreamId,
+            from_version: u64,
+            limit: usize,
+        ) -> crate::Result<Vec<RecordedEvent>> {
+            self.inner.read_stream(stream, from_version, limit).await
+        }
+
+        async fn read_all(&self, after: u64, limit: usize) -> crate::Result<Vec<RecordedEvent>> {
+            self.inner.read_all(after, limit).await
+        }
+
+        async fn head_position(&self) -> crate::Result<u64> {
+            self.inner.head_position().await
+        }
+
+        async fn subscribe(&self, name: &str, from: SubscribeFrom) -> crate::Result<Subscription> {
+            self.inner.subscribe(name, from).await
+        }
+    }
+
+    fn event() -> Event {
+        Event::from(GhlUninstalled { app_id: None })
+    }
+
+    async fn store(races: usize) -> (tempfile::TempDir, Racing) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = SqliteEventStore::open(&SqliteConfig::new(dir.path().join("events.db")))
+            .await
+            .unwrap();
+        let races = AtomicUsize::new(races);
+        (dir, Racing { inner, races })
+    }
+
+    fn stream() -> StreamId {
+        let location = LocationId::parse("loc-1").unwrap();
+        StreamId::for_uuid(location, AggregateKind::Ghl, uuid::Uuid::now_v7())
+    }
+
+    #[tokio::test]
+    async fn given_a_stream_when_a_decision_is_appended_then_the_state_follows_it() {
+        let (_dir, store) = store(0).await;
+        let aggregates = Aggregates::new(&store);
+        let stream = stream();
+        let metadata = EventMetadata::new_correlation();
+        let updated = aggregates
+            .update::<Count, String, _>(&stream, &metadata, |_| Ok(vec![event(), event()]))
+            .await
+            .unwrap();
+        assert_eq!((updated.loaded.state.0, updated.loaded.version), (2, 2));
+        assert_eq!(updated.appended, 2);
+        let nothing = aggregates
+            .update::<Count, String, _>(&stream, &metadata, |_| Ok(vec![]))
+            .await
+            .unwrap();
+        assert_eq!((nothing.loaded.version, nothing.appended), (2, 0));
+        let refused = aggregates
+            .update::<Count, String, _>(&stream, &metadata, |_| Err("no".to_owned()))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, AggregateError::Rejected(reason) if reason == "no"));
+    }
+
+    #[tokio::test]
+    async fn given_another_writer_when_the_append_conflicts_then_it_decides_again() {
+        let (_dir, store) = store(1).await;
+        let aggregates = Aggregates::new(&store);
+        let stream = stream();
+        let mut seen = Vec::new();
+        let updated = aggregates
+            .update::<Count, String, _>(&stream, &EventMetadata::new_correlation(), |state| {
+                seen.push(state.0);
+                Ok(vec![event()])
+            })
+            .await
+            .unwrap();
+        // Decided on an empty stream, overtaken, decided again on the other writer's event.
+        assert_eq!(seen, [0, 1]);
+        assert_eq!((updated.loaded.state.0, updated.loaded.version), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn given_a_stream_that_keeps_changing_then_it_gives_up_after_its_tries() {
+        let (_dir, store) = store(usize::MAX).await;
+        let aggregates = Aggregates::new(&store).tries(3);
+        let stream = stream();
+        let err = aggregates
+            .update::<Count, String, _>(&stream, &EventMetadata::new_correlation(), |_| {
+                Ok(vec![event()])
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AggregateError::KeptChanging { tries: 3, last, .. } if last.is_conflict())
+        );
+        assert_eq!(
+            store.inner.read_stream(&stream, 1, 10).await.unwrap().len(),
+            3
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The contacts service as a process runs it: built from the event store and the read-model
+//! database, it holds the gRPC API and the read model to project (which also decides on inbound
+//! messages and routes replies); it has no worker of its own.
+
+use std::sync::Arc;
+
+use sqlx::Any;
+use whatsnap_eventstore::EventStore;
+use whatsnap_eventstore::projection::Projection;
+use whatsnap_proto::contacts::v1 as pb;
+use whatsnap_rpc::ReadDb;
+
+use crate::Contacts;
+
+pub struct Application {
+    contacts: Contacts,
+}
+
+impl Application {
+    pub fn build(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self {
+            contacts: Contacts::new(store, db),
+        }
+    }
+
+    pub fn grpc(&self) -> pb::contacts_service_server::ContactsServiceServer<Contacts> {
+        self.contacts.grpc()
+    }
+
+    /// The read model the service keeps, for the process's projection runners.
+    pub fn projections(&self) -> Vec<Arc<dyn Projection<Any>>> {
+        vec![self.contacts.projection()]
+    }
+}

@@ -1,0 +1,54 @@
+//! The ghl-sync service as a process runs it: built from the event store, the read-model
+//! database and, when it talks to GHL, the worker's configuration, it holds the gRPC API, the
+//! queue to project and the worker, and runs the worker until stopped.
+
+use std::sync::Arc;
+
+use sqlx::Any;
+use tokio_util::sync::CancellationToken;
+use whatsnap_eventstore::EventStore;
+use whatsnap_eventstore::projection::Projection;
+use whatsnap_proto::ghlsync::v1 as pb;
+use whatsnap_rpc::ReadDb;
+
+use crate::{GhlSync, WorkerConfig};
+
+pub struct Application {
+    ghl_sync: GhlSync,
+}
+
+impl Application {
+    /// Without a worker configuration, work waits and connecting is refused.
+    pub fn build(store: Arc<dyn EventStore>, db: ReadDb, worker: Option<WorkerConfig>) -> Self {
+        let ghl_sync = GhlSync::new(store, db);
+        Self {
+            ghl_sync: match worker {
+                Some(config) => ghl_sync.with_client(config),
+                None => ghl_sync,
+            },
+        }
+    }
+
+    pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<GhlSync> {
+        self.ghl_sync.grpc()
+    }
+
+    /// The read model the service keeps, for the process's projection runners.
+    pub fn projections(&self) -> Vec<Arc<dyn Projection<Any>>> {
+        vec![self.ghl_sync.projection()]
+    }
+
+    /// Drains the queue of work for GHL until `shutdown`, when there is a worker.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let Some(worker) = self.ghl_sync.worker() else {
+            return;
+        };
+        // Its own task, as every worker of the process has.
+        let run = tokio::spawn(worker.run(shutdown.cancelled_owned()));
+        if let Err(err) = run.await
+            && err.is_panic()
+        {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+}
