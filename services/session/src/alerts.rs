@@ -224,9 +224,12 @@ impl Alerts {
         };
         let event = recorded.decode().map_err(|e| e.to_string())?;
         let location = recorded.location_id();
-        let (_, account) = crate::read_account(self.outbox.store().as_ref(), location, account_id)
-            .await
-            .map_err(|e| e.to_string())?;
+        // The account as its stream, already read, says it is: the alert names it.
+        let mut account = crate::AccountState::default();
+        for earlier in &history {
+            let decoded = earlier.decode().map_err(|e| e.to_string())?;
+            account = crate::evolve(account, &decoded, earlier.version);
+        }
         let Some(text) = alert_text(&event, &account.name, location) else {
             return Ok(());
         };
