@@ -129,11 +129,9 @@ impl Rig {
             .collect()
     }
 
-    /// A WhatsApp account through Evolution, unpaced, showing its first QR code: the account
-    /// and its Evolution instance.
-    async fn linking(&self, name: &str) -> (session::Account, String) {
-        let account = self
-            .accounts()
+    /// A WhatsApp account of the location, on the deployment's engine (Evolution here).
+    async fn add_whatsapp(&self, name: &str) -> session::Account {
+        self.accounts()
             .add_account(session::AddAccountRequest {
                 location_id: LOCATION.into(),
                 kind: session::AccountKind::Whatsapp as i32,
@@ -142,8 +140,11 @@ impl Rig {
             })
             .await
             .unwrap()
-            .into_inner();
-        let instance = instance_of(&account.account_id);
+            .into_inner()
+    }
+
+    /// No pacing for the account: the test's replies leave at once.
+    async fn unpaced(&self, account: &session::Account) {
         self.accounts()
             .set_pacing(session::SetPacingRequest {
                 location_id: LOCATION.into(),
@@ -152,6 +153,14 @@ impl Rig {
             })
             .await
             .unwrap();
+    }
+
+    /// A WhatsApp account through Evolution, unpaced, showing its first QR code: the account
+    /// and its Evolution instance.
+    async fn linking(&self, name: &str) -> (session::Account, String) {
+        let account = self.add_whatsapp(name).await;
+        let instance = instance_of(&account.account_id);
+        self.unpaced(&account).await;
         self.accounts()
             .connect_account(session::ConnectAccountRequest {
                 location_id: LOCATION.into(),
@@ -235,17 +244,7 @@ fn instance_of(account_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl() {
     let rig = Rig::start().await;
-    let account = rig
-        .accounts()
-        .add_account(session::AddAccountRequest {
-            location_id: LOCATION.into(),
-            kind: session::AccountKind::Whatsapp as i32,
-            name: "Front desk".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let account = rig.add_whatsapp("Front desk").await;
     assert_eq!(account.engine, "evolution");
     assert_eq!(account.tag, "whatsnap-account-front-desk");
     let instance = instance_of(&account.account_id);
@@ -253,15 +252,7 @@ async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl()
         rig.evolution.instance(&instance).is_some(),
         "adding the account made its Evolution instance"
     );
-    // No pacing: the test's replies leave at once.
-    rig.accounts()
-        .set_pacing(session::SetPacingRequest {
-            location_id: LOCATION.into(),
-            account_id: account.account_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    rig.unpaced(&account).await;
 
     // `whatsnap accounts connect` shows the QR code, and the next one as it rotates.
     let mut cli = ChildGuard::new(
@@ -598,17 +589,7 @@ async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evolution_webhook_without_the_instance_key_records_nothing() {
     let rig = Rig::start().await;
-    let account = rig
-        .accounts()
-        .add_account(session::AddAccountRequest {
-            location_id: LOCATION.into(),
-            kind: session::AccountKind::Whatsapp as i32,
-            name: "Sales".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let account = rig.add_whatsapp("Sales").await;
     let http = rig.whatsnap.http.unwrap();
     let instance = instance_of(&account.account_id);
     let body = |apikey: &str| {
