@@ -369,14 +369,86 @@ pub trait Connector: Send + Sync + 'static {
     fn webhook(
         &self,
         account: &AccountRef,
-        headers: &http::HeaderMap,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
     ) -> Result<Vec<ConnectorEvent>, WebhookError> {
-        let _ = (account, headers, body);
+        let _ = (account, request);
         Err(WebhookError::NotExpected(format!(
             "{} accounts receive no webhooks here",
             self.engine()
         )))
+    }
+
+    /// Answers a platform's check of the account's webhook URL — a `GET` carrying a challenge
+    /// in its query, as Meta's `hub.challenge` — with the text to send back. Kinds without such
+    /// a check refuse every one.
+    fn verify_webhook(
+        &self,
+        account: &AccountRef,
+        request: &WebhookRequest<'_>,
+    ) -> Result<String, WebhookError> {
+        let _ = (account, request);
+        Err(WebhookError::NotExpected(format!(
+            "{} accounts have no webhook check",
+            self.engine()
+        )))
+    }
+
+    /// How a user pairs the account's device (an Android phone, a Mac) with whatsnap, when the
+    /// kind has a device: the steps to follow, and what to type into its app where whatsnap
+    /// cannot set it there itself. An account with a pairing is linked as soon as it is added:
+    /// its [`Session`] waits for the device and reports it `Connected` once it is seen.
+    fn pairing(&self, account: &AccountRef) -> Option<Pairing> {
+        let _ = account;
+        None
+    }
+}
+
+/// A webhook as whatsnap received it for an account.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    pub headers: &'a http::HeaderMap,
+    /// The URL's query string, without the `?`: some platforms carry a challenge or a secret
+    /// there.
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+impl<'a> WebhookRequest<'a> {
+    /// A `POST` with these headers and body, and no query.
+    pub fn new(headers: &'a http::HeaderMap, body: &'a [u8]) -> Self {
+        Self {
+            headers,
+            query: "",
+            body,
+        }
+    }
+
+    /// The query's value of `name`, percent-decoded.
+    pub fn query_value(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+}
+
+/// How a user pairs a device account: what [`Connector::pairing`] returns.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pairing {
+    /// What to do, in order, on the device and in its app.
+    pub steps: Vec<String>,
+    /// The URL the device's app must send its webhooks to, when the user enters it by hand.
+    pub webhook_url: Option<String>,
+    /// The secret to enter with it (a signing key), when there is one.
+    pub secret: Option<String>,
+}
+
+impl fmt::Debug for Pairing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pairing")
+            .field("steps", &self.steps.len())
+            .field("webhook_url", &self.webhook_url.is_some())
+            .field("secret", &self.secret.as_ref().map(|_| "•••"))
+            .finish()
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, ConnectorEvent, NewAccount, Outgoing, Pacing, SendError,
-    Sent, Session, WebhookError as SeamWebhookError,
+    Sent, Session, WebhookError as SeamWebhookError, WebhookRequest,
 };
 use whatsnap_events::{AccountKind, Attachment, LocationId};
 use whatsnap_secrets::{Sealed, SecretKey};
@@ -423,10 +423,9 @@ impl Connector for EvolutionConnector {
     fn webhook(
         &self,
         account: &AccountRef,
-        headers: &http::HeaderMap,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
     ) -> Result<Vec<ConnectorEvent>, SeamWebhookError> {
-        self.parse_webhook(account, headers, body)
+        self.parse_webhook(account, request.headers, request.body)
             .map_err(|refusal| match refusal {
                 WebhookRefusal::Account(error) => SeamWebhookError::Unreadable(error.to_string()),
                 WebhookRefusal::Webhook(error) => match error.http_status() {

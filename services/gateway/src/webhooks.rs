@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -725,14 +725,17 @@ async fn record_contact(
     }
 }
 
-/// The webhook routes, with their body limit.
 /// `POST /webhooks/{engine}/{location}/{account}`: what a messaging engine (e.g. Evolution API)
-/// reports for an account. The gateway knows no engine: the session service hands the request
-/// to the account's connector, which checks its key or signature and reads it; a webhook for an
-/// account of another engine is a 404, an unauthenticated one a 401, and nothing is recorded.
+/// or a device (an Android phone, a Mac) reports for an account; `GET` on the same URL: the
+/// platform checking the URL before it sends anything (Meta's `hub.challenge`). The gateway
+/// knows no engine: the session service hands the request to the account's connector, which
+/// checks its key or signature and reads it; a webhook for an account of another engine is a
+/// 404, an unauthenticated one a 401, and nothing is recorded.
 async fn connector_webhook(
     State(hooks): State<Webhooks>,
     Path((engine, location, account)): Path<(String, String, String)>,
+    method: axum::http::Method,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -752,6 +755,8 @@ async fn connector_webhook(
         account_id: account,
         headers,
         body: body.to_vec(),
+        query: query.unwrap_or_default(),
+        method: method.as_str().to_owned(),
     });
     whatsnap_telemetry::inject(&mut request);
     match session::session_service_client::SessionServiceClient::new(channel)
@@ -759,6 +764,10 @@ async fn connector_webhook(
         .record_connector_webhook(request)
         .await
     {
+        Ok(recorded) if method == axum::http::Method::GET => {
+            info!(%engine, "engine webhook URL checked");
+            recorded.into_inner().reply.into_response()
+        }
         Ok(recorded) => {
             let recorded = recorded.into_inner();
             info!(%engine, events = recorded.events, duplicates = recorded.duplicates, "engine webhook received");
@@ -799,11 +808,12 @@ async fn media(State(hooks): State<Webhooks>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// The webhook routes, with their body limits.
 pub fn routes(hooks: Webhooks) -> Router {
     let engines = Router::new()
         .route(
             "/webhooks/{engine}/{location}/{account}",
-            post(connector_webhook),
+            post(connector_webhook).get(connector_webhook),
         )
         .route("/media/{id}", axum::routing::get(media))
         .layer(DefaultBodyLimit::max(MAX_ENGINE_WEBHOOK_BYTES))

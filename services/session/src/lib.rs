@@ -20,7 +20,7 @@ use tracing::instrument;
 use uuid::Uuid;
 use whatsnap_connector::{
     Connector, ConnectorError, ConnectorEvent, Connectors, NewAccount, ObservedMessage, Receipt,
-    WebhookError,
+    WebhookError, WebhookRequest,
 };
 use whatsnap_events::{
     AccountKind, AggregateKind, Attachment, ContactIdentityMerged, Event, EventMetadata,
@@ -387,16 +387,26 @@ impl pb::session_service_server::SessionService for Session {
             &taken,
         )?;
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-        let outcome = self
-            .store
+        let mut state = evolve(AccountState::default(), &event, 1);
+        let mut events = vec![event];
+        // A device account (a phone, a Mac) links from the moment it is added: its session waits
+        // for the device to be seen.
+        if self.pairs_device(&location, &state) {
+            let link = account::decide_link(&state, account_id, None)?;
+            state = evolve(state, &link, 2);
+            events.push(link);
+        }
+        self.store
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
-                vec![NewEvent::new(&event, metadata())],
+                events
+                    .iter()
+                    .map(|e| NewEvent::new(e, metadata()))
+                    .collect(),
             )
             .await
             .map_err(ServiceError::from)?;
-        let state = evolve(AccountState::default(), &event, outcome.version);
         Ok(Response::new(to_pb(&state, &location)))
     }
 
@@ -709,16 +719,23 @@ impl pb::session_service_server::SessionService for Session {
         }
         let reference =
             account_ref(&location, &state, &self.config.secret_key).ok_or_else(not_found)?;
+        let webhook = WebhookRequest {
+            headers: &headers,
+            query: &request.query,
+            body: &request.body,
+        };
+        if request.method.eq_ignore_ascii_case("GET") {
+            let reply = connector
+                .verify_webhook(&reference, &webhook)
+                .map_err(webhook_error)?;
+            return Ok(Response::new(pb::ConnectorWebhookResponse {
+                reply,
+                ..Default::default()
+            }));
+        }
         let events = connector
-            .webhook(&reference, &headers, &request.body)
-            .map_err(|err| match err {
-                WebhookError::Unauthenticated(reason) => ServiceError::Unauthenticated(reason),
-                WebhookError::Malformed(reason) => ServiceError::InvalidArgument(reason),
-                WebhookError::WrongAccount(reason) | WebhookError::NotExpected(reason) => {
-                    ServiceError::NotFound(reason)
-                }
-                WebhookError::Unreadable(reason) => ServiceError::Internal(reason),
-            })?;
+            .webhook(&reference, &webhook)
+            .map_err(webhook_error)?;
         let mut duplicates = 0;
         for event in &events {
             if !self
@@ -731,11 +748,59 @@ impl pb::session_service_server::SessionService for Session {
         Ok(Response::new(pb::ConnectorWebhookResponse {
             events: events.len() as u32,
             duplicates,
+            reply: String::new(),
+        }))
+    }
+
+    async fn get_pairing(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::DevicePairing>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (_, state) = self.load_account(&location, account_id).await?;
+        let connector = self.connector_of(&state)?;
+        let pairing = account_ref(&location, &state, &self.config.secret_key)
+            .and_then(|account| connector.pairing(&account))
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!(
+                    "{} accounts ({}) have no device to pair",
+                    state.kind.map_or("these", AccountKind::as_str),
+                    connector.engine()
+                ))
+            })?;
+        Ok(Response::new(pb::DevicePairing {
+            steps: pairing.steps,
+            webhook_url: pairing.webhook_url.unwrap_or_default(),
+            secret: pairing.secret.unwrap_or_default(),
         }))
     }
 }
 
+/// A refused webhook, as the gateway answers it.
+fn webhook_error(err: WebhookError) -> ServiceError {
+    match err {
+        WebhookError::Unauthenticated(reason) => ServiceError::Unauthenticated(reason),
+        WebhookError::Malformed(reason) => ServiceError::InvalidArgument(reason),
+        WebhookError::WrongAccount(reason) | WebhookError::NotExpected(reason) => {
+            ServiceError::NotFound(reason)
+        }
+        WebhookError::Unreadable(reason) => ServiceError::Internal(reason),
+    }
+}
+
 impl Session {
+    /// Whether the account has a device to pair, whose session then waits for it.
+    fn pairs_device(&self, location: &LocationId, state: &AccountState) -> bool {
+        let Ok(connector) = self.connector_of(state) else {
+            return false;
+        };
+        connector.session().is_some()
+            && account_ref(location, state, &self.config.secret_key)
+                .is_some_and(|account| connector.pairing(&account).is_some())
+    }
+
     /// The connector that drives the account.
     fn connector_of(&self, state: &AccountState) -> ServiceResult<Arc<dyn Connector>> {
         let kind = state

@@ -54,7 +54,11 @@ fn status(err: tonic::Status) -> anyhow::Error {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Kind {
     Whatsapp,
+    /// SMS through an Android phone running SMSGate.
+    #[value(alias = "android")]
     AndroidSms,
+    /// iMessage (and SMS) through a Mac running BlueBubbles Server.
+    #[value(alias = "mac")]
     Imessage,
     Twilio,
 }
@@ -94,6 +98,14 @@ pub enum AccountsCommand {
         /// `api_key=...`).
         #[arg(long = "setting", value_name = "NAME=VALUE")]
         settings: Vec<String>,
+        /// A device account (Android phone, Mac): print how to pair it and return, without
+        /// waiting until the device is seen.
+        #[arg(long)]
+        no_wait: bool,
+        /// A device account: give up waiting for the device after this many seconds (it stays
+        /// added, and connects when the device is seen).
+        #[arg(long, default_value = "600")]
+        timeout: u64,
         #[command(flatten)]
         server: Server,
     },
@@ -259,6 +271,60 @@ async fn connect_account(
     anyhow::bail!("the server stopped sending updates; run `whatsnap accounts connect` again")
 }
 
+/// How to pair a device account, step by step.
+fn print_pairing(pairing: &session::DevicePairing) {
+    println!();
+    println!("To pair the device:");
+    for (number, step) in pairing.steps.iter().enumerate() {
+        println!("  {}. {step}", number + 1);
+    }
+    if !pairing.webhook_url.is_empty() {
+        println!("webhook URL  {}", pairing.webhook_url);
+    }
+    if !pairing.secret.is_empty() {
+        println!("secret       {}", pairing.secret);
+    }
+}
+
+/// Waits until the device of a newly added account is seen (Ok), or the account stops
+/// without connecting (an error that says why).
+async fn wait_for_device(
+    mut client: session::session_service_client::SessionServiceClient<tonic::transport::Channel>,
+    location: String,
+    account_id: String,
+) -> anyhow::Result<()> {
+    let mut updates = client
+        .watch_account(session::WatchAccountRequest {
+            location_id: location,
+            account_id,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    println!("waiting for the device…");
+    let mut last_reason = String::new();
+    while let Some(update) = updates.message().await.map_err(status)? {
+        let Some(account) = update.account else {
+            continue;
+        };
+        match account.status.as_str() {
+            "connected" => {
+                println!("connected: the device was seen");
+                return Ok(());
+            }
+            "removed" => anyhow::bail!("the account was removed"),
+            _ if !account.status_reason.is_empty() && account.status_reason != last_reason => {
+                println!("not yet: {}", account.status_reason);
+                last_reason = account.status_reason;
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!(
+        "the server stopped sending updates; `whatsnap accounts show` tells the account's state"
+    )
+}
+
 /// A QR code for a terminal: two rows of modules per line of text.
 pub(crate) fn render_qr(data: &str) -> anyhow::Result<String> {
     let code = qrcode::QrCode::new(data.as_bytes()).context("making the QR code")?;
@@ -334,6 +400,8 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             twilio_auth_token,
             engine,
             settings,
+            no_wait,
+            timeout,
             server,
         } => {
             let mut settings_json = serde_json::Map::new();
@@ -375,6 +443,31 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             print_account(&account);
+            let pairing = client
+                .get_pairing(session::GetAccountRequest {
+                    location_id: account.location_id.clone(),
+                    account_id: account.account_id.clone(),
+                })
+                .await;
+            match pairing {
+                Ok(pairing) => {
+                    print_pairing(&pairing.into_inner());
+                    if !no_wait {
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(timeout),
+                            wait_for_device(client, account.location_id, account.account_id),
+                        )
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "the device was not seen within {timeout} s; the account stays added and connects when it is (`whatsnap accounts show` tells)"
+                            )
+                        })??;
+                    }
+                }
+                Err(refused) if refused.code() == tonic::Code::FailedPrecondition => {}
+                Err(refused) => return Err(status(refused)),
+            }
         }
         AccountsCommand::Show {
             location,
