@@ -26,7 +26,10 @@ pub fn twilio_form(data: &[u8]) {
     };
     if let Ok(message) = twilio::parse_inbound(&params) {
         assert!(!message.message_sid.is_empty() && !message.from.is_empty());
-        assert!(message.media.len() <= 10, "at most ten attachments are read");
+        assert!(
+            message.media.len() <= 10,
+            "at most ten attachments are read"
+        );
     }
     let _ = twilio::parse_status(&params);
 }

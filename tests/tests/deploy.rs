@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Every document of every file in `deploy/k8s`, with the file it came from.
@@ -131,8 +134,12 @@ fn every_kubernetes_document_names_what_it_must_and_the_kustomization_lists_ever
     let documents = k8s_documents();
     assert!(documents.len() > 10, "{} documents", documents.len());
     for (file, document) in &documents {
-        let kind = text(document, &["kind"]).unwrap_or_else(|| panic!("{file}: a document has no kind"));
-        assert!(text(document, &["apiVersion"]).is_some(), "{file}: {kind} has no apiVersion");
+        let kind =
+            text(document, &["kind"]).unwrap_or_else(|| panic!("{file}: a document has no kind"));
+        assert!(
+            text(document, &["apiVersion"]).is_some(),
+            "{file}: {kind} has no apiVersion"
+        );
         if kind != "Kustomization" {
             assert!(
                 text(document, &["metadata", "name"]).is_some(),
@@ -151,7 +158,10 @@ fn every_kubernetes_document_names_what_it_must_and_the_kustomization_lists_ever
         .collect();
     let files: BTreeSet<String> = documents.iter().map(|(f, _)| f.clone()).collect();
     for resource in &listed {
-        assert!(files.contains(resource), "the kustomization lists {resource}, which does not exist");
+        assert!(
+            files.contains(resource),
+            "the kustomization lists {resource}, which does not exist"
+        );
     }
     for file in &files {
         // The Secret is filled in by hand, never applied as it is.
@@ -174,11 +184,20 @@ fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
             .collect()
     };
     let (config_maps, secrets) = (defined("ConfigMap"), defined("Secret"));
-    for (file, service) in documents.iter().filter(|(_, d)| text(d, &["kind"]) == Some("Service")) {
+    for (file, service) in documents
+        .iter()
+        .filter(|(_, d)| text(d, &["kind"]) == Some("Service"))
+    {
         let name = text(service, &["metadata", "name"]).unwrap();
         let selector = labels(at(service, &["spec", "selector"]));
-        let targets: Vec<&Pods> = pods.iter().filter(|p| selects(&selector, &p.labels)).collect();
-        assert!(!targets.is_empty(), "{file}: Service {name} selects no pods");
+        let targets: Vec<&Pods> = pods
+            .iter()
+            .filter(|p| selects(&selector, &p.labels))
+            .collect();
+        assert!(
+            !targets.is_empty(),
+            "{file}: Service {name} selects no pods"
+        );
         for port in list(at(service, &["spec", "ports"])) {
             let wanted = port.get("targetPort").or(port.get("port")).unwrap();
             for pod in &targets {
@@ -187,7 +206,11 @@ fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
                     Value::String(named) => n == named,
                     _ => false,
                 });
-                assert!(found, "{file}: Service {name} sends {wanted:?} to {}, which has no such port", pod.name);
+                assert!(
+                    found,
+                    "{file}: Service {name} sends {wanted:?} to {}, which has no such port",
+                    pod.name
+                );
             }
         }
     }
@@ -201,7 +224,11 @@ fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
                 "configMapRef" | "configMapKeyRef" | "configMap" => &config_maps,
                 _ => &secrets,
             };
-            assert!(known.contains(&name), "{} refers to {kind} {name}, which no document defines", pod.name);
+            assert!(
+                known.contains(&name),
+                "{} refers to {kind} {name}, which no document defines",
+                pod.name
+            );
         }
     }
 }
@@ -212,7 +239,13 @@ fn collect_refs(value: &Value, refs: &mut Vec<(&'static str, String)>) {
         Value::Mapping(map) => {
             for (key, inner) in map {
                 let key = key.as_str().unwrap_or_default();
-                for kind in ["configMapRef", "configMapKeyRef", "configMap", "secretRef", "secretKeyRef"] {
+                for kind in [
+                    "configMapRef",
+                    "configMapKeyRef",
+                    "configMap",
+                    "secretRef",
+                    "secretKeyRef",
+                ] {
                     if key == kind
                         && let Some(name) = text(inner, &["name"])
                     {
@@ -231,7 +264,12 @@ fn collect_refs(value: &Value, refs: &mut Vec<(&'static str, String)>) {
 fn reachable_from_outside(policies: &[&Value], pod: &Pods) -> BTreeSet<u64> {
     let applying: Vec<&&Value> = policies
         .iter()
-        .filter(|p| selects(&labels(at(p, &["spec", "podSelector", "matchLabels"])), &pod.labels))
+        .filter(|p| {
+            selects(
+                &labels(at(p, &["spec", "podSelector", "matchLabels"])),
+                &pod.labels,
+            )
+        })
         .collect();
     if applying.is_empty() {
         // No policy selects it: everything is open.
@@ -253,7 +291,9 @@ fn reachable_from_outside(policies: &[&Value], pod: &Pods) -> BTreeSet<u64> {
             for port in ports {
                 match port.get("port") {
                     Some(Value::Number(n)) => open.extend(n.as_u64()),
-                    Some(Value::String(name)) => open.extend(pod.ports.iter().filter(|(n, _)| n == name).map(|(_, p)| *p)),
+                    Some(Value::String(name)) => {
+                        open.extend(pod.ports.iter().filter(|(n, _)| n == name).map(|(_, p)| *p))
+                    }
                     _ => open.extend(pod.ports.iter().map(|(_, p)| *p)),
                 }
             }
@@ -272,7 +312,9 @@ fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
         .collect();
     let default_deny = policies.iter().any(|p| {
         labels(at(p, &["spec", "podSelector", "matchLabels"])).is_empty()
-            && list(at(p, &["spec", "policyTypes"])).iter().any(|t| t.as_str() == Some("Ingress"))
+            && list(at(p, &["spec", "policyTypes"]))
+                .iter()
+                .any(|t| t.as_str() == Some("Ingress"))
             && list(at(p, &["spec", "ingress"])).is_empty()
     });
     assert!(default_deny, "no policy closes every pod by default");
@@ -283,7 +325,11 @@ fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
             "gateway" => [8080].into(),
             _ => BTreeSet::new(),
         };
-        assert_eq!(open, expected, "ports of {} reachable from outside", pod.name);
+        assert_eq!(
+            open, expected,
+            "ports of {} reachable from outside",
+            pod.name
+        );
     }
     assert!(pods.iter().any(|p| p.name == "gateway"));
 }
@@ -297,7 +343,10 @@ fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default
         .map(|(_, d)| text(d, &["data", "nats.conf"]).unwrap().to_owned())
         .unwrap();
     assert!(nats_config.contains("authorization"), "{nats_config}");
-    assert!(nats_config.contains("$NATS_PASSWORD"), "the password comes from the Secret");
+    assert!(
+        nats_config.contains("$NATS_PASSWORD"),
+        "the password comes from the Secret"
+    );
     for pod in pods(&documents) {
         let env = serde_yaml::to_string(&pod.spec).unwrap();
         let wanted: &[&str] = match pod.labels.get("app").map(String::as_str) {
@@ -313,15 +362,27 @@ fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default
                         && text(e, &["valueFrom", "secretKeyRef", "name"]) == Some("whatsnap-nats")
                 })
             });
-            assert!(from_secret, "{} does not take {name} from the whatsnap-nats Secret: {env}", pod.name);
+            assert!(
+                from_secret,
+                "{} does not take {name} from the whatsnap-nats Secret: {env}",
+                pod.name
+            );
         }
     }
-    for (_, secret) in documents.iter().filter(|(_, d)| text(d, &["kind"]) == Some("Secret")) {
+    for (_, secret) in documents
+        .iter()
+        .filter(|(_, d)| text(d, &["kind"]) == Some("Secret"))
+    {
         let name = text(secret, &["metadata", "name"]).unwrap();
         for (key, value) in labels(secret.get("stringData")) {
-            let secretish = ["PASSWORD", "SECRET", "URL", "password"].iter().any(|w| key.contains(w));
+            let secretish = ["PASSWORD", "SECRET", "URL", "password"]
+                .iter()
+                .any(|w| key.contains(w));
             if secretish {
-                assert!(value.contains("CHANGE-ME"), "{name}.{key} has a default: {value}");
+                assert!(
+                    value.contains("CHANGE-ME"),
+                    "{name}.{key} has a default: {value}"
+                );
             }
         }
     }
@@ -339,22 +400,50 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
             assert!(!port.contains("50051"), "{name} publishes gRPC: {port}");
             let everywhere = port.split(':').count() < 3;
             if everywhere {
-                assert_eq!((name, port.as_str()), ("gateway", "8080:8080"), "published on every interface");
+                assert_eq!(
+                    (name, port.as_str()),
+                    ("gateway", "8080:8080"),
+                    "published on every interface"
+                );
             } else {
                 assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port}");
             }
         }
     }
-    assert!(!text_of.contains("postgres:postgres@"), "a default PostgreSQL password");
-    let postgres_password = text(&services[&Value::from("postgres")], &["environment", "POSTGRES_PASSWORD"]).unwrap();
-    assert!(postgres_password.starts_with("${POSTGRES_PASSWORD:?"), "{postgres_password}");
+    assert!(
+        !text_of.contains("postgres:postgres@"),
+        "a default PostgreSQL password"
+    );
+    let postgres_password = text(
+        &services[&Value::from("postgres")],
+        &["environment", "POSTGRES_PASSWORD"],
+    )
+    .unwrap();
+    assert!(
+        postgres_password.starts_with("${POSTGRES_PASSWORD:?"),
+        "{postgres_password}"
+    );
     let nats_config = text(&compose, &["configs", "nats", "content"]).unwrap();
     assert!(nats_config.contains("authorization"), "{nats_config}");
-    let env = compose.get("x-whatsnap").and_then(|x| x.get("environment")).unwrap();
-    assert!(text(env, &["WHATSNAP_NATS_PASSWORD"]).unwrap().starts_with("${NATS_PASSWORD:?"));
+    let env = compose
+        .get("x-whatsnap")
+        .and_then(|x| x.get("environment"))
+        .unwrap();
+    assert!(
+        text(env, &["WHATSNAP_NATS_PASSWORD"])
+            .unwrap()
+            .starts_with("${NATS_PASSWORD:?")
+    );
     let example = std::fs::read_to_string(root().join(".env.example")).unwrap();
-    for variable in ["POSTGRES_PASSWORD=", "NATS_PASSWORD=", "WHATSNAP_SECRET_KEY="] {
-        let line = example.lines().find(|l| l.starts_with(variable)).unwrap_or_else(|| panic!("{variable} is not in .env.example"));
+    for variable in [
+        "POSTGRES_PASSWORD=",
+        "NATS_PASSWORD=",
+        "WHATSNAP_SECRET_KEY=",
+    ] {
+        let line = example
+            .lines()
+            .find(|l| l.starts_with(variable))
+            .unwrap_or_else(|| panic!("{variable} is not in .env.example"));
         assert_eq!(line, variable, "the example gives {variable} a value");
     }
 }

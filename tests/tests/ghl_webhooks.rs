@@ -185,7 +185,8 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     let (status, body) = post(Some(sign(stranger.as_bytes())), stranger.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("ignored"), "{body}");
-    let unknown = json!({"type": "NoteCreate", "locationId": LOCATION, "timestamp": now_ms}).to_string();
+    let unknown =
+        json!({"type": "NoteCreate", "locationId": LOCATION, "timestamp": now_ms}).to_string();
     let (status, body) = post(Some(sign(unknown.as_bytes())), unknown.as_bytes()).await;
     assert_eq!((status, body.starts_with("ignored")), (200, true), "{body}");
 
@@ -213,14 +214,25 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     // Another app's install, and a tag update for another conversation provider, reach the
     // same URL: acknowledged, and nothing recorded.
     let connection_events = async || {
-        let mut events = whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
-            Channel::from_shared(whatsnap.grpc_url()).unwrap().connect().await.unwrap(),
-        );
+        let mut events =
+            whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
+                Channel::from_shared(whatsnap.grpc_url())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
         let request = whatsnap_proto::events::v1::ReadStreamRequest {
             stream_id: format!("{LOCATION}.ghl.install"),
             ..Default::default()
         };
-        events.read_stream(request).await.unwrap().into_inner().events.len()
+        events
+            .read_stream(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .len()
     };
     let before = connection_events().await;
     let theirs = json!({"type": "INSTALL", "locationId": LOCATION, "companyId": "c1", "appId": "a2", "webhookId": "other-app", "timestamp": now_ms}).to_string();
@@ -232,8 +244,15 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         "phone": PHONE, "tags": [], "conversationProviderId": "cp2", "timestamp": now_ms,
     })
     .to_string();
-    let (status, body) = post(Some(sign(other_provider.as_bytes())), other_provider.as_bytes()).await;
-    assert_eq!((status, body.as_str()), (200, "ignored: for another conversation provider (cp2)\n"));
+    let (status, body) = post(
+        Some(sign(other_provider.as_bytes())),
+        other_provider.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ignored: for another conversation provider (cp2)\n")
+    );
     assert_eq!(connection_events().await, before, "nothing recorded");
     waiting(&mut ghl_sync, false).await;
 
@@ -243,7 +262,9 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     let (status, body) = post(Some(sign(install.as_bytes())), install.as_bytes()).await;
     assert_eq!((status, body.as_str()), (200, "install recorded\n"));
     waiting(&mut ghl_sync, true).await;
-    let uninstall = json!({"type": "UNINSTALL", "locationId": LOCATION, "appId": "a1", "timestamp": now_ms}).to_string();
+    let uninstall =
+        json!({"type": "UNINSTALL", "locationId": LOCATION, "appId": "a1", "timestamp": now_ms})
+            .to_string();
     for _ in 0..2 {
         let (status, body) = post(Some(sign(uninstall.as_bytes())), uninstall.as_bytes()).await;
         assert_eq!((status, body.as_str()), (200, "uninstall recorded\n"));

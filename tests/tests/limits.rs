@@ -70,7 +70,9 @@ async fn a_location_over_its_quota_is_told_when_to_come_back_and_others_are_not_
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
-        refused.message().contains("busy-location is over its request quota"),
+        refused
+            .message()
+            .contains("busy-location is over its request quota"),
         "{}",
         refused.message()
     );
@@ -84,7 +86,10 @@ async fn a_location_over_its_quota_is_told_when_to_come_back_and_others_are_not_
         .unwrap();
     assert!(retry_after >= 1, "{retry_after}");
     // Another location has its own quota.
-    sessions.list_accounts(list("quiet-location")).await.unwrap();
+    sessions
+        .list_accounts(list("quiet-location"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,13 +141,15 @@ async fn pages_tails_and_simulations_are_bounded() {
     let refused = log.tail(events::TailRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     drop(following);
-    eventually("a tail is allowed again once the first has gone", async || {
-        log.tail(events::TailRequest::default()).await.ok()
-    })
+    eventually(
+        "a tail is allowed again once the first has gone",
+        async || log.tail(events::TailRequest::default()).await.ok(),
+    )
     .await;
 
     // A simulation looks back at most one day.
-    let mut assignments = assignment::assignment_service_client::AssignmentServiceClient::new(channel);
+    let mut assignments =
+        assignment::assignment_service_client::AssignmentServiceClient::new(channel);
     let simulate = |since_seconds| assignment::SimulateRequest {
         location_id: "simulated-location".into(),
         rules_json: r#"{"rules": []}"#.into(),
@@ -154,6 +161,10 @@ async fn pages_tails_and_simulations_are_bounded() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("at most 1 days"), "{}", refused.message());
+    assert!(
+        refused.message().contains("at most 1 days"),
+        "{}",
+        refused.message()
+    );
     assignments.simulate(simulate(3600)).await.unwrap();
 }

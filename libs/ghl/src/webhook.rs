@@ -182,7 +182,10 @@ mod tests {
             ours().foreign(&json!({"type": "INSTALL", "appId": "app2"})),
             Some("for another GHL app (app2)".into())
         );
-        assert_eq!(ours().foreign(&json!({"type": "INSTALL", "appId": "app1"})), None);
+        assert_eq!(
+            ours().foreign(&json!({"type": "INSTALL", "appId": "app1"})),
+            None
+        );
         assert_eq!(ours().foreign(&json!({"type": "ContactTagUpdate"})), None);
         assert_eq!(
             AppIdentity::default().foreign(&json!({"appId": "anything"})),

@@ -99,7 +99,10 @@ pub fn exhausted(location: &str, wait: Duration) -> Status {
     ));
     status.metadata_mut().insert(
         "retry-after",
-        seconds.to_string().parse().expect("digits are valid metadata"),
+        seconds
+            .to_string()
+            .parse()
+            .expect("digits are valid metadata"),
     );
     status
 }
@@ -173,7 +176,8 @@ pub fn string_field(mut message: &[u8], number: u32) -> Option<String> {
             }
             1 => 8,
             2 => {
-                let len = usize::try_from(prost::encoding::decode_varint(&mut message).ok()?).ok()?;
+                let len =
+                    usize::try_from(prost::encoding::decode_varint(&mut message).ok()?).ok()?;
                 if field == number {
                     let value = message.get(..len)?;
                     return String::from_utf8(value.to_vec()).ok();
@@ -273,7 +277,8 @@ where
                 tracing::debug!(%location, wait_ms = wait.as_millis() as u64, "request over the location's quota");
                 return Ok(exhausted(&location, wait).into_http());
             }
-            let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+            let request =
+                http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
             inner.call(request).await
         })
     }

@@ -12,7 +12,9 @@ use prost::Message as _;
 use tonic::body::Body;
 use tower::{Layer as _, Service as _, ServiceExt as _};
 use whatsnap_proto::contacts::v1::GetContactRequest;
-use whatsnap_rpc::quota::{LocatedMethods, LocationQuotaLayer, LocationQuotas, Quota, string_field};
+use whatsnap_rpc::quota::{
+    LocatedMethods, LocationQuotaLayer, LocationQuotas, Quota, string_field,
+};
 
 const GET_CONTACT: &str = "/whatsnap.contacts.v1.ContactsService/GetContact";
 
@@ -57,7 +59,11 @@ fn every_method_whose_request_names_a_location_is_known() {
     .encode_to_vec();
     assert_eq!(string_field(&message, 1).as_deref(), Some("loc-1"));
     assert_eq!(string_field(&message, 9), None);
-    assert_eq!(string_field(&[0xff, 0xff, 0xff], 1), None, "garbage reads as none");
+    assert_eq!(
+        string_field(&[0xff, 0xff, 0xff], 1),
+        None,
+        "garbage reads as none"
+    );
 }
 
 /// A gRPC request for `path` carrying `message`, framed as on the wire.
@@ -103,15 +109,37 @@ async fn calls_over_a_locations_quota_are_refused_before_the_service_and_others_
         grpc_request(GET_CONTACT, &message.encode_to_vec())
     };
     for _ in 0..3 {
-        let response = service.ready().await.unwrap().call(call("loc-1")).await.unwrap();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(call("loc-1"))
+            .await
+            .unwrap();
         assert!(response.headers().get("grpc-status").is_none());
     }
-    let refused = service.ready().await.unwrap().call(call("loc-1")).await.unwrap();
+    let refused = service
+        .ready()
+        .await
+        .unwrap()
+        .call(call("loc-1"))
+        .await
+        .unwrap();
     let status = tonic::Status::from_header_map(refused.headers()).unwrap();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert_eq!(refused.headers()["retry-after"], "1");
-    assert_eq!(served.load(Ordering::SeqCst), 3, "the refused call never reached the service");
-    service.ready().await.unwrap().call(call("loc-2")).await.unwrap();
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        3,
+        "the refused call never reached the service"
+    );
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(call("loc-2"))
+        .await
+        .unwrap();
     // A method without a location (health, reflection) is never charged.
     for _ in 0..10 {
         let health = grpc_request("/grpc.health.v1.Health/Check", &[]);
@@ -119,6 +147,12 @@ async fn calls_over_a_locations_quota_are_refused_before_the_service_and_others_
         assert!(response.headers().get("grpc-status").is_none());
     }
     tokio::time::advance(Duration::from_secs(1)).await;
-    service.ready().await.unwrap().call(call("loc-1")).await.unwrap();
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(call("loc-1"))
+        .await
+        .unwrap();
     assert_eq!(served.load(Ordering::SeqCst), 5);
 }

@@ -109,7 +109,10 @@ impl Assignment {
 
     /// The start of a simulation's window: `since_seconds` ago, the longest window allowed
     /// when 0, and a refusal beyond it.
-    fn simulate_since(&self, since_seconds: u64) -> Result<chrono::DateTime<chrono::Utc>, ServiceError> {
+    fn simulate_since(
+        &self,
+        since_seconds: u64,
+    ) -> Result<chrono::DateTime<chrono::Utc>, ServiceError> {
         let longest = self.max_simulate_window.as_secs();
         if since_seconds > longest {
             return Err(ServiceError::InvalidArgument(format!(

@@ -121,11 +121,7 @@ impl Drop for Claim {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the lease lapses instead
         };
-        let (db, id, token) = (
-            self.guard.db.clone(),
-            self.id.clone(),
-            self.token.clone(),
-        );
+        let (db, id, token) = (self.guard.db.clone(), self.id.clone(), self.token.clone());
         // A request cancelled half way: released in the background.
         runtime.spawn(async move { release(&db, &id, &token).await });
     }
@@ -177,7 +173,10 @@ impl ReplayGuard {
         let Some(at) = timestamp.and_then(whatsnap_ghl::webhook::timestamp) else {
             return Err(Verdict::Unstamped(match timestamp {
                 None => "the webhook has no timestamp".to_owned(),
-                Some(_) => "the webhook's timestamp is neither ISO 8601 nor milliseconds since the epoch".to_owned(),
+                Some(_) => {
+                    "the webhook's timestamp is neither ISO 8601 nor milliseconds since the epoch"
+                        .to_owned()
+                }
             }));
         };
         let skew = ((self.clock)() - at).abs();

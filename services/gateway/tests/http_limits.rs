@@ -66,10 +66,8 @@ async fn no_more_requests_than_the_limit_are_handled_at_once() {
         },
     );
     let started = tokio::time::Instant::now();
-    let replies = futures::future::join_all(
-        (0..6).map(|_| app.clone().oneshot(request("/work"))),
-    )
-    .await;
+    let replies =
+        futures::future::join_all((0..6).map(|_| app.clone().oneshot(request("/work")))).await;
     for reply in replies {
         assert_eq!(reply.unwrap().status(), StatusCode::OK);
     }

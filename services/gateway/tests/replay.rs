@@ -98,8 +98,7 @@ async fn delivered_twice_acted_on_once(one: &ReadDb, two: &ReadDb, restarted: &R
 }
 
 #[tokio::test]
-async fn a_webhook_handled_by_one_embedded_gateway_is_a_duplicate_at_another_and_after_a_restart()
-{
+async fn a_webhook_handled_by_one_embedded_gateway_is_a_duplicate_at_another_and_after_a_restart() {
     let (_dir, url, one, two) = sqlite_pair().await;
     let restarted = pool(&url).await;
     delivered_twice_acted_on_once(&one, &two, &restarted).await;

@@ -125,7 +125,12 @@ pub struct NatsAuthArgs {
     #[arg(long, env = "WHATSNAP_NATS_USER", requires = "nats_password")]
     nats_user: Option<String>,
     /// NATS password (with --nats-user).
-    #[arg(long, env = "WHATSNAP_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    #[arg(
+        long,
+        env = "WHATSNAP_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
     nats_password: Option<String>,
     /// NATS authentication token.
     #[arg(long, env = "WHATSNAP_NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"])]
@@ -665,9 +670,12 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 ghl_keys,
                 contacts: contacts_channel,
                 ghl_sync: ghl_sync_channel,
-                replay: whatsnap_gateway::ReplayGuard::open(db.clone(), args.ghl.ghl_webhook_max_age)
-                    .await
-                    .context("the GHL webhook replay guard's table")?,
+                replay: whatsnap_gateway::ReplayGuard::open(
+                    db.clone(),
+                    args.ghl.ghl_webhook_max_age,
+                )
+                .await
+                .context("the GHL webhook replay guard's table")?,
                 ghl_app: whatsnap_ghl::webhook::AppIdentity {
                     app_id: args.ghl.ghl_app_id.clone(),
                     conversation_provider_id: args.ghl.ghl_conversation_provider_id.clone(),
@@ -748,7 +756,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
 type GrpcLayers = tower::layer::util::Stack<
     tower::layer::util::Stack<
         whatsnap_rpc::quota::LocationQuotaLayer,
-        tower::layer::util::Stack<tower::limit::GlobalConcurrencyLimitLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<
+            tower::limit::GlobalConcurrencyLimitLayer,
+            tower::layer::util::Identity,
+        >,
     >,
     tower::layer::util::Identity,
 >;
@@ -809,13 +820,12 @@ impl Services {
             },
             contacts: has(Target::Contacts)
                 .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
-            assignment: has(Target::Assignment)
-                .then(|| {
-                    whatsnap_assignment::Application::build(store.clone(), db.clone())
-                        .max_simulate_window(Duration::from_secs(
-                            u64::from(args.limits.max_simulate_days) * 86_400,
-                        ))
-                }),
+            assignment: has(Target::Assignment).then(|| {
+                whatsnap_assignment::Application::build(store.clone(), db.clone())
+                    .max_simulate_window(Duration::from_secs(
+                        u64::from(args.limits.max_simulate_days) * 86_400,
+                    ))
+            }),
             ghl_sync: match (has(Target::GhlSync), secret_key) {
                 (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
                     store.clone(),
