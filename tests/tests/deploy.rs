@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 fn root() -> PathBuf {
@@ -39,8 +40,6 @@ fn k8s_documents() -> Vec<(String, Value)> {
     }
     documents
 }
-
-use serde::Deserialize as _;
 
 fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
@@ -215,10 +214,8 @@ fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
         }
     }
     for pod in &pods {
-        let spec = serde_yaml::to_string(&pod.spec).unwrap();
-        let spec: Value = serde_yaml::from_str(&spec).unwrap();
         let mut refs = Vec::new();
-        collect_refs(&spec, &mut refs);
+        collect_refs(&pod.spec, &mut refs);
         for (kind, name) in refs {
             let known = match kind {
                 "configMapRef" | "configMapKeyRef" | "configMap" => &config_maps,
@@ -415,7 +412,7 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
         "a default PostgreSQL password"
     );
     let postgres_password = text(
-        &services[&Value::from("postgres")],
+        &compose["services"]["postgres"],
         &["environment", "POSTGRES_PASSWORD"],
     )
     .unwrap();

@@ -36,8 +36,18 @@ impl TestClock {
 
 async fn pool(url: &str) -> ReadDb {
     sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
     AnyPoolOptions::new()
         .max_connections(2)
+        // As the embedded backend does: writers of the one file take turns.
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 30000").await?;
+                }
+                Ok(())
+            })
+        })
         .connect(url)
         .await
         .unwrap()
