@@ -17,6 +17,8 @@ WORKDIR /data
 ENV WHATSNAP_DATA_DIR=/data \
     WHATSNAP_GRPC_ADDR=0.0.0.0:50051 \
     WHATSNAP_HTTP_ADDR=0.0.0.0:8080
-EXPOSE 50051 8080
+# Only the HTTP port is meant for the outside (`docker run -P` publishes what is exposed); the
+# gRPC API on 50051 is for the other services and the operator, inside the network.
+EXPOSE 8080
 ENTRYPOINT ["whatsnap"]
 CMD ["serve"]

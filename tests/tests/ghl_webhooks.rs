@@ -57,6 +57,10 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
             "127.0.0.1:0",
             "--ghl-webhook-ed25519-key",
             &public_pem,
+            "--ghl-app-id",
+            "a1",
+            "--ghl-conversation-provider-id",
+            "cp1",
         ]
         .map(str::to_owned),
         "ghl-webhooks",
@@ -154,6 +158,15 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     let (status, body) = post(Some(sign(stale.as_bytes())), stale.as_bytes()).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("more than the 300 s allowed"), "{body}");
+    // One without a timestamp cannot be told from a replay.
+    let unstamped = json!({
+        "type": "ContactTagUpdate", "locationId": LOCATION, "id": "seD4PfOuKoVMLkEZqohJ",
+        "phone": PHONE, "tags": [], "webhookId": "no-stamp",
+    })
+    .to_string();
+    let (status, body) = post(Some(sign(unstamped.as_bytes())), unstamped.as_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no timestamp"), "{body}");
 
     // The signed update: the Back account's tag is new, so replies go there now.
     let (status, body) = post(Some(sign(update.as_bytes())), update.as_bytes()).await;
@@ -168,11 +181,12 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     );
 
     // What whatsnap does not act on is acknowledged, so that GHL does not retry it.
-    let stranger = json!({"type": "ContactTagUpdate", "locationId": LOCATION, "phone": "+14155550999", "tags": ["x"]}).to_string();
+    let stranger = json!({"type": "ContactTagUpdate", "locationId": LOCATION, "phone": "+14155550999", "tags": ["x"], "timestamp": now_ms}).to_string();
     let (status, body) = post(Some(sign(stranger.as_bytes())), stranger.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("ignored"), "{body}");
-    let unknown = json!({"type": "NoteCreate", "locationId": LOCATION}).to_string();
+    let unknown =
+        json!({"type": "NoteCreate", "locationId": LOCATION, "timestamp": now_ms}).to_string();
     let (status, body) = post(Some(sign(unknown.as_bytes())), unknown.as_bytes()).await;
     assert_eq!((status, body.starts_with("ignored")), (200, true), "{body}");
 
@@ -196,13 +210,61 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
             .unwrap(),
     );
     waiting(&mut ghl_sync, false).await;
+
+    // Another app's install, and a tag update for another conversation provider, reach the
+    // same URL: acknowledged, and nothing recorded.
+    let connection_events = async || {
+        let mut events =
+            whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
+                Channel::from_shared(whatsnap.grpc_url())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        let request = whatsnap_proto::events::v1::ReadStreamRequest {
+            stream_id: format!("{LOCATION}.ghl.install"),
+            ..Default::default()
+        };
+        events
+            .read_stream(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .len()
+    };
+    let before = connection_events().await;
+    let theirs = json!({"type": "INSTALL", "locationId": LOCATION, "companyId": "c1", "appId": "a2", "webhookId": "other-app", "timestamp": now_ms}).to_string();
+    let (status, body) = post(Some(sign(theirs.as_bytes())), theirs.as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "ignored: for another GHL app (a2)\n");
+    let other_provider = json!({
+        "type": "ContactTagUpdate", "locationId": LOCATION, "id": "seD4PfOuKoVMLkEZqohJ",
+        "phone": PHONE, "tags": [], "conversationProviderId": "cp2", "timestamp": now_ms,
+    })
+    .to_string();
+    let (status, body) = post(
+        Some(sign(other_provider.as_bytes())),
+        other_provider.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ignored: for another conversation provider (cp2)\n")
+    );
+    assert_eq!(connection_events().await, before, "nothing recorded");
+    waiting(&mut ghl_sync, false).await;
+
     let install =
-        json!({"type": "INSTALL", "locationId": LOCATION, "companyId": "c1", "appId": "a1"})
+        json!({"type": "INSTALL", "locationId": LOCATION, "companyId": "c1", "appId": "a1", "timestamp": now_ms})
             .to_string();
     let (status, body) = post(Some(sign(install.as_bytes())), install.as_bytes()).await;
     assert_eq!((status, body.as_str()), (200, "install recorded\n"));
     waiting(&mut ghl_sync, true).await;
-    let uninstall = json!({"type": "UNINSTALL", "locationId": LOCATION, "appId": "a1"}).to_string();
+    let uninstall =
+        json!({"type": "UNINSTALL", "locationId": LOCATION, "appId": "a1", "timestamp": now_ms})
+            .to_string();
     for _ in 0..2 {
         let (status, body) = post(Some(sign(uninstall.as_bytes())), uninstall.as_bytes()).await;
         assert_eq!((status, body.as_str()), (200, "uninstall recorded\n"));

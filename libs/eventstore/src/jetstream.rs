@@ -70,6 +70,55 @@ pub struct JetStreamConfig {
     pub max_bytes: i64,
     /// How long the server remembers event ids for deduplication.
     pub duplicate_window: Duration,
+    /// How the store proves who it is to a NATS server that requires it.
+    pub auth: NatsAuth,
+}
+
+/// The credentials a NATS server with authentication asks for (`nats-server` `authorization`
+/// or an operator/account setup). Secrets never print.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials (a server without authentication, or user and password in the URL).
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// An NKey seed (`SU…`), from `nsc` or `nk -gen user`.
+    Nkey(String),
+    /// A `.creds` file (a user JWT and its NKey seed), for operator-mode servers.
+    CredsFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::Nkey(_) => f.write_str("Nkey(***)"),
+            Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+        }
+    }
+}
+
+impl NatsAuth {
+    async fn apply(
+        &self,
+        options: async_nats::ConnectOptions,
+    ) -> std::io::Result<async_nats::ConnectOptions> {
+        Ok(match self {
+            Self::None => options,
+            Self::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Self::Token(token) => options.token(token.clone()),
+            Self::Nkey(seed) => options.nkey(seed.clone()),
+            Self::CredsFile(path) => options.credentials_file(path).await?,
+        })
+    }
 }
 
 impl JetStreamConfig {
@@ -81,6 +130,7 @@ impl JetStreamConfig {
             replicas: 1,
             max_bytes: -1,
             duplicate_window: Duration::from_secs(10 * 60),
+            auth: NatsAuth::None,
         }
     }
 
@@ -211,8 +261,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 impl JetStreamEventStore {
     /// Connects, checks the server, and creates the stream or verifies the one that exists.
     pub async fn connect(config: &JetStreamConfig) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name("whatsnap-eventstore")
+        let options = async_nats::ConnectOptions::new().name("whatsnap-eventstore");
+        let client = config
+            .auth
+            .apply(options)
+            .await
+            .map_err(|e| StoreError::backend("reading the NATS credentials file", e))?
             .connect(&config.url)
             .await
             .map_err(|e| StoreError::backend("connecting to NATS", e))?;

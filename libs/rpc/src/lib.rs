@@ -1,7 +1,9 @@
 //! What every whatsnap gRPC server shares: [`ServiceError`], the one mapping from what went
 //! wrong to a gRPC status; parsing of ids and phone numbers in requests; the read-model database
 //! ([`ReadDb`]), which is SQLite in the embedded setup and PostgreSQL in the distributed one; and
-//! the protobuf form of a stored event.
+//! the protobuf form of a stored event; per-location request quotas ([`quota`]).
+
+pub mod quota;
 
 use tonic::{Code, Status};
 use tracing::error;

@@ -24,6 +24,12 @@ impl Application {
         }
     }
 
+    /// `simulate` decides again at most this far back.
+    pub fn max_simulate_window(mut self, window: std::time::Duration) -> Self {
+        self.assignment = self.assignment.max_simulate_window(window);
+        self
+    }
+
     pub fn grpc(&self) -> pb::assignment_service_server::AssignmentServiceServer<Assignment> {
         self.assignment.grpc()
     }

@@ -13,6 +13,7 @@ pub mod simulate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
@@ -34,7 +35,12 @@ pub use engine::NO_RULES;
 pub struct Assignment {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    /// The furthest back `simulate` decides again.
+    max_simulate_window: Duration,
 }
+
+/// How far back `simulate` decides again unless configured otherwise: 90 days.
+pub const DEFAULT_MAX_SIMULATE_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Assignment {
     /// The whole log of one location, in order.
@@ -88,7 +94,37 @@ impl Assignment {
     }
 
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
-        Self { store, db }
+        Self {
+            store,
+            db,
+            max_simulate_window: DEFAULT_MAX_SIMULATE_WINDOW,
+        }
+    }
+
+    /// `simulate` decides again at most this far back; a longer window is refused.
+    pub fn max_simulate_window(mut self, window: Duration) -> Self {
+        self.max_simulate_window = window;
+        self
+    }
+
+    /// The start of a simulation's window: `since_seconds` ago, the longest window allowed
+    /// when 0, and a refusal beyond it.
+    fn simulate_since(
+        &self,
+        since_seconds: u64,
+    ) -> Result<chrono::DateTime<chrono::Utc>, ServiceError> {
+        let longest = self.max_simulate_window.as_secs();
+        if since_seconds > longest {
+            return Err(ServiceError::InvalidArgument(format!(
+                "a simulation looks back at most {} days ({longest} s); {since_seconds} s is further",
+                longest / 86_400
+            )));
+        }
+        let seconds = match since_seconds {
+            0 => longest,
+            seconds => seconds,
+        };
+        Ok(chrono::Utc::now() - chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64))
     }
 
     pub fn grpc(&self) -> pb::assignment_service_server::AssignmentServiceServer<Self> {
@@ -488,10 +524,7 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         })?;
         let rules = engine::parse_rules(&value)
             .map_err(|e| ServiceError::InvalidArgument(format!("rules_json: {e}")))?;
-        let since = (request.since_seconds > 0).then(|| {
-            chrono::Utc::now()
-                - chrono::Duration::seconds(request.since_seconds.min(i64::MAX as u64) as i64)
-        });
+        let since = Some(self.simulate_since(request.since_seconds)?);
         let events = self.location_log(&location).await?;
         let result = simulate::simulate(&events, &location, scope, rules, since);
         let split = |o: &simulate::Outcome| o.clone().unwrap_or_default();

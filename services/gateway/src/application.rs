@@ -3,6 +3,7 @@
 //! (health, readiness, webhooks, metrics) on a listener it is given until stopped.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::Any;
 use tokio::net::TcpListener;
@@ -12,7 +13,7 @@ use whatsnap_eventstore::projection::Projection;
 use whatsnap_proto::events::v1 as pb;
 use whatsnap_rpc::ReadDb;
 
-use crate::{Gateway, Readiness, Webhooks};
+use crate::{ApiLimits, Gateway, Readiness, Webhooks};
 
 /// What the HTTP edge answers with, known once the process's projections and gRPC server are
 /// set up.
@@ -21,6 +22,39 @@ pub struct HttpConfig {
     pub webhooks: Webhooks,
     /// The assignment service, whose report `/metrics` shows.
     pub assignment: Option<tonic::transport::Channel>,
+    pub limits: HttpLimits,
+}
+
+/// Bounds on the HTTP edge.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// How long a request may take, waiting for its turn included, before it is answered 503
+    /// (which Twilio and engines retry).
+    pub timeout: Duration,
+    /// How many requests are handled at once; the others wait their turn.
+    pub concurrency: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            concurrency: 256,
+        }
+    }
+}
+
+/// `routes` under the edge's limits: a request waits for one of `concurrency` turns, and one
+/// that is not answered within `timeout` (waiting included) gets a 503.
+pub fn limited(routes: axum::Router, limits: HttpLimits) -> axum::Router {
+    routes
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.concurrency.max(1),
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            limits.timeout,
+        ))
 }
 
 pub struct Application {
@@ -29,8 +63,13 @@ pub struct Application {
 
 impl Application {
     pub fn build(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
+        Self::with_limits(store, db, ApiLimits::default())
+    }
+
+    /// With bounds on the event log API other than the defaults.
+    pub fn with_limits(store: Arc<dyn EventStore>, db: ReadDb, limits: ApiLimits) -> Self {
         Self {
-            gateway: Gateway::new(store, db),
+            gateway: Gateway::with_limits(store, db, limits),
         }
     }
 
@@ -53,6 +92,7 @@ impl Application {
         let routes = crate::router(http.readiness)
             .merge(crate::webhook_routes(http.webhooks))
             .merge(crate::metrics_routes(http.assignment));
+        let routes = limited(routes, http.limits);
         axum::serve(listener, routes)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

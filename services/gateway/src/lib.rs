@@ -25,23 +25,54 @@ use whatsnap_eventstore::EventStore;
 use whatsnap_proto::events::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
-pub use application::{Application, HttpConfig};
+pub use application::{Application, HttpConfig, HttpLimits, limited};
 pub use forward::Remote;
 pub use health::{Readiness, router};
 pub use metrics::routes as metrics_routes;
-pub use replay::ReplayGuard;
+pub use replay::{CLAIM_LEASE, Claim, Clock, ReplayGuard, Verdict};
 pub use timeline::TimelineProjection;
 pub use webhooks::{MAX_WEBHOOK_BYTES, Webhooks, routes as webhook_routes};
+pub use whatsnap_ghl::webhook::AppIdentity as GhlApp;
 
 #[derive(Clone)]
 pub struct Gateway {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    limits: ApiLimits,
+    /// One permit per `Tail` that may follow the log at once.
+    tails: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bounds on what one call of the event log API may ask of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// The most events one `ReadStream` page holds; a bigger `limit` is clamped to it.
+    pub max_page: usize,
+    /// How many `Tail` calls may follow the log at once; one more is refused.
+    pub max_tails: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_page: 1000,
+            max_tails: 64,
+        }
+    }
 }
 
 impl Gateway {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
-        Self { store, db }
+        Self::with_limits(store, db, ApiLimits::default())
+    }
+
+    pub fn with_limits(store: Arc<dyn EventStore>, db: ReadDb, limits: ApiLimits) -> Self {
+        Self {
+            store,
+            db,
+            limits,
+            tails: Arc::new(tokio::sync::Semaphore::new(limits.max_tails)),
+        }
     }
 
     pub fn events_grpc(&self) -> pb::events_service_server::EventsServiceServer<Self> {
@@ -86,9 +117,11 @@ impl pb::events_service_server::EventsService for Gateway {
             .stream_id
             .parse()
             .map_err(|e: whatsnap_events::IdError| ServiceError::InvalidArgument(e.to_string()))?;
+        // A page holds at most `max_page` events: a client asking for more gets a full page
+        // and reads on from its last version, as it would from any page.
         let limit = match request.limit {
-            0 => 1000,
-            n => n as usize,
+            0 => self.limits.max_page,
+            n => (n as usize).min(self.limits.max_page),
         };
         let events = self
             .store
@@ -106,6 +139,12 @@ impl pb::events_service_server::EventsService for Gateway {
         &self,
         request: Request<pb::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
+        let Ok(permit) = self.tails.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} tails already follow the log, the most this server allows: try again later",
+                self.limits.max_tails
+            )));
+        };
         let store = self.store.clone();
         let request = request.into_inner();
         let mut after = if request.from_now {
@@ -115,6 +154,8 @@ impl pb::events_service_server::EventsService for Gateway {
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            // Held while the tail follows the log: freed when its client goes.
+            let _permit = permit;
             loop {
                 let events = match store.read_all(after, 500).await {
                     Ok(events) => events,

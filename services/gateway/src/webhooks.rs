@@ -12,10 +12,11 @@ use axum::routing::post;
 use std::sync::Arc;
 use tonic::Code;
 use tonic::transport::Channel;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
 use whatsnap_eventstore::EventStore;
 use whatsnap_ghl::signature::WebhookKeys;
+use whatsnap_ghl::webhook::{AppIdentity, Delivery};
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
@@ -44,8 +45,17 @@ pub struct Webhooks {
     pub ghl_sync: Option<Channel>,
     /// Refuses replayed GHL webhooks.
     pub replay: crate::ReplayGuard,
+    /// Which GHL app and conversation provider are whatsnap's: webhooks for others are ignored.
+    pub ghl_app: AppIdentity,
     /// The files received with messages, served to GHL at `/media/<id>`.
     pub media: Option<whatsnap_media::MediaStore>,
+}
+
+/// The acknowledgement of a webhook that is not whatsnap's: 200, so that GHL does not retry
+/// it, and nothing recorded.
+fn not_ours(route: &str, why: String) -> Response {
+    debug!(route, reason = %why, "GHL webhook ignored");
+    (StatusCode::OK, format!("ignored: {why}\n")).into_response()
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -380,50 +390,24 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
         Ok(payload) => payload,
         Err(refused) => return refused,
     };
-    let text = |field: &str| {
-        payload
-            .get(field)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
+    let reply = match whatsnap_ghl::webhook::delivery_of(&hooks.ghl_app, &payload) {
+        Ok(Delivery::Reply(reply)) => reply,
+        Ok(Delivery::Ignored(why)) => return not_ours("delivery", why),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let kind = text("type");
-    if !matches!(kind.as_str(), "SMS" | "Custom" | "") {
-        return (
-            StatusCode::OK,
-            format!("ignored: whatsnap delivers SMS, not {kind:?}\n"),
-        )
-            .into_response();
-    }
-    for field in ["locationId", "messageId", "phone"] {
-        if text(field).trim().is_empty() {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("the ProviderOutboundMessage has no {field}"),
-            );
-        }
-    }
-    let attachment_urls = payload
-        .get("attachments")
-        .and_then(|a| a.as_array())
-        .map(|urls| {
-            urls.iter()
-                .filter_map(|u| u.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
     let channel = match reach(&hooks.session, "session", Sender::Ghl) {
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
+    let ghl_message_id = reply.message_id.clone();
     let mut request = tonic::Request::new(session::RequestOutboundMessageRequest {
-        location_id: text("locationId"),
-        ghl_message_id: text("messageId"),
-        ghl_contact_id: text("contactId"),
-        phone: text("phone"),
-        body: text("message"),
-        attachment_urls,
-        ghl_user_id: text("userId"),
+        location_id: reply.location_id,
+        ghl_message_id: reply.message_id,
+        ghl_contact_id: reply.contact_id,
+        phone: reply.phone,
+        body: reply.message,
+        attachment_urls: reply.attachment_urls,
+        ghl_user_id: reply.user_id,
     });
     whatsnap_telemetry::inject(&mut request);
     match session::session_service_client::SessionServiceClient::new(channel)
@@ -432,7 +416,7 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
     {
         Ok(recorded) => {
             let recorded = recorded.into_inner();
-            info!(ghl_message_id = %text("messageId"), message_id = %recorded.message_id, duplicate = recorded.duplicate, "reply from GHL recorded");
+            info!(%ghl_message_id, message_id = %recorded.message_id, duplicate = recorded.duplicate, "reply from GHL recorded");
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -525,8 +509,10 @@ async fn oauth_callback(
 /// `POST /webhooks/ghl`: GHL's app webhooks, signed over the raw body. A ContactTagUpdate
 /// carries the contact's whole tag list; its changes re-route the contact's next reply. A
 /// ContactCreate or ContactUpdate of a linked contact whose owner or source changed in GHL is
-/// recorded for assignment. What whatsnap will never act on is acknowledged with the reason; what it cannot record now (a
-/// service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
+/// recorded for assignment. What whatsnap will never act on — including a webhook for another
+/// app or conversation provider — is acknowledged with the reason; one without a readable
+/// `timestamp` is refused (400), as one outside the window is (401). What it cannot record now
+/// (a service or the store is unavailable) is answered 429 with Retry-After, which GHL retries
 /// under both of its policies, and its webhookId is not counted as seen, so the retry is
 /// acted on.
 async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: Bytes) -> Response {
@@ -534,6 +520,9 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
         Ok(payload) => payload,
         Err(refused) => return refused,
     };
+    if let Some(why) = hooks.ghl_app.foreign(&payload) {
+        return not_ours("app", why);
+    }
     let text = |field: &str| {
         payload
             .get(field)
@@ -541,7 +530,11 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
             .unwrap_or_default()
     };
     let webhook_id = Some(text("webhookId")).filter(|id| !id.is_empty());
-    let claim = match hooks.replay.check(webhook_id, payload.get("timestamp")) {
+    let claim = match hooks
+        .replay
+        .check(webhook_id, payload.get("timestamp"))
+        .await
+    {
         Verdict::Fresh(claim) => claim,
         Verdict::Duplicate => {
             info!(
@@ -554,14 +547,16 @@ async fn ghl_webhook(State(hooks): State<Webhooks>, headers: HeaderMap, body: By
             return Sender::Ghl.try_again_later("the same webhook is being handled now");
         }
         Verdict::Stale(why) => return refuse(StatusCode::UNAUTHORIZED, why),
+        Verdict::Unstamped(why) => return refuse(StatusCode::BAD_REQUEST, why),
+        Verdict::Unavailable(why) => return Sender::Ghl.try_again_later(why),
     };
     let response = ghl_event(&hooks, &payload).await;
-    // Only an acknowledged webhook is seen; a refused one (dropping its claim) is not, so
-    // that GHL's retry of it is acted on.
-    if response.status().is_success()
-        && let Some(claim) = claim
-    {
-        claim.handled();
+    // Only an acknowledged webhook is seen; a refused one is not, so that GHL's retry of it
+    // is acted on.
+    match claim {
+        Some(claim) if response.status().is_success() => claim.handled().await,
+        Some(claim) => claim.release().await,
+        None => {}
     }
     response
 }

@@ -116,6 +116,16 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
     ) -> Result<Response<pb::RecordInstallResponse>, Status> {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
+        if let Some(ours) = self.config.as_ref().and_then(|c| c.app_id.as_deref())
+            && !request.app_id.is_empty()
+            && request.app_id != ours
+        {
+            return Err(ServiceError::InvalidArgument(format!(
+                "the install is for another GHL app ({}), not whatsnap's",
+                request.app_id
+            ))
+            .into());
+        }
         let stream = connection::stream(&location);
         let state = connection::load(self.store.as_ref(), &stream).await?;
         if state.installed == request.installed {

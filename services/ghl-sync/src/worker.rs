@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub secret_key: SecretKey,
     /// The Conversation Provider id of the whatsnap app, sent with every message.
     pub conversation_provider_id: Option<String>,
+    /// The marketplace app's id: an install or uninstall of another app is not recorded.
+    pub app_id: Option<String>,
     /// The longest pause between two tries of the same work while GHL keeps failing.
     pub max_backoff: Duration,
     /// How long a status report waits out GHL's "No conversation provider found" 403.
@@ -64,6 +66,7 @@ impl WorkerConfig {
             client,
             secret_key,
             conversation_provider_id: None,
+            app_id: None,
             max_backoff: Duration::from_secs(60),
             status_patience: Duration::from_secs(30),
             poll: Duration::from_millis(200),

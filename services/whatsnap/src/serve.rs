@@ -114,6 +114,67 @@ pub struct BackendArgs {
     /// JetStream replicas of the event stream (3 in production clusters).
     #[arg(long, env = "WHATSNAP_NATS_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
+}
+
+/// How whatsnap proves who it is to a NATS server with authentication; at most one way.
+#[derive(Debug, Args)]
+pub struct NatsAuthArgs {
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "WHATSNAP_NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(
+        long,
+        env = "WHATSNAP_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "WHATSNAP_NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"])]
+    nats_token: Option<String>,
+    /// NATS NKey seed (SU…).
+    #[arg(long, env = "WHATSNAP_NATS_NKEY", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_creds"])]
+    nats_nkey: Option<String>,
+    /// A NATS .creds file (user JWT and NKey seed), for operator-mode servers.
+    #[arg(long, env = "WHATSNAP_NATS_CREDS", conflicts_with = "nats_user")]
+    nats_creds: Option<PathBuf>,
+}
+
+impl NatsAuthArgs {
+    fn auth(&self) -> whatsnap_eventstore::jetstream::NatsAuth {
+        use whatsnap_eventstore::jetstream::NatsAuth;
+        match (
+            &self.nats_user,
+            &self.nats_password,
+            &self.nats_token,
+            &self.nats_nkey,
+            &self.nats_creds,
+        ) {
+            (Some(user), Some(password), ..) => NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (_, _, Some(token), ..) => NatsAuth::Token(token.clone()),
+            (_, _, _, Some(seed), _) => NatsAuth::Nkey(seed.clone()),
+            (.., Some(path)) => NatsAuth::CredsFile(path.clone()),
+            _ => NatsAuth::None,
+        }
+    }
+}
+
+/// `url` without the password it may carry (`nats://user:secret@host` → `nats://user:***@host`),
+/// for messages and logs.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -229,11 +290,56 @@ pub struct ServeArgs {
     tag_prefix: String,
     #[command(flatten)]
     ghl: GhlArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Run against a fake GHL and a fake Twilio on loopback, and play a message's round trip
     /// (a text in, a reply out, its delivery back) so you can watch it; data goes to a
     /// temporary directory unless --nats-url/--database-url are given.
     #[arg(long, env = "WHATSNAP_DEMO")]
     demo: bool,
+}
+
+/// Bounds on what callers may ask of the process (see the README's "Limits").
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// How long a gRPC call may take before it is cancelled, in seconds (streams such as
+    /// `events tail` run on once they have started).
+    #[arg(long, env = "WHATSNAP_GRPC_TIMEOUT", default_value = "30", value_parser = seconds)]
+    grpc_timeout: Duration,
+    /// How many gRPC calls the process handles at once; the others wait their turn.
+    #[arg(long, env = "WHATSNAP_GRPC_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_concurrency: u32,
+    /// How long an HTTP request (a webhook, a page) may take, waiting included, before it is
+    /// answered 503, in seconds.
+    #[arg(long, env = "WHATSNAP_HTTP_TIMEOUT", default_value = "30", value_parser = seconds)]
+    http_timeout: Duration,
+    /// How many HTTP requests the gateway handles at once; the others wait their turn.
+    #[arg(long, env = "WHATSNAP_HTTP_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    http_concurrency: u32,
+    /// The most events one page of `ReadStream` holds; a bigger page is clamped to it.
+    #[arg(long, env = "WHATSNAP_MAX_PAGE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_page: u32,
+    /// How many `Tail` calls (`whatsnap events tail`) may follow the log at once.
+    #[arg(long, env = "WHATSNAP_MAX_TAILS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tails: u32,
+    /// How many days back `assignment simulate` may decide again.
+    #[arg(long, env = "WHATSNAP_MAX_SIMULATE_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    max_simulate_days: u32,
+    /// API calls one location may make per second, on average (each call that names a
+    /// location counts against it).
+    #[arg(long, env = "WHATSNAP_LOCATION_QUOTA", default_value = "50", value_parser = positive)]
+    location_quota: f64,
+    /// API calls one location may make at once, above its average.
+    #[arg(long, env = "WHATSNAP_LOCATION_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    location_burst: u32,
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{text:?} is not a positive number"))
 }
 
 /// How whatsnap reaches GHL.
@@ -258,8 +364,13 @@ pub struct GhlArgs {
     /// message added to GHL.
     #[arg(long, env = "WHATSNAP_GHL_CONVERSATION_PROVIDER_ID")]
     ghl_conversation_provider_id: Option<String>,
-    /// GHL webhooks whose timestamp is further than this from now are refused, and a
-    /// webhookId seen within it is not acted on twice.
+    /// The marketplace app's id (`appId` in GHL's webhooks): webhooks that name another app
+    /// are acknowledged and ignored. Unchecked when unset.
+    #[arg(long, env = "WHATSNAP_GHL_APP_ID")]
+    ghl_app_id: Option<String>,
+    /// GHL webhooks without a timestamp, or whose timestamp is further than this from now, are
+    /// refused, and a webhookId seen within it is not acted on twice (by any gateway replica:
+    /// the ids are kept in the read database).
     #[arg(long, env = "WHATSNAP_GHL_WEBHOOK_MAX_AGE", default_value = "300", value_parser = seconds)]
     ghl_webhook_max_age: Duration,
     /// The longest pause between two tries of GHL work while GHL keeps failing.
@@ -309,6 +420,8 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             config.stream_name = args.stream_name.clone();
             config.subject_prefix = args.subject_prefix.clone();
             config.replicas = args.replicas;
+            config.auth = args.nats_auth.auth();
+            let nats_url = without_password(nats_url);
             let store = JetStreamEventStore::connect(&config)
                 .await
                 .with_context(|| format!("event store on NATS {nats_url}"))?;
@@ -503,7 +616,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await?;
 
     let router = services
-        .grpc_router(remotes, store.clone(), db.clone())
+        .grpc_router(remotes, store.clone(), db.clone(), &args.limits)
         .await?;
     let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
@@ -557,10 +670,23 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 ghl_keys,
                 contacts: contacts_channel,
                 ghl_sync: ghl_sync_channel,
-                replay: whatsnap_gateway::ReplayGuard::new(args.ghl.ghl_webhook_max_age),
+                replay: whatsnap_gateway::ReplayGuard::open(
+                    db.clone(),
+                    args.ghl.ghl_webhook_max_age,
+                )
+                .await
+                .context("the GHL webhook replay guard's table")?,
+                ghl_app: whatsnap_ghl::webhook::AppIdentity {
+                    app_id: args.ghl.ghl_app_id.clone(),
+                    conversation_provider_id: args.ghl.ghl_conversation_provider_id.clone(),
+                },
                 media: media.clone(),
             },
             assignment: assignment_channel,
+            limits: whatsnap_gateway::HttpLimits {
+                timeout: args.limits.http_timeout,
+                concurrency: args.limits.http_concurrency as usize,
+            },
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
@@ -625,6 +751,19 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The layers every gRPC call of the process passes: a turn among `--grpc-concurrency`, then
+/// its location's quota.
+type GrpcLayers = tower::layer::util::Stack<
+    tower::layer::util::Stack<
+        whatsnap_rpc::quota::LocationQuotaLayer,
+        tower::layer::util::Stack<
+            tower::limit::GlobalConcurrencyLimitLayer,
+            tower::layer::util::Identity,
+        >,
+    >,
+    tower::layer::util::Identity,
+>;
+
 /// The services this process runs, each its crate's `Application`.
 struct Services {
     session: Option<whatsnap_session::Application>,
@@ -681,8 +820,12 @@ impl Services {
             },
             contacts: has(Target::Contacts)
                 .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
-            assignment: has(Target::Assignment)
-                .then(|| whatsnap_assignment::Application::build(store.clone(), db.clone())),
+            assignment: has(Target::Assignment).then(|| {
+                whatsnap_assignment::Application::build(store.clone(), db.clone())
+                    .max_simulate_window(Duration::from_secs(
+                        u64::from(args.limits.max_simulate_days) * 86_400,
+                    ))
+            }),
             ghl_sync: match (has(Target::GhlSync), secret_key) {
                 (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
                     store.clone(),
@@ -691,8 +834,16 @@ impl Services {
                 )),
                 _ => None,
             },
-            gateway: has(Target::Gateway)
-                .then(|| whatsnap_gateway::Application::build(store.clone(), db.clone())),
+            gateway: has(Target::Gateway).then(|| {
+                whatsnap_gateway::Application::with_limits(
+                    store.clone(),
+                    db.clone(),
+                    whatsnap_gateway::ApiLimits {
+                        max_page: args.limits.max_page as usize,
+                        max_tails: args.limits.max_tails as usize,
+                    },
+                )
+            }),
         })
     }
 
@@ -766,7 +917,8 @@ impl Services {
         remotes: Remotes,
         store: Arc<dyn EventStore>,
         db: ReadDb,
-    ) -> anyhow::Result<tonic::transport::server::Router> {
+        limits: &LimitArgs,
+    ) -> anyhow::Result<tonic::transport::server::Router<GrpcLayers>> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
@@ -792,7 +944,27 @@ impl Services {
                 .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
                 .await;
         }
+        let quotas = whatsnap_rpc::quota::LocationQuotaLayer::new(
+            Arc::new(whatsnap_rpc::quota::LocationQuotas::new(
+                whatsnap_rpc::quota::Quota {
+                    per_second: limits.location_quota,
+                    burst: limits.location_burst,
+                },
+            )),
+            whatsnap_rpc::quota::LocatedMethods::from_descriptor_sets(&[
+                whatsnap_proto::FILE_DESCRIPTOR_SET,
+            ])?,
+        );
         Ok(Server::builder()
+            .timeout(limits.grpc_timeout)
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                        limits.grpc_concurrency as usize,
+                    ))
+                    .layer(quotas)
+                    .into_inner(),
+            )
             .trace_fn(whatsnap_telemetry::grpc_span)
             .add_service(health_service)
             .add_service(reflection)
@@ -919,6 +1091,7 @@ fn ghl_worker(
     );
     let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
     worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
+    worker.app_id = ghl.ghl_app_id.clone();
     worker.max_backoff = ghl.ghl_max_backoff;
     worker.users_refresh = ghl.ghl_users_refresh;
     worker
