@@ -65,6 +65,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "WatchAccount", Read, LOC),
     (SESSION, "RecordConnectorWebhook", Write, LOC),
     (SESSION, "SetPacing", Write, LOC),
+    (SESSION, "GetPairing", Read, LOC),
     (CONTACTS, "GetContact", Read, LOC),
     (CONTACTS, "ListContacts", Read, LOC),
     (CONTACTS, "ResolveRoute", Read, LOC),
@@ -163,13 +164,39 @@ impl Policy {
     pub fn rule(&self, path: &str) -> Option<Rule> {
         self.resolve(path).map(|r| r.rule)
     }
+
+    /// The number of the request field the RPC at `path` names its location (or stream) in.
+    pub fn location_field(&self, path: &str) -> Option<u32> {
+        self.resolve(path).and_then(|r| r.field)
+    }
 }
 
-/// Every RPC of whatsnap's compiled contracts, as request paths.
-pub fn whatsnap_rpcs() -> Vec<String> {
-    let mut paths: Vec<String> = request_fields().into_keys().collect();
-    paths.sort();
-    paths
+/// One RPC of the compiled contracts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rpc {
+    /// `/<package>.<Service>/<Method>`.
+    pub path: String,
+    /// Whether it answers with a stream.
+    pub server_streaming: bool,
+}
+
+/// Every RPC of whatsnap's compiled contracts.
+pub fn whatsnap_rpcs() -> Vec<Rpc> {
+    let set = FileDescriptorSet::decode(whatsnap_proto::FILE_DESCRIPTOR_SET)
+        .expect("the compiled descriptors decode");
+    let mut rpcs = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                rpcs.push(Rpc {
+                    path: format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                    server_streaming: method.server_streaming(),
+                });
+            }
+        }
+    }
+    rpcs.sort_by(|a, b| a.path.cmp(&b.path));
+    rpcs
 }
 
 /// For every RPC path of the compiled contracts, its request message's fields by name.

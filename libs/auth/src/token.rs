@@ -35,6 +35,16 @@ impl ApiToken {
         Self(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
     }
 
+    /// A token derived from a secret every process of a deployment shares, for `purpose`: the
+    /// same in each, known to none that lacks the secret.
+    pub fn derived(purpose: &str, secret: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(purpose.as_bytes());
+        hasher.update([0]);
+        hasher.update(secret.as_bytes());
+        Self(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(hasher.finalize())))
+    }
+
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let text = text.trim();
         let encoded = text.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;

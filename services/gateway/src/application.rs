@@ -20,7 +20,7 @@ pub struct HttpConfig {
     pub readiness: Readiness,
     pub webhooks: Webhooks,
     /// The assignment service, whose report `/metrics` shows.
-    pub assignment: Option<tonic::transport::Channel>,
+    pub assignment: Option<whatsnap_auth::AuthedChannel>,
 }
 
 pub struct Application {

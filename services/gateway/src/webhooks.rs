@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::sync::Arc;
 use tonic::Code;
-use tonic::transport::Channel;
+use whatsnap_auth::AuthedChannel as Channel;
 use tracing::{info, warn};
 use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
 use whatsnap_eventstore::EventStore;
