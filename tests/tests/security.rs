@@ -347,3 +347,146 @@ async fn an_operator_of_one_location_can_neither_take_over_nor_send_from_another
         .unwrap();
     assert_eq!(reply.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_embedded_serve_writes_the_first_admin_token_and_the_cli_uses_it() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("whatsnap-data");
+    let whatsnap = Whatsnap::serve_with_env(
+        binary(),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned),
+        // As on a fresh machine: no admin token given.
+        &[("WHATSNAP_ADMIN_TOKEN", String::new())],
+        "auth-fresh",
+    )
+    .unwrap();
+    let file = data.join("admin-token");
+    let token = std::fs::read_to_string(&file).unwrap();
+    let token = token.trim();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The CLI, run where serve was, finds it without being told.
+    let output = std::process::Command::new(binary())
+        .current_dir(root.path())
+        .env_remove("WHATSNAP_TOKEN")
+        .args(["accounts", "list", "--server", &whatsnap.grpc_url()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Elsewhere, without a token, it is refused and says so.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(binary())
+        .current_dir(elsewhere.path())
+        .env_remove("WHATSNAP_TOKEN")
+        .args(["accounts", "list", "--server", &whatsnap.grpc_url()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Unauthenticated")
+            || String::from_utf8_lossy(&output.stderr).contains("no API token"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The token works for the API and is nowhere in the log.
+    session::session_service_client::SessionServiceClient::new(whatsnap.channel_with(token).await)
+        .list_accounts(session::ListAccountsRequest::default())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&whatsnap.log).unwrap();
+    assert!(log.contains("admin-token"), "the log does not say where the token is");
+    assert!(!log.contains(token), "the admin token is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_is_served_over_tls_with_the_certificate_given() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]
+        .map(str::to_owned),
+        "auth-tls",
+    )
+    .unwrap();
+    let server = format!("https://localhost:{}", whatsnap.grpc.port());
+
+    // A client that trusts the certificate calls an RPC over TLS.
+    let channel = tonic::transport::Channel::from_shared(server.clone())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(certified.cert.pem())),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let channel = whatsnap_auth::authed(channel, Some(whatsnap_testkit::ADMIN_TOKEN));
+    session::session_service_client::SessionServiceClient::new(channel)
+        .add_account(session::AddAccountRequest {
+            location_id: A.into(),
+            kind: session::AccountKind::Whatsapp as i32,
+            name: "Front desk".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // So does the CLI, given the certificate; plain HTTP/2 is not answered.
+    let output = std::process::Command::new(binary())
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .args(["accounts", "list", "--server", &server])
+        .args(["--ca-cert", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Front desk"));
+    let plain = tonic::transport::Channel::from_shared(whatsnap.grpc_url())
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => session::session_service_client::SessionServiceClient::new(channel)
+            .list_accounts(session::ListAccountsRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plain gRPC was answered");
+}

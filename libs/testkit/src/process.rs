@@ -182,7 +182,9 @@ pub async fn channel_to(addr: SocketAddr, token: &str) -> Channel {
         .await
         .expect("whatsnap's gRPC server is reachable");
     whatsnap_auth::authed(channel, Some(token))
+}
 
+impl Whatsnap {
     /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait()

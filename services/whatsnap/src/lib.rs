@@ -9,6 +9,7 @@ mod demo;
 mod failpoints;
 mod operations;
 mod serve;
+mod tls;
 mod tokens;
 
 use clap::{Parser, Subcommand};

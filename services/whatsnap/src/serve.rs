@@ -28,6 +28,8 @@ use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncServiceServer;
 use whatsnap_proto::session::v1::session_service_server::SessionServiceServer;
 use whatsnap_auth::{ApiToken, AuthedChannel};
+
+use crate::tls::Tls;
 use whatsnap_rpc::ReadDb;
 
 /// The services one process can run.
@@ -158,6 +160,12 @@ pub struct ServeArgs {
     /// <data-dir>/service-token.
     #[arg(long, env = "WHATSNAP_SERVICE_TOKEN", hide_env_values = true)]
     service_token: Option<String>,
+    /// A PEM certificate chain: gRPC and HTTP are served over TLS with it (and --tls-key).
+    #[arg(long, env = "WHATSNAP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WHATSNAP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The Twilio API.
     #[arg(long, env = "WHATSNAP_TWILIO_BASE_URL", default_value = whatsnap_twilio::DEFAULT_BASE_URL)]
     twilio_base_url: String,
@@ -393,13 +401,15 @@ fn channel_to(
     url: &Option<String>,
     grpc_addr: SocketAddr,
     service_token: &ApiToken,
+    tls: Option<&Tls>,
 ) -> anyhow::Result<Option<AuthedChannel>> {
-    let target = match (local, url) {
-        (true, _) => format!("http://{grpc_addr}"),
-        (false, Some(url)) => url.clone(),
-        (false, None) => return Ok(None),
+    let endpoint = match (local, url, tls) {
+        (true, _, Some(tls)) => tls.own_endpoint(Endpoint::from_shared(format!("https://{grpc_addr}"))?)?,
+        (true, _, None) => Endpoint::from_shared(format!("http://{grpc_addr}"))?,
+        (false, Some(url), _) => Endpoint::from_shared(url.clone())?,
+        (false, None, _) => return Ok(None),
     };
-    let channel = Endpoint::from_shared(target)?.connect_lazy();
+    let channel = endpoint.connect_lazy();
     Ok(Some(whatsnap_auth::authed(
         channel,
         Some(service_token.expose()),
@@ -508,6 +518,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
     let service_token = service_token(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
     let admin_token_file = first_admin_token(&args, store.as_ref()).await?;
     let authorization = whatsnap_auth::Authorization::new(
         whatsnap_auth::policy::Policy::whatsnap()?,
@@ -526,7 +540,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let public_url = match (&args.public_url, &http_listener) {
         (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
-        (None, Some(listener)) => Some(format!("http://{}", listener.local_addr()?)),
+        (None, Some(listener)) => Some(format!(
+            "{}://{}",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?
+        )),
         (None, None) => None,
     };
     if has(Target::Session) && public_url.is_none() {
@@ -576,7 +594,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await?;
 
     let router = services
-        .grpc_router(remotes, store.clone(), db.clone(), authorization)
+        .grpc_router(remotes, store.clone(), db.clone(), authorization, tls.as_ref())
         .await?;
     let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
@@ -603,6 +621,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         names.join(","),
         backend.description
     );
+    if tls.is_some() {
+        out.push_str("TLS: gRPC and HTTP\n");
+    }
     if let Some(path) = &admin_token_file {
         out.push_str(&format!(
             "admin token in {} (the CLI reads it from there; see `whatsnap tokens --help`)\n",
@@ -613,7 +634,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let to = |local, url| channel_to(local, url, grpc_addr, &service_token);
+        let to = |local, url| channel_to(local, url, grpc_addr, &service_token, tls.as_ref());
         let session_channel = to(has(Target::Session), &args.session_url)?;
         let contacts_channel = to(has(Target::Contacts), &args.contacts_url)?;
         let ghl_sync_channel = to(has(Target::GhlSync), &args.ghl_sync_url)?;
@@ -643,12 +664,25 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
-        tasks.spawn(async move {
-            gateway
-                .run_until_stopped(http_listener, http, stop)
-                .await
-                .context("HTTP server")
-        });
+        match &tls {
+            Some(tls) => {
+                let listener = tls.http_listener(http_listener);
+                tasks.spawn(async move {
+                    gateway
+                        .run_until_stopped(listener, http, stop)
+                        .await
+                        .context("HTTP server")
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    gateway
+                        .run_until_stopped(http_listener, http, stop)
+                        .await
+                        .context("HTTP server")
+                });
+            }
+        }
         out.push_str(&format!(
             "HTTP listening on {http_addr} (/healthz, /readyz, /metrics)\n"
         ));
@@ -851,6 +885,7 @@ impl Services {
         store: Arc<dyn EventStore>,
         db: ReadDb,
         authorization: whatsnap_auth::Authorization,
+        tls: Option<&Tls>,
     ) -> anyhow::Result<tonic::transport::server::Router<tower::layer::util::Stack<whatsnap_auth::Authorization, tower::layer::util::Identity>>> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -877,7 +912,11 @@ impl Services {
                 .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
                 .await;
         }
-        Ok(Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls.grpc_server())?;
+        }
+        Ok(server
             .trace_fn(whatsnap_telemetry::grpc_span)
             .layer(authorization)
             .add_service(health_service)
