@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "events",
         "ghlsync",
         "operations",
+        "tokens",
     ]
     .iter()
     .map(|service| root.join(format!("whatsnap/{service}/v1/{service}.proto")))

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
@@ -119,11 +119,7 @@ impl World {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        whatsnap_testkit::channel_to(self.grpc, whatsnap_testkit::ADMIN_TOKEN).await
     }
 
     /// The location connected and its Sales account added: done once, before any crash.

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_testkit::{FakeGhl, FakeGhlUser, Whatsnap, eventually};
@@ -63,11 +63,7 @@ async fn ghl_users_are_listed_and_a_user_deleted_in_ghl_becomes_inactive() {
     .collect();
     let binary = Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"));
     let whatsnap = Whatsnap::serve(binary, &args, "ghl_users").unwrap();
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
 
     let token = "pit-users-0000-0000";
     ghl.add_private_token(LOCATION, token);

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use serde_json::json;
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_client::GhlSyncServiceClient as GhlSyncClient;
@@ -66,11 +66,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         "ghl-webhooks",
     )
     .unwrap();
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
     let mut accounts = session::session_service_client::SessionServiceClient::new(channel.clone());
     let mut contacts_api = contacts::contacts_service_client::ContactsServiceClient::new(channel);
     let add = |name: &str| session::AddAccountRequest {
@@ -203,11 +199,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         .await
     };
     let mut ghl_sync = GhlSyncClient::new(
-        Channel::from_shared(whatsnap.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
+        whatsnap.channel().await,
     );
     waiting(&mut ghl_sync, false).await;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -22,6 +22,7 @@ fn binary() -> &'static Path {
 /// Runs a CLI command against `server`; returns (success, stdout, stderr).
 fn cli(server: &Whatsnap, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(args)
         .args(["--server", &server.grpc_url()])
         .output()
@@ -45,7 +46,8 @@ fn cli_until(server: &Whatsnap, args: &[&str], expected: &str) -> String {
 fn run_until(args: &[&str], expected: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
-        let output = Command::new(binary()).args(args).output().unwrap();
+        let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN).args(args).output().unwrap();
         let out = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.status.success() && out.contains(expected) {
             return out;
@@ -197,6 +199,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert!(whatsnap.terminate().unwrap().success());
     let data_dir = data.path().to_str().unwrap();
     let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(["rebuild", "contacts", "--data-dir", data_dir])
         .output()
         .unwrap();
@@ -220,6 +223,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert_eq!(rows, 0, "the read model was not emptied");
     file.close().await;
     let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(["rebuild", "nope", "--data-dir", data_dir])
         .output()
         .unwrap();
@@ -247,11 +251,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
 }
 
 async fn check_health_and_reflection(whatsnap: &Whatsnap) {
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: "whatsnap.session.v1.SessionService".into(),
@@ -300,6 +300,7 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
     // Killed when the test ends, passed or failed.
     let mut child = ChildGuard::new(
         Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args([
                 "serve",
                 "--demo",

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
@@ -36,6 +36,7 @@ fn args(list: &[&str]) -> Vec<String> {
 /// Runs `whatsnap <args> --server <gateway>`; returns (success, stdout, stderr).
 fn cli(gateway: &Whatsnap, list: &[&str]) -> (bool, String, String) {
     let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(list)
         .args(["--server", &gateway.grpc_url()])
         .output()
@@ -112,11 +113,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
         &contacts_process.grpc_url(),
     ]));
     let gateway = Whatsnap::serve(binary(), &gateway_args, "parked-gateway").unwrap();
-    let channel = Channel::from_shared(gateway.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = gateway.channel().await;
     let contacts_api =
         contacts::contacts_service_client::ContactsServiceClient::new(channel.clone());
     let mut events_api = events::events_service_client::EventsServiceClient::new(channel.clone());

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
@@ -86,11 +86,7 @@ impl Rig {
         ]));
         list.extend(args(extra));
         let whatsnap = Whatsnap::serve(binary(), &list, name).unwrap();
-        let channel = Channel::from_shared(whatsnap.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = whatsnap.channel().await;
         let http = whatsnap.http.unwrap();
         Self {
             ghl,
@@ -562,6 +558,7 @@ async fn rotating_credentials(backend: Backend, name: &str) {
     let rotate = |token: &str| {
         use std::io::Write as _;
         let mut child = std::process::Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args([
                 "accounts",
                 "rotate-credentials",
@@ -1171,6 +1168,7 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
     // The same through the CLI.
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args(args)
             .args(["--server", &rig.whatsnap.grpc_url()])
             .output()

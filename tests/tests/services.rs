@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_events::{
     AggregateKind, Event, EventMetadata, GhlUserSynced, LocationId, NewEvent, StreamId,
 };
@@ -58,11 +58,7 @@ struct Api {
 
 impl Api {
     async fn connect(gateway: &Whatsnap) -> Self {
-        let channel = Channel::from_shared(gateway.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = gateway.channel().await;
         Self {
             session: session::session_service_client::SessionServiceClient::new(channel.clone()),
             contacts: contacts::contacts_service_client::ContactsServiceClient::new(

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use tonic::Code;
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_events::inbound_message_id_for;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
@@ -81,11 +81,7 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         "twilio",
     )
     .unwrap();
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
     let mut accounts = session::session_service_client::SessionServiceClient::new(channel.clone());
     let mut contacts_api =
         contacts::contacts_service_client::ContactsServiceClient::new(channel.clone());

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use serde_json::json;
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
@@ -98,11 +98,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     ]));
     let gateway = Whatsnap::serve(binary(), &gateway_args, "gateway").unwrap();
     let http = gateway.http.unwrap();
-    let channel = Channel::from_shared(gateway.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = gateway.channel().await;
     let mut accounts = session::session_service_client::SessionServiceClient::new(channel.clone());
     let mut contacts_api =
         contacts::contacts_service_client::ContactsServiceClient::new(channel.clone());

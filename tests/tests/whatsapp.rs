@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use whatsnap_testkit::Channel;
 use whatsnap_events::{AggregateKind, LocationId, PhoneNumber, StreamId, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
@@ -229,11 +229,7 @@ fn launch(
 }
 
 async fn connect(whatsnap: &Whatsnap) -> Channel {
-    Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    whatsnap.channel().await
 }
 
 /// The instance whatsnap made for the account in the fake Evolution server.
@@ -257,6 +253,7 @@ async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl()
     // `whatsnap accounts connect` shows the QR code, and the next one as it rotates.
     let mut cli = ChildGuard::new(
         Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args([
                 "accounts",
                 "connect",

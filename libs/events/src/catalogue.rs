@@ -609,6 +609,34 @@ pub struct ParkedEventResolved {
     pub requested_by: Option<String>,
 }
 
+/// An API token was issued: who may call whatsnap's API with it, where, and until when. Only the
+/// token's SHA-256 is kept; the token itself was shown once, to whoever asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenIssued {
+    /// The token's id, derived from its hash; what `tokens list` and `tokens revoke` show.
+    pub token_id: String,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// A name for people, e.g. "front desk laptop".
+    pub name: String,
+    /// `admin`, `operator` or `read-only`.
+    pub role: String,
+    /// The locations it may touch; empty for an admin of every location.
+    pub locations: Vec<String>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The token id of whoever issued it; `None` for the first admin token.
+    pub issued_by: Option<String>,
+}
+
+/// An API token was revoked: it no longer opens anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRevoked {
+    pub token_id: String,
+    /// The token id of whoever revoked it.
+    pub revoked_by: Option<String>,
+}
+
 macro_rules! catalogue {
     ($($variant:ident => $version:literal),* $(,)?) => {
         /// Every event whatsnap writes, by type.
@@ -704,6 +732,8 @@ catalogue! {
     GhlSyncRetryRequested => 1,
     ProjectionEventParked => 1,
     ParkedEventResolved => 1,
+    ApiTokenIssued => 1,
+    ApiTokenRevoked => 1,
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(

@@ -65,6 +65,12 @@ impl LocationId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Where what belongs to the whole agency rather than one location is kept (API tokens).
+    /// GHL's location ids never start with `_`.
+    pub fn agency() -> Self {
+        Self("_agency".to_owned())
+    }
 }
 
 impl TryFrom<String> for LocationId {
@@ -146,16 +152,20 @@ pub enum AggregateKind {
     /// What happened to the system itself rather than to the business: events a projection
     /// parked and how an operator resolved them (one stream per location and projection).
     Operations,
+    /// An API token: issued, then perhaps revoked (one stream per token, in the agency's
+    /// [`LocationId::agency`] location).
+    ApiToken,
 }
 
 impl AggregateKind {
-    pub const ALL: [AggregateKind; 6] = [
+    pub const ALL: [AggregateKind; 7] = [
         Self::Account,
         Self::Contact,
         Self::Message,
         Self::Assignment,
         Self::Ghl,
         Self::Operations,
+        Self::ApiToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -166,6 +176,7 @@ impl AggregateKind {
             Self::Assignment => "assignment",
             Self::Ghl => "ghl",
             Self::Operations => "operations",
+            Self::ApiToken => "api_token",
         }
     }
 }

@@ -37,5 +37,11 @@ pub mod operations {
     }
 }
 
+pub mod tokens {
+    pub mod v1 {
+        tonic::include_proto!("whatsnap.tokens.v1");
+    }
+}
+
 /// The encoded descriptors of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

@@ -14,7 +14,10 @@ mod process;
 mod twilio_text;
 pub use backend::{TestBackend, distributed_args};
 pub use collector::{ExportedSpan, FakeCollector};
-pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_post, http_request};
+pub use process::{
+    ADMIN_TOKEN, Channel, ChildGuard, channel_to, HttpReply, SERVICE_TOKEN, Whatsnap, free_port, http_get,
+    http_post, http_request,
+};
 pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.

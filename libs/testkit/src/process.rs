@@ -55,6 +55,18 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The first admin token every `whatsnap serve` a test starts is given (WHATSNAP_ADMIN_TOKEN),
+/// as a distributed deployment takes it from a Secret; tests call with it unless they test
+/// what other tokens may do.
+pub const ADMIN_TOKEN: &str = "wsn_d2hhdHNuYXAgZW5kLXRvLWVuZCB0ZXN0IGFkbWluISE";
+
+/// The service credential of the processes a test starts (WHATSNAP_SERVICE_TOKEN), the same in
+/// each, as a cluster's processes share one.
+pub const SERVICE_TOKEN: &str = "wsn_d2hhdHNuYXAgZTJlIHRlc3Qgc2VydmljZSB0b2tlbiE";
+
+/// A gRPC channel whose calls carry a token.
+pub type Channel = whatsnap_auth::AuthedChannel;
+
 /// A running `whatsnap serve`.
 pub struct Whatsnap {
     child: ChildGuard,
@@ -78,7 +90,9 @@ impl Whatsnap {
         Self::serve_with_env(binary, args, &[], log_name)
     }
 
-    /// As [`Whatsnap::serve`], with these environment variables set for the process.
+    /// As [`Whatsnap::serve`], with these environment variables set for the process (an empty
+    /// value removes the variable: `("WHATSNAP_ADMIN_TOKEN", "")` starts it as on a fresh
+    /// machine, without a first admin token given).
     pub fn serve_with_env(
         binary: &Path,
         args: &[String],
@@ -90,11 +104,20 @@ impl Whatsnap {
             crate::unique_token()
         ));
         // Guarded from the start, so that an error below does not leave the process running.
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .args(args)
+            .env("WHATSNAP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WHATSNAP_SERVICE_TOKEN", SERVICE_TOKEN);
+        for (name, value) in env {
+            match value.is_empty() {
+                true => command.env_remove(name),
+                false => command.env(name, value),
+            };
+        }
         let mut child = ChildGuard::new(
-            Command::new(binary)
-                .arg("serve")
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            command
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(&log)?)
                 .spawn()
@@ -140,6 +163,28 @@ impl Whatsnap {
         format!("http://{}", self.grpc)
     }
 
+    /// A channel to its gRPC API whose calls carry the admin token.
+    pub async fn channel(&self) -> Channel {
+        self.channel_with(ADMIN_TOKEN).await
+    }
+
+    /// A channel to its gRPC API whose calls carry `token`.
+    pub async fn channel_with(&self, token: &str) -> Channel {
+        channel_to(self.grpc, token).await
+    }
+}
+
+/// A channel to the gRPC API at `addr` whose calls carry `token`.
+pub async fn channel_to(addr: SocketAddr, token: &str) -> Channel {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URL")
+        .connect()
+        .await
+        .expect("whatsnap's gRPC server is reachable");
+    whatsnap_auth::authed(channel, Some(token))
+}
+
+impl Whatsnap {
     /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait()

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Any;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::projection::Projection;
@@ -21,7 +20,7 @@ pub struct HttpConfig {
     pub readiness: Readiness,
     pub webhooks: Webhooks,
     /// The assignment service, whose report `/metrics` shows.
-    pub assignment: Option<tonic::transport::Channel>,
+    pub assignment: Option<whatsnap_auth::AuthedChannel>,
     pub limits: HttpLimits,
 }
 
@@ -82,13 +81,18 @@ impl Application {
         vec![self.gateway.projection()]
     }
 
-    /// Serves HTTP on `listener` until `shutdown`, then lets in-flight requests finish.
-    pub async fn run_until_stopped(
+    /// Serves HTTP on `listener` (TCP, or TLS over it) until `shutdown`, then lets in-flight
+    /// requests finish.
+    pub async fn run_until_stopped<L>(
         self,
-        listener: TcpListener,
+        listener: L,
         http: HttpConfig,
         shutdown: CancellationToken,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<()>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let routes = crate::router(http.readiness)
             .merge(crate::webhook_routes(http.webhooks))
             .merge(crate::metrics_routes(http.assignment));

@@ -1,7 +1,7 @@
 //! The gRPC front door in a split deployment: the gateway answers every service's API and
 //! forwards the calls of services that run in other processes.
 
-use tonic::transport::Channel;
+use whatsnap_auth::AuthedChannel as Channel;
 use tonic::{Request, Response, Status};
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
@@ -20,9 +20,14 @@ impl Remote {
     }
 }
 
-/// The message of `request` in a new request, in the trace of this call.
+/// The message of `request` in a new request, in the trace of this call, with its caller's
+/// credential: the service that answers checks it too.
 fn onward<T>(request: Request<T>) -> Request<T> {
+    let credential = request.metadata().get("authorization").cloned();
     let mut onward = Request::new(request.into_inner());
+    if let Some(credential) = credential {
+        onward.metadata_mut().insert("authorization", credential);
+    }
     whatsnap_telemetry::inject(&mut onward);
     onward
 }

@@ -146,6 +146,8 @@ impl pb::events_service_server::EventsService for Gateway {
             )));
         };
         let store = self.store.clone();
+        // Only the locations the caller may see (the authorization layer put it there).
+        let caller = request.extensions().get::<whatsnap_auth::Caller>().cloned();
         let request = request.into_inner();
         let mut after = if request.from_now {
             store.head_position().await.map_err(ServiceError::from)?
@@ -174,6 +176,12 @@ impl pb::events_service_server::EventsService for Gateway {
                 }
                 for event in events {
                     after = event.position;
+                    let visible = caller
+                        .as_ref()
+                        .is_some_and(|c| c.may_read(event.stream.location()));
+                    if !visible {
+                        continue;
+                    }
                     if sender.send(Ok(event_to_pb(&event))).await.is_err() {
                         return;
                     }

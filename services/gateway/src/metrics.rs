@@ -7,14 +7,31 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tonic::transport::Channel;
+use whatsnap_auth::AuthedChannel as Channel;
 use tracing::warn;
 use whatsnap_proto::assignment::v1 as assignment;
 
 /// The content type of the Prometheus text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn metrics(State(assignment): State<Option<Channel>>) -> Response {
+/// Per-location figures: an agency admin's token (`authorization: Bearer …`, the Prometheus
+/// scrape config's `authorization` section) is needed; the call to the assignment service
+/// carries it, so the one authorization layer decides.
+async fn metrics(
+    State(assignment): State<Option<Channel>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Some(credential) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| tonic::metadata::AsciiMetadataValue::try_from(v.as_bytes()).ok())
+    else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "an admin API token is needed: authorization: Bearer <token>\n",
+        )
+            .into_response();
+    };
     let Some(channel) = assignment else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -23,6 +40,7 @@ async fn metrics(State(assignment): State<Option<Channel>>) -> Response {
             .into_response();
     };
     let mut request = tonic::Request::new(assignment::MetricsRequest {});
+    request.metadata_mut().insert("authorization", credential);
     whatsnap_telemetry::inject(&mut request);
     match assignment::assignment_service_client::AssignmentServiceClient::new(channel)
         .metrics(request)
@@ -33,6 +51,12 @@ async fn metrics(State(assignment): State<Option<Channel>>) -> Response {
             metrics.into_inner().text,
         )
             .into_response(),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            (StatusCode::UNAUTHORIZED, format!("{}\n", status.message())).into_response()
+        }
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            (StatusCode::FORBIDDEN, format!("{}\n", status.message())).into_response()
+        }
         Err(status) => {
             warn!(code = ?status.code(), message = status.message(), "assignment metrics unavailable");
             (

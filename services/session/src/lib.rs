@@ -425,6 +425,9 @@ impl pb::session_service_server::SessionService for Session {
         &self,
         request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        // Every location means every one the caller may see (the authorization layer put the
+        // caller in the request).
+        let caller = request.extensions().get::<whatsnap_auth::Caller>().cloned();
         let request = request.into_inner();
         let location = match request.location_id.as_str() {
             "" => None,
@@ -432,7 +435,13 @@ impl pb::session_service_server::SessionService for Session {
         };
         let accounts = read_model::list(&self.db, location.as_ref())
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(ServiceError::from)?
+            .into_iter()
+            .filter(|account| {
+                whatsnap_events::LocationId::parse(account.location_id.as_str())
+                    .is_ok_and(|l| caller.as_ref().is_some_and(|c| c.may_read(&l)))
+            })
+            .collect();
         Ok(Response::new(pb::ListAccountsResponse { accounts }))
     }
 

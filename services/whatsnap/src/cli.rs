@@ -22,7 +22,8 @@ mod uuid_free {
 
 #[derive(Debug, Args)]
 pub struct Server {
-    /// The gRPC address of a running whatsnap (its gateway).
+    /// The gRPC address of a running whatsnap (its gateway); https://… for a server started
+    /// with --tls-cert.
     #[arg(
         long,
         env = "WHATSNAP_SERVER",
@@ -30,20 +31,55 @@ pub struct Server {
         global = true
     )]
     server: String,
+    /// The API token to call with (`whatsnap tokens create` issues them). Without it (and
+    /// without WHATSNAP_TOKEN), the token in --token-file is used when that file is readable:
+    /// the first admin token a fresh embedded `whatsnap serve` wrote there.
+    #[arg(long, env = "WHATSNAP_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Where to read the token when none is given: the admin token of an embedded `whatsnap
+    /// serve` run in this directory.
+    #[arg(
+        long,
+        env = "WHATSNAP_TOKEN_FILE",
+        default_value = "whatsnap-data/admin-token",
+        global = true
+    )]
+    token_file: std::path::PathBuf,
+    /// The certificate (PEM) of the authority that signed the server's, for --server
+    /// https://… with a private or self-signed certificate; the system's roots otherwise.
+    #[arg(long, env = "WHATSNAP_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Server {
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        Channel::from_shared(self.server.clone())
-            .with_context(|| format!("--server {}", self.server))?
-            .connect()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach whatsnap at {} (is `whatsnap serve` running?)",
-                    self.server
-                )
-            })
+    async fn channel(&self) -> anyhow::Result<whatsnap_auth::AuthedChannel> {
+        let mut endpoint = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("--server {}", self.server))?;
+        if self.server.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(path) = &self.ca_cert {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca-cert {}", path.display()))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).context("--server https://…")?;
+        }
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "cannot reach whatsnap at {} (is `whatsnap serve` running?)",
+                self.server
+            )
+        })?;
+        Ok(whatsnap_auth::authed(channel, self.token().as_deref()))
+    }
+
+    /// --token, else the token file's.
+    fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::fs::read_to_string(&self.token_file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        })
     }
 }
 
@@ -200,7 +236,7 @@ fn print_account_details(account: &session::Account) {
 /// account is connected (Ok) or stops without connecting (an error that says why and what to
 /// do).
 async fn connect_account(
-    channel: tonic::transport::Channel,
+    channel: whatsnap_auth::AuthedChannel,
     location: String,
     account_id: String,
     pairing_phone: Option<String>,
@@ -289,7 +325,7 @@ fn print_pairing(pairing: &session::DevicePairing) {
 /// Waits until the device of a newly added account is seen (Ok), or the account stops
 /// without connecting (an error that says why).
 async fn wait_for_device(
-    mut client: session::session_service_client::SessionServiceClient<tonic::transport::Channel>,
+    mut client: session::session_service_client::SessionServiceClient<whatsnap_auth::AuthedChannel>,
     location: String,
     account_id: String,
 ) -> anyhow::Result<()> {
@@ -1390,8 +1426,8 @@ impl ParkedEventArgs {
 }
 
 fn operations_client(
-    channel: Channel,
-) -> operations::operations_service_client::OperationsServiceClient<Channel> {
+    channel: whatsnap_auth::AuthedChannel,
+) -> operations::operations_service_client::OperationsServiceClient<whatsnap_auth::AuthedChannel> {
     operations::operations_service_client::OperationsServiceClient::new(channel)
 }
 
@@ -1502,6 +1538,130 @@ pub async fn overall_status(args: StatusArgs) -> anyhow::Result<()> {
             "    fix the cause, then `whatsnap parked retry {0} {1}`, or `whatsnap parked skip {0} {1}` to leave it unapplied",
             event.projection, event.position
         );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue an API token and print it, once: whatsnap keeps only its SHA-256.
+    ///
+    /// Roles: `admin` (the agency: every location, or those given with --location), `operator`
+    /// (one location: --location), `read-only` (reads the --location's given, changes nothing).
+    /// Only an admin token of every location may issue, list or revoke tokens.
+    Create {
+        #[arg(long)]
+        role: String,
+        /// A location the token may touch; repeatable.
+        #[arg(long = "location")]
+        locations: Vec<String>,
+        /// How long it works: e.g. 90d, 12h, 30m; never expires without it.
+        #[arg(long, value_parser = duration)]
+        expires_in: Option<std::time::Duration>,
+        /// A name for people, e.g. "front desk laptop".
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// The tokens issued: id, name, role, locations, expiry, whether revoked.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Revoke a token by its id: calls with it are refused from then on.
+    Revoke {
+        token_id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `90d`, `12h`, `30m`, `45s` (or a number of seconds).
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: use a number and d, h, m or s, e.g. 90d"))?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        _ => return Err(format!("{text:?}: use a number and d, h, m or s, e.g. 90d")),
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
+}
+
+pub async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
+    use whatsnap_proto::tokens::v1 as pb;
+    let client = pb::tokens_service_client::TokensServiceClient::new;
+    match command {
+        TokensCommand::Create {
+            role,
+            locations,
+            expires_in,
+            name,
+            server,
+        } => {
+            let created = client(server.channel().await?)
+                .create_token(pb::CreateTokenRequest {
+                    role,
+                    locations,
+                    expires_in_seconds: expires_in.map_or(0, |d| d.as_secs()),
+                    name,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let token = created.token.unwrap_or_default();
+            println!("{}", created.secret);
+            eprintln!(
+                "token {} ({}) issued; it is shown this once: keep it in a secret store",
+                token.token_id, token.role
+            );
+        }
+        TokensCommand::List { server } => {
+            let tokens = client(server.channel().await?)
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .tokens;
+            println!(
+                "{:<24}  {:<9}  {:<20}  {:<25}  {:<7}  name",
+                "id", "role", "locations", "expires", "revoked"
+            );
+            for token in tokens {
+                let locations = match token.locations.is_empty() {
+                    true => "all".to_owned(),
+                    false => token.locations.join(","),
+                };
+                let expires = match token.expires_at.as_str() {
+                    "" => "never",
+                    at => at,
+                };
+                println!(
+                    "{:<24}  {:<9}  {:<20}  {:<25}  {:<7}  {}",
+                    token.token_id,
+                    token.role,
+                    locations,
+                    expires,
+                    if token.revoked { "yes" } else { "no" },
+                    token.name
+                );
+            }
+        }
+        TokensCommand::Revoke { token_id, server } => {
+            client(server.channel().await?)
+                .revoke_token(pb::RevokeTokenRequest {
+                    token_id: token_id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("token {token_id} revoked");
+        }
     }
     Ok(())
 }

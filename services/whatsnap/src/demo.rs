@@ -57,10 +57,16 @@ impl Demo {
     }
 
     /// Plays the round trip against this whatsnap, printing each step.
-    pub async fn play(&self, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+    pub async fn play(
+        &self,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        token: &whatsnap_auth::ApiToken,
+    ) -> anyhow::Result<()> {
         let channel = Channel::from_shared(format!("http://{grpc}"))?
             .connect()
             .await?;
+        let channel = whatsnap_auth::authed(channel, Some(token.expose()));
         let pit = "pit-demo-0000-0000-0000";
         self.ghl.add_private_token(LOCATION, pit);
         ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
@@ -172,7 +178,7 @@ impl Demo {
 impl Demo {
     /// A WhatsApp account through the fake Evolution API: linked by QR code (printed here),
     /// then a message each way.
-    async fn whatsapp(&self, channel: Channel, delivery: &str) -> anyhow::Result<()> {
+    async fn whatsapp(&self, channel: whatsnap_auth::AuthedChannel, delivery: &str) -> anyhow::Result<()> {
         let mut accounts = session::session_service_client::SessionServiceClient::new(channel);
         let account = accounts
             .add_account(session::AddAccountRequest {

@@ -9,6 +9,8 @@ mod demo;
 mod failpoints;
 mod operations;
 mod serve;
+mod tls;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -67,6 +69,12 @@ enum Command {
     Parked(cli::ParkedCommand),
     /// What needs an operator's attention: the parked events, with how to retry or skip each.
     Status(cli::StatusArgs),
+    /// API tokens: create, list, revoke. Every command sends `authorization: Bearer <token>`
+    /// from --token (WHATSNAP_TOKEN), else from --token-file (default
+    /// whatsnap-data/admin-token, where a fresh embedded `whatsnap serve` writes the first
+    /// admin token).
+    #[command(subcommand)]
+    Tokens(cli::TokensCommand),
 }
 
 /// Parses the command line and runs the command; what `whatsnap` does.
@@ -96,5 +104,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebuild(args) => runtime.block_on(serve::rebuild(args)),
         Command::Parked(command) => runtime.block_on(cli::parked(command)),
         Command::Status(args) => runtime.block_on(cli::overall_status(args)),
+        Command::Tokens(command) => runtime.block_on(cli::tokens(command)),
     }
 }

@@ -27,6 +27,9 @@ use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentService
 use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncServiceServer;
 use whatsnap_proto::session::v1::session_service_server::SessionServiceServer;
+use whatsnap_auth::{ApiToken, AuthedChannel};
+
+use crate::tls::Tls;
 use whatsnap_rpc::ReadDb;
 
 /// The services one process can run.
@@ -208,6 +211,22 @@ pub struct ServeArgs {
     /// when none is given.
     #[arg(long, env = "WHATSNAP_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// The first admin token of a distributed deployment (from a Secret): recorded, hashed, on
+    /// start if it is not yet. The embedded setup writes one to <data-dir>/admin-token (mode
+    /// 0600) on its first start when none is given.
+    #[arg(long, env = "WHATSNAP_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The credential whatsnap's services call each other with, the same for every process.
+    /// Default: derived from --secret-key; the embedded setup keeps one in
+    /// <data-dir>/service-token.
+    #[arg(long, env = "WHATSNAP_SERVICE_TOKEN", hide_env_values = true)]
+    service_token: Option<String>,
+    /// A PEM certificate chain: gRPC and HTTP are served over TLS with it (and --tls-key).
+    #[arg(long, env = "WHATSNAP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WHATSNAP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The Twilio API.
     #[arg(long, env = "WHATSNAP_TWILIO_BASE_URL", default_value = whatsnap_twilio::DEFAULT_BASE_URL)]
     twilio_base_url: String,
@@ -489,30 +508,88 @@ fn secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
 }
 
 /// A channel to a service: this process's own gRPC server when it runs the service here, else
-/// the URL it was given, else none.
+/// the URL it was given, else none. Its calls carry the service credential.
 fn channel_to(
     local: bool,
     url: &Option<String>,
     grpc_addr: SocketAddr,
-) -> anyhow::Result<Option<tonic::transport::Channel>> {
-    let target = match (local, url) {
-        (true, _) => format!("http://{grpc_addr}"),
-        (false, Some(url)) => url.clone(),
-        (false, None) => return Ok(None),
+    service_token: &ApiToken,
+    tls: Option<&Tls>,
+) -> anyhow::Result<Option<AuthedChannel>> {
+    let endpoint = match (local, url, tls) {
+        (true, _, Some(tls)) => tls.own_endpoint(Endpoint::from_shared(format!("https://{grpc_addr}"))?)?,
+        (true, _, None) => Endpoint::from_shared(format!("http://{grpc_addr}"))?,
+        (false, Some(url), _) => Endpoint::from_shared(url.clone())?,
+        (false, None, _) => return Ok(None),
     };
-    Ok(Some(Endpoint::from_shared(target)?.connect_lazy()))
+    let channel = endpoint.connect_lazy();
+    Ok(Some(whatsnap_auth::authed(
+        channel,
+        Some(service_token.expose()),
+    )))
 }
 
-/// Connects lazily: the other process may start after this one.
-fn remote(url: &Option<String>, what: &str) -> anyhow::Result<Option<Remote>> {
+/// Connects lazily: the other process may start after this one. Forwarded calls keep their
+/// caller's token.
+fn remote(
+    url: &Option<String>,
+    what: &str,
+    service_token: &ApiToken,
+) -> anyhow::Result<Option<Remote>> {
     url.as_ref()
         .map(|url| {
             let endpoint = Endpoint::from_shared(url.clone())
                 .with_context(|| format!("--{what}-url {url}"))?
                 .connect_timeout(Duration::from_secs(5));
-            Ok(Remote::new(endpoint.connect_lazy()))
+            Ok(Remote::new(whatsnap_auth::authed(
+                endpoint.connect_lazy(),
+                Some(service_token.expose()),
+            )))
         })
         .transpose()
+}
+
+/// The credential the services call each other with: given, derived from the secret key every
+/// process shares, or for the embedded setup kept in the data directory.
+fn service_token(args: &ServeArgs) -> anyhow::Result<ApiToken> {
+    if let Some(text) = &args.service_token {
+        return ApiToken::parse(text).context("--service-token (WHATSNAP_SERVICE_TOKEN)");
+    }
+    if let Some(key) = &args.secret_key {
+        return Ok(ApiToken::derived("whatsnap service token", key.trim()));
+    }
+    if args.backend.nats_url.is_some() {
+        bail!(
+            "the distributed setup needs --service-token (WHATSNAP_SERVICE_TOKEN) or --secret-key: \
+             the same for every process"
+        );
+    }
+    let path = args.backend.data_dir.join(crate::tokens::SERVICE_TOKEN_FILE);
+    crate::tokens::load_or_create(&path).map(|(token, _)| token)
+}
+
+/// Records the first admin token: the one given (a distributed deployment's Secret), or for the
+/// embedded setup the one in <data-dir>/admin-token, created on the first start. Says where the
+/// file is, never what it holds.
+async fn first_admin_token(
+    args: &ServeArgs,
+    store: &dyn EventStore,
+) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(text) = &args.admin_token {
+        let token = ApiToken::parse(text).context("--admin-token (WHATSNAP_ADMIN_TOKEN)")?;
+        crate::tokens::record_admin(store, &token).await?;
+        return Ok(None);
+    }
+    if args.backend.nats_url.is_some() {
+        return Ok(None);
+    }
+    let path = std::path::absolute(args.backend.data_dir.join(crate::tokens::ADMIN_TOKEN_FILE))?;
+    let (token, created) = crate::tokens::load_or_create(&path)?;
+    crate::tokens::record_admin(store, &token).await?;
+    if created {
+        info!(path = %path.display(), "first admin token written; the CLI reads it from there");
+    }
+    Ok(Some(path))
 }
 
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
@@ -553,6 +630,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let has = |target| targets.contains(&target);
     let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
+    let service_token = service_token(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
+    let admin_token_file = first_admin_token(&args, store.as_ref()).await?;
+    let authorization = whatsnap_auth::Authorization::new(
+        whatsnap_auth::policy::Policy::whatsnap()?,
+        whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token)),
+    );
 
     // The gateway's address is known before the services are built: the session service
     // tells Twilio where to report delivery.
@@ -566,7 +653,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let public_url = match (&args.public_url, &http_listener) {
         (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
-        (None, Some(listener)) => Some(format!("http://{}", listener.local_addr()?)),
+        (None, Some(listener)) => Some(format!(
+            "{}://{}",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?
+        )),
         (None, None) => None,
     };
     if has(Target::Session) && public_url.is_none() {
@@ -601,7 +692,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);
     // The gateway answers for the services that run elsewhere.
-    let remotes = services.remotes(&args)?;
+    let remotes = services.remotes(&args, &service_token)?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -616,7 +707,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await?;
 
     let router = services
-        .grpc_router(remotes, store.clone(), db.clone(), &args.limits)
+        .grpc_router(remotes, store.clone(), db.clone(), &args.limits, authorization, tls.as_ref())
         .await?;
     let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
@@ -643,15 +734,24 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         names.join(","),
         backend.description
     );
+    if tls.is_some() {
+        out.push_str("TLS: gRPC and HTTP\n");
+    }
+    if let Some(path) = &admin_token_file {
+        out.push_str(&format!(
+            "admin token in {} (the CLI reads it from there; see `whatsnap tokens --help`)\n",
+            path.display()
+        ));
+    }
     if let Some(http_listener) = http_listener {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let session_channel = channel_to(has(Target::Session), &args.session_url, grpc_addr)?;
-        let contacts_channel = channel_to(has(Target::Contacts), &args.contacts_url, grpc_addr)?;
-        let ghl_sync_channel = channel_to(has(Target::GhlSync), &args.ghl_sync_url, grpc_addr)?;
-        let assignment_channel =
-            channel_to(has(Target::Assignment), &args.assignment_url, grpc_addr)?;
+        let to = |local, url| channel_to(local, url, grpc_addr, &service_token, tls.as_ref());
+        let session_channel = to(has(Target::Session), &args.session_url)?;
+        let contacts_channel = to(has(Target::Contacts), &args.contacts_url)?;
+        let ghl_sync_channel = to(has(Target::GhlSync), &args.ghl_sync_url)?;
+        let assignment_channel = to(has(Target::Assignment), &args.assignment_url)?;
         let ghl_keys = whatsnap_ghl::signature::WebhookKeys::from_pem(
             &args.ghl_webhook_ed25519_key,
             &args.ghl_webhook_rsa_key,
@@ -690,12 +790,25 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
-        tasks.spawn(async move {
-            gateway
-                .run_until_stopped(http_listener, http, stop)
-                .await
-                .context("HTTP server")
-        });
+        match &tls {
+            Some(tls) => {
+                let listener = tls.http_listener(http_listener);
+                tasks.spawn(async move {
+                    gateway
+                        .run_until_stopped(listener, http, stop)
+                        .await
+                        .context("HTTP server")
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    gateway
+                        .run_until_stopped(http_listener, http, stop)
+                        .await
+                        .context("HTTP server")
+                });
+            }
+        }
         out.push_str(&format!(
             "HTTP listening on {http_addr} (/healthz, /readyz, /metrics)\n"
         ));
@@ -709,8 +822,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 demo.twilio.base_url(),
                 demo.evolution.base_url()
             ));
+            let token = service_token.clone();
             tokio::spawn(async move {
-                if let Err(err) = demo.play(grpc_addr, http_addr).await {
+                if let Err(err) = demo.play(grpc_addr, http_addr, &token).await {
                     error!(error = format!("{err:#}"), "the demo stopped");
                 }
             });
@@ -757,8 +871,11 @@ type GrpcLayers = tower::layer::util::Stack<
     tower::layer::util::Stack<
         whatsnap_rpc::quota::LocationQuotaLayer,
         tower::layer::util::Stack<
-            tower::limit::GlobalConcurrencyLimitLayer,
-            tower::layer::util::Identity,
+            whatsnap_auth::Authorization,
+            tower::layer::util::Stack<
+                tower::limit::GlobalConcurrencyLimitLayer,
+                tower::layer::util::Identity,
+            >,
         >,
     >,
     tower::layer::util::Identity,
@@ -855,6 +972,10 @@ impl Services {
             self.assignment.as_ref().map(|s| s.projections()),
             self.ghl_sync.as_ref().map(|s| s.projections()),
             self.gateway.as_ref().map(|s| s.projections()),
+            // Listed where the API's front door is.
+            self.gateway
+                .as_ref()
+                .map(|_| vec![Arc::new(crate::tokens::TokensProjection) as Arc<dyn Projection<sqlx::Any>>]),
         ]
         .into_iter()
         .flatten()
@@ -864,22 +985,22 @@ impl Services {
 
     /// Where the gateway forwards the APIs of the services not run here; a warning for each
     /// it cannot answer.
-    fn remotes(&self, args: &ServeArgs) -> anyhow::Result<Remotes> {
+    fn remotes(&self, args: &ServeArgs, service_token: &ApiToken) -> anyhow::Result<Remotes> {
         let mut remotes = Remotes::default();
         if self.gateway.is_none() {
             return Ok(remotes);
         }
         if self.session.is_none() {
-            remotes.session = remote(&args.session_url, "session")?;
+            remotes.session = remote(&args.session_url, "session", service_token)?;
         }
         if self.contacts.is_none() {
-            remotes.contacts = remote(&args.contacts_url, "contacts")?;
+            remotes.contacts = remote(&args.contacts_url, "contacts", service_token)?;
         }
         if self.assignment.is_none() {
-            remotes.assignment = remote(&args.assignment_url, "assignment")?;
+            remotes.assignment = remote(&args.assignment_url, "assignment", service_token)?;
         }
         if self.ghl_sync.is_none() {
-            remotes.ghl_sync = remote(&args.ghl_sync_url, "ghl-sync")?;
+            remotes.ghl_sync = remote(&args.ghl_sync_url, "ghl-sync", service_token)?;
         }
         for (target, local, remote) in [
             (
@@ -918,6 +1039,8 @@ impl Services {
         store: Arc<dyn EventStore>,
         db: ReadDb,
         limits: &LimitArgs,
+        authorization: whatsnap_auth::Authorization,
+        tls: Option<&Tls>,
     ) -> anyhow::Result<tonic::transport::server::Router<GrpcLayers>> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -955,13 +1078,18 @@ impl Services {
                 whatsnap_proto::FILE_DESCRIPTOR_SET,
             ])?,
         );
-        Ok(Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls.grpc_server())?;
+        }
+        Ok(server
             .timeout(limits.grpc_timeout)
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                         limits.grpc_concurrency as usize,
                     ))
+                    .layer(authorization)
                     .layer(quotas)
                     .into_inner(),
             )
@@ -977,6 +1105,7 @@ impl Services {
             .add_optional_service(self.ghl_sync.as_ref().map(|s| s.grpc()))
             .add_optional_service(remotes.ghl_sync.map(GhlSyncServiceServer::new))
             .add_optional_service(self.gateway.as_ref().map(|g| g.events_grpc()))
+            .add_service(crate::tokens::Tokens::new(store.clone(), db.clone()).grpc())
             .add_service(crate::operations::Operations::new(store, db).grpc()))
     }
 
@@ -1126,6 +1255,7 @@ fn every_projection(
         whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
         whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).projection(),
         whatsnap_gateway::Gateway::new(store.clone(), db.clone()).projection(),
+        Arc::new(crate::tokens::TokensProjection),
     ]
 }
 

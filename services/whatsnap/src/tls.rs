@@ -1,0 +1,178 @@
+//! TLS for the gRPC and HTTP servers (rustls), from a PEM certificate chain and key. The
+//! process's calls to its own gRPC server trust exactly its own certificate, whatever names it
+//! carries.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+/// A certificate and key, read once at start.
+#[derive(Clone)]
+pub struct Tls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    leaf: CertificateDer<'static>,
+    acceptor: TlsAcceptor,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let cert_pem =
+            std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
+        let key_pem = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("--tls-cert {}: {e}", cert.display()))?;
+        let leaf = chain
+            .first()
+            .cloned()
+            .with_context(|| format!("--tls-cert {} holds no certificate", cert.display()))?;
+        let private = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| anyhow!("--tls-key {}: {e}", key.display()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .context("--tls-cert and --tls-key do not make a certificate and its key")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            leaf,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// The gRPC server's TLS settings.
+    pub fn grpc_server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            &self.cert_pem,
+            &self.key_pem,
+        ))
+    }
+
+    /// An endpoint for this process's own gRPC server at `url` (https), trusting exactly this
+    /// certificate.
+    pub fn own_endpoint(
+        &self,
+        endpoint: tonic::transport::Endpoint,
+    ) -> anyhow::Result<tonic::transport::Endpoint> {
+        Ok(endpoint.tls_config_with_verifier(
+            tonic::transport::ClientTlsConfig::new().domain_name("whatsnap.internal"),
+            Arc::new(Pinned {
+                leaf: self.leaf.clone(),
+                provider: provider(),
+            }),
+        )?)
+    }
+
+    /// The HTTP listener: TLS connections accepted on `listener`.
+    pub fn http_listener(&self, listener: TcpListener) -> TlsListener {
+        TlsListener {
+            listener,
+            acceptor: self.acceptor.clone(),
+        }
+    }
+}
+
+/// Trusts one certificate, byte for byte: the process's own.
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match end_entity.as_ref() == self.leaf.as_ref() {
+            true => Ok(ServerCertVerified::assertion()),
+            false => Err(rustls::Error::General(
+                "not this process's own certificate".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// TLS connections for the HTTP server. A handshake that fails or stalls drops that
+/// connection only.
+pub struct TlsListener {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            let handshake = self.acceptor.accept(stream);
+            match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(err)) => debug!(error = %err, "tls handshake failed"),
+                Err(_) => debug!("tls handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
