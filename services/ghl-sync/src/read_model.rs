@@ -3,7 +3,8 @@
 //! (the contact's phone, name, tags and owner; the message's text). Work leaves the table only
 //! through an event (`GhlContactLinked`, `GhlMessagePosted`, `GhlStatusReported`,
 //! `GhlAssignmentApplied`, or a final `GhlSyncFailed`), so a rebuild from the log gives the same
-//! queue.
+//! queue. An erased contact (`ContactErased`) leaves the queue, and its phone, name and
+//! messages are kept only as `[erased]`.
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
@@ -101,6 +102,34 @@ async fn outbound_status(
     Ok(())
 }
 
+/// Forgets an erased contact's personal data and takes its work out of the queue: nothing
+/// more of it goes to GHL.
+async fn erase(conn: &mut AnyConnection, contact_id: &str) -> sqlx::Result<()> {
+    const ERASED: &str = whatsnap_events::ERASED;
+    sqlx::query(
+        "DELETE FROM ghl_pending WHERE (kind IN ($1, $2) AND subject_id = $3) OR (kind IN ($4, $5) \
+         AND subject_id IN (SELECT message_id FROM ghl_messages WHERE contact_id = $3))",
+    )
+    .bind(CONTACT)
+    .bind(ASSIGN)
+    .bind(contact_id)
+    .bind(MESSAGE)
+    .bind(STATUS)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE ghl_contacts SET phone = $2, name = NULL WHERE contact_id = $1")
+        .bind(contact_id)
+        .bind(ERASED)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE ghl_messages SET body = $2, attachments = '[]' WHERE contact_id = $1")
+        .bind(contact_id)
+        .bind(ERASED)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Projection<Any> for PendingWork {
     fn name(&self) -> &str {
@@ -162,6 +191,9 @@ impl Projection<Any> for PendingWork {
                 tags.retain(|t| t != &e.tag);
                 set_contact_tags(conn, &id, &tags).await?;
             }
+            // From a contact erased since: nothing of it crosses to GHL.
+            Event::InboundMessageReceived(e) if e.from == whatsnap_events::ERASED => {}
+            Event::ContactErased(e) => erase(conn, &e.contact_id.to_string()).await?,
             Event::InboundMessageReceived(e) => {
                 let contact_id = PhoneNumber::parse(&e.from)
                     .map(|phone| contact_id_for(event.location_id(), &phone))?;

@@ -807,6 +807,13 @@ impl Worker {
         else {
             return Ok(None);
         };
+        if row.get::<String, _>("phone") == whatsnap_events::ERASED {
+            // Its queue items leave with the erasure; one read just before it stops here.
+            return Err(Failure::Final(
+                "the contact's personal data was erased: nothing of it goes to GHL".into(),
+                None,
+            ));
+        }
         let tags: Vec<String> =
             serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
         if tags.is_empty() && queued.is_some() {
