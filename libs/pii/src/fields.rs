@@ -11,6 +11,7 @@ const PREFIX: &str = "pii1:";
 const LID_NAMESPACE: Uuid = Uuid::from_u128(0x3c1d_7f0a_52e4_4b8e_9d61_0a7e_2f5c_8b14);
 
 /// Whose key seals an event's personal fields.
+#[derive(Clone, Copy)]
 enum Owner {
     /// The event's `contact_id` field.
     ContactId,
@@ -166,7 +167,7 @@ fn visit_sealed(value: &Value, visit: &mut impl FnMut(&str)) {
     }
 }
 
-fn split(text: &str) -> Option<(Uuid, &str)> {
+pub fn split(text: &str) -> Option<(Uuid, &str)> {
     let rest = text.strip_prefix(PREFIX)?;
     let (id, sealed) = rest.split_once(':')?;
     Some((id.parse().ok()?, sealed))

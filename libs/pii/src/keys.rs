@@ -11,6 +11,8 @@ use uuid::Uuid;
 use whatsnap_events::LocationId;
 use whatsnap_secrets::{SecretError, SecretKey, Sealed};
 
+use crate::fields::{sealed_field, split};
+
 /// How long a process trusts a key it read: another process's erasure takes effect here within
 /// this time (this process's own at once).
 const KEY_TTL: Duration = Duration::from_secs(30);
@@ -23,6 +25,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS contact_keys (location_id TEXT 
 pub enum KeyError {
     #[error("contact keys: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(
+        "the key of contact {contact_id} is not in contact_keys (was the read database replaced \
+         without its contact_keys table?)"
+    )]
+    Missing { contact_id: Uuid },
     #[error("the key of contact {contact_id} does not open: {source}")]
     Unopenable {
         contact_id: Uuid,
@@ -90,6 +97,39 @@ impl ContactKeys {
         contact_id: Uuid,
     ) -> Result<Option<KeyState>, KeyError> {
         self.lookup(location, contact_id).await
+    }
+
+    /// `text` sealed for a read model with the contact's key (`pii1:<id>:<sealed>`), or
+    /// `[erased]` when its key is destroyed; as it is when the contact has no key (its events
+    /// were written before sealing existed). Never makes a key: read models are written inside
+    /// a transaction that a new key's insert would wait on.
+    pub async fn seal_text(
+        &self,
+        location: &LocationId,
+        contact_id: Uuid,
+        text: &str,
+    ) -> Result<String, KeyError> {
+        Ok(match self.lookup(location, contact_id).await? {
+            Some(KeyState::Live(key)) => sealed_field(contact_id, key.seal(text).as_str()),
+            Some(KeyState::Erased) => crate::ERASED.to_owned(),
+            None => text.to_owned(),
+        })
+    }
+
+    /// A value a read model keeps, opened: sealed ones with their contact's key (`[erased]`
+    /// once it is destroyed), others as they are.
+    pub async fn open_text(&self, location: &LocationId, text: &str) -> Result<String, KeyError> {
+        let Some((contact_id, sealed)) = split(text) else {
+            return Ok(text.to_owned());
+        };
+        match self.lookup(location, contact_id).await? {
+            Some(KeyState::Live(key)) => key
+                .open(&Sealed::from_stored(sealed.to_owned()))
+                .map(|opened| opened.expose().to_owned())
+                .map_err(|source| KeyError::Unopenable { contact_id, source }),
+            Some(KeyState::Erased) => Ok(crate::ERASED.to_owned()),
+            None => Err(KeyError::Missing { contact_id }),
+        }
     }
 
     /// Destroys the contact's key (and keeps a contact that had none from getting one).

@@ -75,12 +75,7 @@ async fn open(keys: &ContactKeys, mut event: RecordedEvent) -> Result<RecordedEv
                 },
                 other => corrupt(other.to_string()),
             })?
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "the key of contact {key_id} is not in contact_keys (was the read database \
-                     replaced without its contact_keys table?)"
-                ))
-            })?;
+            .ok_or_else(|| corrupt(KeyError::Missing { contact_id: key_id }.to_string()))?;
         states.push((key_id, state));
     }
     let mut failed = None;

@@ -530,7 +530,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     services.contacts = services
         .contacts
-        .map(|contacts| contacts.with_contact_keys(contact_keys));
+        .map(|contacts| contacts.with_contact_keys(contact_keys.clone()));
+    services.ghl_sync = services
+        .ghl_sync
+        .map(|ghl_sync| ghl_sync.with_contact_keys(contact_keys));
     let projections = services.projections();
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);
