@@ -53,6 +53,12 @@ pub struct ContactKeys {
     cache: Mutex<HashMap<(String, Uuid), (KeyState, Instant)>>,
 }
 
+impl std::fmt::Debug for ContactKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContactKeys(..)")
+    }
+}
+
 impl ContactKeys {
     /// The keys in `db` (the table is created when missing), sealed under `master`.
     pub async fn open(db: AnyPool, master: SecretKey) -> Result<Self, KeyError> {
