@@ -14,7 +14,10 @@ pub struct PhoneNumber(String);
 
 /// Its text names the refused input masked: an error text never carries a number.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} is not a valid phone number: {reason}", whatsnap_secrets::mask::phone(input))]
+#[error(
+    "{} is not a valid phone number: {reason}",
+    whatsnap_secrets::mask::phone(input)
+)]
 pub struct PhoneError {
     pub input: String,
     pub reason: &'static str,

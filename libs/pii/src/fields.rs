@@ -199,7 +199,10 @@ mod tests {
         for clear in ["+14155550100", "hello", "Ana", "https://x/1"] {
             assert!(!text.contains(clear), "{clear} in {text}");
         }
-        assert!(text.contains("+15005550006"), "the account's own number stays");
+        assert!(
+            text.contains("+15005550006"),
+            "the account's own number stays"
+        );
         assert!(may_hold_sealed(&sealed));
         let mut value: Value = serde_json::from_slice(&sealed).unwrap();
         assert_eq!(sealed_key_ids(&value), [key_id]);
@@ -211,7 +214,8 @@ mod tests {
 
     #[test]
     fn events_without_personal_data_are_left_alone() {
-        let bytes = br#"{"contact_id":"00000000-0000-0000-0000-000000000000","tag":"t","source":"ghl"}"#;
+        let bytes =
+            br#"{"contact_id":"00000000-0000-0000-0000-000000000000","tag":"t","source":"ghl"}"#;
         assert!(to_seal(&location(), "ContactTagged", bytes).is_none());
         assert!(!may_hold_sealed(bytes));
     }

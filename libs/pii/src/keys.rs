@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 use whatsnap_events::LocationId;
-use whatsnap_secrets::{SecretError, SecretKey, Sealed};
+use whatsnap_secrets::{Sealed, SecretError, SecretKey};
 
 use crate::fields::{sealed_field, split};
 

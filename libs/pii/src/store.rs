@@ -32,14 +32,14 @@ impl SealingStore {
             return Ok(event);
         };
         let key_id = found.key_id;
-        let state = self
-            .keys
-            .for_sealing(location, key_id)
-            .await
-            .map_err(|e| StoreError::Backend {
-                context: "sealing personal data",
-                source: Box::new(e),
-            })?;
+        let state =
+            self.keys
+                .for_sealing(location, key_id)
+                .await
+                .map_err(|e| StoreError::Backend {
+                    context: "sealing personal data",
+                    source: Box::new(e),
+                })?;
         event.payload = Bytes::from(match state {
             KeyState::Live(key) => {
                 found.sealed(|text| sealed_field(key_id, key.seal(text).as_str()))

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent,
-    PhoneNumber, RecordedEvent, StreamId, contact_id_for,
+    AggregateKind, Event, EventMetadata, InboundMessageReceived, LocationId, NewEvent, PhoneNumber,
+    RecordedEvent, StreamId, contact_id_for,
 };
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
 use whatsnap_eventstore::{EventStore, ExpectedVersion, SubscribeFrom};
@@ -25,8 +25,11 @@ struct Given {
 async fn given() -> Given {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("whatsnap.db");
-    let raw: Arc<dyn EventStore> =
-        Arc::new(SqliteEventStore::open(&SqliteConfig::new(&path)).await.unwrap());
+    let raw: Arc<dyn EventStore> = Arc::new(
+        SqliteEventStore::open(&SqliteConfig::new(&path))
+            .await
+            .unwrap(),
+    );
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(&format!("sqlite://{}", path.display()))
         .await
@@ -60,7 +63,11 @@ fn text(from: &str, body: &str) -> Event {
 
 impl Given {
     async fn record(&self, store: &dyn EventStore, event: &Event) -> StreamId {
-        let stream = StreamId::for_uuid(self.location.clone(), AggregateKind::Message, Uuid::now_v7());
+        let stream = StreamId::for_uuid(
+            self.location.clone(),
+            AggregateKind::Message,
+            Uuid::now_v7(),
+        );
         store
             .append(
                 &stream,
@@ -87,21 +94,38 @@ fn body(event: &RecordedEvent) -> (String, String, Option<String>) {
 #[tokio::test]
 async fn a_message_is_sealed_in_the_log_and_open_to_readers_until_its_contact_is_erased() {
     let given = given().await;
-    let ana = given.record(&given.sealing, &text("+14155550123", "the blue sofa")).await;
-    let ben = given.record(&given.sealing, &text("+14155550177", "on Saturday")).await;
+    let ana = given
+        .record(&given.sealing, &text("+14155550123", "the blue sofa"))
+        .await;
+    let ben = given
+        .record(&given.sealing, &text("+14155550177", "on Saturday"))
+        .await;
 
     let stored = given.raw.read_all(0, 10).await.unwrap();
     for event in &stored {
         let raw = String::from_utf8_lossy(&event.payload);
-        for clear in ["4155550123", "4155550177", "blue sofa", "Saturday", "Ana Lima"] {
+        for clear in [
+            "4155550123",
+            "4155550177",
+            "blue sofa",
+            "Saturday",
+            "Ana Lima",
+        ] {
             assert!(!raw.contains(clear), "{clear} in {raw}");
         }
-        assert!(raw.contains("+15005550006"), "the account's own number stays");
+        assert!(
+            raw.contains("+15005550006"),
+            "the account's own number stays"
+        );
     }
     let read = given.sealing.read_stream(&ana, 1, 10).await.unwrap();
     assert_eq!(
         body(&read[0]),
-        ("+14155550123".into(), "the blue sofa".into(), Some("Ana Lima".into()))
+        (
+            "+14155550123".into(),
+            "the blue sofa".into(),
+            Some("Ana Lima".into())
+        )
     );
 
     given
@@ -127,16 +151,23 @@ async fn a_message_is_sealed_in_the_log_and_open_to_readers_until_its_contact_is
     assert_eq!(bodies, [ERASED, "on Saturday"]);
 
     // What an erased contact sends later is not kept either.
-    let later = given.record(&given.sealing, &text("+14155550123", "hello again")).await;
+    let later = given
+        .record(&given.sealing, &text("+14155550123", "hello again"))
+        .await;
     let raw = given.raw.read_stream(&later, 1, 1).await.unwrap();
     assert!(!String::from_utf8_lossy(&raw[0].payload).contains("hello again"));
-    assert_eq!(body(&given.sealing.read_stream(&later, 1, 1).await.unwrap()[0]).1, ERASED);
+    assert_eq!(
+        body(&given.sealing.read_stream(&later, 1, 1).await.unwrap()[0]).1,
+        ERASED
+    );
 }
 
 #[tokio::test]
 async fn events_written_before_sealing_read_as_they_are() {
     let given = given().await;
-    let old = given.record(given.raw.as_ref(), &text("+14155550123", "from before")).await;
+    let old = given
+        .record(given.raw.as_ref(), &text("+14155550123", "from before"))
+        .await;
     let read = given.sealing.read_stream(&old, 1, 1).await.unwrap();
     assert_eq!(body(&read[0]).1, "from before");
 }

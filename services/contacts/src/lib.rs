@@ -29,7 +29,8 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 
 pub use application::Application;
 pub use contact::{
-    ContactState, decide_erase, decide_ghl_tags, decide_on_inbound, decide_tag, evolve, tags_by_recency,
+    ContactState, decide_erase, decide_ghl_tags, decide_on_inbound, decide_tag, evolve,
+    tags_by_recency,
 };
 
 /// How often a decision is retried when another writer changed the contact meanwhile.
@@ -536,7 +537,7 @@ impl pb::contacts_service_server::ContactsService for Contacts {
                 } else {
                     ServiceError::NotFound(format!(
                         "no contact with phone {} in location {location}",
-                phone.masked()
+                        phone.masked()
                     ))
                 }
             })?;

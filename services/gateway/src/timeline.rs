@@ -164,7 +164,10 @@ mod summary {
 async fn forget(conn: &mut AnyConnection, contact_id: &str) -> sqlx::Result<()> {
     let erased = whatsnap_events::ERASED;
     for (event_type, summary) in [
-        ("InboundMessageReceived", format!("message received from {erased}")),
+        (
+            "InboundMessageReceived",
+            format!("message received from {erased}"),
+        ),
         ("ContactCreated", format!("contact created for {erased}")),
     ] {
         sqlx::query(

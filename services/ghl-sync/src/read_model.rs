@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 use whatsnap_events::LocationId;
-use whatsnap_pii::ContactKeys;
 use whatsnap_events::{Event, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_pii::ContactKeys;
 
 pub const CONTACT: &str = "contact_upsert";
 pub const MESSAGE: &str = "message";

@@ -506,10 +506,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             .context("opening the contacts' keys")?,
     );
     let secret_key = Some(key);
-    let store: Arc<dyn EventStore> = Arc::new(whatsnap_pii::SealingStore::new(
-        store,
-        contact_keys.clone(),
-    ));
+    let store: Arc<dyn EventStore> =
+        Arc::new(whatsnap_pii::SealingStore::new(store, contact_keys.clone()));
     // Files received with messages, kept by the session service and served by the gateway.
     let media = match &secret_key {
         Some(key) if has(Target::Session) || has(Target::Gateway) => Some(
