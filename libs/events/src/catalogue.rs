@@ -332,6 +332,16 @@ pub struct ContactCreated {
     pub platform: Option<AccountKind>,
 }
 
+/// An operator erased the contact's personal data: its key was destroyed, so its phone, name
+/// and messages read as erased from now on, in every replay too, and nothing more of it
+/// crosses to GHL. Carries no personal data itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactErased {
+    pub contact_id: Uuid,
+    /// Who asked, for the trace.
+    pub requested_by: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactTagged {
     pub contact_id: Uuid,
@@ -713,6 +723,7 @@ catalogue! {
     ContactCreated => 1,
     ContactTagged => 1,
     ContactUntagged => 1,
+    ContactErased => 1,
     AssignmentRulesChanged => 1,
     ContactAssigned => 1,
     AssignmentSkipped => 1,

@@ -27,8 +27,13 @@ mod phone;
 pub mod upcast;
 
 pub use catalogue::*;
+
+/// What a read shows in place of the personal data of a contact that was erased.
+pub const ERASED: &str = "[erased]";
 pub use envelope::{DecodeError, EventMetadata, NewEvent, RecordedEvent, TraceContext};
 pub use ids::{AggregateKind, EventId, IdError, LocationId, StreamId};
 pub use phone::{
     PhoneError, PhoneNumber, contact_id_for, inbound_message_id_for, outbound_message_id_for,
 };
+/// Masks for personal data in logs and error texts.
+pub use whatsnap_secrets::mask;

@@ -6,12 +6,18 @@ use uuid::Uuid;
 use crate::ids::LocationId;
 
 /// A phone number in E.164 (`+14155550100`), parsed and validated by libphonenumber's rules.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// `Display` gives the number itself, for the third parties that need it; `Debug` and
+/// [`PhoneNumber::masked`] hide it, for logs and error texts.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PhoneNumber(String);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a valid phone number: {reason}")]
+/// Its text names the refused input masked: an error text never carries a number.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} is not a valid phone number: {reason}",
+    whatsnap_secrets::mask::phone(input)
+)]
 pub struct PhoneError {
     pub input: String,
     pub reason: &'static str,
@@ -55,6 +61,23 @@ impl PhoneNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The number for a log line or an error text: `+1••••••••00`.
+    pub fn masked(&self) -> whatsnap_secrets::mask::MaskedPhone<'_> {
+        whatsnap_secrets::mask::phone(&self.0)
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+impl fmt::Debug for PhoneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneError({self})")
+    }
 }
 
 impl TryFrom<String> for PhoneNumber {
@@ -82,7 +105,10 @@ const NAMESPACE: Uuid = Uuid::from_u128(0x6f0e_5d2a_8c1b_4e7a_9a3d_2b1c_0f4e_5a6
 /// The id of the contact with this phone number in this location. Derived, not allocated, so
 /// that finding or creating a contact is one conditional append, race-free across processes.
 pub fn contact_id_for(location: &LocationId, phone: &PhoneNumber) -> Uuid {
-    Uuid::new_v5(&NAMESPACE, format!("contact|{location}|{phone}").as_bytes())
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("contact|{location}|{}", phone.as_str()).as_bytes(),
+    )
 }
 
 /// The id of a reply GHL asked whatsnap to deliver, from GHL's message id: the same Delivery URL

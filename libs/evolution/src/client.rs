@@ -124,7 +124,10 @@ fn message_text(message: &Value, out: &mut Vec<String>) {
                 .get("number")
                 .and_then(Value::as_str)
                 .unwrap_or("the recipient");
-            out.push(format!("{number} is not on WhatsApp"));
+            out.push(format!(
+                "{} is not on WhatsApp",
+                whatsnap_secrets::mask::phone(number)
+            ));
         }
         Value::Null => {}
         other => out.push(other.to_string()),

@@ -976,7 +976,8 @@ impl GhlClient {
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        let message = error_message(status, &body);
+        // GHL's words may quote a contact's number; they go into errors, events and logs.
+        let message = whatsnap_events::mask::scrub(&error_message(status, &body));
         Err(match status {
             429 => {
                 if let Some(location) = call.location {

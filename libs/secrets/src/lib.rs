@@ -5,7 +5,12 @@
 //!
 //! The key is 32 random bytes, given base64-encoded in `WHATSNAP_SECRET_KEY` (every process of a
 //! distributed deployment needs the same one), or, for the embedded setup, kept in a key file
-//! created beside the database on first start.
+//! created on first start (see `whatsnap serve --help` for where).
+//!
+//! [`mask`] shows personal data (phone numbers, message bodies) in logs and error texts
+//! without showing it.
+
+pub mod mask;
 
 use std::fmt;
 use std::io::Write as _;
@@ -60,6 +65,11 @@ impl SecretKey {
         ))
     }
 
+    /// A new random key, as base64 text ([`SecretKey::from_base64`] reads it).
+    pub fn generate_base64() -> String {
+        STANDARD.encode(XChaCha20Poly1305::generate_key(&mut OsRng))
+    }
+
     /// The key in `path`, created (readable by its owner only) when there is none yet.
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
         let key_file = |source| SecretError::KeyFile {
@@ -69,19 +79,29 @@ impl SecretKey {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let key = XChaCha20Poly1305::generate_key(&mut OsRng);
-                let text = STANDARD.encode(key);
+                let text = Self::generate_base64();
+                // Written whole under a temporary name, then linked into place: two processes
+                // starting at once both end up with the one key that got there first.
+                let temporary = path.with_extension(format!("tmp{}", std::process::id()));
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
+                options.write(true).create(true).truncate(true);
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::OpenOptionsExt;
                     options.mode(0o600);
                 }
-                let mut file = options.open(path).map_err(key_file)?;
+                let mut file = options.open(&temporary).map_err(key_file)?;
                 file.write_all(text.as_bytes()).map_err(key_file)?;
                 file.sync_all().map_err(key_file)?;
-                Self::from_base64(&text)
+                let linked = std::fs::hard_link(&temporary, path);
+                let _ = std::fs::remove_file(&temporary);
+                match linked {
+                    Ok(()) => Self::from_base64(&text),
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::from_base64(&std::fs::read_to_string(path).map_err(key_file)?)
+                    }
+                    Err(err) => Err(key_file(err)),
+                }
             }
             Err(err) => Err(key_file(err)),
         }

@@ -253,8 +253,11 @@ impl TwilioClient {
         }
         let exception: Option<RestException> = serde_json::from_slice(&body).ok();
         let code = exception.as_ref().and_then(|e| e.code);
+        // Twilio's words may quote the recipient's number ("The 'To' number … is not valid");
+        // they go into errors, events and logs.
         let message = exception
             .and_then(|e| e.message)
+            .map(|m| whatsnap_secrets::mask::scrub(&m))
             .unwrap_or_else(|| status.to_string());
         debug!(
             http_status = status.as_u16(),

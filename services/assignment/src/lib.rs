@@ -416,7 +416,8 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
             .map_err(ServiceError::from)?;
         if history.is_empty() {
             return Err(ServiceError::NotFound(format!(
-                "no assignment decision for {phone} in location {location} yet"
+                "no assignment decision for {} in location {location} yet",
+                phone.masked()
             ))
             .into());
         }

@@ -23,6 +23,12 @@ impl Application {
         }
     }
 
+    /// The contacts' keys, which `EraseContact` destroys; without them erasing is refused.
+    pub fn with_contact_keys(mut self, keys: Arc<whatsnap_pii::ContactKeys>) -> Self {
+        self.contacts = self.contacts.with_contact_keys(keys);
+        self
+    }
+
     pub fn grpc(&self) -> pb::contacts_service_server::ContactsServiceServer<Contacts> {
         self.contacts.grpc()
     }

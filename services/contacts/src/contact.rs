@@ -11,6 +11,8 @@ use whatsnap_events::{
 #[derive(Debug, Clone, Default)]
 pub struct ContactState {
     pub exists: bool,
+    /// Its personal data was erased (its key destroyed).
+    pub erased: bool,
     pub tags: BTreeSet<String>,
     pub version: u64,
 }
@@ -25,6 +27,7 @@ pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactSt
     state.version = version;
     match event {
         Event::ContactCreated(_) => state.exists = true,
+        Event::ContactErased(_) => state.erased = true,
         Event::ContactTagged(e) => {
             state.tags.insert(e.tag.clone());
         }
@@ -34,6 +37,25 @@ pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactSt
         _ => {}
     }
     state
+}
+
+/// An operator asks to erase the contact's personal data: recorded once; a contact never
+/// created is refused.
+pub fn decide_erase(
+    state: &ContactState,
+    contact_id: Uuid,
+    requested_by: Option<String>,
+) -> Result<Option<Event>, String> {
+    if !state.exists {
+        return Err("no such contact".into());
+    }
+    if state.erased {
+        return Ok(None);
+    }
+    Ok(Some(Event::from(whatsnap_events::ContactErased {
+        contact_id,
+        requested_by,
+    })))
 }
 
 /// The contact's tags, oldest first by when each was (last) added: what the route rule reads.

@@ -1,7 +1,9 @@
 //! The contacts service owns contacts and their tags. Every inbound message finds or creates
 //! the contact of its sender — by (location, E.164 phone), whose contact id is derived so that
 //! two processes cannot create it twice — and puts the receiving account's tag on it. The
-//! `contacts` read model answers lookups by phone.
+//! `contacts` read model answers lookups by phone. Erasing a contact destroys its key (see
+//! `whatsnap-pii`) and records `ContactErased`, which the read model applies by forgetting the
+//! contact's phone and name.
 
 mod application;
 mod contact;
@@ -27,7 +29,8 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 
 pub use application::Application;
 pub use contact::{
-    ContactState, decide_ghl_tags, decide_on_inbound, decide_tag, evolve, tags_by_recency,
+    ContactState, decide_erase, decide_ghl_tags, decide_on_inbound, decide_tag, evolve,
+    tags_by_recency,
 };
 
 /// How often a decision is retried when another writer changed the contact meanwhile.
@@ -37,11 +40,22 @@ const CONFLICT_RETRIES: usize = 5;
 pub struct Contacts {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    keys: Option<Arc<whatsnap_pii::ContactKeys>>,
 }
 
 impl Contacts {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
-        Self { store, db }
+        Self {
+            store,
+            db,
+            keys: None,
+        }
+    }
+
+    /// The contacts' keys, which `EraseContact` destroys.
+    pub fn with_contact_keys(mut self, keys: Arc<whatsnap_pii::ContactKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     pub fn grpc(&self) -> pb::contacts_service_server::ContactsServiceServer<Self> {
@@ -129,6 +143,10 @@ impl ContactsProjection {
             return Ok(());
         };
         let (tag, platform) = (added.tag, Some(added.kind));
+        if message.from == whatsnap_events::ERASED {
+            // From a contact erased since (or before): nothing of it is kept.
+            return Ok(());
+        }
         let phone = PhoneNumber::parse(&message.from)?;
         let contact_id = contact_id_for(&location, &phone);
         let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
@@ -185,8 +203,9 @@ impl ContactsProjection {
                 message_id: reply.message_id,
                 contact_id: reply.contact_id,
                 reason: format!(
-                    "whatsnap has no contact {phone} in this location (it never messaged a connected account): \
-                     nothing says which account to reply from"
+                    "whatsnap has no contact {} in this location (it never messaged a connected account): \
+                     nothing says which account to reply from",
+                    whatsnap_events::mask::phone(&phone)
                 ),
             })
         } else {
@@ -298,11 +317,23 @@ impl Projection<Any> for ContactsProjection {
                 )
                 .bind(e.contact_id.to_string())
                 .bind(event.location_id().to_string())
-                .bind(e.phone)
-                .bind(e.name)
+                .bind(match e.phone.as_str() {
+                    whatsnap_events::ERASED => erased_phone(e.contact_id),
+                    _ => e.phone,
+                })
+                .bind(e.name.filter(|n| n != whatsnap_events::ERASED))
                 .bind(event.position as i64)
                 .execute(&mut *conn)
                 .await?;
+            }
+            Event::ContactErased(e) => {
+                // The phone stays unique per location: each erased contact keeps its own
+                // placeholder, shown as `[erased]`.
+                sqlx::query("UPDATE contacts SET phone = $2, name = NULL WHERE contact_id = $1")
+                    .bind(e.contact_id.to_string())
+                    .bind(erased_phone(e.contact_id))
+                    .execute(&mut *conn)
+                    .await?;
             }
             Event::ContactTagged(e) => {
                 sqlx::query(
@@ -337,6 +368,11 @@ impl Projection<Any> for ContactsProjection {
     }
 }
 
+/// The stored phone of an erased contact: unique in its location, shown as `[erased]`.
+fn erased_phone(contact_id: uuid::Uuid) -> String {
+    format!("{} {contact_id}", whatsnap_events::ERASED)
+}
+
 async fn contact_row(db: &ReadDb, contact_id: &str) -> sqlx::Result<Option<pb::Contact>> {
     let Some(row) = sqlx::query("SELECT * FROM contacts WHERE contact_id = $1")
         .bind(contact_id)
@@ -355,7 +391,10 @@ async fn contact_row(db: &ReadDb, contact_id: &str) -> sqlx::Result<Option<pb::C
     Ok(Some(pb::Contact {
         contact_id: row.get("contact_id"),
         location_id: row.get("location_id"),
-        phone: row.get("phone"),
+        phone: match row.get::<String, _>("phone") {
+            phone if phone.starts_with(whatsnap_events::ERASED) => whatsnap_events::ERASED.into(),
+            phone => phone,
+        },
         name: row.get::<Option<String>, _>("name").unwrap_or_default(),
         tags,
     }))
@@ -388,11 +427,13 @@ pub fn choose_route(phone: &str, tags: &[CarriedTag]) -> Result<(String, String,
             .collect();
         return Err(if removed.is_empty() {
             format!(
-                "contact {phone} carries no whatsnap account tag: add the tag of the account to reply from"
+                "contact {} carries no whatsnap account tag: add the tag of the account to reply from",
+                whatsnap_events::mask::phone(phone)
             )
         } else {
             format!(
-                "contact {phone} only carries tags of removed accounts ({}): add the tag of a connected account",
+                "contact {} only carries tags of removed accounts ({}): add the tag of a connected account",
+                whatsnap_events::mask::phone(phone),
                 removed.join(", ")
             )
         });
@@ -411,6 +452,54 @@ pub fn choose_route(phone: &str, tags: &[CarriedTag]) -> Result<(String, String,
 
 #[tonic::async_trait]
 impl pb::contacts_service_server::ContactsService for Contacts {
+    async fn erase_contact(
+        &self,
+        request: Request<pb::EraseContactRequest>,
+    ) -> Result<Response<pb::EraseContactResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let contact_id = match uuid::Uuid::parse_str(request.contact.trim()) {
+            Ok(id) => id,
+            Err(_) => contact_id_for(&location, &whatsnap_rpc::phone(&request.contact)?),
+        };
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition("this process keeps no contact keys".into())
+        })?;
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
+        let state = Aggregates::new(self.store.as_ref())
+            .load::<ContactState>(&stream)
+            .await
+            .map_err(|e| ServiceError::unloadable(format_args!("contact {contact_id}"), e))?
+            .state;
+        if !state.exists {
+            return Err(ServiceError::NotFound(format!(
+                "no contact {contact_id} in location {location}"
+            ))
+            .into());
+        }
+        // The key goes first: once it is gone nothing opens the data, whatever happens next.
+        // A repeated request appends the event if the first one could not.
+        keys.erase(&location, contact_id)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let requested_by = Some(request.requested_by).filter(|r| !r.is_empty());
+        let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
+        let updated = Aggregates::new(self.store.as_ref())
+            .tries(CONFLICT_RETRIES)
+            .update(&stream, &metadata, |state: &ContactState| {
+                decide_erase(state, contact_id, requested_by.clone())
+                    .map(|event| event.into_iter().collect())
+                    .map_err(ServiceError::NotFound)
+            })
+            .await
+            .map_err(|e| ServiceError::not_updated(format_args!("contact {contact_id}"), e))?;
+        tracing::info!(%location, %contact_id, "contact erased");
+        Ok(Response::new(pb::EraseContactResponse {
+            contact_id: contact_id.to_string(),
+            erased_now: updated.appended > 0,
+        }))
+    }
+
     async fn apply_ghl_tags(
         &self,
         request: Request<pb::ApplyGhlTagsRequest>,
@@ -421,7 +510,8 @@ impl pb::contacts_service_server::ContactsService for Contacts {
         let (contact_id, stream, state) = self.load_contact(&location, &phone).await?;
         if !state.exists {
             return Err(ServiceError::NotFound(format!(
-                "no contact with phone {phone} in location {location}"
+                "no contact with phone {} in location {location}",
+                phone.masked()
             ))
             .into());
         }
@@ -446,7 +536,8 @@ impl pb::contacts_service_server::ContactsService for Contacts {
                     ServiceError::InvalidArgument(reason)
                 } else {
                     ServiceError::NotFound(format!(
-                        "no contact with phone {phone} in location {location}"
+                        "no contact with phone {} in location {location}",
+                        phone.masked()
                     ))
                 }
             })?;
@@ -471,7 +562,8 @@ impl pb::contacts_service_server::ContactsService for Contacts {
             .is_none()
         {
             return Err(ServiceError::NotFound(format!(
-                "no contact with phone {phone} in location {location}"
+                "no contact with phone {} in location {location}",
+                phone.masked()
             ))
             .into());
         }
@@ -517,7 +609,8 @@ impl pb::contacts_service_server::ContactsService for Contacts {
         {
             Some(contact) => Ok(Response::new(contact)),
             None => Err(ServiceError::NotFound(format!(
-                "no contact with phone {phone} in location {location}"
+                "no contact with phone {} in location {location}",
+                phone.masked()
             ))
             .into()),
         }

@@ -79,6 +79,7 @@ forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_
     resolve_route(contacts::ResolveRouteRequest) -> contacts::Route;
     tag_contact(contacts::TagContactRequest) -> contacts::Contact;
     apply_ghl_tags(contacts::ApplyGhlTagsRequest) -> contacts::Contact;
+    erase_contact(contacts::EraseContactRequest) -> contacts::EraseContactResponse;
 });
 
 forward!(assignment::assignment_service_server::AssignmentService, assignment::assignment_service_client::AssignmentServiceClient<Channel> {

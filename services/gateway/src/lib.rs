@@ -210,7 +210,8 @@ impl pb::events_service_server::EventsService for Gateway {
         .map_err(ServiceError::from)?;
         if rows.is_empty() {
             return Err(ServiceError::NotFound(format!(
-                "no event has touched a contact with phone {phone} in location {location}"
+                "no event has touched a contact with phone {} in location {location}",
+                phone.masked()
             ))
             .into());
         }

@@ -1,5 +1,6 @@
 //! `contact_timeline`: for each contact, every event that touched it, with a summary that
-//! answers "what happened, and why" for `whatsnap trace`.
+//! answers "what happened, and why" for `whatsnap trace`. Summaries name no one: a number
+//! shows masked, a name or a message not at all; an erased contact's show as `[erased]`.
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection};
@@ -10,7 +11,15 @@ use whatsnap_eventstore::projection::{ApplyError, Projection};
 pub struct TimelineProjection;
 
 mod summary {
-    use whatsnap_events::{Event, LocationId, PhoneNumber, contact_id_for};
+    use whatsnap_events::{ERASED, Event, LocationId, PhoneNumber, contact_id_for, mask};
+
+    /// A number as a summary shows it: masked, or `[erased]`.
+    fn shown(phone: &str) -> String {
+        match phone {
+            ERASED => ERASED.to_owned(),
+            phone => mask::phone(phone).to_string(),
+        }
+    }
 
     /// The contact an event is about, and a summary of it; `None` for events about no contact.
     pub fn contact_of(location: &LocationId, event: &Event) -> Option<(String, String)> {
@@ -21,19 +30,17 @@ mod summary {
                     contact_id_for(location, &phone),
                     format!(
                         "message received from {} by account {} (provider id {})",
-                        e.from, e.account_id, e.provider_message_id
+                        shown(&e.from),
+                        e.account_id,
+                        e.provider_message_id
                     ),
                 )
             }
             Event::ContactCreated(e) => (
                 e.contact_id,
                 format!(
-                    "contact created for {}{}: first message reached account {}",
-                    e.phone,
-                    e.name
-                        .as_deref()
-                        .map(|n| format!(" ({n})"))
-                        .unwrap_or_default(),
+                    "contact created for {}: first message reached account {}",
+                    shown(&e.phone),
                     e.first_account_id
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "-".into())
@@ -42,6 +49,16 @@ mod summary {
             Event::ContactTagged(e) => (
                 e.contact_id,
                 format!("tag {} added ({:?})", e.tag, e.source),
+            ),
+            Event::ContactErased(e) => (
+                e.contact_id,
+                format!(
+                    "personal data erased{}: phone, name and messages show as {ERASED}",
+                    e.requested_by
+                        .as_deref()
+                        .map(|by| format!(" (asked by {by})"))
+                        .unwrap_or_default()
+                ),
             ),
             Event::ContactUntagged(e) => (
                 e.contact_id,
@@ -143,6 +160,28 @@ mod summary {
     }
 }
 
+/// An erased contact's summaries keep what happened, not whose number it was.
+async fn forget(conn: &mut AnyConnection, contact_id: &str) -> sqlx::Result<()> {
+    let erased = whatsnap_events::ERASED;
+    for (event_type, summary) in [
+        (
+            "InboundMessageReceived",
+            format!("message received from {erased}"),
+        ),
+        ("ContactCreated", format!("contact created for {erased}")),
+    ] {
+        sqlx::query(
+            "UPDATE contact_timeline SET summary = $3 WHERE contact_id = $1 AND event_type = $2",
+        )
+        .bind(contact_id)
+        .bind(event_type)
+        .bind(summary)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Projection<Any> for TimelineProjection {
     fn name(&self) -> &str {
@@ -164,6 +203,9 @@ impl Projection<Any> for TimelineProjection {
         // The runner skips types this build does not know; a payload that does not decode is
         // a failure, for the runner to retry and park.
         let decoded = event.decode()?;
+        if let whatsnap_events::Event::ContactErased(e) = &decoded {
+            forget(conn, &e.contact_id.to_string()).await?;
+        }
         let message = match &decoded {
             whatsnap_events::Event::OutboundMessageRequested(e) => {
                 Some((e.message_id.to_string(), e.contact_id.to_string()))

@@ -29,6 +29,12 @@ impl Application {
         }
     }
 
+    /// The contacts' keys, which seal what the queue keeps of a person.
+    pub fn with_contact_keys(mut self, keys: Arc<whatsnap_pii::ContactKeys>) -> Self {
+        self.ghl_sync = self.ghl_sync.with_contact_keys(keys);
+        self
+    }
+
     pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<GhlSync> {
         self.ghl_sync.grpc()
     }

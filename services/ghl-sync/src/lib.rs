@@ -37,6 +37,8 @@ pub struct GhlSync {
     db: ReadDb,
     /// The GHL client and what seals tokens; without it, work waits and connecting is refused.
     config: Option<WorkerConfig>,
+    /// The contacts' keys, which seal what the queue keeps of a person.
+    keys: Option<Arc<whatsnap_pii::ContactKeys>>,
 }
 
 impl GhlSync {
@@ -45,7 +47,14 @@ impl GhlSync {
             store,
             db,
             config: None,
+            keys: None,
         }
+    }
+
+    /// With the contacts' keys: the queue keeps phones, names and texts sealed.
+    pub fn with_contact_keys(mut self, keys: Arc<whatsnap_pii::ContactKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// With the GHL client: the worker can run, and locations can connect.
@@ -56,9 +65,10 @@ impl GhlSync {
 
     /// The worker that drains the queue, when a client is configured.
     pub fn worker(&self) -> Option<Arc<Worker>> {
-        self.config
-            .clone()
-            .map(|config| Arc::new(Worker::new(self.store.clone(), self.db.clone(), config)))
+        self.config.clone().map(|mut config| {
+            config.contact_keys = self.keys.clone();
+            Arc::new(Worker::new(self.store.clone(), self.db.clone(), config))
+        })
     }
 
     fn configured(&self) -> Result<&WorkerConfig, ServiceError> {
@@ -104,7 +114,7 @@ impl GhlSync {
     }
 
     pub fn projection(&self) -> Arc<PendingWork> {
-        Arc::new(PendingWork)
+        Arc::new(PendingWork::new(self.keys.clone()))
     }
 }
 

@@ -3,12 +3,20 @@
 //! (the contact's phone, name, tags and owner; the message's text). Work leaves the table only
 //! through an event (`GhlContactLinked`, `GhlMessagePosted`, `GhlStatusReported`,
 //! `GhlAssignmentApplied`, or a final `GhlSyncFailed`), so a rebuild from the log gives the same
-//! queue.
+//! queue. The contact's phone and name and the messages' text and attachments are kept sealed
+//! with the contact's key (see `whatsnap-pii`); the worker opens them. An erased contact
+//! (`ContactErased`) leaves the queue, and its phone, name and messages are kept only as
+//! `[erased]`.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
+use uuid::Uuid;
+use whatsnap_events::LocationId;
 use whatsnap_events::{Event, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_pii::ContactKeys;
 
 pub const CONTACT: &str = "contact_upsert";
 pub const MESSAGE: &str = "message";
@@ -19,7 +27,42 @@ pub const ASSIGN: &str = "assign";
 const GHL_OWNER_RULE: &str = "ghl_owner";
 
 /// The work waiting to cross to GHL.
-pub struct PendingWork;
+#[derive(Default)]
+pub struct PendingWork {
+    /// Seal what the queue keeps of a person; without them it is kept as it is.
+    keys: Option<Arc<ContactKeys>>,
+}
+
+impl PendingWork {
+    pub fn new(keys: Option<Arc<ContactKeys>>) -> Self {
+        Self { keys }
+    }
+
+    /// A person's data as the queue keeps it: sealed with their contact's key.
+    async fn sealed(
+        &self,
+        location: &LocationId,
+        contact_id: Uuid,
+        text: String,
+    ) -> Result<String, ApplyError> {
+        match &self.keys {
+            Some(keys) => Ok(keys.seal_text(location, contact_id, &text).await?),
+            None => Ok(text),
+        }
+    }
+
+    async fn sealed_opt(
+        &self,
+        location: &LocationId,
+        contact_id: Uuid,
+        text: Option<String>,
+    ) -> Result<Option<String>, ApplyError> {
+        match text {
+            Some(text) => Ok(Some(self.sealed(location, contact_id, text).await?)),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Queues `kind` for `subject`; queued again later (a new tag) it moves to the later position,
 /// so that the worker knows its earlier pass did not cover it.
@@ -101,6 +144,34 @@ async fn outbound_status(
     Ok(())
 }
 
+/// Forgets an erased contact's personal data and takes its work out of the queue: nothing
+/// more of it goes to GHL.
+async fn erase(conn: &mut AnyConnection, contact_id: &str) -> sqlx::Result<()> {
+    const ERASED: &str = whatsnap_events::ERASED;
+    sqlx::query(
+        "DELETE FROM ghl_pending WHERE (kind IN ($1, $2) AND subject_id = $3) OR (kind IN ($4, $5) \
+         AND subject_id IN (SELECT message_id FROM ghl_messages WHERE contact_id = $3))",
+    )
+    .bind(CONTACT)
+    .bind(ASSIGN)
+    .bind(contact_id)
+    .bind(MESSAGE)
+    .bind(STATUS)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE ghl_contacts SET phone = $2, name = NULL WHERE contact_id = $1")
+        .bind(contact_id)
+        .bind(ERASED)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE ghl_messages SET body = $2, attachments = '[]' WHERE contact_id = $1")
+        .bind(contact_id)
+        .bind(ERASED)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Projection<Any> for PendingWork {
     fn name(&self) -> &str {
@@ -132,14 +203,17 @@ impl Projection<Any> for PendingWork {
         let location = event.location_id().to_string();
         match event.decode()? {
             Event::ContactCreated(e) => {
+                let at = event.location_id();
+                let phone = self.sealed(at, e.contact_id, e.phone).await?;
+                let name = self.sealed_opt(at, e.contact_id, e.name).await?;
                 sqlx::query(
                     "INSERT INTO ghl_contacts (contact_id, location_id, phone, name, tags) \
                      VALUES ($1, $2, $3, $4, '[]') ON CONFLICT (contact_id) DO NOTHING",
                 )
                 .bind(e.contact_id.to_string())
                 .bind(&location)
-                .bind(&e.phone)
-                .bind(&e.name)
+                .bind(phone)
+                .bind(name)
                 .execute(&mut *conn)
                 .await?;
                 pending(conn, event, CONTACT, e.contact_id.to_string()).await?
@@ -162,10 +236,17 @@ impl Projection<Any> for PendingWork {
                 tags.retain(|t| t != &e.tag);
                 set_contact_tags(conn, &id, &tags).await?;
             }
+            // From a contact erased since: nothing of it crosses to GHL.
+            Event::InboundMessageReceived(e) if e.from == whatsnap_events::ERASED => {}
+            Event::ContactErased(e) => erase(conn, &e.contact_id.to_string()).await?,
             Event::InboundMessageReceived(e) => {
                 let contact_id = PhoneNumber::parse(&e.from)
                     .map(|phone| contact_id_for(event.location_id(), &phone))?;
                 let attachments: Vec<&str> = e.attachments.iter().map(|a| a.url.as_str()).collect();
+                let attachments = serde_json::to_string(&attachments).expect("strings serialise");
+                let at = event.location_id();
+                let body = self.sealed(at, contact_id, e.body).await?;
+                let attachments = self.sealed(at, contact_id, attachments).await?;
                 sqlx::query(
                     "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
@@ -175,14 +256,17 @@ impl Projection<Any> for PendingWork {
                 .bind(contact_id.to_string())
                 // Typed on the account's own phone: shown in GHL as sent from the account.
                 .bind(if e.from_me { "outbound" } else { "inbound" })
-                .bind(&e.body)
-                .bind(serde_json::to_string(&attachments).expect("strings serialise"))
+                .bind(body)
+                .bind(attachments)
                 .bind(e.received_at.to_rfc3339())
                 .execute(&mut *conn)
                 .await?;
                 pending(conn, event, MESSAGE, e.message_id.to_string()).await?
             }
             Event::OutboundMessageRequested(e) => {
+                let body = self
+                    .sealed(event.location_id(), e.contact_id, e.body)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at, ghl_message_id) \
                      VALUES ($1, $2, $3, 'outbound', $4, '[]', $5, $6) ON CONFLICT (message_id) DO NOTHING",
@@ -190,7 +274,7 @@ impl Projection<Any> for PendingWork {
                 .bind(e.message_id.to_string())
                 .bind(&location)
                 .bind(e.contact_id.to_string())
-                .bind(&e.body)
+                .bind(body)
                 .bind(event.occurred_at.to_rfc3339())
                 .bind(&e.ghl_message_id)
                 .execute(&mut *conn)

@@ -58,6 +58,8 @@ pub struct WorkerConfig {
     /// How many times an item GHL refuses (a 403, a message GHL does not add) is tried before
     /// it is set aside, so that the location's queue moves on.
     pub max_item_attempts: u32,
+    /// Open what the queue keeps of a person (sealed with the contact's key).
+    pub contact_keys: Option<Arc<whatsnap_pii::ContactKeys>>,
 }
 
 impl WorkerConfig {
@@ -72,6 +74,7 @@ impl WorkerConfig {
             poll: Duration::from_millis(200),
             users_refresh: Duration::from_secs(600),
             max_item_attempts: 3,
+            contact_keys: None,
         }
     }
 }
@@ -186,6 +189,16 @@ pub(crate) fn contact_stream(location: &LocationId, contact_id: Uuid) -> StreamI
 impl From<StoreError> for Failure {
     fn from(err: StoreError) -> Self {
         Self::Retry(format!("event store: {err}"))
+    }
+}
+
+impl From<whatsnap_pii::KeyError> for Failure {
+    fn from(err: whatsnap_pii::KeyError) -> Self {
+        match err {
+            whatsnap_pii::KeyError::Database(err) => err.into(),
+            // A key that is gone or does not open will not come back by waiting.
+            other => Self::Final(other.to_string(), None),
+        }
     }
 }
 
@@ -810,6 +823,18 @@ impl Worker {
         else {
             return Ok(None);
         };
+        let phone = self.opened(location, row.get("phone")).await?;
+        let name = match row.get::<Option<String>, _>("name") {
+            Some(name) => Some(self.opened(location, name).await?),
+            None => None,
+        };
+        if phone == whatsnap_events::ERASED {
+            // Its queue items leave with the erasure; one read just before it stops here.
+            return Err(Failure::Final(
+                "the contact's personal data was erased: nothing of it goes to GHL".into(),
+                None,
+            ));
+        }
         let tags: Vec<String> =
             serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
         if tags.is_empty() && queued.is_some() {
@@ -821,8 +846,8 @@ impl Worker {
             location,
             token,
             contact_id,
-            phone: row.get("phone"),
-            name: row.get("name"),
+            phone,
+            name,
             tags,
             assigned_to: row.get("assigned_to"),
             linked: row.get("ghl_contact_id"),
@@ -891,6 +916,14 @@ impl Worker {
         Ok(Step::Done)
     }
 
+    /// A person's data as the queue keeps it, opened with their contact's key.
+    async fn opened(&self, location: &LocationId, kept: String) -> Result<String, Failure> {
+        match &self.config.contact_keys {
+            Some(keys) => Ok(keys.open_text(location, &kept).await?),
+            None => Ok(kept),
+        }
+    }
+
     async fn post_message(
         &self,
         location: &LocationId,
@@ -917,6 +950,14 @@ impl Worker {
         else {
             return Ok(Step::NotYet);
         };
+        let body = self.opened(location, row.get("body")).await?;
+        let attachments = self.opened(location, row.get("attachments")).await?;
+        if body == whatsnap_events::ERASED {
+            return Err(Failure::Final(
+                "the contact's personal data was erased: nothing of it goes to GHL".into(),
+                None,
+            ));
+        }
         let direction = match row.get::<String, _>("direction").as_str() {
             "outbound" => MessageDirection::Outbound,
             _ => MessageDirection::Inbound,
@@ -929,9 +970,8 @@ impl Worker {
             message: InboundMessage {
                 contact_id: ghl_contact_id,
                 conversation_provider_id: self.config.conversation_provider_id.clone(),
-                message: row.get("body"),
-                attachments: serde_json::from_str(&row.get::<String, _>("attachments"))
-                    .unwrap_or_default(),
+                message: body,
+                attachments: serde_json::from_str(&attachments).unwrap_or_default(),
                 alt_id: message_id.to_string(),
                 direction,
                 date: chrono::DateTime::parse_from_rfc3339(&row.get::<String, _>("at"))

@@ -645,6 +645,19 @@ pub enum ContactsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Erase a contact's personal data for good: its phone, name and messages show as
+    /// [erased] from now on (log, trace, replays, read models) and nothing more of it goes to
+    /// GHL. Takes the phone or the contact id.
+    Erase {
+        contact: String,
+        #[arg(long)]
+        location: String,
+        /// Who asks, recorded with the erasure.
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        #[command(flatten)]
+        server: Server,
+    },
 }
 
 pub async fn contacts(command: ContactsCommand) -> anyhow::Result<()> {
@@ -674,6 +687,29 @@ pub async fn contacts(command: ContactsCommand) -> anyhow::Result<()> {
             .map_err(status)?
             .into_inner();
             println!("tags      {}", contact.tags.join(", "));
+            return Ok(());
+        }
+        ContactsCommand::Erase {
+            contact,
+            location,
+            requested_by,
+            server,
+        } => {
+            let erased = contacts::contacts_service_client::ContactsServiceClient::new(
+                server.channel().await?,
+            )
+            .erase_contact(contacts::EraseContactRequest {
+                location_id: location,
+                contact,
+                requested_by,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+            match erased.erased_now {
+                true => println!("contact {} erased", erased.contact_id),
+                false => println!("contact {} was already erased", erased.contact_id),
+            }
             return Ok(());
         }
         ContactsCommand::Route {

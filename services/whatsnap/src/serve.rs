@@ -206,9 +206,9 @@ pub struct ServeArgs {
     /// gRPC URL of the ghl-sync service, when the gateway runs without it.
     #[arg(long, env = "WHATSNAP_GHL_SYNC_URL")]
     ghl_sync_url: Option<String>,
-    /// The key that seals stored credentials: 32 random bytes, base64 (`openssl rand -base64
-    /// 32`), the same for every process. The embedded setup keeps one in <data-dir>/secret.key
-    /// when none is given.
+    /// The key that seals stored credentials and the contacts' keys: 32 random bytes, base64
+    /// (`openssl rand -base64 32`), the same for every process. Without it the embedded setup
+    /// keeps one in --secret-key-file.
     #[arg(long, env = "WHATSNAP_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
     /// The first admin token of a distributed deployment (from a Secret): recorded, hashed, on
@@ -227,6 +227,12 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "WHATSNAP_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where the embedded setup keeps its secret key when --secret-key is not given (created on
+    /// first start). Default: $XDG_CONFIG_HOME/whatsnap/secret.key (~/.config/whatsnap/…), so
+    /// that a backup of the data directory does not hold the key that opens it; a key file
+    /// already in the data directory (from an older whatsnap) is used, with a warning.
+    #[arg(long, env = "WHATSNAP_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
     /// The Twilio API.
     #[arg(long, env = "WHATSNAP_TWILIO_BASE_URL", default_value = whatsnap_twilio::DEFAULT_BASE_URL)]
     twilio_base_url: String,
@@ -502,9 +508,40 @@ fn secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
              bytes, base64, for every process (e.g. `openssl rand -base64 32`)"
         );
     }
-    let path = args.backend.data_dir.join("secret.key");
+    let path = secret_key_file(args);
+    if path.starts_with(&args.backend.data_dir) {
+        warn!(
+            path = %path.display(),
+            "the secret key file is in the data directory: one backup of it holds both the sealed \
+             data and the key that opens it; move it (--secret-key-file) or give --secret-key"
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory of {}", path.display()))?;
+    }
     whatsnap_secrets::SecretKey::load_or_create(&path)
         .with_context(|| format!("the secret key in {}", path.display()))
+}
+
+/// The embedded key file: as given; else the one an older whatsnap made in the data
+/// directory; else in the user's configuration directory, away from the data.
+fn secret_key_file(args: &ServeArgs) -> PathBuf {
+    if let Some(path) = &args.secret_key_file {
+        return path.clone();
+    }
+    let legacy = args.backend.data_dir.join("secret.key");
+    if legacy.exists() {
+        return legacy;
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")));
+    match config {
+        Some(dir) => dir.join("whatsnap").join("secret.key"),
+        None => legacy,
+    }
 }
 
 /// A channel to a service: this process's own gRPC server when it runs the service here, else
@@ -665,11 +702,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             "no --public-url: replies go out without a StatusCallback, so GHL never learns their delivery status"
         );
     }
-    let secret_key = if has(Target::Session) || has(Target::Gateway) || has(Target::GhlSync) {
-        Some(secret_key(&args)?)
-    } else {
-        None
-    };
+    // Every service reads personal data, sealed per contact under keys this key seals.
+    let key = secret_key(&args)?;
+    let contact_keys = Arc::new(
+        whatsnap_pii::ContactKeys::open(db.clone(), key.clone())
+            .await
+            .context("opening the contacts' keys")?,
+    );
+    let secret_key = Some(key);
+    let store: Arc<dyn EventStore> =
+        Arc::new(whatsnap_pii::SealingStore::new(store, contact_keys.clone()));
     // Files received with messages, kept by the session service and served by the gateway.
     let media = match &secret_key {
         Some(key) if has(Target::Session) || has(Target::Gateway) => Some(
@@ -679,7 +721,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let services = Services::build(
+    let mut services = Services::build(
         &args,
         &store,
         &db,
@@ -688,6 +730,12 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         public_url.as_deref(),
     )
     .await?;
+    services.contacts = services
+        .contacts
+        .map(|contacts| contacts.with_contact_keys(contact_keys.clone()));
+    services.ghl_sync = services
+        .ghl_sync
+        .map(|ghl_sync| ghl_sync.with_contact_keys(contact_keys));
     let projections = services.projections();
     #[cfg(feature = "failpoints")]
     let projections = crate::failpoints::poison_projections(projections);

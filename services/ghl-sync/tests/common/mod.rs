@@ -70,7 +70,7 @@ impl Rig {
         config.max_backoff = Duration::from_millis(500);
         config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
         let sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
-        let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork));
+        let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork::default()));
         // The read model's tables, before anything asks it.
         runner.prepare().await.unwrap();
         let mut tasks = vec![tokio::spawn(async move {
