@@ -58,7 +58,7 @@ impl SmsGateError {
     pub fn into_send_error(self) -> SendError {
         match self {
             Self::Unauthorized => SendError::Refused {
-                reason: self.to_string(),
+                reason: "SMSGate refused the username and password".to_owned(),
                 code: Some("401".to_owned()),
             },
             Self::NotFound(reason) | Self::Conflict(reason) => SendError::Refused {
