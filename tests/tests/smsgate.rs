@@ -352,8 +352,10 @@ async fn an_android_phone_round_trips_sms_with_ghl() {
             "system:ping"
         ]
     );
-    assert!(hooks.iter().all(|w| w.id.starts_with("whatsnap-")
-        && w.url.ends_with(&webhook_path(&account.account_id))));
+    assert!(
+        hooks.iter().all(|w| w.id.starts_with("whatsnap-")
+            && w.url.ends_with(&webhook_path(&account.account_id)))
+    );
 
     // Ana texts; the phone posts it twice (a retry): one tagged contact, one message.
     let (_, answers) = rig.phone.receive(ANA, "Hi, are you open today?", 1).await;
@@ -462,7 +464,10 @@ async fn an_android_phone_round_trips_sms_with_ghl() {
         .await
         .unwrap();
     rig.evolution
-        .receive(&instance, FakeEvolutionIncoming::text(ANA, "also on WhatsApp"))
+        .receive(
+            &instance,
+            FakeEvolutionIncoming::text(ANA, "also on WhatsApp"),
+        )
         .await
         .unwrap();
     let tagged = eventually("Ana tagged with both accounts", async || {
@@ -517,7 +522,14 @@ async fn forged_stale_malformed_and_huge_webhooks_are_refused_and_record_nothing
     .to_string();
     let key = FakeSmsGate::SIGNING_KEY;
     assert_eq!(
-        post_signed(http, &account.account_id, body.as_bytes(), "not-the-key", now).await,
+        post_signed(
+            http,
+            &account.account_id,
+            body.as_bytes(),
+            "not-the-key",
+            now
+        )
+        .await,
         401,
         "forged"
     );
@@ -627,10 +639,7 @@ async fn a_phone_that_holds_texts_back_or_goes_silent_is_shown_and_the_operator_
         "{}",
         flagged.status_reason
     );
-    let alert = eventually("the operator alerted", async || {
-        sink.find("not delivering")
-    })
-    .await;
+    let alert = eventually("the operator alerted", async || sink.find("not delivering")).await;
     assert!(alert.contains("Shop phone"), "{alert}");
     rig.phone.hold_sends(false);
     eventually("delivering again once the phone sends", async || {
@@ -652,10 +661,7 @@ async fn a_phone_that_holds_texts_back_or_goes_silent_is_shown_and_the_operator_
         "{}",
         offline.status_reason
     );
-    let alert = eventually("the disconnect alerted", async || {
-        sink.find("disconnected")
-    })
-    .await;
+    let alert = eventually("the disconnect alerted", async || sink.find("disconnected")).await;
     assert!(alert.contains("Shop phone"), "{alert}");
     rig.phone.come_online().await.unwrap();
     eventually("connected again", async || {

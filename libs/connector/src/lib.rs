@@ -187,7 +187,10 @@ pub enum ConnectorEvent {
     /// The link is up, but what it was given to send does not leave (`delivering` false), or
     /// leaves again: a phone whose battery saver holds back its SMS app, say. Only a connected
     /// account is flagged; `detail` says what was seen and what to do.
-    Delivery { delivering: bool, detail: String },
+    Delivery {
+        delivering: bool,
+        detail: String,
+    },
 }
 
 /// How fast an account sends: unofficial WhatsApp clients that send fast, regularly spaced

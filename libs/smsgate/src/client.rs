@@ -61,10 +61,9 @@ impl SmsGateError {
                 reason: "SMSGate refused the username and password".to_owned(),
                 code: Some("401".to_owned()),
             },
-            Self::NotFound(reason) | Self::Conflict(reason) => SendError::Refused {
-                reason,
-                code: None,
-            },
+            Self::NotFound(reason) | Self::Conflict(reason) => {
+                SendError::Refused { reason, code: None }
+            }
             Self::Refused {
                 http_status,
                 reason,
@@ -226,15 +225,9 @@ impl SmsGateClient {
     }
 
     /// Sends `request` with the account's credentials; the raw answer of a success.
-    async fn call(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(u16, Vec<u8>), SmsGateError> {
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), SmsGateError> {
         let response = request
-            .basic_auth(
-                &self.credentials.username,
-                Some(&self.credentials.password),
-            )
+            .basic_auth(&self.credentials.username, Some(&self.credentials.password))
             .send()
             .await
             .map_err(|e| {
@@ -285,8 +278,11 @@ impl SmsGateClient {
 
     /// `GET /messages/{id}`.
     pub async fn message(&self, id: &str) -> Result<MessageState, SmsGateError> {
-        self.json(self.http.get(self.url(&format!("/messages/{}", encode(id)))))
-            .await
+        self.json(
+            self.http
+                .get(self.url(&format!("/messages/{}", encode(id)))),
+        )
+        .await
     }
 
     /// `POST /webhooks`: registers (or, with the same id, replaces) a webhook.

@@ -103,7 +103,11 @@ pub fn webhook_url(public_url: &str, location: &LocationId, account_id: Uuid) ->
 /// whatsnap's id of the account's webhook for `event`: the same every time, so registering
 /// again replaces it.
 pub fn webhook_id(account_id: Uuid, event: &str) -> String {
-    format!("whatsnap-{}-{}", account_id.simple(), event.replace(':', "-"))
+    format!(
+        "whatsnap-{}-{}",
+        account_id.simple(),
+        event.replace(':', "-")
+    )
 }
 
 /// What a user gives to add an account (`--setting NAME=VALUE`: every value may come as text).
@@ -152,7 +156,9 @@ impl fmt::Debug for SmsGateSettings {
 impl SmsGateSettings {
     pub fn of(settings: &serde_json::Value) -> Result<Self, ConnectorError> {
         serde_json::from_value(settings.clone()).map_err(|e| {
-            ConnectorError::Invalid(format!("the account's SMSGate settings are unreadable: {e}"))
+            ConnectorError::Invalid(format!(
+                "the account's SMSGate settings are unreadable: {e}"
+            ))
         })
     }
 }
@@ -418,7 +424,10 @@ impl Connector for SmsGateConnector {
         let device_id = given.device_id.filter(|d| !d.trim().is_empty());
         let client = SmsGateClient::new(
             &url,
-            Credentials { username: username.clone(), password: password.clone() },
+            Credentials {
+                username: username.clone(),
+                password: password.clone(),
+            },
             self.config.request_timeout,
         )
         .map_err(SmsGateError::into_connector_error)?;
@@ -483,14 +492,17 @@ impl Connector for SmsGateConnector {
         let taken = match client.send(&message).await {
             Ok(state) => state.id,
             // The phone has this id already: an earlier try whose answer was lost.
-            Err(SmsGateError::Conflict(_)) => client
-                .message(&id)
-                .await
-                .map_err(SmsGateError::into_send_error)?
-                .id,
+            Err(SmsGateError::Conflict(_)) => {
+                client
+                    .message(&id)
+                    .await
+                    .map_err(SmsGateError::into_send_error)?
+                    .id
+            }
             Err(error) => return Err(error.into_send_error()),
         };
-        self.sightings().took(account.account_id, &taken, Utc::now());
+        self.sightings()
+            .took(account.account_id, &taken, Utc::now());
         Ok(Sent {
             provider_message_id: taken,
         })

@@ -116,7 +116,9 @@ impl Watch<'_> {
                         )
                         .await);
                 }
-                Err(error) => debug!(account_id = %self.account.account_id, %error, "webhooks not registered yet"),
+                Err(error) => {
+                    debug!(account_id = %self.account.account_id, %error, "webhooks not registered yet")
+                }
             }
         }
         let polled = self.look().await;

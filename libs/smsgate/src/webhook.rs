@@ -242,7 +242,10 @@ mod tests {
         let ts = now.timestamp().to_string();
         let body = br#"{"id":"e1","event":"system:ping","payload":{"health":{}}}"#;
         let good = sign("signing-key", body, &ts);
-        assert_eq!(verify("signing-key", &headers(&good, &ts), body, now), Ok(()));
+        assert_eq!(
+            verify("signing-key", &headers(&good, &ts), body, now),
+            Ok(())
+        );
         let forged = sign("another-key", body, &ts);
         assert!(verify("signing-key", &headers(&forged, &ts), body, now).is_err());
         let tampered = br#"{"id":"e1","event":"system:ping","payload":{"health":1}}"#;
@@ -295,13 +298,19 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_smsgate_events_are_malformed() {
-        assert!(matches!(parse(b"not json", None), Err(WebhookError::Malformed(_))));
+        assert!(matches!(
+            parse(b"not json", None),
+            Err(WebhookError::Malformed(_))
+        ));
         assert!(matches!(
             parse(br#"{"id":"e","event":"sms:exploded","payload":{}}"#, None),
             Err(WebhookError::Malformed(_))
         ));
         assert!(matches!(
-            parse(br#"{"id":"e","event":"sms:received","payload":{"message":"x"}}"#, None),
+            parse(
+                br#"{"id":"e","event":"sms:received","payload":{"message":"x"}}"#,
+                None
+            ),
             Err(WebhookError::Malformed(_))
         ));
     }

@@ -76,7 +76,12 @@ async fn send(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let numbers: Vec<String> = value
         .get("phoneNumbers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if numbers.is_empty() {
         return error(StatusCode::BAD_REQUEST, "phoneNumbers is required");
@@ -214,7 +219,14 @@ async fn list(State(shared): State<Shared>, headers: HeaderMap) -> Response {
         if let Err(refused) = authorized(inner, &headers) {
             return refused;
         }
-        axum::Json(inner.webhooks.values().map(webhook_json).collect::<Vec<_>>()).into_response()
+        axum::Json(
+            inner
+                .webhooks
+                .values()
+                .map(webhook_json)
+                .collect::<Vec<_>>(),
+        )
+        .into_response()
     })
 }
 
