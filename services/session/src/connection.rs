@@ -252,11 +252,8 @@ mod tests {
             phone_number: None,
             display_name: None,
         };
-        let state = evolve(
-            state,
-            &decide_connection(&state, id, &open, now).unwrap(),
-            3,
-        );
+        let connected = decide_connection(&state, id, &open, now).unwrap();
+        let state = evolve(state, &connected, 3);
         let flagged = decide_connection(&state, id, &stuck, now).expect("flagged");
         let state = evolve(state, &flagged, 4);
         assert_eq!(

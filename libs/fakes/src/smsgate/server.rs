@@ -36,8 +36,8 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "message": message }))).into_response()
 }
 
-/// HTTP Basic with the app's username and password.
-fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// HTTP Basic with the app's username and password: the refusal, when they are not.
+fn unauthorized(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -45,11 +45,8 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
     let expected = format!("{}:{}", inner.username, inner.password);
-    if given.as_deref() == Some(expected.as_str()) {
-        Ok(())
-    } else {
-        Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"))
-    }
+    (given.as_deref() != Some(expected.as_str()))
+        .then(|| error(StatusCode::UNAUTHORIZED, "Unauthorized"))
 }
 
 fn is_e164(number: &str) -> bool {
@@ -60,7 +57,7 @@ fn is_e164(number: &str) -> bool {
 
 /// `POST /message` (and `/messages`).
 async fn send(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = shared.with(|inner| authorized(inner, &headers)) {
+    if let Some(refused) = shared.with(|inner| unauthorized(inner, &headers)) {
         return refused;
     }
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
@@ -100,16 +97,16 @@ async fn send(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let taken = shared.with(|inner| {
         // The cloud checks numbers at once; the phone only when it sends.
         if inner.mode == FakeSmsGateMode::Cloud && !numbers.iter().all(|n| is_e164(n)) {
-            return Err(error(StatusCode::BAD_REQUEST, "invalid phone number"));
+            return Err((StatusCode::BAD_REQUEST, "invalid phone number".to_owned()));
         }
         let id = match value.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => format!("msg{:08}", inner.next()),
         };
         if inner.messages.iter().any(|m| m.id == id) {
-            return Err(error(
+            return Err((
                 StatusCode::CONFLICT,
-                &format!("message with id {id} already exists"),
+                format!("message with id {id} already exists"),
             ));
         }
         let message = FakeSmsGateMessage {
@@ -128,7 +125,7 @@ async fn send(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     });
     let (id, answer, fault, mode) = match taken {
         Ok(taken) => taken,
-        Err(refused) => return refused,
+        Err((status, message)) => return error(status, &message),
     };
     shared.send_later(id.clone());
     if fault == Some(FakeSmsGateFault::AcceptThenHang) {
@@ -153,7 +150,7 @@ async fn message(
     Path(id): Path<String>,
 ) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         match inner.messages.iter().find(|m| m.id == id) {
@@ -166,7 +163,7 @@ async fn message(
 /// `POST /webhooks`: a webhook with an id the gateway holds replaces it.
 async fn register(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         let Ok(value) = serde_json::from_slice::<Value>(&body) else {
@@ -216,7 +213,7 @@ fn webhook_json(webhook: &FakeSmsGateWebhook) -> Value {
 /// `GET /webhooks`.
 async fn list(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         axum::Json(
@@ -237,7 +234,7 @@ async fn unregister(
     Path(id): Path<String>,
 ) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         match inner.webhooks.remove(&id) {
@@ -250,7 +247,7 @@ async fn unregister(
 /// `GET /health` of the phone's local server.
 async fn health(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         axum::Json(json!({
@@ -264,7 +261,7 @@ async fn health(State(shared): State<Shared>, headers: HeaderMap) -> Response {
 /// `GET /devices` of the cloud.
 async fn devices(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     shared.with(|inner| {
-        if let Err(refused) = authorized(inner, &headers) {
+        if let Some(refused) = unauthorized(inner, &headers) {
             return refused;
         }
         axum::Json(json!([inner.device_json()])).into_response()
