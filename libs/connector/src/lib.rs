@@ -113,7 +113,7 @@ impl DisconnectReason {
     pub fn advice(self) -> &'static str {
         match self {
             Self::ConnectionLost => "whatsnap reconnects by itself",
-            Self::PhoneOffline => "open WhatsApp on the phone and keep it online",
+            Self::PhoneOffline => "keep the phone on, online and its app running",
             Self::ClientOutdated => "update whatsnap: WhatsApp refuses this client's version",
             Self::Refused => "run `whatsnap accounts connect` again and scan the QR code in time",
             Self::Banned => {
@@ -183,6 +183,13 @@ pub enum ConnectorEvent {
     Receipt {
         provider_message_id: String,
         receipt: Receipt,
+    },
+    /// The link is up, but what it was given to send does not leave (`delivering` false), or
+    /// leaves again: a phone whose battery saver holds back its SMS app, say. Only a connected
+    /// account is flagged; `detail` says what was seen and what to do.
+    Delivery {
+        delivering: bool,
+        detail: String,
     },
 }
 

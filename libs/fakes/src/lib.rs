@@ -1,7 +1,7 @@
 //! Faithful fakes of the outside services whatsnap talks to: GoHighLevel's API v2
-//! ([`ghl::FakeGhl`]), Twilio's Programmable Messaging ([`twilio::FakeTwilio`]) and an Evolution
-//! API v2 server driving WhatsApp links ([`evolution::FakeEvolution`]). Each is a
-//! real HTTP server on a loopback port, built from the reference material in
+//! ([`ghl::FakeGhl`]), Twilio's Programmable Messaging ([`twilio::FakeTwilio`]), an Evolution
+//! API v2 server driving WhatsApp links ([`evolution::FakeEvolution`]) and an Android phone
+//! running SMSGate ([`smsgate::FakeSmsGate`]). Each is a real HTTP server on a loopback port, built from the reference material in
 //! `shared/reference` (GHL's own OpenAPI documents are embedded from `ghl-openapi/`), that
 //! records what it was asked and can send what the real service sends back, signed the same
 //! way.
@@ -11,6 +11,7 @@
 
 pub mod evolution;
 pub mod ghl;
+pub mod smsgate;
 pub mod twilio;
 
 pub use evolution::{
@@ -21,4 +22,5 @@ pub use ghl::{
     FakeGhl, FakeGhlContact, FakeGhlLimits, FakeGhlMessage, FakeGhlUser, RecordedRequest,
     SchemaViolation, StatusUpdate,
 };
+pub use smsgate::{FakeSmsGate, FakeSmsGateFault, FakeSmsGateMessage, FakeSmsGateMode};
 pub use twilio::{FakeTwilio, FakeTwilioAccount, SentSms};

@@ -23,8 +23,9 @@ pub use twilio_text::TwilioText;
 // testcontainers; tests keep reaching them here.
 pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
+pub use whatsnap_fakes::smsgate::{FakeSmsGate, FakeSmsGateFault};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{evolution, ghl, twilio};
+pub use whatsnap_fakes::{evolution, ghl, smsgate, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;

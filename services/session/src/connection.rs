@@ -131,6 +131,16 @@ pub fn decide_connection(
                 })
             })
         }
+        ConnectorEvent::Delivery { delivering, detail } => {
+            let flagged = state.not_delivering.is_some();
+            (state.status == Status::Connected && flagged == *delivering).then(|| {
+                Event::from(AccountDeliveryChanged {
+                    account_id,
+                    delivering: *delivering,
+                    reason: detail.clone(),
+                })
+            })
+        }
         ConnectorEvent::Message(_) | ConnectorEvent::Receipt { .. } => None,
     }
 }
@@ -223,6 +233,42 @@ mod tests {
             state.status_reason
         );
         assert_eq!(decide_connection(&state, id, &lost, now), None);
+    }
+
+    #[test]
+    fn a_connected_link_that_stops_delivering_is_flagged_once_and_cleared_once() {
+        let (id, state) = linking();
+        let now = Utc::now();
+        let stuck = ConnectorEvent::Delivery {
+            delivering: false,
+            detail: "2 texts not sent by the phone".into(),
+        };
+        assert_eq!(
+            decide_connection(&state, id, &stuck, now),
+            None,
+            "an account not connected yet is not flagged"
+        );
+        let open = ConnectorEvent::Connected {
+            phone_number: None,
+            display_name: None,
+        };
+        let connected = decide_connection(&state, id, &open, now).unwrap();
+        let state = evolve(state, &connected, 3);
+        let flagged = decide_connection(&state, id, &stuck, now).expect("flagged");
+        let state = evolve(state, &flagged, 4);
+        assert_eq!(
+            state.not_delivering.as_deref(),
+            Some("2 texts not sent by the phone")
+        );
+        assert_eq!(decide_connection(&state, id, &stuck, now), None, "once");
+        let flowing = ConnectorEvent::Delivery {
+            delivering: true,
+            detail: "the phone sent them".into(),
+        };
+        let cleared = decide_connection(&state, id, &flowing, now).expect("cleared");
+        let state = evolve(state, &cleared, 5);
+        assert_eq!(state.not_delivering, None);
+        assert_eq!(decide_connection(&state, id, &flowing, now), None);
     }
 
     #[test]

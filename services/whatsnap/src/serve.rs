@@ -271,6 +271,21 @@ pub struct ServeArgs {
     /// not delivering (and an alert fires).
     #[arg(long, env = "WHATSNAP_RECEIPT_PATIENCE", default_value = "600", value_parser = seconds)]
     receipt_patience: Duration,
+    /// SMSGate's public cloud API, for Android accounts added in cloud mode.
+    #[arg(long, env = "WHATSNAP_SMSGATE_CLOUD_URL", default_value = whatsnap_smsgate::CLOUD_URL)]
+    smsgate_cloud_url: String,
+    /// How long (seconds) an Android phone may stay silent (no webhook, health answer or
+    /// `lastSeen`) before its account shows offline, and how long a text it took may wait to
+    /// be sent before the account shows connected but not delivering.
+    #[arg(long, env = "WHATSNAP_SMSGATE_PATIENCE", default_value = "600", value_parser = seconds)]
+    smsgate_patience: Duration,
+    /// How often (seconds) whatsnap looks at each Android phone.
+    #[arg(long, env = "WHATSNAP_SMSGATE_POLL", default_value = "30", value_parser = seconds)]
+    smsgate_poll: Duration,
+    /// How long (seconds) one request to an SMSGate gateway may take; a send given up this way
+    /// is read back by its id before it is sent again.
+    #[arg(long, env = "WHATSNAP_SMSGATE_TIMEOUT", default_value = "15", value_parser = seconds)]
+    smsgate_timeout: Duration,
     /// Where alerts go when an account disconnects or is connected but not delivering: an
     /// incoming webhook that takes Slack's `{"text": …}` (Slack, Mattermost, Google Chat, most
     /// incident tools). No alerts without it.
@@ -1380,6 +1395,16 @@ async fn connectors(
         let evolution = whatsnap_evolution::EvolutionConnector::new(config)
             .map_err(|e| anyhow!("the Evolution API at {url}: {e}"))?;
         connectors = connectors.with(std::sync::Arc::new(evolution));
+    }
+    if let Some(public) = &public_url {
+        let mut config = whatsnap_smsgate::SmsGateConfig::new(public);
+        config.cloud_url = args.smsgate_cloud_url.clone();
+        config.patience = args.smsgate_patience;
+        config.poll_interval = args.smsgate_poll;
+        config.request_timeout = args.smsgate_timeout;
+        connectors = connectors.with(std::sync::Arc::new(
+            whatsnap_smsgate::SmsGateConnector::new(config),
+        ));
     }
     connectors = connectors
         .default_engine(&args.whatsapp_engine)
