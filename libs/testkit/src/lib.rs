@@ -8,20 +8,23 @@
 
 use std::time::Duration;
 
+mod alert_sink;
 mod backend;
 mod collector;
 mod process;
 mod twilio_text;
+pub use alert_sink::AlertSink;
 pub use backend::{TestBackend, distributed_args};
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{ChildGuard, HttpReply, Whatsnap, free_port, http_get, http_post, http_request};
 pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.
+pub use whatsnap_fakes::bluebubbles::FakeBlueBubbles;
 pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{evolution, ghl, twilio};
+pub use whatsnap_fakes::{bluebubbles, evolution, ghl, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
