@@ -121,7 +121,6 @@ impl BlueBubblesSettings {
 /// An account's settings, opened.
 pub(crate) struct Opened {
     pub(crate) client: BlueBubblesClient,
-    pub(crate) server_url: String,
     pub(crate) webhook_secret: String,
 }
 
@@ -179,7 +178,6 @@ impl BlueBubblesConnector {
         .map_err(BlueBubblesError::into_connector_error)?;
         Ok(Opened {
             client,
-            server_url: settings.server_url,
             webhook_secret: open(&settings.webhook_secret)?,
         })
     }
