@@ -515,12 +515,18 @@ async fn a_forged_malformed_or_huge_mac_webhook_records_nothing() {
     let huge = vec![b' '; 25 * 1024 * 1024];
     assert_eq!(post(good.clone(), huge).await, 413);
     assert!(
-        rig.observed(&account.account_id, "FORGED-1").await.is_empty(),
+        rig.observed(&account.account_id, "FORGED-1")
+            .await
+            .is_empty(),
         "a refused webhook records nothing"
     );
     // The same body with the secret is taken: the refusals above were for the secret.
     assert_eq!(post(good, body.into()).await, 200);
-    assert!(!rig.observed(&account.account_id, "FORGED-1").await.is_empty());
+    assert!(
+        !rig.observed(&account.account_id, "FORGED-1")
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +548,9 @@ async fn a_mac_that_goes_silent_shows_offline_alerts_and_comes_back() {
         offline.status_reason
     );
     let alert = eventually("the operator alerted", async || {
-        sink.texts().into_iter().find(|t| t.contains("disconnected"))
+        sink.texts()
+            .into_iter()
+            .find(|t| t.contains("disconnected"))
     })
     .await;
     assert!(alert.contains("Front desk"), "{alert}");
@@ -581,8 +589,14 @@ async fn messages_that_arrive_while_whatsnap_is_down_appear_once_after_it_starts
         (texts.len() >= 3).then_some(texts)
     })
     .await;
-    assert!(texts.contains(&("while you were down".into(), "inbound".into())), "{texts:?}");
-    assert!(texts.contains(&("typed meanwhile".into(), "outbound".into())), "{texts:?}");
+    assert!(
+        texts.contains(&("while you were down".into(), "inbound".into())),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&("typed meanwhile".into(), "outbound".into())),
+        "{texts:?}"
+    );
     assert_eq!(
         texts.iter().filter(|(t, _)| t == "first").count(),
         1,
@@ -611,7 +625,13 @@ async fn a_mac_that_drops_mid_send_does_not_send_twice() {
     rig.mac.accept_then_hang_next_send();
     let (reply, _) = rig
         .ghl
-        .send_provider_outbound(&rig.delivery_url(), LOCATION, &contact.id, "on my way", None)
+        .send_provider_outbound(
+            &rig.delivery_url(),
+            LOCATION,
+            &contact.id,
+            "on my way",
+            None,
+        )
         .await
         .unwrap();
     rig.reply_sent(&reply).await;

@@ -17,8 +17,8 @@ use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    AlertSink, ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually, free_port,
-    http_get,
+    AlertSink, ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually,
+    free_port, http_get,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

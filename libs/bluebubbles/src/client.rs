@@ -171,7 +171,11 @@ pub struct BlueBubblesClient {
 }
 
 impl BlueBubblesClient {
-    pub fn new(base_url: &str, password: &str, timeout: Duration) -> Result<Self, BlueBubblesError> {
+    pub fn new(
+        base_url: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Self, BlueBubblesError> {
         // reqwest is built without a default TLS provider; whatsnap uses ring throughout.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -282,8 +286,11 @@ impl BlueBubblesClient {
     /// `POST /api/v1/webhook` for whatsnap's events.
     pub async fn add_webhook(&self, url: &str) -> Result<Webhook, BlueBubblesError> {
         let body = json!({ "url": url, "events": WEBHOOK_EVENTS });
-        self.call(self.http.post(self.url("webhook")).json(&body), "add webhook")
-            .await
+        self.call(
+            self.http.post(self.url("webhook")).json(&body),
+            "add webhook",
+        )
+        .await
     }
 
     /// `DELETE /api/v1/webhook/:id` (answered without `data`).
@@ -320,8 +327,11 @@ impl BlueBubblesClient {
             "message": text,
             "method": "apple-script",
         });
-        self.call(self.http.post(self.url("message/text")).json(&body), "send text")
-            .await
+        self.call(
+            self.http.post(self.url("message/text")).json(&body),
+            "send text",
+        )
+        .await
     }
 
     /// `POST /api/v1/message/attachment`, multipart.
@@ -425,19 +435,33 @@ mod tests {
             bytes: b"%PDF-1".to_vec(),
         };
         let body = String::from_utf8(multipart("b0", &[("chatGuid", "SMS;-;+1")], &file)).unwrap();
-        assert!(body.starts_with("--b0\r\nContent-Disposition: form-data; name=\"chatGuid\"\r\n\r\nSMS;-;+1\r\n"));
+        assert!(body.starts_with(
+            "--b0\r\nContent-Disposition: form-data; name=\"chatGuid\"\r\n\r\nSMS;-;+1\r\n"
+        ));
         assert!(body.contains("filename=\"menu _final_.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1\r\n--b0--\r\n"));
     }
 
     #[test]
     fn errors_tell_the_outbox_whether_the_mac_may_have_sent() {
-        assert!(BlueBubblesError::Unreachable("refused".into()).into_send_error().certainly_unsent());
-        assert!(!BlueBubblesError::Failed("timeout".into()).into_send_error().certainly_unsent());
+        assert!(
+            BlueBubblesError::Unreachable("refused".into())
+                .into_send_error()
+                .certainly_unsent()
+        );
+        assert!(
+            !BlueBubblesError::Failed("timeout".into())
+                .into_send_error()
+                .certainly_unsent()
+        );
         let queued = BlueBubblesError::Refused {
             http_status: 400,
             reason: "Message is already queued to be sent! (Temp GUID: x)".into(),
         };
         assert!(!queued.into_send_error().certainly_unsent());
-        assert!(!BlueBubblesError::Unauthorized("no".into()).into_send_error().is_retryable());
+        assert!(
+            !BlueBubblesError::Unauthorized("no".into())
+                .into_send_error()
+                .is_retryable()
+        );
     }
 }

@@ -248,7 +248,9 @@ impl BlueBubblesConnector {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SendError::NotConnected(format!("the attachment cannot be fetched: {e}")))?;
+            .map_err(|e| {
+                SendError::NotConnected(format!("the attachment cannot be fetched: {e}"))
+            })?;
         let content_type = attachment.content_type.clone().or_else(|| {
             response
                 .headers()
@@ -256,10 +258,9 @@ impl BlueBubblesConnector {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         });
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::NotConnected(format!("the attachment cannot be fetched: {e}")))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            SendError::NotConnected(format!("the attachment cannot be fetched: {e}"))
+        })?;
         Ok(FileToSend {
             name,
             content_type: content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
@@ -317,7 +318,11 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
         .next()?
         .split('.')
         .map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 fn check_version(version: &str) -> Result<(), ConnectorError> {
@@ -385,8 +390,9 @@ impl Connector for BlueBubblesConnector {
                 "password is empty: give the password set in BlueBubbles Server".to_owned(),
             ));
         }
-        let client = BlueBubblesClient::new(&server_url, &given.password, self.config.request_timeout)
-            .map_err(BlueBubblesError::into_connector_error)?;
+        let client =
+            BlueBubblesClient::new(&server_url, &given.password, self.config.request_timeout)
+                .map_err(BlueBubblesError::into_connector_error)?;
         client
             .ping()
             .await
@@ -559,7 +565,12 @@ mod tests {
             check_server_url("http://192.168.1.20:1234").unwrap(),
             "http://192.168.1.20:1234"
         );
-        for bad in ["abc.ngrok.app", "ftp://mac", "https://mac?password=x", "https://u:p@mac"] {
+        for bad in [
+            "abc.ngrok.app",
+            "ftp://mac",
+            "https://mac?password=x",
+            "https://u:p@mac",
+        ] {
             assert!(check_server_url(bad).is_err(), "{bad}");
         }
     }
@@ -570,7 +581,10 @@ mod tests {
         assert!(check_version("1.10.0").is_ok());
         assert!(check_version("2.0.0-beta.1").is_ok());
         let refused = check_version("1.8.2").unwrap_err().to_string();
-        assert!(refused.contains("1.8.2") && refused.contains("1.9.0"), "{refused}");
+        assert!(
+            refused.contains("1.8.2") && refused.contains("1.9.0"),
+            "{refused}"
+        );
         assert!(check_version("unknown").is_err());
     }
 
@@ -579,6 +593,9 @@ mod tests {
         let (a, b) = (new_secret(), new_secret());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
     }
 }

@@ -22,6 +22,6 @@ mod session;
 
 pub use client::{BlueBubblesClient, BlueBubblesError, ServerInfo, WEBHOOK_EVENTS};
 pub use connector::{
-    BlueBubblesConfig, BlueBubblesConnector, BlueBubblesSettings, ENGINE, MIN_SERVER_VERSION,
-    SEND, webhook_path,
+    BlueBubblesConfig, BlueBubblesConnector, BlueBubblesSettings, ENGINE, MIN_SERVER_VERSION, SEND,
+    webhook_path,
 };

@@ -87,7 +87,9 @@ pub fn chat_guid(service: &str, address: &str) -> String {
 }
 
 fn time_of(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 impl BbMessage {
@@ -104,7 +106,11 @@ impl BbMessage {
     /// chat with a phone number (a tapback, a group chat, an Apple ID e-mail address: GHL
     /// contacts here are phone numbers).
     pub fn observed(&self) -> Option<ObservedMessage> {
-        if self.associated_message_guid.as_deref().is_some_and(|g| !g.is_empty()) {
+        if self
+            .associated_message_guid
+            .as_deref()
+            .is_some_and(|g| !g.is_empty())
+        {
             return None;
         }
         let address = self.peer_address()?;
@@ -129,7 +135,11 @@ impl BbMessage {
     /// The text, with each file named: the Mac serves files only with its password, which
     /// must not travel to GHL, so they are not shown there (yet).
     fn body(&self) -> String {
-        let mut body = self.text.clone().unwrap_or_default().replace('\u{fffc}', "");
+        let mut body = self
+            .text
+            .clone()
+            .unwrap_or_default()
+            .replace('\u{fffc}', "");
         for attachment in &self.attachments {
             let name = attachment.transfer_name.as_deref().unwrap_or("a file");
             if !body.is_empty() {
@@ -226,7 +236,10 @@ mod tests {
         assert_eq!(message.peer.phone.as_deref(), Some("+14155550100"));
         assert!(!message.from_me);
         assert_eq!(message.sent_at.timestamp(), 1_764_676_800);
-        assert!(message.attachments.is_empty(), "the Mac's password stays home");
+        assert!(
+            message.attachments.is_empty(),
+            "the Mac's password stays home"
+        );
         assert_eq!(
             message.body,
             "Are you open today?\n[menu.jpg: open it on the Mac or iPhone]"

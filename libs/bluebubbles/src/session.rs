@@ -142,7 +142,11 @@ impl Watch<'_> {
                 .query_messages(&MessageQuery {
                     chat_guid: None,
                     after: Some(since),
-                    with: vec!["chat".to_owned(), "handle".to_owned(), "attachment".to_owned()],
+                    with: vec![
+                        "chat".to_owned(),
+                        "handle".to_owned(),
+                        "attachment".to_owned(),
+                    ],
                     sort: "ASC",
                     offset,
                     limit: PAGE,

@@ -76,14 +76,16 @@ fn outgoing(text: &str) -> Outgoing {
 async fn a_mac_is_checked_when_added() {
     let mac = FakeBlueBubbles::start().await.unwrap();
     let connector = connector();
-    let given = |password: &str| {
-        serde_json::json!({"server_url": mac.base_url(), "password": password})
-    };
+    let given =
+        |password: &str| serde_json::json!({"server_url": mac.base_url(), "password": password});
     let wrong = connector
         .check(&new_account(), given("nope"), &key())
         .await
         .unwrap_err();
-    assert!(matches!(&wrong, ConnectorError::Refused(r) if r.contains("password")), "{wrong:?}");
+    assert!(
+        matches!(&wrong, ConnectorError::Refused(r) if r.contains("password")),
+        "{wrong:?}"
+    );
     mac.set_version("1.7.4");
     let old = connector
         .check(&new_account(), given(FakeBlueBubbles::PASSWORD), &key())
@@ -116,7 +118,10 @@ async fn a_reply_goes_into_the_contacts_chat_and_a_lost_answer_is_found() {
     let error = connector.send(&account, &lost).await.unwrap_err();
     assert!(!error.certainly_unsent(), "{error:?}");
     let found = connector.find_sent(&account, &lost, since).await.unwrap();
-    assert_eq!(found.map(|s| s.provider_message_id), Some(mac.sent().pop().unwrap().guid));
+    assert_eq!(
+        found.map(|s| s.provider_message_id),
+        Some(mac.sent().pop().unwrap().guid)
+    );
     assert_eq!(
         connector
             .find_sent(&account, &outgoing("never sent"), since)
@@ -150,7 +155,10 @@ async fn the_session_registers_the_webhook_catches_up_and_reports_the_mac_offlin
         matches!(&first, ConnectorEvent::Message(m) if m.provider_message_id == missed),
         "{first:?}"
     );
-    assert!(matches!(rx.recv().await.unwrap(), ConnectorEvent::Connected { .. }));
+    assert!(matches!(
+        rx.recv().await.unwrap(),
+        ConnectorEvent::Connected { .. }
+    ));
     let hooks = mac.webhooks();
     assert_eq!(hooks.len(), 1);
 
@@ -162,7 +170,13 @@ async fn the_session_registers_the_webhook_catches_up_and_reports_the_mac_offlin
     mac.set_reachable(false);
     let offline = rx.recv().await.unwrap();
     assert!(
-        matches!(&offline, ConnectorEvent::Disconnected { reason: DisconnectReason::DeviceOffline, .. }),
+        matches!(
+            &offline,
+            ConnectorEvent::Disconnected {
+                reason: DisconnectReason::DeviceOffline,
+                ..
+            }
+        ),
         "{offline:?}"
     );
     mac.set_reachable(true);
@@ -182,18 +196,39 @@ async fn the_session_registers_the_webhook_catches_up_and_reports_the_mac_offlin
 
     assert_eq!(
         connector
-            .webhook(&account, &WebhookRequest { headers: &headers, query: &query, body })
+            .webhook(
+                &account,
+                &WebhookRequest {
+                    headers: &headers,
+                    query: &query,
+                    body
+                }
+            )
             .unwrap(),
         []
     );
     for forged in ["", "secret=guess"] {
         assert!(matches!(
-            connector.webhook(&account, &WebhookRequest { headers: &headers, query: forged, body }),
+            connector.webhook(
+                &account,
+                &WebhookRequest {
+                    headers: &headers,
+                    query: forged,
+                    body
+                }
+            ),
             Err(WebhookError::Unauthenticated(_))
         ));
     }
     assert!(matches!(
-        connector.webhook(&account, &WebhookRequest { headers: &headers, query: &query, body: b"[1" }),
+        connector.webhook(
+            &account,
+            &WebhookRequest {
+                headers: &headers,
+                query: &query,
+                body: b"[1"
+            }
+        ),
         Err(WebhookError::Malformed(_))
     ));
 

@@ -937,7 +937,11 @@ impl Session {
         account_id: Uuid,
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
-        if message.from_me && self.own_send(account_id, &message.provider_message_id).await? {
+        if message.from_me
+            && self
+                .own_send(account_id, &message.provider_message_id)
+                .await?
+        {
             // whatsnap's own reply, echoed by the engine: GHL has it already.
             return Ok(false);
         }

@@ -153,7 +153,10 @@ impl FakeBlueBubbles {
         from_me: bool,
     ) -> (String, Vec<Option<u16>>) {
         let chat = format!("{service};-;{address}");
-        let message = self.shared.lock().store(&chat, text, from_me, None, Vec::new());
+        let message = self
+            .shared
+            .lock()
+            .store(&chat, text, from_me, None, Vec::new());
         let body = state::webhook_body("new-message", message.json(true));
         let guid = message.guid.clone();
         (guid, self.shared.post_all(body).await)

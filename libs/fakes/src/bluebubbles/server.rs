@@ -410,9 +410,10 @@ async fn query(State(shared): State<Shared>, body: Bytes) -> Response {
         Some(_) => return bad_request("The selected sort is invalid."),
     };
     let chat = body["chatGuid"].as_str().map(str::to_owned);
-    let with_chats = body["with"]
-        .as_array()
-        .is_some_and(|w| w.iter().any(|v| matches!(v.as_str(), Some("chat" | "chats"))));
+    let with_chats = body["with"].as_array().is_some_and(|w| {
+        w.iter()
+            .any(|v| matches!(v.as_str(), Some("chat" | "chats")))
+    });
     let inner = shared.lock();
     if let Some(chat) = &chat
         && !inner.chats.contains(chat)

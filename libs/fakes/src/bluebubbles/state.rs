@@ -49,7 +49,9 @@ impl StoredMessage {
     }
 
     fn service(&self) -> &str {
-        self.chat_guid.split_once(';').map_or("iMessage", |(s, _)| s)
+        self.chat_guid
+            .split_once(';')
+            .map_or("iMessage", |(s, _)| s)
     }
 
     /// The message as BlueBubbles serializes it; `with_chats` false for `updated-message`.
