@@ -385,14 +385,14 @@ async fn query(State(shared): State<Shared>, body: Bytes) -> Response {
             Err(_) => return bad_request("Invalid JSON body"),
         }
     };
-    let number = |key: &str, min: i64, max: i64| -> Result<Option<i64>, Response> {
+    let number = |key: &str, min: i64, max: i64| -> Result<Option<i64>, String> {
         match &body[key] {
             Value::Null => Ok(None),
             value => value
                 .as_i64()
                 .filter(|n| (min..=max).contains(n))
                 .map(Some)
-                .ok_or_else(|| bad_request(&format!("The {key} field is invalid."))),
+                .ok_or_else(|| format!("The {key} field is invalid.")),
         }
     };
     let (limit, offset, after, before) = match (
@@ -402,7 +402,9 @@ async fn query(State(shared): State<Shared>, body: Bytes) -> Response {
         number("before", 1, i64::MAX),
     ) {
         (Ok(l), Ok(o), Ok(a), Ok(b)) => (l.unwrap_or(100), o.unwrap_or(0), a, b),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return e,
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+            return bad_request(&e);
+        }
     };
     let sort = match body["sort"].as_str() {
         None | Some("DESC") => "DESC",
