@@ -288,7 +288,6 @@ async fn a_mac_added_and_paired_round_trips_imessages_with_ghl() {
         .accounts()
         .list_accounts(session::ListAccountsRequest {
             location_id: LOCATION.into(),
-            ..Default::default()
         })
         .await
         .unwrap()
