@@ -17,8 +17,8 @@ use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::{
-    ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually, free_port,
-    http_get,
+    AlertSink, ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually,
+    free_port, http_get,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -776,32 +776,6 @@ async fn an_engine_that_is_down_shows_the_account_disconnected_and_replies_wait_
         !recorded.iter().any(|(t, _)| t == "MessageFailed"),
         "the reply waited instead of failing: {recorded:?}"
     );
-}
-
-/// What an alert webhook received.
-#[derive(Clone, Default)]
-struct AlertSink(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl AlertSink {
-    async fn start(&self) -> String {
-        let sink = self.clone();
-        let app = axum::Router::new().route(
-            "/alert",
-            axum::routing::post(move |body: axum::Json<serde_json::Value>| async move {
-                let text = body["text"].as_str().unwrap_or_default().to_owned();
-                sink.0.lock().unwrap().push(text);
-                "ok"
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/alert")
-    }
-
-    fn texts(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 /// A link that says it is open while its replies get no receipts is flagged as connected but

@@ -85,6 +85,9 @@ pub enum DisconnectReason {
     EngineUnavailable,
     /// whatsnap stopped the connection (the account was removed, or whatsnap is stopping).
     Stopped,
+    /// The account's own device (a Mac, an Android phone) does not answer; whatsnap keeps
+    /// trying and reconnects when it does.
+    DeviceOffline,
 }
 
 impl DisconnectReason {
@@ -98,6 +101,7 @@ impl DisconnectReason {
             Self::LoggedOut => "logged_out",
             Self::EngineUnavailable => "engine_unavailable",
             Self::Stopped => "stopped",
+            Self::DeviceOffline => "device_offline",
         }
     }
 
@@ -105,7 +109,10 @@ impl DisconnectReason {
     pub fn reconnects(self) -> bool {
         matches!(
             self,
-            Self::ConnectionLost | Self::PhoneOffline | Self::EngineUnavailable
+            Self::ConnectionLost
+                | Self::PhoneOffline
+                | Self::EngineUnavailable
+                | Self::DeviceOffline
         )
     }
 
@@ -124,6 +131,10 @@ impl DisconnectReason {
             }
             Self::EngineUnavailable => "check that the WhatsApp engine is running and reachable",
             Self::Stopped => "nothing: whatsnap stopped the connection",
+            Self::DeviceOffline => {
+                "check that the device is on, awake and online, and its app (BlueBubbles \
+                 Server, SMSGate) running; whatsnap reconnects when it answers"
+            }
         }
     }
 }

@@ -8,10 +8,12 @@
 
 use std::time::Duration;
 
+mod alert_sink;
 mod backend;
 mod collector;
 mod process;
 mod twilio_text;
+pub use alert_sink::AlertSink;
 pub use backend::{TestBackend, distributed_args};
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{
@@ -21,11 +23,12 @@ pub use process::{
 pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without
 // testcontainers; tests keep reaching them here.
+pub use whatsnap_fakes::bluebubbles::FakeBlueBubbles;
 pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
 pub use whatsnap_fakes::smsgate::{FakeSmsGate, FakeSmsGateFault};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{evolution, ghl, smsgate, twilio};
+pub use whatsnap_fakes::{bluebubbles, evolution, ghl, smsgate, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;

@@ -78,7 +78,11 @@ impl AccountState {
             Status::Disconnected => self.cause.as_deref().is_none_or(|cause| {
                 matches!(
                     cause,
-                    "connection_lost" | "phone_offline" | "engine_unavailable" | "not_delivering"
+                    "connection_lost"
+                        | "phone_offline"
+                        | "engine_unavailable"
+                        | "device_offline"
+                        | "not_delivering"
                 )
             }),
             Status::Added | Status::LoggedOut | Status::Removed => false,

@@ -787,6 +787,10 @@ impl pb::session_service_server::SessionService for Session {
     }
 }
 
+/// How long an echo of a send may wait for the send's answer: longer than a send that times
+/// out and is then found again at the provider.
+const ECHO_PATIENCE: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// A refused webhook, as the gateway answers it.
 fn webhook_error(err: WebhookError) -> ServiceError {
     match err {
@@ -904,6 +908,34 @@ impl Session {
         Ok(None)
     }
 
+    /// Whether a message seen as typed on the account's own device is whatsnap's own send,
+    /// echoed. The echo may come before the send's answer (BlueBubbles, §6a): while the account
+    /// has a reply in flight, it is waited for (up to [`ECHO_PATIENCE`]) before the message is
+    /// taken for one typed on the device.
+    async fn own_send(&self, account_id: Uuid, provider_message_id: &str) -> ServiceResult<bool> {
+        let deadline = tokio::time::Instant::now() + ECHO_PATIENCE;
+        loop {
+            if read_model::sent_message(&self.db, account_id, provider_message_id)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            if !read_model::sending(&self.db, account_id).await? {
+                // The send may have been recorded between the two looks.
+                return Ok(
+                    read_model::sent_message(&self.db, account_id, provider_message_id)
+                        .await?
+                        .is_some(),
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A message seen in one of the account's chats, in its own stream named by the platform's
     /// id: a redelivery finds it written. A WhatsApp sender named by LID and number at once
     /// teaches whatsnap that both are one person ([`ContactIdentityMerged`]); one named only by
@@ -915,10 +947,9 @@ impl Session {
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
         if message.from_me
-            && read_model::sent_message(&self.db, account_id, &message.provider_message_id)
-                .await
-                .map_err(ServiceError::from)?
-                .is_some()
+            && self
+                .own_send(account_id, &message.provider_message_id)
+                .await?
         {
             // whatsnap's own reply, echoed by the engine: GHL has it already.
             return Ok(false);

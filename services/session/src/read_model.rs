@@ -277,6 +277,16 @@ pub(crate) async fn sent_message(
     Ok(id.and_then(|id| id.parse().ok()))
 }
 
+/// Whether the account has replies queued or in flight (not yet recorded as sent or failed).
+pub(crate) async fn sending(db: &ReadDb, account_id: uuid::Uuid) -> sqlx::Result<bool> {
+    let queued: Option<String> =
+        sqlx::query_scalar("SELECT message_id FROM outbound_queue WHERE account_id = $1 LIMIT 1")
+            .bind(account_id.to_string())
+            .fetch_optional(db)
+            .await?;
+    Ok(queued.is_some())
+}
+
 /// The phone number WhatsApp has named for `lid` in this location, once known.
 pub(crate) async fn phone_of_lid(
     db: &ReadDb,

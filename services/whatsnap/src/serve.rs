@@ -262,6 +262,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     evolution_webhook_jwt_key: Option<String>,
+    /// How long one request to a Mac's BlueBubbles server (iMessage accounts) may take, in
+    /// seconds. A send given up this way is looked for on the Mac before it is sent again.
+    #[arg(long, env = "WHATSNAP_BLUEBUBBLES_TIMEOUT", default_value = "30", value_parser = seconds)]
+    bluebubbles_timeout: Duration,
+    /// How often (seconds) each Mac is pinged: a Mac that stops answering shows its iMessage
+    /// account disconnected (and alerts) within this time.
+    #[arg(long, env = "WHATSNAP_BLUEBUBBLES_PING_INTERVAL", default_value = "30", value_parser = seconds)]
+    bluebubbles_ping_interval: Duration,
     /// The engine new WhatsApp accounts use when they are added without `--engine`:
     /// `embedded` (in this process, nothing else to install) or `evolution`.
     #[arg(long, env = "WHATSNAP_WHATSAPP_ENGINE", default_value = "embedded")]
@@ -1404,6 +1412,15 @@ async fn connectors(
         config.request_timeout = args.smsgate_timeout;
         connectors = connectors.with(std::sync::Arc::new(
             whatsnap_smsgate::SmsGateConnector::new(config),
+        ));
+    }
+    // iMessage through the user's Mac: the Mac posts its webhooks to the public URL.
+    if let Some(public) = &public_url {
+        let mut config = whatsnap_bluebubbles::BlueBubblesConfig::new(public);
+        config.request_timeout = args.bluebubbles_timeout;
+        config.ping_interval = args.bluebubbles_ping_interval;
+        connectors = connectors.with(std::sync::Arc::new(
+            whatsnap_bluebubbles::BlueBubblesConnector::new(config),
         ));
     }
     connectors = connectors
