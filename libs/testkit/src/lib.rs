@@ -21,7 +21,7 @@ pub use twilio_text::TwilioText;
 pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{evolution, ghl, twilio};
+pub use whatsnap_fakes::{cloudapi, evolution, ghl, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
