@@ -310,7 +310,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "Recipient phone number not in allowed list (WhatsApp error 131030): Add the number to the allowed list"
+            "Recipient phone number not in allowed list (WhatsApp error 131030: Add the number to the allowed list)"
         );
     }
 }
