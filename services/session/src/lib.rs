@@ -862,7 +862,8 @@ impl Session {
         let mut events = Vec::new();
         for reported in connector.added(&account) {
             if let Some(event) = decide_connection(&state, account_id, &reported, Utc::now()) {
-                state = evolve(state, &event, state.version + 1);
+                let version = state.version + 1;
+                state = evolve(state, &event, version);
                 events.push(event);
             }
         }
