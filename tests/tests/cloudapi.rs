@@ -230,10 +230,7 @@ impl Rig {
 
 /// `/webhooks/cloud/{location}/{account}` with a query.
 fn callback_path(account: &session::Account, query: &str) -> String {
-    format!(
-        "/webhooks/cloud/{LOCATION}/{}?{query}",
-        account.account_id
-    )
+    format!("/webhooks/cloud/{LOCATION}/{}?{query}", account.account_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,16 +272,19 @@ async fn a_cloud_api_number_is_added_verified_by_meta_and_round_trips_with_ghl()
         "{printed}{}",
         String::from_utf8_lossy(&added.stderr)
     );
-    let list = rig
-        .accounts()
-        .list_accounts(session::ListAccountsRequest {
-            location_id: LOCATION.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
-    let account = list.into_iter().next().expect("the account was added");
+    let account = eventually("the account listed", async || {
+        rig.accounts()
+            .list_accounts(session::ListAccountsRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accounts
+            .into_iter()
+            .next()
+    })
+    .await;
     assert_eq!(
         (
             account.engine.as_str(),
@@ -369,10 +369,7 @@ async fn a_cloud_api_number_is_added_verified_by_meta_and_round_trips_with_ghl()
         .event_types(&StreamId::for_uuid(
             location.clone(),
             AggregateKind::Message,
-            whatsnap_events::inbound_message_id_for(
-                account.account_id.parse().unwrap(),
-                &first_id,
-            ),
+            whatsnap_events::inbound_message_id_for(account.account_id.parse().unwrap(), &first_id),
         ))
         .await;
     assert_eq!(
@@ -436,7 +433,10 @@ async fn a_cloud_api_number_is_added_verified_by_meta_and_round_trips_with_ghl()
             .find(|m| m.text() == Some("¡Sí, hasta las 18h!"))
     })
     .await;
-    assert_eq!((sent.to.as_str(), sent.kind.as_str()), ("14155550100", "text"));
+    assert_eq!(
+        (sent.to.as_str(), sent.kind.as_str()),
+        ("14155550100", "text")
+    );
     eventually("the reply recorded as sent", async || {
         rig.event_types(&StreamId::for_uuid(
             location.clone(),
@@ -625,11 +625,7 @@ async fn a_graph_api_that_drops_mid_send_delays_the_reply_and_never_sends_it_twi
     let lost = rig.reply(&contact.id, "Te llamo luego").await;
     let failed = rig.ghl_told(&lost, "failed").await;
     assert!(
-        failed
-            .error
-            .unwrap()
-            .to_string()
-            .contains("not sent again"),
+        failed.error.unwrap().to_string().contains("not sent again"),
         "the reason says why"
     );
     rig.meta.set_send_fault(None);
@@ -674,7 +670,11 @@ async fn a_wrong_token_or_number_id_adds_nothing() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("access token"), "{}", refused.message());
+    assert!(
+        refused.message().contains("access token"),
+        "{}",
+        refused.message()
+    );
     let other = rig.meta.add_number("+1 555-000-3333", "Other");
     let refused = rig
         .accounts()

@@ -69,17 +69,24 @@ impl GraphError {
 
     /// Meta asks to slow down: an app, account, number or recipient limit.
     pub fn is_rate_limit(&self) -> bool {
-        matches!(self, Self::Api { http_status: 429, .. })
-            || matches!(
-                self.code(),
-                Some(4 | 80007 | 130429 | 131048 | 131056)
-            )
+        matches!(
+            self,
+            Self::Api {
+                http_status: 429,
+                ..
+            }
+        ) || matches!(self.code(), Some(4 | 80007 | 130429 | 131048 | 131056))
     }
 
     /// The token is invalid, expired, or lacks the permission (`whatsapp_business_messaging`).
     pub fn is_auth(&self) -> bool {
-        matches!(self, Self::Api { http_status: 401, .. })
-            || matches!(self.code(), Some(190 | 10 | 200..=299))
+        matches!(
+            self,
+            Self::Api {
+                http_status: 401,
+                ..
+            }
+        ) || matches!(self.code(), Some(190 | 10 | 200..=299))
     }
 }
 

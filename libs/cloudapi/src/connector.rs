@@ -105,8 +105,12 @@ pub struct CloudConnector {
 }
 
 impl CloudConnector {
-    pub fn new(config: CloudConfig, public_base_url: Option<String>) -> Result<Self, ConnectorError> {
-        let client = CloudClient::new(config).map_err(|e| ConnectorError::Unavailable(e.to_string()))?;
+    pub fn new(
+        config: CloudConfig,
+        public_base_url: Option<String>,
+    ) -> Result<Self, ConnectorError> {
+        let client =
+            CloudClient::new(config).map_err(|e| ConnectorError::Unavailable(e.to_string()))?;
         Ok(Self {
             client,
             public_base_url,
@@ -245,7 +249,10 @@ impl MediaKind {
             .rsplit_once('.')
             .map(|(_, ext)| ext.to_ascii_lowercase())
             .unwrap_or_default();
-        match (mime.split('/').next().unwrap_or_default(), extension.as_str()) {
+        match (
+            mime.split('/').next().unwrap_or_default(),
+            extension.as_str(),
+        ) {
             ("image", _) if mime != "image/webp" => Self::Image,
             ("video", _) => Self::Video,
             ("audio", _) => Self::Audio,
@@ -285,7 +292,11 @@ fn text_message(to: &str, body: &str) -> Value {
     })
 }
 
-fn media_message(to: &str, attachment: &Attachment, caption: Option<&str>) -> Result<Value, SendError> {
+fn media_message(
+    to: &str,
+    attachment: &Attachment,
+    caption: Option<&str>,
+) -> Result<Value, SendError> {
     if !attachment.url.starts_with("https://") && !attachment.url.starts_with("http://") {
         return Err(SendError::Refused {
             reason: "the Cloud API sends files by link: an attachment needs an http(s) URL".into(),
@@ -334,7 +345,9 @@ fn template_message(to: &str, template: &TemplateRequest) -> Value {
 /// `+15550001111` from Meta's display form (`+1 555-000-1111`, `15550001111`).
 fn display_e164(display: &str) -> Option<String> {
     let digits: String = display.chars().filter(char::is_ascii_digit).collect();
-    (8..=15).contains(&digits.len()).then(|| format!("+{digits}"))
+    (8..=15)
+        .contains(&digits.len())
+        .then(|| format!("+{digits}"))
 }
 
 /// A verify token for Meta's webhook check: 128 random bits, hex.
@@ -441,14 +454,13 @@ impl Connector for CloudConnector {
     async fn send(&self, account: &AccountRef, outgoing: &Outgoing) -> Result<Sent, SendError> {
         let (settings, token) = Self::sending(account)?;
         let to = wa_number(&outgoing.to);
-        let template = TemplateRequest::parse(&outgoing.body).map_err(|reason| SendError::Refused {
-            reason,
-            code: None,
-        })?;
+        let template = TemplateRequest::parse(&outgoing.body)
+            .map_err(|reason| SendError::Refused { reason, code: None })?;
         let id = match template {
             Some(_) if !outgoing.attachments.is_empty() => {
                 return Err(SendError::Refused {
-                    reason: "a template reply carries no attachments: send the files after it".into(),
+                    reason: "a template reply carries no attachments: send the files after it"
+                        .into(),
                     code: None,
                 });
             }
@@ -594,10 +606,7 @@ impl Connector for CloudConnector {
             .download(&media.url, &token, MAX_MEDIA_BYTES)
             .await
             .map_err(fetch_error)?;
-        let mime = attachment
-            .content_type
-            .clone()
-            .unwrap_or(media.mime_type);
+        let mime = attachment.content_type.clone().unwrap_or(media.mime_type);
         // `audio/ogg; codecs=opus` is not a valid data-URL media type with its parameters.
         let bare = mime.split(';').next().unwrap_or(&mime).trim().to_owned();
         Ok(Attachment {
@@ -634,7 +643,10 @@ mod tests {
                 "image": { "link": "https://files.example.com/menu.png?sig=1", "caption": "el menú" },
             })
         );
-        let pdf = attachment("https://files.example.com/a/quote.pdf", Some("application/pdf"));
+        let pdf = attachment(
+            "https://files.example.com/a/quote.pdf",
+            Some("application/pdf"),
+        );
         let sent = media_message("1", &pdf, None).unwrap();
         assert_eq!(sent["document"]["filename"], "quote.pdf");
         let voice = attachment("https://files.example.com/v.ogg", Some("audio/ogg"));
@@ -652,10 +664,21 @@ mod tests {
             details: None,
         };
         let window = send_error(api(400, 131047));
-        assert!(matches!(&window, SendError::Refused { reason, .. } if reason.contains("template")));
-        assert!(matches!(send_error(api(400, 131056)), SendError::RateLimited(_)));
-        assert!(matches!(send_error(api(503, 2)), SendError::NotConnected(_)));
-        assert!(matches!(send_error(api(500, 131000)), SendError::Unknown(_)));
+        assert!(
+            matches!(&window, SendError::Refused { reason, .. } if reason.contains("template"))
+        );
+        assert!(matches!(
+            send_error(api(400, 131056)),
+            SendError::RateLimited(_)
+        ));
+        assert!(matches!(
+            send_error(api(503, 2)),
+            SendError::NotConnected(_)
+        ));
+        assert!(matches!(
+            send_error(api(500, 131000)),
+            SendError::Unknown(_)
+        ));
         assert!(matches!(
             send_error(api(401, 190)),
             SendError::Refused { reason, .. } if reason.contains("access token")
@@ -668,7 +691,10 @@ mod tests {
 
     #[test]
     fn display_numbers_read_as_e164() {
-        assert_eq!(display_e164("+1 555-000-1111").as_deref(), Some("+15550001111"));
+        assert_eq!(
+            display_e164("+1 555-000-1111").as_deref(),
+            Some("+15550001111")
+        );
         assert_eq!(display_e164("15550001111").as_deref(), Some("+15550001111"));
         assert_eq!(display_e164("12"), None);
         assert_eq!(new_verify_token().len(), 32);

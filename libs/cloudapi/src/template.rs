@@ -133,7 +133,9 @@ mod tests {
                 ]}],
             })
         );
-        let bare = TemplateRequest::parse("/template hello_world en").unwrap().unwrap();
+        let bare = TemplateRequest::parse("/template hello_world en")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             bare.to_json(),
             json!({ "name": "hello_world", "language": { "code": "en" } })
@@ -149,7 +151,10 @@ mod tests {
             "/template order_ready english",
         ] {
             let error = TemplateRequest::parse(bad).unwrap_err();
-            assert!(error.contains("/template <name> <language>"), "{bad}: {error}");
+            assert!(
+                error.contains("/template <name> <language>"),
+                "{bad}: {error}"
+            );
         }
     }
 }

@@ -172,7 +172,11 @@ fn content(
         let id = str_at(media, "/id")?;
         let attachment = Attachment {
             url: media_url(id),
-            content_type: Some(str_at(media, "/mime_type").unwrap_or(default_mime).to_owned()),
+            content_type: Some(
+                str_at(media, "/mime_type")
+                    .unwrap_or(default_mime)
+                    .to_owned(),
+            ),
             file_name: str_at(media, "/filename").map(str::to_owned),
         };
         let caption = str_at(media, "/caption").unwrap_or_default().to_owned();
@@ -327,10 +331,7 @@ mod tests {
             verify_signature(&headers, body, "app-secret"),
             Err(WebhookError::Unauthenticated(_))
         ));
-        headers.insert(
-            SIGNATURE_HEADER,
-            sign("app-secret", body).parse().unwrap(),
-        );
+        headers.insert(SIGNATURE_HEADER, sign("app-secret", body).parse().unwrap());
         assert_eq!(verify_signature(&headers, body, "app-secret"), Ok(()));
         assert!(verify_signature(&headers, body, "another-secret").is_err());
         assert!(verify_signature(&headers, b"{\"object\":1}", "app-secret").is_err());
@@ -382,7 +383,10 @@ mod tests {
         };
         assert_eq!(photo.body, "el menú");
         assert_eq!(photo.attachments[0].url, "https://graph.example/v24.0/1234");
-        assert_eq!(photo.attachments[0].content_type.as_deref(), Some("image/png"));
+        assert_eq!(
+            photo.attachments[0].content_type.as_deref(),
+            Some("image/png")
+        );
     }
 
     #[test]

@@ -109,7 +109,9 @@ async fn a_number_is_checked_with_meta_and_kept_with_its_secrets_sealed() {
     meta.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(matches!(
-        cloud.check(&new_account(None), given(&number), &key()).await,
+        cloud
+            .check(&new_account(None), given(&number), &key())
+            .await,
         Err(ConnectorError::Unavailable(_))
     ));
 }
@@ -151,7 +153,12 @@ async fn meta_checks_the_url_with_the_accounts_verify_token_and_connected_at_onc
         check("hub.mode=subscribe&hub.challenge=1&hub.verify_token=guess".into()),
         Err(WebhookError::Unauthenticated(_))
     ));
-    assert!(check(format!("hub.mode=unsubscribe&hub.challenge=1&hub.verify_token={token}")).is_err());
+    assert!(
+        check(format!(
+            "hub.mode=unsubscribe&hub.challenge=1&hub.verify_token={token}"
+        ))
+        .is_err()
+    );
     assert_eq!(
         cloud.added(&account),
         [ConnectorEvent::Connected {
@@ -199,7 +206,9 @@ async fn a_signed_webhook_is_read_a_forged_one_refused_and_a_photo_fetched_with_
     };
     // The fake does not hold media 123: fetching it is refused for good, not retried.
     assert!(matches!(
-        cloud.fetch_attachment(&account, &photo.attachments[0]).await,
+        cloud
+            .fetch_attachment(&account, &photo.attachments[0])
+            .await,
         Err(ConnectorError::Refused(_))
     ));
     // An attachment that is not a Meta medium is left as it is.

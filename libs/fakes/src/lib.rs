@@ -15,7 +15,9 @@ pub mod evolution;
 pub mod ghl;
 pub mod twilio;
 
-pub use cloudapi::{FakeCloudApi, FakeCloudDelivery, FakeCloudMedia, FakeCloudNumber, FakeCloudSent};
+pub use cloudapi::{
+    FakeCloudApi, FakeCloudDelivery, FakeCloudMedia, FakeCloudNumber, FakeCloudSent,
+};
 pub use evolution::{
     FakeEvolution, FakeEvolutionDelivery, FakeEvolutionIncoming, FakeEvolutionInstance,
     FakeEvolutionSent,

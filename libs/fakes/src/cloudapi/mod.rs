@@ -189,7 +189,9 @@ impl FakeCloudApi {
     pub fn approve_template(&self, number_id: &str, name: &str, language: &str) {
         self.shared.with(|inner| {
             if let Some(number) = inner.numbers.get_mut(number_id) {
-                number.templates.push((name.to_owned(), language.to_owned()));
+                number
+                    .templates
+                    .push((name.to_owned(), language.to_owned()));
             }
         });
     }
@@ -334,7 +336,12 @@ impl FakeCloudApi {
     }
 
     /// The owner types a message in the WhatsApp Business app on the same number.
-    pub async fn type_on_app(&self, number_id: &str, to: &str, text: &str) -> (String, Option<u16>) {
+    pub async fn type_on_app(
+        &self,
+        number_id: &str,
+        to: &str,
+        text: &str,
+    ) -> (String, Option<u16>) {
         let (wamid, display) = self.shared.with(|inner| {
             let display = inner
                 .numbers

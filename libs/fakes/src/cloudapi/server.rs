@@ -18,7 +18,14 @@ pub(super) fn router(shared: Shared) -> Router {
         .route("/whatsapp_business/attachments/", get(download))
         .route("/{version}/{id}", get(object))
         .route("/{version}/{id}/messages", axum::routing::post(send))
-        .fallback(|| async { graph_error(StatusCode::BAD_REQUEST, 2500, None, "Unknown path components") })
+        .fallback(|| async {
+            graph_error(
+                StatusCode::BAD_REQUEST,
+                2500,
+                None,
+                "Unknown path components",
+            )
+        })
         .with_state(shared)
 }
 
@@ -101,7 +108,9 @@ fn version_ok(version: &str) -> bool {
         .is_some_and(|(major, minor)| {
             !major.is_empty()
                 && !minor.is_empty()
-                && (major.to_owned() + minor).bytes().all(|b| b.is_ascii_digit())
+                && (major.to_owned() + minor)
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
         })
 }
 
@@ -112,7 +121,12 @@ async fn object(
     headers: HeaderMap,
 ) -> Response {
     if !version_ok(&version) {
-        return graph_error(StatusCode::BAD_REQUEST, 2500, None, "Unknown path components");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            None,
+            "Unknown path components",
+        );
     }
     let number_id = match token_number(&shared, &headers) {
         Ok(id) => id,
@@ -170,7 +184,11 @@ async fn download(
 const MEDIA_KINDS: [&str; 5] = ["image", "video", "audio", "document", "sticker"];
 
 /// Checks a send body as the Cloud API does; the recipient's digits and the message type.
-fn check_message(shared: &Shared, number_id: &str, body: &Value) -> Result<(String, String), Response> {
+fn check_message(
+    shared: &Shared,
+    number_id: &str,
+    body: &Value,
+) -> Result<(String, String), Response> {
     if body.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") {
         return Err(param_error(
             "The parameter messaging_product is required.",
@@ -191,16 +209,22 @@ fn check_message(shared: &Shared, number_id: &str, body: &Value) -> Result<(Stri
                 .and_then(|t| t.get("body"))
                 .and_then(Value::as_str)
                 .filter(|b| !b.trim().is_empty())
-                .ok_or_else(|| param_error("The parameter text['body'] is required.", "text.body"))?;
+                .ok_or_else(|| {
+                    param_error("The parameter text['body'] is required.", "text.body")
+                })?;
             if text.chars().count() > 4096 {
-                return Err(param_error("Invalid parameter", "text.body is longer than 4096"));
+                return Err(param_error(
+                    "Invalid parameter",
+                    "text.body is longer than 4096",
+                ));
             }
         }
         media if MEDIA_KINDS.contains(&media) => {
             let part = part.ok_or_else(|| param_error("Invalid parameter", media))?;
             let link = part.get("link").and_then(Value::as_str);
             let id = part.get("id").and_then(Value::as_str);
-            let link_ok = link.is_some_and(|l| l.starts_with("https://") || l.starts_with("http://"));
+            let link_ok =
+                link.is_some_and(|l| l.starts_with("https://") || l.starts_with("http://"));
             if !link_ok && id.is_none() {
                 return Err(param_error(
                     "Invalid parameter",
@@ -223,11 +247,10 @@ fn check_message(shared: &Shared, number_id: &str, body: &Value) -> Result<(Stri
                 ));
             };
             let known = shared.with(|inner| {
-                inner.numbers.get(number_id).is_some_and(|n| {
-                    n.templates
-                        .iter()
-                        .any(|(n, l)| n == name && l == language)
-                })
+                inner
+                    .numbers
+                    .get(number_id)
+                    .is_some_and(|n| n.templates.iter().any(|(n, l)| n == name && l == language))
             });
             if !known {
                 return Err((
@@ -257,7 +280,12 @@ async fn send(
     body: Bytes,
 ) -> Response {
     if !version_ok(&version) {
-        return graph_error(StatusCode::BAD_REQUEST, 2500, None, "Unknown path components");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            None,
+            "Unknown path components",
+        );
     }
     let number_id = match token_number(&shared, &headers) {
         Ok(number_id) => number_id,

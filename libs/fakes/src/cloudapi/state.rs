@@ -162,7 +162,11 @@ impl Shared {
         let (number_id, to, display) = self.with(|inner| {
             let sent = inner.sent.iter().find(|m| m.id == wamid)?;
             let number = inner.numbers.get(&sent.number_id)?;
-            Some((sent.number_id.clone(), sent.to.clone(), number.display.clone()))
+            Some((
+                sent.number_id.clone(),
+                sent.to.clone(),
+                number.display.clone(),
+            ))
         })?;
         let mut item = json!({
             "id": wamid,
