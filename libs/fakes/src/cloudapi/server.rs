@@ -70,34 +70,34 @@ fn unsupported(method: &str, id: &str) -> Response {
 }
 
 /// The bearer token of a request, or Graph's refusal of its absence.
-fn bearer(headers: &HeaderMap) -> Result<String, Response> {
+fn bearer(headers: &HeaderMap) -> Result<String, Box<Response>> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned)
         .ok_or_else(|| {
-            graph_error(
+            Box::new(graph_error(
                 StatusCode::BAD_REQUEST,
                 2500,
                 None,
                 "An active access token must be used to query information about the current user.",
-            )
+            ))
         })
 }
 
 /// The id of the number a token acts for, or Graph's refusal of an unknown token.
-fn token_number(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+fn token_number(shared: &Shared, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let token = bearer(headers)?;
     shared
         .with(|inner| inner.number_of_token(&token).map(|n| n.id.clone()))
         .ok_or_else(|| {
-            graph_error(
+            Box::new(graph_error(
                 StatusCode::UNAUTHORIZED,
                 190,
                 None,
                 "Invalid OAuth access token - Cannot parse access token",
-            )
+            ))
         })
 }
 
@@ -130,7 +130,7 @@ async fn object(
     }
     let number_id = match token_number(&shared, &headers) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let answer = shared.with(|inner| {
         if let Some(number) = inner.numbers.get(&id).filter(|n| n.id == number_id) {
@@ -165,7 +165,7 @@ async fn download(
 ) -> Response {
     let number_id = match token_number(&shared, &headers) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let id = query.get("mid").cloned().unwrap_or_default();
     let found = shared.with(|inner| {
@@ -188,19 +188,24 @@ fn check_message(
     shared: &Shared,
     number_id: &str,
     body: &Value,
-) -> Result<(String, String), Response> {
+) -> Result<(String, String), Box<Response>> {
     if body.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") {
-        return Err(param_error(
+        return Err(Box::new(param_error(
             "The parameter messaging_product is required.",
             "messaging_product must be whatsapp",
-        ));
+        )));
     }
     let to = body
         .get("to")
         .and_then(Value::as_str)
         .map(|t| t.trim_start_matches('+'))
         .filter(|t| !t.is_empty() && t.len() <= 15 && t.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| param_error("Invalid parameter", "to must be a phone number"))?;
+        .ok_or_else(|| {
+            Box::new(param_error(
+                "Invalid parameter",
+                "to must be a phone number",
+            ))
+        })?;
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("text");
     let part = body.get(kind);
     match kind {
@@ -210,29 +215,35 @@ fn check_message(
                 .and_then(Value::as_str)
                 .filter(|b| !b.trim().is_empty())
                 .ok_or_else(|| {
-                    param_error("The parameter text['body'] is required.", "text.body")
+                    Box::new(param_error(
+                        "The parameter text['body'] is required.",
+                        "text.body",
+                    ))
                 })?;
             if text.chars().count() > 4096 {
-                return Err(param_error(
+                return Err(Box::new(param_error(
                     "Invalid parameter",
                     "text.body is longer than 4096",
-                ));
+                )));
             }
         }
         media if MEDIA_KINDS.contains(&media) => {
-            let part = part.ok_or_else(|| param_error("Invalid parameter", media))?;
+            let part = part.ok_or_else(|| Box::new(param_error("Invalid parameter", media)))?;
             let link = part.get("link").and_then(Value::as_str);
             let id = part.get("id").and_then(Value::as_str);
             let link_ok =
                 link.is_some_and(|l| l.starts_with("https://") || l.starts_with("http://"));
             if !link_ok && id.is_none() {
-                return Err(param_error(
+                return Err(Box::new(param_error(
                     "Invalid parameter",
                     &format!("{media} needs a link (http/https) or an id"),
-                ));
+                )));
             }
             if media == "audio" && part.get("caption").is_some() {
-                return Err(param_error("Invalid parameter", "audio takes no caption"));
+                return Err(Box::new(param_error(
+                    "Invalid parameter",
+                    "audio takes no caption",
+                )));
             }
         }
         "template" => {
@@ -241,10 +252,10 @@ fn check_message(
                 .and_then(|t| t.pointer("/language/code"))
                 .and_then(Value::as_str);
             let (Some(name), Some(language)) = (name, language) else {
-                return Err(param_error(
+                return Err(Box::new(param_error(
                     "Invalid parameter",
                     "template needs name and language.code",
-                ));
+                )));
             };
             let known = shared.with(|inner| {
                 inner
@@ -253,7 +264,8 @@ fn check_message(
                     .is_some_and(|n| n.templates.iter().any(|(n, l)| n == name && l == language))
             });
             if !known {
-                return Err((
+                return Err(Box::new(
+                    (
                     StatusCode::NOT_FOUND,
                     axum::Json(json!({ "error": {
                         "message": "(#132001) Template name does not exist in the translation",
@@ -264,10 +276,11 @@ fn check_message(
                         "fbtrace_id": "AFakeTraceId000",
                     }})),
                 )
-                    .into_response());
+                    .into_response(),
+                ));
             }
         }
-        _ => return Err(param_error("Invalid parameter", "type")),
+        _ => return Err(Box::new(param_error("Invalid parameter", "type"))),
     }
     Ok((to.to_owned(), kind.to_owned()))
 }
@@ -289,7 +302,7 @@ async fn send(
     }
     let number_id = match token_number(&shared, &headers) {
         Ok(number_id) => number_id,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if number_id != id {
         return unsupported("post", &id);
@@ -303,7 +316,7 @@ async fn send(
     };
     let (to, kind) = match check_message(&shared, &number_id, &message) {
         Ok(checked) => checked,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (wamid, window_open) = shared.with(|inner| {
         let wamid = inner.wamid();
