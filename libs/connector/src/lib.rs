@@ -411,6 +411,29 @@ pub trait Connector: Send + Sync + 'static {
         )))
     }
 
+    /// What an account reports as soon as its settings pass [`Connector::check`], before any
+    /// webhook or session: a platform reached through an API alone (no device, no link to
+    /// open) is `Connected` at once.
+    fn added(&self, account: &AccountRef) -> Vec<ConnectorEvent> {
+        let _ = account;
+        Vec::new()
+    }
+
+    /// A file a message carries that the platform serves only to the account (behind its
+    /// credentials, as a Cloud API media id): fetched, as a `data:` URL the session service
+    /// keeps in its media store. Any other attachment is given back as it is. `Unavailable`
+    /// when the platform cannot be reached now (the webhook is answered so that it comes
+    /// again); `Refused` or `Invalid` when it will never be fetched (the message is recorded
+    /// without it, with a note).
+    async fn fetch_attachment(
+        &self,
+        account: &AccountRef,
+        attachment: &Attachment,
+    ) -> Result<Attachment, ConnectorError> {
+        let _ = account;
+        Ok(attachment.clone())
+    }
+
     /// How a user pairs the account's device (an Android phone, a Mac) with whatsnap, when the
     /// kind has a device: the steps to follow, and what to type into its app where whatsnap
     /// cannot set it there itself. An account with a pairing is linked as soon as it is added:

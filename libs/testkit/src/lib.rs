@@ -28,7 +28,7 @@ pub use whatsnap_fakes::evolution::{FakeEvolution, FakeEvolutionIncoming};
 pub use whatsnap_fakes::ghl::{FakeGhl, FakeGhlLimits, FakeGhlUser};
 pub use whatsnap_fakes::smsgate::{FakeSmsGate, FakeSmsGateFault};
 pub use whatsnap_fakes::twilio::{FakeTwilio, FakeTwilioAccount, SentSms};
-pub use whatsnap_fakes::{bluebubbles, evolution, ghl, smsgate, twilio};
+pub use whatsnap_fakes::{bluebubbles, cloudapi, evolution, ghl, smsgate, twilio};
 
 use anyhow::Context as _;
 use sqlx::PgPool;

@@ -133,6 +133,43 @@ impl Session {
             .max_decoding_message_size(MAX_WEBHOOK_MESSAGE_BYTES)
     }
 
+    /// The attachments of a message with every file the platform serves only to the account
+    /// fetched by its connector (as data); one that will never be fetched is left out, with a
+    /// note appended to `body`. Unavailable while the platform cannot be reached: the webhook
+    /// is answered so that it comes again.
+    async fn fetch_attachments(
+        &self,
+        location: &LocationId,
+        account: &AccountState,
+        attachments: &[Attachment],
+        body: &mut String,
+    ) -> ServiceResult<Vec<Attachment>> {
+        if attachments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (Ok(connector), Some(reference)) = (
+            self.connector_of(account),
+            account_ref(location, account, &self.config.secret_key),
+        ) else {
+            return Ok(attachments.to_vec());
+        };
+        let mut fetched = Vec::with_capacity(attachments.len());
+        for attachment in attachments {
+            match connector.fetch_attachment(&reference, attachment).await {
+                Ok(attachment) => fetched.push(attachment),
+                Err(ConnectorError::Unavailable(reason)) => {
+                    return Err(ServiceError::Unavailable(reason));
+                }
+                Err(ConnectorError::Invalid(reason) | ConnectorError::Refused(reason)) => {
+                    tracing::warn!(%location, %reason, "an attachment was left out");
+                    let what = attachment.file_name.as_deref().unwrap_or("a file");
+                    body.push_str(&format!("\n[{what} not shown: {reason}]"));
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
     /// The attachments of a message with every file an engine handed over as data kept in the
     /// media store and replaced by its URL; one that cannot be kept is left out, with a note
     /// appended to `body`.
@@ -395,6 +432,12 @@ impl pb::session_service_server::SessionService for Session {
             let link = account::decide_link(&state, account_id, None)?;
             state = evolve(state, &link, 2);
             events.push(link);
+        }
+        // An account reached through an API alone (no device, no link) reports itself, e.g.
+        // connected, as soon as its settings passed the check.
+        for event in self.added_events(&location, account_id, &state) {
+            state = evolve(state, &event, events.len() as u64 + 1);
+            events.push(event);
         }
         self.store
             .append(
@@ -747,11 +790,22 @@ impl pb::session_service_server::SessionService for Session {
             .map_err(webhook_error)?;
         let mut duplicates = 0;
         for event in &events {
-            if !self
+            match self
                 .record_connector_event(&location, account_id, event)
-                .await?
+                .await
             {
-                duplicates += 1;
+                Ok(true) => {}
+                Ok(false) => duplicates += 1,
+                // A receipt for a message whatsnap did not send (sent by another app on the
+                // same number) is let go, as the supervisor does: a platform that retries
+                // refused webhooks (Meta, for days) would otherwise post it again and again.
+                Err(ServiceError::NotFound(reason))
+                    if matches!(event, ConnectorEvent::Receipt { .. }) =>
+                {
+                    tracing::info!(%location, %account_id, %reason, "a receipt for a message whatsnap did not send is let go");
+                    duplicates += 1;
+                }
+                Err(error) => return Err(error.into()),
             }
         }
         Ok(Response::new(pb::ConnectorWebhookResponse {
@@ -804,6 +858,31 @@ fn webhook_error(err: WebhookError) -> ServiceError {
 }
 
 impl Session {
+    /// What the connector of a just-added account reports at once, as the account's events.
+    fn added_events(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        state: &AccountState,
+    ) -> Vec<Event> {
+        let (Ok(connector), Some(account)) = (
+            self.connector_of(state),
+            account_ref(location, state, &self.config.secret_key),
+        ) else {
+            return Vec::new();
+        };
+        let mut state = state.clone();
+        let mut events = Vec::new();
+        for reported in connector.added(&account) {
+            if let Some(event) = decide_connection(&state, account_id, &reported, Utc::now()) {
+                let version = state.version + 1;
+                state = evolve(state, &event, version);
+                events.push(event);
+            }
+        }
+        events
+    }
+
     /// Whether the account has a device to pair, whose session then waits for it.
     fn pairs_device(&self, location: &LocationId, state: &AccountState) -> bool {
         let Ok(connector) = self.connector_of(state) else {
@@ -982,7 +1061,7 @@ impl Session {
                 };
                 match known {
                     Some(phone) => phone,
-                    None => return self.hold(location, account_id, lid, message).await,
+                    None => return self.hold(location, &account, lid, message).await,
                 }
             }
             (None, None) => {
@@ -997,7 +1076,7 @@ impl Session {
             stream,
             body,
             attachments,
-        }) = self.observed(location, account_id, message).await?
+        }) = self.observed(location, &account, message).await?
         else {
             return Ok(false);
         };
@@ -1023,18 +1102,22 @@ impl Session {
     async fn observed(
         &self,
         location: &LocationId,
-        account_id: Uuid,
+        account: &AccountState,
         message: &ObservedMessage,
     ) -> ServiceResult<Option<Observed>> {
+        let account_id = account.account_id.ok_or_else(|| {
+            ServiceError::FailedPrecondition("a message for an account never added".into())
+        })?;
         let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
         if !self.store.read_stream(&stream, 1, 1).await?.is_empty() {
             return Ok(None);
         }
         let mut body = message.body.clone();
-        let attachments = self
-            .host_attachments(location, &message.attachments, &mut body)
-            .await;
+        let fetched = self
+            .fetch_attachments(location, account, &message.attachments, &mut body)
+            .await?;
+        let attachments = self.host_attachments(location, &fetched, &mut body).await;
         Ok(Some(Observed {
             message_id,
             stream,
@@ -1084,16 +1167,17 @@ impl Session {
     async fn hold(
         &self,
         location: &LocationId,
-        account_id: Uuid,
+        account: &AccountState,
         lid: &str,
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
+        let account_id = account.account_id.unwrap_or_default();
         let Some(Observed {
             message_id,
             stream,
             body,
             attachments,
-        }) = self.observed(location, account_id, message).await?
+        }) = self.observed(location, account, message).await?
         else {
             return Ok(false);
         };

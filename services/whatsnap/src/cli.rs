@@ -126,12 +126,14 @@ pub enum AccountsCommand {
         /// line).
         #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
         twilio_auth_token: Option<String>,
-        /// The engine that drives the account (WhatsApp: `embedded` or `evolution`); the
+        /// The engine that drives the account (WhatsApp: `embedded`, `evolution` or `cloud`,
+        /// the official Cloud API); the
         /// deployment's default for the kind when not given.
         #[arg(long)]
         engine: Option<String>,
         /// An engine setting, NAME=VALUE, repeatable (Evolution: `instance_name=acme-1`,
-        /// `api_key=...`).
+        /// `api_key=...`; Cloud API: `phone_number_id=...`, `access_token=...`,
+        /// `app_secret=...`).
         #[arg(long = "setting", value_name = "NAME=VALUE")]
         settings: Vec<String>,
         /// A device account (Android phone, Mac): print how to pair it and return, without
@@ -488,7 +490,8 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             match pairing {
                 Ok(pairing) => {
                     print_pairing(&pairing.into_inner());
-                    if !no_wait {
+                    // An account reached through an API alone is connected already.
+                    if !no_wait && account.status != "connected" {
                         tokio::time::timeout(
                             std::time::Duration::from_secs(timeout),
                             wait_for_device(client, account.location_id, account.account_id),

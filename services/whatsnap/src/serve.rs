@@ -270,6 +270,17 @@ pub struct ServeArgs {
     /// account disconnected (and alerts) within this time.
     #[arg(long, env = "WHATSNAP_BLUEBUBBLES_PING_INTERVAL", default_value = "30", value_parser = seconds)]
     bluebubbles_ping_interval: Duration,
+    /// Meta's Graph API, which WhatsApp Cloud API accounts (`--engine cloud`) are reached
+    /// through.
+    #[arg(long, env = "WHATSNAP_CLOUD_GRAPH_URL", default_value = whatsnap_cloudapi::client::DEFAULT_GRAPH_URL)]
+    cloud_graph_url: String,
+    /// The Graph API version Cloud API calls use (Meta keeps each about two years).
+    #[arg(long, env = "WHATSNAP_CLOUD_GRAPH_VERSION", default_value = whatsnap_cloudapi::client::DEFAULT_GRAPH_VERSION)]
+    cloud_graph_version: String,
+    /// How long one request to the Graph API may take, in seconds. A Cloud API send given up
+    /// this way is reported failed, not sent again: the Cloud API cannot say whether it left.
+    #[arg(long, env = "WHATSNAP_CLOUD_TIMEOUT", default_value = "20", value_parser = seconds)]
+    cloud_timeout: Duration,
     /// The engine new WhatsApp accounts use when they are added without `--engine`:
     /// `embedded` (in this process, nothing else to install) or `evolution`.
     #[arg(long, env = "WHATSNAP_WHATSAPP_ENGINE", default_value = "embedded")]
@@ -1388,9 +1399,20 @@ async fn connectors(
     )
     .await
     .context("starting the embedded WhatsApp engine")?;
+    // The official WhatsApp Cloud API: a second engine of WhatsApp accounts, never the default.
+    let cloud = whatsnap_cloudapi::CloudConnector::new(
+        whatsnap_cloudapi::CloudConfig {
+            graph_url: args.cloud_graph_url.clone(),
+            version: args.cloud_graph_version.clone(),
+            timeout: args.cloud_timeout,
+        },
+        public_url.clone(),
+    )
+    .map_err(|e| anyhow!("the Graph API at {}: {e}", args.cloud_graph_url))?;
     let mut connectors = whatsnap_connector::Connectors::default()
         .with(std::sync::Arc::new(twilio))
-        .with(std::sync::Arc::new(embedded));
+        .with(std::sync::Arc::new(embedded))
+        .with(std::sync::Arc::new(cloud));
     if let Some(url) = &args.evolution_url {
         let Some(key) = &args.evolution_api_key else {
             bail!("--evolution-url needs --evolution-api-key (WHATSNAP_EVOLUTION_API_KEY)");
