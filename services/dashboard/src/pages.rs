@@ -175,7 +175,7 @@ impl From<session::Account> for AccountRow {
             "linking" => "Waiting to link",
             "disconnected" => "Disconnected",
             "logged_out" => "Logged out",
-            "added" => "Added",
+            "added" => "Not linked yet",
             other => other,
         }
         .to_owned();

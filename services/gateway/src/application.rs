@@ -21,6 +21,8 @@ pub struct HttpConfig {
     pub webhooks: Webhooks,
     /// The assignment service, whose report `/metrics` shows.
     pub assignment: Option<tonic::transport::Channel>,
+    /// The dashboard's pages.
+    pub pages: axum::Router,
 }
 
 pub struct Application {
@@ -52,7 +54,8 @@ impl Application {
     ) -> std::io::Result<()> {
         let routes = crate::router(http.readiness)
             .merge(crate::webhook_routes(http.webhooks))
-            .merge(crate::metrics_routes(http.assignment));
+            .merge(crate::metrics_routes(http.assignment))
+            .merge(http.pages);
         axum::serve(listener, routes)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

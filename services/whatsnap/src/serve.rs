@@ -214,6 +214,11 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     ghl_webhook_rsa_key: String,
+    /// The GHL app's Shared Secret (Marketplace: Advanced Settings > Auth > Shared Secret): signs
+    /// GHL users into the dashboard (`/app`) when it is opened inside GHL as a custom page.
+    /// Without it, the dashboard signs in with API tokens only.
+    #[arg(long, env = "GHL_SHARED_SECRET", hide_env_values = true)]
+    ghl_shared_secret: Option<String>,
     /// How many accounts, of all kinds together, one location may have.
     #[arg(long, env = "WHATSNAP_MAX_ACCOUNTS_PER_LOCATION", default_value_t = 10)]
     max_accounts_per_location: usize,
@@ -561,6 +566,21 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 media: media.clone(),
             },
             assignment: assignment_channel,
+            pages: whatsnap_dashboard::routes(whatsnap_dashboard::Dashboard::new(
+                whatsnap_dashboard::DashboardConfig {
+                    shared_secret: args
+                        .ghl_shared_secret
+                        .clone()
+                        .map(whatsnap_dashboard::SharedSecret::new),
+                    cookie_key: secret_key.clone().expect("the gateway has a secret key"),
+                    secure_cookies: public_url
+                        .as_deref()
+                        .is_some_and(|url| url.starts_with("https://")),
+                    tokens: None,
+                },
+                Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
+                None,
+            )),
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
@@ -571,7 +591,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 .context("HTTP server")
         });
         out.push_str(&format!(
-            "HTTP listening on {http_addr} (/healthz, /readyz, /metrics)\n"
+            "HTTP listening on {http_addr} (/app, /healthz, /readyz, /metrics)\n"
         ));
         if let Some(demo) = demo.clone() {
             if targets.len() != Target::ALL.len() {
