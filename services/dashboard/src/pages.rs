@@ -44,10 +44,9 @@ fn forbidden() -> Response {
     )
 }
 
-/// The viewer, or the sign-in page.
-fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Result<Viewer, Response> {
+/// The signed-in viewer, if any.
+fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Viewer> {
     Viewer::from_request(headers, &dashboard.inner.config.cookie_key, Utc::now())
-        .ok_or_else(|| Redirect::to("/app").into_response())
 }
 
 #[derive(Template)]
@@ -59,8 +58,8 @@ struct SignIn {
 /// `GET /app`: the dashboard for a signed-in viewer, the sign-in page for anyone else.
 pub async fn home(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Response {
     match viewer(&dashboard, &headers) {
-        Ok(_) => Redirect::to("/app/accounts").into_response(),
-        Err(_) => render(&SignIn { error: None }),
+        Some(_) => Redirect::to("/app/accounts").into_response(),
+        None => render(&SignIn { error: None }),
     }
 }
 
@@ -215,9 +214,8 @@ pub async fn accounts(
     headers: HeaderMap,
     Query(query): Query<LocationQuery>,
 ) -> Response {
-    let viewer = match viewer(&dashboard, &headers) {
-        Ok(viewer) => viewer,
-        Err(signin) => return signin,
+    let Some(viewer) = viewer(&dashboard, &headers) else {
+        return Redirect::to("/app").into_response();
     };
     let selected = query.location.filter(|l| !l.trim().is_empty());
     if let Some(location) = &selected

@@ -92,7 +92,7 @@ pub fn open(secret: &SharedSecret, payload: &str) -> Result<UserContext, SsoErro
         .decode(payload.trim())
         .map_err(|_| SsoError::Malformed)?;
     let rest = bytes.strip_prefix(MAGIC).ok_or(SsoError::Malformed)?;
-    if rest.len() <= SALT_LEN || (rest.len() - SALT_LEN) % 16 != 0 {
+    if rest.len() <= SALT_LEN || !(rest.len() - SALT_LEN).is_multiple_of(16) {
         return Err(SsoError::Malformed);
     }
     let (salt, ciphertext) = rest.split_at(SALT_LEN);
