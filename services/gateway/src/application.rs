@@ -22,6 +22,8 @@ pub struct HttpConfig {
     /// The assignment service, whose report `/metrics` shows.
     pub assignment: Option<whatsnap_auth::AuthedChannel>,
     pub limits: HttpLimits,
+    /// The dashboard's pages.
+    pub pages: axum::Router,
 }
 
 /// Bounds on the HTTP edge.
@@ -95,7 +97,8 @@ impl Application {
     {
         let routes = crate::router(http.readiness)
             .merge(crate::webhook_routes(http.webhooks))
-            .merge(crate::metrics_routes(http.assignment));
+            .merge(crate::metrics_routes(http.assignment))
+            .merge(http.pages);
         let routes = limited(routes, http.limits);
         axum::serve(listener, routes)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -334,6 +334,11 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     ghl_webhook_rsa_key: String,
+    /// The GHL app's Shared Secret (Marketplace: Advanced Settings > Auth > Shared Secret): signs
+    /// GHL users into the dashboard (`/app`) when it is opened inside GHL as a custom page.
+    /// Without it, the dashboard signs in with API tokens only.
+    #[arg(long, env = "GHL_SHARED_SECRET", hide_env_values = true)]
+    ghl_shared_secret: Option<String>,
     /// How many accounts, of all kinds together, one location may have.
     #[arg(long, env = "WHATSNAP_MAX_ACCOUNTS_PER_LOCATION", default_value_t = 10)]
     max_accounts_per_location: usize,
@@ -575,6 +580,33 @@ fn secret_key_file(args: &ServeArgs) -> PathBuf {
     match config {
         Some(dir) => dir.join("whatsnap").join("secret.key"),
         None => legacy,
+    }
+}
+
+/// Signs dashboard viewers in with their API tokens: the token's locations are the viewer's.
+struct DashboardTokens(whatsnap_auth::Authenticator);
+
+#[async_trait::async_trait]
+impl whatsnap_dashboard::TokenSignIn for DashboardTokens {
+    async fn viewer(&self, token: &str) -> Option<whatsnap_dashboard::Viewer> {
+        use whatsnap_auth::{Locations, Role};
+        let caller = self.0.caller(token).await.ok()?;
+        if caller.role == Role::Service {
+            return None;
+        }
+        let scope = match caller.locations {
+            Locations::All => whatsnap_dashboard::Scope::All,
+            Locations::Only(locations) => whatsnap_dashboard::Scope::Locations {
+                ids: locations.iter().map(ToString::to_string).collect(),
+            },
+        };
+        Some(whatsnap_dashboard::Viewer {
+            name: format!("{} token {}", caller.role, caller.token_id.as_deref().unwrap_or("")),
+            id: caller.token_id.unwrap_or_default(),
+            scope,
+            can_write: caller.role != Role::ReadOnly,
+            expires_at: chrono::Utc::now() + whatsnap_dashboard::signin::LIFETIME,
+        })
     }
 }
 
@@ -869,6 +901,23 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 timeout: args.limits.http_timeout,
                 concurrency: args.limits.http_concurrency as usize,
             },
+            pages: whatsnap_dashboard::routes(whatsnap_dashboard::Dashboard::new(
+                whatsnap_dashboard::DashboardConfig {
+                    shared_secret: args
+                        .ghl_shared_secret
+                        .clone()
+                        .map(whatsnap_dashboard::SharedSecret::new),
+                    cookie_key: secret_key.clone().expect("the gateway has a secret key"),
+                    secure_cookies: public_url
+                        .as_deref()
+                        .is_some_and(|url| url.starts_with("https://")),
+                    tokens: Some(std::sync::Arc::new(DashboardTokens(
+                        whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token)),
+                    ))),
+                },
+                Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
+                Some(service_token.expose().to_owned()),
+            )),
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();
@@ -892,7 +941,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         out.push_str(&format!(
-            "HTTP listening on {http_addr} (/healthz, /readyz, /metrics)\n"
+            "HTTP listening on {http_addr} (/app, /healthz, /readyz, /metrics)\n"
         ));
         if let Some(demo) = demo.clone() {
             if targets.len() != Target::ALL.len() {
