@@ -102,7 +102,7 @@ impl Script {
 /// Runs `whatsnap <args> --server <server>` and returns its standard output.
 fn cli(server: &Whatsnap, args: &[&str]) -> String {
     let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(args)
         .args(["--server", &server.grpc_url()])
         .output()
@@ -234,9 +234,14 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
         let reply = http_request(
             http,
             "/metrics",
-            &[("authorization", &format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN))],
+            &[(
+                "authorization",
+                &format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN),
+            )],
             None,
-        ).await.ok()?;
+        )
+        .await
+        .ok()?;
         (reply.status == 200).then_some(reply)
     })
     .await;

@@ -14,11 +14,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use whatsnap_events::{AggregateKind, LocationId, PhoneNumber, StreamId, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::cloudapi::{FakeCloudApi, FakeCloudMedia, FakeCloudNumber, SendFault};
 use whatsnap_testkit::{FakeGhl, Whatsnap, eventually, free_port, http_get, http_request};
 
@@ -85,11 +85,7 @@ impl Rig {
         .chain(extra.iter().map(|s| (*s).to_owned()))
         .collect::<Vec<_>>();
         let whatsnap = Whatsnap::serve(binary(), &args, "cloudapi").unwrap();
-        let channel = Channel::from_shared(whatsnap.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = whatsnap.channel().await;
         let token = format!("pit-{LOCATION}-0000-0000");
         ghl.add_private_token(LOCATION, &token);
         ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
@@ -240,6 +236,7 @@ async fn a_cloud_api_number_is_added_verified_by_meta_and_round_trips_with_ghl()
     // `whatsnap accounts add` checks the number with Meta, prints what to enter in the app
     // dashboard, and returns: the account is connected already.
     let added = Command::new(binary())
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args([
             "accounts",
             "add",

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use whatsnap_testkit::Channel;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually_within,
     free_port,

@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use tonic::transport::Channel;
 use whatsnap_dashboard::sso::{SharedSecret, seal_like_ghl};
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{ChildGuard, FakeEvolution, Whatsnap, free_port, http_request};
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -149,11 +149,7 @@ async fn a_ghl_user_signed_in_by_ghl_sees_their_locations_accounts_and_nothing_o
     .map(str::to_owned)
     .into();
     let whatsnap = Whatsnap::serve(binary(), &args, "dashboard").unwrap();
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
     add_account(&channel, LOCATION_A, "Sales A").await;
     add_account(&channel, LOCATION_B, "Secret B").await;
     let dashboard = format!("http://127.0.0.1:{http}");

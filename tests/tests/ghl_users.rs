@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use whatsnap_testkit::Channel;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{FakeGhl, FakeGhlUser, Whatsnap, eventually};
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

@@ -7,11 +7,11 @@ use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use serde_json::json;
-use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_client::GhlSyncServiceClient as GhlSyncClient;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{Whatsnap, eventually, http_post};
 
 const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
@@ -198,9 +198,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
         })
         .await
     };
-    let mut ghl_sync = GhlSyncClient::new(
-        whatsnap.channel().await,
-    );
+    let mut ghl_sync = GhlSyncClient::new(whatsnap.channel().await);
     waiting(&mut ghl_sync, false).await;
 
     // Another app's install, and a tag update for another conversation provider, reach the
@@ -208,11 +206,7 @@ async fn a_signed_contact_tag_update_moves_the_route_and_forgeries_are_refused()
     let connection_events = async || {
         let mut events =
             whatsnap_proto::events::v1::events_service_client::EventsServiceClient::new(
-                Channel::from_shared(whatsnap.grpc_url())
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap(),
+                whatsnap.channel().await,
             );
         let request = whatsnap_proto::events::v1::ReadStreamRequest {
             stream_id: format!("{LOCATION}.ghl.install"),

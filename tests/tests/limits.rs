@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use tonic::Code;
-use tonic::transport::Channel;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{Whatsnap, eventually};
 
 fn binary() -> &'static Path {
@@ -41,11 +41,7 @@ async fn serve_with_small_limits(data: &Path) -> (Whatsnap, Channel) {
         "limits",
     )
     .unwrap();
-    let channel = Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = whatsnap.channel().await;
     (whatsnap, channel)
 }
 

@@ -12,11 +12,11 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use tonic::transport::Channel;
 use whatsnap_events::{AggregateKind, LocationId, PhoneNumber, StreamId, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     AlertSink, ChildGuard, FakeBlueBubbles, FakeGhl, Whatsnap, eventually, free_port, http_post,
 };
@@ -226,11 +226,7 @@ fn launch(ghl: &FakeGhl, data: &Path, (grpc, http): (u16, u16), extra: &[String]
 }
 
 async fn connect(whatsnap: &Whatsnap) -> Channel {
-    Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    whatsnap.channel().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,6 +236,7 @@ async fn a_mac_added_and_paired_round_trips_imessages_with_ghl() {
     // `whatsnap accounts add --kind mac` checks the Mac, prints the steps and waits for it.
     let cli = ChildGuard::new(
         Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args([
                 "accounts",
                 "add",

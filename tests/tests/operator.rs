@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use whatsnap_testkit::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -22,7 +21,7 @@ fn binary() -> &'static Path {
 /// Runs a CLI command against `server`; returns (success, stdout, stderr).
 fn cli(server: &Whatsnap, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(args)
         .args(["--server", &server.grpc_url()])
         .output()
@@ -47,7 +46,10 @@ fn run_until(args: &[&str], expected: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
         let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN).args(args).output().unwrap();
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+            .args(args)
+            .output()
+            .unwrap();
         let out = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.status.success() && out.contains(expected) {
             return out;
@@ -199,7 +201,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert!(whatsnap.terminate().unwrap().success());
     let data_dir = data.path().to_str().unwrap();
     let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(["rebuild", "contacts", "--data-dir", data_dir])
         .output()
         .unwrap();
@@ -223,7 +225,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert_eq!(rows, 0, "the read model was not emptied");
     file.close().await;
     let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(["rebuild", "nope", "--data-dir", data_dir])
         .output()
         .unwrap();

@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
@@ -36,7 +35,7 @@ fn args(list: &[&str]) -> Vec<String> {
 /// Runs `whatsnap <args> --server <gateway>`; returns (success, stdout, stderr).
 fn cli(gateway: &Whatsnap, list: &[&str]) -> (bool, String, String) {
     let output = Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(list)
         .args(["--server", &gateway.grpc_url()])
         .output()

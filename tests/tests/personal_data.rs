@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tonic::transport::Channel;
 use whatsnap_events::{LocationId, PhoneNumber, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually,
 };
@@ -216,6 +216,7 @@ impl Rig {
     /// Runs `whatsnap <args> --server <this one>`; returns (success, stdout + stderr).
     fn cli(&self, args: &[&str]) -> (bool, String) {
         let output = Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args(args)
             .args(["--server", &self.whatsnap.grpc_url()])
             .output()
@@ -250,11 +251,7 @@ impl Rig {
 }
 
 async fn channel(whatsnap: &Whatsnap) -> Channel {
-    Channel::from_shared(whatsnap.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    whatsnap.channel().await
 }
 
 /// The ways a value may be written in a log line: as it is, JSON-escaped, and for a number
@@ -452,6 +449,7 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
     rig.whatsnap.terminate().unwrap();
     let data_dir = dir.path().to_str().unwrap();
     let rebuilt = Command::new(binary())
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
         .args(["rebuild", "all", "--data-dir", data_dir])
         .output()
         .unwrap();

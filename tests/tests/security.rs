@@ -113,7 +113,11 @@ async fn create(admin: &Channel, role: &str, locations: &[&str], expires_in: u64
         .secret
 }
 
-fn serve(name: &str, twilio: Option<&FakeTwilio>, ghl: Option<&FakeGhl>) -> (Whatsnap, tempfile::TempDir) {
+fn serve(
+    name: &str,
+    twilio: Option<&FakeTwilio>,
+    ghl: Option<&FakeGhl>,
+) -> (Whatsnap, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = [
         "--data-dir",
@@ -159,7 +163,10 @@ async fn every_rpc_refuses_callers_without_the_right_credential() {
             .ok()?
             .into_inner()
             .tokens;
-        listed.iter().any(|t| t.token_id == revoked_id).then_some(())
+        listed
+            .iter()
+            .any(|t| t.token_id == revoked_id)
+            .then_some(())
     })
     .await;
     tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
@@ -204,26 +211,54 @@ async fn every_rpc_refuses_callers_without_the_right_credential() {
             Code::AlreadyExists,
             Code::DeadlineExceeded,
         ];
-        for (who, channel) in [("without a token", &anonymous), ("revoked", &revoked), ("expired", &expired)] {
-            expect(who, call(channel, rpc, of(A)).await, &[Code::Unauthenticated]);
+        for (who, channel) in [
+            ("without a token", &anonymous),
+            ("revoked", &revoked),
+            ("expired", &expired),
+        ] {
+            expect(
+                who,
+                call(channel, rpc, of(A)).await,
+                &[Code::Unauthenticated],
+            );
         }
         match rule.target {
             Target::Location(_) | Target::LocationOrMine(_) | Target::Stream(_) => {
-                expect("operator of A, location B", call(&operator_a, rpc, of(B)).await, &[Code::PermissionDenied]);
-                expect("operator of A, location A", call(&operator_a, rpc, of(A)).await, let_in);
+                expect(
+                    "operator of A, location B",
+                    call(&operator_a, rpc, of(B)).await,
+                    &[Code::PermissionDenied],
+                );
+                expect(
+                    "operator of A, location A",
+                    call(&operator_a, rpc, of(A)).await,
+                    let_in,
+                );
             }
             Target::Agency => {
-                expect("operator of A, agency-wide", call(&operator_a, rpc, of(A)).await, &[Code::PermissionDenied]);
+                expect(
+                    "operator of A, agency-wide",
+                    call(&operator_a, rpc, of(A)).await,
+                    &[Code::PermissionDenied],
+                );
             }
             Target::Mine | Target::Authenticated | Target::Open => {}
         }
         match (rule.access, rule.target) {
             (Access::Write, _) => {
-                expect("read-only of A writing", call(&reader_a, rpc, of(A)).await, &[Code::PermissionDenied]);
+                expect(
+                    "read-only of A writing",
+                    call(&reader_a, rpc, of(A)).await,
+                    &[Code::PermissionDenied],
+                );
             }
             (Access::Read, Target::Agency) => {}
             (Access::Read, _) => {
-                expect("read-only of A reading A", call(&reader_a, rpc, of(A)).await, let_in);
+                expect(
+                    "read-only of A reading A",
+                    call(&reader_a, rpc, of(A)).await,
+                    let_in,
+                );
             }
         }
         expect("admin", call(&admin, rpc, of(A)).await, let_in);
@@ -277,7 +312,12 @@ async fn an_operator_of_one_location_can_neither_take_over_nor_send_from_another
         limit: 100,
     };
     let mut log = events::events_service_client::EventsServiceClient::new(admin.clone());
-    let install_before = log.read_stream(b_install.clone()).await.unwrap().into_inner().events;
+    let install_before = log
+        .read_stream(b_install.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
 
     // The attacker holds an operator token of location A.
     let attacker = whatsnap
@@ -294,7 +334,12 @@ async fn an_operator_of_one_location_can_neither_take_over_nor_send_from_another
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
-    let install_after = log.read_stream(b_install).await.unwrap().into_inner().events;
+    let install_after = log
+        .read_stream(b_install)
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
     assert_eq!(install_after, install_before, "B's GHL connection changed");
 
     // (b) Text a victim from B's number: a fake inbound message, then a reply to it.
@@ -409,7 +454,10 @@ async fn a_fresh_embedded_serve_writes_the_first_admin_token_and_the_cli_uses_it
         .await
         .unwrap();
     let log = std::fs::read_to_string(&whatsnap.log).unwrap();
-    assert!(log.contains("admin-token"), "the log does not say where the token is");
+    assert!(
+        log.contains("admin-token"),
+        "the log does not say where the token is"
+    );
     assert!(!log.contains(token), "the admin token is in the log");
 }
 
@@ -445,10 +493,9 @@ async fn grpc_is_served_over_tls_with_the_certificate_given() {
     // A client that trusts the certificate calls an RPC over TLS.
     let channel = tonic::transport::Channel::from_shared(server.clone())
         .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(certified.cert.pem())),
-        )
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(certified.cert.pem()),
+        ))
         .unwrap()
         .connect()
         .await

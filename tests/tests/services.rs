@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use whatsnap_testkit::Channel;
 use whatsnap_events::{
     AggregateKind, Event, EventMetadata, GhlUserSynced, LocationId, NewEvent, StreamId,
 };
@@ -17,6 +16,7 @@ use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     FakeCollector, TestNats, TestPostgres, Whatsnap, distributed_args, eventually, free_port,
     http_get,

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use tonic::transport::Channel;
 use whatsnap_events::{AggregateKind, LocationId, PhoneNumber, StreamId, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, FakeSmsGate, FakeSmsGateFault,
     Whatsnap, eventually, free_port, http_post, smsgate,
@@ -93,11 +93,7 @@ impl Rig {
         .map(|s| (*s).to_owned())
         .collect::<Vec<_>>();
         let whatsnap = Whatsnap::serve_with_env(binary(), &args, &[], "smsgate").unwrap();
-        let channel = Channel::from_shared(whatsnap.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = whatsnap.channel().await;
         let token = format!("pit-{LOCATION}-0000-0000");
         ghl.add_private_token(LOCATION, &token);
         ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
@@ -289,6 +285,7 @@ async fn an_android_phone_round_trips_sms_with_ghl() {
     }
     let mut cli = ChildGuard::new(
         Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use tonic::Code;
-use whatsnap_testkit::Channel;
 use whatsnap_events::inbound_message_id_for;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::EncodePublicKey as _;
 use serde_json::json;
-use whatsnap_testkit::Channel;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;

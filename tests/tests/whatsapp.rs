@@ -11,11 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use whatsnap_testkit::Channel;
 use whatsnap_events::{AggregateKind, LocationId, PhoneNumber, StreamId, contact_id_for};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
     AlertSink, ChildGuard, FakeEvolution, FakeEvolutionIncoming, FakeGhl, Whatsnap, eventually,
     free_port, http_get,

@@ -29,7 +29,9 @@ impl Interceptor for Bearer {
         if let Some(value) = &self.0
             && !request.metadata().contains_key("authorization")
         {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }

@@ -39,7 +39,10 @@ impl Authorization {
         if rule.target == Target::Open {
             return Ok(request);
         }
-        let caller = self.authenticator.caller(bearer(request.headers())?).await?;
+        let caller = self
+            .authenticator
+            .caller(bearer(request.headers())?)
+            .await?;
         let (mut parts, body) = request.into_parts();
         let body = match (rule.target, field) {
             (Target::Agency, _) => {
@@ -174,4 +177,3 @@ where
         })
     }
 }
-

@@ -20,4 +20,4 @@ pub use caller::{Access, Caller, Locations, Role};
 pub use client::{AuthedChannel, Bearer, authed};
 pub use layer::{Authorization, Authorize};
 pub use token::{ApiToken, TokenError, TokenHash, token_stream};
-pub use tokens::{Authenticator, IssueError, TokenState, revoke, issue};
+pub use tokens::{Authenticator, IssueError, TokenState, issue, revoke};

@@ -119,7 +119,9 @@ pub struct Policy {
 pub enum PolicyError {
     #[error("the authorization table names {0}, which the compiled contracts do not have")]
     UnknownRpc(String),
-    #[error("the authorization table reads field {field} of {rpc}'s request, which has no such field")]
+    #[error(
+        "the authorization table reads field {field} of {rpc}'s request, which has no such field"
+    )]
     UnknownField { rpc: String, field: &'static str },
 }
 
@@ -130,23 +132,22 @@ impl Policy {
         let mut rules = HashMap::new();
         for (service, method, access, target) in RULES {
             let path = format!("/{service}/{method}");
-            let field = match target {
-                Location(name) | LocationOrMine(name) | Stream(name) => {
-                    let fields = inputs
-                        .get(&path)
-                        .ok_or_else(|| PolicyError::UnknownRpc(path.clone()))?;
-                    let number =
-                        fields
-                            .get(*name)
-                            .copied()
-                            .ok_or_else(|| PolicyError::UnknownField {
+            let field =
+                match target {
+                    Location(name) | LocationOrMine(name) | Stream(name) => {
+                        let fields = inputs
+                            .get(&path)
+                            .ok_or_else(|| PolicyError::UnknownRpc(path.clone()))?;
+                        let number = fields.get(*name).copied().ok_or_else(|| {
+                            PolicyError::UnknownField {
                                 rpc: path.clone(),
                                 field: name,
-                            })?;
-                    Some(number)
-                }
-                _ => None,
-            };
+                            }
+                        })?;
+                        Some(number)
+                    }
+                    _ => None,
+                };
             let rule = Rule {
                 access: *access,
                 target: *target,
@@ -220,7 +221,10 @@ fn request_fields() -> HashMap<String, HashMap<String, u32>> {
         for service in &file.service {
             for method in &service.method {
                 let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                let fields = messages.get(method.input_type()).cloned().unwrap_or_default();
+                let fields = messages
+                    .get(method.input_type())
+                    .cloned()
+                    .unwrap_or_default();
                 rpcs.insert(path, fields);
             }
         }

@@ -42,7 +42,10 @@ impl ApiToken {
         hasher.update(purpose.as_bytes());
         hasher.update([0]);
         hasher.update(secret.as_bytes());
-        Self(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(hasher.finalize())))
+        Self(format!(
+            "{PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(hasher.finalize())
+        ))
     }
 
     pub fn parse(text: &str) -> Result<Self, TokenError> {
@@ -121,7 +124,13 @@ mod tests {
 
     #[test]
     fn texts_that_are_not_tokens_are_refused() {
-        for bad in ["", "wsn_", "abc", "wsn_short", &format!("xyz_{}", "a".repeat(43))] {
+        for bad in [
+            "",
+            "wsn_",
+            "abc",
+            "wsn_short",
+            &format!("xyz_{}", "a".repeat(43)),
+        ] {
             assert_eq!(ApiToken::parse(bad), Err(TokenError::Malformed), "{bad:?}");
         }
         assert!(token_stream("../etc").is_none());

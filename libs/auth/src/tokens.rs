@@ -151,14 +151,12 @@ pub async fn issue(
     let stream = token_stream(&issued.token_id).expect("a hash makes a valid id");
     let event = Event::ApiTokenIssued(issued.clone());
     Aggregates::new(store)
-        .update::<TokenState, IssueError, _>(
-            &stream,
-            &EventMetadata::new_correlation(),
-            |state| match state.issued {
+        .update::<TokenState, IssueError, _>(&stream, &EventMetadata::new_correlation(), |state| {
+            match state.issued {
                 Some(_) => Ok(vec![]),
                 None => Ok(vec![event.clone()]),
-            },
-        )
+            }
+        })
         .await
         .map_err(not_updated)?;
     Ok(issued)
@@ -170,22 +168,19 @@ pub async fn revoke(
     token_id: &str,
     revoked_by: Option<String>,
 ) -> Result<(), IssueError> {
-    let stream =
-        token_stream(token_id).ok_or_else(|| IssueError::NotFound(token_id.to_owned()))?;
+    let stream = token_stream(token_id).ok_or_else(|| IssueError::NotFound(token_id.to_owned()))?;
     let event = Event::ApiTokenRevoked(ApiTokenRevoked {
         token_id: token_id.to_owned(),
         revoked_by,
     });
     Aggregates::new(store)
-        .update::<TokenState, IssueError, _>(
-            &stream,
-            &EventMetadata::new_correlation(),
-            |state| match (&state.issued, state.revoked) {
+        .update::<TokenState, IssueError, _>(&stream, &EventMetadata::new_correlation(), |state| {
+            match (&state.issued, state.revoked) {
                 (None, _) => Err(IssueError::NotFound(token_id.to_owned())),
                 (Some(_), true) => Ok(vec![]),
                 (Some(_), false) => Ok(vec![event.clone()]),
-            },
-        )
+            }
+        })
         .await
         .map_err(not_updated)?;
     Ok(())

@@ -17,8 +17,8 @@ pub use alert_sink::AlertSink;
 pub use backend::{TestBackend, distributed_args};
 pub use collector::{ExportedSpan, FakeCollector};
 pub use process::{
-    ADMIN_TOKEN, Channel, ChildGuard, channel_to, HttpReply, SERVICE_TOKEN, Whatsnap, free_port, http_get,
-    http_post, http_request,
+    ADMIN_TOKEN, Channel, ChildGuard, HttpReply, SERVICE_TOKEN, Whatsnap, channel_to, free_port,
+    http_get, http_post, http_request,
 };
 pub use twilio_text::TwilioText;
 // The fakes live in their own crate so `whatsnap serve --demo` can use them without

@@ -1,8 +1,8 @@
 //! The gRPC front door in a split deployment: the gateway answers every service's API and
 //! forwards the calls of services that run in other processes.
 
-use whatsnap_auth::AuthedChannel as Channel;
 use tonic::{Request, Response, Status};
+use whatsnap_auth::AuthedChannel as Channel;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::ghlsync::v1 as ghlsync;

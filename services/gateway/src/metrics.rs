@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use whatsnap_auth::AuthedChannel as Channel;
 use tracing::warn;
+use whatsnap_auth::AuthedChannel as Channel;
 use whatsnap_proto::assignment::v1 as assignment;
 
 /// The content type of the Prometheus text exposition format.

@@ -58,8 +58,8 @@ impl Server {
         if self.server.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
             if let Some(path) = &self.ca_cert {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("--ca-cert {}", path.display()))?;
+                let pem =
+                    std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
             endpoint = endpoint.tls_config(tls).context("--server https://…")?;
@@ -1619,7 +1619,10 @@ pub enum TokensCommand {
 /// `90d`, `12h`, `30m`, `45s` (or a number of seconds).
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{text:?}: use a number and d, h, m or s, e.g. 90d"))?;

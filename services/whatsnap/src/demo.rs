@@ -178,7 +178,11 @@ impl Demo {
 impl Demo {
     /// A WhatsApp account through the fake Evolution API: linked by QR code (printed here),
     /// then a message each way.
-    async fn whatsapp(&self, channel: whatsnap_auth::AuthedChannel, delivery: &str) -> anyhow::Result<()> {
+    async fn whatsapp(
+        &self,
+        channel: whatsnap_auth::AuthedChannel,
+        delivery: &str,
+    ) -> anyhow::Result<()> {
         let mut accounts = session::session_service_client::SessionServiceClient::new(channel);
         let account = accounts
             .add_account(session::AddAccountRequest {

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
 use tracing::{error, info, warn};
+use whatsnap_auth::{ApiToken, AuthedChannel};
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
@@ -27,7 +28,6 @@ use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentService
 use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncServiceServer;
 use whatsnap_proto::session::v1::session_service_server::SessionServiceServer;
-use whatsnap_auth::{ApiToken, AuthedChannel};
 
 use crate::tls::Tls;
 use whatsnap_rpc::ReadDb;
@@ -601,7 +601,11 @@ impl whatsnap_dashboard::TokenSignIn for DashboardTokens {
             },
         };
         Some(whatsnap_dashboard::Viewer {
-            name: format!("{} token {}", caller.role, caller.token_id.as_deref().unwrap_or("")),
+            name: format!(
+                "{} token {}",
+                caller.role,
+                caller.token_id.as_deref().unwrap_or("")
+            ),
             id: caller.token_id.unwrap_or_default(),
             scope,
             can_write: caller.role != Role::ReadOnly,
@@ -620,7 +624,9 @@ fn channel_to(
     tls: Option<&Tls>,
 ) -> anyhow::Result<Option<AuthedChannel>> {
     let endpoint = match (local, url, tls) {
-        (true, _, Some(tls)) => tls.own_endpoint(Endpoint::from_shared(format!("https://{grpc_addr}"))?)?,
+        (true, _, Some(tls)) => {
+            tls.own_endpoint(Endpoint::from_shared(format!("https://{grpc_addr}"))?)?
+        }
         (true, _, None) => Endpoint::from_shared(format!("http://{grpc_addr}"))?,
         (false, Some(url), _) => Endpoint::from_shared(url.clone())?,
         (false, None, _) => return Ok(None),
@@ -667,7 +673,10 @@ fn service_token(args: &ServeArgs) -> anyhow::Result<ApiToken> {
              the same for every process"
         );
     }
-    let path = args.backend.data_dir.join(crate::tokens::SERVICE_TOKEN_FILE);
+    let path = args
+        .backend
+        .data_dir
+        .join(crate::tokens::SERVICE_TOKEN_FILE);
     crate::tokens::load_or_create(&path).map(|(token, _)| token)
 }
 
@@ -821,7 +830,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     .await?;
 
     let router = services
-        .grpc_router(remotes, store.clone(), db.clone(), &args.limits, authorization, tls.as_ref())
+        .grpc_router(
+            remotes,
+            store.clone(),
+            db.clone(),
+            &args.limits,
+            authorization,
+            tls.as_ref(),
+        )
         .await?;
     let gateway = services.run_until_stopped(&mut tasks, &shutdown);
 
@@ -1104,9 +1120,9 @@ impl Services {
             self.ghl_sync.as_ref().map(|s| s.projections()),
             self.gateway.as_ref().map(|s| s.projections()),
             // Listed where the API's front door is.
-            self.gateway
-                .as_ref()
-                .map(|_| vec![Arc::new(crate::tokens::TokensProjection) as Arc<dyn Projection<sqlx::Any>>]),
+            self.gateway.as_ref().map(|_| {
+                vec![Arc::new(crate::tokens::TokensProjection) as Arc<dyn Projection<sqlx::Any>>]
+            }),
         ]
         .into_iter()
         .flatten()
