@@ -302,7 +302,7 @@ fn the_demo_plays_the_round_trip_and_the_trace_tells_it() {
     // Killed when the test ends, passed or failed.
     let mut child = ChildGuard::new(
         Command::new(binary())
-            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+            .env("WHATSNAP_ADMIN_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
             .args([
                 "serve",
                 "--demo",

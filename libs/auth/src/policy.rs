@@ -70,6 +70,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (CONTACTS, "ListContacts", Read, LOC),
     (CONTACTS, "ResolveRoute", Read, LOC),
     (CONTACTS, "TagContact", Write, LOC),
+    (CONTACTS, "EraseContact", Write, LOC),
     (CONTACTS, "ApplyGhlTags", Write, LOC),
     (ASSIGNMENT, "GetAssignment", Read, LOC),
     (ASSIGNMENT, "SetRules", Write, LOC),

@@ -803,7 +803,8 @@ mod tests {
             "instance requires property \"text\""
         );
         let body = br#"{"status":400,"error":"Bad Request","response":{"message":[{"exists":false,"jid":"5511@s.whatsapp.net","number":"5511"}]}}"#;
-        assert_eq!(error_reason(status, body), "5511 is not on WhatsApp");
+        // The number is personal data: masked in the reason, which reaches logs and GHL.
+        assert_eq!(error_reason(status, body), "••• is not on WhatsApp");
         assert_eq!(
             error_reason(status, b"<html>"),
             "evolution answered 400 Bad Request"

@@ -208,7 +208,7 @@ async fn messages_are_sent_once_linked_and_refusals_say_why() {
     assert!(
         refused
             .to_string()
-            .contains("5511900000000 is not on WhatsApp"),
+            .contains("5••••••••••00 is not on WhatsApp"),
         "{refused}"
     );
 

@@ -199,8 +199,14 @@ fn first_message(body: &[u8]) -> Option<&[u8]> {
     (compressed == 0).then(|| rest.get(4..4 + len)).flatten()
 }
 
-/// The largest request body read for its location; a bigger one is refused.
-const MAX_READ_BYTES: usize = 4 * 1024 * 1024 + 5;
+/// The largest request body read for its location; a bigger one is refused. Engines' webhooks
+/// carry received files inline (up to the gateway's 24 MiB), so this is above that.
+const MAX_READ_BYTES: usize = 32 * 1024 * 1024 + 5;
+
+/// Marks a request that no location's quota is charged for (whatsnap's own services calling
+/// each other), set in its extensions by the authorization layer in front of the quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct Unmetered;
 
 /// Charges every call that names a location to that location's quota.
 #[derive(Debug, Clone)]
@@ -251,7 +257,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let Some(field) = self.layer.methods.field_of(request.uri().path()) else {
+        let Some(field) = self
+            .layer
+            .methods
+            .field_of(request.uri().path())
+            .filter(|_| request.extensions().get::<Unmetered>().is_none())
+        else {
             return Box::pin(self.inner.call(request));
         };
         // The service that was made ready answers this call; a clone waits for the next.
