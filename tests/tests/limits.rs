@@ -48,7 +48,6 @@ async fn serve_with_small_limits(data: &Path) -> (Whatsnap, Channel) {
 fn list(location: &str) -> session::ListAccountsRequest {
     session::ListAccountsRequest {
         location_id: location.into(),
-        ..Default::default()
     }
 }
 

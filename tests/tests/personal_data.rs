@@ -4,7 +4,7 @@
 //! the GHL sync read model and a rebuild of the read models, nothing more of it goes to GHL,
 //! and other contacts are untouched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use whatsnap_events::{LocationId, PhoneNumber, contact_id_for};
@@ -319,7 +319,7 @@ async fn a_round_trip_logged_at_debug_logs_no_number_message_or_token() {
 
 /// The ids of a customer's messages and contact in the embedded database, and what the GHL
 /// sync read model keeps of them.
-async fn ghl_read_model(db: &PathBuf, customer: &Customer) -> (Vec<String>, Vec<String>) {
+async fn ghl_read_model(db: &Path, customer: &Customer) -> (Vec<String>, Vec<String>) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .unwrap();
@@ -359,7 +359,7 @@ fn assert_sealed(contact: &[String], bodies: &[String]) {
 }
 
 /// Every payload in the embedded log, as stored.
-async fn stored_log(db: &PathBuf) -> String {
+async fn stored_log(db: &Path) -> String {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .unwrap();

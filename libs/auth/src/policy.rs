@@ -285,7 +285,7 @@ mod tests {
             engine: "evolution".into(),
             location_id: "locB".into(),
             account_id: "acc".into(),
-            body: vec![1, 2, 3].into(),
+            body: vec![1, 2, 3],
             ..Default::default()
         };
         let bytes = request.encode_to_vec();
