@@ -473,6 +473,10 @@ fn tag_prefix(text: &str) -> Result<String, String> {
 struct Backend {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    /// The contacts' keys' own connections to the read database: they are looked up while a
+    /// projection holds one of `db`'s in its transaction, so sharing the pool could leave every
+    /// connection waiting for another.
+    keys_db: ReadDb,
     description: String,
 }
 
@@ -489,15 +493,22 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let store = JetStreamEventStore::connect(&config)
                 .await
                 .with_context(|| format!("event store on NATS {nats_url}"))?;
-            let db = AnyPoolOptions::new()
-                .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(database_url)
+            let pool = |connections| {
+                AnyPoolOptions::new()
+                    .max_connections(connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(database_url)
+            };
+            let db = pool(10)
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
+            let keys_db = pool(4)
+                .await
+                .context("contacts' keys on PostgreSQL (--database-url)")?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
+                keys_db,
                 description: format!(
                     "distributed: events in JetStream stream {} at {nats_url}, read models in PostgreSQL",
                     config.stream_name
@@ -509,21 +520,29 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let store = SqliteEventStore::open(&SqliteConfig::new(&path))
                 .await
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
-            let db = AnyPoolOptions::new()
-                .max_connections(4)
-                // Writers of the one file take turns: a busy machine waits, never fails.
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 30000").await?;
-                        Ok(())
+            let url = format!("sqlite://{}", path.display());
+            let pool = |connections| {
+                AnyPoolOptions::new()
+                    .max_connections(connections)
+                    // Writers of the one file take turns: a busy machine waits, never fails.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 30000").await?;
+                            Ok(())
+                        })
                     })
-                })
-                .connect(&format!("sqlite://{}", path.display()))
+                    .connect(&url)
+            };
+            let db = pool(4)
                 .await
                 .with_context(|| format!("read models in {}", path.display()))?;
+            let keys_db = pool(2)
+                .await
+                .with_context(|| format!("contacts' keys in {}", path.display()))?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
+                keys_db,
                 description: format!(
                     "embedded: events and read models in SQLite file {}",
                     path.display()
@@ -780,7 +799,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Every service reads personal data, sealed per contact under keys this key seals.
     let key = secret_key(&args)?;
     let contact_keys = Arc::new(
-        whatsnap_pii::ContactKeys::open(db.clone(), key.clone())
+        whatsnap_pii::ContactKeys::open(backend.keys_db.clone(), key.clone())
             .await
             .context("opening the contacts' keys")?,
     );
