@@ -51,6 +51,9 @@ struct Rig {
     whatsnap: Whatsnap,
     channel: Channel,
     http: SocketAddr,
+    /// The backend's data, when the rig owns it: whatsnap opens new connections to its files as
+    /// it goes, so they must outlive the process.
+    backend: Option<Backend>,
 }
 
 impl Rig {
@@ -94,6 +97,7 @@ impl Rig {
             whatsnap,
             channel,
             http,
+            backend: None,
         }
     }
 
@@ -1314,7 +1318,8 @@ async fn assignment_rig(
 ) {
     use whatsnap_proto::assignment::v1 as assignment;
     let backend = Backend::embedded().await;
-    let rig = Rig::start(&backend, name, &[]).await;
+    let mut rig = Rig::start(&backend, name, &[]).await;
+    rig.backend = Some(backend);
     for id in users {
         rig.ghl.add_user(
             location,
