@@ -873,7 +873,7 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
     let rig = Rig::start(&backend, "oauth", &OAUTH_APP).await;
     let sales = rig.add_account(LOCATION, "Sales", SALES).await;
 
-    // /oauth/start sends the browser to GHL's location chooser with whatsnap's client id.
+    // Installs start in the dashboard, where an agency admin is signed in.
     let (status, body) = whatsnap_testkit::http_get(rig.http, "/oauth/start")
         .await
         .unwrap();
@@ -883,20 +883,73 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
         .await
         .unwrap();
     assert_eq!(status, 400);
-    let (status, body) = whatsnap_testkit::http_get(rig.http, "/oauth/callback?code=made-up")
+
+    // An admin starts the install: GHL's location chooser, with whatsnap's client id and a
+    // state only this install's redirect carries.
+    let mut ghl_sync =
+        whatsnap_proto::ghlsync::v1::ghl_sync_service_client::GhlSyncServiceClient::new(
+            rig.channel.clone(),
+        );
+    let started = ghl_sync
+        .begin_o_auth(whatsnap_proto::ghlsync::v1::BeginOAuthRequest::default())
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert!(
+        started.authorize_url.contains(FakeGhl::CLIENT_ID) && started.authorize_url.contains("state="),
+        "{}",
+        started.authorize_url
+    );
+    let redirect = rig.ghl.approve_install(&started.authorize_url, LOCATION);
+    let query = redirect.split_once('?').unwrap().1;
+    let state = query.split('&').find_map(|p| p.strip_prefix("state=")).unwrap();
+
+    // A stranger's redirect — a real code with no state, or with a state whatsnap never gave —
+    // connects nothing, and costs no call to GHL (CSRF: their code in a victim's browser).
+    let strangers = rig.ghl.authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
+    let strangers = strangers.split_once('?').unwrap().1.to_owned();
+    let exchanges = || {
+        rig.ghl
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/oauth/token")
+            .count()
+    };
+    for forged in [strangers.clone(), format!("{strangers}&state=made-up-by-a-stranger")] {
+        let (status, body) =
+            whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?{forged}"))
+                .await
+                .unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("not started by whatsnap"), "{body}");
+    }
+    assert_eq!(exchanges(), 0, "a refused redirect reached GHL");
+    let (status, body) = whatsnap_testkit::http_get(
+        rig.http,
+        &format!("/oauth/callback?code=made-up&state={state}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400, "{body}");
 
-    let redirect = rig
-        .ghl
-        .authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
+    // The state was spent on the made-up code: the install starts again, and its redirect
+    // connects the location, once.
+    let started = ghl_sync
+        .begin_o_auth(whatsnap_proto::ghlsync::v1::BeginOAuthRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let redirect = rig.ghl.approve_install(&started.authorize_url, LOCATION);
     let query = redirect.split_once('?').unwrap().1;
     let (status, body) = whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?{query}"))
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(LOCATION), "{body}");
+    let (status, body) = whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "the same redirect twice: {body}");
 
     rig.text(
         LOCATION,
@@ -1241,7 +1294,10 @@ async fn a_new_contact_is_assigned_in_ghl_and_the_backup_covers_time_away() {
 async fn an_agency_install_connects_each_location_as_it_installs() {
     const LOCATION: &str = "locAgencyChild";
     let backend = Backend::embedded().await;
-    let rig = Rig::start(&backend, "agency", &OAUTH_APP).await;
+    // Agency installs start in GHL's marketplace, so their redirect carries no state.
+    let mut app = OAUTH_APP.to_vec();
+    app.push("--ghl-installs-without-state");
+    let rig = Rig::start(&backend, "agency", &app).await;
     let sales = rig.add_account(LOCATION, "Sales", SALES).await;
     let code = rig.ghl.issue_company_code(FakeGhl::COMPANY_ID);
     let (status, body) =

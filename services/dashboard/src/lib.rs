@@ -89,6 +89,7 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/app/signin", post(pages::token_signin))
         .route("/app/signout", get(pages::signout))
         .route("/app/accounts", get(pages::accounts))
+        .route("/app/install", get(pages::install))
         .route("/app/assets/{name}", get(pages::asset))
         .with_state(dashboard)
 }

@@ -9,6 +9,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use tracing::{info, warn};
+use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 
 use crate::signin::{Scope, Viewer, clear_cookie};
@@ -290,4 +291,38 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `GET /app/install`: an agency admin installs whatsnap on a GHL location. GHL's page for
+/// choosing it is opened with a state issued for this viewer, which the redirect must bring back.
+pub async fn install(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Response {
+    let Some(viewer) = viewer(&dashboard, &headers) else {
+        return Redirect::to("/app").into_response();
+    };
+    if viewer.scope != Scope::All || !viewer.can_write {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "Only an agency admin installs",
+            "Installing whatsnap on a location needs an agency admin of every location.",
+        );
+    }
+    let mut client = ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(
+        dashboard.inner.services.clone(),
+    );
+    let started = client
+        .begin_o_auth(dashboard.request(ghlsync::BeginOAuthRequest {
+            started_by: format!("dashboard viewer {}", viewer.id),
+        }))
+        .await;
+    match started {
+        Ok(started) => Redirect::to(&started.into_inner().authorize_url).into_response(),
+        Err(status) => {
+            warn!(code = ?status.code(), "an install could not start");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The install cannot start",
+                status.message(),
+            )
+        }
+    }
 }

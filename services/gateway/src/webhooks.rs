@@ -432,24 +432,17 @@ async fn ghl_delivery(State(hooks): State<Webhooks>, headers: HeaderMap, body: B
     }
 }
 
-/// `GET /oauth/start`: sends the browser to GHL's page for choosing the location to install on.
-async fn oauth_start(State(hooks): State<Webhooks>) -> Response {
-    let channel = match reach_for_browser(&hooks.ghl_sync, "ghl-sync") {
-        Ok(channel) => channel,
-        Err(refused) => return refused,
-    };
-    match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
-        .begin_o_auth(ghlsync::BeginOAuthRequest::default())
-        .await
-    {
-        Ok(url) => axum::response::Redirect::to(&url.into_inner().authorize_url).into_response(),
-        Err(status) => refuse(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
-    }
+/// `GET /oauth/start`: installs start in the dashboard, where an agency admin is signed in and
+/// the install's state is issued to them.
+async fn oauth_start() -> Response {
+    axum::response::Redirect::to("/app/install").into_response()
 }
 
 #[derive(serde::Deserialize)]
 struct OAuthCallback {
     code: Option<String>,
+    /// The state whatsnap gave the install, handed back by GHL.
+    state: Option<String>,
     error: Option<String>,
 }
 
@@ -472,7 +465,10 @@ async fn oauth_callback(
         Ok(channel) => channel,
         Err(refused) => return refused,
     };
-    let mut request = tonic::Request::new(ghlsync::CompleteOAuthRequest { code });
+    let mut request = tonic::Request::new(ghlsync::CompleteOAuthRequest {
+        code,
+        state: callback.state.unwrap_or_default(),
+    });
     whatsnap_telemetry::inject(&mut request);
     match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel)
         .complete_o_auth(request)

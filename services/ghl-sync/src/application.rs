@@ -29,6 +29,13 @@ impl Application {
         }
     }
 
+    /// Whether an OAuth redirect without a state (an install GHL's marketplace started)
+    /// connects its location.
+    pub fn with_installs_without_state(mut self, accept: bool) -> Self {
+        self.ghl_sync = self.ghl_sync.with_installs_without_state(accept);
+        self
+    }
+
     /// The contacts' keys, which seal what the queue keeps of a person.
     pub fn with_contact_keys(mut self, keys: Arc<whatsnap_pii::ContactKeys>) -> Self {
         self.ghl_sync = self.ghl_sync.with_contact_keys(keys);

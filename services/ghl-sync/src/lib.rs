@@ -10,6 +10,7 @@
 mod application;
 pub mod connection;
 pub mod effects;
+pub mod oauth_state;
 pub mod owners;
 pub mod read_model;
 pub mod users;
@@ -39,16 +40,30 @@ pub struct GhlSync {
     config: Option<WorkerConfig>,
     /// The contacts' keys, which seal what the queue keeps of a person.
     keys: Option<Arc<whatsnap_pii::ContactKeys>>,
+    /// The states of the installs whatsnap started.
+    states: oauth_state::OAuthStates,
+    /// Whether an OAuth redirect without a state (an install started in GHL's marketplace, not
+    /// by whatsnap) connects its location.
+    installs_without_state: bool,
 }
 
 impl GhlSync {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self {
+            states: oauth_state::OAuthStates::new(db.clone()),
             store,
             db,
             config: None,
             keys: None,
+            installs_without_state: false,
         }
+    }
+
+    /// Whether an OAuth redirect without a state connects its location: for apps listed in
+    /// GHL's marketplace, whose installs GHL starts (off: only installs whatsnap started do).
+    pub fn with_installs_without_state(mut self, accept: bool) -> Self {
+        self.installs_without_state = accept;
+        self
     }
 
     /// With the contacts' keys: the queue keeps phones, names and texts sealed.
@@ -380,26 +395,70 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         &self,
         request: Request<pb::BeginOAuthRequest>,
     ) -> Result<Response<pb::BeginOAuthResponse>, Status> {
-        let state = request.into_inner().state;
+        // Who starts it: the caller's token, or whom the dashboard names when it asks with the
+        // service credential.
+        let caller = request
+            .extensions()
+            .get::<whatsnap_auth::Caller>()
+            .and_then(|c| c.token_id.clone());
+        let named = request.into_inner().started_by;
+        let started_by = match (caller, named.trim()) {
+            (Some(token), _) => format!("token {token}"),
+            (None, "") => "whatsnap".to_owned(),
+            (None, named) => named.to_owned(),
+        };
         let config = self.configured()?;
+        let state = self
+            .states
+            .issue(&started_by, chrono::Utc::now())
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let url = config
             .client
-            .authorize_url(Some(state.as_str()).filter(|s| !s.is_empty()))
+            .authorize_url(Some(&state))
             .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-        Ok(Response::new(pb::BeginOAuthResponse { authorize_url: url }))
+        tracing::info!(%started_by, "GHL install started");
+        Ok(Response::new(pb::BeginOAuthResponse {
+            authorize_url: url,
+            expires_in_seconds: oauth_state::LIFETIME.as_secs(),
+        }))
     }
 
     async fn complete_o_auth(
         &self,
         request: Request<pb::CompleteOAuthRequest>,
     ) -> Result<Response<pb::ConnectResponse>, Status> {
-        let code = request.into_inner().code;
+        let pb::CompleteOAuthRequest { code, state } = request.into_inner();
         if code.trim().is_empty() {
             return Err(
                 ServiceError::InvalidArgument("the OAuth redirect carried no code".into()).into(),
             );
         }
         let config = self.configured()?;
+        // The state first: a redirect whatsnap did not ask for costs no call to GHL.
+        if state.trim().is_empty() {
+            if !self.installs_without_state {
+                return Err(ServiceError::InvalidArgument(
+                    "this install was not started by whatsnap (GHL's redirect carried no state): \
+                     start it with `whatsnap ghl install-url` or Install in the dashboard, or \
+                     run with --ghl-installs-without-state to accept installs started in GHL's \
+                     marketplace"
+                        .into(),
+                )
+                .into());
+            }
+            tracing::info!("GHL install without a state accepted (--ghl-installs-without-state)");
+        } else {
+            let started_by = self
+                .states
+                .redeem(&state, chrono::Utc::now())
+                .await
+                .map_err(|e| match e {
+                    oauth_state::StateError::Unknown => ServiceError::InvalidArgument(e.to_string()),
+                    oauth_state::StateError::Database(_) => ServiceError::Unavailable(e.to_string()),
+                })?;
+            tracing::info!(%started_by, "GHL install's state redeemed");
+        }
         let grant = config
             .client
             .exchange_code(code.trim())

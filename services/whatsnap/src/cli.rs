@@ -988,12 +988,16 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
             );
         }
         GhlCommand::InstallUrl { server } => {
-            let url = client(server.channel().await?)
+            let started = client(server.channel().await?)
                 .begin_o_auth(ghlsync::BeginOAuthRequest::default())
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("{}", url.authorize_url);
+            println!("{}", started.authorize_url);
+            eprintln!(
+                "Open it in a browser within {} minutes and choose the location; the link works once.",
+                started.expires_in_seconds / 60
+            );
         }
         GhlCommand::Status { location, server } => {
             let sync = client(server.channel().await?)

@@ -424,6 +424,11 @@ pub struct GhlArgs {
     /// Where GHL redirects after an install; default: <public-url>/oauth/callback.
     #[arg(long, env = "WHATSNAP_GHL_REDIRECT_URI")]
     ghl_redirect_uri: Option<String>,
+    /// Accept OAuth redirects that carry no state: installs started in GHL's marketplace rather
+    /// than by whatsnap (`whatsnap ghl install-url`, or Install in the dashboard). Off: only an
+    /// install an agency admin started connects a location.
+    #[arg(long, env = "WHATSNAP_GHL_INSTALLS_WITHOUT_STATE")]
+    ghl_installs_without_state: bool,
     /// The Conversation Provider id the marketplace shows for the whatsnap app; sent with every
     /// message added to GHL.
     #[arg(long, env = "WHATSNAP_GHL_CONVERSATION_PROVIDER_ID")]
@@ -1110,11 +1115,14 @@ impl Services {
                     ))
             }),
             ghl_sync: match (has(Target::GhlSync), secret_key) {
-                (true, Some(key)) => Some(whatsnap_ghl_sync::Application::build(
-                    store.clone(),
-                    db.clone(),
-                    Some(ghl_worker(&args.ghl, key, public_url)),
-                )),
+                (true, Some(key)) => Some(
+                    whatsnap_ghl_sync::Application::build(
+                        store.clone(),
+                        db.clone(),
+                        Some(ghl_worker(&args.ghl, key, public_url)),
+                    )
+                    .with_installs_without_state(args.ghl.ghl_installs_without_state),
+                ),
                 _ => None,
             },
             gateway: has(Target::Gateway).then(|| {

@@ -295,6 +295,26 @@ impl FakeGhl {
         })
     }
 
+    /// What GHL does when a user opens `authorize_url` (whatsnap's link to the location
+    /// chooser) and picks `location_id`: the redirect, with a code and the link's `state`.
+    pub fn approve_install(&self, authorize_url: &str, location_id: &str) -> String {
+        let url = url::Url::parse(authorize_url).expect("an authorize URL");
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+        };
+        let redirect_uri = param("redirect_uri").expect("the authorize URL names a redirect_uri");
+        let redirect = self.authorize_redirect(&redirect_uri, location_id);
+        match param("state") {
+            Some(state) => format!(
+                "{redirect}&state={}",
+                url::form_urlencoded::byte_serialize(state.as_bytes()).collect::<String>()
+            ),
+            None => redirect,
+        }
+    }
+
     /// Where GHL sends the browser after the user picks `location_id`: `redirect_uri` with a
     /// fresh `code`. Exchanging that code with another `redirect_uri` fails.
     pub fn authorize_redirect(&self, redirect_uri: &str, location_id: &str) -> String {
