@@ -366,13 +366,15 @@ fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default
             );
         }
     }
+    let mut secret_keys = Vec::new();
     for (_, secret) in documents
         .iter()
         .filter(|(_, d)| text(d, &["kind"]) == Some("Secret"))
     {
         let name = text(secret, &["metadata", "name"]).unwrap();
         for (key, value) in labels(secret.get("stringData")) {
-            let secretish = ["PASSWORD", "SECRET", "URL", "password"]
+            secret_keys.push(format!("{name}.{key}"));
+            let secretish = ["PASSWORD", "SECRET", "URL", "TOKEN", "password"]
                 .iter()
                 .any(|w| key.contains(w));
             if secretish {
@@ -383,6 +385,11 @@ fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default
             }
         }
     }
+    // A distributed deployment's first admin token comes from the Secret.
+    assert!(
+        secret_keys.iter().any(|k| k == "whatsnap-secrets.WHATSNAP_ADMIN_TOKEN"),
+        "{secret_keys:?}"
+    );
 }
 
 #[test]
@@ -431,11 +438,18 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
             .unwrap()
             .starts_with("${NATS_PASSWORD:?")
     );
+    // The first admin token comes from .env, never a default.
+    assert!(
+        text(env, &["WHATSNAP_ADMIN_TOKEN"])
+            .unwrap()
+            .starts_with("${WHATSNAP_ADMIN_TOKEN:?")
+    );
     let example = std::fs::read_to_string(root().join(".env.example")).unwrap();
     for variable in [
         "POSTGRES_PASSWORD=",
         "NATS_PASSWORD=",
         "WHATSNAP_SECRET_KEY=",
+        "WHATSNAP_ADMIN_TOKEN=",
     ] {
         let line = example
             .lines()

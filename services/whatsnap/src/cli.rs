@@ -1618,6 +1618,10 @@ pub enum TokensCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Print a new random token without recording it, for a distributed deployment's first
+    /// admin token: put it in the Secret as WHATSNAP_ADMIN_TOKEN, and the services record it
+    /// when they start.
+    Generate,
 }
 
 /// `90d`, `12h`, `30m`, `45s` (or a number of seconds).
@@ -1644,6 +1648,9 @@ pub async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
     use whatsnap_proto::tokens::v1 as pb;
     let client = pb::tokens_service_client::TokensServiceClient::new;
     match command {
+        TokensCommand::Generate => {
+            println!("{}", whatsnap_auth::ApiToken::generate().expose());
+        }
         TokensCommand::Create {
             role,
             locations,
