@@ -7,6 +7,7 @@
 use serde_json::Value;
 use whatsnap_events::PhoneNumber;
 use whatsnap_ghl::signature::WebhookKeys;
+use whatsnap_ghl::sso::{self, SharedSecret, SsoError};
 use whatsnap_ghl::webhook::{self, AppIdentity, Delivery};
 use whatsnap_twilio::{signature, webhook as twilio};
 
@@ -106,5 +107,23 @@ pub fn phone(data: &[u8]) {
             Ok(&number),
             "{text:?} parsed as {e164}, which does not read back as itself"
         );
+    }
+}
+
+/// A GHL SSO user context as a page posts it: `Shared Secret \n payload`. Whatever arrives, it
+/// opens or is refused with a reason; and what GHL would encrypt with the secret — a context
+/// or not — never reads as the wrong-secret case, and a context opens as itself.
+pub fn ghl_sso(data: &[u8]) {
+    let [secret, payload] = parts::<2>(data);
+    let secret = SharedSecret::new(secret);
+    let _ = sso::open(&secret, &payload);
+    let sealed = sso::seal_like_ghl(&secret, &payload, *b"fuzzsalt");
+    let opened = sso::open(&secret, &sealed);
+    assert!(
+        !matches!(opened, Err(SsoError::WrongSecret | SsoError::Malformed)),
+        "what GHL encrypts does not open with the same secret: {opened:?}"
+    );
+    if let Ok(context) = opened {
+        assert!(!context.user_id.trim().is_empty());
     }
 }

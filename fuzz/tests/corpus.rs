@@ -45,6 +45,11 @@ fn ghl_delivery() {
 }
 
 #[test]
+fn ghl_sso() {
+    each_input("ghl_sso", whatsnap_fuzz::ghl_sso);
+}
+
+#[test]
 fn phone() {
     each_input("phone", whatsnap_fuzz::phone);
 }

@@ -708,16 +708,13 @@ async fn crash_around_a_refresh(point: &str, distributed: bool) {
     let name = format!("refresh-{point}");
     let mut first = world.start_with(Some(point), &OAUTH_APP, &name);
     let account = world.add_account(LOCATION, SID, TOKEN, SALES).await;
-    let started = ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(
-        world.channel().await,
-    )
-    .begin_o_auth(ghlsync::BeginOAuthRequest::default())
-    .await
-    .unwrap()
-    .into_inner();
-    let redirect = world
-        .ghl
-        .approve_install(&started.authorize_url, LOCATION);
+    let started =
+        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(world.channel().await)
+            .begin_o_auth(ghlsync::BeginOAuthRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    let redirect = world.ghl.approve_install(&started.authorize_url, LOCATION);
     let query = redirect.split_once('?').unwrap().1;
     let (status, body) =
         whatsnap_testkit::http_get(world.http, &format!("/oauth/callback?{query}"))

@@ -387,7 +387,9 @@ fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default
     }
     // A distributed deployment's first admin token comes from the Secret.
     assert!(
-        secret_keys.iter().any(|k| k == "whatsnap-secrets.WHATSNAP_ADMIN_TOKEN"),
+        secret_keys
+            .iter()
+            .any(|k| k == "whatsnap-secrets.WHATSNAP_ADMIN_TOKEN"),
         "{secret_keys:?}"
     );
 }

@@ -896,17 +896,23 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
         .unwrap()
         .into_inner();
     assert!(
-        started.authorize_url.contains(FakeGhl::CLIENT_ID) && started.authorize_url.contains("state="),
+        started.authorize_url.contains(FakeGhl::CLIENT_ID)
+            && started.authorize_url.contains("state="),
         "{}",
         started.authorize_url
     );
     let redirect = rig.ghl.approve_install(&started.authorize_url, LOCATION);
     let query = redirect.split_once('?').unwrap().1;
-    let state = query.split('&').find_map(|p| p.strip_prefix("state=")).unwrap();
+    let state = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap();
 
     // A stranger's redirect — a real code with no state, or with a state whatsnap never gave —
     // connects nothing, and costs no call to GHL (CSRF: their code in a victim's browser).
-    let strangers = rig.ghl.authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
+    let strangers = rig
+        .ghl
+        .authorize_redirect("https://whatsnap.example.com/oauth/callback", LOCATION);
     let strangers = strangers.split_once('?').unwrap().1.to_owned();
     let exchanges = || {
         rig.ghl
@@ -915,7 +921,10 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
             .filter(|r| r.path == "/oauth/token")
             .count()
     };
-    for forged in [strangers.clone(), format!("{strangers}&state=made-up-by-a-stranger")] {
+    for forged in [
+        strangers.clone(),
+        format!("{strangers}&state=made-up-by-a-stranger"),
+    ] {
         let (status, body) =
             whatsnap_testkit::http_get(rig.http, &format!("/oauth/callback?{forged}"))
                 .await

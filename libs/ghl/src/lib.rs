@@ -9,6 +9,7 @@ pub mod client;
 pub mod oauth;
 pub mod ratelimit;
 pub mod signature;
+pub mod sso;
 pub mod webhook;
 
 pub use client::{

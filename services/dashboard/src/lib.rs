@@ -5,7 +5,8 @@
 //! and action is checked against the viewer's locations on the server first ([`signin`]).
 
 pub mod signin;
-pub mod sso;
+/// GHL's single sign-on: the user context GHL gives pages inside it (in `whatsnap-ghl`).
+pub use whatsnap_ghl::sso;
 
 mod pages;
 

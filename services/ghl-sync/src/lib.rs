@@ -454,8 +454,12 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
                 .redeem(&state, chrono::Utc::now())
                 .await
                 .map_err(|e| match e {
-                    oauth_state::StateError::Unknown => ServiceError::InvalidArgument(e.to_string()),
-                    oauth_state::StateError::Database(_) => ServiceError::Unavailable(e.to_string()),
+                    oauth_state::StateError::Unknown => {
+                        ServiceError::InvalidArgument(e.to_string())
+                    }
+                    oauth_state::StateError::Database(_) => {
+                        ServiceError::Unavailable(e.to_string())
+                    }
                 })?;
             tracing::info!(%started_by, "GHL install's state redeemed");
         }

@@ -141,7 +141,8 @@ mod tests {
             Err(StateError::Unknown)
         ));
         let state = states.issue("token 7f3a", now).await.unwrap();
-        let later = now + chrono::Duration::from_std(LIFETIME).unwrap() + chrono::Duration::seconds(1);
+        let later =
+            now + chrono::Duration::from_std(LIFETIME).unwrap() + chrono::Duration::seconds(1);
         assert!(matches!(
             states.redeem(&state, later).await,
             Err(StateError::Unknown)
