@@ -7,13 +7,17 @@
 pub mod signin;
 pub mod sso;
 
+mod accounts;
+mod csrf;
 mod pages;
+mod qr;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use whatsnap_secrets::SecretKey;
 
@@ -55,6 +59,8 @@ struct Inner {
     /// The credential the dashboard calls the services with; it checks the viewer's scope
     /// itself before every call.
     service_token: Option<String>,
+    /// Ends the pages' live streams when the process stops.
+    shutdown: CancellationToken,
 }
 
 impl Dashboard {
@@ -64,8 +70,18 @@ impl Dashboard {
                 config,
                 services,
                 service_token,
+                shutdown: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Ends the pages' live streams (server-sent events) when `shutdown` is cancelled, so that
+    /// they do not hold up a graceful stop.
+    pub fn until(mut self, shutdown: CancellationToken) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.shutdown = shutdown;
+        }
+        self
     }
 
     /// A request to a service, carrying the dashboard's credential.
@@ -88,7 +104,7 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/app/sso", post(pages::sso))
         .route("/app/signin", post(pages::token_signin))
         .route("/app/signout", get(pages::signout))
-        .route("/app/accounts", get(pages::accounts))
         .route("/app/assets/{name}", get(pages::asset))
+        .merge(accounts::routes())
         .with_state(dashboard)
 }

@@ -485,7 +485,11 @@ impl pb::session_service_server::SessionService for Session {
                     .is_ok_and(|l| caller.as_ref().is_some_and(|c| c.may_read(&l)))
             })
             .collect();
-        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts,
+            max_accounts_per_location: u32::try_from(self.config.max_accounts_per_location)
+                .unwrap_or(u32::MAX),
+        }))
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
