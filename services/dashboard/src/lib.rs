@@ -44,6 +44,9 @@ pub struct DashboardConfig {
     pub secure_cookies: bool,
     /// Signs in API token holders; none: the token form says tokens are not enabled.
     pub tokens: Option<Arc<dyn TokenSignIn>>,
+    /// Ends the pages' live streams (server-sent events) when cancelled, so that they do not
+    /// hold up a graceful stop.
+    pub shutdown: CancellationToken,
 }
 
 /// The dashboard's pages, over the services' gRPC APIs.
@@ -59,8 +62,6 @@ struct Inner {
     /// The credential the dashboard calls the services with; it checks the viewer's scope
     /// itself before every call.
     service_token: Option<String>,
-    /// Ends the pages' live streams when the process stops.
-    shutdown: CancellationToken,
 }
 
 impl Dashboard {
@@ -70,18 +71,8 @@ impl Dashboard {
                 config,
                 services,
                 service_token,
-                shutdown: CancellationToken::new(),
             }),
         }
-    }
-
-    /// Ends the pages' live streams (server-sent events) when `shutdown` is cancelled, so that
-    /// they do not hold up a graceful stop.
-    pub fn until(mut self, shutdown: CancellationToken) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.shutdown = shutdown;
-        }
-        self
     }
 
     /// A request to a service, carrying the dashboard's credential.

@@ -936,26 +936,24 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 timeout: args.limits.http_timeout,
                 concurrency: args.limits.http_concurrency as usize,
             },
-            pages: whatsnap_dashboard::routes(
-                whatsnap_dashboard::Dashboard::new(
-                    whatsnap_dashboard::DashboardConfig {
-                        shared_secret: args
-                            .ghl_shared_secret
-                            .clone()
-                            .map(whatsnap_dashboard::SharedSecret::new),
-                        cookie_key: secret_key.clone().expect("the gateway has a secret key"),
-                        secure_cookies: public_url
-                            .as_deref()
-                            .is_some_and(|url| url.starts_with("https://")),
-                        tokens: Some(std::sync::Arc::new(DashboardTokens(
-                            whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token)),
-                        ))),
-                    },
-                    Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
-                    Some(service_token.expose().to_owned()),
-                )
-                .until(shutdown.clone()),
-            ),
+            pages: whatsnap_dashboard::routes(whatsnap_dashboard::Dashboard::new(
+                whatsnap_dashboard::DashboardConfig {
+                    shared_secret: args
+                        .ghl_shared_secret
+                        .clone()
+                        .map(whatsnap_dashboard::SharedSecret::new),
+                    cookie_key: secret_key.clone().expect("the gateway has a secret key"),
+                    secure_cookies: public_url
+                        .as_deref()
+                        .is_some_and(|url| url.starts_with("https://")),
+                    tokens: Some(std::sync::Arc::new(DashboardTokens(
+                        whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token)),
+                    ))),
+                    shutdown: shutdown.clone(),
+                },
+                Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
+                Some(service_token.expose().to_owned()),
+            )),
         };
         let gateway = gateway.expect("the gateway runs where HTTP is served");
         let stop = shutdown.clone();

@@ -33,7 +33,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(8);
-    let shutdown = dashboard.inner.shutdown.clone();
+    let shutdown = dashboard.inner.config.shutdown.clone();
     let work = produce(tx.clone());
     tokio::spawn(async move {
         tokio::select! {
