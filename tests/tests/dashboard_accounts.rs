@@ -320,7 +320,7 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
     browser.screenshot("remove-account-confirmation").await;
     assert_eq!(
         rig.account(LOCATION_A, &account.account_id).await.status,
-        "connected",
+        account.status,
         "opening the confirmation removes nothing"
     );
     browser.click("#confirm-remove").await;
@@ -423,7 +423,13 @@ async fn a_user_of_one_location_cannot_see_or_change_another_locations_accounts(
     let rig = Rig::start("dashboard-isolation").await;
     let own = rig.add_whatsapp(LOCATION_A, "Sales A").await;
     let theirs = rig.add_whatsapp(LOCATION_B, "Secret B").await;
-    let before = rig.list(LOCATION_B).await;
+    // As B's pages and the stream of B's account show it, before anything is tried.
+    let before = eventually("B's account listed", async || {
+        let listed = rig.list(LOCATION_B).await;
+        (!listed.is_empty()).then_some(listed)
+    })
+    .await;
+    let theirs_before = rig.account(LOCATION_B, &theirs.account_id).await;
     rig.sign_in(LOCATION_A).await;
     rig.open(&format!(
         "/app/accounts/{}?location={LOCATION_A}",
@@ -510,6 +516,10 @@ async fn a_user_of_one_location_cannot_see_or_change_another_locations_accounts(
 
     // Nothing changed: B's account is as it was, A's is still there, and no account was added.
     assert_eq!(rig.list(LOCATION_B).await, before);
+    assert_eq!(
+        rig.account(LOCATION_B, &theirs.account_id).await,
+        theirs_before
+    );
     assert_eq!(
         rig.account(LOCATION_A, &own.account_id).await.status,
         own.status
