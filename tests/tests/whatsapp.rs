@@ -298,6 +298,21 @@ async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl()
     .await
     .expect("the rotated code reaches the watcher");
     assert!(shown.code_expires_at_ms > chrono::Utc::now().timestamp_millis());
+    // A watch that starts after the code was recorded (a page opened meanwhile) shows it at once.
+    let late = rig
+        .accounts()
+        .watch_account(session::WatchAccountRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.qr_code, rotated);
 
     // The phone scans it: connected, with the number WhatsApp gives.
     rig.evolution

@@ -175,7 +175,12 @@ fn platform(kind: i32) -> &'static str {
     }
 }
 
-fn status_text(status: &str) -> String {
+/// A status in words. A Twilio account is ready once Twilio accepted its credentials (it has no
+/// link of its own to wait for).
+fn status_text(status: &str, kind: i32) -> String {
+    if status == "added" && kind == session::AccountKind::Twilio as i32 {
+        return "Ready".to_owned();
+    }
     match status {
         "connected" => "Connected",
         "linking" => "Waiting to link",
@@ -222,7 +227,7 @@ impl From<session::Account> for AccountRow {
             platform: platform(account.kind),
             tag: account.tag,
             number: account.phone_number,
-            status_text: status_text(&account.status),
+            status_text: status_text(&account.status, account.kind),
             status: account.status,
             reason: account.status_reason,
         }

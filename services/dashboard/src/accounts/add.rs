@@ -614,7 +614,7 @@ pub async fn link(
         name: account.name,
         platform: platform(account.kind),
         whatsapp,
-        status_text: status_text(&now.status),
+        status_text: status_text(&now.status, account.kind),
         status: now.status,
         reason: now.reason,
         qr: now.qr,

@@ -99,7 +99,7 @@ pub async fn list_events(
                         .into_iter()
                         .map(|a| LiveRow {
                             id: a.account_id,
-                            status_text: status_text(&a.status),
+                            status_text: status_text(&a.status, a.kind),
                             status: a.status,
                             reason: a.status_reason,
                         })
@@ -135,7 +135,7 @@ impl From<session::AccountUpdate> for LiveAccount {
     fn from(update: session::AccountUpdate) -> Self {
         let account = update.account.unwrap_or_default();
         Self {
-            status_text: status_text(&account.status),
+            status_text: status_text(&account.status, account.kind),
             status: account.status,
             reason: account.status_reason,
             number: account.phone_number,

@@ -95,7 +95,7 @@ async fn settings_page(
         tag: account.tag,
         engine: account.engine,
         number: account.phone_number,
-        status_text: status_text(&account.status),
+        status_text: status_text(&account.status, account.kind),
         status: account.status,
         reason: account.status_reason,
         pacing: account.pacing,
