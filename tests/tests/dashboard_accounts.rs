@@ -14,8 +14,8 @@ use whatsnap_dashboard::sso::{SharedSecret, seal_like_ghl};
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::browser::{Browser, ghl_page};
 use whatsnap_testkit::{
-    Channel, FakeEvolution, FakeTwilio, FakeTwilioAccount, Whatsnap, eventually, free_port,
-    http_request,
+    Channel, FakeBlueBubbles, FakeEvolution, FakeTwilio, FakeTwilioAccount, Whatsnap, eventually,
+    free_port, http_request,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -39,6 +39,7 @@ fn output() -> PathBuf {
 /// whatsnap with the fake Evolution engine and the fake Twilio, and a browser.
 struct Rig {
     evolution: FakeEvolution,
+    mac: FakeBlueBubbles,
     _twilio: FakeTwilio,
     _data: tempfile::TempDir,
     whatsnap: Whatsnap,
@@ -50,6 +51,7 @@ struct Rig {
 impl Rig {
     async fn start(log_name: &str) -> Self {
         let evolution = FakeEvolution::start().await.unwrap();
+        let mac = FakeBlueBubbles::start().await.unwrap();
         let twilio = FakeTwilio::start().await.unwrap();
         twilio.add_account(FakeTwilioAccount {
             sid: TWILIO_SID.into(),
@@ -78,6 +80,8 @@ impl Rig {
             &twilio.base_url(),
             "--max-accounts-per-location",
             LIMIT,
+            "--bluebubbles-ping-interval",
+            "0.3",
             "--ghl-shared-secret",
             SHARED_SECRET,
         ]
@@ -88,6 +92,7 @@ impl Rig {
         let browser = Browser::start(output()).await;
         Self {
             evolution,
+            mac,
             _twilio: twilio,
             _data: data,
             whatsnap,
@@ -415,6 +420,49 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
         })
         .await;
     browser.screenshot("accounts-live-disconnect").await;
+    rig.browser.client.clone().close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_is_added_with_its_servers_settings_and_the_page_waits_until_it_is_seen() {
+    let rig = Rig::start("dashboard-mac").await;
+    let browser = &rig.browser;
+    rig.sign_in(LOCATION_A).await;
+    rig.open(&format!("/app/accounts/new?location={LOCATION_A}"))
+        .await;
+    browser.click("#add-mac").await;
+
+    // A wrong password: the Mac refuses it, and nothing is added.
+    browser.fill("#name", "Front desk Mac").await;
+    browser.fill("#url", &rig.mac.base_url()).await;
+    browser.fill("#password", "not-the-password").await;
+    browser.click("button[type=submit]").await;
+    let error = browser.text_of("#form-error").await;
+    assert!(error.starts_with("nothing was added"), "{error}");
+    assert!(rig.list(LOCATION_A).await.is_empty());
+
+    // The right one: the pairing page, which turns Connected once whatsnap hears from the Mac.
+    browser.fill("#password", FakeBlueBubbles::PASSWORD).await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(
+        browser.text_of("h1").await,
+        "Link Front desk Mac (iMessage (Mac))"
+    );
+    assert!(
+        browser
+            .client
+            .source()
+            .await
+            .unwrap()
+            .contains("Pair the device"),
+        "the pairing steps are shown"
+    );
+    browser
+        .wait_for_text("#account-status", "the Mac seen", |text| {
+            text == "Connected"
+        })
+        .await;
+    browser.screenshot("link-mac-connected").await;
     rig.browser.client.clone().close().await.unwrap();
 }
 

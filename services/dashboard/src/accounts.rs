@@ -74,43 +74,75 @@ fn sessions(
     session::session_service_client::SessionServiceClient::new(dashboard.inner.services.clone())
 }
 
-/// The viewer, when signed in and `location` is one of theirs; otherwise the answer to give.
+/// Why a page or an action is not served: the answer the viewer gets instead.
+enum Refusal {
+    /// Nobody is signed in: to the sign-in page.
+    SignIn,
+    /// A location outside the viewer's scope, or an account not in it: the same answer whether
+    /// it exists or not.
+    Forbidden,
+    /// A form without this sign-in's token (posted by another site, or from an old sign-in).
+    Expired,
+    /// A viewer who may look but not change anything.
+    ReadOnly,
+    /// The services could not answer.
+    Unavailable(tonic::Code),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::SignIn => Redirect::to("/app").into_response(),
+            Self::Forbidden => forbidden(),
+            Self::Expired => problem(
+                StatusCode::FORBIDDEN,
+                "This form has expired",
+                "It was not opened from this sign-in. Reload the page and try again.",
+            ),
+            Self::ReadOnly => problem(
+                StatusCode::FORBIDDEN,
+                "Read only",
+                "Your sign-in may look but not change anything.",
+            ),
+            Self::Unavailable(code) => {
+                warn!(?code, "an account page cannot reach the session service");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Accounts are not available",
+                    "whatsnap cannot reach its accounts right now; try again in a moment.",
+                )
+            }
+        }
+    }
+}
+
+/// The viewer, when signed in and `location` is one of theirs.
 fn viewer_of(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     location: &str,
-) -> Result<Viewer, Response> {
-    let Some(viewer) = viewer(dashboard, headers) else {
-        return Err(Redirect::to("/app").into_response());
-    };
+) -> Result<Viewer, Refusal> {
+    let viewer = viewer(dashboard, headers).ok_or(Refusal::SignIn)?;
     if location.trim().is_empty() || !viewer.scope.allows(location) {
-        return Err(forbidden());
+        return Err(Refusal::Forbidden);
     }
     Ok(viewer)
 }
 
-/// As [`viewer_of`], for an action: the viewer must also be allowed to change things, and the
-/// form must carry this sign-in's token.
+/// As [`viewer_of`], for an action: the form must also carry this sign-in's token, and the
+/// viewer be allowed to change things.
 fn actor_of(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     location: &str,
     token: &str,
-) -> Result<Viewer, Response> {
+) -> Result<Viewer, Refusal> {
     let viewer = viewer_of(dashboard, headers, location)?;
     if !csrf::verify(headers, token) {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "This form has expired",
-            "It was not opened from this sign-in. Reload the page and try again.",
-        ));
+        return Err(Refusal::Expired);
     }
     if !viewer.can_write {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "Read only",
-            "Your sign-in may look but not change anything.",
-        ));
+        return Err(Refusal::ReadOnly);
     }
     Ok(viewer)
 }
@@ -122,47 +154,38 @@ fn form_token(headers: &HeaderMap) -> String {
 
 /// The services could not answer.
 fn unavailable(status: &tonic::Status) -> Response {
-    warn!(code = ?status.code(), "an account page cannot reach the session service");
-    problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Accounts are not available",
-        "whatsnap cannot reach its accounts right now; try again in a moment.",
-    )
+    Refusal::Unavailable(status.code()).into_response()
 }
 
 /// A service's refusal: an account that is not there (or not in this location) is answered as
 /// one outside the viewer's scope.
-fn refused(status: &tonic::Status) -> Response {
+fn refused(status: &tonic::Status) -> Refusal {
     match status.code() {
         tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
-            forbidden()
+            Refusal::Forbidden
         }
-        _ => unavailable(status),
+        code => Refusal::Unavailable(code),
     }
 }
 
-/// One account of the location, when it is there.
+/// One account of the location, when it is there; removed accounts have no pages left.
 async fn load(
     dashboard: &Dashboard,
     location: &str,
     id: &str,
-) -> Result<session::Account, Response> {
-    sessions(dashboard)
+) -> Result<session::Account, Refusal> {
+    let account = sessions(dashboard)
         .get_account(dashboard.request(session::GetAccountRequest {
             location_id: location.to_owned(),
             account_id: id.to_owned(),
         }))
         .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| refused(&status))
-        .and_then(|account| {
-            // Removed accounts have no pages left.
-            if account.status == "removed" || account.location_id != location {
-                Err(forbidden())
-            } else {
-                Ok(account)
-            }
-        })
+        .map_err(|status| refused(&status))?
+        .into_inner();
+    if account.status == "removed" || account.location_id != location {
+        return Err(Refusal::Forbidden);
+    }
+    Ok(account)
 }
 
 fn platform(kind: i32) -> &'static str {

@@ -47,7 +47,7 @@ pub async fn choose(
     if let Some(location) = &location
         && let Err(answer) = viewer_of(&dashboard, &headers, location)
     {
-        return answer;
+        return answer.into_response();
     }
     render(&ChoosePage {
         section: "accounts",
@@ -125,7 +125,7 @@ pub async fn whatsapp_form(
     let location = query.location().unwrap_or_default();
     let viewer = match viewer_of(&dashboard, &headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     render(&WhatsAppPage {
         section: "accounts",
@@ -158,7 +158,7 @@ pub async fn add_whatsapp(
 ) -> Response {
     let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let mut errors = Errors::default();
     if form.name.trim().is_empty() {
@@ -236,7 +236,7 @@ pub async fn twilio_form(
     let location = query.location().unwrap_or_default();
     let viewer = match viewer_of(&dashboard, &headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     render(&TwilioPage {
         section: "accounts",
@@ -275,7 +275,7 @@ pub async fn add_twilio(
 ) -> Response {
     let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let mut errors = Errors::default();
     let required = |value: &str, what: &str| {
@@ -382,7 +382,7 @@ pub async fn device_form(
     let location = query.location.clone().unwrap_or_default();
     let viewer = match viewer_of(&dashboard, &headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     render(&DevicePage {
         section: "accounts",
@@ -461,7 +461,7 @@ pub async fn add_device(
 ) -> Response {
     let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let mut errors = Errors::default();
     if form.name.trim().is_empty() {
@@ -553,11 +553,11 @@ pub async fn link(
     let location = query.location().unwrap_or_default();
     let viewer = match viewer_of(&dashboard, &headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let account = match load(&dashboard, &location, &id).await {
         Ok(account) => account,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let kind = session::AccountKind::try_from(account.kind).unwrap_or_default();
     let whatsapp = kind == session::AccountKind::Whatsapp;
@@ -600,7 +600,7 @@ pub async fn link(
                 let pairing = pairing.into_inner();
                 (steps, webhook_url, secret) = (pairing.steps, pairing.webhook_url, pairing.secret);
             }
-            Err(status) => return refused(&status),
+            Err(status) => return refused(&status).into_response(),
         },
     }
     render(&LinkPage {

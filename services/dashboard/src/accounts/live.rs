@@ -160,7 +160,7 @@ pub async fn account_events(
 ) -> Response {
     let location = query.location().unwrap_or_default();
     if let Err(answer) = viewer_of(&dashboard, &headers, &location) {
-        return answer;
+        return answer.into_response();
     }
     let watch = sessions(&dashboard)
         .watch_account(dashboard.request(session::WatchAccountRequest {
@@ -170,7 +170,7 @@ pub async fn account_events(
         .await;
     let mut updates = match watch {
         Ok(updates) => updates.into_inner(),
-        Err(status) => return refused(&status),
+        Err(status) => return refused(&status).into_response(),
     };
     stream(&dashboard, move |tx| async move {
         while let Ok(Some(update)) = updates.message().await {

@@ -73,11 +73,11 @@ async fn settings_page(
 ) -> Response {
     let viewer = match viewer_of(dashboard, headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let account = match load(dashboard, &location, &id).await {
         Ok(account) => account,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let kind = session::AccountKind::try_from(account.kind).unwrap_or_default();
     let page = render(&SettingsPage {
@@ -175,10 +175,10 @@ pub async fn pacing(
     Form(form): Form<PacingForm>,
 ) -> Response {
     if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
-        return answer;
+        return answer.into_response();
     }
     if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer;
+        return answer.into_response();
     }
     let (interval_ms, jitter_ms, typing_ms) = match form.millis() {
         Ok(values) => values,
@@ -208,7 +208,7 @@ pub async fn pacing(
             let error = status.message().to_owned();
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
-        Err(status) => refused(&status),
+        Err(status) => refused(&status).into_response(),
     }
 }
 
@@ -231,10 +231,10 @@ pub async fn credentials(
     Form(form): Form<CredentialsForm>,
 ) -> Response {
     if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
-        return answer;
+        return answer.into_response();
     }
     if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer;
+        return answer.into_response();
     }
     if form.auth_token.trim().is_empty() {
         let error = "type the new Auth Token".to_owned();
@@ -264,7 +264,7 @@ pub async fn credentials(
             let error = format!("the token was not changed: {}", status.message());
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
-        Err(status) => refused(&status),
+        Err(status) => refused(&status).into_response(),
     }
 }
 
@@ -287,10 +287,10 @@ pub async fn connect(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
-        return answer;
+        return answer.into_response();
     }
     if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer;
+        return answer.into_response();
     }
     let connected = sessions(&dashboard)
         .connect_account(dashboard.request(session::ConnectAccountRequest {
@@ -312,7 +312,7 @@ pub async fn connect(
             let error = format!("linking did not start: {}", status.message());
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
-        Err(status) => refused(&status),
+        Err(status) => refused(&status).into_response(),
     }
 }
 
@@ -340,11 +340,11 @@ pub async fn confirm_remove(
     let location = query.location().unwrap_or_default();
     let viewer = match viewer_of(&dashboard, &headers, &location) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     let account = match load(&dashboard, &location, &id).await {
         Ok(account) => account,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     render(&RemovePage {
         section: "accounts",
@@ -368,10 +368,10 @@ pub async fn remove(
 ) -> Response {
     let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
         Ok(viewer) => viewer,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer;
+        return answer.into_response();
     }
     let removed = sessions(&dashboard)
         .remove_account(dashboard.request(session::RemoveAccountRequest {
@@ -385,7 +385,7 @@ pub async fn remove(
             info!(location_id = %form.location, account_id = %id, "account removed from the dashboard");
             Redirect::to(&format!("/app/accounts?location={}", form.location)).into_response()
         }
-        Err(status) => refused(&status),
+        Err(status) => refused(&status).into_response(),
     }
 }
 
