@@ -222,7 +222,11 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
     rig.sign_in(LOCATION_A).await;
     rig.open(&format!("/app/accounts?location={LOCATION_A}"))
         .await;
-    assert_eq!(browser.text_of("#account-count").await, "0 of 5 accounts");
+    browser
+        .wait_for_text("#account-count", "0 of 5 accounts", |text| {
+            text == "0 of 5 accounts"
+        })
+        .await;
     browser.click("#add-account").await;
     assert_eq!(browser.text_of("h1").await, "Add account");
     browser.screenshot("add-account").await;
@@ -283,10 +287,17 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
     browser.fill("#auth_token", TWILIO_TOKEN).await;
     browser.fill("#phone_number", TWILIO_NUMBER).await;
     browser.click("button[type=submit]").await;
-    let table = browser.text_of("table").await;
-    assert!(table.contains("Front desk"), "{table}");
+    let table = browser
+        .wait_for_text("table", "the account listed", |text| {
+            text.contains("Front desk")
+        })
+        .await;
     assert!(table.contains("whatsnap-account-front-desk"), "{table}");
-    assert_eq!(browser.text_of("#account-count").await, "1 of 5 accounts");
+    browser
+        .wait_for_text("#account-count", "1 of 5 accounts", |text| {
+            text == "1 of 5 accounts"
+        })
+        .await;
     let listed = rig.list(LOCATION_A).await;
     assert_eq!(listed.len(), 1);
     let account = listed[0].clone();
@@ -329,7 +340,12 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
         "opening the confirmation removes nothing"
     );
     browser.click("#confirm-remove").await;
-    assert_eq!(browser.text_of("#account-count").await, "0 of 5 accounts");
+    browser
+        .wait_for_text("#account-count", "0 of 5 accounts", |text| {
+            text == "0 of 5 accounts"
+        })
+        .await;
+    assert_eq!(browser.text_of(".empty").await, "No accounts yet.");
     assert!(
         !browser
             .client
@@ -361,8 +377,15 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
 
     // The linking page shows the QR code WhatsApp gave, drawn as an image.
     assert_eq!(browser.text_of("h1").await, "Link Sales (WhatsApp)");
-    let account = rig.list(LOCATION_A).await.remove(0);
-    let instance = instance_of(&account.account_id);
+    // The page's address names the account.
+    let url = browser.client.current_url().await.unwrap();
+    let account_id = url
+        .path()
+        .strip_prefix("/app/accounts/")
+        .and_then(|rest| rest.strip_suffix("/link"))
+        .unwrap_or_else(|| panic!("not a linking page: {url}"))
+        .to_owned();
+    let instance = instance_of(&account_id);
     let first = eventually("a QR code issued by Evolution", async || {
         rig.evolution.instance(&instance)?.qr_code
     })
@@ -408,11 +431,12 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
     // The list shows it connected, then the disconnect, by itself.
     rig.open(&format!("/app/accounts?location={LOCATION_A}"))
         .await;
-    let row = format!(
-        "tr[data-account=\"{}\"] [data-field=status]",
-        account.account_id
-    );
-    assert_eq!(browser.text_of(&row).await, "Connected");
+    let row = format!("tr[data-account=\"{account_id}\"] [data-field=status]");
+    browser
+        .wait_for_text(&row, "the list shows it connected", |text| {
+            text == "Connected"
+        })
+        .await;
     rig.evolution.disconnect(&instance, 401).await.unwrap();
     browser
         .wait_for_text(&row, "the list shows the disconnect", |text| {

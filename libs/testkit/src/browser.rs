@@ -76,9 +76,19 @@ impl Browser {
             .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
     }
 
-    /// The text of the element `css` selects, once it is on the page.
+    /// The text of the element `css` selects, once it is on the page (a page that reloads
+    /// meanwhile is read again).
     pub async fn text_of(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(err) if std::time::Instant::now() > deadline => {
+                    panic!("cannot read {css}: {err}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Waits (up to 30 s) until `check` holds for the text of the element `css` selects; that
