@@ -462,7 +462,7 @@ async fn a_mac_is_added_with_its_servers_settings_and_the_page_waits_until_it_is
     browser.fill("#password", "not-the-password").await;
     browser.click("button[type=submit]").await;
     let error = browser.text_of("#form-error").await;
-    assert!(error.starts_with("nothing was added"), "{error}");
+    assert!(error.starts_with("Nothing was added"), "{error}");
     browser.screenshot("add-mac-refused").await;
     assert!(rig.list(LOCATION_A).await.is_empty());
 

@@ -310,7 +310,7 @@ pub async fn add_twilio(
                     .into_response();
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                errors.form = Some(format!("nothing was added: {}", status.message()));
+                errors.form = Some(format!("Nothing was added: {}", status.message()));
             }
             Err(status) => {
                 let message = status.message().to_owned();
@@ -491,7 +491,7 @@ pub async fn add_device(
                 if message.to_lowercase().contains("phone") {
                     errors.phone_number = Some(message);
                 } else {
-                    errors.form = Some(format!("nothing was added: {message}"));
+                    errors.form = Some(format!("Nothing was added: {message}"));
                 }
             }
         }
