@@ -310,6 +310,20 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
         "whatsnap-account-front-desk"
     );
     browser.screenshot("account-settings").await;
+
+    // Renamed: the name changes, the tag stays.
+    browser.fill("#name", "Reception").await;
+    browser.click("#save-name").await;
+    assert_eq!(
+        browser.text_of("#notice").await,
+        "Renamed. The tag stays as it was."
+    );
+    assert_eq!(browser.text_of("h1").await, "Reception");
+    let renamed = rig.account(LOCATION_A, &account.account_id).await;
+    assert_eq!(
+        (renamed.name.as_str(), renamed.tag.as_str()),
+        ("Reception", "whatsnap-account-front-desk")
+    );
     browser.fill("#interval_seconds", "3").await;
     browser.fill("#jitter_seconds", "1").await;
     browser.fill("#typing_seconds", "0.5").await;
@@ -347,12 +361,7 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
         .await;
     assert_eq!(browser.text_of(".empty").await, "No accounts yet.");
     assert!(
-        !browser
-            .client
-            .source()
-            .await
-            .unwrap()
-            .contains("Front desk"),
+        !browser.client.source().await.unwrap().contains("Reception"),
         "a removed account is not listed"
     );
     assert_eq!(
@@ -554,6 +563,7 @@ async fn a_user_of_one_location_cannot_see_or_change_another_locations_accounts(
         for (action, extra) in [
             ("remove", ("reason", "")),
             ("pacing", ("interval_seconds", "9")),
+            ("rename", ("name", "Hijacked")),
             ("connect", ("pairing_phone", "")),
             ("credentials", ("auth_token", "x")),
         ] {

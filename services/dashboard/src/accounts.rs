@@ -59,6 +59,10 @@ pub fn routes() -> Router<Dashboard> {
             axum::routing::post(settings::pacing),
         )
         .route(
+            "/app/accounts/{id}/rename",
+            axum::routing::post(settings::rename),
+        )
+        .route(
             "/app/accounts/{id}/credentials",
             axum::routing::post(settings::credentials),
         )

@@ -742,6 +742,21 @@ impl pb::session_service_server::SessionService for Session {
         Ok(Response::new(to_pb(&account, &location)))
     }
 
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn rename_account(
+        &self,
+        request: Request<pb::RenameAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let event = account::decide_rename(&state, account_id, &request.name)?;
+        let account = self.append_decided(&stream, state, &event).await?;
+        tracing::info!(%location, %account_id, "account renamed");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id, engine = %request.get_ref().engine))]
     async fn record_connector_webhook(
         &self,

@@ -56,6 +56,7 @@ fn notice(done: Option<&str>) -> Option<String> {
     Some(
         match done? {
             "pacing" => "Pacing saved.",
+            "name" => "Renamed. The tag stays as it was.",
             "credentials" => "The new Auth Token was checked with Twilio and is in use.",
             _ => return None,
         }
@@ -206,6 +207,53 @@ pub async fn pacing(
         }
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
             let error = status.message().to_owned();
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RenameForm {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /app/accounts/{id}/rename`: a new name; the tag stays.
+pub async fn rename(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RenameForm>,
+) -> Response {
+    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        return answer.into_response();
+    }
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let renamed = sessions(&dashboard)
+        .rename_account(dashboard.request(session::RenameAccountRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            name: form.name.clone(),
+        }))
+        .await;
+    match renamed {
+        Ok(_) => {
+            info!(location_id = %form.location, account_id = %id, "account renamed from the dashboard");
+            Redirect::to(&format!(
+                "{}&done=name",
+                account_href(&form.location, &id, "")
+            ))
+            .into_response()
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            let error = format!("the name was not changed: {}", status.message());
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
         Err(status) => refused(&status).into_response(),
