@@ -5,9 +5,9 @@
   if (!root || !window.EventSource) return;
   var source = new EventSource(root.getAttribute("data-events"));
 
-  function setStatus(element, status, text) {
+  function setStatus(element, tone, text) {
     if (!element) return;
-    element.className = "status status-" + status;
+    element.className = "status status-" + tone;
     element.textContent = text;
   }
 
@@ -25,7 +25,7 @@
     data.accounts.forEach(function (account) {
       var row = document.querySelector('tr[data-account="' + account.id + '"]');
       if (!row) { window.location.reload(); return; }
-      setStatus(row.querySelector('[data-field="status"]'), account.status, account.status_text);
+      setStatus(row.querySelector('[data-field="status"]'), account.tone, account.status_text);
       var reason = row.querySelector('[data-field="reason"]');
       if (reason) reason.textContent = account.reason;
     });
@@ -34,7 +34,7 @@
   // One account: its status, and the code to scan or type while it links.
   source.addEventListener("account", function (event) {
     var data = JSON.parse(event.data);
-    setStatus(document.getElementById("account-status"), data.status, data.status_text);
+    setStatus(document.getElementById("account-status"), data.tone, data.status_text);
     var reason = document.getElementById("account-reason");
     if (reason) reason.textContent = data.reason;
     var qr = document.getElementById("qr");

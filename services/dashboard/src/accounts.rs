@@ -202,6 +202,15 @@ fn platform(kind: i32) -> &'static str {
     }
 }
 
+/// How a status looks (its CSS class): a Twilio account ready to use looks connected.
+fn tone(status: &str, kind: i32) -> String {
+    if status == "added" && kind == session::AccountKind::Twilio as i32 {
+        "connected".to_owned()
+    } else {
+        status.to_owned()
+    }
+}
+
 /// A status in words. A Twilio account is ready once Twilio accepted its credentials (it has no
 /// link of its own to wait for).
 fn status_text(status: &str, kind: i32) -> String {
@@ -238,7 +247,7 @@ struct AccountRow {
     platform: &'static str,
     tag: String,
     number: String,
-    status: String,
+    tone: String,
     status_text: String,
     reason: String,
     href: String,
@@ -255,7 +264,7 @@ impl From<session::Account> for AccountRow {
             tag: account.tag,
             number: account.phone_number,
             status_text: status_text(&account.status, account.kind),
-            status: account.status,
+            tone: tone(&account.status, account.kind),
             reason: account.status_reason,
         }
     }

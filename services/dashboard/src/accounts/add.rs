@@ -528,6 +528,7 @@ struct LinkPage {
     platform: &'static str,
     whatsapp: bool,
     status: String,
+    tone: String,
     status_text: String,
     reason: String,
     /// The code to scan now, when there is one, drawn as SVG.
@@ -615,6 +616,7 @@ pub async fn link(
         platform: platform(account.kind),
         whatsapp,
         status_text: status_text(&now.status, account.kind),
+        tone: now.tone,
         status: now.status,
         reason: now.reason,
         qr: now.qr,

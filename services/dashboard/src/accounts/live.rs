@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use whatsnap_proto::session::v1 as session;
 
-use super::{LocationQuery, STREAM_LIFETIME, listing, refused, sessions, status_text, viewer_of};
+use super::{
+    LocationQuery, STREAM_LIFETIME, listing, refused, sessions, status_text, tone, viewer_of,
+};
 use crate::Dashboard;
 use crate::pages::{forbidden, viewer};
 
@@ -66,6 +68,7 @@ struct LiveList {
 struct LiveRow {
     id: String,
     status: String,
+    tone: String,
     status_text: String,
     reason: String,
 }
@@ -100,6 +103,7 @@ pub async fn list_events(
                         .map(|a| LiveRow {
                             id: a.account_id,
                             status_text: status_text(&a.status, a.kind),
+                            tone: tone(&a.status, a.kind),
                             status: a.status,
                             reason: a.status_reason,
                         })
@@ -121,6 +125,7 @@ pub async fn list_events(
 #[derive(Serialize)]
 pub(super) struct LiveAccount {
     pub status: String,
+    pub tone: String,
     pub status_text: String,
     pub reason: String,
     pub number: String,
@@ -136,6 +141,7 @@ impl From<session::AccountUpdate> for LiveAccount {
         let account = update.account.unwrap_or_default();
         Self {
             status_text: status_text(&account.status, account.kind),
+            tone: tone(&account.status, account.kind),
             status: account.status,
             reason: account.status_reason,
             number: account.phone_number,
