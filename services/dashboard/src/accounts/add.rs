@@ -7,7 +7,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 use whatsnap_proto::session::v1 as session;
 
 use super::live::LiveAccount;
@@ -204,13 +204,16 @@ pub async fn add_whatsapp(
     info!(location_id = %account.location_id, account_id = %account.account_id, "whatsapp account added from the dashboard");
     // Linking starts at once; when the engine cannot start it, the linking page says so and
     // offers to try again.
-    let _ = sessions(&dashboard)
+    if let Err(status) = sessions(&dashboard)
         .connect_account(dashboard.request(session::ConnectAccountRequest {
             location_id: form.location.clone(),
             account_id: account.account_id.clone(),
             pairing_phone_number: form.pairing_phone.trim().to_owned(),
         }))
-        .await;
+        .await
+    {
+        warn!(code = ?status.code(), account_id = %account.account_id, "linking did not start after adding");
+    }
     Redirect::to(&account_href(&form.location, &account.account_id, "link")).into_response()
 }
 
