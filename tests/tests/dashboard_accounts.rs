@@ -2,9 +2,11 @@
 //! user of one location (through a page that plays GHL): adding a Twilio account whose token
 //! Twilio refuses shows the error at the token field and adds nothing; a WhatsApp account's QR
 //! code appears, is replaced as it rotates, and the page turns Connected when the phone scans
-//! it, and the list shows a disconnect by itself; settings change the pacing and remove an
-//! account after saying what happens to its contacts; and nothing of another location can be
-//! seen or changed, whatever URL or form is sent. Screenshots of each page are saved under the
+//! it, the list shows a disconnect by itself, and linking again from its settings shows a new
+//! code (another number links with a pairing code instead); a Mac is added and waited for;
+//! settings rename an account (its tag stays), change the pacing and remove it after saying
+//! what happens to its contacts; and nothing of another location can be seen or changed,
+//! whatever URL or form is sent. Screenshots of each page are saved under the
 //! test's output folder (`target/tmp/dashboard/`).
 
 use std::net::SocketAddr;
@@ -453,6 +455,51 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
         })
         .await;
     browser.screenshot("accounts-live-disconnect").await;
+
+    // Linked again from its settings: a new QR code.
+    rig.open(&format!("/app/accounts/{account_id}?location={LOCATION_A}"))
+        .await;
+    browser.click("#reconnect").await;
+    assert_eq!(browser.text_of("h1").await, "Link Sales");
+    let again = eventually("a new QR code after the logout", async || {
+        rig.evolution
+            .instance(&instance)?
+            .qr_code
+            .filter(|code| *code != rotated)
+    })
+    .await;
+    browser
+        .wait_for_attr("#qr", "data-qr", "the new QR code shown", |shown| {
+            shown == again
+        })
+        .await;
+    rig.open(&format!("/app/accounts?location={LOCATION_A}"))
+        .await;
+
+    // Another number, linked with a pairing code typed on the phone instead of a QR code.
+    browser.click("#add-account").await;
+    browser.click("#add-whatsapp").await;
+    browser.fill("#name", "Support").await;
+    browser.fill("#pairing_phone", WHATSAPP_NUMBER).await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.text_of("h1").await, "Link Support");
+    let url = browser.client.current_url().await.unwrap();
+    let support = url
+        .path()
+        .strip_prefix("/app/accounts/")
+        .and_then(|rest| rest.strip_suffix("/link"))
+        .unwrap_or_else(|| panic!("not a linking page: {url}"))
+        .to_owned();
+    let code = eventually("a pairing code issued by Evolution", async || {
+        rig.evolution.instance(&instance_of(&support))?.pairing_code
+    })
+    .await;
+    browser
+        .wait_for_text("#pairing-code", "the pairing code shown", |shown| {
+            shown == code
+        })
+        .await;
+    browser.screenshot("link-whatsapp-pairing-code").await;
     rig.browser.client.clone().close().await.unwrap();
 }
 

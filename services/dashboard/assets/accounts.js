@@ -51,6 +51,8 @@
     var linking = document.getElementById("linking");
     if (connected) connected.hidden = data.status !== "connected";
     if (linking) linking.hidden = data.status === "connected";
+    var relink = document.getElementById("relink");
+    if (relink) relink.hidden = data.status === "connected" || data.status === "linking";
     if (data.status === "removed") source.close();
   });
 })();
