@@ -42,10 +42,14 @@
       qr.innerHTML = data.qr_svg; // drawn by the server from the code, not from user input
       qr.setAttribute("data-qr", data.qr);
     }
+    var figure = document.getElementById("qr-figure");
+    if (figure && data.qr_svg) figure.hidden = false;
     var pairing = document.getElementById("pairing");
     if (pairing && data.pairing_code) {
       document.getElementById("pairing-code").textContent = data.pairing_code;
       pairing.hidden = false;
+      // A number linked by code shows no QR code until one comes.
+      if (figure && !(qr && qr.querySelector("svg"))) figure.hidden = true;
     }
     var connected = document.getElementById("connected");
     var linking = document.getElementById("linking");
