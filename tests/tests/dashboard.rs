@@ -6,14 +6,12 @@
 //! under the test's output folder (`target/tmp/dashboard/`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
 use whatsnap_dashboard::sso::{SharedSecret, seal_like_ghl};
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::Channel;
-use whatsnap_testkit::{ChildGuard, FakeEvolution, Whatsnap, free_port, http_request};
+use whatsnap_testkit::browser::{Browser, ghl_page};
+use whatsnap_testkit::{FakeEvolution, Whatsnap, free_port, http_request};
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const SHARED_SECRET: &str = "the-apps-shared-secret";
@@ -26,71 +24,7 @@ fn binary() -> &'static Path {
 
 /// Where the screenshots go.
 fn output() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// chromedriver on a free port, with Debian's Chromium.
-async fn browser() -> (ChildGuard, Client) {
-    let port = free_port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "chromedriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does)",
-        );
-    let driver = ChildGuard::new(driver);
-    let capabilities = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1000,760"],
-        }
-    });
-    let capabilities = capabilities.as_object().unwrap().clone();
-    let mut builder = ClientBuilder::rustls().expect("TLS roots for the WebDriver client");
-    builder.capabilities(capabilities);
-    let mut last_error = None;
-    for _ in 0..100 {
-        match builder.connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(client) => return (driver, client),
-            Err(err) => last_error = Some(err),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not start: {last_error:?}");
-}
-
-/// A page that plays GHL: it embeds the dashboard and answers its request for the user's
-/// context with `payload`.
-async fn ghl_page(dashboard: &str, payload: String) -> u16 {
-    let html = format!(
-        r#"<!doctype html><html><head><title>GHL (fake)</title></head>
-<body style="margin:0;font-family:sans-serif">
-<div style="background:#111827;color:#fff;padding:8px 12px">GHL sub-account · Custom page</div>
-<iframe id="app" src="{dashboard}/app" style="border:0;width:100%;height:700px"></iframe>
-<script>
-window.addEventListener("message", function (event) {{
-  if (event.data && event.data.message === "REQUEST_USER_DATA") {{
-    event.source.postMessage({{ message: "REQUEST_USER_DATA_RESPONSE", payload: {payload:?} }}, "*");
-  }}
-}});
-</script></body></html>"#
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::get(move || {
-            let html = html.clone();
-            async move { axum::response::Html(html) }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
 }
 
 async fn add_account(channel: &Channel, location: &str, name: &str) -> session::Account {
@@ -104,23 +38,6 @@ async fn add_account(channel: &Channel, location: &str, name: &str) -> session::
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn screenshot(client: &Client, name: &str) {
-    let png = client.screenshot().await.unwrap();
-    std::fs::write(output().join(format!("{name}.png")), png).unwrap();
-}
-
-async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,13 +72,14 @@ async fn a_ghl_user_signed_in_by_ghl_sees_their_locations_accounts_and_nothing_o
     let dashboard = format!("http://127.0.0.1:{http}");
 
     // Outside GHL and not signed in: the sign-in page, whatever page is asked for.
-    let (_driver, client) = browser().await;
+    let browser = Browser::start(output()).await;
+    let client = &browser.client;
     client
         .goto(&format!("{dashboard}/app/accounts?location={LOCATION_B}"))
         .await
         .unwrap();
-    assert_eq!(text_of(&client, "h1").await, "Sign in");
-    screenshot(&client, "sign-in").await;
+    assert_eq!(browser.text_of("h1").await, "Sign in");
+    browser.screenshot("sign-in").await;
 
     // Inside GHL, as a user of location A.
     let context = serde_json::json!({
@@ -179,16 +97,16 @@ async fn a_ghl_user_signed_in_by_ghl_sees_their_locations_accounts_and_nothing_o
         .await
         .unwrap();
     client.enter_frame(0).await.unwrap();
-    let table = text_of(&client, "table").await;
+    let table = browser.text_of("table").await;
     assert!(table.contains("Sales A"), "{table}");
     assert!(table.contains("whatsnap-account-sales-a"), "{table}");
     assert!(!table.contains("Secret B"), "{table}");
     assert!(
-        text_of(&client, ".who").await.contains("Ana Lima"),
+        browser.text_of(".who").await.contains("Ana Lima"),
         "the page greets the GHL user"
     );
     client.enter_parent_frame().await.unwrap();
-    screenshot(&client, "accounts-inside-ghl").await;
+    browser.screenshot("accounts-inside-ghl").await;
 
     // Editing the URL to location B shows nothing of B, in the browser and to a plain request
     // with the same cookie.
@@ -196,16 +114,16 @@ async fn a_ghl_user_signed_in_by_ghl_sees_their_locations_accounts_and_nothing_o
         .goto(&format!("{dashboard}/app/accounts?location={LOCATION_B}"))
         .await
         .unwrap();
-    assert_eq!(text_of(&client, "h1").await, "Not yours to see");
+    assert_eq!(browser.text_of("h1").await, "Not yours to see");
     let source = client.source().await.unwrap();
     assert!(!source.contains("Secret B"));
-    screenshot(&client, "another-location-refused").await;
+    browser.screenshot("another-location-refused").await;
     let cookie = client
         .get_named_cookie("whatsnap_session")
         .await
         .expect("the sign-in cookie is set");
     assert_eq!(cookie.http_only(), Some(true), "scripts cannot read it");
-    let header = format!("whatsnap_session={}", cookie.value());
+    let header = browser.session_cookie().await;
     let addr = format!("127.0.0.1:{http}").parse().unwrap();
     let refused = http_request(
         addr,
@@ -241,6 +159,6 @@ async fn a_ghl_user_signed_in_by_ghl_sees_their_locations_accounts_and_nothing_o
     assert_eq!(refused.status, 401);
     assert!(refused.header("set-cookie").is_none());
 
-    client.close().await.unwrap();
+    browser.client.clone().close().await.unwrap();
     drop(whatsnap);
 }

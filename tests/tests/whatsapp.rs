@@ -298,6 +298,25 @@ async fn a_whatsapp_number_linked_by_qr_through_evolution_round_trips_with_ghl()
     .await
     .expect("the rotated code reaches the watcher");
     assert!(shown.code_expires_at_ms > chrono::Utc::now().timestamp_millis());
+    // A watch that starts after a code was recorded (a page opened meanwhile) shows the last one
+    // recorded at once, without waiting for the next.
+    let late = rig
+        .accounts()
+        .watch_account(session::WatchAccountRequest {
+            location_id: LOCATION.into(),
+            account_id: account.account_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        late.qr_code.starts_with("2@"),
+        "the first update carries the code: {late:?}"
+    );
 
     // The phone scans it: connected, with the number WhatsApp gives.
     rig.evolution

@@ -65,6 +65,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "WatchAccount", Read, LOC),
     (SESSION, "RecordConnectorWebhook", Write, LOC),
     (SESSION, "SetPacing", Write, LOC),
+    (SESSION, "RenameAccount", Write, LOC),
     (SESSION, "GetPairing", Read, LOC),
     (CONTACTS, "GetContact", Read, LOC),
     (CONTACTS, "ListContacts", Read, LOC),

@@ -8,13 +8,17 @@ pub mod signin;
 /// GHL's single sign-on: the user context GHL gives pages inside it (in `whatsnap-ghl`).
 pub use whatsnap_ghl::sso;
 
+mod accounts;
+mod csrf;
 mod pages;
+mod qr;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use whatsnap_secrets::SecretKey;
 
@@ -41,6 +45,9 @@ pub struct DashboardConfig {
     pub secure_cookies: bool,
     /// Signs in API token holders; none: the token form says tokens are not enabled.
     pub tokens: Option<Arc<dyn TokenSignIn>>,
+    /// Ends the pages' live streams (server-sent events) when cancelled, so that they do not
+    /// hold up a graceful stop.
+    pub shutdown: CancellationToken,
 }
 
 /// The dashboard's pages, over the services' gRPC APIs.
@@ -89,8 +96,8 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/app/sso", post(pages::sso))
         .route("/app/signin", post(pages::token_signin))
         .route("/app/signout", get(pages::signout))
-        .route("/app/accounts", get(pages::accounts))
         .route("/app/install", get(pages::install))
         .route("/app/assets/{name}", get(pages::asset))
+        .merge(accounts::routes())
         .with_state(dashboard)
 }

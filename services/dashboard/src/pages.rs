@@ -3,19 +3,18 @@
 
 use askama::Template;
 use axum::Json;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use tracing::{info, warn};
 use whatsnap_proto::ghlsync::v1 as ghlsync;
-use whatsnap_proto::session::v1 as session;
 
 use crate::signin::{Scope, Viewer, clear_cookie};
 use crate::{Dashboard, sso};
 
-fn render(template: &impl Template) -> Response {
+pub(crate) fn render(template: &impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(err) => {
@@ -32,12 +31,12 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     (status, render(&Problem { title, detail })).into_response()
 }
 
 /// A location outside the viewer's scope: the same answer whether it exists or not.
-fn forbidden() -> Response {
+pub(crate) fn forbidden() -> Response {
     problem(
         StatusCode::FORBIDDEN,
         "Not yours to see",
@@ -46,7 +45,7 @@ fn forbidden() -> Response {
 }
 
 /// The signed-in viewer, if any.
-fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Viewer> {
+pub(crate) fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Viewer> {
     Viewer::from_request(headers, &dashboard.inner.config.cookie_key, Utc::now())
 }
 
@@ -149,127 +148,6 @@ pub async fn signout() -> Response {
     ([(header::SET_COOKIE, clear_cookie())], Redirect::to("/app")).into_response()
 }
 
-/// An account as the accounts page shows it.
-struct AccountRow {
-    location: String,
-    name: String,
-    platform: &'static str,
-    tag: String,
-    number: String,
-    status: String,
-    status_text: String,
-    reason: String,
-}
-
-impl From<session::Account> for AccountRow {
-    fn from(account: session::Account) -> Self {
-        let platform = match session::AccountKind::try_from(account.kind) {
-            Ok(session::AccountKind::Whatsapp) => "WhatsApp",
-            Ok(session::AccountKind::AndroidSms) => "SMS (Android)",
-            Ok(session::AccountKind::Imessage) => "iMessage (Mac)",
-            Ok(session::AccountKind::Twilio) => "Twilio SMS",
-            _ => "Unknown",
-        };
-        let status_text = match account.status.as_str() {
-            "connected" => "Connected",
-            "linking" => "Waiting to link",
-            "disconnected" => "Disconnected",
-            "logged_out" => "Logged out",
-            "added" => "Not linked yet",
-            other => other,
-        }
-        .to_owned();
-        Self {
-            location: account.location_id,
-            name: account.name,
-            platform,
-            tag: account.tag,
-            number: account.phone_number,
-            status: account.status,
-            status_text,
-            reason: account.status_reason,
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "accounts.html")]
-struct AccountsPage {
-    section: &'static str,
-    viewer_name: String,
-    locations: Vec<String>,
-    selected: Option<String>,
-    show_location: bool,
-    accounts: Vec<AccountRow>,
-}
-
-#[derive(Deserialize)]
-pub struct LocationQuery {
-    #[serde(default)]
-    location: Option<String>,
-}
-
-/// `GET /app/accounts[?location=…]`: every account the viewer may see, with its live status.
-pub async fn accounts(
-    State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    Query(query): Query<LocationQuery>,
-) -> Response {
-    let Some(viewer) = viewer(&dashboard, &headers) else {
-        return Redirect::to("/app").into_response();
-    };
-    let selected = query.location.filter(|l| !l.trim().is_empty());
-    if let Some(location) = &selected
-        && !viewer.scope.allows(location)
-    {
-        return forbidden();
-    }
-    let asked: Vec<String> = match (&selected, &viewer.scope) {
-        (Some(location), _) => vec![location.clone()],
-        (None, Scope::Locations { ids }) => ids.clone(),
-        (None, Scope::All) => vec![String::new()],
-    };
-    let mut client = session::session_service_client::SessionServiceClient::new(
-        dashboard.inner.services.clone(),
-    );
-    let mut accounts = Vec::new();
-    for location in asked {
-        match client
-            .list_accounts(dashboard.request(session::ListAccountsRequest {
-                location_id: location,
-            }))
-            .await
-        {
-            Ok(listed) => accounts.extend(listed.into_inner().accounts),
-            Err(status) => {
-                warn!(code = ?status.code(), "the accounts page cannot list accounts");
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Accounts are not available",
-                    "whatsnap cannot reach its accounts right now; try again in a moment.",
-                );
-            }
-        }
-    }
-    // The services answer for what was asked; the viewer's scope is checked once more here, so
-    // an answer wider than the scope never reaches the page.
-    accounts.retain(|account| viewer.scope.allows(&account.location_id));
-    let mut locations: Vec<String> = match &viewer.scope {
-        Scope::Locations { ids } => ids.clone(),
-        Scope::All => accounts.iter().map(|a| a.location_id.clone()).collect(),
-    };
-    locations.sort();
-    locations.dedup();
-    render(&AccountsPage {
-        section: "accounts",
-        viewer_name: viewer.name,
-        show_location: locations.len() > 1 && selected.is_none(),
-        locations,
-        selected,
-        accounts: accounts.into_iter().map(AccountRow::from).collect(),
-    })
-}
-
 /// `GET /app/assets/{name}`: the stylesheet and scripts, compiled into the binary.
 pub async fn asset(Path(name): Path<String>) -> Response {
     let (content_type, body) = match name.as_str() {
@@ -280,6 +158,10 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         "signin.js" => (
             "text/javascript; charset=utf-8",
             include_str!("../assets/signin.js"),
+        ),
+        "accounts.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../assets/accounts.js"),
         ),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };

@@ -125,7 +125,7 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE_NAME}=; Path=/app; HttpOnly; Max-Age=0")
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()

@@ -68,6 +68,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
     connect_account(session::ConnectAccountRequest) -> session::Account;
     record_connector_webhook(session::ConnectorWebhookRequest) -> session::ConnectorWebhookResponse;
     set_pacing(session::SetPacingRequest) -> session::Account;
+    rename_account(session::RenameAccountRequest) -> session::Account;
     get_pairing(session::GetAccountRequest) -> session::DevicePairing;
 } streams {
     watch_account(session::WatchAccountRequest) -> WatchAccountStream of session::AccountUpdate;

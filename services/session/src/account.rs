@@ -150,11 +150,14 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             if let Some(pacing) = e.changes.get(PACING) {
                 state.pacing = serde_json::from_value(pacing.clone()).ok();
             }
+            if let Some(name) = e.changes.get(NAME).and_then(serde_json::Value::as_str) {
+                state.name = name.to_owned();
+            }
             let others: serde_json::Map<_, _> = e
                 .changes
                 .iter()
                 .filter(|(name, _)| {
-                    ![AccountSettingsChanged::TWILIO, PACING].contains(&name.as_str())
+                    ![AccountSettingsChanged::TWILIO, PACING, NAME].contains(&name.as_str())
                 })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
@@ -261,6 +264,36 @@ pub const PACING: &str = "pacing";
 
 /// The most an account may be made to wait between sends, or to show "typing…".
 const MAX_PACING: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The setting that holds the account's name, when it was renamed.
+pub const NAME: &str = "name";
+
+/// A new name for the account; its tag stays (contacts carry it and replies are routed by it).
+pub fn decide_rename(state: &AccountState, account_id: Uuid, name: &str) -> ServiceResult<Event> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    if state.status == Status::Removed {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        )));
+    }
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ServiceError::InvalidArgument("the name is empty".into()));
+    }
+    if name.chars().count() > 100 {
+        return Err(ServiceError::InvalidArgument(
+            "a name is at most 100 characters".into(),
+        ));
+    }
+    let mut changes = serde_json::Map::new();
+    changes.insert(NAME.to_owned(), name.into());
+    Ok(Event::from(AccountSettingsChanged {
+        account_id,
+        changes,
+    }))
+}
 
 /// A change of how fast the account sends.
 pub fn decide_pacing(
@@ -416,6 +449,37 @@ mod tests {
         assert_eq!(state.status, Status::Removed);
         assert!(matches!(
             decide_remove(&state, id, ""),
+            Err(ServiceError::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn given_an_account_when_renamed_then_its_name_changes_and_its_tag_stays() {
+        let id = Uuid::now_v7();
+        let added = decide_add(
+            DEFAULT_TAG_PREFIX,
+            id,
+            AccountKind::Whatsapp,
+            "Sales",
+            None,
+            Connection::default(),
+            &HashSet::new(),
+        )
+        .unwrap();
+        let state = evolve(AccountState::default(), &added, 1);
+        let renamed = decide_rename(&state, id, "  Sales Brazil ").unwrap();
+        let state = evolve(state, &renamed, 2);
+        assert_eq!(state.name, "Sales Brazil");
+        assert_eq!(state.tag, "whatsnap-account-sales");
+        assert_eq!(state.settings, None, "the name is not an engine setting");
+        assert!(matches!(
+            decide_rename(&state, id, " "),
+            Err(ServiceError::InvalidArgument(_))
+        ));
+        let removed = decide_remove(&state, id, "").unwrap();
+        let state = evolve(state, &removed, 3);
+        assert!(matches!(
+            decide_rename(&state, id, "Again"),
             Err(ServiceError::FailedPrecondition(_))
         ));
     }

@@ -485,7 +485,11 @@ impl pb::session_service_server::SessionService for Session {
                     .is_ok_and(|l| caller.as_ref().is_some_and(|c| c.may_read(&l)))
             })
             .collect();
-        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts,
+            max_accounts_per_location: u32::try_from(self.config.max_accounts_per_location)
+                .unwrap_or(u32::MAX),
+        }))
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
@@ -735,6 +739,21 @@ impl pb::session_service_server::SessionService for Session {
         let event = account::decide_pacing(&state, account_id, pacing)?;
         let account = self.append_decided(&stream, state, &event).await?;
         tracing::info!(%location, %account_id, %pacing, "pacing set");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn rename_account(
+        &self,
+        request: Request<pb::RenameAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let event = account::decide_rename(&state, account_id, &request.name)?;
+        let account = self.append_decided(&stream, state, &event).await?;
+        tracing::info!(%location, %account_id, "account renamed");
         Ok(Response::new(to_pb(&account, &location)))
     }
 

@@ -164,6 +164,19 @@ impl Projection<Any> for AccountsProjection {
             Event::AccountRemoved(e) => {
                 set_status(conn, e.account_id.to_string(), "removed", e.reason).await?
             }
+            Event::AccountSettingsChanged(e) => {
+                if let Some(name) = e
+                    .changes
+                    .get(crate::account::NAME)
+                    .and_then(serde_json::Value::as_str)
+                {
+                    sqlx::query("UPDATE session_accounts SET name = $1 WHERE account_id = $2")
+                        .bind(name)
+                        .bind(e.account_id.to_string())
+                        .execute(conn)
+                        .await?;
+                }
+            }
             _ => {}
         }
         Ok(())

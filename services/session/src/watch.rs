@@ -33,6 +33,10 @@ pub fn updates(
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
         let mut state = AccountState::default();
         let mut first = true;
+        // The last code issued while reading the account's history: the first update shows it
+        // when it still works, so a watcher that starts after the code was issued (a page
+        // opened right after linking began) shows it without waiting for the next.
+        let mut last_code: Option<Event> = None;
         loop {
             let read = store
                 .read_stream(&stream, state.version + 1, usize::MAX)
@@ -52,10 +56,15 @@ pub fn updates(
                 state = evolve(state, &event, recorded.version);
                 if !first {
                     updates.push(update(&state, &location, Some(&event)));
+                } else if matches!(event, Event::QrCodeIssued(_) | Event::PairingCodeIssued(_)) {
+                    last_code = Some(event);
                 }
             }
             if first {
-                updates.push(update(&state, &location, None));
+                let code = last_code
+                    .take()
+                    .filter(|code| state.status == AccountStatus::Linking && still_valid(code));
+                updates.push(update(&state, &location, code.as_ref()));
                 first = false;
             }
             for update in updates {
@@ -73,6 +82,16 @@ pub fn updates(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// Whether a code has not expired yet.
+fn still_valid(code: &Event) -> bool {
+    let expires_at = match code {
+        Event::QrCodeIssued(e) => e.expires_at,
+        Event::PairingCodeIssued(e) => e.expires_at,
+        _ => return false,
+    };
+    expires_at > chrono::Utc::now()
 }
 
 fn update(state: &AccountState, location: &LocationId, event: Option<&Event>) -> pb::AccountUpdate {

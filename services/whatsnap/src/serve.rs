@@ -954,6 +954,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     tokens: Some(std::sync::Arc::new(DashboardTokens(
                         whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token)),
                     ))),
+                    shutdown: shutdown.clone(),
                 },
                 Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
                 Some(service_token.expose().to_owned()),

@@ -1,0 +1,193 @@
+//! A real browser for the dashboard's tests: Debian's headless Chromium, driven over WebDriver
+//! by chromedriver, and a page that plays GHL (it embeds the dashboard in an iframe and answers
+//! `REQUEST_USER_DATA` with a user context, as GHL does). Screenshots go to a folder the test
+//! names (its `CARGO_TARGET_TMPDIR`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::{ChildGuard, free_port};
+
+/// chromedriver and the browser session it drives; the driver stops when this is dropped.
+pub struct Browser {
+    pub client: Client,
+    screenshots: PathBuf,
+    _driver: ChildGuard,
+}
+
+impl Browser {
+    /// chromedriver on a free port, with Debian's Chromium, saving screenshots to `screenshots`.
+    pub async fn start(screenshots: PathBuf) -> Self {
+        std::fs::create_dir_all(&screenshots).expect("the screenshots folder");
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does)",
+            );
+        let driver = ChildGuard::new(driver);
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1000,760"],
+            }
+        });
+        let capabilities = capabilities.as_object().unwrap().clone();
+        let mut builder = ClientBuilder::rustls().expect("TLS roots for the WebDriver client");
+        builder.capabilities(capabilities);
+        let mut last_error = None;
+        for _ in 0..100 {
+            match builder.connect(&format!("http://127.0.0.1:{port}")).await {
+                Ok(client) => {
+                    return Self {
+                        client,
+                        screenshots,
+                        _driver: driver,
+                    };
+                }
+                Err(err) => last_error = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not start: {last_error:?}");
+    }
+
+    /// Saves what the browser shows as `<name>.png`.
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.screenshots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The element `css` selects, once it is on the page (within 20 s).
+    pub async fn find(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+    }
+
+    /// The text of the element `css` selects, once it is on the page (a page that reloads
+    /// meanwhile is read again).
+    pub async fn text_of(&self, css: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(err) if std::time::Instant::now() > deadline => {
+                    panic!("cannot read {css}: {err}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits (up to 30 s) until `check` holds for the text of the element `css` selects; that
+    /// text.
+    pub async fn wait_for_text(
+        &self,
+        css: &str,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+                && check(&text)
+            {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within 30 s: {what} ({css})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (up to 30 s) until the attribute `name` of the element `css` selects passes
+    /// `check`; its value.
+    pub async fn wait_for_attr(
+        &self,
+        css: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(Some(value)) = element.attr(name).await
+                && check(&value)
+            {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within 30 s: {what} ({css}[{name}])"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Types `text` into the field `css` selects, replacing what it held.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let field = self.find(css).await;
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    /// Clicks the element `css` selects.
+    pub async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    /// The sign-in cookie's `Cookie` header, to make plain requests as the signed-in viewer.
+    pub async fn session_cookie(&self) -> String {
+        let cookie = self
+            .client
+            .get_named_cookie("whatsnap_session")
+            .await
+            .expect("the sign-in cookie is set");
+        format!("whatsnap_session={}", cookie.value())
+    }
+}
+
+/// A page that plays GHL on a port of its own: it embeds `dashboard` (its base URL) and answers
+/// the dashboard's request for the user's context with `payload`. The port.
+pub async fn ghl_page(dashboard: &str, payload: String) -> u16 {
+    let html = format!(
+        r#"<!doctype html><html><head><title>GHL (fake)</title></head>
+<body style="margin:0;font-family:sans-serif">
+<div style="background:#111827;color:#fff;padding:8px 12px">GHL sub-account · Custom page</div>
+<iframe id="app" src="{dashboard}/app" style="border:0;width:100%;height:700px"></iframe>
+<script>
+window.addEventListener("message", function (event) {{
+  if (event.data && event.data.message === "REQUEST_USER_DATA") {{
+    event.source.postMessage({{ message: "REQUEST_USER_DATA_RESPONSE", payload: {payload:?} }}, "*");
+  }}
+}});
+</script></body></html>"#
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let html = html.clone();
+            async move { axum::response::Html(html) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}

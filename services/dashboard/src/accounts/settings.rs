@@ -1,0 +1,452 @@
+//! An account's settings page and its actions: pacing, a Twilio account's credentials,
+//! linking again (a new QR code), and removing it after a confirmation that says what happens
+//! to its contacts and tag.
+
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tracing::info;
+use whatsnap_proto::session::v1 as session;
+
+use super::{
+    LocationQuery, account_href, actor_of, form_token, load, platform, refused, sessions,
+    status_text, viewer_of,
+};
+use crate::Dashboard;
+use crate::pages::render;
+
+#[derive(Template)]
+#[template(path = "account_settings.html")]
+struct SettingsPage {
+    section: &'static str,
+    viewer_name: String,
+    location: String,
+    csrf: String,
+    id: String,
+    name: String,
+    tag: String,
+    platform: &'static str,
+    engine: String,
+    number: String,
+    tone: String,
+    status_text: String,
+    reason: String,
+    pacing: String,
+    twilio: bool,
+    /// Linked by a device session (WhatsApp): it can be linked again with a new code.
+    relinks: bool,
+    /// What was just done, or what went wrong, to say at the top.
+    notice: Option<String>,
+    error: Option<String>,
+    events_href: String,
+    remove_href: String,
+}
+
+#[derive(Deserialize)]
+pub struct SettingsQuery {
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    done: Option<String>,
+}
+
+fn notice(done: Option<&str>) -> Option<String> {
+    Some(
+        match done? {
+            "pacing" => "Pacing saved.",
+            "name" => "Renamed. The tag stays as it was.",
+            "credentials" => "The new Auth Token was checked with Twilio and is in use.",
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+async fn settings_page(
+    dashboard: &Dashboard,
+    headers: &HeaderMap,
+    location: String,
+    id: String,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let viewer = match viewer_of(dashboard, headers, &location) {
+        Ok(viewer) => viewer,
+        Err(answer) => return answer.into_response(),
+    };
+    let account = match load(dashboard, &location, &id).await {
+        Ok(account) => account,
+        Err(answer) => return answer.into_response(),
+    };
+    let kind = session::AccountKind::try_from(account.kind).unwrap_or_default();
+    let page = render(&SettingsPage {
+        section: "accounts",
+        viewer_name: viewer.name,
+        csrf: form_token(headers),
+        events_href: account_href(&location, &id, "events"),
+        remove_href: account_href(&location, &id, "remove"),
+        location,
+        id,
+        platform: platform(account.kind),
+        twilio: kind == session::AccountKind::Twilio,
+        relinks: kind == session::AccountKind::Whatsapp,
+        name: account.name,
+        tag: account.tag,
+        engine: account.engine,
+        number: account.phone_number,
+        status_text: status_text(&account.status, account.kind),
+        tone: super::tone(&account.status, account.kind),
+        reason: account.status_reason,
+        pacing: account.pacing,
+        notice,
+        error: error.clone(),
+    });
+    if error.is_some() {
+        (StatusCode::UNPROCESSABLE_ENTITY, page).into_response()
+    } else {
+        page
+    }
+}
+
+/// `GET /app/accounts/{id}?location=…`: the account's settings.
+pub async fn page(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<SettingsQuery>,
+) -> Response {
+    let location = query.location.clone().unwrap_or_default();
+    settings_page(
+        &dashboard,
+        &headers,
+        location,
+        id,
+        notice(query.done.as_deref()),
+        None,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct PacingForm {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    interval_seconds: String,
+    #[serde(default)]
+    jitter_seconds: String,
+    #[serde(default)]
+    typing_seconds: String,
+}
+
+impl PacingForm {
+    /// The three times in milliseconds, or what is wrong with one.
+    fn millis(&self) -> Result<(u32, u32, u32), String> {
+        Ok((
+            millis("the least time between replies", &self.interval_seconds)?,
+            millis("the random extra", &self.jitter_seconds)?,
+            millis("the typing time", &self.typing_seconds)?,
+        ))
+    }
+}
+
+/// Seconds as typed (`2`, `1.5`, empty for none) in milliseconds.
+fn millis(what: &str, seconds: &str) -> Result<u32, String> {
+    let seconds = seconds.trim();
+    if seconds.is_empty() {
+        return Ok(0);
+    }
+    match seconds.parse::<f64>() {
+        Ok(value) if (0.0..=3600.0).contains(&value) => Ok((value * 1000.0).round() as u32),
+        _ => Err(format!(
+            "{what} must be a number of seconds between 0 and 3600, not {seconds:?}"
+        )),
+    }
+}
+
+/// `POST /app/accounts/{id}/pacing`.
+pub async fn pacing(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<PacingForm>,
+) -> Response {
+    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        return answer.into_response();
+    }
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let (interval_ms, jitter_ms, typing_ms) = match form.millis() {
+        Ok(values) => values,
+        Err(error) => {
+            return settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await;
+        }
+    };
+    let set = sessions(&dashboard)
+        .set_pacing(dashboard.request(session::SetPacingRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            interval_ms,
+            jitter_ms,
+            typing_ms,
+        }))
+        .await;
+    match set {
+        Ok(_) => {
+            info!(location_id = %form.location, account_id = %id, "pacing changed from the dashboard");
+            Redirect::to(&format!(
+                "{}&done=pacing",
+                account_href(&form.location, &id, "")
+            ))
+            .into_response()
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            let error = status.message().to_owned();
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RenameForm {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /app/accounts/{id}/rename`: a new name; the tag stays.
+pub async fn rename(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RenameForm>,
+) -> Response {
+    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        return answer.into_response();
+    }
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let renamed = sessions(&dashboard)
+        .rename_account(dashboard.request(session::RenameAccountRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            name: form.name.clone(),
+        }))
+        .await;
+    match renamed {
+        Ok(_) => {
+            info!(location_id = %form.location, account_id = %id, "account renamed from the dashboard");
+            Redirect::to(&format!(
+                "{}&done=name",
+                account_href(&form.location, &id, "")
+            ))
+            .into_response()
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            let error = format!("the name was not changed: {}", status.message());
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CredentialsForm {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    auth_token: String,
+}
+
+/// `POST /app/accounts/{id}/credentials`: a Twilio account's new Auth Token, checked with
+/// Twilio first; one Twilio refuses changes nothing.
+pub async fn credentials(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CredentialsForm>,
+) -> Response {
+    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        return answer.into_response();
+    }
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    if form.auth_token.trim().is_empty() {
+        let error = "type the new Auth Token".to_owned();
+        return settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await;
+    }
+    let rotated = sessions(&dashboard)
+        .update_account_credentials(dashboard.request(session::UpdateAccountCredentialsRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            auth_token: form.auth_token.trim().to_owned(),
+        }))
+        .await;
+    match rotated {
+        Ok(_) => Redirect::to(&format!(
+            "{}&done=credentials",
+            account_href(&form.location, &id, "")
+        ))
+        .into_response(),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+            ) =>
+        {
+            let error = format!("the token was not changed: {}", status.message());
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    pairing_phone: String,
+}
+
+/// `POST /app/accounts/{id}/connect`: links the account again (a new QR code, or a pairing code
+/// for the number given), then shows the linking page.
+pub async fn connect(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        return answer.into_response();
+    }
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let connected = sessions(&dashboard)
+        .connect_account(dashboard.request(session::ConnectAccountRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            pairing_phone_number: form.pairing_phone.trim().to_owned(),
+        }))
+        .await;
+    match connected {
+        Ok(_) => Redirect::to(&account_href(&form.location, &id, "link")).into_response(),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+            ) =>
+        {
+            let error = format!("linking did not start: {}", status.message());
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "account_remove.html")]
+struct RemovePage {
+    section: &'static str,
+    viewer_name: String,
+    location: String,
+    csrf: String,
+    id: String,
+    name: String,
+    tag: String,
+    platform: &'static str,
+    settings_href: String,
+}
+
+/// `GET /app/accounts/{id}/remove?location=…`: what removing the account does, and the button.
+pub async fn confirm_remove(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<LocationQuery>,
+) -> Response {
+    let location = query.location().unwrap_or_default();
+    let viewer = match viewer_of(&dashboard, &headers, &location) {
+        Ok(viewer) => viewer,
+        Err(answer) => return answer.into_response(),
+    };
+    let account = match load(&dashboard, &location, &id).await {
+        Ok(account) => account,
+        Err(answer) => return answer.into_response(),
+    };
+    render(&RemovePage {
+        section: "accounts",
+        viewer_name: viewer.name,
+        csrf: form_token(&headers),
+        settings_href: account_href(&location, &id, ""),
+        location,
+        id,
+        name: account.name,
+        tag: account.tag,
+        platform: platform(account.kind),
+    })
+}
+
+/// `POST /app/accounts/{id}/remove`: removes the account; its contacts and their tag stay.
+pub async fn remove(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        Ok(viewer) => viewer,
+        Err(answer) => return answer.into_response(),
+    };
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let removed = sessions(&dashboard)
+        .remove_account(dashboard.request(session::RemoveAccountRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            reason: format!("removed in the dashboard by {}", viewer.id),
+        }))
+        .await;
+    match removed {
+        Ok(_) => {
+            info!(location_id = %form.location, account_id = %id, "account removed from the dashboard");
+            Redirect::to(&format!("/app/accounts?location={}", form.location)).into_response()
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::millis;
+
+    #[test]
+    fn seconds_as_typed_become_milliseconds() {
+        assert_eq!(millis("x", "2"), Ok(2000));
+        assert_eq!(millis("x", " 1.5 "), Ok(1500));
+        assert_eq!(millis("x", ""), Ok(0));
+        assert!(millis("x", "-1").is_err());
+        assert!(millis("x", "soon").is_err());
+    }
+}
