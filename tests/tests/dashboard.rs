@@ -5,15 +5,15 @@
 //! only; editing the URL to location B shows nothing of B. Screenshots of each page are saved
 //! under the test's output folder (`target/tmp/dashboard/`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use whatsnap_dashboard::sso::{SharedSecret, seal_like_ghl};
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::Channel;
-use whatsnap_testkit::{ChildGuard, FakeEvolution, Whatsnap, free_port, http_request};
+use whatsnap_testkit::browser::{browser, screenshot_dir};
+use whatsnap_testkit::{FakeEvolution, Whatsnap, free_port, http_request};
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const SHARED_SECRET: &str = "the-apps-shared-secret";
@@ -22,46 +22,6 @@ const LOCATION_B: &str = "locDashboardB";
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
-}
-
-/// Where the screenshots go.
-fn output() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// chromedriver on a free port, with Debian's Chromium.
-async fn browser() -> (ChildGuard, Client) {
-    let port = free_port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "chromedriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does)",
-        );
-    let driver = ChildGuard::new(driver);
-    let capabilities = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1000,760"],
-        }
-    });
-    let capabilities = capabilities.as_object().unwrap().clone();
-    let mut builder = ClientBuilder::rustls().expect("TLS roots for the WebDriver client");
-    builder.capabilities(capabilities);
-    let mut last_error = None;
-    for _ in 0..100 {
-        match builder.connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(client) => return (driver, client),
-            Err(err) => last_error = Some(err),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not start: {last_error:?}");
 }
 
 /// A page that plays GHL: it embeds the dashboard and answers its request for the user's
@@ -108,7 +68,7 @@ async fn add_account(channel: &Channel, location: &str, name: &str) -> session::
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
-    std::fs::write(output().join(format!("{name}.png")), png).unwrap();
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
 }
 
 async fn text_of(client: &Client, css: &str) -> String {

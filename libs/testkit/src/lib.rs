@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod alert_sink;
 mod backend;
+pub mod browser;
 mod collector;
 mod process;
 mod twilio_text;

@@ -9,6 +9,13 @@ pub mod sso;
 
 mod pages;
 
+mod alerts;
+mod assignment;
+mod contacts;
+mod insights;
+mod scoped;
+mod svg;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -90,5 +97,27 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/app/signout", get(pages::signout))
         .route("/app/accounts", get(pages::accounts))
         .route("/app/assets/{name}", get(pages::asset))
+        .merge(insight_routes())
         .with_state(dashboard)
+}
+
+/// The assignment, contacts, tags, insights and alerts pages.
+fn insight_routes() -> Router<Dashboard> {
+    Router::new()
+        .route("/app/assignment", get(assignment::page))
+        .route("/app/assignment/validate", post(assignment::validate))
+        .route("/app/assignment/simulate", post(assignment::simulate))
+        .route("/app/assignment/rules", post(assignment::save))
+        .route(
+            "/app/assignment/availability",
+            post(assignment::availability),
+        )
+        .route("/app/assignment.js", get(assignment::script))
+        .route("/app/contacts", get(contacts::search))
+        .route("/app/contact", get(contacts::contact))
+        .route("/app/contact/move", post(contacts::move_contact))
+        .route("/app/tags", get(contacts::tags))
+        .route("/app/insights", get(insights::page))
+        .route("/app/alerts", get(alerts::page))
+        .route("/app/alerts/retry", post(alerts::retry))
 }

@@ -14,7 +14,7 @@ use whatsnap_proto::session::v1 as session;
 use crate::signin::{Scope, Viewer, clear_cookie};
 use crate::{Dashboard, sso};
 
-fn render(template: &impl Template) -> Response {
+pub(crate) fn render(template: &impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(err) => {
@@ -31,12 +31,12 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     (status, render(&Problem { title, detail })).into_response()
 }
 
 /// A location outside the viewer's scope: the same answer whether it exists or not.
-fn forbidden() -> Response {
+pub(crate) fn forbidden() -> Response {
     problem(
         StatusCode::FORBIDDEN,
         "Not yours to see",
@@ -45,7 +45,7 @@ fn forbidden() -> Response {
 }
 
 /// The signed-in viewer, if any.
-fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Viewer> {
+pub(crate) fn viewer(dashboard: &Dashboard, headers: &HeaderMap) -> Option<Viewer> {
     Viewer::from_request(headers, &dashboard.inner.config.cookie_key, Utc::now())
 }
 

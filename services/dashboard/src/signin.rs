@@ -125,6 +125,23 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE_NAME}=; Path=/app; HttpOnly; Max-Age=0")
 }
 
+/// The CSRF token of the viewer's sign-in, for the forms and scripts of its pages to send
+/// back: the sign-in (viewer and expiry) sealed with the deployment's key, so another site can
+/// neither read nor make one, and it stops working when the sign-in does.
+pub fn csrf_token(viewer: &Viewer, key: &SecretKey) -> String {
+    key.seal(&csrf_subject(viewer)).as_str().to_owned()
+}
+
+/// Whether `token` is the CSRF token of this viewer's sign-in.
+pub fn check_csrf(viewer: &Viewer, key: &SecretKey, token: &str) -> bool {
+    key.open(&Sealed::from_stored(token.trim().to_owned()))
+        .is_ok_and(|opened| opened.expose() == csrf_subject(viewer))
+}
+
+fn csrf_subject(viewer: &Viewer) -> String {
+    format!("csrf {} {}", viewer.id, viewer.expires_at.timestamp())
+}
+
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
@@ -175,6 +192,23 @@ mod tests {
         let admin = Viewer::from_ghl(&context(None, "agency", "admin"), Utc::now()).unwrap();
         assert!(admin.scope.allows("anything"));
         assert!(Viewer::from_ghl(&context(None, "agency", "user"), Utc::now()).is_err());
+    }
+
+    #[test]
+    fn a_csrf_token_holds_for_its_sign_in_only() {
+        let key = new_key();
+        let now = Utc::now();
+        let viewer = Viewer::from_ghl(&context(Some("loc-a"), "location", "user"), now).unwrap();
+        let token = csrf_token(&viewer, &key);
+        assert!(check_csrf(&viewer, &key, &token));
+        assert!(!check_csrf(&viewer, &new_key(), &token));
+        assert!(!check_csrf(&viewer, &key, ""));
+        let later = Viewer::from_ghl(
+            &context(Some("loc-a"), "location", "user"),
+            now + Duration::minutes(5),
+        )
+        .unwrap();
+        assert!(!check_csrf(&later, &key, &token), "another sign-in");
     }
 
     #[test]
