@@ -14,11 +14,13 @@ use std::time::Duration;
 use fantoccini::{Client, Locator};
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::events::v1 as events;
+use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_proto::tokens::v1 as tokens;
 use whatsnap_testkit::browser::{browser, screenshot_dir};
 use whatsnap_testkit::{
-    Channel, FakeGhl, FakeTwilio, FakeTwilioAccount, TwilioText, Whatsnap, eventually, http_request,
+    Channel, FakeEvolution, FakeGhl, FakeGhlUser, FakeTwilio, FakeTwilioAccount, TwilioText,
+    Whatsnap, eventually, http_request,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -28,8 +30,8 @@ const SALES: &str = "+15005550006";
 const OTHER: &str = "+15005550007";
 const LOCATION_A: &str = "locInsightsA";
 const LOCATION_B: &str = "locInsightsB";
-const CONTACT_A: &str = "+15551230001";
-const CONTACT_B: &str = "+15551239999";
+const CONTACT_A: &str = "+14155550123";
+const CONTACT_B: &str = "+14155550188";
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -159,6 +161,19 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         status: "active".into(),
         numbers: vec![(SALES.into(), true), (OTHER.into(), true)],
     });
+    for (id, name) in [("u_ana", "Ana Lima"), ("u_ben", "Ben Okafor")] {
+        ghl.add_user(
+            LOCATION_A,
+            FakeGhlUser {
+                id: id.into(),
+                name: name.into(),
+                email: format!("{id}@example.com"),
+                role: "user".into(),
+                deleted: false,
+            },
+        );
+    }
+    let evolution = FakeEvolution::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let args: Vec<String> = [
         "--data-dir",
@@ -173,6 +188,14 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         &twilio.base_url(),
         "--ghl-api-url",
         &ghl.base_url(),
+        "--ghl-users-refresh",
+        "1",
+        "--evolution-url",
+        &evolution.base_url(),
+        "--evolution-api-key",
+        FakeEvolution::GLOBAL_API_KEY,
+        "--whatsapp-engine",
+        "evolution",
     ]
     .map(str::to_owned)
     .into();
@@ -181,9 +204,31 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     let http = whatsnap.http.unwrap();
     let sales = add_twilio_account(&channel, LOCATION_A, "Sales A", SALES).await;
     let secret = add_twilio_account(&channel, LOCATION_B, "Secret B", OTHER).await;
+    // A WhatsApp account of A that nobody has linked yet: an alert.
+    session::session_service_client::SessionServiceClient::new(channel.clone())
+        .add_account(session::AddAccountRequest {
+            location_id: LOCATION_A.into(),
+            kind: session::AccountKind::Whatsapp as i32,
+            name: "Support WhatsApp".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A is connected to GHL, whose users are Ana and Ben.
+    let token = "pit-insights-0000-0000";
+    ghl.add_private_token(LOCATION_A, token);
+    ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
+        .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+            location_id: LOCATION_A.into(),
+            token: token.into(),
+            company_id: FakeGhl::COMPANY_ID.into(),
+        })
+        .await
+        .unwrap();
     let mut rules =
         assignment::assignment_service_client::AssignmentServiceClient::new(channel.clone());
     rules
+        .clone()
         .set_rules(assignment::SetRulesRequest {
             location_id: LOCATION_A.into(),
             account_id: String::new(),
@@ -191,6 +236,20 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         })
         .await
         .unwrap();
+
+    eventually("A's GHL users are known", async || {
+        let users = rules
+            .clone()
+            .list_users(assignment::ListUsersRequest {
+                location_id: LOCATION_A.into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .users;
+        (users.len() == 2).then_some(())
+    })
+    .await;
 
     // When a contact texts each account.
     text(
@@ -217,6 +276,23 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     )
     .await;
     timeline_with(&channel, LOCATION_B, CONTACT_B, &["InboundMessageReceived"]).await;
+    eventually("the contact of A is assigned to Ana", async || {
+        let explained = rules
+            .clone()
+            .explain(assignment::ExplainRequest {
+                location_id: LOCATION_A.into(),
+                phone: CONTACT_A.into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        explained
+            .decisions
+            .iter()
+            .any(|d| d.user_id == "u_ana")
+            .then_some(())
+    })
+    .await;
 
     // An operator of location A signs in with their API token.
     let issued = tokens::tokens_service_client::TokensServiceClient::new(channel.clone())
@@ -231,6 +307,8 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .into_inner();
     let dashboard = format!("http://{http}");
     let (_driver, client) = browser().await;
+    // Tall enough for a whole page in each screenshot, as wide as GHL's iframe.
+    client.set_window_size(1000, 1500).await.unwrap();
     client.goto(&format!("{dashboard}/app")).await.unwrap();
     client
         .wait()
@@ -277,7 +355,11 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .await
         .unwrap();
     let preview = text_containing(&client, "#preview", "replayed").await;
-    assert!(preview.contains("would change"), "{preview}");
+    assert!(preview.contains("1 would change"), "{preview}");
+    assert!(
+        preview.contains("u_ana") && preview.contains("u_ben"),
+        "{preview}"
+    );
     screenshot(&client, "assignment-preview").await;
     client
         .find(Locator::Id("save"))
@@ -297,15 +379,13 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .into_inner();
     assert_eq!(saved.version, 1);
     let saved: serde_json::Value = serde_json::from_str(&saved.rules_json).unwrap();
-    assert_eq!(
-        saved,
-        serde_json::json!({"rules":[{"strategy":"user","user":"u_ben"}]})
-    );
+    assert_eq!(saved["rules"][0]["strategy"], "user", "{saved}");
+    assert_eq!(saved["rules"][0]["user"], "u_ben", "{saved}");
 
     // Contacts: found by part of the number; the timeline gives each event with its reason.
     client
         .goto(&format!(
-            "{dashboard}/app/contacts?location={LOCATION_A}&q=555123"
+            "{dashboard}/app/contacts?location={LOCATION_A}&q=555%200123"
         ))
         .await
         .unwrap();
@@ -346,7 +426,10 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         "{route}"
     );
     let owner = text_of(&client, "#owner").await;
-    assert!(owner.contains("rule"), "the owner and why: {owner}");
+    assert!(
+        owner.contains("assigned to u_ana by rule"),
+        "the owner and why: {owner}"
+    );
     screenshot(&client, "contact-timeline").await;
 
     // Tags: the account's tag and the one contact that carries it.
@@ -383,20 +466,23 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     );
     screenshot(&client, "insights").await;
 
-    // Alerts: GHL is not connected for A, with what to do.
+    // Alerts: the WhatsApp account nobody linked, with what to do.
     client
         .goto(&format!("{dashboard}/app/alerts?location={LOCATION_A}"))
         .await
         .unwrap();
     let alerts = text_of(&client, "#alerts").await;
-    assert!(alerts.contains("GHL is not connected"), "{alerts}");
+    assert!(
+        alerts.contains("Support WhatsApp is not linked yet"),
+        "{alerts}"
+    );
     assert!(alerts.contains("What to do:"), "{alerts}");
     screenshot(&client, "alerts").await;
 
     // Nothing of B, whatever the URL says.
     client
         .goto(&format!(
-            "{dashboard}/app/contact?location={LOCATION_B}&phone=%2B15551239999"
+            "{dashboard}/app/contact?location={LOCATION_B}&phone=%2B14155550188"
         ))
         .await
         .unwrap();
@@ -409,7 +495,7 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     let cookie = format!("whatsnap_session={}", cookie.value());
     for path in [
         format!("/app/contacts?location={LOCATION_B}"),
-        format!("/app/contact?location={LOCATION_B}&phone=%2B15551239999"),
+        format!("/app/contact?location={LOCATION_B}&phone=%2B14155550188"),
         format!("/app/assignment?location={LOCATION_B}"),
         format!(
             "/app/assignment?location={LOCATION_B}&account={}",

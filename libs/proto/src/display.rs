@@ -9,6 +9,17 @@ pub fn short(id: &str) -> &str {
     id.split('-').next().unwrap_or(id)
 }
 
+/// An RFC 3339 time as people read it, to the second: `2026-12-03 08:26:30`; anything else as
+/// it is.
+pub fn when(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..19)) {
+        (Some(day), Some(time)) if rfc3339.as_bytes().get(10) == Some(&b'T') => {
+            format!("{day} {time}")
+        }
+        _ => rfc3339.to_owned(),
+    }
+}
+
 /// A user id as decisions show it: empty is "unassigned".
 pub fn user_or_unassigned(user: &str) -> &str {
     match user {

@@ -70,9 +70,15 @@ pub async fn page(
             "logged_out" => "link it again from the Accounts page: the phone logged whatsnap out",
             _ => "check the device or credentials, then reconnect it from the Accounts page",
         };
+        let state = match account.status.as_str() {
+            "added" => "not linked yet".to_owned(),
+            "linking" => "waiting to be linked".to_owned(),
+            "logged_out" => "logged out".to_owned(),
+            other => other.replace('_', " "),
+        };
         alerts.push(Alert {
             severity: "bad",
-            title: format!("{} is {}", account.name, account.status.replace('_', " ")),
+            title: format!("{} is {state}", account.name),
             detail: match account.status_reason.as_str() {
                 "" => format!(
                     "Contacts tagged {} get no replies until it is back.",

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use whatsnap_assignment::engine::parse_rules_json;
 use whatsnap_proto::assignment::v1 as pb;
-use whatsnap_proto::display::{short, user_or_unassigned};
+use whatsnap_proto::display::{short, user_or_unassigned, when};
 use whatsnap_proto::session::v1 as session;
 
 use crate::Dashboard;
@@ -304,7 +304,7 @@ pub async fn simulate(
                         .changes
                         .into_iter()
                         .map(|c| ChangeRow {
-                            at: c.at,
+                            at: when(&c.at),
                             contact: short(&c.contact_id).to_owned(),
                             recorded: user_or_unassigned(&c.recorded_user_id).to_owned(),
                             simulated: user_or_unassigned(&c.simulated_user_id).to_owned(),

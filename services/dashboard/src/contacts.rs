@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as pb;
-use whatsnap_proto::display::short;
+use whatsnap_proto::display::{short, when};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::session::v1 as session;
 
@@ -212,7 +212,7 @@ pub async fn contact(
                     let event = entry.event?;
                     Some(TimelineRow {
                         position: event.position,
-                        at: event.occurred_at,
+                        at: when(&event.occurred_at),
                         kind: event.event_type,
                         summary: entry.summary,
                         correlation: short(&event.correlation_id).to_owned(),
@@ -256,7 +256,7 @@ pub async fn contact(
                             .iter()
                             .map(|c| (c.user_id.clone(), c.verdict()))
                             .collect(),
-                        at: d.at,
+                        at: when(&d.at),
                         rule: d.rule,
                         reason: d.reason,
                     })

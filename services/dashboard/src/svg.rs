@@ -32,8 +32,11 @@ fn escape(text: &str) -> String {
 
 /// Horizontal bars, one a row, longest value full width.
 pub fn bars(title: &str, bars: &[Bar]) -> String {
+    // Narrower than the line chart: bar charts sit two abreast, and their text must stay
+    // readable.
+    let width = 400.0;
     let row = 26.0;
-    let label_width = 200.0;
+    let label_width = 130.0;
     let height = row * bars.len() as f64 + 8.0;
     let max = bars
         .iter()
@@ -41,16 +44,19 @@ pub fn bars(title: &str, bars: &[Bar]) -> String {
         .fold(0.0_f64, f64::max)
         .max(1.0);
     let mut svg = format!(
-        r#"<svg class="chart bars" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" aria-label="{title}" xmlns="http://www.w3.org/2000/svg"><title>{title}</title>"#,
+        r#"<svg class="chart bars" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{title}" xmlns="http://www.w3.org/2000/svg"><title>{title}</title>"#,
         title = escape(title)
     );
     for (i, bar) in bars.iter().enumerate() {
         let y = 4.0 + row * i as f64;
-        let length = ((WIDTH - label_width - 90.0) * bar.value / max).max(1.0);
-        let label: String = bar.label.chars().take(30).collect();
+        let length = ((width - label_width - 110.0) * bar.value / max).max(1.0);
+        let label: String = match bar.label.chars().count() {
+            n if n > 18 => bar.label.chars().take(17).chain(['…']).collect(),
+            _ => bar.label.clone(),
+        };
         let _ = write!(
             svg,
-            r#"<g class="bar" data-label="{label_attr}" data-value="{value}"><text x="0" y="{ty}" class="label">{label}</text><rect x="{label_width}" y="{y}" width="{length:.1}" height="{h}" fill="{colour}" rx="3"/><text x="{tx:.1}" y="{ty}" class="value">{text}</text></g>"#,
+            r#"<g class="bar" data-label="{label_attr}" data-value="{value}"><title>{label_attr}: {text}</title><text x="0" y="{ty}" class="label">{label}</text><rect x="{label_width}" y="{y}" width="{length:.1}" height="{h}" fill="{colour}" rx="3"/><text x="{tx:.1}" y="{ty}" class="value">{text}</text></g>"#,
             label_attr = escape(&bar.label),
             value = bar.value,
             ty = y + 15.0,
@@ -68,7 +74,7 @@ pub fn bars(title: &str, bars: &[Bar]) -> String {
 /// One line a series over `days`, with a dot and its value on each day that has any.
 pub fn lines(title: &str, days: &[String], series: &[Series]) -> String {
     let height = 220.0;
-    let (left, right, top, bottom) = (36.0, 12.0, 12.0, 36.0);
+    let (left, right, top, bottom) = (36.0, 24.0, 28.0, 36.0);
     let max = series
         .iter()
         .flat_map(|s| s.values.iter().copied())
@@ -101,9 +107,14 @@ pub fn lines(title: &str, days: &[String], series: &[Series]) -> String {
             .into_iter()
             .collect();
     for i in labelled.into_iter().filter(|i| *i < days.len()) {
+        let anchor = match i {
+            0 => "start",
+            i if i + 1 == days.len() => "end",
+            _ => "middle",
+        };
         let _ = write!(
             svg,
-            r#"<text x="{x:.1}" y="{ty}" class="axis" text-anchor="middle">{day}</text>"#,
+            r#"<text x="{x:.1}" y="{ty}" class="axis" text-anchor="{anchor}">{day}</text>"#,
             x = x(i),
             ty = height - 14.0,
             day = escape(&days[i]),
