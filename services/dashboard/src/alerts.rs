@@ -10,6 +10,7 @@ use chrono::{Duration, Utc};
 use serde::Deserialize;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::operations::v1 as operations;
+use whatsnap_proto::session::v1 as session;
 
 use crate::Dashboard;
 use crate::pages::{problem, render};
@@ -62,7 +63,12 @@ pub async fn page(
         Ok(accounts) => accounts,
         Err(response) => return response,
     };
-    for account in accounts.iter().filter(|a| a.status != "connected") {
+    // A Twilio number has no link to make: `added` is its working state.
+    let waiting = |a: &&session::Account| {
+        a.status != "connected"
+            && !(a.status == "added" && a.kind == session::AccountKind::Twilio as i32)
+    };
+    for account in accounts.iter().filter(waiting) {
         let todo = match account.status.as_str() {
             "linking" | "added" => {
                 "finish linking it from the Accounts page (scan the QR code or pair the device)"
@@ -91,7 +97,32 @@ pub async fn page(
         });
     }
 
-    // Not delivering: replies that failed over the last week.
+    // Not delivering, as session judged it from the account's receipts.
+    for account in &accounts {
+        let stream = crate::insights::account_stream(&dashboard, account).await;
+        let latest = stream
+            .iter()
+            .rev()
+            .find(|e| e.event_type == "AccountDeliveryChanged")
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok());
+        if let Some(latest) = latest
+            && latest.get("delivering").and_then(|d| d.as_bool()) == Some(false)
+        {
+            alerts.push(Alert {
+                severity: "bad",
+                title: format!("{} is not delivering", account.name),
+                detail: latest
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("its recent replies were not delivered")
+                    .to_owned(),
+                todo: "check the number with its provider (blocked, banned, out of credit); contacts can be moved to another account from Tags".to_owned(),
+                retry: None,
+            });
+        }
+    }
+
+    // Replies that failed over the last week.
     let week = Utc::now() - Duration::days(7);
     if let Ok(traffic) = crate::insights::traffic(&dashboard, &location, week).await {
         for account in &accounts {
@@ -266,7 +297,7 @@ pub async fn retry(
     Form(form): Form<RetryForm>,
 ) -> Response {
     if let Err(response) = scoped::action(&dashboard, &headers, &form.location, &form.csrf) {
-        return response;
+        return *response;
     }
     match ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(
         dashboard.inner.services.clone(),

@@ -213,7 +213,7 @@ pub async fn validate(
     if let Err(response) =
         scoped::action(&dashboard, &headers, &body.location, csrf_header(&headers))
     {
-        return response;
+        return *response;
     }
     match parse_rules_json(&body.rules_json) {
         Ok((_, rules)) => Json(serde_json::json!({
@@ -266,7 +266,7 @@ pub async fn simulate(
     if let Err(response) =
         scoped::action(&dashboard, &headers, &body.location, csrf_header(&headers))
     {
-        return response;
+        return *response;
     }
     let days = body.days.unwrap_or(30).clamp(1, 90);
     let fragment = |status: StatusCode, preview: SimulatePreview| {
@@ -349,7 +349,7 @@ pub async fn save(
     Form(body): Form<RulesBody>,
 ) -> Response {
     if let Err(response) = scoped::action(&dashboard, &headers, &body.location, &body.csrf) {
-        return response;
+        return *response;
     }
     let field = parse_rules_json(&body.rules_json)
         .err()
@@ -417,7 +417,7 @@ pub async fn availability(
     Form(form): Form<AvailabilityForm>,
 ) -> Response {
     if let Err(response) = scoped::action(&dashboard, &headers, &form.location, &form.csrf) {
-        return response;
+        return *response;
     }
     // `datetime-local` gives no zone: read it as UTC, as the form says.
     let rfc3339 = |text: &str| match text.trim() {

@@ -308,7 +308,7 @@ pub async fn move_contact(
     Form(form): Form<MoveForm>,
 ) -> Response {
     if let Err(response) = scoped::action(&dashboard, &headers, &form.location, &form.csrf) {
-        return response;
+        return *response;
     }
     let accounts = match scoped::accounts(&dashboard, &form.location).await {
         Ok(accounts) => accounts,

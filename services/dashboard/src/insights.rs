@@ -167,7 +167,11 @@ pub(crate) fn uptime(
     seen.then(|| (up.num_seconds() as f64 / window).clamp(0.0, 1.0))
 }
 
-async fn account_stream(dashboard: &Dashboard, account: &session::Account) -> Vec<events::Event> {
+/// The events of an account's own stream (its connection and delivery states).
+pub(crate) async fn account_stream(
+    dashboard: &Dashboard,
+    account: &session::Account,
+) -> Vec<events::Event> {
     events::events_service_client::EventsServiceClient::new(dashboard.inner.services.clone())
         .read_stream(dashboard.request(events::ReadStreamRequest {
             stream_id: format!("{}.account.{}", account.location_id, account.account_id),
@@ -299,7 +303,7 @@ pub async fn page(
         })
     };
     let mut failures: Vec<(String, u64)> = traffic.failures.into_iter().collect();
-    failures.sort_by(|a, b| b.1.cmp(&a.1));
+    failures.sort_by_key(|f| std::cmp::Reverse(f.1));
     let failures_chart = count_bars("Delivery failures by reason", failures);
 
     // The assignment report over the same window.

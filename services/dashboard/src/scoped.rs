@@ -65,36 +65,36 @@ pub(crate) async fn page(
 }
 
 /// The viewer of an action (a POST) on `location`: signed in, allowed there, allowed to change
-/// things, and sending the CSRF token of their sign-in.
+/// things, and sending the CSRF token of their sign-in. The refusal is the page to answer with.
 pub(crate) fn action(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     location: &str,
     csrf: &str,
-) -> Result<Viewer, Response> {
+) -> Result<Viewer, Box<Response>> {
     let Some(viewer) = viewer(dashboard, headers) else {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "Signed out",
             "Your sign-in has ended: open the dashboard again.",
-        ));
+        )));
     };
     if !viewer.scope.allows(location) {
-        return Err(forbidden());
+        return Err(Box::new(forbidden()));
     }
     if !check_csrf(&viewer, &dashboard.inner.config.cookie_key, csrf) {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::FORBIDDEN,
             "This form has expired",
             "The form did not come from this sign-in: reload the page and try again.",
-        ));
+        )));
     }
     if !viewer.can_write {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::FORBIDDEN,
             "Read-only",
             "Your sign-in may look but not change anything.",
-        ));
+        )));
     }
     Ok(viewer)
 }
