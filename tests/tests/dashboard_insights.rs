@@ -382,6 +382,36 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     assert_eq!(saved["rules"][0]["strategy"], "user", "{saved}");
     assert_eq!(saved["rules"][0]["user"], "u_ben", "{saved}");
 
+    // Ben goes off: he takes no new contacts (SetAvailability).
+    let ben = "#users-table tr[data-user='u_ben']";
+    for css in [
+        format!("{ben} summary"),
+        format!("{ben} input[name='active']"),
+        format!("{ben} button[type='submit']"),
+    ] {
+        client
+            .find(Locator::Css(&css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    text_containing(&client, &format!("{ben} .status"), "inactive").await;
+    let users = rules
+        .list_users(assignment::ListUsersRequest {
+            location_id: LOCATION_A.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert!(
+        users.iter().any(|u| u.user_id == "u_ben" && !u.active),
+        "{users:?}"
+    );
+    assert!(users.iter().any(|u| u.user_id == "u_ana" && u.active));
+
     // Contacts: found by part of the number; the timeline gives each event with its reason.
     client
         .goto(&format!(

@@ -211,7 +211,7 @@ pub async fn validate(
     Json(body): Json<RulesBody>,
 ) -> Response {
     if let Err(response) =
-        scoped::action(&dashboard, &headers, &body.location, csrf_header(&headers))
+        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
     {
         return *response;
     }
@@ -264,7 +264,7 @@ pub async fn simulate(
     Json(body): Json<RulesBody>,
 ) -> Response {
     if let Err(response) =
-        scoped::action(&dashboard, &headers, &body.location, csrf_header(&headers))
+        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
     {
         return *response;
     }

@@ -72,6 +72,25 @@ pub(crate) fn action(
     location: &str,
     csrf: &str,
 ) -> Result<Viewer, Box<Response>> {
+    let viewer = query(dashboard, headers, location, csrf)?;
+    if !viewer.can_write {
+        return Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            "Read-only",
+            "Your sign-in may look but not change anything.",
+        )));
+    }
+    Ok(viewer)
+}
+
+/// As [`action`], for a POST that changes nothing (checking or previewing rules): a read-only
+/// viewer may make it too.
+pub(crate) fn query(
+    dashboard: &Dashboard,
+    headers: &HeaderMap,
+    location: &str,
+    csrf: &str,
+) -> Result<Viewer, Box<Response>> {
     let Some(viewer) = viewer(dashboard, headers) else {
         return Err(Box::new(problem(
             StatusCode::UNAUTHORIZED,
@@ -87,13 +106,6 @@ pub(crate) fn action(
             StatusCode::FORBIDDEN,
             "This form has expired",
             "The form did not come from this sign-in: reload the page and try again.",
-        )));
-    }
-    if !viewer.can_write {
-        return Err(Box::new(problem(
-            StatusCode::FORBIDDEN,
-            "Read-only",
-            "Your sign-in may look but not change anything.",
         )));
     }
     Ok(viewer)
