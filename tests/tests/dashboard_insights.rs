@@ -471,6 +471,53 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     assert!(tags.contains(&sales.tag), "{tags}");
     assert_eq!(text_of(&client, "#tags td.count").await, "1");
     screenshot(&client, "tags").await;
+    // Moving the contact to the WhatsApp account moves its tag (TagContact).
+    client
+        .find(Locator::Id("move-phone"))
+        .await
+        .unwrap()
+        .send_keys(CONTACT_A)
+        .await
+        .unwrap();
+    let mut picked = false;
+    for option in client
+        .find_all(Locator::Css("#move-to option"))
+        .await
+        .unwrap()
+    {
+        if option.text().await.unwrap().contains("Support WhatsApp") {
+            option.click().await.unwrap();
+            picked = true;
+        }
+    }
+    assert!(picked, "the WhatsApp account is a choice");
+    client
+        .find(Locator::Css("form[action='/app/contact/move'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_containing(&client, "p.ok", "Contact moved").await;
+    let counts = text_of(&client, "#tags").await;
+    let tagged = whatsnap_proto::contacts::v1::contacts_service_client::ContactsServiceClient::new(
+        channel.clone(),
+    )
+    .get_contact(whatsnap_proto::contacts::v1::GetContactRequest {
+        location_id: LOCATION_A.into(),
+        phone: CONTACT_A.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .tags;
+    assert!(
+        tagged
+            .iter()
+            .any(|t| t == "whatsnap-account-support-whatsapp")
+            && !tagged.contains(&sales.tag),
+        "{tagged:?} ({counts})"
+    );
 
     // Insights: the message is a point on the messages chart.
     client
