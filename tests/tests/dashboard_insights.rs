@@ -382,6 +382,15 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     assert_eq!(saved["rules"][0]["strategy"], "user", "{saved}");
     assert_eq!(saved["rules"][0]["user"], "u_ben", "{saved}");
 
+    let csrf = client
+        .find(Locator::Id("assignment"))
+        .await
+        .unwrap()
+        .attr("data-csrf")
+        .await
+        .unwrap()
+        .expect("the page carries its CSRF token");
+
     // Ben goes off: he takes no new contacts (SetAvailability).
     let ben = "#users-table tr[data-user='u_ben']";
     for css in [
@@ -602,15 +611,28 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     .unwrap();
     assert_eq!(own.status, 200);
     assert!(own.body.contains(CONTACT_A) && !own.body.contains(CONTACT_B));
-    // Changing B's rules with A's sign-in is refused, and so is a POST without the form's
-    // CSRF token, even for A.
-    let form = |location: &str, csrf: &str| {
-        format!("location={location}&account=&rules_json=%7B%22rules%22%3A%5B%5D%7D&csrf={csrf}")
+    // Changing B's rules with A's sign-in is refused, even with A's CSRF token; so is a POST
+    // for A without its CSRF token; a bad rule sent properly is refused with its field.
+    let form = |location: &str, rules: &str, csrf: &str| {
+        serde_urlencoded::to_string([
+            ("location", location),
+            ("account", ""),
+            ("rules_json", rules),
+            ("csrf", csrf),
+        ])
+        .unwrap()
     };
-    for (body, why) in [
-        (form(LOCATION_B, ""), "another location"),
-        (form(LOCATION_A, ""), "no CSRF token"),
-        (form(LOCATION_A, "forged"), "a forged CSRF token"),
+    let empty = r#"{"rules":[]}"#;
+    let bad = r#"{"rules":[{"strategy":"team","team":"Sales"}]}"#;
+    for (body, status, why) in [
+        (form(LOCATION_B, empty, &csrf), 403, "another location"),
+        (form(LOCATION_A, empty, ""), 403, "no CSRF token"),
+        (
+            form(LOCATION_A, empty, "forged"),
+            403,
+            "a forged CSRF token",
+        ),
+        (form(LOCATION_A, bad, &csrf), 422, "a rule without members"),
     ] {
         let reply = http_request(
             http,
@@ -623,7 +645,10 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         )
         .await
         .unwrap();
-        assert_eq!(reply.status, 403, "{why}");
+        assert_eq!(reply.status, status, "{why}");
+        if status == 422 {
+            assert!(reply.body.contains("rules[0].members"), "{}", reply.body);
+        }
     }
     for location in [LOCATION_A, LOCATION_B] {
         let untouched = rules
