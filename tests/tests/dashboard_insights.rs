@@ -360,6 +360,43 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .await
         .unwrap();
     assert_eq!(text_of(&client, "h1").await, "Assignment");
+    // The quick-setup form writes a weighted round robin into the JSON, which checks valid.
+    client
+        .find(Locator::Css("#q-strategy option[value='weighted']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("q-users"))
+        .await
+        .unwrap()
+        .send_keys("u_ana:2, u_ben")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("q-apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_containing(&client, "#validation", "valid: 1 rule(s)").await;
+    let written = client
+        .find(Locator::Id("rules_json"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        written["rules"][0],
+        serde_json::json!({"strategy": "round_robin",
+                           "users": [{"user": "u_ana", "weight": 2}, {"user": "u_ben", "weight": 1}]}),
+    );
     type_rules(
         &client,
         r#"{"rules":[{"strategy":"round_robin","users":[]}]}"#,
