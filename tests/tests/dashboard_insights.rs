@@ -32,6 +32,7 @@ const LOCATION_A: &str = "locInsightsA";
 const LOCATION_B: &str = "locInsightsB";
 const CONTACT_A: &str = "+14155550123";
 const CONTACT_B: &str = "+14155550188";
+const PROVIDER: &str = "whatsnapProvider0001";
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -190,6 +191,10 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         &ghl.base_url(),
         "--ghl-users-refresh",
         "1",
+        "--ghl-webhook-ed25519-key",
+        &ghl.ed25519_public_key_pem(),
+        "--ghl-conversation-provider-id",
+        PROVIDER,
         "--evolution-url",
         &evolution.base_url(),
         "--evolution-api-key",
@@ -315,6 +320,41 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
             .any(|d| d.user_id == "u_ana")
             .then_some(())
     })
+    .await;
+
+    // Ana replies from GHL; Twilio reports the reply undelivered.
+    let ghl_contact = eventually("the contact of A is in GHL", async || {
+        ghl.contacts(LOCATION_A).into_iter().next()
+    })
+    .await;
+    let (_, status) = ghl
+        .send_provider_outbound(
+            &format!("http://{http}/webhooks/ghl/delivery"),
+            LOCATION_A,
+            &ghl_contact.id,
+            "We are open until 6pm",
+            Some("u_ana"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let sent = eventually("the reply is sent through Twilio", async || {
+        twilio.sent().into_iter().find(|m| m.to == CONTACT_A)
+    })
+    .await;
+    assert_eq!(
+        twilio
+            .report_status(&sent.sid, "undelivered", Some(30003))
+            .await
+            .unwrap(),
+        200
+    );
+    timeline_with(
+        &channel,
+        LOCATION_A,
+        CONTACT_A,
+        &["OutboundMessageSent", "MessageFailed"],
+    )
     .await;
 
     // An operator of location A signs in with their API token.
@@ -616,12 +656,37 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .unwrap();
     assert_eq!(
         point.attr("data-value").await.unwrap().as_deref(),
-        Some("1")
+        Some("2"),
+        "the text and the reply"
     );
     assert!(
         text_of(&client, "#chart-messages .legend")
             .await
-            .contains("Sales A: 1")
+            .contains("Sales A: 2")
+    );
+    let failure = client
+        .find(Locator::Css("#chart-failures svg g.bar"))
+        .await
+        .expect("the undelivered reply is a bar");
+    assert_eq!(
+        failure.attr("data-value").await.unwrap().as_deref(),
+        Some("1")
+    );
+    let reason = failure
+        .attr("data-label")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(reason.contains("30003"), "{reason}");
+    let workload = client
+        .find(Locator::Css(
+            "#chart-workload svg g.bar[data-label='u_ana']",
+        ))
+        .await
+        .expect("Ana's workload is a bar");
+    assert_eq!(
+        workload.attr("data-value").await.unwrap().as_deref(),
+        Some("1")
     );
     screenshot(&client, "insights").await;
 
@@ -636,6 +701,11 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         "{alerts}"
     );
     assert!(alerts.contains("What to do:"), "{alerts}");
+    assert!(alerts.contains("Sales A is not delivering"), "{alerts}");
+    assert!(
+        !alerts.contains("Sales A is not linked"),
+        "a Twilio number has nothing to link: {alerts}"
+    );
     screenshot(&client, "alerts").await;
 
     // Nothing of B, whatever the URL says.
