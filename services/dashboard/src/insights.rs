@@ -200,6 +200,8 @@ struct InsightsPage {
     messages_chart: String,
     legend: Vec<Legend>,
     failures_chart: Option<String>,
+    /// Each failure reason in full (the chart shortens them), with its count.
+    failure_reasons: Vec<(String, u64)>,
     workload_chart: Option<String>,
     user_response_chart: Option<String>,
     account_response_chart: Option<String>,
@@ -304,6 +306,7 @@ pub async fn page(
     };
     let mut failures: Vec<(String, u64)> = traffic.failures.into_iter().collect();
     failures.sort_by_key(|f| std::cmp::Reverse(f.1));
+    let failure_reasons = failures.clone();
     let failures_chart = count_bars("Delivery failures by reason", failures);
 
     // The assignment report over the same window.
@@ -380,6 +383,7 @@ pub async fn page(
         messages_chart,
         legend,
         failures_chart,
+        failure_reasons,
         workload_chart,
         user_response_chart,
         account_response_chart,
