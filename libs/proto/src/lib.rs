@@ -1,6 +1,8 @@
 //! The gRPC contracts of whatsnap (`proto/whatsnap/<service>/v1`), generated at build time.
 #![allow(clippy::doc_lazy_continuation)]
 
+pub mod display;
+
 pub mod session {
     pub mod v1 {
         tonic::include_proto!("whatsnap.session.v1");

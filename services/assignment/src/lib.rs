@@ -287,11 +287,8 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let account_id = account_arg(&request.account_id)?;
-        let rules: serde_json::Value = serde_json::from_str(&request.rules_json).map_err(|e| {
-            ServiceError::InvalidArgument(format!("rules_json is not valid JSON: {e}"))
-        })?;
-        engine::parse_rules(&rules)
-            .map_err(|e| ServiceError::InvalidArgument(format!("rules_json: {e}")))?;
+        let (rules, _) = engine::parse_rules_json(&request.rules_json)
+            .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
         let event = Event::from(AssignmentRulesChanged { account_id, rules });
         let metadata = EventMetadata::new_correlation().traced(whatsnap_telemetry::current());
         let outcome = self
@@ -520,11 +517,8 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let scope = account_arg(&request.account_id)?;
-        let value: serde_json::Value = serde_json::from_str(&request.rules_json).map_err(|e| {
-            ServiceError::InvalidArgument(format!("rules_json is not valid JSON: {e}"))
-        })?;
-        let rules = engine::parse_rules(&value)
-            .map_err(|e| ServiceError::InvalidArgument(format!("rules_json: {e}")))?;
+        let (_, rules) = engine::parse_rules_json(&request.rules_json)
+            .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
         let since = Some(self.simulate_since(request.since_seconds)?);
         let events = self.location_log(&location).await?;
         let result = simulate::simulate(&events, &location, scope, rules, since);

@@ -9,9 +9,15 @@ pub mod signin;
 pub use whatsnap_ghl::sso;
 
 mod accounts;
+mod alerts;
+mod assignment;
+mod contacts;
 mod csrf;
+mod insights;
 mod pages;
 mod qr;
+mod scoped;
+mod svg;
 
 use std::sync::Arc;
 
@@ -99,5 +105,27 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/app/install", get(pages::install))
         .route("/app/assets/{name}", get(pages::asset))
         .merge(accounts::routes())
+        .merge(insight_routes())
         .with_state(dashboard)
+}
+
+/// The assignment, contacts, tags, insights and alerts pages.
+fn insight_routes() -> Router<Dashboard> {
+    Router::new()
+        .route("/app/assignment", get(assignment::page))
+        .route("/app/assignment/validate", post(assignment::validate))
+        .route("/app/assignment/simulate", post(assignment::simulate))
+        .route("/app/assignment/rules", post(assignment::save))
+        .route(
+            "/app/assignment/availability",
+            post(assignment::availability),
+        )
+        .route("/app/assignment.js", get(assignment::script))
+        .route("/app/contacts", get(contacts::search))
+        .route("/app/contact", get(contacts::contact))
+        .route("/app/contact/move", post(contacts::move_contact))
+        .route("/app/tags", get(contacts::tags))
+        .route("/app/insights", get(insights::page))
+        .route("/app/alerts", get(alerts::page))
+        .route("/app/alerts/retry", post(alerts::retry))
 }

@@ -6,19 +6,12 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use tonic::transport::Channel;
-use uuid_free::short;
 use whatsnap_proto::assignment::v1 as assignment;
 use whatsnap_proto::contacts::v1 as contacts;
+use whatsnap_proto::display::{minutes, short, user_or_unassigned};
 use whatsnap_proto::events::v1 as events;
 use whatsnap_proto::operations::v1 as operations;
 use whatsnap_proto::session::v1 as session;
-
-mod uuid_free {
-    /// The first block of an id, enough to tell ids apart on screen.
-    pub fn short(id: &str) -> &str {
-        id.split('-').next().unwrap_or(id)
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct Server {
@@ -1007,11 +1000,7 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let connection = match sync.connection.as_str() {
-                "" => "not connected",
-                other => other,
-            };
-            println!("connection         {connection}");
+            println!("connection         {}", sync.connection_text());
             println!("contacts to sync   {}", sync.pending_contact_upserts);
             println!("messages to post   {}", sync.pending_messages);
             println!("statuses to report {}", sync.pending_statuses);
@@ -1031,11 +1020,13 @@ pub async fn ghl(command: GhlCommand) -> anyhow::Result<()> {
                     sync.set_aside.len()
                 );
                 for item in &sync.set_aside {
-                    let http = match item.http_status {
-                        0 => String::new(),
-                        code => format!(" (HTTP {code})"),
-                    };
-                    println!("  {} {}{http}: {}", item.kind, item.subject_id, item.reason);
+                    println!(
+                        "  {} {}{}: {}",
+                        item.kind,
+                        item.subject_id,
+                        item.http_text(),
+                        item.reason
+                    );
                 }
             }
         }
@@ -1183,7 +1174,6 @@ fn print_report(report: &assignment::ReportResponse, json: bool) {
         println!("{document:#}");
         return;
     }
-    let minutes = |seconds: i64| format!("{}m{:02}s", seconds / 60, seconds % 60);
     for (title, list) in [("user", &report.users), ("account", &report.accounts)] {
         println!("first response by {title}");
         for t in list.iter() {
@@ -1278,14 +1268,12 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             for user in users.users {
-                let state = match (user.active, user.away_until.as_str()) {
-                    (false, _) => "inactive".to_owned(),
-                    (true, "") => "active".to_owned(),
-                    (true, until) => format!("away until {until}"),
-                };
                 println!(
-                    "{:<24} {:<24} {:<8} {state}",
-                    user.user_id, user.name, user.role
+                    "{:<24} {:<24} {:<8} {}",
+                    user.user_id,
+                    user.name,
+                    user.role,
+                    user.availability()
                 );
             }
         }
@@ -1328,23 +1316,16 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 .into_inner();
             println!("contact {}", explained.contact_id);
             for decision in explained.decisions {
-                let owner = match decision.user_id.as_str() {
-                    "" => "unassigned".to_owned(),
-                    user => format!("assigned to {user}"),
-                };
-                let trigger = match decision.trigger.as_str() {
-                    "" => String::new(),
-                    trigger => format!(" on {trigger}"),
-                };
                 println!(
-                    "{}{trigger}  {owner} by {}: {}",
-                    decision.at, decision.rule, decision.reason
+                    "{}{}  {} by {}: {}",
+                    decision.at,
+                    decision.on_trigger(),
+                    decision.outcome(),
+                    decision.rule,
+                    decision.reason
                 );
                 for candidate in decision.candidates {
-                    match candidate.passed_over.as_str() {
-                        "" => println!("    {:<24} chosen", candidate.user_id),
-                        why => println!("    {:<24} passed over: {why}", candidate.user_id),
-                    }
+                    println!("    {:<24} {}", candidate.user_id, candidate.verdict());
                 }
             }
         }
@@ -1381,10 +1362,7 @@ pub async fn assignment(command: AssignmentCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let name = |user: &str| match user {
-                "" => "unassigned".to_owned(),
-                user => user.to_owned(),
-            };
+            let name = user_or_unassigned;
             println!(
                 "{} decisions replayed, {} would change",
                 simulated.decisions,

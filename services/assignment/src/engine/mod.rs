@@ -117,8 +117,8 @@ pub use decide::{
 };
 pub use history::{History, PastDecision};
 pub use rules::{
-    Capacity, Conditions, Hours, Manual, MultiTouch, Rule, RuleSet, RulesError, Strategy, Trigger,
-    UserId, Weighted, parse_rules,
+    Capacity, Conditions, Hours, Manual, MultiTouch, Rule, RuleSet, RulesError, RulesJsonError,
+    Strategy, Trigger, UserId, Weighted, parse_rules, parse_rules_json,
 };
 pub use schedule::{Schedule, TimeRange, TimeWindow, WeeklyHours};
 pub use users::{Availability, OutOfOffice, User, availability_from};

@@ -306,6 +306,35 @@ impl RuleSet {
     }
 }
 
+/// Why a `rules_json` (as SetRules and Simulate receive it) was refused; SetRules answers with
+/// this text, which the CLI and the dashboard show as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesJsonError {
+    #[error("rules_json is not valid JSON: {0}")]
+    Json(String),
+    #[error("rules_json: {0}")]
+    Rules(RulesError),
+}
+
+impl RulesJsonError {
+    /// The path of the bad field (`rules[0].users`), when the JSON itself was well formed.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Json(_) => None,
+            Self::Rules(error) => Some(&error.field),
+        }
+    }
+}
+
+/// Reads and validates a `rules_json`: the one check SetRules, Simulate and the dashboard's
+/// validation run.
+pub fn parse_rules_json(text: &str) -> Result<(Value, RuleSet), RulesJsonError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| RulesJsonError::Json(e.to_string()))?;
+    let rules = parse_rules(&value).map_err(RulesJsonError::Rules)?;
+    Ok((value, rules))
+}
+
 /// Parses and validates a rules document. Unknown fields are refused, so a typo never silently
 /// turns a rule off.
 pub fn parse_rules(value: &Value) -> Result<RuleSet, RulesError> {
