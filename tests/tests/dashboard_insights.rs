@@ -495,13 +495,9 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .unwrap()
         .expect("the page carries its CSRF token");
 
-    // Ben goes off: he takes no new contacts (SetAvailability).
+    // Ben goes off: he takes no new contacts (SetAvailability), and his time zone is set.
     let ben = "#users-table tr[data-user='u_ben']";
-    for css in [
-        format!("{ben} summary"),
-        format!("{ben} input[name='active']"),
-        format!("{ben} button[type='submit']"),
-    ] {
+    let click = async |css: String| {
         client
             .find(Locator::Css(&css))
             .await
@@ -509,7 +505,17 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
             .click()
             .await
             .unwrap();
-    }
+    };
+    click(format!("{ben} summary")).await;
+    click(format!("{ben} input[name='active']")).await;
+    client
+        .find(Locator::Css(&format!("{ben} input[name='time_zone']")))
+        .await
+        .unwrap()
+        .send_keys("Europe/Madrid")
+        .await
+        .unwrap();
+    click(format!("{ben} button[type='submit']")).await;
     // The users' read model takes it in shortly after the page has said it is saved.
     eventually("Ben is inactive and Ana is not", async || {
         let users = rules
@@ -528,6 +534,15 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     .await;
     client.refresh().await.unwrap();
     text_containing(&client, &format!("{ben} .status"), "inactive").await;
+    // The form starts from what is set, so saving it again keeps it.
+    let time_zone = client
+        .find(Locator::Css(&format!("{ben} input[name='time_zone']")))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(time_zone.as_deref(), Some("Europe/Madrid"));
 
     // Contacts: found by part of the number; the timeline gives each event with its reason.
     client

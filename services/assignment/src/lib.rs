@@ -249,17 +249,26 @@ impl Projection<Any> for AssignmentProjection {
     }
 }
 
-/// The end of the out-of-office period a user's stored availability puts them in at `now`, or
-/// an empty string.
-fn away_until(availability: Option<String>, now: chrono::DateTime<chrono::Utc>) -> String {
-    availability
-        .and_then(|json| {
-            serde_json::from_str::<whatsnap_events::UserAvailabilityChanged>(&json).ok()
-        })
-        .and_then(|a| a.out_of_office)
+/// `user` with what SetAvailability last set for them: the end of the out-of-office period
+/// they are in at `now` (empty when not away), and the settings as they were set.
+fn with_availability(
+    mut user: pb::User,
+    set: Option<&whatsnap_events::UserAvailabilityChanged>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> pb::User {
+    let away = set.and_then(|a| a.out_of_office.as_ref());
+    user.away_until = away
         .filter(|away| away.from <= now && now < away.until)
         .map(|away| away.until.to_rfc3339())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    user.time_zone = set.and_then(|a| a.time_zone.clone()).unwrap_or_default();
+    user.working_hours_json = set
+        .filter(|a| !a.working_hours.is_empty())
+        .map(|a| serde_json::json!(a.working_hours).to_string())
+        .unwrap_or_default();
+    user.out_of_office_from = away.map(|a| a.from.to_rfc3339()).unwrap_or_default();
+    user.out_of_office_until = away.map(|a| a.until.to_rfc3339()).unwrap_or_default();
+    user
 }
 
 /// The stream that holds the rules of an account, or of the location when `account` is `None`.
@@ -383,18 +392,17 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         .map_err(ServiceError::from)?
         .map(|row| row.get::<String, _>("name"))
         .unwrap_or_else(|| user_id.clone());
-        let away_until = away_until(
-            Some(serde_json::to_string(&changed).expect("events serialise")),
-            chrono::Utc::now(),
-        );
-        Ok(Response::new(pb::User {
+        let user = pb::User {
             user_id,
             name,
-            email: String::new(),
-            role: String::new(),
             active: request.active,
-            away_until,
-        }))
+            ..Default::default()
+        };
+        Ok(Response::new(with_availability(
+            user,
+            Some(&changed),
+            chrono::Utc::now(),
+        )))
     }
 
     async fn explain(
@@ -569,13 +577,19 @@ impl pb::assignment_service_server::AssignmentService for Assignment {
         .await
         .map_err(ServiceError::from)?
         .iter()
-        .map(|row| pb::User {
-            user_id: row.get("user_id"),
-            name: row.get("name"),
-            email: row.get::<Option<String>, _>("email").unwrap_or_default(),
-            role: row.get::<Option<String>, _>("role").unwrap_or_default(),
-            active: row.get::<i64, _>("active") != 0 && row.get::<i64, _>("enabled") != 0,
-            away_until: away_until(row.get("availability"), now),
+        .map(|row| {
+            let set = row
+                .get::<Option<String>, _>("availability")
+                .and_then(|json| serde_json::from_str(&json).ok());
+            let user = pb::User {
+                user_id: row.get("user_id"),
+                name: row.get("name"),
+                email: row.get::<Option<String>, _>("email").unwrap_or_default(),
+                role: row.get::<Option<String>, _>("role").unwrap_or_default(),
+                active: row.get::<i64, _>("active") != 0 && row.get::<i64, _>("enabled") != 0,
+                ..Default::default()
+            };
+            with_availability(user, set.as_ref(), now)
         })
         .collect();
         Ok(Response::new(pb::ListUsersResponse { users }))

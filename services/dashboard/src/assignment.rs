@@ -36,6 +36,22 @@ struct UserRow {
     role: String,
     state: String,
     active: bool,
+    /// What is set now, for the form to start from (SetAvailability replaces all of it).
+    time_zone: String,
+    hours: String,
+    away_from: String,
+    away_until: String,
+}
+
+/// An RFC 3339 time as a `datetime-local` field shows it, in UTC (as the form reads it back).
+fn local_input(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%dT%H:%M")
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Template)]
@@ -143,6 +159,10 @@ async fn show(
                 .map(|u| UserRow {
                     state: u.availability(),
                     active: u.active,
+                    time_zone: u.time_zone.clone(),
+                    hours: u.working_hours_json.clone(),
+                    away_from: local_input(&u.out_of_office_from),
+                    away_until: local_input(&u.out_of_office_until),
                     id: u.user_id,
                     name: u.name,
                     role: u.role,

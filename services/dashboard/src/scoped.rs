@@ -8,8 +8,8 @@ use tracing::warn;
 use whatsnap_proto::session::v1 as session;
 
 use crate::Dashboard;
-use crate::pages::{forbidden, problem, viewer};
 use crate::csrf;
+use crate::pages::{forbidden, problem, viewer};
 use crate::signin::{Scope, Viewer};
 
 /// A signed-in viewer on a page about one of their locations.
