@@ -270,6 +270,11 @@ pub struct ServeArgs {
     /// account disconnected (and alerts) within this time.
     #[arg(long, env = "WHATSNAP_BLUEBUBBLES_PING_INTERVAL", default_value = "30", value_parser = seconds)]
     bluebubbles_ping_interval: Duration,
+    /// How far back (seconds) each Mac is asked for missed messages when whatsnap starts, before
+    /// it has seen one from that Mac (later catch-ups start from the last message seen). Raise it
+    /// before starting whatsnap again after an outage longer than this.
+    #[arg(long, env = "WHATSNAP_BLUEBUBBLES_CATCH_UP", default_value = "86400", value_parser = seconds)]
+    bluebubbles_catch_up: Duration,
     /// Meta's Graph API, which WhatsApp Cloud API accounts (`--engine cloud`) are reached
     /// through.
     #[arg(long, env = "WHATSNAP_CLOUD_GRAPH_URL", default_value = whatsnap_cloudapi::client::DEFAULT_GRAPH_URL)]
@@ -1534,6 +1539,7 @@ async fn connectors(
         let mut config = whatsnap_bluebubbles::BlueBubblesConfig::new(public);
         config.request_timeout = args.bluebubbles_timeout;
         config.ping_interval = args.bluebubbles_ping_interval;
+        config.catch_up = args.bluebubbles_catch_up;
         connectors = connectors.with(std::sync::Arc::new(
             whatsnap_bluebubbles::BlueBubblesConnector::new(config),
         ));
