@@ -451,6 +451,7 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
         "POSTGRES_PASSWORD=",
         "NATS_PASSWORD=",
         "WHATSNAP_SECRET_KEY=",
+        "WHATSNAP_PERSONAL_DATA_KEY=",
         "WHATSNAP_ADMIN_TOKEN=",
     ] {
         let line = example
@@ -459,4 +460,64 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
             .unwrap_or_else(|| panic!("{variable} is not in .env.example"));
         assert_eq!(line, variable, "the example gives {variable} a value");
     }
+}
+
+/// The secret key opens every tenant's Twilio and GHL credentials: only the two services that
+/// use them get it. The internet-facing gateway, and contacts and assignment, get the personal
+/// data key alone.
+#[test]
+fn only_session_and_ghl_sync_are_given_the_secret_key_that_opens_credentials() {
+    let documents = k8s_documents();
+    let secret_holding: BTreeSet<String> = documents
+        .iter()
+        .filter(|(_, d)| text(d, &["kind"]) == Some("Secret"))
+        .filter(|(_, d)| labels(d.get("stringData")).contains_key("WHATSNAP_SECRET_KEY"))
+        .map(|(_, d)| text(d, &["metadata", "name"]).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        secret_holding,
+        BTreeSet::from(["whatsnap-credentials".to_owned()])
+    );
+    let mut given = BTreeSet::new();
+    for pod in pods(&documents) {
+        if pod.labels.get("app").map(String::as_str) != Some("whatsnap") {
+            continue;
+        }
+        let mut refs = Vec::new();
+        collect_refs(&pod.spec, &mut refs);
+        let spec = serde_yaml::to_string(&pod.spec).unwrap();
+        if refs.iter().any(|(_, name)| secret_holding.contains(name))
+            || spec.contains("WHATSNAP_SECRET_KEY")
+        {
+            given.insert(pod.name.clone());
+        }
+    }
+    assert_eq!(
+        given,
+        BTreeSet::from(["ghl-sync".to_owned(), "session".to_owned()])
+    );
+
+    let mut compose: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("compose.yaml")).unwrap())
+            .unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose.get("services").and_then(Value::as_mapping).unwrap();
+    let mut given = BTreeSet::new();
+    for (name, service) in services {
+        if text(service, &["image"]) != Some("whatsnap:dev") {
+            continue;
+        }
+        let environment = service.get("environment").unwrap();
+        if environment.get("WHATSNAP_SECRET_KEY").is_some() {
+            given.insert(name.as_str().unwrap().to_owned());
+        }
+        assert!(
+            environment.get("WHATSNAP_PERSONAL_DATA_KEY").is_some(),
+            "{name:?} has no personal data key"
+        );
+    }
+    assert_eq!(
+        given,
+        BTreeSet::from(["ghl-sync".to_owned(), "session".to_owned()])
+    );
 }

@@ -2,6 +2,10 @@
 //! down, GHL's webhooks are refused with 429 and Retry-After (the answer both of GHL's retry
 //! policies retry) and Twilio's with 503 and Retry-After (Twilio's fallback and retries follow
 //! a 5xx); when the service is back, the same webhook sent again is acted on, once.
+//!
+//! The services run as a distributed deployment does: only session and ghl-sync hold the secret
+//! key that opens the tenants' credentials; the gateway and contacts have the personal data key
+//! alone, and the gateway still checks Twilio's signatures (the session service does it).
 
 use std::path::Path;
 
@@ -45,6 +49,20 @@ fn service(common: &[String], target: &str, grpc_port: u16) -> Whatsnap {
     Whatsnap::serve(binary(), &list, target).unwrap()
 }
 
+/// The personal data key derived from `secret_key`, as an operator gets it.
+fn personal_data_key(secret_key: &str) -> String {
+    let output = std::process::Command::new(binary())
+        .args(["keys", "personal-data"])
+        .env("WHATSNAP_SECRET_KEY", secret_key)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(key.len(), 44, "32 bytes, base64: {key}");
+    assert_ne!(key, secret_key);
+    key
+}
+
 /// Asserts that a webhook was refused so that its sender sends it again.
 fn asked_to_retry(reply: &HttpReply, status: u16) {
     assert_eq!(reply.status, status, "{reply:?}");
@@ -72,11 +90,15 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
         .verifying_key()
         .to_public_key_pem(Default::default())
         .unwrap();
-    let mut common = args(&["--secret-key", SECRET_KEY]);
+    let personal = personal_data_key(SECRET_KEY);
+    let mut common = args(&["--personal-data-key", &personal]);
     common.extend(distributed_args(&nats, &pg));
     common.extend(args(&["--twilio-base-url", &twilio.base_url()]));
+    // Only the services that keep credentials get the key that opens them.
+    let mut with_credentials = common.clone();
+    with_credentials.extend(args(&["--secret-key", SECRET_KEY]));
     let (session_port, contacts_port, ghl_sync_port) = (free_port(), free_port(), free_port());
-    let mut session_service = service(&common, "session", session_port);
+    let mut session_service = service(&with_credentials, "session", session_port);
     // The contacts and ghl-sync services are not running yet.
     let mut gateway_args = common.clone();
     gateway_args.extend(args(&[
@@ -102,7 +124,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     let mut contacts_api =
         contacts::contacts_service_client::ContactsServiceClient::new(channel.clone());
     let mut events_api = events::events_service_client::EventsServiceClient::new(channel);
-    let mut stream_len = async |stream_id: String| {
+    let mut read_stream = async |stream_id: String| {
         events_api
             .read_stream(events::ReadStreamRequest {
                 stream_id,
@@ -113,7 +135,6 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
             .unwrap()
             .into_inner()
             .events
-            .len()
     };
 
     let add = |name: &str| session::AddAccountRequest {
@@ -193,6 +214,40 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     // The customer texts Sales; the session service records it.
     let first = text("SM20000000000000000000000000000001").await;
     assert_eq!(first.status, 200, "{first:?}");
+    // A text signed with another token is refused by the gateway, which holds no Auth Token.
+    let forged_params = [("MessageSid", "SM2000000000000000000000000000000f")];
+    let forged_params: Vec<(String, String)> = forged_params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let forged = http_request(
+        http,
+        &twilio_path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            (
+                "X-Twilio-Signature",
+                &whatsnap_twilio::signature::sign("not-the-token", &twilio_url, &forged_params),
+            ),
+        ],
+        Some(
+            serde_urlencoded::to_string(&forged_params)
+                .unwrap()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let unknown = http_request(
+        http,
+        &format!("/webhooks/twilio/{LOCATION}/{}/inbound", uuid::Uuid::nil()),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"MessageSid=SM1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.status, 404, "{unknown:?}");
 
     // GHL moves the contact to Support and installs the app while the contacts and ghl-sync
     // services are down: both are refused with 429, so that GHL sends them again.
@@ -214,7 +269,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
 
     // The services come back; the contact is known once contacts has read the log.
     let _contacts_service = service(&common, "contacts", contacts_port);
-    let _ghl_sync_service = service(&common, "ghl-sync", ghl_sync_port);
+    let _ghl_sync_service = service(&with_credentials, "ghl-sync", ghl_sync_port);
     let contact = eventually("the contact, created from the text", async || {
         let request = contacts::GetContactRequest {
             location_id: LOCATION.into(),
@@ -225,6 +280,17 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     .await
     .into_inner();
     assert_eq!(contact.tags, [sales.tag.as_str()]);
+    // The gateway, with the personal data key alone, reads what the log keeps sealed.
+    let first_message = whatsnap_events::inbound_message_id_for(
+        sales.account_id.parse().unwrap(),
+        "SM20000000000000000000000000000001",
+    );
+    let recorded = read_stream(format!("{LOCATION}.message.{first_message}")).await;
+    assert!(
+        recorded[0].payload_json.contains(r#""body":"Hello""#),
+        "{}",
+        recorded[0].payload_json
+    );
 
     // GHL's retries of the same webhooks (same webhookId) are acted on.
     let applied = eventually("the retried tag update is acted on", async || {
@@ -265,8 +331,11 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     assert_eq!(route.tag, support.tag);
     let contact_stream = format!("{LOCATION}.contact.{}", contact.contact_id);
     // Created, tagged Sales by the text, tagged Support by GHL: the tag once.
-    assert_eq!(stream_len(contact_stream).await, 3);
-    assert_eq!(stream_len(format!("{LOCATION}.ghl.install")).await, 1);
+    assert_eq!(read_stream(contact_stream).await.len(), 3);
+    assert_eq!(
+        read_stream(format!("{LOCATION}.ghl.install")).await.len(),
+        1
+    );
 
     // The session service goes down: a reply from GHL is refused with 429, a text from Twilio
     // with 503, each with Retry-After.
@@ -280,7 +349,7 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
     asked_to_retry(&text("SM20000000000000000000000000000002").await, 503);
 
     // Back, the same reply and the same text are recorded, once.
-    let _session_service = service(&common, "session", session_port);
+    let _session_service = service(&with_credentials, "session", session_port);
     let recorded = eventually("the retried reply is recorded", async || {
         let reply = ghl_post("/webhooks/ghl/delivery", &reply).await;
         (reply.status != 429).then_some(reply)
@@ -305,7 +374,9 @@ async fn webhooks_refused_while_a_service_is_down_are_acted_on_once_when_sent_ag
         "SM20000000000000000000000000000002",
     );
     assert_eq!(
-        stream_len(format!("{LOCATION}.message.{message_id}")).await,
+        read_stream(format!("{LOCATION}.message.{message_id}"))
+            .await
+            .len(),
         1,
         "the text is recorded once"
     );

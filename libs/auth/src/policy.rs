@@ -67,6 +67,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "SetPacing", Write, LOC),
     (SESSION, "RenameAccount", Write, LOC),
     (SESSION, "GetPairing", Read, LOC),
+    (SESSION, "VerifyTwilioWebhook", Read, LOC),
     (CONTACTS, "GetContact", Read, LOC),
     (CONTACTS, "ListContacts", Read, LOC),
     (CONTACTS, "ResolveRoute", Read, LOC),

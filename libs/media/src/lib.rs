@@ -1,7 +1,7 @@
 //! Files that arrive with messages — a WhatsApp photo, a voice note, a PDF — as an engine hands
-//! them over (`data:` URLs), kept in whatsnap's read database sealed under the deployment's key,
-//! and served by the gateway at `/media/<id>`: an unguessable URL (a random 128-bit id) that GHL
-//! fetches to show the attachment in the conversation.
+//! them over (`data:` URLs), kept in whatsnap's read database sealed under the deployment's
+//! personal data key, and served by the gateway at `/media/<id>`: an unguessable URL (a random
+//! 128-bit id) that GHL fetches to show the attachment in the conversation.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -51,6 +51,20 @@ impl MediaStore {
             sqlx::query(migration).execute(&db).await?;
         }
         Ok(Self { db, key })
+    }
+
+    /// Re-seals under this store's key the files that `legacy` (the secret key) sealed before
+    /// whatsnap had a personal data key; how many.
+    pub async fn reseal_from(
+        &self,
+        legacy: &SecretKey,
+    ) -> Result<u64, whatsnap_pii::reseal::ResealError> {
+        let column = whatsnap_pii::reseal::SealedColumn {
+            table: "whatsnap_media",
+            keys: &["media_id"],
+            column: "data",
+        };
+        whatsnap_pii::reseal::reseal_column(&self.db, column, legacy, &self.key).await
     }
 
     /// Keeps `media` for `location`; its id.
@@ -230,5 +244,26 @@ mod tests {
             store.host(&location, "https://w", bad).await,
             Err(MediaError::NotDataUrl)
         ));
+    }
+
+    #[tokio::test]
+    async fn files_sealed_under_the_secret_key_are_served_once_resealed() {
+        let older = store().await;
+        let location = LocationId::parse("loc1").unwrap();
+        let voice = Media {
+            content_type: "audio/ogg".into(),
+            file_name: None,
+            bytes: b"OggS a voice note".to_vec(),
+        };
+        let id = older.put(&location, &voice).await.unwrap();
+        let secret = older.key.clone();
+        let gateway = MediaStore::open(older.db.clone(), secret.personal_data())
+            .await
+            .unwrap();
+        let refused = gateway.get(id).await.unwrap_err().to_string();
+        assert!(refused.contains("WHATSNAP_SECRET_KEY"), "{refused}");
+        assert_eq!(gateway.reseal_from(&secret).await.unwrap(), 1);
+        assert_eq!(gateway.get(id).await.unwrap(), Some(voice));
+        assert_eq!(gateway.reseal_from(&secret).await.unwrap(), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! `contact_keys`: one key per contact, sealed under the deployment's secret key, in the read
+//! `contact_keys`: one key per contact, sealed under the deployment's personal data key, in the read
 //! database (SQLite embedded, PostgreSQL distributed). Unlike a read model it is not rebuilt
 //! from the log: it is the only copy of the keys, and backed up with the database.
 
@@ -49,7 +49,7 @@ pub enum KeyState {
 /// The contacts' keys, with a short-lived cache in front of the table.
 pub struct ContactKeys {
     db: AnyPool,
-    master: SecretKey,
+    key: SecretKey,
     cache: Mutex<HashMap<(String, Uuid), (KeyState, Instant)>>,
 }
 
@@ -60,14 +60,26 @@ impl std::fmt::Debug for ContactKeys {
 }
 
 impl ContactKeys {
-    /// The keys in `db` (the table is created when missing), sealed under `master`.
-    pub async fn open(db: AnyPool, master: SecretKey) -> Result<Self, KeyError> {
+    /// The keys in `db` (the table is created when missing), sealed under `key` (the personal
+    /// data key).
+    pub async fn open(db: AnyPool, key: SecretKey) -> Result<Self, KeyError> {
         sqlx::query(SCHEMA).execute(&db).await?;
         Ok(Self {
             db,
-            master,
+            key,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Re-seals under this store's key the contacts' keys that `legacy` (the secret key) sealed
+    /// before whatsnap had a personal data key; how many.
+    pub async fn reseal_from(&self, legacy: &SecretKey) -> Result<u64, crate::reseal::ResealError> {
+        let column = crate::reseal::SealedColumn {
+            table: "contact_keys",
+            keys: &["location_id", "contact_id"],
+            column: "sealed_key",
+        };
+        crate::reseal::reseal_column(&self.db, column, legacy, &self.key).await
     }
 
     /// The key to seal a contact's data with, made on first use.
@@ -79,7 +91,7 @@ impl ContactKeys {
         if let Some(state) = self.lookup(location, contact_id).await? {
             return Ok(state);
         }
-        let sealed = self.master.seal(&SecretKey::generate_base64());
+        let sealed = self.key.seal(&SecretKey::generate_base64());
         // Two writers may make one at once: the first stored wins, and both read it back.
         sqlx::query(
             "INSERT INTO contact_keys (location_id, contact_id, sealed_key) VALUES ($1, $2, $3) \
@@ -190,7 +202,7 @@ impl ContactKeys {
             Some(sealed) => {
                 let unopenable = |source| KeyError::Unopenable { contact_id, source };
                 let opened = self
-                    .master
+                    .key
                     .open(&Sealed::from_stored(sealed))
                     .map_err(unopenable)?;
                 KeyState::Live(SecretKey::from_base64(opened.expose()).map_err(unopenable)?)

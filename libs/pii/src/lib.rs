@@ -3,7 +3,8 @@
 //! The fields of an event that carry a person's data — a message's body and attachments, a
 //! sender's or recipient's number, a contact's name — are sealed before the event is stored,
 //! with a key of the contact's own ([`ContactKeys`]). The keys live outside the log, in the
-//! `contact_keys` table of the read database, each sealed under the deployment's secret key.
+//! `contact_keys` table of the read database, each sealed under the deployment's personal data
+//! key (derived from its secret key, see `whatsnap_secrets`).
 //! [`SealingStore`] wraps the event store: it seals on append and opens on every read
 //! (streams, the whole log, subscriptions), so services, read models, `trace` and replays see
 //! the data as before. Erasing a contact destroys its key: from then on every read shows its
@@ -14,6 +15,7 @@
 
 mod fields;
 mod keys;
+pub mod reseal;
 mod store;
 
 pub use keys::{ContactKeys, KeyError, KeyState};

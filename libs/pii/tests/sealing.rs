@@ -171,3 +171,66 @@ async fn events_written_before_sealing_read_as_they_are() {
     let read = given.sealing.read_stream(&old, 1, 1).await.unwrap();
     assert_eq!(body(&read[0]).1, "from before");
 }
+
+/// Keys an older whatsnap sealed under the secret key itself are moved under the personal data
+/// key by a process that holds both; a process given the personal data key alone (the gateway)
+/// then opens what they sealed, and until then says which key it would need.
+#[tokio::test]
+async fn keys_sealed_under_the_secret_key_are_resealed_under_the_personal_data_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("whatsnap.db");
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    let secret = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+    let location = LocationId::parse("loc").unwrap();
+    // More contacts than one page of the re-sealing, one of them erased.
+    let contacts: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    let before = ContactKeys::open(db.clone(), secret.clone()).await.unwrap();
+    for contact in &contacts {
+        before.for_sealing(&location, *contact).await.unwrap();
+    }
+    let sealed = before
+        .seal_text(&location, contacts[7], "Ana Lima")
+        .await
+        .unwrap();
+    before.erase(&location, contacts[3]).await.unwrap();
+
+    let personal = secret.personal_data();
+    let gateway = ContactKeys::open(db.clone(), personal.clone())
+        .await
+        .unwrap();
+    let refused = gateway
+        .open_text(&location, &sealed)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("WHATSNAP_SECRET_KEY"), "{refused}");
+
+    let session = ContactKeys::open(db.clone(), personal.clone())
+        .await
+        .unwrap();
+    assert_eq!(session.reseal_from(&secret).await.unwrap(), 19);
+    assert_eq!(session.reseal_from(&secret).await.unwrap(), 0, "once");
+
+    let gateway = ContactKeys::open(db, personal).await.unwrap();
+    assert_eq!(
+        gateway.open_text(&location, &sealed).await.unwrap(),
+        "Ana Lima"
+    );
+    let erased = gateway
+        .seal_text(&location, contacts[3], "Bruno")
+        .await
+        .unwrap();
+    assert_eq!(erased, ERASED);
+    // A key made from now on is sealed under the personal data key.
+    let new_contact = Uuid::now_v7();
+    let text = gateway
+        .seal_text(&location, new_contact, "Carla")
+        .await
+        .unwrap();
+    assert_eq!(text, "Carla", "no key yet: seal_text never makes one");
+    gateway.for_sealing(&location, new_contact).await.unwrap();
+    assert_eq!(session.reseal_from(&secret).await.unwrap(), 0);
+}

@@ -3,11 +3,14 @@
 //! REST API and looked for in the account's message list after an unanswered send. Inbound
 //! messages and statuses arrive on Twilio's own signed webhooks (the gateway's `/webhooks/twilio`
 //! routes), whose URLs operators have configured in Twilio and which therefore stay as they are.
+//! Their signatures are checked here ([`verify_webhook`]), where the Auth Token is, not at the
+//! gateway.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use whatsnap_connector::{
     AccountRef, Connector, ConnectorError, NewAccount, Outgoing, Receipt, SendError, Sent,
+    WebhookError,
 };
 use whatsnap_events::{AccountKind, TwilioCredentials};
 use whatsnap_secrets::SecretKey;
@@ -56,23 +59,7 @@ impl TwilioConnector {
 
     /// The account's credentials, the Auth Token opened.
     fn credentials(account: &AccountRef) -> Result<Credentials, SendError> {
-        let stored: TwilioCredentials =
-            serde_json::from_value(account.settings.clone()).map_err(|e| SendError::Refused {
-                reason: format!(
-                    "the account {} has no Twilio credentials: {e}",
-                    account.name
-                ),
-                code: None,
-            })?;
-        let token =
-            account
-                .secret_key
-                .open(&stored.auth_token)
-                .map_err(|e| SendError::Refused {
-                    reason: format!("the account's Auth Token cannot be opened: {e}"),
-                    code: None,
-                })?;
-        Ok(Credentials::new(stored.account_sid, token.expose()))
+        opened_credentials(account).map_err(|reason| SendError::Refused { reason, code: None })
     }
 
     fn from(account: &AccountRef) -> Result<&str, SendError> {
@@ -106,6 +93,49 @@ impl From<TwilioError> for SendError {
             },
         }
     }
+}
+
+/// The account's current credentials (those it was added with, or the latest it rotated to),
+/// the Auth Token opened; why not, in words.
+fn opened_credentials(account: &AccountRef) -> Result<Credentials, String> {
+    let stored: TwilioCredentials =
+        serde_json::from_value(account.settings.clone()).map_err(|e| {
+            format!(
+                "the account {} has no Twilio credentials: {e}",
+                account.name
+            )
+        })?;
+    let token = account
+        .secret_key
+        .open(&stored.auth_token)
+        .map_err(|e| format!("the account's Auth Token cannot be opened: {e}"))?;
+    Ok(Credentials::new(stored.account_sid, token.expose()))
+}
+
+/// Checks a webhook Twilio sent for `account`: `params` (every form parameter) signed with the
+/// account's Auth Token over `url` (the URL Twilio requested), and, when it names one, for the
+/// account's own `AccountSid`. `Unauthenticated` for a missing or wrong signature,
+/// `WrongAccount` for another Twilio account's webhook, `Unreadable` when the Auth Token does
+/// not open here.
+pub fn verify_webhook(
+    account: &AccountRef,
+    url: &str,
+    params: &[(String, String)],
+    signature: Option<&str>,
+) -> Result<(), WebhookError> {
+    let credentials = opened_credentials(account).map_err(WebhookError::Unreadable)?;
+    crate::signature::validate_form(credentials.auth_token(), url, params, signature)
+        .map_err(|e| WebhookError::Unauthenticated(e.to_string()))?;
+    let sid = params
+        .iter()
+        .find(|(name, _)| name == "AccountSid")
+        .map(|(_, value)| value.as_str());
+    if sid.is_some_and(|sid| sid != credentials.account_sid) {
+        return Err(WebhookError::WrongAccount(
+            "the webhook is for another Twilio account".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What a Twilio status report says of a message, when it is news: final states and reads.

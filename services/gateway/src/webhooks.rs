@@ -1,7 +1,7 @@
 //! Provider webhooks at the public edge. `POST /webhooks/twilio/{location}/{account}/inbound`
-//! receives what a Twilio number is sent: the signature is checked with the account's own Auth
-//! Token against the URL Twilio requested, and only then does the message become a command to
-//! the session service. A refused webhook changes nothing.
+//! receives what a Twilio number is sent: the session service checks the signature with the
+//! account's own Auth Token against the URL Twilio requested, and only then does the message
+//! become a command to it. A refused webhook changes nothing.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,19 +9,15 @@ use axum::extract::{DefaultBodyLimit, OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use std::sync::Arc;
 use tonic::Code;
 use tracing::{debug, info, warn};
 use whatsnap_auth::AuthedChannel as Channel;
-use whatsnap_events::{AggregateKind, Event, LocationId, StreamId};
-use whatsnap_eventstore::EventStore;
 use whatsnap_ghl::signature::WebhookKeys;
 use whatsnap_ghl::webhook::{AppIdentity, Delivery};
 use whatsnap_proto::contacts::v1 as contacts;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
-use whatsnap_secrets::SecretKey;
-use whatsnap_twilio::{signature, webhook};
+use whatsnap_twilio::webhook;
 
 use crate::replay::Verdict;
 
@@ -30,8 +26,6 @@ pub const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Webhooks {
-    pub store: Arc<dyn EventStore>,
-    pub secret_key: SecretKey,
     /// The scheme and host Twilio is configured to call (e.g. `https://whatsnap.example.com`);
     /// without it, `http://` and the request's Host header.
     pub public_url: Option<String>,
@@ -123,44 +117,11 @@ fn accepted() -> Response {
         .into_response()
 }
 
-/// The current Twilio credentials of an account added to this location, if it is a Twilio
-/// account: those it was added with, or the latest it rotated to. Read from the account's
-/// stream on every webhook, so a rotated Auth Token applies from the next request on.
-async fn twilio_account(
-    store: &dyn EventStore,
-    location: &str,
-    account: &str,
-) -> Result<Option<(String, whatsnap_secrets::Sealed)>, Response> {
-    let (Ok(location), Ok(account)) = (LocationId::parse(location), uuid_of(account)) else {
-        return Ok(None);
-    };
-    let stream = StreamId::for_uuid(location, AggregateKind::Account, account);
-    let history = store
-        .read_stream(&stream, 1, usize::MAX)
-        .await
-        .map_err(|e| Sender::Twilio.try_again_later(format!("event store: {e}")))?;
-    let mut events = history.iter().map(|e| e.decode());
-    let Some(Ok(Event::AccountAdded(added))) = events.next() else {
-        return Ok(None);
-    };
-    let mut credentials = added.twilio;
-    for event in events {
-        if let Ok(Event::AccountSettingsChanged(changed)) = event
-            && let Some(rotated) = changed.twilio_credentials()
-        {
-            credentials = Some(rotated);
-        }
-    }
-    Ok(credentials.map(|t| (t.account_sid, t.auth_token)))
-}
-
-fn uuid_of(text: &str) -> Result<uuid::Uuid, ()> {
-    uuid::Uuid::parse_str(text).map_err(drop)
-}
-
 /// Checks a Twilio webhook for an account: a form, for a Twilio account of the location,
-/// signed with that account's Auth Token over the URL Twilio requested. A webhook that names
-/// another account (`AccountSid`) is refused. Gives the parameters, or the refusal to send.
+/// signed with that account's Auth Token over the URL Twilio requested, and not for another
+/// Twilio account (`AccountSid`). The session service, which keeps the Auth Token, checks the
+/// signature: the gateway never holds a tenant's credentials. Gives the parameters, or the
+/// refusal to send.
 async fn verified_twilio_form(
     hooks: &Webhooks,
     location: &str,
@@ -180,22 +141,6 @@ async fn verified_twilio_form(
             "the body is not a form (application/x-www-form-urlencoded)",
         ));
     };
-    let (account_sid, sealed) =
-        match twilio_account(hooks.store.as_ref(), location, account).await? {
-            Some(found) => found,
-            None => {
-                return Err(refuse(
-                    StatusCode::NOT_FOUND,
-                    format!("no Twilio account {account} in location {location}"),
-                ));
-            }
-        };
-    let token = hooks.secret_key.open(&sealed).map_err(|e| {
-        refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the account's Auth Token: {e}"),
-        )
-    })?;
     let base = match &hooks.public_url {
         Some(public) => public.trim_end_matches('/').to_owned(),
         None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
@@ -207,21 +152,41 @@ async fn verified_twilio_form(
         "{base}{}",
         uri.path_and_query().map_or(uri.path(), |pq| pq.as_str())
     );
-    let given = headers
+    let signature = headers
         .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok());
-    if let Err(e) = signature::validate_form(token.expose(), &url, &params, given) {
-        return Err(refuse(StatusCode::FORBIDDEN, e.to_string()));
-    }
-    let sid = params
-        .iter()
-        .find(|(k, _)| k == "AccountSid")
-        .map(|(_, v)| v.as_str());
-    if sid.is_some_and(|sid| sid != account_sid) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "the webhook is for another Twilio account",
-        ));
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let channel = reach(&hooks.session, "session", Sender::Twilio)?;
+    let mut request = tonic::Request::new(session::VerifyTwilioWebhookRequest {
+        location_id: location.to_owned(),
+        account_id: account.to_owned(),
+        url,
+        params: params
+            .iter()
+            .map(|(name, value)| session::FormParam {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        signature,
+    });
+    whatsnap_telemetry::inject(&mut request);
+    let verdict = session::session_service_client::SessionServiceClient::new(channel)
+        .verify_twilio_webhook(request)
+        .await
+        .map_err(|status| match status.code() {
+            // A location or account id that is not one (the URL is not whatsnap's) is as
+            // unknown as an account that does not exist.
+            Code::NotFound | Code::InvalidArgument => refuse(
+                StatusCode::NOT_FOUND,
+                format!("no Twilio account {account} in location {location}"),
+            ),
+            _ => Sender::Twilio.try_again_later(status.message()),
+        })?
+        .into_inner();
+    if !verdict.valid {
+        return Err(refuse(StatusCode::FORBIDDEN, verdict.reason));
     }
     Ok(params)
 }

@@ -858,6 +858,47 @@ impl pb::session_service_server::SessionService for Session {
             secret: pairing.secret.unwrap_or_default(),
         }))
     }
+
+    async fn verify_twilio_webhook(
+        &self,
+        request: Request<pb::VerifyTwilioWebhookRequest>,
+    ) -> Result<Response<pb::VerifyTwilioWebhookResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (_, state) = self.load_account(&location, account_id).await?;
+        let account = match (
+            state.kind,
+            account_ref(&location, &state, &self.config.secret_key),
+        ) {
+            (Some(AccountKind::Twilio), Some(account)) => account,
+            _ => {
+                return Err(ServiceError::NotFound(format!(
+                    "no Twilio account {account_id} in location {location}"
+                ))
+                .into());
+            }
+        };
+        let params: Vec<(String, String)> = request
+            .params
+            .into_iter()
+            .map(|param| (param.name, param.value))
+            .collect();
+        let signature = Some(request.signature.as_str()).filter(|given| !given.is_empty());
+        let verdict =
+            whatsnap_twilio::connector::verify_webhook(&account, &request.url, &params, signature);
+        let refused = match verdict {
+            Ok(()) => None,
+            Err(WebhookError::Unreadable(reason)) => {
+                return Err(ServiceError::Internal(reason).into());
+            }
+            Err(refused) => Some(refused.to_string()),
+        };
+        Ok(Response::new(pb::VerifyTwilioWebhookResponse {
+            valid: refused.is_none(),
+            reason: refused.unwrap_or_default(),
+        }))
+    }
 }
 
 /// How long an echo of a send may wait for the send's answer: longer than a send that times

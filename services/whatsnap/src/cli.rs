@@ -1602,6 +1602,32 @@ pub enum TokensCommand {
     Generate,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random secret key (32 bytes, base64) for WHATSNAP_SECRET_KEY.
+    Generate,
+    /// Print the personal data key derived from the secret key, for WHATSNAP_PERSONAL_DATA_KEY:
+    /// the gateway, contacts and assignment targets are given it instead of the secret key, so
+    /// that they read personal data but cannot open a tenant's Twilio or GHL credentials.
+    PersonalData {
+        /// The secret key, base64.
+        #[arg(long, env = "WHATSNAP_SECRET_KEY", hide_env_values = true)]
+        secret_key: String,
+    },
+}
+
+pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Generate => println!("{}", whatsnap_secrets::SecretKey::generate_base64()),
+        KeysCommand::PersonalData { secret_key } => {
+            let key = whatsnap_secrets::SecretKey::from_base64(&secret_key)
+                .context("--secret-key (WHATSNAP_SECRET_KEY)")?;
+            println!("{}", key.personal_data().to_base64());
+        }
+    }
+    Ok(())
+}
+
 /// `90d`, `12h`, `30m`, `45s` (or a number of seconds).
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();

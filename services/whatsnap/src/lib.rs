@@ -75,6 +75,10 @@ enum Command {
     /// admin token).
     #[command(subcommand)]
     Tokens(cli::TokensCommand),
+    /// The keys that seal what whatsnap stores: make a secret key, and derive from it the
+    /// personal data key that the gateway, contacts and assignment targets are given instead.
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
 }
 
 /// Parses the command line and runs the command; what `whatsnap` does.
@@ -105,5 +109,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parked(command) => runtime.block_on(cli::parked(command)),
         Command::Status(args) => runtime.block_on(cli::overall_status(args)),
         Command::Tokens(command) => runtime.block_on(cli::tokens(command)),
+        Command::Keys(command) => cli::keys(command),
     }
 }

@@ -206,18 +206,26 @@ pub struct ServeArgs {
     /// gRPC URL of the ghl-sync service, when the gateway runs without it.
     #[arg(long, env = "WHATSNAP_GHL_SYNC_URL")]
     ghl_sync_url: Option<String>,
-    /// The key that seals stored credentials and the contacts' keys: 32 random bytes, base64
-    /// (`openssl rand -base64 32`), the same for every process. Without it the embedded setup
-    /// keeps one in --secret-key-file.
+    /// The key that seals stored credentials (Twilio Auth Tokens, GHL tokens, linked WhatsApp
+    /// devices): 32 random bytes, base64 (`openssl rand -base64 32`), the same for every process
+    /// that runs session or ghl-sync. The other targets need only --personal-data-key. Without
+    /// it the embedded setup keeps one in --secret-key-file.
     #[arg(long, env = "WHATSNAP_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// The key that seals personal data (the contacts' keys, received files, dashboard cookies),
+    /// derived from --secret-key: `whatsnap keys personal-data` prints it. Give it instead of
+    /// --secret-key to the gateway, contacts and assignment targets, so that the internet-facing
+    /// gateway holds no key that opens a tenant's credentials. Default: derived from
+    /// --secret-key.
+    #[arg(long, env = "WHATSNAP_PERSONAL_DATA_KEY", hide_env_values = true)]
+    personal_data_key: Option<String>,
     /// The first admin token of a distributed deployment (from a Secret): recorded, hashed, on
     /// start if it is not yet. The embedded setup writes one to <data-dir>/admin-token (mode
     /// 0600) on its first start when none is given.
     #[arg(long, env = "WHATSNAP_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// The credential whatsnap's services call each other with, the same for every process.
-    /// Default: derived from --secret-key; the embedded setup keeps one in
+    /// Default: derived from the personal data key; the embedded setup keeps one in
     /// <data-dir>/service-token.
     #[arg(long, env = "WHATSNAP_SERVICE_TOKEN", hide_env_values = true)]
     service_token: Option<String>,
@@ -565,17 +573,67 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
     }
 }
 
-/// The key that seals credentials: given, or for the embedded setup kept beside the database.
-fn secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
-    if let Some(text) = &args.secret_key {
-        return whatsnap_secrets::SecretKey::from_base64(text).context("--secret-key");
-    }
-    if args.backend.nats_url.is_some() {
+/// The keys of a process: the secret key where it keeps credentials (session, ghl-sync, and
+/// the embedded setup), and the personal data key every service reads the log with.
+struct Keys {
+    secret: Option<whatsnap_secrets::SecretKey>,
+    personal_data: whatsnap_secrets::SecretKey,
+}
+
+/// The keys given, or for the embedded setup the secret key kept in its key file.
+fn keys(args: &ServeArgs) -> anyhow::Result<Keys> {
+    use whatsnap_secrets::SecretKey;
+    let distributed = args.backend.nats_url.is_some();
+    let secret = match &args.secret_key {
+        Some(text) => Some(SecretKey::from_base64(text).context("--secret-key")?),
+        None if distributed => None,
+        None => Some(embedded_secret_key(args)?),
+    };
+    let given = args
+        .personal_data_key
+        .as_deref()
+        .map(SecretKey::personal_data_from_base64)
+        .transpose()
+        .context("--personal-data-key (WHATSNAP_PERSONAL_DATA_KEY)")?;
+    let personal_data = match (&secret, given) {
+        (Some(secret), Some(given)) if given.to_base64() != secret.personal_data().to_base64() => {
+            bail!(
+                "--personal-data-key is not the one derived from --secret-key: give one of them, \
+                 or the key `whatsnap keys personal-data` prints"
+            )
+        }
+        (Some(secret), _) => secret.personal_data(),
+        (None, Some(given)) => given,
+        (None, None) => bail!(
+            "the distributed setup needs --personal-data-key (WHATSNAP_PERSONAL_DATA_KEY) for the \
+             gateway, contacts and assignment targets, and --secret-key (WHATSNAP_SECRET_KEY) for \
+             session and ghl-sync: the secret key is 32 random bytes, base64, the same for every \
+             process (e.g. `openssl rand -base64 32`), and `whatsnap keys personal-data` prints the \
+             personal data key derived from it"
+        ),
+    };
+    let keeps_credentials = args
+        .target
+        .0
+        .iter()
+        .filter(|target| matches!(target, Target::Session | Target::GhlSync))
+        .map(|target| target.name())
+        .collect::<Vec<_>>();
+    if secret.is_none() && !keeps_credentials.is_empty() {
         bail!(
-            "the distributed setup needs --secret-key (WHATSNAP_SECRET_KEY): the same 32 random \
-             bytes, base64, for every process (e.g. `openssl rand -base64 32`)"
+            "{} keep credentials sealed: they need --secret-key (WHATSNAP_SECRET_KEY), the same \
+             for every process that runs them",
+            keeps_credentials.join(" and ")
         );
     }
+    Ok(Keys {
+        secret,
+        personal_data,
+    })
+}
+
+/// The embedded setup's secret key, kept in its key file (created on the first start).
+fn embedded_secret_key(args: &ServeArgs) -> anyhow::Result<whatsnap_secrets::SecretKey> {
     let path = secret_key_file(args);
     if path.starts_with(&args.backend.data_dir) {
         warn!(
@@ -610,6 +668,34 @@ fn secret_key_file(args: &ServeArgs) -> PathBuf {
         Some(dir) => dir.join("whatsnap").join("secret.key"),
         None => legacy,
     }
+}
+
+/// Moves what the secret key sealed before whatsnap had a personal data key (the contacts'
+/// keys, received files) under the personal data key, so that the processes given only that
+/// key can open it. Nothing to do after the first start.
+async fn reseal_personal_data(
+    secret: &whatsnap_secrets::SecretKey,
+    contact_keys: &whatsnap_pii::ContactKeys,
+    media: Option<&whatsnap_media::MediaStore>,
+) -> anyhow::Result<()> {
+    let keys = contact_keys
+        .reseal_from(secret)
+        .await
+        .context("re-sealing the contacts' keys under the personal data key")?;
+    let files = match media {
+        Some(media) => media
+            .reseal_from(secret)
+            .await
+            .context("re-sealing received files under the personal data key")?,
+        None => 0,
+    };
+    if keys + files > 0 {
+        info!(
+            contact_keys = keys,
+            files, "re-sealed under the personal data key what the secret key sealed"
+        );
+    }
+    Ok(())
 }
 
 /// Signs dashboard viewers in with their API tokens: the token's locations are the viewer's.
@@ -687,20 +773,18 @@ fn remote(
         .transpose()
 }
 
-/// The credential the services call each other with: given, derived from the secret key every
-/// process shares, or for the embedded setup kept in the data directory.
-fn service_token(args: &ServeArgs) -> anyhow::Result<ApiToken> {
+/// The credential the services call each other with: given, derived from the personal data
+/// key every process has, or for the embedded setup kept in the data directory.
+fn service_token(args: &ServeArgs, keys: &Keys) -> anyhow::Result<ApiToken> {
     if let Some(text) = &args.service_token {
         return ApiToken::parse(text).context("--service-token (WHATSNAP_SERVICE_TOKEN)");
     }
-    if let Some(key) = &args.secret_key {
-        return Ok(ApiToken::derived("whatsnap service token", key.trim()));
-    }
-    if args.backend.nats_url.is_some() {
-        bail!(
-            "the distributed setup needs --service-token (WHATSNAP_SERVICE_TOKEN) or --secret-key: \
-             the same for every process"
-        );
+    let shared_key = args.secret_key.is_some() || args.personal_data_key.is_some();
+    if args.backend.nats_url.is_some() || shared_key {
+        return Ok(ApiToken::derived(
+            "whatsnap service token",
+            &keys.personal_data.to_base64(),
+        ));
     }
     let path = args
         .backend
@@ -771,7 +855,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let has = |target| targets.contains(&target);
     let backend = backend(&args.backend).await?;
     let (store, db) = (backend.store.clone(), backend.db.clone());
-    let service_token = service_token(&args)?;
+    let keys = keys(&args)?;
+    let service_token = service_token(&args, &keys)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
         _ => None,
@@ -806,30 +891,32 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             "no --public-url: replies go out without a StatusCallback, so GHL never learns their delivery status"
         );
     }
-    // Every service reads personal data, sealed per contact under keys this key seals.
-    let key = secret_key(&args)?;
+    // Every service reads personal data, sealed per contact under keys the personal data key
+    // seals.
     let contact_keys = Arc::new(
-        whatsnap_pii::ContactKeys::open(backend.keys_db.clone(), key.clone())
+        whatsnap_pii::ContactKeys::open(backend.keys_db.clone(), keys.personal_data.clone())
             .await
             .context("opening the contacts' keys")?,
     );
-    let secret_key = Some(key);
     let store: Arc<dyn EventStore> =
         Arc::new(whatsnap_pii::SealingStore::new(store, contact_keys.clone()));
     // Files received with messages, kept by the session service and served by the gateway.
-    let media = match &secret_key {
-        Some(key) if has(Target::Session) || has(Target::Gateway) => Some(
-            whatsnap_media::MediaStore::open(db.clone(), key.clone())
+    let media = match has(Target::Session) || has(Target::Gateway) {
+        true => Some(
+            whatsnap_media::MediaStore::open(db.clone(), keys.personal_data.clone())
                 .await
                 .context("opening the media store")?,
         ),
-        _ => None,
+        false => None,
     };
+    if let Some(secret) = &keys.secret {
+        reseal_personal_data(secret, &contact_keys, media.as_ref()).await?;
+    }
     let mut services = Services::build(
         &args,
         &store,
         &db,
-        secret_key.as_ref(),
+        keys.secret.as_ref(),
         media.as_ref(),
         public_url.as_deref(),
     )
@@ -922,8 +1009,6 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 max_lag: args.max_lag,
             },
             webhooks: whatsnap_gateway::Webhooks {
-                store: store.clone(),
-                secret_key: secret_key.clone().expect("the gateway has a secret key"),
                 public_url: public_url.clone(),
                 session: session_channel,
                 ghl_keys,
@@ -952,7 +1037,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                         .ghl_shared_secret
                         .clone()
                         .map(whatsnap_dashboard::SharedSecret::new),
-                    cookie_key: secret_key.clone().expect("the gateway has a secret key"),
+                    cookie_key: keys.personal_data.derive("dashboard cookies"),
                     secure_cookies: public_url
                         .as_deref()
                         .is_some_and(|url| url.starts_with("https://")),
