@@ -621,9 +621,11 @@ fn keys(args: &ServeArgs) -> anyhow::Result<Keys> {
         .collect::<Vec<_>>();
     if secret.is_none() && !keeps_credentials.is_empty() {
         bail!(
-            "{} keep credentials sealed: they need --secret-key (WHATSNAP_SECRET_KEY), the same \
-             for every process that runs them",
-            keeps_credentials.join(" and ")
+            "the {} target{} keep{} the tenants' credentials sealed: give --secret-key \
+             (WHATSNAP_SECRET_KEY), the same for every process that runs session or ghl-sync",
+            keeps_credentials.join(" and "),
+            if keeps_credentials.len() > 1 { "s" } else { "" },
+            if keeps_credentials.len() > 1 { "" } else { "s" },
         );
     }
     Ok(Keys {
