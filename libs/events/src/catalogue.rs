@@ -173,6 +173,19 @@ pub struct AccountDisconnected {
     pub cause: Option<String>,
 }
 
+impl AccountDisconnected {
+    /// The cause of a disconnect a user asked for in whatsnap (the dashboard's Disconnect,
+    /// `whatsnap accounts disconnect`): the device is logged out, and linking again shows a new
+    /// code.
+    pub const BY_USER: &'static str = "disconnected_by_user";
+
+    /// Whether the device is logged out (from the phone, or by a user in whatsnap): nothing
+    /// reconnects it until it is linked again.
+    pub fn logs_out(&self) -> bool {
+        matches!(self.cause.as_deref(), Some("logged_out" | Self::BY_USER))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRemoved {
     pub account_id: Uuid,

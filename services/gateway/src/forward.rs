@@ -61,6 +61,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
     get_account(session::GetAccountRequest) -> session::Account;
     list_accounts(session::ListAccountsRequest) -> session::ListAccountsResponse;
     remove_account(session::RemoveAccountRequest) -> session::Account;
+    disconnect_account(session::DisconnectAccountRequest) -> session::Account;
     update_account_credentials(session::UpdateAccountCredentialsRequest) -> session::Account;
     record_inbound_message(session::RecordInboundMessageRequest) -> session::RecordInboundMessageResponse;
     request_outbound_message(session::RequestOutboundMessageRequest) -> session::RequestOutboundMessageResponse;

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 use whatsnap_events::{
-    AccountAdded, AccountKind, AccountLinkRequested, AccountRemoved, AccountSettingsChanged, Event,
-    TwilioCredentials,
+    AccountAdded, AccountDisconnected, AccountKind, AccountLinkRequested, AccountRemoved,
+    AccountSettingsChanged, Event, TwilioCredentials,
 };
 use whatsnap_rpc::{ServiceError, ServiceResult};
 
@@ -127,7 +127,7 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             }
         }
         Event::AccountDisconnected(e) => {
-            state.status = if e.cause.as_deref() == Some("logged_out") {
+            state.status = if e.logs_out() {
                 Status::LoggedOut
             } else {
                 Status::Disconnected
@@ -257,6 +257,27 @@ pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> Se
         account_id,
         reason: Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
     }))
+}
+
+/// A user's disconnect of a linked account: recorded as a logout, so that nothing reconnects
+/// it until it is linked again.
+pub fn decide_disconnect(state: &AccountState, account_id: Uuid) -> ServiceResult<Event> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    match state.status {
+        Status::Removed => Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        ))),
+        Status::LoggedOut => Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is already logged out: link it again to connect it"
+        ))),
+        _ => Ok(Event::from(AccountDisconnected {
+            account_id,
+            reason: "disconnected in whatsnap: link it again for a new code".into(),
+            cause: Some(AccountDisconnected::BY_USER.into()),
+        })),
+    }
 }
 
 /// The setting that holds an account's pacing (a [`whatsnap_connector::Pacing`]).

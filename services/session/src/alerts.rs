@@ -16,7 +16,8 @@ use tracing::warn;
 use uuid::Uuid;
 use whatsnap_effects::{Effect, Outbox, Recorded, Subject};
 use whatsnap_events::{
-    AccountAlertSent, AggregateKind, Event, EventMetadata, LocationId, RecordedEvent, StreamId,
+    AccountAlertSent, AccountDisconnected, AggregateKind, Event, EventMetadata, LocationId,
+    RecordedEvent, StreamId,
 };
 use whatsnap_eventstore::projection::{ApplyError, Backoff, Projection};
 use whatsnap_rpc::ReadDb;
@@ -91,10 +92,18 @@ impl Effect for PostAlert<'_> {
 /// What an event says that an operator should hear, if anything.
 fn alert_text(event: &Event, account: &str, location: &LocationId) -> Option<String> {
     match event {
-        Event::AccountDisconnected(e) if e.cause.as_deref() != Some("stopped") => Some(format!(
-            ":warning: whatsnap: account {account} ({location}) is disconnected: {}",
-            e.reason
-        )),
+        // Not when whatsnap stopped the link, nor when a user disconnected it on purpose.
+        Event::AccountDisconnected(e)
+            if !matches!(
+                e.cause.as_deref(),
+                Some("stopped" | AccountDisconnected::BY_USER)
+            ) =>
+        {
+            Some(format!(
+                ":warning: whatsnap: account {account} ({location}) is disconnected: {}",
+                e.reason
+            ))
+        }
         Event::AccountDeliveryChanged(e) if !e.delivering => Some(format!(
             ":warning: whatsnap: account {account} ({location}) is connected but not delivering: {}",
             e.reason
@@ -252,5 +261,32 @@ impl Alerts {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disconnected(cause: &str) -> Event {
+        Event::from(AccountDisconnected {
+            account_id: Uuid::nil(),
+            reason: "the reason".into(),
+            cause: Some(cause.into()),
+        })
+    }
+
+    #[test]
+    fn a_disconnect_alerts_unless_whatsnap_stopped_it_or_a_user_asked_for_it() {
+        let location = LocationId::parse("loc1").unwrap();
+        let alert = |cause| alert_text(&disconnected(cause), "Sales", &location);
+        assert!(
+            alert("logged_out")
+                .unwrap()
+                .contains("Sales (loc1) is disconnected")
+        );
+        assert!(alert("connection_lost").is_some());
+        assert_eq!(alert("stopped"), None);
+        assert_eq!(alert(AccountDisconnected::BY_USER), None);
     }
 }

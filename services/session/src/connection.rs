@@ -115,11 +115,14 @@ pub fn decide_connection(
             let cause = reason.as_str();
             let already = matches!(state.status, Status::Disconnected | Status::LoggedOut)
                 && state.cause.as_deref() == Some(cause);
+            // A user disconnected it: the engine's own report of that logout is not news.
+            let disconnected_by_user = state.status == Status::LoggedOut
+                && state.cause.as_deref() == Some(AccountDisconnected::BY_USER);
             let never_linked = state.status == Status::Added;
             // A link being made drops and comes back while the codes are shown: only a reason
             // that ends it (codes ran out, refused, banned) is news.
             let linking_goes_on = state.status == Status::Linking && reason.reconnects();
-            (!already && !never_linked && !linking_goes_on).then(|| {
+            (!already && !disconnected_by_user && !never_linked && !linking_goes_on).then(|| {
                 Event::from(AccountDisconnected {
                     account_id,
                     reason: if detail.is_empty() {

@@ -507,6 +507,38 @@ impl pb::session_service_server::SessionService for Session {
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
+    async fn disconnect_account(
+        &self,
+        request: Request<pb::DisconnectAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        let connector = self.connector_of(&state)?;
+        let Some(link) = connector.session() else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{} accounts ({}) keep no link to disconnect: remove the account instead",
+                state.kind.map_or("these", AccountKind::as_str),
+                connector.engine()
+            ))
+            .into());
+        };
+        let event = account::decide_disconnect(&state, account_id)?;
+        let reference = account_ref(&location, &state, &self.config.secret_key);
+        let account = self.append_decided(&stream, state, &event).await?;
+        // Recorded first: the supervisor stops the link and nothing starts it again. Logging
+        // the device out may be tried again safely (a second logout finds nothing to do).
+        if let Some(reference) = reference
+            && let Err(err) = link.logout(&reference).await
+        {
+            tracing::warn!(%location, %account_id, error = %err, "the disconnected account's device could not be logged out");
+        }
+        tracing::info!(%location, %account_id, engine = connector.engine(), "account disconnected by a user");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id))]
     async fn update_account_credentials(
         &self,
         request: Request<pb::UpdateAccountCredentialsRequest>,

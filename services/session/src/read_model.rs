@@ -154,7 +154,7 @@ impl Projection<Any> for AccountsProjection {
                 }
             }
             Event::AccountDisconnected(e) => {
-                let status = if e.cause.as_deref() == Some("logged_out") {
+                let status = if e.logs_out() {
                     "logged_out"
                 } else {
                     "disconnected"

@@ -181,13 +181,17 @@ impl Supervisor {
                 .run_link(connector.as_ref(), &account, method, stop.child_token())
                 .await;
             info!(%account_id, reason = %ended.reason, detail = %ended.detail, "link ended");
-            if stop.is_cancelled() {
-                // Removed or logged out meanwhile: the next look at the account says which.
-                if let Ok((_, state)) = self.session.load_account(&location, account_id).await
-                    && state.status == Status::Removed
-                {
-                    self.log_out(&location, &state).await;
-                }
+            // Removed or disconnected by a user meanwhile: the link's own account of its end
+            // (a logout it was told of) is not news, and a removed account's device is logged
+            // out.
+            let now = self.session.load_account(&location, account_id).await;
+            if let Ok((_, state)) = &now
+                && state.status == Status::Removed
+            {
+                self.log_out(&location, state).await;
+            }
+            let unwanted = now.is_ok_and(|(_, state)| !state.wants_link());
+            if stop.is_cancelled() || unwanted {
                 return;
             }
             let report = ConnectorEvent::Disconnected {

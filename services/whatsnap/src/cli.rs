@@ -180,6 +180,16 @@ pub enum AccountsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Disconnect a linked account (WhatsApp, an Android phone, a Mac) without removing it: its
+    /// device is logged out and nothing reconnects it until `accounts connect` links it again
+    /// (a new QR code). Its tag, contacts and history stay.
+    Disconnect {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Remove an account; its tag stays on its contacts.
     Remove {
         #[arg(long)]
@@ -564,6 +574,23 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                     "the account did not connect within {timeout} s; run `whatsnap accounts connect` again"
                 ),
             }
+        }
+        AccountsCommand::Disconnect {
+            location,
+            account_id,
+            server,
+        } => {
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let account = client
+                .disconnect_account(session::DisconnectAccountRequest {
+                    location_id: location,
+                    account_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_account(&account);
         }
         AccountsCommand::Remove {
             location,

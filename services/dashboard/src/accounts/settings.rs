@@ -1,6 +1,6 @@
 //! An account's settings page and its actions: pacing, a Twilio account's credentials,
-//! linking again (a new QR code), and removing it after a confirmation that says what happens
-//! to its contacts and tag.
+//! disconnecting it and linking it again (a new QR code), and removing it after a confirmation
+//! that says what happens to its contacts and tag.
 
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
@@ -58,6 +58,10 @@ fn notice(done: Option<&str>) -> Option<String> {
             "pacing" => "Pacing saved.",
             "name" => "Renamed. The tag stays as it was.",
             "credentials" => "The new Auth Token was checked with Twilio and is in use.",
+            "disconnected" => {
+                "Disconnected: the device is logged out. Its contacts, tag and history stay; \
+                 link it again for a new QR code."
+            }
             _ => return None,
         }
         .to_owned(),
@@ -358,6 +362,44 @@ pub async fn connect(
             ) =>
         {
             let error = format!("linking did not start: {}", status.message());
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+/// `POST /app/accounts/{id}/disconnect`: logs the account's device out without removing the
+/// account, then shows its settings (where it can be linked again).
+pub async fn disconnect(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+        Ok(viewer) => viewer,
+        Err(answer) => return answer.into_response(),
+    };
+    if let Err(answer) = load(&dashboard, &form.location, &id).await {
+        return answer.into_response();
+    }
+    let disconnected = sessions(&dashboard)
+        .disconnect_account(dashboard.request(session::DisconnectAccountRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+        }))
+        .await;
+    match disconnected {
+        Ok(_) => {
+            info!(location = %form.location, account = %id, by = %viewer.id, "account disconnected from the dashboard");
+            Redirect::to(&format!(
+                "{}&done=disconnected",
+                account_href(&form.location, &id, "")
+            ))
+            .into_response()
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            let error = format!("not disconnected: {}", status.message());
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
         Err(status) => refused(&status).into_response(),
