@@ -87,6 +87,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (EVENTS, "ReadStream", Read, Stream("stream_id")),
     (EVENTS, "Tail", Read, Mine),
     (EVENTS, "ContactHistory", Read, LOC),
+    (EVENTS, "Traffic", Read, LOC),
     (GHL_SYNC, "SyncStatus", Read, LOC),
     (GHL_SYNC, "RecordInstall", Write, LOC),
     (GHL_SYNC, "ConnectPrivateToken", Write, LOC),

@@ -2,8 +2,9 @@
 //! and their reasons, workload and first-response time per user, first-response time per
 //! account (the assignment Report), and each account's uptime from its own event stream.
 //!
-//! Message counts come from the contacts' timelines (ContactHistory) of up to
-//! [`crate::contacts::CONTACTS_READ`] contacts: no service keeps per-day message counts yet.
+//! Message and failure counts come from the gateway's `traffic` read model (EventsService/
+//! Traffic), kept per location, account and day as the events happen: a page costs the same
+//! whatever the number of contacts.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,7 +24,7 @@ use crate::pages::render;
 use crate::scoped;
 use crate::svg::{self, Bar, Series};
 
-/// What happened to a location's messages over a window, read from its contacts' timelines.
+/// What happened to a location's messages over a window.
 #[derive(Default)]
 pub(crate) struct Traffic {
     /// (account id, day) → messages received and sent.
@@ -38,97 +39,60 @@ pub(crate) struct Traffic {
     pub sent_per_account: HashMap<String, u64>,
 }
 
-fn payload(event: &events::Event) -> serde_json::Value {
-    serde_json::from_str(&event.payload_json).unwrap_or_default()
-}
-
-fn field(value: &serde_json::Value, name: &str) -> String {
-    value
-        .get(name)
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 impl Traffic {
-    /// Counts the message events of one contact's timeline that happened since `from`.
-    pub(crate) fn add(&mut self, entries: &[events::HistoryEntry], from: DateTime<Utc>) {
-        // The account each reply went out from (its route, then its sending), to charge a
-        // failure to.
-        let mut account_of: HashMap<String, String> = HashMap::new();
-        for event in entries.iter().filter_map(|e| e.event.as_ref()) {
-            let Ok(at) = DateTime::parse_from_rfc3339(&event.occurred_at) else {
+    /// The counts the gateway keeps, as the pages use them.
+    pub(crate) fn from_counts(counts: events::TrafficResponse) -> Self {
+        let mut traffic = Self::default();
+        for row in counts.days {
+            let Ok(day) = NaiveDate::parse_from_str(&row.day, "%Y-%m-%d") else {
                 continue;
             };
-            let at = at.with_timezone(&Utc);
-            let body = payload(event);
-            match event.event_type.as_str() {
-                "OutboundMessageRouted" | "OutboundMessageSent" => {
-                    account_of.insert(field(&body, "message_id"), field(&body, "account_id"));
-                }
-                _ => {}
-            }
-            if at < from {
+            *traffic
+                .per_account_day
+                .entry((row.account_id.clone(), day))
+                .or_default() += row.received + row.sent;
+            *traffic
+                .sent_per_account
+                .entry(row.account_id.clone())
+                .or_default() += row.sent;
+        }
+        // Each account's latest reason is the one whose latest failure is latest in the log.
+        let mut latest: HashMap<String, u64> = HashMap::new();
+        for failed in counts.failures {
+            *traffic.failures.entry(failed.reason.clone()).or_default() += failed.count;
+            if failed.account_id.is_empty() {
                 continue;
             }
-            match event.event_type.as_str() {
-                "InboundMessageReceived" => {
-                    *self
-                        .per_account_day
-                        .entry((field(&body, "account_id"), at.date_naive()))
-                        .or_default() += 1;
-                }
-                "OutboundMessageSent" => {
-                    let account = field(&body, "account_id");
-                    *self
-                        .per_account_day
-                        .entry((account.clone(), at.date_naive()))
-                        .or_default() += 1;
-                    *self.sent_per_account.entry(account).or_default() += 1;
-                }
-                "MessageFailed" | "OutboundRouteFailed" => {
-                    let reason = match field(&body, "reason") {
-                        r if r.is_empty() => "no reason given".to_owned(),
-                        r => r,
-                    };
-                    *self.failures.entry(reason.clone()).or_default() += 1;
-                    if let Some(account) = account_of.get(&field(&body, "message_id")) {
-                        *self
-                            .failures_per_account
-                            .entry(account.clone())
-                            .or_default() += 1;
-                        self.last_failure.insert(account.clone(), reason);
-                    }
-                }
-                _ => {}
+            *traffic
+                .failures_per_account
+                .entry(failed.account_id.clone())
+                .or_default() += failed.count;
+            let newest = latest.entry(failed.account_id.clone()).or_default();
+            if failed.last_position >= *newest {
+                *newest = failed.last_position;
+                traffic
+                    .last_failure
+                    .insert(failed.account_id, failed.reason);
             }
         }
+        traffic
     }
 }
 
-/// The traffic of `location`'s contacts since `from`.
+/// The traffic of `location` from the day of `from` on, as the gateway counted it.
 pub(crate) async fn traffic(
     dashboard: &Dashboard,
     location: &str,
     from: DateTime<Utc>,
 ) -> Result<Traffic, Response> {
-    let contacts = crate::contacts::list(dashboard, location).await?;
-    let mut client =
-        events::events_service_client::EventsServiceClient::new(dashboard.inner.services.clone());
-    let mut traffic = Traffic::default();
-    for contact in contacts {
-        // A contact without a timeline yet (its events not projected) counts as nothing.
-        if let Ok(history) = client
-            .contact_history(dashboard.request(events::ContactHistoryRequest {
-                location_id: location.to_owned(),
-                phone: contact.phone,
-            }))
-            .await
-        {
-            traffic.add(&history.into_inner().entries, from);
-        }
-    }
-    Ok(traffic)
+    events::events_service_client::EventsServiceClient::new(dashboard.inner.services.clone())
+        .traffic(dashboard.request(events::TrafficRequest {
+            location_id: location.to_owned(),
+            from_day: from.date_naive().to_string(),
+        }))
+        .await
+        .map(|counts| Traffic::from_counts(counts.into_inner()))
+        .map_err(|status| scoped::unavailable("traffic", &status))
 }
 
 /// The share of `[from, now]` an account was connected, from its stream's events; `None` when
@@ -396,56 +360,38 @@ pub async fn page(
 mod tests {
     use super::*;
 
-    fn event(kind: &str, at: &str, payload: serde_json::Value) -> events::HistoryEntry {
-        events::HistoryEntry {
-            event: Some(events::Event {
-                event_type: kind.into(),
-                occurred_at: at.into(),
-                payload_json: payload.to_string(),
-                ..Default::default()
-            }),
-            summary: String::new(),
-        }
-    }
-
     #[test]
-    fn traffic_counts_messages_per_account_and_day_and_failures_by_reason() {
-        let from = "2026-12-01T00:00:00Z".parse().unwrap();
-        let mut traffic = Traffic::default();
-        traffic.add(
-            &[
-                event(
-                    "InboundMessageReceived",
-                    "2026-11-30T10:00:00Z",
-                    serde_json::json!({"account_id": "a"}),
-                ),
-                event(
-                    "InboundMessageReceived",
-                    "2026-12-02T10:00:00Z",
-                    serde_json::json!({"account_id": "a"}),
-                ),
-                event(
-                    "OutboundMessageSent",
-                    "2026-12-02T11:00:00Z",
-                    serde_json::json!({"account_id": "a", "message_id": "m1"}),
-                ),
-                event(
-                    "MessageFailed",
-                    "2026-12-02T11:01:00Z",
-                    serde_json::json!({"message_id": "m1", "reason": "unreachable"}),
-                ),
+    fn traffic_adds_up_messages_per_account_and_day_and_failures_by_reason() {
+        let day = |account: &str, day: &str, received, sent| events::AccountDay {
+            account_id: account.into(),
+            day: day.into(),
+            received,
+            sent,
+            failed: 0,
+        };
+        let failed = |account: &str, reason: &str, count, last_position| events::FailedReplies {
+            account_id: account.into(),
+            reason: reason.into(),
+            count,
+            last_position,
+        };
+        let traffic = Traffic::from_counts(events::TrafficResponse {
+            days: vec![day("a", "2026-12-02", 1, 1), day("b", "2026-12-02", 3, 0)],
+            failures: vec![
+                failed("a", "the recipient opted out", 2, 40),
+                failed("a", "unreachable", 1, 90),
+                failed("", "no account carries the tag", 1, 50),
             ],
-            from,
-        );
-        let day = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
-        assert_eq!(traffic.per_account_day[&("a".to_owned(), day)], 2);
-        assert_eq!(
-            traffic.per_account_day.len(),
-            1,
-            "the message before the window is left out"
-        );
-        assert_eq!(traffic.failures["unreachable"], 1);
-        assert_eq!(traffic.failures_per_account["a"], 1);
+        });
+        let on = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
+        assert_eq!(traffic.per_account_day[&("a".to_owned(), on)], 2);
+        assert_eq!(traffic.per_account_day[&("b".to_owned(), on)], 3);
+        assert_eq!(traffic.sent_per_account["a"], 1);
+        assert_eq!(traffic.failures["the recipient opted out"], 2);
+        assert_eq!(traffic.failures["no account carries the tag"], 1);
+        assert_eq!(traffic.failures_per_account["a"], 3);
+        assert_eq!(traffic.last_failure["a"], "unreachable");
+        assert!(!traffic.failures_per_account.contains_key(""));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Application {
 
     /// The read model the gateway keeps, for the process's projection runners.
     pub fn projections(&self) -> Vec<Arc<dyn Projection<Any>>> {
-        vec![self.gateway.projection()]
+        self.gateway.projections()
     }
 
     /// Serves HTTP on `listener` (TCP, or TLS over it) until `shutdown`, then lets in-flight

@@ -11,6 +11,7 @@ mod health;
 mod metrics;
 mod replay;
 mod timeline;
+mod traffic;
 mod webhooks;
 
 use std::pin::Pin;
@@ -31,6 +32,7 @@ pub use health::{Readiness, router};
 pub use metrics::routes as metrics_routes;
 pub use replay::{CLAIM_LEASE, Claim, Clock, ReplayGuard, Verdict};
 pub use timeline::TimelineProjection;
+pub use traffic::TrafficProjection;
 pub use webhooks::{MAX_WEBHOOK_BYTES, Webhooks, routes as webhook_routes};
 pub use whatsnap_ghl::webhook::AppIdentity as GhlApp;
 
@@ -79,8 +81,11 @@ impl Gateway {
         pb::events_service_server::EventsServiceServer::new(self.clone())
     }
 
-    pub fn projection(&self) -> Arc<TimelineProjection> {
-        Arc::new(TimelineProjection)
+    /// The gateway's read models: the contacts' timelines and the locations' traffic.
+    pub fn projections(
+        &self,
+    ) -> Vec<Arc<dyn whatsnap_eventstore::projection::Projection<sqlx::Any>>> {
+        vec![Arc::new(TimelineProjection), Arc::new(TrafficProjection)]
     }
 }
 
@@ -235,5 +240,24 @@ impl pb::events_service_server::EventsService for Gateway {
             contact_id: contact_id.to_string(),
             entries,
         }))
+    }
+
+    async fn traffic(
+        &self,
+        request: Request<pb::TrafficRequest>,
+    ) -> Result<Response<pb::TrafficResponse>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let from_day = chrono::NaiveDate::parse_from_str(request.from_day.trim(), "%Y-%m-%d")
+            .map_err(|_| {
+                ServiceError::InvalidArgument(format!(
+                    "from_day {:?} is not a day (YYYY-MM-DD)",
+                    request.from_day
+                ))
+            })?;
+        let traffic = traffic::read(&self.db, location.as_str(), &from_day.to_string())
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(traffic))
     }
 }

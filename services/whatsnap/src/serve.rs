@@ -1516,20 +1516,21 @@ fn every_projection(
     store: &Arc<dyn EventStore>,
     db: &ReadDb,
 ) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
-    vec![
+    let mut every: Vec<Arc<dyn Projection<sqlx::Any>>> = vec![
         Arc::new(whatsnap_session::AccountsProjection),
         whatsnap_contacts::Contacts::new(store.clone(), db.clone()).projection(),
         whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
         whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).projection(),
-        whatsnap_gateway::Gateway::new(store.clone(), db.clone()).projection(),
-        Arc::new(crate::tokens::TokensProjection),
-    ]
+    ];
+    every.extend(whatsnap_gateway::Gateway::new(store.clone(), db.clone()).projections());
+    every.push(Arc::new(crate::tokens::TokensProjection));
+    every
 }
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
     /// The read model to rebuild (session_accounts, contacts, assignment, ghl_pending,
-    /// contact_timeline), or `all`.
+    /// contact_timeline, traffic, api_tokens), or `all`.
     projection: String,
     #[command(flatten)]
     backend: BackendArgs,
