@@ -5,8 +5,9 @@
 //! GHL reply leaves through the Mac into the chat the contact uses (iMessage or SMS), its echo
 //! is not shown twice, and GHL learns it was delivered and read; a message typed on the Mac
 //! shows in GHL as outbound; forged, malformed and huge webhooks are refused; a Mac that goes
-//! silent shows offline and alerts; what arrived while whatsnap was down is caught up once; a
-//! Mac that drops mid-send does not send twice.
+//! silent shows offline and alerts; what arrived while whatsnap was down is caught up once,
+//! from the last message recorded however long the outage; a Mac that drops mid-send does not
+//! send twice.
 
 use std::io::Read;
 use std::path::Path;
@@ -606,6 +607,68 @@ async fn messages_that_arrive_while_whatsnap_is_down_appear_once_after_it_starts
             .count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_outage_whatsnap_catches_up_from_the_last_message_it_recorded() {
+    // A Mac that has recorded no message would be asked for one minute back only: the
+    // messages below are hours old, dated by the Mac's clock.
+    let mut rig = Rig::start(&["--bluebubbles-catch-up", "60"]).await;
+    let account = rig.connected_mac("Front desk").await;
+    let now = chrono::Utc::now();
+    rig.mac.set_clock(now - chrono::Duration::hours(3));
+    let (first, _) = rig.mac.receive(ANA, "three hours ago").await;
+    let contact = eventually("Ana in GHL with her message", async || {
+        let contact = rig.ghl.contact_by_phone(LOCATION, ANA)?;
+        (!rig.ghl.messages(&contact.id).is_empty()).then_some(contact)
+    })
+    .await;
+
+    // whatsnap is down while the Mac gets a message and its user types one, two hours ago:
+    // before the window, after the last message recorded.
+    rig.stop();
+    rig.mac.set_clock(now - chrono::Duration::hours(2));
+    let (missed, answered) = rig.mac.receive(ANA, "two hours ago").await;
+    assert_eq!(answered, [None], "nobody took the webhook");
+    let (typed, _) = rig.mac.type_on_mac(ANA, "typed two hours ago").await;
+    rig.restart().await;
+
+    let texts = eventually("both caught up in GHL", async || {
+        let texts: Vec<_> = rig
+            .ghl
+            .messages(&contact.id)
+            .into_iter()
+            .filter_map(|m| Some((m.message?, m.direction)))
+            .collect();
+        (texts.len() >= 3).then_some(texts)
+    })
+    .await;
+    for (text, direction) in [
+        ("three hours ago", "inbound"),
+        ("two hours ago", "inbound"),
+        ("typed two hours ago", "outbound"),
+    ] {
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|(t, d)| t == text && d == direction)
+                .count(),
+            1,
+            "{text:?} in GHL once: {texts:?}"
+        );
+    }
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    for guid in [&first, &missed, &typed] {
+        assert_eq!(
+            rig.observed(&account.account_id, guid)
+                .await
+                .iter()
+                .filter(|(t, _)| t == "InboundMessageReceived")
+                .count(),
+            1,
+            "recorded once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

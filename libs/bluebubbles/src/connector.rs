@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,8 +46,9 @@ pub struct BlueBubblesConfig {
     pub request_timeout: Duration,
     /// How often a Mac is pinged: what notices it went offline.
     pub ping_interval: Duration,
-    /// How far back an account catches up when whatsnap starts (before it knows the last
-    /// message it saw); what was already recorded is recognised by its GUID.
+    /// How far back an account that has recorded no message yet (a Mac just added) catches
+    /// up; an account that has catches up from its last message recorded, however long ago.
+    /// What was already recorded is recognised by its GUID.
     pub catch_up: Duration,
 }
 
@@ -127,9 +128,10 @@ pub(crate) struct Opened {
 /// The iMessage engine: BlueBubbles Server on each account's Mac.
 pub struct BlueBubblesConnector {
     config: BlueBubblesConfig,
-    /// The creation time (ms) of the last message seen per account, webhook or query: where
-    /// the next catch-up starts.
-    pub(crate) seen_until: Mutex<HashMap<Uuid, i64>>,
+    /// The creation time (ms) of the last message seen per account since whatsnap started,
+    /// webhook or query: where the next catch-up starts when it is later than the last one
+    /// recorded when the link started ([`AccountRef::last_message_at`]).
+    seen_until: Mutex<HashMap<Uuid, i64>>,
 }
 
 impl fmt::Debug for BlueBubblesConnector {
@@ -182,9 +184,17 @@ impl BlueBubblesConnector {
         })
     }
 
+    /// The last message seen per account. A panic while it was held leaves it whole (one
+    /// insert or removal), so a poisoned lock is taken as it is.
+    pub(crate) fn seen_until(&self) -> MutexGuard<'_, HashMap<Uuid, i64>> {
+        self.seen_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Remembers that the account has seen messages up to `created` (ms).
     pub(crate) fn saw(&self, account_id: Uuid, created: i64) {
-        let mut seen = self.seen_until.lock().expect("seen_until lock");
+        let mut seen = self.seen_until();
         let until = seen.entry(account_id).or_insert(created);
         *until = (*until).max(created);
     }

@@ -6,8 +6,10 @@
 //! reports the account connected; when it stops answering, it reports the Mac offline with the
 //! reason, which alerts.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,6 +22,33 @@ use crate::connector::{BlueBubblesConnector, Opened, webhook_path};
 
 /// How many messages one catch-up query asks for (BlueBubbles' most).
 const PAGE: u32 = 1000;
+
+/// How far (ms) before the last message recorded a catch-up starts: a message whose webhook
+/// was lost while a slightly later one's was recorded, or one dated by whatsnap's clock because
+/// the Mac gave no date, is not missed. What it reads again is recognised by its GUID.
+const RECORDED_OVERLAP_MS: i64 = 60_000;
+
+/// Where a catch-up starts (ms, included): the later of the last message this process saw and
+/// the last one recorded when the link started (less [`RECORDED_OVERLAP_MS`]), so an outage of
+/// whatsnap of any length loses nothing; `window` back from `now` only for an account that has
+/// recorded no message yet.
+fn catch_up_from(
+    seen: Option<i64>,
+    recorded: Option<DateTime<Utc>>,
+    window: Duration,
+    now: DateTime<Utc>,
+) -> i64 {
+    let recorded = recorded.map(|at| at.timestamp_millis() - RECORDED_OVERLAP_MS);
+    let since = match (seen, recorded) {
+        (Some(seen), Some(recorded)) => seen.max(recorded),
+        (Some(since), None) | (None, Some(since)) => since,
+        (None, None) => {
+            let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));
+            (now - window).timestamp_millis()
+        }
+    };
+    since.max(0)
+}
 
 /// What the session last told the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,21 +148,18 @@ impl Watch<'_> {
         Ok(())
     }
 
-    /// Reports every message created since the last one seen (or the configured window when
-    /// whatsnap just started): what webhooks missed while whatsnap or the Mac was away.
-    /// Messages already recorded are recognised by their GUID downstream.
+    /// Reports every message created since the last one whatsnap recorded or this process saw:
+    /// what webhooks missed while whatsnap or the Mac was away. Messages already recorded are
+    /// recognised by their GUID downstream.
     async fn catch_up(&self) -> Result<(), BlueBubblesError> {
         let account_id = self.account.account_id;
-        let window = chrono::Duration::from_std(self.connector.config().catch_up)
-            .unwrap_or(chrono::Duration::days(1));
-        let since = self
-            .connector
-            .seen_until
-            .lock()
-            .expect("seen_until lock")
-            .get(&account_id)
-            .copied()
-            .unwrap_or_else(|| (Utc::now() - window).timestamp_millis());
+        let seen = self.connector.seen_until().get(&account_id).copied();
+        let since = catch_up_from(
+            seen,
+            self.account.last_message_at,
+            self.connector.config().catch_up,
+            Utc::now(),
+        );
         let mut offset = 0;
         let mut reported = 0;
         loop {
@@ -248,10 +274,51 @@ impl Session for BlueBubblesConnector {
                     .map_err(BlueBubblesError::into_connector_error)?;
             }
         }
-        self.seen_until
-            .lock()
-            .expect("seen_until lock")
-            .remove(&account.account_id);
+        self.seen_until().remove(&account.account_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    #[test]
+    fn a_restart_catches_up_from_the_last_message_recorded_however_long_ago() {
+        let now = at(1_800_000_000_000);
+        let week_ago = now - chrono::Duration::days(7);
+        assert_eq!(
+            catch_up_from(None, Some(week_ago), DAY, now),
+            week_ago.timestamp_millis() - RECORDED_OVERLAP_MS,
+            "the window does not cut a longer outage short"
+        );
+    }
+
+    #[test]
+    fn a_later_message_seen_since_the_start_moves_the_catch_up_on() {
+        let now = at(1_800_000_000_000);
+        let recorded = now - chrono::Duration::hours(2);
+        let seen = (now - chrono::Duration::minutes(5)).timestamp_millis();
+        assert_eq!(catch_up_from(Some(seen), Some(recorded), DAY, now), seen);
+        let earlier = (recorded - chrono::Duration::hours(1)).timestamp_millis();
+        assert_eq!(
+            catch_up_from(Some(earlier), Some(recorded), DAY, now),
+            recorded.timestamp_millis() - RECORDED_OVERLAP_MS
+        );
+    }
+
+    #[test]
+    fn an_account_that_recorded_nothing_catches_up_over_the_window() {
+        let now = at(1_800_000_000_000);
+        assert_eq!(
+            catch_up_from(None, None, Duration::from_secs(60), now),
+            now.timestamp_millis() - 60_000
+        );
     }
 }

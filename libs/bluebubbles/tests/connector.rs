@@ -1,6 +1,6 @@
 //! The connector against the strict fake Mac: adding a Mac, sending into the contact's chat,
 //! finding a send whose answer was lost, the webhook's secret, and the session's webhook
-//! registration, catch-up, offline report and logout.
+//! registration, catch-up (from the last message recorded), offline report and logout.
 
 use std::time::Duration;
 
@@ -59,6 +59,7 @@ async fn added(connector: &BlueBubblesConnector, mac: &FakeBlueBubbles) -> Accou
         phone_number: None,
         settings,
         secret_key: key(),
+        last_message_at: None,
     }
 }
 
@@ -129,6 +130,50 @@ async fn a_reply_goes_into_the_contacts_chat_and_a_lost_answer_is_found() {
             .unwrap(),
         None
     );
+}
+
+#[tokio::test]
+async fn the_session_catches_up_from_the_last_message_recorded_however_old() {
+    let mac = FakeBlueBubbles::start().await.unwrap();
+    let mut config = BlueBubblesConfig::new("https://whatsnap.example.com");
+    config.request_timeout = Duration::from_secs(1);
+    // The window of an account that has recorded nothing: the messages below are older.
+    config.catch_up = Duration::from_secs(60);
+    let connector = BlueBubblesConnector::new(config);
+    let mut account = added(&connector, &mac).await;
+    let now = chrono::Utc::now();
+    mac.set_clock(now - chrono::Duration::hours(6));
+    mac.receive(ANA, "long before").await;
+    mac.set_clock(now - chrono::Duration::hours(5));
+    let (recorded, _) = mac.receive(ANA, "the last one recorded").await;
+    mac.set_clock(now - chrono::Duration::hours(2));
+    let (missed, _) = mac.receive(ANA, "while whatsnap was down").await;
+    account.last_message_at = Some(now - chrono::Duration::hours(5));
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            connector
+                .session()
+                .unwrap()
+                .run(&account, LinkMethod::Qr, tx, stop)
+                .await
+        })
+    };
+    let mut reported = Vec::new();
+    loop {
+        match rx.recv().await.unwrap() {
+            ConnectorEvent::Connected { .. } => break,
+            ConnectorEvent::Message(m) => reported.push(m.provider_message_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The last one recorded is read again (downstream knows its GUID); nothing before it.
+    assert_eq!(reported, [recorded, missed]);
+    stop.cancel();
+    assert_eq!(run.await.unwrap().reason, DisconnectReason::Stopped);
 }
 
 #[tokio::test]

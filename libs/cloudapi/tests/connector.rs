@@ -60,6 +60,7 @@ async fn account(meta: &FakeCloudApi, number: &FakeCloudNumber) -> AccountRef {
         phone_number: Some("+15550001111".into()),
         settings,
         secret_key: key(),
+        last_message_at: None,
     }
 }
 

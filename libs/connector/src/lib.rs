@@ -36,6 +36,12 @@ pub struct AccountRef {
     pub settings: serde_json::Value,
     /// Opens the sealed secrets in `settings`.
     pub secret_key: SecretKey,
+    /// When the last message whatsnap recorded for the account (received, or typed on its own
+    /// device) was created, as the platform dated it: where a live link catches up from after
+    /// whatsnap or the device was away, when the platform does not resend what it could not
+    /// deliver (BlueBubbles). Looked up where a live link starts; `None` when the account has
+    /// recorded no message, or where no link starts (a send, a webhook).
+    pub last_message_at: Option<DateTime<Utc>>,
 }
 
 impl fmt::Debug for AccountRef {

@@ -35,6 +35,7 @@ fn account_ref(account_id: Uuid, settings: serde_json::Value) -> AccountRef {
         phone_number: None,
         settings,
         secret_key: secret_key(),
+        last_message_at: None,
     }
 }
 

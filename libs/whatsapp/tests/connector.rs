@@ -77,6 +77,7 @@ fn account() -> AccountRef {
         phone_number: None,
         settings: serde_json::json!({}),
         secret_key: key(),
+        last_message_at: None,
     }
 }
 

@@ -45,7 +45,8 @@ pub(crate) async fn record_delivery(
         .map(drop)
 }
 
-/// The account as a connector needs it.
+/// The account as a connector needs it. `last_message_at` is not in the account's stream (a
+/// message has its own): the supervisor looks it up in the read model when a link starts.
 pub fn account_ref(
     location: &LocationId,
     state: &AccountState,
@@ -63,6 +64,7 @@ pub fn account_ref(
         phone_number: state.phone_number.clone(),
         settings,
         secret_key: secret_key.clone(),
+        last_message_at: None,
     })
 }
 

@@ -1117,6 +1117,14 @@ impl Session {
         account_id: Uuid,
         message: &ObservedMessage,
     ) -> ServiceResult<bool> {
+        // A redelivery (a webhook posted again, a catch-up reading again what was recorded) is
+        // recognised first: an echo of whatsnap's own reply is never recorded, so this does not
+        // wait for a send's answer as the check below may.
+        let message_id = inbound_message_id_for(account_id, &message.provider_message_id);
+        let recorded = StreamId::for_uuid(location.clone(), AggregateKind::Message, message_id);
+        if !self.store.read_stream(&recorded, 1, 1).await?.is_empty() {
+            return Ok(false);
+        }
         if message.from_me
             && self
                 .own_send(account_id, &message.provider_message_id)

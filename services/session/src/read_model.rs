@@ -1,4 +1,5 @@
-//! `session_accounts`: every account with its latest state, for listing.
+//! `session_accounts`: every account with its latest state, for listing, and when its last
+//! message was created (where a live link catches up from).
 
 use std::collections::HashSet;
 
@@ -54,6 +55,24 @@ async fn set_status(
     .map(drop)
 }
 
+/// Moves the account's last message forward to `created` (a message recorded out of order,
+/// or released from hold later, leaves it where it is).
+async fn saw_message(
+    conn: &mut AnyConnection,
+    account_id: uuid::Uuid,
+    created: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE session_accounts SET last_message_at_ms = $1 \
+         WHERE account_id = $2 AND (last_message_at_ms IS NULL OR last_message_at_ms < $1)",
+    )
+    .bind(created.timestamp_millis())
+    .bind(account_id.to_string())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 #[async_trait]
 impl Projection<Any> for AccountsProjection {
     fn name(&self) -> &str {
@@ -66,6 +85,8 @@ impl Projection<Any> for AccountsProjection {
             "ALTER TABLE session_accounts ADD COLUMN engine TEXT; ALTER TABLE session_accounts ADD COLUMN status_reason TEXT",
             "CREATE TABLE whatsapp_identities (location_id TEXT NOT NULL, lid TEXT NOT NULL, phone TEXT NOT NULL, PRIMARY KEY (location_id, lid)); \
              CREATE TABLE held_messages (location_id TEXT NOT NULL, lid TEXT NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (location_id, message_id))",
+            // ms since the epoch, as the platform dated the message.
+            "ALTER TABLE session_accounts ADD COLUMN last_message_at_ms BIGINT",
         ]
     }
 
@@ -76,10 +97,12 @@ impl Projection<Any> for AccountsProjection {
     ) -> Result<(), ApplyError> {
         let location = event.location_id().to_string();
         if event.stream.kind() == whatsnap_events::AggregateKind::Message {
-            // Only the messages held for a sender's number concern this read model.
+            // Only the messages seen in the accounts' chats concern this read model: when the
+            // last one was created, and those held for a sender's number.
             match event.event_type.as_str() {
                 "InboundMessageHeld" => {
                     if let Event::InboundMessageHeld(e) = event.decode()? {
+                        saw_message(conn, e.account_id, e.received_at).await?;
                         sqlx::query(
                             "INSERT INTO held_messages (location_id, lid, message_id) VALUES ($1, $2, $3) \
                              ON CONFLICT (location_id, message_id) DO NOTHING",
@@ -92,16 +115,17 @@ impl Projection<Any> for AccountsProjection {
                     }
                 }
                 "InboundMessageReceived" => {
-                    if let Event::InboundMessageReceived(e) = event.decode()?
-                        && e.sender_lid.is_some()
-                    {
-                        sqlx::query(
-                            "DELETE FROM held_messages WHERE location_id = $1 AND message_id = $2",
-                        )
-                        .bind(&location)
-                        .bind(e.message_id.to_string())
-                        .execute(conn)
-                        .await?;
+                    if let Event::InboundMessageReceived(e) = event.decode()? {
+                        saw_message(conn, e.account_id, e.received_at).await?;
+                        if e.sender_lid.is_some() {
+                            sqlx::query(
+                                "DELETE FROM held_messages WHERE location_id = $1 AND message_id = $2",
+                            )
+                            .bind(&location)
+                            .bind(e.message_id.to_string())
+                            .execute(conn)
+                            .await?;
+                        }
                     }
                 }
                 _ => {}
@@ -271,6 +295,22 @@ pub(crate) async fn linkable(db: &ReadDb, engines: &[&str]) -> sqlx::Result<Vec<
         })
         .map(|row| (row.get("location_id"), row.get("account_id")))
         .collect())
+}
+
+/// When the last message recorded for the account (received, or typed on its own device) was
+/// created, as the platform dated it (`received_at` of its event); `None` when none was.
+pub(crate) async fn last_message_at(
+    db: &ReadDb,
+    account_id: uuid::Uuid,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let ms: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT last_message_at_ms FROM session_accounts WHERE account_id = $1")
+            .bind(account_id.to_string())
+            .fetch_optional(db)
+            .await?;
+    Ok(ms
+        .flatten()
+        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis))
 }
 
 /// The message whatsnap sent through `account_id` that the provider calls

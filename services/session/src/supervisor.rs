@@ -167,9 +167,23 @@ impl Supervisor {
             if !state.wants_link() || stop.is_cancelled() {
                 return;
             }
-            let Some((connector, account)) = self.link_of(&location, &state) else {
+            let Some((connector, mut account)) = self.link_of(&location, &state) else {
                 return;
             };
+            // Looked up at every start, not kept: what the link recorded before it ended (or
+            // before whatsnap stopped) is where the next one catches up from.
+            account.last_message_at =
+                match read_model::last_message_at(&self.session.db, account_id).await {
+                    Ok(at) => at,
+                    Err(err) => {
+                        warn!(%account_id, error = %err, "cannot read the account's last message");
+                        failures += 1;
+                        if self.pause(failures, &stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
             let method = match &state.pairing_phone_number {
                 Some(number) if state.status == Status::Linking => LinkMethod::PairingCode {
                     phone_number: number.clone(),

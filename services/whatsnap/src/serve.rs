@@ -278,9 +278,9 @@ pub struct ServeArgs {
     /// account disconnected (and alerts) within this time.
     #[arg(long, env = "WHATSNAP_BLUEBUBBLES_PING_INTERVAL", default_value = "30", value_parser = seconds)]
     bluebubbles_ping_interval: Duration,
-    /// How far back (seconds) each Mac is asked for missed messages when whatsnap starts, before
-    /// it has seen one from that Mac (later catch-ups start from the last message seen). Raise it
-    /// before starting whatsnap again after an outage longer than this.
+    /// How far back (seconds) a Mac is asked for missed messages when its iMessage account has
+    /// recorded none yet (a Mac just added). Every other catch-up starts from the account's
+    /// last message recorded, however long ago.
     #[arg(long, env = "WHATSNAP_BLUEBUBBLES_CATCH_UP", default_value = "86400", value_parser = seconds)]
     bluebubbles_catch_up: Duration,
     /// Meta's Graph API, which WhatsApp Cloud API accounts (`--engine cloud`) are reached

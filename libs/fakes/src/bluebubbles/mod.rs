@@ -13,7 +13,8 @@
 //! [`FakeBlueBubbles::type_on_mac`], [`FakeBlueBubbles::mark_delivered`] /
 //! [`FakeBlueBubbles::mark_read`], [`FakeBlueBubbles::set_reachable`] (the Mac asleep: requests
 //! hang, as packets to a sleeping Mac do), [`FakeBlueBubbles::accept_then_hang_next_send`] (the
-//! Mac sends, then the answer never comes).
+//! Mac sends, then the answer never comes), [`FakeBlueBubbles::set_clock`] (the Mac's time,
+//! which dates its messages).
 
 mod server;
 mod state;
@@ -83,6 +84,14 @@ impl FakeBlueBubbles {
     /// up, and nothing is posted. Back (`true`): it answers again.
     pub fn set_reachable(&self, reachable: bool) {
         self.shared.lock().reachable = reachable;
+    }
+
+    /// Sets the Mac's clock to `now` (it runs on from there): the messages it stores from
+    /// then on are dated by it, so a test can make a message older than whatsnap's catch-up
+    /// window without waiting. Dates still increase with each message, as rows do.
+    pub fn set_clock(&self, now: chrono::DateTime<chrono::Utc>) {
+        self.shared.lock().clock_offset_ms =
+            now.timestamp_millis() - chrono::Utc::now().timestamp_millis();
     }
 
     /// The next send is made (stored and echoed), and then never answered.
@@ -175,7 +184,7 @@ impl FakeBlueBubbles {
     async fn update(&self, guid: &str, read: bool) -> Vec<Option<u16>> {
         let json = {
             let mut inner = self.shared.lock();
-            let now = chrono::Utc::now().timestamp_millis();
+            let now = inner.now_ms();
             let Some(message) = inner.messages.iter_mut().find(|m| m.guid == guid) else {
                 return Vec::new();
             };

@@ -109,6 +109,9 @@ pub(super) struct Inner {
     /// `tempGuid`s of sends not answered yet (the server's `sendCache`).
     pub in_flight: HashSet<String>,
     pub deliveries: Vec<FakeBbDelivery>,
+    /// How far (ms) the Mac's clock is ahead of the real one (behind when negative): what
+    /// dates its messages.
+    pub clock_offset_ms: i64,
 }
 
 impl Inner {
@@ -123,7 +126,13 @@ impl Inner {
             messages: Vec::new(),
             in_flight: HashSet::new(),
             deliveries: Vec::new(),
+            clock_offset_ms: 0,
         }
+    }
+
+    /// The Mac's time, ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.clock_offset_ms
     }
 
     pub fn add_webhook(&mut self, url: &str, events: Vec<String>) -> Value {
@@ -157,7 +166,7 @@ impl Inner {
         self.chats.insert(chat.to_owned());
         let row = self.messages.len() as i64 + 1;
         // Creation times strictly increase, as rows do.
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = self.now_ms();
         let date_created = self
             .messages
             .last()
