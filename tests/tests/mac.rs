@@ -282,21 +282,21 @@ async fn a_mac_added_and_paired_round_trips_imessages_with_ghl() {
         !printed.contains(FakeBlueBubbles::PASSWORD),
         "the password is not printed: {printed}"
     );
-    let account = rig
-        .accounts()
-        .list_accounts(session::ListAccountsRequest {
-            location_id: LOCATION.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts
-        .pop()
-        .unwrap();
-    assert_eq!(
-        (account.engine.as_str(), account.status.as_str()),
-        ("bluebubbles", "connected")
-    );
+    // The list is a read model: it shows the account connected once it has caught up.
+    let account = eventually("the account listed as connected", async || {
+        rig.accounts()
+            .list_accounts(session::ListAccountsRequest {
+                location_id: LOCATION.into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .accounts
+            .pop()
+            .filter(|account| account.status == "connected")
+    })
+    .await;
+    assert_eq!(account.engine, "bluebubbles");
     let hooks = rig.mac.webhooks();
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert!(
