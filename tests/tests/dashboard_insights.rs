@@ -292,6 +292,7 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
                 .list_contacts(whatsnap_proto::contacts::v1::ListContactsRequest {
                     location_id: LOCATION_A.into(),
                     limit: 10,
+                    query: String::new(),
                 })
                 .await
                 .ok()?

@@ -43,6 +43,20 @@ struct Rig {
 }
 
 impl Rig {
+    /// The texts of a GHL conversation with their directions, once it has at least `count`.
+    async fn ghl_texts(&self, contact_id: &str, count: usize, what: &str) -> Vec<(String, String)> {
+        eventually(what, async || {
+            let texts: Vec<_> = self
+                .ghl
+                .messages(contact_id)
+                .into_iter()
+                .filter_map(|m| Some((m.message?, m.direction)))
+                .collect();
+            (texts.len() >= count).then_some(texts)
+        })
+        .await
+    }
+
     async fn start(extra: &[&str]) -> Self {
         let ghl = FakeGhl::start().await.unwrap();
         let mac = FakeBlueBubbles::start().await.unwrap();
@@ -576,16 +590,7 @@ async fn messages_that_arrive_while_whatsnap_is_down_appear_once_after_it_starts
     rig.mac.type_on_mac(ANA, "typed meanwhile").await;
     rig.restart().await;
 
-    let texts = eventually("both caught up in GHL", async || {
-        let texts: Vec<_> = rig
-            .ghl
-            .messages(&contact.id)
-            .into_iter()
-            .filter_map(|m| Some((m.message?, m.direction)))
-            .collect();
-        (texts.len() >= 3).then_some(texts)
-    })
-    .await;
+    let texts = rig.ghl_texts(&contact.id, 3, "both caught up in GHL").await;
     assert!(
         texts.contains(&("while you were down".into(), "inbound".into())),
         "{texts:?}"
@@ -633,16 +638,7 @@ async fn after_a_long_outage_whatsnap_catches_up_from_the_last_message_it_record
     let (typed, _) = rig.mac.type_on_mac(ANA, "typed two hours ago").await;
     rig.restart().await;
 
-    let texts = eventually("both caught up in GHL", async || {
-        let texts: Vec<_> = rig
-            .ghl
-            .messages(&contact.id)
-            .into_iter()
-            .filter_map(|m| Some((m.message?, m.direction)))
-            .collect();
-        (texts.len() >= 3).then_some(texts)
-    })
-    .await;
+    let texts = rig.ghl_texts(&contact.id, 3, "both caught up in GHL").await;
     for (text, direction) in [
         ("three hours ago", "inbound"),
         ("two hours ago", "inbound"),

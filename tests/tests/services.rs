@@ -565,6 +565,37 @@ async fn distributed_one_process_per_service() {
         );
     }
 
+    // The contacts service searches and counts on PostgreSQL: part of a number finds its one
+    // contact among all, and every contact carries the account's tag.
+    let found = api
+        .contacts
+        .list_contacts(contacts::ListContactsRequest {
+            location_id: LOCATION.into(),
+            limit: 0,
+            query: "555 1005".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let phones: Vec<_> = found.contacts.iter().map(|c| c.phone.as_str()).collect();
+    assert_eq!(phones, [phone(5).as_str()]);
+    assert_eq!(found.total, MESSAGES as u64 + 1, "and the first contact");
+    let counts = api
+        .contacts
+        .count_tags(contacts::CountTagsRequest {
+            location_id: LOCATION.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let support = counts
+        .tags
+        .iter()
+        .find(|t| t.tag == "whatsnap-account-support")
+        .map(|t| t.contacts);
+    assert_eq!(support, Some(MESSAGES as u64));
+    assert_eq!((counts.contacts, counts.untagged), (MESSAGES as u64 + 1, 0));
+
     // GHL users, as ghl-sync records them, are the assignment service's candidates; a user
     // deleted in GHL stays listed but inactive.
     let store = nats.store().await.unwrap();

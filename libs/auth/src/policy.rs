@@ -71,6 +71,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "VerifyTwilioWebhook", Read, LOC),
     (CONTACTS, "GetContact", Read, LOC),
     (CONTACTS, "ListContacts", Read, LOC),
+    (CONTACTS, "CountTags", Read, LOC),
     (CONTACTS, "ResolveRoute", Read, LOC),
     (CONTACTS, "TagContact", Write, LOC),
     (CONTACTS, "EraseContact", Write, LOC),

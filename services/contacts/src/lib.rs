@@ -626,17 +626,27 @@ impl pb::contacts_service_server::ContactsService for Contacts {
             0 => 100,
             n => n.min(1000),
         };
-        let ids: Vec<String> = sqlx::query(
-            "SELECT contact_id FROM contacts WHERE location_id = $1 ORDER BY created_position LIMIT $2",
-        )
-        .bind(location.to_string())
-        .bind(limit as i64)
-        .fetch_all(&self.db)
-        .await
-        .map_err(ServiceError::from)?
-        .iter()
-        .map(|r| r.get("contact_id"))
-        .collect();
+        let (condition, patterns) = search::condition(&request.query, 3);
+        // Safe to format in: `condition` holds numbered placeholders, never what was typed.
+        let sql = format!(
+            "SELECT contact_id FROM contacts WHERE location_id = $1{condition} \
+             ORDER BY created_position LIMIT $2"
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(location.to_string())
+            .bind(limit as i64);
+        for pattern in patterns {
+            query = query.bind(pattern);
+        }
+        let ids: Vec<String> = query
+            .fetch_all(&self.db)
+            .await
+            .map_err(ServiceError::from)?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
+            .bind(location.to_string())
+            .fetch_one(&self.db)
+            .await
+            .map_err(ServiceError::from)?;
         let mut contacts = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(contact) = contact_row(&self.db, &id)
@@ -646,7 +656,112 @@ impl pb::contacts_service_server::ContactsService for Contacts {
                 contacts.push(contact);
             }
         }
-        Ok(Response::new(pb::ListContactsResponse { contacts }))
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts,
+            total: total as u64,
+        }))
+    }
+
+    async fn count_tags(
+        &self,
+        request: Request<pb::CountTagsRequest>,
+    ) -> Result<Response<pb::TagCounts>, Status> {
+        let location = whatsnap_rpc::location(&request.into_inner().location_id)?;
+        let tags = sqlx::query(
+            "SELECT t.tag AS tag, COUNT(*) AS contacts FROM contact_tags t \
+             JOIN contacts c ON c.contact_id = t.contact_id WHERE c.location_id = $1 \
+             GROUP BY t.tag ORDER BY t.tag",
+        )
+        .bind(location.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(ServiceError::from)?
+        .iter()
+        .map(|row| pb::TagCount {
+            tag: row.get("tag"),
+            contacts: row.get::<i64, _>("contacts") as u64,
+        })
+        .collect();
+        let count = |sql: &'static str| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(location.to_string())
+                .fetch_one(&self.db)
+        };
+        let contacts = count("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
+            .await
+            .map_err(ServiceError::from)?;
+        let untagged = count(
+            "SELECT COUNT(*) FROM contacts c WHERE c.location_id = $1 AND NOT EXISTS (\
+             SELECT 1 FROM contact_tags t JOIN contacts_accounts a ON a.tag = t.tag \
+             WHERE t.contact_id = c.contact_id AND a.location_id = c.location_id \
+             AND a.removed = 0)",
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::TagCounts {
+            tags,
+            contacts: contacts as u64,
+            untagged: untagged as u64,
+        }))
+    }
+}
+
+/// What a search of the contacts looks for, as SQL.
+mod search {
+    /// `LIKE` patterns match `%` and `_` as wildcards: a typed one is matched as itself.
+    fn literal(text: &str) -> String {
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    }
+
+    /// The `AND …` that finds what `query` asks for, with its patterns, bound from placeholder
+    /// `$first` on: mostly digits look in the phone number, otherwise every word must be in the
+    /// name (in any case). Nothing for an empty query.
+    pub fn condition(query: &str, first: usize) -> (String, Vec<String>) {
+        let query = query.trim();
+        if query.is_empty() {
+            return (String::new(), Vec::new());
+        }
+        let digits: String = query.chars().filter(char::is_ascii_digit).collect();
+        if !digits.is_empty()
+            && digits.len() * 2 >= query.chars().filter(|c| !c.is_whitespace()).count()
+        {
+            return (
+                format!(" AND phone LIKE ${first} ESCAPE '\\'"),
+                vec![format!("%{digits}%")],
+            );
+        }
+        let words: Vec<String> = query
+            .to_lowercase()
+            .split_whitespace()
+            .map(|word| format!("%{}%", literal(word)))
+            .collect();
+        let condition = (0..words.len())
+            .map(|n| format!(" AND LOWER(name) LIKE ${} ESCAPE '\\'", first + n))
+            .collect();
+        (condition, words)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::condition;
+
+        #[test]
+        fn digits_search_phones_and_words_search_names() {
+            assert_eq!(condition("  ", 3), (String::new(), vec![]));
+            let (sql, patterns) = condition("+1 (555) 123-4567", 3);
+            assert_eq!(sql, " AND phone LIKE $3 ESCAPE '\\'");
+            assert_eq!(patterns, ["%15551234567%"]);
+            let (sql, patterns) = condition("Ana LIMA", 3);
+            assert_eq!(
+                sql,
+                " AND LOWER(name) LIKE $3 ESCAPE '\\' AND LOWER(name) LIKE $4 ESCAPE '\\'"
+            );
+            assert_eq!(patterns, ["%ana%", "%lima%"]);
+            // A typed wildcard is matched as itself.
+            assert_eq!(condition("50%_off", 3).1, ["%50\\%\\_off%"]);
+        }
     }
 }
 

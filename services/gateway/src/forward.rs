@@ -79,6 +79,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
 forward!(contacts::contacts_service_server::ContactsService, contacts::contacts_service_client::ContactsServiceClient<Channel> {
     get_contact(contacts::GetContactRequest) -> contacts::Contact;
     list_contacts(contacts::ListContactsRequest) -> contacts::ListContactsResponse;
+    count_tags(contacts::CountTagsRequest) -> contacts::TagCounts;
     resolve_route(contacts::ResolveRouteRequest) -> contacts::Route;
     tag_contact(contacts::TagContactRequest) -> contacts::Contact;
     apply_ghl_tags(contacts::ApplyGhlTagsRequest) -> contacts::Contact;

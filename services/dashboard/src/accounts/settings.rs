@@ -330,6 +330,22 @@ pub struct ActionForm {
     pairing_phone: String,
 }
 
+/// The viewer acting on account `id` from a form: signed in, with the form's CSRF token, and
+/// the account one of the form's location; or the answer instead.
+async fn acting_on(
+    dashboard: &Dashboard,
+    headers: &HeaderMap,
+    form: &ActionForm,
+    id: &str,
+) -> Result<crate::signin::Viewer, Response> {
+    let viewer = actor_of(dashboard, headers, &form.location, &form.csrf)
+        .map_err(IntoResponse::into_response)?;
+    load(dashboard, &form.location, id)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(viewer)
+}
+
 /// `POST /app/accounts/{id}/connect`: links the account again (a new QR code, or a pairing code
 /// for the number given), then shows the linking page.
 pub async fn connect(
@@ -338,11 +354,8 @@ pub async fn connect(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(answer) = actor_of(&dashboard, &headers, &form.location, &form.csrf) {
-        return answer.into_response();
-    }
-    if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer.into_response();
+    if let Err(answer) = acting_on(&dashboard, &headers, &form, &id).await {
+        return answer;
     }
     let connected = sessions(&dashboard)
         .connect_account(dashboard.request(session::ConnectAccountRequest {
@@ -376,13 +389,10 @@ pub async fn disconnect(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+    let viewer = match acting_on(&dashboard, &headers, &form, &id).await {
         Ok(viewer) => viewer,
-        Err(answer) => return answer.into_response(),
+        Err(answer) => return answer,
     };
-    if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer.into_response();
-    }
     let disconnected = sessions(&dashboard)
         .disconnect_account(dashboard.request(session::DisconnectAccountRequest {
             location_id: form.location.clone(),
@@ -456,13 +466,10 @@ pub async fn remove(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let viewer = match actor_of(&dashboard, &headers, &form.location, &form.csrf) {
+    let viewer = match acting_on(&dashboard, &headers, &form, &id).await {
         Ok(viewer) => viewer,
-        Err(answer) => return answer.into_response(),
+        Err(answer) => return answer,
     };
-    if let Err(answer) = load(&dashboard, &form.location, &id).await {
-        return answer.into_response();
-    }
     let removed = sessions(&dashboard)
         .remove_account(dashboard.request(session::RemoveAccountRequest {
             location_id: form.location.clone(),
