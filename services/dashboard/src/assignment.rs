@@ -1,6 +1,9 @@
-//! The assignment page: an account's rules (a JSON editor validated as you type by the same
-//! check SetRules runs, forms that write the common strategies into it, a simulate preview over
-//! recorded history before saving) and the location's users with their availability.
+//! The assignment page: an account's rules (forms for every part of the rules language and the
+//! JSON view, two views of one document, checked as you type by the same check SetRules runs; a
+//! simulate preview over recorded history before saving) and the location's users with their
+//! availability.
+
+mod form;
 
 use askama::Template;
 use axum::Json;
@@ -16,6 +19,8 @@ use whatsnap_proto::session::v1 as session;
 use crate::Dashboard;
 use crate::pages::render;
 use crate::scoped::{self, Located};
+
+use form::RulesForm;
 
 fn client(
     dashboard: &Dashboard,
@@ -66,6 +71,8 @@ struct AssignmentPage {
     /// The account whose rules are shown; empty for the location's default rules.
     account: String,
     rules_json: String,
+    /// The form drawn from `rules_json` (the `rules_form.html` fragment).
+    form_html: String,
     version: u64,
     saved: Option<u64>,
     error: Option<String>,
@@ -177,6 +184,7 @@ async fn show(
     } else {
         StatusCode::OK
     };
+    let form_html = rules_form_html(&rules_json, &accounts);
     let (error, error_field) = match error {
         Some((message, field)) => (Some(message), field),
         None => (None, None),
@@ -192,6 +200,7 @@ async fn show(
             csrf: located.csrf,
             accounts,
             account,
+            form_html,
             rules_json,
             version,
             saved,
@@ -235,26 +244,223 @@ pub async fn validate(
     {
         return *response;
     }
-    match parse_rules_json(&body.rules_json) {
-        Ok((_, rules)) => Json(serde_json::json!({
-            "ok": true,
-            "summary": format!(
-                "valid: {} rule(s), first match wins: {}",
-                rules.rules.len(),
-                rules.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        }))
-        .into_response(),
+    let (status, answer) = check(&body.rules_json);
+    (status, Json(answer)).into_response()
+}
+
+/// SetRules' check of a rules document, as the page shows it: a summary, or the refusal with
+/// the bad field's path.
+fn check(rules_json: &str) -> (StatusCode, serde_json::Value) {
+    match parse_rules_json(rules_json) {
+        Ok((_, rules)) => (
+            StatusCode::OK,
+            serde_json::json!({
+                "ok": true,
+                "summary": format!(
+                    "valid: {} rule(s), first match wins: {}",
+                    rules.rules.len(),
+                    rules.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        ),
         Err(error) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({
+            serde_json::json!({
                 "ok": false,
                 "error": error.to_string(),
                 "field": error.field(),
-            })),
-        )
-            .into_response(),
+            }),
+        ),
     }
+}
+
+fn strs(list: &[String]) -> Vec<&str> {
+    list.iter().map(String::as_str).collect()
+}
+
+/// One choice of a select or a box of a group, as the form shows it.
+struct Choice {
+    value: String,
+    label: String,
+    checked: bool,
+}
+
+/// The choices of `options` with those in `selected` ticked. A value the form does not know is
+/// kept as a ticked choice of its own, so that the check names it rather than the form
+/// dropping it.
+fn choices(options: &[(&str, &str)], selected: &[&str]) -> Vec<Choice> {
+    let mut all: Vec<Choice> = options
+        .iter()
+        .map(|(value, label)| Choice {
+            value: (*value).to_owned(),
+            label: (*label).to_owned(),
+            checked: selected.contains(value),
+        })
+        .collect();
+    for value in selected {
+        if !options.iter().any(|(known, _)| known == value) {
+            all.push(Choice {
+                value: (*value).to_owned(),
+                label: format!("{value} (not a known choice)"),
+                checked: true,
+            });
+        }
+    }
+    all
+}
+
+#[derive(Template)]
+#[template(path = "rules_form.html")]
+struct RulesFormView {
+    /// The field the form cannot show (empty: the whole document), instead of the form.
+    not_shown: Option<String>,
+    form: RulesForm,
+    /// Each day's key, name and ranges as typed.
+    days: Vec<(&'static str, &'static str, String)>,
+    multi_touch: Vec<Choice>,
+    manual: Vec<Choice>,
+    rules: Vec<RuleView>,
+}
+
+struct RuleView {
+    index: usize,
+    /// As people count: from 1.
+    number: usize,
+    last: bool,
+    /// `rules[0]`: where the check's field paths for this rule start.
+    path: String,
+    users_key: &'static str,
+    strategies: Vec<Choice>,
+    hours: Vec<Choice>,
+    existed: Vec<Choice>,
+    channels: Vec<Choice>,
+    accounts: Vec<Choice>,
+    triggers: Vec<Choice>,
+    window_days: Vec<Choice>,
+    rule: form::RuleForm,
+}
+
+/// The form of a rules document (the `rules_form.html` fragment); `accounts` are the location's,
+/// offered as conditions.
+fn rules_form_html(rules_json: &str, accounts: &[session::Account]) -> String {
+    let shown = serde_json::from_str::<serde_json::Value>(rules_json)
+        .map_err(|_| form::NotShown {
+            field: String::new(),
+        })
+        .and_then(|value| RulesForm::show(&value));
+    let view = match shown {
+        Ok(form) => form_view(form, accounts),
+        Err(not_shown) => RulesFormView {
+            not_shown: Some(not_shown.field),
+            form: RulesForm::default(),
+            days: Vec::new(),
+            multi_touch: Vec::new(),
+            manual: Vec::new(),
+            rules: Vec::new(),
+        },
+    };
+    view.render().unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "the rules form did not render");
+        "<p class=\"error\">The form is not available: edit the JSON.</p>".to_owned()
+    })
+}
+
+fn form_view(form: RulesForm, accounts: &[session::Account]) -> RulesFormView {
+    let account_options: Vec<(String, String)> = accounts
+        .iter()
+        .map(|a| (a.account_id.clone(), format!("{} ({})", a.name, a.tag)))
+        .collect();
+    let last = form.rules.len().saturating_sub(1);
+    let rules = form
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            let options: Vec<(&str, &str)> = account_options
+                .iter()
+                .map(|(id, label)| (id.as_str(), label.as_str()))
+                .collect();
+            RuleView {
+                index,
+                number: index + 1,
+                last: index == last,
+                path: format!("rules[{index}]"),
+                users_key: rule.users_key(),
+                strategies: choices(&form::STRATEGIES, &[rule.strategy.as_str()]),
+                hours: choices(&form::HOURS, &[rule.hours.as_str()]),
+                existed: choices(&form::EXISTED, &[rule.existed_before.as_str()]),
+                channels: choices(&form::CHANNELS, &strs(&rule.channels)),
+                accounts: choices(&options, &strs(&rule.accounts)),
+                triggers: choices(&form::TRIGGERS, &strs(&rule.triggers)),
+                window_days: choices(&form::DAYS, &strs(&rule.window_days)),
+                rule: rule.clone(),
+            }
+        })
+        .collect();
+    RulesFormView {
+        not_shown: None,
+        days: form::DAYS
+            .iter()
+            .zip(&form.business_hours)
+            .map(|((key, label), ranges)| (*key, *label, ranges.clone()))
+            .collect(),
+        multi_touch: choices(&form::MULTI_TOUCH, &[form.multi_touch.as_str()]),
+        manual: choices(&form::MANUAL, &[form.manual.as_str()]),
+        rules,
+        form,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EditorBody {
+    location: String,
+    /// The JSON view's text, when it was edited.
+    #[serde(default)]
+    rules_json: String,
+    /// The form's fields as the browser holds them, when the form was edited (a ticked box
+    /// once per value).
+    #[serde(default)]
+    fields: Option<Vec<(String, String)>>,
+    /// A change to the list of rules: `add`, `remove:2`, `up:2`, `down:2`.
+    #[serde(default)]
+    action: String,
+    /// Whether the form is drawn again (after a change of its shape, or an edit of the JSON).
+    #[serde(default)]
+    render: bool,
+}
+
+/// `POST /app/assignment/editor` (JSON): one edit of either view. An edit of the form answers
+/// the JSON it makes; an edit of the JSON answers the form drawn from it; both with SetRules'
+/// check of the JSON. Changes nothing: a read-only viewer may use it, as the preview.
+pub async fn editor(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Json(body): Json<EditorBody>,
+) -> Response {
+    if let Err(response) =
+        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
+    {
+        return *response;
+    }
+    let (rules_json, focus) = match &body.fields {
+        Some(fields) => {
+            let mut form = RulesForm::from_fields(fields);
+            let focus = form.apply(&body.action);
+            (form.to_json_text(), focus)
+        }
+        None => (body.rules_json, None),
+    };
+    let (_, mut answer) = check(&rules_json);
+    if body.render {
+        let accounts = match scoped::accounts(&dashboard, &body.location).await {
+            Ok(accounts) => accounts,
+            Err(response) => return response,
+        };
+        answer["form"] = rules_form_html(&rules_json, &accounts).into();
+    }
+    answer["focus"] = focus.into();
+    answer["rules_json"] = rules_json.into();
+    Json(answer).into_response()
 }
 
 #[derive(Template)]
