@@ -54,6 +54,8 @@
     note.appendChild(code);
     note.appendChild(document.createTextNode(" " + message));
     target.setAttribute("aria-invalid", "true");
+    var folded = target.closest("details");
+    if (folded) folded.open = true;
     if (target.matches("input, select")) {
       var described = (target.getAttribute("aria-describedby") || "").split(" ").filter(function (id) { return id && id !== "field-error"; });
       described.push("field-error");
@@ -62,7 +64,7 @@
     target.insertAdjacentElement("afterend", note);
   }
 
-  function show(ok, message, field) {
+  function show(ok, message, field, problem) {
     status.textContent = "";
     if (field) {
       var code = document.createElement("code");
@@ -74,7 +76,7 @@
     status.appendChild(document.createTextNode(message));
     status.className = ok ? "ok" : "error";
     editor.setAttribute("aria-invalid", ok ? "false" : "true");
-    markField(ok, message, field);
+    markField(ok, problem || message, field);
   }
 
   function fields() {
@@ -96,12 +98,15 @@
         if (answer.form !== undefined) {
           var active = document.activeElement;
           var focused = active && builder.contains(active) ? active.id : "";
+          var unfolded = [];
+          view.querySelectorAll("details[open]").forEach(function (d) { unfolded.push(d.id); });
           view.innerHTML = answer.form;
+          unfolded.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
           var focus = document.getElementById(answer.focus || focused);
           if (focus && fromForm) focus.focus();
         }
         if (answer.ok) show(true, answer.summary);
-        else show(false, answer.error || "not valid", answer.field);
+        else show(false, answer.error || "not valid", answer.field, answer.problem);
       })
       .catch(function () { show(false, "could not check the rules: is the dashboard reachable?"); });
     return pending;
@@ -129,6 +134,10 @@
     if (queued) return queued();
     return pending || Promise.resolve();
   }
+
+  // A refusal of a save, shown by the server: put it next to its field too.
+  var refused = status.querySelector("code.field");
+  if (refused) markField(false, status.textContent.slice(refused.textContent.length).trim(), refused.textContent);
 
   editor.addEventListener("input", function () { later(fromJson); });
   if (builder) {

@@ -11,7 +11,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use whatsnap_assignment::engine::parse_rules_json;
+use whatsnap_assignment::engine::{RulesJsonError, parse_rules_json};
 use whatsnap_proto::assignment::v1 as pb;
 use whatsnap_proto::display::{short, user_or_unassigned, when};
 use whatsnap_proto::session::v1 as session;
@@ -232,45 +232,31 @@ fn csrf_header(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
-/// `POST /app/assignment/validate` (JSON): the check SetRules runs, answered with the same
-/// message and the bad field's path.
-pub async fn validate(
-    State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    Json(body): Json<RulesBody>,
-) -> Response {
-    if let Err(response) =
-        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
-    {
-        return *response;
-    }
-    let (status, answer) = check(&body.rules_json);
-    (status, Json(answer)).into_response()
-}
-
 /// SetRules' check of a rules document, as the page shows it: a summary, or the refusal with
 /// the bad field's path.
-fn check(rules_json: &str) -> (StatusCode, serde_json::Value) {
+fn check(rules_json: &str) -> serde_json::Value {
     match parse_rules_json(rules_json) {
-        Ok((_, rules)) => (
-            StatusCode::OK,
-            serde_json::json!({
-                "ok": true,
-                "summary": format!(
-                    "valid: {} rule(s), first match wins: {}",
-                    rules.rules.len(),
-                    rules.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            }),
-        ),
-        Err(error) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Ok((_, rules)) => serde_json::json!({
+            "ok": true,
+            "summary": format!(
+                "valid: {} rule(s), first match wins: {}",
+                rules.rules.len(),
+                rules.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+        Err(error) => {
+            // What is wrong, without the path, for the note next to the field.
+            let problem = match &error {
+                RulesJsonError::Rules(rules) => rules.problem.clone(),
+                RulesJsonError::Json(_) => error.to_string(),
+            };
             serde_json::json!({
                 "ok": false,
                 "error": error.to_string(),
                 "field": error.field(),
-            }),
-        ),
+                "problem": problem,
+            })
+        }
     }
 }
 
@@ -330,6 +316,8 @@ struct RuleView {
     /// `rules[0]`: where the check's field paths for this rule start.
     path: String,
     users_key: &'static str,
+    /// How many conditions are set: the conditions start folded when none is.
+    conditions: usize,
     strategies: Vec<Choice>,
     hours: Vec<Choice>,
     existed: Vec<Choice>,
@@ -386,6 +374,7 @@ fn form_view(form: RulesForm, accounts: &[session::Account]) -> RulesFormView {
                 last: index == last,
                 path: format!("rules[{index}]"),
                 users_key: rule.users_key(),
+                conditions: rule.conditions(),
                 strategies: choices(&form::STRATEGIES, &[rule.strategy.as_str()]),
                 hours: choices(&form::HOURS, &[rule.hours.as_str()]),
                 existed: choices(&form::EXISTED, &[rule.existed_before.as_str()]),
@@ -450,7 +439,7 @@ pub async fn editor(
         }
         None => (body.rules_json, None),
     };
-    let (_, mut answer) = check(&rules_json);
+    let mut answer = check(&rules_json);
     if body.render {
         let accounts = match scoped::accounts(&dashboard, &body.location).await {
             Ok(accounts) => accounts,

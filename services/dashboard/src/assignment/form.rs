@@ -179,6 +179,24 @@ impl RuleForm {
         }
     }
 
+    /// How many of the rule's conditions are set.
+    pub fn conditions(&self) -> usize {
+        [
+            !self.sources.trim().is_empty(),
+            !self.accounts.is_empty(),
+            !self.channels.is_empty(),
+            !self.hours.is_empty(),
+            !self.window_days.is_empty()
+                || !self.window_from.trim().is_empty()
+                || !self.window_until.trim().is_empty(),
+            !self.existed_before.is_empty(),
+            !self.triggers.is_empty(),
+        ]
+        .into_iter()
+        .filter(|set| *set)
+        .count()
+    }
+
     /// The JSON key of the weighted list: a team has members, a round robin users.
     pub fn users_key(&self) -> &'static str {
         if self.strategy == "team" {
