@@ -208,15 +208,19 @@ async fn press_enter(client: &Client, css: &str) {
         .unwrap();
 }
 
+/// The id of the element with the keyboard focus (read in the page: the form is redrawn under
+/// a reference held here).
 async fn focused_id(client: &Client) -> String {
     client
-        .active_element()
+        .execute(
+            "return document.activeElement ? document.activeElement.id : '';",
+            Vec::new(),
+        )
         .await
         .unwrap()
-        .attr("id")
-        .await
-        .unwrap()
+        .as_str()
         .unwrap_or_default()
+        .to_owned()
 }
 
 /// The rules document the JSON view shows.

@@ -98,8 +98,9 @@
         if (answer.form !== undefined) {
           var active = document.activeElement;
           var focused = active && builder.contains(active) ? active.id : "";
+          // Conditions unfolded by hand stay so, unless the rules moved under them.
           var unfolded = [];
-          view.querySelectorAll("details[open]").forEach(function (d) { unfolded.push(d.id); });
+          if (!body.action) view.querySelectorAll("details[open]").forEach(function (d) { unfolded.push(d.id); });
           view.innerHTML = answer.form;
           unfolded.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
           var focus = document.getElementById(answer.focus || focused);
