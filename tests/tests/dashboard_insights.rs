@@ -170,8 +170,27 @@ async fn attr(client: &Client, css: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the rules form has taken in the last edit (it may be drawn again meanwhile).
+async fn settled(client: &Client) {
+    for _ in 0..200 {
+        let busy = client
+            .execute(
+                "var f = document.getElementById('rules-builder'); return f ? f.getAttribute('aria-busy') : null;",
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        if busy.as_str() != Some("true") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rules form never settled");
+}
+
 /// Types `text` into the field at `css`, once it is on the page.
 async fn fill(client: &Client, css: &str, text: &str) {
+    settled(client).await;
     client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -184,6 +203,7 @@ async fn fill(client: &Client, css: &str, text: &str) {
 }
 
 async fn click(client: &Client, css: &str) {
+    settled(client).await;
     client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -197,6 +217,7 @@ async fn click(client: &Client, css: &str) {
 
 /// Presses Enter on the control at `css`, as a keyboard user does.
 async fn press_enter(client: &Client, css: &str) {
+    settled(client).await;
     client
         .wait()
         .at_most(Duration::from_secs(20))

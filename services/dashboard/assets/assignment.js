@@ -87,15 +87,24 @@
 
   // Answers come back in any order; only the latest edit's is taken in. An edit typed is sent
   // after a short pause (`queued`), or at once when the JSON is about to be used.
-  var asked = 0, pending = null, timer = null, queued = null;
+  // `redraw`: the form is to be drawn by the next answer (one that should have was dropped, or
+  // is not taken in yet).
+  var asked = 0, pending = null, timer = null, queued = null, redraw = false;
+  // The form is busy from an edit until the answer to the last one is taken in.
+  function busy(yes) { builder.setAttribute("aria-busy", yes ? "true" : "false"); }
   function ask(body, fromForm) {
     var mine = ++asked;
+    busy(true);
+    if (body.render) redraw = true;
     pending = post("/app/assignment/editor", body)
       .then(function (response) { return response.json(); })
       .then(function (answer) {
         if (mine !== asked) return;
         if (fromForm) editor.value = answer.rules_json;
-        if (answer.form !== undefined) {
+        // An edit typed since is not in this form: drawing it now would lose that typing, so
+        // the next answer draws it instead.
+        if (answer.form !== undefined && !queued) {
+          redraw = false;
           var active = document.activeElement;
           var focused = active && builder.contains(active) ? active.id : "";
           // Conditions unfolded by hand stay so, unless the rules moved under them.
@@ -104,12 +113,16 @@
           view.innerHTML = answer.form;
           unfolded.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
           var focus = document.getElementById(answer.focus || focused);
-          if (focus && fromForm) focus.focus();
+          if (focus && fromForm && focus !== document.activeElement) focus.focus();
         }
         if (answer.ok) show(true, answer.summary);
         else show(false, answer.error || "not valid", answer.field, answer.problem);
+        if (!queued) busy(false);
       })
-      .catch(function () { show(false, "could not check the rules: is the dashboard reachable?"); });
+      .catch(function () {
+        busy(false);
+        show(false, "could not check the rules: is the dashboard reachable?");
+      });
     return pending;
   }
   function cancel() {
@@ -119,7 +132,7 @@
   }
   function fromForm(action, render) {
     cancel();
-    return ask({ fields: fields(), action: action || "", render: !!render }, true);
+    return ask({ fields: fields(), action: action || "", render: !!render || redraw }, true);
   }
   function fromJson() {
     cancel();
@@ -127,6 +140,7 @@
   }
   function later(send) {
     cancel();
+    busy(true);
     queued = send;
     timer = setTimeout(send, 300);
   }
@@ -147,7 +161,9 @@
     });
     builder.addEventListener("change", function (event) {
       var target = event.target;
-      if (target.matches("select, input[type=checkbox]")) fromForm("", target.hasAttribute("data-structural"));
+      // Drawn again: a strategy shows its own fields, a condition counts in its summary. The
+      // focus stays on the control by its id.
+      if (target.matches("select, input[type=checkbox]")) fromForm("", true);
     });
     builder.addEventListener("click", function (event) {
       var button = event.target.closest("button[data-action]");
