@@ -649,6 +649,20 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     // The page, loaded again, draws the saved rules in the form.
     assert_eq!(value_of(&client, "#r1-users").await, "u_ana:2, u_ben");
     assert_eq!(value_of(&client, "#f-holidays").await, "2026-12-25");
+    // Narrower than GHL's iframe, the forms still fit: nothing scrolls sideways.
+    client.set_window_size(600, 1500).await.unwrap();
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow.as_i64(),
+        Some(0),
+        "the page scrolls sideways at 600px"
+    );
     client.set_window_size(1000, 1500).await.unwrap();
 
     let csrf = client
