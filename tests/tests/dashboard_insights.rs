@@ -2,10 +2,12 @@
 //! (headless Chromium over WebDriver) against a real `whatsnap` with the fake Twilio and fake
 //! GHL around it. Given a Twilio account in location A that a contact has texted, and another
 //! location B, an operator of A signed in with their API token: edits the account's rules (a
-//! bad rule names its field, a good one previews over history, saving persists it), reads the
-//! contact's timeline with the reasons, its route and owner, sees the tags and the insights'
-//! charts carry the message, sees the alerts with what to do, and can see nothing of B however
-//! the URL is edited. Screenshots of each page go to `target/tmp/dashboard/`.
+//! bad rule typed as JSON names its field; with the forms, builds two rules with hours, a
+//! holiday and capacity, sees the JSON follow and a bad value refused at its field, moves a
+//! rule with the keyboard, previews over history, and saving stores what the JSON showed),
+//! reads the contact's timeline with the reasons, its route and owner, sees the tags and the
+//! insights' charts carry the message, sees the alerts with what to do, and can see nothing of
+//! B however the URL is edited. Screenshots of each page go to `target/tmp/dashboard/`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -141,6 +143,111 @@ async fn text_containing(client: &Client, css: &str, wanted: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{css} never said {wanted:?}; last: {last:?}");
+}
+
+/// The value of the form control at `css`, once it is on the page.
+async fn value_of(client: &Client, css: &str) -> String {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+async fn attr(client: &Client, css: &str, name: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+        .attr(name)
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// Waits until the rules form has taken in the last edit (it may be drawn again meanwhile).
+async fn settled(client: &Client) {
+    for _ in 0..200 {
+        let busy = client
+            .execute(
+                "var f = document.getElementById('rules-builder'); return f ? f.getAttribute('aria-busy') : null;",
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        if busy.as_str() != Some("true") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rules form never settled");
+}
+
+/// Types `text` into the field at `css`, once it is on the page.
+async fn fill(client: &Client, css: &str, text: &str) {
+    settled(client).await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn click(client: &Client, css: &str) {
+    settled(client).await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Presses Enter on the control at `css`, as a keyboard user does.
+async fn press_enter(client: &Client, css: &str) {
+    settled(client).await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .unwrap();
+}
+
+/// The id of the element with the keyboard focus (read in the page: the form is redrawn under
+/// a reference held here).
+async fn focused_id(client: &Client) -> String {
+    client
+        .execute(
+            "return document.activeElement ? document.activeElement.id : '';",
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The rules document the JSON view shows.
+async fn rules_shown(client: &Client) -> serde_json::Value {
+    let text = value_of(client, "#rules_json").await;
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("the JSON view: {err}: {text}"))
 }
 
 async fn type_rules(client: &Client, json: &str) {
@@ -393,6 +500,8 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     text_containing(&client, "h1", "Accounts").await;
 
     // Assignment: a bad rule names its field as the CLI does; a good one previews, then saves.
+    // As narrow as GHL's iframe, tall enough for the forms in one screenshot.
+    client.set_window_size(900, 2600).await.unwrap();
     client
         .goto(&format!(
             "{dashboard}/app/assignment?location={LOCATION_A}&account={}",
@@ -401,43 +510,8 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .await
         .unwrap();
     assert_eq!(text_of(&client, "h1").await, "Assignment");
-    // The quick-setup form writes a weighted round robin into the JSON, which checks valid.
-    client
-        .find(Locator::Css("#q-strategy option[value='weighted']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("q-users"))
-        .await
-        .unwrap()
-        .send_keys("u_ana:2, u_ben")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("q-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    text_containing(&client, "#validation", "valid: 1 rule(s)").await;
-    let written = client
-        .find(Locator::Id("rules_json"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap_or_default();
-    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
-    assert_eq!(
-        written["rules"][0],
-        serde_json::json!({"strategy": "round_robin",
-                           "users": [{"user": "u_ana", "weight": 2}, {"user": "u_ben", "weight": 1}]}),
-    );
+    // The JSON view: a bad rule names its field as the CLI does, and the form, drawn from the
+    // JSON, puts the refusal next to its input.
     type_rules(
         &client,
         r#"{"rules":[{"strategy":"round_robin","users":[]}]}"#,
@@ -445,9 +519,94 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     .await;
     let refused = text_containing(&client, "#validation", "rules[0].users").await;
     assert!(refused.contains("needs at least one user"), "{refused}");
+    text_containing(&client, "#field-error", "rules[0].users").await;
+    assert_eq!(attr(&client, "#r0-users", "aria-invalid").await, "true");
     screenshot(&client, "assignment-invalid-rule").await;
+    // A field the form has no input for: the form says which, and the JSON stays the editor.
+    type_rules(
+        &client,
+        r#"{"rules":[{"strategy":"user","user":"u_ben","note":"vip"}]}"#,
+    )
+    .await;
+    text_containing(&client, "#form-not-shown", "rules[0].note").await;
     type_rules(&client, r#"{"rules":[{"strategy":"user","user":"u_ben"}]}"#).await;
-    text_containing(&client, "#validation", "valid: 1 rule(s)").await;
+    assert_eq!(value_of(&client, "#r0-user").await, "u_ben");
+
+    // The forms: rule 1 gives Twilio contacts to Ben during business hours (New York,
+    // weekdays, Christmas off); rule 2, the fallback, shares the others between Ana (two turns)
+    // and Ben, at most 3 open contacts each.
+    fill(&client, "#f-time_zone", "America/New_York").await;
+    for day in ["mon", "tue", "wed", "thu", "fri"] {
+        fill(&client, &format!("#f-bh-{day}"), "09:00-17:00").await;
+    }
+    fill(&client, "#f-holidays", "2026-12-25").await;
+    // The conditions start folded while none is set.
+    click(&client, "#r0-when > summary").await;
+    click(&client, "#r0 input[value='twilio']").await;
+    click(&client, "#r0-hours option[value='business']").await;
+    click(&client, "#add-rule").await;
+    fill(&client, "#r1-users", "u_ana:2, u_ben").await;
+    // A bad value typed in the form is refused at its field, with the CLI's path.
+    fill(&client, "#f-max_open", "0").await;
+    let refused = text_containing(&client, "#field-error", "capacity.max_open").await;
+    assert!(
+        refused.contains("must be a whole number of at least 1"),
+        "{refused}"
+    );
+    assert_eq!(attr(&client, "#f-max_open", "aria-invalid").await, "true");
+    text_containing(&client, "#validation", "capacity.max_open").await;
+    screenshot(&client, "assignment-form-error").await;
+    client
+        .find(Locator::Css("#f-max_open"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    fill(&client, "#f-max_open", "3").await;
+    text_containing(&client, "#validation", "valid: 2 rule(s)").await;
+    // With the keyboard: the fallback moves up, then back down; the focus follows the rule.
+    press_enter(&client, "#r1-up").await;
+    eventually(
+        "the fallback is rule 1, its Move down focused",
+        async || {
+            (focused_id(&client).await == "r0-down"
+                && rules_shown(&client).await["rules"][0]["strategy"] == "round_robin")
+                .then_some(())
+        },
+    )
+    .await;
+    press_enter(&client, "#r0-down").await;
+    eventually(
+        "the fallback is rule 2 again, its Move up focused",
+        async || (focused_id(&client).await == "r1-up").then_some(()),
+    )
+    .await;
+    let shown = eventually("the JSON view shows the form's rules", async || {
+        let shown = rules_shown(&client).await;
+        (shown["rules"][0]["strategy"] == "user" && shown["capacity"]["max_open"] == 3)
+            .then_some(shown)
+    })
+    .await;
+    let weekday = serde_json::json!(["09:00-17:00"]);
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "time_zone": "America/New_York",
+            "business_hours": {"mon": weekday, "tue": weekday, "wed": weekday, "thu": weekday,
+                               "fri": weekday},
+            "holidays": ["2026-12-25"],
+            "capacity": {"max_open": 3},
+            "rules": [
+                {"strategy": "user", "user": "u_ben",
+                 "when": {"channels": ["twilio"], "hours": "business"}},
+                {"strategy": "round_robin", "users": [{"user": "u_ana", "weight": 2}, "u_ben"]}
+            ]
+        })
+    );
+    screenshot(&client, "assignment-forms").await;
+
+    // The preview replays the recorded decision against the rules shown; nothing is saved yet.
     client
         .find(Locator::Id("simulate"))
         .await
@@ -456,11 +615,14 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         .await
         .unwrap();
     let preview = text_containing(&client, "#preview", "replayed").await;
-    assert!(preview.contains("1 would change"), "{preview}");
-    assert!(
-        preview.contains("u_ana") && preview.contains("u_ben"),
-        "{preview}"
-    );
+    assert!(preview.contains("1 decision(s)"), "{preview}");
+    client
+        .execute(
+            "document.getElementById('preview').scrollIntoView()",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
     screenshot(&client, "assignment-preview").await;
     client
         .find(Locator::Id("save"))
@@ -484,8 +646,25 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
     })
     .await;
     let saved: serde_json::Value = serde_json::from_str(&saved.rules_json).unwrap();
-    assert_eq!(saved["rules"][0]["strategy"], "user", "{saved}");
-    assert_eq!(saved["rules"][0]["user"], "u_ben", "{saved}");
+    assert_eq!(saved, shown);
+    // The page, loaded again, draws the saved rules in the form.
+    assert_eq!(value_of(&client, "#r1-users").await, "u_ana:2, u_ben");
+    assert_eq!(value_of(&client, "#f-holidays").await, "2026-12-25");
+    // Narrower than GHL's iframe, the forms still fit: nothing scrolls sideways.
+    client.set_window_size(600, 1500).await.unwrap();
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow.as_i64(),
+        Some(0),
+        "the page scrolls sideways at 600px"
+    );
+    client.set_window_size(1000, 1500).await.unwrap();
 
     let csrf = client
         .find(Locator::Id("assignment"))
@@ -807,6 +986,36 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         assert_eq!(reply.status, status, "{why}");
         if status == 422 {
             assert!(reply.body.contains("rules[0].members"), "{}", reply.body);
+        }
+    }
+    // The editor draws the form with the location's accounts: B's, never for A's sign-in.
+    for (location, token, status, why) in [
+        (LOCATION_B, csrf.as_str(), 403, "another location"),
+        (LOCATION_A, "forged", 403, "a forged CSRF token"),
+        (LOCATION_A, csrf.as_str(), 200, "A's own"),
+    ] {
+        let body = serde_json::json!({
+            "location": location,
+            "rules_json": r#"{"rules":[{"strategy":"user","user":"u_ana"}]}"#,
+            "render": true,
+        })
+        .to_string();
+        let reply = http_request(
+            http,
+            "/app/assignment/editor",
+            &[
+                ("Cookie", &cookie),
+                ("Content-Type", "application/json"),
+                ("X-CSRF-Token", token),
+            ],
+            Some(body.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, status, "{why}: {}", reply.body);
+        assert!(!reply.body.contains("Secret B"), "{why}: {}", reply.body);
+        if status == 200 {
+            assert!(reply.body.contains("Sales A"), "{}", reply.body);
         }
     }
     for location in [LOCATION_A, LOCATION_B] {

@@ -1,6 +1,10 @@
-//! The assignment page: an account's rules (a JSON editor validated as you type by the same
-//! check SetRules runs, forms that write the common strategies into it, a simulate preview over
-//! recorded history before saving) and the location's users with their availability.
+//! The assignment page: an account's rules (forms for every part of the rules language and the
+//! JSON view, two views of one document, checked as you type by the same check SetRules runs; a
+//! simulate preview over recorded history before saving) and the location's users with their
+//! availability.
+
+mod form;
+mod form_html;
 
 use askama::Template;
 use axum::Json;
@@ -8,7 +12,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use whatsnap_assignment::engine::parse_rules_json;
+use whatsnap_assignment::engine::{RulesJsonError, parse_rules_json};
 use whatsnap_proto::assignment::v1 as pb;
 use whatsnap_proto::display::{short, user_or_unassigned, when};
 use whatsnap_proto::session::v1 as session;
@@ -16,6 +20,9 @@ use whatsnap_proto::session::v1 as session;
 use crate::Dashboard;
 use crate::pages::render;
 use crate::scoped::{self, Located};
+
+use form::RulesForm;
+use form_html::rules_form_html;
 
 fn client(
     dashboard: &Dashboard,
@@ -66,6 +73,8 @@ struct AssignmentPage {
     /// The account whose rules are shown; empty for the location's default rules.
     account: String,
     rules_json: String,
+    /// The form drawn from `rules_json` (the `rules_form.html` fragment).
+    form_html: String,
     version: u64,
     saved: Option<u64>,
     error: Option<String>,
@@ -177,6 +186,7 @@ async fn show(
     } else {
         StatusCode::OK
     };
+    let form_html = rules_form_html(&rules_json, &accounts);
     let (error, error_field) = match error {
         Some((message, field)) => (Some(message), field),
         None => (None, None),
@@ -192,6 +202,7 @@ async fn show(
             csrf: located.csrf,
             accounts,
             account,
+            form_html,
             rules_json,
             version,
             saved,
@@ -223,38 +234,84 @@ fn csrf_header(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
-/// `POST /app/assignment/validate` (JSON): the check SetRules runs, answered with the same
-/// message and the bad field's path.
-pub async fn validate(
-    State(dashboard): State<Dashboard>,
-    headers: HeaderMap,
-    Json(body): Json<RulesBody>,
-) -> Response {
-    if let Err(response) =
-        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
-    {
-        return *response;
-    }
-    match parse_rules_json(&body.rules_json) {
-        Ok((_, rules)) => Json(serde_json::json!({
+/// SetRules' check of a rules document, as the page shows it: a summary, or the refusal with
+/// the bad field's path.
+fn check(rules_json: &str) -> serde_json::Value {
+    match parse_rules_json(rules_json) {
+        Ok((_, rules)) => serde_json::json!({
             "ok": true,
             "summary": format!(
                 "valid: {} rule(s), first match wins: {}",
                 rules.rules.len(),
                 rules.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
             ),
-        }))
-        .into_response(),
-        Err(error) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({
+        }),
+        Err(error) => {
+            // What is wrong, without the path, for the note next to the field.
+            let problem = match &error {
+                RulesJsonError::Rules(rules) => rules.problem.clone(),
+                RulesJsonError::Json(_) => error.to_string(),
+            };
+            serde_json::json!({
                 "ok": false,
                 "error": error.to_string(),
                 "field": error.field(),
-            })),
-        )
-            .into_response(),
+                "problem": problem,
+            })
+        }
     }
+}
+
+#[derive(Deserialize)]
+pub struct EditorBody {
+    location: String,
+    /// The JSON view's text, when it was edited.
+    #[serde(default)]
+    rules_json: String,
+    /// The form's fields as the browser holds them, when the form was edited (a ticked box
+    /// once per value).
+    #[serde(default)]
+    fields: Option<Vec<(String, String)>>,
+    /// A change to the list of rules: `add`, `remove:2`, `up:2`, `down:2`.
+    #[serde(default)]
+    action: String,
+    /// Whether the form is drawn again (after a change of its shape, or an edit of the JSON).
+    #[serde(default)]
+    render: bool,
+}
+
+/// `POST /app/assignment/editor` (JSON): one edit of either view. An edit of the form answers
+/// the JSON it makes; an edit of the JSON answers the form drawn from it; both with SetRules'
+/// check of the JSON. Changes nothing: a read-only viewer may use it, as the preview.
+pub async fn editor(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Json(body): Json<EditorBody>,
+) -> Response {
+    if let Err(response) =
+        scoped::query(&dashboard, &headers, &body.location, csrf_header(&headers))
+    {
+        return *response;
+    }
+    let (rules_json, focus) = match &body.fields {
+        Some(fields) => {
+            let mut form = RulesForm::from_fields(fields);
+            let focus = form.apply(&body.action);
+            (form.to_json_text(), focus)
+        }
+        None => (body.rules_json, None),
+    };
+    let mut answer = check(&rules_json);
+    if body.render {
+        let accounts = match scoped::accounts(&dashboard, &body.location).await {
+            Ok(accounts) => accounts,
+            Err(response) => return response,
+        };
+        answer["form"] = rules_form_html(&rules_json, &accounts).into();
+    }
+    answer["focus"] = focus.into();
+    answer["rules_json"] = rules_json.into();
+    Json(answer).into_response()
 }
 
 #[derive(Template)]

@@ -113,7 +113,7 @@ pub fn routes(dashboard: Dashboard) -> Router {
 fn insight_routes() -> Router<Dashboard> {
     Router::new()
         .route("/app/assignment", get(assignment::page))
-        .route("/app/assignment/validate", post(assignment::validate))
+        .route("/app/assignment/editor", post(assignment::editor))
         .route("/app/assignment/simulate", post(assignment::simulate))
         .route("/app/assignment/rules", post(assignment::save))
         .route(
