@@ -116,16 +116,18 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
+/// The element at `css`, once it is on the page.
+async fn element(client: &Client, css: &str) -> fantoccini::elements::Element {
     client
         .wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
-        .text()
-        .await
-        .unwrap()
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    element(client, css).await.text().await.unwrap()
 }
 
 /// Waits until the element at `css` says `wanted`; its text.
@@ -147,12 +149,8 @@ async fn text_containing(client: &Client, css: &str, wanted: &str) -> String {
 
 /// The value of the form control at `css`, once it is on the page.
 async fn value_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
+    element(client, css)
         .await
-        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
         .prop("value")
         .await
         .unwrap()
@@ -191,39 +189,19 @@ async fn settled(client: &Client) {
 /// Types `text` into the field at `css`, once it is on the page.
 async fn fill(client: &Client, css: &str, text: &str) {
     settled(client).await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
-        .send_keys(text)
-        .await
-        .unwrap();
+    element(client, css).await.send_keys(text).await.unwrap();
 }
 
 async fn click(client: &Client, css: &str) {
     settled(client).await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
-        .click()
-        .await
-        .unwrap();
+    element(client, css).await.click().await.unwrap();
 }
 
 /// Presses Enter on the control at `css`, as a keyboard user does.
 async fn press_enter(client: &Client, css: &str) {
     settled(client).await;
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
+    element(client, css)
         .await
-        .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
         .send_keys(&fantoccini::key::Key::Enter.to_string())
         .await
         .unwrap();
