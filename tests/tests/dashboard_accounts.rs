@@ -506,6 +506,28 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
         ("logged_out", "whatsnap-account-sales")
     );
     browser.screenshot("account-disconnected").await;
+
+    // Disconnected, it can move to the other engine and back, keeping its id and tag.
+    for engine in ["embedded", "evolution"] {
+        browser
+            .find("#engine")
+            .await
+            .select_by_value(engine)
+            .await
+            .unwrap();
+        browser.click("#save-engine").await;
+        assert!(
+            browser.text_of("#notice").await.starts_with("Moved"),
+            "{}",
+            browser.text_of("#notice").await
+        );
+        assert_eq!(browser.text_of("#engine-now").await, engine);
+        let moved = rig.account(LOCATION_A, &account_id).await;
+        assert_eq!(
+            (moved.engine.as_str(), moved.tag.as_str()),
+            (engine, "whatsnap-account-sales")
+        );
+    }
     browser.click("#reconnect").await;
     assert_eq!(browser.text_of("h1").await, "Link Sales");
     rig.open(&format!("/app/accounts?location={LOCATION_A}"))

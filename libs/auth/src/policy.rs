@@ -67,6 +67,7 @@ pub const RULES: &[(&str, &str, Access, Target)] = &[
     (SESSION, "RecordConnectorWebhook", Write, LOC),
     (SESSION, "SetPacing", Write, LOC),
     (SESSION, "RenameAccount", Write, LOC),
+    (SESSION, "SetEngine", Write, LOC),
     (SESSION, "GetPairing", Read, LOC),
     (SESSION, "VerifyTwilioWebhook", Read, LOC),
     (CONTACTS, "GetContact", Read, LOC),

@@ -55,6 +55,10 @@ pub fn routes() -> Router<Dashboard> {
             axum::routing::post(settings::connect),
         )
         .route(
+            "/app/accounts/{id}/engine",
+            axum::routing::post(settings::engine),
+        )
+        .route(
             "/app/accounts/{id}/disconnect",
             axum::routing::post(settings::disconnect),
         )

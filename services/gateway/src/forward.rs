@@ -70,6 +70,7 @@ forward!(session::session_service_server::SessionService, session::session_servi
     record_connector_webhook(session::ConnectorWebhookRequest) -> session::ConnectorWebhookResponse;
     set_pacing(session::SetPacingRequest) -> session::Account;
     rename_account(session::RenameAccountRequest) -> session::Account;
+    set_engine(session::SetEngineRequest) -> session::Account;
     get_pairing(session::GetAccountRequest) -> session::DevicePairing;
     verify_twilio_webhook(session::VerifyTwilioWebhookRequest) -> session::VerifyTwilioWebhookResponse;
 } streams {

@@ -153,11 +153,23 @@ pub fn evolve(mut state: AccountState, event: &Event, version: u64) -> AccountSt
             if let Some(name) = e.changes.get(NAME).and_then(serde_json::Value::as_str) {
                 state.name = name.to_owned();
             }
+            // A new engine comes with its own settings, which replace the old engine's.
+            if let Some(engine) = e.changes.get(ENGINE).and_then(serde_json::Value::as_str) {
+                state.engine = Some(engine.to_owned());
+                state.settings = e.changes.get(ENGINE_SETTINGS).cloned();
+            }
             let others: serde_json::Map<_, _> = e
                 .changes
                 .iter()
                 .filter(|(name, _)| {
-                    ![AccountSettingsChanged::TWILIO, PACING, NAME].contains(&name.as_str())
+                    ![
+                        AccountSettingsChanged::TWILIO,
+                        PACING,
+                        NAME,
+                        ENGINE,
+                        ENGINE_SETTINGS,
+                    ]
+                    .contains(&name.as_str())
                 })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
@@ -257,6 +269,52 @@ pub fn decide_remove(state: &AccountState, account_id: Uuid, reason: &str) -> Se
         account_id,
         reason: Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
     }))
+}
+
+/// The setting that holds the engine an account was moved to; [`ENGINE_SETTINGS`] holds that
+/// engine's settings for it.
+pub const ENGINE: &str = "engine";
+pub const ENGINE_SETTINGS: &str = "engine_settings";
+
+/// Whether an account may move to `engine`: it exists, is not removed, is not on it already,
+/// and its link is not running (a linked or linking account is disconnected first).
+pub fn check_engine_change(
+    state: &AccountState,
+    account_id: Uuid,
+    engine: &str,
+) -> ServiceResult<()> {
+    if state.account_id.is_none() {
+        return Err(ServiceError::NotFound(format!("no account {account_id}")));
+    }
+    if state.status == Status::Removed {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} was removed"
+        )));
+    }
+    if state.engine.as_deref() == Some(engine) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is on the {engine} engine already"
+        )));
+    }
+    if state.wants_link() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "account {account_id} is {}: disconnect it first, then move it to {engine} and \
+             link it again",
+            state.status.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// The move of an account to `engine`, with the settings that engine's check gave.
+pub fn engine_changed(account_id: Uuid, engine: &str, settings: serde_json::Value) -> Event {
+    let mut changes = serde_json::Map::new();
+    changes.insert(ENGINE.into(), engine.into());
+    changes.insert(ENGINE_SETTINGS.into(), settings);
+    Event::from(AccountSettingsChanged {
+        account_id,
+        changes,
+    })
 }
 
 /// A user's disconnect of a linked account: recorded as a logout, so that nothing reconnects
@@ -449,6 +507,41 @@ mod tests {
             slug_tag("acme-line-", "Sales", &HashSet::new()),
             "acme-line-sales"
         );
+    }
+
+    #[test]
+    fn an_account_moves_engine_only_unlinked_and_then_carries_the_new_engines_settings() {
+        let id = Uuid::now_v7();
+        let mut state = AccountState {
+            account_id: Some(id),
+            engine: Some("evolution".into()),
+            settings: Some(serde_json::json!({"instance_name": "old"})),
+            status: Status::Connected,
+            ..Default::default()
+        };
+        let refused = check_engine_change(&state, id, "embedded").unwrap_err();
+        assert!(
+            refused.to_string().contains("disconnect it first"),
+            "{refused}"
+        );
+        state.status = Status::LoggedOut;
+        assert!(
+            check_engine_change(&state, id, "evolution").is_err(),
+            "already on it"
+        );
+        check_engine_change(&state, id, "embedded").unwrap();
+        let moved = evolve(
+            state,
+            &engine_changed(id, "embedded", serde_json::json!({})),
+            2,
+        );
+        assert_eq!(moved.engine.as_deref(), Some("embedded"));
+        assert_eq!(
+            moved.settings,
+            Some(serde_json::json!({})),
+            "the old settings are gone"
+        );
+        assert_eq!(moved.status, Status::LoggedOut);
     }
 
     #[test]

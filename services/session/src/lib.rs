@@ -790,6 +790,61 @@ impl pb::session_service_server::SessionService for Session {
     }
 
     #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id, engine = %request.get_ref().engine))]
+    async fn set_engine(
+        &self,
+        request: Request<pb::SetEngineRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let request = request.into_inner();
+        let location = whatsnap_rpc::location(&request.location_id)?;
+        let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
+        let engine = request.engine.trim();
+        if engine.is_empty() {
+            return Err(ServiceError::InvalidArgument("name the engine to move to".into()).into());
+        }
+        let (stream, state) = self.load_account(&location, account_id).await?;
+        account::check_engine_change(&state, account_id, engine)?;
+        let kind = state
+            .kind
+            .ok_or_else(|| ServiceError::FailedPrecondition("the account has no kind".into()))?;
+        let new = self
+            .config
+            .connectors
+            .for_new(kind, engine)
+            .map_err(connector_error)?;
+        if new.session().is_none() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the {engine} engine keeps no link of its own to move an account to: add the \
+                 number as a new {engine} account"
+            ))
+            .into());
+        }
+        let added = NewAccount {
+            location: location.clone(),
+            account_id,
+            name: state.name.clone(),
+            phone_number: state.phone_number.clone(),
+        };
+        let settings = new
+            .check(&added, serde_json::json!({}), &self.config.secret_key)
+            .await
+            .map_err(connector_error)?;
+        // The old engine's device is logged out (again, if it was): a second logout finds
+        // nothing to do.
+        if let (Ok(old), Some(reference)) = (
+            self.connector_of(&state),
+            account_ref(&location, &state, &self.config.secret_key),
+        ) && let Some(link) = old.session()
+            && let Err(err) = link.logout(&reference).await
+        {
+            tracing::warn!(%location, %account_id, error = %err, "the device on the old engine could not be logged out");
+        }
+        let event = account::engine_changed(account_id, new.engine(), settings);
+        let account = self.append_decided(&stream, state, &event).await?;
+        tracing::info!(%location, %account_id, engine = new.engine(), "account moved to another engine");
+        Ok(Response::new(to_pb(&account, &location)))
+    }
+
+    #[instrument(skip_all, fields(location_id = %request.get_ref().location_id, account_id = %request.get_ref().account_id, engine = %request.get_ref().engine))]
     async fn record_connector_webhook(
         &self,
         request: Request<pb::ConnectorWebhookRequest>,

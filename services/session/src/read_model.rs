@@ -197,7 +197,18 @@ impl Projection<Any> for AccountsProjection {
                     sqlx::query("UPDATE session_accounts SET name = $1 WHERE account_id = $2")
                         .bind(name)
                         .bind(e.account_id.to_string())
-                        .execute(conn)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                if let Some(engine) = e
+                    .changes
+                    .get(crate::account::ENGINE)
+                    .and_then(serde_json::Value::as_str)
+                {
+                    sqlx::query("UPDATE session_accounts SET engine = $1 WHERE account_id = $2")
+                        .bind(engine)
+                        .bind(e.account_id.to_string())
+                        .execute(&mut *conn)
                         .await?;
                 }
             }

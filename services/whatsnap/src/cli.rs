@@ -190,6 +190,17 @@ pub enum AccountsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Move a WhatsApp account to another engine of the deployment (embedded, evolution),
+    /// keeping its id, tag and contacts; then `accounts connect` links it there (a new QR code).
+    /// Disconnect it first if it is linked.
+    SetEngine {
+        #[arg(long)]
+        location: String,
+        account_id: String,
+        engine: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Remove an account; its tag stays on its contacts.
     Remove {
         #[arg(long)]
@@ -586,6 +597,25 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .disconnect_account(session::DisconnectAccountRequest {
                     location_id: location,
                     account_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_account(&account);
+        }
+        AccountsCommand::SetEngine {
+            location,
+            account_id,
+            engine,
+            server,
+        } => {
+            let mut client =
+                session::session_service_client::SessionServiceClient::new(server.channel().await?);
+            let account = client
+                .set_engine(session::SetEngineRequest {
+                    location_id: location,
+                    account_id,
+                    engine,
                 })
                 .await
                 .map_err(status)?

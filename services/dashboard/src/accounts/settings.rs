@@ -37,12 +37,18 @@ struct SettingsPage {
     twilio: bool,
     /// Linked by a device session (WhatsApp): it can be linked again with a new code.
     relinks: bool,
+    /// The other engines a WhatsApp account can move to.
+    engines: Vec<&'static str>,
     /// What was just done, or what went wrong, to say at the top.
     notice: Option<String>,
     error: Option<String>,
     events_href: String,
     remove_href: String,
 }
+
+/// The engines that link a WhatsApp number as a device (the Cloud API is added as its own
+/// account); a deployment that does not run one says so when it is chosen.
+const WHATSAPP_ENGINES: &[&str] = &["embedded", "evolution"];
 
 #[derive(Deserialize)]
 pub struct SettingsQuery {
@@ -58,6 +64,7 @@ fn notice(done: Option<&str>) -> Option<String> {
             "pacing" => "Pacing saved.",
             "name" => "Renamed. The tag stays as it was.",
             "credentials" => "The new Auth Token was checked with Twilio and is in use.",
+            "engine" => "Moved to the new engine. Link it again to scan a new QR code there.",
             "disconnected" => {
                 "Disconnected: the device is logged out. Its contacts, tag and history stay; \
                  link it again for a new QR code."
@@ -96,6 +103,11 @@ async fn settings_page(
         platform: platform(account.kind),
         twilio: kind == session::AccountKind::Twilio,
         relinks: kind == session::AccountKind::Whatsapp,
+        engines: WHATSAPP_ENGINES
+            .iter()
+            .copied()
+            .filter(|engine| *engine != account.engine)
+            .collect(),
         name: account.name,
         tag: account.tag,
         engine: account.engine,
@@ -328,6 +340,8 @@ pub struct ActionForm {
     csrf: String,
     #[serde(default)]
     pairing_phone: String,
+    #[serde(default)]
+    engine: String,
 }
 
 /// The viewer acting on account `id` from a form: signed in, with the form's CSRF token, and
@@ -375,6 +389,49 @@ pub async fn connect(
             ) =>
         {
             let error = format!("linking did not start: {}", status.message());
+            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
+        }
+        Err(status) => refused(&status).into_response(),
+    }
+}
+
+/// `POST /app/accounts/{id}/engine`: moves a WhatsApp account to another engine (it is linked
+/// again there), then shows its settings.
+pub async fn engine(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let viewer = match acting_on(&dashboard, &headers, &form, &id).await {
+        Ok(viewer) => viewer,
+        Err(answer) => return answer,
+    };
+    let moved = sessions(&dashboard)
+        .set_engine(dashboard.request(session::SetEngineRequest {
+            location_id: form.location.clone(),
+            account_id: id.clone(),
+            engine: form.engine.clone(),
+        }))
+        .await;
+    match moved {
+        Ok(_) => {
+            info!(location = %form.location, account = %id, engine = %form.engine, by = %viewer.id, "account moved to another engine from the dashboard");
+            Redirect::to(&format!(
+                "{}&done=engine",
+                account_href(&form.location, &id, "")
+            ))
+            .into_response()
+        }
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+            ) =>
+        {
+            let error = format!("the engine was not changed: {}", status.message());
             settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
         }
         Err(status) => refused(&status).into_response(),
