@@ -259,21 +259,14 @@ pub async fn rename(
             name: form.name.clone(),
         }))
         .await;
-    match renamed {
-        Ok(_) => {
-            info!(location_id = %form.location, account_id = %id, "account renamed from the dashboard");
-            Redirect::to(&format!(
-                "{}&done=name",
-                account_href(&form.location, &id, "")
-            ))
-            .into_response()
-        }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            let error = format!("the name was not changed: {}", status.message());
-            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
-        }
-        Err(status) => refused(&status).into_response(),
-    }
+    let (shown, failed) = (&[tonic::Code::InvalidArgument], "the name was not changed");
+    let action = Action::new(&dashboard, &headers, form.location, id);
+    action
+        .answer(renamed, shown, failed, |location, id| {
+            info!(location_id = %location, account_id = %id, "account renamed from the dashboard");
+            to_settings(location, id, "name")
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -284,6 +277,66 @@ pub struct CredentialsForm {
     csrf: String,
     #[serde(default)]
     auth_token: String,
+}
+
+/// Refusals a viewer can act on (a bad value, a state to change first, a third party
+/// unreachable now): shown on the settings page rather than as an error page.
+const SHOWN: &[tonic::Code] = &[
+    tonic::Code::InvalidArgument,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::Unavailable,
+];
+
+/// An action on an account from its settings page, to answer once the service has said.
+struct Action<'a> {
+    dashboard: &'a Dashboard,
+    headers: &'a HeaderMap,
+    location: String,
+    id: String,
+}
+
+impl<'a> Action<'a> {
+    fn new(dashboard: &'a Dashboard, headers: &'a HeaderMap, location: String, id: String) -> Self {
+        Self {
+            dashboard,
+            headers,
+            location,
+            id,
+        }
+    }
+
+    /// `done` once the service took it; the settings page saying `failed: <why>` for a refusal
+    /// of one of the `shown` codes; the refusal otherwise.
+    async fn answer<T>(
+        self,
+        result: Result<T, tonic::Status>,
+        shown: &[tonic::Code],
+        failed: &str,
+        done: impl FnOnce(&str, &str) -> Response,
+    ) -> Response {
+        match result {
+            Ok(_) => done(&self.location, &self.id),
+            Err(status) if shown.contains(&status.code()) => {
+                let error = format!("{failed}: {}", status.message());
+                let (location, id) = (self.location, self.id);
+                settings_page(
+                    self.dashboard,
+                    self.headers,
+                    location,
+                    id,
+                    None,
+                    Some(error),
+                )
+                .await
+            }
+            Err(status) => refused(&status).into_response(),
+        }
+    }
+}
+
+/// To the settings page, saying what was `done`.
+fn to_settings(location: &str, id: &str, done: &str) -> Response {
+    Redirect::to(&format!("{}&done={done}", account_href(location, id, ""))).into_response()
 }
 
 /// `POST /app/accounts/{id}/credentials`: a Twilio account's new Auth Token, checked with
@@ -311,25 +364,13 @@ pub async fn credentials(
             auth_token: form.auth_token.trim().to_owned(),
         }))
         .await;
-    match rotated {
-        Ok(_) => Redirect::to(&format!(
-            "{}&done=credentials",
-            account_href(&form.location, &id, "")
-        ))
-        .into_response(),
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::Unavailable
-            ) =>
-        {
-            let error = format!("the token was not changed: {}", status.message());
-            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
-        }
-        Err(status) => refused(&status).into_response(),
-    }
+    let failed = "the token was not changed";
+    let action = Action::new(&dashboard, &headers, form.location, id);
+    action
+        .answer(rotated, SHOWN, failed, |location, id| {
+            to_settings(location, id, "credentials")
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -378,21 +419,13 @@ pub async fn connect(
             pairing_phone_number: form.pairing_phone.trim().to_owned(),
         }))
         .await;
-    match connected {
-        Ok(_) => Redirect::to(&account_href(&form.location, &id, "link")).into_response(),
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::Unavailable
-            ) =>
-        {
-            let error = format!("linking did not start: {}", status.message());
-            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
-        }
-        Err(status) => refused(&status).into_response(),
-    }
+    let failed = "linking did not start";
+    let action = Action::new(&dashboard, &headers, form.location, id);
+    action
+        .answer(connected, SHOWN, failed, |location, id| {
+            Redirect::to(&account_href(location, id, "link")).into_response()
+        })
+        .await
 }
 
 /// `POST /app/accounts/{id}/engine`: moves a WhatsApp account to another engine (it is linked
@@ -414,28 +447,15 @@ pub async fn engine(
             engine: form.engine.clone(),
         }))
         .await;
-    match moved {
-        Ok(_) => {
-            info!(location = %form.location, account = %id, engine = %form.engine, by = %viewer.id, "account moved to another engine from the dashboard");
-            Redirect::to(&format!(
-                "{}&done=engine",
-                account_href(&form.location, &id, "")
-            ))
-            .into_response()
-        }
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::Unavailable
-            ) =>
-        {
-            let error = format!("the engine was not changed: {}", status.message());
-            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
-        }
-        Err(status) => refused(&status).into_response(),
-    }
+    let engine = form.engine;
+    let action = Action::new(&dashboard, &headers, form.location, id);
+    let failed = "the engine was not changed";
+    action
+        .answer(moved, SHOWN, failed, |location, id| {
+            info!(%location, account = %id, %engine, by = %viewer.id, "account moved to another engine from the dashboard");
+            to_settings(location, id, "engine")
+        })
+        .await
 }
 
 /// `POST /app/accounts/{id}/disconnect`: logs the account's device out without removing the
@@ -456,21 +476,14 @@ pub async fn disconnect(
             account_id: id.clone(),
         }))
         .await;
-    match disconnected {
-        Ok(_) => {
-            info!(location = %form.location, account = %id, by = %viewer.id, "account disconnected from the dashboard");
-            Redirect::to(&format!(
-                "{}&done=disconnected",
-                account_href(&form.location, &id, "")
-            ))
-            .into_response()
-        }
-        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-            let error = format!("not disconnected: {}", status.message());
-            settings_page(&dashboard, &headers, form.location, id, None, Some(error)).await
-        }
-        Err(status) => refused(&status).into_response(),
-    }
+    let action = Action::new(&dashboard, &headers, form.location, id);
+    let (shown, failed) = (&[tonic::Code::FailedPrecondition], "not disconnected");
+    action
+        .answer(disconnected, shown, failed, |location, id| {
+            info!(%location, account = %id, by = %viewer.id, "account disconnected from the dashboard");
+            to_settings(location, id, "disconnected")
+        })
+        .await
 }
 
 #[derive(Template)]
