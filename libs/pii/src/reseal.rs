@@ -48,9 +48,11 @@ pub async fn reseal_column(
     let keys = spec.keys.join(", ");
     let after: Vec<String> = (1..=spec.keys.len()).map(|n| format!("${n}")).collect();
     // Only values sealed under the secret key itself start `v1:` (derived keys seal `v1.<use>:`).
+    // This runs at every start of a process that holds the secret key: `substr` lets
+    // PostgreSQL read the first bytes of a stored file, where `LIKE` would read all of it.
     let select = format!(
-        "SELECT {keys}, {column} FROM {table} WHERE {column} LIKE 'v1:%' AND ({keys}) > ({after}) \
-         ORDER BY {keys} LIMIT {PAGE}",
+        "SELECT {keys}, {column} FROM {table} WHERE substr({column}, 1, 3) = 'v1:' \
+         AND ({keys}) > ({after}) ORDER BY {keys} LIMIT {PAGE}",
         column = spec.column,
         table = spec.table,
         after = after.join(", "),
