@@ -252,6 +252,7 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
     let samples: Vec<&str> = scraped
         .body
         .lines()
+        .filter(|l| l.starts_with("whatsnap_assignment_"))
         .filter(|l| l.contains(&format!("location=\"{LOCATION}\"")))
         .collect();
     let account = ACCOUNT;

@@ -851,6 +851,93 @@ async fn a_thousand_messages(backend: Backend, name: &str) {
     .await;
     assert_eq!(count("locThrottled"), per_location["locThrottled"]);
     assert!(rig.ghl.schema_violations().is_empty());
+
+    // An operator sees the same on /metrics: the 429s of the throttled location and none of
+    // the others, what each location used of its allowance, every webhook timed, and how far
+    // each projection is behind the log.
+    let metrics = Metrics::scrape(rig.http).await;
+    assert!(
+        metrics.value(r#"whatsnap_ghl_requests_total{location="locThrottled",status="429"}"#)
+            >= 1.0
+    );
+    for location in ["locBusyA", "locBusyB"] {
+        assert_eq!(
+            metrics.sum(&format!(
+                r#"whatsnap_ghl_requests_total{{location="{location}",status="429"}}"#
+            )),
+            0.0
+        );
+        let today = metrics.value(&format!(
+            r#"whatsnap_ghl_daily_used{{location="{location}"}}"#
+        ));
+        assert!(
+            today >= per_location[location] as f64,
+            "{location} used {today} requests"
+        );
+        let window = metrics.value(&format!(
+            r#"whatsnap_ghl_burst_used{{location="{location}"}}"#
+        ));
+        assert!(
+            window <= metrics.value("whatsnap_ghl_burst_limit"),
+            "{window}"
+        );
+    }
+    assert_eq!(
+        metrics.value(r#"whatsnap_webhook_duration_seconds_count{route="/webhooks/twilio/{location}/{account}/inbound",status="2xx"}"#),
+        1000.0
+    );
+    assert!(metrics.sum(r#"whatsnap_effect_duration_seconds_count{operation="ghl.post_message",outcome="called"}"#) >= 1000.0);
+    assert!(metrics.value("whatsnap_log_head_position") > 1000.0);
+    let lags = metrics.series("whatsnap_projection_lag_events{");
+    assert!(lags.len() >= 5, "{lags:?}");
+}
+
+/// What `GET /metrics` answered an admin token: each sample line's name and labels, and value.
+struct Metrics(Vec<(String, f64)>);
+
+impl Metrics {
+    async fn scrape(http: SocketAddr) -> Self {
+        let bearer = format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN);
+        let reply =
+            whatsnap_testkit::http_request(http, "/metrics", &[("authorization", &bearer)], None)
+                .await
+                .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        Self(
+            reply
+                .body
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' '))
+                .map(|(series, value)| (series.to_owned(), value.parse().unwrap()))
+                .collect(),
+        )
+    }
+
+    /// The series that start with `prefix`.
+    fn series(&self, prefix: &str) -> Vec<&(String, f64)> {
+        self.0
+            .iter()
+            .filter(|(s, _)| s.starts_with(prefix))
+            .collect()
+    }
+
+    /// The value of `series`, which must be there.
+    fn value(&self, series: &str) -> f64 {
+        let found = self.0.iter().find(|(s, _)| s == series);
+        found
+            .unwrap_or_else(|| panic!("no {series} in {:#?}", self.0))
+            .1
+    }
+
+    /// The value of `series`, 0 when it is not there.
+    fn sum(&self, series: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(s, _)| s == series)
+            .map(|(_, v)| v)
+            .sum()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -731,3 +731,120 @@ async fn embedded_takes_a_burst_from_concurrent_senders() {
     let (status, body) = http_get(whatsnap.http.unwrap(), "/readyz").await.unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+/// A process that starts with a backlog takes traffic at once: `/readyz` answers 200 while a
+/// projection is thousands of events behind and says how far; the lag is on `/metrics`, at the
+/// gateway and at the process's own metrics address, for an admin token only; it drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
+    const BACKLOG: u64 = 5000;
+    let data = tempfile::tempdir().unwrap();
+    let store = whatsnap_eventstore::sqlite::SqliteEventStore::open(
+        &whatsnap_eventstore::sqlite::SqliteConfig::new(data.path().join("whatsnap.db")),
+    )
+    .await
+    .unwrap();
+    // Events no read model has seen, which the timeline cannot apply until it is "fixed".
+    let stream = whatsnap_auth::token_stream("0123456789abcdef01234567").unwrap();
+    for _ in 0..BACKLOG / 500 {
+        let batch = (0..500)
+            .map(|_| {
+                let revoked = whatsnap_events::ApiTokenRevoked {
+                    token_id: "0123456789abcdef01234567".into(),
+                    revoked_by: Some("backlog-marker".into()),
+                };
+                NewEvent::new(&Event::from(revoked), EventMetadata::new_correlation())
+            })
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    drop(store);
+
+    let cured = data.path().join("cured");
+    let metrics_port = free_port();
+    let mut list = args(&[
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--projection-attempts",
+        "1000",
+    ]);
+    list.extend(args(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]));
+    let env = [
+        (
+            "WHATSNAP_FAILPOINT_POISON",
+            "contact_timeline:backlog-marker".to_owned(),
+        ),
+        (
+            "WHATSNAP_FAILPOINT_POISON_CURED",
+            cured.to_str().unwrap().to_owned(),
+        ),
+    ];
+    let whatsnap = Whatsnap::serve_with_env(binary(), &list, &env, "backlog").unwrap();
+    let http = whatsnap.http.unwrap();
+    let lag = |body: &str| -> u64 {
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        body["projections"]["contact_timeline"]["lag"]
+            .as_u64()
+            .unwrap()
+    };
+    let (status, body) = eventually("an answer from /readyz", async || {
+        http_get(http, "/readyz").await.ok()
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(lag(&body) >= BACKLOG, "{body}");
+
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let bearer = format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN);
+    let scrape = async |addr| {
+        let reply =
+            whatsnap_testkit::http_request(addr, "/metrics", &[("authorization", &bearer)], None)
+                .await
+                .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body
+    };
+    let timeline_lag = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"whatsnap_projection_lag_events{projection="contact_timeline"} "#)
+            })
+            .unwrap_or_else(|| panic!("no timeline lag in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    for addr in [http, metrics_addr] {
+        let text = scrape(addr).await;
+        assert!(timeline_lag(&text) >= BACKLOG as f64, "{text}");
+        assert!(text.contains("\nwhatsnap_event_store_up 1\n"), "{text}");
+        let unsigned = whatsnap_testkit::http_request(addr, "/metrics", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(unsigned.status, 401);
+    }
+    let (status, _) = http_get(metrics_addr, "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+
+    // The fix is out: the timeline catches up, and says so.
+    std::fs::write(&cured, "").unwrap();
+    whatsnap_testkit::eventually_within(
+        Duration::from_secs(90),
+        "the backlog drained",
+        async || {
+            let (_, body) = http_get(http, "/readyz").await.ok()?;
+            (lag(&body) == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(timeline_lag(&scrape(metrics_addr).await), 0.0);
+}

@@ -147,6 +147,31 @@ impl Outbox {
         subject: &Subject,
         effect: &E,
     ) -> Result<Performed<E::Output>, EffectError<E::Error>> {
+        let started = std::time::Instant::now();
+        let performed = self.perform_once(subject, effect).await;
+        let outcome = match &performed {
+            Ok(Performed::AlreadyDone(_)) => "already_done",
+            Ok(Performed::Reconciled(_)) => "reconciled",
+            Ok(Performed::Called(_)) => "called",
+            Err(_) => "failed",
+        };
+        whatsnap_telemetry::metrics::observe(
+            "whatsnap_effect_duration_seconds",
+            "How long an effect on the outside world took, its intent and outcome recorded, by operation and outcome.",
+            vec![
+                ("operation", subject.operation.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ],
+            started.elapsed(),
+        );
+        performed
+    }
+
+    async fn perform_once<E: Effect>(
+        &self,
+        subject: &Subject,
+        effect: &E,
+    ) -> Result<Performed<E::Output>, EffectError<E::Error>> {
         let point = |stage: &str| failpoint::hit(&format!("{}.{stage}", subject.operation));
         let unsent_key = (subject.stream.clone(), subject.operation);
         for _ in 0..8 {

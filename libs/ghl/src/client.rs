@@ -963,7 +963,29 @@ impl GhlClient {
             error: GhlError::Unavailable(describe(&error)),
             retry_after: None,
         };
-        let response = request.send().await.map_err(unavailable)?;
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        let location_label = call.location.map_or("none", LocationId::as_str).to_owned();
+        whatsnap_telemetry::metrics::observe(
+            "whatsnap_ghl_request_duration_seconds",
+            "How long GHL took to answer a request, by operation.",
+            vec![("operation", call.operation.to_owned())],
+            started.elapsed(),
+        );
+        whatsnap_telemetry::metrics::count(
+            "whatsnap_ghl_requests_total",
+            "Requests made to GHL, by location and HTTP status (429: GHL refused it as over the limit; error: no answer).",
+            vec![
+                ("location", location_label),
+                (
+                    "status",
+                    sent.as_ref()
+                        .map_or_else(|_| "error".to_owned(), |r| r.status().as_u16().to_string()),
+                ),
+            ],
+            1.0,
+        );
+        let response = sent.map_err(unavailable)?;
         let status = response.status().as_u16();
         if let Some(location) = call.location {
             self.inner.limiter.observe(

@@ -156,6 +156,32 @@ impl RateLimiter {
         }
     }
 
+    /// GHL's limits this limiter keeps to.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// For each location seen: the requests of the current burst window and of the day.
+    pub fn usage(&self) -> Vec<(LocationId, u32, u32)> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().expect("rate limiter lock");
+        buckets
+            .iter()
+            .map(|(location, bucket)| {
+                let in_window = bucket
+                    .sent
+                    .iter()
+                    .filter(|at| now.duration_since(**at) < self.limits.burst_window)
+                    .count();
+                let today = match now.duration_since(bucket.day_started) < DAY {
+                    true => bucket.daily_used,
+                    false => 0,
+                };
+                (location.clone(), in_window as u32, today)
+            })
+            .collect()
+    }
+
     /// Waits until a request for `location` may go, and reserves it; fails only when the
     /// location's daily allowance is used up.
     pub async fn acquire(&self, location: &LocationId) -> Result<(), Exhausted> {

@@ -4,6 +4,8 @@
 //! [`inject`]) and in every event's envelope ([`current`], [`event_span`]), so the work one
 //! inbound message causes is one trace across services.
 
+pub mod metrics;
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 

@@ -12,15 +12,15 @@ use whatsnap_eventstore::projection::Projection;
 use whatsnap_proto::events::v1 as pb;
 use whatsnap_rpc::ReadDb;
 
-use crate::{ApiLimits, Gateway, Readiness, Webhooks};
+use crate::{ApiLimits, Gateway, MetricsConfig, Readiness, Webhooks};
 
 /// What the HTTP edge answers with, known once the process's projections and gRPC server are
 /// set up.
 pub struct HttpConfig {
     pub readiness: Readiness,
     pub webhooks: Webhooks,
-    /// The assignment service, whose report `/metrics` shows.
-    pub assignment: Option<whatsnap_auth::AuthedChannel>,
+    /// Who may scrape `/metrics`, and the assignment service whose report it shows.
+    pub metrics: MetricsConfig,
     pub limits: HttpLimits,
     /// The dashboard's pages.
     pub pages: axum::Router,
@@ -97,7 +97,7 @@ impl Application {
     {
         let routes = crate::router(http.readiness)
             .merge(crate::webhook_routes(http.webhooks))
-            .merge(crate::metrics_routes(http.assignment))
+            .merge(crate::metrics_routes(http.metrics))
             .merge(http.pages);
         let routes = limited(routes, http.limits);
         axum::serve(listener, routes)

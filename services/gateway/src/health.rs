@@ -1,5 +1,8 @@
-//! `/healthz` (the process is alive) and `/readyz` (the event store answers and every
-//! projection of this process is within `max_lag` events of the log's head).
+//! `/healthz` (the process is alive) and `/readyz` (it can take traffic: the event store
+//! answers). A projection that lags does not make a process unready — a restart with a backlog
+//! would be taken out of the load balancer while it catches up, which is when it is needed; the
+//! lag is in `/readyz`'s body and on `/metrics` (`whatsnap_projection_lag_events`), where an
+//! alert watches it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,46 +15,104 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use whatsnap_eventstore::EventStore;
+use whatsnap_telemetry::metrics::Sample;
+
+/// How long `/readyz` waits for the event store.
+const STORE_PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Readiness {
     pub store: Arc<dyn EventStore>,
     /// Each projection of this process, with the position it has reached.
     pub projections: Vec<(String, watch::Receiver<u64>)>,
-    pub max_lag: u64,
 }
 
 impl Readiness {
     /// Whether this process is ready, and the figures that say why.
     pub async fn check(&self) -> (bool, Value) {
-        let head =
-            match tokio::time::timeout(Duration::from_secs(2), self.store.head_position()).await {
-                Ok(Ok(head)) => head,
-                Ok(Err(err)) => {
-                    return (
-                        false,
-                        json!({ "ready": false, "event_store": err.to_string() }),
-                    );
-                }
-                Err(_) => {
-                    return (
-                        false,
-                        json!({ "ready": false, "event_store": "no answer within 2 s" }),
-                    );
-                }
-            };
-        let mut ready = true;
+        let head = match tokio::time::timeout(STORE_PATIENCE, self.store.head_position()).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(err)) => {
+                return (
+                    false,
+                    json!({ "ready": false, "event_store": err.to_string() }),
+                );
+            }
+            Err(_) => {
+                return (
+                    false,
+                    json!({ "ready": false, "event_store": format!("no answer within {STORE_PATIENCE:?}") }),
+                );
+            }
+        };
         let mut projections = serde_json::Map::new();
-        for (name, progress) in &self.projections {
-            let position = *progress.borrow();
-            let lag = head.saturating_sub(position);
-            ready &= lag <= self.max_lag;
-            projections.insert(name.clone(), json!({ "position": position, "lag": lag }));
+        for (name, position, lag) in self.lags(head) {
+            projections.insert(name, json!({ "position": position, "lag": lag }));
         }
         (
-            ready,
-            json!({ "ready": ready, "head": head, "max_lag": self.max_lag, "projections": projections }),
+            true,
+            json!({ "ready": true, "head": head, "projections": projections }),
         )
+    }
+
+    /// Each projection's name, position and lag behind `head`.
+    fn lags(&self, head: u64) -> Vec<(String, u64, u64)> {
+        self.projections
+            .iter()
+            .map(|(name, progress)| {
+                let position = *progress.borrow();
+                (name.clone(), position, head.saturating_sub(position))
+            })
+            .collect()
+    }
+
+    /// Puts the log's head and each projection's position and lag on `/metrics`.
+    pub fn export_metrics(&self) {
+        let readiness = self.clone();
+        whatsnap_telemetry::metrics::collect(move || {
+            let readiness = readiness.clone();
+            async move {
+                let Ok(Ok(head)) =
+                    tokio::time::timeout(STORE_PATIENCE, readiness.store.head_position()).await
+                else {
+                    return vec![Sample::gauge(
+                        "whatsnap_event_store_up",
+                        "Whether the event store answered the scrape within a second.",
+                        vec![],
+                        0.0,
+                    )];
+                };
+                let mut samples = vec![
+                    Sample::gauge(
+                        "whatsnap_event_store_up",
+                        "Whether the event store answered the scrape within a second.",
+                        vec![],
+                        1.0,
+                    ),
+                    Sample::gauge(
+                        "whatsnap_log_head_position",
+                        "The position of the last event in the log; its rate is events appended per second.",
+                        vec![],
+                        head as f64,
+                    ),
+                ];
+                for (name, position, lag) in readiness.lags(head) {
+                    samples.push(Sample::gauge(
+                        "whatsnap_projection_position",
+                        "The last log position a projection of this process has applied.",
+                        vec![("projection", name.clone())],
+                        position as f64,
+                    ));
+                    samples.push(Sample::gauge(
+                        "whatsnap_projection_lag_events",
+                        "How many events of the log a projection of this process has yet to apply.",
+                        vec![("projection", name)],
+                        lag as f64,
+                    ));
+                }
+                samples
+            }
+        });
     }
 }
 
@@ -69,7 +130,7 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>)
     (status, Json(body))
 }
 
-/// The gateway's HTTP routes.
+/// The health routes.
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))

@@ -29,7 +29,7 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 pub use application::{Application, HttpConfig, HttpLimits, limited};
 pub use forward::Remote;
 pub use health::{Readiness, router};
-pub use metrics::routes as metrics_routes;
+pub use metrics::{MetricsConfig, routes as metrics_routes};
 pub use replay::{CLAIM_LEASE, Claim, Clock, ReplayGuard, Verdict};
 pub use timeline::TimelineProjection;
 pub use traffic::TrafficProjection;

@@ -790,4 +790,25 @@ pub fn routes(hooks: Webhooks) -> Router {
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(hooks)
         .merge(engines)
+        .route_layer(axum::middleware::from_fn(timed))
+}
+
+/// Records how long each webhook took to answer, by route and status class, on `/metrics`.
+async fn timed(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    whatsnap_telemetry::metrics::observe(
+        "whatsnap_webhook_duration_seconds",
+        "How long the gateway took to answer a webhook (or OAuth or media request), by route and status class.",
+        vec![
+            ("route", path.as_str().to_owned()),
+            ("status", format!("{}xx", response.status().as_u16() / 100)),
+        ],
+        started.elapsed(),
+    );
+    response
 }

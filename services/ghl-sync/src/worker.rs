@@ -1045,3 +1045,43 @@ impl Worker {
         Ok(Step::Done)
     }
 }
+
+/// Puts, per location, the work waiting for GHL and the work set aside after GHL refused it on
+/// `/metrics`.
+pub fn export_metrics(db: whatsnap_rpc::ReadDb) {
+    use whatsnap_telemetry::metrics::Sample;
+    whatsnap_telemetry::metrics::collect(move || {
+        let db = db.clone();
+        async move {
+            let mut samples = Vec::new();
+            for (table, name, help) in [
+                (
+                    "ghl_pending",
+                    "whatsnap_ghl_pending",
+                    "Items waiting to go to GHL, per location.",
+                ),
+                (
+                    "ghl_set_aside",
+                    "whatsnap_ghl_set_aside",
+                    "Items GHL refused, set aside until an operator retries them, per location.",
+                ),
+            ] {
+                let query =
+                    format!("SELECT location_id, COUNT(*) AS n FROM {table} GROUP BY location_id");
+                // Before the projection has made its tables, there is nothing to count.
+                let Ok(rows) = sqlx::query(&query).fetch_all(&db).await else {
+                    continue;
+                };
+                for row in rows {
+                    samples.push(Sample::gauge(
+                        name,
+                        help,
+                        vec![("location", row.get::<String, _>("location_id"))],
+                        row.get::<i64, _>("n") as f64,
+                    ));
+                }
+            }
+            samples
+        }
+    });
+}

@@ -194,6 +194,11 @@ pub struct ServeArgs {
     /// HTTP address of the gateway: health checks, Twilio and GHL webhooks, the OAuth install.
     #[arg(long, env = "WHATSNAP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// An HTTP address for operators, served by every target: `/healthz`, `/readyz` and
+    /// `/metrics` (Prometheus; an admin token of every location scrapes it). The gateway serves
+    /// the same on its own HTTP address too. None by default.
+    #[arg(long, env = "WHATSNAP_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// gRPC URL of the session service, when the gateway runs without it.
     #[arg(long, env = "WHATSNAP_SESSION_URL")]
     session_url: Option<String>,
@@ -355,9 +360,6 @@ pub struct ServeArgs {
     /// How many accounts, of all kinds together, one location may have.
     #[arg(long, env = "WHATSNAP_MAX_ACCOUNTS_PER_LOCATION", default_value_t = 10)]
     max_accounts_per_location: usize,
-    /// /readyz fails while a projection is more than this many events behind the log.
-    #[arg(long, env = "WHATSNAP_MAX_LAG", default_value_t = 1000)]
-    max_lag: u64,
     /// How many times a projection tries an event that fails (with growing pauses) before it
     /// parks it and goes on; see `whatsnap parked --help`.
     #[arg(long, env = "WHATSNAP_PROJECTION_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -958,6 +960,20 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
     let gateway = services.run_until_stopped(&mut tasks, &shutdown);
+    let readiness = Readiness {
+        store: store.clone(),
+        projections: progress.clone(),
+    };
+    readiness.export_metrics();
+    export_parked_metrics(db.clone());
+    if has(Target::GhlSync) {
+        whatsnap_ghl_sync::worker::export_metrics(db.clone());
+    }
+    let scrapers = whatsnap_auth::Authenticator::new(store.clone(), Some(&service_token));
+    let metrics_for = |assignment| whatsnap_gateway::MetricsConfig {
+        tokens: scrapers.clone(),
+        assignment,
+    };
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -1005,11 +1021,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             &args.ghl_webhook_rsa_key,
         )?;
         let http = whatsnap_gateway::HttpConfig {
-            readiness: Readiness {
-                store: store.clone(),
-                projections: progress.clone(),
-                max_lag: args.max_lag,
-            },
+            readiness: readiness.clone(),
             webhooks: whatsnap_gateway::Webhooks {
                 public_url: public_url.clone(),
                 session: session_channel,
@@ -1028,7 +1040,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 },
                 media: media.clone(),
             },
-            assignment: assignment_channel,
+            metrics: metrics_for(assignment_channel),
             limits: whatsnap_gateway::HttpLimits {
                 timeout: args.limits.http_timeout,
                 concurrency: args.limits.http_concurrency as usize,
@@ -1093,6 +1105,44 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
+    }
+    if let Some(metrics_addr) = args.metrics_addr {
+        let listener = TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics address {metrics_addr}"))?;
+        let metrics_addr = listener.local_addr()?;
+        let assignment = channel_to(
+            has(Target::Assignment),
+            &None,
+            grpc_addr,
+            &service_token,
+            tls.as_ref(),
+        )?;
+        let routes = whatsnap_gateway::router(readiness.clone())
+            .merge(whatsnap_gateway::metrics_routes(metrics_for(assignment)));
+        let stop = shutdown.clone();
+        match &tls {
+            Some(tls) => {
+                let listener = tls.http_listener(listener);
+                tasks.spawn(async move {
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await
+                        .context("metrics HTTP server")
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await
+                        .context("metrics HTTP server")
+                });
+            }
+        }
+        out.push_str(&format!(
+            "metrics listening on {metrics_addr} (/healthz, /readyz, /metrics)\n"
+        ));
     }
     {
         use std::io::Write;
@@ -1481,9 +1531,7 @@ fn ghl_worker(
                 .or_else(|| public_url.map(|u| format!("{u}/oauth/callback"))),
             ..whatsnap_ghl::client::GhlConfig::default()
         },
-        Arc::new(whatsnap_ghl::ratelimit::RateLimiter::new(
-            whatsnap_ghl::ratelimit::Limits::default(),
-        )),
+        ghl_limiter(),
     );
     let mut worker = whatsnap_ghl_sync::WorkerConfig::new(client, key.clone());
     worker.conversation_provider_id = ghl.ghl_conversation_provider_id.clone();
@@ -1636,4 +1684,75 @@ async fn connectors(
         .default_engine(&args.whatsapp_engine)
         .map_err(|e| anyhow!("--whatsapp-engine: {e}"))?;
     Ok(connectors)
+}
+
+/// GHL's pacing, with what each location has used of its allowance on `/metrics`.
+fn ghl_limiter() -> Arc<whatsnap_ghl::ratelimit::RateLimiter> {
+    use whatsnap_telemetry::metrics::Sample;
+    let limiter = Arc::new(whatsnap_ghl::ratelimit::RateLimiter::new(
+        whatsnap_ghl::ratelimit::Limits::default(),
+    ));
+    let watched = limiter.clone();
+    whatsnap_telemetry::metrics::collect(move || {
+        let limits = watched.limits();
+        let mut samples = vec![
+            Sample::gauge(
+                "whatsnap_ghl_burst_limit",
+                "Requests GHL allows one location in a burst window.",
+                vec![],
+                f64::from(limits.burst_max),
+            ),
+            Sample::gauge(
+                "whatsnap_ghl_daily_limit",
+                "Requests GHL allows one location in a day.",
+                vec![],
+                f64::from(limits.daily_max),
+            ),
+        ];
+        for (location, window, today) in watched.usage() {
+            let location = location.as_str().to_owned();
+            samples.push(Sample::gauge(
+                "whatsnap_ghl_burst_used",
+                "Requests a location has made to GHL in the current burst window (10 s).",
+                vec![("location", location.clone())],
+                f64::from(window),
+            ));
+            samples.push(Sample::gauge(
+                "whatsnap_ghl_daily_used",
+                "Requests a location has made to GHL today (as GHL's headers last said).",
+                vec![("location", location)],
+                f64::from(today),
+            ));
+        }
+        std::future::ready(samples)
+    });
+    limiter
+}
+
+/// Puts the events each projection parked, and that are not dealt with yet, on `/metrics`.
+fn export_parked_metrics(db: whatsnap_rpc::ReadDb) {
+    use sqlx::Row;
+    use whatsnap_telemetry::metrics::Sample;
+    whatsnap_telemetry::metrics::collect(move || {
+        let db = db.clone();
+        async move {
+            let rows = sqlx::query(
+                "SELECT projection, COUNT(*) AS n FROM projection_parked \
+                 WHERE status IN ('parked', 'retry_requested') GROUP BY projection",
+            )
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
+            rows.iter()
+                .map(|row| {
+                    Sample::gauge(
+                        "whatsnap_parked_events",
+                        "Events a projection set aside after failing on them, not yet retried or skipped (see `whatsnap parked`).",
+                        vec![("projection", row.get::<String, _>("projection"))],
+                        row.get::<i64, _>("n") as f64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    });
 }
