@@ -63,6 +63,9 @@ impl Sample {
     }
 }
 
+/// What the collectors reported for one metric: its help, kind and samples.
+type Collected = (&'static str, Kind, Vec<(Labels, f64)>);
+
 type Collector =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Sample>> + Send>> + Send + Sync + 'static>;
 
@@ -162,8 +165,7 @@ impl Registry {
     /// Everything, in the text exposition format: the collectors' samples, then what was counted.
     pub async fn render(&self) -> String {
         let collectors = self.collectors.lock().expect("metrics lock").clone();
-        let mut collected: BTreeMap<&'static str, (&'static str, Kind, Vec<(Labels, f64)>)> =
-            BTreeMap::new();
+        let mut collected: BTreeMap<&'static str, Collected> = BTreeMap::new();
         for collector in collectors {
             for sample in collector().await {
                 collected

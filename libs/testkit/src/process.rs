@@ -185,6 +185,11 @@ pub async fn channel_to(addr: SocketAddr, token: &str) -> Channel {
 }
 
 impl Whatsnap {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// How the process ended, if it has (a fail point aborts it, say); `None` while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait()

@@ -1,0 +1,522 @@
+//! The figures of one machine, in one run: the raw event store (appends and reads per second),
+//! then whatsnap on that same store — signed Twilio webhooks in, GHL posts out — and each
+//! pipeline figure as a share of the raw store's.
+//!
+//! `cargo bench -p whatsnap-tests --bench pipeline` runs the embedded backend; with
+//! `WHATSNAP_TEST_NATS_URL` and `WHATSNAP_TEST_DATABASE_URL` set (as `.ci/run` sets them) the
+//! distributed one too. `WHATSNAP_BENCH_MESSAGES` (default 2000), `WHATSNAP_BENCH_LOCATIONS`
+//! (default 50: GHL allows each 10 requests/s, so the fake GHL's limits do not cap the run),
+//! `WHATSNAP_BENCH_CONCURRENCY` (default 32 webhooks in flight) and `WHATSNAP_BENCH_BACKLOG`
+//! (default 100000 events for the start-up figures) change the load.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use whatsnap_events::{ApiTokenRevoked, Event, EventMetadata, NewEvent, StreamId};
+use whatsnap_eventstore::{EventStore, ExpectedVersion};
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::{
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, http_get,
+};
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "twilio-auth-token-of-the-agency";
+const NUMBER: &str = "+15005550006";
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WRITERS: usize = 8;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+#[tokio::main]
+async fn main() {
+    let messages = setting("WHATSNAP_BENCH_MESSAGES", 2000);
+    let locations = setting("WHATSNAP_BENCH_LOCATIONS", 50);
+    let concurrency = setting("WHATSNAP_BENCH_CONCURRENCY", 32);
+    let backlog = setting("WHATSNAP_BENCH_BACKLOG", 100_000);
+    println!(
+        "whatsnap pipeline benchmark: {messages} messages over {locations} locations, \
+         {concurrency} webhooks in flight, {backlog} events of backlog; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let distributed = std::env::var_os(whatsnap_testkit::NATS_URL_VAR).is_some()
+        && std::env::var_os(whatsnap_testkit::DATABASE_URL_VAR).is_some();
+    let mut rows = vec![run(false, messages, locations, concurrency, backlog).await];
+    if distributed {
+        rows.push(run(true, messages, locations, concurrency, backlog).await);
+    } else {
+        println!("(distributed backend skipped: no WHATSNAP_TEST_NATS_URL/DATABASE_URL)");
+    }
+    println!();
+    println!(
+        "| measured | {} |",
+        rows.iter()
+            .map(|r| r.backend)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(rows.len()));
+    let figures: [(&str, Show); 12] = [
+        ("raw appends/s, 8 writers", |f| {
+            format!("{:.0}", f.raw_appends)
+        }),
+        ("raw reads/s", |f| format!("{:.0}", f.raw_reads)),
+        ("webhooks accepted/s", |f| {
+            format!(
+                "{:.0} ({:.1}% of raw appends)",
+                f.webhooks,
+                100.0 * f.webhooks / f.raw_appends
+            )
+        }),
+        ("webhook latency p50 / p99", |f| {
+            format!(
+                "{:.1} / {:.1} ms",
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3
+            )
+        }),
+        ("messages/s, webhook → GHL post", |f| {
+            format!(
+                "{:.1} ({:.2}% of raw appends)",
+                f.end_to_end,
+                100.0 * f.end_to_end / f.raw_appends
+            )
+        }),
+        ("GHL requests/s (allowance: 10/s per location)", |f| {
+            format!(
+                "{:.0} ({:.0}% of {} locations' allowance)",
+                f.ghl_rate,
+                f.ghl_share * 100.0,
+                f.locations
+            )
+        }),
+        ("GHL 429 responses", |f| format!("{}", f.ghl_429)),
+        ("events in the log after the run", |f| {
+            format!("{}", f.log_events)
+        }),
+        ("/readyz after a start with the backlog", |f| {
+            format!(
+                "{} ms ({} events in the log)",
+                f.ready_after.as_millis(),
+                f.backlog_head
+            )
+        }),
+        ("backlog projected after that start", |f| {
+            format!("{:.1} s", f.caught_up_after.as_secs_f64())
+        }),
+        ("rebuild of every read model", |f| {
+            format!(
+                "{:.0} events/s ({:.1}% of raw reads)",
+                f.rebuild,
+                100.0 * f.rebuild / f.raw_reads
+            )
+        }),
+        ("RSS after the run", |f| format!("{} MiB", f.rss_kib / 1024)),
+    ];
+    for (name, show) in figures {
+        println!(
+            "| {name} | {} |",
+            rows.iter().map(show).collect::<Vec<_>>().join(" | ")
+        );
+    }
+}
+
+/// How a row of the table shows one backend's figure.
+type Show = fn(&Figures) -> String;
+
+struct Figures {
+    backend: &'static str,
+    locations: usize,
+    raw_appends: f64,
+    raw_reads: f64,
+    webhooks: f64,
+    p50: Duration,
+    p99: Duration,
+    end_to_end: f64,
+    ghl_rate: f64,
+    ghl_share: f64,
+    ghl_429: u64,
+    log_events: u64,
+    ready_after: Duration,
+    caught_up_after: Duration,
+    backlog_head: u64,
+    rebuild: f64,
+    rss_kib: u64,
+}
+
+async fn run(
+    distributed: bool,
+    messages: usize,
+    locations: usize,
+    concurrency: usize,
+    backlog: usize,
+) -> Figures {
+    let backend_name = if distributed {
+        "distributed (JetStream + PostgreSQL)"
+    } else {
+        "embedded (SQLite)"
+    };
+    println!("\n== {backend_name}");
+    let (raw_appends, raw_reads) = raw_bus(distributed).await;
+    println!("raw: {raw_appends:.0} appends/s with {WRITERS} writers, {raw_reads:.0} reads/s");
+
+    let backend = TestBackend::new(distributed).await;
+    let ghl = FakeGhl::start().await.unwrap();
+    let twilio = FakeTwilio::start().await.unwrap();
+    twilio.add_account(FakeTwilioAccount {
+        sid: SID.into(),
+        auth_token: TOKEN.into(),
+        status: "active".into(),
+        numbers: vec![(NUMBER.into(), true)],
+    });
+    let mut args = backend.args();
+    args.extend(
+        [
+            "--secret-key",
+            SECRET_KEY,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--twilio-base-url",
+            &twilio.base_url(),
+            "--ghl-api-url",
+            &ghl.base_url(),
+            "--ghl-conversation-provider-id",
+            "whatsnapProvider0001",
+        ]
+        .map(str::to_owned),
+    );
+    let mut whatsnap = Whatsnap::serve(binary(), &args, "bench").unwrap();
+    let channel = whatsnap.channel().await;
+    let mut accounts = Vec::new();
+    for n in 0..locations {
+        let location = format!("locBench{n:03}");
+        let token = format!("pit-{location}-0000-0000");
+        ghl.add_private_token(&location, &token);
+        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
+            .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+                location_id: location.clone(),
+                token,
+                company_id: FakeGhl::COMPANY_ID.into(),
+            })
+            .await
+            .unwrap();
+        let account = session::session_service_client::SessionServiceClient::new(channel.clone())
+            .add_account(session::AddAccountRequest {
+                location_id: location.clone(),
+                kind: session::AccountKind::Twilio as i32,
+                name: "Sales".into(),
+                phone_number: NUMBER.into(),
+                twilio: Some(session::TwilioCredentials {
+                    account_sid: SID.into(),
+                    auth_token: TOKEN.into(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        accounts.push((location, account.account_id));
+    }
+    let http = whatsnap.http.unwrap();
+    let head_before = head(&whatsnap).await;
+
+    // Webhooks: `concurrency` senders, each text from one of ten customers of a location.
+    let accounts = Arc::new(accounts);
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (accounts, next) = (accounts.clone(), next.clone());
+        senders.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= messages {
+                    return latencies;
+                }
+                let (location, account) = &accounts[n % accounts.len()];
+                let from = format!("+1415555{:04}", (n / accounts.len()) % 10);
+                let sid = format!("SM{n:032}");
+                let body = format!("benchmark text {n}");
+                let text = TwilioText {
+                    account_sid: SID,
+                    message_sid: &sid,
+                    from: &from,
+                    to: NUMBER,
+                    body: &body,
+                    extra: &[],
+                };
+                let path = format!("/webhooks/twilio/{location}/{account}/inbound");
+                let sent = Instant::now();
+                let (status, answer) = text.post(http, &path, TOKEN).await.unwrap();
+                assert_eq!(status, 200, "{answer}");
+                latencies.push(sent.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(messages);
+    while let Some(done) = senders.join_next().await {
+        latencies.extend(done.unwrap());
+    }
+    let accepted = started.elapsed();
+    latencies.sort();
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let webhooks = messages as f64 / accepted.as_secs_f64();
+    println!("{messages} webhooks accepted in {accepted:?}");
+
+    let in_ghl = || {
+        accounts
+            .iter()
+            .map(|(location, _)| {
+                ghl.contacts(location)
+                    .iter()
+                    .map(|c| ghl.messages(&c.id).len())
+                    .sum::<usize>()
+            })
+            .sum::<usize>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while in_ghl() < messages {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {messages} in GHL after 30 min",
+            in_ghl()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let end_to_end_time = started.elapsed();
+    let end_to_end = messages as f64 / end_to_end_time.as_secs_f64();
+    println!("{messages} messages in GHL {end_to_end_time:?} after the first webhook");
+    let metrics = scrape(http).await;
+    let ghl_requests = metrics.sum("whatsnap_ghl_requests_total{");
+    let ghl_429 = metrics.sum_where("whatsnap_ghl_requests_total{", "status=\"429\"") as u64;
+    let ghl_rate = ghl_requests / end_to_end_time.as_secs_f64();
+    let rss_kib = rss_kib(whatsnap.pid().unwrap());
+    let log_events = head(&whatsnap).await;
+    println!("{} events appended by the run", log_events - head_before);
+    whatsnap.terminate().unwrap();
+
+    // A backlog nobody has read, then a start: when does /readyz say it can take traffic?
+    append_backlog(&backend, backlog).await;
+    let restarted = Instant::now();
+    let whatsnap = Whatsnap::serve(binary(), &args, "bench-restart").unwrap();
+    let http = whatsnap.http.unwrap();
+    loop {
+        if let Ok((200, _)) = http_get(http, "/readyz").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ready_after = restarted.elapsed();
+    let backlog_head = head(&whatsnap).await;
+    let caught_up_after = caught_up(http, restarted).await;
+    let mut whatsnap = whatsnap;
+    whatsnap.terminate().unwrap();
+    println!(
+        "ready {ready_after:?} after a start with {backlog} events of backlog; caught up {caught_up_after:?} after it"
+    );
+
+    // Every read model emptied, then replayed from the first event at the next start.
+    let mut rebuild_args = vec!["rebuild".to_owned(), "all".to_owned()];
+    rebuild_args.extend(backend.args());
+    let emptied = std::process::Command::new(binary())
+        .args(&rebuild_args)
+        .output()
+        .unwrap();
+    assert!(
+        emptied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&emptied.stderr)
+    );
+    let restarted = Instant::now();
+    let whatsnap = Whatsnap::serve(binary(), &args, "bench-rebuild").unwrap();
+    let rebuilt_after = caught_up(whatsnap.http.unwrap(), restarted).await;
+    println!("every read model rebuilt from {backlog_head} events {rebuilt_after:?} after start");
+    let rebuild = backlog_head as f64 / rebuilt_after.as_secs_f64();
+    drop(whatsnap);
+
+    Figures {
+        backend: backend_name,
+        locations,
+        raw_appends,
+        raw_reads,
+        webhooks,
+        p50: percentile(0.50),
+        p99: percentile(0.99),
+        end_to_end,
+        ghl_rate,
+        ghl_share: ghl_rate / (locations as f64 * 10.0),
+        ghl_429,
+        log_events,
+        ready_after,
+        caught_up_after,
+        backlog_head,
+        rebuild,
+        rss_kib,
+    }
+}
+
+/// The raw store: 8 writers appending one event each per call for 3 s, then every event read
+/// back in pages of 1000.
+async fn raw_bus(distributed: bool) -> (f64, f64) {
+    let (store, _keep): (Arc<dyn EventStore>, Box<dyn std::any::Any>) = match distributed {
+        true => {
+            let nats = whatsnap_testkit::TestNats::new().await.unwrap();
+            (Arc::new(nats.store().await.unwrap()), Box::new(nats))
+        }
+        false => {
+            let sqlite = whatsnap_testkit::TestSqlite::new().unwrap();
+            (Arc::new(sqlite.store().await.unwrap()), Box::new(sqlite))
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        writers.spawn(async move {
+            let stream = token_stream(writer);
+            let mut appended = 0u64;
+            while Instant::now() < until {
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![backlog_event()])
+                    .await
+                    .unwrap();
+                appended += 1;
+            }
+            appended
+        });
+    }
+    let mut appended = 0;
+    while let Some(n) = writers.join_next().await {
+        appended += n.unwrap();
+    }
+    let appends = appended as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (mut after, mut read) = (0, 0u64);
+    loop {
+        let page = store.read_all(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        read += page.len() as u64;
+    }
+    (appends, read as f64 / started.elapsed().as_secs_f64())
+}
+
+fn token_stream(n: usize) -> StreamId {
+    whatsnap_auth::token_stream(&format!("{n:024x}")).unwrap()
+}
+
+/// An event every read model passes over: a token nobody holds, revoked.
+fn backlog_event() -> NewEvent {
+    let revoked = ApiTokenRevoked {
+        token_id: "0".repeat(24),
+        revoked_by: Some("benchmark".into()),
+    };
+    NewEvent::new(&Event::from(revoked), EventMetadata::new_correlation())
+}
+
+async fn append_backlog(backend: &TestBackend, events: usize) {
+    let store: Arc<dyn EventStore> = match backend {
+        TestBackend::Embedded(dir) => Arc::new(
+            whatsnap_eventstore::sqlite::SqliteEventStore::open(
+                &whatsnap_eventstore::sqlite::SqliteConfig::new(dir.path().join("whatsnap.db")),
+            )
+            .await
+            .unwrap(),
+        ),
+        TestBackend::Distributed(nats, _) => Arc::new(nats.store().await.unwrap()),
+    };
+    let stream = token_stream(WRITERS);
+    for start in (0..events).step_by(500) {
+        let batch = (start..events.min(start + 500))
+            .map(|_| backlog_event())
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+}
+
+/// How long after `since` every projection has applied the whole log, as `/readyz` tells.
+async fn caught_up(http: SocketAddr, since: Instant) -> Duration {
+    loop {
+        if let Ok((200, body)) = http_get(http, "/readyz").await {
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let lags = body["projections"].as_object().unwrap();
+            if !lags.is_empty() && lags.values().all(|p| p["lag"] == 0) {
+                return since.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn head(whatsnap: &Whatsnap) -> u64 {
+    scrape(whatsnap.http.unwrap())
+        .await
+        .sum("whatsnap_log_head_position") as u64
+}
+
+/// `/metrics`, as (series, value) lines.
+struct Scraped(Vec<(String, f64)>);
+
+impl Scraped {
+    fn sum(&self, prefix: &str) -> f64 {
+        self.sum_where(prefix, "")
+    }
+
+    fn sum_where(&self, prefix: &str, containing: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(s, _)| s.starts_with(prefix) && s.contains(containing))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+async fn scrape(http: SocketAddr) -> Scraped {
+    let bearer = format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN);
+    let reply =
+        whatsnap_testkit::http_request(http, "/metrics", &[("authorization", &bearer)], None)
+            .await
+            .unwrap();
+    Scraped(
+        reply
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(s, v)| Some((s.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
