@@ -19,6 +19,7 @@ pub use whatsnap_events::{EventId, NewEvent, RecordedEvent, StreamId};
 
 pub mod aggregate;
 pub mod jetstream;
+pub mod lease;
 pub mod parked;
 pub mod projection;
 pub mod sqlite;

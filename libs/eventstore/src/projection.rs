@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, warn};
 use whatsnap_events::{Event, RecordedEvent};
 
+use crate::lease::{self, Fence};
 use crate::parked::{self, ParkedChange, ParkedEvent, ParkedQuery, ParkedStatus};
 use crate::{EventStore, StoreError, SubscribeFrom};
 
@@ -116,6 +117,28 @@ pub trait CheckpointTable: Database {
         conn: &mut Self::Connection,
         change: ParkedChange<'_>,
     ) -> sqlx::Result<u64>;
+    /// Takes the lease `name` for `holder` until `until_ms` if nobody holds it at `now_ms`;
+    /// its new epoch when taken.
+    async fn acquire_lease(
+        conn: &mut Self::Connection,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> sqlx::Result<Option<i64>>;
+    /// Extends `fence`'s lease to `until_ms` (0 lets it go); false when it is no longer held
+    /// by that holder at that epoch.
+    async fn renew_lease(
+        conn: &mut Self::Connection,
+        fence: &Fence,
+        until_ms: i64,
+    ) -> sqlx::Result<bool>;
+    /// How many leases whose name starts with `prefix` are held at `now_ms`.
+    async fn count_leases(
+        conn: &mut Self::Connection,
+        prefix: &str,
+        now_ms: i64,
+    ) -> sqlx::Result<i64>;
 }
 
 // One SQL for every database: PostgreSQL and SQLite both take `$n` placeholders and
@@ -177,8 +200,52 @@ macro_rules! checkpoint_table {
                     .map(drop)
             }
 
+            async fn acquire_lease(
+                conn: &mut Self::Connection,
+                name: &str,
+                holder: &str,
+                now_ms: i64,
+                until_ms: i64,
+            ) -> sqlx::Result<Option<i64>> {
+                sqlx::query_scalar(lease::ACQUIRE)
+                    .bind(name)
+                    .bind(holder)
+                    .bind(until_ms)
+                    .bind(now_ms)
+                    .fetch_optional(conn)
+                    .await
+            }
+
+            async fn renew_lease(
+                conn: &mut Self::Connection,
+                fence: &Fence,
+                until_ms: i64,
+            ) -> sqlx::Result<bool> {
+                let renewed = sqlx::query(lease::RENEW)
+                    .bind(fence.name.clone())
+                    .bind(fence.holder.clone())
+                    .bind(fence.epoch)
+                    .bind(until_ms)
+                    .execute(conn)
+                    .await?;
+                Ok(renewed.rows_affected() == 1)
+            }
+
+            async fn count_leases(
+                conn: &mut Self::Connection,
+                prefix: &str,
+                now_ms: i64,
+            ) -> sqlx::Result<i64> {
+                sqlx::query_scalar(lease::COUNT)
+                    .bind(format!("{prefix}%"))
+                    .bind(now_ms)
+                    .fetch_one(conn)
+                    .await
+            }
+
             async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()> {
                 sqlx::query(CREATE_MIGRATIONS).execute(&mut *conn).await?;
+                sqlx::query(lease::CREATE).execute(&mut *conn).await?;
                 sqlx::query(parked::CREATE_PARKED)
                     .execute(&mut *conn)
                     .await?;
@@ -443,6 +510,8 @@ pub struct ProjectionRunner<DB: CheckpointTable> {
     backoff: Backoff,
     retry_poll: Duration,
     progress: watch::Sender<u64>,
+    /// The lease this runner works under, renewed in every transaction, and for how long.
+    fence: std::sync::Mutex<Option<(Fence, Duration)>>,
 }
 
 impl<DB: CheckpointTable> ProjectionRunner<DB> {
@@ -463,7 +532,15 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             backoff: Backoff::default(),
             retry_poll: Duration::from_secs(1),
             progress: watch::channel(0).0,
+            fence: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on commits only while `fence`'s lease is held: each transaction renews it for
+    /// `ttl`, and one that finds another replica holding it rolls back, so a replica that lost
+    /// the lease with a batch in hand cannot apply it after the new holder.
+    pub fn fence(&self, fence: Fence, ttl: Duration) {
+        *self.fence.lock().expect("fence lock") = Some((fence, ttl));
     }
 
     /// At most this many events per transaction (default 100).
@@ -808,6 +885,19 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 .instrument((self.event_span)(name, event))
                 .await
                 .map_err(|err| Failure::event(index, err))?;
+        }
+        let fence = self.fence.lock().expect("fence lock").clone();
+        if let Some((fence, ttl)) = &fence {
+            let until = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+            if !DB::renew_lease(&mut tx, fence, until)
+                .await
+                .map_err(Failure::database)?
+            {
+                return Err(Failure::Transient(format!(
+                    "the lease {} (epoch {}) is no longer this replica's",
+                    fence.name, fence.epoch
+                )));
+            }
         }
         match finish {
             Finish::Checkpoint(position) => DB::save_checkpoint(&mut tx, name, position)

@@ -40,7 +40,7 @@ impl Application {
     }
 
     /// Decides every contact's owner as the log brings them, until `shutdown`.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
         let decider = self.assignment.decider();
         // Its own task, as every worker of the process has.
         let run = tokio::spawn(decider.run(shutdown.cancelled_owned()));

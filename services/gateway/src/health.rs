@@ -2,7 +2,7 @@
 //! answers). A projection that lags does not make a process unready — a restart with a backlog
 //! would be taken out of the load balancer while it catches up, which is when it is needed; the
 //! lag is in `/readyz`'s body and on `/metrics` (`whatsnap_projection_lag_events`), where an
-//! alert watches it.
+//! alert watches it. When replicas share the projections, each reports the lag of those it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use whatsnap_eventstore::EventStore;
+use whatsnap_eventstore::lease::Leases;
 use whatsnap_telemetry::metrics::Sample;
 
 /// How long `/readyz` waits for the event store.
@@ -25,6 +26,9 @@ pub struct Readiness {
     pub store: Arc<dyn EventStore>,
     /// Each projection of this process, with the position it has reached.
     pub projections: Vec<(String, watch::Receiver<u64>)>,
+    /// When replicas share the work: which projections this one runs now (`projection:<name>`
+    /// leases); the others' lag is another replica's to report.
+    pub leases: Option<Arc<Leases<sqlx::Any>>>,
 }
 
 impl Readiness {
@@ -55,10 +59,15 @@ impl Readiness {
         )
     }
 
-    /// Each projection's name, position and lag behind `head`.
+    /// Each projection's name, position and lag behind `head`, of those this replica runs.
     fn lags(&self, head: u64) -> Vec<(String, u64, u64)> {
+        let held = self.leases.as_ref().map(|leases| leases.held());
         self.projections
             .iter()
+            .filter(|(name, _)| {
+                held.as_ref()
+                    .is_none_or(|held| held.contains(&format!("projection:{name}")))
+            })
             .map(|(name, progress)| {
                 let position = *progress.borrow();
                 (name.clone(), position, head.saturating_sub(position))

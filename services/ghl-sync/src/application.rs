@@ -52,7 +52,7 @@ impl Application {
     }
 
     /// Drains the queue of work for GHL until `shutdown`, when there is a worker.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
         let Some(worker) = self.ghl_sync.worker() else {
             return;
         };

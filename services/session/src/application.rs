@@ -42,7 +42,7 @@ impl Application {
 
     /// Sends the queued replies and supervises the live links until `shutdown`; a worker that
     /// panics takes the caller down with it.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
         let mut workers = JoinSet::new();
         let worker = self.session.send_worker();
         workers.spawn(worker.run(shutdown.clone().cancelled_owned()));

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -23,6 +24,7 @@ use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
+use whatsnap_eventstore::lease::{Fence, Leases};
 use whatsnap_gateway::{Readiness, Remote};
 use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
 use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
@@ -364,6 +366,16 @@ pub struct ServeArgs {
     /// parks it and goes on; see `whatsnap parked --help`.
     #[arg(long, env = "WHATSNAP_PROJECTION_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     projection_attempts: u32,
+    /// Distributed backend: how long a replica's hold on a piece of work (a projection, the
+    /// replies' queue, the GHL worker, the assignment decider) lasts unrenewed. Replicas of the
+    /// same targets share the work; another takes over a dead replica's work this long after it
+    /// died (at once after an orderly stop). Keep it well above the clocks' skew.
+    #[arg(long, env = "WHATSNAP_LEASE_TTL", default_value = "10", value_parser = seconds)]
+    lease_ttl: Duration,
+    /// This replica's name in the leases (see `--lease-ttl`); default: the host name (the pod's
+    /// name on Kubernetes), the process id and a random suffix.
+    #[arg(long, env = "WHATSNAP_REPLICA_ID")]
+    replica_id: Option<String>,
     /// What every account tag starts with; the account's name follows (`whatsnap-account-sales`).
     #[arg(long, env = "WHATSNAP_TAG_PREFIX", default_value = whatsnap_session::DEFAULT_TAG_PREFIX, value_parser = tag_prefix)]
     tag_prefix: String,
@@ -939,11 +951,29 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    // Replicas share the work through leases in the read-model database; the embedded backend
+    // is one process, which does all of it.
+    let leases = match args.backend.database_url.is_some() {
+        true => {
+            let leases = Leases::open(db.clone(), &names_of(targets), replica_id(&args), args.lease_ttl)
+                .await
+                .context("the leases' table")?;
+            let heartbeat = leases.clone().heartbeat(shutdown.clone());
+            tasks.spawn(async move {
+                heartbeat.await;
+                Ok(())
+            });
+            export_lease_metrics(leases.clone());
+            Some(leases)
+        }
+        false => None,
+    };
     let progress = run_projections(
         &store,
         &db,
         projections,
         args.projection_attempts,
+        leases.as_ref(),
         &shutdown,
         &mut tasks,
     )
@@ -959,10 +989,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             tls.as_ref(),
         )
         .await?;
-    let gateway = services.run_until_stopped(&mut tasks, &shutdown);
+    let gateway = services.run_until_stopped(&mut tasks, leases.as_ref(), &shutdown);
     let readiness = Readiness {
         store: store.clone(),
         projections: progress.clone(),
+        leases: leases.clone(),
     };
     readiness.export_metrics();
     export_parked_metrics(db.clone());
@@ -1428,31 +1459,33 @@ impl Services {
 
     /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose
     /// HTTP server starts once the gRPC server listens.
+    /// With `leases`, each service's workers run on one replica at a time.
     fn run_until_stopped(
         self,
         tasks: &mut JoinSet<anyhow::Result<()>>,
+        leases: Option<&Arc<Leases<sqlx::Any>>>,
         shutdown: &CancellationToken,
     ) -> Option<whatsnap_gateway::Application> {
         if let Some(assignment) = self.assignment {
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                assignment.run_until_stopped(stop).await;
-                Ok(())
-            });
+            let assignment = Arc::new(assignment);
+            tasks.spawn(under_lease(leases, "workers:assignment", shutdown, move |stop| {
+                let assignment = assignment.clone();
+                async move { assignment.run_until_stopped(stop).await }
+            }));
         }
         if let Some(session) = self.session {
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                session.run_until_stopped(stop).await;
-                Ok(())
-            });
+            let session = Arc::new(session);
+            tasks.spawn(under_lease(leases, "workers:session", shutdown, move |stop| {
+                let session = session.clone();
+                async move { session.run_until_stopped(stop).await }
+            }));
         }
         if let Some(ghl_sync) = self.ghl_sync {
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                ghl_sync.run_until_stopped(stop).await;
-                Ok(())
-            });
+            let ghl_sync = Arc::new(ghl_sync);
+            tasks.spawn(under_lease(leases, "workers:ghl-sync", shutdown, move |stop| {
+                let ghl_sync = ghl_sync.clone();
+                async move { ghl_sync.run_until_stopped(stop).await }
+            }));
         }
         self.gateway
     }
@@ -1466,6 +1499,7 @@ async fn run_projections(
     db: &ReadDb,
     projections: Vec<Arc<dyn Projection<sqlx::Any>>>,
     attempts: u32,
+    leases: Option<&Arc<Leases<sqlx::Any>>>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Vec<(String, tokio::sync::watch::Receiver<u64>)>> {
@@ -1487,30 +1521,111 @@ async fn run_projections(
             attempt += 1;
         }
         progress.push((name.clone(), runner.progress()));
-        let stop = shutdown.clone();
-        let run = tokio::spawn(async move { runner.run_until(stop.cancelled_owned()).await });
+        let runner = Arc::new(runner);
+        let ttl = leases.map(|l| l.ttl());
+        let lease = format!("projection:{name}");
         // A projection that ends, by an error or a panic, leaves its read model behind the log
         // (/readyz shows its lag grow) but must not take the gateway and the other services
         // with it.
-        tasks.spawn(async move {
-            match run.await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => error!(
-                    projection = %name,
-                    error = %err,
-                    "projection stopped for good: its read model no longer follows the log; the other services keep running"
-                ),
-                Err(err) => error!(
-                    projection = %name,
-                    error = %err,
-                    "projection panicked: its read model no longer follows the log; the other services keep running"
-                ),
+        tasks.spawn(under_fenced_lease(leases, lease, shutdown, move |fence, stop| {
+            let (runner, name) = (runner.clone(), name.clone());
+            async move {
+                if let (Some(fence), Some(ttl)) = (fence, ttl) {
+                    runner.fence(fence, ttl);
+                }
+                let run = tokio::spawn(async move { runner.run_until(stop.cancelled_owned()).await });
+                match run.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => error!(
+                        projection = %name,
+                        error = %err,
+                        "projection stopped for good: its read model no longer follows the log; the other services keep running"
+                    ),
+                    Err(err) => error!(
+                        projection = %name,
+                        error = %err,
+                        "projection panicked: its read model no longer follows the log; the other services keep running"
+                    ),
+                }
             }
-            Ok(())
-        });
+        }));
     }
 
     Ok(progress)
+}
+
+/// Runs `work` until `shutdown` — on this replica only while it holds the lease `name`, when
+/// replicas share the work through `leases`.
+fn under_lease<F, Fut>(
+    leases: Option<&Arc<Leases<sqlx::Any>>>,
+    name: &str,
+    shutdown: &CancellationToken,
+    work: F,
+) -> impl Future<Output = anyhow::Result<()>> + Send + 'static
+where
+    F: Fn(CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    under_fenced_lease(leases, name.to_owned(), shutdown, move |_, stop| work(stop))
+}
+
+/// As [`under_lease`], giving `work` the lease's fence when there is one.
+fn under_fenced_lease<F, Fut>(
+    leases: Option<&Arc<Leases<sqlx::Any>>>,
+    name: String,
+    shutdown: &CancellationToken,
+    work: F,
+) -> impl Future<Output = anyhow::Result<()>> + Send + 'static
+where
+    F: Fn(Option<Fence>, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let leases = leases.cloned();
+    let shutdown = shutdown.clone();
+    async move {
+        match leases {
+            Some(leases) => {
+                leases
+                    .hold(name, shutdown, move |fence, stop| work(Some(fence), stop))
+                    .await
+            }
+            None => work(None, shutdown).await,
+        }
+        Ok(())
+    }
+}
+
+/// The targets a process serves, as one name: replicas with the same share their work.
+fn names_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
+    targets.into_iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+}
+
+/// This replica's name in the leases.
+fn replica_id(args: &ServeArgs) -> String {
+    args.replica_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "whatsnap".to_owned());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+    })
+}
+
+/// Puts which leases this replica holds on `/metrics`.
+fn export_lease_metrics(leases: Arc<Leases<sqlx::Any>>) {
+    whatsnap_telemetry::metrics::collect(move || {
+        let held = leases.held();
+        std::future::ready(
+            held.into_iter()
+                .map(|lease| {
+                    whatsnap_telemetry::metrics::Sample::gauge(
+                        "whatsnap_lease_held",
+                        "The work this replica does now: each lease it holds (a projection or a service's workers).",
+                        vec![("lease", lease)],
+                        1.0,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
 }
 
 /// The ghl-sync worker's configuration: the GHL client, and what seals tokens.

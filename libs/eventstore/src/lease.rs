@@ -1,0 +1,359 @@
+//! Leases: which replica does a piece of work that must be done in one place at a time — a
+//! projection, the queue of replies, the GHL worker. Replicas of the same targets share the
+//! read-model database; each piece of work has a row there naming its holder, an epoch that
+//! grows with every change of holder, and when the lease runs out unless renewed.
+//!
+//! - A replica takes a free or run-out lease, renews it every third of its time to live, and
+//!   stops the work before it could run out unrenewed (a database it cannot reach). A replica
+//!   that dies leaves its leases to run out; one that stops lets them go at once.
+//! - The holder and epoch are the work's [`Fence`]: a projection's transaction renews its lease
+//!   inside the transaction, so a replica that lost the lease while a batch was in hand cannot
+//!   commit it ([`crate::projection::ProjectionRunner::fence`]). Effects on the outside world
+//!   need no fence: the effect discipline reconciles an intent another replica left open.
+//! - The work is spread: every live replica of the same targets heartbeats a member lease, and
+//!   a replica takes no more than its share (work ÷ live replicas, rounded up), letting go of
+//!   work when a new replica joins.
+//!
+//! Expiry is written by each replica's clock: the time to live must be well above the clock
+//! skew between the machines (NTP keeps it to milliseconds; the default is 10 s).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::Pool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::projection::CheckpointTable;
+
+pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS whatsnap_leases (\
+     name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, \
+     expires_at_ms BIGINT NOT NULL)";
+// A new row, or a run-out one taken over with the next epoch; nothing when someone holds it.
+pub(crate) const ACQUIRE: &str = "INSERT INTO whatsnap_leases (name, holder, epoch, expires_at_ms) \
+     VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+     epoch = whatsnap_leases.epoch + 1, expires_at_ms = excluded.expires_at_ms \
+     WHERE whatsnap_leases.expires_at_ms < $4 RETURNING epoch";
+pub(crate) const RENEW: &str = "UPDATE whatsnap_leases SET expires_at_ms = $4 \
+     WHERE name = $1 AND holder = $2 AND epoch = $3";
+pub(crate) const COUNT: &str =
+    "SELECT COUNT(*) FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms >= $2";
+
+/// Who holds a lease, and since which change of holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The leases of one replica.
+pub struct Leases<DB: CheckpointTable> {
+    pool: Pool<DB>,
+    /// This replica, as the lease rows name it.
+    holder: String,
+    /// The replicas of the same targets: their member leases start with it.
+    members: String,
+    ttl: Duration,
+    /// Pieces of work this replica is ready to do.
+    work: AtomicUsize,
+    /// The leases it holds now.
+    held: Mutex<BTreeSet<String>>,
+}
+
+impl<DB: CheckpointTable> Leases<DB> {
+    /// The leases of replica `holder` among those running `group` (e.g. the targets they
+    /// serve), on `pool`; creates the table when it is not there.
+    pub async fn open(
+        pool: Pool<DB>,
+        group: &str,
+        holder: String,
+        ttl: Duration,
+    ) -> sqlx::Result<Arc<Self>> {
+        let mut tx = DB::begin_write(&pool).await?;
+        DB::create_checkpoint_table(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Arc::new(Self {
+            pool,
+            holder,
+            members: format!("member:{group}:"),
+            ttl,
+            work: AtomicUsize::new(0),
+            held: Mutex::new(BTreeSet::new()),
+        }))
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The leases this replica holds now.
+    pub fn held(&self) -> BTreeSet<String> {
+        self.held.lock().expect("leases lock").clone()
+    }
+
+    fn tick(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    async fn acquire(&self, name: &str) -> sqlx::Result<Option<Fence>> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let now = now_ms();
+        let until = now + self.ttl.as_millis() as i64;
+        let epoch = DB::acquire_lease(&mut tx, name, &self.holder, now, until).await?;
+        tx.commit().await?;
+        Ok(epoch.map(|epoch| Fence {
+            name: name.to_owned(),
+            holder: self.holder.clone(),
+            epoch,
+        }))
+    }
+
+    /// Extends the lease; false when another replica took it.
+    pub async fn renew(&self, fence: &Fence) -> sqlx::Result<bool> {
+        self.set_expiry(fence, now_ms() + self.ttl.as_millis() as i64)
+            .await
+    }
+
+    async fn set_expiry(&self, fence: &Fence, until_ms: i64) -> sqlx::Result<bool> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let renewed = DB::renew_lease(&mut tx, fence, until_ms).await?;
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
+    /// This replica's share of the work: all of it divided by the live replicas, rounded up.
+    async fn share(&self) -> usize {
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(_) => return usize::MAX,
+        };
+        let members = DB::count_leases(&mut conn, &self.members, now_ms())
+            .await
+            .unwrap_or(1)
+            .max(1) as usize;
+        self.work.load(Ordering::Relaxed).div_ceil(members)
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.lock().expect("leases lock").len()
+    }
+
+    /// Says, every third of the time to live, that this replica is alive, until `shutdown`;
+    /// then that it is gone.
+    pub async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let name = format!("{}{}", self.members, self.holder);
+        let mut fence = None;
+        loop {
+            fence = match fence {
+                None => self.acquire(&name).await.ok().flatten(),
+                Some(fence) => match self.renew(&fence).await {
+                    Ok(true) => Some(fence),
+                    _ => None,
+                },
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.tick()) => {}
+            }
+        }
+        if let Some(fence) = fence {
+            let _ = self.set_expiry(&fence, 0).await;
+        }
+    }
+
+    /// Runs `work` while this replica holds the lease `name`, until `shutdown`: waits for the
+    /// lease (and for a share of the work that leaves room for it), starts `work` with its
+    /// fence and a token that stops it, renews the lease, and stops the work — waiting for it
+    /// to end — before letting the lease go: when it is lost, cannot be renewed in time, is
+    /// more than this replica's share, or at shutdown.
+    pub async fn hold<F, Fut>(self: Arc<Self>, name: String, shutdown: CancellationToken, work: F)
+    where
+        F: Fn(Fence, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.work.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let Some(fence) = self.wait_for(&name, &shutdown).await else {
+                return;
+            };
+            self.held
+                .lock()
+                .expect("leases lock")
+                .insert(name.clone());
+            info!(lease = %name, epoch = fence.epoch, "lease taken: this replica does the work");
+            let stop = shutdown.child_token();
+            let mut task = tokio::spawn(work(fence.clone(), stop.clone()));
+            let mut renewed_at = Instant::now();
+            let mut finished = false;
+            let why = loop {
+                tokio::select! {
+                    _ = &mut task => {
+                        finished = true;
+                        break "the work ended";
+                    }
+                    () = tokio::time::sleep(self.tick()) => {}
+                }
+                if shutdown.is_cancelled() {
+                    break "shutting down";
+                }
+                match self.renew(&fence).await {
+                    Ok(true) => renewed_at = Instant::now(),
+                    Ok(false) => break "another replica took it",
+                    Err(err) => {
+                        warn!(lease = %name, error = %err, "lease not renewed");
+                        // Stopped before it can run out, so no two replicas work at once.
+                        if renewed_at.elapsed() >= self.tick() * 2 {
+                            break "it could not be renewed in time";
+                        }
+                    }
+                }
+                if self.over_share(&name).await {
+                    break "another replica has room for it";
+                }
+            };
+            stop.cancel();
+            if !finished {
+                let _ = task.await;
+            }
+            self.held.lock().expect("leases lock").remove(&name);
+            let _ = self.set_expiry(&fence, 0).await;
+            info!(lease = %name, epoch = fence.epoch, why, "lease let go: the work stopped here");
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // Room for another replica to take it before this one looks again.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.tick() * 2) => {}
+            }
+        }
+    }
+
+    /// The lease, once free and within this replica's share; `None` at shutdown.
+    async fn wait_for(&self, name: &str, shutdown: &CancellationToken) -> Option<Fence> {
+        loop {
+            if self.held_count() < self.share().await {
+                match self.acquire(name).await {
+                    Ok(Some(fence)) => return Some(fence),
+                    Ok(None) => {}
+                    Err(err) => warn!(lease = %name, error = %err, "lease not taken"),
+                }
+            }
+            // Jittered, so that replicas that started together do not ask together.
+            let pause = self.tick().mul_f64(0.5 + rand::random::<f64>() * 0.5);
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Whether this replica holds more than its share and `name` is the one to let go (the
+    /// last of its leases by name, so that one goes at a time).
+    async fn over_share(&self, name: &str) -> bool {
+        let share = self.share().await;
+        let held = self.held.lock().expect("leases lock");
+        held.len() > share && held.last().is_some_and(|last| last == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::*;
+
+    async fn pool() -> (tempfile::TempDir, Pool<sqlx::Sqlite>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("leases.db").display());
+        let pool = SqlitePoolOptions::new().connect(&url).await.unwrap();
+        (dir, pool)
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_it_runs_out_and_the_next_holder_gets_a_new_epoch() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let a = Leases::open(pool.clone(), "all", "a".into(), ttl).await.unwrap();
+        let b = Leases::open(pool.clone(), "all", "b".into(), ttl).await.unwrap();
+        let first = a.acquire("work").await.unwrap().unwrap();
+        assert!(b.acquire("work").await.unwrap().is_none(), "held by a");
+        assert!(a.renew(&first).await.unwrap());
+        tokio::time::sleep(ttl * 2).await;
+        let second = b.acquire("work").await.unwrap().expect("a's lease ran out");
+        assert_eq!(second.epoch, first.epoch + 1);
+        // a's fence no longer holds: a late renewal (or a fenced commit) is refused.
+        assert!(!a.renew(&first).await.unwrap());
+        assert!(b.renew(&second).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn work_moves_to_another_replica_when_its_holder_stops_and_two_replicas_share_it() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let running: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let start = |holder: &'static str, stop: CancellationToken| {
+            let running = running.clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let leases = Leases::open(pool, "all", holder.into(), ttl).await.unwrap();
+                tokio::spawn(leases.clone().heartbeat(stop.clone()));
+                let mut tasks = tokio::task::JoinSet::new();
+                for name in ["one", "two"] {
+                    let running = running.clone();
+                    tasks.spawn(leases.clone().hold(name.into(), stop.clone(), move |_, stop| {
+                        let running = running.clone();
+                        async move {
+                            let me = (holder.to_owned(), name.to_owned());
+                            running.lock().unwrap().push(me.clone());
+                            stop.cancelled().await;
+                            running.lock().unwrap().retain(|r| *r != me);
+                        }
+                    }));
+                }
+                tasks.join_all().await;
+            })
+        };
+        let doing = |holder: &str| {
+            let running = running.lock().unwrap();
+            running.iter().filter(|(h, _)| h == holder).count()
+        };
+        let until = async |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = running.lock().unwrap().clone();
+                let names: BTreeSet<_> = now.iter().map(|(_, n)| n.clone()).collect();
+                assert_eq!(names.len(), now.len(), "the same work twice at once: {now:?}");
+                if done() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "not within 10 s: {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let stop_a = CancellationToken::new();
+        let a = start("a", stop_a.clone());
+        until("a does both", &|| doing("a") == 2).await;
+        let stop_b = CancellationToken::new();
+        let b = start("b", stop_b.clone());
+        until("a and b do one each", &|| doing("a") == 1 && doing("b") == 1).await;
+        stop_a.cancel();
+        a.await.unwrap();
+        until("b does both", &|| doing("b") == 2).await;
+        stop_b.cancel();
+        b.await.unwrap();
+    }
+}
