@@ -1,14 +1,22 @@
-//! The deployment files, checked without a cluster or the internet: every Kubernetes document
-//! parses and names what it must, what one document refers to (labels, ports, ConfigMaps,
-//! Secrets) exists in another, only the gateway's HTTP port is reachable from outside the
-//! namespace, NATS requires a login, nothing carries a default password, and compose publishes
-//! no gRPC port.
+//! The deployment files, checked without a cluster or the internet. `deploy/k8s` is a kustomize
+//! base with overlays (`small`, `production`) and the production dependencies (values for the
+//! NATS Helm chart, a CloudNativePG Cluster). Each overlay is put together here as kustomize
+//! does (its resources, then its patches) and checked: every document parses and names what it
+//! must, what one document refers to (labels, ports, ConfigMaps, Secrets) exists in another,
+//! every Deployment has requests, limits and its three probes, only the gateway autoscales and
+//! the other services keep one replica, production has a disruption budget per service that
+//! never blocks a drain, only the gateway's HTTP port is reachable from outside the namespace
+//! while NATS and PostgreSQL are reachable from whatsnap, NATS requires a login, nothing carries
+//! a default password, and compose publishes no gRPC port. `deploy/k8s/check` validates the same
+//! files against the Kubernetes schemas, with kustomize itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
+
+const TARGETS: [&str; 5] = ["gateway", "session", "contacts", "assignment", "ghl-sync"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -17,28 +25,171 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-/// Every document of every file in `deploy/k8s`, with the file it came from.
-fn k8s_documents() -> Vec<(String, Value)> {
-    let dir = root().join("deploy/k8s");
-    let mut documents = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+fn k8s() -> PathBuf {
+    root().join("deploy/k8s")
+}
+
+/// A path under `deploy/k8s`, as the assertions name it.
+fn relative(path: &Path) -> String {
+    path.strip_prefix(k8s())
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The documents of one YAML file, empty ones left out.
+fn documents_of(path: &Path) -> Vec<Value> {
+    let name = relative(path);
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| {
+            Value::deserialize(document).unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"))
+        })
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+fn one_document(path: &Path) -> Value {
+    let mut documents = documents_of(path);
+    assert_eq!(documents.len(), 1, "{}", relative(path));
+    documents.remove(0)
+}
+
+fn kustomization(dir: &Path) -> Value {
+    one_document(&dir.join("kustomization.yaml"))
+}
+
+/// The paths a kustomization names: its resources, then its patches.
+fn resources_and_patches(kustomization: &Value) -> (Vec<String>, Vec<String>) {
+    let resources = list(kustomization.get("resources"))
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
         .collect();
-    files.sort();
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value = Value::deserialize(document)
-                .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"));
-            if !value.is_null() {
-                documents.push((name.clone(), value));
-            }
+    let patches = list(kustomization.get("patches"))
+        .iter()
+        .map(|p| {
+            assert!(
+                p.get("target").is_none(),
+                "a patch with a target: this test applies patches by kind and name only"
+            );
+            text(p, &["path"]).unwrap().to_owned()
+        })
+        .collect();
+    (resources, patches)
+}
+
+/// What `kubectl kustomize dir` renders, each document with the file it came from: the
+/// resources (files, or directories with their own kustomization), then the strategic-merge
+/// patches, each applied to the document of its kind and name.
+fn render(dir: &Path) -> Vec<(String, Value)> {
+    let (resources, patches) = resources_and_patches(&kustomization(dir));
+    let mut documents = Vec::new();
+    for resource in resources {
+        let path = dir.join(&resource);
+        if path.is_dir() {
+            documents.extend(render(&path));
+        } else {
+            let file = relative(&path);
+            documents.extend(documents_of(&path).into_iter().map(|d| (file.clone(), d)));
+        }
+    }
+    for patch_file in patches {
+        let path = dir.join(&patch_file);
+        for patch in documents_of(&path) {
+            let (kind, name) = (text(&patch, &["kind"]), text(&patch, &["metadata", "name"]));
+            let (_, target) = documents
+                .iter_mut()
+                .find(|(_, d)| text(d, &["kind"]) == kind && text(d, &["metadata", "name"]) == name)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: patches {kind:?} {name:?}, which nothing defines",
+                        relative(&path)
+                    )
+                });
+            merge(target, &patch);
         }
     }
     documents
+}
+
+/// A strategic merge as kustomize does it for the patches here: maps merge key by key, lists of
+/// named items (containers, env) merge item by item, anything else is replaced.
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Mapping(base), Value::Mapping(patch)) => {
+            for (key, value) in patch {
+                match base.get_mut(key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Sequence(base), Value::Sequence(patch))
+            if patch.iter().all(|item| text(item, &["name"]).is_some()) =>
+        {
+            for item in patch {
+                let name = text(item, &["name"]);
+                match base.iter_mut().find(|b| text(b, &["name"]) == name) {
+                    Some(existing) => merge(existing, item),
+                    None => base.push(item.clone()),
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+/// The overlay directories by name.
+fn overlay_dirs() -> Vec<(String, PathBuf)> {
+    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(k8s().join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
+        .collect();
+    dirs.sort();
+    let names: BTreeSet<&str> = dirs.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.is_superset(&BTreeSet::from(["production", "small"])),
+        "{names:?}"
+    );
+    dirs
+}
+
+/// Each overlay as kustomize renders it, with the Secrets of `secret.example.yaml`, which are
+/// applied by hand before it.
+fn overlays() -> Vec<(String, Vec<(String, Value)>)> {
+    let secrets = k8s().join("base/secret.example.yaml");
+    overlay_dirs()
+        .into_iter()
+        .map(|(name, dir)| {
+            let mut documents = render(&dir);
+            documents.extend(
+                documents_of(&secrets)
+                    .into_iter()
+                    .map(|d| (relative(&secrets), d)),
+            );
+            (name, documents)
+        })
+        .collect()
+}
+
+fn production() -> Vec<(String, Value)> {
+    overlays()
+        .into_iter()
+        .find(|(name, _)| name == "production")
+        .unwrap()
+        .1
+}
+
+fn nats_values() -> Value {
+    one_document(&k8s().join("dependencies/nats-values.yaml"))
+}
+
+fn postgres_cluster() -> Value {
+    one_document(&k8s().join("dependencies/postgres-cluster.yaml"))
 }
 
 fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -72,6 +223,16 @@ fn selects(selector: &BTreeMap<String, String>, pod: &BTreeMap<String, String>) 
     selector.iter().all(|(k, v)| pod.get(k) == Some(v))
 }
 
+/// The labels a label selector requires. Only `matchLabels` is read, so no selector here may
+/// use `matchExpressions`.
+fn selector(value: Option<&Value>) -> BTreeMap<String, String> {
+    assert!(
+        value.and_then(|v| v.get("matchExpressions")).is_none(),
+        "a selector with matchExpressions: {value:?}"
+    );
+    labels(value.and_then(|v| v.get("matchLabels")))
+}
+
 fn list(value: Option<&Value>) -> Vec<Value> {
     value
         .and_then(Value::as_sequence)
@@ -79,9 +240,24 @@ fn list(value: Option<&Value>) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+fn of_kind<'a>(documents: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+    documents
+        .iter()
+        .filter(|(_, d)| text(d, &["kind"]) == Some(kind))
+        .map(|(_, d)| d)
+        .collect()
+}
+
+fn named<'a>(documents: &'a [(String, Value)], kind: &str, name: &str) -> Option<&'a Value> {
+    of_kind(documents, kind)
+        .into_iter()
+        .find(|d| text(d, &["metadata", "name"]) == Some(name))
+}
+
 /// A workload's pods: their labels, and the container ports by name and number.
 struct Pods {
     name: String,
+    kind: String,
     labels: BTreeMap<String, String>,
     ports: Vec<(String, u64)>,
     spec: Value,
@@ -96,9 +272,9 @@ fn pods(documents: &[(String, Value)]) -> Vec<Pods> {
             let template = at(d, &["spec", "template"])
                 .unwrap_or_else(|| panic!("{file}: {name} has no pod template"));
             let labels = labels(at(template, &["metadata", "labels"]));
-            let selector = labels_of_selector(d);
+            let own = selector(at(d, &["spec", "selector"]));
             assert!(
-                !selector.is_empty() && selects(&selector, &labels),
+                !own.is_empty() && selects(&own, &labels),
                 "{file}: {name}'s selector does not select its own pods"
             );
             let mut ports = Vec::new();
@@ -116,6 +292,7 @@ fn pods(documents: &[(String, Value)]) -> Vec<Pods> {
             }
             Pods {
                 name,
+                kind: text(d, &["kind"]).unwrap().to_owned(),
                 labels,
                 ports,
                 spec: template.get("spec").cloned().unwrap(),
@@ -124,108 +301,191 @@ fn pods(documents: &[(String, Value)]) -> Vec<Pods> {
         .collect()
 }
 
-fn labels_of_selector(workload: &Value) -> BTreeMap<String, String> {
-    labels(at(workload, &["spec", "selector", "matchLabels"]))
+fn whatsnap_deployments(documents: &[(String, Value)]) -> Vec<Pods> {
+    pods(documents)
+        .into_iter()
+        .filter(|p| {
+            p.kind == "Deployment" && p.labels.get("app").map(String::as_str) == Some("whatsnap")
+        })
+        .collect()
+}
+
+/// The pods the production dependencies run in the namespace, which no document here defines:
+/// the NATS chart's servers (with the labels it gives them and those the values add) and the
+/// CloudNativePG instances.
+fn dependency_pods() -> Vec<Pods> {
+    let values = nats_values();
+    let mut nats_labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "nats"),
+        ("app.kubernetes.io/instance", "nats"),
+        ("app.kubernetes.io/component", "nats"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    nats_labels.extend(labels(at(
+        &values,
+        &["podTemplate", "merge", "metadata", "labels"],
+    )));
+    let cluster = postgres_cluster();
+    let cluster_name = text(&cluster, &["metadata", "name"]).unwrap();
+    let port = |name: &str, number: u64| (name.to_owned(), number);
+    vec![
+        Pods {
+            name: "nats (the NATS chart's servers)".into(),
+            kind: "StatefulSet".into(),
+            labels: nats_labels,
+            ports: vec![
+                port("nats", 4222),
+                port("cluster", 6222),
+                port("monitor", 8222),
+            ],
+            spec: Value::Null,
+        },
+        Pods {
+            name: format!("{cluster_name} (the CloudNativePG instances)"),
+            kind: "Pod".into(),
+            labels: [("cnpg.io/cluster".to_owned(), cluster_name.to_owned())].into(),
+            ports: vec![
+                port("postgresql", 5432),
+                port("status", 8000),
+                port("metrics", 9187),
+            ],
+            spec: Value::Null,
+        },
+    ]
 }
 
 #[test]
-fn every_kubernetes_document_names_what_it_must_and_the_kustomization_lists_every_file() {
-    let documents = k8s_documents();
-    assert!(documents.len() > 10, "{} documents", documents.len());
-    for (file, document) in &documents {
-        let kind =
-            text(document, &["kind"]).unwrap_or_else(|| panic!("{file}: a document has no kind"));
-        assert!(
-            text(document, &["apiVersion"]).is_some(),
-            "{file}: {kind} has no apiVersion"
-        );
-        if kind != "Kustomization" {
+fn every_document_names_what_it_must_and_each_kustomization_lists_its_files() {
+    let mut dirs = vec![k8s().join("base")];
+    dirs.extend(overlay_dirs().into_iter().map(|(_, dir)| dir));
+    for dir in &dirs {
+        let (resources, patches) = resources_and_patches(&kustomization(dir));
+        let listed: BTreeSet<&String> = resources.iter().chain(&patches).collect();
+        for entry in &listed {
+            let path = dir.join(entry);
             assert!(
-                text(document, &["metadata", "name"]).is_some(),
-                "{file}: a {kind} has no metadata.name"
+                path.is_file() || path.join("kustomization.yaml").is_file(),
+                "{}/kustomization.yaml lists {entry}, which does not exist",
+                relative(dir)
             );
         }
-    }
-    let kustomization = &documents
-        .iter()
-        .find(|(f, _)| f == "kustomization.yaml")
-        .unwrap()
-        .1;
-    let listed: BTreeSet<String> = list(kustomization.get("resources"))
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect();
-    let files: BTreeSet<String> = documents.iter().map(|(f, _)| f.clone()).collect();
-    for resource in &listed {
-        assert!(
-            files.contains(resource),
-            "the kustomization lists {resource}, which does not exist"
-        );
-    }
-    for file in &files {
-        // The Secret is filled in by hand, never applied as it is.
-        if file != "kustomization.yaml" && file != "secret.example.yaml" {
-            assert!(listed.contains(file), "{file} is not in the kustomization");
+        // deploy/k8s/check validates every file but a patch on its own, and tells them by name.
+        for patch in &patches {
+            assert!(patch.ends_with("-patch.yaml"), "{patch} is a patch");
         }
-    }
-    assert!(!listed.contains("secret.example.yaml"));
-}
-
-#[test]
-fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
-    let documents = k8s_documents();
-    let pods = pods(&documents);
-    let defined = |kind: &str| -> BTreeSet<String> {
-        documents
-            .iter()
-            .filter(|(_, d)| text(d, &["kind"]) == Some(kind))
-            .map(|(_, d)| text(d, &["metadata", "name"]).unwrap().to_owned())
-            .collect()
-    };
-    let (config_maps, secrets) = (defined("ConfigMap"), defined("Secret"));
-    for (file, service) in documents
-        .iter()
-        .filter(|(_, d)| text(d, &["kind"]) == Some("Service"))
-    {
-        let name = text(service, &["metadata", "name"]).unwrap();
-        let selector = labels(at(service, &["spec", "selector"]));
-        let targets: Vec<&Pods> = pods
-            .iter()
-            .filter(|p| selects(&selector, &p.labels))
-            .collect();
-        assert!(
-            !targets.is_empty(),
-            "{file}: Service {name} selects no pods"
-        );
-        for port in list(at(service, &["spec", "ports"])) {
-            let wanted = port.get("targetPort").or(port.get("port")).unwrap();
-            for pod in &targets {
-                let found = pod.ports.iter().any(|(n, p)| match wanted {
-                    Value::Number(number) => number.as_u64() == Some(*p),
-                    Value::String(named) => n == named,
-                    _ => false,
-                });
+        for resource in &resources {
+            assert!(!resource.ends_with("-patch.yaml"), "{resource} is no patch");
+        }
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if !file.ends_with(".yaml") || file == "kustomization.yaml" {
+                continue;
+            }
+            // The Secrets are filled in by hand, never applied as they are.
+            if file == "secret.example.yaml" {
+                assert!(!listed.contains(&file));
+            } else {
                 assert!(
-                    found,
-                    "{file}: Service {name} sends {wanted:?} to {}, which has no such port",
-                    pod.name
+                    listed.contains(&file),
+                    "{}/{file} is not in its kustomization",
+                    relative(dir)
                 );
             }
         }
     }
-    for pod in &pods {
-        let mut refs = Vec::new();
-        collect_refs(&pod.spec, &mut refs);
-        for (kind, name) in refs {
-            let known = match kind {
-                "configMapRef" | "configMapKeyRef" | "configMap" => &config_maps,
-                _ => &secrets,
-            };
+    assert!(k8s().join("base/secret.example.yaml").is_file());
+
+    let mut files = Vec::new();
+    let dependencies = k8s().join("dependencies");
+    for dir in dirs.iter().chain([&dependencies]) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            // The Helm values are no Kubernetes object.
+            if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("nats-values.yaml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
+        let file = relative(&path);
+        for document in documents_of(&path) {
+            let kind = text(&document, &["kind"])
+                .unwrap_or_else(|| panic!("{file}: a document has no kind"));
             assert!(
-                known.contains(&name),
-                "{} refers to {kind} {name}, which no document defines",
-                pod.name
+                text(&document, &["apiVersion"]).is_some(),
+                "{file}: {kind} has no apiVersion"
             );
+            if kind != "Kustomization" {
+                assert!(
+                    text(&document, &["metadata", "name"]).is_some(),
+                    "{file}: a {kind} has no metadata.name"
+                );
+            }
+        }
+    }
+    for (overlay, documents) in overlays() {
+        assert!(
+            documents.len() > 10,
+            "{overlay}: {} documents",
+            documents.len()
+        );
+    }
+}
+
+#[test]
+fn services_select_pods_and_ports_that_exist_and_every_reference_is_defined() {
+    for (overlay, documents) in overlays() {
+        let pods = pods(&documents);
+        let defined = |kind: &str| -> BTreeSet<String> {
+            of_kind(&documents, kind)
+                .iter()
+                .map(|d| text(d, &["metadata", "name"]).unwrap().to_owned())
+                .collect()
+        };
+        let (config_maps, secrets) = (defined("ConfigMap"), defined("Secret"));
+        for service in of_kind(&documents, "Service") {
+            let name = text(service, &["metadata", "name"]).unwrap();
+            let selector = labels(at(service, &["spec", "selector"]));
+            let targets: Vec<&Pods> = pods
+                .iter()
+                .filter(|p| selects(&selector, &p.labels))
+                .collect();
+            assert!(
+                !targets.is_empty(),
+                "{overlay}: Service {name} selects no pods"
+            );
+            for port in list(at(service, &["spec", "ports"])) {
+                let wanted = port.get("targetPort").or(port.get("port")).unwrap();
+                for pod in &targets {
+                    let found = pod.ports.iter().any(|(n, p)| match wanted {
+                        Value::Number(number) => number.as_u64() == Some(*p),
+                        Value::String(named) => n == named,
+                        _ => false,
+                    });
+                    assert!(
+                        found,
+                        "{overlay}: Service {name} sends {wanted:?} to {}, which has no such port",
+                        pod.name
+                    );
+                }
+            }
+        }
+        for pod in &pods {
+            let mut refs = Vec::new();
+            collect_refs(&pod.spec, &mut refs);
+            for (kind, name) in refs {
+                let known = match kind {
+                    "configMapRef" | "configMapKeyRef" | "configMap" => &config_maps,
+                    _ => &secrets,
+                };
+                assert!(
+                    known.contains(&name),
+                    "{overlay}: {} refers to {kind} {name}, which no document defines",
+                    pod.name
+                );
+            }
         }
     }
 }
@@ -257,15 +517,52 @@ fn collect_refs(value: &Value, refs: &mut Vec<(&'static str, String)>) {
     }
 }
 
-/// The ports of `pod` that a client outside the namespace can reach under the policies.
-fn reachable_from_outside(policies: &[&Value], pod: &Pods) -> BTreeSet<u64> {
+/// Who opens a connection to a pod in the `whatsnap` namespace.
+enum Client<'a> {
+    /// An address outside the cluster.
+    Outside,
+    /// A pod, in a namespace, with labels.
+    Pod {
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    },
+}
+
+const NAMESPACE: &str = "whatsnap";
+
+/// Whether one `from` entry of an ingress rule admits `client`.
+fn admits(peer: &Value, client: &Client) -> bool {
+    let (namespace, pod_labels) = match client {
+        Client::Outside => return peer.get("ipBlock").is_some(),
+        Client::Pod { namespace, labels } => (*namespace, *labels),
+    };
+    if peer.get("ipBlock").is_some() {
+        return false;
+    }
+    let namespace_labels = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        namespace.to_owned(),
+    )]);
+    let namespace_matches = match peer.get("namespaceSelector") {
+        Some(s) => selects(&selector(Some(s)), &namespace_labels),
+        // A podSelector alone picks pods of the policy's own namespace.
+        None => namespace == NAMESPACE,
+    };
+    let pod_matches = match peer.get("podSelector") {
+        Some(s) => selects(&selector(Some(s)), pod_labels),
+        None => true,
+    };
+    namespace_matches && pod_matches
+}
+
+/// The ports of `pod` that `client` can reach under the policies.
+fn reachable(policies: &[&Value], pod: &Pods, client: &Client) -> BTreeSet<u64> {
     let applying: Vec<&&Value> = policies
         .iter()
+        .filter(|p| selects(&selector(at(p, &["spec", "podSelector"])), &pod.labels))
         .filter(|p| {
-            selects(
-                &labels(at(p, &["spec", "podSelector", "matchLabels"])),
-                &pod.labels,
-            )
+            let types = list(at(p, &["spec", "policyTypes"]));
+            types.is_empty() || types.iter().any(|t| t.as_str() == Some("Ingress"))
         })
         .collect();
     if applying.is_empty() {
@@ -276,9 +573,8 @@ fn reachable_from_outside(policies: &[&Value], pod: &Pods) -> BTreeSet<u64> {
     for policy in applying {
         for rule in list(at(policy, &["spec", "ingress"])) {
             let from = list(rule.get("from"));
-            // A rule with no `from`, or one with an ipBlock, admits the outside.
-            let outside = from.is_empty() || from.iter().any(|f| f.get("ipBlock").is_some());
-            if !outside {
+            // A rule with no `from` admits everyone.
+            if !from.is_empty() && !from.iter().any(|peer| admits(peer, client)) {
                 continue;
             }
             let ports = list(rule.get("ports"));
@@ -299,98 +595,538 @@ fn reachable_from_outside(policies: &[&Value], pod: &Pods) -> BTreeSet<u64> {
     open
 }
 
-#[test]
-fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
-    let documents = k8s_documents();
-    let policies: Vec<&Value> = documents
-        .iter()
-        .filter(|(_, d)| text(d, &["kind"]) == Some("NetworkPolicy"))
-        .map(|(_, d)| d)
-        .collect();
-    let default_deny = policies.iter().any(|p| {
-        labels(at(p, &["spec", "podSelector", "matchLabels"])).is_empty()
-            && list(at(p, &["spec", "policyTypes"]))
-                .iter()
-                .any(|t| t.as_str() == Some("Ingress"))
-            && list(at(p, &["spec", "ingress"])).is_empty()
-    });
-    assert!(default_deny, "no policy closes every pod by default");
-    let pods = pods(&documents);
-    for pod in &pods {
-        let open = reachable_from_outside(&policies, pod);
-        let expected: BTreeSet<u64> = match pod.name.as_str() {
-            "gateway" => [8080].into(),
-            _ => BTreeSet::new(),
-        };
-        assert_eq!(
-            open, expected,
-            "ports of {} reachable from outside",
-            pod.name
-        );
+/// Every pod of the overlay, with the production dependencies' pods in production.
+fn every_pod(overlay: &str, documents: &[(String, Value)]) -> Vec<Pods> {
+    let mut pods = pods(documents);
+    if overlay == "production" {
+        pods.extend(dependency_pods());
     }
-    assert!(pods.iter().any(|p| p.name == "gateway"));
+    pods
+}
+
+fn policies(documents: &[(String, Value)]) -> Vec<&Value> {
+    of_kind(documents, "NetworkPolicy")
 }
 
 #[test]
-fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default() {
-    let documents = k8s_documents();
-    let nats_config = documents
-        .iter()
-        .find(|(_, d)| text(d, &["metadata", "name"]) == Some("nats-config"))
-        .map(|(_, d)| text(d, &["data", "nats.conf"]).unwrap().to_owned())
-        .unwrap();
-    assert!(nats_config.contains("authorization"), "{nats_config}");
-    assert!(
-        nats_config.contains("$NATS_PASSWORD"),
-        "the password comes from the Secret"
-    );
-    for pod in pods(&documents) {
-        let env = serde_yaml::to_string(&pod.spec).unwrap();
-        let wanted: &[&str] = match pod.labels.get("app").map(String::as_str) {
-            Some("whatsnap") => &["WHATSNAP_NATS_USER", "WHATSNAP_NATS_PASSWORD"],
-            Some("nats") => &["NATS_USER", "NATS_PASSWORD"],
-            _ => &[],
-        };
-        let spec = &pod.spec;
-        for name in wanted {
-            let from_secret = list(at(spec, &["containers"])).iter().any(|c| {
-                list(c.get("env")).iter().any(|e| {
-                    text(e, &["name"]) == Some(name)
-                        && text(e, &["valueFrom", "secretKeyRef", "name"]) == Some("whatsnap-nats")
-                })
-            });
-            assert!(
-                from_secret,
-                "{} does not take {name} from the whatsnap-nats Secret: {env}",
+fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
+    let nobody = BTreeMap::new();
+    let lookalike = BTreeMap::from([
+        ("app".to_owned(), "whatsnap".to_owned()),
+        ("target".to_owned(), "gateway".to_owned()),
+    ]);
+    let operator = BTreeMap::from([(
+        "app.kubernetes.io/name".to_owned(),
+        "cloudnative-pg".to_owned(),
+    )]);
+    for (overlay, documents) in overlays() {
+        let policies = policies(&documents);
+        let default_deny = policies.iter().any(|p| {
+            selector(at(p, &["spec", "podSelector"])).is_empty()
+                && list(at(p, &["spec", "policyTypes"]))
+                    .iter()
+                    .any(|t| t.as_str() == Some("Ingress"))
+                && list(at(p, &["spec", "ingress"])).is_empty()
+        });
+        assert!(
+            default_deny,
+            "{overlay}: no policy closes every pod by default"
+        );
+        let pods = every_pod(&overlay, &documents);
+        assert!(pods.iter().any(|p| p.name == "gateway"));
+        for pod in &pods {
+            let from_anywhere: BTreeSet<u64> = match pod.name.as_str() {
+                "gateway" => [8080].into(),
+                _ => BTreeSet::new(),
+            };
+            // Addresses outside the cluster, and pods of another namespace, even ones labelled
+            // as whatsnap's or as the operator.
+            for client in [
+                Client::Outside,
+                Client::Pod {
+                    namespace: "elsewhere",
+                    labels: &nobody,
+                },
+                Client::Pod {
+                    namespace: "elsewhere",
+                    labels: &lookalike,
+                },
+                Client::Pod {
+                    namespace: "elsewhere",
+                    labels: &operator,
+                },
+            ] {
+                assert_eq!(
+                    reachable(&policies, pod, &client),
+                    from_anywhere,
+                    "{overlay}: ports of {} reachable from outside the namespace",
+                    pod.name
+                );
+            }
+            // The CloudNativePG operator must reach its instances, and nothing else.
+            let mut from_operator = from_anywhere.clone();
+            if pod.labels.contains_key("cnpg.io/cluster") {
+                from_operator.extend([5432, 8000]);
+            }
+            let client = Client::Pod {
+                namespace: "cnpg-system",
+                labels: &operator,
+            };
+            assert_eq!(
+                reachable(&policies, pod, &client),
+                from_operator,
+                "{overlay}: ports of {} reachable from the CloudNativePG operator",
                 pod.name
             );
         }
     }
-    let mut secret_keys = Vec::new();
-    for (_, secret) in documents
-        .iter()
-        .filter(|(_, d)| text(d, &["kind"]) == Some("Secret"))
-    {
-        let name = text(secret, &["metadata", "name"]).unwrap();
-        for (key, value) in labels(secret.get("stringData")) {
-            secret_keys.push(format!("{name}.{key}"));
-            let secretish = ["PASSWORD", "SECRET", "URL", "TOKEN", "password"]
-                .iter()
-                .any(|w| key.contains(w));
-            if secretish {
-                assert!(
-                    value.contains("CHANGE-ME"),
-                    "{name}.{key} has a default: {value}"
+}
+
+#[test]
+fn nats_postgres_and_the_services_grpc_are_reachable_from_every_whatsnap_pod() {
+    for (overlay, documents) in overlays() {
+        let policies = policies(&documents);
+        let pods = every_pod(&overlay, &documents);
+        let with = |label: &str, value: &str| -> Vec<&Pods> {
+            pods.iter()
+                .filter(|p| p.labels.get(label).map(String::as_str) == Some(value))
+                .collect()
+        };
+        let (whatsnap, nats) = (with("app", "whatsnap"), with("app", "nats"));
+        assert_eq!(whatsnap.len(), TARGETS.len(), "{overlay}");
+        assert!(
+            !nats.is_empty(),
+            "{overlay}: no NATS pods labelled app: nats"
+        );
+        let postgres: Vec<&Pods> = pods
+            .iter()
+            .filter(|p| p.labels.contains_key("cnpg.io/cluster"))
+            .collect();
+        if overlay == "production" {
+            assert!(!postgres.is_empty());
+        }
+        let can_reach = |from: &Pods, to: &Pods, port: u64| {
+            let client = Client::Pod {
+                namespace: NAMESPACE,
+                labels: &from.labels,
+            };
+            assert!(
+                reachable(&policies, to, &client).contains(&port),
+                "{overlay}: {} cannot reach port {port} of {}",
+                from.name,
+                to.name
+            );
+        };
+        for client in &whatsnap {
+            for server in &nats {
+                can_reach(client, server, 4222);
+            }
+            for server in &postgres {
+                can_reach(client, server, 5432);
+            }
+            for service in &whatsnap {
+                can_reach(client, service, 50051);
+            }
+        }
+        for (a, b) in nats.iter().flat_map(|a| nats.iter().map(move |b| (a, b))) {
+            can_reach(a, b, 6222);
+        }
+        // Replication and the instance manager between the PostgreSQL instances.
+        for (a, b) in postgres
+            .iter()
+            .flat_map(|a| postgres.iter().map(move |b| (a, b)))
+        {
+            can_reach(a, b, 5432);
+            can_reach(a, b, 8000);
+        }
+    }
+}
+
+#[test]
+fn every_deployment_has_requests_limits_and_its_three_probes() {
+    for (overlay, documents) in overlays() {
+        for pod in pods(&documents) {
+            for container in list(at(&pod.spec, &["containers"])) {
+                let name = format!(
+                    "{overlay}: {} ({})",
+                    pod.name,
+                    text(&container, &["name"]).unwrap()
                 );
+                let resources = container
+                    .get("resources")
+                    .unwrap_or_else(|| panic!("{name} has no resources"));
+                for resource in ["cpu", "memory"] {
+                    let amount = |of: &str| {
+                        let value = at(resources, &[of, resource])
+                            .unwrap_or_else(|| panic!("{name} has no {of}.{resource}"));
+                        quantity(value)
+                            .unwrap_or_else(|| panic!("{name}: {of}.{resource} {value:?}"))
+                    };
+                    assert!(
+                        amount("requests") <= amount("limits"),
+                        "{name}: its {resource} request is above its limit"
+                    );
+                }
+            }
+        }
+        let deployments = whatsnap_deployments(&documents);
+        let targets: BTreeSet<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(targets, BTreeSet::from(TARGETS), "{overlay}");
+        for deployment in &deployments {
+            let target = deployment.name.as_str();
+            let name = format!("{overlay}: {target}");
+            let document = named(&documents, "Deployment", target).unwrap();
+            let expected = BTreeMap::from([
+                ("app".to_owned(), "whatsnap".to_owned()),
+                ("target".to_owned(), target.to_owned()),
+            ]);
+            assert_eq!(
+                labels(at(document, &["metadata", "labels"])),
+                expected,
+                "{name}"
+            );
+            assert_eq!(deployment.labels, expected, "{name}: its pods' labels");
+            let containers = list(at(&deployment.spec, &["containers"]));
+            assert_eq!(containers.len(), 1, "{name}");
+            let container = &containers[0];
+            let args: Vec<String> = list(container.get("args"))
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect();
+            let args = args.join(" ");
+            assert!(
+                args.ends_with(&format!("--target {target}")),
+                "{name}: {args}"
+            );
+            let grpc_health = |probe: &str| {
+                assert_eq!(
+                    at(container, &[probe, "grpc", "port"]).and_then(Value::as_u64),
+                    Some(50051),
+                    "{name}: its {probe} is not the gRPC health check on 50051"
+                );
+            };
+            grpc_health("startupProbe");
+            grpc_health("livenessProbe");
+            if target == "gateway" {
+                assert_eq!(
+                    text(container, &["readinessProbe", "httpGet", "path"]),
+                    Some("/readyz"),
+                    "{name}"
+                );
+                assert_eq!(
+                    at(container, &["readinessProbe", "httpGet", "port"]).and_then(Value::as_u64),
+                    Some(8080),
+                    "{name}"
+                );
+            } else {
+                grpc_health("readinessProbe");
             }
         }
     }
-    // A distributed deployment's first admin token comes from the Secret.
+}
+
+/// A Kubernetes quantity (`250m`, `"2"`, `512Mi`, `1Gi`) in thousandths of a unit, or None for
+/// anything else.
+fn quantity(value: &Value) -> Option<u128> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: u128 = number.parse().ok()?;
+    let thousandths = match suffix {
+        "m" => 1,
+        "" => 1000,
+        "k" => 1000 * 1000,
+        "M" => 1000 * 1000u128.pow(2),
+        "G" => 1000 * 1000u128.pow(3),
+        "Ki" => 1000 * 1024,
+        "Mi" => 1000 * 1024u128.pow(2),
+        "Gi" => 1000 * 1024u128.pow(3),
+        "Ti" => 1000 * 1024u128.pow(4),
+        _ => return None,
+    };
+    Some(number * thousandths)
+}
+
+/// The projections of every service, the gateway's included, run as one in-order worker each on
+/// a durable JetStream consumer; two replicas would contend for it. Only the gateway, the HTTP
+/// edge, has an autoscaler, ready for when that is safe.
+#[test]
+fn only_the_gateway_autoscales_and_every_other_service_keeps_one_replica() {
+    for (overlay, documents) in overlays() {
+        for deployment in whatsnap_deployments(&documents) {
+            let document = named(&documents, "Deployment", &deployment.name).unwrap();
+            let replicas = at(document, &["spec", "replicas"]).and_then(Value::as_u64);
+            if deployment.name != "gateway" {
+                assert_eq!(replicas, Some(1), "{overlay}: {}", deployment.name);
+            }
+        }
+        let autoscalers = of_kind(&documents, "HorizontalPodAutoscaler");
+        if overlay == "production" {
+            assert_eq!(autoscalers.len(), 1, "{overlay}");
+        }
+        for autoscaler in autoscalers {
+            assert_eq!(text(autoscaler, &["apiVersion"]), Some("autoscaling/v2"));
+            let target = at(autoscaler, &["spec", "scaleTargetRef"]).unwrap();
+            assert_eq!(
+                (text(target, &["kind"]), text(target, &["name"])),
+                (Some("Deployment"), Some("gateway")),
+                "{overlay}: an autoscaler scales something other than the gateway"
+            );
+            // An applied count would reset the autoscaler's at every apply.
+            let gateway = named(&documents, "Deployment", "gateway").unwrap();
+            assert!(at(gateway, &["spec", "replicas"]).is_none(), "{overlay}");
+            let (min, max) = (
+                at(autoscaler, &["spec", "minReplicas"])
+                    .and_then(Value::as_u64)
+                    .unwrap(),
+                at(autoscaler, &["spec", "maxReplicas"])
+                    .and_then(Value::as_u64)
+                    .unwrap(),
+            );
+            assert!(1 <= min && min <= max, "{overlay}: {min}..{max}");
+            let on_cpu = list(at(autoscaler, &["spec", "metrics"])).iter().any(|m| {
+                text(m, &["type"]) == Some("Resource")
+                    && text(m, &["resource", "name"]) == Some("cpu")
+            });
+            assert!(
+                on_cpu,
+                "{overlay}: the gateway's autoscaler does not follow CPU"
+            );
+        }
+    }
+}
+
+/// The fewest replicas a Deployment of `documents` runs: its autoscaler's minimum, else its own
+/// count (1 when unset).
+fn fewest_replicas(documents: &[(String, Value)], deployment: &str) -> u64 {
+    let autoscaled = of_kind(documents, "HorizontalPodAutoscaler")
+        .into_iter()
+        .find(|a| text(a, &["spec", "scaleTargetRef", "name"]) == Some(deployment));
+    match autoscaled {
+        Some(a) => at(a, &["spec", "minReplicas"])
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+        None => named(documents, "Deployment", deployment)
+            .and_then(|d| at(d, &["spec", "replicas"]))
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+    }
+}
+
+#[test]
+fn production_has_a_disruption_budget_per_service_that_never_blocks_a_drain() {
+    for (overlay, documents) in overlays() {
+        let deployments = whatsnap_deployments(&documents);
+        let budgets = of_kind(&documents, "PodDisruptionBudget");
+        if overlay == "production" {
+            assert_eq!(budgets.len(), TARGETS.len(), "{overlay}");
+        }
+        let mut covered = BTreeSet::new();
+        for budget in budgets {
+            let name = text(budget, &["metadata", "name"]).unwrap();
+            assert_eq!(text(budget, &["apiVersion"]), Some("policy/v1"), "{name}");
+            let selector = selector(at(budget, &["spec", "selector"]));
+            let chosen: Vec<&Pods> = deployments
+                .iter()
+                .filter(|d| selects(&selector, &d.labels))
+                .collect();
+            assert_eq!(
+                chosen.len(),
+                1,
+                "{overlay}: budget {name} covers {} services",
+                chosen.len()
+            );
+            let target = chosen[0].name.as_str();
+            assert!(
+                covered.insert(target),
+                "{overlay}: two budgets for {target}"
+            );
+            let spec = budget.get("spec").unwrap();
+            match (spec.get("minAvailable"), spec.get("maxUnavailable")) {
+                (Some(min), None) => {
+                    let min = min.as_u64().expect("minAvailable as a number of pods");
+                    assert!(
+                        fewest_replicas(&documents, target) > min,
+                        "{overlay}: budget {name} keeps {min} of {target}'s pods, which may run no more: it would block every drain"
+                    );
+                }
+                (None, Some(max)) => {
+                    let max = max.as_u64().expect("maxUnavailable as a number of pods");
+                    assert!(max >= 1, "{overlay}: budget {name} blocks every drain");
+                }
+                _ => {
+                    panic!("{overlay}: budget {name} needs one of minAvailable and maxUnavailable")
+                }
+            }
+        }
+        if overlay == "production" {
+            assert_eq!(covered, BTreeSet::from(TARGETS), "{overlay}");
+        }
+    }
+}
+
+#[test]
+fn nats_requires_a_login_that_every_service_presents_and_no_secret_has_a_default() {
+    for (overlay, documents) in overlays() {
+        match named(&documents, "ConfigMap", "nats-config") {
+            Some(config) => {
+                let nats_config = text(config, &["data", "nats.conf"]).unwrap();
+                assert!(nats_config.contains("authorization"), "{nats_config}");
+                assert!(
+                    nats_config.contains("$NATS_PASSWORD"),
+                    "the password comes from the Secret"
+                );
+            }
+            // The NATS chart's servers, with the values that require the login.
+            None => assert_eq!(overlay, "production"),
+        }
+        for pod in pods(&documents) {
+            let env = serde_yaml::to_string(&pod.spec).unwrap();
+            let wanted: &[&str] = match pod.labels.get("app").map(String::as_str) {
+                Some("whatsnap") => &["WHATSNAP_NATS_USER", "WHATSNAP_NATS_PASSWORD"],
+                Some("nats") => &["NATS_USER", "NATS_PASSWORD"],
+                _ => &[],
+            };
+            let spec = &pod.spec;
+            for name in wanted {
+                let from_secret = list(at(spec, &["containers"])).iter().any(|c| {
+                    list(c.get("env")).iter().any(|e| {
+                        text(e, &["name"]) == Some(name)
+                            && text(e, &["valueFrom", "secretKeyRef", "name"])
+                                == Some("whatsnap-nats")
+                    })
+                });
+                assert!(
+                    from_secret,
+                    "{overlay}: {} does not take {name} from the whatsnap-nats Secret: {env}",
+                    pod.name
+                );
+            }
+        }
+        let mut secret_keys = Vec::new();
+        for secret in of_kind(&documents, "Secret") {
+            let name = text(secret, &["metadata", "name"]).unwrap();
+            for (key, value) in labels(secret.get("stringData")) {
+                secret_keys.push(format!("{name}.{key}"));
+                let secretish = ["PASSWORD", "SECRET", "URL", "TOKEN", "password"]
+                    .iter()
+                    .any(|w| key.contains(w));
+                if secretish {
+                    assert!(
+                        value.contains("CHANGE-ME"),
+                        "{name}.{key} has a default: {value}"
+                    );
+                }
+            }
+        }
+        // A distributed deployment's first admin token comes from the Secret.
+        assert!(
+            secret_keys
+                .iter()
+                .any(|k| k == "whatsnap-secrets.WHATSNAP_ADMIN_TOKEN"),
+            "{secret_keys:?}"
+        );
+    }
+
+    // The NATS chart's servers require the same login, read from the same Secret.
+    let values = nats_values();
+    assert_eq!(
+        text(&values, &["config", "merge", "authorization", "user"]),
+        Some("<< $NATS_USER >>")
+    );
+    assert_eq!(
+        text(&values, &["config", "merge", "authorization", "password"]),
+        Some("<< $NATS_PASSWORD >>")
+    );
+    for (variable, key) in [("NATS_USER", "user"), ("NATS_PASSWORD", "password")] {
+        let from = at(
+            &values,
+            &["container", "env", variable, "valueFrom", "secretKeyRef"],
+        )
+        .unwrap_or_else(|| panic!("the NATS chart's {variable} is not from a Secret"));
+        assert_eq!(
+            (text(from, &["name"]), text(from, &["key"])),
+            (Some("whatsnap-nats"), Some(key))
+        );
+    }
+}
+
+#[test]
+fn the_production_dependencies_are_what_the_overlay_and_the_secrets_expect() {
+    let production = production();
+    // The bundled NATS is for trying whatsnap out: production runs the chart's.
+    assert!(named(&production, "StatefulSet", "nats").is_none());
+    assert!(named(&production, "ConfigMap", "nats-config").is_none());
+    let small = overlays()
+        .into_iter()
+        .find(|(n, _)| n == "small")
+        .unwrap()
+        .1;
+    assert!(named(&small, "StatefulSet", "nats").is_some());
+
+    let settings = named(&production, "ConfigMap", "whatsnap").unwrap();
+    let stream_replicas: u64 = text(settings, &["data", "WHATSNAP_NATS_REPLICAS"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        text(settings, &["data", "WHATSNAP_NATS_URL"]),
+        Some("nats://nats:4222")
+    );
+
+    let values = nats_values();
+    let config = values.get("config").unwrap();
+    assert_eq!(
+        at(config, &["cluster", "enabled"]),
+        Some(&Value::Bool(true))
+    );
+    let servers = at(config, &["cluster", "replicas"])
+        .and_then(Value::as_u64)
+        .unwrap();
     assert!(
-        secret_keys
-            .iter()
-            .any(|k| k == "whatsnap-secrets.WHATSNAP_ADMIN_TOKEN"),
-        "{secret_keys:?}"
+        servers >= 3 && servers >= stream_replicas,
+        "{servers} NATS servers for a stream of {stream_replicas} replicas"
+    );
+    assert_eq!(
+        at(config, &["jetstream", "enabled"]),
+        Some(&Value::Bool(true))
+    );
+    assert_ne!(
+        at(config, &["jetstream", "fileStore", "enabled"]),
+        Some(&Value::Bool(false)),
+        "JetStream keeps the event log on disk"
+    );
+    assert!(text(config, &["jetstream", "fileStore", "pvc", "size"]).is_some());
+
+    let cluster = postgres_cluster();
+    assert_eq!(
+        text(&cluster, &["apiVersion"]),
+        Some("postgresql.cnpg.io/v1")
+    );
+    assert_eq!(text(&cluster, &["kind"]), Some("Cluster"));
+    assert_eq!(text(&cluster, &["metadata", "namespace"]), Some(NAMESPACE));
+    let name = text(&cluster, &["metadata", "name"]).unwrap();
+    let spec = cluster.get("spec").unwrap();
+    assert!(spec.get("instances").and_then(Value::as_u64).unwrap() >= 3);
+    assert!(text(spec, &["storage", "size"]).is_some());
+    let database = text(spec, &["bootstrap", "initdb", "database"]).unwrap();
+    let owner = text(spec, &["bootstrap", "initdb", "owner"]).unwrap();
+    // The database URL names the cluster's primary (the operator's `<name>-rw` Service).
+    let secrets = documents_of(&k8s().join("base/secret.example.yaml"));
+    let url = secrets
+        .iter()
+        .find_map(|s| text(s, &["stringData", "WHATSNAP_DATABASE_URL"]))
+        .unwrap();
+    assert!(url.starts_with(&format!("postgres://{owner}:")), "{url}");
+    assert!(
+        url.ends_with(&format!("@{name}-rw:5432/{database}")),
+        "{url}"
     );
 }
 
@@ -467,35 +1203,36 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
 /// data key alone.
 #[test]
 fn only_session_and_ghl_sync_are_given_the_secret_key_that_opens_credentials() {
-    let documents = k8s_documents();
-    let secret_holding: BTreeSet<String> = documents
-        .iter()
-        .filter(|(_, d)| text(d, &["kind"]) == Some("Secret"))
-        .filter(|(_, d)| labels(d.get("stringData")).contains_key("WHATSNAP_SECRET_KEY"))
-        .map(|(_, d)| text(d, &["metadata", "name"]).unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        secret_holding,
-        BTreeSet::from(["whatsnap-credentials".to_owned()])
-    );
-    let mut given = BTreeSet::new();
-    for pod in pods(&documents) {
-        if pod.labels.get("app").map(String::as_str) != Some("whatsnap") {
-            continue;
+    for (overlay, documents) in overlays() {
+        let secret_holding: BTreeSet<String> = of_kind(&documents, "Secret")
+            .into_iter()
+            .filter(|d| labels(d.get("stringData")).contains_key("WHATSNAP_SECRET_KEY"))
+            .map(|d| text(d, &["metadata", "name"]).unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            secret_holding,
+            BTreeSet::from(["whatsnap-credentials".to_owned()])
+        );
+        let mut given = BTreeSet::new();
+        for pod in pods(&documents) {
+            if pod.labels.get("app").map(String::as_str) != Some("whatsnap") {
+                continue;
+            }
+            let mut refs = Vec::new();
+            collect_refs(&pod.spec, &mut refs);
+            let spec = serde_yaml::to_string(&pod.spec).unwrap();
+            if refs.iter().any(|(_, name)| secret_holding.contains(name))
+                || spec.contains("WHATSNAP_SECRET_KEY")
+            {
+                given.insert(pod.name.clone());
+            }
         }
-        let mut refs = Vec::new();
-        collect_refs(&pod.spec, &mut refs);
-        let spec = serde_yaml::to_string(&pod.spec).unwrap();
-        if refs.iter().any(|(_, name)| secret_holding.contains(name))
-            || spec.contains("WHATSNAP_SECRET_KEY")
-        {
-            given.insert(pod.name.clone());
-        }
+        assert_eq!(
+            given,
+            BTreeSet::from(["ghl-sync".to_owned(), "session".to_owned()]),
+            "{overlay}"
+        );
     }
-    assert_eq!(
-        given,
-        BTreeSet::from(["ghl-sync".to_owned(), "session".to_owned()])
-    );
 
     let mut compose: Value =
         serde_yaml::from_str(&std::fs::read_to_string(root().join("compose.yaml")).unwrap())
