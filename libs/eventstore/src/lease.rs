@@ -189,10 +189,7 @@ impl<DB: CheckpointTable> Leases<DB> {
             let Some(fence) = self.wait_for(&name, &shutdown).await else {
                 return;
             };
-            self.held
-                .lock()
-                .expect("leases lock")
-                .insert(name.clone());
+            self.held.lock().expect("leases lock").insert(name.clone());
             info!(lease = %name, epoch = fence.epoch, "lease taken: this replica does the work");
             let stop = shutdown.child_token();
             let mut task = tokio::spawn(work(fence.clone(), stop.clone()));
@@ -278,7 +275,10 @@ mod tests {
 
     async fn pool() -> (tempfile::TempDir, Pool<sqlx::Sqlite>) {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("leases.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("leases.db").display()
+        );
         let pool = SqlitePoolOptions::new().connect(&url).await.unwrap();
         (dir, pool)
     }
@@ -287,8 +287,12 @@ mod tests {
     async fn a_lease_has_one_holder_until_it_runs_out_and_the_next_holder_gets_a_new_epoch() {
         let (_dir, pool) = pool().await;
         let ttl = Duration::from_millis(300);
-        let a = Leases::open(pool.clone(), "all", "a".into(), ttl).await.unwrap();
-        let b = Leases::open(pool.clone(), "all", "b".into(), ttl).await.unwrap();
+        let a = Leases::open(pool.clone(), "all", "a".into(), ttl)
+            .await
+            .unwrap();
+        let b = Leases::open(pool.clone(), "all", "b".into(), ttl)
+            .await
+            .unwrap();
         let first = a.acquire("work").await.unwrap().unwrap();
         assert!(b.acquire("work").await.unwrap().is_none(), "held by a");
         assert!(a.renew(&first).await.unwrap());
@@ -314,15 +318,19 @@ mod tests {
                 let mut tasks = tokio::task::JoinSet::new();
                 for name in ["one", "two"] {
                     let running = running.clone();
-                    tasks.spawn(leases.clone().hold(name.into(), stop.clone(), move |_, stop| {
-                        let running = running.clone();
-                        async move {
-                            let me = (holder.to_owned(), name.to_owned());
-                            running.lock().unwrap().push(me.clone());
-                            stop.cancelled().await;
-                            running.lock().unwrap().retain(|r| *r != me);
-                        }
-                    }));
+                    tasks.spawn(
+                        leases
+                            .clone()
+                            .hold(name.into(), stop.clone(), move |_, stop| {
+                                let running = running.clone();
+                                async move {
+                                    let me = (holder.to_owned(), name.to_owned());
+                                    running.lock().unwrap().push(me.clone());
+                                    stop.cancelled().await;
+                                    running.lock().unwrap().retain(|r| *r != me);
+                                }
+                            }),
+                    );
                 }
                 tasks.join_all().await;
             })
@@ -336,7 +344,11 @@ mod tests {
             loop {
                 let now = running.lock().unwrap().clone();
                 let names: BTreeSet<_> = now.iter().map(|(_, n)| n.clone()).collect();
-                assert_eq!(names.len(), now.len(), "the same work twice at once: {now:?}");
+                assert_eq!(
+                    names.len(),
+                    now.len(),
+                    "the same work twice at once: {now:?}"
+                );
                 if done() {
                     break;
                 }
@@ -349,7 +361,10 @@ mod tests {
         until("a does both", &|| doing("a") == 2).await;
         let stop_b = CancellationToken::new();
         let b = start("b", stop_b.clone());
-        until("a and b do one each", &|| doing("a") == 1 && doing("b") == 1).await;
+        until("a and b do one each", &|| {
+            doing("a") == 1 && doing("b") == 1
+        })
+        .await;
         stop_a.cancel();
         a.await.unwrap();
         until("b does both", &|| doing("b") == 2).await;

@@ -22,9 +22,9 @@ use tracing::{error, info, warn};
 use whatsnap_auth::{ApiToken, AuthedChannel};
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::lease::{Fence, Leases};
 use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
-use whatsnap_eventstore::lease::{Fence, Leases};
 use whatsnap_gateway::{Readiness, Remote};
 use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
 use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
@@ -955,9 +955,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // is one process, which does all of it.
     let leases = match args.backend.database_url.is_some() {
         true => {
-            let leases = Leases::open(db.clone(), &names_of(targets), replica_id(&args), args.lease_ttl)
-                .await
-                .context("the leases' table")?;
+            let leases = Leases::open(
+                db.clone(),
+                &names_of(targets),
+                replica_id(&args),
+                args.lease_ttl,
+            )
+            .await
+            .context("the leases' table")?;
             let heartbeat = leases.clone().heartbeat(shutdown.clone());
             tasks.spawn(async move {
                 heartbeat.await;
@@ -1468,24 +1473,39 @@ impl Services {
     ) -> Option<whatsnap_gateway::Application> {
         if let Some(assignment) = self.assignment {
             let assignment = Arc::new(assignment);
-            tasks.spawn(under_lease(leases, "workers:assignment", shutdown, move |stop| {
-                let assignment = assignment.clone();
-                async move { assignment.run_until_stopped(stop).await }
-            }));
+            tasks.spawn(under_lease(
+                leases,
+                "workers:assignment",
+                shutdown,
+                move |stop| {
+                    let assignment = assignment.clone();
+                    async move { assignment.run_until_stopped(stop).await }
+                },
+            ));
         }
         if let Some(session) = self.session {
             let session = Arc::new(session);
-            tasks.spawn(under_lease(leases, "workers:session", shutdown, move |stop| {
-                let session = session.clone();
-                async move { session.run_until_stopped(stop).await }
-            }));
+            tasks.spawn(under_lease(
+                leases,
+                "workers:session",
+                shutdown,
+                move |stop| {
+                    let session = session.clone();
+                    async move { session.run_until_stopped(stop).await }
+                },
+            ));
         }
         if let Some(ghl_sync) = self.ghl_sync {
             let ghl_sync = Arc::new(ghl_sync);
-            tasks.spawn(under_lease(leases, "workers:ghl-sync", shutdown, move |stop| {
-                let ghl_sync = ghl_sync.clone();
-                async move { ghl_sync.run_until_stopped(stop).await }
-            }));
+            tasks.spawn(under_lease(
+                leases,
+                "workers:ghl-sync",
+                shutdown,
+                move |stop| {
+                    let ghl_sync = ghl_sync.clone();
+                    async move { ghl_sync.run_until_stopped(stop).await }
+                },
+            ));
         }
         self.gateway
     }
@@ -1597,7 +1617,11 @@ where
 
 /// The targets a process serves, as one name: replicas with the same share their work.
 fn names_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
-    targets.into_iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+    targets
+        .into_iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// This replica's name in the leases.

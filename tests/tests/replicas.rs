@@ -1,0 +1,262 @@
+//! Three replicas of every target against one JetStream and one PostgreSQL: the work (each
+//! projection, each service's workers) is spread over them, never done in two places at once;
+//! texts reach GHL once each and in the order each customer wrote them, through a rolling
+//! restart of every replica while they flow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use whatsnap_proto::ghlsync::v1 as ghlsync;
+use whatsnap_proto::session::v1 as session;
+use whatsnap_testkit::{
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually,
+    eventually_within,
+};
+
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "twilio-auth-token-of-the-agency";
+const SALES: &str = "+15005550006";
+const LOCATION: &str = "locReplicas";
+const CUSTOMERS: usize = 6;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
+}
+
+/// The leases a replica holds, as its `/metrics` says.
+async fn leases(http: SocketAddr) -> Option<BTreeSet<String>> {
+    let bearer = format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN);
+    let reply =
+        whatsnap_testkit::http_request(http, "/metrics", &[("authorization", &bearer)], None)
+            .await
+            .ok()?;
+    (reply.status == 200).then(|| {
+        reply
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("whatsnap_lease_held{lease=\""))
+            .filter_map(|l| l.split_once('"').map(|(lease, _)| lease.to_owned()))
+            .collect()
+    })
+}
+
+/// Every replica's leases once the work is spread: each holds some, none holds one twice.
+async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
+    eventually_within(
+        Duration::from_secs(60),
+        "the work spread over the replicas",
+        async || {
+            let mut held = Vec::new();
+            for http in replicas {
+                held.push(leases(*http).await?);
+            }
+            let all: Vec<&String> = held.iter().flatten().collect();
+            let distinct: BTreeSet<&String> = all.iter().copied().collect();
+            let share = distinct.len().div_ceil(replicas.len());
+            let spread = distinct.len() == all.len()
+                && held.iter().all(|h| !h.is_empty() && h.len() <= share)
+                && distinct
+                    .iter()
+                    .filter(|l| l.starts_with("workers:"))
+                    .count()
+                    == 3;
+            spread.then_some(held)
+        },
+    )
+    .await
+}
+
+struct Cluster {
+    args: Vec<String>,
+    replicas: Vec<Whatsnap>,
+    /// The gateways taking webhooks now, as a load balancer sees them.
+    live: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Cluster {
+    fn start(&mut self, n: usize) -> Whatsnap {
+        Whatsnap::serve(binary(), &self.args, &format!("replica-{n}")).unwrap()
+    }
+
+    fn https(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.http.unwrap()).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_rolling_restart() {
+    let backend = TestBackend::distributed().await;
+    let ghl = FakeGhl::start().await.unwrap();
+    let twilio = FakeTwilio::start().await.unwrap();
+    twilio.add_account(FakeTwilioAccount {
+        sid: SID.into(),
+        auth_token: TOKEN.into(),
+        status: "active".into(),
+        numbers: vec![(SALES.into(), true)],
+    });
+    let mut args = backend.args();
+    args.extend(
+        [
+            "--secret-key",
+            SECRET_KEY,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--twilio-base-url",
+            &twilio.base_url(),
+            "--ghl-api-url",
+            &ghl.base_url(),
+            "--ghl-conversation-provider-id",
+            "whatsnapProvider0001",
+            "--lease-ttl",
+            "2",
+        ]
+        .map(str::to_owned),
+    );
+    let mut cluster = Cluster {
+        args,
+        replicas: Vec::new(),
+        live: Arc::default(),
+    };
+    for n in 0..3 {
+        let replica = cluster.start(n);
+        cluster.replicas.push(replica);
+    }
+    *cluster.live.lock().unwrap() = cluster.https();
+    let held = spread(&cluster.https()).await;
+    eprintln!("leases per replica: {held:?}");
+
+    // A location and its Twilio number, through any replica.
+    let channel = cluster.replicas[1].channel().await;
+    let pit = format!("pit-{LOCATION}-0000-0000");
+    ghl.add_private_token(LOCATION, &pit);
+    ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
+        .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
+            location_id: LOCATION.into(),
+            token: pit,
+            company_id: FakeGhl::COMPANY_ID.into(),
+        })
+        .await
+        .unwrap();
+    let account = session::session_service_client::SessionServiceClient::new(channel)
+        .add_account(session::AddAccountRequest {
+            location_id: LOCATION.into(),
+            kind: session::AccountKind::Twilio as i32,
+            name: "Sales".into(),
+            phone_number: SALES.into(),
+            twilio: Some(session::TwilioCredentials {
+                account_sid: SID.into(),
+                auth_token: TOKEN.into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let path = format!("/webhooks/twilio/{LOCATION}/{}/inbound", account.account_id);
+
+    // Each customer writes in turn, each text after the last was taken, to whichever gateway
+    // the balancer picks; a gateway that is going away is tried again elsewhere, as Twilio and
+    // a load balancer do.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut customers = tokio::task::JoinSet::new();
+    for customer in 0..CUSTOMERS {
+        let (live, path, done) = (cluster.live.clone(), path.clone(), done.clone());
+        customers.spawn(async move {
+            let from = format!("+1415555{:04}", 3000 + customer);
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let sid = format!("SM{customer:02}{n:030}");
+                let body = format!("customer {customer} text {n}");
+                let text = TwilioText {
+                    account_sid: SID,
+                    message_sid: &sid,
+                    from: &from,
+                    to: SALES,
+                    body: &body,
+                    extra: &[],
+                };
+                let mut attempt = 0;
+                loop {
+                    let gateways = live.lock().unwrap().clone();
+                    let http = gateways[(customer + n + attempt) % gateways.len()];
+                    match text.post(http, &path, TOKEN).await {
+                        Ok((200, _)) => break,
+                        Ok((status, body)) if status < 500 => {
+                            panic!("a text was refused: {status} {body}")
+                        }
+                        _ => attempt += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (customer, n)
+        });
+    }
+
+    // Meanwhile, every replica in turn stops (SIGTERM, as Kubernetes does) and a new one
+    // takes its place, once the first texts have gone through.
+    let in_ghl = || -> usize {
+        ghl.contacts(LOCATION)
+            .iter()
+            .map(|c| ghl.messages(&c.id).len())
+            .sum()
+    };
+    eventually("the first texts in GHL", async || {
+        (in_ghl() >= 5).then_some(())
+    })
+    .await;
+    for n in 0..3 {
+        let old_http = cluster.replicas[n].http.unwrap();
+        cluster.live.lock().unwrap().retain(|h| *h != old_http);
+        assert!(cluster.replicas[n].terminate().unwrap().success());
+        let replacement = cluster.start(3 + n);
+        cluster.live.lock().unwrap().push(replacement.http.unwrap());
+        cluster.replicas[n] = replacement;
+        let before = in_ghl();
+        eventually_within(Duration::from_secs(60), "texts flowing again", async || {
+            (in_ghl() > before + 5).then_some(())
+        })
+        .await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written: BTreeMap<usize, usize> = customers.join_all().await.into_iter().collect();
+    let total: usize = written.values().sum();
+    eprintln!("texts written during the rolling restart: {total} ({written:?})");
+    eventually_within(Duration::from_secs(120), "every text in GHL", async || {
+        (in_ghl() >= total).then_some(())
+    })
+    .await;
+    // Each exactly once, each customer's in the order written.
+    let contacts = ghl.contacts(LOCATION);
+    assert_eq!(contacts.len(), CUSTOMERS, "one GHL contact per customer");
+    for contact in contacts {
+        let phone = contact.phone.clone().unwrap();
+        let customer = phone[phone.len() - 4..].parse::<usize>().unwrap() - 3000;
+        let bodies: Vec<String> = ghl
+            .messages(&contact.id)
+            .into_iter()
+            .filter_map(|m| m.message)
+            .collect();
+        let written: Vec<String> = (0..written[&customer])
+            .map(|n| format!("customer {customer} text {n}"))
+            .collect();
+        assert_eq!(
+            bodies, written,
+            "customer {customer}: lost, repeated or reordered"
+        );
+    }
+    assert_eq!(in_ghl(), total);
+    assert_eq!(ghl.rate_limited_count(LOCATION), 0);
+
+    // The new replicas share the work again.
+    let held = spread(&cluster.https()).await;
+    eprintln!("leases per replica after the rolling restart: {held:?}");
+}
