@@ -986,6 +986,23 @@ fn fewest_replicas(documents: &[(String, Value)], deployment: &str) -> u64 {
     }
 }
 
+/// The most replicas a Deployment of `documents` runs: its autoscaler's maximum, else its own
+/// count (1 when unset).
+fn most_replicas(documents: &[(String, Value)], deployment: &str) -> u64 {
+    let autoscaled = of_kind(documents, "HorizontalPodAutoscaler")
+        .into_iter()
+        .find(|a| text(a, &["spec", "scaleTargetRef", "name"]) == Some(deployment));
+    match autoscaled {
+        Some(a) => at(a, &["spec", "maxReplicas"])
+            .and_then(Value::as_u64)
+            .unwrap(),
+        None => named(documents, "Deployment", deployment)
+            .and_then(|d| at(d, &["spec", "replicas"]))
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+    }
+}
+
 #[test]
 fn production_has_a_disruption_budget_per_service_that_keeps_one_pod_and_never_blocks_a_drain() {
     for (overlay, documents) in overlays() {
@@ -1191,6 +1208,25 @@ fn the_production_dependencies_are_what_the_overlay_and_the_secrets_expect() {
     assert!(spec.get("instances").and_then(Value::as_u64).unwrap() >= 3);
     assert!(text(spec, &["storage", "size"]).is_some());
     let database = text(spec, &["bootstrap", "initdb", "database"]).unwrap();
+    // Every whatsnap process opens up to 14 connections (services/whatsnap/src/serve.rs: 10 for
+    // the read models, 4 for the contacts' keys). PostgreSQL takes them from the most pods a
+    // rolling update runs: each Deployment's most replicas and the 25 % it surges by.
+    const CONNECTIONS_PER_PROCESS: u64 = 14;
+    let most_pods: u64 = whatsnap_deployments(&production)
+        .iter()
+        .map(|d| {
+            let most = most_replicas(&production, &d.name);
+            most + most.div_ceil(4)
+        })
+        .sum();
+    let max_connections: u64 = text(spec, &["postgresql", "parameters", "max_connections"])
+        .expect("max_connections: PostgreSQL's default of 100 is too few")
+        .parse()
+        .unwrap();
+    assert!(
+        max_connections >= most_pods * CONNECTIONS_PER_PROCESS,
+        "max_connections {max_connections} for {most_pods} pods of {CONNECTIONS_PER_PROCESS}"
+    );
     let owner = text(spec, &["bootstrap", "initdb", "owner"]).unwrap();
     // The database URL names the cluster's primary (the operator's `<name>-rw` Service).
     let secrets = documents_of(&k8s().join("base/secret.example.yaml"));
