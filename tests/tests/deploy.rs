@@ -20,6 +20,10 @@ use serde_yaml::Value;
 
 const TARGETS: [&str; 5] = ["gateway", "session", "contacts", "assignment", "ghl-sync"];
 
+/// The PostgreSQL connections one whatsnap process opens at most (services/whatsnap/src/serve.rs:
+/// 10 for the read models, 4 for the contacts' keys).
+const CONNECTIONS_PER_PROCESS: u64 = 14;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -1208,10 +1212,8 @@ fn the_production_dependencies_are_what_the_overlay_and_the_secrets_expect() {
     assert!(spec.get("instances").and_then(Value::as_u64).unwrap() >= 3);
     assert!(text(spec, &["storage", "size"]).is_some());
     let database = text(spec, &["bootstrap", "initdb", "database"]).unwrap();
-    // Every whatsnap process opens up to 14 connections (services/whatsnap/src/serve.rs: 10 for
-    // the read models, 4 for the contacts' keys). PostgreSQL takes them from the most pods a
-    // rolling update runs: each Deployment's most replicas and the 25 % it surges by.
-    const CONNECTIONS_PER_PROCESS: u64 = 14;
+    // PostgreSQL takes the connections of the most pods a rolling update runs: each
+    // Deployment's most replicas and the 25 % it surges by.
     let most_pods: u64 = whatsnap_deployments(&production)
         .iter()
         .map(|d| {
@@ -1380,12 +1382,16 @@ fn compose_runs_two_of_every_target_with_its_metrics_unpublished() {
     compose.apply_merge().unwrap();
     let services = compose.get("services").and_then(Value::as_mapping).unwrap();
     let mut targets = BTreeSet::new();
+    let mut processes = 0;
     for (name, service) in services {
         if text(service, &["image"]) != Some("whatsnap:dev") {
             continue;
         }
         let name = name.as_str().unwrap();
         targets.insert(name);
+        processes += at(service, &["deploy", "replicas"])
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
         let command: Vec<String> = list(service.get("command"))
             .iter()
             .map(|a| a.as_str().unwrap().to_owned())
@@ -1416,6 +1422,18 @@ fn compose_runs_two_of_every_target_with_its_metrics_unpublished() {
         }
     }
     assert_eq!(targets, BTreeSet::from(TARGETS));
+    // PostgreSQL takes every process's connections.
+    let postgres = list(at(&compose, &["services", "postgres", "command"]));
+    let max_connections: u64 = postgres
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("max_connections="))
+        .expect("PostgreSQL's default max_connections of 100")
+        .parse()
+        .unwrap();
+    assert!(
+        max_connections >= processes * CONNECTIONS_PER_PROCESS,
+        "max_connections {max_connections} for {processes} processes"
+    );
 }
 
 fn monitoring() -> PathBuf {
