@@ -3,12 +3,14 @@
 //! NATS Helm chart, a CloudNativePG Cluster). Each overlay is put together here as kustomize
 //! does (its resources, then its patches) and checked: every document parses and names what it
 //! must, what one document refers to (labels, ports, ConfigMaps, Secrets) exists in another,
-//! every Deployment has requests, limits and its three probes, only the gateway autoscales and
-//! the other services keep one replica, production has a disruption budget per service that
-//! never blocks a drain, only the gateway's HTTP port is reachable from outside the namespace
-//! while NATS and PostgreSQL are reachable from whatsnap, NATS requires a login, nothing carries
-//! a default password, and compose publishes no gRPC port. `deploy/k8s/check` validates the same
-//! files against the Kubernetes schemas, with kustomize itself.
+//! every Deployment has requests, limits, its three probes and the metrics port, only the gateway
+//! autoscales, production runs two of every service with a disruption budget each that never
+//! blocks a drain, only the gateway's HTTP port is reachable from outside the namespace and the
+//! metrics port from the monitoring namespace alone, while NATS and PostgreSQL are reachable from
+//! whatsnap, NATS requires a login, nothing carries a default password, and compose runs two of
+//! every target and publishes no gRPC port. `deploy/k8s/check` validates the same files against
+//! the Kubernetes schemas, with kustomize itself. The alerts and the dashboard of
+//! `deploy/monitoring` watch only metrics the code exports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,10 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 
 const TARGETS: [&str; 5] = ["gateway", "session", "contacts", "assignment", "ghl-sync"];
+
+/// The PostgreSQL connections one whatsnap process opens at most (services/whatsnap/src/serve.rs:
+/// 10 for the read models, 4 for the contacts' keys).
+const CONNECTIONS_PER_PROCESS: u64 = 14;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -530,6 +536,11 @@ enum Client<'a> {
 
 const NAMESPACE: &str = "whatsnap";
 
+/// Where every whatsnap pod serves `/metrics` (`WHATSNAP_METRICS_ADDR`), and the namespace that
+/// may scrape it.
+const METRICS_PORT: u64 = 9090;
+const MONITORING: &str = "monitoring";
+
 /// Whether one `from` entry of an ingress rule admits `client`.
 fn admits(peer: &Value, client: &Client) -> bool {
     let (namespace, pod_labels) = match client {
@@ -609,7 +620,7 @@ fn policies(documents: &[(String, Value)]) -> Vec<&Value> {
 }
 
 #[test]
-fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
+fn only_the_gateways_http_port_is_reachable_from_outside_and_the_metrics_port_from_monitoring() {
     let nobody = BTreeMap::new();
     let lookalike = BTreeMap::from([
         ("app".to_owned(), "whatsnap".to_owned()),
@@ -678,6 +689,33 @@ fn only_the_gateways_http_port_is_reachable_from_outside_the_namespace() {
                 "{overlay}: ports of {} reachable from the CloudNativePG operator",
                 pod.name
             );
+            // Prometheus, in the monitoring namespace, scrapes every whatsnap pod's metrics.
+            let mut from_monitoring = from_anywhere.clone();
+            if pod.labels.get("app").map(String::as_str) == Some("whatsnap") {
+                from_monitoring.insert(METRICS_PORT);
+            }
+            let client = Client::Pod {
+                namespace: MONITORING,
+                labels: &nobody,
+            };
+            assert_eq!(
+                reachable(&policies, pod, &client),
+                from_monitoring,
+                "{overlay}: ports of {} reachable from the monitoring namespace",
+                pod.name
+            );
+            // No pod of the namespace, whatsnap's own included, reads the metrics.
+            for labels in [&nobody, &lookalike] {
+                let client = Client::Pod {
+                    namespace: NAMESPACE,
+                    labels,
+                };
+                assert!(
+                    !reachable(&policies, pod, &client).contains(&METRICS_PORT),
+                    "{overlay}: the metrics of {} reachable from the namespace",
+                    pod.name
+                );
+            }
         }
     }
 }
@@ -743,8 +781,16 @@ fn nats_postgres_and_the_services_grpc_are_reachable_from_every_whatsnap_pod() {
 }
 
 #[test]
-fn every_deployment_has_requests_limits_and_its_three_probes() {
+fn every_deployment_has_requests_limits_its_three_probes_and_the_metrics_port() {
     for (overlay, documents) in overlays() {
+        let settings = named(&documents, "ConfigMap", "whatsnap").unwrap();
+        let metrics_addr = text(settings, &["data", "WHATSNAP_METRICS_ADDR"])
+            .unwrap_or_else(|| panic!("{overlay}: the settings have no WHATSNAP_METRICS_ADDR"));
+        assert_eq!(
+            metrics_addr,
+            format!("0.0.0.0:{METRICS_PORT}"),
+            "{overlay}: metrics must listen on every interface of the pod, on the metrics port"
+        );
         for pod in pods(&documents) {
             for container in list(at(&pod.spec, &["containers"])) {
                 let name = format!(
@@ -798,6 +844,17 @@ fn every_deployment_has_requests_limits_and_its_three_probes() {
                 args.ends_with(&format!("--target {target}")),
                 "{name}: {args}"
             );
+            assert!(
+                deployment
+                    .ports
+                    .contains(&("metrics".to_owned(), METRICS_PORT)),
+                "{name} has no container port metrics: {METRICS_PORT}: {:?}",
+                deployment.ports
+            );
+            let settings_read = list(container.get("envFrom"))
+                .iter()
+                .any(|e| text(e, &["configMapRef", "name"]) == Some("whatsnap"));
+            assert!(settings_read, "{name} does not read the whatsnap settings");
             let grpc_health = |probe: &str| {
                 assert_eq!(
                     at(container, &[probe, "grpc", "port"]).and_then(Value::as_u64),
@@ -853,23 +910,37 @@ fn quantity(value: &Value) -> Option<u128> {
     Some(number * thousandths)
 }
 
-/// The projections of every service, the gateway's included, run as one in-order worker each on
-/// a durable JetStream consumer; two replicas would contend for it. Only the gateway, the HTTP
-/// edge, has an autoscaler, ready for when that is safe.
+/// Replicas of a service share its work through leases in PostgreSQL (each projection and each
+/// service's workers on one replica at a time), so production runs two of every service: the
+/// gateway, the HTTP edge and the only one with an autoscaler, two to ten. The small overlay runs
+/// one of each.
 #[test]
-fn only_the_gateway_autoscales_and_every_other_service_keeps_one_replica() {
+fn production_runs_two_of_every_service_and_only_the_gateway_autoscales() {
     for (overlay, documents) in overlays() {
+        let (replicas, autoscaled) = match overlay.as_str() {
+            "production" => (2, Some((2, 10))),
+            "small" => (1, None),
+            _ => continue,
+        };
         for deployment in whatsnap_deployments(&documents) {
-            let document = named(&documents, "Deployment", &deployment.name).unwrap();
-            let replicas = at(document, &["spec", "replicas"]).and_then(Value::as_u64);
+            let name = format!("{overlay}: {}", deployment.name);
+            assert_eq!(
+                fewest_replicas(&documents, &deployment.name),
+                replicas,
+                "{name}"
+            );
             if deployment.name != "gateway" {
-                assert_eq!(replicas, Some(1), "{overlay}: {}", deployment.name);
+                let document = named(&documents, "Deployment", &deployment.name).unwrap();
+                let count = at(document, &["spec", "replicas"]).and_then(Value::as_u64);
+                assert_eq!(count, Some(replicas), "{name}");
             }
         }
         let autoscalers = of_kind(&documents, "HorizontalPodAutoscaler");
-        if overlay == "production" {
-            assert_eq!(autoscalers.len(), 1, "{overlay}");
-        }
+        assert_eq!(
+            autoscalers.len(),
+            usize::from(autoscaled.is_some()),
+            "{overlay}"
+        );
         for autoscaler in autoscalers {
             assert_eq!(text(autoscaler, &["apiVersion"]), Some("autoscaling/v2"));
             let target = at(autoscaler, &["spec", "scaleTargetRef"]).unwrap();
@@ -889,7 +960,7 @@ fn only_the_gateway_autoscales_and_every_other_service_keeps_one_replica() {
                     .and_then(Value::as_u64)
                     .unwrap(),
             );
-            assert!(1 <= min && min <= max, "{overlay}: {min}..{max}");
+            assert_eq!(Some((min, max)), autoscaled, "{overlay}: {min}..{max}");
             let on_cpu = list(at(autoscaler, &["spec", "metrics"])).iter().any(|m| {
                 text(m, &["type"]) == Some("Resource")
                     && text(m, &["resource", "name"]) == Some("cpu")
@@ -919,8 +990,25 @@ fn fewest_replicas(documents: &[(String, Value)], deployment: &str) -> u64 {
     }
 }
 
+/// The most replicas a Deployment of `documents` runs: its autoscaler's maximum, else its own
+/// count (1 when unset).
+fn most_replicas(documents: &[(String, Value)], deployment: &str) -> u64 {
+    let autoscaled = of_kind(documents, "HorizontalPodAutoscaler")
+        .into_iter()
+        .find(|a| text(a, &["spec", "scaleTargetRef", "name"]) == Some(deployment));
+    match autoscaled {
+        Some(a) => at(a, &["spec", "maxReplicas"])
+            .and_then(Value::as_u64)
+            .unwrap(),
+        None => named(documents, "Deployment", deployment)
+            .and_then(|d| at(d, &["spec", "replicas"]))
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+    }
+}
+
 #[test]
-fn production_has_a_disruption_budget_per_service_that_never_blocks_a_drain() {
+fn production_has_a_disruption_budget_per_service_that_keeps_one_pod_and_never_blocks_a_drain() {
     for (overlay, documents) in overlays() {
         let deployments = whatsnap_deployments(&documents);
         let budgets = of_kind(&documents, "PodDisruptionBudget");
@@ -963,6 +1051,14 @@ fn production_has_a_disruption_budget_per_service_that_never_blocks_a_drain() {
                 _ => {
                     panic!("{overlay}: budget {name} needs one of minAvailable and maxUnavailable")
                 }
+            }
+            // A drain never takes the last pod of a service.
+            if overlay == "production" {
+                assert_eq!(
+                    spec.get("minAvailable").and_then(Value::as_u64),
+                    Some(1),
+                    "{overlay}: budget {name}"
+                );
             }
         }
         if overlay == "production" {
@@ -1116,6 +1212,23 @@ fn the_production_dependencies_are_what_the_overlay_and_the_secrets_expect() {
     assert!(spec.get("instances").and_then(Value::as_u64).unwrap() >= 3);
     assert!(text(spec, &["storage", "size"]).is_some());
     let database = text(spec, &["bootstrap", "initdb", "database"]).unwrap();
+    // PostgreSQL takes the connections of the most pods a rolling update runs: each
+    // Deployment's most replicas and the 25 % it surges by.
+    let most_pods: u64 = whatsnap_deployments(&production)
+        .iter()
+        .map(|d| {
+            let most = most_replicas(&production, &d.name);
+            most + most.div_ceil(4)
+        })
+        .sum();
+    let max_connections: u64 = text(spec, &["postgresql", "parameters", "max_connections"])
+        .expect("max_connections: PostgreSQL's default of 100 is too few")
+        .parse()
+        .unwrap();
+    assert!(
+        max_connections >= most_pods * CONNECTIONS_PER_PROCESS,
+        "max_connections {max_connections} for {most_pods} pods of {CONNECTIONS_PER_PROCESS}"
+    );
     let owner = text(spec, &["bootstrap", "initdb", "owner"]).unwrap();
     // The database URL names the cluster's primary (the operator's `<name>-rw` Service).
     let secrets = documents_of(&k8s().join("base/secret.example.yaml"));
@@ -1144,7 +1257,7 @@ fn compose_publishes_only_the_gateways_http_port_and_reads_its_passwords_from_en
             if everywhere {
                 assert_eq!(
                     (name, port.as_str()),
-                    ("gateway", "8080:8080"),
+                    ("gateway", "8080-8081:8080"),
                     "published on every interface"
                 );
             } else {
@@ -1257,4 +1370,247 @@ fn only_session_and_ghl_sync_are_given_the_secret_key_that_opens_credentials() {
         given,
         BTreeSet::from(["ghl-sync".to_owned(), "session".to_owned()])
     );
+}
+
+/// compose runs two replicas of every target, as production does; each serves its metrics
+/// inside the compose network only, and each gateway replica gets a host port of its own.
+#[test]
+fn compose_runs_two_of_every_target_with_its_metrics_unpublished() {
+    let mut compose: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("compose.yaml")).unwrap())
+            .unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose.get("services").and_then(Value::as_mapping).unwrap();
+    let mut targets = BTreeSet::new();
+    let mut processes = 0;
+    for (name, service) in services {
+        if text(service, &["image"]) != Some("whatsnap:dev") {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        targets.insert(name);
+        processes += at(service, &["deploy", "replicas"])
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let command: Vec<String> = list(service.get("command"))
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(command, ["serve", "--target", name]);
+        let replicas = at(service, &["deploy", "replicas"]).and_then(Value::as_u64);
+        assert_eq!(replicas, Some(2), "{name}");
+        assert_eq!(
+            text(service, &["environment", "WHATSNAP_METRICS_ADDR"]),
+            Some(format!("0.0.0.0:{METRICS_PORT}").as_str()),
+            "{name}"
+        );
+        for port in list(service.get("ports")) {
+            let port = port.as_str().unwrap();
+            let (host, container) = port.rsplit_once(':').unwrap();
+            assert_ne!(
+                container,
+                METRICS_PORT.to_string(),
+                "{name} publishes {port}"
+            );
+            let host = host.rsplit(':').next().unwrap();
+            let (first, last) = host.split_once('-').unwrap_or((host, host));
+            let host_ports = last.parse::<u64>().unwrap() - first.parse::<u64>().unwrap() + 1;
+            assert!(
+                host_ports >= 2,
+                "{name}: {port} has a host port for one of its two replicas only"
+            );
+        }
+    }
+    assert_eq!(targets, BTreeSet::from(TARGETS));
+    // PostgreSQL takes every process's connections.
+    let postgres = list(at(&compose, &["services", "postgres", "command"]));
+    let max_connections: u64 = postgres
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("max_connections="))
+        .expect("PostgreSQL's default max_connections of 100")
+        .parse()
+        .unwrap();
+    assert!(
+        max_connections >= processes * CONNECTIONS_PER_PROCESS,
+        "max_connections {max_connections} for {processes} processes"
+    );
+}
+
+fn monitoring() -> PathBuf {
+    root().join("deploy/monitoring")
+}
+
+/// The rules of `deploy/monitoring/alerts.yaml` that are alerts.
+fn alerts() -> Vec<Value> {
+    let rules = one_document(&monitoring().join("alerts.yaml"));
+    let groups = list(rules.get("groups"));
+    assert!(!groups.is_empty(), "alerts.yaml has no groups");
+    groups
+        .iter()
+        .flat_map(|g| list(g.get("rules")))
+        .filter(|r| r.get("alert").is_some())
+        .collect()
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = monitoring().join("grafana-dashboard.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("grafana-dashboard.json is not valid JSON: {e}"))
+}
+
+/// Every `whatsnap_…` metric name in `text`, a histogram's `_bucket`, `_sum` and `_count` series
+/// named as the histogram.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("whatsnap_") {
+        let (before, from) = rest.split_at(start);
+        let end = from
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(from.len());
+        let glued = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !glued {
+            let name = &from[..end];
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            names.insert(name.to_owned());
+        }
+        rest = &from[end..];
+    }
+    names
+}
+
+/// The text of every `.rs` file under `dir`.
+fn rust_sources(dir: &Path, into: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if !path.ends_with("target") {
+                rust_sources(&path, into);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            into.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+/// An alert on a metric nothing exports never fires: every metric the alerts and the dashboard
+/// use is named, as a string literal, in the code of `libs/` or `services/`.
+#[test]
+fn the_alerts_and_the_dashboard_watch_only_metrics_the_code_exports() {
+    let mut sources = String::new();
+    rust_sources(&root().join("libs"), &mut sources);
+    rust_sources(&root().join("services"), &mut sources);
+    for file in ["alerts.yaml", "grafana-dashboard.json"] {
+        let used = metric_names(&std::fs::read_to_string(monitoring().join(file)).unwrap());
+        assert!(used.len() >= 5, "{file} uses only {used:?}");
+        for name in used {
+            assert!(
+                sources.contains(&format!("\"{name}\"")),
+                "{file} uses {name}, which no code under libs/ or services/ exports"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_alert_says_what_when_and_how_bad_and_every_panel_asks_the_prometheus_input() {
+    let alerts = alerts();
+    assert!(alerts.len() >= 8, "{} alerts", alerts.len());
+    let mut names = BTreeSet::new();
+    for alert in &alerts {
+        let name = text(alert, &["alert"]).unwrap();
+        assert!(names.insert(name), "two alerts named {name}");
+        assert!(
+            text(alert, &["expr"]).is_some_and(|e| !e.trim().is_empty()),
+            "{name} has no expr"
+        );
+        assert!(
+            text(alert, &["for"]).is_some(),
+            "{name} has no for: it would fire on one scrape"
+        );
+        assert!(
+            matches!(
+                text(alert, &["labels", "severity"]),
+                Some("critical" | "warning")
+            ),
+            "{name}: severity is critical or warning"
+        );
+        let description = text(alert, &["annotations", "description"]).unwrap_or_default();
+        assert!(
+            !description.is_empty() && !description.contains('\n'),
+            "{name} needs a one-line description"
+        );
+    }
+
+    let dashboard = dashboard();
+    assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+    let inputs = dashboard["__inputs"].as_array().unwrap();
+    assert!(inputs.iter().any(|i| i["name"] == "DS_PROMETHEUS"));
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            assert!(target["expr"].as_str().is_some(), "{title}");
+            assert_eq!(target["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        }
+    }
+}
+
+/// Prometheus finds the whatsnap pods and scrapes the port the Deployments name metrics, with a
+/// token (`/metrics` answers 401 without one).
+#[test]
+fn prometheus_scrapes_the_metrics_port_of_every_whatsnap_pod_with_a_token() {
+    let config = one_document(&monitoring().join("prometheus-scrape.yaml"));
+    let jobs = list(config.get("scrape_configs"));
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    let discovery = list(job.get("kubernetes_sd_configs"));
+    assert_eq!(discovery.len(), 1);
+    assert_eq!(text(&discovery[0], &["role"]), Some("pod"));
+    let namespaces = list(at(&discovery[0], &["namespaces", "names"]));
+    assert_eq!(namespaces, [Value::from(NAMESPACE)]);
+    assert!(text(job, &["authorization", "credentials_file"]).is_some());
+    let relabel = list(job.get("relabel_configs"));
+    let keeps = |label: &str| {
+        relabel
+            .iter()
+            .find(|r| {
+                text(r, &["action"]) == Some("keep")
+                    && list(r.get("source_labels")) == [Value::from(label)]
+            })
+            .and_then(|r| text(r, &["regex"]))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        keeps("__meta_kubernetes_pod_label_app").as_deref(),
+        Some("whatsnap")
+    );
+    let port_name = keeps("__meta_kubernetes_pod_container_port_name").unwrap();
+    let relabels_target = relabel.iter().any(|r| {
+        list(r.get("source_labels")) == [Value::from("__meta_kubernetes_pod_label_target")]
+            && text(r, &["target_label"]) == Some("target")
+    });
+    assert!(
+        relabels_target,
+        "the series are not labelled with the target"
+    );
+    for deployment in whatsnap_deployments(&production()) {
+        assert!(
+            deployment
+                .ports
+                .contains(&(port_name.clone(), METRICS_PORT)),
+            "{} has no port {port_name}: {METRICS_PORT}",
+            deployment.name
+        );
+    }
 }
