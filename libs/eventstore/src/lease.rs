@@ -108,7 +108,8 @@ impl<DB: CheckpointTable> Leases<DB> {
         self.ttl / 3
     }
 
-    async fn acquire(&self, name: &str) -> sqlx::Result<Option<Fence>> {
+    /// Takes the lease `name` if nobody holds it; its fence when taken.
+    pub async fn try_acquire(&self, name: &str) -> sqlx::Result<Option<Fence>> {
         let mut tx = DB::begin_write(&self.pool).await?;
         let now = now_ms();
         let until = now + self.ttl.as_millis() as i64;
@@ -158,7 +159,7 @@ impl<DB: CheckpointTable> Leases<DB> {
         let mut fence = None;
         loop {
             fence = match fence {
-                None => self.acquire(&name).await.ok().flatten(),
+                None => self.try_acquire(&name).await.ok().flatten(),
                 Some(fence) => match self.renew(&fence).await {
                     Ok(true) => Some(fence),
                     _ => None,
@@ -243,7 +244,7 @@ impl<DB: CheckpointTable> Leases<DB> {
     async fn wait_for(&self, name: &str, shutdown: &CancellationToken) -> Option<Fence> {
         loop {
             if self.held_count() < self.share().await {
-                match self.acquire(name).await {
+                match self.try_acquire(name).await {
                     Ok(Some(fence)) => return Some(fence),
                     Ok(None) => {}
                     Err(err) => warn!(lease = %name, error = %err, "lease not taken"),
@@ -293,11 +294,15 @@ mod tests {
         let b = Leases::open(pool.clone(), "all", "b".into(), ttl)
             .await
             .unwrap();
-        let first = a.acquire("work").await.unwrap().unwrap();
-        assert!(b.acquire("work").await.unwrap().is_none(), "held by a");
+        let first = a.try_acquire("work").await.unwrap().unwrap();
+        assert!(b.try_acquire("work").await.unwrap().is_none(), "held by a");
         assert!(a.renew(&first).await.unwrap());
         tokio::time::sleep(ttl * 2).await;
-        let second = b.acquire("work").await.unwrap().expect("a's lease ran out");
+        let second = b
+            .try_acquire("work")
+            .await
+            .unwrap()
+            .expect("a's lease ran out");
         assert_eq!(second.epoch, first.epoch + 1);
         // a's fence no longer holds: a late renewal (or a fenced commit) is refused.
         assert!(!a.renew(&first).await.unwrap());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::{Pool, Postgres, Sqlite};
 use uuid::Uuid;
 use whatsnap_events::{AggregateKind, Event, LocationId, NewEvent, RecordedEvent, StreamId};
+use whatsnap_eventstore::lease::Leases;
 use whatsnap_eventstore::parked::{self, ParkedError, ParkedStatus};
 use whatsnap_eventstore::projection::{
     ApplyError, Backoff, CheckpointTable, Projection, ProjectionRunner,
@@ -19,6 +20,7 @@ use whatsnap_eventstore::{
 };
 use whatsnap_testkit::{
     Counted, CountingProjection, TestNats, TestPostgres, TestSqlite, append_message_events,
+    eventually,
 };
 
 /// Runs the projection until it has applied everything up to `head`, then stops it.
@@ -664,4 +666,100 @@ async fn a_migration_added_in_a_later_release_is_applied_once() {
         .execute(&pool)
         .await
         .unwrap();
+}
+
+/// A [`CountingProjection`] that counts how often it was asked to apply an event, committed or
+/// not.
+struct Attempted {
+    inner: CountingProjection,
+    attempts: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for Attempted {
+    fn name(&self) -> &str {
+        Projection::<Sqlite>::name(&self.inner)
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        Projection::<Sqlite>::migrations(&self.inner)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        Projection::<Sqlite>::apply(&self.inner, conn, event).await
+    }
+
+    async fn reset(&self, conn: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Projection::<Sqlite>::reset(&self.inner, conn).await
+    }
+}
+
+/// A replica whose lease another took cannot commit: its batches roll back at the fence, and
+/// the new holder applies each event once.
+#[tokio::test]
+async fn a_runner_whose_lease_was_taken_commits_nothing_and_the_holder_applies_each_event_once() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let ttl = Duration::from_millis(200);
+    let a = Leases::open(pool.clone(), "all", "replica-a".into(), ttl)
+        .await
+        .unwrap();
+    let b = Leases::open(pool.clone(), "all", "replica-b".into(), ttl)
+        .await
+        .unwrap();
+    let stale = a.try_acquire("projection:counting").await.unwrap().unwrap();
+    let fresh = eventually("a's lease runs out and b takes it", async || {
+        b.try_acquire("projection:counting").await.unwrap()
+    })
+    .await;
+    assert_eq!(fresh.epoch, stale.epoch + 1);
+    let head = append_message_events(store.as_ref(), 30, 5).await;
+
+    let projection = Arc::new(Attempted {
+        inner: CountingProjection::new("counting"),
+        attempts: AtomicU32::new(0),
+    });
+    let quick = Backoff {
+        first: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    };
+    let late =
+        ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()).backoff(quick);
+    late.fence(stale, ttl);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tried = async {
+        eventually("a tried its batch twice", async || {
+            (projection.attempts.load(Ordering::SeqCst) >= 2 * head as u32).then_some(())
+        })
+        .await;
+        let _ = stop.send(());
+    };
+    let (ran, ()) = tokio::join!(
+        late.run_until(async {
+            let _ = stopped.await;
+        }),
+        tried
+    );
+    ran.unwrap();
+    assert_eq!(*late.progress().borrow(), 0, "a moved its checkpoint");
+    assert_eq!(
+        projection.inner.counted_in_sqlite(&pool).await,
+        Counted { rows: 0, total: 0 }
+    );
+
+    let holder = ProjectionRunner::new(store.clone(), pool.clone(), projection.clone());
+    holder.fence(fresh, ttl);
+    run_to(&holder, head).await;
+    assert_eq!(
+        projection.inner.counted_in_sqlite(&pool).await,
+        Counted {
+            rows: 30,
+            total: 30
+        }
+    );
 }
