@@ -18,16 +18,9 @@ use std::time::{Duration, Instant};
 
 use whatsnap_events::{ApiTokenRevoked, Event, EventMetadata, NewEvent, StreamId};
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
-use whatsnap_proto::ghlsync::v1 as ghlsync;
-use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::{
-    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, http_get,
-};
+use whatsnap_testkit::{TestBackend, TwilioText, Whatsnap, http_get};
+use whatsnap_tests::twilio_rig::{NUMBER, SID, TOKEN, TwilioRig};
 
-const SID: &str = "AC0123456789abcdef0123456789abcdef";
-const TOKEN: &str = "twilio-auth-token-of-the-agency";
-const NUMBER: &str = "+15005550006";
-const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const WRITERS: usize = 8;
 
 fn setting(name: &str, default: usize) -> usize {
@@ -174,63 +167,15 @@ async fn run(
     println!("raw: {raw_appends:.0} appends/s with {WRITERS} writers, {raw_reads:.0} reads/s");
 
     let backend = TestBackend::new(distributed).await;
-    let ghl = FakeGhl::start().await.unwrap();
-    let twilio = FakeTwilio::start().await.unwrap();
-    twilio.add_account(FakeTwilioAccount {
-        sid: SID.into(),
-        auth_token: TOKEN.into(),
-        status: "active".into(),
-        numbers: vec![(NUMBER.into(), true)],
-    });
-    let mut args = backend.args();
-    args.extend(
-        [
-            "--secret-key",
-            SECRET_KEY,
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--twilio-base-url",
-            &twilio.base_url(),
-            "--ghl-api-url",
-            &ghl.base_url(),
-            "--ghl-conversation-provider-id",
-            "whatsnapProvider0001",
-        ]
-        .map(str::to_owned),
-    );
+    let rig = TwilioRig::start().await;
+    let args = rig.serve_args(&backend);
     let mut whatsnap = Whatsnap::serve(binary(), &args, "bench").unwrap();
     let channel = whatsnap.channel().await;
     let mut accounts = Vec::new();
     for n in 0..locations {
         let location = format!("locBench{n:03}");
-        let token = format!("pit-{location}-0000-0000");
-        ghl.add_private_token(&location, &token);
-        ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
-            .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
-                location_id: location.clone(),
-                token,
-                company_id: FakeGhl::COMPANY_ID.into(),
-            })
-            .await
-            .unwrap();
-        let account = session::session_service_client::SessionServiceClient::new(channel.clone())
-            .add_account(session::AddAccountRequest {
-                location_id: location.clone(),
-                kind: session::AccountKind::Twilio as i32,
-                name: "Sales".into(),
-                phone_number: NUMBER.into(),
-                twilio: Some(session::TwilioCredentials {
-                    account_sid: SID.into(),
-                    auth_token: TOKEN.into(),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        accounts.push((location, account.account_id));
+        let account = rig.connect(channel.clone(), &location).await;
+        accounts.push((location, account));
     }
     let http = whatsnap.http.unwrap();
     let head_before = head(&whatsnap).await;
@@ -280,17 +225,7 @@ async fn run(
     let webhooks = messages as f64 / accepted.as_secs_f64();
     println!("{messages} webhooks accepted in {accepted:?}");
 
-    let in_ghl = || {
-        accounts
-            .iter()
-            .map(|(location, _)| {
-                ghl.contacts(location)
-                    .iter()
-                    .map(|c| ghl.messages(&c.id).len())
-                    .sum::<usize>()
-            })
-            .sum::<usize>()
-    };
+    let in_ghl = || -> usize { accounts.iter().map(|(l, _)| rig.messages_in(l)).sum() };
     let deadline = Instant::now() + Duration::from_secs(1800);
     while in_ghl() < messages {
         assert!(

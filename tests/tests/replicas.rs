@@ -9,17 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use whatsnap_proto::ghlsync::v1 as ghlsync;
-use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::{
-    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually,
-    eventually_within,
-};
+use whatsnap_testkit::{TestBackend, TwilioText, Whatsnap, eventually, eventually_within};
+use whatsnap_tests::twilio_rig::{NUMBER, SID, TOKEN, TwilioRig};
 
-const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const SID: &str = "AC0123456789abcdef0123456789abcdef";
-const TOKEN: &str = "twilio-auth-token-of-the-agency";
-const SALES: &str = "+15005550006";
 const LOCATION: &str = "locReplicas";
 const CUSTOMERS: usize = 6;
 
@@ -90,34 +82,9 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_rolling_restart() {
     let backend = TestBackend::distributed().await;
-    let ghl = FakeGhl::start().await.unwrap();
-    let twilio = FakeTwilio::start().await.unwrap();
-    twilio.add_account(FakeTwilioAccount {
-        sid: SID.into(),
-        auth_token: TOKEN.into(),
-        status: "active".into(),
-        numbers: vec![(SALES.into(), true)],
-    });
-    let mut args = backend.args();
-    args.extend(
-        [
-            "--secret-key",
-            SECRET_KEY,
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--twilio-base-url",
-            &twilio.base_url(),
-            "--ghl-api-url",
-            &ghl.base_url(),
-            "--ghl-conversation-provider-id",
-            "whatsnapProvider0001",
-            "--lease-ttl",
-            "2",
-        ]
-        .map(str::to_owned),
-    );
+    let rig = TwilioRig::start().await;
+    let mut args = rig.serve_args(&backend);
+    args.extend(["--lease-ttl".to_owned(), "2".to_owned()]);
     let mut cluster = Cluster {
         args,
         replicas: Vec::new(),
@@ -132,33 +99,10 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
     eprintln!("leases per replica: {held:?}");
 
     // A location and its Twilio number, through any replica.
-    let channel = cluster.replicas[1].channel().await;
-    let pit = format!("pit-{LOCATION}-0000-0000");
-    ghl.add_private_token(LOCATION, &pit);
-    ghlsync::ghl_sync_service_client::GhlSyncServiceClient::new(channel.clone())
-        .connect_private_token(ghlsync::ConnectPrivateTokenRequest {
-            location_id: LOCATION.into(),
-            token: pit,
-            company_id: FakeGhl::COMPANY_ID.into(),
-        })
-        .await
-        .unwrap();
-    let account = session::session_service_client::SessionServiceClient::new(channel)
-        .add_account(session::AddAccountRequest {
-            location_id: LOCATION.into(),
-            kind: session::AccountKind::Twilio as i32,
-            name: "Sales".into(),
-            phone_number: SALES.into(),
-            twilio: Some(session::TwilioCredentials {
-                account_sid: SID.into(),
-                auth_token: TOKEN.into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let path = format!("/webhooks/twilio/{LOCATION}/{}/inbound", account.account_id);
+    let account = rig
+        .connect(cluster.replicas[1].channel().await, LOCATION)
+        .await;
+    let path = format!("/webhooks/twilio/{LOCATION}/{account}/inbound");
 
     // Each customer writes in turn, each text after the last was taken, to whichever gateway
     // the balancer picks; a gateway that is going away is tried again elsewhere, as Twilio and
@@ -177,7 +121,7 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
                     account_sid: SID,
                     message_sid: &sid,
                     from: &from,
-                    to: SALES,
+                    to: NUMBER,
                     body: &body,
                     extra: &[],
                 };
@@ -203,12 +147,7 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
 
     // Meanwhile, every replica in turn stops (SIGTERM, as Kubernetes does) and a new one
     // takes its place, once the first texts have gone through.
-    let in_ghl = || -> usize {
-        ghl.contacts(LOCATION)
-            .iter()
-            .map(|c| ghl.messages(&c.id).len())
-            .sum()
-    };
+    let in_ghl = || rig.messages_in(LOCATION);
     eventually("the first texts in GHL", async || {
         (in_ghl() >= 5).then_some(())
     })
@@ -235,12 +174,13 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
     })
     .await;
     // Each exactly once, each customer's in the order written.
-    let contacts = ghl.contacts(LOCATION);
+    let contacts = rig.ghl.contacts(LOCATION);
     assert_eq!(contacts.len(), CUSTOMERS, "one GHL contact per customer");
     for contact in contacts {
         let phone = contact.phone.clone().unwrap();
         let customer = phone[phone.len() - 4..].parse::<usize>().unwrap() - 3000;
-        let bodies: Vec<String> = ghl
+        let bodies: Vec<String> = rig
+            .ghl
             .messages(&contact.id)
             .into_iter()
             .filter_map(|m| m.message)
@@ -254,7 +194,7 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
         );
     }
     assert_eq!(in_ghl(), total);
-    assert_eq!(ghl.rate_limited_count(LOCATION), 0);
+    assert_eq!(rig.ghl.rate_limited_count(LOCATION), 0);
 
     // The new replicas share the work again.
     let held = spread(&cluster.https()).await;
