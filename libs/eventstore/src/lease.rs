@@ -40,6 +40,8 @@ pub(crate) const ACQUIRE: &str = "INSERT INTO whatsnap_leases (name, holder, epo
      WHERE whatsnap_leases.expires_at_ms < $4 RETURNING epoch";
 pub(crate) const RENEW: &str = "UPDATE whatsnap_leases SET expires_at_ms = $4 \
      WHERE name = $1 AND holder = $2 AND epoch = $3";
+pub(crate) const FORGET: &str =
+    "DELETE FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms < $2";
 pub(crate) const COUNT: &str =
     "SELECT COUNT(*) FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms >= $2";
 
@@ -153,10 +155,17 @@ impl<DB: CheckpointTable> Leases<DB> {
     }
 
     /// Says, every third of the time to live, that this replica is alive, until `shutdown`;
-    /// then that it is gone.
+    /// then that it is gone. Members gone for an hour (each start is a new member) are
+    /// forgotten.
     pub async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
         let name = format!("{}{}", self.members, self.holder);
         let mut fence = None;
+        if let Err(err) = self
+            .forget_members_gone_for(Duration::from_secs(3600))
+            .await
+        {
+            warn!(error = %err, "members long gone not forgotten");
+        }
         loop {
             fence = match fence {
                 None => self.try_acquire(&name).await.ok().flatten(),
@@ -173,6 +182,14 @@ impl<DB: CheckpointTable> Leases<DB> {
         if let Some(fence) = fence {
             let _ = self.set_expiry(&fence, 0).await;
         }
+    }
+
+    async fn forget_members_gone_for(&self, gone: Duration) -> sqlx::Result<u64> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let before = now_ms() - gone.as_millis() as i64;
+        let forgotten = DB::forget_leases(&mut tx, "member:", before).await?;
+        tx.commit().await?;
+        Ok(forgotten)
     }
 
     /// Runs `work` while this replica holds the lease `name`, until `shutdown`: waits for the
@@ -307,6 +324,32 @@ mod tests {
         // a's fence no longer holds: a late renewal (or a fenced commit) is refused.
         assert!(!a.renew(&first).await.unwrap());
         assert!(b.renew(&second).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn members_gone_for_long_are_forgotten_and_live_ones_kept() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(100);
+        let gone = Leases::open(pool.clone(), "all", "gone".into(), ttl)
+            .await
+            .unwrap();
+        let live = Leases::open(pool.clone(), "all", "live".into(), ttl)
+            .await
+            .unwrap();
+        gone.try_acquire("member:all:gone").await.unwrap().unwrap();
+        tokio::time::sleep(ttl * 25).await;
+        live.try_acquire("member:all:live").await.unwrap().unwrap();
+        live.try_acquire("projection:kept").await.unwrap().unwrap();
+        tokio::time::sleep(ttl * 3).await;
+        // Both have run out; only "gone" ran out more than two seconds ago.
+        let forgotten = live.forget_members_gone_for(ttl * 20).await.unwrap();
+        assert_eq!(forgotten, 1);
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM whatsnap_leases ORDER BY name")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(names, ["member:all:live", "projection:kept"]);
     }
 
     #[tokio::test]

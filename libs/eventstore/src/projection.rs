@@ -133,6 +133,12 @@ pub trait CheckpointTable: Database {
         fence: &Fence,
         until_ms: i64,
     ) -> sqlx::Result<bool>;
+    /// Forgets the leases whose name starts with `prefix` that ran out before `before_ms`.
+    async fn forget_leases(
+        conn: &mut Self::Connection,
+        prefix: &str,
+        before_ms: i64,
+    ) -> sqlx::Result<u64>;
     /// How many leases whose name starts with `prefix` are held at `now_ms`.
     async fn count_leases(
         conn: &mut Self::Connection,
@@ -229,6 +235,19 @@ macro_rules! checkpoint_table {
                     .execute(conn)
                     .await?;
                 Ok(renewed.rows_affected() == 1)
+            }
+
+            async fn forget_leases(
+                conn: &mut Self::Connection,
+                prefix: &str,
+                before_ms: i64,
+            ) -> sqlx::Result<u64> {
+                let forgotten = sqlx::query(lease::FORGET)
+                    .bind(format!("{prefix}%"))
+                    .bind(before_ms)
+                    .execute(conn)
+                    .await?;
+                Ok(forgotten.rows_affected())
             }
 
             async fn count_leases(
