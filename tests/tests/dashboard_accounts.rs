@@ -230,7 +230,9 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
         })
         .await;
     browser.click("#add-account").await;
-    assert_eq!(browser.text_of("h1").await, "Add account");
+    browser
+        .wait_for_text("h1", "the Add account page", |t| t == "Add account")
+        .await;
     browser.screenshot("add-account").await;
     browser.click("#add-twilio").await;
 
@@ -306,7 +308,9 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
 
     // Settings: the pacing changes.
     browser.click("tr[data-account] a").await;
-    assert_eq!(browser.text_of("h1").await, "Front desk");
+    browser
+        .wait_for_text("h1", "the Front desk page", |t| t == "Front desk")
+        .await;
     assert_eq!(
         browser.text_of("#account-tag").await,
         "whatsnap-account-front-desk"
@@ -316,10 +320,11 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
     // Renamed: the name changes, the tag stays.
     browser.fill("#name", "Reception").await;
     browser.click("#save-name").await;
-    assert_eq!(
-        browser.text_of("#notice").await,
-        "Renamed. The tag stays as it was."
-    );
+    browser
+        .wait_for_text("#notice", "the rename told", |t| {
+            t == "Renamed. The tag stays as it was."
+        })
+        .await;
     assert_eq!(browser.text_of("h1").await, "Reception");
     let renamed = rig.account(LOCATION_A, &account.account_id).await;
     assert_eq!(
@@ -330,7 +335,9 @@ async fn a_twilio_account_refused_by_twilio_shows_why_at_its_field_and_adds_noth
     browser.fill("#jitter_seconds", "1").await;
     browser.fill("#typing_seconds", "0.5").await;
     browser.click("#save-pacing").await;
-    assert_eq!(browser.text_of("#notice").await, "Pacing saved.");
+    browser
+        .wait_for_text("#notice", "the pacing saved", |t| t == "Pacing saved.")
+        .await;
     let paced = "3.0 s apart (+ up to 1.0 s), typing 0.5 s";
     assert_eq!(browser.text_of("#pacing-now").await, paced);
     assert_eq!(
@@ -460,7 +467,9 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
     rig.open(&format!("/app/accounts/{account_id}?location={LOCATION_A}"))
         .await;
     browser.click("#reconnect").await;
-    assert_eq!(browser.text_of("h1").await, "Link Sales");
+    browser
+        .wait_for_text("h1", "the Link Sales page", |t| t == "Link Sales")
+        .await;
     let again = eventually("a new QR code after the logout", async || {
         rig.evolution
             .instance(&instance)?
@@ -489,12 +498,16 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
     rig.open(&format!("/app/accounts/{account_id}?location={LOCATION_A}"))
         .await;
     browser.click("#disconnect").await;
-    assert!(
-        browser.text_of("#notice").await.starts_with("Disconnected"),
-        "{}",
-        browser.text_of("#notice").await
-    );
-    assert_eq!(browser.text_of("#account-status").await, "Logged out");
+    browser
+        .wait_for_text("#notice", "the disconnect told", |t| {
+            t.starts_with("Disconnected")
+        })
+        .await;
+    browser
+        .wait_for_text("#account-status", "the account logged out", |t| {
+            t == "Logged out"
+        })
+        .await;
     assert_eq!(
         rig.evolution.instance(&instance).unwrap().state,
         "close",
@@ -516,12 +529,12 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
             .await
             .unwrap();
         browser.click("#save-engine").await;
-        assert!(
-            browser.text_of("#notice").await.starts_with("Moved"),
-            "{}",
-            browser.text_of("#notice").await
-        );
-        assert_eq!(browser.text_of("#engine-now").await, engine);
+        browser
+            .wait_for_text("#notice", "the move told", |t| t.starts_with("Moved"))
+            .await;
+        browser
+            .wait_for_text("#engine-now", "the engine shown", |t| t == engine)
+            .await;
         let moved = rig.account(LOCATION_A, &account_id).await;
         assert_eq!(
             (moved.engine.as_str(), moved.tag.as_str()),
@@ -529,7 +542,9 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
         );
     }
     browser.click("#reconnect").await;
-    assert_eq!(browser.text_of("h1").await, "Link Sales");
+    browser
+        .wait_for_text("h1", "the Link Sales page", |t| t == "Link Sales")
+        .await;
     rig.open(&format!("/app/accounts?location={LOCATION_A}"))
         .await;
 
@@ -539,7 +554,9 @@ async fn a_whatsapp_qr_shows_rotates_and_turns_connected_when_scanned_and_a_disc
     browser.fill("#name", "Support").await;
     browser.fill("#pairing_phone", WHATSAPP_NUMBER).await;
     browser.click("button[type=submit]").await;
-    assert_eq!(browser.text_of("h1").await, "Link Support");
+    browser
+        .wait_for_text("h1", "the Link Support page", |t| t == "Link Support")
+        .await;
     let url = browser.client.current_url().await.unwrap();
     let support = url
         .path()
@@ -582,7 +599,11 @@ async fn a_mac_is_added_with_its_servers_settings_and_the_page_waits_until_it_is
     // The right one: the pairing page, which turns Connected once whatsnap hears from the Mac.
     browser.fill("#password", FakeBlueBubbles::PASSWORD).await;
     browser.click("button[type=submit]").await;
-    assert_eq!(browser.text_of("h1").await, "Link Front desk Mac");
+    browser
+        .wait_for_text("h1", "the Link Front desk Mac page", |t| {
+            t == "Link Front desk Mac"
+        })
+        .await;
     assert!(
         browser
             .client
