@@ -248,7 +248,7 @@ fn line(out: &mut String, name: &str, labels: &Labels, le: Option<&str>, value: 
 }
 
 /// A label value as the text format wants it: backslash, quote and newline escaped.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', r"\\")
         .replace('"', "\\\"")

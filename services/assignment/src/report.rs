@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use whatsnap_events::{Event, LocationId, PhoneNumber, RecordedEvent, contact_id_for};
+use whatsnap_telemetry::metrics::escape;
 
 /// First responses of one user or account.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,14 +238,6 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Str
         out.push_str(&sample);
         out.push('\n');
     }
-}
-
-/// A label value as the text exposition format writes it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
