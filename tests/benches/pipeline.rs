@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use whatsnap_events::{ApiTokenRevoked, Event, EventMetadata, NewEvent, StreamId};
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
-use whatsnap_testkit::{TestBackend, TwilioText, Whatsnap, http_get};
-use whatsnap_tests::twilio_rig::{NUMBER, SID, TOKEN, TwilioRig};
+use whatsnap_testkit::{TestBackend, Whatsnap, http_get};
+use whatsnap_tests::twilio_rig::{TwilioRig, text};
 
 const WRITERS: usize = 8;
 
@@ -198,17 +198,9 @@ async fn run(
                 let from = format!("+1415555{:04}", (n / accounts.len()) % 10);
                 let sid = format!("SM{n:032}");
                 let body = format!("benchmark text {n}");
-                let text = TwilioText {
-                    account_sid: SID,
-                    message_sid: &sid,
-                    from: &from,
-                    to: NUMBER,
-                    body: &body,
-                    extra: &[],
-                };
                 let path = format!("/webhooks/twilio/{location}/{account}/inbound");
                 let sent = Instant::now();
-                let (status, answer) = text.post(http, &path, TOKEN).await.unwrap();
+                let (status, answer) = text(http, &path, &sid, &from, &body).await.unwrap();
                 assert_eq!(status, 200, "{answer}");
                 latencies.push(sent.elapsed());
             }

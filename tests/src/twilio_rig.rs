@@ -1,15 +1,38 @@
 //! The world around a `whatsnap serve` that takes Twilio texts to GHL: a fake GHL, a fake Twilio
 //! with the agency's account and number, and the locations connected with their Twilio account.
 
+use std::net::SocketAddr;
 use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
-use whatsnap_testkit::Channel;
+
+use whatsnap_testkit::{Channel, TwilioText};
 use whatsnap_testkit::{FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend};
 
 pub const SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const TOKEN: &str = "twilio-auth-token-of-the-agency";
 pub const NUMBER: &str = "+15005550006";
 pub const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// `from` texts the agency's number as Twilio delivers it: the form signed with the account's
+/// Auth Token, posted to `path` (an account's inbound webhook) at `http`, with the message id
+/// `sid`. The status and body whatsnap answered.
+pub async fn text(
+    http: SocketAddr,
+    path: &str,
+    sid: &str,
+    from: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let text = TwilioText {
+        account_sid: SID,
+        message_sid: sid,
+        from,
+        to: NUMBER,
+        body,
+        extra: &[],
+    };
+    text.post(http, path, TOKEN).await
+}
 
 pub struct TwilioRig {
     pub ghl: FakeGhl,

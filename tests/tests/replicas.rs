@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use whatsnap_testkit::{TestBackend, TwilioText, Whatsnap, eventually, eventually_within};
-use whatsnap_tests::twilio_rig::{NUMBER, SID, TOKEN, TwilioRig};
+use whatsnap_testkit::{TestBackend, Whatsnap, eventually, eventually_within};
+use whatsnap_tests::twilio_rig::{TwilioRig, text};
 
 const LOCATION: &str = "locReplicas";
 const CUSTOMERS: usize = 6;
@@ -117,19 +117,11 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let sid = format!("SM{customer:02}{n:030}");
                 let body = format!("customer {customer} text {n}");
-                let text = TwilioText {
-                    account_sid: SID,
-                    message_sid: &sid,
-                    from: &from,
-                    to: NUMBER,
-                    body: &body,
-                    extra: &[],
-                };
                 let mut attempt = 0;
                 loop {
                     let gateways = live.lock().unwrap().clone();
                     let http = gateways[(customer + n + attempt) % gateways.len()];
-                    match text.post(http, &path, TOKEN).await {
+                    match text(http, &path, &sid, &from, &body).await {
                         Ok((200, _)) => break,
                         Ok((status, body)) if status < 500 => {
                             panic!("a text was refused: {status} {body}")
