@@ -9,12 +9,14 @@
 //! The read model lives in PostgreSQL in the distributed setup and in SQLite in the embedded
 //! one; the runner works with either through [`CheckpointTable`].
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use sqlx::{Any, Database, Pool, Postgres, Sqlite};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, warn};
@@ -59,6 +61,14 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
         let _ = event;
         Ok(())
+    }
+
+    /// What `react` decides on for `event` (a contact, say). The runner reacts to the events of
+    /// one key in log order, and to those of different keys at the same time; events without a
+    /// key (the default) are reacted to in log order, one after another.
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        let _ = event;
+        None
     }
 
     /// Applies one event; an error rolls back the whole batch, and an event that keeps failing
@@ -512,6 +522,9 @@ fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How many keys' events a runner reacts to at the same time (see [`Projection::react_key`]).
+const REACTING_KEYS: usize = 32;
+
 /// Runs one projection: one in-order worker, batches of events, one transaction a batch.
 ///
 /// It stops only when told to. A failure of the database or of the event store is retried with
@@ -888,13 +901,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         finish: Finish<'_>,
     ) -> Result<(), Failure> {
         let name = self.name();
-        for (index, event) in events.iter().enumerate() {
-            self.projection
-                .react(event)
-                .instrument((self.event_span)(name, event))
-                .await
-                .map_err(|err| Failure::event(index, err))?;
-        }
+        self.react_to(events).await?;
         let mut tx = DB::begin_write(&self.pool)
             .await
             .map_err(Failure::database)?;
@@ -947,6 +954,55 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             });
         }
         Ok(())
+    }
+
+    /// Lets the projection react to `events`: those of one key in order, different keys
+    /// [`REACTING_KEYS`] at a time. On failures, the first failing event of the batch is named.
+    async fn react_to(&self, events: &[&RecordedEvent]) -> Result<(), Failure> {
+        let mut keys: HashMap<Option<String>, usize> = HashMap::new();
+        let mut sequences: Vec<Vec<(usize, &RecordedEvent)>> = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let key = self.projection.react_key(event);
+            let sequence = *keys.entry(key).or_insert_with(|| {
+                sequences.push(Vec::new());
+                sequences.len() - 1
+            });
+            sequences[sequence].push((index, *event));
+        }
+        let reactions: Vec<_> = sequences
+            .into_iter()
+            .map(|sequence| self.react_in_order(sequence))
+            .collect();
+        let failures: Vec<Option<(usize, ApplyError)>> = futures::stream::iter(reactions)
+            .buffer_unordered(REACTING_KEYS)
+            .collect()
+            .await;
+        match failures
+            .into_iter()
+            .flatten()
+            .min_by_key(|(index, _)| *index)
+        {
+            Some((index, err)) => Err(Failure::event(index, err)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reacts to `events` one after the other, stopping at the first that fails.
+    async fn react_in_order(
+        &self,
+        events: Vec<(usize, &RecordedEvent)>,
+    ) -> Option<(usize, ApplyError)> {
+        for (index, event) in events {
+            let reacted = self
+                .projection
+                .react(event)
+                .instrument((self.event_span)(self.name(), event))
+                .await;
+            if let Err(err) = reacted {
+                return Some((index, err));
+            }
+        }
+        None
     }
 
     async fn backends_answer(&self) -> bool {

@@ -763,3 +763,111 @@ async fn a_runner_whose_lease_was_taken_commits_nothing_and_the_holder_applies_e
         }
     );
 }
+
+/// Reacts to `{"key": .., "n": ..}` events, keyed by `key`, noting the order it saw them in.
+/// Its reaction to the first event of key `a` waits until the last of key `b` was reacted to:
+/// only a runner that reacts to different keys at the same time gets past it at once.
+#[derive(Default)]
+struct KeyedReactions {
+    seen: std::sync::Mutex<Vec<(String, u64)>>,
+    b_done: tokio::sync::Notify,
+    a_waited_in_vain: std::sync::atomic::AtomicBool,
+}
+
+fn key_and_n(event: &RecordedEvent) -> (String, u64) {
+    let payload: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+    (
+        payload["key"].as_str().unwrap().to_owned(),
+        payload["n"].as_u64().unwrap(),
+    )
+}
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for KeyedReactions {
+    fn name(&self) -> &str {
+        "keyed"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        Some(key_and_n(event).0)
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let (key, n) = key_and_n(event);
+        if (key.as_str(), n) == ("a", 1) {
+            let b_done = self.b_done.notified();
+            if self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k == "b")
+                .count()
+                < 3
+                && tokio::time::timeout(Duration::from_secs(10), b_done)
+                    .await
+                    .is_err()
+            {
+                self.a_waited_in_vain.store(true, Ordering::SeqCst);
+            }
+        }
+        self.seen.lock().unwrap().push((key.clone(), n));
+        if (key.as_str(), n) == ("b", 3) {
+            self.b_done.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    async fn reset(&self, _: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn events_of_different_keys_are_reacted_to_at_once_and_each_key_in_order() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let payloads = [
+        r#"{"key":"a","n":1}"#,
+        r#"{"key":"b","n":1}"#,
+        r#"{"key":"a","n":2}"#,
+        r#"{"key":"b","n":2}"#,
+        r#"{"key":"a","n":3}"#,
+        r#"{"key":"b","n":3}"#,
+    ];
+    let head = *append_payloads(store.as_ref(), &payloads)
+        .await
+        .last()
+        .unwrap();
+    let projection = Arc::new(KeyedReactions::default());
+    let runner = ProjectionRunner::new(store, pool, projection.clone());
+    run_to(&runner, head).await;
+
+    assert!(
+        !projection.a_waited_in_vain.load(Ordering::SeqCst),
+        "the first event of key a held back those of key b"
+    );
+    let seen = projection.seen.lock().unwrap().clone();
+    for key in ["a", "b"] {
+        let order: Vec<u64> = seen
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, [1, 2, 3], "key {key}'s events in log order");
+    }
+    // Key b went first while a's first event waited for it.
+    assert_eq!(seen.last().unwrap().0, "a");
+}

@@ -8,8 +8,9 @@
 mod application;
 mod contact;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
@@ -67,6 +68,7 @@ impl Contacts {
         Arc::new(ContactsProjection {
             store: self.store.clone(),
             db: self.db.clone(),
+            accounts: Mutex::default(),
         })
     }
 }
@@ -116,9 +118,51 @@ impl Contacts {
 pub struct ContactsProjection {
     store: Arc<dyn EventStore>,
     db: ReadDb,
+    /// What each account was added with, as read from its stream.
+    accounts: Mutex<HashMap<uuid::Uuid, AccountTag>>,
+}
+
+/// The tag an account puts on its contacts, and the account's kind.
+#[derive(Clone)]
+struct AccountTag {
+    tag: String,
+    kind: whatsnap_events::AccountKind,
 }
 
 impl ContactsProjection {
+    /// The tag and kind an account was added with: the first event of its stream, which never
+    /// changes, so it is read once per account and kept.
+    async fn account_tag(
+        &self,
+        location: &LocationId,
+        account_id: uuid::Uuid,
+    ) -> Result<Option<AccountTag>, ApplyError> {
+        if let Some(known) = self
+            .accounts
+            .lock()
+            .expect("accounts lock")
+            .get(&account_id)
+        {
+            return Ok(Some(known.clone()));
+        }
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+        let first = self.store.read_stream(&stream, 1, 1).await?;
+        let Some(Event::AccountAdded(added)) =
+            first.first().map(RecordedEvent::decode).transpose()?
+        else {
+            return Ok(None);
+        };
+        let known = AccountTag {
+            tag: added.tag,
+            kind: added.kind,
+        };
+        self.accounts
+            .lock()
+            .expect("accounts lock")
+            .insert(account_id, known.clone());
+        Ok(Some(known))
+    }
+
     /// Finds or creates the sender's contact and tags it with the account's tag. Idempotent:
     /// run again for the same message it decides nothing new.
     async fn on_inbound(
@@ -129,20 +173,13 @@ impl ContactsProjection {
         let location = cause.location_id().clone();
         // The account's tag, from the account's own stream (the authority, and already written
         // before any message reached the account).
-        let account =
-            StreamId::for_uuid(location.clone(), AggregateKind::Account, message.account_id);
-        let added = self
-            .store
-            .read_stream(&account, 1, 1)
-            .await?
-            .first()
-            .map(RecordedEvent::decode)
-            .transpose()?;
-        let Some(Event::AccountAdded(added)) = added else {
+        let Some(AccountTag { tag, kind }) =
+            self.account_tag(&location, message.account_id).await?
+        else {
             warn!(account_id = %message.account_id, "inbound message for an account never added; contact not created");
             return Ok(());
         };
-        let (tag, platform) = (added.tag, Some(added.kind));
+        let platform = Some(kind);
         if message.from == whatsnap_events::ERASED {
             // From a contact erased since (or before): nothing of it is kept.
             return Ok(());
@@ -270,6 +307,24 @@ impl Projection<Any> for ContactsProjection {
          CREATE TABLE contacts (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, UNIQUE (location_id, phone)); \
          CREATE TABLE contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (contact_id, tag))",
         ]
+    }
+
+    /// The contact a message or reply is for: one contact's messages are decided in order,
+    /// different contacts' at the same time.
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        match event.event_type.as_str() {
+            "InboundMessageReceived" | "OutboundMessageRequested" => {}
+            _ => return None,
+        }
+        let contact_id = match event.decode().ok()? {
+            Event::InboundMessageReceived(message) => {
+                let phone = PhoneNumber::parse(&message.from).ok()?;
+                contact_id_for(event.location_id(), &phone)
+            }
+            Event::OutboundMessageRequested(reply) => reply.contact_id,
+            _ => return None,
+        };
+        Some(contact_id.to_string())
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
