@@ -62,7 +62,7 @@ async fn main() {
             .join(" | ")
     );
     println!("|---|{}", "---|".repeat(rows.len()));
-    let figures: [(&str, Show); 12] = [
+    let figures: [(&str, Show); 13] = [
         ("raw appends/s, 8 writers", |f| {
             format!("{:.0}", f.raw_appends)
         }),
@@ -107,6 +107,9 @@ async fn main() {
                 f.backlog_head
             )
         }),
+        ("a new customer's text in GHL after that start", |f| {
+            format!("{:.1} s", f.first_message_after.as_secs_f64())
+        }),
         ("backlog projected after that start", |f| {
             format!("{:.1} s", f.caught_up_after.as_secs_f64())
         }),
@@ -144,6 +147,7 @@ struct Figures {
     ghl_429: u64,
     log_events: u64,
     ready_after: Duration,
+    first_message_after: Duration,
     caught_up_after: Duration,
     backlog_head: u64,
     rebuild: f64,
@@ -252,11 +256,29 @@ async fn run(
     }
     let ready_after = restarted.elapsed();
     let backlog_head = head(&whatsnap).await;
+    // A customer new to the location writes at once: when is the message in GHL?
+    let (location, account) = &accounts[0];
+    let before = rig.messages_in(location);
+    let path = format!("/webhooks/twilio/{location}/{account}/inbound");
+    let (status, answer) = text(
+        http,
+        &path,
+        "SMfirstafterstart",
+        "+14155559999",
+        "after the start",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    while rig.messages_in(location) == before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_message_after = restarted.elapsed();
     let caught_up_after = caught_up(http, restarted).await;
     let mut whatsnap = whatsnap;
     whatsnap.terminate().unwrap();
     println!(
-        "ready {ready_after:?} after a start with {backlog} events of backlog; caught up {caught_up_after:?} after it"
+        "ready {ready_after:?} after a start with {backlog} events of backlog; a new message in GHL {first_message_after:?} after it; caught up {caught_up_after:?} after it"
     );
 
     // Every read model emptied, then replayed from the first event at the next start.
@@ -292,6 +314,7 @@ async fn run(
         ghl_429,
         log_events,
         ready_after,
+        first_message_after,
         caught_up_after,
         backlog_head,
         rebuild,

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext};
 
@@ -71,6 +71,11 @@ impl SqliteConfig {
     }
 }
 
+/// The most appends one commit takes: appends that wait while a commit is synced go to disk
+/// together in the next (group commit), so that writers share a sync instead of queueing for
+/// one each.
+const APPENDS_PER_COMMIT: usize = 256;
+
 /// The embedded event store. Cheap to clone: clones share the file and the wake-up signal.
 #[derive(Clone)]
 pub struct SqliteEventStore {
@@ -78,8 +83,18 @@ pub struct SqliteEventStore {
     readers: SqlitePool,
     /// The one writer connection of this process.
     writer: SqlitePool,
+    /// The appends waiting for the writer's next commit.
+    appends: mpsc::Sender<Append>,
     /// The last position appended by this process, to wake subscribers.
     head: Arc<watch::Sender<u64>>,
+}
+
+/// One append, waiting for a commit.
+struct Append {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    outcome: oneshot::Sender<Result<AppendOutcome>>,
 }
 
 impl SqliteEventStore {
@@ -113,143 +128,219 @@ impl SqliteEventStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::backend("opening the event log for reading", e))?;
+        let (appends, waiting) = mpsc::channel(APPENDS_PER_COMMIT);
+        let head = Arc::new(watch::channel(0).0);
+        // The writer ends when the last clone of the store is dropped.
+        tokio::spawn(commit_appends(writer.clone(), waiting, head.clone()));
         let store = Self {
             readers,
             writer,
-            head: Arc::new(watch::channel(0).0),
+            appends,
+            head,
         };
-        let head = store.head_position().await?;
-        store.head.send_replace(head);
+        let position = store.head_position().await?;
+        store.head.send_if_modified(|head| {
+            let moved = position > *head;
+            *head = (*head).max(position);
+            moved
+        });
         Ok(store)
     }
+}
 
-    async fn append_in_transaction(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> Result<AppendOutcome> {
-        let backend = |e| StoreError::backend("appending to the event log", e);
-        let stream_text = stream.to_string();
-        // IMMEDIATE takes the write lock up front: the version read below cannot go stale before
-        // the insert, and a writer in another process waits (busy timeout) instead of failing.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let actual: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?",
-        )
-        .bind(&stream_text)
-        .fetch_one(&mut *tx)
+/// Takes the waiting appends and commits them, as many as have gathered (up to
+/// [`APPENDS_PER_COMMIT`]) in one transaction: each in its own savepoint, so that one refused
+/// (a conflict, say) leaves the others whole. Each caller hears of its append only once the
+/// commit is on disk; a commit that fails fails every append in it.
+async fn commit_appends(
+    writer: SqlitePool,
+    mut waiting: mpsc::Receiver<Append>,
+    head: Arc<watch::Sender<u64>>,
+) {
+    let mut batch = Vec::with_capacity(APPENDS_PER_COMMIT);
+    while waiting.recv_many(&mut batch, APPENDS_PER_COMMIT).await > 0 {
+        let outcomes = match commit_batch(&writer, &batch).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                let reason = err.to_string();
+                batch
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::backend(
+                            "appending to the event log",
+                            reason.clone(),
+                        ))
+                    })
+                    .collect()
+            }
+        };
+        let appended = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().ok())
+            .filter(|outcome| !outcome.already_stored)
+            .map(|outcome| outcome.position)
+            .max();
+        if let Some(position) = appended {
+            head.send_if_modified(|head| {
+                let moved = position > *head;
+                *head = (*head).max(position);
+                moved
+            });
+        }
+        for (append, outcome) in batch.drain(..).zip(outcomes) {
+            // A caller that stopped waiting has nobody to tell.
+            let _ = append.outcome.send(outcome);
+        }
+    }
+}
+
+/// One transaction of appends; the outcome of each, or the error that failed them all.
+async fn commit_batch(writer: &SqlitePool, batch: &[Append]) -> Result<Vec<Result<AppendOutcome>>> {
+    let backend = |e| StoreError::backend("appending to the event log", e);
+    // IMMEDIATE takes the write lock up front: a version read below cannot go stale before
+    // the insert, and a writer in another process waits (busy timeout) instead of failing.
+    let mut tx = writer
+        .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(backend)?;
-        let actual = actual as u64;
-
-        if let Some(v) = behind(stream, expected, actual)? {
-            let stored = select_stream(&mut tx, &stream_text, v + 1, events.len()).await?;
-            return judge_retry(stream, expected, actual, events, &stored);
-        }
-        if let Some(outcome) = self
-            .already_stored(&mut tx, stream, &stream_text, expected, events)
-            .await?
-        {
-            return Ok(outcome);
-        }
-
-        let mut position = 0;
-        for (offset, event) in events.iter().enumerate() {
-            let version = actual + 1 + offset as u64;
-            position = sqlx::query(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, \
-                 schema_version, occurred_at, correlation_id, causation_id, traceparent, \
-                 tracestate, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(event.id.to_string())
-            .bind(&stream_text)
-            .bind(version as i64)
-            .bind(&event.event_type)
-            .bind(event.schema_version as i64)
-            .bind(event.occurred_at)
-            .bind(event.metadata.correlation_id.to_string())
-            .bind(event.metadata.causation_id.map(|id| id.to_string()))
-            .bind(event.metadata.trace.traceparent.as_deref())
-            .bind(event.metadata.trace.tracestate.as_deref())
-            .bind(event.payload.as_ref())
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for append in batch {
+        sqlx::query("SAVEPOINT one_append")
             .execute(&mut *tx)
             .await
-            .map_err(backend)?
-            .last_insert_rowid() as u64;
+            .map_err(backend)?;
+        let outcome = append_one(&mut tx, &append.stream, append.expected, &append.events).await;
+        if outcome.is_err() {
+            sqlx::query("ROLLBACK TO one_append")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(AppendOutcome {
-            version: actual + events.len() as u64,
-            position,
-            already_stored: false,
-        })
+        sqlx::query("RELEASE one_append")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(outcomes)
+}
+
+/// Appends inside the writer's transaction.
+async fn append_one(
+    tx: &mut sqlx::SqliteConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendOutcome> {
+    let backend = |e| StoreError::backend("appending to the event log", e);
+    let stream_text = stream.to_string();
+    let actual: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?",
+    )
+    .bind(&stream_text)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let actual = actual as u64;
+
+    if let Some(v) = behind(stream, expected, actual)? {
+        let stored = select_stream(&mut *tx, &stream_text, v + 1, events.len()).await?;
+        return judge_retry(stream, expected, actual, events, &stored);
+    }
+    if let Some(outcome) = already_stored(&mut *tx, stream, &stream_text, expected, events).await? {
+        return Ok(outcome);
     }
 
-    /// Looks up the appended ids: if all are stored already as this very append, the append is
-    /// a retry; if some are stored anywhere, it is a bad request; if none, it may go ahead.
-    async fn already_stored(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        stream: &StreamId,
-        stream_text: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> Result<Option<AppendOutcome>> {
-        let first: Option<(String, i64)> =
-            sqlx::query_as("SELECT stream_id, stream_version FROM events WHERE event_id = ?")
-                .bind(events[0].id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| StoreError::backend("looking up event ids", e))?;
-        let Some((first_stream, first_version)) = first else {
-            let mut later_ids = 0;
-            for event in &events[1..] {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT position FROM events WHERE event_id = ?")
-                        .bind(event.id.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(|e| StoreError::backend("looking up event ids", e))?;
-                later_ids += usize::from(found.is_some());
-            }
-            if later_ids == 0 {
-                return Ok(None);
-            }
-            return Err(StoreError::PartiallyStored {
-                stream: stream.clone(),
-                detail: format!(
-                    "{later_ids} of {} event ids are already stored",
-                    events.len()
-                ),
-            });
-        };
-        if first_stream != stream_text {
-            return Err(StoreError::InvalidAppend {
-                stream: stream.clone(),
-                reason: format!(
-                    "event id {} is already stored in stream {first_stream}",
-                    events[0].id
-                ),
-            });
-        }
-        let from = first_version as u64;
-        let stored = select_stream(&mut *tx, stream_text, from, events.len()).await?;
-        let behind = ExpectedVersion::Exact(from - 1);
-        judge_retry(stream, behind, from - 1, events, &stored)
-            .map(Some)
-            .map_err(|err| match err {
-                StoreError::WrongExpectedVersion { .. } => StoreError::PartiallyStored {
-                    stream: stream.clone(),
-                    detail: format!("appended under {expected} but stored differently"),
-                },
-                other => other,
-            })
+    let mut position = 0;
+    for (offset, event) in events.iter().enumerate() {
+        let version = actual + 1 + offset as u64;
+        position = sqlx::query(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, \
+             schema_version, occurred_at, correlation_id, causation_id, traceparent, \
+             tracestate, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(event.id.to_string())
+        .bind(&stream_text)
+        .bind(version as i64)
+        .bind(&event.event_type)
+        .bind(event.schema_version as i64)
+        .bind(event.occurred_at)
+        .bind(event.metadata.correlation_id.to_string())
+        .bind(event.metadata.causation_id.map(|id| id.to_string()))
+        .bind(event.metadata.trace.traceparent.as_deref())
+        .bind(event.metadata.trace.tracestate.as_deref())
+        .bind(event.payload.as_ref())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .last_insert_rowid() as u64;
     }
+    Ok(AppendOutcome {
+        version: actual + events.len() as u64,
+        position,
+        already_stored: false,
+    })
+}
+
+/// Looks up the appended ids: if all are stored already as this very append, the append is
+/// a retry; if some are stored anywhere, it is a bad request; if none, it may go ahead.
+async fn already_stored(
+    tx: &mut sqlx::SqliteConnection,
+    stream: &StreamId,
+    stream_text: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<Option<AppendOutcome>> {
+    let first: Option<(String, i64)> =
+        sqlx::query_as("SELECT stream_id, stream_version FROM events WHERE event_id = ?")
+            .bind(events[0].id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| StoreError::backend("looking up event ids", e))?;
+    let Some((first_stream, first_version)) = first else {
+        let mut later_ids = 0;
+        for event in &events[1..] {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM events WHERE event_id = ?")
+                    .bind(event.id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::backend("looking up event ids", e))?;
+            later_ids += usize::from(found.is_some());
+        }
+        if later_ids == 0 {
+            return Ok(None);
+        }
+        return Err(StoreError::PartiallyStored {
+            stream: stream.clone(),
+            detail: format!(
+                "{later_ids} of {} event ids are already stored",
+                events.len()
+            ),
+        });
+    };
+    if first_stream != stream_text {
+        return Err(StoreError::InvalidAppend {
+            stream: stream.clone(),
+            reason: format!(
+                "event id {} is already stored in stream {first_stream}",
+                events[0].id
+            ),
+        });
+    }
+    let from = first_version as u64;
+    let stored = select_stream(&mut *tx, stream_text, from, events.len()).await?;
+    let behind = ExpectedVersion::Exact(from - 1);
+    judge_retry(stream, behind, from - 1, events, &stored)
+        .map(Some)
+        .map_err(|err| match err {
+            StoreError::WrongExpectedVersion { .. } => StoreError::PartiallyStored {
+                stream: stream.clone(),
+                detail: format!("appended under {expected} but stored differently"),
+            },
+            other => other,
+        })
 }
 
 async fn select_stream(
@@ -319,25 +410,19 @@ impl EventStore for SqliteEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome> {
         check_append(stream, &events)?;
-        // The transaction runs on its own task: a caller that gives up waiting cannot leave it
-        // half done, and the wake-up is sent only once it has committed.
-        let store = self.clone();
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let outcome = store
-                .append_in_transaction(&stream, expected, &events)
-                .await?;
-            if !outcome.already_stored {
-                store.head.send_if_modified(|head| {
-                    let moved = outcome.position > *head;
-                    *head = (*head).max(outcome.position);
-                    moved
-                });
-            }
-            Ok(outcome)
-        })
-        .await
-        .map_err(|e| StoreError::backend("append task", e))?
+        // The writer's task commits it: a caller that gives up waiting cannot leave it half
+        // done, and the wake-up is sent only once it has committed.
+        let (outcome, committed) = oneshot::channel();
+        let append = Append {
+            stream: stream.clone(),
+            expected,
+            events,
+            outcome,
+        };
+        let writer_gone =
+            || StoreError::backend("appending to the event log", "the writer stopped");
+        self.appends.send(append).await.map_err(|_| writer_gone())?;
+        committed.await.map_err(|_| writer_gone())?
     }
 
     async fn read_stream(

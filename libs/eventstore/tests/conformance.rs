@@ -224,6 +224,58 @@ async fn one_of_eight_concurrent_writers_wins_each_round(backend: &dyn Backend) 
     );
 }
 
+/// Writers in one process share one store (whose appends may be committed together): each
+/// round all race for the next version of one stream and append to a stream of their own.
+/// One wins each race; the losers' conflicts cost no one else's append.
+async fn writers_sharing_a_store_lose_only_their_own_conflicts(backend: &dyn Backend) {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 10;
+    let store = backend.open().await;
+    let contested = new_stream();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (store, contested, barrier) = (store.clone(), contested.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let own = new_stream();
+            let mut won = 0;
+            for round in 0..ROUNDS {
+                barrier.wait().await;
+                let (race, mine) = tokio::join!(
+                    store.append(&contested, ExpectedVersion::Exact(round), vec![event(writer)]),
+                    store.append(&own, ExpectedVersion::Exact(round), vec![event(writer)]),
+                );
+                match race {
+                    Ok(outcome) => {
+                        assert_eq!(outcome.version, round + 1);
+                        won += 1;
+                    }
+                    Err(err) => assert_eq!(
+                        wrong_version(&err),
+                        (ExpectedVersion::Exact(round), round + 1)
+                    ),
+                }
+                assert_eq!(mine.unwrap().version, round + 1, "writer {writer}'s own stream");
+                barrier.wait().await;
+            }
+            (own, won)
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        let (own, won) = task.await.unwrap();
+        wins += won;
+        let stored = store.read_stream(&own, 1, 1000).await.unwrap();
+        assert_eq!(stored.len() as u64, ROUNDS);
+    }
+    assert_eq!(wins, ROUNDS, "exactly one winner per round");
+    let stored = store.read_stream(&contested, 1, 1000).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=ROUNDS).collect::<Vec<_>>()
+    );
+}
+
 async fn appending_the_same_event_ids_twice_stores_them_once(backend: &dyn Backend) {
     let store = backend.open().await;
     let stream = new_stream();
@@ -600,6 +652,7 @@ macro_rules! conformance {
             case!(append_and_read_back_in_order);
             case!(a_stale_expected_version_is_a_conflict_that_writes_nothing);
             case!(one_of_eight_concurrent_writers_wins_each_round);
+            case!(writers_sharing_a_store_lose_only_their_own_conflicts);
             case!(appending_the_same_event_ids_twice_stores_them_once);
             case!(read_all_returns_every_stream_in_append_order);
             case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);

@@ -86,6 +86,14 @@ impl GhlSync {
         })
     }
 
+    /// Lets the worker look at its queue as soon as the queue's read model, kept by this
+    /// process, moves.
+    pub fn queue_moves_with(&mut self, progress: tokio::sync::watch::Receiver<u64>) {
+        if let Some(config) = self.config.as_mut() {
+            config.queue_moved = Some(progress);
+        }
+    }
+
     fn configured(&self) -> Result<&WorkerConfig, ServiceError> {
         self.config.as_ref().ok_or_else(|| {
             ServiceError::FailedPrecondition("this ghl-sync runs without a GHL client".into())

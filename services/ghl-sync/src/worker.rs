@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::Row;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -38,6 +39,9 @@ use crate::effects;
 use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
 use crate::users;
 
+/// How long the worker lets the queue's read model settle after it moved before looking again.
+const QUEUE_SETTLES: Duration = Duration::from_millis(20);
+
 /// How the worker talks to GHL.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -51,8 +55,11 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// How long a status report waits out GHL's "No conversation provider found" 403.
     pub status_patience: Duration,
-    /// How often the queue is looked at for new work.
+    /// How often the queue is looked at for new work when nothing says it moved.
     pub poll: Duration,
+    /// The queue's read model's position, where this process keeps it: the worker looks at the
+    /// queue as soon as it moves, instead of at the next `poll`.
+    pub queue_moved: Option<watch::Receiver<u64>>,
     /// How often each connected location's GHL users are listed again.
     pub users_refresh: Duration,
     /// How many times an item GHL refuses (a 403, a message GHL does not add) is tried before
@@ -72,6 +79,7 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(60),
             status_patience: Duration::from_secs(30),
             poll: Duration::from_millis(200),
+            queue_moved: None,
             users_refresh: Duration::from_secs(600),
             max_item_attempts: 3,
             contact_keys: None,
@@ -228,11 +236,12 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut users: HashMap<String, UsersSchedule> = HashMap::new();
+        let mut moved = self.config.queue_moved.clone();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(self.config.poll) => {}
+                () = self.queue_may_have_moved(&mut moved) => {}
             }
             self.schedule_users(&mut users).await;
             running.retain(|_, task| !task.is_finished());
@@ -397,13 +406,32 @@ impl Worker {
         .delay(attempt)
     }
 
+    /// Waits until the queue's read model moves past what `moved` last saw, or `poll` passes
+    /// (the read model may be kept by another replica, whose progress this one does not see).
+    /// After a move it waits [`QUEUE_SETTLES`] more, so that a busy read model is looked at a
+    /// few dozen times a second, not at every batch.
+    async fn queue_may_have_moved(&self, moved: &mut Option<watch::Receiver<u64>>) {
+        let poll = tokio::time::sleep(self.config.poll);
+        match moved {
+            Some(moved) => tokio::select! {
+                Ok(()) = moved.changed() => tokio::time::sleep(QUEUE_SETTLES).await,
+                () = poll => {}
+            },
+            None => poll.await,
+        }
+    }
+
     /// Works through one location's queue until it is empty.
     async fn drain(self: Arc<Self>, location: LocationId) {
         // Work done, by (kind, subject), at the position it covered.
         let mut done: HashMap<(String, String), i64> = HashMap::new();
         let mut attempt: u32 = 0;
         let mut reported_waiting = String::new();
+        let mut moved = self.config.queue_moved.clone();
         loop {
+            if let Some(moved) = moved.as_mut() {
+                moved.borrow_and_update();
+            }
             let queued = match self.queued(&location).await {
                 Ok(queued) => queued,
                 Err(err) => {
@@ -424,7 +452,7 @@ impl Worker {
                 .collect();
             if open.is_empty() {
                 // Done, and waiting for the read model to say so.
-                tokio::time::sleep(self.config.poll).await;
+                self.queue_may_have_moved(&mut moved).await;
                 continue;
             }
             let token = match self.access_token(&location, false).await {
@@ -445,7 +473,7 @@ impl Worker {
                         attempt = 0;
                     }
                     Ok(Step::NotYet) => {
-                        tokio::time::sleep(self.config.poll).await;
+                        self.queue_may_have_moved(&mut moved).await;
                         break;
                     }
                     Err(Failure::Unauthorized(message)) => {

@@ -17,6 +17,30 @@ mod common;
 use common::{LOCATION, PHONE, Rig, location, user};
 
 #[tokio::test]
+async fn a_worker_woken_by_its_read_model_carries_work_to_ghl_without_waiting_for_its_poll() {
+    // Polling once an hour, the worker could only act in time because the read model woke it.
+    let rig = Rig::start_with(
+        Some(Duration::from_secs(600)),
+        Duration::from_secs(3600),
+        true,
+    )
+    .await;
+    rig.connect(FakeGhl::COMPANY_ID).await;
+    let contact_id = rig.contact_messages().await;
+    rig.assign(contact_id, "userAna").await;
+    eventually("the GHL contact owned by Ana", async || {
+        rig.owner_in_ghl().await.filter(|o| o == "userAna")
+    })
+    .await;
+    // A later decision, once the queue was empty, wakes it too.
+    rig.assign(contact_id, "userBruno").await;
+    eventually("the GHL contact owned by Bruno", async || {
+        rig.owner_in_ghl().await.filter(|o| o == "userBruno")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_decided_owner_becomes_the_ghl_contacts_owner_and_a_later_decision_replaces_it() {
     let rig = Rig::start(Some(Duration::from_secs(600))).await;
     rig.connect(FakeGhl::COMPANY_ID).await;

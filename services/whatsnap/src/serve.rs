@@ -983,6 +983,12 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         &mut tasks,
     )
     .await?;
+    if let (Some(ghl_sync), Some((_, moved))) = (
+        services.ghl_sync.as_mut(),
+        progress.iter().find(|(name, _)| name == "ghl_pending"),
+    ) {
+        ghl_sync.queue_moves_with(moved.clone());
+    }
 
     let router = services
         .grpc_router(

@@ -48,6 +48,12 @@ pub struct Rig {
 impl Rig {
     /// With the worker listing users every `users_refresh`, or (`None`) the projection alone.
     pub async fn start(users_refresh: Option<Duration>) -> Self {
+        Self::start_with(users_refresh, Duration::from_millis(20), false).await
+    }
+
+    /// With the worker looking at its queue every `poll`, and (`woken`) whenever the queue's
+    /// read model moves.
+    pub async fn start_with(users_refresh: Option<Duration>, poll: Duration, woken: bool) -> Self {
         sqlx::any::install_default_drivers();
         let sqlite = TestSqlite::new().unwrap();
         let store: Arc<dyn EventStore> = Arc::new(sqlite.store().await.unwrap());
@@ -66,11 +72,14 @@ impl Rig {
         );
         let key = whatsnap_secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
         let mut config = WorkerConfig::new(client, key);
-        config.poll = Duration::from_millis(20);
+        config.poll = poll;
         config.max_backoff = Duration::from_millis(500);
         config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
-        let sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
+        let mut sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
         let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork::default()));
+        if woken {
+            sync.queue_moves_with(runner.progress());
+        }
         // The read model's tables, before anything asks it.
         runner.prepare().await.unwrap();
         let mut tasks = vec![tokio::spawn(async move {
