@@ -559,7 +559,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             event_span: |projection, event| {
                 tracing::debug_span!("handle_event", projection, position = event.position)
             },
-            batch_size: 100,
+            batch_size: 500,
             attempts: 5,
             backoff: Backoff::default(),
             retry_poll: Duration::from_secs(1),

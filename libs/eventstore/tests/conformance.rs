@@ -242,7 +242,11 @@ async fn writers_sharing_a_store_lose_only_their_own_conflicts(backend: &dyn Bac
             for round in 0..ROUNDS {
                 barrier.wait().await;
                 let (race, mine) = tokio::join!(
-                    store.append(&contested, ExpectedVersion::Exact(round), vec![event(writer)]),
+                    store.append(
+                        &contested,
+                        ExpectedVersion::Exact(round),
+                        vec![event(writer)]
+                    ),
                     store.append(&own, ExpectedVersion::Exact(round), vec![event(writer)]),
                 );
                 match race {
@@ -255,7 +259,11 @@ async fn writers_sharing_a_store_lose_only_their_own_conflicts(backend: &dyn Bac
                         (ExpectedVersion::Exact(round), round + 1)
                     ),
                 }
-                assert_eq!(mine.unwrap().version, round + 1, "writer {writer}'s own stream");
+                assert_eq!(
+                    mine.unwrap().version,
+                    round + 1,
+                    "writer {writer}'s own stream"
+                );
                 barrier.wait().await;
             }
             (own, won)

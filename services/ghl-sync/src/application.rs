@@ -42,6 +42,12 @@ impl Application {
         self
     }
 
+    /// Lets the worker look at its queue as soon as the queue's read model, kept by this
+    /// process, moves (its runner's progress).
+    pub fn queue_moves_with(&mut self, progress: tokio::sync::watch::Receiver<u64>) {
+        self.ghl_sync.queue_moves_with(progress);
+    }
+
     pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<GhlSync> {
         self.ghl_sync.grpc()
     }

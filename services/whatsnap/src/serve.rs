@@ -509,6 +509,12 @@ struct Backend {
     /// projection holds one of `db`'s in its transaction, so sharing the pool could leave every
     /// connection waiting for another.
     keys_db: ReadDb,
+    /// The projection runners' connections. Read models can be rebuilt from the log, so their
+    /// commits do not wait for the disk (`synchronous = NORMAL` on SQLite,
+    /// `synchronous_commit = off` on PostgreSQL): a power loss or a crash of the database
+    /// server (not of whatsnap) may roll back their last ones together with their checkpoints,
+    /// and the projections apply those events again. Everything else is synced as it commits.
+    projections_db: ReadDb,
     description: String,
 }
 
@@ -537,9 +543,22 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let keys_db = pool(4)
                 .await
                 .context("contacts' keys on PostgreSQL (--database-url)")?;
+            let projections_db = AnyPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, "SET synchronous_commit = off").await?;
+                        Ok(())
+                    })
+                })
+                .connect(database_url)
+                .await
+                .context("read models on PostgreSQL (--database-url)")?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
+                projections_db,
                 keys_db,
                 description: format!(
                     "distributed: events in JetStream stream {} at {nats_url}, read models in PostgreSQL",
@@ -553,27 +572,34 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 .await
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
             let url = format!("sqlite://{}", path.display());
-            let pool = |connections| {
+            // Writers of the one file take turns: a busy machine waits, never fails.
+            let pool = |connections, pragmas: &'static str| {
                 AnyPoolOptions::new()
                     .max_connections(connections)
-                    // Writers of the one file take turns: a busy machine waits, never fails.
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 30000").await?;
+                            sqlx::Executor::execute(conn, pragmas).await?;
                             Ok(())
                         })
                     })
                     .connect(&url)
             };
-            let db = pool(4)
+            let db = pool(4, "PRAGMA busy_timeout = 30000")
                 .await
                 .with_context(|| format!("read models in {}", path.display()))?;
-            let keys_db = pool(2)
+            let projections_db = pool(
+                4,
+                "PRAGMA busy_timeout = 30000; PRAGMA synchronous = NORMAL",
+            )
+            .await
+            .with_context(|| format!("read models in {}", path.display()))?;
+            let keys_db = pool(2, "PRAGMA busy_timeout = 30000")
                 .await
                 .with_context(|| format!("contacts' keys in {}", path.display()))?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
+                projections_db,
                 keys_db,
                 description: format!(
                     "embedded: events and read models in SQLite file {}",
@@ -975,7 +1001,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let progress = run_projections(
         &store,
-        &db,
+        &backend.projections_db,
         projections,
         args.projection_attempts,
         leases.as_ref(),
@@ -1210,6 +1236,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     }
+    backend.projections_db.close().await;
     backend.db.close().await;
     drop(demo_data);
     match failure {
@@ -1749,12 +1776,17 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     }
     for projection in chosen {
         let name = projection.name().to_owned();
-        ProjectionRunner::new(backend.store.clone(), backend.db.clone(), projection)
-            .rebuild()
-            .await
-            .with_context(|| format!("rebuilding {name}"))?;
+        ProjectionRunner::new(
+            backend.store.clone(),
+            backend.projections_db.clone(),
+            projection,
+        )
+        .rebuild()
+        .await
+        .with_context(|| format!("rebuilding {name}"))?;
         println!("{name}: emptied; it replays the whole log when its service next starts");
     }
+    backend.projections_db.close().await;
     backend.db.close().await;
     Ok(())
 }
