@@ -94,6 +94,11 @@ pub trait CheckpointTable: Database {
     /// that read first and wrote later would fail outright if another writer committed between.
     async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>>;
 
+    /// Whether the database has one write lock for everybody (SQLite): then the runner's
+    /// transactions take [`crate::sqlite::write_turn`] first, in line with the log's commits,
+    /// instead of sleeping in SQLite's busy handler until the lock is free.
+    fn one_writer(pool: &Pool<Self>) -> bool;
+
     /// Creates the tables of checkpoints, of applied migrations and of parked events.
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
     /// How many migrations of the named projection were applied.
@@ -177,13 +182,17 @@ const RESET_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, positi
 
 /// The checkpoint table of one sqlx database type, with its own way to begin a write.
 macro_rules! checkpoint_table {
-    ($db:ty, |$pool:ident| $begin:expr) => {
+    ($db:ty, |$pool:ident| $begin:expr, $one_writer:expr) => {
         #[async_trait]
         impl CheckpointTable for $db {
             async fn begin_write(
                 $pool: &Pool<Self>,
             ) -> sqlx::Result<sqlx::Transaction<'static, Self>> {
                 $begin
+            }
+
+            fn one_writer($pool: &Pool<Self>) -> bool {
+                $one_writer
             }
 
             async fn applied_migrations(
@@ -405,16 +414,26 @@ macro_rules! checkpoint_table {
     };
 }
 
-checkpoint_table!(Postgres, |pool| pool.begin().await);
-checkpoint_table!(Sqlite, |pool| pool.begin_with("BEGIN IMMEDIATE").await);
-// `sqlx::Any` serves the services' read models on either database.
-checkpoint_table!(Any, |pool| {
-    if pool.connect_options().database_url.scheme() == "sqlite" {
-        pool.begin_with("BEGIN IMMEDIATE").await
-    } else {
-        pool.begin().await
-    }
+checkpoint_table!(Postgres, |pool| pool.begin().await, {
+    let _ = pool;
+    false
 });
+checkpoint_table!(Sqlite, |pool| pool.begin_with("BEGIN IMMEDIATE").await, {
+    let _ = pool;
+    true
+});
+// `sqlx::Any` serves the services' read models on either database.
+checkpoint_table!(
+    Any,
+    |pool| {
+        if pool.connect_options().database_url.scheme() == "sqlite" {
+            pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            pool.begin().await
+        }
+    },
+    pool.connect_options().database_url.scheme() == "sqlite"
+);
 
 /// Makes the span an event is handled in (see `ProjectionRunner::instrument`).
 pub type EventSpan = fn(&str, &RecordedEvent) -> tracing::Span;
@@ -902,6 +921,10 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     ) -> Result<(), Failure> {
         let name = self.name();
         self.react_to(events).await?;
+        let _turn = match DB::one_writer(&self.pool) {
+            true => Some(crate::sqlite::write_turn().await),
+            false => None,
+        };
         let mut tx = DB::begin_write(&self.pool)
             .await
             .map_err(Failure::database)?;

@@ -194,9 +194,21 @@ async fn commit_appends(
     }
 }
 
+/// The turn to write to SQLite in this process. SQLite has one write lock per file, and a
+/// writer that finds it taken sleeps in the busy handler (up to 100 ms a time) before looking
+/// again; the log's commits and the projections' transactions take turns here first, in the
+/// order they asked, so that a webhook's append waits for the writer ahead of it, not for a
+/// sleep. (Writers in other processes, and this process's rarer writers, still meet at the
+/// lock itself.)
+pub async fn write_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// One transaction of appends; the outcome of each, or the error that failed them all.
 async fn commit_batch(writer: &SqlitePool, batch: &[Append]) -> Result<Vec<Result<AppendOutcome>>> {
     let backend = |e| StoreError::backend("appending to the event log", e);
+    let _turn = write_turn().await;
     // IMMEDIATE takes the write lock up front: a version read below cannot go stale before
     // the insert, and a writer in another process waits (busy timeout) instead of failing.
     let mut tx = writer

@@ -40,7 +40,7 @@ use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
 use crate::users;
 
 /// How long the worker lets the queue's read model settle after it moved before looking again.
-const QUEUE_SETTLES: Duration = Duration::from_millis(20);
+const QUEUE_SETTLES: Duration = Duration::from_millis(50);
 
 /// How the worker talks to GHL.
 #[derive(Clone, Debug)]
