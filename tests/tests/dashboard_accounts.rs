@@ -752,3 +752,50 @@ async fn a_user_of_one_location_cannot_see_or_change_another_locations_accounts(
     );
     drop(rig.whatsnap);
 }
+
+/// The dashboard's live-update streams open and not yet ended, from `/metrics`.
+async fn open_live_streams(rig: &Rig) -> i64 {
+    let bearer = format!("Bearer {}", whatsnap_testkit::ADMIN_TOKEN);
+    let metrics = http_request(rig.http, "/metrics", &[("authorization", &bearer)], None)
+        .await
+        .unwrap()
+        .body;
+    let value = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as i64
+    };
+    value("whatsnap_dashboard_live_streams_opened_total")
+        - value("whatsnap_dashboard_live_streams_closed_total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_left_behind_let_go_of_their_live_streams_so_a_click_is_answered_at_once() {
+    let rig = Rig::start("dashboard-streams").await;
+    rig.sign_in(LOCATION_A).await;
+    // More live pages, one after the other, than a browser keeps connections to one host (6).
+    for _ in 0..8 {
+        rig.open(&format!("/app/accounts?location={LOCATION_A}"))
+            .await;
+        rig.browser.find("[data-live]").await;
+    }
+    // Only the page on screen keeps a stream: the others were let go as they were left.
+    eventually("the streams of the pages left behind ended", async || {
+        let open = open_live_streams(&rig).await;
+        (open <= 1).then_some(open)
+    })
+    .await;
+    // And the browser still has connections for what the viewer does next.
+    rig.open(&format!("/app/accounts/new?location={LOCATION_A}"))
+        .await;
+    rig.browser.click("#add-whatsapp").await;
+    assert!(
+        rig.browser
+            .find("button[type=submit]")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+}

@@ -4,6 +4,14 @@
   var root = document.querySelector("[data-events]");
   if (!root || !window.EventSource) return;
   var source = new EventSource(root.getAttribute("data-events"));
+  // Leaving the page closes its stream, also when the browser keeps the page to come back to:
+  // a browser opens at most six connections to a host, and streams of pages left behind would
+  // hold them until the server ends them, so that a click (a form's POST) waited for minutes.
+  window.addEventListener("pagehide", function () { source.close(); });
+  // A page shown again from the back/forward cache is drawn afresh, with a new stream.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) window.location.reload();
+  });
 
   function setStatus(element, tone, text) {
     if (!element) return;

@@ -37,6 +37,12 @@ where
     let (tx, rx) = mpsc::channel(8);
     let shutdown = dashboard.inner.config.shutdown.clone();
     let work = produce(tx.clone());
+    whatsnap_telemetry::metrics::count(
+        "whatsnap_dashboard_live_streams_opened_total",
+        "Live-update streams (server-sent events) the dashboard's pages opened.",
+        Vec::new(),
+        1.0,
+    );
     tokio::spawn(async move {
         tokio::select! {
             () = work => {}
@@ -44,6 +50,12 @@ where
             () = shutdown.cancelled() => {}
             () = tokio::time::sleep(STREAM_LIFETIME) => {}
         }
+        whatsnap_telemetry::metrics::count(
+            "whatsnap_dashboard_live_streams_closed_total",
+            "Live-update streams that ended: the page was left, the stream lived its time, or the process stopped.",
+            Vec::new(),
+            1.0,
+        );
     });
     Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
