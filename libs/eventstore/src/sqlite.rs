@@ -139,13 +139,18 @@ impl SqliteEventStore {
             head,
         };
         let position = store.head_position().await?;
-        store.head.send_if_modified(|head| {
-            let moved = position > *head;
-            *head = (*head).max(position);
-            moved
-        });
+        raise(&store.head, position);
         Ok(store)
     }
+}
+
+/// Moves the head to `position` if that is further, waking subscribers only then.
+fn raise(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|head| {
+        let moved = position > *head;
+        *head = (*head).max(position);
+        moved
+    });
 }
 
 /// Takes the waiting appends and commits them, as many as have gathered (up to
@@ -181,11 +186,7 @@ async fn commit_appends(
             .map(|outcome| outcome.position)
             .max();
         if let Some(position) = appended {
-            head.send_if_modified(|head| {
-                let moved = position > *head;
-                *head = (*head).max(position);
-                moved
-            });
+            raise(&head, position);
         }
         for (append, outcome) in batch.drain(..).zip(outcomes) {
             // A caller that stopped waiting has nobody to tell.

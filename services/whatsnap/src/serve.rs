@@ -531,28 +531,27 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let store = JetStreamEventStore::connect(&config)
                 .await
                 .with_context(|| format!("event store on NATS {nats_url}"))?;
-            let pool = |connections| {
+            let pool = |connections, setup: &'static str| {
                 AnyPoolOptions::new()
                     .max_connections(connections)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if !setup.is_empty() {
+                                sqlx::Executor::execute(conn, setup).await?;
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect(database_url)
             };
-            let db = pool(10)
+            let db = pool(10, "")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
-            let keys_db = pool(4)
+            let keys_db = pool(4, "")
                 .await
                 .context("contacts' keys on PostgreSQL (--database-url)")?;
-            let projections_db = AnyPoolOptions::new()
-                .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10))
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::Executor::execute(conn, "SET synchronous_commit = off").await?;
-                        Ok(())
-                    })
-                })
-                .connect(database_url)
+            let projections_db = pool(10, "SET synchronous_commit = off")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
             Ok(Backend {
