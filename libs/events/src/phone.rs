@@ -46,16 +46,16 @@ impl PhoneNumber {
         if !with_plus.starts_with('+') {
             return Err(error("write it with its country code, e.g. +14155550100"));
         }
-        let parsed =
-            phonenumber::parse(None, &with_plus).map_err(|_| error("it does not parse"))?;
-        if !phonenumber::is_valid(&parsed) {
+        let e164 = to_e164(&with_plus).map_err(error)?;
+        // libphonenumber drops a national trunk prefix and carrier code written after the
+        // country code (`+55 (0 99 …`), which can leave digits that are no number once written
+        // on their own: such input names no number this service could send to.
+        if to_e164(&e164).as_deref() != Ok(e164.as_str()) {
             return Err(error(
-                "no such number exists in its country's numbering plan",
+                "without its trunk prefix and carrier code it is no number in its country's plan",
             ));
         }
-        Ok(Self(
-            parsed.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        Ok(Self(e164))
     }
 
     pub fn as_str(&self) -> &str {
@@ -66,6 +66,15 @@ impl PhoneNumber {
     pub fn masked(&self) -> whatsnap_secrets::mask::MaskedPhone<'_> {
         whatsnap_secrets::mask::phone(&self.0)
     }
+}
+
+/// A number written with `+` and its country code, validated and written as E.164.
+fn to_e164(with_plus: &str) -> Result<String, &'static str> {
+    let parsed = phonenumber::parse(None, with_plus).map_err(|_| "it does not parse")?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err("no such number exists in its country's numbering plan");
+    }
+    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 impl fmt::Debug for PhoneNumber {
@@ -147,7 +156,15 @@ mod tests {
 
     #[test]
     fn invalid_numbers_are_refused_with_a_reason() {
-        for input in ["", "4155550100", "+1 000", "hello", "+999 1234"] {
+        for input in [
+            "",
+            "4155550100",
+            "+1 000",
+            "hello",
+            "+999 1234",
+            // Valid only with its trunk prefix and carrier code, which E.164 drops.
+            "+55   (09990-0055   (09-90",
+        ] {
             let err = PhoneNumber::parse(input).unwrap_err();
             assert!(!err.reason.is_empty(), "{input}");
         }
