@@ -71,6 +71,13 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
         None
     }
 
+    /// The event types `apply` and `react` read, or `None` (the default) for every event. The
+    /// runner passes over the others without decoding them: only the checkpoint moves past them.
+    /// Every name must be a type of the catalogue ([`Event::TYPES`]).
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies one event; an error rolls back the whole batch, and an event that keeps failing
     /// is parked.
     async fn apply(
@@ -571,6 +578,15 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         pool: Pool<DB>,
         projection: Arc<dyn Projection<DB>>,
     ) -> Self {
+        if let Some(reads) = projection.reads() {
+            for read in reads {
+                assert!(
+                    Event::TYPES.iter().any(|(known, _)| known == read),
+                    "projection {} reads {read:?}, which is no event type",
+                    projection.name()
+                );
+            }
+        }
         Self {
             store,
             pool,
@@ -594,7 +610,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         *self.fence.lock().expect("fence lock") = Some((fence, ttl));
     }
 
-    /// At most this many events per transaction (default 100).
+    /// At most this many events per transaction (default 500).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
@@ -785,10 +801,17 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         *self.progress.borrow()
     }
 
-    /// Whether this build knows the event's type and schema version. The catalogue's list is
-    /// what `RecordedEvent::decode` checks for `UnknownType` and `FutureVersion`, without
-    /// parsing the payload once more per projection.
-    fn understood(&self, event: &RecordedEvent) -> bool {
+    /// Whether the projection is to see the event: one of the types it reads, of a type and
+    /// schema version this build knows. The catalogue's list is what `RecordedEvent::decode`
+    /// checks for `UnknownType` and `FutureVersion`, without parsing the payload once more per
+    /// projection.
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        if let Some(reads) = self.projection.reads() {
+            // Passed over without a word: a type this projection does not read, known or not.
+            if !reads.contains(&event.event_type.as_str()) {
+                return false;
+            }
+        }
         let known = Event::TYPES
             .iter()
             .find(|(event_type, _)| *event_type == event.event_type)
@@ -819,7 +842,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 continue;
             }
             last = event.position;
-            if self.understood(event) {
+            if self.concerns(event) {
                 known.push(event);
             }
         }

@@ -871,3 +871,113 @@ async fn events_of_different_keys_are_reacted_to_at_once_and_each_key_in_order()
     // Key b went first while a's first event waited for it.
     assert_eq!(seen.last().unwrap().0, "a");
 }
+
+/// A projection that reads only `MessageRead` and notes every event it is handed.
+#[derive(Default)]
+struct ReadsOnlyReads {
+    handed: std::sync::Mutex<Vec<(&'static str, String, u64)>>,
+    reads: Option<&'static [&'static str]>,
+}
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for ReadsOnlyReads {
+    fn name(&self) -> &str {
+        "reads_only_reads"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        self.reads
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let handed = ("react", event.event_type.clone(), event.position);
+        self.handed.lock().unwrap().push(handed);
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        // What it is handed must decode: the other types' payloads here do not.
+        event.decode()?;
+        let handed = ("apply", event.event_type.clone(), event.position);
+        self.handed.lock().unwrap().push(handed);
+        Ok(())
+    }
+
+    async fn reset(&self, _: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+}
+
+/// A projection that names the types it reads is handed only those; its checkpoint still moves
+/// past the others (whose payloads here would not even decode), and nothing is parked.
+#[tokio::test]
+async fn a_projection_is_handed_only_the_types_it_reads_and_moves_past_the_others() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let location = LocationId::parse("loc1").unwrap();
+    let read = serde_json::json!({
+        "message_id": Uuid::now_v7(),
+        "provider_message_id": "wamid.1",
+    })
+    .to_string();
+    let mut expected = Vec::new();
+    let mut head = 0;
+    for round in 0..3 {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
+        let events = vec![
+            NewEvent::raw("MessageDelivered", "not the payload of any event".to_owned()),
+            NewEvent::raw("MessageRead", read.clone()),
+            NewEvent::raw("ApiTokenRevoked", format!("garbage {round}")),
+        ];
+        head = store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap()
+            .position;
+        expected.push(head - 1);
+    }
+    let projection = Arc::new(ReadsOnlyReads {
+        reads: Some(&["MessageRead"]),
+        ..Default::default()
+    });
+    let runner = quick(
+        ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()),
+        2,
+    );
+    run_to(&runner, head).await;
+
+    let handed = projection.handed.lock().unwrap().clone();
+    for step in ["react", "apply"] {
+        let of_step: Vec<u64> = handed
+            .iter()
+            .filter(|(s, _, _)| *s == step)
+            .inspect(|(_, event_type, _)| assert_eq!(event_type, "MessageRead"))
+            .map(|(_, _, position)| *position)
+            .collect();
+        assert_eq!(of_step, expected, "{step}: each MessageRead once, in order");
+    }
+    let parked = parked::list(&pool, true).await.unwrap();
+    assert!(parked.is_empty(), "nothing parked: {parked:?}");
+}
+
+/// A type name that is no event type is a programming error, refused when the runner is built
+/// (it would otherwise pass over every event of the type meant).
+#[tokio::test]
+#[should_panic(expected = "reads \"MessageReed\", which is no event type")]
+async fn a_projection_reading_a_type_that_does_not_exist_is_refused_at_once() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let projection = Arc::new(ReadsOnlyReads {
+        reads: Some(&["MessageReed"]),
+        ..Default::default()
+    });
+    let _ = ProjectionRunner::new(store, pool, projection);
+}

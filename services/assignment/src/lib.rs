@@ -174,6 +174,15 @@ impl Projection<Any> for AssignmentProjection {
         "assignment"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "ContactAssigned",
+            "GhlUserSynced",
+            "AssignmentSkipped",
+            "UserAvailabilityChanged",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE assignment_decisions (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, user_id TEXT NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL, position BIGINT NOT NULL)",

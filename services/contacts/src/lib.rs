@@ -301,6 +301,19 @@ impl Projection<Any> for ContactsProjection {
         "contacts"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "AccountAdded",
+            "AccountRemoved",
+            "ContactCreated",
+            "ContactErased",
+            "ContactTagged",
+            "ContactUntagged",
+            "InboundMessageReceived",
+            "OutboundMessageRequested",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE contacts_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT NOT NULL, removed BIGINT NOT NULL); \

@@ -188,6 +188,31 @@ impl Projection<Any> for TimelineProjection {
         "contact_timeline"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "InboundMessageReceived",
+            "ContactCreated",
+            "ContactTagged",
+            "ContactUntagged",
+            "ContactErased",
+            "ContactAssigned",
+            "AssignmentSkipped",
+            "OutboundMessageRequested",
+            "OutboundMessageRouted",
+            "OutboundRouteFailed",
+            "OutboundMessageSent",
+            "MessageDelivered",
+            "MessageRead",
+            "MessageFailed",
+            "GhlContactLinked",
+            "GhlMessagePosted",
+            "GhlStatusReported",
+            "GhlSyncFailed",
+            "ContactOwnerChangedInGhl",
+            "ContactSourceChangedInGhl",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE contact_timeline (contact_id TEXT NOT NULL, position BIGINT NOT NULL, event_type TEXT NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (contact_id, position))",

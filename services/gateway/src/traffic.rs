@@ -112,6 +112,16 @@ impl Projection<Any> for TrafficProjection {
         "traffic"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "InboundMessageReceived",
+            "OutboundMessageRouted",
+            "OutboundMessageSent",
+            "MessageFailed",
+            "OutboundRouteFailed",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE traffic_daily (location_id TEXT NOT NULL, account_id TEXT NOT NULL, day TEXT NOT NULL, received BIGINT NOT NULL, sent BIGINT NOT NULL, failed BIGINT NOT NULL, PRIMARY KEY (location_id, account_id, day))",

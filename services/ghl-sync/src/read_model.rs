@@ -178,6 +178,31 @@ impl Projection<Any> for PendingWork {
         "ghl_pending"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "ContactCreated",
+            "ContactTagged",
+            "ContactUntagged",
+            "ContactErased",
+            "InboundMessageReceived",
+            "OutboundMessageRequested",
+            "MessageDelivered",
+            "MessageRead",
+            "MessageFailed",
+            "OutboundRouteFailed",
+            "GhlContactLinked",
+            "ContactAssigned",
+            "GhlAssignmentApplied",
+            "GhlMessagePosted",
+            "GhlStatusReported",
+            "GhlSyncFailed",
+            "GhlSyncRetryRequested",
+            "GhlInstalled",
+            "GhlUninstalled",
+            "GhlTokensIssued",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE ghl_pending (kind TEXT NOT NULL, subject_id TEXT NOT NULL, location_id TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (kind, subject_id)); \

@@ -118,6 +118,10 @@ impl Projection<Any> for AlertQueue {
         "session_alerts"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&["AccountDisconnected", "AccountDeliveryChanged"])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE alert_queue (event_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL)",

@@ -127,6 +127,16 @@ impl Projection<Any> for OutboundQueue {
         "outbound_queue"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "OutboundMessageRouted",
+            "OutboundMessageSent",
+            "MessageFailed",
+            "MessageDelivered",
+            "MessageRead",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE outbound_queue (message_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, account_id TEXT NOT NULL, position BIGINT NOT NULL); \

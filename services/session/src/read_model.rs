@@ -79,6 +79,20 @@ impl Projection<Any> for AccountsProjection {
         "session_accounts"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "InboundMessageHeld",
+            "InboundMessageReceived",
+            "ContactIdentityMerged",
+            "AccountAdded",
+            "AccountLinkRequested",
+            "AccountConnected",
+            "AccountDisconnected",
+            "AccountRemoved",
+            "AccountSettingsChanged",
+        ])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE session_accounts (account_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, phone_number TEXT, status TEXT NOT NULL)",

@@ -159,6 +159,10 @@ impl Projection<Any> for TokensProjection {
         "api_tokens"
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&["ApiTokenIssued", "ApiTokenRevoked"])
+    }
+
     fn migrations(&self) -> &'static [&'static str] {
         &[
             "CREATE TABLE api_tokens (token_id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, locations TEXT NOT NULL, expires_at TEXT, revoked BIGINT NOT NULL, issued_at TEXT NOT NULL)",
