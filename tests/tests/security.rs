@@ -542,6 +542,45 @@ async fn grpc_is_served_over_tls_with_the_certificate_given() {
             .is_err(),
     };
     assert!(refused, "plain gRPC was answered");
+
+    // The dashboard, over HTTPS, reads the account through the process's own services (called
+    // in process, not over the TLS port they would have to trust).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let pages = format!("https://localhost:{}", whatsnap.http.unwrap().port());
+    let signed_in = https
+        .post(format!("{pages}/app/signin"))
+        .form(&[("token", whatsnap_testkit::ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "signing in with the admin token");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = https
+        .get(format!("{pages}/app/accounts?location={A}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = page.status();
+    let body = page.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("Front desk"),
+        "the account is not listed: {body}"
+    );
 }
 
 /// A NATS server of `WHATSNAP_TEST_NATS_SERVER` (the 2.12 binary `.ci/run` installs) that

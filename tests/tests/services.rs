@@ -744,7 +744,8 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
     )
     .await
     .unwrap();
-    // Events no read model has seen, which the timeline cannot apply until it is "fixed".
+    // Events no read model has seen, which the tokens' read model (the one that reads them)
+    // cannot apply until it is "fixed".
     let stream = whatsnap_auth::token_stream("0123456789abcdef01234567").unwrap();
     for _ in 0..BACKLOG / 500 {
         let batch = (0..500)
@@ -782,7 +783,7 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
     let env = [
         (
             "WHATSNAP_FAILPOINT_POISON",
-            "contact_timeline:backlog-marker".to_owned(),
+            "api_tokens:backlog-marker".to_owned(),
         ),
         (
             "WHATSNAP_FAILPOINT_POISON_CURED",
@@ -793,9 +794,7 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
     let http = whatsnap.http.unwrap();
     let lag = |body: &str| -> u64 {
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        body["projections"]["contact_timeline"]["lag"]
-            .as_u64()
-            .unwrap()
+        body["projections"]["api_tokens"]["lag"].as_u64().unwrap()
     };
     let (status, body) = eventually("an answer from /readyz", async || {
         http_get(http, "/readyz").await.ok()
@@ -814,18 +813,18 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.body
     };
-    let timeline_lag = |text: &str| -> f64 {
+    let tokens_lag = |text: &str| -> f64 {
         text.lines()
             .find_map(|l| {
-                l.strip_prefix(r#"whatsnap_projection_lag_events{projection="contact_timeline"} "#)
+                l.strip_prefix(r#"whatsnap_projection_lag_events{projection="api_tokens"} "#)
             })
-            .unwrap_or_else(|| panic!("no timeline lag in\n{text}"))
+            .unwrap_or_else(|| panic!("no api_tokens lag in\n{text}"))
             .parse()
             .unwrap()
     };
     for addr in [http, metrics_addr] {
         let text = scrape(addr).await;
-        assert!(timeline_lag(&text) >= BACKLOG as f64, "{text}");
+        assert!(tokens_lag(&text) >= BACKLOG as f64, "{text}");
         assert!(text.contains("\nwhatsnap_event_store_up 1\n"), "{text}");
         let unsigned = whatsnap_testkit::http_request(addr, "/metrics", &[], None)
             .await
@@ -835,7 +834,7 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
     let (status, _) = http_get(metrics_addr, "/readyz").await.unwrap();
     assert_eq!(status, 200);
 
-    // The fix is out: the timeline catches up, and says so.
+    // The fix is out: the read model catches up, and says so.
     std::fs::write(&cured, "").unwrap();
     whatsnap_testkit::eventually_within(
         Duration::from_secs(90),
@@ -846,5 +845,5 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
         },
     )
     .await;
-    assert_eq!(timeline_lag(&scrape(metrics_addr).await), 0.0);
+    assert_eq!(tokens_lag(&scrape(metrics_addr).await), 0.0);
 }

@@ -17,7 +17,7 @@ mod token;
 mod tokens;
 
 pub use caller::{Access, Caller, Locations, Role};
-pub use client::{AuthedChannel, Bearer, authed};
+pub use client::{AuthedChannel, Bearer, Transport, authed, authed_in_process};
 pub use layer::{Authorization, Authorize};
 pub use token::{ApiToken, TokenError, TokenHash, token_stream};
 pub use tokens::{Authenticator, IssueError, TokenState, issue, revoke};

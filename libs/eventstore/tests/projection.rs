@@ -933,7 +933,10 @@ async fn a_projection_is_handed_only_the_types_it_reads_and_moves_past_the_other
     for round in 0..3 {
         let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
         let events = vec![
-            NewEvent::raw("MessageDelivered", "not the payload of any event".to_owned()),
+            NewEvent::raw(
+                "MessageDelivered",
+                "not the payload of any event".to_owned(),
+            ),
             NewEvent::raw("MessageRead", read.clone()),
             NewEvent::raw("ApiTokenRevoked", format!("garbage {round}")),
         ];

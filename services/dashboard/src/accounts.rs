@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use tonic::transport::Channel;
 use tracing::warn;
+use whatsnap_auth::Transport as Channel;
 use whatsnap_proto::session::v1 as session;
 
 use crate::pages::{forbidden, problem, render, viewer};

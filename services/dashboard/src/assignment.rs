@@ -26,7 +26,7 @@ use form_html::rules_form_html;
 
 fn client(
     dashboard: &Dashboard,
-) -> pb::assignment_service_client::AssignmentServiceClient<tonic::transport::Channel> {
+) -> pb::assignment_service_client::AssignmentServiceClient<whatsnap_auth::Transport> {
     pb::assignment_service_client::AssignmentServiceClient::new(dashboard.inner.services.clone())
 }
 

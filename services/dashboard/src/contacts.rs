@@ -24,7 +24,7 @@ const SHOWN: u32 = 200;
 
 fn contacts_client(
     dashboard: &Dashboard,
-) -> pb::contacts_service_client::ContactsServiceClient<tonic::transport::Channel> {
+) -> pb::contacts_service_client::ContactsServiceClient<whatsnap_auth::Transport> {
     pb::contacts_service_client::ContactsServiceClient::new(dashboard.inner.services.clone())
 }
 

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use whatsnap_auth::Transport as Channel;
 use whatsnap_secrets::SecretKey;
 
 pub use signin::{Scope, Viewer};
@@ -64,7 +64,7 @@ pub struct Dashboard {
 
 struct Inner {
     config: DashboardConfig,
-    /// Where the services' gRPC APIs answer (the gateway's own port).
+    /// The services' gRPC APIs, as the gateway's own gRPC server answers them.
     services: Channel,
     /// The credential the dashboard calls the services with; it checks the viewer's scope
     /// itself before every call.

@@ -61,6 +61,14 @@ impl Projection<Any> for Poisoned {
         self.inner.migrations()
     }
 
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        self.inner.reads()
+    }
+
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        self.inner.react_key(event)
+    }
+
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
         self.inner.react(event).await
     }

@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
-use tracing::{error, info, warn};
-use whatsnap_auth::{ApiToken, AuthedChannel};
+use tower::ServiceExt;
+use tracing::{Instrument, error, info, warn};
+use whatsnap_auth::{ApiToken, AuthedChannel, Transport};
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::lease::{Fence, Leases};
@@ -770,28 +771,23 @@ impl whatsnap_dashboard::TokenSignIn for DashboardTokens {
     }
 }
 
-/// A channel to a service: this process's own gRPC server when it runs the service here, else
-/// the URL it was given, else none. Its calls carry the service credential.
+/// A channel to a service: this process's own services, called in process, when it runs the
+/// service here; else the URL it was given; else none. Its calls carry the service credential.
 fn channel_to(
     local: bool,
     url: &Option<String>,
-    grpc_addr: SocketAddr,
+    in_process: &Transport,
     service_token: &ApiToken,
-    tls: Option<&Tls>,
 ) -> anyhow::Result<Option<AuthedChannel>> {
-    let endpoint = match (local, url, tls) {
-        (true, _, Some(tls)) => {
-            tls.own_endpoint(Endpoint::from_shared(format!("https://{grpc_addr}"))?)?
-        }
-        (true, _, None) => Endpoint::from_shared(format!("http://{grpc_addr}"))?,
-        (false, Some(url), _) => Endpoint::from_shared(url.clone())?,
-        (false, None, _) => return Ok(None),
-    };
-    let channel = endpoint.connect_lazy();
-    Ok(Some(whatsnap_auth::authed(
-        channel,
-        Some(service_token.expose()),
-    )))
+    let token = Some(service_token.expose());
+    Ok(match (local, url) {
+        (true, _) => Some(whatsnap_auth::authed_in_process(in_process.clone(), token)),
+        (false, Some(url)) => Some(whatsnap_auth::authed(
+            Endpoint::from_shared(url.clone())?.connect_lazy(),
+            token,
+        )),
+        (false, None) => None,
+    })
 }
 
 /// Connects lazily: the other process may start after this one. Forwarded calls keep their
@@ -1015,7 +1011,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ghl_sync.queue_moves_with(moved.clone());
     }
 
-    let router = services
+    let (router, in_process) = services
         .grpc_router(
             remotes,
             store.clone(),
@@ -1078,7 +1074,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         // Webhooks become commands to the session service: this process's own, or the one
         // the gateway forwards to.
-        let to = |local, url| channel_to(local, url, grpc_addr, &service_token, tls.as_ref());
+        let to = |local, url| channel_to(local, url, &in_process, &service_token);
         let session_channel = to(has(Target::Session), &args.session_url)?;
         let contacts_channel = to(has(Target::Contacts), &args.contacts_url)?;
         let ghl_sync_channel = to(has(Target::GhlSync), &args.ghl_sync_url)?;
@@ -1127,7 +1123,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     ))),
                     shutdown: shutdown.clone(),
                 },
-                Endpoint::from_shared(format!("http://{grpc_addr}"))?.connect_lazy(),
+                in_process.clone(),
                 Some(service_token.expose().to_owned()),
             )),
         };
@@ -1178,13 +1174,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the metrics address {metrics_addr}"))?;
         let metrics_addr = listener.local_addr()?;
-        let assignment = channel_to(
-            has(Target::Assignment),
-            &None,
-            grpc_addr,
-            &service_token,
-            tls.as_ref(),
-        )?;
+        let assignment = channel_to(has(Target::Assignment), &None, &in_process, &service_token)?;
         let routes = whatsnap_gateway::router(readiness.clone())
             .merge(whatsnap_gateway::metrics_routes(metrics_for(assignment)));
         let stop = shutdown.clone();
@@ -1247,21 +1237,46 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// This process's gRPC services as its own clients reach them (the gateway's webhooks calling
+/// the session service of `--target all`, say): the server's layers, its span and its deadline,
+/// without a connection or HTTP/2 between.
+fn in_process(layers: CallLayers, routes: tonic::service::Routes, timeout: Duration) -> Transport {
+    Transport::new(tower::service_fn(
+        move |request: axum::http::Request<tonic::body::Body>| {
+            let span = whatsnap_telemetry::grpc_span(&request);
+            // A concurrency limit's service holds its wait for a turn, so each call gets its own
+            // (sharing the one semaphore of `layers`).
+            let served = tower::Layer::layer(&layers, routes.clone());
+            let call = served.oneshot(request).instrument(span);
+            async move {
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(response)) => Ok::<_, tonic::transport::Error>(response),
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                        "not answered within --grpc-timeout ({timeout:?})"
+                    ))
+                    .into_http()),
+                }
+            }
+        },
+    ))
+}
+
 /// The layers every gRPC call of the process passes: a turn among `--grpc-concurrency`, then
 /// its location's quota.
-type GrpcLayers = tower::layer::util::Stack<
+type CallLayers = tower::layer::util::Stack<
+    whatsnap_rpc::quota::LocationQuotaLayer,
     tower::layer::util::Stack<
-        whatsnap_rpc::quota::LocationQuotaLayer,
+        whatsnap_auth::Authorization,
         tower::layer::util::Stack<
-            whatsnap_auth::Authorization,
-            tower::layer::util::Stack<
-                tower::limit::GlobalConcurrencyLimitLayer,
-                tower::layer::util::Identity,
-            >,
+            tower::limit::GlobalConcurrencyLimitLayer,
+            tower::layer::util::Identity,
         >,
     >,
-    tower::layer::util::Identity,
 >;
+
+/// [`CallLayers`] as the gRPC server holds them.
+type GrpcLayers = tower::layer::util::Stack<CallLayers, tower::layer::util::Identity>;
 
 /// The services this process runs, each its crate's `Application`.
 struct Services {
@@ -1417,7 +1432,8 @@ impl Services {
     }
 
     /// The process's gRPC server: the APIs of the services run here and of those forwarded
-    /// to, with health, reflection and the operator API.
+    /// to, with health, reflection and the operator API; and the same services behind the same
+    /// layers for this process's own calls.
     async fn grpc_router(
         &self,
         remotes: Remotes,
@@ -1426,7 +1442,7 @@ impl Services {
         limits: &LimitArgs,
         authorization: whatsnap_auth::Authorization,
         tls: Option<&Tls>,
-    ) -> anyhow::Result<tonic::transport::server::Router<GrpcLayers>> {
+    ) -> anyhow::Result<(tonic::transport::server::Router<GrpcLayers>, Transport)> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(whatsnap_proto::FILE_DESCRIPTOR_SET)
@@ -1463,35 +1479,58 @@ impl Services {
                 whatsnap_proto::FILE_DESCRIPTOR_SET,
             ])?,
         );
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(crate::tokens::Tokens::new(store.clone(), db.clone()).grpc())
+            .add_service(crate::operations::Operations::new(store, db).grpc());
+        if let Some(session) = &self.session {
+            routes.add_service(session.grpc());
+        }
+        if let Some(remote) = remotes.session {
+            routes.add_service(SessionServiceServer::new(remote));
+        }
+        if let Some(contacts) = &self.contacts {
+            routes.add_service(contacts.grpc());
+        }
+        if let Some(remote) = remotes.contacts {
+            routes.add_service(ContactsServiceServer::new(remote));
+        }
+        if let Some(assignment) = &self.assignment {
+            routes.add_service(assignment.grpc());
+        }
+        if let Some(remote) = remotes.assignment {
+            routes.add_service(AssignmentServiceServer::new(remote));
+        }
+        if let Some(ghl_sync) = &self.ghl_sync {
+            routes.add_service(ghl_sync.grpc());
+        }
+        if let Some(remote) = remotes.ghl_sync {
+            routes.add_service(GhlSyncServiceServer::new(remote));
+        }
+        if let Some(gateway) = &self.gateway {
+            routes.add_service(gateway.events_grpc());
+        }
+        let routes = routes.routes();
+        let layers = tower::ServiceBuilder::new()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                limits.grpc_concurrency as usize,
+            ))
+            .layer(authorization)
+            .layer(quotas)
+            .into_inner();
+        let in_process = in_process(layers.clone(), routes.clone(), limits.grpc_timeout);
         let mut server = Server::builder();
         if let Some(tls) = tls {
             server = server.tls_config(tls.grpc_server())?;
         }
-        Ok(server
+        let router = server
             .timeout(limits.grpc_timeout)
-            .layer(
-                tower::ServiceBuilder::new()
-                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                        limits.grpc_concurrency as usize,
-                    ))
-                    .layer(authorization)
-                    .layer(quotas)
-                    .into_inner(),
-            )
+            .layer(layers)
             .trace_fn(whatsnap_telemetry::grpc_span)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_optional_service(self.session.as_ref().map(|s| s.grpc()))
-            .add_optional_service(remotes.session.map(SessionServiceServer::new))
-            .add_optional_service(self.contacts.as_ref().map(|s| s.grpc()))
-            .add_optional_service(remotes.contacts.map(ContactsServiceServer::new))
-            .add_optional_service(self.assignment.as_ref().map(|s| s.grpc()))
-            .add_optional_service(remotes.assignment.map(AssignmentServiceServer::new))
-            .add_optional_service(self.ghl_sync.as_ref().map(|s| s.grpc()))
-            .add_optional_service(remotes.ghl_sync.map(GhlSyncServiceServer::new))
-            .add_optional_service(self.gateway.as_ref().map(|g| g.events_grpc()))
-            .add_service(crate::tokens::Tokens::new(store.clone(), db.clone()).grpc())
-            .add_service(crate::operations::Operations::new(store, db).grpc()))
+            .add_routes(routes);
+        Ok((router, in_process))
     }
 
     /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose

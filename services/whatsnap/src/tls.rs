@@ -1,17 +1,15 @@
 //! TLS for the gRPC and HTTP servers (rustls), from a PEM certificate chain and key. The
-//! process's calls to its own gRPC server trust exactly its own certificate, whatever names it
-//! carries.
+//! process's calls to its own services do not leave it (see `serve::in_process`), so they need
+//! no TLS.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -22,7 +20,6 @@ use tracing::debug;
 pub struct Tls {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
-    leaf: CertificateDer<'static>,
     acceptor: TlsAcceptor,
 }
 
@@ -38,10 +35,9 @@ impl Tls {
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!("--tls-cert {}: {e}", cert.display()))?;
-        let leaf = chain
-            .first()
-            .cloned()
-            .with_context(|| format!("--tls-cert {} holds no certificate", cert.display()))?;
+        if chain.is_empty() {
+            anyhow::bail!("--tls-cert {} holds no certificate", cert.display());
+        }
         let private = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| anyhow!("--tls-key {}: {e}", key.display()))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -53,7 +49,6 @@ impl Tls {
         Ok(Self {
             cert_pem,
             key_pem,
-            leaf,
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
     }
@@ -66,86 +61,12 @@ impl Tls {
         ))
     }
 
-    /// An endpoint for this process's own gRPC server at `url` (https), trusting exactly this
-    /// certificate.
-    pub fn own_endpoint(
-        &self,
-        endpoint: tonic::transport::Endpoint,
-    ) -> anyhow::Result<tonic::transport::Endpoint> {
-        Ok(endpoint.tls_config_with_verifier(
-            tonic::transport::ClientTlsConfig::new().domain_name("whatsnap.internal"),
-            Arc::new(Pinned {
-                leaf: self.leaf.clone(),
-                provider: provider(),
-            }),
-        )?)
-    }
-
     /// The HTTP listener: TLS connections accepted on `listener`.
     pub fn http_listener(&self, listener: TcpListener) -> TlsListener {
         TlsListener {
             listener,
             acceptor: self.acceptor.clone(),
         }
-    }
-}
-
-/// Trusts one certificate, byte for byte: the process's own.
-#[derive(Debug)]
-struct Pinned {
-    leaf: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match end_entity.as_ref() == self.leaf.as_ref() {
-            true => Ok(ServerCertVerified::assertion()),
-            false => Err(rustls::Error::General(
-                "not this process's own certificate".into(),
-            )),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
