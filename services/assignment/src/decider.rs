@@ -16,7 +16,7 @@ use whatsnap_events::{AggregateKind, EventId, EventMetadata, NewEvent, RecordedE
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError, SubscribeFrom};
 
 use crate::engine::Decision;
-use crate::model::{Model, is_decision};
+use crate::model::{Model, is_decision, reads};
 
 pub struct Decider {
     store: Arc<dyn EventStore>,
@@ -157,6 +157,10 @@ impl Decider {
         own: &mut HashSet<EventId>,
         recorded: &RecordedEvent,
     ) -> Result<(), StoreError> {
+        // A type the model does not read changes nothing, and is not decoded.
+        if !reads(&recorded.event_type) {
+            return Ok(());
+        }
         // A type this build does not know asks for no decision.
         let Ok(event) = recorded.decode() else {
             return Ok(());

@@ -429,6 +429,33 @@ impl Model {
 }
 
 /// Whether an event is one of the decisions assignment records.
+/// The event types the model reads (in [`LocationModel::trigger`] and
+/// [`LocationModel::ingest`]): the others can be passed over without decoding them.
+pub const READS: &[&str] = &[
+    "AccountAdded",
+    "AssignmentRulesChanged",
+    "GhlUserSynced",
+    "UserAvailabilityChanged",
+    "ContactCreated",
+    "ContactTagged",
+    "GhlTokensIssued",
+    "GhlUninstalled",
+    "GhlContactLinked",
+    "GhlSyncFailed",
+    "ContactOwnerChangedInGhl",
+    "ContactSourceChangedInGhl",
+    "GhlAssignmentApplied",
+    "InboundMessageReceived",
+    "OutboundMessageRequested",
+    "ContactAssigned",
+    "AssignmentSkipped",
+];
+
+/// Whether the model reads events of this type (see [`READS`]).
+pub fn reads(event_type: &str) -> bool {
+    READS.contains(&event_type)
+}
+
 pub fn is_decision(event_type: &str) -> bool {
     matches!(event_type, "ContactAssigned" | "AssignmentSkipped")
 }
@@ -550,6 +577,18 @@ mod tests {
         };
         feed.at(1, removed);
         feed
+    }
+
+    #[test]
+    fn every_type_the_model_reads_is_an_event_type() {
+        for read in super::READS {
+            assert!(
+                whatsnap_events::Event::TYPES
+                    .iter()
+                    .any(|(known, _)| known == read),
+                "{read} is no event type: the model would pass over the type meant"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use whatsnap_events::{Event, LocationId, RecordedEvent};
 
 use crate::engine::{Decision, RuleSet};
-use crate::model::{LocationModel, is_decision};
+use crate::model::{LocationModel, is_decision, reads};
 
 /// What a trigger led to: the user (empty when left unassigned) and the rule.
 pub type Outcome = Option<(String, String)>;
@@ -54,7 +54,7 @@ pub fn simulate(
 ) -> Simulation {
     let ours: Vec<(&RecordedEvent, Event)> = events
         .iter()
-        .filter(|e| e.location_id() == location)
+        .filter(|e| e.location_id() == location && reads(&e.event_type))
         .filter_map(|e| e.decode().ok().map(|d| (e, d)))
         .collect();
     // What each trigger led to in the log.
