@@ -1520,7 +1520,11 @@ impl Services {
             .layer(authorization)
             .layer(quotas)
             .into_inner();
-        let in_process = in_process(layers.clone(), routes.clone().prepare(), limits.grpc_timeout);
+        let in_process = in_process(
+            layers.clone(),
+            routes.clone().prepare(),
+            limits.grpc_timeout,
+        );
         let mut server = Server::builder();
         if let Some(tls) = tls {
             server = server.tls_config(tls.grpc_server())?;
