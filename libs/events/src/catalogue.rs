@@ -672,6 +672,14 @@ macro_rules! catalogue {
             /// Every event type with its current schema version.
             pub const TYPES: &'static [(&'static str, u32)] = &[$((stringify!($variant), $version),)*];
 
+            /// The current schema version of `event_type`, or `None` when it is no event type.
+            pub fn current_version(event_type: &str) -> Option<u32> {
+                Self::TYPES
+                    .iter()
+                    .find(|(known, _)| *known == event_type)
+                    .map(|(_, version)| *version)
+            }
+
             pub fn event_type(&self) -> &'static str {
                 match self {
                     $(Self::$variant(_) => stringify!($variant),)*

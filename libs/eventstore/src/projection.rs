@@ -581,7 +581,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         if let Some(reads) = projection.reads() {
             for read in reads {
                 assert!(
-                    Event::TYPES.iter().any(|(known, _)| known == read),
+                    Event::current_version(read).is_some(),
                     "projection {} reads {read:?}, which is no event type",
                     projection.name()
                 );
@@ -812,10 +812,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 return false;
             }
         }
-        let known = Event::TYPES
-            .iter()
-            .find(|(event_type, _)| *event_type == event.event_type)
-            .map(|(_, version)| *version);
+        let known = Event::current_version(&event.event_type);
         if known.is_some_and(|known| event.schema_version <= known) {
             return true;
         }
