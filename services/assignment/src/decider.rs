@@ -1,9 +1,10 @@
-//! The live decider: reads the whole log in order into the [`Model`] and, for each event that
-//! asks for a decision, decides and appends `ContactAssigned` or `AssignmentSkipped` (caused by
-//! that event) to the contact's assignment stream. It starts from the beginning every time —
-//! its state is the log — and knows which triggers were decided already from the decisions'
-//! causation ids, so a restart decides only what was left undecided. A decision is appended at
-//! the contact's decision count, so two deciders cannot both decide one trigger.
+//! The live decider: reads the log in order into the [`Model`] and, for each event that asks
+//! for a decision, decides and appends `ContactAssigned` or `AssignmentSkipped` (caused by that
+//! event) to the contact's assignment stream. Its state is the log: it starts from its latest
+//! [`Snapshot`] (or from the beginning without one), reads the log after it, and knows which
+//! triggers were decided already from the decisions' causation ids, so a restart decides only
+//! what was left undecided. A decision is appended at the contact's decision count, so two
+//! deciders cannot both decide one trigger.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,31 +18,58 @@ use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError, SubscribeFrom
 
 use crate::engine::Decision;
 use crate::model::{Model, is_decision, reads};
+use crate::snapshot::{Snapshot, Snapshots};
 
 pub struct Decider {
     store: Arc<dyn EventStore>,
+    /// Where the decider keeps its snapshot; `None`: it reads the whole log at every start.
+    snapshots: Option<Snapshots>,
     /// How often owners' silence is checked against `reassign_after_silence_minutes`.
     silence_check: Duration,
+    /// How often the model is snapshotted while the log moves (and at every orderly stop).
+    snapshot_every: Duration,
+}
+
+/// What the decider holds while it runs.
+struct State {
+    model: Model,
+    /// Decisions appended and taken in, not yet delivered back by the log.
+    own: HashSet<EventId>,
+    /// The position the model holds every event up to.
+    position: u64,
+    /// The position of the latest snapshot saved (or loaded).
+    snapshotted: u64,
 }
 
 impl Decider {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
             store,
+            snapshots: None,
             silence_check: Duration::from_secs(30),
+            snapshot_every: Duration::from_secs(60),
         }
     }
 
-    /// Decides until `shutdown`; a store failure starts it over from the log after a pause.
+    /// Starts from the latest snapshot in `snapshots`, and keeps it there.
+    pub fn snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// Snapshots the model this often while the log moves.
+    pub fn snapshot_every(mut self, every: Duration) -> Self {
+        self.snapshot_every = every;
+        self
+    }
+
+    /// Decides until `shutdown`; a store failure starts it over from its snapshot after a pause.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                outcome = self.run_once() => match outcome {
-                    Ok(()) => return,
-                    Err(err) => warn!(error = %err, "assignment decider failed; reading the log again"),
-                },
+            match self.run_once(&mut shutdown).await {
+                Ok(()) => return,
+                Err(err) => warn!(error = %err, "assignment decider failed; reading the log again"),
             }
             tokio::select! {
                 () = &mut shutdown => return,
@@ -50,11 +78,12 @@ impl Decider {
         }
     }
 
-    /// The triggers that already have a decision: the causes of the decisions in the log.
-    async fn decided(&self) -> Result<HashSet<Uuid>, StoreError> {
+    /// The triggers after `after` that already have a decision: the causes of the decisions
+    /// in the log after it (a decision always comes after its trigger).
+    async fn decided(&self, after: u64) -> Result<HashSet<Uuid>, StoreError> {
         let head = self.store.head_position().await?;
         let mut decided = HashSet::new();
-        let mut after = 0;
+        let mut after = after;
         while after < head {
             let batch = self.store.read_all(after, 1000).await?;
             let Some(last) = batch.last() else { break };
@@ -69,34 +98,112 @@ impl Decider {
         Ok(decided)
     }
 
-    async fn run_once(&self) -> Result<(), StoreError> {
-        let decided = self.decided().await?;
-        let mut model = Model::default();
-        let mut own: HashSet<EventId> = HashSet::new();
+    /// The model to start from: the latest usable snapshot's, else an empty one at the start
+    /// of the log.
+    async fn start(&self) -> Result<State, StoreError> {
+        let head = self.store.head_position().await?;
+        let loaded = match &self.snapshots {
+            Some(snapshots) => snapshots.load(head).await,
+            None => None,
+        };
+        if let Some(snapshot) = loaded {
+            let (position, own) = (snapshot.position, snapshot.own.clone());
+            match snapshot.model() {
+                Ok(model) => {
+                    info!(
+                        position,
+                        head, "assignment decider starts from its snapshot"
+                    );
+                    return Ok(State {
+                        model,
+                        own: own.into_iter().map(EventId::from_uuid).collect(),
+                        position,
+                        snapshotted: position,
+                    });
+                }
+                Err(err) => {
+                    warn!(position, error = %err, "snapshot does not restore; reading the whole log")
+                }
+            }
+        }
+        Ok(State {
+            model: Model::default(),
+            own: HashSet::new(),
+            position: 0,
+            snapshotted: 0,
+        })
+    }
+
+    /// Saves a snapshot of `state` if the log moved since the last one. A failure only costs
+    /// the next start a longer read.
+    async fn snapshot(&self, state: &mut State) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if state.position <= state.snapshotted {
+            return;
+        }
+        let snapshot = Snapshot::of(
+            &state.model,
+            state.position,
+            state.own.iter().map(EventId::as_uuid),
+        );
+        match snapshots.save(&snapshot).await {
+            Ok(()) => state.snapshotted = state.position,
+            Err(err) => {
+                warn!(position = state.position, error = %err, "assignment snapshot not saved")
+            }
+        }
+    }
+
+    async fn run_once(
+        &self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), StoreError> {
+        let begun = async {
+            let state = self.start().await?;
+            let decided = self.decided(state.position).await?;
+            Ok::<_, StoreError>((state, decided))
+        };
+        let (mut state, decided) = tokio::select! {
+            begun = begun => begun?,
+            () = shutdown.as_mut() => return Ok(()),
+        };
         let mut subscription = self
             .store
-            .subscribe("assignment_decider", SubscribeFrom::After(0))
+            .subscribe("assignment_decider", SubscribeFrom::After(state.position))
             .await?;
         let mut silence = tokio::time::interval(self.silence_check);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot = tokio::time::interval(self.snapshot_every);
+        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 batch = subscription.next_batch(256) => batch?,
                 _ = silence.tick() => {
-                    self.reassign_silent(&mut model, &mut own).await?;
+                    self.reassign_silent(&mut state.model, &mut state.own).await?;
                     continue;
+                }
+                _ = snapshot.tick() => {
+                    self.snapshot(&mut state).await;
+                    continue;
+                }
+                () = shutdown.as_mut() => {
+                    self.snapshot(&mut state).await;
+                    return Ok(());
                 }
             };
             for recorded in &batch {
-                if own.remove(&recorded.id) {
+                if state.own.remove(&recorded.id) {
                     continue;
                 }
                 let span = whatsnap_telemetry::event_span("assignment_decider", recorded);
-                self.handle(&mut model, &decided, &mut own, recorded)
+                self.handle(&mut state.model, &decided, &mut state.own, recorded)
                     .instrument(span)
                     .await?;
             }
             if let Some(last) = batch.last() {
+                state.position = state.position.max(last.position);
                 subscription.checkpoint(last.position).await?;
             }
         }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod model;
 pub mod report;
 pub mod simulate;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -137,7 +138,10 @@ impl Assignment {
 
     /// The decider that assigns contacts as their triggers reach the log.
     pub fn decider(&self) -> decider::Decider {
-        decider::Decider::new(self.store.clone())
+        decider::Decider::new(self.store.clone()).snapshots(snapshot::Snapshots::new(
+            self.db.clone(),
+            "assignment_decider",
+        ))
     }
 }
 

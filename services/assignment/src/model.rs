@@ -11,8 +11,10 @@
 //! observed: GHL's source, owner and whether the contact existed), or has given up on GHL, so
 //! that the rules see the contact's source and the owner it had in GHL before whatsnap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 use uuid::Uuid;
 use whatsnap_events::{
@@ -29,7 +31,7 @@ use crate::engine::{
 const GHL_CONTACT_OPERATION: &str = "contact_upsert";
 
 /// What whatsnap knows of a contact from GHL.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct GhlFacts {
     source: Option<String>,
     /// A look-up in GHL was taken in.
@@ -84,6 +86,12 @@ pub struct LocationModel {
     decisions: HashMap<Uuid, u64>,
     /// Each contact's first unanswered message and last reply, for silence reassignment.
     conversations: HashMap<Uuid, Conversation>,
+    /// The contacts whose last message is not answered, by the time the silence runs from: the
+    /// timer index that silence reassignment looks through instead of every conversation.
+    unanswered: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// The events that set the location up (accounts, rules, users, the GHL connection), in
+    /// log order: what a snapshot keeps of them, to take them in again.
+    setup: Vec<SetupEvent>,
     /// Whether ghl-sync holds tokens for the location (it then looks new contacts up in GHL).
     ghl_connected: bool,
     /// New contacts waiting for ghl-sync's look-up before their first decision, with the
@@ -187,9 +195,25 @@ impl LocationModel {
 
     /// Contacts whose owner has been silent longer than their rules allow at `now`, each as a
     /// situation that excludes that owner (the engine then routes the contact away).
+    ///
+    /// Looks only at contacts whose message has waited longer than the shortest silence any
+    /// of the location's rules allows: the [`LocationModel::unanswered`] index, not every
+    /// conversation.
     pub fn silent(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Triggered> {
         let mut found = Vec::new();
-        for (contact_id, conversation) in &self.conversations {
+        let Some(shortest) = self
+            .rules
+            .values()
+            .filter_map(|rules| rules.reassign_after_silence_minutes)
+            .min()
+        else {
+            return found;
+        };
+        let waited_since = now - chrono::Duration::minutes(i64::from(shortest));
+        let candidates = self.unanswered.range(..=(waited_since, Uuid::max()));
+        for (contact_id, conversation) in candidates
+            .filter_map(|(_, contact_id)| Some((contact_id, self.conversations.get(contact_id)?)))
+        {
             let owners = self.history.owners_of(*contact_id);
             let Some(owner) = owners.last() else { continue };
             let rules = owner
@@ -260,6 +284,77 @@ impl LocationModel {
         event: &Event,
         frozen: Option<Option<Uuid>>,
     ) {
+        if self.configure(event, frozen) {
+            self.setup.push(SetupEvent::of(event));
+            return;
+        }
+        match event {
+            Event::ContactCreated(e) => {
+                self.contacts.insert(e.contact_id);
+                if self.ghl_connected {
+                    self.awaiting_ghl.insert(e.contact_id, e.first_account_id);
+                }
+            }
+            Event::GhlContactLinked(e) => {
+                if let Some(observed) = &e.observed {
+                    self.awaiting_ghl.remove(&e.contact_id);
+                    self.ghl
+                        .entry(e.contact_id)
+                        .or_default()
+                        .observe(observed, recorded.occurred_at);
+                }
+            }
+            Event::GhlSyncFailed(e) if e.final_attempt && e.operation == GHL_CONTACT_OPERATION => {
+                if let Some(contact_id) = e.subject_id {
+                    self.awaiting_ghl.remove(&contact_id);
+                }
+            }
+            Event::ContactOwnerChangedInGhl(e) => {
+                let facts = self.ghl.entry(e.contact_id).or_default();
+                let user_id = e.user_id.as_deref().and_then(UserId::parse);
+                facts.assigned_to = Some(user_id.clone());
+                // Nobody is a choice too: a GHL user removed the owner by hand.
+                facts.owner = Some(GhlOwner {
+                    user_id,
+                    kind: GhlOwnerKind::ReassignedInGhl,
+                    since: recorded.occurred_at,
+                });
+            }
+            Event::ContactSourceChangedInGhl(e) => {
+                self.ghl.entry(e.contact_id).or_default().source = e.source.clone();
+            }
+            Event::GhlAssignmentApplied(e) => {
+                self.ghl.entry(e.contact_id).or_default().assigned_to =
+                    Some(UserId::parse(&e.user_id));
+            }
+            Event::InboundMessageReceived(e) if !e.from_me => {
+                if let Ok(phone) = PhoneNumber::parse(&e.from) {
+                    let contact_id = contact_id_for(recorded.location_id(), &phone);
+                    let at = recorded.occurred_at;
+                    self.converse(contact_id, |conversation| {
+                        // The silence runs from the first message not answered yet.
+                        if unanswered_since(conversation).is_none() {
+                            conversation.last_inbound = Some(at);
+                        }
+                    });
+                }
+            }
+            Event::OutboundMessageRequested(e) => {
+                let at = recorded.occurred_at;
+                self.converse(e.contact_id, |conversation| {
+                    conversation.last_outbound = Some(at)
+                });
+            }
+            Event::ContactAssigned(_) | Event::AssignmentSkipped(_) => {
+                self.note_decision(event, recorded.occurred_at)
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in an event that sets the location up: an account, rules, a user or the GHL
+    /// connection. False for any other event (and for rules of the `frozen` scope).
+    fn configure(&mut self, event: &Event, frozen: Option<Option<Uuid>>) -> bool {
         match event {
             Event::AccountAdded(e) => {
                 self.tags.insert(e.tag.clone(), e.account_id);
@@ -305,74 +400,27 @@ impl LocationModel {
                     warn!(user_id = %e.user_id, error = %err, "stored availability unreadable; ignored")
                 }
             },
-            Event::ContactCreated(e) => {
-                self.contacts.insert(e.contact_id);
-                if self.ghl_connected {
-                    self.awaiting_ghl.insert(e.contact_id, e.first_account_id);
-                }
-            }
             Event::GhlTokensIssued(_) => self.ghl_connected = true,
             Event::GhlUninstalled(_) => self.ghl_connected = false,
-            Event::GhlContactLinked(e) => {
-                if let Some(observed) = &e.observed {
-                    self.awaiting_ghl.remove(&e.contact_id);
-                    self.ghl
-                        .entry(e.contact_id)
-                        .or_default()
-                        .observe(observed, recorded.occurred_at);
-                }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Changes a contact's conversation and keeps the [`LocationModel::unanswered`] index in
+    /// step with it.
+    fn converse(&mut self, contact_id: Uuid, change: impl FnOnce(&mut Conversation)) {
+        let conversation = self.conversations.entry(contact_id).or_default();
+        let before = unanswered_since(conversation);
+        change(conversation);
+        let after = unanswered_since(conversation);
+        if before != after {
+            if let Some(since) = before {
+                self.unanswered.remove(&(since, contact_id));
             }
-            Event::GhlSyncFailed(e) if e.final_attempt && e.operation == GHL_CONTACT_OPERATION => {
-                if let Some(contact_id) = e.subject_id {
-                    self.awaiting_ghl.remove(&contact_id);
-                }
+            if let Some(since) = after {
+                self.unanswered.insert((since, contact_id));
             }
-            Event::ContactOwnerChangedInGhl(e) => {
-                let facts = self.ghl.entry(e.contact_id).or_default();
-                let user_id = e.user_id.as_deref().and_then(UserId::parse);
-                facts.assigned_to = Some(user_id.clone());
-                // Nobody is a choice too: a GHL user removed the owner by hand.
-                facts.owner = Some(GhlOwner {
-                    user_id,
-                    kind: GhlOwnerKind::ReassignedInGhl,
-                    since: recorded.occurred_at,
-                });
-            }
-            Event::ContactSourceChangedInGhl(e) => {
-                self.ghl.entry(e.contact_id).or_default().source = e.source.clone();
-            }
-            Event::GhlAssignmentApplied(e) => {
-                self.ghl.entry(e.contact_id).or_default().assigned_to =
-                    Some(UserId::parse(&e.user_id));
-            }
-            Event::InboundMessageReceived(e) if !e.from_me => {
-                if let Ok(phone) = PhoneNumber::parse(&e.from) {
-                    let location = recorded.location_id();
-                    let conversation = self
-                        .conversations
-                        .entry(contact_id_for(location, &phone))
-                        .or_default();
-                    let answered = match (conversation.last_inbound, conversation.last_outbound) {
-                        (None, _) => true,
-                        (Some(inbound), Some(outbound)) => outbound >= inbound,
-                        (Some(_), None) => false,
-                    };
-                    // The silence runs from the first message not answered yet.
-                    if answered {
-                        conversation.last_inbound = Some(recorded.occurred_at);
-                    }
-                }
-            }
-            Event::OutboundMessageRequested(e) => {
-                self.conversations
-                    .entry(e.contact_id)
-                    .or_default()
-                    .last_outbound = Some(recorded.occurred_at);
-            }
-            Event::ContactAssigned(_) | Event::AssignmentSkipped(_) => {
-                self.note_decision(event, recorded.occurred_at)
-            }
-            _ => {}
         }
     }
 
@@ -412,6 +460,104 @@ impl LocationModel {
     }
 }
 
+/// When a contact's message has waited since, if it is not answered: the first message not
+/// answered yet, unless a reply came after it.
+fn unanswered_since(conversation: &Conversation) -> Option<DateTime<Utc>> {
+    let inbound = conversation.last_inbound?;
+    match conversation.last_outbound {
+        Some(outbound) if outbound >= inbound => None,
+        _ => Some(inbound),
+    }
+}
+
+/// An event that set a location up, as a snapshot stores it (at the schema version it was
+/// taken in with, upcast like any stored event when it is read back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SetupEvent {
+    event_type: String,
+    schema_version: u32,
+    payload: serde_json::Value,
+}
+
+impl SetupEvent {
+    /// What the model reads of `event`: an account's number, credentials and settings and a
+    /// user's email stay in the log, sealed as they are there, and out of the snapshot.
+    fn of(event: &Event) -> Self {
+        let event = match event {
+            Event::AccountAdded(e) => Event::AccountAdded(whatsnap_events::AccountAdded {
+                name: String::new(),
+                phone_number: None,
+                twilio: None,
+                settings: None,
+                ..e.clone()
+            }),
+            Event::GhlUserSynced(e) => Event::GhlUserSynced(whatsnap_events::GhlUserSynced {
+                email: None,
+                ..e.clone()
+            }),
+            other => other.clone(),
+        };
+        Self {
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: serde_json::from_slice(&event.encode()).expect("an encoded event is JSON"),
+        }
+    }
+
+    fn decode(&self) -> Result<Event, String> {
+        let payload = serde_json::to_vec(&self.payload).map_err(|e| e.to_string())?;
+        Event::decode(&self.event_type, self.schema_version, &payload).map_err(|e| e.to_string())
+    }
+}
+
+/// One location's model as a snapshot holds it: the setup events, taken in again on restore,
+/// and each contact's state as plain data.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocationSnapshot {
+    setup: Vec<SetupEvent>,
+    contacts: Vec<Uuid>,
+    decisions: Vec<(Uuid, u64)>,
+    conversations: Vec<(Uuid, Conversation)>,
+    awaiting_ghl: Vec<(Uuid, Option<Uuid>)>,
+    ghl: Vec<(Uuid, GhlFacts)>,
+    history: Vec<PastDecision>,
+}
+
+impl LocationModel {
+    /// The model as plain data, for a snapshot.
+    pub fn snapshot(&self) -> LocationSnapshot {
+        LocationSnapshot {
+            setup: self.setup.clone(),
+            contacts: self.contacts.iter().copied().collect(),
+            decisions: self.decisions.iter().map(|(c, n)| (*c, *n)).collect(),
+            conversations: self.conversations.iter().map(|(c, v)| (*c, *v)).collect(),
+            awaiting_ghl: self.awaiting_ghl.iter().map(|(c, a)| (*c, *a)).collect(),
+            ghl: self.ghl.iter().map(|(c, f)| (*c, f.clone())).collect(),
+            history: self.history.decisions().to_vec(),
+        }
+    }
+
+    /// The model a snapshot was taken of. Fails when a setup event no longer decodes (the
+    /// caller then reads the log from the beginning instead).
+    pub fn restore(snapshot: LocationSnapshot) -> Result<Self, String> {
+        let mut model = Self::default();
+        for setup in snapshot.setup {
+            let event = setup.decode()?;
+            model.configure(&event, None);
+            model.setup.push(setup);
+        }
+        model.contacts = snapshot.contacts.into_iter().collect();
+        model.decisions = snapshot.decisions.into_iter().collect();
+        for (contact_id, conversation) in snapshot.conversations {
+            model.converse(contact_id, |known| *known = conversation);
+        }
+        model.awaiting_ghl = snapshot.awaiting_ghl.into_iter().collect();
+        model.ghl = snapshot.ghl.into_iter().collect();
+        model.history = History::new(snapshot.history);
+        Ok(model)
+    }
+}
+
 /// Every location's model.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -421,6 +567,26 @@ pub struct Model {
 impl Model {
     pub fn location(&mut self, location: &LocationId) -> &mut LocationModel {
         self.locations.entry(location.clone()).or_default()
+    }
+
+    /// Every location's model as plain data, for a snapshot.
+    pub fn snapshot(&self) -> Vec<(String, LocationSnapshot)> {
+        self.locations
+            .iter()
+            .map(|(location, model)| (location.to_string(), model.snapshot()))
+            .collect()
+    }
+
+    /// The model a snapshot was taken of.
+    pub fn restore(locations: Vec<(String, LocationSnapshot)>) -> Result<Self, String> {
+        let mut model = Self::default();
+        for (location, snapshot) in locations {
+            let location = LocationId::parse(&location).map_err(|e| e.to_string())?;
+            model
+                .locations
+                .insert(location, LocationModel::restore(snapshot)?);
+        }
+        Ok(model)
     }
 
     pub fn locations_mut(&mut self) -> impl Iterator<Item = (&LocationId, &mut LocationModel)> {
@@ -465,7 +631,7 @@ mod tests {
     use chrono::{DateTime, Duration};
     use whatsnap_events::{
         AggregateKind, AssignmentRulesChanged, ContactOwnerChangedInGhl, EventId, EventMetadata,
-        GhlUserSynced, InboundMessageReceived, StreamId,
+        GhlUserSynced, InboundMessageReceived, OutboundMessageRequested, StreamId,
     };
 
     use super::*;
@@ -577,6 +743,78 @@ mod tests {
         };
         feed.at(1, removed);
         feed
+    }
+
+    #[test]
+    fn a_reply_takes_a_contact_out_of_the_silence_index_and_its_next_message_puts_it_back() {
+        let mut feed = unassigned_by_hand("override");
+        let contact = feed.contact();
+        let since = |feed: &Feed| -> Vec<_> { feed.model.unanswered.iter().copied().collect() };
+        assert_eq!(since(&feed), [(feed.start, contact)]);
+
+        let reply = OutboundMessageRequested {
+            message_id: Uuid::now_v7(),
+            contact_id: contact,
+            ghl_message_id: None,
+            ghl_user_id: None,
+            body: "on it".into(),
+            attachments: Vec::new(),
+            to: None,
+            ghl_contact_id: None,
+        };
+        feed.at(2, reply);
+        assert!(since(&feed).is_empty());
+        assert!(
+            feed.model
+                .silent(feed.start + Duration::hours(5))
+                .is_empty()
+        );
+
+        let again = InboundMessageReceived {
+            message_id: Uuid::now_v7(),
+            account_id: ACCOUNT,
+            provider_message_id: "SM2".into(),
+            from: PHONE.into(),
+            to: None,
+            body: "still there?".into(),
+            sender_name: None,
+            received_at: feed.start,
+            attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
+        };
+        feed.at(10, again.clone());
+        // A second unanswered message leaves the silence running from the first.
+        feed.at(20, again);
+        let waiting_since = feed.start + Duration::minutes(10);
+        assert_eq!(since(&feed), [(waiting_since, contact)]);
+        // 30 minutes of silence are due at 10 + 30, not before.
+        assert!(
+            feed.model
+                .silent(feed.start + Duration::minutes(39))
+                .is_empty()
+        );
+        assert_eq!(
+            feed.model.silent(feed.start + Duration::minutes(41)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_model_it_was_taken_of() {
+        let feed = unassigned_by_hand("override");
+        let json = serde_json::to_string(&feed.model.snapshot()).unwrap();
+        let restored = LocationModel::restore(serde_json::from_str(&json).unwrap()).unwrap();
+        let an_hour_later = feed.start + Duration::hours(1);
+        assert_eq!(
+            format!("{:?}", restored.silent(an_hour_later)),
+            format!("{:?}", feed.model.silent(an_hour_later))
+        );
+        assert_eq!(restored.unanswered, feed.model.unanswered);
+        assert_eq!(restored.users.len(), 2);
+        assert_eq!(restored.rules, feed.model.rules);
+        assert_eq!(restored.history.decisions(), feed.model.history.decisions());
+        assert_eq!(restored.decisions, feed.model.decisions);
     }
 
     #[test]

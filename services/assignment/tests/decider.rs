@@ -458,3 +458,145 @@ async fn new_contact_of(store: &dyn EventStore, account: Uuid, n: usize) -> Uuid
     message(store, account, n).await;
     new_contact(store, account, n).await
 }
+
+/// The event store, watched: the positions every read of the log started after.
+struct Watched {
+    inner: Arc<dyn EventStore>,
+    reads_after: std::sync::Mutex<Vec<u64>>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Watched {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> whatsnap_eventstore::Result<whatsnap_eventstore::AppendOutcome> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<RecordedEvent>> {
+        self.reads_after.lock().unwrap().push(after);
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn head_position(&self) -> whatsnap_eventstore::Result<u64> {
+        self.inner.head_position().await
+    }
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        from: whatsnap_eventstore::SubscribeFrom,
+    ) -> whatsnap_eventstore::Result<whatsnap_eventstore::Subscription> {
+        if let whatsnap_eventstore::SubscribeFrom::After(after) = from {
+            self.reads_after.lock().unwrap().push(after);
+        }
+        self.inner.subscribe(name, from).await
+    }
+}
+
+/// A read database in `dir`, as the embedded backend opens one.
+async fn read_db(dir: &std::path::Path) -> whatsnap_rpc::ReadDb {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("read.db").display());
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap()
+}
+
+/// A decider with its snapshots in `db`, run until the sender is used; the handle ends once
+/// it has stopped (and saved its snapshot).
+fn run_with_snapshots(
+    store: Arc<dyn EventStore>,
+    db: &whatsnap_rpc::ReadDb,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let decider = Decider::new(store).snapshots(whatsnap_assignment::snapshot::Snapshots::new(
+        db.clone(),
+        "assignment_decider",
+    ));
+    let handle = tokio::spawn(async move {
+        decider
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, handle)
+}
+
+/// A restart starts from the snapshot taken when the decider stopped: it reads only the log
+/// after it, and decides as if it had read the whole log (the rotation goes on where it was,
+/// nothing is decided twice). A snapshot ahead of the log it is given is passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_log_only_after_its_snapshot_and_decides_the_same() {
+    let sqlite = TestSqlite::new().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(sqlite.store().await.unwrap());
+    let db = read_db(sqlite.dir.path()).await;
+    let account = Uuid::now_v7();
+    history(store.as_ref(), account, &["u_ana", "u_ben"]).await;
+    // An odd number of decisions: the next turn is u_ben's, where a fresh model would say u_ana.
+    new_contact(store.as_ref(), account, CONTACTS).await;
+
+    let (stop, stopped) = run_with_snapshots(store.clone(), &db);
+    decided(&store, CONTACTS + 1).await;
+    let _ = stop.send(());
+    stopped.await.unwrap();
+    let snapshot_at = store.head_position().await.unwrap();
+
+    let watched = Arc::new(Watched {
+        inner: store.clone(),
+        reads_after: Default::default(),
+    });
+    let (stop, stopped) = run_with_snapshots(watched.clone(), &db);
+    let latecomer = new_contact(store.as_ref(), account, CONTACTS + 1).await;
+    let events = decided(&store, CONTACTS + 2).await;
+    let _ = stop.send(());
+    stopped.await.unwrap();
+    assert_eq!(
+        owners(&events, &[latecomer]),
+        ["u_ben"],
+        "the rotation did not go on from the snapshot"
+    );
+    let decisions = events
+        .iter()
+        .filter(|e| e.event_type == "ContactAssigned")
+        .count();
+    assert_eq!(decisions, CONTACTS + 2, "a restart decided again");
+    let reads_after = watched.reads_after.lock().unwrap().clone();
+    assert!(!reads_after.is_empty());
+    assert!(
+        reads_after.iter().all(|after| *after >= snapshot_at),
+        "the restart read the log from {reads_after:?}, the snapshot is at {snapshot_at}"
+    );
+
+    // A new, empty log beside the old database: the snapshot is ahead of it, and passed over.
+    let fresh = TestSqlite::new().unwrap();
+    let new_log: Arc<dyn EventStore> = Arc::new(fresh.store().await.unwrap());
+    let contacts = history(new_log.as_ref(), account, &["u_ana", "u_ben"]).await;
+    let (stop, stopped) = run_with_snapshots(new_log.clone(), &db);
+    let events = decided(&new_log, CONTACTS).await;
+    let _ = stop.send(());
+    stopped.await.unwrap();
+    assert_eq!(owners(&events, &contacts[..2]), ["u_ana", "u_ben"]);
+}

@@ -28,7 +28,7 @@ pub struct Ownership {
 }
 
 /// How a GHL user, not whatsnap, came to own the contact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GhlOwnerKind {
     /// GHL had the contact, with this owner, before it first messaged a connected account.
     BeforeWhatsnap,
@@ -38,7 +38,7 @@ pub enum GhlOwnerKind {
 
 /// An owner chosen in GHL, outside whatsnap; the location's `manual` policy says whether the
 /// rules may override it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GhlOwner {
     /// `None`: a GHL user removed the contact's owner by hand (always `Some` before whatsnap).
     pub user_id: Option<UserId>,
@@ -626,7 +626,7 @@ fn unavailable(
 }
 
 /// The messages of the contact's conversation, as far as silence is concerned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conversation {
     /// The contact's first message not answered yet when known; else its last message (the
     /// silence clock then restarts with each message, so it is never early).

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::rules::{UserId, Weighted};
 
 /// A contact assigned to a user, as a `ContactAssigned` event records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PastDecision {
     pub contact_id: Uuid,
     pub account_id: Option<Uuid>,

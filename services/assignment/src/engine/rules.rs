@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use chrono::{NaiveDate, Weekday};
 use chrono_tz::Tz;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use whatsnap_events::AccountKind;
@@ -15,7 +15,7 @@ use whatsnap_events::AccountKind;
 use super::schedule::{DAY_KEYS, TimeRange, TimeWindow, WeeklyHours, parse_day, parse_minute};
 
 /// A GHL user id: non-empty, no surrounding spaces.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UserId(String);
 
