@@ -169,6 +169,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// stored ones, then each new one as it is appended. [`Subscription::checkpoint`] records
     /// progress so that a later subscription of the same name resumes after it.
     async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription>;
+
+    /// Opens the durable subscription `name` for the events of `types` only: the store passes
+    /// over the others where it can without handing them over (the embedded store in its
+    /// query), and [`Subscription::scanned`] tells how far it has read past them. A store that
+    /// cannot delivers every event, as [`EventStore::subscribe`] does: the subscriber passes
+    /// over the rest itself.
+    async fn subscribe_to(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        types: &'static [&'static str],
+    ) -> Result<Subscription> {
+        let _ = types;
+        self.subscribe(name, from).await
+    }
 }
 
 /// Subscription names become JetStream consumer names: the same rules as subject tokens.

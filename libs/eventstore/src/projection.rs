@@ -766,10 +766,13 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         let checkpoint = self.prepare().await?;
         self.progress.send_replace(checkpoint);
         // The read model's checkpoint is the truth; the store's subscription is moved to it.
-        let mut subscription = self
-            .store
-            .subscribe(name, SubscribeFrom::After(checkpoint))
-            .await?;
+        // A projection that names the types it reads is handed only those where the store can
+        // pass over the others itself.
+        let from = SubscribeFrom::After(checkpoint);
+        let mut subscription = match self.projection.reads() {
+            Some(types) => self.store.subscribe_to(name, from, types).await?,
+            None => self.store.subscribe(name, from).await?,
+        };
         info!(projection = name, checkpoint, "projection started");
         let mut poll = tokio::time::interval(self.retry_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -786,7 +789,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                     }
                 }
             };
-            if let Some(position) = self.handle_batch(&batch).await {
+            // Past the batch, the events of other types the store passed over.
+            let scanned = subscription.scanned();
+            if let Some(position) = self.handle_batch(&batch, scanned).await {
                 *failures = 0;
                 // Only a hint for the store: after a failure here the next start resumes from
                 // the read model's checkpoint anyway.
@@ -827,9 +832,10 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         false
     }
 
-    /// Handles the events of `batch` after the checkpoint; returns the new checkpoint if it
-    /// moved. Never fails: what fails is retried or parked.
-    async fn handle_batch(&self, batch: &[RecordedEvent]) -> Option<u64> {
+    /// Handles the events of `batch` after the checkpoint, and moves the checkpoint on to
+    /// `scanned` (where the store read past events of other types) if that is further; returns
+    /// the new checkpoint if it moved. Never fails: what fails is retried or parked.
+    async fn handle_batch(&self, batch: &[RecordedEvent], scanned: u64) -> Option<u64> {
         let start = self.checkpoint();
         let mut last = start;
         let mut known = Vec::new();
@@ -843,6 +849,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 known.push(event);
             }
         }
+        let last = last.max(scanned);
         if last == start {
             return None;
         }

@@ -473,6 +473,26 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription> {
+        self.open_subscription(name, from, None).await
+    }
+
+    async fn subscribe_to(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        types: &'static [&'static str],
+    ) -> Result<Subscription> {
+        self.open_subscription(name, from, Some(types)).await
+    }
+}
+
+impl SqliteEventStore {
+    async fn open_subscription(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        types: Option<&'static [&'static str]>,
+    ) -> Result<Subscription> {
         check_subscription_name(name)?;
         let after = match from {
             SubscribeFrom::After(position) => {
@@ -495,8 +515,52 @@ impl EventStore for SqliteEventStore {
             name: name.to_owned(),
             after,
             woken: self.head.subscribe(),
+            only: types.map(TypeFilter::new),
         };
         Ok(Subscription::new(name, Box::new(source)))
+    }
+
+    /// Up to `limit` events of `filter`'s types after position `after` and up to `through`,
+    /// in position order. SQLite passes over the other types in its scan of the log, without
+    /// handing them over.
+    async fn read_types(
+        &self,
+        filter: &TypeFilter,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut query = sqlx::query(&filter.query)
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(through.min(i64::MAX as u64) as i64);
+        for event_type in filter.types {
+            query = query.bind(*event_type);
+        }
+        let rows = query
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::backend("reading the log", e))?;
+        rows.iter().map(decode_row).collect()
+    }
+}
+
+/// The event types a subscription asked for, and the query that reads only them.
+struct TypeFilter {
+    types: &'static [&'static str],
+    query: String,
+}
+
+impl TypeFilter {
+    fn new(types: &'static [&'static str]) -> Self {
+        let placeholders = vec!["?"; types.len()].join(", ");
+        Self {
+            types,
+            query: format!(
+                "SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? \
+                 AND event_type IN ({placeholders}) ORDER BY position LIMIT ?"
+            ),
+        }
     }
 }
 
@@ -516,8 +580,11 @@ async fn save_checkpoint(writer: &SqlitePool, name: &str, position: u64) -> Resu
 struct SqliteSubscription {
     store: SqliteEventStore,
     name: String,
+    /// The position read through.
     after: u64,
     woken: watch::Receiver<u64>,
+    /// The types asked for; `None`: every event.
+    only: Option<TypeFilter>,
 }
 
 #[async_trait]
@@ -527,10 +594,24 @@ impl SubscriptionSource for SqliteSubscription {
             // Mark the current head as seen before reading, so an append that commits after the
             // read still wakes the wait below.
             self.woken.borrow_and_update();
-            let events = self.store.read_all(self.after, max).await?;
-            if let Some(last) = events.last() {
-                self.after = last.position;
-                return Ok(events);
+            if let Some(filter) = &self.only {
+                // Every position up to the head is committed (one writer, positions in commit
+                // order), so reading up to it and no further leaves nothing behind.
+                let head = self.store.head_position().await?;
+                if head > self.after {
+                    let events = self.store.read_types(filter, self.after, head, max).await?;
+                    self.after = match events.last() {
+                        Some(last) if events.len() == max => last.position,
+                        _ => head,
+                    };
+                    return Ok(events);
+                }
+            } else {
+                let events = self.store.read_all(self.after, max).await?;
+                if let Some(last) = events.last() {
+                    self.after = last.position;
+                    return Ok(events);
+                }
             }
             tokio::select! {
                 changed = self.woken.changed() => {
@@ -543,5 +624,9 @@ impl SubscriptionSource for SqliteSubscription {
 
     async fn checkpoint(&mut self, position: u64) -> Result<()> {
         save_checkpoint(&self.store.writer, &self.name, position).await
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        self.only.as_ref().map(|_| self.after)
     }
 }

@@ -14,15 +14,26 @@ pub trait SubscriptionSource: Send {
 
     /// Durably records that every event up to and including `position` has been handled.
     async fn checkpoint(&mut self, position: u64) -> Result<()>;
+
+    /// For a source that passes over events of types not asked for: the position it has read
+    /// the log through, past the last event it delivered when only other types followed.
+    /// `None` for a source that delivers every event.
+    fn scanned(&self) -> Option<u64> {
+        None
+    }
 }
 
-/// A durable, named, catch-up subscription to the whole log: stored events first, then live ones.
+/// A durable, named, catch-up subscription to the log: stored events first, then live ones.
+/// Opened with [`crate::EventStore::subscribe_to`], it may deliver only the event types asked
+/// for; [`Subscription::scanned`] then tells how far it has read past them.
 pub struct Subscription {
     name: String,
     source: Box<dyn SubscriptionSource>,
     buffered: VecDeque<RecordedEvent>,
     /// The highest position checkpointed so far.
     checkpointed: u64,
+    /// The position of the last event handed out.
+    delivered: u64,
 }
 
 impl Subscription {
@@ -32,6 +43,7 @@ impl Subscription {
             source,
             buffered: VecDeque::new(),
             checkpointed: 0,
+            delivered: 0,
         }
     }
 
@@ -41,24 +53,41 @@ impl Subscription {
 
     /// The next event, waiting for one to be appended if need be.
     pub async fn next(&mut self) -> Result<RecordedEvent> {
-        if self.buffered.is_empty() {
+        // A filtered source may answer that it read past other types only.
+        while self.buffered.is_empty() {
             self.buffered.extend(self.source.next_batch(256).await?);
         }
-        // The source waits for at least one event, so the buffer is not empty here.
-        Ok(self
-            .buffered
-            .pop_front()
-            .expect("next_batch returns at least one event"))
+        let event = self.buffered.pop_front().expect("the loop above filled it");
+        self.delivered = self.delivered.max(event.position);
+        Ok(event)
     }
 
-    /// Between 1 and `max` events: those available now, waiting only if there are none.
+    /// Up to `max` events: those available now, waiting only if there are none. Empty only
+    /// from a filtered subscription that has read past events of other types (see
+    /// [`Subscription::scanned`]).
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
         let max = max.max(1);
-        if self.buffered.is_empty() {
-            return self.source.next_batch(max).await;
+        let batch = match self.buffered.is_empty() {
+            true => self.source.next_batch(max).await?,
+            false => {
+                let take = max.min(self.buffered.len());
+                self.buffered.drain(..take).collect()
+            }
+        };
+        if let Some(last) = batch.last() {
+            self.delivered = self.delivered.max(last.position);
         }
-        let take = max.min(self.buffered.len());
-        Ok(self.buffered.drain(..take).collect())
+        Ok(batch)
+    }
+
+    /// The position the subscription has read the log through: the last event it handed out,
+    /// or further when it passed over events of types not asked for after it. Checkpointing
+    /// it once the events handed out are handled moves past those too.
+    pub fn scanned(&self) -> u64 {
+        match self.buffered.is_empty() {
+            true => self.source.scanned().unwrap_or(0).max(self.delivered),
+            false => self.delivered,
+        }
     }
 
     /// Records that every event up to and including `position` has been handled, so that the

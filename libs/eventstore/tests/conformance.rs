@@ -16,12 +16,21 @@ use whatsnap_testkit::{TestNats, TestSqlite};
 #[async_trait]
 trait Backend: Send + Sync + 'static {
     async fn open(&self) -> Arc<dyn EventStore>;
+
+    /// Whether a subscription to some types is handed only those (else every event).
+    fn filters_types(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
 impl Backend for TestSqlite {
     async fn open(&self) -> Arc<dyn EventStore> {
         Arc::new(self.store().await.expect("sqlite store"))
+    }
+
+    fn filters_types(&self) -> bool {
+        true
     }
 }
 
@@ -489,6 +498,83 @@ async fn a_durable_checkpoint_survives_a_restart_of_the_subscriber(backend: &dyn
     assert_eq!(replay.next().await.unwrap().id, appended[0].id);
 }
 
+/// A subscription to some types hands over every event of them, in order, and says how far it
+/// has read past the others: to the head once only other types follow. (A store may hand over
+/// the other types too; the subscriber passes over them.)
+async fn a_subscription_to_some_types_reads_past_the_others(backend: &dyn Backend) {
+    const WANTED: &[&str] = &["ContactCreated"];
+    let store = backend.open().await;
+    let stream = new_stream();
+    let mut appended = Vec::new();
+    for n in 0..30 {
+        let mut event = event(n);
+        if n % 10 == 3 {
+            event.event_type = "ContactCreated".into();
+        }
+        appended.push(event);
+    }
+    store
+        .append(&stream, ExpectedVersion::NoStream, appended.clone())
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut subscription = store
+        .subscribe_to("some_types", SubscribeFrom::After(0), WANTED)
+        .await
+        .unwrap();
+    let mut handed = Vec::new();
+    while subscription.scanned() < head {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch(2))
+            .await
+            .expect("the subscription reads on to the head")
+            .unwrap();
+        handed.extend(batch);
+    }
+    if backend.filters_types() {
+        assert!(
+            handed.iter().all(|e| e.event_type == "ContactCreated"),
+            "handed over other types too"
+        );
+    }
+    let wanted: Vec<_> = handed
+        .iter()
+        .filter(|e| WANTED.contains(&e.event_type.as_str()))
+        .map(|e| e.id)
+        .collect();
+    let expected: Vec<_> = appended
+        .iter()
+        .filter(|e| e.event_type == "ContactCreated")
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(wanted, expected);
+    assert_eq!(subscription.scanned(), head);
+
+    // A live event of the type comes through; one of another type moves only the scan.
+    let live = event(99);
+    store
+        .append(&stream, ExpectedVersion::Exact(30), vec![live])
+        .await
+        .unwrap();
+    let mut created = event(100);
+    created.event_type = "ContactCreated".into();
+    store
+        .append(&stream, ExpectedVersion::Exact(31), vec![created.clone()])
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut next = None;
+    while subscription.scanned() < head {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch(10))
+            .await
+            .expect("a live event arrives")
+            .unwrap();
+        next = next.or(batch
+            .into_iter()
+            .find(|e| WANTED.contains(&e.event_type.as_str())));
+    }
+    assert_eq!(next.map(|e| e.id), Some(created.id));
+}
+
 async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
     let store = backend.open().await;
     let stream = new_stream();
@@ -664,6 +750,7 @@ macro_rules! conformance {
             case!(appending_the_same_event_ids_twice_stores_them_once);
             case!(read_all_returns_every_stream_in_append_order);
             case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);
+            case!(a_subscription_to_some_types_reads_past_the_others);
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
             case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_multi_event_append_is_all_or_nothing);

@@ -27,6 +27,18 @@ impl SealingStore {
         Self { inner, keys }
     }
 
+    /// `inner`, its events opened as they are delivered.
+    fn opening(&self, inner: Subscription) -> Subscription {
+        let name = inner.name().to_owned();
+        Subscription::new(
+            name,
+            Box::new(OpeningSource {
+                inner,
+                keys: self.keys.clone(),
+            }),
+        )
+    }
+
     async fn seal(&self, location: &LocationId, mut event: NewEvent) -> Result<NewEvent> {
         let Some(found) = to_seal(location, &event.event_type, &event.payload) else {
             return Ok(event);
@@ -145,14 +157,17 @@ impl EventStore for SealingStore {
 
     async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription> {
         let inner = self.inner.subscribe(name, from).await?;
-        let name = inner.name().to_owned();
-        Ok(Subscription::new(
-            name,
-            Box::new(OpeningSource {
-                inner,
-                keys: self.keys.clone(),
-            }),
-        ))
+        Ok(self.opening(inner))
+    }
+
+    async fn subscribe_to(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        types: &'static [&'static str],
+    ) -> Result<Subscription> {
+        let inner = self.inner.subscribe_to(name, from, types).await?;
+        Ok(self.opening(inner))
     }
 }
 
@@ -171,5 +186,9 @@ impl SubscriptionSource for OpeningSource {
 
     async fn checkpoint(&mut self, position: u64) -> Result<()> {
         self.inner.checkpoint(position).await
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        Some(self.inner.scanned())
     }
 }

@@ -17,7 +17,7 @@ use whatsnap_events::{AggregateKind, EventId, EventMetadata, NewEvent, RecordedE
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError, SubscribeFrom};
 
 use crate::engine::Decision;
-use crate::model::{Model, is_decision, reads};
+use crate::model::{Model, READS, is_decision, reads};
 use crate::snapshot::{Snapshot, Snapshots};
 
 pub struct Decider {
@@ -171,7 +171,11 @@ impl Decider {
         };
         let mut subscription = self
             .store
-            .subscribe("assignment_decider", SubscribeFrom::After(state.position))
+            .subscribe_to(
+                "assignment_decider",
+                SubscribeFrom::After(state.position),
+                READS,
+            )
             .await?;
         let mut silence = tokio::time::interval(self.silence_check);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,9 +206,11 @@ impl Decider {
                     .instrument(span)
                     .await?;
             }
-            if let Some(last) = batch.last() {
-                state.position = state.position.max(last.position);
-                subscription.checkpoint(last.position).await?;
+            // The events handed over, and those of other types the store passed over after them.
+            let scanned = subscription.scanned();
+            if scanned > state.position {
+                state.position = scanned;
+                subscription.checkpoint(scanned).await?;
             }
         }
     }
