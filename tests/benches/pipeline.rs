@@ -23,6 +23,9 @@ use whatsnap_tests::twilio_rig::{TwilioRig, text};
 
 const WRITERS: usize = 8;
 
+/// Texts sent at once to one location for the figure of GHL's allowance used with a backlog.
+const BACKLOG_TEXTS: usize = 400;
+
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -62,7 +65,7 @@ async fn main() {
             .join(" | ")
     );
     println!("|---|{}", "---|".repeat(rows.len()));
-    let figures: [(&str, Show); 15] = [
+    let figures: [(&str, Show); 16] = [
         ("raw appends/s, 8 writers", |f| {
             format!("{:.0}", f.raw_appends)
         }),
@@ -97,6 +100,9 @@ async fn main() {
             )
         }),
         ("GHL 429 responses", |f| format!("{}", f.ghl_429)),
+        ("GHL allowance used by one location's backlog, 429s", |f| {
+            format!("{:.0}%, {}", f.backlog_share * 100.0, f.backlog_429)
+        }),
         ("events in the log after the run", |f| {
             format!("{}", f.log_events)
         }),
@@ -152,6 +158,8 @@ struct Figures {
     ghl_rate: f64,
     ghl_share: f64,
     ghl_429: u64,
+    backlog_share: f64,
+    backlog_429: usize,
     log_events: u64,
     ready_after: Duration,
     first_message_after: Duration,
@@ -190,39 +198,19 @@ async fn run(
         let account = rig.connect(channel.clone(), &location).await;
         accounts.push((location, account));
     }
+    // A location of its own for the backlog figure, idle until then.
+    let backlog_location = "locBenchBacklog".to_owned();
+    let backlog_account = (
+        backlog_location.clone(),
+        rig.connect(channel.clone(), &backlog_location).await,
+    );
     let http = whatsnap.http.unwrap();
     let head_before = head(&whatsnap).await;
 
     // Webhooks: `concurrency` senders, each text from one of ten customers of a location.
     let accounts = Arc::new(accounts);
     let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (accounts, next) = (accounts.clone(), next.clone());
-        senders.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= messages {
-                    return latencies;
-                }
-                let (location, account) = &accounts[n % accounts.len()];
-                let from = format!("+1415555{:04}", (n / accounts.len()) % 10);
-                let sid = format!("SM{n:032}");
-                let body = format!("benchmark text {n}");
-                let path = format!("/webhooks/twilio/{location}/{account}/inbound");
-                let sent = Instant::now();
-                let (status, answer) = text(http, &path, &sid, &from, &body).await.unwrap();
-                assert_eq!(status, 200, "{answer}");
-                latencies.push(sent.elapsed());
-            }
-        });
-    }
-    let mut latencies = Vec::with_capacity(messages);
-    while let Some(done) = senders.join_next().await {
-        latencies.extend(done.unwrap());
-    }
+    let mut latencies = send_texts(http, accounts.clone(), messages, concurrency, "SM").await;
     let accepted = started.elapsed();
     latencies.sort();
     let percentile =
@@ -247,6 +235,47 @@ async fn run(
     let ghl_requests = metrics.sum("whatsnap_ghl_requests_total{");
     let ghl_429 = metrics.sum_where("whatsnap_ghl_requests_total{", "status=\"429\"") as u64;
     let ghl_rate = ghl_requests / end_to_end_time.as_secs_f64();
+
+    // A backlog in one location: far more texts at once than GHL takes from it. How much of
+    // GHL's allowance (100 requests in any 10 s) does whatsnap use while it drains, and does
+    // GHL refuse any?
+    let drained = Arc::new(vec![backlog_account]);
+    let (location, _) = &drained[0];
+    let since = std::time::SystemTime::now();
+    send_texts(
+        http,
+        drained.clone(),
+        BACKLOG_TEXTS,
+        concurrency,
+        "SMbacklog",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while rig.messages_in(location) < BACKLOG_TEXTS {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog did not drain in 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests: Vec<_> = rig
+        .ghl
+        .requests()
+        .into_iter()
+        .filter(|r| r.location.as_deref() == Some(location.as_str()) && r.at >= since)
+        .collect();
+    let first = requests.iter().map(|r| r.at).min().unwrap();
+    let last = requests.iter().map(|r| r.at).max().unwrap();
+    let span = last.duration_since(first).unwrap_or_default();
+    // The most a sliding window of 100 requests per 10 s lets through in that span.
+    let allowed = 100 * (span.as_secs() / 10 + 1);
+    let backlog_share = requests.len() as f64 / allowed as f64;
+    let backlog_429 = requests.iter().filter(|r| r.status == 429).count();
+    println!(
+        "a backlog of {BACKLOG_TEXTS} texts in one location: {} GHL requests in {span:?} ({:.0}% of the {allowed} GHL allows), {backlog_429} refused with 429",
+        requests.len(),
+        backlog_share * 100.0
+    );
     let rss_kib = rss_kib(whatsnap.pid().unwrap());
     let log_events = head(&whatsnap).await;
     println!("{} events appended by the run", log_events - head_before);
@@ -363,6 +392,8 @@ async fn run(
         ghl_rate,
         ghl_share: ghl_rate / (locations as f64 * 10.0),
         ghl_429,
+        backlog_share,
+        backlog_429,
         log_events,
         ready_after,
         first_message_after,
@@ -373,6 +404,45 @@ async fn run(
         rebuild,
         rss_kib,
     }
+}
+
+/// `count` signed Twilio texts, `concurrency` at a time, the nth from one of ten customers of
+/// the nth location of `accounts`; each text's webhook latency.
+async fn send_texts(
+    http: SocketAddr,
+    accounts: Arc<Vec<(String, String)>>,
+    count: usize,
+    concurrency: usize,
+    sid_prefix: &'static str,
+) -> Vec<Duration> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (accounts, next) = (accounts.clone(), next.clone());
+        senders.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    return latencies;
+                }
+                let (location, account) = &accounts[n % accounts.len()];
+                let from = format!("+1415555{:04}", (n / accounts.len()) % 10);
+                let sid = format!("{sid_prefix}{n:032}");
+                let body = format!("benchmark text {n}");
+                let path = format!("/webhooks/twilio/{location}/{account}/inbound");
+                let sent = Instant::now();
+                let (status, answer) = text(http, &path, &sid, &from, &body).await.unwrap();
+                assert_eq!(status, 200, "{answer}");
+                latencies.push(sent.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(done) = senders.join_next().await {
+        latencies.extend(done.unwrap());
+    }
+    latencies
 }
 
 /// The raw store: 8 writers appending one event each per call for 3 s, then every event read
