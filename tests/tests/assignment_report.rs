@@ -230,7 +230,7 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
 
     // Prometheus scrapes the same figures over the whole history.
     let http = whatsnap.http.unwrap();
-    let scraped = eventually("the gateway serves /metrics", async || {
+    let scrape = async || {
         let reply = http_request(
             http,
             "/metrics",
@@ -243,8 +243,8 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
         .await
         .ok()?;
         (reply.status == 200).then_some(reply)
-    })
-    .await;
+    };
+    let scraped = eventually("the gateway serves /metrics", scrape).await;
     assert_eq!(
         scraped.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
@@ -287,6 +287,35 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
             ),
         ]
     );
+    // What happens after a scrape is counted at the next one, on top of what was counted.
+    script.inbound(50, "+14155550009").await;
+    script.reply(53, "+14155550009", "uBen").await;
+    let later = eventually("the next scrape counts Ben's second reply", async || {
+        let reply = scrape().await?;
+        let counted = format!(
+            r#"whatsnap_assignment_user_first_response_seconds_count{{location="{location}",user="uBen"}} 2"#
+        );
+        reply.body.lines().any(|l| l == counted).then_some(reply)
+    })
+    .await;
+    for sample in [
+        format!(
+            r#"whatsnap_assignment_user_first_response_seconds_sum{{location="{location}",user="uBen"}} 300"#
+        ),
+        format!(
+            r#"whatsnap_assignment_account_first_response_seconds_sum{{location="{location}",account="{account}"}} 600"#
+        ),
+        format!(
+            r#"whatsnap_assignment_account_first_response_seconds_count{{location="{location}",account="{account}"}} 3"#
+        ),
+        format!(r#"whatsnap_assignment_open_contacts{{location="{location}",user="uAna"}} 2"#),
+    ] {
+        assert!(
+            later.body.lines().any(|l| l == sample),
+            "{sample} in\n{}",
+            later.body
+        );
+    }
     for (name, kind) in [
         ("whatsnap_assignment_user_first_response_seconds", "summary"),
         ("whatsnap_assignment_open_contacts", "gauge"),

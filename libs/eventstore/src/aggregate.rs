@@ -71,6 +71,49 @@ pub enum AggregateError<E> {
     },
 }
 
+/// States of streams kept between loads, so that a stream read again and again (an account
+/// at each of its messages) costs a read of what changed since, not of its whole history. A
+/// load always asks the store for the events after the kept version, so it is never stale.
+pub struct Cache<A> {
+    kept: std::sync::Mutex<std::collections::HashMap<StreamId, Loaded<A>>>,
+    capacity: usize,
+}
+
+impl<A: Aggregate + Clone> Cache<A> {
+    /// Keeps up to `capacity` streams; when full it starts over empty.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            kept: Default::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The stream's state now: the kept one with the events since folded in.
+    pub async fn load(
+        &self,
+        aggregates: &Aggregates<'_>,
+        stream: &StreamId,
+    ) -> Result<Loaded<A>, LoadError> {
+        let kept = self.kept().get(stream).cloned().unwrap_or_default();
+        let loaded = aggregates.catch_up(stream, kept).await?;
+        let mut kept = self.kept();
+        if kept.len() >= self.capacity && !kept.contains_key(stream) {
+            kept.clear();
+        }
+        // Another load may have kept a later version meanwhile.
+        if kept.get(stream).is_none_or(|k| k.version < loaded.version) {
+            kept.insert(stream.clone(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StreamId, Loaded<A>>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Loads, decides and appends aggregates through one [`EventStore`].
 #[derive(Clone, Copy)]
 pub struct Aggregates<'s> {
@@ -94,8 +137,19 @@ impl<'s> Aggregates<'s> {
 
     /// The stream's state, folded from all its events.
     pub async fn load<A: Aggregate>(&self, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
-        let mut loaded = Loaded::<A>::default();
-        for recorded in self.store.read_stream(stream, 1, usize::MAX).await? {
+        self.catch_up(stream, Loaded::default()).await
+    }
+
+    /// `loaded`, a state of the stream at some version, with the events after that version
+    /// folded in: for a state kept between two loads, only the events since are read.
+    pub async fn catch_up<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+    ) -> Result<Loaded<A>, LoadError> {
+        let mut loaded = loaded;
+        let from = loaded.version + 1;
+        for recorded in self.store.read_stream(stream, from, usize::MAX).await? {
             loaded.version = recorded.version;
             match recorded.decode() {
                 Ok(event) => loaded.state = loaded.state.evolve(&event, recorded.version),
@@ -179,7 +233,7 @@ mod tests {
     use crate::{AppendOutcome, SubscribeFrom, Subscription};
 
     /// Counts the events of its stream.
-    #[derive(Debug, Default)]
+    #[derive(Debug, Default, Clone)]
     struct Count(u64);
 
     impl Aggregate for Count {
@@ -193,6 +247,8 @@ mod tests {
     struct Racing {
         inner: SqliteEventStore,
         races: AtomicUsize,
+        /// The version each read of a stream started at.
+        read_from: std::sync::Mutex<Vec<u64>>,
     }
 
     #[async_trait]
@@ -222,6 +278,7 @@ mod tests {
             from_version: u64,
             limit: usize,
         ) -> crate::Result<Vec<RecordedEvent>> {
+            self.read_from.lock().unwrap().push(from_version);
             self.inner.read_stream(stream, from_version, limit).await
         }
 
@@ -248,12 +305,47 @@ mod tests {
             .await
             .unwrap();
         let races = AtomicUsize::new(races);
-        (dir, Racing { inner, races })
+        let read_from = Default::default();
+        (
+            dir,
+            Racing {
+                inner,
+                races,
+                read_from,
+            },
+        )
     }
 
     fn stream() -> StreamId {
         let location = LocationId::parse("loc-1").unwrap();
         StreamId::for_uuid(location, AggregateKind::Ghl, uuid::Uuid::now_v7())
+    }
+
+    #[tokio::test]
+    async fn a_kept_state_reads_only_the_events_since_and_is_never_stale() {
+        let (_dir, store) = store(0).await;
+        let aggregates = Aggregates::new(&store);
+        let stream = stream();
+        let append = async |n: usize| {
+            let events = (0..n)
+                .map(|_| NewEvent::new(&event(), EventMetadata::new_correlation()))
+                .collect();
+            store
+                .inner
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        };
+        append(3).await;
+        let cache = Cache::<Count>::new(10);
+        let first = cache.load(&aggregates, &stream).await.unwrap();
+        assert_eq!((first.state.0, first.version), (3, 3));
+        append(2).await;
+        let second = cache.load(&aggregates, &stream).await.unwrap();
+        assert_eq!((second.state.0, second.version), (5, 5));
+        let third = cache.load(&aggregates, &stream).await.unwrap();
+        assert_eq!((third.state.0, third.version), (5, 5));
+        assert_eq!(*store.read_from.lock().unwrap(), [1, 4, 6]);
     }
 
     #[tokio::test]

@@ -26,9 +26,10 @@ pub struct Decider {
     snapshots: Option<Snapshots>,
     /// How often owners' silence is checked against `reassign_after_silence_minutes`.
     silence_check: Duration,
-    /// How often the model is snapshotted while the log moves (and at every orderly stop).
-    snapshot_every: Duration,
 }
+
+/// How often the model is snapshotted while the log moves (and at every orderly stop).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 
 /// What the decider holds while it runs.
 struct State {
@@ -47,19 +48,12 @@ impl Decider {
             store,
             snapshots: None,
             silence_check: Duration::from_secs(30),
-            snapshot_every: Duration::from_secs(60),
         }
     }
 
     /// Starts from the latest snapshot in `snapshots`, and keeps it there.
     pub fn snapshots(mut self, snapshots: Snapshots) -> Self {
         self.snapshots = Some(snapshots);
-        self
-    }
-
-    /// Snapshots the model this often while the log moves.
-    pub fn snapshot_every(mut self, every: Duration) -> Self {
-        self.snapshot_every = every;
         self
     }
 
@@ -179,7 +173,7 @@ impl Decider {
             .await?;
         let mut silence = tokio::time::interval(self.silence_check);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snapshot = tokio::time::interval(self.snapshot_every);
+        let mut snapshot = tokio::time::interval(SNAPSHOT_EVERY);
         snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {

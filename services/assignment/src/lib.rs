@@ -38,6 +38,16 @@ pub struct Assignment {
     db: ReadDb,
     /// The furthest back `simulate` decides again.
     max_simulate_window: Duration,
+    /// Every location's report over its whole history, for `/metrics`.
+    tallies: Arc<tokio::sync::Mutex<Tallies>>,
+}
+
+/// The reports `/metrics` shows, as far as the log has been read.
+#[derive(Default)]
+struct Tallies {
+    /// The position of the last event taken in.
+    position: u64,
+    by_location: BTreeMap<LocationId, report::Tally>,
 }
 
 /// How far back `simulate` decides again unless configured otherwise: 90 days.
@@ -49,49 +59,47 @@ impl Assignment {
         &self,
         location: &LocationId,
     ) -> Result<Vec<RecordedEvent>, ServiceError> {
-        Ok(self
-            .logs(Some(location))
-            .await?
-            .remove(location)
-            .unwrap_or_default())
-    }
-
-    /// The whole log of each location (of `only` one, when given), in order.
-    async fn logs(
-        &self,
-        only: Option<&LocationId>,
-    ) -> Result<BTreeMap<LocationId, Vec<RecordedEvent>>, ServiceError> {
         let head = self.store.head_position().await?;
-        let mut logs: BTreeMap<LocationId, Vec<RecordedEvent>> = BTreeMap::new();
+        let mut log = Vec::new();
         let mut after = 0;
         while after < head {
             let batch = self.store.read_all(after, 2000).await?;
             let Some(last) = batch.last() else { break };
             after = last.position;
-            for event in batch {
-                if only.is_none_or(|location| event.location_id() == location) {
-                    logs.entry(event.location_id().clone())
-                        .or_default()
-                        .push(event);
-                }
-            }
+            log.extend(batch.into_iter().filter(|e| e.location_id() == location));
         }
-        Ok(logs)
+        Ok(log)
     }
 
-    /// The report of every location over its whole history, as Prometheus metrics.
+    /// The report of every location over its whole history, as Prometheus metrics. The
+    /// reports are kept between scrapes: each takes in only the log after the last one.
     pub async fn metrics(&self) -> Result<String, ServiceError> {
-        let reports: Vec<(LocationId, report::Report)> = self
-            .logs(None)
-            .await?
-            .into_iter()
-            .map(|(location, events)| {
-                let figures =
-                    report::report(&events, &location, chrono::DateTime::<chrono::Utc>::MIN_UTC);
-                (location, figures)
-            })
+        let mut tallies = self.tallies.lock().await;
+        let head = self.store.head_position().await?;
+        while tallies.position < head {
+            let batch = self.store.read_all(tallies.position, 2000).await?;
+            let Some(last) = batch.last().map(|e| e.position) else {
+                break;
+            };
+            for event in &batch {
+                let location = event.location_id();
+                if !tallies.by_location.contains_key(location) {
+                    let whole_history =
+                        report::Tally::new(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                    tallies.by_location.insert(location.clone(), whole_history);
+                }
+                if let Some(tally) = tallies.by_location.get_mut(location) {
+                    tally.take(event);
+                }
+            }
+            tallies.position = last;
+        }
+        let reports: Vec<(&LocationId, report::Report)> = tallies
+            .by_location
+            .iter()
+            .map(|(location, tally)| (location, tally.report()))
             .collect();
-        Ok(report::prometheus(reports.iter().map(|(l, r)| (l, r))))
+        Ok(report::prometheus(reports.iter().map(|(l, r)| (*l, r))))
     }
 
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
@@ -99,6 +107,7 @@ impl Assignment {
             store,
             db,
             max_simulate_window: DEFAULT_MAX_SIMULATE_WINDOW,
+            tallies: Default::default(),
         }
     }
 

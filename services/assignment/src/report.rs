@@ -59,30 +59,74 @@ fn cause(rule: &str, trigger: Option<&str>, reason: &str) -> &'static str {
 /// The report of `location` over the events that occurred from `since` on (ownership is
 /// counted over the whole log).
 pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<Utc>) -> Report {
-    let mut report = Report::default();
-    // Per contact: its first unanswered message (when and to which account), and its owner.
-    let mut waiting: HashMap<Uuid, (DateTime<Utc>, Uuid)> = HashMap::new();
-    let mut owner: HashMap<Uuid, Option<String>> = HashMap::new();
-    let mut skipped: HashMap<Uuid, String> = HashMap::new();
+    let mut tally = Tally::new(since);
     for recorded in events.iter().filter(|e| e.location_id() == location) {
+        tally.take(recorded);
+    }
+    tally.report()
+}
+
+/// The event types a report is made of: the others can be passed over undecoded.
+pub const READS: &[&str] = &[
+    "InboundMessageReceived",
+    "OutboundMessageRequested",
+    "ContactAssigned",
+    "ContactOwnerChangedInGhl",
+    "AssignmentSkipped",
+];
+
+/// One location's report as it is made, an event at a time: what has been counted and, per
+/// contact, what the next events are counted against. Kept between two looks at the log, it
+/// takes in only the events after the last one it took.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    since: DateTime<Utc>,
+    report: Report,
+    /// Per contact: its first unanswered message (when and to which account).
+    waiting: HashMap<Uuid, (DateTime<Utc>, Uuid)>,
+    /// Per contact: its owner (`None`: removed by hand in GHL).
+    owner: HashMap<Uuid, Option<String>>,
+    /// Contacts whose latest decision left them unassigned, with why.
+    skipped: HashMap<Uuid, String>,
+}
+
+impl Tally {
+    /// A report over the events from `since` on.
+    pub fn new(since: DateTime<Utc>) -> Self {
+        Self {
+            since,
+            report: Report::default(),
+            waiting: HashMap::new(),
+            owner: HashMap::new(),
+            skipped: HashMap::new(),
+        }
+    }
+
+    /// Takes in the next event of the location.
+    pub fn take(&mut self, recorded: &RecordedEvent) {
+        if !READS.contains(&recorded.event_type.as_str()) {
+            return;
+        }
         let Ok(event) = recorded.decode() else {
-            continue;
+            return;
         };
+        let location = recorded.location_id();
+        let report = &mut self.report;
         let at = recorded.occurred_at;
-        let in_window = at >= since;
+        let in_window = at >= self.since;
         match event {
             // A message typed on the account's own phone is no customer waiting.
             Event::InboundMessageReceived(e) if !e.from_me => {
                 if let Ok(phone) = PhoneNumber::parse(&e.from) {
-                    waiting
+                    self.waiting
                         .entry(contact_id_for(location, &phone))
                         .or_insert((at, e.account_id));
                 }
             }
             Event::OutboundMessageRequested(e) => {
-                let Some(user) = e.ghl_user_id else { continue };
-                if let Some((asked, account)) = waiting.remove(&e.contact_id)
-                    && asked >= since
+                let Some(user) = e.ghl_user_id else { return };
+                if let Some((asked, account)) = self.waiting.remove(&e.contact_id)
+                    && asked >= self.since
                 {
                     let seconds = (at - asked).num_seconds();
                     report.users.entry(user).or_default().add(seconds);
@@ -90,10 +134,11 @@ pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<U
                 }
             }
             Event::ContactAssigned(e) => {
-                let before = owner
+                let before = self
+                    .owner
                     .insert(e.contact_id, Some(e.user_id.clone()))
                     .flatten();
-                skipped.remove(&e.contact_id);
+                self.skipped.remove(&e.contact_id);
                 if in_window && before.as_ref().is_some_and(|b| *b != e.user_id) {
                     *report
                         .reassignments
@@ -103,24 +148,29 @@ pub fn report(events: &[RecordedEvent], location: &LocationId, since: DateTime<U
             }
             // A GHL user removed the owner by hand: the contact is nobody's until a decision.
             Event::ContactOwnerChangedInGhl(e) if e.user_id.is_none() => {
-                owner.insert(e.contact_id, None);
+                self.owner.insert(e.contact_id, None);
             }
             // A contact that has an owner keeps it when a later decision finds nobody.
             Event::AssignmentSkipped(e)
-                if owner.get(&e.contact_id).cloned().flatten().is_none() =>
+                if self.owner.get(&e.contact_id).cloned().flatten().is_none() =>
             {
-                skipped.insert(e.contact_id, e.reason);
+                self.skipped.insert(e.contact_id, e.reason);
             }
             _ => {}
         }
     }
-    for user in owner.into_values().flatten() {
-        *report.open.entry(user).or_default() += 1;
+
+    /// The report of the events taken so far.
+    pub fn report(&self) -> Report {
+        let mut report = self.report.clone();
+        for user in self.owner.values().flatten() {
+            *report.open.entry(user.clone()).or_default() += 1;
+        }
+        for reason in self.skipped.values() {
+            *report.unassigned.entry(reason.clone()).or_default() += 1;
+        }
+        report
     }
-    for reason in skipped.into_values() {
-        *report.unassigned.entry(reason).or_default() += 1;
-    }
-    report
 }
 
 /// The reports of several locations as Prometheus metrics, in the text exposition format

@@ -73,11 +73,21 @@ pub struct Session {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     config: SessionConfig,
+    /// Accounts as last loaded: a load reads only their events since.
+    accounts: Arc<whatsnap_eventstore::aggregate::Cache<AccountState>>,
 }
+
+/// How many accounts the session service keeps loaded between calls.
+const ACCOUNTS_KEPT: usize = 10_000;
 
 impl Session {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: SessionConfig) -> Self {
-        Self { store, db, config }
+        Self {
+            store,
+            db,
+            config,
+            accounts: Arc::new(whatsnap_eventstore::aggregate::Cache::new(ACCOUNTS_KEPT)),
+        }
     }
 
     /// How a new account connects: its connector checks what the user gave with the platform
@@ -307,7 +317,13 @@ impl Session {
         location: &LocationId,
         account_id: Uuid,
     ) -> ServiceResult<(StreamId, AccountState)> {
-        let (stream, state) = read_account(self.store.as_ref(), location, account_id).await?;
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
+        let state = self
+            .accounts
+            .load(&Aggregates::new(self.store.as_ref()), &stream)
+            .await
+            .map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?
+            .state;
         if state.account_id.is_none() {
             return Err(ServiceError::NotFound(format!(
                 "no account {account_id} in location {location}"
