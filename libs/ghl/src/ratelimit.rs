@@ -73,6 +73,9 @@ struct Bucket {
     daily_used: u32,
     /// No request before this (a 429, or GHL saying the window is used up).
     blocked_until: Option<Instant>,
+    /// When GHL's answers came back, the last window's: an answer comes after its request
+    /// reached GHL, so it bounds when GHL counted it.
+    answered: VecDeque<Instant>,
 }
 
 impl Bucket {
@@ -82,6 +85,7 @@ impl Bucket {
             day_started: now,
             daily_used: 0,
             blocked_until: None,
+            answered: VecDeque::new(),
         }
     }
 }
@@ -194,16 +198,35 @@ impl RateLimiter {
         }
     }
 
-    /// Takes in what GHL's headers said after a response: with nothing left in the window, no
-    /// request goes before the window has passed; the daily count follows GHL's.
+    /// Takes in what GHL's headers said after a response. With nothing left in the window, no
+    /// request goes before GHL's window has room again: when this limiter's answers account for
+    /// the whole window, once the oldest of them is a window old (GHL counted that request
+    /// before it answered it, so the slot is free by then; each of the window's requests was
+    /// answered after it was counted, hence the `burst_max`th latest answer is no earlier than
+    /// the oldest request GHL still counts); else, as GHL counts requests this limiter did not
+    /// make, a whole window from now. The daily count follows GHL's.
     pub fn observe(&self, location: &LocationId, observed: Observed) {
         let now = Instant::now();
+        let window = self.limits.burst_window;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         let bucket = buckets
             .entry(location.clone())
             .or_insert_with(|| Bucket::new(now));
+        while bucket
+            .answered
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= window)
+        {
+            bucket.answered.pop_front();
+        }
+        bucket.answered.push_back(now);
         if observed.burst_remaining == Some(0) {
-            bucket.blocked_until = Some(now + self.limits.burst_window);
+            let max = self.limits.burst_max as usize;
+            let free_at = match bucket.answered.len().checked_sub(max) {
+                Some(oldest) => bucket.answered[oldest] + window,
+                None => now + window,
+            };
+            bucket.blocked_until = Some(free_at.max(now));
         }
         if let Some(remaining) = observed.daily_remaining {
             bucket.daily_used = self.limits.daily_max.saturating_sub(remaining);
@@ -304,6 +327,29 @@ mod tests {
         let started = Instant::now();
         limiter.acquire(&loc).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    /// Requests paced through the window: when GHL says it is used up, the next request waits
+    /// only until the oldest answer of the window is a window old, not a whole window from the
+    /// last answer (which would leave GHL's allowance unused for most of a window each time).
+    #[tokio::test(start_paused = true)]
+    async fn a_used_up_window_frees_a_slot_once_its_oldest_answer_is_a_window_old() {
+        let limiter = RateLimiter::default();
+        let loc = location("loc");
+        let started = Instant::now();
+        for n in 0..100u32 {
+            limiter.try_acquire(&loc).unwrap();
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let remaining = (99 - n).to_string();
+            limiter.observe(
+                &loc,
+                Observed::from_headers([("X-RateLimit-Remaining", remaining.as_str())]),
+            );
+            tokio::time::advance(Duration::from_millis(40)).await;
+        }
+        // The first answer came 10 ms after the start; the window is used up 4.96 s in.
+        limiter.acquire(&loc).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(10_010));
     }
 
     #[tokio::test(start_paused = true)]
