@@ -159,6 +159,7 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
     script
         .at(40, AggregateKind::Assignment, third, skipped)
         .await;
+    let start = script.start;
     drop(script);
 
     let whatsnap = Whatsnap::serve(
@@ -288,6 +289,13 @@ async fn the_report_and_the_metrics_tell_the_figures_of_a_scripted_history() {
         ]
     );
     // What happens after a scrape is counted at the next one, on top of what was counted.
+    let script = Script {
+        store: SqliteEventStore::open(&SqliteConfig::new(data.path().join("whatsnap.db")))
+            .await
+            .unwrap(),
+        location: LocationId::parse(LOCATION).unwrap(),
+        start,
+    };
     script.inbound(50, "+14155550009").await;
     script.reply(53, "+14155550009", "uBen").await;
     let later = eventually("the next scrape counts Ben's second reply", async || {
