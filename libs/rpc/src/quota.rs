@@ -10,8 +10,11 @@
 //! counted with no change here; one without (the health check, reflection, an operator
 //! command across locations) is not. Client-streaming methods are passed through unread.
 //!
-//! The buckets live in the process (a hand-written bucket over tokio's clock, so tests drive
-//! it with paused time): with N gateway replicas a location gets up to N times its quota.
+//! On the embedded backend the buckets live in the process ([`LocationQuotas`], a hand-written
+//! bucket over tokio's clock, so tests drive it with paused time). On the distributed backend
+//! they are rows of the PostgreSQL read database ([`SharedQuotas`]), taken from in one
+//! statement on the database's clock, so every gateway replica charges the same bucket and a
+//! location gets its quota however many replicas serve it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -87,6 +90,94 @@ impl LocationQuotas {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+/// Where the layer takes a location's calls from.
+#[async_trait::async_trait]
+pub trait Quotas: Send + Sync + std::fmt::Debug {
+    /// Takes one call from `location`'s bucket, or says how long until one is there.
+    async fn charge(&self, location: &str) -> Result<(), Duration>;
+}
+
+#[async_trait::async_trait]
+impl Quotas for LocationQuotas {
+    async fn charge(&self, location: &str) -> Result<(), Duration> {
+        self.take(location)
+    }
+}
+
+/// Buckets every process shares, in PostgreSQL: one row per location, refilled and taken from
+/// in one statement on the database's clock (so the replicas' clocks do not matter). While the
+/// database cannot answer, calls are charged to this process's own buckets instead: a quota
+/// protects the services, it is no reason to refuse every call.
+#[derive(Debug)]
+pub struct SharedQuotas {
+    quota: Quota,
+    db: crate::ReadDb,
+    /// This process's buckets, for when the database fails.
+    fallback: LocationQuotas,
+}
+
+const CREATE_SHARED: &str = "CREATE TABLE IF NOT EXISTS api_location_quotas (\
+     location_id TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, at TIMESTAMPTZ NOT NULL)";
+
+/// Refills the bucket to now, at most to the burst, and takes one call if one is there; a row
+/// comes back only when the call was taken.
+const TAKE_SHARED: &str = "INSERT INTO api_location_quotas AS q (location_id, tokens, at) \
+     VALUES ($1, $2 - 1, now()) ON CONFLICT (location_id) DO UPDATE SET \
+     tokens = LEAST($2, q.tokens + EXTRACT(EPOCH FROM now() - q.at)::float8 * $3) - 1, at = now() \
+     WHERE LEAST($2, q.tokens + EXTRACT(EPOCH FROM now() - q.at)::float8 * $3) >= 1 \
+     RETURNING tokens";
+
+/// How many calls the bucket holds now (after its refill), for the wait of a refused call.
+const PEEK_SHARED: &str = "SELECT LEAST($2, tokens + EXTRACT(EPOCH FROM now() - at)::float8 * $3) \
+     FROM api_location_quotas WHERE location_id = $1";
+
+impl SharedQuotas {
+    /// The shared buckets in `db` (PostgreSQL), created if need be.
+    pub async fn open(db: crate::ReadDb, quota: Quota) -> sqlx::Result<Self> {
+        sqlx::query(CREATE_SHARED).execute(&db).await?;
+        Ok(Self {
+            quota,
+            db,
+            fallback: LocationQuotas::new(quota),
+        })
+    }
+
+    async fn try_charge(&self, location: &str) -> sqlx::Result<Result<(), Duration>> {
+        let burst = f64::from(self.quota.burst.max(1));
+        let rate = self.quota.per_second.max(f64::MIN_POSITIVE);
+        let taken: Option<f64> = sqlx::query_scalar(TAKE_SHARED)
+            .bind(location)
+            .bind(burst)
+            .bind(rate)
+            .fetch_optional(&self.db)
+            .await?;
+        if taken.is_some() {
+            return Ok(Ok(()));
+        }
+        let held: Option<f64> = sqlx::query_scalar(PEEK_SHARED)
+            .bind(location)
+            .bind(burst)
+            .bind(rate)
+            .fetch_optional(&self.db)
+            .await?;
+        let missing = (1.0 - held.unwrap_or(0.0)).max(0.0);
+        Ok(Err(Duration::from_secs_f64(missing / rate)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Quotas for SharedQuotas {
+    async fn charge(&self, location: &str) -> Result<(), Duration> {
+        match self.try_charge(location).await {
+            Ok(charged) => charged,
+            Err(err) => {
+                tracing::warn!(%location, error = %err, "shared request quotas unavailable; this process counts the call itself");
+                self.fallback.take(location)
+            }
         }
     }
 }
@@ -211,12 +302,12 @@ pub struct Unmetered;
 /// Charges every call that names a location to that location's quota.
 #[derive(Debug, Clone)]
 pub struct LocationQuotaLayer {
-    quotas: Arc<LocationQuotas>,
+    quotas: Arc<dyn Quotas>,
     methods: LocatedMethods,
 }
 
 impl LocationQuotaLayer {
-    pub fn new(quotas: Arc<LocationQuotas>, methods: LocatedMethods) -> Self {
+    pub fn new(quotas: Arc<dyn Quotas>, methods: LocatedMethods) -> Self {
         Self { quotas, methods }
     }
 }
@@ -283,7 +374,7 @@ where
             };
             let location = first_message(&bytes).and_then(|m| string_field(m, field));
             if let Some(location) = location.filter(|l| !l.is_empty())
-                && let Err(wait) = quotas.take(&location)
+                && let Err(wait) = quotas.charge(&location).await
             {
                 tracing::debug!(%location, wait_ms = wait.as_millis() as u64, "request over the location's quota");
                 return Ok(exhausted(&location, wait).into_http());

@@ -156,3 +156,63 @@ async fn calls_over_a_locations_quota_are_refused_before_the_service_and_others_
         .unwrap();
     assert_eq!(served.load(Ordering::SeqCst), 5);
 }
+
+/// A read database on PostgreSQL, as a distributed gateway replica opens it.
+async fn postgres_pool(pg: &whatsnap_testkit::TestPostgres) -> whatsnap_rpc::ReadDb {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url_with_schema())
+        .await
+        .unwrap()
+}
+
+/// On the distributed backend every gateway replica charges the same bucket: two replicas
+/// together get a location's burst once, not once each; another location is not held back; and
+/// the bucket refills on the database's clock, never beyond the burst.
+#[tokio::test]
+async fn gateway_replicas_share_a_location_s_bucket() {
+    use whatsnap_rpc::quota::{Quotas as _, SharedQuotas};
+    let pg = whatsnap_testkit::TestPostgres::new().await.unwrap();
+    // One call per 100 s: nothing refills while the test runs.
+    let quota = Quota {
+        per_second: 0.01,
+        burst: 3,
+    };
+    let first = SharedQuotas::open(postgres_pool(&pg).await, quota)
+        .await
+        .unwrap();
+    let second = SharedQuotas::open(postgres_pool(&pg).await, quota)
+        .await
+        .unwrap();
+    first.charge("a").await.unwrap();
+    second.charge("a").await.unwrap();
+    first.charge("a").await.unwrap();
+    let wait = second.charge("a").await.unwrap_err();
+    assert!(
+        wait > Duration::from_secs(90) && wait <= Duration::from_secs(100),
+        "{wait:?}"
+    );
+    assert!(first.charge("a").await.is_err());
+    second.charge("b").await.unwrap();
+
+    // 250 s later by the database's clock: two calls are back (the third is still 50 s away).
+    let earlier = |seconds: u32| {
+        format!(
+            "UPDATE api_location_quotas SET at = at - interval '{seconds} seconds' WHERE location_id = 'a'"
+        )
+    };
+    sqlx::query(&earlier(250)).execute(&pg.pool).await.unwrap();
+    first.charge("a").await.unwrap();
+    second.charge("a").await.unwrap();
+    assert!(first.charge("a").await.is_err());
+    // A day later: the burst, and no more.
+    sqlx::query(&earlier(86_400))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        second.charge("a").await.unwrap();
+    }
+    assert!(first.charge("a").await.is_err());
+}

@@ -1468,13 +1468,26 @@ impl Services {
                 .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
                 .await;
         }
+        let quota = whatsnap_rpc::quota::Quota {
+            per_second: limits.location_quota,
+            burst: limits.location_burst,
+        };
+        // The distributed backend's replicas share one bucket per location, in PostgreSQL.
+        let shared = db
+            .connect_options()
+            .database_url
+            .scheme()
+            .starts_with("postgres");
+        let buckets: Arc<dyn whatsnap_rpc::quota::Quotas> = match shared {
+            true => Arc::new(
+                whatsnap_rpc::quota::SharedQuotas::open(db.clone(), quota)
+                    .await
+                    .context("creating the shared request quotas' table")?,
+            ),
+            false => Arc::new(whatsnap_rpc::quota::LocationQuotas::new(quota)),
+        };
         let quotas = whatsnap_rpc::quota::LocationQuotaLayer::new(
-            Arc::new(whatsnap_rpc::quota::LocationQuotas::new(
-                whatsnap_rpc::quota::Quota {
-                    per_second: limits.location_quota,
-                    burst: limits.location_burst,
-                },
-            )),
+            buckets,
             whatsnap_rpc::quota::LocatedMethods::from_descriptor_sets(&[
                 whatsnap_proto::FILE_DESCRIPTOR_SET,
             ])?,
