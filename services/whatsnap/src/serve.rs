@@ -503,6 +503,44 @@ fn tag_prefix(text: &str) -> Result<String, String> {
     }
 }
 
+/// How the gRPC API's calls are bounded: the limits given and each location's quota.
+struct ApiLimits<'a> {
+    args: &'a LimitArgs,
+    quotas: whatsnap_rpc::quota::LocationQuotaLayer,
+}
+
+impl<'a> ApiLimits<'a> {
+    /// Each location's quota lives in this process on the embedded backend; on the distributed
+    /// one every replica shares it, in PostgreSQL (`db`: the projections' connections, whose
+    /// commits do not wait for the disk: a bucket lost in a database crash only refills early).
+    async fn new(args: &'a LimitArgs, db: &ReadDb) -> anyhow::Result<Self> {
+        let quota = whatsnap_rpc::quota::Quota {
+            per_second: args.location_quota,
+            burst: args.location_burst,
+        };
+        let shared = db
+            .connect_options()
+            .database_url
+            .scheme()
+            .starts_with("postgres");
+        let buckets: Arc<dyn whatsnap_rpc::quota::Quotas> = match shared {
+            true => Arc::new(
+                whatsnap_rpc::quota::SharedQuotas::open(db.clone(), quota)
+                    .await
+                    .context("creating the shared request quotas' table")?,
+            ),
+            false => Arc::new(whatsnap_rpc::quota::LocationQuotas::new(quota)),
+        };
+        let methods = whatsnap_rpc::quota::LocatedMethods::from_descriptor_sets(&[
+            whatsnap_proto::FILE_DESCRIPTOR_SET,
+        ])?;
+        Ok(Self {
+            args,
+            quotas: whatsnap_rpc::quota::LocationQuotaLayer::new(buckets, methods),
+        })
+    }
+}
+
 struct Backend {
     store: Arc<dyn EventStore>,
     db: ReadDb,
@@ -1011,12 +1049,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ghl_sync.queue_moves_with(moved.clone());
     }
 
+    let limits = ApiLimits::new(&args.limits, &backend.projections_db).await?;
     let (router, in_process) = services
         .grpc_router(
             remotes,
             store.clone(),
             db.clone(),
-            &args.limits,
+            limits,
             authorization,
             tls.as_ref(),
         )
@@ -1439,7 +1478,7 @@ impl Services {
         remotes: Remotes,
         store: Arc<dyn EventStore>,
         db: ReadDb,
-        limits: &LimitArgs,
+        limits: ApiLimits<'_>,
         authorization: whatsnap_auth::Authorization,
         tls: Option<&Tls>,
     ) -> anyhow::Result<(tonic::transport::server::Router<GrpcLayers>, Transport)> {
@@ -1468,30 +1507,10 @@ impl Services {
                 .set_serving::<GhlSyncServiceServer<whatsnap_ghl_sync::GhlSync>>()
                 .await;
         }
-        let quota = whatsnap_rpc::quota::Quota {
-            per_second: limits.location_quota,
-            burst: limits.location_burst,
-        };
-        // The distributed backend's replicas share one bucket per location, in PostgreSQL.
-        let shared = db
-            .connect_options()
-            .database_url
-            .scheme()
-            .starts_with("postgres");
-        let buckets: Arc<dyn whatsnap_rpc::quota::Quotas> = match shared {
-            true => Arc::new(
-                whatsnap_rpc::quota::SharedQuotas::open(db.clone(), quota)
-                    .await
-                    .context("creating the shared request quotas' table")?,
-            ),
-            false => Arc::new(whatsnap_rpc::quota::LocationQuotas::new(quota)),
-        };
-        let quotas = whatsnap_rpc::quota::LocationQuotaLayer::new(
-            buckets,
-            whatsnap_rpc::quota::LocatedMethods::from_descriptor_sets(&[
-                whatsnap_proto::FILE_DESCRIPTOR_SET,
-            ])?,
-        );
+        let ApiLimits {
+            args: limits,
+            quotas,
+        } = limits;
         let mut routes = tonic::service::Routes::builder();
         routes
             .add_service(health_service)
