@@ -510,26 +510,20 @@ struct ApiLimits<'a> {
 }
 
 impl<'a> ApiLimits<'a> {
-    /// Each location's quota lives in this process on the embedded backend; on the distributed
-    /// one every replica shares it, in PostgreSQL (`db`: the projections' connections, whose
-    /// commits do not wait for the disk: a bucket lost in a database crash only refills early).
-    async fn new(args: &'a LimitArgs, db: &ReadDb) -> anyhow::Result<Self> {
+    /// Each location's quota is shared by every replica in `shared` (the distributed
+    /// backend's PostgreSQL) when given, else kept in this process.
+    async fn new(args: &'a LimitArgs, shared: Option<&ReadDb>) -> anyhow::Result<Self> {
         let quota = whatsnap_rpc::quota::Quota {
             per_second: args.location_quota,
             burst: args.location_burst,
         };
-        let shared = db
-            .connect_options()
-            .database_url
-            .scheme()
-            .starts_with("postgres");
         let buckets: Arc<dyn whatsnap_rpc::quota::Quotas> = match shared {
-            true => Arc::new(
+            Some(db) => Arc::new(
                 whatsnap_rpc::quota::SharedQuotas::open(db.clone(), quota)
                     .await
                     .context("creating the shared request quotas' table")?,
             ),
-            false => Arc::new(whatsnap_rpc::quota::LocationQuotas::new(quota)),
+            None => Arc::new(whatsnap_rpc::quota::LocationQuotas::new(quota)),
         };
         let methods = whatsnap_rpc::quota::LocatedMethods::from_descriptor_sets(&[
             whatsnap_proto::FILE_DESCRIPTOR_SET,
@@ -554,6 +548,10 @@ struct Backend {
     /// server (not of whatsnap) may roll back their last ones together with their checkpoints,
     /// and the projections apply those events again. Everything else is synced as it commits.
     projections_db: ReadDb,
+    /// Distributed: the request quotas every replica shares, on connections of their own whose
+    /// commits do not wait for the disk (a bucket lost in a database crash only refills early).
+    /// Embedded: none, each location's bucket lives in the process.
+    quotas_db: Option<ReadDb>,
     description: String,
 }
 
@@ -593,11 +591,15 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let projections_db = pool(10, "SET synchronous_commit = off")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
+            let quotas_db = pool(4, "SET synchronous_commit = off")
+                .await
+                .context("request quotas on PostgreSQL (--database-url)")?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
                 projections_db,
                 keys_db,
+                quotas_db: Some(quotas_db),
                 description: format!(
                     "distributed: events in JetStream stream {} at {nats_url}, read models in PostgreSQL",
                     config.stream_name
@@ -639,6 +641,7 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 db,
                 projections_db,
                 keys_db,
+                quotas_db: None,
                 description: format!(
                     "embedded: events and read models in SQLite file {}",
                     path.display()
@@ -1049,7 +1052,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         ghl_sync.queue_moves_with(moved.clone());
     }
 
-    let limits = ApiLimits::new(&args.limits, &backend.projections_db).await?;
+    let limits = ApiLimits::new(&args.limits, backend.quotas_db.as_ref()).await?;
     let (router, in_process) = services
         .grpc_router(
             remotes,
