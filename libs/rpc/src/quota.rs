@@ -118,6 +118,8 @@ pub struct SharedQuotas {
     db: crate::ReadDb,
     /// This process's buckets, for when the database fails.
     fallback: LocationQuotas,
+    /// Whether the calls are counted by `fallback` now (said once per outage in the log).
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 const CREATE_SHARED: &str = "CREATE TABLE IF NOT EXISTS api_location_quotas (\
@@ -143,6 +145,7 @@ impl SharedQuotas {
             quota,
             db,
             fallback: LocationQuotas::new(quota),
+            degraded: Default::default(),
         })
     }
 
@@ -172,10 +175,18 @@ impl SharedQuotas {
 #[async_trait::async_trait]
 impl Quotas for SharedQuotas {
     async fn charge(&self, location: &str) -> Result<(), Duration> {
+        use std::sync::atomic::Ordering;
         match self.try_charge(location).await {
-            Ok(charged) => charged,
+            Ok(charged) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared request quotas answer again");
+                }
+                charged
+            }
             Err(err) => {
-                tracing::warn!(%location, error = %err, "shared request quotas unavailable; this process counts the call itself");
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "shared request quotas unavailable; this process counts calls itself until they answer");
+                }
                 self.fallback.take(location)
             }
         }
