@@ -92,6 +92,16 @@ impl Bucket {
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Drops the times, oldest first, that are a whole `window` old at `now`.
+fn forget_before_window(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= window)
+    {
+        times.pop_front();
+    }
+}
+
 /// Pacing of GHL requests, per location.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
@@ -129,13 +139,7 @@ impl RateLimiter {
             }
             bucket.blocked_until = None;
         }
-        while bucket
-            .sent
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= self.limits.burst_window)
-        {
-            bucket.sent.pop_front();
-        }
+        forget_before_window(&mut bucket.sent, now, self.limits.burst_window);
         if bucket.sent.len() >= self.limits.burst_max as usize {
             let oldest = *bucket.sent.front().expect("window is full");
             return Err(Exhausted::Wait(
@@ -212,13 +216,7 @@ impl RateLimiter {
         let bucket = buckets
             .entry(location.clone())
             .or_insert_with(|| Bucket::new(now));
-        while bucket
-            .answered
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= window)
-        {
-            bucket.answered.pop_front();
-        }
+        forget_before_window(&mut bucket.answered, now, window);
         bucket.answered.push_back(now);
         if observed.burst_remaining == Some(0) {
             let max = self.limits.burst_max as usize;

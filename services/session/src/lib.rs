@@ -27,6 +27,7 @@ use whatsnap_events::{
     InboundMessageHeld, InboundMessageReceived, LocationId, NewEvent, OutboundMessageRequested,
     StreamId, TwilioCredentials, contact_id_for, inbound_message_id_for, outbound_message_id_for,
 };
+use whatsnap_eventstore::aggregate::Cache;
 use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, Loaded, StoreError};
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
@@ -74,7 +75,7 @@ pub struct Session {
     db: ReadDb,
     config: SessionConfig,
     /// Accounts as last loaded: a load reads only their events since.
-    accounts: Arc<whatsnap_eventstore::aggregate::Cache<AccountState>>,
+    accounts: Arc<Cache<AccountState>>,
 }
 
 /// How many accounts the session service keeps loaded between calls.
@@ -86,7 +87,7 @@ impl Session {
             store,
             db,
             config,
-            accounts: Arc::new(whatsnap_eventstore::aggregate::Cache::new(ACCOUNTS_KEPT)),
+            accounts: Arc::new(Cache::new(ACCOUNTS_KEPT)),
         }
     }
 
@@ -230,6 +231,7 @@ impl Session {
             db: self.db.clone(),
             secret_key: self.config.secret_key.clone(),
             connectors: self.config.connectors.clone(),
+            accounts: self.accounts.clone(),
             patience: self.config.send_patience,
             poll: std::time::Duration::from_millis(100),
         })
@@ -317,13 +319,8 @@ impl Session {
         location: &LocationId,
         account_id: Uuid,
     ) -> ServiceResult<(StreamId, AccountState)> {
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-        let state = self
-            .accounts
-            .load(&Aggregates::new(self.store.as_ref()), &stream)
-            .await
-            .map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?
-            .state;
+        let (stream, state) =
+            read_account(self.store.as_ref(), &self.accounts, location, account_id).await?;
         if state.account_id.is_none() {
             return Err(ServiceError::NotFound(format!(
                 "no account {account_id} in location {location}"
@@ -333,15 +330,17 @@ impl Session {
     }
 }
 
-/// The account's state from its own stream; empty (no `account_id`) when it was never added.
+/// The account's state from its own stream, as kept in `accounts` with the events since;
+/// empty (no `account_id`) when it was never added.
 pub(crate) async fn read_account(
     store: &dyn EventStore,
+    accounts: &Cache<AccountState>,
     location: &LocationId,
     account_id: Uuid,
 ) -> ServiceResult<(StreamId, AccountState)> {
     let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-    let loaded = Aggregates::new(store)
-        .load::<AccountState>(&stream)
+    let loaded = accounts
+        .load(&Aggregates::new(store), &stream)
         .await
         .map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?;
     Ok((stream, loaded.state))

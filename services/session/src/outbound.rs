@@ -285,6 +285,8 @@ pub struct SendWorker {
     pub(crate) db: ReadDb,
     pub(crate) secret_key: SecretKey,
     pub(crate) connectors: Connectors,
+    /// The session service's accounts, kept between loads.
+    pub(crate) accounts: Arc<whatsnap_eventstore::aggregate::Cache<crate::account::AccountState>>,
     /// How long a send is tried while the provider is unreachable before the message is
     /// recorded as failed.
     pub(crate) patience: Duration,
@@ -564,8 +566,13 @@ impl SendWorker {
         location: &LocationId,
         routed: &OutboundMessageRouted,
     ) -> Result<Result<(Arc<dyn Connector>, AccountRef, Pacing, Stalled), String>, ApplyError> {
-        let (_, account) =
-            crate::read_account(self.outbox.store().as_ref(), location, routed.account_id).await?;
+        let (_, account) = crate::read_account(
+            self.outbox.store().as_ref(),
+            &self.accounts,
+            location,
+            routed.account_id,
+        )
+        .await?;
         if account.status == account::Status::Removed {
             return Ok(Err(format!(
                 "the account {} was removed before the reply left",
