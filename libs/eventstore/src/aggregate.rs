@@ -6,7 +6,11 @@
 //! The state is a pure fold ([`Aggregate::evolve`]) and the decision a pure function of it, so
 //! a retry only ever re-reads and re-decides; nothing is overwritten.
 
-use whatsnap_events::{DecodeError, Event, EventMetadata, NewEvent, StreamId};
+use std::collections::HashMap;
+
+use whatsnap_events::{
+    AggregateKind, DecodeError, Event, EventMetadata, NewEvent, RecordedEvent, StreamId,
+};
 
 use crate::{EventStore, ExpectedVersion, StoreError};
 
@@ -72,12 +76,32 @@ pub enum AggregateError<E> {
 }
 
 /// States of streams kept between loads, so that a stream read again and again (an account
-/// at each of its messages) costs a read of what changed since, not of its whole history. A
-/// load always asks the store for the events after the kept version, so it is never stale.
+/// at each of its messages) costs a read of what changed since, not of its whole history.
+/// [`Cache::load`] always asks the store for the events after the kept version, so it is never
+/// stale. While [`Cache::follow`] runs, the log's changes to the streams of one kind reach the
+/// kept states as they are appended, and [`Cache::current`] answers from memory alone.
 pub struct Cache<A> {
-    kept: std::sync::Mutex<std::collections::HashMap<StreamId, Loaded<A>>>,
+    kept: std::sync::Mutex<Kept<A>>,
     capacity: usize,
 }
+
+#[derive(Default)]
+struct Kept<A> {
+    states: HashMap<StreamId, Loaded<A>>,
+    /// True while a follower is delivering every change of the streams: a kept state is then
+    /// the stream's as far as the follower has read.
+    followed: bool,
+    /// Moved on whenever the follower starts over or forgets what it saw: a load begun before
+    /// does not keep what it read.
+    epoch: u64,
+    /// The latest version the follower has seen of each stream, kept or not: a load that read
+    /// an older version than this (the change passed by while it read) does not keep it.
+    seen: HashMap<StreamId, u64>,
+}
+
+/// How long a follower whose watch failed waits before it watches again (loads read the store
+/// meanwhile).
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<A: Aggregate + Clone> Cache<A> {
     /// Keeps up to `capacity` streams; when full it starts over empty.
@@ -94,20 +118,134 @@ impl<A: Aggregate + Clone> Cache<A> {
         aggregates: &Aggregates<'_>,
         stream: &StreamId,
     ) -> Result<Loaded<A>, LoadError> {
-        let kept = self.kept().get(stream).cloned().unwrap_or_default();
+        let (epoch, kept) = {
+            let kept = self.kept();
+            let state = kept.states.get(stream).cloned().unwrap_or_default();
+            (kept.epoch, state)
+        };
         let loaded = aggregates.catch_up(stream, kept).await?;
         let mut kept = self.kept();
-        if kept.len() >= self.capacity && !kept.contains_key(stream) {
-            kept.clear();
+        let passed_by = kept.seen.get(stream).is_some_and(|v| *v > loaded.version);
+        if kept.epoch != epoch || passed_by {
+            return Ok(loaded);
         }
-        // Another load may have kept a later version meanwhile.
-        if kept.get(stream).is_none_or(|k| k.version < loaded.version) {
-            kept.insert(stream.clone(), loaded.clone());
+        if kept.states.len() >= self.capacity && !kept.states.contains_key(stream) {
+            kept.states.clear();
+        }
+        // Another load, or the follower, may have kept a later version meanwhile.
+        if kept
+            .states
+            .get(stream)
+            .is_none_or(|k| k.version < loaded.version)
+        {
+            kept.states.insert(stream.clone(), loaded.clone());
         }
         Ok(loaded)
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<StreamId, Loaded<A>>> {
+    /// The stream's state as far as the follower has read the log: from memory when the
+    /// stream is kept and [`Cache::follow`] is running, else as [`Cache::load`] reads it. For
+    /// a reader that may act on a state a moment old (a webhook checked against its
+    /// account), not for a decision appended at the state's version.
+    pub async fn current(
+        &self,
+        aggregates: &Aggregates<'_>,
+        stream: &StreamId,
+    ) -> Result<Loaded<A>, LoadError> {
+        {
+            let kept = self.kept();
+            if kept.followed
+                && let Some(state) = kept.states.get(stream)
+            {
+                return Ok(state.clone());
+            }
+        }
+        self.load(aggregates, stream).await
+    }
+
+    /// Whether [`Cache::follow`] is current with the log (its watch open), so that
+    /// [`Cache::current`] answers kept streams from memory.
+    pub fn is_following(&self) -> bool {
+        self.kept().followed
+    }
+
+    /// Keeps the kept streams of `kind` current from the log, as [`EventStore::watch`]
+    /// delivers their events; returns only when the store cannot watch. While the watch
+    /// fails, [`Cache::current`] reads the store, and the follower tries again.
+    pub async fn follow(&self, store: &dyn EventStore, kind: AggregateKind) {
+        loop {
+            match self.follow_once(store, kind).await {
+                Ok(()) => return,
+                Err(err) => {
+                    self.kept().followed = false;
+                    tracing::warn!(
+                        kind = kind.as_str(),
+                        error = %err,
+                        "the cache's watch of the log failed; reading the store until it is back"
+                    );
+                    tokio::time::sleep(FOLLOW_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Watches from the head: what was kept before may have missed changes, so it starts
+    /// over empty. `Ok` only when the store cannot watch.
+    async fn follow_once(
+        &self,
+        store: &dyn EventStore,
+        kind: AggregateKind,
+    ) -> Result<(), StoreError> {
+        let head = store.head_position().await?;
+        let Some(mut watch) = store.watch(kind, head).await? else {
+            return Ok(());
+        };
+        {
+            let mut kept = self.kept();
+            kept.states.clear();
+            kept.seen.clear();
+            kept.epoch += 1;
+            kept.followed = true;
+        }
+        loop {
+            for recorded in watch.next_batch(256).await? {
+                self.observe(&recorded);
+            }
+        }
+    }
+
+    /// One event of a followed stream: folded into the kept state when it is the next one,
+    /// and the kept state forgotten when events were missed or it does not decode.
+    fn observe(&self, recorded: &RecordedEvent) {
+        let mut kept = self.kept();
+        let seen = kept.seen.entry(recorded.stream.clone()).or_default();
+        *seen = (*seen).max(recorded.version);
+        if let Some(loaded) = kept.states.get_mut(&recorded.stream) {
+            if recorded.version == loaded.version + 1 {
+                match recorded.decode() {
+                    Ok(event) => {
+                        let state = std::mem::take(&mut loaded.state);
+                        loaded.state = state.evolve(&event, recorded.version);
+                        loaded.version = recorded.version;
+                    }
+                    Err(_) if A::SKIPS_UNDECODABLE => loaded.version = recorded.version,
+                    Err(_) => {
+                        kept.states.remove(&recorded.stream);
+                    }
+                }
+            } else if recorded.version > loaded.version + 1 {
+                kept.states.remove(&recorded.stream);
+            }
+        }
+        // What was seen is needed only against loads in flight: forgetting it, the epoch
+        // moves on so that none of them keeps what it read.
+        if kept.seen.len() > self.capacity.saturating_mul(4) {
+            kept.seen.clear();
+            kept.epoch += 1;
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept<A>> {
         self.kept
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

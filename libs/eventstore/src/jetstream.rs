@@ -32,7 +32,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use uuid::Uuid;
-use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext};
+use whatsnap_events::{
+    AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext,
+};
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
@@ -799,16 +801,64 @@ impl EventStore for JetStreamEventStore {
             prefix: self.prefix.clone(),
             messages,
             unacked: VecDeque::new(),
+            acknowledged: true,
         };
         Ok(Subscription::new(name, Box::new(source)))
     }
+
+    /// An ephemeral consumer of the kind's subjects (`prefix.*.kind.*`): the server passes
+    /// over every other stream, and forgets the consumer once nobody has pulled from it for
+    /// [`WATCH_FORGOTTEN_AFTER`].
+    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
+        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            StoreError::backend("opening a JetStream watch", e)
+        }
+        let deliver_policy = match after {
+            0 => DeliverPolicy::All,
+            position => DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+        };
+        let consumer: js::consumer::PullConsumer = self
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: format!("{}.*.{}.*", self.prefix, kind.as_str()),
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: WATCH_FORGOTTEN_AFTER,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .messages()
+            .await
+            .map_err(backend)?;
+        let source = JetStreamSubscription {
+            prefix: self.prefix.clone(),
+            messages,
+            unacked: VecDeque::new(),
+            acknowledged: false,
+        };
+        Ok(Some(Subscription::new(
+            format!("watch-{}", kind.as_str()),
+            Box::new(source),
+        )))
+    }
 }
+
+/// How long the server keeps a watch's consumer that nobody pulls from (its process gone).
+const WATCH_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
 
 struct JetStreamSubscription {
     prefix: String,
     messages: pull::Stream,
     /// Delivered, not yet checkpointed: position and the handle that acknowledges it.
     unacked: VecDeque<(u64, Acker)>,
+    /// False for a watch: its consumer takes no acknowledgements, and keeps no checkpoint.
+    acknowledged: bool,
 }
 
 impl JetStreamSubscription {
@@ -818,7 +868,9 @@ impl JetStreamSubscription {
             .map_err(|e| StoreError::backend("reading a delivered message", e))?
             .stream_sequence;
         let (message, acker) = message.split();
-        self.unacked.push_back((sequence, acker));
+        if self.acknowledged {
+            self.unacked.push_back((sequence, acker));
+        }
         decode_message(
             &self.prefix,
             message.subject.as_str(),

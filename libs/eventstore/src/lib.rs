@@ -15,7 +15,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-pub use whatsnap_events::{EventId, NewEvent, RecordedEvent, StreamId};
+pub use whatsnap_events::{AggregateKind, EventId, NewEvent, RecordedEvent, StreamId};
 
 pub mod aggregate;
 pub mod jetstream;
@@ -183,6 +183,16 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Subscription> {
         let _ = types;
         self.subscribe(name, from).await
+    }
+
+    /// Follows the streams of one `kind` from after `position`, for a reader that keeps their
+    /// states in memory ([`aggregate::Cache::follow`]): each event appended to one of them is
+    /// delivered, in position order, and nothing is kept for it (no checkpoint, nothing left
+    /// on the server once it is dropped). `None` from a store that cannot: its readers read
+    /// the store at every use instead.
+    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
+        let _ = (kind, after);
+        Ok(None)
     }
 }
 

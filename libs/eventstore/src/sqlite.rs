@@ -16,7 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
-use whatsnap_events::{EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext};
+use whatsnap_events::{
+    AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext,
+};
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
@@ -484,6 +486,20 @@ impl EventStore for SqliteEventStore {
     ) -> Result<Subscription> {
         self.open_subscription(name, from, Some(types)).await
     }
+
+    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
+        let source = SqliteSubscription {
+            store: self.clone(),
+            name: None,
+            after,
+            woken: self.head.subscribe(),
+            only: Some(Filter::kind(kind)),
+        };
+        Ok(Some(Subscription::new(
+            format!("watch-{}", kind.as_str()),
+            Box::new(source),
+        )))
+    }
 }
 
 impl SqliteEventStore {
@@ -512,20 +528,20 @@ impl SqliteEventStore {
         };
         let source = SqliteSubscription {
             store: self.clone(),
-            name: name.to_owned(),
+            name: Some(name.to_owned()),
             after,
             woken: self.head.subscribe(),
-            only: types.map(TypeFilter::new),
+            only: types.map(Filter::types),
         };
         Ok(Subscription::new(name, Box::new(source)))
     }
 
-    /// Up to `limit` events of `filter`'s types after position `after` and up to `through`,
-    /// in position order. SQLite passes over the other types in its scan of the log, without
-    /// handing them over.
-    async fn read_types(
+    /// Up to `limit` events that `filter` lets through after position `after` and up to
+    /// `through`, in position order. SQLite passes over the others in its scan of the log,
+    /// without handing them over.
+    async fn read_filtered(
         &self,
-        filter: &TypeFilter,
+        filter: &Filter,
         after: u64,
         through: u64,
         limit: usize,
@@ -533,8 +549,8 @@ impl SqliteEventStore {
         let mut query = sqlx::query(&filter.query)
             .bind(after.min(i64::MAX as u64) as i64)
             .bind(through.min(i64::MAX as u64) as i64);
-        for event_type in filter.types {
-            query = query.bind(*event_type);
+        for value in &filter.values {
+            query = query.bind(value.as_str());
         }
         let rows = query
             .bind(limit.min(i64::MAX as usize) as i64)
@@ -545,21 +561,40 @@ impl SqliteEventStore {
     }
 }
 
-/// The event types a subscription asked for, and the query that reads only them.
-struct TypeFilter {
-    types: &'static [&'static str],
+/// The events a subscription asked for (some types, or the streams of one kind), and the
+/// query that reads only them.
+struct Filter {
     query: String,
+    /// What the query's placeholders after the two positions are bound to.
+    values: Vec<String>,
 }
 
-impl TypeFilter {
-    fn new(types: &'static [&'static str]) -> Self {
+impl Filter {
+    fn types(types: &'static [&'static str]) -> Self {
         let placeholders = vec!["?"; types.len()].join(", ");
+        Self::new(
+            format!("event_type IN ({placeholders})"),
+            types.iter().map(|t| (*t).to_owned()).collect(),
+        )
+    }
+
+    /// A stream id is `location.kind.id`, and a location id holds no dot: the kind follows
+    /// the first one.
+    fn kind(kind: AggregateKind) -> Self {
+        let after_location = format!("{}.", kind.as_str());
+        Self::new(
+            "substr(stream_id, instr(stream_id, '.') + 1, ?) = ?".to_owned(),
+            vec![after_location.len().to_string(), after_location],
+        )
+    }
+
+    fn new(condition: String, values: Vec<String>) -> Self {
         Self {
-            types,
             query: format!(
                 "SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? \
-                 AND event_type IN ({placeholders}) ORDER BY position LIMIT ?"
+                 AND {condition} ORDER BY position LIMIT ?"
             ),
+            values,
         }
     }
 }
@@ -579,12 +614,13 @@ async fn save_checkpoint(writer: &SqlitePool, name: &str, position: u64) -> Resu
 
 struct SqliteSubscription {
     store: SqliteEventStore,
-    name: String,
+    /// The durable subscription's name; `None` for a watch, which keeps no checkpoint.
+    name: Option<String>,
     /// The position read through.
     after: u64,
     woken: watch::Receiver<u64>,
-    /// The types asked for; `None`: every event.
-    only: Option<TypeFilter>,
+    /// The events asked for; `None`: every event.
+    only: Option<Filter>,
 }
 
 #[async_trait]
@@ -599,7 +635,10 @@ impl SubscriptionSource for SqliteSubscription {
                 // order), so reading up to it and no further leaves nothing behind.
                 let head = self.store.head_position().await?;
                 if head > self.after {
-                    let events = self.store.read_types(filter, self.after, head, max).await?;
+                    let events = self
+                        .store
+                        .read_filtered(filter, self.after, head, max)
+                        .await?;
                     self.after = match events.last() {
                         Some(last) if events.len() == max => last.position,
                         _ => head,
@@ -623,7 +662,10 @@ impl SubscriptionSource for SqliteSubscription {
     }
 
     async fn checkpoint(&mut self, position: u64) -> Result<()> {
-        save_checkpoint(&self.store.writer, &self.name, position).await
+        match &self.name {
+            Some(name) => save_checkpoint(&self.store.writer, name, position).await,
+            None => Ok(()),
+        }
     }
 
     fn scanned(&self) -> Option<u64> {

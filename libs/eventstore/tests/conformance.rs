@@ -575,6 +575,202 @@ async fn a_subscription_to_some_types_reads_past_the_others(backend: &dyn Backen
     assert_eq!(next.map(|e| e.id), Some(created.id));
 }
 
+/// A watch of one kind of stream hands over the events of those streams appended after its
+/// start, in order, and none of another kind; it keeps no checkpoint, so a second watch of the
+/// same kind starts where it is told, not where the first one got to.
+async fn a_watch_sees_the_streams_of_its_kind_only(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let account = |n: usize| {
+        let stream = StreamId::for_uuid(location(), AggregateKind::Account, Uuid::now_v7());
+        (stream, event(n))
+    };
+    let (before, _) = account(0);
+    store
+        .append(&before, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let start = store.head_position().await.unwrap();
+    let Some(mut watch) = store.watch(AggregateKind::Account, start).await.unwrap() else {
+        panic!("both backends watch");
+    };
+    let contact = new_stream();
+    let (first, one) = account(1);
+    let (second, two) = account(2);
+    store
+        .append(&contact, ExpectedVersion::NoStream, events(10..13))
+        .await
+        .unwrap();
+    store
+        .append(&first, ExpectedVersion::NoStream, vec![one])
+        .await
+        .unwrap();
+    store
+        .append(&contact, ExpectedVersion::Exact(3), events(13..14))
+        .await
+        .unwrap();
+    store
+        .append(&second, ExpectedVersion::NoStream, vec![two])
+        .await
+        .unwrap();
+    store
+        .append(&before, ExpectedVersion::Exact(2), events(3..4))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watch.next_batch(10))
+            .await
+            .expect("the watch hands over what was appended")
+            .unwrap();
+        seen.extend(batch.into_iter().map(|e| (e.stream, e.version)));
+    }
+    assert_eq!(
+        seen,
+        [(first.clone(), 1), (second.clone(), 1), (before.clone(), 3)],
+        "the accounts' events after the start, in order, and nothing else"
+    );
+    watch
+        .checkpoint(store.head_position().await.unwrap())
+        .await
+        .unwrap();
+    drop(watch);
+
+    let Some(mut again) = store.watch(AggregateKind::Account, start).await.unwrap() else {
+        unreachable!("watched above");
+    };
+    let batch = tokio::time::timeout(Duration::from_secs(10), again.next_batch(10))
+        .await
+        .expect("a new watch starts where it is told")
+        .unwrap();
+    assert_eq!((batch[0].stream.clone(), batch[0].version), (first, 1));
+}
+
+/// The version a stream is at, as a cache keeps it (the test events do not decode).
+#[derive(Debug, Default, Clone)]
+struct Versions;
+
+impl whatsnap_eventstore::Aggregate for Versions {
+    const SKIPS_UNDECODABLE: bool = true;
+
+    fn evolve(self, _: &whatsnap_events::Event, _: u64) -> Self {
+        self
+    }
+}
+
+/// A store that counts the stream reads it is asked for.
+struct CountingReads {
+    inner: Arc<dyn EventStore>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl EventStore for CountingReads {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> whatsnap_eventstore::Result<whatsnap_eventstore::AppendOutcome> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<whatsnap_events::RecordedEvent>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> whatsnap_eventstore::Result<Vec<whatsnap_events::RecordedEvent>> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn head_position(&self) -> whatsnap_eventstore::Result<u64> {
+        self.inner.head_position().await
+    }
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+    ) -> whatsnap_eventstore::Result<whatsnap_eventstore::Subscription> {
+        self.inner.subscribe(name, from).await
+    }
+
+    async fn watch(
+        &self,
+        kind: AggregateKind,
+        after: u64,
+    ) -> whatsnap_eventstore::Result<Option<whatsnap_eventstore::Subscription>> {
+        self.inner.watch(kind, after).await
+    }
+}
+
+/// A cache that follows the log answers a kept stream from memory, with no read of the
+/// store, and a change another writer appends reaches it; stopped, it reads the store again.
+async fn a_followed_cache_answers_from_memory_and_sees_other_writers(backend: &dyn Backend) {
+    use whatsnap_eventstore::aggregate::{Aggregates, Cache};
+    let store = Arc::new(CountingReads {
+        inner: backend.open().await,
+        reads: Default::default(),
+    });
+    let reads = || store.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let other_writer = backend.open().await;
+    let stream = StreamId::for_uuid(location(), AggregateKind::Account, Uuid::now_v7());
+    store
+        .append(&stream, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let cache = Arc::new(Cache::<Versions>::new(100));
+    let follower = tokio::spawn({
+        let (cache, store) = (cache.clone(), store.clone());
+        async move { cache.follow(store.as_ref(), AggregateKind::Account).await }
+    });
+    whatsnap_testkit::eventually("the follower watches the log", async || {
+        cache.is_following().then_some(())
+    })
+    .await;
+    let aggregates = Aggregates::new(store.as_ref());
+
+    assert_eq!(
+        cache.current(&aggregates, &stream).await.unwrap().version,
+        2
+    );
+    let after_first = reads();
+    assert!(after_first > 0, "a stream not kept yet is read");
+    for _ in 0..5 {
+        assert_eq!(
+            cache.current(&aggregates, &stream).await.unwrap().version,
+            2
+        );
+    }
+    assert_eq!(reads(), after_first, "a kept stream was read again");
+
+    other_writer
+        .append(&stream, ExpectedVersion::Exact(2), events(2..3))
+        .await
+        .unwrap();
+    whatsnap_testkit::eventually(
+        "the other writer's event reaches the kept state",
+        async || (cache.current(&aggregates, &stream).await.unwrap().version == 3).then_some(()),
+    )
+    .await;
+    assert_eq!(reads(), after_first, "the change was read from the store");
+
+    follower.abort();
+    let _ = follower.await;
+    // `load` always asks the store, followed or not.
+    cache.load(&aggregates, &stream).await.unwrap();
+    assert!(reads() > after_first);
+}
+
 async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
     let store = backend.open().await;
     let stream = new_stream();
@@ -753,6 +949,8 @@ macro_rules! conformance {
             case!(a_subscription_to_some_types_reads_past_the_others);
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
             case!(a_subscription_checkpoint_never_moves_backwards);
+            case!(a_watch_sees_the_streams_of_its_kind_only);
+            case!(a_followed_cache_answers_from_memory_and_sees_other_writers);
             case!(a_multi_event_append_is_all_or_nothing);
             case!(bad_requests_are_refused_with_a_reason);
         }

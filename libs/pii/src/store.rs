@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
-use whatsnap_events::{LocationId, NewEvent, RecordedEvent, StreamId};
+use whatsnap_events::{AggregateKind, LocationId, NewEvent, RecordedEvent, StreamId};
 use whatsnap_eventstore::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
     SubscriptionSource,
@@ -168,6 +168,11 @@ impl EventStore for SealingStore {
     ) -> Result<Subscription> {
         let inner = self.inner.subscribe_to(name, from, types).await?;
         Ok(self.opening(inner))
+    }
+
+    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
+        let inner = self.inner.watch(kind, after).await?;
+        Ok(inner.map(|inner| self.opening(inner)))
     }
 }
 

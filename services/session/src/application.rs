@@ -1,6 +1,7 @@
 //! The session service as a process runs it: built from its configuration, the event store and
 //! the read-model database, it holds the gRPC API, the read models to project and the workers
-//! (the sender of replies, the poster of alerts, the supervisor of live links), and runs the workers until stopped.
+//! (the sender of replies, the poster of alerts, the supervisor of live links, the
+//! follower that keeps the accounts in memory current), and runs the workers until stopped.
 
 use std::sync::Arc;
 
@@ -49,6 +50,11 @@ impl Application {
         if let Some(alerts) = self.session.alerts() {
             workers.spawn(alerts.run(shutdown.clone().cancelled_owned()));
         }
+        workers.spawn(
+            self.session
+                .clone()
+                .follow_accounts(shutdown.clone().cancelled_owned()),
+        );
         let supervisor = self.session.supervisor();
         workers.spawn(supervisor.run(shutdown.cancelled_owned()));
         join_all(workers).await;

@@ -74,7 +74,8 @@ pub struct Session {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     config: SessionConfig,
-    /// Accounts as last loaded: a load reads only their events since.
+    /// Accounts as last loaded: a load reads only their events since, and while the follower
+    /// runs a message's account is answered from memory.
     accounts: Arc<Cache<AccountState>>,
 }
 
@@ -88,6 +89,15 @@ impl Session {
             db,
             config,
             accounts: Arc::new(Cache::new(ACCOUNTS_KEPT)),
+        }
+    }
+
+    /// Keeps the accounts loaded current from the log until `shutdown`, so that a message's
+    /// account is answered from memory (see [`Reading::Followed`]).
+    pub(crate) async fn follow_accounts(self, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            () = self.accounts.follow(self.store.as_ref(), AggregateKind::Account) => {}
+            () = shutdown => {}
         }
     }
 
@@ -319,8 +329,33 @@ impl Session {
         location: &LocationId,
         account_id: Uuid,
     ) -> ServiceResult<(StreamId, AccountState)> {
-        let (stream, state) =
-            read_account(self.store.as_ref(), &self.accounts, location, account_id).await?;
+        self.account(location, account_id, Reading::Checked).await
+    }
+
+    /// The account a message is checked and recorded against, as the accounts' follower has
+    /// read the log: from memory, without a read of the store, while it follows.
+    async fn followed_account(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+    ) -> ServiceResult<(StreamId, AccountState)> {
+        self.account(location, account_id, Reading::Followed).await
+    }
+
+    async fn account(
+        &self,
+        location: &LocationId,
+        account_id: Uuid,
+        reading: Reading,
+    ) -> ServiceResult<(StreamId, AccountState)> {
+        let (stream, state) = read_account(
+            self.store.as_ref(),
+            &self.accounts,
+            location,
+            account_id,
+            reading,
+        )
+        .await?;
         if state.account_id.is_none() {
             return Err(ServiceError::NotFound(format!(
                 "no account {account_id} in location {location}"
@@ -330,19 +365,34 @@ impl Session {
     }
 }
 
-/// The account's state from its own stream, as kept in `accounts` with the events since;
-/// empty (no `account_id`) when it was never added.
+/// How an account is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reading {
+    /// Its events since the kept state read from the store: for a decision appended at the
+    /// account's version, or a command's answer.
+    Checked,
+    /// As the accounts' follower has read the log (a moment behind at most), from memory: for
+    /// a message checked, recorded or sent through its account.
+    Followed,
+}
+
+/// The account's state from its own stream, as kept in `accounts` (see [`Reading`]); empty (no
+/// `account_id`) when it was never added.
 pub(crate) async fn read_account(
     store: &dyn EventStore,
     accounts: &Cache<AccountState>,
     location: &LocationId,
     account_id: Uuid,
+    reading: Reading,
 ) -> ServiceResult<(StreamId, AccountState)> {
     let stream = StreamId::for_uuid(location.clone(), AggregateKind::Account, account_id);
-    let loaded = accounts
-        .load(&Aggregates::new(store), &stream)
-        .await
-        .map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?;
+    let aggregates = Aggregates::new(store);
+    let loaded = match reading {
+        Reading::Checked => accounts.load(&aggregates, &stream).await,
+        Reading::Followed => accounts.current(&aggregates, &stream).await,
+    };
+    let loaded =
+        loaded.map_err(|e| ServiceError::unloadable(format_args!("account {account_id}"), e))?;
     Ok((stream, loaded.state))
 }
 
@@ -605,7 +655,7 @@ impl pb::session_service_server::SessionService for Session {
                 ServiceError::InvalidArgument("provider_message_id is empty".into()).into(),
             );
         }
-        let (_, account) = self.load_account(&location, account_id).await?;
+        let (_, account) = self.followed_account(&location, account_id).await?;
         if account.status == account::Status::Removed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "account {account_id} was removed"
@@ -968,7 +1018,7 @@ impl pb::session_service_server::SessionService for Session {
         let request = request.into_inner();
         let location = whatsnap_rpc::location(&request.location_id)?;
         let account_id = whatsnap_rpc::uuid("account id", &request.account_id)?;
-        let (_, state) = self.load_account(&location, account_id).await?;
+        let (_, state) = self.followed_account(&location, account_id).await?;
         let account = match (
             state.kind,
             account_ref(&location, &state, &self.config.secret_key),

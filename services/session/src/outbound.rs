@@ -571,6 +571,7 @@ impl SendWorker {
             &self.accounts,
             location,
             routed.account_id,
+            crate::Reading::Followed,
         )
         .await?;
         if account.status == account::Status::Removed {
