@@ -163,6 +163,15 @@ impl<A: Aggregate + Clone> Cache<A> {
         self.load(aggregates, stream).await
     }
 
+    /// Forgets the stream's kept state, and keeps none that a load begun before reads: for a
+    /// writer that has just appended to it, so that its own change is never answered with a
+    /// state from before.
+    pub fn forget(&self, stream: &StreamId) {
+        let mut kept = self.kept();
+        kept.states.remove(stream);
+        kept.epoch += 1;
+    }
+
     /// Whether [`Cache::follow`] is current with the log (its watch open), so that
     /// [`Cache::current`] answers kept streams from memory.
     pub fn is_following(&self) -> bool {

@@ -714,7 +714,8 @@ impl EventStore for CountingReads {
 }
 
 /// A cache that follows the log answers a kept stream from memory, with no read of the
-/// store, and a change another writer appends reaches it; stopped, it reads the store again.
+/// store, and a change another writer appends reaches it; a stream it is told was written
+/// is read again at once; stopped, it reads the store again.
 async fn a_followed_cache_answers_from_memory_and_sees_other_writers(backend: &dyn Backend) {
     use whatsnap_eventstore::aggregate::{Aggregates, Cache};
     let store = Arc::new(CountingReads {
@@ -763,6 +764,14 @@ async fn a_followed_cache_answers_from_memory_and_sees_other_writers(backend: &d
     )
     .await;
     assert_eq!(reads(), after_first, "the change was read from the store");
+
+    // A writer that tells the cache what it wrote reads its own change at once.
+    store
+        .append(&stream, ExpectedVersion::Exact(3), events(3..4))
+        .await
+        .unwrap();
+    cache.forget(&stream);
+    assert_eq!(cache.current(&aggregates, &stream).await.unwrap().version, 4);
 
     follower.abort();
     let _ = follower.await;

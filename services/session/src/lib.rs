@@ -11,6 +11,7 @@ mod outbound;
 mod read_model;
 mod supervisor;
 mod watch;
+mod writes;
 
 use std::sync::Arc;
 
@@ -84,11 +85,12 @@ const ACCOUNTS_KEPT: usize = 10_000;
 
 impl Session {
     pub fn new(store: Arc<dyn EventStore>, db: ReadDb, config: SessionConfig) -> Self {
+        let accounts = Arc::new(Cache::new(ACCOUNTS_KEPT));
         Self {
-            store,
+            store: Arc::new(writes::AccountWrites::new(store, accounts.clone())),
             db,
             config,
-            accounts: Arc::new(Cache::new(ACCOUNTS_KEPT)),
+            accounts,
         }
     }
 
