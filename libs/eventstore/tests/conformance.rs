@@ -771,7 +771,10 @@ async fn a_followed_cache_answers_from_memory_and_sees_other_writers(backend: &d
         .await
         .unwrap();
     cache.forget(&stream);
-    assert_eq!(cache.current(&aggregates, &stream).await.unwrap().version, 4);
+    assert_eq!(
+        cache.current(&aggregates, &stream).await.unwrap().version,
+        4
+    );
 
     follower.abort();
     let _ = follower.await;

@@ -1,7 +1,7 @@
 //! The session service as a process runs it: built from its configuration, the event store and
 //! the read-model database, it holds the gRPC API, the read models to project and the workers
-//! (the sender of replies, the poster of alerts, the supervisor of live links, the
-//! follower that keeps the accounts in memory current), and runs the workers until stopped.
+//! (the sender of replies, the poster of alerts, the supervisor of live links), and runs the
+//! workers until stopped; and it keeps the accounts it has loaded current.
 
 use std::sync::Arc;
 
@@ -41,6 +41,16 @@ impl Application {
         projections
     }
 
+    /// Keeps the accounts this process has loaded current from the log until `shutdown`, so
+    /// that a message's account is answered from memory. Every replica serving the API runs
+    /// it (not under a lease): each keeps its own accounts.
+    pub async fn follow_accounts(&self, shutdown: CancellationToken) {
+        self.session
+            .clone()
+            .follow_accounts(shutdown.cancelled_owned())
+            .await
+    }
+
     /// Sends the queued replies and supervises the live links until `shutdown`; a worker that
     /// panics takes the caller down with it.
     pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
@@ -50,11 +60,6 @@ impl Application {
         if let Some(alerts) = self.session.alerts() {
             workers.spawn(alerts.run(shutdown.clone().cancelled_owned()));
         }
-        workers.spawn(
-            self.session
-                .clone()
-                .follow_accounts(shutdown.clone().cancelled_owned()),
-        );
         let supervisor = self.session.supervisor();
         workers.spawn(supervisor.run(shutdown.cancelled_owned()));
         join_all(workers).await;

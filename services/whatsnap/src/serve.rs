@@ -1595,6 +1595,12 @@ impl Services {
         }
         if let Some(session) = self.session {
             let session = Arc::new(session);
+            let follower = session.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                follower.follow_accounts(stop).await;
+                Ok(())
+            });
             tasks.spawn(under_lease(
                 leases,
                 "workers:session",
