@@ -370,6 +370,7 @@ impl<'s> Aggregates<'s> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
@@ -493,6 +494,83 @@ mod tests {
         let third = cache.load(&aggregates, &stream).await.unwrap();
         assert_eq!((third.state.0, third.version), (5, 5));
         assert_eq!(*store.read_from.lock().unwrap(), [1, 4, 6]);
+    }
+
+    /// A store where, during the first read of a stream, another writer appends to it and the
+    /// cache's follower sees that append before the read returns.
+    struct PassedBy {
+        inner: SqliteEventStore,
+        cache: Arc<Cache<Count>>,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventStore for PassedBy {
+        async fn append(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> crate::Result<AppendOutcome> {
+            self.inner.append(stream, expected, events).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &StreamId,
+            from_version: u64,
+            limit: usize,
+        ) -> crate::Result<Vec<RecordedEvent>> {
+            let read = self.inner.read_stream(stream, from_version, limit).await?;
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                let other = NewEvent::new(&event(), EventMetadata::new_correlation());
+                let outcome = self
+                    .inner
+                    .append(stream, ExpectedVersion::Any, vec![other])
+                    .await?;
+                let seen = self.inner.read_stream(stream, outcome.version, 1).await?;
+                self.cache.observe(&seen[0]);
+            }
+            Ok(read)
+        }
+
+        async fn read_all(&self, after: u64, limit: usize) -> crate::Result<Vec<RecordedEvent>> {
+            self.inner.read_all(after, limit).await
+        }
+
+        async fn head_position(&self) -> crate::Result<u64> {
+            self.inner.head_position().await
+        }
+
+        async fn subscribe(&self, name: &str, from: SubscribeFrom) -> crate::Result<Subscription> {
+            self.inner.subscribe(name, from).await
+        }
+    }
+
+    /// The follower saw a change go by while a load read the stream: the load's state, older,
+    /// is not kept, so the next answer from memory is not the one from before the change.
+    #[tokio::test]
+    async fn a_load_that_a_followed_change_passed_by_is_not_kept() {
+        let (_dir, racing) = store(0).await;
+        let stream = stream();
+        let first = vec![NewEvent::new(&event(), EventMetadata::new_correlation())];
+        racing
+            .inner
+            .append(&stream, ExpectedVersion::NoStream, first)
+            .await
+            .unwrap();
+        let cache = Arc::new(Cache::<Count>::new(10));
+        cache.kept().followed = true;
+        let store = PassedBy {
+            inner: racing.inner,
+            cache: cache.clone(),
+            raced: Default::default(),
+        };
+        let aggregates = Aggregates::new(&store);
+        let loaded = cache.current(&aggregates, &stream).await.unwrap();
+        assert_eq!(loaded.version, 1, "the load read before the other append");
+        let now = cache.current(&aggregates, &stream).await.unwrap();
+        assert_eq!((now.state.0, now.version), (2, 2));
     }
 
     #[tokio::test]
