@@ -791,18 +791,7 @@ impl EventStore for JetStreamEventStore {
             )
             .await
             .map_err(backend)?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(1000)
-            .messages()
-            .await
-            .map_err(backend)?;
-        let source = JetStreamSubscription {
-            prefix: self.prefix.clone(),
-            messages,
-            unacked: VecDeque::new(),
-            acknowledged: true,
-        };
+        let source = self.pulling(consumer, true).await.map_err(backend)?;
         Ok(Subscription::new(name, Box::new(source)))
     }
 
@@ -830,18 +819,7 @@ impl EventStore for JetStreamEventStore {
             })
             .await
             .map_err(backend)?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(1000)
-            .messages()
-            .await
-            .map_err(backend)?;
-        let source = JetStreamSubscription {
-            prefix: self.prefix.clone(),
-            messages,
-            unacked: VecDeque::new(),
-            acknowledged: false,
-        };
+        let source = self.pulling(consumer, false).await.map_err(backend)?;
         Ok(Some(Subscription::new(
             format!("watch-{}", kind.as_str()),
             Box::new(source),
@@ -851,6 +829,28 @@ impl EventStore for JetStreamEventStore {
 
 /// How long the server keeps a watch's consumer that nobody pulls from (its process gone).
 const WATCH_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
+
+impl JetStreamEventStore {
+    /// A subscription's source pulling from `consumer` in batches of up to 1,000; with
+    /// `acknowledged`, it acknowledges what is checkpointed.
+    async fn pulling(
+        &self,
+        consumer: js::consumer::PullConsumer,
+        acknowledged: bool,
+    ) -> std::result::Result<JetStreamSubscription, js::consumer::StreamError> {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .messages()
+            .await?;
+        Ok(JetStreamSubscription {
+            prefix: self.prefix.clone(),
+            messages,
+            unacked: VecDeque::new(),
+            acknowledged,
+        })
+    }
+}
 
 struct JetStreamSubscription {
     prefix: String,
