@@ -374,7 +374,7 @@ pub(crate) enum Reading {
     /// account's version, or a command's answer.
     Checked,
     /// As the accounts' follower has read the log (a moment behind at most), from memory: for
-    /// a message checked, recorded or sent through its account.
+    /// a message checked, recorded or sent through its account, and a receipt it got.
     Followed,
 }
 
@@ -1255,7 +1255,7 @@ impl Session {
             // whatsnap's own reply, echoed by the engine: GHL has it already.
             return Ok(false);
         }
-        let (stream, account) = self.load_account(location, account_id).await?;
+        let (stream, account) = self.followed_account(location, account_id).await?;
         if account.status == account::Status::Removed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "account {account_id} was removed"
@@ -1500,7 +1500,7 @@ impl Session {
 
     /// A receipt came: an account flagged as not delivering delivers again.
     async fn receipts_came(&self, location: &LocationId, account_id: Uuid) -> ServiceResult<()> {
-        let (_, account) = self.load_account(location, account_id).await?;
+        let (_, account) = self.followed_account(location, account_id).await?;
         if account.not_delivering.is_some() {
             connection::record_delivery(
                 self.store.as_ref(),
