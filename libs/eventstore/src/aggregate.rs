@@ -182,16 +182,21 @@ impl<A: Aggregate + Clone> Cache<A> {
     /// delivers their events; returns only when the store cannot watch. While the watch
     /// fails, [`Cache::current`] reads the store, and the follower tries again.
     pub async fn follow(&self, store: &dyn EventStore, kind: AggregateKind) {
+        // Said once per outage, not at every try.
+        let mut failing = false;
         loop {
-            match self.follow_once(store, kind).await {
+            match self.follow_once(store, kind, &mut failing).await {
                 Ok(()) => return,
                 Err(err) => {
                     self.kept().followed = false;
-                    tracing::warn!(
-                        kind = kind.as_str(),
-                        error = %err,
-                        "the cache's watch of the log failed; reading the store until it is back"
-                    );
+                    if !failing {
+                        tracing::warn!(
+                            kind = kind.as_str(),
+                            error = %err,
+                            "the cache's watch of the log failed; reading the store until it is back"
+                        );
+                        failing = true;
+                    }
                     tokio::time::sleep(FOLLOW_RETRY).await;
                 }
             }
@@ -204,6 +209,7 @@ impl<A: Aggregate + Clone> Cache<A> {
         &self,
         store: &dyn EventStore,
         kind: AggregateKind,
+        failing: &mut bool,
     ) -> Result<(), StoreError> {
         let head = store.head_position().await?;
         let Some(mut watch) = store.watch(kind, head).await? else {
@@ -215,6 +221,9 @@ impl<A: Aggregate + Clone> Cache<A> {
             kept.seen.clear();
             kept.epoch += 1;
             kept.followed = true;
+        }
+        if std::mem::take(failing) {
+            tracing::info!(kind = kind.as_str(), "the cache's watch of the log is back");
         }
         loop {
             for recorded in watch.next_batch(256).await? {

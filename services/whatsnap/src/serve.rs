@@ -1574,7 +1574,8 @@ impl Services {
 
     /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose
     /// HTTP server starts once the gRPC server listens.
-    /// With `leases`, each service's workers run on one replica at a time.
+    /// With `leases`, each service's workers run on one replica at a time; the session's
+    /// follower of the accounts runs on every replica, beside them.
     fn run_until_stopped(
         self,
         tasks: &mut JoinSet<anyhow::Result<()>>,
