@@ -583,8 +583,11 @@ impl Filter {
     fn kind(kind: AggregateKind) -> Self {
         let after_location = format!("{}.", kind.as_str());
         Self::new(
-            "substr(stream_id, instr(stream_id, '.') + 1, ?) = ?".to_owned(),
-            vec![after_location.len().to_string(), after_location],
+            format!(
+                "substr(stream_id, instr(stream_id, '.') + 1, {}) = ?",
+                after_location.len()
+            ),
+            vec![after_location],
         )
     }
 
