@@ -67,10 +67,8 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("whatsnap");
 
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn,h2=warn".into())
-    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn,h2=warn".into());
     // People read a terminal; log shippers read everything else.
     let logs = if std::io::stderr().is_terminal() {
         tracing_subscriber::fmt::layer()
@@ -83,13 +81,14 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
             .with_writer(std::io::stderr)
             .boxed()
     };
+    // One filter for both layers, in front of them. Not a filter per layer: those keep what
+    // they decided in a thread-local between a library's check of a level (sqlx checks one
+    // after every query) and the next span, and a span now and then came out disabled for
+    // both layers: no log fields, and outside the caller's trace.
     tracing_subscriber::registry()
-        .with(logs.with_filter(filter()))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(filter()),
-        )
+        .with(filter)
+        .with(logs)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     if let Some(endpoint) = endpoint {
