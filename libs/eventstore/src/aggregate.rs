@@ -97,6 +97,10 @@ struct Kept<A> {
     /// The latest version the follower has seen of each stream, kept or not: a load that read
     /// an older version than this (the change passed by while it read) does not keep it.
     seen: HashMap<StreamId, u64>,
+    /// The log's position up to which the follower has delivered every change of the streams
+    /// (the head it started at, then the last change it saw, or further where the watch says
+    /// how far it read past other events).
+    through: u64,
 }
 
 /// How long a follower whose watch failed waits before it watches again (loads read the store
@@ -124,10 +128,17 @@ impl<A: Aggregate + Clone> Cache<A> {
             (kept.epoch, state)
         };
         let loaded = aggregates.catch_up(stream, kept).await?;
+        self.keep(epoch, stream, &loaded);
+        Ok(loaded)
+    }
+
+    /// Keeps `loaded`, a state of the stream read (or written) since `epoch`, unless a change
+    /// the follower saw passed it by, or the follower started over meanwhile.
+    fn keep(&self, epoch: u64, stream: &StreamId, loaded: &Loaded<A>) {
         let mut kept = self.kept();
         let passed_by = kept.seen.get(stream).is_some_and(|v| *v > loaded.version);
         if kept.epoch != epoch || passed_by {
-            return Ok(loaded);
+            return;
         }
         if kept.states.len() >= self.capacity && !kept.states.contains_key(stream) {
             kept.states.clear();
@@ -140,7 +151,71 @@ impl<A: Aggregate + Clone> Cache<A> {
         {
             kept.states.insert(stream.clone(), loaded.clone());
         }
-        Ok(loaded)
+    }
+
+    /// Decides on the stream as the log had it at `position` (the handler of the event at
+    /// that position deciding in log order) and appends what it decided at the version it
+    /// decided on, keeping the state after: [`Aggregates::update`] without the read, in the
+    /// usual case. The state comes from memory when it is kept and the follower has delivered
+    /// the log up to `position`. A stream not kept is first taken as new (most such streams
+    /// are: a contact's first message, say), and a state not known current only as a guess:
+    /// when the decision on a guess is that nothing changes, or its append conflicts, the
+    /// stream is read from the store and decided again, up to `aggregates`' tries.
+    pub async fn update_at<E, F>(
+        &self,
+        aggregates: &Aggregates<'_>,
+        stream: &StreamId,
+        position: u64,
+        metadata: &EventMetadata,
+        mut decide: F,
+    ) -> Result<Updated<A>, AggregateError<E>>
+    where
+        F: FnMut(&A) -> Result<Vec<Event>, E> + Send,
+    {
+        let (epoch, guess, current) = {
+            let kept = self.kept();
+            let state = kept.states.get(stream).cloned();
+            let current = kept.followed && state.is_some() && kept.through + 1 >= position;
+            (kept.epoch, state.unwrap_or_default(), current)
+        };
+        let events = decide(&guess.state).map_err(AggregateError::Rejected)?;
+        if events.is_empty() && current {
+            return Ok(Updated {
+                loaded: guess,
+                appended: 0,
+            });
+        }
+        let mut last = None;
+        if !events.is_empty() {
+            match aggregates.append(stream, guess, &events, metadata).await {
+                Ok(loaded) => {
+                    self.keep(epoch, stream, &loaded);
+                    let appended = events.len();
+                    return Ok(Updated { loaded, appended });
+                }
+                Err(err) if err.is_conflict() => last = Some(err),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        for _ in 0..aggregates.tries {
+            let epoch = self.kept().epoch;
+            let loaded = self.load(aggregates, stream).await?;
+            let events = decide(&loaded.state).map_err(AggregateError::Rejected)?;
+            let appended = events.len();
+            match aggregates.append(stream, loaded, &events, metadata).await {
+                Ok(loaded) => {
+                    self.keep(epoch, stream, &loaded);
+                    return Ok(Updated { loaded, appended });
+                }
+                Err(err) if err.is_conflict() => last = Some(err),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(AggregateError::KeptChanging {
+            stream: stream.clone(),
+            tries: aggregates.tries,
+            last: last.expect("at least one try"),
+        })
     }
 
     /// The stream's state as far as the follower has read the log: from memory when the
@@ -176,6 +251,13 @@ impl<A: Aggregate + Clone> Cache<A> {
     /// [`Cache::current`] answers kept streams from memory.
     pub fn is_following(&self) -> bool {
         self.kept().followed
+    }
+
+    /// The position up to which the follower has delivered the log's changes of the streams
+    /// to the kept states; `None` while it is not following.
+    pub fn followed_through(&self) -> Option<u64> {
+        let kept = self.kept();
+        kept.followed.then_some(kept.through)
     }
 
     /// Keeps the kept streams of `kind` current from the log, as [`EventStore::watch`]
@@ -221,6 +303,7 @@ impl<A: Aggregate + Clone> Cache<A> {
             kept.seen.clear();
             kept.epoch += 1;
             kept.followed = true;
+            kept.through = head;
         }
         if std::mem::take(failing) {
             tracing::info!(kind = kind.as_str(), "the cache's watch of the log is back");
@@ -229,6 +312,9 @@ impl<A: Aggregate + Clone> Cache<A> {
             for recorded in watch.next_batch(256).await? {
                 self.observe(&recorded);
             }
+            // Past the other kinds' events too, where the store says how far it read.
+            let mut kept = self.kept();
+            kept.through = kept.through.max(watch.scanned());
         }
     }
 
@@ -236,6 +322,7 @@ impl<A: Aggregate + Clone> Cache<A> {
     /// and the kept state forgotten when events were missed or it does not decode.
     fn observe(&self, recorded: &RecordedEvent) {
         let mut kept = self.kept();
+        kept.through = kept.through.max(recorded.position);
         let seen = kept.seen.entry(recorded.stream.clone()).or_default();
         *seen = (*seen).max(recorded.version);
         if let Some(loaded) = kept.states.get_mut(&recorded.stream) {
@@ -539,6 +626,132 @@ mod tests {
         assert_eq!(loaded.version, 1, "the load read before the other append");
         let now = cache.current(&aggregates, &stream).await.unwrap();
         assert_eq!((now.state.0, now.version), (2, 2));
+    }
+
+    /// Appends `n` events to `stream` as another writer would.
+    async fn append_other(store: &Racing, stream: &StreamId, n: usize) {
+        let events = (0..n)
+            .map(|_| NewEvent::new(&event(), EventMetadata::new_correlation()))
+            .collect();
+        store
+            .inner
+            .append(stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+
+    /// Decides on a kept stream the follower has delivered up to `position`, in log order:
+    /// from memory, with no read; past what the follower delivered, from the store.
+    #[tokio::test]
+    async fn a_decision_at_a_position_the_follower_has_passed_is_made_from_memory() {
+        let (_dir, store) = store(0).await;
+        let aggregates = Aggregates::new(&store);
+        let stream = stream();
+        append_other(&store, &stream, 2).await;
+        let cache = Cache::<Count>::new(10);
+        cache.kept().followed = true;
+        cache.load(&aggregates, &stream).await.unwrap();
+        let head = store.head_position().await.unwrap();
+        cache.kept().through = head;
+        let metadata = EventMetadata::new_correlation();
+
+        let nothing = cache
+            .update_at::<String, _>(&aggregates, &stream, head + 1, &metadata, |_| Ok(vec![]))
+            .await
+            .unwrap();
+        assert_eq!((nothing.loaded.version, nothing.appended), (2, 0));
+        let one = cache
+            .update_at::<String, _>(&aggregates, &stream, head + 1, &metadata, |_| {
+                Ok(vec![event()])
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (one.loaded.state.0, one.loaded.version, one.appended),
+            (3, 3, 1)
+        );
+        assert_eq!(
+            *store.read_from.lock().unwrap(),
+            [1],
+            "only the first load read"
+        );
+        let kept = cache.current(&aggregates, &stream).await.unwrap();
+        assert_eq!(kept.version, 3, "the state after its own append is kept");
+
+        // Another writer's change the follower has not delivered yet: a decision at a later
+        // position than the follower has read reads the store, and sees it.
+        append_other(&store, &stream, 1).await;
+        let later = store.head_position().await.unwrap();
+        let mut decided_on = Vec::new();
+        cache
+            .update_at::<String, _>(&aggregates, &stream, later, &metadata, |state| {
+                decided_on.push(state.0);
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            decided_on,
+            [3, 4],
+            "a guess that decides nothing is checked with the store"
+        );
+        assert_eq!(*store.read_from.lock().unwrap(), [1, 4]);
+    }
+
+    /// A stream not kept is decided as new, with no read: right for a new stream, and for
+    /// an existing one the append conflicts (or the guess decides nothing) and it is read.
+    #[tokio::test]
+    async fn a_stream_not_kept_is_taken_as_new_and_read_when_that_guess_is_wrong() {
+        let (_dir, store) = store(0).await;
+        let aggregates = Aggregates::new(&store);
+        let cache = Cache::<Count>::new(10);
+        let metadata = EventMetadata::new_correlation();
+        let create = |state: &Count| Ok::<_, String>(vec![event(); 2 - (state.0 as usize).min(2)]);
+
+        let new = stream();
+        let created = cache
+            .update_at(&aggregates, &new, 1, &metadata, create)
+            .await
+            .unwrap();
+        assert_eq!((created.loaded.version, created.appended), (2, 2));
+        assert!(
+            store.read_from.lock().unwrap().is_empty(),
+            "no read for a new stream"
+        );
+
+        let existing = stream();
+        append_other(&store, &existing, 1).await;
+        let mut decided_on = Vec::new();
+        let topped_up = cache
+            .update_at::<String, _>(&aggregates, &existing, 1, &metadata, |state| {
+                decided_on.push(state.0);
+                create(state)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            decided_on,
+            [0, 1],
+            "decided as new, conflicted, read and decided again"
+        );
+        assert_eq!((topped_up.loaded.version, topped_up.appended), (2, 1));
+
+        let other = stream();
+        append_other(&store, &other, 2).await;
+        let mut decided_on = Vec::new();
+        let nothing = cache
+            .update_at::<String, _>(&aggregates, &other, 1, &metadata, |state| {
+                decided_on.push(state.0);
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            decided_on,
+            [0, 2],
+            "nothing decided on a guess is decided again"
+        );
+        assert_eq!((nothing.loaded.version, nothing.appended), (2, 0));
     }
 
     #[tokio::test]

@@ -779,6 +779,117 @@ async fn a_followed_cache_answers_from_memory_and_sees_other_writers(backend: &d
     assert!(reads() > after_first);
 }
 
+/// The version a stream's decodable events brought it to.
+#[derive(Debug, Default, Clone)]
+struct LastVersion(u64);
+
+impl whatsnap_eventstore::Aggregate for LastVersion {
+    fn evolve(self, _: &whatsnap_events::Event, version: u64) -> Self {
+        Self(version)
+    }
+}
+
+/// A decision made in log order (an event's handler at the event's position) on a followed
+/// stream: a new stream is created with no read; once the follower has read the log past the
+/// position, a kept stream is decided from memory, another writer's change included; past
+/// what the follower has read, the store is read.
+async fn a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_that_far(
+    backend: &dyn Backend,
+) {
+    use whatsnap_eventstore::aggregate::{Aggregates, Cache};
+    let store = Arc::new(CountingReads {
+        inner: backend.open().await,
+        reads: Default::default(),
+    });
+    let reads = || store.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let other_writer = backend.open().await;
+    let cache = Arc::new(Cache::<LastVersion>::new(100));
+    let follower = tokio::spawn({
+        let (cache, store) = (cache.clone(), store.clone());
+        async move { cache.follow(store.as_ref(), AggregateKind::Contact).await }
+    });
+    whatsnap_testkit::eventually("the follower watches the log", async || {
+        cache.followed_through()
+    })
+    .await;
+    let aggregates = Aggregates::new(store.as_ref());
+    let metadata = EventMetadata::new_correlation();
+    let decodable =
+        || whatsnap_events::Event::from(whatsnap_events::GhlUninstalled { app_id: None });
+    let stream = StreamId::for_uuid(location(), AggregateKind::Contact, Uuid::now_v7());
+    let mut decided_on = Vec::new();
+    let mut decide_once = |state: &LastVersion| {
+        decided_on.push(state.0);
+        Ok::<_, String>(match state.0 {
+            0 => vec![decodable()],
+            _ => vec![],
+        })
+    };
+
+    let message_at = store.head_position().await.unwrap() + 1;
+    let created = cache
+        .update_at(
+            &aggregates,
+            &stream,
+            message_at,
+            &metadata,
+            &mut decide_once,
+        )
+        .await
+        .unwrap();
+    assert_eq!((created.loaded.version, created.appended), (1, 1));
+    assert_eq!(reads(), 0, "a new stream is created without a read");
+
+    let written_at = store.head_position().await.unwrap();
+    other_writer
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![whatsnap_events::NewEvent::new(
+                &decodable(),
+                EventMetadata::new_correlation(),
+            )],
+        )
+        .await
+        .unwrap();
+    let next_message_at = store.head_position().await.unwrap() + 1;
+    whatsnap_testkit::eventually("the follower reads the other writer's change", async || {
+        cache
+            .followed_through()
+            .filter(|through| *through + 1 >= next_message_at)
+    })
+    .await;
+    assert!(written_at < next_message_at);
+    let nothing = cache
+        .update_at(
+            &aggregates,
+            &stream,
+            next_message_at,
+            &metadata,
+            &mut decide_once,
+        )
+        .await
+        .unwrap();
+    assert_eq!((nothing.loaded.version, nothing.appended), (2, 0));
+    assert_eq!(
+        reads(),
+        0,
+        "decided from memory, the other writer's change in it"
+    );
+
+    // A message further on than the follower has read: the stream is read.
+    let far = next_message_at + 1_000;
+    cache
+        .update_at(&aggregates, &stream, far, &metadata, &mut decide_once)
+        .await
+        .unwrap();
+    assert_eq!(reads(), 1);
+    assert_eq!(decided_on, [0, 2, 2, 2]);
+
+    follower.abort();
+    let _ = follower.await;
+}
+
 async fn a_multi_event_append_is_all_or_nothing(backend: &dyn Backend) {
     let store = backend.open().await;
     let stream = new_stream();
@@ -959,6 +1070,7 @@ macro_rules! conformance {
             case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_watch_sees_the_streams_of_its_kind_only);
             case!(a_followed_cache_answers_from_memory_and_sees_other_writers);
+            case!(a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_that_far);
             case!(a_multi_event_append_is_all_or_nothing);
             case!(bad_requests_are_refused_with_a_reason);
         }

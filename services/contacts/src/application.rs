@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use sqlx::Any;
+use tokio_util::sync::CancellationToken;
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::projection::Projection;
 use whatsnap_proto::contacts::v1 as pb;
@@ -31,6 +32,14 @@ impl Application {
 
     pub fn grpc(&self) -> pb::contacts_service_server::ContactsServiceServer<Contacts> {
         self.contacts.grpc()
+    }
+
+    /// Keeps the contacts the inbound stage decided on current from the log until `shutdown`
+    /// (see [`Contacts::follow_contacts`]). Every replica runs it: the stage may move to any.
+    pub async fn follow_contacts(&self, shutdown: CancellationToken) {
+        self.contacts
+            .follow_contacts(shutdown.cancelled_owned())
+            .await
     }
 
     /// The read model the service keeps, for the process's projection runners.

@@ -21,6 +21,7 @@ use whatsnap_events::{
     OutboundMessageRequested, OutboundMessageRouted, OutboundRouteFailed, PhoneNumber,
     RecordedEvent, StreamId, contact_id_for,
 };
+use whatsnap_eventstore::aggregate::Cache;
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::{
     AggregateError, Aggregates, EventStore, ExpectedVersion, LoadError, Loaded, StoreError,
@@ -37,11 +38,17 @@ pub use contact::{
 /// How often a decision is retried when another writer changed the contact meanwhile.
 const CONFLICT_RETRIES: usize = 5;
 
+/// How many contacts the inbound stage keeps in memory (a few hundred bytes each); when full,
+/// it starts over empty.
+const CONTACTS_KEPT: usize = 20_000;
+
 #[derive(Clone)]
 pub struct Contacts {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     keys: Option<Arc<whatsnap_pii::ContactKeys>>,
+    /// The contacts the inbound stage decided on, kept current from the log.
+    kept: Arc<Cache<ContactState>>,
 }
 
 impl Contacts {
@@ -50,6 +57,16 @@ impl Contacts {
             store,
             db,
             keys: None,
+            kept: Arc::new(Cache::new(CONTACTS_KEPT)),
+        }
+    }
+
+    /// Keeps the contacts the inbound stage decided on current from the log until `shutdown`,
+    /// so that a known contact's next message is decided from memory.
+    pub async fn follow_contacts(&self, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            () = self.kept.follow(self.store.as_ref(), AggregateKind::Contact) => {}
+            () = shutdown => {}
         }
     }
 
@@ -69,6 +86,7 @@ impl Contacts {
             store: self.store.clone(),
             db: self.db.clone(),
             accounts: Mutex::default(),
+            kept: self.kept.clone(),
         })
     }
 }
@@ -120,6 +138,7 @@ pub struct ContactsProjection {
     db: ReadDb,
     /// What each account was added with, as read from its stream.
     accounts: Mutex<HashMap<uuid::Uuid, AccountTag>>,
+    kept: Arc<Cache<ContactState>>,
 }
 
 /// The tag an account puts on its contacts, and the account's kind.
@@ -188,13 +207,21 @@ impl ContactsProjection {
         let contact_id = contact_id_for(&location, &phone);
         let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
         let metadata = EventMetadata::caused_by(cause).traced(whatsnap_telemetry::current());
-        let decided = Aggregates::new(self.store.as_ref())
-            .tries(CONFLICT_RETRIES)
-            .update(&stream, &metadata, |state: &ContactState| {
-                Ok::<_, Infallible>(decide_on_inbound(
-                    state, contact_id, &phone, &message, &tag, platform,
-                ))
-            })
+        // Decided as the log had the contact at the message (from memory, in the usual case).
+        let aggregates = Aggregates::new(self.store.as_ref()).tries(CONFLICT_RETRIES);
+        let decided = self
+            .kept
+            .update_at(
+                &aggregates,
+                &stream,
+                cause.position,
+                &metadata,
+                |state: &ContactState| {
+                    Ok::<_, Infallible>(decide_on_inbound(
+                        state, contact_id, &phone, &message, &tag, platform,
+                    ))
+                },
+            )
             .await;
         match decided {
             Ok(updated) if updated.appended > 0 => {

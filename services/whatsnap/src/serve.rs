@@ -1574,8 +1574,9 @@ impl Services {
 
     /// Runs each service's workers in a task of `tasks` until `shutdown`; the gateway, whose
     /// HTTP server starts once the gRPC server listens.
-    /// With `leases`, each service's workers run on one replica at a time; the session's
-    /// follower of the accounts runs on every replica, beside them.
+    /// With `leases`, each service's workers run on one replica at a time; the followers that
+    /// keep the session's accounts and the contacts stage's contacts current run on every
+    /// replica, beside them.
     fn run_until_stopped(
         self,
         tasks: &mut JoinSet<anyhow::Result<()>>,
@@ -1611,6 +1612,13 @@ impl Services {
                     async move { session.run_until_stopped(stop).await }
                 },
             ));
+        }
+        if let Some(contacts) = self.contacts {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                contacts.follow_contacts(stop).await;
+                Ok(())
+            });
         }
         if let Some(ghl_sync) = self.ghl_sync {
             let ghl_sync = Arc::new(ghl_sync);
