@@ -185,7 +185,6 @@ impl<A: Aggregate + Clone> Cache<A> {
                 appended: 0,
             });
         }
-        let mut last = None;
         if !events.is_empty() {
             match aggregates.append(stream, guess, &events, metadata).await {
                 Ok(loaded) => {
@@ -193,29 +192,19 @@ impl<A: Aggregate + Clone> Cache<A> {
                     let appended = events.len();
                     return Ok(Updated { loaded, appended });
                 }
-                Err(err) if err.is_conflict() => last = Some(err),
+                Err(err) if err.is_conflict() => {}
                 Err(err) => return Err(err.into()),
             }
         }
-        for _ in 0..aggregates.tries {
-            let epoch = self.kept().epoch;
-            let loaded = self.load(aggregates, stream).await?;
-            let events = decide(&loaded.state).map_err(AggregateError::Rejected)?;
-            let appended = events.len();
-            match aggregates.append(stream, loaded, &events, metadata).await {
-                Ok(loaded) => {
-                    self.keep(epoch, stream, &loaded);
-                    return Ok(Updated { loaded, appended });
-                }
-                Err(err) if err.is_conflict() => last = Some(err),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(AggregateError::KeptChanging {
-            stream: stream.clone(),
-            tries: aggregates.tries,
-            last: last.expect("at least one try"),
-        })
+        // The guess was wrong, or nothing says it was right: as the store has it now.
+        let epoch = self.kept().epoch;
+        let updated = aggregates
+            .update_loading(stream, metadata, &mut decide, || {
+                self.load(aggregates, stream)
+            })
+            .await?;
+        self.keep(epoch, stream, &updated.loaded);
+        Ok(updated)
     }
 
     /// The stream's state as far as the follower has read the log: from memory when the
@@ -439,15 +428,33 @@ impl<'s> Aggregates<'s> {
         &self,
         stream: &StreamId,
         metadata: &EventMetadata,
-        mut decide: F,
+        decide: F,
     ) -> Result<Updated<A>, AggregateError<E>>
     where
         A: Aggregate,
         F: FnMut(&A) -> Result<Vec<Event>, E> + Send,
     {
+        self.update_loading(stream, metadata, decide, || self.load::<A>(stream))
+            .await
+    }
+
+    /// [`Self::update`], each try deciding on the state `load` gives.
+    async fn update_loading<A, E, F, L, Loading>(
+        &self,
+        stream: &StreamId,
+        metadata: &EventMetadata,
+        mut decide: F,
+        mut load: L,
+    ) -> Result<Updated<A>, AggregateError<E>>
+    where
+        A: Aggregate,
+        F: FnMut(&A) -> Result<Vec<Event>, E> + Send,
+        L: FnMut() -> Loading + Send,
+        Loading: Future<Output = Result<Loaded<A>, LoadError>> + Send,
+    {
         let mut last = None;
         for _ in 0..self.tries {
-            let loaded = self.load::<A>(stream).await?;
+            let loaded = load().await?;
             let events = decide(&loaded.state).map_err(AggregateError::Rejected)?;
             let appended = events.len();
             match self.append(stream, loaded, &events, metadata).await {
