@@ -647,6 +647,25 @@ mod tests {
             .unwrap();
     }
 
+    /// Decides at `position` that nothing changes: the states it decided on, and the outcome.
+    async fn decide_nothing(
+        cache: &Cache<Count>,
+        aggregates: &Aggregates<'_>,
+        stream: &StreamId,
+        position: u64,
+    ) -> (Vec<u64>, Updated<Count>) {
+        let mut decided_on = Vec::new();
+        let metadata = EventMetadata::new_correlation();
+        let updated = cache
+            .update_at::<String, _>(aggregates, stream, position, &metadata, |state| {
+                decided_on.push(state.0);
+                Ok(vec![])
+            })
+            .await
+            .unwrap();
+        (decided_on, updated)
+    }
+
     /// Decides on a kept stream the follower has delivered up to `position`, in log order:
     /// from memory, with no read; past what the follower delivered, from the store.
     #[tokio::test]
@@ -689,14 +708,7 @@ mod tests {
         // position than the follower has read reads the store, and sees it.
         append_other(&store, &stream, 1).await;
         let later = store.head_position().await.unwrap();
-        let mut decided_on = Vec::new();
-        cache
-            .update_at::<String, _>(&aggregates, &stream, later, &metadata, |state| {
-                decided_on.push(state.0);
-                Ok(vec![])
-            })
-            .await
-            .unwrap();
+        let (decided_on, _) = decide_nothing(&cache, &aggregates, &stream, later).await;
         assert_eq!(
             decided_on,
             [3, 4],
@@ -745,14 +757,7 @@ mod tests {
 
         let other = stream();
         append_other(&store, &other, 2).await;
-        let mut decided_on = Vec::new();
-        let nothing = cache
-            .update_at::<String, _>(&aggregates, &other, 1, &metadata, |state| {
-                decided_on.push(state.0);
-                Ok(vec![])
-            })
-            .await
-            .unwrap();
+        let (decided_on, nothing) = decide_nothing(&cache, &aggregates, &other, 1).await;
         assert_eq!(
             decided_on,
             [0, 2],
