@@ -20,9 +20,21 @@ use serde_yaml::Value;
 
 const TARGETS: [&str; 5] = ["gateway", "session", "contacts", "assignment", "ghl-sync"];
 
-/// The PostgreSQL connections one whatsnap process opens at most (services/whatsnap/src/serve.rs:
-/// 10 for the read models, 4 for the contacts' keys).
-const CONNECTIONS_PER_PROCESS: u64 = 14;
+/// The PostgreSQL connections one whatsnap process opens at most when
+/// WHATSNAP_DATABASE_CONNECTIONS is not set (`--database-connections`' default).
+const DEFAULT_CONNECTIONS_PER_PROCESS: u64 = 28;
+
+/// The connections per process that an environment sets, or the default.
+fn connections_per_process(configured: Option<&Value>) -> u64 {
+    configured.map_or(DEFAULT_CONNECTIONS_PER_PROCESS, |value| {
+        let value = value
+            .as_str()
+            .expect("WHATSNAP_DATABASE_CONNECTIONS as a string");
+        value
+            .parse()
+            .expect("WHATSNAP_DATABASE_CONNECTIONS a number")
+    })
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1225,9 +1237,12 @@ fn the_production_dependencies_are_what_the_overlay_and_the_secrets_expect() {
         .expect("max_connections: PostgreSQL's default of 100 is too few")
         .parse()
         .unwrap();
+    let config = one_document(&k8s().join("base/config.yaml"));
+    let per_process =
+        connections_per_process(at(&config, &["data", "WHATSNAP_DATABASE_CONNECTIONS"]));
     assert!(
-        max_connections >= most_pods * CONNECTIONS_PER_PROCESS,
-        "max_connections {max_connections} for {most_pods} pods of {CONNECTIONS_PER_PROCESS}"
+        max_connections >= most_pods * per_process,
+        "max_connections {max_connections} for {most_pods} pods of {per_process}"
     );
     let owner = text(spec, &["bootstrap", "initdb", "owner"]).unwrap();
     // The database URL names the cluster's primary (the operator's `<name>-rw` Service).
@@ -1430,9 +1445,13 @@ fn compose_runs_two_of_every_target_with_its_metrics_unpublished() {
         .expect("PostgreSQL's default max_connections of 100")
         .parse()
         .unwrap();
+    let per_process = connections_per_process(at(
+        &compose,
+        &["x-whatsnap", "environment", "WHATSNAP_DATABASE_CONNECTIONS"],
+    ));
     assert!(
-        max_connections >= processes * CONNECTIONS_PER_PROCESS,
-        "max_connections {max_connections} for {processes} processes"
+        max_connections >= processes * per_process,
+        "max_connections {max_connections} for {processes} processes of {per_process}"
     );
 }
 

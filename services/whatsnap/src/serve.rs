@@ -120,8 +120,43 @@ pub struct BackendArgs {
     /// JetStream replicas of the event stream (3 in production clusters).
     #[arg(long, env = "WHATSNAP_NATS_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// The most connections this process opens to PostgreSQL, all its pools together (read
+    /// models, their projection, the contacts' keys, the request quotas). Size PostgreSQL's
+    /// max_connections for this times the processes, rolling updates included.
+    #[arg(
+        long,
+        env = "WHATSNAP_DATABASE_CONNECTIONS",
+        default_value_t = 28,
+        value_parser = clap::value_parser!(u32).range(4..)
+    )]
+    database_connections: u32,
     #[command(flatten)]
     nats_auth: NatsAuthArgs,
+}
+
+/// How a process's PostgreSQL connections are shared among its pools.
+#[derive(Debug, PartialEq, Eq)]
+struct PoolSizes {
+    db: u32,
+    projections: u32,
+    keys: u32,
+    quotas: u32,
+}
+
+impl PoolSizes {
+    /// A seventh each for the contacts' keys and the quotas (short statements), the rest
+    /// halved between the read models' readers and their projection runners.
+    fn of(total: u32) -> Self {
+        let keys = (total / 7).max(1);
+        let quotas = (total / 7).max(1);
+        let rest = total.saturating_sub(keys + quotas).max(2);
+        Self {
+            db: rest / 2,
+            projections: rest - rest / 2,
+            keys,
+            quotas,
+        }
+    }
 }
 
 /// How whatsnap proves who it is to a NATS server with authentication; at most one way.
@@ -582,16 +617,17 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                     })
                     .connect(database_url)
             };
-            let db = pool(10, "")
+            let sizes = PoolSizes::of(args.database_connections);
+            let db = pool(sizes.db, "")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
-            let keys_db = pool(4, "")
+            let keys_db = pool(sizes.keys, "")
                 .await
                 .context("contacts' keys on PostgreSQL (--database-url)")?;
-            let projections_db = pool(10, "SET synchronous_commit = off")
+            let projections_db = pool(sizes.projections, "SET synchronous_commit = off")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
-            let quotas_db = pool(4, "SET synchronous_commit = off")
+            let quotas_db = pool(sizes.quotas, "SET synchronous_commit = off")
                 .await
                 .context("request quotas on PostgreSQL (--database-url)")?;
             Ok(Backend {
@@ -2024,4 +2060,28 @@ fn export_parked_metrics(db: whatsnap_rpc::ReadDb) {
                 .collect::<Vec<_>>()
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolSizes;
+
+    #[test]
+    fn a_process_opens_no_more_connections_than_asked_for_and_every_pool_gets_one() {
+        let sizes = |db, projections, keys, quotas| PoolSizes {
+            db,
+            projections,
+            keys,
+            quotas,
+        };
+        assert_eq!(PoolSizes::of(28), sizes(10, 10, 4, 4));
+        assert_eq!(PoolSizes::of(14), sizes(5, 5, 2, 2));
+        assert_eq!(PoolSizes::of(4), sizes(1, 1, 1, 1));
+        for total in 4..500 {
+            let pools = PoolSizes::of(total);
+            let opened = pools.db + pools.projections + pools.keys + pools.quotas;
+            assert!(opened <= total, "{total}: {pools:?}");
+            assert!(pools.db > 0 && pools.projections > 0, "{total}: {pools:?}");
+        }
+    }
 }
