@@ -274,6 +274,19 @@ impl<A: Aggregate + Clone> Cache<A> {
         }
     }
 
+    /// [`Cache::follow`] until `shutdown` (or until the store turns out unable to watch).
+    pub async fn follow_until(
+        &self,
+        store: &dyn EventStore,
+        kind: AggregateKind,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::select! {
+            () = self.follow(store, kind) => {}
+            () = shutdown => {}
+        }
+    }
+
     /// Watches from the head: what was kept before may have missed changes, so it starts
     /// over empty. `Ok` only when the store cannot watch.
     async fn follow_once(

@@ -818,25 +818,23 @@ async fn a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_
         || whatsnap_events::Event::from(whatsnap_events::GhlUninstalled { app_id: None });
     let stream = StreamId::for_uuid(location(), AggregateKind::Contact, Uuid::now_v7());
     let mut decided_on = Vec::new();
-    let mut decide_once = |state: &LastVersion| {
-        decided_on.push(state.0);
-        Ok::<_, String>(match state.0 {
-            0 => vec![decodable()],
-            _ => vec![],
-        })
+    // The message at `position` creates the stream, or finds it there: nothing to do.
+    let mut decide_at = async |position: u64| {
+        let mut decide = |state: &LastVersion| {
+            decided_on.push(state.0);
+            Ok::<_, String>(match state.0 {
+                0 => vec![decodable()],
+                _ => vec![],
+            })
+        };
+        cache
+            .update_at(&aggregates, &stream, position, &metadata, &mut decide)
+            .await
+            .unwrap()
     };
 
     let message_at = store.head_position().await.unwrap() + 1;
-    let created = cache
-        .update_at(
-            &aggregates,
-            &stream,
-            message_at,
-            &metadata,
-            &mut decide_once,
-        )
-        .await
-        .unwrap();
+    let created = decide_at(message_at).await;
     assert_eq!((created.loaded.version, created.appended), (1, 1));
     assert_eq!(reads(), 0, "a new stream is created without a read");
 
@@ -860,16 +858,7 @@ async fn a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_
     })
     .await;
     assert!(written_at < next_message_at);
-    let nothing = cache
-        .update_at(
-            &aggregates,
-            &stream,
-            next_message_at,
-            &metadata,
-            &mut decide_once,
-        )
-        .await
-        .unwrap();
+    let nothing = decide_at(next_message_at).await;
     assert_eq!((nothing.loaded.version, nothing.appended), (2, 0));
     assert_eq!(
         reads(),
@@ -878,11 +867,7 @@ async fn a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_
     );
 
     // A message further on than the follower has read: the stream is read.
-    let far = next_message_at + 1_000;
-    cache
-        .update_at(&aggregates, &stream, far, &metadata, &mut decide_once)
-        .await
-        .unwrap();
+    decide_at(next_message_at + 1_000).await;
     assert_eq!(reads(), 1);
     assert_eq!(decided_on, [0, 2, 2, 2]);
 

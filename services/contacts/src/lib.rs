@@ -64,10 +64,9 @@ impl Contacts {
     /// Keeps the contacts the inbound stage decided on current from the log until `shutdown`,
     /// so that a known contact's next message is decided from memory.
     pub async fn follow_contacts(&self, shutdown: impl Future<Output = ()>) {
-        tokio::select! {
-            () = self.kept.follow(self.store.as_ref(), AggregateKind::Contact) => {}
-            () = shutdown => {}
-        }
+        self.kept
+            .follow_until(self.store.as_ref(), AggregateKind::Contact, shutdown)
+            .await
     }
 
     /// The contacts' keys, which `EraseContact` destroys.

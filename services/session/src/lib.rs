@@ -97,10 +97,9 @@ impl Session {
     /// Keeps the accounts loaded current from the log until `shutdown`, so that a message's
     /// account is answered from memory (see [`Reading::Followed`]).
     pub(crate) async fn follow_accounts(self, shutdown: impl Future<Output = ()>) {
-        tokio::select! {
-            () = self.accounts.follow(self.store.as_ref(), AggregateKind::Account) => {}
-            () = shutdown => {}
-        }
+        self.accounts
+            .follow_until(self.store.as_ref(), AggregateKind::Account, shutdown)
+            .await
     }
 
     /// How a new account connects: its connector checks what the user gave with the platform
