@@ -132,7 +132,9 @@ async fn a_poison_event_is_parked_and_the_log_goes_on<DB: CheckpointTable>(
     payloads[5] = "poison";
     let positions = append_payloads(store.as_ref(), &payloads).await;
     let (poison, head) = (positions[5], positions[9]);
-    let projection = Arc::new(CountingProjection::new("poisoned"));
+    // Only the messages' events: parking appends an announcement past `head`, which the runner
+    // may or may not reach before the test stops it.
+    let projection = Arc::new(CountingProjection::new("poisoned").reading(&["MessageRead"]));
     let runner = quick(
         ProjectionRunner::new(store.clone(), pool.clone(), projection.clone()),
         2,
@@ -144,11 +146,9 @@ async fn a_poison_event_is_parked_and_the_log_goes_on<DB: CheckpointTable>(
         counted(&projection, &pool).await,
         Counted { rows: 9, total: 9 }
     );
-    assert_eq!(
-        runner.prepare().await.unwrap(),
-        head,
-        "checkpoint at the head"
-    );
+    // At the head, or past the announcement if the runner passed over it before it stopped.
+    let checkpoint = runner.prepare().await.unwrap();
+    assert!(checkpoint >= head, "checkpoint {checkpoint}, head {head}");
     let open = parked::list(&pool, false).await.unwrap();
     assert_eq!(open.len(), 1, "{open:?}");
     let row = &open[0];

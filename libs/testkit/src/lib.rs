@@ -346,6 +346,8 @@ pub struct CountingProjection {
     pub name: String,
     /// Time spent inside the transaction per event, to widen the window for a crash.
     pub pause_per_event: Duration,
+    /// The event types it counts; every type when `None`.
+    pub reads: Option<&'static [&'static str]>,
 }
 
 impl CountingProjection {
@@ -353,7 +355,15 @@ impl CountingProjection {
         Self {
             name: name.into(),
             pause_per_event: Duration::ZERO,
+            reads: None,
         }
+    }
+
+    /// Counts only events of `types` (the runner passes over the others, such as the
+    /// announcements it appends itself).
+    pub fn reading(mut self, types: &'static [&'static str]) -> Self {
+        self.reads = Some(types);
+        self
     }
 }
 
@@ -370,6 +380,10 @@ macro_rules! counting_projection_for {
         impl Projection<$db> for CountingProjection {
             fn name(&self) -> &str {
                 &self.name
+            }
+
+            fn reads(&self) -> Option<&'static [&'static str]> {
+                self.reads
             }
 
             fn migrations(&self) -> &'static [&'static str] {
