@@ -4,6 +4,10 @@
 //! 429s say. Locations never share a budget, and [`RateLimiter::try_acquire`] tells a scheduler
 //! how long one location must wait so that it can serve another meanwhile: a busy location
 //! cannot starve the others.
+//!
+//! The windows are one process's memory while it does the GHL work; [`RateLimiter::saved`] and
+//! [`RateLimiter::resume`] carry them, in wall-clock time, to the replica that takes the work
+//! over, so that a handover does not start GHL's window afresh.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -76,6 +80,8 @@ struct Bucket {
     /// When GHL's answers came back, the last window's: an answer comes after its request
     /// reached GHL, so it bounds when GHL counted it.
     answered: VecDeque<Instant>,
+    /// Changed since [`RateLimiter::saved`] last took it.
+    unsaved: bool,
 }
 
 impl Bucket {
@@ -86,6 +92,69 @@ impl Bucket {
             daily_used: 0,
             blocked_until: None,
             answered: VecDeque::new(),
+            unsaved: true,
+        }
+    }
+}
+
+/// One location's pacing as another process can take it up: times in milliseconds since the
+/// Unix epoch, as every replica's clock reads them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedWindow {
+    /// When each request of the current burst window went out.
+    pub sent_ms: Vec<i64>,
+    /// When GHL answered, over the last window.
+    pub answered_ms: Vec<i64>,
+    /// No request before this.
+    pub blocked_until_ms: Option<i64>,
+    pub day_started_ms: i64,
+    pub daily_used: u32,
+}
+
+impl SavedWindow {
+    /// How many requests are left of the day's allowance at `now_ms`, and when it resets.
+    pub fn daily_left(&self, limits: Limits, now_ms: i64) -> (u32, Duration) {
+        let elapsed =
+            Duration::from_millis(now_ms.saturating_sub(self.day_started_ms).max(0) as u64);
+        match elapsed < DAY {
+            true => (
+                limits.daily_max.saturating_sub(self.daily_used),
+                DAY - elapsed,
+            ),
+            false => (limits.daily_max, DAY),
+        }
+    }
+}
+
+/// Converts between this process's monotonic clock and the wall clock, at one moment.
+#[derive(Clone, Copy)]
+struct Clocks {
+    now: Instant,
+    now_ms: i64,
+}
+
+impl Clocks {
+    fn read(now_ms: i64) -> Self {
+        Self {
+            now: Instant::now(),
+            now_ms,
+        }
+    }
+
+    fn to_ms(self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.now) {
+            Some(ahead) => self.now_ms + ahead.as_millis() as i64,
+            None => self.now_ms - self.now.duration_since(at).as_millis() as i64,
+        }
+    }
+
+    /// A wall-clock time as this process's instant; times before this process's clock began
+    /// are taken as its start (they are older than any window that matters).
+    fn to_instant(self, at_ms: i64) -> Instant {
+        let offset = Duration::from_millis(at_ms.abs_diff(self.now_ms));
+        match at_ms >= self.now_ms {
+            true => self.now + offset,
+            false => self.now.checked_sub(offset).unwrap_or(self.now),
         }
     }
 }
@@ -148,6 +217,7 @@ impl RateLimiter {
         }
         bucket.sent.push_back(now);
         bucket.daily_used += 1;
+        bucket.unsaved = true;
         Ok(())
     }
 
@@ -218,6 +288,7 @@ impl RateLimiter {
             .or_insert_with(|| Bucket::new(now));
         forget_before_window(&mut bucket.answered, now, window);
         bucket.answered.push_back(now);
+        bucket.unsaved = true;
         if observed.burst_remaining == Some(0) {
             let max = self.limits.burst_max as usize;
             let free_at = match bucket.answered.len().checked_sub(max) {
@@ -239,6 +310,76 @@ impl RateLimiter {
             .entry(location.clone())
             .or_insert_with(|| Bucket::new(now));
         bucket.blocked_until = Some(now + retry_after.unwrap_or(self.limits.burst_window));
+        bucket.unsaved = true;
+    }
+
+    /// The windows of the locations whose pacing changed since the last call (every location
+    /// with `all`), as of `now_ms` on the wall clock, for the replica that takes the GHL work
+    /// over. Taking them marks them saved.
+    pub fn saved(&self, now_ms: i64, all: bool) -> Vec<(LocationId, SavedWindow)> {
+        let clocks = Clocks::read(now_ms);
+        let window = self.limits.burst_window;
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        buckets
+            .iter_mut()
+            .filter(|(_, bucket)| all || bucket.unsaved)
+            .map(|(location, bucket)| {
+                bucket.unsaved = false;
+                forget_before_window(&mut bucket.sent, clocks.now, window);
+                forget_before_window(&mut bucket.answered, clocks.now, window);
+                let saved = SavedWindow {
+                    sent_ms: bucket.sent.iter().map(|at| clocks.to_ms(*at)).collect(),
+                    answered_ms: bucket.answered.iter().map(|at| clocks.to_ms(*at)).collect(),
+                    blocked_until_ms: bucket.blocked_until.map(|at| clocks.to_ms(at)),
+                    day_started_ms: clocks.to_ms(bucket.day_started),
+                    daily_used: bucket.daily_used,
+                };
+                (location.clone(), saved)
+            })
+            .collect()
+    }
+
+    /// Takes up the windows another process saved, as of `now_ms` on the wall clock, in place of
+    /// what this one remembers: the process that saved them did the GHL work since.
+    ///
+    /// `unknown_since`: the saving process stopped without saying it had saved its last
+    /// requests (it died); those it made after its last save may still count in GHL's window.
+    /// Each location that had requests in its saved window then waits a whole window from now,
+    /// when whatever the dead process sent has left GHL's window too.
+    pub fn resume(
+        &self,
+        saved: Vec<(LocationId, SavedWindow)>,
+        now_ms: i64,
+        unknown_since_save: bool,
+    ) {
+        let clocks = Clocks::read(now_ms);
+        let window = self.limits.burst_window;
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        for (location, saved) in saved {
+            let times = |ms: &[i64]| -> VecDeque<Instant> {
+                let mut times: VecDeque<_> = ms.iter().map(|at| clocks.to_instant(*at)).collect();
+                times.make_contiguous().sort();
+                forget_before_window(&mut times, clocks.now, window);
+                times
+            };
+            let sent = times(&saved.sent_ms);
+            let mut blocked_until = saved
+                .blocked_until_ms
+                .map(|at| clocks.to_instant(at))
+                .filter(|at| *at > clocks.now);
+            if unknown_since_save && !sent.is_empty() {
+                blocked_until = Some(clocks.now + window);
+            }
+            let bucket = Bucket {
+                sent,
+                day_started: clocks.to_instant(saved.day_started_ms),
+                daily_used: saved.daily_used,
+                blocked_until,
+                answered: times(&saved.answered_ms),
+                unsaved: false,
+            };
+            buckets.insert(location, bucket);
+        }
     }
 }
 
@@ -348,6 +489,63 @@ mod tests {
         // The first answer came 10 ms after the start; the window is used up 4.96 s in.
         limiter.acquire(&loc).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(10_010));
+    }
+
+    /// Another process takes the GHL work over mid-window: it goes on with the window, not
+    /// afresh, and the window's slots come free when they would have in the first process.
+    #[tokio::test(start_paused = true)]
+    async fn a_window_saved_by_one_process_is_taken_up_by_the_next() {
+        let (first, next) = (RateLimiter::default(), RateLimiter::default());
+        let loc = location("loc");
+        // The wall clock as both processes read it: 4 s into the window at the handover.
+        let started_ms = 1_800_000_000_000;
+        for _ in 0..100 {
+            first.try_acquire(&loc).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let saved = first.saved(started_ms + 4_000, false);
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].1.sent_ms, vec![started_ms; 100]);
+        assert!(
+            first.saved(started_ms + 4_000, false).is_empty(),
+            "nothing changed since"
+        );
+
+        next.resume(saved, started_ms + 4_000, false);
+        assert_eq!(
+            next.try_acquire(&loc),
+            Err(Exhausted::Wait(Duration::from_secs(6)))
+        );
+        assert_eq!(next.daily_left(&loc).0, 200_000 - 100);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        next.try_acquire(&loc).unwrap();
+        // What it took up counts as saved; what it did since does not.
+        assert_eq!(next.saved(started_ms + 10_000, false).len(), 1);
+        assert_eq!(next.saved(started_ms + 10_000, true).len(), 1);
+    }
+
+    /// The process that did the GHL work died: what it sent after its last save is unknown, so
+    /// each location it was sending for waits a whole window; the others do not.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_death_a_busy_location_waits_a_window_and_a_quiet_one_does_not() {
+        let (first, next) = (RateLimiter::default(), RateLimiter::default());
+        let (busy, idle, quiet) = (location("busy"), location("idle"), location("quiet"));
+        let now_ms = 1_800_000_000_000;
+        for _ in 0..3 {
+            first.try_acquire(&busy).unwrap();
+        }
+        first.try_acquire(&idle).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        first.try_acquire(&busy).unwrap();
+        let saved = first.saved(now_ms, false);
+        next.resume(saved, now_ms, true);
+        assert_eq!(
+            next.try_acquire(&busy),
+            Err(Exhausted::Wait(Duration::from_secs(10)))
+        );
+        next.try_acquire(&idle).unwrap();
+        next.try_acquire(&quiet).unwrap();
+        assert_eq!(next.daily_left(&idle).0, 200_000 - 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod effects;
 pub mod oauth_state;
 pub mod owners;
+pub mod pacing;
 pub mod read_model;
 pub mod users;
 pub mod worker;
@@ -286,8 +287,17 @@ impl pb::ghl_sync_service_server::GhlSyncService for GhlSync {
         })
         .collect();
         let queued = contacts + messages + statuses + assignments;
+        // This replica's count if it does the GHL work, else what the replica that does it
+        // saved last: the lower is the nearer to GHL's.
         let (daily_left, resets_in) = match &self.config {
-            Some(config) => config.client.limiter().daily_left(&location),
+            Some(config) => {
+                let limiter = config.client.limiter();
+                let here = limiter.daily_left(&location);
+                match pacing::daily_left(&self.db, &location, limiter.limits()).await {
+                    Some(saved) if saved.0 < here.0 => saved,
+                    _ => here,
+                }
+            }
             None => (0, std::time::Duration::ZERO),
         };
         // A contact takes up to three requests (look-up, create, tags); the rest one each.

@@ -36,6 +36,7 @@ use whatsnap_effects::{EffectError, Outbox, Subject, failpoint};
 
 use crate::connection::{self, Connection};
 use crate::effects;
+use crate::pacing;
 use crate::read_model::{ASSIGN, CONTACT, MESSAGE, STATUS};
 use crate::users;
 
@@ -238,10 +239,35 @@ impl Worker {
         let mut users: HashMap<String, UsersSchedule> = HashMap::new();
         let mut moved = self.config.queue_moved.clone();
         tokio::pin!(shutdown);
+        // No request before the pacing the last worker left is taken up.
+        let limiter = self.config.client.limiter();
+        let mut failures = 0;
+        while let Err(err) = pacing::take_up(&self.db, limiter).await {
+            failures += 1;
+            let delay = Backoff::default().delay(failures);
+            warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot take up GHL's pacing windows; no GHL work until it can");
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        let mut save = tokio::time::interval(pacing::SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed save, the next saves every window, not only those changed since.
+        let mut save_all = false;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.queue_may_have_moved(&mut moved) => {}
+                _ = save.tick() => {
+                    if let Err(err) = pacing::save(&self.db, limiter, save_all).await {
+                        warn!(error = %err, "GHL pacing windows not saved; trying again");
+                        save_all = true;
+                    } else {
+                        save_all = false;
+                    }
+                    continue;
+                }
             }
             self.schedule_users(&mut users).await;
             running.retain(|_, task| !task.is_finished());
@@ -267,11 +293,22 @@ impl Worker {
                 running.insert(location, tokio::spawn(worker.drain(parsed)));
             }
         }
-        for task in running
-            .values()
-            .chain(users.values().filter_map(|s| s.task.as_ref()))
-        {
+        let tasks: Vec<JoinHandle<()>> = running
+            .into_values()
+            .chain(users.into_values().filter_map(|s| s.task))
+            .collect();
+        for task in &tasks {
             task.abort();
+        }
+        // Every request made is in the windows before they are saved.
+        for task in tasks {
+            let _ = task.await;
+        }
+        match pacing::release(&self.db, limiter).await {
+            Ok(()) => info!("GHL pacing windows saved for the next worker"),
+            Err(err) => {
+                warn!(error = %err, "GHL pacing windows not saved as the worker stopped; the next worker will wait a window for each busy location")
+            }
         }
     }
 

@@ -2,39 +2,15 @@
 //! is never done again, whatever the read model says; an intent without an outcome is looked
 //! for at GHL before anything is posted again.
 
-use chrono::Utc;
 use whatsnap_events::{
     AggregateKind, EffectIntended, Event, GhlContactLinked, GhlMessagePosted,
-    InboundMessageReceived, RecordedEvent, StreamId, inbound_message_id_for,
+    InboundMessageReceived, RecordedEvent, StreamId,
 };
 use whatsnap_testkit::{FakeGhl, eventually};
 
 mod common;
 
-use common::{LOCATION, PHONE, Rig, location};
-
-/// An inbound text from the rig's contact, as session records it.
-fn inbound(provider_id: &str, body: &str) -> (StreamId, InboundMessageReceived) {
-    let account_id = uuid::Uuid::nil();
-    let message_id = inbound_message_id_for(account_id, provider_id);
-    let stream = StreamId::for_uuid(location(), AggregateKind::Message, message_id);
-    let event = InboundMessageReceived {
-        message_id,
-        account_id,
-        provider_message_id: provider_id.into(),
-        from: PHONE.into(),
-        to: None,
-        body: body.into(),
-        sender_name: None,
-        // GHL keeps the date to the millisecond.
-        received_at: chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
-            .unwrap(),
-        attachments: Vec::new(),
-        from_me: false,
-        sender_lid: None,
-    };
-    (stream, event)
-}
+use common::{LOCATION, PHONE, Rig, inbound, location};
 
 fn posted_bodies(rig: &Rig, ghl_contact_id: &str) -> Vec<String> {
     rig.ghl

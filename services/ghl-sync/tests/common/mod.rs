@@ -11,13 +11,14 @@ use tonic::Request;
 use uuid::Uuid;
 use whatsnap_events::{
     AggregateKind, ContactAssigned, ContactCreated, ContactTagged, Event, EventMetadata,
-    LocationId, NewEvent, PhoneNumber, StreamId, TagSource, contact_id_for,
+    InboundMessageReceived, LocationId, NewEvent, PhoneNumber, StreamId, TagSource, contact_id_for,
+    inbound_message_id_for,
 };
 use whatsnap_eventstore::projection::ProjectionRunner;
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
 use whatsnap_ghl::client::{GhlClient, GhlConfig};
 use whatsnap_ghl::ratelimit::{Limits, RateLimiter};
-use whatsnap_ghl_sync::{GhlSync, PendingWork, WorkerConfig};
+use whatsnap_ghl_sync::{GhlSync, PendingWork, Worker, WorkerConfig};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncService;
 use whatsnap_testkit::{FakeGhl, FakeGhlUser, TestSqlite};
@@ -40,6 +41,7 @@ pub fn user(id: &str, name: &str, deleted: bool) -> FakeGhlUser {
 pub struct Rig {
     _sqlite: TestSqlite,
     pub store: Arc<dyn EventStore>,
+    pub db: sqlx::AnyPool,
     pub ghl: FakeGhl,
     pub sync: GhlSync,
     pub tasks: Vec<JoinHandle<()>>,
@@ -63,20 +65,10 @@ impl Rig {
             .await
             .unwrap();
         let ghl = FakeGhl::start().await.unwrap();
-        let client = GhlClient::new(
-            GhlConfig {
-                api_base: ghl.base_url(),
-                ..GhlConfig::default()
-            },
-            Arc::new(RateLimiter::new(Limits::default())),
-        );
-        let key = whatsnap_secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
-        let mut config = WorkerConfig::new(client, key);
-        config.poll = poll;
-        config.max_backoff = Duration::from_millis(500);
-        config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
+        let config = worker_config(&ghl, poll, users_refresh);
         let mut sync = GhlSync::new(store.clone(), db.clone()).with_client(config);
-        let runner = ProjectionRunner::new(store.clone(), db, Arc::new(PendingWork::default()));
+        let runner =
+            ProjectionRunner::new(store.clone(), db.clone(), Arc::new(PendingWork::default()));
         if woken {
             sync.queue_moves_with(runner.progress());
         }
@@ -92,10 +84,21 @@ impl Rig {
         Self {
             _sqlite: sqlite,
             store,
+            db,
             ghl,
             sync,
             tasks,
         }
+    }
+
+    /// The GHL worker of another process on the same log and database: its own client and
+    /// pacing.
+    pub fn worker_of_another_process(&self) -> Arc<Worker> {
+        let config = worker_config(&self.ghl, Duration::from_millis(20), None);
+        GhlSync::new(self.store.clone(), self.db.clone())
+            .with_client(config)
+            .worker()
+            .unwrap()
     }
 
     pub async fn connect(&self, company_id: &str) {
@@ -212,6 +215,46 @@ impl Drop for Rig {
             task.abort();
         }
     }
+}
+
+/// A worker's configuration against `ghl`, with GHL's own limits and pacing of its own.
+fn worker_config(ghl: &FakeGhl, poll: Duration, users_refresh: Option<Duration>) -> WorkerConfig {
+    let client = GhlClient::new(
+        GhlConfig {
+            api_base: ghl.base_url(),
+            ..GhlConfig::default()
+        },
+        Arc::new(RateLimiter::new(Limits::default())),
+    );
+    let key = whatsnap_secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
+    let mut config = WorkerConfig::new(client, key);
+    config.poll = poll;
+    config.max_backoff = Duration::from_millis(500);
+    config.users_refresh = users_refresh.unwrap_or(Duration::from_secs(600));
+    config
+}
+
+/// An inbound text from the rig's contact, as session records it.
+pub fn inbound(provider_id: &str, body: &str) -> (StreamId, InboundMessageReceived) {
+    let account_id = uuid::Uuid::nil();
+    let message_id = inbound_message_id_for(account_id, provider_id);
+    let stream = StreamId::for_uuid(location(), AggregateKind::Message, message_id);
+    let event = InboundMessageReceived {
+        message_id,
+        account_id,
+        provider_message_id: provider_id.into(),
+        from: PHONE.into(),
+        to: None,
+        body: body.into(),
+        sender_name: None,
+        // GHL keeps the date to the millisecond.
+        received_at: chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+            .unwrap(),
+        attachments: Vec::new(),
+        from_me: false,
+        sender_lid: None,
+    };
+    (stream, event)
 }
 
 pub fn location() -> LocationId {
