@@ -251,23 +251,11 @@ impl Worker {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        let mut save = tokio::time::interval(pacing::SAVE_EVERY);
-        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // After a failed save, the next saves every window, not only those changed since.
-        let mut save_all = false;
+        let saving = tokio::spawn(self.clone().save_pacing());
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.queue_may_have_moved(&mut moved) => {}
-                _ = save.tick() => {
-                    if let Err(err) = pacing::save(&self.db, limiter, save_all).await {
-                        warn!(error = %err, "GHL pacing windows not saved; trying again");
-                        save_all = true;
-                    } else {
-                        save_all = false;
-                    }
-                    continue;
-                }
             }
             self.schedule_users(&mut users).await;
             running.retain(|_, task| !task.is_finished());
@@ -296,6 +284,7 @@ impl Worker {
         let tasks: Vec<JoinHandle<()>> = running
             .into_values()
             .chain(users.into_values().filter_map(|s| s.task))
+            .chain([saving])
             .collect();
         for task in &tasks {
             task.abort();
@@ -309,6 +298,26 @@ impl Worker {
             Err(err) => {
                 warn!(error = %err, "GHL pacing windows not saved as the worker stopped; the next worker will wait a window for each busy location")
             }
+        }
+    }
+
+    /// Saves the pacing windows that changed, every [`pacing::SAVE_EVERY`], for the worker that
+    /// takes over from this one.
+    async fn save_pacing(self: Arc<Self>) {
+        let limiter = self.config.client.limiter();
+        let mut save = tokio::time::interval(pacing::SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed save, the next saves every window, not only those changed since.
+        let mut save_all = false;
+        loop {
+            save.tick().await;
+            save_all = match pacing::save(&self.db, limiter, save_all).await {
+                Ok(_) => false,
+                Err(err) => {
+                    warn!(error = %err, "GHL pacing windows not saved; trying again");
+                    true
+                }
+            };
         }
     }
 
