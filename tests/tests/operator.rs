@@ -214,7 +214,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     assert!(out.contains("contacts: emptied"), "{out}");
     let file = sqlx::sqlite::SqlitePoolOptions::new()
         .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new().filename(data.path().join("whatsnap.db")),
+            sqlx::sqlite::SqliteConnectOptions::new().filename(data.path().join("read-models.db")),
         )
         .await
         .unwrap();

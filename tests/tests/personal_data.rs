@@ -317,7 +317,7 @@ async fn a_round_trip_logged_at_debug_logs_no_number_message_or_token() {
     assert_absent(&log, "the log", &[TOKEN, &rig.pit, SECRET_KEY]);
 }
 
-/// The ids of a customer's messages and contact in the embedded database, and what the GHL
+/// The ids of a customer's messages and contact in the embedded read models, and what the GHL
 /// sync read model keeps of them.
 async fn ghl_read_model(db: &Path, customer: &Customer) -> (Vec<String>, Vec<String>) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
@@ -380,7 +380,10 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
     let TestBackend::Embedded(dir) = &backend else {
         unreachable!()
     };
-    let db = dir.path().join("whatsnap.db");
+    let (db, read_models) = (
+        dir.path().join("whatsnap.db"),
+        dir.path().join("read-models.db"),
+    );
     let mut rig = Rig::start(&backend).await;
     rig.text(&ANA, "SM30000000000000000000000000000001", ANA.text)
         .await;
@@ -426,7 +429,7 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
 
     // The GHL sync read model keeps Ben sealed, and forgets Ana.
     let (contact, bodies) = eventually("Ana erased in the GHL read model", async || {
-        let (contact, bodies) = ghl_read_model(&db, &ANA).await;
+        let (contact, bodies) = ghl_read_model(&read_models, &ANA).await;
         bodies
             .iter()
             .all(|b| b.starts_with("[erased]"))
@@ -436,7 +439,7 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
     assert_eq!(contact, ["[erased] "]);
     assert_eq!(bodies.len(), 1);
     let (ben, ben_bodies) = eventually("Ben in the GHL read model", async || {
-        let (ben, bodies) = ghl_read_model(&db, &BEN).await;
+        let (ben, bodies) = ghl_read_model(&read_models, &BEN).await;
         (!ben.is_empty() && !bodies.is_empty()).then_some((ben, bodies))
     })
     .await;
@@ -468,12 +471,12 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
     );
     rig.restart(&backend).await;
     let (ben, ben_bodies) = eventually("Ben's messages back in the read model", async || {
-        let (ben, bodies) = ghl_read_model(&db, &BEN).await;
+        let (ben, bodies) = ghl_read_model(&read_models, &BEN).await;
         (bodies.len() == 2).then_some((ben, bodies))
     })
     .await;
     assert_sealed(&ben, &ben_bodies);
-    let (ana, ana_bodies) = ghl_read_model(&db, &ANA).await;
+    let (ana, ana_bodies) = ghl_read_model(&read_models, &ANA).await;
     assert_eq!(ana, ["[erased] "]);
     assert!(
         ana_bodies.iter().all(|b| b.starts_with("[erased]")),

@@ -1109,8 +1109,6 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
     let Backend::Embedded(dir) = &backend else {
         unreachable!()
     };
-    let stored = std::fs::read(dir.path().join("whatsnap.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("whatsnap.db-wal")).unwrap_or_default();
     let last_token = rig
         .ghl
         .requests()
@@ -1119,10 +1117,11 @@ async fn an_oauth_install_connects_the_location_and_tokens_are_refreshed() {
         .find_map(|r| r.authorization)
         .unwrap();
     let token = last_token.trim_start_matches("Bearer ");
-    for bytes in [&stored, &wal] {
+    for (file, bytes) in whatsnap_testkit::stored_files(dir.path()) {
         assert!(
             !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-            "a GHL token is stored in clear"
+            "a GHL token is stored in clear in {}",
+            file.display()
         );
     }
 }

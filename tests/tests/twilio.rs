@@ -113,13 +113,12 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         .unwrap()
         .into_inner();
     assert_eq!(account.tag, "whatsnap-account-sales");
-    // The token is stored sealed: it is nowhere in the database file.
-    let stored = std::fs::read(data.path().join("whatsnap.db")).unwrap();
-    let wal = std::fs::read(data.path().join("whatsnap.db-wal")).unwrap_or_default();
-    for bytes in [&stored, &wal] {
+    // The token is stored sealed: it is in none of the data directory's files.
+    for (file, bytes) in whatsnap_testkit::stored_files(data.path()) {
         assert!(
             !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
-            "the Auth Token is stored in clear"
+            "the Auth Token is stored in clear in {}",
+            file.display()
         );
     }
 

@@ -101,10 +101,10 @@ pub trait CheckpointTable: Database {
     /// that read first and wrote later would fail outright if another writer committed between.
     async fn begin_write(pool: &Pool<Self>) -> sqlx::Result<sqlx::Transaction<'static, Self>>;
 
-    /// Whether the database has one write lock for everybody (SQLite): then the runner's
-    /// transactions take [`crate::sqlite::write_turn`] first, in line with the log's commits,
-    /// instead of sleeping in SQLite's busy handler until the lock is free.
-    fn one_writer(pool: &Pool<Self>) -> bool;
+    /// The file, for a database with one write lock for everybody (SQLite): the runner's
+    /// transactions then take that file's [`crate::sqlite::write_turn`] first, in line with
+    /// its other writers, instead of sleeping in SQLite's busy handler until the lock is free.
+    fn one_writer_file(pool: &Pool<Self>) -> Option<std::path::PathBuf>;
 
     /// Creates the tables of checkpoints, of applied migrations and of parked events.
     async fn create_checkpoint_table(conn: &mut Self::Connection) -> sqlx::Result<()>;
@@ -198,7 +198,7 @@ macro_rules! checkpoint_table {
                 $begin
             }
 
-            fn one_writer($pool: &Pool<Self>) -> bool {
+            fn one_writer_file($pool: &Pool<Self>) -> Option<std::path::PathBuf> {
                 $one_writer
             }
 
@@ -423,12 +423,13 @@ macro_rules! checkpoint_table {
 
 checkpoint_table!(Postgres, |pool| pool.begin().await, {
     let _ = pool;
-    false
+    None
 });
-checkpoint_table!(Sqlite, |pool| pool.begin_with("BEGIN IMMEDIATE").await, {
-    let _ = pool;
-    true
-});
+checkpoint_table!(
+    Sqlite,
+    |pool| pool.begin_with("BEGIN IMMEDIATE").await,
+    Some(pool.connect_options().get_filename().to_owned())
+);
 // `sqlx::Any` serves the services' read models on either database.
 checkpoint_table!(
     Any,
@@ -439,8 +440,16 @@ checkpoint_table!(
             pool.begin().await
         }
     },
-    pool.connect_options().database_url.scheme() == "sqlite"
+    sqlite_file(&pool.connect_options().database_url)
 );
+
+/// The file of a `sqlite://` URL (`sqlite:///abs/path`, `sqlite://relative/path`).
+fn sqlite_file(url: &url::Url) -> Option<std::path::PathBuf> {
+    (url.scheme() == "sqlite").then(|| {
+        let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
+        std::path::PathBuf::from(format!("{}{path}", url.host_str().unwrap_or_default()))
+    })
+}
 
 /// Makes the span an event is handled in (see `ProjectionRunner::instrument`).
 pub type EventSpan = fn(&str, &RecordedEvent) -> tracing::Span;
@@ -570,6 +579,8 @@ pub struct ProjectionRunner<DB: CheckpointTable> {
     progress: watch::Sender<u64>,
     /// The lease this runner works under, renewed in every transaction, and for how long.
     fence: std::sync::Mutex<Option<(Fence, Duration)>>,
+    /// The turn of the read model's file among its writers, on SQLite.
+    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl<DB: CheckpointTable> ProjectionRunner<DB> {
@@ -587,10 +598,12 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 );
             }
         }
+        let write_turn = DB::one_writer_file(&pool).map(|file| crate::sqlite::write_turn(&file));
         Self {
             store,
             pool,
             projection,
+            write_turn,
             event_span: |projection, event| {
                 tracing::debug_span!("handle_event", projection, position = event.position)
             },
@@ -948,9 +961,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     ) -> Result<(), Failure> {
         let name = self.name();
         self.react_to(events).await?;
-        let _turn = match DB::one_writer(&self.pool) {
-            true => Some(crate::sqlite::write_turn().await),
-            false => None,
+        let _turn = match &self.write_turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
         };
         let mut tx = DB::begin_write(&self.pool)
             .await
@@ -1204,6 +1217,27 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_of_a_sqlite_url_is_the_one_its_writers_take_turns_at() {
+        let file = |url: &str| sqlite_file(&url.parse().unwrap());
+        assert_eq!(
+            file("sqlite:///data/read%20models.db?mode=rwc"),
+            Some("/data/read models.db".into())
+        );
+        assert_eq!(file("sqlite://data/x.db"), Some("data/x.db".into()));
+        assert_eq!(file("postgres://db/whatsnap"), None);
+        let turn = crate::sqlite::write_turn;
+        let here = std::env::current_dir().unwrap();
+        assert!(Arc::ptr_eq(
+            &turn("data/x.db".as_ref()),
+            &turn(&here.join("data/x.db"))
+        ));
+        assert!(!Arc::ptr_eq(
+            &turn("data/x.db".as_ref()),
+            &turn("data/y.db".as_ref())
+        ));
+    }
 
     #[test]
     fn pauses_grow_to_the_cap_with_jitter() {

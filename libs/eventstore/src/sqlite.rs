@@ -2,6 +2,7 @@
 //! SQLite's single write lock so that a reader never sees a later position before an earlier
 //! one, and subscribers woken in-process as soon as an append commits.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -133,7 +134,8 @@ impl SqliteEventStore {
         let (appends, waiting) = mpsc::channel(APPENDS_PER_COMMIT);
         let head = Arc::new(watch::channel(0).0);
         // The writer ends when the last clone of the store is dropped.
-        tokio::spawn(commit_appends(writer.clone(), waiting, head.clone()));
+        let turn = write_turn(&config.path);
+        tokio::spawn(commit_appends(writer.clone(), turn, waiting, head.clone()));
         let store = Self {
             readers,
             writer,
@@ -161,12 +163,13 @@ fn raise(head: &watch::Sender<u64>, position: u64) {
 /// commit is on disk; a commit that fails fails every append in it.
 async fn commit_appends(
     writer: SqlitePool,
+    turn: Arc<tokio::sync::Mutex<()>>,
     mut waiting: mpsc::Receiver<Append>,
     head: Arc<watch::Sender<u64>>,
 ) {
     let mut batch = Vec::with_capacity(APPENDS_PER_COMMIT);
     while waiting.recv_many(&mut batch, APPENDS_PER_COMMIT).await > 0 {
-        let outcomes = match commit_batch(&writer, &batch).await {
+        let outcomes = match commit_batch(&writer, &turn, &batch).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
                 let reason = err.to_string();
@@ -197,21 +200,33 @@ async fn commit_appends(
     }
 }
 
-/// The turn to write to SQLite in this process. SQLite has one write lock per file, and a
-/// writer that finds it taken sleeps in the busy handler (up to 100 ms a time) before looking
-/// again; the log's commits and the projections' transactions take turns here first, in the
-/// order they asked, so that a webhook's append waits for the writer ahead of it, not for a
-/// sleep. (Writers in other processes, and this process's rarer writers, still meet at the
-/// lock itself.)
-pub async fn write_turn() -> tokio::sync::MutexGuard<'static, ()> {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    TURN.lock().await
+/// The turn to write to one SQLite file in this process. SQLite has one write lock per file,
+/// and a writer that finds it taken sleeps in the busy handler (up to 100 ms a time) before
+/// looking again; the writers of one file (the log's commits, the projections' transactions)
+/// take turns here first, in the order they asked, so that a webhook's append waits for the
+/// writer ahead of it, not for a sleep. Writers of different files do not wait for each other.
+/// (Writers in other processes, and this process's rarer writers, still meet at the lock
+/// itself.)
+pub fn write_turn(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static TURNS: std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    TURNS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(file)
+        .or_default()
+        .clone()
 }
 
 /// One transaction of appends; the outcome of each, or the error that failed them all.
-async fn commit_batch(writer: &SqlitePool, batch: &[Append]) -> Result<Vec<Result<AppendOutcome>>> {
+async fn commit_batch(
+    writer: &SqlitePool,
+    turn: &tokio::sync::Mutex<()>,
+    batch: &[Append],
+) -> Result<Vec<Result<AppendOutcome>>> {
     let backend = |e| StoreError::backend("appending to the event log", e);
-    let _turn = write_turn().await;
+    let _turn = turn.lock().await;
     // IMMEDIATE takes the write lock up front: a version read below cannot go stale before
     // the insert, and a writer in another process waits (busy timeout) instead of failing.
     let mut tx = writer

@@ -6,6 +6,7 @@
 //! testcontainers when a Docker engine is reachable. With neither, a fixture fails with a message
 //! that names both variables.
 
+use std::path::Path;
 use std::time::Duration;
 
 mod alert_sink;
@@ -49,6 +50,20 @@ pub const NATS_URL_VAR: &str = "WHATSNAP_TEST_NATS_URL";
 pub const DATABASE_URL_VAR: &str = "WHATSNAP_TEST_DATABASE_URL";
 /// A NATS server older than 2.12 (Debian's 2.9), which the event store must refuse.
 pub const OLD_NATS_URL_VAR: &str = "WHATSNAP_TEST_OLD_NATS_URL";
+
+/// What every file directly in `dir` holds (an embedded data directory: the log, the read
+/// models and their write-ahead logs), for a test that looks for what must not be stored.
+pub fn stored_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .expect("the data directory")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            (path, bytes)
+        })
+        .collect()
+}
 
 /// Polls `attempt` every 50 ms until it yields a value — for what read models make true
 /// eventually — and fails the test, naming `what`, after 30 s.

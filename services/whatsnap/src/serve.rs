@@ -590,6 +590,11 @@ struct Backend {
     description: String,
 }
 
+/// The embedded backend's event log (and the contacts' keys), in `--data-dir`.
+pub const EMBEDDED_LOG: &str = "whatsnap.db";
+/// The embedded backend's read models, in `--data-dir`: rebuilt from the log when missing.
+pub const EMBEDDED_READ_MODELS: &str = "read-models.db";
+
 async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
     sqlx::any::install_default_drivers();
     match (&args.nats_url, &args.database_url) {
@@ -643,33 +648,45 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             })
         }
         (None, None) => {
-            let path = std::path::absolute(args.data_dir.join("whatsnap.db"))?;
+            let path = std::path::absolute(args.data_dir.join(EMBEDDED_LOG))?;
             let store = SqliteEventStore::open(&SqliteConfig::new(&path))
                 .await
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
-            let url = format!("sqlite://{}", path.display());
-            // Writers of the one file take turns: a busy machine waits, never fails.
-            let pool = |connections, pragmas: &'static str| {
-                AnyPoolOptions::new()
-                    .max_connections(connections)
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            sqlx::Executor::execute(conn, pragmas).await?;
-                            Ok(())
+            // The read models in a file of their own: its writers (the projections) do not
+            // wait for the log's, nor the log's for them. The contacts' keys stay with the
+            // log: they cannot be rebuilt.
+            let read_path = std::path::absolute(args.data_dir.join(EMBEDDED_READ_MODELS))?;
+            let pool = |file: &std::path::Path, connections, pragmas: &'static str| {
+                let url = format!("sqlite://{}?mode=rwc", file.display());
+                // Writers of one file take turns: a busy machine waits, never fails.
+                async move {
+                    AnyPoolOptions::new()
+                        .max_connections(connections)
+                        .after_connect(move |conn, _| {
+                            Box::pin(async move {
+                                sqlx::Executor::execute(conn, pragmas).await?;
+                                Ok(())
+                            })
                         })
-                    })
-                    .connect(&url)
+                        .connect(&url)
+                        .await
+                }
             };
-            let db = pool(4, "PRAGMA busy_timeout = 30000")
-                .await
-                .with_context(|| format!("read models in {}", path.display()))?;
-            let projections_db = pool(
+            let db = pool(
+                &read_path,
                 4,
-                "PRAGMA busy_timeout = 30000; PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL",
             )
             .await
-            .with_context(|| format!("read models in {}", path.display()))?;
-            let keys_db = pool(2, "PRAGMA busy_timeout = 30000")
+            .with_context(|| format!("read models in {}", read_path.display()))?;
+            let projections_db = pool(
+                &read_path,
+                4,
+                "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL",
+            )
+            .await
+            .with_context(|| format!("read models in {}", read_path.display()))?;
+            let keys_db = pool(&path, 2, "PRAGMA busy_timeout = 30000")
                 .await
                 .with_context(|| format!("contacts' keys in {}", path.display()))?;
             Ok(Backend {
@@ -679,8 +696,9 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 keys_db,
                 quotas_db: None,
                 description: format!(
-                    "embedded: events and read models in SQLite file {}",
-                    path.display()
+                    "embedded: events in SQLite file {}, read models in {}",
+                    path.display(),
+                    read_path.display()
                 ),
             })
         }
