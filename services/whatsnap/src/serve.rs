@@ -101,7 +101,8 @@ impl FromStr for Targets {
 /// Where events and read models live.
 #[derive(Debug, Args)]
 pub struct BackendArgs {
-    /// Where the embedded backend keeps its SQLite file (used without --nats-url).
+    /// Where the embedded backend keeps its SQLite files (used without --nats-url): the log in
+    /// whatsnap.db, the read models in read-models.db.
     #[arg(long, env = "WHATSNAP_DATA_DIR", default_value = "./whatsnap-data")]
     data_dir: PathBuf,
     /// NATS server (2.12 or newer, JetStream enabled) for the event log; with --database-url,
@@ -583,6 +584,10 @@ struct Backend {
     /// server (not of whatsnap) may roll back their last ones together with their checkpoints,
     /// and the projections apply those events again. Everything else is synced as it commits.
     projections_db: ReadDb,
+    /// What cannot be rebuilt from the log: WhatsApp's linked devices and the media store.
+    /// Distributed: `db`'s pool; embedded: the log's file, beside the contacts' keys, never the
+    /// read models' (which may be deleted and rebuilt).
+    state_db: ReadDb,
     /// Distributed: the request quotas every replica shares, on connections of their own whose
     /// commits do not wait for the disk (a bucket lost in a database crash only refills early).
     /// Embedded: none, each location's bucket lives in the process.
@@ -626,6 +631,7 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let db = pool(sizes.db, "")
                 .await
                 .context("read models on PostgreSQL (--database-url)")?;
+            let state_db = db.clone();
             let keys_db = pool(sizes.keys, "")
                 .await
                 .context("contacts' keys on PostgreSQL (--database-url)")?;
@@ -640,6 +646,7 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 db,
                 projections_db,
                 keys_db,
+                state_db,
                 quotas_db: Some(quotas_db),
                 description: format!(
                     "distributed: events in JetStream stream {} at {nats_url}, read models in PostgreSQL",
@@ -689,11 +696,15 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             let keys_db = pool(&path, 2, "PRAGMA busy_timeout = 30000")
                 .await
                 .with_context(|| format!("contacts' keys in {}", path.display()))?;
+            let state_db = pool(&path, 4, "PRAGMA busy_timeout = 30000")
+                .await
+                .with_context(|| format!("WhatsApp's devices and media in {}", path.display()))?;
             Ok(Backend {
                 store: Arc::new(store),
                 db,
                 projections_db,
                 keys_db,
+                state_db,
                 quotas_db: None,
                 description: format!(
                     "embedded: events in SQLite file {}, read models in {}",
@@ -1035,7 +1046,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Files received with messages, kept by the session service and served by the gateway.
     let media = match has(Target::Session) || has(Target::Gateway) {
         true => Some(
-            whatsnap_media::MediaStore::open(db.clone(), keys.personal_data.clone())
+            whatsnap_media::MediaStore::open(backend.state_db.clone(), keys.personal_data.clone())
                 .await
                 .context("opening the media store")?,
         ),
@@ -1048,6 +1059,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         &args,
         &store,
         &db,
+        &backend.state_db,
         keys.secret.as_ref(),
         media.as_ref(),
         public_url.as_deref(),
@@ -1399,6 +1411,7 @@ impl Services {
         args: &ServeArgs,
         store: &Arc<dyn EventStore>,
         db: &ReadDb,
+        state_db: &ReadDb,
         secret_key: Option<&whatsnap_secrets::SecretKey>,
         media: Option<&whatsnap_media::MediaStore>,
         public_url: Option<&str>,
@@ -1406,7 +1419,7 @@ impl Services {
         let has = |target| args.target.0.contains(&target);
         let connectors = match (has(Target::Session), secret_key) {
             (true, Some(key)) => {
-                Some(connectors(args, public_url.map(str::to_owned), db, key).await?)
+                Some(connectors(args, public_url.map(str::to_owned), state_db, key).await?)
             }
             _ => None,
         };
@@ -1948,7 +1961,7 @@ async fn connectors(
         whatsnap_twilio::TwilioClient::with_timeout(&args.twilio_base_url, args.twilio_timeout)?,
         public_url.clone(),
     );
-    // WhatsApp in process: its linked devices live in the read database, sealed.
+    // WhatsApp in process: its linked devices live with what cannot be rebuilt, sealed.
     let embedded = whatsnap_whatsapp::EmbeddedConnector::new(
         db.clone(),
         secret_key.clone(),
@@ -2083,6 +2096,59 @@ fn export_parked_metrics(db: whatsnap_rpc::ReadDb) {
 #[cfg(test)]
 mod tests {
     use super::PoolSizes;
+
+    /// The names of the tables in an SQLite file.
+    async fn tables_in(file: &std::path::Path) -> Vec<String> {
+        let url = format!("sqlite://{}?mode=ro", file.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let names = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        names
+    }
+
+    #[tokio::test]
+    async fn embedded_read_models_have_a_file_of_their_own_and_what_cannot_be_rebuilt_stays_with_the_log()
+     {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            backend: super::BackendArgs,
+        }
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let cli = <Cli as clap::Parser>::parse_from(["whatsnap", "--data-dir", data_dir]);
+        let backend = super::backend(&cli.backend).await.unwrap();
+        for (db, table) in [
+            (&backend.state_db, "lasting"),
+            (&backend.keys_db, "keys"),
+            (&backend.projections_db, "projected"),
+            (&backend.db, "read"),
+        ] {
+            sqlx::query(&format!("CREATE TABLE {table} (x INTEGER)"))
+                .execute(db)
+                .await
+                .unwrap();
+        }
+        let log = tables_in(&dir.path().join(super::EMBEDDED_LOG)).await;
+        let read_models = tables_in(&dir.path().join(super::EMBEDDED_READ_MODELS)).await;
+        for table in ["events", "lasting", "keys"] {
+            assert!(
+                log.contains(&table.to_owned()),
+                "{table} not in the log's file: {log:?}"
+            );
+        }
+        for table in ["projected", "read"] {
+            assert!(
+                read_models.contains(&table.to_owned()) && !log.contains(&table.to_owned()),
+                "{table} not in the read models' file alone: {read_models:?}"
+            );
+        }
+        assert!(!read_models.contains(&"lasting".to_owned()));
+    }
 
     #[test]
     fn a_process_opens_no_more_connections_than_asked_for_and_every_pool_gets_one() {
