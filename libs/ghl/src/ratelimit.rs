@@ -342,7 +342,7 @@ impl RateLimiter {
     /// Takes up the windows another process saved, as of `now_ms` on the wall clock, in place of
     /// what this one remembers: the process that saved them did the GHL work since.
     ///
-    /// `unknown_since`: the saving process stopped without saying it had saved its last
+    /// `unknown_since_save`: the saving process stopped without saying it had saved its last
     /// requests (it died); those it made after its last save may still count in GHL's window.
     /// Each location that had requests in its saved window then waits a whole window from now,
     /// when whatever the dead process sent has left GHL's window too.

@@ -595,7 +595,8 @@ struct Backend {
     description: String,
 }
 
-/// The embedded backend's event log (and the contacts' keys), in `--data-dir`.
+/// The embedded backend's event log and what cannot be rebuilt from it (the contacts' keys,
+/// WhatsApp's linked devices, the media store), in `--data-dir`.
 pub const EMBEDDED_LOG: &str = "whatsnap.db";
 /// The embedded backend's read models, in `--data-dir`: rebuilt from the log when missing.
 pub const EMBEDDED_READ_MODELS: &str = "read-models.db";
@@ -660,8 +661,8 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
                 .await
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
             // The read models in a file of their own: its writers (the projections) do not
-            // wait for the log's, nor the log's for them. The contacts' keys stay with the
-            // log: they cannot be rebuilt.
+            // wait for the log's, nor the log's for them. What cannot be rebuilt (the contacts'
+            // keys, WhatsApp's devices, the media) stays with the log.
             let read_path = std::path::absolute(args.data_dir.join(EMBEDDED_READ_MODELS))?;
             let pool = |file: &std::path::Path, connections, pragmas: &'static str| {
                 let url = format!("sqlite://{}?mode=rwc", file.display());
