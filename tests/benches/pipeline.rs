@@ -323,7 +323,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let first_message_after = restarted.elapsed();
-    let caught_up_after = caught_up(http, restarted).await;
+    let (caught_up_after, _) = caught_up(http, restarted).await;
     let mut whatsnap = whatsnap;
     whatsnap.terminate().unwrap();
     println!(
@@ -386,8 +386,11 @@ async fn run(
     );
     let restarted = Instant::now();
     let whatsnap = Whatsnap::serve(binary(), &args, "bench-rebuild").unwrap();
-    let rebuilt_after = caught_up(whatsnap.http.unwrap(), restarted).await;
+    let (rebuilt_after, each) = caught_up(whatsnap.http.unwrap(), restarted).await;
     println!("every read model rebuilt from {backlog_head} events {rebuilt_after:?} after start");
+    for (name, after) in each.iter().take(4) {
+        println!("  {name} rebuilt {after:?} after start");
+    }
     let rebuild = backlog_head as f64 / rebuilt_after.as_secs_f64();
     drop(whatsnap);
 
@@ -568,14 +571,22 @@ async fn append_backlog(backend: &TestBackend, events: usize) {
     }
 }
 
-/// How long after `since` every projection has applied the whole log, as `/readyz` tells.
-async fn caught_up(http: SocketAddr, since: Instant) -> Duration {
+/// How long after `since` every projection has applied the whole log, as `/readyz` tells, and
+/// when each of them got there, the last first.
+async fn caught_up(http: SocketAddr, since: Instant) -> (Duration, Vec<(String, Duration)>) {
+    let mut done: Vec<(String, Duration)> = Vec::new();
     loop {
         if let Ok((200, body)) = http_get(http, "/readyz").await {
             let body: serde_json::Value = serde_json::from_str(&body).unwrap();
             let lags = body["projections"].as_object().unwrap();
+            for (name, projection) in lags {
+                if projection["lag"] == 0 && !done.iter().any(|(n, _)| n == name) {
+                    done.push((name.clone(), since.elapsed()));
+                }
+            }
             if !lags.is_empty() && lags.values().all(|p| p["lag"] == 0) {
-                return since.elapsed();
+                done.reverse();
+                return (since.elapsed(), done);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

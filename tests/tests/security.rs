@@ -703,3 +703,78 @@ async fn whatsnap_logs_in_to_a_nats_that_requires_it_and_says_why_when_it_cannot
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// The tokens' read model rebuilt from the log (its events applied a batch at a time) lists
+/// every token with its revocation, as it did before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_tokens_list_keeps_every_revocation() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let args: Vec<String> = [
+        "--data-dir",
+        &data_dir,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let listed = async |whatsnap: &Whatsnap, count: usize| {
+        let admin = whatsnap.channel().await;
+        eventually("every token is listed", async || {
+            let listed = tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
+                .list_tokens(tokens::ListTokensRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .tokens;
+            (listed.len() == count).then_some(listed)
+        })
+        .await
+        .into_iter()
+        .map(|t| (t.token_id, t.revoked))
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+
+    let mut whatsnap = Whatsnap::serve(binary(), &args, "tokens-rebuild").unwrap();
+    let admin = whatsnap.channel().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let secret = create(&admin, "operator", &[A], 0).await;
+        ids.push(whatsnap_auth::ApiToken::parse(&secret).unwrap().hash().id());
+    }
+    // The first admin token and the four.
+    listed(&whatsnap, 5).await;
+    for id in [&ids[0], &ids[2]] {
+        tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
+            .revoke_token(tokens::RevokeTokenRequest {
+                token_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let before = eventually("both revocations are listed", async || {
+        let listed = listed(&whatsnap, 5).await;
+        (listed.values().filter(|revoked| **revoked).count() == 2).then_some(listed)
+    })
+    .await;
+    assert!(before[&ids[0]] && before[&ids[2]] && !before[&ids[1]] && !before[&ids[3]]);
+    assert!(whatsnap.terminate().unwrap().success());
+
+    let output = std::process::Command::new(binary())
+        .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
+        .args(["rebuild", "api_tokens", "--data-dir", &data_dir])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let whatsnap = Whatsnap::serve(binary(), &args, "tokens-rebuilt").unwrap();
+    eventually("the rebuilt list is the list before", async || {
+        (listed(&whatsnap, 5).await == before).then_some(())
+    })
+    .await;
+}

@@ -285,3 +285,99 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         err.message()
     );
 }
+
+/// A location's API quota bounds its API callers, not its customers: a burst of signed texts,
+/// many times the quota, is taken whole, and the location's callers still have every call
+/// the quota had left them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_texts_is_not_charged_to_the_location_api_quota() {
+    const TEXTS: usize = 60;
+    const BURST: usize = 4;
+    let twilio = FakeTwilio::start().await.unwrap();
+    twilio.add_account(FakeTwilioAccount {
+        sid: SID.into(),
+        auth_token: TOKEN.into(),
+        status: "active".into(),
+        numbers: vec![(NUMBER.into(), true)],
+    });
+    let data = tempfile::tempdir().unwrap();
+    let whatsnap = Whatsnap::serve(
+        binary(),
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--twilio-base-url",
+            &twilio.base_url(),
+            // Four calls, and next to no refill while the test runs.
+            "--location-burst",
+            &BURST.to_string(),
+            "--location-quota",
+            "0.001",
+        ]
+        .map(str::to_owned),
+        "twilio-burst",
+    )
+    .unwrap();
+    let mut accounts =
+        session::session_service_client::SessionServiceClient::new(whatsnap.channel().await);
+    // One call of the four.
+    let account = accounts
+        .add_account(add("Sales", TOKEN, NUMBER))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let http = whatsnap.http.unwrap();
+    let path = format!("/webhooks/twilio/{LOCATION}/{}/inbound", account.account_id);
+    let url = format!("http://{http}{path}");
+    let text = move |n: usize| {
+        let params = inbound_params(&format!("SM{n:032x}"), &format!("+1415555{:04}", 3000 + n));
+        let signature = whatsnap_twilio::signature::sign(TOKEN, &url, &params);
+        let body = serde_urlencoded::to_string(&params).unwrap();
+        let path = path.clone();
+        async move {
+            let headers = [
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Twilio-Signature", signature.as_str()),
+            ];
+            http_post(http, &path, &headers, Some(body.as_bytes()))
+                .await
+                .unwrap()
+        }
+    };
+    // The account is found by the webhooks once it is in the read model.
+    eventually("the first text is taken", async || {
+        (text(0).await.0 == 200).then_some(())
+    })
+    .await;
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..6 {
+        let text = text.clone();
+        senders.spawn(async move {
+            let mut statuses = Vec::new();
+            for n in (1..TEXTS).filter(|n| n % 6 == sender) {
+                statuses.push((n, text(n).await));
+            }
+            statuses
+        });
+    }
+    while let Some(statuses) = senders.join_next().await {
+        for (n, (status, body)) in statuses.unwrap() {
+            assert_eq!(status, 200, "text {n}: {body}");
+        }
+    }
+
+    // The three calls the quota had left are there, and no more.
+    let list = || session::ListAccountsRequest {
+        location_id: LOCATION.into(),
+    };
+    for _ in 1..BURST {
+        accounts.list_accounts(list()).await.unwrap();
+    }
+    let refused = accounts.list_accounts(list()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+}

@@ -86,6 +86,21 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> Result<(), ApplyError>;
 
+    /// Applies the events of a batch together, in log order (a rebuild's batches are hundreds
+    /// of events), or `None` (the default) to have the runner apply them one at a time with
+    /// [`Projection::apply`], each in its own span. A projection whose events can be written
+    /// many in one statement does so here; the result must be what `apply` of each would have
+    /// left. An error rolls the whole batch back, and the runner then applies its events one at
+    /// a time to find the one that fails.
+    async fn apply_together(
+        &self,
+        conn: &mut DB::Connection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        let _ = (conn, events);
+        None
+    }
+
     /// Removes everything the projection wrote, for a rebuild from zero.
     async fn reset(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
 }
@@ -968,12 +983,21 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         let mut tx = DB::begin_write(&self.pool)
             .await
             .map_err(Failure::database)?;
-        for (index, event) in events.iter().enumerate() {
-            self.projection
-                .apply(&mut tx, event)
-                .instrument((self.event_span)(name, event))
-                .await
-                .map_err(|err| Failure::event(index, err))?;
+        let together = match events {
+            [_, _, ..] => self.projection.apply_together(&mut tx, events).await,
+            _ => None,
+        };
+        match together {
+            Some(applied) => applied.map_err(|err| Failure::event(0, err))?,
+            None => {
+                for (index, event) in events.iter().enumerate() {
+                    self.projection
+                        .apply(&mut tx, event)
+                        .instrument((self.event_span)(name, event))
+                        .await
+                        .map_err(|err| Failure::event(index, err))?;
+                }
+            }
         }
         let fence = self.fence.lock().expect("fence lock").clone();
         if let Some((fence, ttl)) = &fence {
