@@ -752,6 +752,63 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn subscribe(&self, name: &str, from: SubscribeFrom) -> Result<Subscription> {
+        self.durable(name, from, None).await
+    }
+
+    /// The server hands over every event (the subjects name the stream, not the type); the
+    /// subscription passes over the other types before decoding them.
+    async fn subscribe_to(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        types: &'static [&'static str],
+    ) -> Result<Subscription> {
+        self.durable(name, from, Some(types)).await
+    }
+
+    /// An ephemeral consumer of the kind's subjects (`prefix.*.kind.*`): the server passes
+    /// over every other stream, and forgets the consumer once nobody has pulled from it for
+    /// [`WATCH_FORGOTTEN_AFTER`].
+    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
+        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            StoreError::backend("opening a JetStream watch", e)
+        }
+        let deliver_policy = match after {
+            0 => DeliverPolicy::All,
+            position => DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+        };
+        let consumer: js::consumer::PullConsumer = self
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: format!("{}.*.{}.*", self.prefix, kind.as_str()),
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: WATCH_FORGOTTEN_AFTER,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        let source = self.pulling(consumer, false, None).await.map_err(backend)?;
+        Ok(Some(Subscription::new(
+            format!("watch-{}", kind.as_str()),
+            Box::new(source),
+        )))
+    }
+}
+
+/// How long the server keeps a watch's consumer that nobody pulls from (its process gone).
+const WATCH_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
+
+impl JetStreamEventStore {
+    /// The durable subscription `name`, handing over only the events of `only` if given.
+    async fn durable(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        only: Option<&'static [&'static str]>,
+    ) -> Result<Subscription> {
         check_subscription_name(name)?;
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::backend("opening a JetStream subscription", e)
@@ -791,52 +848,18 @@ impl EventStore for JetStreamEventStore {
             )
             .await
             .map_err(backend)?;
-        let source = self.pulling(consumer, true).await.map_err(backend)?;
+        let source = self.pulling(consumer, true, only).await.map_err(backend)?;
         Ok(Subscription::new(name, Box::new(source)))
     }
 
-    /// An ephemeral consumer of the kind's subjects (`prefix.*.kind.*`): the server passes
-    /// over every other stream, and forgets the consumer once nobody has pulled from it for
-    /// [`WATCH_FORGOTTEN_AFTER`].
-    async fn watch(&self, kind: AggregateKind, after: u64) -> Result<Option<Subscription>> {
-        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-            StoreError::backend("opening a JetStream watch", e)
-        }
-        let deliver_policy = match after {
-            0 => DeliverPolicy::All,
-            position => DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            },
-        };
-        let consumer: js::consumer::PullConsumer = self
-            .stream
-            .create_consumer(pull::Config {
-                filter_subject: format!("{}.*.{}.*", self.prefix, kind.as_str()),
-                deliver_policy,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: WATCH_FORGOTTEN_AFTER,
-                ..Default::default()
-            })
-            .await
-            .map_err(backend)?;
-        let source = self.pulling(consumer, false).await.map_err(backend)?;
-        Ok(Some(Subscription::new(
-            format!("watch-{}", kind.as_str()),
-            Box::new(source),
-        )))
-    }
-}
-
-/// How long the server keeps a watch's consumer that nobody pulls from (its process gone).
-const WATCH_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
-
-impl JetStreamEventStore {
     /// A subscription's source pulling from `consumer` in batches of up to 1,000; with
-    /// `acknowledged`, it acknowledges what is checkpointed.
+    /// `acknowledged`, it acknowledges what is checkpointed; with `only`, it hands over only
+    /// those event types.
     async fn pulling(
         &self,
         consumer: js::consumer::PullConsumer,
         acknowledged: bool,
+        only: Option<&'static [&'static str]>,
     ) -> std::result::Result<JetStreamSubscription, js::consumer::StreamError> {
         let messages = consumer
             .stream()
@@ -848,6 +871,8 @@ impl JetStreamEventStore {
             messages,
             unacked: VecDeque::new(),
             acknowledged,
+            only,
+            scanned: 0,
         })
     }
 }
@@ -859,10 +884,16 @@ struct JetStreamSubscription {
     unacked: VecDeque<(u64, Acker)>,
     /// False for a watch: its consumer takes no acknowledgements, and keeps no checkpoint.
     acknowledged: bool,
+    /// The event types handed over; `None`: every one.
+    only: Option<&'static [&'static str]>,
+    /// The position of the last message received, handed over or passed over.
+    scanned: u64,
 }
 
 impl JetStreamSubscription {
-    fn take(&mut self, message: js::Message) -> Result<RecordedEvent> {
+    /// The message's event, or `None` for a type not asked for (acknowledged with the
+    /// checkpoint all the same).
+    fn take(&mut self, message: js::Message) -> Result<Option<RecordedEvent>> {
         let sequence = message
             .info()
             .map_err(|e| StoreError::backend("reading a delivered message", e))?
@@ -871,6 +902,17 @@ impl JetStreamSubscription {
         if self.acknowledged {
             self.unacked.push_back((sequence, acker));
         }
+        self.scanned = self.scanned.max(sequence);
+        if let Some(only) = self.only {
+            let event_type = message
+                .headers
+                .as_ref()
+                .and_then(|headers| header(headers, H_EVENT_TYPE));
+            // An event without its type header is handed over, for decoding to name the fault.
+            if event_type.is_some_and(|t| !only.contains(&t)) {
+                return Ok(None);
+            }
+        }
         decode_message(
             &self.prefix,
             message.subject.as_str(),
@@ -878,11 +920,18 @@ impl JetStreamSubscription {
             message.headers.as_ref(),
             message.payload,
         )
+        .map(Some)
     }
 }
 
+/// How many messages one batch looks at, for each event it may hand over: a batch of a
+/// filtered subscription may pass over many more than it hands over, but not without bound.
+const LOOKED_AT_PER_EVENT: usize = 8;
+
 #[async_trait]
 impl SubscriptionSource for JetStreamSubscription {
+    /// Empty when every message received was of a type not asked for: [`Self::scanned`]
+    /// then tells how far they went.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
         let closed = || StoreError::SubscriptionClosed("the JetStream consumer stopped".into());
         let first = self
@@ -891,10 +940,12 @@ impl SubscriptionSource for JetStreamSubscription {
             .await
             .ok_or_else(closed)?
             .map_err(|e| StoreError::backend("receiving from JetStream", e))?;
-        let mut events = vec![self.take(first)?];
-        while events.len() < max {
+        let mut events: Vec<RecordedEvent> = self.take(first)?.into_iter().collect();
+        let mut looked_at = 1;
+        while events.len() < max && looked_at < max.saturating_mul(LOOKED_AT_PER_EVENT) {
+            looked_at += 1;
             match self.messages.next().now_or_never() {
-                Some(Some(Ok(message))) => events.push(self.take(message)?),
+                Some(Some(Ok(message))) => events.extend(self.take(message)?),
                 Some(Some(Err(e))) => {
                     return Err(StoreError::backend("receiving from JetStream", e));
                 }
@@ -926,6 +977,10 @@ impl SubscriptionSource for JetStreamSubscription {
                 .map_err(|e| StoreError::backend("saving a JetStream checkpoint", e))?;
         }
         Ok(())
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        self.only.map(|_| self.scanned)
     }
 }
 
