@@ -173,9 +173,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Opens the durable subscription `name` for the events of `types` only: the store passes
     /// over the others where it can without handing them over (the embedded store in its
     /// query, JetStream's before decoding them), and [`Subscription::scanned`] tells how far it
-    /// has read past them. A store that
-    /// cannot delivers every event, as [`EventStore::subscribe`] does: the subscriber passes
-    /// over the rest itself.
+    /// has read past them. A store that cannot delivers every event, as
+    /// [`EventStore::subscribe`] does: the subscriber passes over the rest itself.
     async fn subscribe_to(
         &self,
         name: &str,

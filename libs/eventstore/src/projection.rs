@@ -988,6 +988,8 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             _ => None,
         };
         match together {
+            // Which event failed is not known: the batch is named by its first, and is then
+            // applied one event at a time.
             Some(applied) => applied.map_err(|err| Failure::event(0, err))?,
             None => {
                 for (index, event) in events.iter().enumerate() {
