@@ -119,9 +119,19 @@ fn serve(
     ghl: Option<&FakeGhl>,
 ) -> (Whatsnap, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
+    (serve_in(data.path(), name, twilio, ghl), data)
+}
+
+/// `whatsnap serve` on the data directory `data`.
+fn serve_in(
+    data: &Path,
+    name: &str,
+    twilio: Option<&FakeTwilio>,
+    ghl: Option<&FakeGhl>,
+) -> Whatsnap {
     let mut args: Vec<String> = [
         "--data-dir",
-        data.path().to_str().unwrap(),
+        data.to_str().unwrap(),
         "--grpc-addr",
         "127.0.0.1:0",
         "--http-addr",
@@ -135,7 +145,7 @@ fn serve(
     if let Some(ghl) = ghl {
         args.extend(["--ghl-api-url".into(), ghl.base_url()]);
     }
-    (Whatsnap::serve(binary(), &args, name).unwrap(), data)
+    Whatsnap::serve(binary(), &args, name).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,17 +719,6 @@ async fn whatsnap_logs_in_to_a_nats_that_requires_it_and_says_why_when_it_cannot
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_tokens_list_keeps_every_revocation() {
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().to_str().unwrap().to_owned();
-    let args: Vec<String> = [
-        "--data-dir",
-        &data_dir,
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
     let listed = async |whatsnap: &Whatsnap, count: usize| {
         let admin = whatsnap.channel().await;
         eventually("every token is listed", async || {
@@ -737,7 +736,7 @@ async fn a_rebuilt_tokens_list_keeps_every_revocation() {
         .collect::<std::collections::BTreeMap<_, _>>()
     };
 
-    let mut whatsnap = Whatsnap::serve(binary(), &args, "tokens-rebuild").unwrap();
+    let mut whatsnap = serve_in(data.path(), "tokens-rebuild", None, None);
     let admin = whatsnap.channel().await;
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -764,7 +763,8 @@ async fn a_rebuilt_tokens_list_keeps_every_revocation() {
 
     let output = std::process::Command::new(binary())
         .env("WHATSNAP_TOKEN", whatsnap_testkit::ADMIN_TOKEN)
-        .args(["rebuild", "api_tokens", "--data-dir", &data_dir])
+        .args(["rebuild", "api_tokens", "--data-dir"])
+        .arg(data.path())
         .output()
         .unwrap();
     assert!(
@@ -772,7 +772,7 @@ async fn a_rebuilt_tokens_list_keeps_every_revocation() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let whatsnap = Whatsnap::serve(binary(), &args, "tokens-rebuilt").unwrap();
+    let whatsnap = serve_in(data.path(), "tokens-rebuilt", None, None);
     eventually("the rebuilt list is the list before", async || {
         (listed(&whatsnap, 5).await == before).then_some(())
     })

@@ -52,8 +52,12 @@ fn inbound_params(message_sid: &str, from: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_nothing() {
+/// The fake Twilio, holding the location's account and number, and `whatsnap serve` on a new
+/// data directory calling it, with `extra` flags.
+async fn serve_with_twilio(
+    extra: &[&str],
+    log_name: &str,
+) -> (FakeTwilio, tempfile::TempDir, Whatsnap) {
     let twilio = FakeTwilio::start().await.unwrap();
     twilio.add_account(FakeTwilioAccount {
         sid: SID.into(),
@@ -62,24 +66,27 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
         numbers: vec![(NUMBER.into(), true)],
     });
     let data = tempfile::tempdir().unwrap();
-    let whatsnap = Whatsnap::serve(
-        binary(),
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--twilio-base-url",
-            &twilio.base_url(),
-            "--max-accounts-per-location",
-            "2",
-        ]
-        .map(str::to_owned),
-        "twilio",
-    )
-    .unwrap();
+    let base_url = twilio.base_url();
+    let mut args = vec![
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--twilio-base-url",
+        &base_url,
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    let whatsnap = Whatsnap::serve(binary(), &args, log_name).unwrap();
+    (twilio, data, whatsnap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_nothing() {
+    let (_twilio, data, whatsnap) =
+        serve_with_twilio(&["--max-accounts-per-location", "2"], "twilio").await;
     let channel = whatsnap.channel().await;
     let mut accounts = session::session_service_client::SessionServiceClient::new(channel.clone());
     let mut contacts_api =
@@ -293,35 +300,10 @@ async fn a_signed_twilio_sms_becomes_one_tagged_contact_and_forgeries_change_not
 async fn a_burst_of_texts_is_not_charged_to_the_location_api_quota() {
     const TEXTS: usize = 60;
     const BURST: usize = 4;
-    let twilio = FakeTwilio::start().await.unwrap();
-    twilio.add_account(FakeTwilioAccount {
-        sid: SID.into(),
-        auth_token: TOKEN.into(),
-        status: "active".into(),
-        numbers: vec![(NUMBER.into(), true)],
-    });
-    let data = tempfile::tempdir().unwrap();
-    let whatsnap = Whatsnap::serve(
-        binary(),
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--twilio-base-url",
-            &twilio.base_url(),
-            // Four calls, and next to no refill while the test runs.
-            "--location-burst",
-            &BURST.to_string(),
-            "--location-quota",
-            "0.001",
-        ]
-        .map(str::to_owned),
-        "twilio-burst",
-    )
-    .unwrap();
+    // Four calls, and next to no refill while the test runs.
+    let burst = BURST.to_string();
+    let quota = ["--location-burst", &burst, "--location-quota", "0.001"];
+    let (_twilio, _data, whatsnap) = serve_with_twilio(&quota, "twilio-burst").await;
     let mut accounts =
         session::session_service_client::SessionServiceClient::new(whatsnap.channel().await);
     // One call of the four.
