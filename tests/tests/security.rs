@@ -113,6 +113,15 @@ async fn create(admin: &Channel, role: &str, locations: &[&str], expires_in: u64
         .secret
 }
 
+/// `tokens list`, or `None` if the call failed.
+async fn list_tokens(admin: &Channel) -> Option<Vec<tokens::Token>> {
+    let listed = tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
+        .list_tokens(tokens::ListTokensRequest {})
+        .await
+        .ok()?;
+    Some(listed.into_inner().tokens)
+}
+
 fn serve(
     name: &str,
     twilio: Option<&FakeTwilio>,
@@ -167,13 +176,8 @@ async fn every_rpc_refuses_callers_without_the_right_credential() {
         .id();
     // `tokens list` shows the tokens issued, never the tokens themselves.
     eventually("the new tokens are listed", async || {
-        let listed = tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
-            .list_tokens(tokens::ListTokensRequest {})
-            .await
-            .ok()?
-            .into_inner()
-            .tokens;
-        listed
+        list_tokens(&admin)
+            .await?
             .iter()
             .any(|t| t.token_id == revoked_id)
             .then_some(())
@@ -722,12 +726,7 @@ async fn a_rebuilt_tokens_list_keeps_every_revocation() {
     let listed = async |whatsnap: &Whatsnap, count: usize| {
         let admin = whatsnap.channel().await;
         eventually("every token is listed", async || {
-            let listed = tokens::tokens_service_client::TokensServiceClient::new(admin.clone())
-                .list_tokens(tokens::ListTokensRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .tokens;
+            let listed = list_tokens(&admin).await?;
             (listed.len() == count).then_some(listed)
         })
         .await
