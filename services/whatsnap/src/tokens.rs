@@ -175,26 +175,8 @@ impl Projection<Any> for TokensProjection {
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
         match event.decode()? {
-            Event::ApiTokenIssued(issued) => {
-                sqlx::query(
-                    "INSERT INTO api_tokens (token_id, name, role, locations, expires_at, revoked, issued_at) \
-                     VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (token_id) DO NOTHING",
-                )
-                .bind(&issued.token_id)
-                .bind(&issued.name)
-                .bind(&issued.role)
-                .bind(serde_json::to_string(&issued.locations)?)
-                .bind(issued.expires_at.map(|at: DateTime<Utc>| at.to_rfc3339()))
-                .bind(event.occurred_at.to_rfc3339())
-                .execute(&mut *conn)
-                .await?;
-            }
-            Event::ApiTokenRevoked(revoked) => {
-                sqlx::query("UPDATE api_tokens SET revoked = 1 WHERE token_id = $1")
-                    .bind(&revoked.token_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            Event::ApiTokenIssued(issued) => record_issue(conn, &issued, event).await?,
+            Event::ApiTokenRevoked(revoked) => revoke(conn, &[revoked.token_id]).await?,
             _ => {}
         }
         Ok(())
@@ -232,27 +214,53 @@ impl TokensProjection {
         let mut revoked = std::collections::BTreeSet::new();
         for event in events {
             match event.decode()? {
+                Event::ApiTokenIssued(issued) => record_issue(conn, &issued, event).await?,
                 Event::ApiTokenRevoked(revocation) => {
                     revoked.insert(revocation.token_id);
                 }
-                _ => self.apply(conn, event).await?,
+                _ => {}
             }
         }
-        let revoked: Vec<String> = revoked.into_iter().collect();
-        for tokens in revoked.chunks(REVOKED_AT_ONCE) {
-            let placeholders: Vec<String> = (1..=tokens.len()).map(|n| format!("${n}")).collect();
-            let statement = format!(
-                "UPDATE api_tokens SET revoked = 1 WHERE token_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut update = sqlx::query(&statement);
-            for token in tokens {
-                update = update.bind(token);
-            }
-            update.execute(&mut *conn).await?;
-        }
-        Ok(())
+        revoke(conn, &revoked.into_iter().collect::<Vec<_>>()).await
     }
+}
+
+/// A token issued, in the read model (once: issuing again changes nothing).
+async fn record_issue(
+    conn: &mut AnyConnection,
+    issued: &ApiTokenIssued,
+    event: &RecordedEvent,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "INSERT INTO api_tokens (token_id, name, role, locations, expires_at, revoked, issued_at) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (token_id) DO NOTHING",
+    )
+    .bind(&issued.token_id)
+    .bind(&issued.name)
+    .bind(&issued.role)
+    .bind(serde_json::to_string(&issued.locations)?)
+    .bind(issued.expires_at.map(|at: DateTime<Utc>| at.to_rfc3339()))
+    .bind(event.occurred_at.to_rfc3339())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// `tokens` marked revoked, one statement per [`REVOKED_AT_ONCE`] of them.
+async fn revoke(conn: &mut AnyConnection, tokens: &[String]) -> Result<(), ApplyError> {
+    for tokens in tokens.chunks(REVOKED_AT_ONCE) {
+        let placeholders: Vec<String> = (1..=tokens.len()).map(|n| format!("${n}")).collect();
+        let statement = format!(
+            "UPDATE api_tokens SET revoked = 1 WHERE token_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut update = sqlx::query(&statement);
+        for token in tokens {
+            update = update.bind(token);
+        }
+        update.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Where the embedded setup keeps its first admin token and its service token.
