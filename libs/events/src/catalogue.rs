@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::envelope::DecodeError;
+use crate::ids::AggregateKind;
 use crate::upcast;
 
 /// The messaging platforms an account can be on.
@@ -661,7 +662,7 @@ pub struct ApiTokenRevoked {
 }
 
 macro_rules! catalogue {
-    ($($variant:ident => $version:literal),* $(,)?) => {
+    ($($variant:ident => $version:literal on $kinds:tt),* $(,)?) => {
         /// Every event whatsnap writes, by type.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Event {
@@ -671,6 +672,16 @@ macro_rules! catalogue {
         impl Event {
             /// Every event type with its current schema version.
             pub const TYPES: &'static [(&'static str, u32)] = &[$((stringify!($variant), $version),)*];
+
+            /// The kinds of stream `event_type` may be appended to; `None` for a type that may go
+            /// on any stream, or that is no event type. The store refuses an append of a type to
+            /// another kind, so a reader of some types may read only those kinds' streams.
+            pub fn kinds(event_type: &str) -> Option<&'static [AggregateKind]> {
+                match event_type {
+                    $(stringify!($variant) => catalogue!(@kinds $kinds),)*
+                    _ => None,
+                }
+            }
 
             /// The current schema version of `event_type`, or `None` when it is no event type.
             pub fn current_version(event_type: &str) -> Option<u32> {
@@ -718,54 +729,73 @@ macro_rules! catalogue {
             }
         )*
     };
+    (@kinds any) => { None };
+    (@kinds [$($kind:ident),+]) => { Some(&[$(AggregateKind::$kind),+]) };
 }
 
+/// The kinds of stream that may hold an event of any of `types`; `None` when one of them may go
+/// on any stream (or is no event type), so that every stream must be read to find them.
+pub fn kinds_holding(types: &[&str]) -> Option<Vec<AggregateKind>> {
+    let mut kinds = Vec::new();
+    for event_type in types {
+        for kind in Event::kinds(event_type)? {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+    }
+    kinds.sort();
+    Some(kinds)
+}
+
+// Each type with its schema version and the kinds of stream it is appended to (`any`: every
+// kind, as an effect's intent goes on its subject's stream, whatever that is).
 catalogue! {
-    AccountAdded => 1,
-    QrCodeIssued => 1,
-    PairingCodeIssued => 1,
-    AccountLinkRequested => 1,
-    ContactIdentityMerged => 1,
-    AccountDeliveryChanged => 1,
-    AccountAlertSent => 1,
-    AccountConnected => 1,
-    AccountDisconnected => 1,
-    AccountRemoved => 1,
-    AccountSettingsChanged => 1,
-    InboundMessageReceived => 1,
-    InboundMessageHeld => 1,
-    OutboundMessageRequested => 1,
-    OutboundMessageRouted => 1,
-    OutboundRouteFailed => 1,
-    OutboundMessageSent => 1,
-    MessageDelivered => 1,
-    MessageRead => 1,
-    MessageFailed => 1,
-    ContactCreated => 1,
-    ContactTagged => 1,
-    ContactUntagged => 1,
-    ContactErased => 1,
-    AssignmentRulesChanged => 1,
-    ContactAssigned => 1,
-    AssignmentSkipped => 1,
-    GhlInstalled => 1,
-    GhlUninstalled => 1,
-    GhlUserSynced => 1,
-    GhlContactLinked => 1,
-    GhlMessagePosted => 1,
-    GhlSyncFailed => 1,
-    GhlTokensIssued => 1,
-    GhlStatusReported => 1,
-    GhlAssignmentApplied => 1,
-    ContactOwnerChangedInGhl => 1,
-    ContactSourceChangedInGhl => 1,
-    UserAvailabilityChanged => 1,
-    EffectIntended => 1,
-    GhlSyncRetryRequested => 1,
-    ProjectionEventParked => 1,
-    ParkedEventResolved => 1,
-    ApiTokenIssued => 1,
-    ApiTokenRevoked => 1,
+    AccountAdded => 1 on [Account],
+    QrCodeIssued => 1 on [Account],
+    PairingCodeIssued => 1 on [Account],
+    AccountLinkRequested => 1 on [Account],
+    ContactIdentityMerged => 1 on [Account],
+    AccountDeliveryChanged => 1 on [Account],
+    AccountAlertSent => 1 on [Account],
+    AccountConnected => 1 on [Account],
+    AccountDisconnected => 1 on [Account],
+    AccountRemoved => 1 on [Account],
+    AccountSettingsChanged => 1 on [Account],
+    InboundMessageReceived => 1 on [Message],
+    InboundMessageHeld => 1 on [Message],
+    OutboundMessageRequested => 1 on [Message],
+    OutboundMessageRouted => 1 on [Message],
+    OutboundRouteFailed => 1 on [Message],
+    OutboundMessageSent => 1 on [Message],
+    MessageDelivered => 1 on [Message],
+    MessageRead => 1 on [Message],
+    MessageFailed => 1 on [Message],
+    ContactCreated => 1 on [Contact],
+    ContactTagged => 1 on [Contact],
+    ContactUntagged => 1 on [Contact],
+    ContactErased => 1 on [Contact],
+    AssignmentRulesChanged => 1 on [Assignment],
+    ContactAssigned => 1 on [Assignment],
+    AssignmentSkipped => 1 on [Assignment],
+    GhlInstalled => 1 on [Ghl],
+    GhlUninstalled => 1 on [Ghl],
+    GhlUserSynced => 1 on [Ghl],
+    GhlContactLinked => 1 on [Ghl],
+    GhlMessagePosted => 1 on [Message],
+    GhlSyncFailed => 1 on [Ghl, Message],
+    GhlTokensIssued => 1 on [Ghl],
+    GhlStatusReported => 1 on [Message],
+    GhlAssignmentApplied => 1 on [Ghl],
+    ContactOwnerChangedInGhl => 1 on [Ghl],
+    ContactSourceChangedInGhl => 1 on [Ghl],
+    UserAvailabilityChanged => 1 on [Assignment],
+    EffectIntended => 1 on any,
+    GhlSyncRetryRequested => 1 on [Ghl, Message],
+    ProjectionEventParked => 1 on [Operations],
+    ParkedEventResolved => 1 on [Operations],
+    ApiTokenIssued => 1 on [ApiToken],
+    ApiTokenRevoked => 1 on [ApiToken],
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(

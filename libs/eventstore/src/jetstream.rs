@@ -34,6 +34,7 @@ use futures::{FutureExt, StreamExt};
 use uuid::Uuid;
 use whatsnap_events::{
     AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext,
+    kinds_holding,
 };
 
 use crate::{
@@ -755,8 +756,9 @@ impl EventStore for JetStreamEventStore {
         self.durable(name, from, None).await
     }
 
-    /// The server hands over every event (the subjects name the stream, not the type); the
-    /// subscription passes over the other types before decoding them.
+    /// The server hands over only the streams of the kinds that may hold `types` (the catalogue
+    /// names them, and appends keep to it); the subscription passes over the other types of those
+    /// streams before decoding them.
     async fn subscribe_to(
         &self,
         name: &str,
@@ -782,7 +784,7 @@ impl EventStore for JetStreamEventStore {
         let consumer: js::consumer::PullConsumer = self
             .stream
             .create_consumer(pull::Config {
-                filter_subject: format!("{}.*.{}.*", self.prefix, kind.as_str()),
+                filter_subject: self.kind_subjects(kind),
                 deliver_policy,
                 ack_policy: AckPolicy::None,
                 inactive_threshold: WATCH_FORGOTTEN_AFTER,
@@ -813,12 +815,21 @@ impl JetStreamEventStore {
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::backend("opening a JetStream subscription", e)
         }
+        // The server sends only the streams of the kinds that may hold the types asked for.
+        let kinds = only.and_then(kinds_holding);
+        let filter_subjects: Vec<String> = match &kinds {
+            Some(kinds) => kinds.iter().map(|kind| self.kind_subjects(*kind)).collect(),
+            None => vec![format!("{}.>", self.prefix)],
+        };
         let existing = self.stream.consumer_info(name).await.ok();
         // A consumer that delivered more than was acknowledged would hold those messages back
-        // until their ack wait runs out: recreate it right after its checkpoint (the ack floor).
+        // until their ack wait runs out, and one filtered otherwise (made by an older build)
+        // would send the wrong streams: recreate it right after its checkpoint (the ack floor).
         let start_after = match (from, &existing) {
             (SubscribeFrom::After(position), _) => Some(position),
-            (SubscribeFrom::Checkpoint, Some(info)) if info.num_ack_pending > 0 => {
+            (SubscribeFrom::Checkpoint, Some(info))
+                if info.num_ack_pending > 0 || filters(&info.config) != filter_subjects =>
+            {
                 Some(info.ack_floor.stream_sequence)
             }
             (SubscribeFrom::Checkpoint, _) => None,
@@ -838,7 +849,7 @@ impl JetStreamEventStore {
                 name,
                 pull::Config {
                     durable_name: Some(name.to_owned()),
-                    filter_subject: format!("{}.>", self.prefix),
+                    filter_subjects,
                     deliver_policy,
                     ack_policy: AckPolicy::All,
                     ack_wait: Duration::from_secs(60),
@@ -848,8 +859,25 @@ impl JetStreamEventStore {
             )
             .await
             .map_err(backend)?;
-        let source = self.pulling(consumer, true, only).await.map_err(backend)?;
+        let passed_over = kinds.map(|_| PassedOver {
+            stream: self.stream.clone(),
+            consumer: consumer.clone(),
+            wait: FIRST_LOOK,
+        });
+        let mut source = self.pulling(consumer, true, only).await.map_err(backend)?;
+        // Where the consumer starts: nothing before it is sent.
+        source.scanned = match (start_after, &existing) {
+            (Some(position), _) => position,
+            (None, Some(info)) => info.delivered.stream_sequence,
+            (None, None) => 0,
+        };
+        source.passed_over = passed_over;
         Ok(Subscription::new(name, Box::new(source)))
+    }
+
+    /// The subjects of every stream of `kind`: `prefix.<location>.<kind>.<id>`.
+    fn kind_subjects(&self, kind: AggregateKind) -> String {
+        format!("{}.*.{}.*", self.prefix, kind.as_str())
     }
 
     /// A subscription's source pulling from `consumer` in batches of up to 1,000; with
@@ -873,7 +901,16 @@ impl JetStreamEventStore {
             acknowledged,
             only,
             scanned: 0,
+            passed_over: None,
         })
+    }
+}
+
+/// The subjects a consumer is filtered by, however the server reports them.
+fn filters(config: &js::consumer::Config) -> Vec<String> {
+    match config.filter_subjects.is_empty() {
+        true => vec![config.filter_subject.clone()],
+        false => config.filter_subjects.clone(),
     }
 }
 
@@ -886,9 +923,30 @@ struct JetStreamSubscription {
     acknowledged: bool,
     /// The event types handed over; `None`: every one.
     only: Option<&'static [&'static str]>,
-    /// The position of the last message received, handed over or passed over.
+    /// The position the log is read through: the last message received, handed over or passed
+    /// over, or further when the server had nothing else to send (see [`PassedOver`]).
     scanned: u64,
+    /// For a consumer the server filters by kind of stream: how to tell how far the log went
+    /// past the messages it did not send.
+    passed_over: Option<PassedOver>,
 }
+
+/// The server sends a filtered consumer nothing of the streams it passes over, so the position
+/// read through is asked for while the subscription waits: every message of its kinds up to
+/// the log's head has reached it once the server has none left to send and has sent none it
+/// has not received.
+struct PassedOver {
+    stream: stream::Stream,
+    consumer: js::consumer::PullConsumer,
+    /// How long to wait for a message before asking; it grows while nothing arrives.
+    wait: Duration,
+}
+
+/// How long a filtered subscription waits for a message before it asks how far the log went.
+const FIRST_LOOK: Duration = Duration::from_millis(100);
+/// The longest it waits between two such questions, while no message arrives: the lag a
+/// read model shows for events it passes over, at worst.
+const LONGEST_LOOK: Duration = Duration::from_secs(1);
 
 impl JetStreamSubscription {
     /// The message's event, or `None` for a type not asked for (acknowledged with the
@@ -922,6 +980,58 @@ impl JetStreamSubscription {
         )
         .map(Some)
     }
+
+    /// The next message, or `None` when the subscription read further past the streams the
+    /// server passes over while it waited.
+    async fn first_message(&mut self) -> Result<Option<js::Message>> {
+        let closed = || StoreError::SubscriptionClosed("the JetStream consumer stopped".into());
+        loop {
+            let next = match &self.passed_over {
+                None => self.messages.next().await,
+                // Cancelling `next` loses nothing: a message not yet taken stays in the stream.
+                Some(passed) => match tokio::time::timeout(passed.wait, self.messages.next()).await
+                {
+                    Ok(next) => next,
+                    Err(_) if self.read_past_the_rest().await? => return Ok(None),
+                    Err(_) => continue,
+                },
+            };
+            if let Some(passed) = &mut self.passed_over {
+                passed.wait = FIRST_LOOK;
+            }
+            let message = next
+                .ok_or_else(closed)?
+                .map_err(|e| StoreError::backend("receiving from JetStream", e))?;
+            return Ok(Some(message));
+        }
+    }
+
+    /// Moves [`Self::scanned`] to the log's head if every message of the subscription's kinds
+    /// up to it has been received; true if it moved.
+    async fn read_past_the_rest(&mut self) -> Result<bool> {
+        const ASKING: &str = "asking how far the log went";
+        let passed = self
+            .passed_over
+            .as_mut()
+            .expect("only asked by a filtered subscription");
+        passed.wait = (passed.wait * 2).min(LONGEST_LOOK);
+        // The head first: what the consumer says after it covers every message up to it.
+        let head = passed.stream.get_info().await;
+        let head = head
+            .map_err(|e| StoreError::backend(ASKING, e))?
+            .state
+            .last_sequence;
+        if head <= self.scanned {
+            return Ok(false);
+        }
+        let consumer = passed.consumer.get_info().await;
+        let consumer = consumer.map_err(|e| StoreError::backend(ASKING, e))?;
+        if consumer.num_pending > 0 || consumer.delivered.stream_sequence > self.scanned {
+            return Ok(false);
+        }
+        self.scanned = head;
+        Ok(true)
+    }
 }
 
 /// How many messages one batch looks at, for each event it may hand over: a batch of a
@@ -930,16 +1040,13 @@ const LOOKED_AT_PER_EVENT: usize = 8;
 
 #[async_trait]
 impl SubscriptionSource for JetStreamSubscription {
-    /// Empty when every message received was of a type not asked for: [`Self::scanned`]
-    /// then tells how far they went.
+    /// Empty when every message received was of a type not asked for, or when the log went
+    /// past the streams the server passes over: [`Self::scanned`] then tells how far.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
         let closed = || StoreError::SubscriptionClosed("the JetStream consumer stopped".into());
-        let first = self
-            .messages
-            .next()
-            .await
-            .ok_or_else(closed)?
-            .map_err(|e| StoreError::backend("receiving from JetStream", e))?;
+        let Some(first) = self.first_message().await? else {
+            return Ok(Vec::new());
+        };
         let mut events: Vec<RecordedEvent> = self.take(first)?.into_iter().collect();
         let mut looked_at = 1;
         while events.len() < max && looked_at < max.saturating_mul(LOOKED_AT_PER_EVENT) {

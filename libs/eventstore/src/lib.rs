@@ -15,6 +15,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use whatsnap_events::Event;
 pub use whatsnap_events::{AggregateKind, EventId, NewEvent, RecordedEvent, StreamId};
 
 pub mod aggregate;
@@ -234,6 +235,7 @@ pub(crate) fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<()>
         ids.windows(2)
             .find(|w| w[0] == w[1])
             .map(|w| format!("event id {} appears twice", w[0]))
+            .or_else(|| misplaced(stream, events))
     };
     match reason {
         Some(reason) => Err(StoreError::InvalidAppend {
@@ -242,6 +244,23 @@ pub(crate) fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<()>
         }),
         None => Ok(()),
     }
+}
+
+/// Why an event of `events` does not belong on `stream`, if one does not: each type goes only on
+/// the kinds of stream the catalogue names, so that a reader of some types can read only those.
+fn misplaced(stream: &StreamId, events: &[NewEvent]) -> Option<String> {
+    events.iter().find_map(|event| {
+        let kinds = Event::kinds(&event.event_type)?;
+        (!kinds.contains(&stream.kind())).then(|| {
+            let kinds: Vec<_> = kinds.iter().map(|k| k.as_str()).collect();
+            format!(
+                "{} events go on {} streams, not on {} ones",
+                event.event_type,
+                kinds.join(" or "),
+                stream.kind().as_str()
+            )
+        })
+    })
 }
 
 /// Compares the stream's `actual` version with what an append expects: `Ok(None)` to go ahead,

@@ -40,8 +40,9 @@ fn new_stream() -> StreamId {
     StreamId::for_uuid(location(), AggregateKind::Contact, Uuid::now_v7())
 }
 
+/// An event of a type outside the catalogue, which may go on any kind of stream.
 fn event(n: usize) -> NewEvent {
-    NewEvent::raw("ContactTagged", format!(r#"{{"n":{n}}}"#))
+    NewEvent::raw("Noted", format!(r#"{{"n":{n}}}"#))
 }
 
 fn events(range: std::ops::Range<usize>) -> Vec<NewEvent> {
@@ -564,6 +565,101 @@ async fn a_subscription_to_some_types_reads_past_the_others(backend: &dyn Backen
     assert_eq!(next.map(|e| e.id), Some(created.id));
 }
 
+/// Every event of the types asked for, read up to the head, and how far the subscription got.
+async fn read_to_head(
+    subscription: &mut whatsnap_eventstore::Subscription,
+    head: u64,
+) -> Vec<whatsnap_events::RecordedEvent> {
+    let mut handed = Vec::new();
+    while subscription.scanned() < head {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch(3))
+            .await
+            .expect("the subscription reads on to the head")
+            .unwrap();
+        handed.extend(batch);
+    }
+    assert_eq!(subscription.scanned(), head);
+    handed
+}
+
+/// Streams of a kind that holds none of the types asked for are passed over too (JetStream's
+/// server does not even send them): the subscription hands over every event of its types and
+/// reads on to the head when only such streams follow, from the start, from a position, from
+/// its checkpoint, and live.
+async fn a_subscription_reads_past_the_kinds_of_stream_that_hold_none_of_its_types(
+    backend: &dyn Backend,
+) {
+    const WANTED: &[&str] = &["ContactCreated"];
+    let store = backend.open().await;
+    let contact = new_stream();
+    let account = StreamId::for_uuid(location(), AggregateKind::Account, Uuid::now_v7());
+    let connected = |n: usize| NewEvent::raw("AccountConnected", format!(r#"{{"n":{n}}}"#));
+    let mut created = Vec::new();
+    for round in 0..5 {
+        let mut event = event(round);
+        event.event_type = "ContactCreated".into();
+        created.push(event.id);
+        store
+            .append(&contact, ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        let others = (0..20).map(connected).collect();
+        store
+            .append(&account, ExpectedVersion::Any, others)
+            .await
+            .unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    let ids = |events: &[whatsnap_events::RecordedEvent]| -> Vec<_> {
+        events.iter().map(|e| e.id).collect()
+    };
+
+    let mut from_start = store
+        .subscribe_to("kinds", SubscribeFrom::After(0), WANTED)
+        .await
+        .unwrap();
+    let handed = read_to_head(&mut from_start, head).await;
+    assert_eq!(ids(&handed), created, "from the start");
+    from_start.checkpoint(handed[1].position).await.unwrap();
+    drop(from_start);
+
+    let mut from_third = store
+        .subscribe_to(
+            "kinds_mid",
+            SubscribeFrom::After(handed[2].position),
+            WANTED,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&read_to_head(&mut from_third, head).await),
+        created[3..],
+        "from the third"
+    );
+
+    let mut resumed = store
+        .subscribe_to("kinds", SubscribeFrom::Checkpoint, WANTED)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&read_to_head(&mut resumed, head).await),
+        created[2..],
+        "from the checkpoint"
+    );
+
+    // Live: only other kinds follow, and the scan still reaches the new head.
+    store
+        .append(
+            &account,
+            ExpectedVersion::Any,
+            (20..30).map(connected).collect(),
+        )
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    assert!(read_to_head(&mut resumed, head).await.is_empty());
+}
+
 /// A watch of one kind of stream hands over the events of those streams appended after its
 /// start, in order, and none of another kind; it keeps no checkpoint, so a second watch of the
 /// same kind starts where it is told, not where the first one got to.
@@ -803,8 +899,12 @@ async fn a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_
     .await;
     let aggregates = Aggregates::new(store.as_ref());
     let metadata = EventMetadata::new_correlation();
-    let decodable =
-        || whatsnap_events::Event::from(whatsnap_events::GhlUninstalled { app_id: None });
+    let decodable = || {
+        whatsnap_events::Event::from(whatsnap_events::ContactErased {
+            contact_id: Uuid::nil(),
+            requested_by: None,
+        })
+    };
     let stream = StreamId::for_uuid(location(), AggregateKind::Contact, Uuid::now_v7());
     let mut decided_on = Vec::new();
     // The message at `position` creates the stream, or finds it there: nothing to do.
@@ -976,6 +1076,19 @@ async fn bad_requests_are_refused_with_a_reason(backend: &dyn Backend) {
         matches!(err, StoreError::InvalidSubscriptionName { .. }),
         "{err}"
     );
+    // An event of a type the catalogue places on another kind of stream.
+    let mut misplaced = event(0);
+    misplaced.event_type = "AccountConnected".into();
+    let err = store
+        .append(&stream, ExpectedVersion::Any, vec![event(1), misplaced])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("AccountConnected events go on account streams, not on contact ones"),
+        "{err}"
+    );
     assert!(store.read_stream(&stream, 1, 10).await.unwrap().is_empty());
 }
 
@@ -1040,6 +1153,7 @@ macro_rules! conformance {
             case!(read_all_returns_every_stream_in_append_order);
             case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);
             case!(a_subscription_to_some_types_reads_past_the_others);
+            case!(a_subscription_reads_past_the_kinds_of_stream_that_hold_none_of_its_types);
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
             case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_watch_sees_the_streams_of_its_kind_only);

@@ -47,3 +47,55 @@ async fn a_nats_server_older_than_2_12_is_refused() {
     assert!(matches!(err, StoreError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("2.12 or newer"), "{err}");
 }
+
+/// A subscription to some types is sent only the streams of the kinds that may hold them: the
+/// server passes over a thousand events of another kind without sending one.
+#[tokio::test]
+async fn the_server_sends_a_subscription_only_the_kinds_of_stream_it_reads() {
+    use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+    use whatsnap_eventstore::{EventStore, ExpectedVersion, SubscribeFrom};
+
+    let fixture = TestNats::new().await.unwrap();
+    let store = fixture.store().await.unwrap();
+    let location = LocationId::parse("loc1").unwrap();
+    let account = StreamId::for_uuid(
+        location.clone(),
+        AggregateKind::Account,
+        uuid::Uuid::now_v7(),
+    );
+    for _ in 0..2 {
+        let connected = (0..500)
+            .map(|_| NewEvent::raw("AccountConnected", "{}"))
+            .collect();
+        store
+            .append(&account, ExpectedVersion::Any, connected)
+            .await
+            .unwrap();
+    }
+    let contact = StreamId::for_uuid(location, AggregateKind::Contact, uuid::Uuid::now_v7());
+    let created = NewEvent::raw("ContactCreated", "{}");
+    store
+        .append(&contact, ExpectedVersion::NoStream, vec![created.clone()])
+        .await
+        .unwrap();
+
+    let mut subscription = store
+        .subscribe_to("created", SubscribeFrom::After(0), &["ContactCreated"])
+        .await
+        .unwrap();
+    let first = subscription.next().await.unwrap();
+    assert_eq!(first.id, created.id);
+    assert_eq!(first.position, 1001);
+
+    let client = async_nats::connect(&fixture.config.url).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(&fixture.config.stream_name)
+        .await
+        .unwrap();
+    let consumer = stream.consumer_info("created").await.unwrap();
+    assert_eq!(
+        consumer.delivered.consumer_sequence, 1,
+        "the server sent {} messages for one event",
+        consumer.delivered.consumer_sequence
+    );
+}

@@ -938,7 +938,7 @@ async fn a_projection_is_handed_only_the_types_it_reads_and_moves_past_the_other
                 "not the payload of any event".to_owned(),
             ),
             NewEvent::raw("MessageRead", read.clone()),
-            NewEvent::raw("ApiTokenRevoked", format!("garbage {round}")),
+            NewEvent::raw("Noted", format!("garbage {round}")),
         ];
         head = store
             .append(&stream, ExpectedVersion::NoStream, events)
