@@ -63,7 +63,7 @@ impl Script {
             from_me: false,
             sender_lid: None,
         };
-        self.at(minutes, AggregateKind::Account, ACCOUNT, event)
+        self.at(minutes, AggregateKind::Message, event.message_id, event)
             .await;
     }
 
@@ -79,7 +79,7 @@ impl Script {
             to: None,
             ghl_contact_id: None,
         };
-        self.at(minutes, AggregateKind::Contact, contact_id, event)
+        self.at(minutes, AggregateKind::Message, event.message_id, event)
             .await;
     }
 

@@ -368,11 +368,12 @@ async fn account(store: &dyn EventStore, account: Uuid, kind: AccountKind, name:
 
 /// A message from the `n`th contact's phone to `account`.
 async fn message(store: &dyn EventStore, account: Uuid, n: usize) {
+    let message_id = Uuid::now_v7();
     append(
         store,
-        StreamId::for_uuid(location(), AggregateKind::Account, account),
+        StreamId::for_uuid(location(), AggregateKind::Message, message_id),
         Event::from(whatsnap_events::InboundMessageReceived {
-            message_id: Uuid::now_v7(),
+            message_id,
             account_id: account,
             provider_message_id: Uuid::now_v7().to_string(),
             from: format!("+1415555{n:04}"),
