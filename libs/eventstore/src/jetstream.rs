@@ -756,9 +756,9 @@ impl EventStore for JetStreamEventStore {
         self.durable(name, from, None).await
     }
 
-    /// The server hands over only the streams of the kinds that may hold `types` (the catalogue
-    /// names them, and appends keep to it); the subscription passes over the other types of those
-    /// streams before decoding them.
+    /// When `types` are all held by one kind of stream (the catalogue names each type's kinds,
+    /// and appends keep to it), the server hands over only the streams of that kind; otherwise
+    /// every event. The subscription passes over the other types before decoding them.
     async fn subscribe_to(
         &self,
         name: &str,
@@ -815,8 +815,14 @@ impl JetStreamEventStore {
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::backend("opening a JetStream subscription", e)
         }
-        // The server sends only the streams of the kinds that may hold the types asked for.
-        let kinds = only.and_then(kinds_holding);
+        // The server sends only the streams of the kind that holds the types asked for, when
+        // that is one kind. A consumer filtered by several subjects costs the server a walk of
+        // each message block's subjects for every message it sends: with one subject per
+        // aggregate, 6,000 events of three kinds took it 20 s at a full core, where sending all
+        // 116,000 events of the log takes under 2 s.
+        let kinds = only
+            .and_then(kinds_holding)
+            .filter(|kinds| kinds.len() == 1);
         let filter_subjects: Vec<String> = match &kinds {
             Some(kinds) => kinds.iter().map(|kind| self.kind_subjects(*kind)).collect(),
             None => vec![format!("{}.>", self.prefix)],
