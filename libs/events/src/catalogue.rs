@@ -828,6 +828,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kinds_holding_some_types_are_known_only_when_each_type_keeps_to_its_kinds() {
+        assert_eq!(
+            kinds_holding(&["ApiTokenIssued", "ApiTokenRevoked"]),
+            Some(vec![AggregateKind::ApiToken])
+        );
+        assert_eq!(
+            kinds_holding(&["GhlSyncFailed", "MessageRead", "ContactCreated"]),
+            Some(vec![
+                AggregateKind::Contact,
+                AggregateKind::Message,
+                AggregateKind::Ghl
+            ])
+        );
+        // An effect's intent goes on its subject's stream, whatever kind that is.
+        assert_eq!(kinds_holding(&["MessageRead", "EffectIntended"]), None);
+        assert_eq!(kinds_holding(&["MessageRead", "NoSuchType"]), None);
+        for (event_type, _) in Event::TYPES {
+            assert!(
+                *event_type == "EffectIntended" || Event::kinds(event_type).is_some(),
+                "{event_type} names no kind of stream"
+            );
+        }
+    }
+
+    #[test]
     fn an_event_round_trips_through_its_encoding() {
         let event = Event::from(ContactTagged {
             contact_id: Uuid::now_v7(),
