@@ -820,13 +820,14 @@ impl JetStreamEventStore {
         // each message block's subjects for every message it sends: with one subject per
         // aggregate, 6,000 events of three kinds took it 20 s at a full core, where sending all
         // 116,000 events of the log takes under 2 s.
-        let kinds = only
-            .and_then(kinds_holding)
-            .filter(|kinds| kinds.len() == 1);
-        let filter_subjects: Vec<String> = match &kinds {
-            Some(kinds) => kinds.iter().map(|kind| self.kind_subjects(*kind)).collect(),
-            None => vec![format!("{}.>", self.prefix)],
+        let kind = match only.and_then(kinds_holding).as_deref() {
+            Some(&[kind]) => Some(kind),
+            _ => None,
         };
+        let filter_subjects = vec![match kind {
+            Some(kind) => self.kind_subjects(kind),
+            None => format!("{}.>", self.prefix),
+        }];
         let existing = self.stream.consumer_info(name).await.ok();
         // A consumer that delivered more than was acknowledged would hold those messages back
         // until their ack wait runs out, and one filtered otherwise (made by an older build)
@@ -865,7 +866,7 @@ impl JetStreamEventStore {
             )
             .await
             .map_err(backend)?;
-        let passed_over = kinds.map(|_| PassedOver {
+        let passed_over = kind.map(|_| PassedOver {
             stream: self.stream.clone(),
             consumer: consumer.clone(),
             wait: FIRST_LOOK,
