@@ -9,7 +9,9 @@
 //!   judged by the ids stored after it (see `judge_retry`), so a retry succeeds whichever of the
 //!   two checks the server runs first.
 //! - Several events: one atomic batch (ADR-50), the expectation on the first message.
-//! - Subscriptions: durable pull consumers with `AckPolicy::All`, one in-order worker each.
+//! - Subscriptions: durable pull consumers with `AckPolicy::All`, one in-order worker each; a
+//!   subscriber that keeps its own checkpoint and starts far behind catches up on pages of the
+//!   log shared by the process first (see [`CatchUp`]).
 //!
 //! Start-up refuses a server older than 2.12 and a stream whose settings differ from the ones
 //! asked for: NATS 2.9 accepts the batch headers and silently ignores them.
@@ -31,11 +33,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
+use tracing::info;
 use uuid::Uuid;
 use whatsnap_events::{
     AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext,
     kinds_holding,
 };
+
+mod pages;
+
+pub use pages::CatchUp;
+use pages::{CatchingUp, Pages, Slot};
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
@@ -75,6 +83,8 @@ pub struct JetStreamConfig {
     pub duplicate_window: Duration,
     /// How the store proves who it is to a NATS server that requires it.
     pub auth: NatsAuth,
+    /// How a subscription far behind the head catches up.
+    pub catch_up: CatchUp,
 }
 
 /// The credentials a NATS server with authentication asks for (`nats-server` `authorization`
@@ -134,6 +144,7 @@ impl JetStreamConfig {
             max_bytes: -1,
             duplicate_window: Duration::from_secs(10 * 60),
             auth: NatsAuth::None,
+            catch_up: CatchUp::default(),
         }
     }
 
@@ -172,6 +183,10 @@ pub struct JetStreamEventStore {
     /// exactly that version publishes on this guess without reading the subject first; a stale
     /// guess is refused by the server's expected-sequence check and the append reads and retries.
     heads: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    /// The pages of the log the subscriptions of this process catch up on.
+    pages: Arc<Pages>,
+    /// The backlog past which a subscription keeping its own checkpoint catches up on pages.
+    catch_up_after: u64,
 }
 
 /// How many subjects' heads are remembered before the memory is cleared.
@@ -315,6 +330,8 @@ impl JetStreamEventStore {
             stream,
             prefix: config.subject_prefix.clone(),
             heads: Arc::default(),
+            pages: Arc::new(Pages::new(&config.catch_up)),
+            catch_up_after: config.catch_up.after,
         })
     }
 
@@ -481,7 +498,7 @@ impl JetStreamEventStore {
         decode_message(&self.prefix, subject, sequence, headers, payload)
     }
 
-    /// One request of a batch direct get (ADR-31): up to `batch` messages after `from_sequence`
+    /// One request of a batch direct get (ADR-31): up to `batch` events from `from_sequence`
     /// on `filter`; returns them and whether more remain.
     async fn direct_batch(
         &self,
@@ -489,6 +506,21 @@ impl JetStreamEventStore {
         batch: usize,
         filter: &str,
     ) -> Result<(Vec<RecordedEvent>, bool)> {
+        let (messages, more) = self.direct_batch_raw(from_sequence, batch, filter).await?;
+        let events = messages
+            .into_iter()
+            .map(|m| self.decode(&m.subject, m.sequence, m.headers.as_ref(), m.payload))
+            .collect::<Result<_>>()?;
+        Ok((events, more))
+    }
+
+    /// The messages of one batch direct get, not decoded yet.
+    async fn direct_batch_raw(
+        &self,
+        from_sequence: u64,
+        batch: usize,
+        filter: &str,
+    ) -> Result<(Vec<RawMessage>, bool)> {
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::backend("reading events from JetStream", e)
         }
@@ -514,7 +546,7 @@ impl JetStreamEventStore {
             )
             .await
             .map_err(backend)?;
-        let mut events = Vec::new();
+        let mut messages = Vec::new();
         loop {
             let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
                 .await
@@ -531,9 +563,9 @@ impl JetStreamEventStore {
                         .and_then(|h| header(h, "Nats-Num-Pending"))
                         .and_then(|p| p.parse::<u64>().ok())
                         .unwrap_or(0);
-                    return Ok((events, pending > 0));
+                    return Ok((messages, pending > 0));
                 }
-                Some(404) => return Ok((events, false)),
+                Some(404) => return Ok((messages, false)),
                 Some(status) if status != 200 => {
                     return Err(StoreError::backend(
                         "reading events from JetStream",
@@ -556,9 +588,70 @@ impl JetStreamEventStore {
                         "direct get reply without a sequence",
                     )
                 })?;
-            events.push(self.decode(&subject, sequence, headers, reply.payload)?);
+            messages.push(RawMessage {
+                subject,
+                sequence,
+                headers: reply.headers,
+                payload: reply.payload,
+            });
         }
     }
+
+    /// The messages from `first` to `last`, for a page: each decoded, or the reason it cannot
+    /// be, kept with its type so that only a subscriber of that type is stopped by it.
+    async fn read_page(&self, first: u64, last: u64) -> Result<Vec<Slot>> {
+        let filter = format!("{}.>", self.prefix);
+        let mut slots = Vec::with_capacity((last + 1 - first) as usize);
+        let mut next = first;
+        while next <= last {
+            let want = (last + 1 - next).min(1000) as usize;
+            let (messages, more) = self.direct_batch_raw(next, want, &filter).await?;
+            let Some(end) = messages.last().map(|m| m.sequence) else {
+                break;
+            };
+            next = end + 1;
+            for m in messages.into_iter().filter(|m| m.sequence <= last) {
+                let event_type = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| header(h, H_EVENT_TYPE))
+                    .map(str::to_owned);
+                let decoded = self.decode(&m.subject, m.sequence, m.headers.as_ref(), m.payload);
+                slots.push(match decoded {
+                    Ok(event) => Slot::Event(event),
+                    Err(err) => Slot::Undecodable {
+                        position: m.sequence,
+                        event_type,
+                        reason: err.to_string(),
+                    },
+                });
+            }
+            if !more {
+                break;
+            }
+        }
+        // The head has passed the page, and nothing is ever deleted from the log, so the
+        // answer reaches its end; a short one comes from a replica behind the stream's leader
+        // (any replica may answer a direct get). It is not kept: the next read asks again.
+        if next <= last {
+            return Err(StoreError::backend(
+                "reading a page of the log",
+                format!(
+                    "the answer ended at {} of {first}..={last}: a replica behind the leader",
+                    next - 1
+                ),
+            ));
+        }
+        Ok(slots)
+    }
+}
+
+/// A message of a batch direct get.
+struct RawMessage {
+    subject: String,
+    sequence: u64,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
 }
 
 fn batch_start_failure(payload: &[u8]) -> PublishFailure {
@@ -812,6 +905,32 @@ impl JetStreamEventStore {
         only: Option<&'static [&'static str]>,
     ) -> Result<Subscription> {
         check_subscription_name(name)?;
+        // A subscriber keeping its own checkpoint, far behind, and not filtered to one kind of
+        // stream on the server, catches up on the shared pages first.
+        if let SubscribeFrom::AfterOwn(after) = from
+            && one_kind(only).is_none()
+        {
+            let head = self.head_position().await?;
+            if head.saturating_sub(after) > self.catch_up_after {
+                info!(
+                    subscription = name,
+                    after, head, "catching up on the log's shared pages"
+                );
+                let source = CatchingUp::new(self.clone(), name, after, head, only);
+                return Ok(Subscription::new(name, Box::new(source)));
+            }
+        }
+        let source = self.durable_source(name, from, only).await?;
+        Ok(Subscription::new(name, Box::new(source)))
+    }
+
+    /// The durable consumer `name` and the source pulling from it.
+    async fn durable_source(
+        &self,
+        name: &str,
+        from: SubscribeFrom,
+        only: Option<&'static [&'static str]>,
+    ) -> Result<JetStreamSubscription> {
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::backend("opening a JetStream subscription", e)
         }
@@ -820,10 +939,7 @@ impl JetStreamEventStore {
         // each message block's subjects for every message it sends: with one subject per
         // aggregate, 6,000 events of three kinds took it 20 s at a full core, where sending all
         // 116,000 events of the log takes under 2 s.
-        let kind = match only.and_then(kinds_holding).as_deref() {
-            Some(&[kind]) => Some(kind),
-            _ => None,
-        };
+        let kind = one_kind(only);
         let filter_subjects = vec![match kind {
             Some(kind) => self.kind_subjects(kind),
             None => format!("{}.>", self.prefix),
@@ -833,7 +949,9 @@ impl JetStreamEventStore {
         // until their ack wait runs out, and one filtered otherwise (made by an older build)
         // would send the wrong streams: recreate it right after its checkpoint (the ack floor).
         let start_after = match (from, &existing) {
-            (SubscribeFrom::After(position), _) => Some(position),
+            (SubscribeFrom::After(position) | SubscribeFrom::AfterOwn(position), _) => {
+                Some(position)
+            }
             (SubscribeFrom::Checkpoint, Some(info))
                 if info.num_ack_pending > 0 || filters(&info.config) != filter_subjects =>
             {
@@ -879,7 +997,7 @@ impl JetStreamEventStore {
             (None, None) => 0,
         };
         source.passed_over = passed_over;
-        Ok(Subscription::new(name, Box::new(source)))
+        Ok(source)
     }
 
     /// The subjects of every stream of `kind`: `prefix.<location>.<kind>.<id>`.
@@ -910,6 +1028,14 @@ impl JetStreamEventStore {
             scanned: 0,
             passed_over: None,
         })
+    }
+}
+
+/// The one kind of stream that holds every type of `only`, if there is one.
+fn one_kind(only: Option<&'static [&'static str]>) -> Option<AggregateKind> {
+    match only.and_then(kinds_holding).as_deref() {
+        Some(&[kind]) => Some(kind),
+        _ => None,
     }
 }
 

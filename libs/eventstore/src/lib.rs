@@ -71,6 +71,12 @@ pub enum SubscribeFrom {
     Checkpoint,
     /// After this position (0 is the beginning); the durable checkpoint is moved here.
     After(u64),
+    /// After this position, for a subscriber that keeps its own checkpoint (a read model, in
+    /// its database; the assignment decider, in its snapshot) and always says where to start:
+    /// the store's durable checkpoint is only a hint, moved once the subscription is live, so a
+    /// store may catch up a backlog its own way (JetStream reads it in pages shared by the
+    /// subscriptions of the process, see [`jetstream::CatchUp`]).
+    AfterOwn(u64),
 }
 
 /// What an append stored.

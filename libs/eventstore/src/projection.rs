@@ -796,7 +796,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         // The read model's checkpoint is the truth; the store's subscription is moved to it.
         // A projection that names the types it reads is handed only those where the store can
         // pass over the others itself.
-        let from = SubscribeFrom::After(checkpoint);
+        let from = SubscribeFrom::AfterOwn(checkpoint);
         let mut subscription = match self.projection.reads() {
             Some(types) => self.store.subscribe_to(name, from, types).await?,
             None => self.store.subscribe(name, from).await?,

@@ -526,7 +526,7 @@ impl SqliteEventStore {
     ) -> Result<Subscription> {
         check_subscription_name(name)?;
         let after = match from {
-            SubscribeFrom::After(position) => {
+            SubscribeFrom::After(position) | SubscribeFrom::AfterOwn(position) => {
                 save_checkpoint(&self.writer, name, position).await?;
                 position
             }

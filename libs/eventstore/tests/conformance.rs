@@ -1,5 +1,6 @@
 //! The event store's contract, written once and run against every backend (the macro at the
-//! bottom instantiates each case for SQLite and for JetStream).
+//! bottom instantiates each case for SQLite and for JetStream; the catch-up on shared pages is
+//! run again with pages of a few events).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Barrier;
 use uuid::Uuid;
-use whatsnap_events::{AggregateKind, EventMetadata, LocationId, NewEvent, StreamId, TraceContext};
+use whatsnap_events::{
+    AggregateKind, EventId, EventMetadata, LocationId, NewEvent, StreamId, TraceContext,
+};
 use whatsnap_eventstore::{EventStore, ExpectedVersion, StoreError, SubscribeFrom};
 use whatsnap_testkit::{TestNats, TestSqlite};
 
@@ -652,6 +655,119 @@ async fn a_subscription_reads_past_the_kinds_of_stream_that_hold_none_of_its_typ
     assert!(read_to_head(&mut resumed, head).await.is_empty());
 }
 
+/// A subscriber that keeps its own checkpoint is handed, from where it says, every event of
+/// its types in order and nothing else, whether it reads every kind of stream, several or
+/// one, and while others catch up beside it (JetStream's store catches such a subscriber up on
+/// pages of the log its subscriptions share: the `jetstream_paged` cases read pages of four);
+/// then live events, and again from where it says after a restart.
+async fn a_subscriber_keeping_its_own_checkpoint_is_handed_its_events_from_where_it_says(
+    backend: &dyn Backend,
+) {
+    const SEVERAL: &[&str] = &["ContactCreated", "AccountConnected"];
+    const ONE: &[&str] = &["ContactCreated"];
+    let store = backend.open().await;
+    let contact = new_stream();
+    let account = StreamId::for_uuid(location(), AggregateKind::Account, Uuid::now_v7());
+    let typed = |event_type: &str, n: usize| NewEvent::raw(event_type, format!(r#"{{"n":{n}}}"#));
+    let mut appended = 0;
+    for round in 0..7 {
+        let on_contact = vec![typed("ContactCreated", round), event(round)];
+        let on_account = vec![typed("AccountConnected", round), event(100 + round)];
+        for (stream, batch) in [(&contact, on_contact), (&account, on_account)] {
+            appended += batch.len();
+            store
+                .append(stream, ExpectedVersion::Any, batch)
+                .await
+                .unwrap();
+        }
+    }
+    let head = store.head_position().await.unwrap();
+    let stored = store.read_all(0, 100).await.unwrap();
+    let position_of = |n: usize| stored[n].position;
+    let expected = |stored: &[whatsnap_events::RecordedEvent], types: Option<&[&str]>, after| {
+        stored
+            .iter()
+            .filter(|e| e.position > after)
+            .filter(|e| types.is_none_or(|t| t.contains(&e.event_type.as_str())))
+            .map(|e| e.id)
+            .collect::<Vec<EventId>>()
+    };
+    let ids = |events: Vec<whatsnap_events::RecordedEvent>| -> Vec<EventId> {
+        events.into_iter().map(|e| e.id).collect()
+    };
+    assert_eq!(stored.len(), appended);
+
+    let (every, several, one, late) = tokio::join!(
+        store.subscribe("own_every", SubscribeFrom::AfterOwn(0)),
+        store.subscribe_to("own_several", SubscribeFrom::AfterOwn(0), SEVERAL),
+        store.subscribe_to("own_one", SubscribeFrom::AfterOwn(0), ONE),
+        store.subscribe_to("own_late", SubscribeFrom::AfterOwn(position_of(9)), SEVERAL),
+    );
+    let (mut every, mut several, mut one, mut late) = (
+        every.unwrap(),
+        several.unwrap(),
+        one.unwrap(),
+        late.unwrap(),
+    );
+    let (every_got, several_got, one_got, late_got) = tokio::join!(
+        read_every(&mut every, head),
+        read_to_head(&mut several, head),
+        read_to_head(&mut one, head),
+        read_to_head(&mut late, head),
+    );
+    assert_eq!(ids(every_got), expected(&stored, None, 0), "every type");
+    let several_expected = expected(&stored, Some(SEVERAL), 0);
+    assert_eq!(ids(several_got), several_expected, "several kinds");
+    assert_eq!(ids(one_got), expected(&stored, Some(ONE), 0), "one kind");
+    let from_tenth = expected(&stored, Some(SEVERAL), position_of(9));
+    assert_eq!(ids(late_got), from_tenth, "from a position");
+
+    // Live: each is handed what follows.
+    let live = vec![typed("ContactCreated", 50), event(50)];
+    store
+        .append(&contact, ExpectedVersion::Any, live)
+        .await
+        .unwrap();
+    let before = head;
+    let head = store.head_position().await.unwrap();
+    let stored = store.read_all(0, 100).await.unwrap();
+    let live_every = expected(&stored, None, before);
+    assert_eq!(ids(read_every(&mut every, head).await), live_every);
+    for subscription in [&mut several, &mut one] {
+        let handed = read_to_head(subscription, head).await;
+        assert_eq!(ids(handed), expected(&stored, Some(ONE), before), "live");
+    }
+
+    // A restart from a position the subscriber kept: nothing before it, nothing missed.
+    drop(several);
+    let kept = position_of(17);
+    let mut again = store
+        .subscribe_to("own_several", SubscribeFrom::AfterOwn(kept), SEVERAL)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(read_to_head(&mut again, head).await),
+        expected(&stored, Some(SEVERAL), kept),
+        "after a restart"
+    );
+}
+
+/// Every event up to the head from a subscription handing over every type.
+async fn read_every(
+    subscription: &mut whatsnap_eventstore::Subscription,
+    head: u64,
+) -> Vec<whatsnap_events::RecordedEvent> {
+    let mut handed: Vec<whatsnap_events::RecordedEvent> = Vec::new();
+    while handed.last().is_none_or(|e| e.position < head) {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch(3))
+            .await
+            .expect("the subscription reads on to the head")
+            .unwrap();
+        handed.extend(batch);
+    }
+    handed
+}
+
 /// A watch of one kind of stream hands over the events of those streams appended after its
 /// start, in order, and none of another kind; it keeps no checkpoint, so a second watch of the
 /// same kind starts where it is told, not where the first one got to.
@@ -1146,6 +1262,7 @@ macro_rules! conformance {
             case!(a_catch_up_subscription_sees_events_from_before_and_after_it_started);
             case!(a_subscription_to_some_types_reads_past_the_others);
             case!(a_subscription_reads_past_the_kinds_of_stream_that_hold_none_of_its_types);
+            case!(a_subscriber_keeping_its_own_checkpoint_is_handed_its_events_from_where_it_says);
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
             case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_watch_sees_the_streams_of_its_kind_only);
@@ -1159,3 +1276,18 @@ macro_rules! conformance {
 
 conformance!(sqlite, TestSqlite::new().unwrap());
 conformance!(jetstream, TestNats::new().await.unwrap());
+
+/// JetStream catching every subscriber that keeps its own checkpoint up on pages of four events
+/// (the other cases do not subscribe so).
+mod jetstream_paged {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_subscriber_keeping_its_own_checkpoint_is_handed_its_events_from_where_it_says() {
+        let fixture = TestNats::paged(4).await.unwrap();
+        super::a_subscriber_keeping_its_own_checkpoint_is_handed_its_events_from_where_it_says(
+            &fixture,
+        )
+        .await;
+    }
+}

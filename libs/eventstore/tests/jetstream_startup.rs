@@ -99,3 +99,81 @@ async fn the_server_sends_a_subscription_only_the_kinds_of_stream_it_reads() {
         consumer.delivered.consumer_sequence
     );
 }
+
+/// Subscribers far behind that keep their own checkpoints (the read models of a process after a
+/// rebuild) read the backlog once between them, a page per batch direct get, and their
+/// consumers are sent only what follows: not the whole log once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_far_behind_read_the_backlog_once_between_them() {
+    use futures::StreamExt;
+    use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+    use whatsnap_eventstore::jetstream::CatchUp;
+    use whatsnap_eventstore::{EventStore, ExpectedVersion, SubscribeFrom};
+
+    const SEVERAL: &[&str] = &["ContactCreated", "AccountConnected"];
+    let mut fixture = TestNats::new().await.unwrap();
+    fixture.config.catch_up = CatchUp {
+        after: 100,
+        page: 100,
+        pages_kept: 16,
+    };
+    let store = fixture.store().await.unwrap();
+    let location = LocationId::parse("loc1").unwrap();
+    for (kind, event_type) in [
+        (AggregateKind::Account, "AccountConnected"),
+        (AggregateKind::Contact, "ContactCreated"),
+    ] {
+        let stream = StreamId::for_uuid(location.clone(), kind, uuid::Uuid::now_v7());
+        let events = (0..500).map(|_| NewEvent::raw(event_type, "{}")).collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+
+    // Every batch direct get the store asks for, counted up to a marker sent after the reads.
+    let subject = format!("$JS.API.DIRECT.GET.{}", fixture.config.stream_name);
+    let spy = async_nats::connect(&fixture.config.url).await.unwrap();
+    let mut requests = spy.subscribe(subject.clone()).await.unwrap();
+    spy.flush().await.unwrap();
+
+    let read = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut subscription = store
+                .subscribe_to(name, SubscribeFrom::AfterOwn(0), SEVERAL)
+                .await
+                .unwrap();
+            let mut handed = 0;
+            while subscription.scanned() < 1000 {
+                handed += subscription.next_batch(64).await.unwrap().len();
+            }
+            handed
+        }
+    };
+    let (a, b, c) = tokio::join!(read("first"), read("second"), read("third"));
+    assert_eq!((a, b, c), (1000, 1000, 1000), "every event to each");
+
+    spy.publish(subject, "marker".into()).await.unwrap();
+    let mut asked = 0;
+    while let Some(request) = requests.next().await {
+        if request.payload.as_ref() == b"marker" {
+            break;
+        }
+        asked += 1;
+    }
+    assert_eq!(asked, 10, "ten pages of a hundred, each asked for once");
+
+    let stream = async_nats::jetstream::new(spy)
+        .get_stream(&fixture.config.stream_name)
+        .await
+        .unwrap();
+    for name in ["first", "second", "third"] {
+        let consumer = stream.consumer_info(name).await;
+        let sent = consumer.map_or(0, |c| c.delivered.consumer_sequence);
+        assert_eq!(
+            sent, 0,
+            "the server sent {name} {sent} messages of the backlog"
+        );
+    }
+}

@@ -4,6 +4,7 @@ use crate::{TestNats, TestPostgres};
 
 /// Where a `whatsnap serve` under test keeps its events and read models; kept for as long as
 /// the test lives, so that a restarted process finds its data.
+#[allow(clippy::large_enum_variant, reason = "one per test, never moved about")]
 pub enum TestBackend {
     /// One SQLite file in a temporary directory.
     Embedded(tempfile::TempDir),
@@ -42,7 +43,7 @@ impl TestBackend {
 }
 
 /// The `whatsnap serve` arguments of the distributed backend on `nats`'s stream and `pg`'s
-/// schema.
+/// schema, catching up as `nats` is set to.
 pub fn distributed_args(nats: &TestNats, pg: &TestPostgres) -> Vec<String> {
     [
         "--nats-url",
@@ -53,6 +54,10 @@ pub fn distributed_args(nats: &TestNats, pg: &TestPostgres) -> Vec<String> {
         &nats.config.subject_prefix,
         "--database-url",
         &pg.url_with_schema(),
+        "--catch-up-after",
+        &nats.config.catch_up.after.to_string(),
+        "--catch-up-page",
+        &nats.config.catch_up.page.to_string(),
     ]
     .iter()
     .map(|s| (*s).to_owned())

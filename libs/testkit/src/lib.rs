@@ -42,7 +42,7 @@ use testcontainers_modules::testcontainers::{ContainerAsync, ImageExt};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 use whatsnap_events::RecordedEvent;
-use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::jetstream::{CatchUp, JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
 
@@ -233,6 +233,18 @@ impl TestNats {
         config.stream_name = format!("T{token}");
         config.subject_prefix = format!("t{token}");
         Ok(Self { config })
+    }
+
+    /// A fixture whose subscribers keeping their own checkpoint catch up on the shared pages of
+    /// `page` events from any backlog, so that tests see that path with a few events.
+    pub async fn paged(page: u64) -> anyhow::Result<Self> {
+        let mut fixture = Self::new().await?;
+        fixture.config.catch_up = CatchUp {
+            after: 0,
+            page,
+            pages_kept: 2,
+        };
+        Ok(fixture)
     }
 
     /// A store on this fixture's stream (creating the stream on first use).

@@ -167,7 +167,7 @@ impl Decider {
             .store
             .subscribe_to(
                 "assignment_decider",
-                SubscribeFrom::After(state.position),
+                SubscribeFrom::AfterOwn(state.position),
                 READS,
             )
             .await?;

@@ -504,7 +504,7 @@ impl EventStore for Watched {
         name: &str,
         from: whatsnap_eventstore::SubscribeFrom,
     ) -> whatsnap_eventstore::Result<whatsnap_eventstore::Subscription> {
-        if let whatsnap_eventstore::SubscribeFrom::After(after) = from {
+        if let whatsnap_eventstore::SubscribeFrom::AfterOwn(after) = from {
             self.reads_after.lock().unwrap().push(after);
         }
         self.inner.subscribe(name, from).await

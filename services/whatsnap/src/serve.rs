@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use tracing::{Instrument, error, info, warn};
 use whatsnap_auth::{ApiToken, AuthedChannel, Transport};
 use whatsnap_eventstore::EventStore;
-use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
+use whatsnap_eventstore::jetstream::{CatchUp, JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::lease::{Fence, Leases};
 use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
@@ -121,6 +121,20 @@ pub struct BackendArgs {
     /// JetStream replicas of the event stream (3 in production clusters).
     #[arg(long, env = "WHATSNAP_NATS_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// On the distributed backend, a read model (or the assignment decider) starting more than
+    /// this many events behind the log's head catches up on pages of the log that the read
+    /// models of the process share, each page read once, rather than on a JetStream consumer
+    /// of its own (which has the server send each of them the whole backlog).
+    #[arg(long, env = "WHATSNAP_CATCH_UP_AFTER", default_value_t = CatchUp::default().after)]
+    catch_up_after: u64,
+    /// Events per shared page of the catch-up (one batch read from JetStream).
+    #[arg(
+        long,
+        env = "WHATSNAP_CATCH_UP_PAGE",
+        default_value_t = CatchUp::default().page,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    catch_up_page: u64,
     /// The most connections this process opens to PostgreSQL, all its pools together (read
     /// models, their projection, the contacts' keys, the request quotas). Size PostgreSQL's
     /// max_connections for this times the processes, rolling updates included.
@@ -609,6 +623,11 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             config.stream_name = args.stream_name.clone();
             config.subject_prefix = args.subject_prefix.clone();
             config.replicas = args.replicas;
+            config.catch_up = CatchUp {
+                after: args.catch_up_after,
+                page: args.catch_up_page,
+                ..CatchUp::default()
+            };
             config.auth = args.nats_auth.auth();
             let nats_url = without_password(nats_url);
             let store = JetStreamEventStore::connect(&config)

@@ -1,0 +1,257 @@
+//! Catching up a backlog on pages of the log read once for every subscription of the process.
+//!
+//! Each durable consumer has the server send its subscriber every message it matches: after a
+//! rebuild, or a start with a backlog, the read models of several kinds of stream and the
+//! assignment decider were each sent the whole log (550,000 messages for a log of 110,000). A
+//! subscriber that keeps its own checkpoint ([`SubscribeFrom::AfterOwn`]) and starts further
+//! behind the head than [`CatchUp::after`] reads the log in aligned pages instead, one batch
+//! direct get each, which the subscriptions of the process share: the first to need a page
+//! reads it (and asks for the next one ahead of time), the others wait for that read and take
+//! the page from memory. Within a page of the head, the subscription goes on with its durable
+//! consumer, created right after the last page read.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+use tracing::info;
+use whatsnap_events::RecordedEvent;
+
+use super::{JetStreamEventStore, JetStreamSubscription};
+use crate::{EventStore, Result, StoreError, SubscribeFrom, SubscriptionSource};
+
+/// How a subscription far behind the head catches up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The backlog, in events, past which a subscriber keeping its own checkpoint reads the
+    /// shared pages rather than a consumer of its own.
+    pub after: u64,
+    /// Events per page (one batch direct get: at most 1,000).
+    pub page: u64,
+    /// Pages kept in memory for the subscriptions that follow the first reader.
+    pub pages_kept: usize,
+}
+
+impl Default for CatchUp {
+    /// Five pages of backlog; pages of 1,000 events, sixteen kept (a few MiB).
+    fn default() -> Self {
+        Self {
+            after: 5_000,
+            page: 1_000,
+            pages_kept: 16,
+        }
+    }
+}
+
+/// One message of a page.
+pub(super) enum Slot {
+    Event(RecordedEvent),
+    /// A message that does not decode: it stops only a subscriber of its type (or of every
+    /// type, or when it names none), as a consumer's would.
+    Undecodable {
+        position: u64,
+        event_type: Option<String>,
+        reason: String,
+    },
+}
+
+impl Slot {
+    fn position(&self) -> u64 {
+        match self {
+            Self::Event(event) => event.position,
+            Self::Undecodable { position, .. } => *position,
+        }
+    }
+}
+
+type Page = Arc<Vec<Slot>>;
+
+/// The pages read lately, the most recently used last. A page is the messages from
+/// `index * size + 1` to `(index + 1) * size`; only pages the log has filled are read.
+pub(super) struct Pages {
+    size: u64,
+    kept: usize,
+    recent: Mutex<VecDeque<(u64, Arc<OnceCell<Page>>)>>,
+}
+
+impl Pages {
+    pub(super) fn new(config: &CatchUp) -> Self {
+        Self {
+            size: config.page.clamp(1, 1000),
+            kept: config.pages_kept.max(1),
+            recent: Mutex::default(),
+        }
+    }
+
+    /// The page `index`: from memory, from a read under way, or read now.
+    async fn get(&self, store: &JetStreamEventStore, index: u64) -> Result<Page> {
+        let cell = {
+            let mut recent = self.recent.lock().expect("pages lock");
+            let cell = match recent.iter().position(|(i, _)| *i == index) {
+                Some(at) => recent.remove(at).expect("position found above").1,
+                None => Arc::default(),
+            };
+            recent.push_back((index, cell.clone()));
+            if recent.len() > self.kept {
+                recent.pop_front();
+            }
+            cell
+        };
+        let page = cell
+            .get_or_try_init(|| async {
+                let first = index * self.size + 1;
+                store
+                    .read_page(first, first + self.size - 1)
+                    .await
+                    .map(Arc::new)
+            })
+            .await?;
+        Ok(page.clone())
+    }
+
+    /// Has page `index` read in the background, for the subscription that will want it next.
+    fn read_ahead(store: &JetStreamEventStore, index: u64) {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // A failure here is met again, and reported, by the subscription that wants it.
+            let _ = store.pages.get(&store, index).await;
+        });
+    }
+}
+
+/// A subscription catching up on the shared pages, then following its durable consumer.
+pub(super) struct CatchingUp {
+    store: JetStreamEventStore,
+    name: String,
+    only: Option<&'static [&'static str]>,
+    /// The log is read through here: the end of the last page taken, or the start.
+    scanned: u64,
+    /// The log's head, as last asked.
+    head: u64,
+    /// Events of the last page not handed over yet.
+    ready: VecDeque<RecordedEvent>,
+    /// The position of the last event handed over.
+    handed: u64,
+    /// The durable consumer's source, once within a page of the head.
+    live: Option<JetStreamSubscription>,
+}
+
+impl CatchingUp {
+    pub(super) fn new(
+        store: JetStreamEventStore,
+        name: &str,
+        after: u64,
+        head: u64,
+        only: Option<&'static [&'static str]>,
+    ) -> Self {
+        Self {
+            store,
+            name: name.to_owned(),
+            only,
+            scanned: after,
+            head,
+            ready: VecDeque::new(),
+            handed: after,
+            live: None,
+        }
+    }
+
+    fn wanted(&self, event_type: Option<&str>) -> bool {
+        match (self.only, event_type) {
+            (Some(only), Some(event_type)) => only.contains(&event_type),
+            _ => true,
+        }
+    }
+
+    /// Takes the events asked for from the page that holds the position after
+    /// [`Self::scanned`], which ends at `end`. A message that does not decode and is asked
+    /// for stops the take before it, and is an error once nothing precedes it.
+    fn take(&mut self, page: &[Slot], end: u64) -> Result<()> {
+        for slot in page.iter().filter(|s| s.position() > self.scanned) {
+            match slot {
+                Slot::Event(event) if self.wanted(Some(&event.event_type)) => {
+                    self.ready.push_back(event.clone());
+                }
+                Slot::Undecodable {
+                    position,
+                    event_type,
+                    reason,
+                } if self.wanted(event_type.as_deref()) => {
+                    if self.ready.is_empty() {
+                        return Err(StoreError::Corrupt {
+                            position: *position,
+                            reason: reason.clone(),
+                        });
+                    }
+                    self.scanned = position - 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        self.scanned = end;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SubscriptionSource for CatchingUp {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        loop {
+            if let Some(live) = &mut self.live {
+                return live.next_batch(max).await;
+            }
+            if !self.ready.is_empty() {
+                let take = max.clamp(1, self.ready.len());
+                let batch: Vec<_> = self.ready.drain(..take).collect();
+                self.handed = batch.last().map_or(self.handed, |e| e.position);
+                return Ok(batch);
+            }
+            let size = self.store.pages.size;
+            let index = self.scanned / size;
+            let end = (index + 1) * size;
+            if end > self.head {
+                self.head = self.store.head_position().await?;
+            }
+            if end > self.head {
+                info!(
+                    subscription = self.name,
+                    scanned = self.scanned,
+                    head = self.head,
+                    "caught up on the shared pages; following the consumer"
+                );
+                let from = SubscribeFrom::After(self.scanned);
+                let live = self.store.durable_source(&self.name, from, self.only);
+                self.live = Some(live.await?);
+                continue;
+            }
+            let page = self.store.pages.get(&self.store, index).await?;
+            if end + size <= self.head {
+                Pages::read_ahead(&self.store, index + 1);
+            }
+            self.take(&page, end)?;
+            // Only other types on the page: the caller learns how far the log was read.
+            if self.ready.is_empty() && self.only.is_some() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Only a hint while catching up (the subscriber keeps its own checkpoint): the consumer
+    /// starts after the pages read, and takes checkpoints from then on.
+    async fn checkpoint(&mut self, position: u64) -> Result<()> {
+        match &mut self.live {
+            Some(live) => live.checkpoint(position).await,
+            None => Ok(()),
+        }
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        match &self.live {
+            Some(live) => live.scanned(),
+            None if self.ready.is_empty() => Some(self.scanned),
+            None => Some(self.handed),
+        }
+    }
+}
