@@ -64,7 +64,12 @@ impl World {
         });
         let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Self {
-            backend: TestBackend::new(distributed).await,
+            // After a crash, the distributed read models catch up on the shared pages (of eight
+            // events here, from any backlog) before their consumers take over.
+            backend: match distributed {
+                true => TestBackend::distributed_paged(8).await,
+                false => TestBackend::embedded().await,
+            },
             ghl,
             twilio,
             grpc: localhost(free_port()),

@@ -83,10 +83,7 @@ impl Cluster {
 async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_rolling_restart() {
     // A replica taking over a read model catches up on the shared pages (of eight events
     // here, from any backlog) before its consumer takes over.
-    let backend = TestBackend::Distributed(
-        whatsnap_testkit::TestNats::paged(8).await.unwrap(),
-        whatsnap_testkit::TestPostgres::new().await.unwrap(),
-    );
+    let backend = TestBackend::distributed_paged(8).await;
     let rig = TwilioRig::start().await;
     let mut args = rig.serve_args(&backend);
     args.extend(["--lease-ttl".to_owned(), "2".to_owned()]);

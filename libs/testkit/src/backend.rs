@@ -24,6 +24,15 @@ impl TestBackend {
         )
     }
 
+    /// The distributed backend, its processes' read models catching up on shared pages of
+    /// `page` events from any backlog (see [`TestNats::paged`]).
+    pub async fn distributed_paged(page: u64) -> Self {
+        Self::Distributed(
+            TestNats::paged(page).await.expect("a test NATS stream"),
+            TestPostgres::new().await.expect("a test PostgreSQL schema"),
+        )
+    }
+
     pub async fn new(distributed: bool) -> Self {
         if distributed {
             Self::distributed().await
