@@ -10,6 +10,9 @@
 //! (default 50: GHL allows each 10 requests/s, so the fake GHL's limits do not cap the run),
 //! `WHATSNAP_BENCH_CONCURRENCY` (default 32 webhooks in flight) and `WHATSNAP_BENCH_BACKLOG`
 //! (default 100000 events for the start-up figures) change the load.
+//! `WHATSNAP_BENCH_ONLY=embedded` or `=distributed` runs one backend;
+//! `WHATSNAP_BENCH_CATCH_UP_AFTER` sets the distributed processes' `--catch-up-after` (a number
+//! above the backlog compares the shared pages with a consumer per read model).
 
 #![allow(clippy::print_stdout)]
 
@@ -52,11 +55,15 @@ async fn main() {
     );
     let distributed = std::env::var_os(whatsnap_testkit::NATS_URL_VAR).is_some()
         && std::env::var_os(whatsnap_testkit::DATABASE_URL_VAR).is_some();
-    let mut rows = vec![run(false, messages, locations, concurrency, backlog).await];
-    if distributed {
-        rows.push(run(true, messages, locations, concurrency, backlog).await);
-    } else {
+    let only = std::env::var("WHATSNAP_BENCH_ONLY").unwrap_or_default();
+    let mut rows = Vec::new();
+    if only != "distributed" {
+        rows.push(run(false, messages, locations, concurrency, backlog).await);
+    }
+    if !distributed {
         println!("(distributed backend skipped: no WHATSNAP_TEST_NATS_URL/DATABASE_URL)");
+    } else if only != "embedded" {
+        rows.push(run(true, messages, locations, concurrency, backlog).await);
     }
     println!();
     println!(
@@ -189,7 +196,17 @@ async fn run(
     let (raw_appends, raw_reads) = raw_bus(distributed).await;
     println!("raw: {raw_appends:.0} appends/s with {WRITERS} writers, {raw_reads:.0} reads/s");
 
-    let backend = TestBackend::new(distributed).await;
+    let mut backend = TestBackend::new(distributed).await;
+    if let TestBackend::Distributed(nats, _) = &mut backend {
+        let after = std::env::var("WHATSNAP_BENCH_CATCH_UP_AFTER").ok();
+        if let Some(after) = after.and_then(|a| a.parse().ok()) {
+            nats.config.catch_up.after = after;
+        }
+        println!(
+            "catching up on shared pages after {}",
+            nats.config.catch_up.after
+        );
+    }
     let rig = TwilioRig::start().await;
     let args = rig.serve_args(&backend);
     let mut whatsnap = Whatsnap::serve(binary(), &args, "bench").unwrap();

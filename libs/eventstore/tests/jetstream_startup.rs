@@ -1,5 +1,7 @@
 //! The JetStream store refuses to run where its guarantees would silently not hold.
 
+use std::time::Duration;
+
 use async_nats::jetstream::stream;
 use whatsnap_eventstore::StoreError;
 use whatsnap_eventstore::jetstream::{JetStreamConfig, JetStreamEventStore};
@@ -101,7 +103,8 @@ async fn the_server_sends_a_subscription_only_the_kinds_of_stream_it_reads() {
 }
 
 /// Subscribers far behind that keep their own checkpoints (the read models of a process after a
-/// rebuild) read the backlog once between them, a page per batch direct get, and their
+/// rebuild) read the backlog once between them, a page per batch direct get, even when one of
+/// them is slower than the pages kept allow (the others keep pace with it), and their
 /// consumers are sent only what follows: not the whole log once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribers_far_behind_read_the_backlog_once_between_them() {
@@ -115,7 +118,7 @@ async fn subscribers_far_behind_read_the_backlog_once_between_them() {
     fixture.config.catch_up = CatchUp {
         after: 100,
         page: 100,
-        pages_kept: 16,
+        pages_kept: 4,
     };
     let store = fixture.store().await.unwrap();
     let location = LocationId::parse("loc1").unwrap();
@@ -137,7 +140,7 @@ async fn subscribers_far_behind_read_the_backlog_once_between_them() {
     let mut requests = spy.subscribe(subject.clone()).await.unwrap();
     spy.flush().await.unwrap();
 
-    let read = |name: &'static str| {
+    let read = |name: &'static str, pause: Duration| {
         let store = store.clone();
         async move {
             let mut subscription = store
@@ -147,11 +150,17 @@ async fn subscribers_far_behind_read_the_backlog_once_between_them() {
             let mut handed = 0;
             while subscription.scanned() < 1000 {
                 handed += subscription.next_batch(64).await.unwrap().len();
+                // A read model that takes its time to apply each batch.
+                tokio::time::sleep(pause).await;
             }
             handed
         }
     };
-    let (a, b, c) = tokio::join!(read("first"), read("second"), read("third"));
+    let (a, b, c) = tokio::join!(
+        read("first", Duration::ZERO),
+        read("second", Duration::ZERO),
+        read("third", Duration::from_millis(10)),
+    );
     assert_eq!((a, b, c), (1000, 1000, 1000), "every event to each");
 
     spy.publish(subject, "marker".into()).await.unwrap();

@@ -7,14 +7,19 @@
 //! behind the head than [`CatchUp::after`] reads the log in aligned pages instead, one batch
 //! direct get each, which the subscriptions of the process share: the first to need a page
 //! reads it (and asks for the next one ahead of time), the others wait for that read and take
-//! the page from memory. Within a page of the head, the subscription goes on with its durable
-//! consumer, created right after the last page read.
+//! the page from memory. A subscription does not run more than half the pages kept ahead of
+//! the slowest one catching up beside it (it waits for it, up to [`PACE_WAIT`] a page, then
+//! leaves it behind), so the pages the others still need are not dropped and read again. Within a page of
+//! the head, the subscription goes on with its durable consumer, created right after the last
+//! page read.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tracing::info;
 use whatsnap_events::RecordedEvent;
 
@@ -67,20 +72,89 @@ impl Slot {
 
 type Page = Arc<Vec<Slot>>;
 
+/// How long a subscription ahead waits, for one page, for the slowest one catching up beside it
+/// to come within the pages kept, before it leaves it behind for good (a read model stuck on a
+/// failing event, or one that started much further back): that one reads the pages no longer
+/// kept again, on its own.
+const PACE_WAIT: Duration = Duration::from_secs(1);
+
 /// The pages read lately, the most recently used last. A page is the messages from
 /// `index * size + 1` to `(index + 1) * size`; only pages the log has filled are read.
 pub(super) struct Pages {
     size: u64,
     kept: usize,
     recent: Mutex<VecDeque<(u64, Arc<OnceCell<Page>>)>>,
+    /// The page each subscription catching up wants next, by its number; `None` once left
+    /// behind, until it moves again.
+    readers: Mutex<HashMap<u64, Option<u64>>>,
+    last_reader: AtomicU64,
+    /// Told each time a reader moves on or stops catching up.
+    moved: Notify,
 }
 
 impl Pages {
     pub(super) fn new(config: &CatchUp) -> Self {
         Self {
             size: config.page.clamp(1, 1000),
-            kept: config.pages_kept.max(1),
+            kept: config.pages_kept.max(2),
             recent: Mutex::default(),
+            readers: Mutex::default(),
+            last_reader: AtomicU64::new(0),
+            moved: Notify::new(),
+        }
+    }
+
+    /// A new subscription catching up, wanting page `index` first; its number.
+    fn join(&self, index: u64) -> u64 {
+        let reader = self.last_reader.fetch_add(1, Ordering::Relaxed);
+        self.at(reader, index);
+        reader
+    }
+
+    /// The reader wants page `index` next (one left behind stays so).
+    fn at(&self, reader: u64, index: u64) {
+        let mut readers = self.readers.lock().expect("readers lock");
+        let at = readers.entry(reader).or_insert(Some(index));
+        if at.is_some() {
+            *at = Some(index);
+        }
+        self.moved.notify_waiters();
+    }
+
+    /// The reader stopped catching up (it follows its consumer, or was dropped).
+    fn leave(&self, reader: u64) {
+        let mut readers = self.readers.lock().expect("readers lock");
+        readers.remove(&reader);
+        self.moved.notify_waiters();
+    }
+
+    /// Waits until page `index` is within half the pages kept of the slowest other reader, for
+    /// [`PACE_WAIT`] at most: a reader still further behind is then left behind for good.
+    async fn keep_pace(&self, reader: u64, index: u64) {
+        let window = (self.kept / 2) as u64;
+        let deadline = tokio::time::Instant::now() + PACE_WAIT;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            // Registered before looking, so a move in between is not missed.
+            moved.as_mut().enable();
+            let slowest = {
+                let readers = self.readers.lock().expect("readers lock");
+                readers
+                    .iter()
+                    .filter(|(other, _)| **other != reader)
+                    .filter_map(|(other, at)| at.map(|at| (*other, at)))
+                    .min_by_key(|(_, at)| *at)
+            };
+            let Some((slowest, _)) = slowest.filter(|(_, at)| index >= at + window) else {
+                return;
+            };
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                let mut readers = self.readers.lock().expect("readers lock");
+                if let Some(left_behind) = readers.get_mut(&slowest) {
+                    *left_behind = None;
+                }
+            }
         }
     }
 
@@ -135,6 +209,8 @@ pub(super) struct CatchingUp {
     handed: u64,
     /// The durable consumer's source, once within a page of the head.
     live: Option<JetStreamSubscription>,
+    /// Its number among the readers of the pages.
+    reader: u64,
 }
 
 impl CatchingUp {
@@ -145,6 +221,7 @@ impl CatchingUp {
         head: u64,
         only: Option<&'static [&'static str]>,
     ) -> Self {
+        let reader = store.pages.join(after / store.pages.size);
         Self {
             store,
             name: name.to_owned(),
@@ -154,6 +231,7 @@ impl CatchingUp {
             ready: VecDeque::new(),
             handed: after,
             live: None,
+            reader,
         }
     }
 
@@ -195,6 +273,12 @@ impl CatchingUp {
     }
 }
 
+impl Drop for CatchingUp {
+    fn drop(&mut self) {
+        self.store.pages.leave(self.reader);
+    }
+}
+
 #[async_trait]
 impl SubscriptionSource for CatchingUp {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
@@ -224,13 +308,16 @@ impl SubscriptionSource for CatchingUp {
                 let from = SubscribeFrom::After(self.scanned);
                 let live = self.store.durable_source(&self.name, from, self.only);
                 self.live = Some(live.await?);
+                self.store.pages.leave(self.reader);
                 continue;
             }
+            self.store.pages.keep_pace(self.reader, index).await;
             let page = self.store.pages.get(&self.store, index).await?;
             if end + size <= self.head {
                 Pages::read_ahead(&self.store, index + 1);
             }
             self.take(&page, end)?;
+            self.store.pages.at(self.reader, self.scanned / size);
             // Only other types on the page: the caller learns how far the log was read.
             if self.ready.is_empty() && self.only.is_some() {
                 return Ok(Vec::new());
