@@ -430,7 +430,7 @@ impl EventStore for Redelivering {
         name: &str,
         from: SubscribeFrom,
     ) -> whatsnap_eventstore::Result<Subscription> {
-        let SubscribeFrom::After(after) = from else {
+        let SubscribeFrom::AfterOwn(after) = from else {
             panic!("the runner subscribes after its checkpoint");
         };
         let source = RedeliveringSource {

@@ -85,9 +85,9 @@ pub(super) struct Pages {
     kept: usize,
     recent: Mutex<VecDeque<(u64, Arc<OnceCell<Page>>)>>,
     /// The page each subscription catching up wants next, by its number; `None` once left
-    /// behind, until it moves again.
+    /// behind (nobody waits for it any more).
     readers: Mutex<HashMap<u64, Option<u64>>>,
-    last_reader: AtomicU64,
+    next_reader: AtomicU64,
     /// Told each time a reader moves on or stops catching up.
     moved: Notify,
 }
@@ -99,14 +99,14 @@ impl Pages {
             kept: config.pages_kept.max(2),
             recent: Mutex::default(),
             readers: Mutex::default(),
-            last_reader: AtomicU64::new(0),
+            next_reader: AtomicU64::new(0),
             moved: Notify::new(),
         }
     }
 
     /// A new subscription catching up, wanting page `index` first; its number.
     fn join(&self, index: u64) -> u64 {
-        let reader = self.last_reader.fetch_add(1, Ordering::Relaxed);
+        let reader = self.next_reader.fetch_add(1, Ordering::Relaxed);
         self.at(reader, index);
         reader
     }
