@@ -600,7 +600,7 @@ impl JetStreamEventStore {
     /// The messages from `first` to `last`, for a page: each decoded, or the reason it cannot
     /// be, kept with its type so that only a subscriber of that type is stopped by it.
     async fn read_page(&self, first: u64, last: u64) -> Result<Vec<Slot>> {
-        let filter = format!("{}.>", self.prefix);
+        let filter = self.every_subject();
         let mut slots = Vec::with_capacity((last + 1 - first) as usize);
         let mut next = first;
         while next <= last {
@@ -819,7 +819,7 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
-        let filter = format!("{}.>", self.prefix);
+        let filter = self.every_subject();
         let mut out = Vec::new();
         let mut next_sequence = after + 1;
         while out.len() < limit {
@@ -942,7 +942,7 @@ impl JetStreamEventStore {
         let kind = one_kind(only);
         let filter_subjects = vec![match kind {
             Some(kind) => self.kind_subjects(kind),
-            None => format!("{}.>", self.prefix),
+            None => self.every_subject(),
         }];
         let existing = self.stream.consumer_info(name).await.ok();
         // A consumer that delivered more than was acknowledged would hold those messages back
@@ -1005,6 +1005,11 @@ impl JetStreamEventStore {
         format!("{}.*.{}.*", self.prefix, kind.as_str())
     }
 
+    /// The subjects of every stream: the whole log.
+    fn every_subject(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
     /// A subscription's source pulling from `consumer` in batches of up to 1,000; with
     /// `acknowledged`, it acknowledges what is checkpointed; with `only`, it hands over only
     /// those event types.
@@ -1028,6 +1033,15 @@ impl JetStreamEventStore {
             scanned: 0,
             passed_over: None,
         })
+    }
+}
+
+/// Whether a subscription to `only` (`None`: every type) hands over a message of `event_type`.
+/// One without its type header is handed over, for decoding to name the fault.
+fn asked_for(only: Option<&[&str]>, event_type: Option<&str>) -> bool {
+    match (only, event_type) {
+        (Some(only), Some(event_type)) => only.contains(&event_type),
+        _ => true,
     }
 }
 
@@ -1094,15 +1108,12 @@ impl JetStreamSubscription {
             self.unacked.push_back((sequence, acker));
         }
         self.scanned = self.scanned.max(sequence);
-        if let Some(only) = self.only {
-            let event_type = message
-                .headers
-                .as_ref()
-                .and_then(|headers| header(headers, H_EVENT_TYPE));
-            // An event without its type header is handed over, for decoding to name the fault.
-            if event_type.is_some_and(|t| !only.contains(&t)) {
-                return Ok(None);
-            }
+        let event_type = message
+            .headers
+            .as_ref()
+            .and_then(|headers| header(headers, H_EVENT_TYPE));
+        if !asked_for(self.only, event_type) {
+            return Ok(None);
         }
         decode_message(
             &self.prefix,

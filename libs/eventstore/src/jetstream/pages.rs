@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OnceCell};
 use tracing::info;
 use whatsnap_events::RecordedEvent;
 
-use super::{JetStreamEventStore, JetStreamSubscription};
+use super::{JetStreamEventStore, JetStreamSubscription, asked_for};
 use crate::{EventStore, Result, StoreError, SubscribeFrom, SubscriptionSource};
 
 /// How a subscription far behind the head catches up.
@@ -205,8 +205,6 @@ pub(super) struct CatchingUp {
     head: u64,
     /// Events of the last page not handed over yet.
     ready: VecDeque<RecordedEvent>,
-    /// The position of the last event handed over.
-    handed: u64,
     /// The durable consumer's source, once within a page of the head.
     live: Option<JetStreamSubscription>,
     /// Its number among the readers of the pages.
@@ -229,16 +227,8 @@ impl CatchingUp {
             scanned: after,
             head,
             ready: VecDeque::new(),
-            handed: after,
             live: None,
             reader,
-        }
-    }
-
-    fn wanted(&self, event_type: Option<&str>) -> bool {
-        match (self.only, event_type) {
-            (Some(only), Some(event_type)) => only.contains(&event_type),
-            _ => true,
         }
     }
 
@@ -248,14 +238,14 @@ impl CatchingUp {
     fn take(&mut self, page: &[Slot], end: u64) -> Result<()> {
         for slot in page.iter().filter(|s| s.position() > self.scanned) {
             match slot {
-                Slot::Event(event) if self.wanted(Some(&event.event_type)) => {
+                Slot::Event(event) if asked_for(self.only, Some(&event.event_type)) => {
                     self.ready.push_back(event.clone());
                 }
                 Slot::Undecodable {
                     position,
                     event_type,
                     reason,
-                } if self.wanted(event_type.as_deref()) => {
+                } if asked_for(self.only, event_type.as_deref()) => {
                     if self.ready.is_empty() {
                         return Err(StoreError::Corrupt {
                             position: *position,
@@ -288,9 +278,7 @@ impl SubscriptionSource for CatchingUp {
             }
             if !self.ready.is_empty() {
                 let take = max.clamp(1, self.ready.len());
-                let batch: Vec<_> = self.ready.drain(..take).collect();
-                self.handed = batch.last().map_or(self.handed, |e| e.position);
-                return Ok(batch);
+                return Ok(self.ready.drain(..take).collect());
             }
             let size = self.store.pages.size;
             let index = self.scanned / size;
@@ -337,8 +325,8 @@ impl SubscriptionSource for CatchingUp {
     fn scanned(&self) -> Option<u64> {
         match &self.live {
             Some(live) => live.scanned(),
-            None if self.ready.is_empty() => Some(self.scanned),
-            None => Some(self.handed),
+            // Every event before the first one not handed over was handed or passed over.
+            None => Some(self.ready.front().map_or(self.scanned, |e| e.position - 1)),
         }
     }
 }
