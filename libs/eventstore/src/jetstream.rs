@@ -997,6 +997,9 @@ impl JetStreamEventStore {
             (None, None) => 0,
         };
         source.passed_over = passed_over;
+        // For a subscriber keeping its own checkpoint the consumer's is only a hint: its
+        // acknowledgements are sent without waiting for the server's answer.
+        source.confirmed = !matches!(from, SubscribeFrom::AfterOwn(_));
         Ok(source)
     }
 
@@ -1029,6 +1032,7 @@ impl JetStreamEventStore {
             messages,
             unacked: VecDeque::new(),
             acknowledged,
+            confirmed: true,
             only,
             scanned: 0,
             passed_over: None,
@@ -1068,6 +1072,8 @@ struct JetStreamSubscription {
     unacked: VecDeque<(u64, Acker)>,
     /// False for a watch: its consumer takes no acknowledgements, and keeps no checkpoint.
     acknowledged: bool,
+    /// Whether a checkpoint waits for the server to confirm the acknowledgement.
+    confirmed: bool,
     /// The event types handed over; `None`: every one.
     only: Option<&'static [&'static str]>,
     /// The position the log is read through: the last message received, handed over or passed
@@ -1222,10 +1228,11 @@ impl SubscriptionSource for JetStreamSubscription {
         }
         if let Some((_, acker)) = last {
             // AckPolicy::All: acknowledging this message acknowledges every earlier one.
-            acker
-                .double_ack()
-                .await
-                .map_err(|e| StoreError::backend("saving a JetStream checkpoint", e))?;
+            let acked = match self.confirmed {
+                true => acker.double_ack().await,
+                false => acker.ack().await,
+            };
+            acked.map_err(|e| StoreError::backend("saving a JetStream checkpoint", e))?;
         }
         Ok(())
     }

@@ -73,9 +73,10 @@ pub enum SubscribeFrom {
     After(u64),
     /// After this position, for a subscriber that keeps its own checkpoint (a read model, in
     /// its database; the assignment decider, in its snapshot) and always says where to start:
-    /// the store's durable checkpoint is only a hint, moved once the subscription is live, so a
-    /// store may catch up a backlog its own way (JetStream reads it in pages shared by the
-    /// subscriptions of the process, see [`jetstream::CatchUp`]).
+    /// the store's durable checkpoint is only a hint, moved once the subscription is live and
+    /// without waiting for the store to confirm it (SQLite keeps none: a synced write of the
+    /// log's file per batch), so a store may catch up a backlog its own way (JetStream reads it
+    /// in pages shared by the subscriptions of the process, see [`jetstream::CatchUp`]).
     AfterOwn(u64),
 }
 

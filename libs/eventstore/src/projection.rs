@@ -596,7 +596,15 @@ pub struct ProjectionRunner<DB: CheckpointTable> {
     fence: std::sync::Mutex<Option<(Fence, Duration)>>,
     /// The turn of the read model's file among its writers, on SQLite.
     write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The checkpoint last committed, and when.
+    saved: std::sync::Mutex<(u64, tokio::time::Instant)>,
 }
+
+/// How long a checkpoint moved past events the read model does not read (and nothing else) may
+/// wait to be committed: until then the read model is the same with or without it, so the
+/// move is held and goes in the next transaction. A crash loses only that move: the events
+/// passed over are passed over again.
+const HELD_CHECKPOINT: Duration = Duration::from_secs(1);
 
 impl<DB: CheckpointTable> ProjectionRunner<DB> {
     pub fn new(
@@ -628,6 +636,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             retry_poll: Duration::from_secs(1),
             progress: watch::channel(0).0,
             fence: std::sync::Mutex::new(None),
+            saved: std::sync::Mutex::new((0, tokio::time::Instant::now())),
         }
     }
 
@@ -669,7 +678,9 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         self
     }
 
-    /// The position the read model has reached, updated after every commit.
+    /// The position the read model has reached, updated after every commit, and as it passes
+    /// over events it does not read (whose checkpoint may be committed up to
+    /// [`HELD_CHECKPOINT`] later).
     pub fn progress(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
     }
@@ -793,6 +804,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         let name = self.name();
         let checkpoint = self.prepare().await?;
         self.progress.send_replace(checkpoint);
+        *self.saved.lock().expect("saved lock") = (checkpoint, tokio::time::Instant::now());
         // The read model's checkpoint is the truth; the store's subscription is moved to it.
         // A projection that names the types it reads is handed only those where the store can
         // pass over the others itself.
@@ -813,7 +825,10 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 loop {
                     tokio::select! {
                         batch = &mut next => break batch?,
-                        _ = poll.tick() => self.retry_requested().await,
+                        _ = poll.tick() => {
+                            self.retry_requested().await;
+                            self.save_held_checkpoint().await;
+                        }
                     }
                 }
             };
@@ -832,6 +847,20 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
 
     fn checkpoint(&self) -> u64 {
         *self.progress.borrow()
+    }
+
+    /// Whether a checkpoint moved past events of other types only has been held long enough.
+    fn held_checkpoint_due(&self) -> bool {
+        self.saved.lock().expect("saved lock").1.elapsed() >= HELD_CHECKPOINT
+    }
+
+    /// Commits a checkpoint held since the last batch, once it is due.
+    async fn save_held_checkpoint(&self) {
+        let saved = self.saved.lock().expect("saved lock").0;
+        let reached = self.checkpoint();
+        if reached > saved && self.held_checkpoint_due() {
+            let _ = self.until_done(&[], Finish::Checkpoint(reached)).await;
+        }
     }
 
     /// Whether the projection is to see the event: one of the types it reads, of a type and
@@ -880,6 +909,14 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         let last = last.max(scanned);
         if last == start {
             return None;
+        }
+        if known.is_empty() && !self.held_checkpoint_due() {
+            self.progress.send_if_modified(|reached| {
+                let moved = last > *reached;
+                *reached = (*reached).max(last);
+                moved
+            });
+            return Some(last);
         }
         if known.len() == 1 {
             self.handle_one(known[0]).await;
@@ -1036,6 +1073,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         }
         tx.commit().await.map_err(Failure::database)?;
         if let Finish::Checkpoint(position) = finish {
+            *self.saved.lock().expect("saved lock") = (position, tokio::time::Instant::now());
             self.progress.send_if_modified(|reached| {
                 let moved = position > *reached;
                 *reached = (*reached).max(position);

@@ -526,10 +526,13 @@ impl SqliteEventStore {
     ) -> Result<Subscription> {
         check_subscription_name(name)?;
         let after = match from {
-            SubscribeFrom::After(position) | SubscribeFrom::AfterOwn(position) => {
+            SubscribeFrom::After(position) => {
                 save_checkpoint(&self.writer, name, position).await?;
                 position
             }
+            // The subscriber keeps its own checkpoint: a synced write of the log's file per
+            // batch would only make the log's appends wait.
+            SubscribeFrom::AfterOwn(position) => position,
             SubscribeFrom::Checkpoint => {
                 let stored: Option<i64> = sqlx::query_scalar(
                     "SELECT position FROM subscription_checkpoints WHERE name = ?",
@@ -543,7 +546,10 @@ impl SqliteEventStore {
         };
         let source = SqliteSubscription {
             store: self.clone(),
-            name: Some(name.to_owned()),
+            name: match from {
+                SubscribeFrom::AfterOwn(_) => None,
+                _ => Some(name.to_owned()),
+            },
             after,
             woken: self.head.subscribe(),
             only: types.map(Filter::types),
@@ -632,7 +638,8 @@ async fn save_checkpoint(writer: &SqlitePool, name: &str, position: u64) -> Resu
 
 struct SqliteSubscription {
     store: SqliteEventStore,
-    /// The durable subscription's name; `None` for a watch, which keeps no checkpoint.
+    /// The durable subscription's name; `None` for a watch or a subscriber keeping its own
+    /// checkpoint, for which the store keeps none.
     name: Option<String>,
     /// The position read through.
     after: u64,

@@ -1291,3 +1291,41 @@ mod jetstream_paged {
         .await;
     }
 }
+
+/// SQLite keeps no checkpoint of its own for a subscriber that keeps its own (a read model, the
+/// assignment decider): each would be a synced write of the log's file per batch, which the
+/// log's appends would wait behind. A subscriber that leaves its checkpoint to the store still
+/// has it kept.
+#[tokio::test]
+async fn sqlite_writes_no_checkpoint_for_a_subscriber_keeping_its_own() {
+    let fixture = TestSqlite::new().unwrap();
+    let store = fixture.store().await.unwrap();
+    store
+        .append(&new_stream(), ExpectedVersion::NoStream, events(0..3))
+        .await
+        .unwrap();
+    let mut own = store
+        .subscribe("own", SubscribeFrom::AfterOwn(0))
+        .await
+        .unwrap();
+    let mut left = store
+        .subscribe("left", SubscribeFrom::After(0))
+        .await
+        .unwrap();
+    for subscription in [&mut own, &mut left] {
+        let batch = subscription.next_batch(10).await.unwrap();
+        assert_eq!(batch.len(), 3);
+        subscription.checkpoint(batch[2].position).await.unwrap();
+    }
+    let log = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(&fixture.config.path),
+    )
+    .await
+    .unwrap();
+    let kept: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, position FROM subscription_checkpoints")
+            .fetch_all(&log)
+            .await
+            .unwrap();
+    assert_eq!(kept, [("left".to_owned(), 3)]);
+}

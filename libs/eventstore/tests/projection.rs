@@ -984,3 +984,100 @@ async fn a_projection_reading_a_type_that_does_not_exist_is_refused_at_once() {
     });
     let _ = ProjectionRunner::new(store, pool, projection);
 }
+
+/// A batch holding none of the types a read model reads changes nothing in it: its checkpoint
+/// moves on at once for whoever waits on the runner's progress, but is committed at most once a
+/// second (with the next batch it applies, or on its own), not once a batch: a read model
+/// passing over a busy log does not take a transaction, and the file's one writer, per batch.
+#[tokio::test]
+async fn a_checkpoint_moved_past_other_types_only_is_committed_once_a_second_not_once_a_batch() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let projection = Arc::new(ReadsOnlyReads {
+        reads: Some(&["MessageRead"]),
+        ..Default::default()
+    });
+    let runner = Arc::new(quick(
+        ProjectionRunner::new(store.clone(), pool.clone(), projection),
+        2,
+    ));
+    runner.prepare().await.unwrap();
+    // Every commit of a checkpoint, counted by the read model's database.
+    for sql in [
+        "CREATE TABLE saves (position BIGINT NOT NULL)",
+        "CREATE TRIGGER saved_new AFTER INSERT ON projection_checkpoints \
+         BEGIN INSERT INTO saves VALUES (new.position); END",
+        "CREATE TRIGGER saved AFTER UPDATE ON projection_checkpoints \
+         BEGIN INSERT INTO saves VALUES (new.position); END",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let saves = async || -> usize {
+        let saves: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM saves")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        saves as usize
+    };
+    let stored = async || -> Option<i64> {
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind("reads_only_reads")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    let mut progress = runner.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let runner = runner.clone();
+        async move {
+            runner
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    let location = LocationId::parse("loc1").unwrap();
+    let read =
+        serde_json::json!({ "message_id": Uuid::now_v7(), "provider_message_id": "wamid.1" });
+    let append = async |event: NewEvent| {
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Message, Uuid::now_v7());
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![event])
+            .await
+            .unwrap()
+            .position
+    };
+    let applied = append(NewEvent::raw("MessageRead", read.to_string())).await;
+    eventually("the first event applied", async || {
+        (stored().await == Some(applied as i64)).then_some(())
+    })
+    .await;
+    let before = saves().await;
+
+    // Fifty events of another type, each appended once the last was passed over: fifty batches.
+    let passing = std::time::Instant::now();
+    let mut head = applied;
+    for n in 0..50 {
+        head = append(NewEvent::raw("Noted", format!("other {n}"))).await;
+        tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| *p >= head))
+            .await
+            .expect("the runner passes over the event")
+            .unwrap();
+    }
+    let elapsed = passing.elapsed();
+    let committed = saves().await - before;
+    assert!(
+        committed as u64 <= 1 + elapsed.as_secs(),
+        "{committed} commits of the checkpoint for 50 batches of other types in {elapsed:?}"
+    );
+    // The held move is committed on its own within about a second.
+    eventually("the held checkpoint committed", async || {
+        (stored().await == Some(head as i64)).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(runner.prepare().await.unwrap(), head);
+}
