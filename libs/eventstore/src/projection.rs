@@ -53,14 +53,22 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     fn migrations(&self) -> &'static [&'static str];
 
     /// Acts on one event outside the read model — typically by appending the events a service
-    /// decides in reaction to it. Runs for every event of a batch, in order, before the batch's
-    /// transaction begins (a write transaction held open across an append would deadlock the
+    /// decides in reaction to it. Runs for every event of a batch it [reacts
+    /// to](Self::reacts_to), in order, before the batch's transaction begins (a write transaction held open across an append would deadlock the
     /// embedded backend, whose log and read models share one SQLite file). It runs again for the
     /// events of a batch that did not commit, so it must be idempotent: decide from the log's
     /// state and append with an expected version or a derived stream id.
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
         let _ = event;
         Ok(())
+    }
+
+    /// Whether [`Self::react`] acts on `event`: the runner calls it, each in its own span, for
+    /// those events only. The default, false, is for a read model that only applies: its
+    /// events cost it no span and no call. A projection that overrides `react` overrides this.
+    fn reacts_to(&self, event: &RecordedEvent) -> bool {
+        let _ = event;
+        false
     }
 
     /// What `react` decides on for `event` (a contact, say). The runner reacts to the events of
@@ -1088,7 +1096,8 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     async fn react_to(&self, events: &[&RecordedEvent]) -> Result<(), Failure> {
         let mut keys: HashMap<Option<String>, usize> = HashMap::new();
         let mut sequences: Vec<Vec<(usize, &RecordedEvent)>> = Vec::new();
-        for (index, event) in events.iter().enumerate() {
+        let reacted_to = events.iter().enumerate();
+        for (index, event) in reacted_to.filter(|(_, e)| self.projection.reacts_to(e)) {
             let key = self.projection.react_key(event);
             let sequence = *keys.entry(key).or_insert_with(|| {
                 sequences.push(Vec::new());

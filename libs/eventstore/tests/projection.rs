@@ -792,6 +792,10 @@ impl Projection<Sqlite> for KeyedReactions {
         &[]
     }
 
+    fn reacts_to(&self, _: &RecordedEvent) -> bool {
+        true
+    }
+
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {
         Some(key_and_n(event).0)
     }
@@ -891,6 +895,10 @@ impl Projection<Sqlite> for ReadsOnlyReads {
 
     fn reads(&self) -> Option<&'static [&'static str]> {
         self.reads
+    }
+
+    fn reacts_to(&self, _: &RecordedEvent) -> bool {
+        true
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {

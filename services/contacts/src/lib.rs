@@ -348,6 +348,14 @@ impl Projection<Any> for ContactsProjection {
         ]
     }
 
+    /// An inbound message (its contact made or found) and a reply (the account it leaves from).
+    fn reacts_to(&self, event: &RecordedEvent) -> bool {
+        matches!(
+            event.event_type.as_str(),
+            "InboundMessageReceived" | "OutboundMessageRequested"
+        )
+    }
+
     /// The contact a message or reply is for: one contact's messages are decided in order,
     /// different contacts' at the same time.
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {

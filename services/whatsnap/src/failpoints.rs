@@ -65,6 +65,10 @@ impl Projection<Any> for Poisoned {
         self.inner.reads()
     }
 
+    fn reacts_to(&self, event: &RecordedEvent) -> bool {
+        self.inner.reacts_to(event)
+    }
+
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {
         self.inner.react_key(event)
     }
