@@ -6,7 +6,7 @@
 //! subscriber that keeps its own checkpoint ([`SubscribeFrom::AfterOwn`]) and starts further
 //! behind the head than [`CatchUp::after`] reads the log in aligned pages instead, one batch
 //! direct get each, which the subscriptions of the process share: the first to need a page
-//! reads it (and asks for the next few ahead of time), the others wait for that read and take
+//! reads it (and asks for the next one ahead of time), the others wait for that read and take
 //! the page from memory. A subscription does not run more than half the pages kept ahead of
 //! the slowest one catching up beside it (it waits for it, up to [`PACE_WAIT`] a page, then
 //! leaves it behind), so the pages the others still need are not dropped and read again. Within a page of
@@ -77,10 +77,6 @@ type Page = Arc<Vec<Slot>>;
 /// failing event, or one that started much further back): that one reads the pages no longer
 /// kept again, on its own.
 const PACE_WAIT: Duration = Duration::from_secs(1);
-
-/// How many pages are read ahead of the first subscription to want them, so that reading the
-/// next pages overlaps applying this one.
-const READ_AHEAD: usize = 3;
 
 /// The pages read lately, the most recently used last. A page is the messages from
 /// `index * size + 1` to `(index + 1) * size`; only pages the log has filled are read.
@@ -188,27 +184,13 @@ impl Pages {
         Ok(page.clone())
     }
 
-    /// Has the pages after `index` that the log has filled up to `head` read in the background,
-    /// for the subscriptions that will want them next: up to [`READ_AHEAD`] of them, fewer when
-    /// few pages are kept (the pages a slower subscription within the pacing window still
-    /// needs are not dropped for them).
-    fn read_ahead(store: &JetStreamEventStore, index: u64, head: u64) {
-        let pages = &store.pages;
-        let ahead = READ_AHEAD.min((pages.kept / 2).saturating_sub(1)).max(1) as u64;
-        let filled = head / pages.size;
-        let recent = pages.recent.lock().expect("pages lock");
-        let wanted: Vec<u64> = (index + 1..=index + ahead)
-            .take_while(|next| *next < filled)
-            .filter(|next| !recent.iter().any(|(i, _)| i == next))
-            .collect();
-        drop(recent);
-        for next in wanted {
-            let store = store.clone();
-            tokio::spawn(async move {
-                // A failure here is met again, and reported, by the subscription that wants it.
-                let _ = store.pages.get(&store, next).await;
-            });
-        }
+    /// Has page `index` read in the background, for the subscription that will want it next.
+    fn read_ahead(store: &JetStreamEventStore, index: u64) {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // A failure here is met again, and reported, by the subscription that wants it.
+            let _ = store.pages.get(&store, index).await;
+        });
     }
 }
 
@@ -319,7 +301,9 @@ impl SubscriptionSource for CatchingUp {
             }
             self.store.pages.keep_pace(self.reader, index).await;
             let page = self.store.pages.get(&self.store, index).await?;
-            Pages::read_ahead(&self.store, index, self.head);
+            if end + size <= self.head {
+                Pages::read_ahead(&self.store, index + 1);
+            }
             self.take(&page, end)?;
             self.store.pages.at(self.reader, self.scanned / size);
             // Only other types on the page: the caller learns how far the log was read.
