@@ -836,6 +836,30 @@ impl EventStore for JetStreamEventStore {
         Ok(out)
     }
 
+    /// Batch direct gets by the kind's subjects: the server passes over the other streams.
+    async fn read_kind(
+        &self,
+        kind: AggregateKind,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let filter = self.kind_subjects(kind);
+        let mut out = Vec::new();
+        let mut next_sequence = after + 1;
+        while out.len() < limit {
+            let want = (limit - out.len()).min(1000);
+            let (events, more) = self.direct_batch(next_sequence, want, &filter).await?;
+            if let Some(last) = events.last() {
+                next_sequence = last.position + 1;
+            }
+            out.extend(events);
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn head_position(&self) -> Result<u64> {
         let info = self
             .stream

@@ -170,6 +170,26 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `limit` events of every stream after position `after`, in position order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
 
+    /// Reads up to `limit` events of the streams of one `kind` after position `after`, in
+    /// position order, passing over the others where the store can without reading them (the
+    /// embedded store in its query, JetStream on the server). Empty once none is left.
+    async fn read_kind(
+        &self,
+        kind: AggregateKind,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let (mut after, mut found) = (after, Vec::new());
+        while found.len() < limit {
+            let page = self.read_all(after, limit.max(100)).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            let of_kind = page.into_iter().filter(|e| e.stream.kind() == kind);
+            found.extend(of_kind.take(limit - found.len()));
+        }
+        Ok(found)
+    }
+
     /// The position of the last event in the log (0 when it is empty).
     async fn head_position(&self) -> Result<u64>;
 

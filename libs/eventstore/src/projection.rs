@@ -54,8 +54,9 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
 
     /// Acts on one event outside the read model — typically by appending the events a service
     /// decides in reaction to it. Runs for every event of a batch it [reacts
-    /// to](Self::reacts_to), in order, before the batch's transaction begins (a write transaction held open across an append would deadlock the
-    /// embedded backend, whose log and read models share one SQLite file). It runs again for the
+    /// to](Self::reacts_to), in order, before the batch's transaction begins (a write
+    /// transaction held open across an append would deadlock the embedded backend, whose log
+    /// and read models share one SQLite file). It runs again for the
     /// events of a batch that did not commit, so it must be idempotent: decide from the log's
     /// state and append with an expected version or a derived stream id.
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {

@@ -481,6 +481,16 @@ impl EventStore for SqliteEventStore {
         rows.iter().map(decode_row).collect()
     }
 
+    async fn read_kind(
+        &self,
+        kind: AggregateKind,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_filtered(&Filter::kind(kind), after, u64::MAX, limit)
+            .await
+    }
+
     async fn head_position(&self) -> Result<u64> {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&self.readers)

@@ -771,6 +771,51 @@ async fn read_every(
 /// A watch of one kind of stream hands over the events of those streams appended after its
 /// start, in order, and none of another kind; it keeps no checkpoint, so a second watch of the
 /// same kind starts where it is told, not where the first one got to.
+/// Reading one kind of stream hands over its streams' events only, in position order, a page
+/// at a time, and nothing once none is left after the position given.
+async fn reading_one_kind_of_stream_passes_over_the_others(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let mut assignments = Vec::new();
+    for round in 0..4 {
+        let other = new_stream();
+        store
+            .append(&other, ExpectedVersion::NoStream, events(0..3))
+            .await
+            .unwrap();
+        let assignment = StreamId::for_uuid(location(), AggregateKind::Assignment, Uuid::now_v7());
+        let appended = store
+            .append(
+                &assignment,
+                ExpectedVersion::NoStream,
+                events(round..round + 2),
+            )
+            .await
+            .unwrap();
+        assignments.extend([appended.position - 1, appended.position]);
+    }
+    let positions = |events: &[whatsnap_events::RecordedEvent]| -> Vec<u64> {
+        for event in events {
+            assert_eq!(event.stream.kind(), AggregateKind::Assignment, "{event:?}");
+        }
+        events.iter().map(|e| e.position).collect()
+    };
+    let first = store
+        .read_kind(AggregateKind::Assignment, 0, 3)
+        .await
+        .unwrap();
+    assert_eq!(positions(&first), assignments[..3]);
+    let rest = store
+        .read_kind(AggregateKind::Assignment, first[2].position, 100)
+        .await
+        .unwrap();
+    assert_eq!(positions(&rest), assignments[3..]);
+    let none = store
+        .read_kind(AggregateKind::Assignment, *assignments.last().unwrap(), 100)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+}
+
 async fn a_watch_sees_the_streams_of_its_kind_only(backend: &dyn Backend) {
     let store = backend.open().await;
     let account = || StreamId::for_uuid(location(), AggregateKind::Account, Uuid::now_v7());
@@ -1266,6 +1311,7 @@ macro_rules! conformance {
             case!(a_durable_checkpoint_survives_a_restart_of_the_subscriber);
             case!(a_subscription_checkpoint_never_moves_backwards);
             case!(a_watch_sees_the_streams_of_its_kind_only);
+            case!(reading_one_kind_of_stream_passes_over_the_others);
             case!(a_followed_cache_answers_from_memory_and_sees_other_writers);
             case!(a_decision_in_log_order_is_made_from_memory_once_the_follower_has_read_that_far);
             case!(a_multi_event_append_is_all_or_nothing);

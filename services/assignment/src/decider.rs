@@ -79,7 +79,12 @@ impl Decider {
         let mut decided = HashSet::new();
         let mut after = after;
         while after < head {
-            let batch = self.store.read_all(after, 1000).await?;
+            // Decisions go on assignment streams only: the store passes over the rest of the
+            // log (after a start with a backlog, most of it) without reading it.
+            let batch = self
+                .store
+                .read_kind(AggregateKind::Assignment, after, 1000)
+                .await?;
             let Some(last) = batch.last() else { break };
             after = last.position;
             decided.extend(
