@@ -112,6 +112,13 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
 
     /// Removes everything the projection wrote, for a rebuild from zero.
     async fn reset(&self, conn: &mut DB::Connection) -> sqlx::Result<()>;
+
+    /// The most events of one transaction, if not the runner's (500): a projection that applies
+    /// a batch in a few statements ([`Self::apply_together`]) may take more, so that a rebuild
+    /// is fewer transactions (and fewer turns at SQLite's one writer per file).
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Why a projection could not apply an event.
@@ -656,7 +663,8 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         *self.fence.lock().expect("fence lock") = Some((fence, ttl));
     }
 
-    /// At most this many events per transaction (default 500).
+    /// At most this many events per transaction (default 500), for a projection that does not
+    /// name its own ([`Projection::batch_size`]).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
@@ -823,13 +831,14 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             None => self.store.subscribe(name, from).await?,
         };
         info!(projection = name, checkpoint, "projection started");
+        let batch_size = self.projection.batch_size().unwrap_or(self.batch_size);
         let mut poll = tokio::time::interval(self.retry_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = {
                 // Retries asked for are handled while waiting for events, not between two
                 // reads of a batch: the batch read is never cancelled half way.
-                let next = subscription.next_batch(self.batch_size);
+                let next = subscription.next_batch(batch_size);
                 tokio::pin!(next);
                 loop {
                     tokio::select! {

@@ -1089,3 +1089,79 @@ async fn a_checkpoint_moved_past_other_types_only_is_committed_once_a_second_not
     running.await.unwrap().unwrap();
     assert_eq!(runner.prepare().await.unwrap(), head);
 }
+
+/// Applies a batch at once, noting each batch's size, in batches of up to 2,000 events.
+#[derive(Default)]
+struct AppliedTogether {
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for AppliedTogether {
+    fn name(&self) -> &str {
+        "applied_together"
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        self.batches.lock().unwrap().push(1);
+        Ok(())
+    }
+
+    async fn apply_together(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        self.batches.lock().unwrap().push(events.len());
+        Some(Ok(()))
+    }
+
+    async fn reset(&self, _: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(2_000)
+    }
+}
+
+/// A projection that applies a batch together and names a bigger batch than the runner's is
+/// handed batches of that size: a backlog of 5,000 events is three transactions, not ten.
+#[tokio::test]
+async fn a_projection_applying_batches_together_is_handed_the_batch_size_it_names() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let stream = StreamId::for_uuid(
+        LocationId::parse("loc1").unwrap(),
+        AggregateKind::Message,
+        Uuid::now_v7(),
+    );
+    let mut head = 0;
+    for start in (0..5_000).step_by(500) {
+        let batch = (start..start + 500)
+            .map(|n| {
+                let read = serde_json::json!({ "message_id": Uuid::now_v7(), "provider_message_id": n.to_string() });
+                NewEvent::raw("MessageRead", read.to_string())
+            })
+            .collect();
+        head = store
+            .append(&stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap()
+            .position;
+    }
+    let projection = Arc::new(AppliedTogether::default());
+    let runner = ProjectionRunner::new(store, pool, projection.clone());
+    run_to(&runner, head).await;
+    let batches = projection.batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), 5_000, "{batches:?}");
+    assert_eq!(batches, [2_000, 2_000, 1_000]);
+}

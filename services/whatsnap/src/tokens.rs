@@ -200,6 +200,11 @@ impl Projection<Any> for TokensProjection {
             .await
             .map(drop)
     }
+
+    /// A rebuild's revocations, ten statements of [`REVOKED_AT_ONCE`] to a transaction.
+    fn batch_size(&self) -> Option<usize> {
+        Some(10 * REVOKED_AT_ONCE)
+    }
 }
 
 /// The most tokens one statement revokes (each is a bound parameter).
