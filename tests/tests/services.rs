@@ -849,4 +849,16 @@ async fn a_process_with_a_backlog_is_ready_at_once_and_publishes_its_lag() {
     )
     .await;
     assert_eq!(tokens_lag(&scrape(metrics_addr).await), 0.0);
+    // The assignment decider reads the log too: its lag is shown beside the read models'.
+    whatsnap_testkit::eventually("the decider caught up", async || {
+        let (_, body) = http_get(http, "/readyz").await.ok()?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (body["projections"]["assignment_decider"]["lag"].as_u64()? == 0).then_some(())
+    })
+    .await;
+    let text = scrape(metrics_addr).await;
+    assert!(
+        text.contains("\nwhatsnap_projection_lag_events{projection=\"assignment_decider\"} 0\n"),
+        "{text}"
+    );
 }

@@ -15,12 +15,15 @@ use crate::Assignment;
 
 pub struct Application {
     assignment: Assignment,
+    /// How far the decider has read the log, whichever run of it holds the work.
+    decided_through: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Application {
     pub fn build(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self {
             assignment: Assignment::new(store, db),
+            decided_through: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -39,9 +42,18 @@ impl Application {
         vec![self.assignment.projection()]
     }
 
+    /// The position up to which the decider has taken in the log (0 until it runs here), for
+    /// `/readyz`'s and `/metrics`' lag.
+    pub fn decided_through(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.decided_through.subscribe()
+    }
+
     /// Decides every contact's owner as the log brings them, until `shutdown`.
     pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
-        let decider = self.assignment.decider();
+        let decider = self
+            .assignment
+            .decider()
+            .progress(self.decided_through.clone());
         // Its own task, as every worker of the process has.
         let run = tokio::spawn(decider.run(shutdown.cancelled_owned()));
         if let Err(err) = run.await

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 use uuid::Uuid;
 use whatsnap_events::{AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId};
@@ -26,6 +27,8 @@ pub struct Decider {
     snapshots: Option<Snapshots>,
     /// How often owners' silence is checked against `reassign_after_silence_minutes`.
     silence_check: Duration,
+    /// The position the model holds every event up to, for `/readyz` and `/metrics`.
+    progress: Arc<watch::Sender<u64>>,
 }
 
 /// How often the model is snapshotted while the log moves (and at every orderly stop).
@@ -48,7 +51,14 @@ impl Decider {
             store,
             snapshots: None,
             silence_check: Duration::from_secs(30),
+            progress: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Tells `progress` the position the model holds every event up to, as it moves.
+    pub fn progress(mut self, progress: Arc<watch::Sender<u64>>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Starts from the latest snapshot in `snapshots`, and keeps it there.
@@ -168,6 +178,7 @@ impl Decider {
             begun = begun => begun?,
             () = shutdown.as_mut() => return Ok(()),
         };
+        self.progress.send_replace(state.position);
         let mut subscription = self
             .store
             .subscribe_to(
@@ -209,6 +220,7 @@ impl Decider {
             let scanned = subscription.scanned();
             if scanned > state.position {
                 state.position = scanned;
+                self.progress.send_replace(scanned);
                 subscription.checkpoint(scanned).await?;
             }
         }

@@ -24,11 +24,23 @@ const STORE_PATIENCE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Readiness {
     pub store: Arc<dyn EventStore>,
-    /// Each projection of this process, with the position it has reached.
-    pub projections: Vec<(String, watch::Receiver<u64>)>,
-    /// When replicas share the work: which projections this one runs now (`projection:<name>`
-    /// leases); the others' lag is another replica's to report.
+    /// Each projection of this process, and the assignment decider, with the position each
+    /// has reached.
+    pub projections: Vec<Follower>,
+    /// When replicas share the work: which of them this one runs now (by their leases); the
+    /// others' lag is another replica's to report.
     pub leases: Option<Arc<Leases<sqlx::Any>>>,
+}
+
+/// A reader of the log whose lag `/readyz` and `/metrics` show: a projection, or the
+/// assignment decider.
+#[derive(Clone)]
+pub struct Follower {
+    pub name: String,
+    /// The lease a replica runs it under (`projection:<name>`, `workers:assignment`).
+    pub lease: String,
+    /// The position it has taken in the log up to.
+    pub position: watch::Receiver<u64>,
 }
 
 impl Readiness {
@@ -59,18 +71,23 @@ impl Readiness {
         )
     }
 
-    /// Each projection's name, position and lag behind `head`, of those this replica runs.
+    /// Each projection's (and the decider's) name, position and lag behind `head`, of those
+    /// this replica runs.
     fn lags(&self, head: u64) -> Vec<(String, u64, u64)> {
         let held = self.leases.as_ref().map(|leases| leases.held());
         self.projections
             .iter()
-            .filter(|(name, _)| {
+            .filter(|follower| {
                 held.as_ref()
-                    .is_none_or(|held| held.contains(&format!("projection:{name}")))
+                    .is_none_or(|held| held.contains(&follower.lease))
             })
-            .map(|(name, progress)| {
-                let position = *progress.borrow();
-                (name.clone(), position, head.saturating_sub(position))
+            .map(|follower| {
+                let position = *follower.position.borrow();
+                (
+                    follower.name.clone(),
+                    position,
+                    head.saturating_sub(position),
+                )
             })
             .collect()
     }

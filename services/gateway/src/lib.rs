@@ -28,7 +28,7 @@ use whatsnap_rpc::{ReadDb, ServiceError};
 
 pub use application::{Application, HttpConfig, HttpLimits, limited};
 pub use forward::Remote;
-pub use health::{Readiness, router};
+pub use health::{Follower, Readiness, router};
 pub use metrics::{MetricsConfig, routes as metrics_routes};
 pub use replay::{CLAIM_LEASE, Claim, Clock, ReplayGuard, Verdict};
 pub use timeline::TimelineProjection;

@@ -26,7 +26,7 @@ use whatsnap_eventstore::jetstream::{CatchUp, JetStreamConfig, JetStreamEventSto
 use whatsnap_eventstore::lease::{Fence, Leases};
 use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
-use whatsnap_gateway::{Readiness, Remote};
+use whatsnap_gateway::{Follower, Readiness, Remote};
 use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
 use whatsnap_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 use whatsnap_proto::ghlsync::v1::ghl_sync_service_server::GhlSyncServiceServer;
@@ -1121,7 +1121,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         }
         false => None,
     };
-    let progress = run_projections(
+    let mut progress = run_projections(
         &store,
         &backend.projections_db,
         projections,
@@ -1131,11 +1131,20 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         &mut tasks,
     )
     .await?;
-    if let (Some(ghl_sync), Some((_, moved))) = (
+    if let (Some(ghl_sync), Some(pending)) = (
         services.ghl_sync.as_mut(),
-        progress.iter().find(|(name, _)| name == "ghl_pending"),
+        progress
+            .iter()
+            .find(|follower| follower.name == "ghl_pending"),
     ) {
-        ghl_sync.queue_moves_with(moved.clone());
+        ghl_sync.queue_moves_with(pending.position.clone());
+    }
+    if let Some(assignment) = &services.assignment {
+        progress.push(Follower {
+            name: "assignment_decider".to_owned(),
+            lease: "workers:assignment".to_owned(),
+            position: assignment.decided_through(),
+        });
     }
 
     let limits = ApiLimits::new(&args.limits, backend.quotas_db.as_ref()).await?;
@@ -1734,7 +1743,7 @@ async fn run_projections(
     leases: Option<&Arc<Leases<sqlx::Any>>>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<Vec<(String, tokio::sync::watch::Receiver<u64>)>> {
+) -> anyhow::Result<Vec<Follower>> {
     let mut progress = Vec::new();
     for projection in projections {
         let name = projection.name().to_owned();
@@ -1752,10 +1761,14 @@ async fn run_projections(
             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             attempt += 1;
         }
-        progress.push((name.clone(), runner.progress()));
+        let lease = format!("projection:{name}");
+        progress.push(Follower {
+            name: name.clone(),
+            lease: lease.clone(),
+            position: runner.progress(),
+        });
         let runner = Arc::new(runner);
         let ttl = leases.map(|l| l.ttl());
-        let lease = format!("projection:{name}");
         // A projection that ends, by an error or a panic, leaves its read model behind the log
         // (/readyz shows its lag grow) but must not take the gateway and the other services
         // with it.
