@@ -11,6 +11,9 @@
 //! (pages of 1,000 through `read_all`), the read model's events/s from its start to its last
 //! event, and the ratio.
 
+// The figures go to stdout, the logs of the telemetry installed to stderr.
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -514,6 +514,30 @@ impl JetStreamEventStore {
         Ok((events, more))
     }
 
+    /// Up to `limit` events of the subjects `filter` matches after position `after`, by batch
+    /// direct gets of up to 1,000.
+    async fn read_subjects(
+        &self,
+        filter: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        let mut next_sequence = after + 1;
+        while out.len() < limit {
+            let want = (limit - out.len()).min(1000);
+            let (events, more) = self.direct_batch(next_sequence, want, filter).await?;
+            if let Some(last) = events.last() {
+                next_sequence = last.position + 1;
+            }
+            out.extend(events);
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The messages of one batch direct get, not decoded yet.
     async fn direct_batch_raw(
         &self,
@@ -819,21 +843,8 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
-        let filter = self.every_subject();
-        let mut out = Vec::new();
-        let mut next_sequence = after + 1;
-        while out.len() < limit {
-            let want = (limit - out.len()).min(1000);
-            let (events, more) = self.direct_batch(next_sequence, want, &filter).await?;
-            if let Some(last) = events.last() {
-                next_sequence = last.position + 1;
-            }
-            out.extend(events);
-            if !more {
-                break;
-            }
-        }
-        Ok(out)
+        self.read_subjects(&self.every_subject(), after, limit)
+            .await
     }
 
     /// Batch direct gets by the kind's subjects: the server passes over the other streams.
@@ -843,21 +854,8 @@ impl EventStore for JetStreamEventStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let filter = self.kind_subjects(kind);
-        let mut out = Vec::new();
-        let mut next_sequence = after + 1;
-        while out.len() < limit {
-            let want = (limit - out.len()).min(1000);
-            let (events, more) = self.direct_batch(next_sequence, want, &filter).await?;
-            if let Some(last) = events.last() {
-                next_sequence = last.position + 1;
-            }
-            out.extend(events);
-            if !more {
-                break;
-            }
-        }
-        Ok(out)
+        self.read_subjects(&self.kind_subjects(kind), after, limit)
+            .await
     }
 
     async fn head_position(&self) -> Result<u64> {
