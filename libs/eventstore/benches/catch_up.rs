@@ -6,8 +6,8 @@
 //! The log holds `WHATSNAP_BENCH_EVENTS` events (100,000) of one type; a read model reading
 //! that type applies each batch in one statement (as the tokens read model applies a rebuild's
 //! revocations), in a SQLite file of its own with `synchronous = NORMAL`, as `whatsnap serve`
-//! keeps its read models, with whatsnap's logs and traces installed and each event's span
-//! continuing its trace, as `serve` has them (logs go to stderr). It prints the raw reads/s
+//! keeps its read models, with whatsnap's logs and traces installed and its runner's event
+//! spans, as `serve` has them (logs go to stderr). It prints the raw reads/s
 //! (pages of 1,000 through `read_all`), the read model's events/s from its start to its last
 //! event, and the ratio.
 

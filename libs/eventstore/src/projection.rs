@@ -56,9 +56,9 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     /// decides in reaction to it. Runs for every event of a batch it [reacts
     /// to](Self::reacts_to), in order, before the batch's transaction begins (a write
     /// transaction held open across an append would deadlock the embedded backend, whose log
-    /// and read models share one SQLite file). It runs again for the
-    /// events of a batch that did not commit, so it must be idempotent: decide from the log's
-    /// state and append with an expected version or a derived stream id.
+    /// and read models share one SQLite file). It runs again for the events of a batch that did
+    /// not commit, so it must be idempotent: decide from the log's state and append with an
+    /// expected version or a derived stream id.
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
         let _ = event;
         Ok(())
@@ -867,6 +867,15 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         *self.progress.borrow()
     }
 
+    /// Moves the progress on to `position`, never back, telling its watchers only if it moved.
+    fn reach(&self, position: u64) {
+        self.progress.send_if_modified(|reached| {
+            let moved = position > *reached;
+            *reached = (*reached).max(position);
+            moved
+        });
+    }
+
     /// Whether a checkpoint moved past events of other types only has been held long enough.
     fn held_checkpoint_due(&self) -> bool {
         self.saved.lock().expect("saved lock").1.elapsed() >= HELD_CHECKPOINT
@@ -929,11 +938,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             return None;
         }
         if known.is_empty() && !self.held_checkpoint_due() {
-            self.progress.send_if_modified(|reached| {
-                let moved = last > *reached;
-                *reached = (*reached).max(last);
-                moved
-            });
+            self.reach(last);
             return Some(last);
         }
         if known.len() == 1 {
@@ -1092,11 +1097,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         tx.commit().await.map_err(Failure::database)?;
         if let Finish::Checkpoint(position) = finish {
             *self.saved.lock().expect("saved lock") = (position, tokio::time::Instant::now());
-            self.progress.send_if_modified(|reached| {
-                let moved = position > *reached;
-                *reached = (*reached).max(position);
-                moved
-            });
+            self.reach(position);
         }
         Ok(())
     }
@@ -1193,9 +1194,7 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
             tx.commit().await
         })
         .await;
-        self.progress.send_if_modified(|reached| {
-            std::mem::replace(reached, parked.position) < parked.position
-        });
+        self.reach(parked.position);
     }
 
     /// Runs `op` until it succeeds: for writes of the runner's own that only an outage stops.
