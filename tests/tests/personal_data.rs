@@ -13,7 +13,7 @@ use whatsnap_proto::ghlsync::v1 as ghlsync;
 use whatsnap_proto::session::v1 as session;
 use whatsnap_testkit::Channel;
 use whatsnap_testkit::{
-    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually,
+    FakeGhl, FakeTwilio, FakeTwilioAccount, TestBackend, TwilioText, Whatsnap, eventually, http_get,
 };
 
 const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -456,7 +456,9 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
     assert_eq!(rig.ghl.messages(&ana_in_ghl).len(), ana_before);
     assert_eq!(rig.ghl.messages(&ben_in_ghl).len(), 2);
 
-    // Every read model rebuilt from the log: Ana stays erased, Ben comes back whole.
+    // Every read model rebuilt from the log: Ana stays erased, Ben comes back whole, and the
+    // reply already sent is not sent again by the rebuilt queue of replies.
+    let replies_sent = rig.twilio.sent().len();
     rig.whatsnap.terminate().unwrap();
     let data_dir = dir.path().to_str().unwrap();
     let rebuilt = Command::new(binary())
@@ -469,7 +471,35 @@ async fn an_erased_contact_reads_as_erased_everywhere_and_others_do_not() {
         "{}",
         String::from_utf8_lossy(&rebuilt.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&rebuilt.stdout).contains("outbound_queue: emptied"),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stdout)
+    );
     rig.restart(&backend).await;
+    eventually("the queue of replies rebuilt", async || {
+        let (_, body) = http_get(rig.whatsnap.http.unwrap(), "/readyz").await.ok()?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (body["projections"]["outbound_queue"]["lag"].as_u64()? == 0).then_some(())
+    })
+    .await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", read_models.display()))
+        .await
+        .unwrap();
+    let count = async |table: &str| -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count("outbound_queue").await,
+        0,
+        "the sent reply queued again"
+    );
+    assert_eq!(count("sent_messages").await, 1, "the sent reply not known");
+    pool.close().await;
+    assert_eq!(rig.twilio.sent().len(), replies_sent, "a reply sent again");
     let (ben, ben_bodies) = eventually("Ben's messages back in the read model", async || {
         let (ben, bodies) = ghl_read_model(&read_models, &BEN).await;
         (bodies.len() == 2).then_some((ben, bodies))

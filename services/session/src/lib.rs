@@ -38,6 +38,7 @@ pub use account::{
     AccountState, Connection, DEFAULT_TAG_PREFIX, check_rotation, decide_add, decide_remove,
     decide_rotate, evolve, slug_tag,
 };
+pub use alerts::AlertQueue;
 pub use application::Application;
 pub use connection::{account_ref, decide_connection};
 pub use outbound::{OutboundQueue, OutboundState, SendWorker, decide_delivery_status};

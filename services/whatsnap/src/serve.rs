@@ -1930,6 +1930,11 @@ fn every_projection(
 ) -> Vec<Arc<dyn Projection<sqlx::Any>>> {
     let mut every: Vec<Arc<dyn Projection<sqlx::Any>>> = vec![
         Arc::new(whatsnap_session::AccountsProjection),
+        // Both queues rebuild to what they held: a reply or an alert already sent left its
+        // queue by an event, and one in flight is reconciled by the outbox before it is sent
+        // again; alerts older than an hour alert nobody.
+        Arc::new(whatsnap_session::OutboundQueue),
+        Arc::new(whatsnap_session::AlertQueue),
         whatsnap_contacts::Contacts::new(store.clone(), db.clone()).projection(),
         whatsnap_assignment::Assignment::new(store.clone(), db.clone()).projection(),
         whatsnap_ghl_sync::GhlSync::new(store.clone(), db.clone()).projection(),
@@ -1941,8 +1946,8 @@ fn every_projection(
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
-    /// The read model to rebuild (session_accounts, contacts, assignment, ghl_pending,
-    /// contact_timeline, traffic, api_tokens), or `all`.
+    /// The read model to rebuild (session_accounts, outbound_queue, session_alerts, contacts,
+    /// assignment, ghl_pending, contact_timeline, traffic, api_tokens), or `all`.
     projection: String,
     #[command(flatten)]
     backend: BackendArgs,
