@@ -23,6 +23,7 @@ pub mod jetstream;
 pub mod lease;
 pub mod parked;
 pub mod projection;
+pub mod rows;
 pub mod sqlite;
 mod subscription;
 

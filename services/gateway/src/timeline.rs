@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection};
 use summary::{contact_of, message_of};
-use whatsnap_events::RecordedEvent;
+use whatsnap_events::{Event, RecordedEvent};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::rows::Rows;
 
 pub struct TimelineProjection;
 
@@ -225,69 +226,17 @@ impl Projection<Any> for TimelineProjection {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        // The runner skips types this build does not know; a payload that does not decode is
-        // a failure, for the runner to retry and park.
-        let decoded = event.decode()?;
-        if let whatsnap_events::Event::ContactErased(e) = &decoded {
-            forget(conn, &e.contact_id.to_string()).await?;
-        }
-        let message = match &decoded {
-            whatsnap_events::Event::OutboundMessageRequested(e) => {
-                Some((e.message_id.to_string(), e.contact_id.to_string()))
-            }
-            whatsnap_events::Event::InboundMessageReceived(e) => {
-                whatsnap_events::PhoneNumber::parse(&e.from)
-                    .ok()
-                    .map(|phone| {
-                        (
-                            e.message_id.to_string(),
-                            whatsnap_events::contact_id_for(event.location_id(), &phone)
-                                .to_string(),
-                        )
-                    })
-            }
-            _ => None,
-        };
-        if let Some((message_id, contact_id)) = message {
-            sqlx::query(
-                "INSERT INTO timeline_messages (message_id, contact_id) VALUES ($1, $2) \
-                 ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(message_id)
-            .bind(contact_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let about = match contact_of(event.location_id(), &decoded) {
-            Some(found) => Some(found),
-            None => match message_of(&decoded) {
-                // A contact's GHL failure names the contact itself.
-                Some((subject, summary)) => sqlx::query_scalar::<_, String>(
-                    "SELECT contact_id FROM timeline_messages WHERE message_id = $1",
-                )
-                .bind(&subject)
-                .fetch_optional(&mut *conn)
-                .await?
-                .or_else(|| {
-                    matches!(decoded, whatsnap_events::Event::GhlSyncFailed(_)).then_some(subject)
-                })
-                .map(|contact| (contact, summary)),
-                None => None,
-            },
-        };
-        if let Some((contact_id, summary)) = about {
-            sqlx::query(
-                "INSERT INTO contact_timeline (contact_id, position, event_type, summary) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (contact_id, position) DO NOTHING",
-            )
-            .bind(contact_id)
-            .bind(event.position as i64)
-            .bind(&event.event_type)
-            .bind(summary)
-            .execute(conn)
-            .await?;
-        }
-        Ok(())
+        apply_runs(conn, &[event]).await
+    }
+
+    /// The batch in runs between erasures, each run in a few statements: its messages' contacts
+    /// looked up at once, its rows inserted many at a time.
+    async fn apply_together(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        Some(apply_runs(conn, events).await)
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
@@ -297,6 +246,113 @@ impl Projection<Any> for TimelineProjection {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A rebuild's events a few thousand to a transaction: each is a row or two of a
+    /// statement, not statements of its own.
+    fn batch_size(&self) -> Option<usize> {
+        Some(BATCH)
+    }
+}
+
+/// The most events of one transaction.
+const BATCH: usize = 2_000;
+
+/// Applies `events` in order: an erasure first rewrites what the timeline holds of the
+/// contact, so the events before it are written before it, and those after it after.
+async fn apply_runs(conn: &mut AnyConnection, events: &[&RecordedEvent]) -> Result<(), ApplyError> {
+    // The runner skips types this build does not know; a payload that does not decode is a
+    // failure, for the runner to retry and park.
+    let mut run = Vec::with_capacity(events.len());
+    for event in events {
+        let decoded = event.decode()?;
+        if let Event::ContactErased(e) = &decoded {
+            apply_run(conn, &run).await?;
+            run.clear();
+            forget(conn, &e.contact_id.to_string()).await?;
+        }
+        run.push((*event, decoded));
+    }
+    apply_run(conn, &run).await
+}
+
+/// Writes the timeline rows of a run of events without erasures: what applying them one at a
+/// time leaves, in a few statements.
+async fn apply_run(
+    conn: &mut AnyConnection,
+    run: &[(&RecordedEvent, Event)],
+) -> Result<(), ApplyError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    // The contacts of the messages the run names without their contact, as the read model
+    // had them before it; the run's own messages join them as it goes (the first one
+    // recorded for a message stays, as `ON CONFLICT DO NOTHING` keeps it).
+    let unknown: Vec<String> = run
+        .iter()
+        .filter(|(event, decoded)| contact_of(event.location_id(), decoded).is_none())
+        .filter_map(|(_, decoded)| message_of(decoded).map(|(message, _)| message))
+        .collect();
+    let mut contacts = whatsnap_eventstore::rows::select_in(
+        conn,
+        "SELECT message_id, contact_id FROM timeline_messages WHERE message_id IN",
+        &unknown,
+    )
+    .await?;
+    let mut messages = Rows::new(
+        "INSERT INTO timeline_messages (message_id, contact_id)",
+        2,
+        "ON CONFLICT (message_id) DO NOTHING",
+    );
+    let mut rows = Rows::new(
+        "INSERT INTO contact_timeline (contact_id, position, event_type, summary)",
+        4,
+        "ON CONFLICT (contact_id, position) DO NOTHING",
+    );
+    for (event, decoded) in run {
+        if let Some((message_id, contact_id)) = message_contact(event, decoded) {
+            contacts
+                .entry(message_id.clone())
+                .or_insert_with(|| contact_id.clone());
+            messages.push([message_id.into(), contact_id.into()]);
+        }
+        let about = contact_of(event.location_id(), decoded).or_else(|| {
+            let (subject, summary) = message_of(decoded)?;
+            // A contact's GHL failure names the contact itself.
+            let contact = contacts
+                .get(&subject)
+                .cloned()
+                .or_else(|| matches!(decoded, Event::GhlSyncFailed(_)).then_some(subject))?;
+            Some((contact, summary))
+        });
+        if let Some((contact_id, summary)) = about {
+            rows.push([
+                contact_id.into(),
+                (event.position as i64).into(),
+                event.event_type.as_str().into(),
+                summary.into(),
+            ]);
+        }
+    }
+    messages.write(conn).await?;
+    rows.write(conn).await?;
+    Ok(())
+}
+
+/// The contact of a message the event starts: a reply, or a message received.
+fn message_contact(event: &RecordedEvent, decoded: &Event) -> Option<(String, String)> {
+    match decoded {
+        Event::OutboundMessageRequested(e) => {
+            Some((e.message_id.to_string(), e.contact_id.to_string()))
+        }
+        Event::InboundMessageReceived(e) => {
+            let phone = whatsnap_events::PhoneNumber::parse(&e.from).ok()?;
+            Some((
+                e.message_id.to_string(),
+                whatsnap_events::contact_id_for(event.location_id(), &phone).to_string(),
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! (`ContactErased`) leaves the queue, and its phone, name and messages are kept only as
 //! `[erased]`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use whatsnap_events::LocationId;
 use whatsnap_events::{Event, PhoneNumber, RecordedEvent, TagSource, contact_id_for};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::rows::{self, Rows, Value};
 use whatsnap_pii::ContactKeys;
 
 pub const CONTACT: &str = "contact_upsert";
@@ -225,8 +227,168 @@ impl Projection<Any> for PendingWork {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
+        self.apply_runs(conn, &[event]).await
+    }
+
+    /// The batch's messages received and posted (most of a rebuild) many to a statement; the
+    /// other events one at a time, in between, in log order.
+    async fn apply_together(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        Some(self.apply_runs(conn, events).await)
+    }
+
+    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        for table in [
+            "ghl_pending",
+            "ghl_installs",
+            "ghl_contacts",
+            "ghl_messages",
+            "ghl_connections",
+            "ghl_set_aside",
+        ] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A rebuild's events a few thousand to a transaction.
+    fn batch_size(&self) -> Option<usize> {
+        Some(BATCH)
+    }
+}
+
+/// The most events of one transaction.
+const BATCH: usize = 2_000;
+
+/// Messages received and posted, gathered to be written together: the rows of `ghl_messages`,
+/// and what becomes of each message's place in the queue (the last event of a message
+/// decides: queued at a position, or gone).
+struct MessageRun {
+    messages: Rows,
+    queue: Vec<(String, Option<(String, i64)>)>,
+    at: HashMap<String, usize>,
+}
+
+impl MessageRun {
+    fn new() -> Self {
+        Self {
+            messages: Rows::new(
+                "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at)",
+                7,
+                "ON CONFLICT (message_id) DO NOTHING",
+            ),
+            queue: Vec::new(),
+            at: HashMap::new(),
+        }
+    }
+
+    /// The message queued at `position` (`Some`) or out of the queue (`None`).
+    fn queue(&mut self, message_id: String, queued: Option<(String, i64)>) {
+        match self.at.get(&message_id) {
+            Some(&index) => self.queue[index].1 = queued,
+            None => {
+                self.at.insert(message_id.clone(), self.queue.len());
+                self.queue.push((message_id, queued));
+            }
+        }
+    }
+
+    /// Writes what was gathered, as applying the events one at a time would have left it: each
+    /// message's last word on the queue is the one that counts.
+    async fn write(&mut self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        self.messages.write(conn).await?;
+        let mut queued = Rows::new(
+            "INSERT INTO ghl_pending (kind, subject_id, location_id, position)",
+            4,
+            "ON CONFLICT (kind, subject_id) DO UPDATE SET position = excluded.position",
+        );
+        let mut gone = Vec::new();
+        for (message_id, queue) in self.queue.drain(..) {
+            match queue {
+                Some((location, position)) => queued.push([
+                    MESSAGE.into(),
+                    message_id.into(),
+                    location.into(),
+                    position.into(),
+                ]),
+                None => gone.push(message_id),
+            }
+        }
+        self.at.clear();
+        queued.write(conn).await?;
+        // The kind (a constant) spelled out: the helper binds only the list.
+        let gone_sql =
+            format!("DELETE FROM ghl_pending WHERE kind = '{MESSAGE}' AND subject_id IN");
+        rows::execute_in(conn, &gone_sql, &gone).await
+    }
+}
+
+impl PendingWork {
+    /// Applies `events` in order, those of [`MessageRun`] gathered until another event comes.
+    async fn apply_runs(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ApplyError> {
+        let mut run = MessageRun::new();
+        for event in events {
+            match event.decode()? {
+                Event::InboundMessageReceived(e) if e.from != whatsnap_events::ERASED => {
+                    let message_id = e.message_id.to_string();
+                    run.messages.push(self.message_row(event, e).await?);
+                    let queued = (event.location_id().to_string(), event.position as i64);
+                    run.queue(message_id, Some(queued));
+                }
+                Event::GhlMessagePosted(e) => run.queue(e.message_id.to_string(), None),
+                other => {
+                    run.write(conn).await?;
+                    self.apply_event(conn, event, other).await?;
+                }
+            }
+        }
+        run.write(conn).await?;
+        Ok(())
+    }
+
+    /// The row of `ghl_messages` of a message received: its text and attachments sealed.
+    async fn message_row(
+        &self,
+        event: &RecordedEvent,
+        e: whatsnap_events::InboundMessageReceived,
+    ) -> Result<[Value; 7], ApplyError> {
+        let contact_id =
+            PhoneNumber::parse(&e.from).map(|phone| contact_id_for(event.location_id(), &phone))?;
+        let attachments: Vec<&str> = e.attachments.iter().map(|a| a.url.as_str()).collect();
+        let attachments = serde_json::to_string(&attachments).expect("strings serialise");
+        let at = event.location_id();
+        let body = self.sealed(at, contact_id, e.body).await?;
+        let attachments = self.sealed(at, contact_id, attachments).await?;
+        Ok([
+            e.message_id.to_string().into(),
+            at.to_string().into(),
+            contact_id.to_string().into(),
+            // Typed on the account's own phone: shown in GHL as sent from the account.
+            if e.from_me { "outbound" } else { "inbound" }.into(),
+            body.into(),
+            attachments.into(),
+            e.received_at.to_rfc3339().into(),
+        ])
+    }
+
+    /// Applies one event of a type [`MessageRun`] does not gather.
+    async fn apply_event(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+        decoded: Event,
+    ) -> Result<(), ApplyError> {
         let location = event.location_id().to_string();
-        match event.decode()? {
+        match decoded {
             Event::ContactCreated(e) => {
                 let at = event.location_id();
                 let phone = self.sealed(at, e.contact_id, e.phone).await?;
@@ -261,33 +423,10 @@ impl Projection<Any> for PendingWork {
                 tags.retain(|t| t != &e.tag);
                 set_contact_tags(conn, &id, &tags).await?;
             }
-            // From a contact erased since: nothing of it crosses to GHL.
+            // From a contact erased since: nothing of it crosses to GHL. (The others, and the
+            // messages posted, are gathered into a `MessageRun`.)
             Event::InboundMessageReceived(e) if e.from == whatsnap_events::ERASED => {}
             Event::ContactErased(e) => erase(conn, &e.contact_id.to_string()).await?,
-            Event::InboundMessageReceived(e) => {
-                let contact_id = PhoneNumber::parse(&e.from)
-                    .map(|phone| contact_id_for(event.location_id(), &phone))?;
-                let attachments: Vec<&str> = e.attachments.iter().map(|a| a.url.as_str()).collect();
-                let attachments = serde_json::to_string(&attachments).expect("strings serialise");
-                let at = event.location_id();
-                let body = self.sealed(at, contact_id, e.body).await?;
-                let attachments = self.sealed(at, contact_id, attachments).await?;
-                sqlx::query(
-                    "INSERT INTO ghl_messages (message_id, location_id, contact_id, direction, body, attachments, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
-                )
-                .bind(e.message_id.to_string())
-                .bind(&location)
-                .bind(contact_id.to_string())
-                // Typed on the account's own phone: shown in GHL as sent from the account.
-                .bind(if e.from_me { "outbound" } else { "inbound" })
-                .bind(body)
-                .bind(attachments)
-                .bind(e.received_at.to_rfc3339())
-                .execute(&mut *conn)
-                .await?;
-                pending(conn, event, MESSAGE, e.message_id.to_string()).await?
-            }
             Event::OutboundMessageRequested(e) => {
                 let body = self
                     .sealed(event.location_id(), e.contact_id, e.body)
@@ -383,7 +522,6 @@ impl Projection<Any> for PendingWork {
                 .execute(&mut *conn)
                 .await?;
             }
-            Event::GhlMessagePosted(e) => done(conn, MESSAGE, e.message_id.to_string()).await?,
             Event::GhlStatusReported(e) => {
                 // A later status (read after delivered) stays queued.
                 sqlx::query(
@@ -452,22 +590,6 @@ impl Projection<Any> for PendingWork {
                 .await?;
             }
             _ => {}
-        }
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in [
-            "ghl_pending",
-            "ghl_installs",
-            "ghl_contacts",
-            "ghl_messages",
-            "ghl_connections",
-            "ghl_set_aside",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
         }
         Ok(())
     }

@@ -182,10 +182,10 @@ impl Projection<Any> for TokensProjection {
         Ok(())
     }
 
-    /// A batch's revocations in one statement per [`REVOKED_AT_ONCE`] tokens, after its
-    /// issues: a token's revocation follows its issue in the log, so this leaves what applying
-    /// them one at a time would. A rebuild of a log with many revocations is a statement per
-    /// batch instead of one per event.
+    /// A batch's revocations in one statement per few hundred tokens, after its issues: a
+    /// token's revocation follows its issue in the log, so this leaves what applying them one
+    /// at a time would. A rebuild of a log with many revocations is a few statements per batch
+    /// instead of one per event.
     async fn apply_together(
         &self,
         conn: &mut AnyConnection,
@@ -201,14 +201,14 @@ impl Projection<Any> for TokensProjection {
             .map(drop)
     }
 
-    /// A rebuild's revocations, ten statements of [`REVOKED_AT_ONCE`] to a transaction.
+    /// A rebuild's revocations, [`BATCH`] to a transaction.
     fn batch_size(&self) -> Option<usize> {
-        Some(10 * REVOKED_AT_ONCE)
+        Some(BATCH)
     }
 }
 
-/// The most tokens one statement revokes (each is a bound parameter).
-const REVOKED_AT_ONCE: usize = 500;
+/// The most events of one transaction: a rebuild's revocations in a few statements each.
+const BATCH: usize = 5_000;
 
 impl TokensProjection {
     async fn revoke_together(
@@ -251,21 +251,10 @@ async fn record_issue(
     Ok(())
 }
 
-/// `tokens` marked revoked, one statement per [`REVOKED_AT_ONCE`] of them.
+/// `tokens` marked revoked, many to a statement.
 async fn revoke(conn: &mut AnyConnection, tokens: &[String]) -> Result<(), ApplyError> {
-    for tokens in tokens.chunks(REVOKED_AT_ONCE) {
-        let placeholders: Vec<String> = (1..=tokens.len()).map(|n| format!("${n}")).collect();
-        let statement = format!(
-            "UPDATE api_tokens SET revoked = 1 WHERE token_id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut update = sqlx::query(&statement);
-        for token in tokens {
-            update = update.bind(token);
-        }
-        update.execute(&mut *conn).await?;
-    }
-    Ok(())
+    const REVOKE: &str = "UPDATE api_tokens SET revoked = 1 WHERE token_id IN";
+    Ok(whatsnap_eventstore::rows::execute_in(conn, REVOKE, tokens).await?)
 }
 
 /// Where the embedded setup keeps its first admin token and its service token.
