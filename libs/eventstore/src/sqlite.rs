@@ -518,7 +518,8 @@ impl EventStore for SqliteEventStore {
             name: None,
             after,
             woken: self.head.subscribe(),
-            only: Some(Filter::kind(kind)),
+            only: Some(Arc::new(Filter::kind(kind))),
+            ahead: None,
         };
         Ok(Some(Subscription::new(
             format!("watch-{}", kind.as_str()),
@@ -562,7 +563,8 @@ impl SqliteEventStore {
             },
             after,
             woken: self.head.subscribe(),
-            only: types.map(Filter::types),
+            only: types.map(|types| Arc::new(Filter::types(types))),
+            ahead: None,
         };
         Ok(Subscription::new(name, Box::new(source)))
     }
@@ -655,7 +657,53 @@ struct SqliteSubscription {
     after: u64,
     woken: watch::Receiver<u64>,
     /// The events asked for; `None`: every event.
-    only: Option<Filter>,
+    only: Option<Arc<Filter>>,
+    /// The next batch, read while the subscriber handles the last one, when that one was full
+    /// (catching up): reading the log and applying it then take turns on both cores instead
+    /// of one after the other.
+    ahead: Option<Ahead>,
+}
+
+/// A batch read ahead: the events after `after`, at most `max`.
+struct Ahead {
+    after: u64,
+    max: usize,
+    read: tokio::task::JoinHandle<Result<(Vec<RecordedEvent>, u64)>>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.read.abort();
+    }
+}
+
+impl SqliteSubscription {
+    /// Up to `max` events after `after` (those `only` lets through), and the position read
+    /// through: past the events of other types up to the head when there are fewer.
+    async fn read(
+        store: &SqliteEventStore,
+        only: Option<&Filter>,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<RecordedEvent>, u64)> {
+        let Some(filter) = only else {
+            let events = store.read_all(after, max).await?;
+            let through = events.last().map_or(after, |last| last.position);
+            return Ok((events, through));
+        };
+        // Every position up to the head is committed (one writer, positions in commit order),
+        // so reading up to it and no further leaves nothing behind.
+        let head = store.head_position().await?;
+        if head <= after {
+            return Ok((Vec::new(), after));
+        }
+        let events = store.read_filtered(filter, after, head, max).await?;
+        let through = match events.last() {
+            Some(last) if events.len() == max => last.position,
+            _ => head,
+        };
+        Ok((events, through))
+    }
 }
 
 #[async_trait]
@@ -665,27 +713,32 @@ impl SubscriptionSource for SqliteSubscription {
             // Mark the current head as seen before reading, so an append that commits after the
             // read still wakes the wait below.
             self.woken.borrow_and_update();
-            if let Some(filter) = &self.only {
-                // Every position up to the head is committed (one writer, positions in commit
-                // order), so reading up to it and no further leaves nothing behind.
-                let head = self.store.head_position().await?;
-                if head > self.after {
-                    let events = self
-                        .store
-                        .read_filtered(filter, self.after, head, max)
-                        .await?;
-                    self.after = match events.last() {
-                        Some(last) if events.len() == max => last.position,
-                        _ => head,
-                    };
-                    return Ok(events);
+            let ahead = (self.ahead.take()).filter(|a| a.after == self.after && a.max == max);
+            let read_ahead = ahead.is_some();
+            let (events, through) = match ahead {
+                Some(mut ahead) => (&mut ahead.read)
+                    .await
+                    .map_err(|e| StoreError::backend("reading the log ahead", e))??,
+                None => Self::read(&self.store, self.only.as_deref(), self.after, max).await?,
+            };
+            if through > self.after {
+                self.after = through;
+                if events.len() == max {
+                    let (store, only) = (self.store.clone(), self.only.clone());
+                    let after = self.after;
+                    self.ahead = Some(Ahead {
+                        after,
+                        max,
+                        read: tokio::spawn(async move {
+                            Self::read(&store, only.as_deref(), after, max).await
+                        }),
+                    });
                 }
-            } else {
-                let events = self.store.read_all(self.after, max).await?;
-                if let Some(last) = events.last() {
-                    self.after = last.position;
-                    return Ok(events);
-                }
+                return Ok(events);
+            }
+            if read_ahead {
+                // Read before the head was marked seen: an append since would not wake the wait.
+                continue;
             }
             tokio::select! {
                 changed = self.woken.changed() => {
