@@ -1,4 +1,6 @@
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -46,16 +48,7 @@ impl PhoneNumber {
         if !with_plus.starts_with('+') {
             return Err(error("write it with its country code, e.g. +14155550100"));
         }
-        let e164 = to_e164(&with_plus).map_err(error)?;
-        // libphonenumber drops a national trunk prefix and carrier code written after the
-        // country code (`+55 (0 99 …`), which can leave digits that are no number once written
-        // on their own: such input names no number this service could send to.
-        if to_e164(&e164).as_deref() != Ok(e164.as_str()) {
-            return Err(error(
-                "without its trunk prefix and carrier code it is no number in its country's plan",
-            ));
-        }
-        Ok(Self(e164))
+        canonical(&with_plus).map(Self).map_err(error)
     }
 
     pub fn as_str(&self) -> &str {
@@ -66,6 +59,38 @@ impl PhoneNumber {
     pub fn masked(&self) -> whatsnap_secrets::mask::MaskedPhone<'_> {
         whatsnap_secrets::mask::phone(&self.0)
     }
+}
+
+/// How many numbers [`canonical`] remembers before it starts over.
+const REMEMBERED: usize = 10_000;
+
+/// A number written with `+` and its country code as E.164, or why it is none. libphonenumber
+/// takes tens of microseconds a number, and the same numbers come back all the time (every
+/// message names its sender, and a rebuild reads each message's sender in several read
+/// models): the answers for the last few thousand are kept.
+fn canonical(with_plus: &str) -> Result<String, &'static str> {
+    type Answers = HashMap<String, Result<String, &'static str>>;
+    static KNOWN: LazyLock<Mutex<Answers>> = LazyLock::new(Mutex::default);
+    if let Some(answer) = KNOWN.lock().expect("phone numbers lock").get(with_plus) {
+        return answer.clone();
+    }
+    let answer = to_e164(with_plus).and_then(|e164| {
+        // libphonenumber drops a national trunk prefix and carrier code written after the
+        // country code (`+55 (0 99 …`), which can leave digits that are no number once written
+        // on their own: such input names no number this service could send to.
+        match to_e164(&e164) {
+            Ok(again) if again == e164 => Ok(e164),
+            _ => Err(
+                "without its trunk prefix and carrier code it is no number in its country's plan",
+            ),
+        }
+    });
+    let mut known = KNOWN.lock().expect("phone numbers lock");
+    if known.len() >= REMEMBERED {
+        known.clear();
+    }
+    known.insert(with_plus.to_owned(), answer.clone());
+    answer
 }
 
 /// A number written with `+` and its country code, validated and written as E.164.
@@ -150,7 +175,10 @@ mod tests {
             ("+55 11 99999-0000", "+5511999990000"),
             ("5511999990000@s.whatsapp.net", "+5511999990000"),
         ] {
-            assert_eq!(PhoneNumber::parse(input).unwrap().as_str(), e164, "{input}");
+            // The second time from what was remembered of the first.
+            for _ in 0..2 {
+                assert_eq!(PhoneNumber::parse(input).unwrap().as_str(), e164, "{input}");
+            }
         }
     }
 
@@ -167,6 +195,7 @@ mod tests {
         ] {
             let err = PhoneNumber::parse(input).unwrap_err();
             assert!(!err.reason.is_empty(), "{input}");
+            assert_eq!(PhoneNumber::parse(input).unwrap_err(), err, "{input}");
         }
     }
 

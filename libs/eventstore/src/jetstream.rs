@@ -927,11 +927,12 @@ impl JetStreamEventStore {
         only: Option<&'static [&'static str]>,
     ) -> Result<Subscription> {
         check_subscription_name(name)?;
-        // A subscriber keeping its own checkpoint, far behind, and not filtered to one kind of
-        // stream on the server, catches up on the shared pages first.
-        if let SubscribeFrom::AfterOwn(after) = from
-            && one_kind(only).is_none()
-        {
+        // A subscriber keeping its own checkpoint and far behind catches up on the shared
+        // pages first, even one the server would send only its kind of stream: in a rebuild
+        // or a start with a backlog the pages are read for the others anyway, and the server
+        // walks the log to filter a consumer about as fast as it sends all of it (a rebuild's
+        // 100,000 revoked tokens were sent twice: in the pages, and to the tokens' consumer).
+        if let SubscribeFrom::AfterOwn(after) = from {
             let head = self.head_position().await?;
             if head.saturating_sub(after) > self.catch_up_after {
                 info!(
