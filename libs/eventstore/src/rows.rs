@@ -76,10 +76,6 @@ impl Rows {
         self.values.extend(row);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// Inserts the rows, [`ROWS_AT_ONCE`] to a statement, in the order they were added, and
     /// forgets them.
     pub async fn write(&mut self, conn: &mut AnyConnection) -> sqlx::Result<()> {
@@ -106,11 +102,7 @@ pub async fn execute_in(
 ) -> sqlx::Result<()> {
     for keys in keys.chunks(ROWS_AT_ONCE) {
         let sql = format!("{statement} ({})", placeholders(conn, 0, keys.len()));
-        let mut query = sqlx::query(&sql);
-        for key in keys {
-            query = query.bind(key.as_str());
-        }
-        query.execute(&mut *conn).await?;
+        bind_keys(&sql, keys).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -126,11 +118,7 @@ pub async fn select_in(
     let mut found = HashMap::new();
     for keys in keys.chunks(ROWS_AT_ONCE) {
         let sql = format!("{statement} ({})", placeholders(conn, 0, keys.len()));
-        let mut query = sqlx::query(&sql);
-        for key in keys {
-            query = query.bind(key.as_str());
-        }
-        for row in query.fetch_all(&mut *conn).await? {
+        for row in bind_keys(&sql, keys).fetch_all(&mut *conn).await? {
             found.insert(row.try_get(0)?, row.try_get(1)?);
         }
     }
@@ -147,10 +135,16 @@ fn placeholders(conn: &AnyConnection, from: usize, count: usize) -> String {
     list.join(", ")
 }
 
-fn bind<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    values: &'q [Value],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `sql` with `keys` bound to its placeholders, in order.
+fn bind_keys<'q>(sql: &'q str, keys: &'q [String]) -> AnyQuery<'q> {
+    keys.iter()
+        .fold(sqlx::query(sql), |query, key| query.bind(key.as_str()))
+}
+
+/// `query` with `values` bound to its placeholders, in order.
+fn bind<'q>(mut query: AnyQuery<'q>, values: &'q [Value]) -> AnyQuery<'q> {
     for value in values {
         query = match value {
             Value::Text(text) => query.bind(text.as_str()),

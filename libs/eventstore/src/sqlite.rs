@@ -713,7 +713,10 @@ impl SubscriptionSource for SqliteSubscription {
             // Mark the current head as seen before reading, so an append that commits after the
             // read still wakes the wait below.
             self.woken.borrow_and_update();
-            let ahead = self.ahead.take().filter(|a| a.after == self.after && a.max == max);
+            let ahead = self
+                .ahead
+                .take()
+                .filter(|a| a.after == self.after && a.max == max);
             let read_ahead = ahead.is_some();
             let (events, through) = match ahead {
                 Some(mut ahead) => (&mut ahead.read)
