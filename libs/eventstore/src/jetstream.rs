@@ -873,7 +873,9 @@ impl EventStore for JetStreamEventStore {
 
     /// When `types` are all held by one kind of stream (the catalogue names each type's kinds,
     /// and appends keep to it), the server hands over only the streams of that kind; otherwise
-    /// every event. The subscription passes over the other types before decoding them.
+    /// every event. (A subscriber keeping its own checkpoint and far behind reads the shared
+    /// pages first either way: see `durable`.) The subscription passes over the other types
+    /// before decoding them.
     async fn subscribe_to(
         &self,
         name: &str,

@@ -2,7 +2,7 @@
 //! ([`crate::projection::Projection::apply_together`]): a rebuild's thousands of events become
 //! a few statements instead of one or more each. Every statement is a turn at the database (a
 //! round trip to PostgreSQL; a hand-over to SQLite's own thread), which is what a read model's
-//! rebuild spent its time on.
+//! rebuild spent its time on. And [`empty`], the reset of every read model.
 //!
 //! Written for the `Any` driver, which both read-model databases are used through (`ON
 //! CONFLICT … excluded` in both). The statements are bound by position: `?` for SQLite, whose
@@ -91,6 +91,17 @@ impl Rows {
         self.values.clear();
         Ok(())
     }
+}
+
+/// Empties `tables`: a projection's [`reset`](crate::projection::Projection::reset) for a
+/// rebuild from zero.
+pub async fn empty(conn: &mut AnyConnection, tables: &[&str]) -> sqlx::Result<()> {
+    for table in tables {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `{statement} (…)` for each [`ROWS_AT_ONCE`] of `keys`, bound to the list: a `DELETE … WHERE

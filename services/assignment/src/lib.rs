@@ -262,12 +262,7 @@ impl Projection<Any> for AssignmentProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["assignment_decisions", "assignment_users"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(conn, &["assignment_decisions", "assignment_users"]).await
     }
 }
 

@@ -461,12 +461,8 @@ impl Projection<Any> for ContactsProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["contacts_accounts", "contacts", "contact_tags"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(conn, &["contacts_accounts", "contacts", "contact_tags"])
+            .await
     }
 }
 

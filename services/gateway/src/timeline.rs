@@ -240,12 +240,7 @@ impl Projection<Any> for TimelineProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["contact_timeline", "timeline_messages"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(conn, &["contact_timeline", "timeline_messages"]).await
     }
 
     /// A rebuild's events a few thousand to a transaction: each is a row or two of a

@@ -165,12 +165,11 @@ impl Projection<Any> for TrafficProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["traffic_daily", "traffic_failures", "traffic_routes"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(
+            conn,
+            &["traffic_daily", "traffic_failures", "traffic_routes"],
+        )
+        .await
     }
 }
 

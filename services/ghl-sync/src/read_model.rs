@@ -241,19 +241,18 @@ impl Projection<Any> for PendingWork {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in [
-            "ghl_pending",
-            "ghl_installs",
-            "ghl_contacts",
-            "ghl_messages",
-            "ghl_connections",
-            "ghl_set_aside",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(
+            conn,
+            &[
+                "ghl_pending",
+                "ghl_installs",
+                "ghl_contacts",
+                "ghl_messages",
+                "ghl_connections",
+                "ghl_set_aside",
+            ],
+        )
+        .await
     }
 
     /// A rebuild's events a few thousand to a transaction.

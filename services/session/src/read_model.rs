@@ -232,12 +232,11 @@ impl Projection<Any> for AccountsProjection {
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
-        for table in ["session_accounts", "whatsapp_identities", "held_messages"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        whatsnap_eventstore::rows::empty(
+            conn,
+            &["session_accounts", "whatsapp_identities", "held_messages"],
+        )
+        .await
     }
 }
 
