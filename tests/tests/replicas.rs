@@ -1,5 +1,6 @@
 //! Three replicas of every target against one JetStream and one PostgreSQL: the work (each
-//! projection, each service's workers) is spread over them, never done in two places at once;
+//! projection, each service's workers, and the inbound stage in six parts by contact) is spread
+//! over them, never done in two places at once;
 //! texts reach GHL once each and in the order each customer wrote them, through a rolling
 //! restart of every replica while they flow.
 
@@ -14,6 +15,9 @@ use whatsnap_tests::twilio_rig::{TwilioRig, text};
 
 const LOCATION: &str = "locReplicas";
 const CUSTOMERS: usize = 6;
+/// The pieces of work of every target: eight projections (with no alert webhook, no alerts'
+/// queue), three worker groups and the inbound stage's six parts.
+const WORK: usize = 17;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -36,7 +40,17 @@ async fn leases(http: SocketAddr) -> Option<BTreeSet<String>> {
     })
 }
 
-/// Every replica's leases once the work is spread: each holds some, none holds one twice.
+/// The leases of the inbound stage's parts (six on the distributed backend by default).
+fn inbound_parts(held: &BTreeSet<String>) -> usize {
+    held.iter()
+        .filter(|lease| lease.starts_with("projection:contacts_inbound_"))
+        .count()
+}
+
+/// Every replica's leases once the work is spread: all of it held, each replica some, none
+/// one twice, and
+/// the inbound stage (the contacts found or created for every message) is split over all of
+/// them.
 async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
     eventually_within(
         Duration::from_secs(60),
@@ -49,8 +63,15 @@ async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
             let all: Vec<&String> = held.iter().flatten().collect();
             let distinct: BTreeSet<&String> = all.iter().copied().collect();
             let share = distinct.len().div_ceil(replicas.len());
+            let parts = held.iter().map(inbound_parts).sum::<usize>();
             let spread = distinct.len() == all.len()
-                && held.iter().all(|h| !h.is_empty() && h.len() <= share)
+                && distinct.len() == WORK
+                && parts == 6
+                && held.iter().all(|h| {
+                    !h.is_empty()
+                        && h.len() <= share
+                        && inbound_parts(h) == parts.div_ceil(replicas.len())
+                })
                 && distinct
                     .iter()
                     .filter(|l| l.starts_with("workers:"))

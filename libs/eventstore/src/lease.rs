@@ -12,12 +12,13 @@
 //!   need no fence: the effect discipline reconciles an intent another replica left open.
 //! - The work is spread: every live replica of the same targets heartbeats a member lease, and
 //!   a replica takes no more than its share (work ÷ live replicas, rounded up), letting go of
-//!   work when a new replica joins.
+//!   work when a new replica joins. The parts of a split piece of work (the inbound stage's,
+//!   by contact) are shared on their own, so that each replica takes a share of them too.
 //!
 //! Expiry is written by each replica's clock: the time to live must be well above the clock
 //! skew between the machines (NTP keeps it to milliseconds; the default is 10 s).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,8 @@ pub struct Leases<DB: CheckpointTable> {
     ttl: Duration,
     /// Pieces of work this replica is ready to do.
     work: AtomicUsize,
+    /// Of those, the ones that are parts of a split piece of work, with the split they are of.
+    parts: Mutex<HashMap<String, String>>,
     /// The leases it holds now.
     held: Mutex<BTreeSet<String>>,
 }
@@ -89,6 +92,7 @@ impl<DB: CheckpointTable> Leases<DB> {
             members: format!("member:{group}:"),
             ttl,
             work: AtomicUsize::new(0),
+            parts: Mutex::default(),
             held: Mutex::new(BTreeSet::new()),
         }))
     }
@@ -137,21 +141,36 @@ impl<DB: CheckpointTable> Leases<DB> {
         Ok(renewed)
     }
 
-    /// This replica's share of the work: all of it divided by the live replicas, rounded up.
-    async fn share(&self) -> usize {
-        let mut conn = match self.pool.acquire().await {
-            Ok(conn) => conn,
-            Err(_) => return usize::MAX,
-        };
+    /// The live replicas of the same targets, this one among them (`None` when the database
+    /// does not answer: then the shares are unbounded, and the leases themselves still keep
+    /// each piece of work in one place).
+    async fn members(&self) -> Option<usize> {
+        let mut conn = self.pool.acquire().await.ok()?;
         let members = DB::count_leases(&mut conn, &self.members, now_ms())
             .await
-            .unwrap_or(1)
-            .max(1) as usize;
-        self.work.load(Ordering::Relaxed).div_ceil(members)
+            .unwrap_or(1);
+        Some(members.max(1) as usize)
     }
 
-    fn held_count(&self) -> usize {
-        self.held.lock().expect("leases lock").len()
+    /// The leases of `name`'s kind of work this replica holds, in name order, and its share of
+    /// that kind: the parts of the split `name` is a part of, or else the work that is no
+    /// part of a split. Each kind is shared on its own (its work divided by the live replicas,
+    /// rounded up), so a split's parts spread over the replicas as the rest of the work does.
+    async fn share_of(&self, name: &str) -> (Vec<String>, usize) {
+        let members = self.members().await;
+        let held = self.held();
+        let parts = self.parts.lock().expect("leases lock");
+        let split = parts.get(name);
+        let same_kind = |lease: &String| parts.get(lease) == split;
+        let held: Vec<String> = held.into_iter().filter(same_kind).collect();
+        let Some(members) = members else {
+            return (held, usize::MAX);
+        };
+        let work = match split {
+            Some(split) => parts.values().filter(|s| *s == split).count(),
+            None => self.work.load(Ordering::Relaxed) - parts.len(),
+        };
+        (held, work.div_ceil(members))
     }
 
     /// Says, every third of the time to live, that this replica is alive, until `shutdown`;
@@ -202,7 +221,28 @@ impl<DB: CheckpointTable> Leases<DB> {
         F: Fn(Fence, CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.hold_part(None, name, shutdown, work).await
+    }
+
+    /// As [`Self::hold`], for `name` as a part of the split `split` (a projection split into
+    /// parts, say): a replica holds no more than its share of the split's parts.
+    pub async fn hold_part<F, Fut>(
+        self: Arc<Self>,
+        split: Option<String>,
+        name: String,
+        shutdown: CancellationToken,
+        work: F,
+    ) where
+        F: Fn(Fence, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         self.work.fetch_add(1, Ordering::Relaxed);
+        if let Some(split) = split {
+            self.parts
+                .lock()
+                .expect("leases lock")
+                .insert(name.clone(), split);
+        }
         loop {
             let Some(fence) = self.wait_for(&name, &shutdown).await else {
                 return;
@@ -260,7 +300,8 @@ impl<DB: CheckpointTable> Leases<DB> {
     /// The lease, once free and within this replica's share; `None` at shutdown.
     async fn wait_for(&self, name: &str, shutdown: &CancellationToken) -> Option<Fence> {
         loop {
-            if self.held_count() < self.share().await {
+            let (held, share) = self.share_of(name).await;
+            if held.len() < share {
                 match self.try_acquire(name).await {
                     Ok(Some(fence)) => return Some(fence),
                     Ok(None) => {}
@@ -276,11 +317,10 @@ impl<DB: CheckpointTable> Leases<DB> {
         }
     }
 
-    /// Whether this replica holds more than its share and `name` is the one to let go (the
-    /// last of its leases by name, so that one goes at a time).
+    /// Whether this replica holds more than its share of `name`'s kind of work and `name` is
+    /// the one to let go (the last of those leases by name, so that one goes at a time).
     async fn over_share(&self, name: &str) -> bool {
-        let share = self.share().await;
-        let held = self.held.lock().expect("leases lock");
+        let (held, share) = self.share_of(name).await;
         held.len() > share && held.last().is_some_and(|last| last == name)
     }
 }
@@ -417,5 +457,105 @@ mod tests {
         until("b does both", &|| doing("b") == 2).await;
         stop_b.cancel();
         b.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_parts_of_a_split_spread_over_the_replicas_with_the_rest_of_the_work() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let running: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
+        // Named so that a replica letting go of its last leases by name would hand over the
+        // parts first: without a share of its own, the split would end up on one replica.
+        let work = [
+            (None, "a-one"),
+            (None, "a-two"),
+            (None, "a-three"),
+            (None, "a-four"),
+            (Some("stage"), "stage_1_of_4"),
+            (Some("stage"), "stage_2_of_4"),
+            (Some("stage"), "stage_3_of_4"),
+            (Some("stage"), "stage_4_of_4"),
+        ];
+        let start = |holder: &'static str, stop: CancellationToken| {
+            let (running, pool) = (running.clone(), pool.clone());
+            tokio::spawn(async move {
+                let leases = Leases::open(pool, "all", holder.into(), ttl).await.unwrap();
+                tokio::spawn(leases.clone().heartbeat(stop.clone()));
+                let mut tasks = tokio::task::JoinSet::new();
+                for (split, name) in work {
+                    let running = running.clone();
+                    let split = split.map(str::to_owned);
+                    tasks.spawn(leases.clone().hold_part(
+                        split,
+                        name.into(),
+                        stop.clone(),
+                        move |_, stop| {
+                            let running = running.clone();
+                            async move {
+                                let me = (holder.to_owned(), name.to_owned());
+                                assert!(running.lock().unwrap().insert(me.clone()));
+                                stop.cancelled().await;
+                                running.lock().unwrap().remove(&me);
+                            }
+                        },
+                    ));
+                }
+                tasks.join_all().await;
+            })
+        };
+        let held = |holder: &str, parts: bool| {
+            let running = running.lock().unwrap();
+            running
+                .iter()
+                .filter(|(h, name)| h == holder && name.starts_with("stage") == parts)
+                .count()
+        };
+        let stop = CancellationToken::new();
+        let a = start("a", stop.clone());
+        whatsnap_testkit::eventually("a does all of it", async || {
+            (held("a", false) == 4 && held("a", true) == 4).then_some(())
+        })
+        .await;
+        let b = start("b", stop.clone());
+        whatsnap_testkit::eventually("a and b do half of each kind", async || {
+            let halves = [
+                held("a", false),
+                held("a", true),
+                held("b", false),
+                held("b", true),
+            ];
+            (halves == [2, 2, 2, 2]).then_some(())
+        })
+        .await;
+        let names: BTreeSet<String> = running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect();
+        assert_eq!(names.len(), work.len(), "each piece once: {names:?}");
+        stop.cancel();
+        a.await.unwrap();
+        b.await.unwrap();
+    }
+
+    #[test]
+    fn a_split_is_told_by_its_parts_names() {
+        use crate::projection::Part;
+        let names: Vec<String> = Part::all(3).map(|part| part.name("stage")).collect();
+        assert_eq!(names, ["stage_1_of_3", "stage_2_of_3", "stage_3_of_3"]);
+        for name in &names {
+            assert_eq!(Part::split_of(name), Some("stage"));
+        }
+        assert_eq!(Part::WHOLE.name("stage"), "stage");
+        for whole in [
+            "stage",
+            "stage_1_of_1",
+            "stage_4_of_3",
+            "stage_0_of_3",
+            "api_tokens",
+        ] {
+            assert_eq!(Part::split_of(whole), None, "{whole}");
+        }
     }
 }

@@ -119,6 +119,72 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+
+    /// Where the projection starts when it has no checkpoint of its own: at the lowest of the
+    /// checkpoints whose names match these SQL `LIKE` patterns (none, the default: at the
+    /// beginning). For a projection that takes over work another did up to its checkpoint —
+    /// one [`Part`] of a split projection, after the number of parts changed — so that it does
+    /// not react to the whole log again.
+    fn starts_where(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// One of the parts a projection's reactions are split into, so that replicas share them, each
+/// part a runner of its own (own checkpoint, own lease). A key's events always fall in the same
+/// part, by a hash of the key that every process and version computes alike, so the events of
+/// one key keep their order whichever replica reacts to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    index: u32,
+    count: u32,
+}
+
+impl Part {
+    /// The whole: one part holding every key.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// The `count` parts of a split (at least one).
+    pub fn all(count: u32) -> impl Iterator<Item = Part> {
+        let count = count.max(1);
+        (0..count).map(move |index| Part { index, count })
+    }
+
+    /// Whether `key`'s events are this part's.
+    pub fn holds(&self, key: &str) -> bool {
+        self.count == 1 || fnv1a(key.as_bytes()) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// The name of this part of the projection named `base`: `base` itself for the whole,
+    /// `base_2_of_4` for the second of four (a name JetStream takes for a consumer too).
+    pub fn name(&self, base: &str) -> String {
+        match self.count {
+            1 => base.to_owned(),
+            count => format!("{base}_{}_of_{count}", self.index + 1),
+        }
+    }
+
+    /// The projection a part named `name` ([`Part::name`]) is a part of, when it is one of
+    /// several.
+    pub fn split_of(name: &str) -> Option<&str> {
+        let (rest, count) = name.rsplit_once("_of_")?;
+        let (base, index) = rest.rsplit_once('_')?;
+        let (index, count) = (index.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
+        (count > 1 && (1..=count).contains(&index)).then_some(base)
+    }
+
+    /// The patterns of [`Projection::starts_where`] for the parts of `base` (of any count, the
+    /// whole among them).
+    pub fn siblings(base: &str) -> String {
+        format!("{base}%")
+    }
+}
+
+/// The 64-bit FNV-1a hash: fixed by its definition, unlike the standard library's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Why a projection could not apply an event.
@@ -149,6 +215,11 @@ pub trait CheckpointTable: Database {
         sql: &str,
     ) -> sqlx::Result<()>;
     async fn load_checkpoint(conn: &mut Self::Connection, name: &str) -> sqlx::Result<Option<u64>>;
+    /// The lowest checkpoint whose name matches the SQL `LIKE` `pattern`, if any does.
+    async fn lowest_checkpoint(
+        conn: &mut Self::Connection,
+        pattern: &str,
+    ) -> sqlx::Result<Option<u64>>;
     /// Moves the checkpoint forward to `position`; a lower position leaves it where it is (a
     /// redelivered event must not rewind a projection).
     async fn save_checkpoint(
@@ -210,6 +281,8 @@ const APPLIED_MIGRATIONS: &str = "SELECT COUNT(*) FROM read_model_migrations WHE
 const RECORD_MIGRATION: &str =
     "INSERT INTO read_model_migrations (projection, number) VALUES ($1, $2)";
 const LOAD_CHECKPOINT: &str = "SELECT position FROM projection_checkpoints WHERE name = $1";
+const LOWEST_CHECKPOINT: &str =
+    "SELECT MIN(position) FROM projection_checkpoints WHERE name LIKE $1";
 // Never lower: `CASE` rather than `GREATEST`/`MAX`, which the two databases spell differently.
 const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, position) \
      VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = CASE \
@@ -338,6 +411,17 @@ macro_rules! checkpoint_table {
                 let position: Option<i64> = sqlx::query_scalar(LOAD_CHECKPOINT)
                     .bind(name)
                     .fetch_optional(conn)
+                    .await?;
+                Ok(position.map(|p| p as u64))
+            }
+
+            async fn lowest_checkpoint(
+                conn: &mut Self::Connection,
+                pattern: &str,
+            ) -> sqlx::Result<Option<u64>> {
+                let position: Option<i64> = sqlx::query_scalar(LOWEST_CHECKPOINT)
+                    .bind(pattern)
+                    .fetch_one(conn)
                     .await?;
                 Ok(position.map(|p| p as u64))
             }
@@ -741,12 +825,43 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 "read model migrated"
             );
         }
-        let checkpoint = DB::load_checkpoint(&mut tx, name)
+        let checkpoint = match DB::load_checkpoint(&mut tx, name)
             .await
             .map_err(|e| self.db_error(e))?
-            .unwrap_or(0);
+        {
+            Some(checkpoint) => checkpoint,
+            None => self.inherited_checkpoint(&mut tx).await?,
+        };
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(checkpoint)
+    }
+
+    /// The checkpoint of a projection that has none yet: the lowest of those it
+    /// [starts where](Projection::starts_where), recorded as its own; else the beginning.
+    async fn inherited_checkpoint(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<u64, ProjectionError> {
+        let mut found = Vec::new();
+        for pattern in self.projection.starts_where() {
+            found.extend(
+                DB::lowest_checkpoint(conn, &pattern)
+                    .await
+                    .map_err(|e| self.db_error(e))?,
+            );
+        }
+        let Some(position) = found.into_iter().min() else {
+            return Ok(0);
+        };
+        DB::save_checkpoint(conn, self.name(), position)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        info!(
+            projection = self.name(),
+            checkpoint = position,
+            "projection starts where the work it takes over had got to"
+        );
+        Ok(position)
     }
 
     /// Empties the read model, its checkpoint and its parked events in one transaction, so
@@ -1319,6 +1434,28 @@ mod tests {
             &turn("data/x.db".as_ref()),
             &turn("data/y.db".as_ref())
         ));
+    }
+
+    #[test]
+    fn every_key_is_in_exactly_one_part_and_keeps_it() {
+        // FNV-1a's published values: the part of a key never changes between builds.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let keys: Vec<String> = (0..600)
+            .map(|n| uuid::Uuid::from_u128(n).to_string())
+            .collect();
+        let mut sizes = [0; 3];
+        for key in &keys {
+            let holding: Vec<Part> = Part::all(3).filter(|part| part.holds(key)).collect();
+            assert_eq!(holding.len(), 1, "{key} in {holding:?}");
+            sizes[holding[0].index as usize] += 1;
+            assert!(Part::WHOLE.holds(key));
+        }
+        // Spread, not all in one part (about 200 each).
+        assert!(
+            sizes.iter().all(|size| (150..250).contains(size)),
+            "{sizes:?}"
+        );
     }
 
     #[test]

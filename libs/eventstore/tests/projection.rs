@@ -13,7 +13,7 @@ use whatsnap_events::{AggregateKind, Event, LocationId, NewEvent, RecordedEvent,
 use whatsnap_eventstore::lease::Leases;
 use whatsnap_eventstore::parked::{self, ParkedError, ParkedStatus};
 use whatsnap_eventstore::projection::{
-    ApplyError, Backoff, CheckpointTable, Projection, ProjectionRunner,
+    ApplyError, Backoff, CheckpointTable, Part, Projection, ProjectionRunner,
 };
 use whatsnap_eventstore::{
     EventStore, ExpectedVersion, SubscribeFrom, Subscription, SubscriptionSource,
@@ -1164,4 +1164,137 @@ async fn a_projection_applying_batches_together_is_handed_the_batch_size_it_name
     let batches = projection.batches.lock().unwrap().clone();
     assert_eq!(batches.iter().sum::<usize>(), 5_000, "{batches:?}");
     assert_eq!(batches, [2_000, 2_000, 1_000]);
+}
+
+/// One part of a stage reacting to `{"key": .., "n": ..}` events by key, noting what it saw.
+struct Staged {
+    name: String,
+    part: Part,
+    seen: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl Staged {
+    fn new(part: Part) -> Arc<Self> {
+        Arc::new(Self {
+            name: part.name("stage"),
+            part,
+            seen: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection<Sqlite> for Staged {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn starts_where(&self) -> Vec<String> {
+        vec![Part::siblings("stage")]
+    }
+
+    fn reacts_to(&self, event: &RecordedEvent) -> bool {
+        self.part.holds(&key_and_n(event).0)
+    }
+
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        Some(key_and_n(event).0)
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        self.seen.lock().unwrap().push(key_and_n(event));
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    async fn reset(&self, _: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_order() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    let keys: Vec<String> = (0..24).map(|k| format!("contact-{k}")).collect();
+    let wave = |ns: std::ops::RangeInclusive<u64>| -> Vec<String> {
+        ns.flat_map(|n| {
+            keys.iter()
+                .map(move |key| format!(r#"{{"key":"{key}","n":{n}}}"#))
+        })
+        .collect()
+    };
+    let append = async |payloads: Vec<String>| {
+        let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+        *append_payloads(store.as_ref(), &payloads)
+            .await
+            .last()
+            .unwrap()
+    };
+
+    // The stage whole decides the first wave.
+    let whole = Staged::new(Part::WHOLE);
+    let head = append(wave(1..=2)).await;
+    run_to(
+        &ProjectionRunner::new(store.clone(), pool.clone(), whole.clone()),
+        head,
+    )
+    .await;
+    assert_eq!(whole.seen.lock().unwrap().len(), 48);
+
+    // Split in three, the stage goes on with the second wave only.
+    let head = append(wave(3..=5)).await;
+    let parts: Vec<Arc<Staged>> = Part::all(3).map(Staged::new).collect();
+    let runners: Vec<_> = parts
+        .iter()
+        .map(|part| ProjectionRunner::new(store.clone(), pool.clone(), part.clone()))
+        .collect();
+    futures::future::join_all(runners.iter().map(|runner| run_to(runner, head))).await;
+
+    let mut decided = Vec::new();
+    for part in &parts {
+        let seen = part.seen.lock().unwrap().clone();
+        assert!(
+            !seen.is_empty(),
+            "{} decided nothing: the keys did not spread",
+            part.name
+        );
+        for key in &keys {
+            let order: Vec<u64> = seen
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, n)| *n)
+                .collect();
+            assert!(
+                order.is_empty() || order == [3, 4, 5],
+                "{key} in {}: {order:?}, not the second wave in log order",
+                part.name
+            );
+        }
+        decided.extend(seen);
+    }
+    decided.sort();
+    let expected: Vec<(String, u64)> = {
+        let mut all: Vec<_> = keys
+            .iter()
+            .flat_map(|key| (3..=5).map(move |n| (key.clone(), n)))
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(
+        decided, expected,
+        "each event of the second wave once, by one part"
+    );
 }

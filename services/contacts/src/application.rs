@@ -1,13 +1,14 @@
 //! The contacts service as a process runs it: built from the event store and the read-model
-//! database, it holds the gRPC API and the read model to project (which also decides on inbound
-//! messages and routes replies); it has no worker of its own.
+//! database, it holds the gRPC API, the read model to project (which also routes replies) and
+//! the inbound stage (which decides on inbound messages, in parts replicas share); it has no
+//! worker of its own.
 
 use std::sync::Arc;
 
 use sqlx::Any;
 use tokio_util::sync::CancellationToken;
 use whatsnap_eventstore::EventStore;
-use whatsnap_eventstore::projection::Projection;
+use whatsnap_eventstore::projection::{Part, Projection};
 use whatsnap_proto::contacts::v1 as pb;
 use whatsnap_rpc::ReadDb;
 
@@ -15,13 +16,21 @@ use crate::Contacts;
 
 pub struct Application {
     contacts: Contacts,
+    inbound_parts: u32,
 }
 
 impl Application {
     pub fn build(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self {
             contacts: Contacts::new(store, db),
+            inbound_parts: 1,
         }
+    }
+
+    /// Splits the inbound stage into `parts` (at least one; see [`crate::InboundStage`]).
+    pub fn with_inbound_parts(mut self, parts: u32) -> Self {
+        self.inbound_parts = parts.max(1);
+        self
     }
 
     /// The contacts' keys, which `EraseContact` destroys; without them erasing is refused.
@@ -42,8 +51,13 @@ impl Application {
             .await
     }
 
-    /// The read model the service keeps, for the process's projection runners.
+    /// The read model the service keeps and the parts of the inbound stage, for the process's
+    /// projection runners.
     pub fn projections(&self) -> Vec<Arc<dyn Projection<Any>>> {
-        vec![self.contacts.projection()]
+        let mut projections: Vec<Arc<dyn Projection<Any>>> = vec![self.contacts.projection()];
+        for part in Part::all(self.inbound_parts) {
+            projections.push(self.contacts.inbound_stage(part));
+        }
+        projections
     }
 }

@@ -22,7 +22,7 @@ use whatsnap_events::{
     RecordedEvent, StreamId, contact_id_for,
 };
 use whatsnap_eventstore::aggregate::Cache;
-use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::projection::{ApplyError, Part, Projection};
 use whatsnap_eventstore::{
     AggregateError, Aggregates, EventStore, ExpectedVersion, LoadError, Loaded, StoreError,
 };
@@ -79,7 +79,7 @@ impl Contacts {
         pb::contacts_service_server::ContactsServiceServer::new(self.clone())
     }
 
-    /// The handler and read model: it decides on inbound messages and projects contact events.
+    /// The read model, which also routes replies (by the accounts it knows).
     pub fn projection(&self) -> Arc<ContactsProjection> {
         Arc::new(ContactsProjection {
             store: self.store.clone(),
@@ -88,7 +88,19 @@ impl Contacts {
             kept: self.kept.clone(),
         })
     }
+
+    /// The inbound stage, or its `part` (see [`InboundStage`]).
+    pub fn inbound_stage(&self, part: Part) -> Arc<InboundStage> {
+        Arc::new(InboundStage {
+            name: part.name(INBOUND_STAGE),
+            part,
+            decider: self.projection(),
+        })
+    }
 }
+
+/// The name of the inbound stage's checkpoint (and of its parts', which it starts).
+pub const INBOUND_STAGE: &str = "contacts_inbound";
 
 impl Contacts {
     /// Appends what a command decided to the contact's stream (if anything) and shows the
@@ -321,6 +333,81 @@ impl ContactsProjection {
     }
 }
 
+/// The contact an inbound message is from.
+fn sender_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
+    match event.decode().ok()? {
+        Event::InboundMessageReceived(message) => {
+            let phone = PhoneNumber::parse(&message.from).ok()?;
+            Some(contact_id_for(event.location_id(), &phone))
+        }
+        _ => None,
+    }
+}
+
+/// The inbound stage: finds or creates the contact of each inbound message and puts the
+/// receiving account's tag on it. It keeps no read model, only its checkpoint, and may be split
+/// into [`Part`]s by contact, each run under a lease of its own, so that replicas share the
+/// work; one contact's messages are always one part's, decided in log order. A part without a
+/// checkpoint (the stage newly split, or split anew) starts where the lowest of the stage's
+/// checkpoints is, the contacts read model's among them (which decided on inbound messages
+/// itself before the stage was its own): deciding again on a message already decided appends
+/// nothing.
+pub struct InboundStage {
+    name: String,
+    part: Part,
+    decider: Arc<ContactsProjection>,
+}
+
+#[async_trait]
+impl Projection<Any> for InboundStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn reads(&self) -> Option<&'static [&'static str]> {
+        Some(&["InboundMessageReceived"])
+    }
+
+    fn migrations(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn starts_where(&self) -> Vec<String> {
+        vec![Part::siblings(INBOUND_STAGE), "contacts".to_owned()]
+    }
+
+    fn reacts_to(&self, event: &RecordedEvent) -> bool {
+        event.event_type == "InboundMessageReceived"
+            && self.part.holds(&self.react_key(event).unwrap_or_default())
+    }
+
+    /// The sender's contact: one contact's messages are decided in order, different contacts'
+    /// at the same time. A message whose sender does not parse (or was erased) has no contact;
+    /// it falls in the part of the empty key, which says why it decides nothing.
+    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
+        sender_of(event).map(|contact_id| contact_id.to_string())
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        match event.decode()? {
+            Event::InboundMessageReceived(message) => self.decider.on_inbound(event, message).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply(
+        &self,
+        _conn: &mut AnyConnection,
+        _event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    async fn reset(&self, _conn: &mut AnyConnection) -> sqlx::Result<()> {
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Projection<Any> for ContactsProjection {
     fn name(&self) -> &str {
@@ -335,7 +422,6 @@ impl Projection<Any> for ContactsProjection {
             "ContactErased",
             "ContactTagged",
             "ContactUntagged",
-            "InboundMessageReceived",
             "OutboundMessageRequested",
         ])
     }
@@ -348,41 +434,23 @@ impl Projection<Any> for ContactsProjection {
         ]
     }
 
-    /// An inbound message (its contact made or found) and a reply (the account it leaves from).
+    /// A reply: the account it leaves from, by the accounts this read model knows (inbound
+    /// messages are the [`InboundStage`]'s).
     fn reacts_to(&self, event: &RecordedEvent) -> bool {
-        matches!(
-            event.event_type.as_str(),
-            "InboundMessageReceived" | "OutboundMessageRequested"
-        )
+        event.event_type == "OutboundMessageRequested"
     }
 
-    /// The contact a message or reply is for: one contact's messages are decided in order,
-    /// different contacts' at the same time.
+    /// The contact a reply is for: one contact's replies are routed in order, different
+    /// contacts' at the same time.
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {
-        match event.event_type.as_str() {
-            "InboundMessageReceived" | "OutboundMessageRequested" => {}
-            _ => return None,
+        match event.decode().ok()? {
+            Event::OutboundMessageRequested(reply) => Some(reply.contact_id.to_string()),
+            _ => None,
         }
-        let contact_id = match event.decode().ok()? {
-            Event::InboundMessageReceived(message) => {
-                let phone = PhoneNumber::parse(&message.from).ok()?;
-                contact_id_for(event.location_id(), &phone)
-            }
-            Event::OutboundMessageRequested(reply) => reply.contact_id,
-            _ => return None,
-        };
-        Some(contact_id.to_string())
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
-        if !matches!(
-            event.event_type.as_str(),
-            "InboundMessageReceived" | "OutboundMessageRequested"
-        ) {
-            return Ok(());
-        }
         match event.decode()? {
-            Event::InboundMessageReceived(message) => self.on_inbound(event, message).await,
             Event::OutboundMessageRequested(reply) => self.on_reply(event, reply).await,
             _ => Ok(()),
         }

@@ -1,8 +1,9 @@
 //! Test-only faults, compiled with the `failpoints` feature (the end-to-end tests build the
 //! binary with it) and switched on by environment variables read once at start:
 //!
-//! - `WHATSNAP_FAILPOINT_POISON=<projection>:<marker>` makes the projection named fail to apply
-//!   every event whose payload contains `<marker>`, as a bug would: such an event gets parked.
+//! - `WHATSNAP_FAILPOINT_POISON=<projection>:<marker>` makes the projection named fail to react
+//!   to and apply every event whose payload contains `<marker>`, as a bug would: such an event
+//!   gets parked.
 //! - `WHATSNAP_FAILPOINT_POISON_CURED=<file>`: once this file exists the projection applies
 //!   those events again, as a fixed release would (for `whatsnap parked retry`).
 
@@ -51,6 +52,18 @@ struct Poisoned {
     cured: Option<PathBuf>,
 }
 
+impl Poisoned {
+    /// Fails for an event with the marker, until the cure is there.
+    fn poison(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let poisoned = String::from_utf8_lossy(&event.payload).contains(&self.marker);
+        let cured = self.cured.as_ref().is_some_and(|file| file.exists());
+        match poisoned && !cured {
+            true => Err("failpoint: this event is poison to the projection".into()),
+            false => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Projection<Any> for Poisoned {
     fn name(&self) -> &str {
@@ -69,11 +82,16 @@ impl Projection<Any> for Poisoned {
         self.inner.reacts_to(event)
     }
 
+    fn starts_where(&self) -> Vec<String> {
+        self.inner.starts_where()
+    }
+
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {
         self.inner.react_key(event)
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
+        self.poison(event)?;
         self.inner.react(event).await
     }
 
@@ -82,11 +100,7 @@ impl Projection<Any> for Poisoned {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        let poisoned = String::from_utf8_lossy(&event.payload).contains(&self.marker);
-        let cured = self.cured.as_ref().is_some_and(|file| file.exists());
-        if poisoned && !cured {
-            return Err("failpoint: this event is poison to the projection".into());
-        }
+        self.poison(event)?;
         self.inner.apply(conn, event).await
     }
 

@@ -24,7 +24,7 @@ use whatsnap_auth::{ApiToken, AuthedChannel, Transport};
 use whatsnap_eventstore::EventStore;
 use whatsnap_eventstore::jetstream::{CatchUp, JetStreamConfig, JetStreamEventStore};
 use whatsnap_eventstore::lease::{Fence, Leases};
-use whatsnap_eventstore::projection::{Projection, ProjectionRunner};
+use whatsnap_eventstore::projection::{Part, Projection, ProjectionRunner};
 use whatsnap_eventstore::sqlite::{SqliteConfig, SqliteEventStore};
 use whatsnap_gateway::{Follower, Readiness, Remote};
 use whatsnap_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
@@ -423,6 +423,12 @@ pub struct ServeArgs {
     /// died (at once after an orderly stop). Keep it well above the clocks' skew.
     #[arg(long, env = "WHATSNAP_LEASE_TTL", default_value = "10", value_parser = seconds)]
     lease_ttl: Duration,
+    /// How many parts the inbound stage (finding or creating each message's contact and tagging
+    /// it) is split into, by contact: each part is a piece of work of its own, so replicas
+    /// share the stage (one contact's messages stay in order, in one part). Default: 6 on the
+    /// distributed backend (replicas share six parts), 1 on the embedded one (one process).
+    #[arg(long, env = "WHATSNAP_INBOUND_PARTS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    inbound_parts: Option<u32>,
     /// This replica's name in the leases (see `--lease-ttl`); default: the host name (the pod's
     /// name on Kubernetes), the process id and a random suffix.
     #[arg(long, env = "WHATSNAP_REPLICA_ID")]
@@ -1470,8 +1476,15 @@ impl Services {
                 )),
                 _ => None,
             },
-            contacts: has(Target::Contacts)
-                .then(|| whatsnap_contacts::Application::build(store.clone(), db.clone())),
+            contacts: has(Target::Contacts).then(|| {
+                whatsnap_contacts::Application::build(store.clone(), db.clone()).with_inbound_parts(
+                    args.inbound_parts
+                        .unwrap_or(match args.backend.database_url {
+                            Some(_) => DISTRIBUTED_INBOUND_PARTS,
+                            None => 1,
+                        }),
+                )
+            }),
             assignment: has(Target::Assignment).then(|| {
                 whatsnap_assignment::Application::build(store.clone(), db.clone())
                     .max_simulate_window(Duration::from_secs(
@@ -1744,7 +1757,9 @@ async fn run_projections(
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Vec<Follower>> {
-    let mut progress = Vec::new();
+    // Every read model prepared before any runs: a projection that starts where others are
+    // (`Projection::starts_where`) sees their checkpoints as the last run left them.
+    let mut runners = Vec::new();
     for projection in projections {
         let name = projection.name().to_owned();
         let runner = ProjectionRunner::new(store.clone(), db.clone(), projection)
@@ -1761,7 +1776,12 @@ async fn run_projections(
             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             attempt += 1;
         }
+        runners.push((name, runner));
+    }
+    let mut progress = Vec::new();
+    for (name, runner) in runners {
         let lease = format!("projection:{name}");
+        let split = Part::split_of(&name).map(|split| format!("projection:{split}"));
         progress.push(Follower {
             name: name.clone(),
             lease: lease.clone(),
@@ -1772,7 +1792,7 @@ async fn run_projections(
         // A projection that ends, by an error or a panic, leaves its read model behind the log
         // (/readyz shows its lag grow) but must not take the gateway and the other services
         // with it.
-        tasks.spawn(under_fenced_lease(leases, lease, shutdown, move |fence, stop| {
+        tasks.spawn(under_fenced_lease(leases, split, lease, shutdown, move |fence, stop| {
             let (runner, name) = (runner.clone(), name.clone());
             async move {
                 if let (Some(fence), Some(ttl)) = (fence, ttl) {
@@ -1811,12 +1831,16 @@ where
     F: Fn(CancellationToken) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    under_fenced_lease(leases, name.to_owned(), shutdown, move |_, stop| work(stop))
+    under_fenced_lease(leases, None, name.to_owned(), shutdown, move |_, stop| {
+        work(stop)
+    })
 }
 
-/// As [`under_lease`], giving `work` the lease's fence when there is one.
+/// As [`under_lease`], giving `work` the lease's fence when there is one; a part of the split
+/// `split` is spread over the replicas with the split's other parts.
 fn under_fenced_lease<F, Fut>(
     leases: Option<&Arc<Leases<sqlx::Any>>>,
+    split: Option<String>,
     name: String,
     shutdown: &CancellationToken,
     work: F,
@@ -1831,7 +1855,9 @@ where
         match leases {
             Some(leases) => {
                 leases
-                    .hold(name, shutdown, move |fence, stop| work(Some(fence), stop))
+                    .hold_part(split, name, shutdown, move |fence, stop| {
+                        work(Some(fence), stop)
+                    })
                     .await
             }
             None => work(None, shutdown).await,
@@ -1839,6 +1865,10 @@ where
         Ok(())
     }
 }
+
+/// The parts of the inbound stage replicas share by default (see `--inbound-parts`): as many
+/// as one, two, three or six replicas divide evenly.
+const DISTRIBUTED_INBOUND_PARTS: u32 = 6;
 
 /// The targets a process serves, as one name: replicas with the same share their work.
 fn names_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
