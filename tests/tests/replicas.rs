@@ -1,6 +1,6 @@
 //! Three replicas of every target against one JetStream and one PostgreSQL: the work (each
-//! projection, each service's workers, and the inbound stage in six parts by contact) is spread
-//! over them, never done in two places at once;
+//! projection, each service's workers, the GHL work in four parts by location and the inbound
+//! stage in six by contact) is spread over them, never done in two places at once;
 //! texts reach GHL once each and in the order each customer wrote them, through a rolling
 //! restart of every replica while they flow.
 
@@ -16,8 +16,9 @@ use whatsnap_tests::twilio_rig::{TwilioRig, text};
 const LOCATION: &str = "locReplicas";
 const CUSTOMERS: usize = 6;
 /// The pieces of work of every target: eight projections (with no alert webhook, no alerts'
-/// queue), three worker groups and the inbound stage's six parts.
-const WORK: usize = 17;
+/// queue), the session's and the assignment's workers, the GHL work's four parts and the
+/// inbound stage's six.
+const WORK: usize = 20;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_whatsnap-under-test"))
@@ -47,6 +48,13 @@ fn inbound_parts(held: &BTreeSet<String>) -> usize {
         .count()
 }
 
+/// The leases of the GHL work's parts (four by default).
+fn ghl_parts(held: &BTreeSet<String>) -> usize {
+    held.iter()
+        .filter(|lease| lease.starts_with("workers:ghl-sync_"))
+        .count()
+}
+
 /// Every replica's leases once the work is spread: all of it held, each replica some, none
 /// one twice, and
 /// the inbound stage (the contacts found or created for every message) is split over all of
@@ -62,21 +70,19 @@ async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
             }
             let all: Vec<&String> = held.iter().flatten().collect();
             let distinct: BTreeSet<&String> = all.iter().copied().collect();
-            let share = distinct.len().div_ceil(replicas.len());
             let parts = held.iter().map(inbound_parts).sum::<usize>();
+            let ghl = held.iter().map(ghl_parts).sum::<usize>();
             let spread = distinct.len() == all.len()
                 && distinct.len() == WORK
-                && parts == 6
+                && (parts, ghl) == (6, 4)
                 && held.iter().all(|h| {
+                    // Each kind shared on its own: the work that is no part, and each split.
+                    let whole = h.len() - inbound_parts(h) - ghl_parts(h);
                     !h.is_empty()
-                        && h.len() <= share
+                        && whole <= (WORK - parts - ghl).div_ceil(replicas.len())
                         && inbound_parts(h) == parts.div_ceil(replicas.len())
-                })
-                && distinct
-                    .iter()
-                    .filter(|l| l.starts_with("workers:"))
-                    .count()
-                    == 3;
+                        && (1..=ghl.div_ceil(replicas.len())).contains(&ghl_parts(h))
+                });
             spread.then_some(held)
         },
     )

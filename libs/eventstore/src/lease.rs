@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::projection::CheckpointTable;
+use crate::projection::{CheckpointTable, Part};
 
 pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS whatsnap_leases (\
      name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, \
@@ -45,6 +45,8 @@ pub(crate) const FORGET: &str =
     "DELETE FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms < $2";
 pub(crate) const COUNT: &str =
     "SELECT COUNT(*) FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms >= $2";
+pub(crate) const HELD: &str =
+    "SELECT name, holder FROM whatsnap_leases WHERE name LIKE $1 AND expires_at_ms >= $2";
 
 /// Who holds a lease, and since which change of holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,53 @@ impl<DB: CheckpointTable> Leases<DB> {
         self.ttl
     }
 
+    /// Waits until no replica holds a lease of the work `split` split into another count of
+    /// parts than `part`'s (nor the work whole, when `part` is one of several, nor its parts,
+    /// when it is the whole); false at `shutdown`. For work that must never be done in two
+    /// places at once, even while replicas with different counts run side by side (a change
+    /// of the count, an upgrade that split the work): called once its own lease is taken, so
+    /// of two replicas asking at once, at least one sees the other's lease and waits for it.
+    pub async fn wait_for_other_counts(
+        &self,
+        split: &str,
+        part: Part,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut reported = false;
+        loop {
+            let held = match self.pool.acquire().await {
+                Ok(mut conn) => DB::held_leases(&mut conn, split, now_ms()).await,
+                Err(err) => Err(err),
+            };
+            match held {
+                Ok(held) => {
+                    let others: Vec<String> = held
+                        .into_iter()
+                        .map(|(name, _)| name)
+                        .filter(|name| other_count(name, split, part))
+                        .collect();
+                    if others.is_empty() {
+                        return true;
+                    }
+                    if !reported {
+                        info!(
+                            work = split,
+                            count = part.count(),
+                            ?others,
+                            "waiting for replicas that split the work otherwise to let it go"
+                        );
+                        reported = true;
+                    }
+                }
+                Err(err) => warn!(work = split, error = %err, "cannot see who holds the work"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(self.tick()) => {}
+            }
+        }
+    }
+
     /// The leases this replica holds now.
     pub fn held(&self) -> BTreeSet<String> {
         self.held.lock().expect("leases lock").clone()
@@ -152,25 +201,74 @@ impl<DB: CheckpointTable> Leases<DB> {
         Some(members.max(1) as usize)
     }
 
-    /// The leases of `name`'s kind of work this replica holds, in name order, and its share of
-    /// that kind: the parts of the split `name` is a part of, or else the work that is no
-    /// part of a split. Each kind is shared on its own (its work divided by the live replicas,
-    /// rounded up), so a split's parts spread over the replicas as the rest of the work does.
-    async fn share_of(&self, name: &str) -> (Vec<String>, usize) {
+    /// This replica's share of `name`'s kind of work: the parts of the split `name` is a part
+    /// of, or else the work that is no part of a split. Each kind is shared on its own, its
+    /// work divided by the live replicas: a replica holds no more than that, rounded up; and
+    /// of a split, while another replica holds fewer parts than that rounded down, only such a
+    /// replica takes a part, and one holding more lets one go — so the parts spread over every
+    /// replica (two replicas of three each holding two of four would leave the third none).
+    async fn share_of(&self, name: &str) -> Share {
         let members = self.members().await;
-        let held = self.held();
-        let parts = self.parts.lock().expect("leases lock");
-        let split = parts.get(name);
-        let same_kind = |lease: &String| parts.get(lease) == split;
-        let held: Vec<String> = held.into_iter().filter(same_kind).collect();
-        let Some(members) = members else {
-            return (held, usize::MAX);
+        let split = self.parts.lock().expect("leases lock").get(name).cloned();
+        let held: Vec<String> = {
+            let parts = self.parts.lock().expect("leases lock");
+            let same_kind = |lease: &String| parts.get(lease) == split.as_ref();
+            self.held().into_iter().filter(same_kind).collect()
         };
-        let work = match split {
+        let Some(members) = members else {
+            // No answer from the database: unbounded (the leases themselves still keep each
+            // piece of work in one place).
+            return Share {
+                held,
+                room: true,
+                over: false,
+            };
+        };
+        let parts = self.parts.lock().expect("leases lock").clone();
+        let work = match &split {
             Some(split) => parts.values().filter(|s| *s == split).count(),
             None => self.work.load(Ordering::Relaxed) - parts.len(),
         };
-        (held, work.div_ceil(members))
+        let (floor, ceil) = (work / members, work.div_ceil(members));
+        let short = match &split {
+            Some(split) => self.a_member_holds_fewer(split, &parts, floor).await,
+            None => false,
+        };
+        Share {
+            room: held.len() < floor || (held.len() < ceil && !short),
+            over: held.len() > ceil || (held.len() > floor && short),
+            held,
+        }
+    }
+
+    /// Whether a live replica of the same targets holds fewer than `floor` parts of `split`
+    /// (whose parts this replica knows as `parts`).
+    async fn a_member_holds_fewer(
+        &self,
+        split: &str,
+        parts: &HashMap<String, String>,
+        floor: usize,
+    ) -> bool {
+        let Ok(mut conn) = self.pool.acquire().await else {
+            return false;
+        };
+        let now = now_ms();
+        let (Ok(members), Ok(leases)) = (
+            DB::held_leases(&mut conn, &self.members, now).await,
+            DB::held_leases(&mut conn, split, now).await,
+        ) else {
+            return false;
+        };
+        let mut held: HashMap<String, usize> =
+            members.into_iter().map(|(_, holder)| (holder, 0)).collect();
+        for (name, holder) in leases {
+            if parts.get(&name).is_some_and(|s| s == split)
+                && let Some(count) = held.get_mut(&holder)
+            {
+                *count += 1;
+            }
+        }
+        held.values().any(|count| *count < floor)
     }
 
     /// Says, every third of the time to live, that this replica is alive, until `shutdown`;
@@ -300,8 +398,7 @@ impl<DB: CheckpointTable> Leases<DB> {
     /// The lease, once free and within this replica's share; `None` at shutdown.
     async fn wait_for(&self, name: &str, shutdown: &CancellationToken) -> Option<Fence> {
         loop {
-            let (held, share) = self.share_of(name).await;
-            if held.len() < share {
+            if self.share_of(name).await.room {
                 match self.try_acquire(name).await {
                     Ok(Some(fence)) => return Some(fence),
                     Ok(None) => {}
@@ -320,9 +417,28 @@ impl<DB: CheckpointTable> Leases<DB> {
     /// Whether this replica holds more than its share of `name`'s kind of work and `name` is
     /// the one to let go (the last of those leases by name, so that one goes at a time).
     async fn over_share(&self, name: &str) -> bool {
-        let (held, share) = self.share_of(name).await;
-        held.len() > share && held.last().is_some_and(|last| last == name)
+        let share = self.share_of(name).await;
+        share.over && share.held.last().is_some_and(|last| last == name)
     }
+}
+
+/// Whether the lease `name` is of the work `split` split into another count than `part`'s (or
+/// whole while `part` is one of several, or the other way round).
+fn other_count(name: &str, split: &str, part: Part) -> bool {
+    match Part::of_name(name) {
+        Some((of, other)) => of == split && other.count() != part.count(),
+        None => name == split && part.count() != 1,
+    }
+}
+
+/// A replica's share of one kind of work (see [`Leases::share_of`]).
+struct Share {
+    /// The leases of that kind it holds, in name order.
+    held: Vec<String>,
+    /// Whether it may take one more.
+    room: bool,
+    /// Whether it must let one go.
+    over: bool,
 }
 
 #[cfg(test)]
@@ -537,6 +653,102 @@ mod tests {
         stop.cancel();
         a.await.unwrap();
         b.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_replica_takes_a_part_when_there_are_more_parts_than_replicas() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let running: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let mut replicas = Vec::new();
+        // One by one, so that the first two take every part before the third comes.
+        for holder in ["a", "b", "c"] {
+            let leases = Leases::open(pool.clone(), "all", holder.into(), ttl)
+                .await
+                .unwrap();
+            tokio::spawn(leases.clone().heartbeat(stop.clone()));
+            for part in Part::all(4) {
+                let (running, name) = (running.clone(), part.name("stage"));
+                replicas.push(tokio::spawn(leases.clone().hold_part(
+                    Some("stage".into()),
+                    name.clone(),
+                    stop.clone(),
+                    move |_, stop| {
+                        let (running, me) = (running.clone(), (holder.to_owned(), name.clone()));
+                        async move {
+                            running.lock().unwrap().push(me.clone());
+                            stop.cancelled().await;
+                            running.lock().unwrap().retain(|r| *r != me);
+                        }
+                    },
+                )));
+            }
+            let replicas_now = replicas.len() / 4;
+            whatsnap_testkit::eventually("the parts spread over the replicas so far", async || {
+                let running = running.lock().unwrap().clone();
+                let mut counts: Vec<usize> = ["a", "b", "c"][..replicas_now]
+                    .iter()
+                    .map(|h| running.iter().filter(|(r, _)| r == h).count())
+                    .collect();
+                counts.sort();
+                let expected: &[usize] = match replicas_now {
+                    1 => &[4],
+                    2 => &[2, 2],
+                    _ => &[1, 1, 2],
+                };
+                (running.len() == 4 && counts == expected).then_some(())
+            })
+            .await;
+        }
+        stop.cancel();
+        for replica in replicas {
+            replica.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_waits_for_the_work_whole_or_split_otherwise_to_be_let_go() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let old = Leases::open(pool.clone(), "all", "old".into(), ttl)
+            .await
+            .unwrap();
+        let new = Leases::open(pool.clone(), "all", "new".into(), ttl)
+            .await
+            .unwrap();
+        // An earlier version runs the work whole; the new one splits it in two.
+        let whole = old.try_acquire("work").await.unwrap().unwrap();
+        let part = Part::all(2).next().unwrap();
+        new.try_acquire(&part.name("work")).await.unwrap().unwrap();
+        let let_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = tokio::spawn({
+            let (new, let_go) = (new.clone(), let_go.clone());
+            async move {
+                let free = new
+                    .wait_for_other_counts("work", part, &CancellationToken::new())
+                    .await;
+                (free, let_go.load(std::sync::atomic::Ordering::SeqCst))
+            }
+        });
+        // The whole, still renewed, keeps the part waiting; then it is let go.
+        for _ in 0..3 {
+            assert!(old.renew(&whole).await.unwrap());
+            tokio::time::sleep(ttl / 3).await;
+        }
+        let_go.store(true, std::sync::atomic::Ordering::SeqCst);
+        old.set_expiry(&whole, 0).await.unwrap();
+        assert_eq!(
+            waiting.await.unwrap(),
+            (true, true),
+            "went on only once let go"
+        );
+        // Parts of the same count do not wait for each other; of another count, they do.
+        assert!(!other_count("work_2_of_2", "work", part));
+        assert!(other_count("work_2_of_3", "work", part));
+        assert!(other_count("work", "work", part));
+        assert!(other_count("work_1_of_2", "work", Part::WHOLE));
+        assert!(!other_count("workers_1_of_3", "work", part));
     }
 
     #[test]

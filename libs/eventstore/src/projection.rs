@@ -164,13 +164,26 @@ impl Part {
         }
     }
 
-    /// The projection a part named `name` ([`Part::name`]) is a part of, when it is one of
-    /// several.
-    pub fn split_of(name: &str) -> Option<&str> {
+    /// How many parts the split has.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// What a part named `name` ([`Part::name`]) is a part of, and which part it is, when it
+    /// is one of several.
+    pub fn of_name(name: &str) -> Option<(&str, Part)> {
         let (rest, count) = name.rsplit_once("_of_")?;
         let (base, index) = rest.rsplit_once('_')?;
         let (index, count) = (index.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
-        (count > 1 && (1..=count).contains(&index)).then_some(base)
+        (count > 1 && (1..=count).contains(&index)).then(|| {
+            let index = index - 1;
+            (base, Part { index, count })
+        })
+    }
+
+    /// The work a part named `name` is a part of, when it is one of several.
+    pub fn split_of(name: &str) -> Option<&str> {
+        Self::of_name(name).map(|(base, _)| base)
     }
 
     /// The patterns of [`Projection::starts_where`] for the parts of `base` (of any count, the
@@ -263,6 +276,12 @@ pub trait CheckpointTable: Database {
         prefix: &str,
         before_ms: i64,
     ) -> sqlx::Result<u64>;
+    /// The leases whose name starts with `prefix` held at `now_ms`, and their holders.
+    async fn held_leases(
+        conn: &mut Self::Connection,
+        prefix: &str,
+        now_ms: i64,
+    ) -> sqlx::Result<Vec<(String, String)>>;
     /// How many leases whose name starts with `prefix` are held at `now_ms`.
     async fn count_leases(
         conn: &mut Self::Connection,
@@ -378,6 +397,18 @@ macro_rules! checkpoint_table {
                     .execute(conn)
                     .await?;
                 Ok(forgotten.rows_affected())
+            }
+
+            async fn held_leases(
+                conn: &mut Self::Connection,
+                prefix: &str,
+                now_ms: i64,
+            ) -> sqlx::Result<Vec<(String, String)>> {
+                sqlx::query_as(lease::HELD)
+                    .bind(format!("{prefix}%"))
+                    .bind(now_ms)
+                    .fetch_all(conn)
+                    .await
             }
 
             async fn count_leases(

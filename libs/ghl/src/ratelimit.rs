@@ -317,12 +317,23 @@ impl RateLimiter {
     /// with `all`), as of `now_ms` on the wall clock, for the replica that takes the GHL work
     /// over. Taking them marks them saved.
     pub fn saved(&self, now_ms: i64, all: bool) -> Vec<(LocationId, SavedWindow)> {
+        self.saved_of(now_ms, all, |_| true)
+    }
+
+    /// As [`Self::saved`], of the locations `which` picks only (those of one part of the GHL
+    /// work); the others stay as they were, unsaved or not.
+    pub fn saved_of(
+        &self,
+        now_ms: i64,
+        all: bool,
+        which: impl Fn(&LocationId) -> bool,
+    ) -> Vec<(LocationId, SavedWindow)> {
         let clocks = Clocks::read(now_ms);
         let window = self.limits.burst_window;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         buckets
             .iter_mut()
-            .filter(|(_, bucket)| all || bucket.unsaved)
+            .filter(|(location, bucket)| (all || bucket.unsaved) && which(location))
             .map(|(location, bucket)| {
                 bucket.unsaved = false;
                 forget_before_window(&mut bucket.sent, clocks.now, window);

@@ -2,19 +2,22 @@
 //! database and, when it talks to GHL, the worker's configuration, it holds the gRPC API, the
 //! queue to project and the worker, and runs the worker until stopped.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::Any;
 use tokio_util::sync::CancellationToken;
 use whatsnap_eventstore::EventStore;
-use whatsnap_eventstore::projection::Projection;
+use whatsnap_eventstore::projection::{Part, Projection};
 use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::ReadDb;
 
-use crate::{GhlSync, WorkerConfig};
+use crate::{GhlSync, Worker, WorkerConfig};
 
 pub struct Application {
     ghl_sync: GhlSync,
+    /// The one worker of the process, made once configured (at the first run): the parts of
+    /// the GHL work this process runs share it, and with it each connection's refresh lock.
+    worker: OnceLock<Option<Arc<Worker>>>,
 }
 
 impl Application {
@@ -26,6 +29,7 @@ impl Application {
                 Some(config) => ghl_sync.with_client(config),
                 None => ghl_sync,
             },
+            worker: OnceLock::new(),
         }
     }
 
@@ -57,13 +61,15 @@ impl Application {
         vec![self.ghl_sync.projection()]
     }
 
-    /// Drains the queue of work for GHL until `shutdown`, when there is a worker.
-    pub async fn run_until_stopped(&self, shutdown: CancellationToken) {
-        let Some(worker) = self.ghl_sync.worker() else {
+    /// Drains the queue of work for GHL until `shutdown`, when there is a worker: that of the
+    /// locations of `part` (see [`crate::pacing`]).
+    pub async fn run_until_stopped(&self, part: Part, shutdown: CancellationToken) {
+        let worker = self.worker.get_or_init(|| self.ghl_sync.worker());
+        let Some(worker) = worker.clone() else {
             return;
         };
         // Its own task, as every worker of the process has.
-        let run = tokio::spawn(worker.run(shutdown.cancelled_owned()));
+        let run = tokio::spawn(worker.run_part(part, shutdown.cancelled_owned()));
         if let Err(err) = run.await
             && err.is_panic()
         {

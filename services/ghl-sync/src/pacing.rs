@@ -8,12 +8,17 @@
 //! said nothing: its requests after its last save are unknown, and the next one lets each
 //! location it was busy with wait a whole window (see
 //! [`whatsnap_ghl::ratelimit::RateLimiter::resume`]).
+//!
+//! The GHL work may be split into [`Part`]s by location, each a worker of its own (on the
+//! distributed backend, under a lease each): a part takes up, saves and releases the windows
+//! of its own locations only, and says whether it stopped in a row of its own.
 
 use std::time::Duration;
 
 use sqlx::Row;
 use tracing::{debug, info, warn};
 use whatsnap_events::LocationId;
+use whatsnap_eventstore::projection::Part;
 use whatsnap_ghl::ratelimit::{Limits, RateLimiter, SavedWindow};
 use whatsnap_rpc::ReadDb;
 
@@ -36,10 +41,10 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Takes up the windows the last worker saved, in place of what `limiter` remembers, and
-/// records that a worker holds them now (so that a stop without [`release`] reads as a death).
-/// Returns how many locations' windows it took up.
-pub async fn take_up(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<usize> {
+/// Takes up the windows the last worker of `part` saved (of its locations), in place of what
+/// `limiter` remembers, and records that a worker holds them now (so that a stop without
+/// [`release`] reads as a death). Returns how many locations' windows it took up.
+pub async fn take_up(db: &ReadDb, limiter: &RateLimiter, part: Part) -> sqlx::Result<usize> {
     for statement in CREATE {
         sqlx::query(statement).execute(db).await?;
     }
@@ -48,11 +53,17 @@ pub async fn take_up(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<usize> 
         .bind(now - FORGOTTEN_AFTER.as_millis() as i64)
         .execute(db)
         .await?;
-    let released: Option<i64> =
-        sqlx::query_scalar("SELECT released FROM ghl_pacing_holder WHERE name = $1")
-            .bind(HOLDER)
+    let released = |holder: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT released FROM ghl_pacing_holder WHERE name = $1")
+            .bind(holder)
             .fetch_optional(db)
-            .await?;
+            .await
+    };
+    // A part that never ran takes over from the worker of the whole (an earlier version's).
+    let released = match released(part.name(HOLDER)).await? {
+        Some(released) => Some(released),
+        None => released(HOLDER.to_owned()).await?,
+    };
     let rows = sqlx::query("SELECT location_id, saved_window FROM ghl_pacing")
         .fetch_all(db)
         .await?;
@@ -60,6 +71,9 @@ pub async fn take_up(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<usize> 
     for row in rows {
         let location: String = row.get("location_id");
         let saved: String = row.get("saved_window");
+        if !part.holds(&location) {
+            continue;
+        }
         match (
             LocationId::parse(&location),
             serde_json::from_str::<SavedWindow>(&saved),
@@ -76,7 +90,7 @@ pub async fn take_up(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<usize> 
     let died = released == Some(0);
     let taken = windows.len();
     limiter.resume(windows, now, died);
-    set_released(db, false).await?;
+    set_released(db, part, false).await?;
     match died {
         true => warn!(
             locations = taken,
@@ -91,10 +105,16 @@ pub async fn take_up(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<usize> 
     Ok(taken)
 }
 
-/// Saves the windows that changed since the last save (all of them with `all`).
-pub async fn save(db: &ReadDb, limiter: &RateLimiter, all: bool) -> sqlx::Result<usize> {
+/// Saves the windows of `part`'s locations that changed since the last save (all of them with
+/// `all`).
+pub async fn save(
+    db: &ReadDb,
+    limiter: &RateLimiter,
+    part: Part,
+    all: bool,
+) -> sqlx::Result<usize> {
     let now = now_ms();
-    let windows = limiter.saved(now, all);
+    let windows = limiter.saved_of(now, all, |location| part.holds(location.as_str()));
     if windows.is_empty() {
         return Ok(0);
     }
@@ -116,11 +136,11 @@ pub async fn save(db: &ReadDb, limiter: &RateLimiter, all: bool) -> sqlx::Result
     Ok(windows.len())
 }
 
-/// Saves every window and says the worker stopped having done so: the next worker goes on
-/// exactly where this one left off.
-pub async fn release(db: &ReadDb, limiter: &RateLimiter) -> sqlx::Result<()> {
-    save(db, limiter, true).await?;
-    set_released(db, true).await
+/// Saves every window of `part`'s locations and says the worker stopped having done so: the
+/// next worker of the part goes on exactly where this one left off.
+pub async fn release(db: &ReadDb, limiter: &RateLimiter, part: Part) -> sqlx::Result<()> {
+    save(db, limiter, part, true).await?;
+    set_released(db, part, true).await
 }
 
 /// What the GHL worker last saved of `location`'s daily allowance: requests left and when it
@@ -142,13 +162,13 @@ pub async fn daily_left(
     Some(window.daily_left(limits, now_ms()))
 }
 
-async fn set_released(db: &ReadDb, released: bool) -> sqlx::Result<()> {
+async fn set_released(db: &ReadDb, part: Part, released: bool) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO ghl_pacing_holder (name, released, saved_at_ms) VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET released = excluded.released, \
          saved_at_ms = excluded.saved_at_ms",
     )
-    .bind(HOLDER)
+    .bind(part.name(HOLDER))
     .bind(i64::from(released))
     .bind(now_ms())
     .execute(db)

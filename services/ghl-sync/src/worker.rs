@@ -23,7 +23,7 @@ use whatsnap_events::{
     AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId,
     NewEvent, StreamId,
 };
-use whatsnap_eventstore::projection::Backoff;
+use whatsnap_eventstore::projection::{Backoff, Part};
 use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, LoadError, StoreError};
 use whatsnap_ghl::client::{
     DeliveryStatus, GhlClient, GhlError, InboundMessage, MessageDirection, StatusError,
@@ -235,6 +235,16 @@ impl Worker {
 
     /// Runs until `shutdown` resolves: starts a task for each location with queued work.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        self.run_part(Part::WHOLE, shutdown).await
+    }
+
+    /// As [`Self::run`], for the locations of `part` only: the GHL work split by location,
+    /// each part run by one worker at a time (see [`crate::pacing`]).
+    pub async fn run_part(
+        self: Arc<Self>,
+        part: Part,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut users: HashMap<String, UsersSchedule> = HashMap::new();
         let mut moved = self.config.queue_moved.clone();
@@ -242,7 +252,7 @@ impl Worker {
         // No request before the pacing the last worker left is taken up.
         let limiter = self.config.client.limiter();
         let mut failures = 0;
-        while let Err(err) = pacing::take_up(&self.db, limiter).await {
+        while let Err(err) = pacing::take_up(&self.db, limiter, part).await {
             failures += 1;
             let delay = Backoff::default().delay(failures);
             warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot take up GHL's pacing windows; no GHL work until it can");
@@ -251,13 +261,13 @@ impl Worker {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        let saving = tokio::spawn(self.clone().save_pacing());
+        let saving = tokio::spawn(self.clone().save_pacing(part));
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.queue_may_have_moved(&mut moved) => {}
             }
-            self.schedule_users(&mut users).await;
+            self.schedule_users(part, &mut users).await;
             running.retain(|_, task| !task.is_finished());
             let locations: Vec<String> =
                 match sqlx::query("SELECT DISTINCT location_id FROM ghl_pending")
@@ -271,7 +281,7 @@ impl Worker {
                     }
                 };
             for location in locations {
-                if running.contains_key(&location) {
+                if running.contains_key(&location) || !part.holds(&location) {
                     continue;
                 }
                 let Ok(parsed) = LocationId::parse(location.as_str()) else {
@@ -293,7 +303,7 @@ impl Worker {
         for task in tasks {
             let _ = task.await;
         }
-        match pacing::release(&self.db, limiter).await {
+        match pacing::release(&self.db, limiter, part).await {
             Ok(()) => info!("GHL pacing windows saved for the next worker"),
             Err(err) => {
                 warn!(error = %err, "GHL pacing windows not saved as the worker stopped; the next worker will wait a window for each busy location")
@@ -303,7 +313,7 @@ impl Worker {
 
     /// Saves the pacing windows that changed, every [`pacing::SAVE_EVERY`], for the worker that
     /// takes over from this one.
-    async fn save_pacing(self: Arc<Self>) {
+    async fn save_pacing(self: Arc<Self>, part: Part) {
         let limiter = self.config.client.limiter();
         let mut save = tokio::time::interval(pacing::SAVE_EVERY);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -311,7 +321,7 @@ impl Worker {
         let mut save_all = false;
         loop {
             save.tick().await;
-            save_all = match pacing::save(&self.db, limiter, save_all).await {
+            save_all = match pacing::save(&self.db, limiter, part, save_all).await {
                 Ok(_) => false,
                 Err(err) => {
                     warn!(error = %err, "GHL pacing windows not saved; trying again");
@@ -323,7 +333,11 @@ impl Worker {
 
     /// Starts listing the users of each connected location that is due: just connected (or
     /// connected anew), or not listed for `users_refresh`.
-    async fn schedule_users(self: &Arc<Self>, users: &mut HashMap<String, UsersSchedule>) {
+    async fn schedule_users(
+        self: &Arc<Self>,
+        part: Part,
+        users: &mut HashMap<String, UsersSchedule>,
+    ) {
         let connected: HashMap<String, Option<i64>> =
             match sqlx::query("SELECT location_id, issued_at FROM ghl_connections")
                 .fetch_all(&self.db)
@@ -332,6 +346,7 @@ impl Worker {
                 Ok(rows) => rows
                     .iter()
                     .map(|r| (r.get("location_id"), r.get("issued_at")))
+                    .filter(|(location, _): &(String, _)| part.holds(location))
                     .collect(),
                 Err(err) => {
                     warn!(error = %err, "cannot read the GHL connections");

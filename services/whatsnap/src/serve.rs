@@ -429,6 +429,13 @@ pub struct ServeArgs {
     /// distributed backend (replicas share six parts), 1 on the embedded one (one process).
     #[arg(long, env = "WHATSNAP_INBOUND_PARTS", value_parser = clap::value_parser!(u32).range(1..=64))]
     inbound_parts: Option<u32>,
+    /// Distributed backend: how many parts the GHL work (each location's queue drained at
+    /// GHL's pace) is split into, by location, each a piece of work replicas share. Change it
+    /// with every replica of ghl-sync at once: replicas that split the work otherwise wait
+    /// for each other's parts to go, so a rolling change pauses the GHL work until the last
+    /// replica with the old count has stopped. The embedded backend runs the work whole.
+    #[arg(long, env = "WHATSNAP_GHL_PARTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ghl_parts: u32,
     /// This replica's name in the leases (see `--lease-ttl`); default: the host name (the pod's
     /// name on Kubernetes), the process id and a random suffix.
     #[arg(long, env = "WHATSNAP_REPLICA_ID")]
@@ -1164,7 +1171,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             tls.as_ref(),
         )
         .await?;
-    let gateway = services.run_until_stopped(&mut tasks, leases.as_ref(), &shutdown);
+    let ghl_parts = match leases {
+        Some(_) => args.ghl_parts,
+        None => 1,
+    };
+    let gateway = services.run_until_stopped(&mut tasks, leases.as_ref(), ghl_parts, &shutdown);
     let readiness = Readiness {
         store: store.clone(),
         projections: progress.clone(),
@@ -1690,6 +1701,7 @@ impl Services {
         self,
         tasks: &mut JoinSet<anyhow::Result<()>>,
         leases: Option<&Arc<Leases<sqlx::Any>>>,
+        ghl_parts: u32,
         shutdown: &CancellationToken,
     ) -> Option<whatsnap_gateway::Application> {
         if let Some(assignment) = self.assignment {
@@ -1730,16 +1742,32 @@ impl Services {
             });
         }
         if let Some(ghl_sync) = self.ghl_sync {
+            // The GHL work split by location: each part on one replica at a time, and never
+            // beside replicas that split it otherwise (a change of `--ghl-parts`, an upgrade
+            // from the work whole), which could talk to GHL for the same location at once.
             let ghl_sync = Arc::new(ghl_sync);
-            tasks.spawn(under_lease(
-                leases,
-                "workers:ghl-sync",
-                shutdown,
-                move |stop| {
-                    let ghl_sync = ghl_sync.clone();
-                    async move { ghl_sync.run_until_stopped(stop).await }
-                },
-            ));
+            let parts = Part::all(ghl_parts);
+            for part in parts {
+                let (ghl_sync, gate) = (ghl_sync.clone(), leases.cloned());
+                let split = (part.count() > 1).then(|| GHL_WORK.to_owned());
+                tasks.spawn(under_fenced_lease(
+                    leases,
+                    split,
+                    part.name(GHL_WORK),
+                    shutdown,
+                    move |_, stop| {
+                        let (ghl_sync, gate) = (ghl_sync.clone(), gate.clone());
+                        async move {
+                            if let Some(gate) = gate
+                                && !gate.wait_for_other_counts(GHL_WORK, part, &stop).await
+                            {
+                                return;
+                            }
+                            ghl_sync.run_until_stopped(part, stop).await
+                        }
+                    },
+                ));
+            }
         }
         self.gateway
     }
@@ -1869,6 +1897,9 @@ where
 /// The parts of the inbound stage replicas share by default (see `--inbound-parts`): as many
 /// as one, two, three or six replicas divide evenly.
 const DISTRIBUTED_INBOUND_PARTS: u32 = 6;
+
+/// The GHL work's lease, or the name its parts' leases are made from (see `--ghl-parts`).
+const GHL_WORK: &str = "workers:ghl-sync";
 
 /// The targets a process serves, as one name: replicas with the same share their work.
 fn names_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
