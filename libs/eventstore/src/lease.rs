@@ -13,7 +13,8 @@
 //! - The work is spread: every live replica of the same targets heartbeats a member lease, and
 //!   a replica takes no more than its share (work ÷ live replicas, rounded up), letting go of
 //!   work when a new replica joins. The parts of a split piece of work (the inbound stage's,
-//!   by contact) are shared on their own, so that each replica takes a share of them too.
+//!   by contact; the GHL work's, by location) are shared on their own, so that every replica
+//!   takes a share of them too.
 //!
 //! Expiry is written by each replica's clock: the time to live must be well above the clock
 //! skew between the machines (NTP keeps it to milliseconds; the default is 10 s).

@@ -1746,8 +1746,7 @@ impl Services {
             // beside replicas that split it otherwise (a change of `--ghl-parts`, an upgrade
             // from the work whole), which could talk to GHL for the same location at once.
             let ghl_sync = Arc::new(ghl_sync);
-            let parts = Part::all(ghl_parts);
-            for part in parts {
+            for part in Part::all(ghl_parts) {
                 let (ghl_sync, gate) = (ghl_sync.clone(), leases.cloned());
                 let split = (part.count() > 1).then(|| GHL_WORK.to_owned());
                 tasks.spawn(under_fenced_lease(
