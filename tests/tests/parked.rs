@@ -84,8 +84,8 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
         "127.0.0.1:0",
         "--projection-attempts",
         "2",
-        // The inbound stage whole: one runner, whose failpoint the poison trips.
-        "--inbound-parts",
+        // The contacts stage whole: one runner, whose failpoint the poison trips.
+        "--contact-parts",
         "1",
     ]));
     let contacts_process = Whatsnap::serve_with_env(
@@ -94,7 +94,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
         &[
             (
                 "WHATSNAP_FAILPOINT_POISON",
-                format!("contacts_inbound:{MARKER}"),
+                format!("contacts_stage:{MARKER}"),
             ),
             (
                 "WHATSNAP_FAILPOINT_POISON_CURED",
@@ -222,7 +222,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
     for (projection, _, event_type) in &parked {
         assert_eq!(
             (projection.as_str(), event_type.as_str()),
-            ("contacts_inbound", "InboundMessageReceived"),
+            ("contacts_stage", "InboundMessageReceived"),
             "{out}"
         );
     }
@@ -232,30 +232,30 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
     assert!(ok, "{err}");
     assert!(status.contains("2 parked event(s)"), "{status}");
     assert!(
-        status.contains(&format!("whatsnap parked retry contacts_inbound {first}")),
+        status.contains(&format!("whatsnap parked retry contacts_stage {first}")),
         "{status}"
     );
     assert!(
-        status.contains(&format!("whatsnap parked skip contacts_inbound {second}")),
+        status.contains(&format!("whatsnap parked skip contacts_stage {second}")),
         "{status}"
     );
 
     // A retry before the fix fails again; the event stays parked.
-    let (ok, out, err) = cli(&gateway, &["parked", "retry", "contacts_inbound", &first]);
+    let (ok, out, err) = cli(&gateway, &["parked", "retry", "contacts_stage", &first]);
     assert!(!ok, "{out}");
     assert!(err.contains("failed again and stays parked"), "{err}");
 
     // The second is skipped; after the fix the first is retried and applied.
     let (ok, out, err) = cli(
         &gateway,
-        &["parked", "skip", "contacts_inbound", &second, "--by", "ops"],
+        &["parked", "skip", "contacts_stage", &second, "--by", "ops"],
     );
     assert!(ok, "{err}");
     assert!(out.contains("skipped"), "{out}");
     std::fs::write(&cured, "").unwrap();
     let (ok, out, err) = cli(
         &gateway,
-        &["parked", "retry", "contacts_inbound", &first, "--by", "ops"],
+        &["parked", "retry", "contacts_stage", &first, "--by", "ops"],
     );
     assert!(ok, "{err}");
     assert!(out.contains("retried and applied"), "{out}");
@@ -271,7 +271,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
     );
 
     // Unknown events and projections are named as such.
-    let (ok, _, err) = cli(&gateway, &["parked", "skip", "contacts_inbound", "999999"]);
+    let (ok, _, err) = cli(&gateway, &["parked", "skip", "contacts_stage", "999999"]);
     assert!(!ok);
     assert!(
         err.contains("NotFound") || err.contains("not found"),
@@ -285,7 +285,7 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
     // The log tells the story, in the location's operations stream.
     let told = events_api
         .read_stream(events::ReadStreamRequest {
-            stream_id: format!("{LOCATION}.operations.contacts_inbound"),
+            stream_id: format!("{LOCATION}.operations.contacts_stage"),
             from_version: 1,
             limit: 10,
         })

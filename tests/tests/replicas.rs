@@ -1,5 +1,5 @@
 //! Three replicas of every target against one JetStream and one PostgreSQL: the work (each
-//! projection, each service's workers, the GHL work in four parts by location and the inbound
+//! projection, each service's workers, the GHL work in four parts by location and the contacts
 //! stage in six by contact) is spread over them, never done in two places at once;
 //! texts reach GHL once each and in the order each customer wrote them, through a rolling
 //! restart of every replica while they flow.
@@ -17,7 +17,7 @@ const LOCATION: &str = "locReplicas";
 const CUSTOMERS: usize = 6;
 /// The pieces of work of every target: eight projections (with no alert webhook, no alerts'
 /// queue), the session's and the assignment's workers, the GHL work's four parts and the
-/// inbound stage's six.
+/// contacts stage's six.
 const WORK: usize = 20;
 
 fn binary() -> &'static Path {
@@ -41,10 +41,10 @@ async fn leases(http: SocketAddr) -> Option<BTreeSet<String>> {
     })
 }
 
-/// The leases of the inbound stage's parts (six on the distributed backend by default).
-fn inbound_parts(held: &BTreeSet<String>) -> usize {
+/// The leases of the contacts stage's parts (six on the distributed backend by default).
+fn contact_parts(held: &BTreeSet<String>) -> usize {
     held.iter()
-        .filter(|lease| lease.starts_with("projection:contacts_inbound_"))
+        .filter(|lease| lease.starts_with("projection:contacts_stage_"))
         .count()
 }
 
@@ -57,7 +57,7 @@ fn ghl_parts(held: &BTreeSet<String>) -> usize {
 
 /// Every replica's leases once the work is spread: all of it held, each replica some, none
 /// one twice, and
-/// the inbound stage (the contacts found or created for every message) is split over all of
+/// the contacts stage (the contacts found or created for every message) is split over all of
 /// them.
 async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
     eventually_within(
@@ -70,17 +70,17 @@ async fn spread(replicas: &[SocketAddr]) -> Vec<BTreeSet<String>> {
             }
             let all: Vec<&String> = held.iter().flatten().collect();
             let distinct: BTreeSet<&String> = all.iter().copied().collect();
-            let parts = held.iter().map(inbound_parts).sum::<usize>();
+            let parts = held.iter().map(contact_parts).sum::<usize>();
             let ghl = held.iter().map(ghl_parts).sum::<usize>();
             let spread = distinct.len() == all.len()
                 && distinct.len() == WORK
                 && (parts, ghl) == (6, 4)
                 && held.iter().all(|h| {
                     // Each kind shared on its own: the work that is no part, and each split.
-                    let whole = h.len() - inbound_parts(h) - ghl_parts(h);
+                    let whole = h.len() - contact_parts(h) - ghl_parts(h);
                     !h.is_empty()
                         && whole <= (WORK - parts - ghl).div_ceil(replicas.len())
-                        && inbound_parts(h) == parts.div_ceil(replicas.len())
+                        && contact_parts(h) == parts.div_ceil(replicas.len())
                         && (1..=ghl.div_ceil(replicas.len())).contains(&ghl_parts(h))
                 });
             spread.then_some(held)

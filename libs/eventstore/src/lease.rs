@@ -12,7 +12,7 @@
 //!   need no fence: the effect discipline reconciles an intent another replica left open.
 //! - The work is spread: every live replica of the same targets heartbeats a member lease, and
 //!   a replica takes no more than its share (work ÷ live replicas, rounded up), letting go of
-//!   work when a new replica joins. The parts of a split piece of work (the inbound stage's,
+//!   work when a new replica joins. The parts of a split piece of work (the contacts stage's,
 //!   by contact; the GHL work's, by location) are shared on their own, so that every replica
 //!   takes a share of them too.
 //!

@@ -1,6 +1,7 @@
 //! The contacts service as a process runs it: built from the event store and the read-model
 //! database, it holds the gRPC API, the read model to project (which also routes replies) and
-//! the inbound stage (which decides on inbound messages, in parts replicas share); it has no
+//! the contacts stage (which decides on inbound messages and routes replies, in parts replicas
+//! share); it has no
 //! worker of its own.
 
 use std::sync::Arc;
@@ -16,20 +17,20 @@ use crate::Contacts;
 
 pub struct Application {
     contacts: Contacts,
-    inbound_parts: u32,
+    contact_parts: u32,
 }
 
 impl Application {
     pub fn build(store: Arc<dyn EventStore>, db: ReadDb) -> Self {
         Self {
             contacts: Contacts::new(store, db),
-            inbound_parts: 1,
+            contact_parts: 1,
         }
     }
 
-    /// Splits the inbound stage into `parts` (at least one; see [`crate::InboundStage`]).
-    pub fn with_inbound_parts(mut self, parts: u32) -> Self {
-        self.inbound_parts = parts.max(1);
+    /// Splits the contacts stage into `parts` (at least one; see [`crate::ContactsStage`]).
+    pub fn with_parts(mut self, parts: u32) -> Self {
+        self.contact_parts = parts.max(1);
         self
     }
 
@@ -43,7 +44,7 @@ impl Application {
         self.contacts.grpc()
     }
 
-    /// Keeps the contacts the inbound stage decided on current from the log until `shutdown`
+    /// Keeps the contacts the contacts stage decided on current from the log until `shutdown`
     /// (see [`Contacts::follow_contacts`]). Every replica runs it: the stage may move to any.
     pub async fn follow_contacts(&self, shutdown: CancellationToken) {
         self.contacts
@@ -51,12 +52,12 @@ impl Application {
             .await
     }
 
-    /// The read model the service keeps and the parts of the inbound stage, for the process's
+    /// The read model the service keeps and the parts of the contacts stage, for the process's
     /// projection runners.
     pub fn projections(&self) -> Vec<Arc<dyn Projection<Any>>> {
         let mut projections: Vec<Arc<dyn Projection<Any>>> = vec![self.contacts.projection()];
-        for part in Part::all(self.inbound_parts) {
-            projections.push(self.contacts.inbound_stage(part));
+        for part in Part::all(self.contact_parts) {
+            projections.push(self.contacts.stage(part));
         }
         projections
     }

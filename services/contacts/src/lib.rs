@@ -38,7 +38,7 @@ pub use contact::{
 /// How often a decision is retried when another writer changed the contact meanwhile.
 const CONFLICT_RETRIES: usize = 5;
 
-/// How many contacts the inbound stage keeps in memory (a few hundred bytes each); when full,
+/// How many contacts the contacts stage keeps in memory (a few hundred bytes each); when full,
 /// it starts over empty.
 const CONTACTS_KEPT: usize = 20_000;
 
@@ -47,7 +47,7 @@ pub struct Contacts {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     keys: Option<Arc<whatsnap_pii::ContactKeys>>,
-    /// The contacts the inbound stage decided on, kept current from the log.
+    /// The contacts the contacts stage decided on, kept current from the log.
     kept: Arc<Cache<ContactState>>,
 }
 
@@ -61,7 +61,7 @@ impl Contacts {
         }
     }
 
-    /// Keeps the contacts the inbound stage decided on current from the log until `shutdown`,
+    /// Keeps the contacts the contacts stage decided on current from the log until `shutdown`,
     /// so that a known contact's next message is decided from memory.
     pub async fn follow_contacts(&self, shutdown: impl Future<Output = ()>) {
         self.kept
@@ -79,7 +79,7 @@ impl Contacts {
         pb::contacts_service_server::ContactsServiceServer::new(self.clone())
     }
 
-    /// The read model, which also routes replies (by the accounts it knows).
+    /// The read model (contacts by phone, their tags, the accounts tags name).
     pub fn projection(&self) -> Arc<ContactsProjection> {
         Arc::new(ContactsProjection {
             store: self.store.clone(),
@@ -89,18 +89,18 @@ impl Contacts {
         })
     }
 
-    /// The inbound stage, or its `part` (see [`InboundStage`]).
-    pub fn inbound_stage(&self, part: Part) -> Arc<InboundStage> {
-        Arc::new(InboundStage {
-            name: part.name(INBOUND_STAGE),
+    /// The contacts stage, or its `part` (see [`ContactsStage`]).
+    pub fn stage(&self, part: Part) -> Arc<ContactsStage> {
+        Arc::new(ContactsStage {
+            name: part.name(STAGE),
             part,
             decider: self.projection(),
         })
     }
 }
 
-/// The name of the inbound stage's checkpoint (and of its parts', which it starts).
-pub const INBOUND_STAGE: &str = "contacts_inbound";
+/// The name of the contacts stage's checkpoint (and of its parts', which it starts).
+pub const STAGE: &str = "contacts_stage";
 
 impl Contacts {
     /// Appends what a command decided to the contact's stream (if anything) and shows the
@@ -333,39 +333,42 @@ impl ContactsProjection {
     }
 }
 
-/// The contact an inbound message is from.
-fn sender_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
+/// The contact an inbound message is from, or a reply is to.
+fn contact_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
     match event.decode().ok()? {
         Event::InboundMessageReceived(message) => {
             let phone = PhoneNumber::parse(&message.from).ok()?;
             Some(contact_id_for(event.location_id(), &phone))
         }
+        Event::OutboundMessageRequested(reply) => Some(reply.contact_id),
         _ => None,
     }
 }
 
-/// The inbound stage: finds or creates the contact of each inbound message and puts the
-/// receiving account's tag on it. It keeps no read model, only its checkpoint, and may be split
-/// into [`Part`]s by contact, each run under a lease of its own, so that replicas share the
-/// work; one contact's messages are always one part's, decided in log order. A part without a
-/// checkpoint (the stage newly split, or split anew) starts where the lowest of the stage's
-/// checkpoints is, the contacts read model's among them (which decided on inbound messages
-/// itself before the stage was its own): deciding again on a message already decided appends
-/// nothing.
-pub struct InboundStage {
+/// The contacts stage: finds or creates the contact of each inbound message and puts the
+/// receiving account's tag on it, and chooses the account each reply leaves from by the
+/// contact's tags. It keeps no read model, only its checkpoint, and may be split into
+/// [`Part`]s by contact, each run under a lease of its own, so that replicas share the work;
+/// one contact's messages and replies are always one part's, handled in log order (a reply
+/// written after a message through another account leaves from that account). A part without
+/// a checkpoint (the stage newly split, or split anew) starts where the lowest of the stage's
+/// checkpoints is, the contacts read model's among them (which did this work itself before the
+/// stage was its own): deciding again on a message already decided, or routing a reply already
+/// routed, appends nothing.
+pub struct ContactsStage {
     name: String,
     part: Part,
     decider: Arc<ContactsProjection>,
 }
 
 #[async_trait]
-impl Projection<Any> for InboundStage {
+impl Projection<Any> for ContactsStage {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn reads(&self) -> Option<&'static [&'static str]> {
-        Some(&["InboundMessageReceived"])
+        Some(&["InboundMessageReceived", "OutboundMessageRequested"])
     }
 
     fn migrations(&self) -> &'static [&'static str] {
@@ -373,24 +376,25 @@ impl Projection<Any> for InboundStage {
     }
 
     fn starts_where(&self) -> Vec<String> {
-        vec![Part::siblings(INBOUND_STAGE), "contacts".to_owned()]
+        vec![Part::siblings(STAGE), "contacts".to_owned()]
     }
 
     fn reacts_to(&self, event: &RecordedEvent) -> bool {
-        event.event_type == "InboundMessageReceived"
-            && self.part.holds(&self.react_key(event).unwrap_or_default())
+        self.part.holds(&self.react_key(event).unwrap_or_default())
     }
 
-    /// The sender's contact: one contact's messages are decided in order, different contacts'
-    /// at the same time. A message whose sender does not parse (or was erased) has no contact;
-    /// it falls in the part of the empty key, which says why it decides nothing.
+    /// The contact a message is from or a reply is to: one contact's are handled in order,
+    /// different contacts' at the same time. A message whose sender does not parse (or was
+    /// erased) has no contact; it falls in the part of the empty key, which says why it
+    /// decides nothing.
     fn react_key(&self, event: &RecordedEvent) -> Option<String> {
-        sender_of(event).map(|contact_id| contact_id.to_string())
+        contact_of(event).map(|contact_id| contact_id.to_string())
     }
 
     async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
         match event.decode()? {
             Event::InboundMessageReceived(message) => self.decider.on_inbound(event, message).await,
+            Event::OutboundMessageRequested(reply) => self.decider.on_reply(event, reply).await,
             _ => Ok(()),
         }
     }
@@ -422,7 +426,6 @@ impl Projection<Any> for ContactsProjection {
             "ContactErased",
             "ContactTagged",
             "ContactUntagged",
-            "OutboundMessageRequested",
         ])
     }
 
@@ -432,28 +435,6 @@ impl Projection<Any> for ContactsProjection {
          CREATE TABLE contacts (contact_id TEXT PRIMARY KEY, location_id TEXT NOT NULL, phone TEXT NOT NULL, name TEXT, created_position BIGINT NOT NULL, UNIQUE (location_id, phone)); \
          CREATE TABLE contact_tags (contact_id TEXT NOT NULL, tag TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (contact_id, tag))",
         ]
-    }
-
-    /// A reply: the account it leaves from, by the accounts this read model knows (inbound
-    /// messages are the [`InboundStage`]'s).
-    fn reacts_to(&self, event: &RecordedEvent) -> bool {
-        event.event_type == "OutboundMessageRequested"
-    }
-
-    /// The contact a reply is for: one contact's replies are routed in order, different
-    /// contacts' at the same time.
-    fn react_key(&self, event: &RecordedEvent) -> Option<String> {
-        match event.decode().ok()? {
-            Event::OutboundMessageRequested(reply) => Some(reply.contact_id.to_string()),
-            _ => None,
-        }
-    }
-
-    async fn react(&self, event: &RecordedEvent) -> Result<(), ApplyError> {
-        match event.decode()? {
-            Event::OutboundMessageRequested(reply) => self.on_reply(event, reply).await,
-            _ => Ok(()),
-        }
     }
 
     async fn apply(

@@ -423,12 +423,13 @@ pub struct ServeArgs {
     /// died (at once after an orderly stop). Keep it well above the clocks' skew.
     #[arg(long, env = "WHATSNAP_LEASE_TTL", default_value = "10", value_parser = seconds)]
     lease_ttl: Duration,
-    /// How many parts the inbound stage (finding or creating each message's contact and tagging
-    /// it) is split into, by contact: each part is a piece of work of its own, so replicas
-    /// share the stage (one contact's messages stay in order, in one part). Default: 6 on the
-    /// distributed backend (replicas share six parts), 1 on the embedded one (one process).
-    #[arg(long, env = "WHATSNAP_INBOUND_PARTS", value_parser = clap::value_parser!(u32).range(1..=64))]
-    inbound_parts: Option<u32>,
+    /// How many parts the contacts stage (finding or creating each message's contact and
+    /// tagging it; choosing the account each reply leaves from) is split into, by contact: each
+    /// part is a piece of work of its own, so replicas share the stage (one contact's messages
+    /// and replies stay in order, in one part). Default: 6 on the distributed backend
+    /// (replicas share six parts), 1 on the embedded one (one process).
+    #[arg(long, env = "WHATSNAP_CONTACT_PARTS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    contact_parts: Option<u32>,
     /// Distributed backend: how many parts the GHL work (each location's queue drained at
     /// GHL's pace) is split into, by location, each a piece of work replicas share. Change it
     /// with every replica of ghl-sync at once: replicas that split the work otherwise wait
@@ -1488,10 +1489,10 @@ impl Services {
                 _ => None,
             },
             contacts: has(Target::Contacts).then(|| {
-                whatsnap_contacts::Application::build(store.clone(), db.clone()).with_inbound_parts(
-                    args.inbound_parts
+                whatsnap_contacts::Application::build(store.clone(), db.clone()).with_parts(
+                    args.contact_parts
                         .unwrap_or(match args.backend.database_url {
-                            Some(_) => DISTRIBUTED_INBOUND_PARTS,
+                            Some(_) => DISTRIBUTED_CONTACT_PARTS,
                             None => 1,
                         }),
                 )
@@ -1893,9 +1894,9 @@ where
     }
 }
 
-/// The parts of the inbound stage replicas share by default (see `--inbound-parts`): as many
+/// The parts of the contacts stage replicas share by default (see `--contact-parts`): as many
 /// as one, two, three or six replicas divide evenly.
-const DISTRIBUTED_INBOUND_PARTS: u32 = 6;
+const DISTRIBUTED_CONTACT_PARTS: u32 = 6;
 
 /// The GHL work's lease, or the name its parts' leases are made from (see `--ghl-parts`).
 const GHL_WORK: &str = "workers:ghl-sync";
