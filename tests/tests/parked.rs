@@ -84,9 +84,6 @@ async fn a_poison_event_is_parked_while_the_edge_and_the_other_services_keep_wor
         "127.0.0.1:0",
         "--projection-attempts",
         "2",
-        // The contacts stage whole: one runner, whose failpoint the poison trips.
-        "--contact-parts",
-        "1",
     ]));
     let contacts_process = Whatsnap::serve_with_env(
         binary(),

@@ -113,7 +113,17 @@ async fn three_replicas_share_the_work_keep_each_customers_order_and_survive_a_r
     let backend = TestBackend::distributed_paged(8).await;
     let rig = TwilioRig::start().await;
     let mut args = rig.serve_args(&backend);
-    args.extend(["--lease-ttl".to_owned(), "2".to_owned()]);
+    args.extend(
+        [
+            "--lease-ttl",
+            "2",
+            "--contact-parts",
+            "6",
+            "--ghl-parts",
+            "4",
+        ]
+        .map(str::to_owned),
+    );
     let mut cluster = Cluster {
         args,
         replicas: Vec::new(),

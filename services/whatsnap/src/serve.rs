@@ -423,19 +423,20 @@ pub struct ServeArgs {
     /// died (at once after an orderly stop). Keep it well above the clocks' skew.
     #[arg(long, env = "WHATSNAP_LEASE_TTL", default_value = "10", value_parser = seconds)]
     lease_ttl: Duration,
-    /// How many parts the contacts stage (finding or creating each message's contact and
-    /// tagging it; choosing the account each reply leaves from) is split into, by contact: each
-    /// part is a piece of work of its own, so replicas share the stage (one contact's messages
-    /// and replies stay in order, in one part). Default: 6 on the distributed backend
-    /// (replicas share six parts), 1 on the embedded one (one process).
-    #[arg(long, env = "WHATSNAP_CONTACT_PARTS", value_parser = clap::value_parser!(u32).range(1..=64))]
-    contact_parts: Option<u32>,
+    /// Distributed backend: how many parts the contacts stage (finding or creating each
+    /// message's contact and tagging it; choosing the account each reply leaves from) is split
+    /// into, by contact, each a piece of work of its own that replicas share (one contact's
+    /// messages and replies stay in order, in one part). Set it to at least the contacts
+    /// replicas you run (deploy/k8s: 6); one process is faster with one part (each part reads
+    /// the messages on its own).
+    #[arg(long, env = "WHATSNAP_CONTACT_PARTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    contact_parts: u32,
     /// Distributed backend: how many parts the GHL work (each location's queue drained at
-    /// GHL's pace) is split into, by location, each a piece of work replicas share. Change it
-    /// with every replica of ghl-sync at once: replicas that split the work otherwise wait
-    /// for each other's parts to go, so a rolling change pauses the GHL work until the last
-    /// replica with the old count has stopped. The embedded backend runs the work whole.
-    #[arg(long, env = "WHATSNAP_GHL_PARTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// GHL's pace) is split into, by location, each a piece of work replicas share (deploy/k8s:
+    /// 4). Change it on every replica of ghl-sync at once: replicas that split the work
+    /// otherwise wait for each other's parts to go, so a rolling change pauses the GHL work
+    /// until the last replica with the old count has stopped.
+    #[arg(long, env = "WHATSNAP_GHL_PARTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     ghl_parts: u32,
     /// This replica's name in the leases (see `--lease-ttl`); default: the host name (the pod's
     /// name on Kubernetes), the process id and a random suffix.
@@ -1490,11 +1491,10 @@ impl Services {
             },
             contacts: has(Target::Contacts).then(|| {
                 whatsnap_contacts::Application::build(store.clone(), db.clone()).with_parts(
-                    args.contact_parts
-                        .unwrap_or(match args.backend.database_url {
-                            Some(_) => DISTRIBUTED_CONTACT_PARTS,
-                            None => 1,
-                        }),
+                    match args.backend.database_url {
+                        Some(_) => args.contact_parts,
+                        None => 1,
+                    },
                 )
             }),
             assignment: has(Target::Assignment).then(|| {
@@ -1893,10 +1893,6 @@ where
         Ok(())
     }
 }
-
-/// The parts of the contacts stage replicas share by default (see `--contact-parts`): as many
-/// as one, two, three or six replicas divide evenly.
-const DISTRIBUTED_CONTACT_PARTS: u32 = 6;
 
 /// The GHL work's lease, or the name its parts' leases are made from (see `--ghl-parts`).
 const GHL_WORK: &str = "workers:ghl-sync";
