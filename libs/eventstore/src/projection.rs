@@ -121,10 +121,11 @@ pub trait Projection<DB: Database>: Send + Sync + 'static {
     }
 
     /// Where the projection starts when it has no checkpoint of its own: at the lowest of the
-    /// checkpoints whose names match these SQL `LIKE` patterns (none, the default: at the
-    /// beginning). For a projection that takes over work another did up to its checkpoint —
-    /// one [`Part`] of a split projection, after the number of parts changed — so that it does
-    /// not react to the whole log again.
+    /// checkpoints whose names match the first of these SQL `LIKE` patterns that any name
+    /// matches (none, the default: at the beginning). For a projection that takes over work
+    /// others did up to their checkpoints — one [`Part`] of a split projection, after the
+    /// number of parts changed; a projection that took the work over from another — so that
+    /// it does not react to the whole log again.
     fn starts_where(&self) -> Vec<String> {
         Vec::new()
     }
@@ -867,21 +868,22 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
         Ok(checkpoint)
     }
 
-    /// The checkpoint of a projection that has none yet: the lowest of those it
+    /// The checkpoint of a projection that has none yet: the lowest of the first of those it
     /// [starts where](Projection::starts_where), recorded as its own; else the beginning.
     async fn inherited_checkpoint(
         &self,
         conn: &mut DB::Connection,
     ) -> Result<u64, ProjectionError> {
-        let mut found = Vec::new();
+        let mut found = None;
         for pattern in self.projection.starts_where() {
-            found.extend(
-                DB::lowest_checkpoint(conn, &pattern)
-                    .await
-                    .map_err(|e| self.db_error(e))?,
-            );
+            found = DB::lowest_checkpoint(conn, &pattern)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            if found.is_some() {
+                break;
+            }
         }
-        let Some(position) = found.into_iter().min() else {
+        let Some(position) = found else {
             return Ok(0);
         };
         DB::save_checkpoint(conn, self.name(), position)

@@ -1193,8 +1193,9 @@ impl Projection<Sqlite> for Staged {
         &[]
     }
 
+    /// The stage's parts; before the stage ever ran, the work it took over from `legacy`.
     fn starts_where(&self) -> Vec<String> {
-        vec![Part::siblings("stage")]
+        vec![Part::siblings("stage"), "legacy".to_owned()]
     }
 
     fn reacts_to(&self, event: &RecordedEvent) -> bool {
@@ -1243,17 +1244,35 @@ async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_o
             .unwrap()
     };
 
-    // The stage whole decides the first wave.
+    // The work was `legacy`'s up to the first of the first wave's two rounds; the stage, which
+    // never ran, takes it over from there.
     let whole = Staged::new(Part::WHOLE);
-    let head = append(wave(1..=2)).await;
-    run_to(
-        &ProjectionRunner::new(store.clone(), pool.clone(), whole.clone()),
-        head,
-    )
-    .await;
-    assert_eq!(whole.seen.lock().unwrap().len(), 48);
+    let runner = ProjectionRunner::new(store.clone(), pool.clone(), whole.clone());
+    assert_eq!(
+        runner.prepare().await.unwrap(),
+        0,
+        "nothing to take over yet"
+    );
+    let taken_over = append(wave(1..=1)).await;
+    sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ('legacy', $1)")
+        .bind(taken_over as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let head = append(wave(2..=2)).await;
+    run_to(&runner, head).await;
+    let seen = whole.seen.lock().unwrap().clone();
+    assert!(
+        seen.len() == 24 && seen.iter().all(|(_, n)| *n == 2),
+        "{seen:?}"
+    );
 
-    // Split in three, the stage goes on with the second wave only.
+    // Split in three, the stage goes on with the second wave only, not from the work it took
+    // over once (set back to the beginning since, as a rebuild does).
+    sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = 'legacy'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let head = append(wave(3..=5)).await;
     let parts: Vec<Arc<Staged>> = Part::all(3).map(Staged::new).collect();
     let runners: Vec<_> = parts

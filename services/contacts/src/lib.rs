@@ -351,10 +351,10 @@ fn contact_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
 /// [`Part`]s by contact, each run under a lease of its own, so that replicas share the work;
 /// one contact's messages and replies are always one part's, handled in log order (a reply
 /// written after a message through another account leaves from that account). A part without
-/// a checkpoint (the stage newly split, or split anew) starts where the lowest of the stage's
-/// checkpoints is, the contacts read model's among them (which did this work itself before the
-/// stage was its own): deciding again on a message already decided, or routing a reply already
-/// routed, appends nothing.
+/// a checkpoint (the stage split anew) starts where the lowest of the stage's checkpoints is,
+/// or, before the stage ever ran (an upgrade), where the contacts read model is (which did this
+/// work itself before the stage was its own, and which a rebuild sets back): deciding again on
+/// a message already decided, or routing a reply already routed, appends nothing.
 pub struct ContactsStage {
     name: String,
     part: Part,
