@@ -122,11 +122,7 @@ impl<DB: CheckpointTable> Leases<DB> {
     ) -> bool {
         let mut reported = false;
         loop {
-            let held = match self.pool.acquire().await {
-                Ok(mut conn) => DB::held_leases(&mut conn, split, now_ms()).await,
-                Err(err) => Err(err),
-            };
-            match held {
+            match self.held_now(split).await {
                 Ok(held) => {
                     let others: Vec<String> = held
                         .into_iter()
@@ -153,6 +149,13 @@ impl<DB: CheckpointTable> Leases<DB> {
                 () = tokio::time::sleep(self.tick()) => {}
             }
         }
+    }
+
+    /// The leases whose name starts with `prefix` that some replica holds now, and their
+    /// holders.
+    async fn held_now(&self, prefix: &str) -> sqlx::Result<Vec<(String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        DB::held_leases(&mut conn, prefix, now_ms()).await
     }
 
     /// The leases this replica holds now.
@@ -209,32 +212,36 @@ impl<DB: CheckpointTable> Leases<DB> {
     /// replica takes a part, and one holding more lets one go — so the parts spread over every
     /// replica (two replicas of three each holding two of four would leave the third none).
     async fn share_of(&self, name: &str) -> Share {
-        let members = self.members().await;
-        let split = self.parts.lock().expect("leases lock").get(name).cloned();
-        let held: Vec<String> = {
-            let parts = self.parts.lock().expect("leases lock");
-            let same_kind = |lease: &String| parts.get(lease) == split.as_ref();
-            self.held().into_iter().filter(same_kind).collect()
+        let parts = self.parts.lock().expect("leases lock").clone();
+        let split = parts.get(name);
+        let held: Vec<String> = self
+            .held()
+            .into_iter()
+            .filter(|lease| parts.get(lease) == split)
+            .collect();
+        // The live replicas and, of a split, how many of its parts each holds; `None` when the
+        // database does not answer.
+        let standing = match split {
+            Some(split) => self
+                .parts_held_by_members(split, &parts)
+                .await
+                .map(|counts| (counts.len().max(1), counts)),
+            None => self.members().await.map(|members| (members, Vec::new())),
         };
-        let Some(members) = members else {
-            // No answer from the database: unbounded (the leases themselves still keep each
-            // piece of work in one place).
+        let Some((members, counts)) = standing else {
+            // Unbounded: the leases themselves still keep each piece of work in one place.
             return Share {
                 held,
                 room: true,
                 over: false,
             };
         };
-        let parts = self.parts.lock().expect("leases lock").clone();
-        let work = match &split {
+        let work = match split {
             Some(split) => parts.values().filter(|s| *s == split).count(),
             None => self.work.load(Ordering::Relaxed) - parts.len(),
         };
         let (floor, ceil) = (work / members, work.div_ceil(members));
-        let short = match &split {
-            Some(split) => self.a_member_holds_fewer(split, &parts, floor).await,
-            None => false,
-        };
+        let short = counts.iter().any(|count| *count < floor);
         Share {
             room: held.len() < floor || (held.len() < ceil && !short),
             over: held.len() > ceil || (held.len() > floor && short),
@@ -242,24 +249,15 @@ impl<DB: CheckpointTable> Leases<DB> {
         }
     }
 
-    /// Whether a live replica of the same targets holds fewer than `floor` parts of `split`
-    /// (whose parts this replica knows as `parts`).
-    async fn a_member_holds_fewer(
+    /// How many parts of `split` (whose parts this replica knows as `parts`) each live replica
+    /// of the same targets holds, one count per replica.
+    async fn parts_held_by_members(
         &self,
         split: &str,
         parts: &HashMap<String, String>,
-        floor: usize,
-    ) -> bool {
-        let Ok(mut conn) = self.pool.acquire().await else {
-            return false;
-        };
-        let now = now_ms();
-        let (Ok(members), Ok(leases)) = (
-            DB::held_leases(&mut conn, &self.members, now).await,
-            DB::held_leases(&mut conn, split, now).await,
-        ) else {
-            return false;
-        };
+    ) -> Option<Vec<usize>> {
+        let members = self.held_now(&self.members).await.ok()?;
+        let leases = self.held_now(split).await.ok()?;
         let mut held: HashMap<String, usize> =
             members.into_iter().map(|(_, holder)| (holder, 0)).collect();
         for (name, holder) in leases {
@@ -269,7 +267,7 @@ impl<DB: CheckpointTable> Leases<DB> {
                 *count += 1;
             }
         }
-        held.values().any(|count| *count < floor)
+        Some(held.into_values().collect())
     }
 
     /// Says, every third of the time to live, that this replica is alive, until `shutdown`;

@@ -61,8 +61,8 @@ pub async fn take_up(db: &ReadDb, limiter: &RateLimiter, part: Part) -> sqlx::Re
     };
     // A part that never ran takes over from the worker of the whole (an earlier version's).
     let released = match released(part.name(HOLDER)).await? {
-        Some(released) => Some(released),
-        None => released(HOLDER.to_owned()).await?,
+        None if part.count() > 1 => released(HOLDER.to_owned()).await?,
+        found => found,
     };
     let rows = sqlx::query("SELECT location_id, saved_window FROM ghl_pacing")
         .fetch_all(db)
