@@ -869,13 +869,20 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
     }
 
     /// The checkpoint of a projection that has none yet: the lowest of the first of those it
-    /// [starts where](Projection::starts_where), recorded as its own; else the beginning.
+    /// [starts where](Projection::starts_where); else the beginning. Recorded as its own when
+    /// it takes work over, the beginning too: the work it would take over may move on before
+    /// this projection runs (a new install prepares both, then runs both), and the next look
+    /// must not find a checkpoint to take over that passed events this one never saw.
     async fn inherited_checkpoint(
         &self,
         conn: &mut DB::Connection,
     ) -> Result<u64, ProjectionError> {
+        let patterns = self.projection.starts_where();
+        if patterns.is_empty() {
+            return Ok(0);
+        }
         let mut found = None;
-        for pattern in self.projection.starts_where() {
+        for pattern in patterns {
             found = DB::lowest_checkpoint(conn, &pattern)
                 .await
                 .map_err(|e| self.db_error(e))?;
@@ -883,17 +890,17 @@ impl<DB: CheckpointTable> ProjectionRunner<DB> {
                 break;
             }
         }
-        let Some(position) = found else {
-            return Ok(0);
-        };
+        let position = found.unwrap_or(0);
         DB::save_checkpoint(conn, self.name(), position)
             .await
             .map_err(|e| self.db_error(e))?;
-        info!(
-            projection = self.name(),
-            checkpoint = position,
-            "projection starts where the work it takes over had got to"
-        );
+        if found.is_some() {
+            info!(
+                projection = self.name(),
+                checkpoint = position,
+                "projection starts where the work it takes over had got to"
+            );
+        }
         Ok(position)
     }
 

@@ -1244,22 +1244,14 @@ async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_o
             .unwrap()
     };
 
-    // The work was `legacy`'s up to the first of the first wave's two rounds; the stage, which
-    // never ran, takes it over from there.
+    // The work was `legacy`'s up to the first of the first wave's two rounds (an earlier
+    // version did it); the stage, which never ran, takes it over from there.
+    let taken_over = append(wave(1..=1)).await;
+    record_checkpoint(&pool, "legacy", taken_over).await;
+    let head = append(wave(2..=2)).await;
     let whole = Staged::new(Part::WHOLE);
     let runner = ProjectionRunner::new(store.clone(), pool.clone(), whole.clone());
-    assert_eq!(
-        runner.prepare().await.unwrap(),
-        0,
-        "nothing to take over yet"
-    );
-    let taken_over = append(wave(1..=1)).await;
-    sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ('legacy', $1)")
-        .bind(taken_over as i64)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let head = append(wave(2..=2)).await;
+    assert_eq!(runner.prepare().await.unwrap(), taken_over);
     run_to(&runner, head).await;
     let seen = whole.seen.lock().unwrap().clone();
     assert!(
@@ -1316,4 +1308,46 @@ async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_o
         decided, expected,
         "each event of the second wave once, by one part"
     );
+}
+
+/// Records `position` as the checkpoint of `name`, as an earlier run of it would have.
+async fn record_checkpoint(pool: &Pool<Sqlite>, name: &str, position: u64) {
+    let mut conn = pool.acquire().await.unwrap();
+    Sqlite::create_checkpoint_table(&mut conn).await.unwrap();
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .bind(name)
+    .bind(position as i64)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_stage_with_nothing_to_take_over_starts_at_the_beginning_even_once_the_rest_ran() {
+    let fixture = TestSqlite::new().unwrap();
+    let (store, pool) = sqlite_pair(&fixture).await;
+    // A new install: every read model of the process is prepared before any runs; the stage
+    // finds nothing to take over.
+    let stage = Staged::new(Part::WHOLE);
+    let runner = ProjectionRunner::new(store.clone(), pool.clone(), stage.clone());
+    assert_eq!(runner.prepare().await.unwrap(), 0);
+    // The read model it would take over from runs first, through what is in the log.
+    let payloads: Vec<String> = (1..=5)
+        .map(|n| format!(r#"{{"key":"contact-{n}","n":{n}}}"#))
+        .collect();
+    let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let head = *append_payloads(store.as_ref(), &payloads)
+        .await
+        .last()
+        .unwrap();
+    record_checkpoint(&pool, "legacy", head).await;
+
+    // The stage runs (its run prepares again): it decides every event, none skipped.
+    run_to(&runner, head).await;
+    let mut seen: Vec<u64> = stage.seen.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    seen.sort();
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
 }
