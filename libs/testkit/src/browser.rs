@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::{ChildGuard, free_port};
 
@@ -28,8 +30,11 @@ pub fn screenshot_dir() -> PathBuf {
 
 /// chromedriver on a free port, with Debian's Chromium (1000×760, headless). Keep the guard for
 /// as long as the client is used.
-pub async fn browser() -> (ChildGuard, Client) {
+pub async fn browser() -> (BrowserGuard, Client) {
     let port = free_port();
+    // A profile of its own, by which the guard finds this browser's processes when it goes.
+    let profile =
+        std::env::temp_dir().join(format!("whatsnap-chromium-{}-{port}", std::process::id()));
     let driver = Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -38,12 +43,15 @@ pub async fn browser() -> (ChildGuard, Client) {
         .expect(
             "chromedriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does)",
         );
-    let driver = ChildGuard::new(driver);
+    let guard = BrowserGuard {
+        driver: ChildGuard::new(driver),
+        profile: profile.clone(),
+    };
     let capabilities = serde_json::json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1000,760"],
+                     "--window-size=1000,760", format!("--user-data-dir={}", profile.display())],
         }
     });
     let capabilities = capabilities
@@ -55,7 +63,7 @@ pub async fn browser() -> (ChildGuard, Client) {
     let mut last_error = None;
     for _ in 0..100 {
         match builder.connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(client) => return (driver, client),
+            Ok(client) => return (guard, client),
             Err(err) => last_error = Some(err),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -63,11 +71,82 @@ pub async fn browser() -> (ChildGuard, Client) {
     panic!("chromedriver did not start: {last_error:?}");
 }
 
+/// chromedriver and the browser it started: dropped (the test passed, failed or never closed
+/// its session), both are killed with every process the browser started. Killing chromedriver
+/// alone left Chromium running, orphaned, after every test that did not close its session.
+pub struct BrowserGuard {
+    driver: ChildGuard,
+    profile: PathBuf,
+}
+
+impl Drop for BrowserGuard {
+    fn drop(&mut self) {
+        let Some(driver) = self.driver.id() else {
+            return;
+        };
+        // The whole tree at once: a child killed first would leave its own children orphaned.
+        let mut killed = descendants(driver as i32);
+        for pid in &killed {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        // Gone (or a zombie, which writes nothing) before the profile is removed, so that
+        // nothing writes it again; a second at most.
+        let running = |pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        };
+        for _ in 0..50 {
+            killed.retain(running);
+            if killed.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The processes descended from `root` (not `root` itself), from `/proc`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; the command may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// chromedriver and the browser session it drives; the driver stops when this is dropped.
 pub struct Browser {
     pub client: Client,
     screenshots: PathBuf,
-    _driver: ChildGuard,
+    _driver: BrowserGuard,
 }
 
 impl Browser {
