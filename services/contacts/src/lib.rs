@@ -380,7 +380,9 @@ impl Projection<Any> for ContactsStage {
     }
 
     fn reacts_to(&self, event: &RecordedEvent) -> bool {
-        self.part.holds(&self.react_key(event).unwrap_or_default())
+        // The whole stage reacts to every message and reply: finding the contact (a decode and
+        // a phone number parsed) only to be told so would be spent for nothing.
+        self.part.count() == 1 || self.part.holds(&self.react_key(event).unwrap_or_default())
     }
 
     /// The contact a message is from or a reply is to: one contact's are handled in order,
