@@ -1261,8 +1261,7 @@ async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_o
 
     // Split in three, the stage goes on with the second wave only, not from the work it took
     // over once (set back to the beginning since, as a rebuild does).
-    sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = 'legacy'")
-        .execute(&pool)
+    Sqlite::reset_checkpoint(&mut *pool.acquire().await.unwrap(), "legacy")
         .await
         .unwrap();
     let head = append(wave(3..=5)).await;
@@ -1314,15 +1313,9 @@ async fn a_stage_split_into_parts_goes_on_where_it_was_each_key_in_one_part_in_o
 async fn record_checkpoint(pool: &Pool<Sqlite>, name: &str, position: u64) {
     let mut conn = pool.acquire().await.unwrap();
     Sqlite::create_checkpoint_table(&mut conn).await.unwrap();
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
-         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-    )
-    .bind(name)
-    .bind(position as i64)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    Sqlite::save_checkpoint(&mut conn, name, position)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

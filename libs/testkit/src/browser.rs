@@ -91,14 +91,8 @@ impl Drop for BrowserGuard {
         }
         // Gone (or a zombie, which writes nothing) before the profile is removed, so that
         // nothing writes it again; a second at most.
-        let running = |pid: &i32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            })
-        };
         for _ in 0..50 {
-            killed.retain(running);
+            killed.retain(|pid| state_and_parent(*pid).is_some_and(|(state, _)| state != 'Z'));
             if killed.is_empty() {
                 break;
             }
@@ -108,6 +102,17 @@ impl Drop for BrowserGuard {
     }
 }
 
+/// A process's state (`Z` for a zombie) and its parent's id, from `/proc/<pid>/stat`; `None`
+/// once it is gone.
+fn state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; the command may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
 /// The processes descended from `root` (not `root` itself), from `/proc`.
 fn descendants(root: i32) -> Vec<i32> {
     let mut parents = Vec::new();
@@ -115,14 +120,7 @@ fn descendants(root: i32) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        // `pid (comm) state ppid ...`; the command may hold spaces and parentheses.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if let Some(ppid) = ppid {
+        if let Some((_, ppid)) = state_and_parent(pid) {
             parents.push((pid, ppid));
         }
     }
