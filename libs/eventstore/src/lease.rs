@@ -57,6 +57,9 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+/// How often [`Leases::exclusively`] asks for a lease another replica holds.
+const EXCLUSIVE_POLL: Duration = Duration::from_millis(50);
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -75,6 +78,16 @@ pub struct Leases<DB: CheckpointTable> {
     parts: Mutex<HashMap<String, String>>,
     /// The leases it holds now.
     held: Mutex<BTreeSet<String>>,
+}
+
+impl<DB: CheckpointTable> std::fmt::Debug for Leases<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("holder", &self.holder)
+            .field("members", &self.members)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<DB: CheckpointTable> Leases<DB> {
@@ -394,6 +407,52 @@ impl<DB: CheckpointTable> Leases<DB> {
         }
     }
 
+    /// Runs `work` once this replica holds the lease `name`, waiting while another replica
+    /// holds it, and lets the lease go when `work` ends: for a short piece of work that must
+    /// not run on two replicas at once (a token refresh, which spends the refresh token). The
+    /// lease is renewed while `work` runs; `work` is not stopped if the renewal fails (it may
+    /// be a call already on its way), which is logged. `Err` when the database cannot be
+    /// asked for the lease, then `work` has not run.
+    pub async fn exclusively<T>(
+        &self,
+        name: &str,
+        work: impl Future<Output = T>,
+    ) -> sqlx::Result<T> {
+        let started = Instant::now();
+        let fence = loop {
+            if let Some(fence) = self.try_acquire(name).await? {
+                break fence;
+            }
+            // A refresh takes a round trip or two: look often, and give a holder that died
+            // the time its lease takes to run out.
+            tokio::time::sleep(EXCLUSIVE_POLL).await;
+        };
+        let waited = started.elapsed();
+        if waited > self.tick() {
+            info!(lease = %name, waited_ms = waited.as_millis() as u64, "lease taken after another replica's work");
+        }
+        tokio::pin!(work);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                () = tokio::time::sleep(self.tick()) => {}
+            }
+            match self.renew(&fence).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(lease = %name, "lease lost while its work ran: another replica may do it too")
+                }
+                Err(err) => {
+                    warn!(lease = %name, error = %err, "lease not renewed while its work ran")
+                }
+            }
+        };
+        if let Err(err) = self.set_expiry(&fence, 0).await {
+            warn!(lease = %name, error = %err, "lease not let go: it runs out by itself");
+        }
+        Ok(outcome)
+    }
+
     /// The lease, once free and within this replica's share; `None` at shutdown.
     async fn wait_for(&self, name: &str, shutdown: &CancellationToken) -> Option<Fence> {
         loop {
@@ -478,6 +537,62 @@ mod tests {
         // a's fence no longer holds: a late renewal (or a fenced commit) is refused.
         assert!(!a.renew(&first).await.unwrap());
         assert!(b.renew(&second).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn exclusive_work_runs_on_one_replica_at_a_time_even_past_the_time_to_live() {
+        let (_dir, pool) = pool().await;
+        let ttl = Duration::from_millis(300);
+        let a = Leases::open(pool.clone(), "all", "a".into(), ttl)
+            .await
+            .unwrap();
+        let b = Leases::open(pool.clone(), "all", "b".into(), ttl)
+            .await
+            .unwrap();
+        // Who runs the work, in order, and how many run it at once.
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let now_running = Arc::new(AtomicUsize::new(0));
+        let work = |holder: &'static str| {
+            let (log, now_running) = (log.clone(), now_running.clone());
+            async move {
+                let before = now_running.fetch_add(1, Ordering::SeqCst);
+                log.lock()
+                    .unwrap()
+                    .push(format!("{holder} starts beside {before}"));
+                // Twice the time to live: only renewal keeps the other replica out.
+                tokio::time::sleep(ttl * 2).await;
+                now_running.fetch_sub(1, Ordering::SeqCst);
+                holder
+            }
+        };
+        let first = a.exclusively("refresh:x", work("a"));
+        let second = async {
+            // Asks once a holds it.
+            whatsnap_testkit::eventually("a working", async || {
+                (!log.lock().unwrap().is_empty()).then_some(())
+            })
+            .await;
+            b.exclusively("refresh:x", work("b")).await
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!((first.unwrap(), second.unwrap()), ("a", "b"));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["a starts beside 0", "b starts beside 0"]
+        );
+
+        // A holder that died with the lease leaves it to run out; the next one then works.
+        let dead = a.try_acquire("refresh:y").await.unwrap().unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            b.exclusively("refresh:y", async { "b" }).await.unwrap(),
+            "b"
+        );
+        assert!(
+            started.elapsed() >= ttl / 2,
+            "b waited for a's lease to run out"
+        );
+        assert!(!a.renew(&dead).await.unwrap(), "a's lease is gone");
     }
 
     #[tokio::test]

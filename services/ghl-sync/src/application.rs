@@ -52,6 +52,12 @@ impl Application {
         self.ghl_sync.queue_moves_with(progress);
     }
 
+    /// Shares the renewal of tokens with the other replicas through `leases` (see
+    /// [`GhlSync::share_tokens_with`]); before the worker first runs.
+    pub fn share_tokens_with(&mut self, leases: Arc<whatsnap_eventstore::lease::Leases<Any>>) {
+        self.ghl_sync.share_tokens_with(leases);
+    }
+
     pub fn grpc(&self) -> pb::ghl_sync_service_server::GhlSyncServiceServer<GhlSync> {
         self.ghl_sync.grpc()
     }

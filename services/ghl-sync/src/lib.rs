@@ -95,6 +95,17 @@ impl GhlSync {
         }
     }
 
+    /// Shares the renewal of tokens with the other replicas of ghl-sync through `leases`: one
+    /// replica at a time refreshes a connection's tokens.
+    pub fn share_tokens_with(
+        &mut self,
+        leases: Arc<whatsnap_eventstore::lease::Leases<sqlx::Any>>,
+    ) {
+        if let Some(config) = self.config.as_mut() {
+            config.replicas = Some(leases);
+        }
+    }
+
     fn configured(&self) -> Result<&WorkerConfig, ServiceError> {
         self.config.as_ref().ok_or_else(|| {
             ServiceError::FailedPrecondition("this ghl-sync runs without a GHL client".into())

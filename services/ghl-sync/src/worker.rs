@@ -23,6 +23,7 @@ use whatsnap_events::{
     AggregateKind, Event, EventMetadata, GhlSyncFailed, GhlTokenKind, GhlTokensIssued, LocationId,
     NewEvent, StreamId,
 };
+use whatsnap_eventstore::lease::Leases;
 use whatsnap_eventstore::projection::{Backoff, Part};
 use whatsnap_eventstore::{Aggregates, EventStore, ExpectedVersion, LoadError, StoreError};
 use whatsnap_ghl::client::{
@@ -68,6 +69,11 @@ pub struct WorkerConfig {
     pub max_item_attempts: u32,
     /// Open what the queue keeps of a person (sealed with the contact's key).
     pub contact_keys: Option<Arc<whatsnap_pii::ContactKeys>>,
+    /// The leases of the replicas that share the GHL work, when there are replicas: a
+    /// connection's tokens are renewed by one replica at a time (an agency's token serves
+    /// locations whose work is on different replicas, and a refresh token is spent by its
+    /// first use). `None`: one process does all the work.
+    pub replicas: Option<Arc<Leases<sqlx::Any>>>,
 }
 
 impl WorkerConfig {
@@ -84,6 +90,7 @@ impl WorkerConfig {
             users_refresh: Duration::from_secs(600),
             max_item_attempts: 3,
             contact_keys: None,
+            replicas: None,
         }
     }
 }
@@ -678,12 +685,7 @@ impl Worker {
             && let Some(tokens) = &fresh.tokens
             && !fresh.needs_refresh(Utc::now(), chrono::Duration::minutes(5))
         {
-            return self
-                .config
-                .secret_key
-                .open(&tokens.access_token)
-                .map(|t| t.expose().to_owned())
-                .map_err(|e| format!("the stored GHL token: {e}"));
+            return self.open(tokens);
         }
         let state = &fresh;
         let agency_state = self.stream_state(&agency_stream).await?;
@@ -751,26 +753,39 @@ impl Worker {
             }
             GhlTokenKind::PrivateIntegration => false,
         };
-        let open = |tokens: &GhlTokensIssued| {
-            self.config
-                .secret_key
-                .open(&tokens.access_token)
-                .map(|t| t.expose().to_owned())
-                .map_err(|e| format!("the stored GHL token: {e}"))
-        };
         if !refresh {
-            return open(&tokens);
+            return self.open(&tokens);
         }
-        // One refresh at a time per connection: a refresh token is spent by its first use.
+        // One refresh at a time per connection, in this process and across the replicas: a
+        // refresh token is spent by its first use.
         let lock = self.refresh_lock(stream);
         let _refreshing = lock.lock().await;
+        let refresh = self.refresh(stream, seen_version, whose);
+        match &self.config.replicas {
+            None => refresh.await,
+            Some(leases) => leases
+                .exclusively(&format!("refresh:{stream}"), refresh)
+                .await
+                .map_err(|e| format!("cannot take the turn to refresh {whose}'s GHL token: {e}"))?,
+        }
+    }
+
+    /// Refreshes the tokens of the connection in `stream` (and stores the rotated refresh
+    /// token) unless another task or replica did since it was at `seen_version`; the access
+    /// token. Called holding the connection's turn to refresh.
+    async fn refresh(
+        &self,
+        stream: &StreamId,
+        seen_version: u64,
+        whose: &str,
+    ) -> Result<String, String> {
         let state = &self.stream_state(stream).await?;
         let Some(tokens) = state.tokens.clone() else {
             return Err(format!("{whose} holds no GHL token"));
         };
         if state.version != seen_version {
             // Another task refreshed while this one waited: its tokens are the new ones.
-            return open(&tokens);
+            return self.open(&tokens);
         }
         let Some(sealed) = &tokens.refresh_token else {
             return Err(format!(
@@ -823,6 +838,15 @@ impl Worker {
         failpoint::hit("ghl.refresh.after_outcome");
         info!(whose, "GHL token refreshed");
         Ok(grant.access_token)
+    }
+
+    /// The access token of `tokens`, unsealed.
+    fn open(&self, tokens: &GhlTokensIssued) -> Result<String, String> {
+        self.config
+            .secret_key
+            .open(&tokens.access_token)
+            .map(|t| t.expose().to_owned())
+            .map_err(|e| format!("the stored GHL token: {e}"))
     }
 
     /// The lock held while the tokens of the connection in `stream` are renewed.

@@ -1154,6 +1154,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     ) {
         ghl_sync.queue_moves_with(pending.position.clone());
     }
+    if let (Some(ghl_sync), Some(leases)) = (services.ghl_sync.as_mut(), &leases) {
+        ghl_sync.share_tokens_with(leases.clone());
+    }
     if let Some(assignment) = &services.assignment {
         progress.push(Follower {
             name: "assignment_decider".to_owned(),
