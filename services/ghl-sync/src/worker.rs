@@ -44,6 +44,43 @@ use crate::users;
 /// How long the worker lets the queue's read model settle after it moved before looking again.
 const QUEUE_SETTLES: Duration = Duration::from_millis(50);
 
+/// The columns of a contact as the queue's read model has it (`c`, a row of `ghl_contacts`),
+/// with the position its own queue item is at, if it has one: read in the same statement, so
+/// the tags cover at least that position (they are projected together).
+static CONTACT_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "c.phone, c.name, c.tags, c.ghl_contact_id, c.assigned_to, (SELECT p.position FROM \
+         ghl_pending p WHERE p.kind = '{CONTACT}' AND p.subject_id = c.contact_id) AS queued"
+    )
+});
+
+/// A contact as the queue's read model has it ([`CONTACT_COLUMNS`]), its details sealed.
+struct QueuedContact {
+    /// The position of the contact's own queue item, when it has one.
+    queued: Option<i64>,
+    phone: String,
+    name: Option<String>,
+    /// Its tags, as JSON.
+    tags: String,
+    linked: Option<String>,
+    assigned_to: Option<String>,
+}
+
+impl QueuedContact {
+    /// The contact of a row with [`CONTACT_COLUMNS`]; `None` when the row has none (a message
+    /// whose contact is not in the read model yet).
+    fn from_row(row: &sqlx::any::AnyRow) -> Option<Self> {
+        Some(Self {
+            phone: row.get::<Option<String>, _>("phone")?,
+            queued: row.get("queued"),
+            name: row.get("name"),
+            tags: row.get::<Option<String>, _>("tags").unwrap_or_default(),
+            linked: row.get("ghl_contact_id"),
+            assigned_to: row.get("assigned_to"),
+        })
+    }
+}
+
 /// How the worker talks to GHL.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -918,26 +955,43 @@ impl Worker {
         push_tags: bool,
         done: &mut HashMap<(String, String), i64>,
     ) -> Result<Option<String>, Failure> {
-        let id = contact_id.to_string();
-        // The queued position is read before the tags, so the tags cover at least it.
-        let queued: Option<i64> =
-            sqlx::query("SELECT position FROM ghl_pending WHERE kind = $1 AND subject_id = $2")
-                .bind(CONTACT)
-                .bind(&id)
-                .fetch_optional(&self.db)
-                .await?
-                .map(|row| row.get("position"));
-        let Some(row) = sqlx::query(
-            "SELECT phone, name, tags, ghl_contact_id, assigned_to FROM ghl_contacts WHERE contact_id = $1",
-        )
-        .bind(&id)
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM ghl_contacts c WHERE c.contact_id = $1",
+            *CONTACT_COLUMNS
+        ))
+        .bind(contact_id.to_string())
         .fetch_optional(&self.db)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let phone = self.opened(location, row.get("phone")).await?;
-        let name = match row.get::<Option<String>, _>("name") {
+        .await?;
+        match row.as_ref().map(QueuedContact::from_row) {
+            Some(Some(contact)) => {
+                self.sync_queued_contact(location, token, contact_id, contact, push_tags, done)
+                    .await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// As [`Self::sync_contact`], for the contact as the queue's read model has it.
+    async fn sync_queued_contact(
+        &self,
+        location: &LocationId,
+        token: &str,
+        contact_id: Uuid,
+        contact: QueuedContact,
+        push_tags: bool,
+        done: &mut HashMap<(String, String), i64>,
+    ) -> Result<Option<String>, Failure> {
+        let id = contact_id.to_string();
+        let QueuedContact {
+            queued,
+            phone,
+            name,
+            tags,
+            linked,
+            assigned_to,
+        } = contact;
+        let phone = self.opened(location, phone).await?;
+        let name = match name {
             Some(name) => Some(self.opened(location, name).await?),
             None => None,
         };
@@ -948,8 +1002,7 @@ impl Worker {
                 None,
             ));
         }
-        let tags: Vec<String> =
-            serde_json::from_str(&row.get::<String, _>("tags")).unwrap_or_default();
+        let tags: Vec<String> = serde_json::from_str(&tags).unwrap_or_default();
         if tags.is_empty() && queued.is_some() {
             // Created, its account tag not projected yet (they are written together).
             return Ok(None);
@@ -962,8 +1015,8 @@ impl Worker {
             phone,
             name,
             tags,
-            assigned_to: row.get("assigned_to"),
-            linked: row.get("ghl_contact_id"),
+            assigned_to,
+            linked,
             through: push_tags.then(|| queued.unwrap_or(0) as u64),
             covers: queued.unwrap_or(0) as u64,
         };
@@ -1044,9 +1097,13 @@ impl Worker {
         message_id: Uuid,
         done: &mut HashMap<(String, String), i64>,
     ) -> Result<Step, Failure> {
-        let Some(row) = sqlx::query(
-            "SELECT contact_id, direction, body, attachments, at FROM ghl_messages WHERE message_id = $1",
-        )
+        // The message and its contact in one statement: one round trip per message.
+        let Some(row) = sqlx::query(&format!(
+            "SELECT m.contact_id, m.direction, m.body, m.attachments, m.at, {} \
+             FROM ghl_messages m LEFT JOIN ghl_contacts c ON c.contact_id = m.contact_id \
+             WHERE m.message_id = $1",
+            *CONTACT_COLUMNS
+        ))
         .bind(message_id.to_string())
         .fetch_optional(&self.db)
         .await?
@@ -1057,8 +1114,11 @@ impl Worker {
             .get::<String, _>("contact_id")
             .parse()
             .map_err(|_| Failure::Final("a message without a contact".into(), None))?;
+        let Some(contact) = QueuedContact::from_row(&row) else {
+            return Ok(Step::NotYet);
+        };
         let Some(ghl_contact_id) = self
-            .sync_contact(location, token, contact_id, false, done)
+            .sync_queued_contact(location, token, contact_id, contact, false, done)
             .await?
         else {
             return Ok(Step::NotYet);
