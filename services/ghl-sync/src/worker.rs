@@ -9,7 +9,7 @@
 //! and every `users_refresh`, and records what changed in the location's users stream.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,14 +47,32 @@ const QUEUE_SETTLES: Duration = Duration::from_millis(50);
 /// The columns of a contact as the queue's read model has it (`c`, a row of `ghl_contacts`),
 /// with the position its own queue item is at, if it has one: read in the same statement, so
 /// the tags cover at least that position (they are projected together).
-static CONTACT_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+fn contact_columns() -> String {
     format!(
         "c.phone, c.name, c.tags, c.ghl_contact_id, c.assigned_to, (SELECT p.position FROM \
          ghl_pending p WHERE p.kind = '{CONTACT}' AND p.subject_id = c.contact_id) AS queued"
     )
+}
+
+/// A contact, by id, with [`contact_columns`].
+static CONTACT_QUERY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM ghl_contacts c WHERE c.contact_id = $1",
+        contact_columns()
+    )
 });
 
-/// A contact as the queue's read model has it ([`CONTACT_COLUMNS`]), its details sealed.
+/// A message to post, by id, and its contact ([`contact_columns`], null while the contact is
+/// not in the read model): one round trip per message.
+static MESSAGE_QUERY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT m.contact_id, m.direction, m.body, m.attachments, m.at, {} FROM ghl_messages m \
+         LEFT JOIN ghl_contacts c ON c.contact_id = m.contact_id WHERE m.message_id = $1",
+        contact_columns()
+    )
+});
+
+/// A contact as the queue's read model has it ([`contact_columns`]), its details sealed.
 struct QueuedContact {
     /// The position of the contact's own queue item, when it has one.
     queued: Option<i64>,
@@ -67,7 +85,7 @@ struct QueuedContact {
 }
 
 impl QueuedContact {
-    /// The contact of a row with [`CONTACT_COLUMNS`]; `None` when the row has none (a message
+    /// The contact of a row with [`contact_columns`]; `None` when the row has none (a message
     /// whose contact is not in the read model yet).
     fn from_row(row: &sqlx::any::AnyRow) -> Option<Self> {
         Some(Self {
@@ -955,13 +973,10 @@ impl Worker {
         push_tags: bool,
         done: &mut HashMap<(String, String), i64>,
     ) -> Result<Option<String>, Failure> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM ghl_contacts c WHERE c.contact_id = $1",
-            *CONTACT_COLUMNS
-        ))
-        .bind(contact_id.to_string())
-        .fetch_optional(&self.db)
-        .await?;
+        let row = sqlx::query(&CONTACT_QUERY)
+            .bind(contact_id.to_string())
+            .fetch_optional(&self.db)
+            .await?;
         match row.as_ref().map(QueuedContact::from_row) {
             Some(Some(contact)) => {
                 self.sync_queued_contact(location, token, contact_id, contact, push_tags, done)
@@ -1097,16 +1112,10 @@ impl Worker {
         message_id: Uuid,
         done: &mut HashMap<(String, String), i64>,
     ) -> Result<Step, Failure> {
-        // The message and its contact in one statement: one round trip per message.
-        let Some(row) = sqlx::query(&format!(
-            "SELECT m.contact_id, m.direction, m.body, m.attachments, m.at, {} \
-             FROM ghl_messages m LEFT JOIN ghl_contacts c ON c.contact_id = m.contact_id \
-             WHERE m.message_id = $1",
-            *CONTACT_COLUMNS
-        ))
-        .bind(message_id.to_string())
-        .fetch_optional(&self.db)
-        .await?
+        let Some(row) = sqlx::query(&MESSAGE_QUERY)
+            .bind(message_id.to_string())
+            .fetch_optional(&self.db)
+            .await?
         else {
             return Ok(Step::NotYet);
         };
