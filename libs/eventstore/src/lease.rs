@@ -515,16 +515,24 @@ mod tests {
         (dir, pool)
     }
 
+    /// Replicas `a` and `b` of the same targets, with leases of `ttl` in a new database.
+    async fn two_replicas(
+        ttl: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Leases<sqlx::Sqlite>>,
+        Arc<Leases<sqlx::Sqlite>>,
+    ) {
+        let (dir, pool) = pool().await;
+        let open = |holder: &str| Leases::open(pool.clone(), "all", holder.into(), ttl);
+        let (a, b) = (open("a").await.unwrap(), open("b").await.unwrap());
+        (dir, a, b)
+    }
+
     #[tokio::test]
     async fn a_lease_has_one_holder_until_it_runs_out_and_the_next_holder_gets_a_new_epoch() {
-        let (_dir, pool) = pool().await;
         let ttl = Duration::from_millis(300);
-        let a = Leases::open(pool.clone(), "all", "a".into(), ttl)
-            .await
-            .unwrap();
-        let b = Leases::open(pool.clone(), "all", "b".into(), ttl)
-            .await
-            .unwrap();
+        let (_dir, a, b) = two_replicas(ttl).await;
         let first = a.try_acquire("work").await.unwrap().unwrap();
         assert!(b.try_acquire("work").await.unwrap().is_none(), "held by a");
         assert!(a.renew(&first).await.unwrap());
@@ -541,14 +549,8 @@ mod tests {
 
     #[tokio::test]
     async fn exclusive_work_runs_on_one_replica_at_a_time_even_past_the_time_to_live() {
-        let (_dir, pool) = pool().await;
         let ttl = Duration::from_millis(300);
-        let a = Leases::open(pool.clone(), "all", "a".into(), ttl)
-            .await
-            .unwrap();
-        let b = Leases::open(pool.clone(), "all", "b".into(), ttl)
-            .await
-            .unwrap();
+        let (_dir, a, b) = two_replicas(ttl).await;
         // Who runs the work, in order, and how many run it at once.
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let now_running = Arc::new(AtomicUsize::new(0));
