@@ -977,13 +977,11 @@ impl Worker {
             .bind(contact_id.to_string())
             .fetch_optional(&self.db)
             .await?;
-        match row.as_ref().map(QueuedContact::from_row) {
-            Some(Some(contact)) => {
-                self.sync_queued_contact(location, token, contact_id, contact, push_tags, done)
-                    .await
-            }
-            _ => Ok(None),
-        }
+        let Some(contact) = row.as_ref().and_then(QueuedContact::from_row) else {
+            return Ok(None);
+        };
+        self.sync_queued_contact(location, token, contact_id, contact, push_tags, done)
+            .await
     }
 
     /// As [`Self::sync_contact`], for the contact as the queue's read model has it.

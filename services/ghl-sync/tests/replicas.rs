@@ -1,36 +1,18 @@
 //! ghl-sync on replicas: workers of different processes, each doing the GHL work of its own
 //! locations, share their agency's token; one of them renews it, once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use whatsnap_events::{
-    AggregateKind, ContactCreated, ContactTagged, Event, GhlInstalled, GhlTokenKind,
-    GhlTokensIssued, LocationId, PhoneNumber, StreamId, TagSource, contact_id_for,
-};
+use whatsnap_events::{Event, GhlInstalled, GhlTokenKind, GhlTokensIssued, LocationId};
 use whatsnap_eventstore::lease::Leases;
 use whatsnap_eventstore::projection::Part;
-use whatsnap_ghl::client::{GhlClient, GhlConfig};
-use whatsnap_ghl::ratelimit::{Limits, RateLimiter};
-use whatsnap_ghl_sync::{GhlSync, WorkerConfig, connection};
+use whatsnap_ghl_sync::{GhlSync, connection};
 use whatsnap_secrets::SecretKey;
 use whatsnap_testkit::{FakeGhl, eventually};
 
 mod common;
 
-use common::{PHONE, Rig, SECRET_KEY};
-
-fn client(ghl: &FakeGhl) -> GhlClient {
-    GhlClient::new(
-        GhlConfig {
-            api_base: ghl.base_url(),
-            client_id: Some(FakeGhl::CLIENT_ID.into()),
-            client_secret: Some(FakeGhl::CLIENT_SECRET.into()),
-            ..GhlConfig::default()
-        },
-        Arc::new(RateLimiter::new(Limits::default())),
-    )
-}
+use common::{PHONE, Rig, SECRET_KEY, worker_config};
 
 /// A location of each of the two parts of the GHL work.
 fn one_location_per_part() -> [LocationId; 2] {
@@ -49,7 +31,8 @@ async fn replicas_whose_locations_share_an_agency_refresh_its_token_once() {
     let rig = Rig::start(None).await;
     let key = SecretKey::from_base64(SECRET_KEY).unwrap();
     // The agency installed the app; its token is about to expire.
-    let grant = client(&rig.ghl)
+    let grant = worker_config(&rig.ghl, Duration::from_millis(20), None)
+        .client
         .exchange_code(&rig.ghl.issue_company_code(FakeGhl::COMPANY_ID))
         .await
         .unwrap();
@@ -69,7 +52,6 @@ async fn replicas_whose_locations_share_an_agency_refresh_its_token_once() {
     .await;
     // Two of its locations installed it, and a customer of each wrote.
     let locations = one_location_per_part();
-    let phone = PhoneNumber::parse(PHONE).unwrap();
     for location in &locations {
         let installed = GhlInstalled {
             company_id: Some(FakeGhl::COMPANY_ID.into()),
@@ -78,22 +60,7 @@ async fn replicas_whose_locations_share_an_agency_refresh_its_token_once() {
         };
         rig.append(connection::stream(location), vec![Event::from(installed)])
             .await;
-        let contact_id = contact_id_for(location, &phone);
-        let created = ContactCreated {
-            contact_id,
-            phone: PHONE.into(),
-            name: None,
-            first_account_id: None,
-            platform: None,
-        };
-        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
-        let tagged = ContactTagged {
-            contact_id,
-            tag: "sales".into(),
-            source: TagSource::Account,
-        };
-        rig.append(stream, vec![created.into(), tagged.into()])
-            .await;
+        rig.contact_messages_at(location).await;
     }
     // Each call to GHL takes a while: both replicas find the agency's token about to expire
     // before either has renewed it.
@@ -106,8 +73,7 @@ async fn replicas_whose_locations_share_an_agency_refresh_its_token_once() {
         let leases = Leases::open(rig.db.clone(), "ghl-sync", replica.into(), ttl)
             .await
             .unwrap();
-        let mut config = WorkerConfig::new(client(&rig.ghl), key.clone());
-        config.poll = Duration::from_millis(20);
+        let mut config = worker_config(&rig.ghl, Duration::from_millis(20), None);
         config.replicas = Some(leases);
         let worker = GhlSync::new(rig.store.clone(), rig.db.clone())
             .with_client(config)

@@ -133,9 +133,13 @@ impl Rig {
 
     /// The contact as the contacts service records it: created, with its account's tag.
     pub async fn contact_messages(&self) -> Uuid {
-        let location = location();
-        let contact_id = contact_id_for(&location, &PhoneNumber::parse(PHONE).unwrap());
-        let stream = StreamId::for_uuid(location, AggregateKind::Contact, contact_id);
+        self.contact_messages_at(&location()).await
+    }
+
+    /// As [`Self::contact_messages`], in `location`.
+    pub async fn contact_messages_at(&self, location: &LocationId) -> Uuid {
+        let contact_id = contact_id_for(location, &PhoneNumber::parse(PHONE).unwrap());
+        let stream = StreamId::for_uuid(location.clone(), AggregateKind::Contact, contact_id);
         let created = ContactCreated {
             contact_id,
             phone: PHONE.into(),
@@ -217,11 +221,18 @@ impl Drop for Rig {
     }
 }
 
-/// A worker's configuration against `ghl`, with GHL's own limits and pacing of its own.
-fn worker_config(ghl: &FakeGhl, poll: Duration, users_refresh: Option<Duration>) -> WorkerConfig {
+/// A worker's configuration against `ghl`, as the fake's OAuth app, with GHL's own limits and
+/// pacing of its own.
+pub fn worker_config(
+    ghl: &FakeGhl,
+    poll: Duration,
+    users_refresh: Option<Duration>,
+) -> WorkerConfig {
     let client = GhlClient::new(
         GhlConfig {
             api_base: ghl.base_url(),
+            client_id: Some(FakeGhl::CLIENT_ID.into()),
+            client_secret: Some(FakeGhl::CLIENT_SECRET.into()),
             ..GhlConfig::default()
         },
         Arc::new(RateLimiter::new(Limits::default())),
