@@ -362,7 +362,7 @@ async fn an_operator_edits_rules_reads_a_timeline_and_insights_and_sees_nothing_
         &channel,
         LOCATION_A,
         CONTACT_A,
-        &["InboundMessageReceived", "ContactCreated", "ContactTagged"],
+        &["InboundMessageReceived", "ContactCreated"],
     )
     .await;
     timeline_with(&channel, LOCATION_B, CONTACT_B, &["InboundMessageReceived"]).await;

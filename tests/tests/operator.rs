@@ -140,7 +140,7 @@ async fn an_operator_adds_an_account_records_a_message_and_traces_the_contact() 
     for expected in [
         "InboundMessageReceived",
         "ContactCreated",
-        "ContactTagged",
+        "tag whatsnap-account-front-desk added (Account)",
         "AssignmentSkipped",
     ] {
         assert!(

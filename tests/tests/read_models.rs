@@ -92,8 +92,12 @@ impl Log {
         self.waves.last_mut().unwrap().push((stream, event.into()));
     }
 
-    fn contact(&mut self, phone: &str) -> Uuid {
+    /// A contact created by its first text, with its account's tag: in one event, as the
+    /// contacts stage creates one now, or (`created_then_tagged`) as it did before, with a
+    /// `ContactTagged` after the creation.
+    fn contact(&mut self, phone: &str, created_then_tagged: bool) -> Uuid {
         let contact_id = contact_id_for(&self.location, &PhoneNumber::parse(phone).unwrap());
+        let tag = "whatsnap-account-front";
         self.push(
             AggregateKind::Contact,
             contact_id,
@@ -103,17 +107,20 @@ impl Log {
                 name: Some("Someone".into()),
                 first_account_id: Some(self.account),
                 platform: None,
+                tag: (!created_then_tagged).then(|| tag.into()),
             },
         );
-        self.push(
-            AggregateKind::Contact,
-            contact_id,
-            ContactTagged {
+        if created_then_tagged {
+            self.push(
+                AggregateKind::Contact,
                 contact_id,
-                tag: "whatsnap-account-front".into(),
-                source: TagSource::Account,
-            },
-        );
+                ContactTagged {
+                    contact_id,
+                    tag: tag.into(),
+                    source: TagSource::Account,
+                },
+            );
+        }
         self.push(
             AggregateKind::Assignment,
             contact_id,
@@ -182,8 +189,8 @@ impl Log {
 fn traffic() -> Log {
     let mut log = Log::new();
     let (ana, ben, cid) = ("+5511999990001", "+5511999990002", "+5511999990003");
-    let ana_id = log.contact(ana);
-    let ben_id = log.contact(ben);
+    let ana_id = log.contact(ana, false);
+    let ben_id = log.contact(ben, true);
     let mut messages = Vec::new();
     for n in 0..40 {
         let message_id = Uuid::now_v7();
@@ -271,7 +278,7 @@ fn traffic() -> Log {
     log.text(ana, Uuid::now_v7(), "after the erasure");
 
     log.next_wave();
-    let cid_id = log.contact(cid);
+    let cid_id = log.contact(cid, false);
     for _ in 0..30 {
         let message_id = Uuid::now_v7();
         log.text(cid, message_id, "more");
@@ -413,6 +420,13 @@ async fn the_ghl_queue_applied_in_batches_is_the_queue_applied_event_by_event_sq
         .filter(|l| l.starts_with("message|") && l.contains(&format!("|{LOCATION}|")))
         .collect();
     assert_eq!(queued.len(), 3, "{together:#?}");
+    // Each contact carries its account's tag, whether its creation carried it (Ana, Cid) or a
+    // `ContactTagged` after it did (Ben).
+    let tagged = together
+        .iter()
+        .filter(|l| l.contains(r#"|["whatsnap-account-front"]|"#))
+        .count();
+    assert_eq!(tagged, 3, "{together:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

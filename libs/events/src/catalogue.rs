@@ -344,6 +344,23 @@ pub struct ContactCreated {
     /// The account the contact first reached, when it was created by an inbound message.
     pub first_account_id: Option<Uuid>,
     pub platform: Option<AccountKind>,
+    /// The tag the contact was created with (its first account's tag, source
+    /// [`TagSource::Account`]): what a [`ContactTagged`] right after this event would add,
+    /// carried here so that a new contact is one append. `None` for a contact created without
+    /// one, and for those created before this field existed (a `ContactTagged` follows each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl ContactCreated {
+    /// The tag added with the creation, as the `ContactTagged` it stands for.
+    pub fn tagged(&self) -> Option<ContactTagged> {
+        self.tag.as_ref().map(|tag| ContactTagged {
+            contact_id: self.contact_id,
+            tag: tag.clone(),
+            source: TagSource::Account,
+        })
+    }
 }
 
 /// An operator erased the contact's personal data: its key was destroyed, so its phone, name

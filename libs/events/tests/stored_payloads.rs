@@ -62,3 +62,21 @@ fn an_inbound_message_stored_before_attachments_existed_decodes_with_none() {
     assert_eq!(body, "Hi, is this open today?");
     assert!(attachments.is_empty());
 }
+
+#[test]
+fn a_contact_created_before_its_creation_carried_a_tag_decodes_with_none() {
+    // ContactCreated v1 was first written without `tag` (a `ContactTagged` followed it); the
+    // field was added later with a default, so the stored payload decodes unchanged.
+    let stored = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ContactCreated.v1.json"),
+    )
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains("\"tag\""));
+    let Event::ContactCreated(created) = Event::decode("ContactCreated", 1, &stored).unwrap()
+    else {
+        panic!("wrong variant");
+    };
+    assert_eq!(created.phone, "+14155550100");
+    assert_eq!(created.tag, None);
+    assert!(created.tagged().is_none());
+}

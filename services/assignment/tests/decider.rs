@@ -93,6 +93,7 @@ async fn new_contact(store: &dyn EventStore, account: Uuid, n: usize) -> Uuid {
             name: None,
             first_account_id: Some(account),
             platform: Some(AccountKind::Twilio),
+            tag: None,
         }),
     )
     .await;

@@ -26,7 +26,10 @@ impl whatsnap_eventstore::Aggregate for ContactState {
 pub fn evolve(mut state: ContactState, event: &Event, version: u64) -> ContactState {
     state.version = version;
     match event {
-        Event::ContactCreated(_) => state.exists = true,
+        Event::ContactCreated(e) => {
+            state.exists = true;
+            state.tags.extend(e.tag.clone());
+        }
         Event::ContactErased(_) => state.erased = true,
         Event::ContactTagged(e) => {
             state.tags.insert(e.tag.clone());
@@ -63,9 +66,10 @@ pub fn tags_by_recency<'a>(history: impl IntoIterator<Item = &'a Event>) -> Vec<
     let mut tags: Vec<String> = Vec::new();
     for event in history {
         match event {
-            Event::ContactTagged(e) => {
-                tags.retain(|t| t != &e.tag);
-                tags.push(e.tag.clone());
+            Event::ContactCreated(ContactCreated { tag: Some(tag), .. })
+            | Event::ContactTagged(ContactTagged { tag, .. }) => {
+                tags.retain(|t| t != tag);
+                tags.push(tag.clone());
             }
             Event::ContactUntagged(e) => tags.retain(|t| t != &e.tag),
             _ => {}
@@ -136,7 +140,8 @@ pub fn decide_tag(
 }
 
 /// A message arrived from this contact's phone on an account with `tag`: create the contact if
-/// it does not exist, and tag it with the account's tag if it lacks it.
+/// it does not exist, with the account's tag (one event), and tag an existing contact with it if
+/// it lacks it.
 pub fn decide_on_inbound(
     state: &ContactState,
     contact_id: Uuid,
@@ -153,9 +158,9 @@ pub fn decide_on_inbound(
             name: message.sender_name.clone(),
             first_account_id: Some(message.account_id),
             platform,
+            tag: Some(tag.to_owned()),
         }));
-    }
-    if !state.tags.contains(tag) {
+    } else if !state.tags.contains(tag) {
         events.push(Event::from(ContactTagged {
             contact_id,
             tag: tag.to_owned(),
@@ -213,19 +218,60 @@ mod tests {
     }
 
     #[test]
-    fn given_no_contact_when_a_message_arrives_then_it_is_created_and_tagged() {
+    fn given_no_contact_when_a_message_arrives_then_it_is_created_and_tagged_in_one_event() {
         let phone = PhoneNumber::parse("+14155550100").unwrap();
+        let id = Uuid::now_v7();
         let events = decide_on_inbound(
             &ContactState::default(),
-            Uuid::now_v7(),
+            id,
             &phone,
             &message(),
             "whatsnap-account-a",
             None,
         );
-        assert!(
-            matches!(&events[..], [Event::ContactCreated(c), Event::ContactTagged(t)]
-            if c.name.as_deref() == Some("Ana") && t.tag == "whatsnap-account-a")
+        assert!(matches!(&events[..], [Event::ContactCreated(c)]
+            if c.name.as_deref() == Some("Ana") && c.tag.as_deref() == Some("whatsnap-account-a")));
+        let state = evolve(ContactState::default(), &events[0], 1);
+        assert!(state.exists && state.tags.contains("whatsnap-account-a"));
+        assert_eq!(tags_by_recency(&events), ["whatsnap-account-a"]);
+    }
+
+    #[test]
+    fn a_contact_created_before_its_creation_carried_the_tag_is_tagged_by_the_event_after() {
+        let id = Uuid::now_v7();
+        let history = [
+            Event::from(ContactCreated {
+                contact_id: id,
+                phone: "+14155550100".into(),
+                name: None,
+                first_account_id: None,
+                platform: None,
+                tag: None,
+            }),
+            Event::from(ContactTagged {
+                contact_id: id,
+                tag: "whatsnap-account-a".into(),
+                source: TagSource::Account,
+            }),
+            Event::from(ContactTagged {
+                contact_id: id,
+                tag: "whatsnap-account-b".into(),
+                source: TagSource::Ghl,
+            }),
+        ];
+        let state = history
+            .iter()
+            .zip(1..)
+            .fold(ContactState::default(), |state, (event, version)| {
+                evolve(state, event, version)
+            });
+        assert_eq!(
+            state.tags.iter().collect::<Vec<_>>(),
+            ["whatsnap-account-a", "whatsnap-account-b"]
+        );
+        assert_eq!(
+            tags_by_recency(&history),
+            ["whatsnap-account-a", "whatsnap-account-b"]
         );
     }
 

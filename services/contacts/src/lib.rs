@@ -464,6 +464,9 @@ impl Projection<Any> for ContactsProjection {
                     .await?;
             }
             Event::ContactCreated(e) => {
+                if let Some(tagged) = e.tagged() {
+                    add_tag(conn, tagged, event.position).await?;
+                }
                 sqlx::query(
                     "INSERT INTO contacts (contact_id, location_id, phone, name, created_position) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (contact_id) DO NOTHING",
@@ -488,17 +491,7 @@ impl Projection<Any> for ContactsProjection {
                     .execute(&mut *conn)
                     .await?;
             }
-            Event::ContactTagged(e) => {
-                sqlx::query(
-                    "INSERT INTO contact_tags (contact_id, tag, position) VALUES ($1, $2, $3) \
-                     ON CONFLICT (contact_id, tag) DO NOTHING",
-                )
-                .bind(e.contact_id.to_string())
-                .bind(e.tag)
-                .bind(event.position as i64)
-                .execute(&mut *conn)
-                .await?;
-            }
+            Event::ContactTagged(e) => add_tag(conn, e, event.position).await?,
             Event::ContactUntagged(e) => {
                 sqlx::query("DELETE FROM contact_tags WHERE contact_id = $1 AND tag = $2")
                     .bind(e.contact_id.to_string())
@@ -515,6 +508,24 @@ impl Projection<Any> for ContactsProjection {
         whatsnap_eventstore::rows::empty(conn, &["contacts_accounts", "contacts", "contact_tags"])
             .await
     }
+}
+
+/// Records a tag on a contact (by a `ContactTagged`, or with its creation).
+async fn add_tag(
+    conn: &mut AnyConnection,
+    tagged: whatsnap_events::ContactTagged,
+    position: u64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO contact_tags (contact_id, tag, position) VALUES ($1, $2, $3) \
+         ON CONFLICT (contact_id, tag) DO NOTHING",
+    )
+    .bind(tagged.contact_id.to_string())
+    .bind(tagged.tag)
+    .bind(position as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The stored phone of an erased contact: unique in its location, shown as `[erased]`.

@@ -40,11 +40,15 @@ mod summary {
             Event::ContactCreated(e) => (
                 e.contact_id,
                 format!(
-                    "contact created for {}: first message reached account {}",
+                    "contact created for {}: first message reached account {}{}",
                     shown(&e.phone),
                     e.first_account_id
                         .map(|a| a.to_string())
-                        .unwrap_or_else(|| "-".into())
+                        .unwrap_or_else(|| "-".into()),
+                    e.tag
+                        .as_deref()
+                        .map(|tag| format!("; tag {tag} added (Account)"))
+                        .unwrap_or_default()
                 ),
             ),
             Event::ContactTagged(e) => (

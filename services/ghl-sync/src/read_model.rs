@@ -390,16 +390,20 @@ impl PendingWork {
         match decoded {
             Event::ContactCreated(e) => {
                 let at = event.location_id();
+                // Its first account's tag, when the creation carries it (a `ContactTagged`
+                // follows the creations that do not).
+                let tags: Vec<String> = e.tag.into_iter().collect();
                 let phone = self.sealed(at, e.contact_id, e.phone).await?;
                 let name = self.sealed_opt(at, e.contact_id, e.name).await?;
                 sqlx::query(
                     "INSERT INTO ghl_contacts (contact_id, location_id, phone, name, tags) \
-                     VALUES ($1, $2, $3, $4, '[]') ON CONFLICT (contact_id) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (contact_id) DO NOTHING",
                 )
                 .bind(e.contact_id.to_string())
                 .bind(&location)
                 .bind(phone)
                 .bind(name)
+                .bind(serde_json::to_string(&tags).expect("strings serialise"))
                 .execute(&mut *conn)
                 .await?;
                 pending(conn, event, CONTACT, e.contact_id.to_string()).await?

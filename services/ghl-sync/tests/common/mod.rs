@@ -10,9 +10,8 @@ use tokio::task::JoinHandle;
 use tonic::Request;
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, ContactAssigned, ContactCreated, ContactTagged, Event, EventMetadata,
-    InboundMessageReceived, LocationId, NewEvent, PhoneNumber, StreamId, TagSource, contact_id_for,
-    inbound_message_id_for,
+    AggregateKind, ContactAssigned, ContactCreated, Event, EventMetadata, InboundMessageReceived,
+    LocationId, NewEvent, PhoneNumber, StreamId, contact_id_for, inbound_message_id_for,
 };
 use whatsnap_eventstore::projection::ProjectionRunner;
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
@@ -146,14 +145,9 @@ impl Rig {
             name: Some("Maria Silva".into()),
             first_account_id: None,
             platform: None,
+            tag: Some("sales".into()),
         };
-        let tagged = ContactTagged {
-            contact_id,
-            tag: "sales".into(),
-            source: TagSource::Account,
-        };
-        self.append(stream, vec![created.into(), tagged.into()])
-            .await;
+        self.append(stream, vec![created.into()]).await;
         contact_id
     }
 
