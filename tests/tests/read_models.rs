@@ -8,14 +8,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sqlx::{Any, AnyConnection, AnyPool};
 use uuid::Uuid;
 use whatsnap_events::{
-    AggregateKind, AssignmentSkipped, ContactCreated, ContactErased, ContactTagged, Event,
-    EventMetadata, GhlContactLinked, GhlMessagePosted, GhlSyncFailed, InboundMessageReceived,
-    LocationId, MessageDelivered, NewEvent, OutboundMessageRequested, PhoneNumber, RecordedEvent,
-    StreamId, TagSource, contact_id_for,
+    AccountAdded, AccountConnected, AccountKind, AggregateKind, AssignmentSkipped, ContactCreated,
+    ContactErased, ContactTagged, Event, EventMetadata, GhlContactLinked, GhlMessagePosted,
+    GhlSyncFailed, InboundMessageReceived, LocationId, MessageDelivered, NewEvent,
+    OutboundMessageRequested, PhoneNumber, RecordedEvent, StreamId, TagSource, contact_id_for,
 };
 use whatsnap_eventstore::projection::{ApplyError, Projection, ProjectionRunner};
 use whatsnap_eventstore::{EventStore, ExpectedVersion};
@@ -72,15 +71,33 @@ struct Log {
     location: LocationId,
     account: Uuid,
     waves: Vec<Vec<(StreamId, Event)>>,
+    /// The texts so far: each is dated by it, some earlier than the one before.
+    texts: i64,
 }
 
 impl Log {
     fn new() -> Self {
-        Self {
+        let mut log = Self {
             location: LocationId::parse(LOCATION).unwrap(),
             account: Uuid::now_v7(),
             waves: vec![Vec::new()],
-        }
+            texts: 0,
+        };
+        log.push(
+            AggregateKind::Account,
+            log.account,
+            AccountAdded {
+                account_id: log.account,
+                kind: AccountKind::Twilio,
+                name: "Front desk".into(),
+                tag: "whatsnap-account-front".into(),
+                phone_number: Some("+15005550006".into()),
+                twilio: None,
+                engine: None,
+                settings: None,
+            },
+        );
+        log
     }
 
     fn next_wave(&mut self) {
@@ -137,6 +154,9 @@ impl Log {
 
     /// A text from `phone`, received with id `message_id`.
     fn text(&mut self, phone: &str, message_id: Uuid, body: &str) {
+        self.texts += 1;
+        let received_at =
+            chrono::DateTime::from_timestamp(1_796_000_000 + self.texts * 37 % 100, 0).unwrap();
         self.push(
             AggregateKind::Message,
             message_id,
@@ -148,7 +168,7 @@ impl Log {
                 to: Some("+15005550006".into()),
                 body: body.into(),
                 sender_name: None,
-                received_at: Utc::now(),
+                received_at,
                 attachments: Vec::new(),
                 from_me: false,
                 sender_lid: None,
@@ -200,6 +220,21 @@ fn traffic() -> Log {
             log.posted(message_id);
         }
         messages.push(message_id);
+    }
+    // The account's own events between its messages.
+    log.push(
+        AggregateKind::Account,
+        log.account,
+        AccountConnected {
+            account_id: log.account,
+            phone_number: Some("+15005550007".into()),
+            display_name: None,
+        },
+    );
+    for n in 0..5 {
+        let message_id = Uuid::now_v7();
+        log.text(if n % 2 == 0 { ana } else { ben }, message_id, "again");
+        log.posted(message_id);
     }
     log.push(
         AggregateKind::Ghl,
@@ -434,5 +469,68 @@ async fn the_ghl_queue_applied_in_batches_is_the_queue_applied_event_by_event_po
     let (pools, _schemas) = postgres_pair().await;
     let projection = Arc::new(whatsnap_ghl_sync::PendingWork::default());
     let (together, one_by_one) = both_ways(projection, pools, GHL_QUEUE).await;
+    assert_eq!(together, one_by_one);
+}
+
+const TRAFFIC: &[&str] = &[
+    "SELECT location_id || '|' || account_id || '|' || day || '|' || CAST(received AS TEXT) || '|' || CAST(sent AS TEXT) || '|' || CAST(failed AS TEXT) FROM traffic_daily",
+];
+
+const ACCOUNTS: &[&str] = &[
+    "SELECT account_id || '|' || status || '|' || COALESCE(phone_number, '-') || '|' || COALESCE(CAST(last_message_at_ms AS TEXT), '-') FROM session_accounts",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_counted_in_batches_is_traffic_counted_event_by_event_sqlite() {
+    let (pools, _files) = sqlite_pair().await;
+    let projection = Arc::new(whatsnap_gateway::TrafficProjection);
+    let (together, one_by_one) = both_ways(projection, pools, TRAFFIC).await;
+    assert_eq!(together, one_by_one);
+    // Every text of the log is counted once, on its account's row.
+    let received: i64 = together[1..]
+        .iter()
+        .map(|row| row.split('|').nth(3).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(received, traffic().texts, "{together:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_counted_in_batches_is_traffic_counted_event_by_event_postgres() {
+    let (pools, _schemas) = postgres_pair().await;
+    let projection = Arc::new(whatsnap_gateway::TrafficProjection);
+    let (together, one_by_one) = both_ways(projection, pools, TRAFFIC).await;
+    assert_eq!(together, one_by_one);
+}
+
+/// The latest of the log's texts, as `last_message_at_ms` holds it.
+fn latest_text_ms(log: &Log) -> i64 {
+    log.waves
+        .iter()
+        .flatten()
+        .filter_map(|(_, event)| match event {
+            Event::InboundMessageReceived(e) => Some(e.received_at.timestamp_millis()),
+            _ => None,
+        })
+        .max()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_applied_in_batches_are_accounts_applied_event_by_event_sqlite() {
+    let (pools, _files) = sqlite_pair().await;
+    let projection = Arc::new(whatsnap_session::AccountsProjection);
+    let (together, one_by_one) = both_ways(projection, pools, ACCOUNTS).await;
+    assert_eq!(together, one_by_one);
+    // The account connected with its number; its last message the latest of the texts' dates,
+    // which are not in the log's order.
+    let expected = format!("|connected|+15005550007|{}", latest_text_ms(&traffic()));
+    assert!(together[1].ends_with(&expected), "{together:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_applied_in_batches_are_accounts_applied_event_by_event_postgres() {
+    let (pools, _schemas) = postgres_pair().await;
+    let projection = Arc::new(whatsnap_session::AccountsProjection);
+    let (together, one_by_one) = both_ways(projection, pools, ACCOUNTS).await;
     assert_eq!(together, one_by_one);
 }

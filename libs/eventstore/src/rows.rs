@@ -49,7 +49,8 @@ impl From<Option<String>> for Value {
     }
 }
 
-/// Rows waiting to be inserted by one statement shape: `{insert} VALUES (…), (…) {then}`.
+/// Rows waiting to be written by one statement shape: `{insert} VALUES (…), (…) {then}`, an
+/// `INSERT`, or any statement around a `VALUES` list (an `UPDATE … FROM (… (VALUES …) …)`).
 #[derive(Debug)]
 pub struct Rows {
     insert: &'static str,

@@ -91,21 +91,27 @@ impl ContactKeys {
         if let Some(state) = self.lookup(location, contact_id).await? {
             return Ok(state);
         }
-        let sealed = self.key.seal(&SecretKey::generate_base64());
-        // Two writers may make one at once: the first stored wins, and both read it back.
-        sqlx::query(
+        let made = SecretKey::generate_base64();
+        // Two writers may make one at once: the first stored wins; the other reads it back.
+        let stored = sqlx::query(
             "INSERT INTO contact_keys (location_id, contact_id, sealed_key) VALUES ($1, $2, $3) \
-             ON CONFLICT (location_id, contact_id) DO NOTHING",
+             ON CONFLICT (location_id, contact_id) DO NOTHING RETURNING contact_id",
         )
         .bind(location.as_str())
         .bind(contact_id.to_string())
-        .bind(sealed.as_str())
-        .execute(&self.db)
+        .bind(self.key.seal(&made).as_str())
+        .fetch_optional(&self.db)
         .await?;
-        Ok(self
-            .lookup(location, contact_id)
-            .await?
-            .expect("the key was just stored"))
+        if stored.is_none() {
+            return self
+                .lookup(location, contact_id)
+                .await?
+                .ok_or(KeyError::Missing { contact_id });
+        }
+        let unopenable = |source| KeyError::Unopenable { contact_id, source };
+        let state = KeyState::Live(SecretKey::from_base64(&made).map_err(unopenable)?);
+        self.remember(location, contact_id, &state);
+        Ok(state)
     }
 
     /// The key to open a contact's data with; `None` when the contact never had one.
@@ -208,10 +214,17 @@ impl ContactKeys {
                 KeyState::Live(SecretKey::from_base64(opened.expose()).map_err(unopenable)?)
             }
         };
+        self.remember(location, contact_id, &state);
+        Ok(Some(state))
+    }
+
+    fn remember(&self, location: &LocationId, contact_id: Uuid, state: &KeyState) {
         self.cache
             .lock()
             .expect("the key cache is never poisoned")
-            .insert(cache_key, (state.clone(), Instant::now()));
-        Ok(Some(state))
+            .insert(
+                (location.to_string(), contact_id),
+                (state.clone(), Instant::now()),
+            );
     }
 }

@@ -234,3 +234,44 @@ async fn keys_sealed_under_the_secret_key_are_resealed_under_the_personal_data_k
     gateway.for_sealing(&location, new_contact).await.unwrap();
     assert_eq!(session.reseal_from(&secret).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_key_made_by_one_process_opens_what_it_sealed_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("keys.db").display()
+    ))
+    .await
+    .unwrap();
+    let master = SecretKey::generate_base64();
+    let open = async || {
+        ContactKeys::open(db.clone(), SecretKey::from_base64(&master).unwrap())
+            .await
+            .unwrap()
+    };
+    let (gateway, reader) = (open().await, open().await);
+    let location = LocationId::parse("loc").unwrap();
+    let contact = Uuid::now_v7();
+    gateway.for_sealing(&location, contact).await.unwrap();
+    let sealed = gateway
+        .seal_text(&location, contact, "the blue sofa")
+        .await
+        .unwrap();
+    assert_ne!(sealed, "the blue sofa");
+    assert_eq!(
+        reader.open_text(&location, &sealed).await.unwrap(),
+        "the blue sofa"
+    );
+    // The other process, asking for the contact's key to seal with, finds the same one.
+    reader.for_sealing(&location, contact).await.unwrap();
+    let again = reader
+        .seal_text(&location, contact, "on Saturday")
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway.open_text(&location, &again).await.unwrap(),
+        "on Saturday"
+    );
+}

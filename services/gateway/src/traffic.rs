@@ -4,10 +4,13 @@
 //! contacts. A failure is charged to the account its reply was routed to (`traffic_routes`),
 //! or to none when it was never routed.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
 use whatsnap_events::{Event, RecordedEvent};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::rows::Rows;
 use whatsnap_proto::events::v1 as pb;
 use whatsnap_rpc::ReadDb;
 
@@ -20,33 +23,43 @@ enum Count {
     Failed,
 }
 
-async fn count(
-    conn: &mut AnyConnection,
-    event: &RecordedEvent,
-    account_id: &str,
-    what: Count,
-) -> sqlx::Result<()> {
-    let (received, sent, failed) = match what {
-        Count::Received => (1, 0, 0),
-        Count::Sent => (0, 1, 0),
-        Count::Failed => (0, 0, 1),
-    };
-    sqlx::query(
-        "INSERT INTO traffic_daily (location_id, account_id, day, received, sent, failed) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (location_id, account_id, day) DO UPDATE \
-         SET received = traffic_daily.received + excluded.received, \
-         sent = traffic_daily.sent + excluded.sent, \
-         failed = traffic_daily.failed + excluded.failed",
-    )
-    .bind(event.location_id().as_str())
-    .bind(account_id)
-    .bind(day_of(event))
-    .bind(received as i64)
-    .bind(sent as i64)
-    .bind(failed as i64)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// The counts a batch adds to `traffic_daily`, by location, account and day: received, sent,
+/// failed. Sums commute, so a batch's are written together at its end, one row per account and
+/// day (which a live batch's hundred texts to a few accounts are).
+#[derive(Default)]
+struct Counts(BTreeMap<(String, String, String), [i64; 3]>);
+
+impl Counts {
+    fn add(&mut self, event: &RecordedEvent, account_id: &str, what: Count) {
+        let key = (
+            event.location_id().to_string(),
+            account_id.to_owned(),
+            day_of(event),
+        );
+        self.0.entry(key).or_default()[what as usize] += 1;
+    }
+
+    async fn write(self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        let mut rows = Rows::new(
+            "INSERT INTO traffic_daily (location_id, account_id, day, received, sent, failed)",
+            6,
+            "ON CONFLICT (location_id, account_id, day) DO UPDATE \
+             SET received = traffic_daily.received + excluded.received, \
+             sent = traffic_daily.sent + excluded.sent, \
+             failed = traffic_daily.failed + excluded.failed",
+        );
+        for ((location, account, day), [received, sent, failed]) in self.0 {
+            rows.push([
+                location.into(),
+                account.into(),
+                day.into(),
+                received.into(),
+                sent.into(),
+                failed.into(),
+            ]);
+        }
+        rows.write(conn).await
+    }
 }
 
 fn day_of(event: &RecordedEvent) -> String {
@@ -79,13 +92,14 @@ async fn remember_route(
 
 async fn failed(
     conn: &mut AnyConnection,
+    counts: &mut Counts,
     event: &RecordedEvent,
     message_id: &str,
     reason: &str,
 ) -> sqlx::Result<()> {
     let account = route(&mut *conn, message_id).await?.unwrap_or_default();
     if !account.is_empty() {
-        count(&mut *conn, event, &account, Count::Failed).await?;
+        counts.add(event, &account, Count::Failed);
     }
     let reason = match reason.trim() {
         "" => "no reason given",
@@ -135,33 +149,17 @@ impl Projection<Any> for TrafficProjection {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        match event.decode()? {
-            // A message typed on the account's own phone left from it.
-            Event::InboundMessageReceived(e) => {
-                let what = if e.from_me {
-                    Count::Sent
-                } else {
-                    Count::Received
-                };
-                count(conn, event, &e.account_id.to_string(), what).await?;
-            }
-            Event::OutboundMessageRouted(e) => {
-                remember_route(conn, &e.message_id.to_string(), &e.account_id.to_string()).await?;
-            }
-            Event::OutboundMessageSent(e) => {
-                let account = e.account_id.to_string();
-                remember_route(&mut *conn, &e.message_id.to_string(), &account).await?;
-                count(conn, event, &account, Count::Sent).await?;
-            }
-            Event::MessageFailed(e) => {
-                failed(conn, event, &e.message_id.to_string(), &e.reason).await?;
-            }
-            Event::OutboundRouteFailed(e) => {
-                failed(conn, event, &e.message_id.to_string(), &e.reason).await?;
-            }
-            _ => {}
-        }
-        Ok(())
+        apply_batch(conn, &[event]).await
+    }
+
+    /// The batch's counts in one statement (a row per account and day); routes and failures,
+    /// rarer, a statement each.
+    async fn apply_together(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        Some(apply_batch(conn, events).await)
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
@@ -171,6 +169,59 @@ impl Projection<Any> for TrafficProjection {
         )
         .await
     }
+}
+
+/// Applies `events` in order: the routes and failures as they come (a failure is charged to
+/// the route recorded before it), the day counts summed and written at the end.
+async fn apply_batch(
+    conn: &mut AnyConnection,
+    events: &[&RecordedEvent],
+) -> Result<(), ApplyError> {
+    let mut counts = Counts::default();
+    for event in events {
+        match event.decode()? {
+            // A message typed on the account's own phone left from it.
+            Event::InboundMessageReceived(e) => {
+                let what = if e.from_me {
+                    Count::Sent
+                } else {
+                    Count::Received
+                };
+                counts.add(event, &e.account_id.to_string(), what);
+            }
+            Event::OutboundMessageRouted(e) => {
+                remember_route(conn, &e.message_id.to_string(), &e.account_id.to_string()).await?;
+            }
+            Event::OutboundMessageSent(e) => {
+                let account = e.account_id.to_string();
+                remember_route(&mut *conn, &e.message_id.to_string(), &account).await?;
+                counts.add(event, &account, Count::Sent);
+            }
+            Event::MessageFailed(e) => {
+                failed(
+                    conn,
+                    &mut counts,
+                    event,
+                    &e.message_id.to_string(),
+                    &e.reason,
+                )
+                .await?;
+            }
+            Event::OutboundRouteFailed(e) => {
+                failed(
+                    conn,
+                    &mut counts,
+                    event,
+                    &e.message_id.to_string(),
+                    &e.reason,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    counts.write(conn).await?;
+    Ok(())
 }
 
 /// A location's traffic from `from_day` (`YYYY-MM-DD`, UTC) on.
@@ -271,8 +322,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn messages_are_counted_per_account_and_day_and_failures_charged_to_their_route() {
+    /// A read-model database with `log` applied, event by event or as one batch.
+    async fn applied(log: &Log, together: bool) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
         let db = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
@@ -283,6 +334,22 @@ mod tests {
         for migration in projection.migrations() {
             sqlx::query(migration).execute(&db).await.unwrap();
         }
+        let mut conn = db.acquire().await.unwrap();
+        if together {
+            let batch: Vec<&RecordedEvent> = log.events.iter().collect();
+            let applied = projection.apply_together(&mut conn, &batch).await;
+            applied.expect("applies batches").unwrap();
+        } else {
+            for event in &log.events {
+                projection.apply(&mut conn, event).await.unwrap();
+            }
+        }
+        drop(conn);
+        db
+    }
+
+    #[tokio::test]
+    async fn messages_are_counted_per_account_and_day_and_failures_charged_to_their_route() {
         let (sales, support) = (Uuid::now_v7(), Uuid::now_v7());
         let mut log = Log {
             location: LocationId::parse("locTraffic").unwrap(),
@@ -327,42 +394,40 @@ mod tests {
                 reason: "no account carries the contact's tag".into(),
             },
         );
-        let mut conn = db.acquire().await.unwrap();
-        for event in &log.events {
-            projection.apply(&mut conn, event).await.unwrap();
-        }
-        drop(conn);
-
-        let counts = read(&db, "locTraffic", "2026-12-02").await.unwrap();
-        let row = |account: Uuid| {
-            counts
-                .days
+        // The same, applied event by event or as one batch (as a live read model does).
+        for together in [false, true] {
+            let db = applied(&log, together).await;
+            let counts = read(&db, "locTraffic", "2026-12-02").await.unwrap();
+            let row = |account: Uuid| {
+                counts
+                    .days
+                    .iter()
+                    .find(|d| d.account_id == account.to_string())
+                    .map(|d| (d.day.as_str(), d.received, d.sent, d.failed))
+            };
+            // The day before the window is left out; the phone-typed message counts as sent.
+            assert_eq!(counts.days.len(), 2, "{counts:?}");
+            assert_eq!(row(sales), Some(("2026-12-02", 1, 2, 0)));
+            assert_eq!(row(support), Some(("2026-12-02", 1, 0, 1)));
+            let failures: Vec<_> = counts
+                .failures
                 .iter()
-                .find(|d| d.account_id == account.to_string())
-                .map(|d| (d.day.as_str(), d.received, d.sent, d.failed))
-        };
-        // The day before the window is left out; the phone-typed message counts as sent.
-        assert_eq!(counts.days.len(), 2, "{counts:?}");
-        assert_eq!(row(sales), Some(("2026-12-02", 1, 2, 0)));
-        assert_eq!(row(support), Some(("2026-12-02", 1, 0, 1)));
-        let failures: Vec<_> = counts
-            .failures
-            .iter()
-            .map(|f| (f.account_id.clone(), f.reason.as_str(), f.count))
-            .collect();
-        assert_eq!(
-            failures,
-            [
-                (String::new(), "no account carries the contact's tag", 1),
-                (
-                    support.to_string(),
-                    "the recipient opted out (Twilio 21610)",
-                    1
-                ),
-            ]
-        );
-        // Another location sees none of it.
-        let other = read(&db, "locOther", "2026-12-01").await.unwrap();
-        assert!(other.days.is_empty() && other.failures.is_empty());
+                .map(|f| (f.account_id.clone(), f.reason.as_str(), f.count))
+                .collect();
+            assert_eq!(
+                failures,
+                [
+                    (String::new(), "no account carries the contact's tag", 1),
+                    (
+                        support.to_string(),
+                        "the recipient opted out (Twilio 21610)",
+                        1
+                    ),
+                ]
+            );
+            // Another location sees none of it.
+            let other = read(&db, "locOther", "2026-12-01").await.unwrap();
+            assert!(other.days.is_empty() && other.failures.is_empty());
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! `session_accounts`: every account with its latest state, for listing, and when its last
 //! message was created (where a live link catches up from).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
 use whatsnap_events::{AccountKind, Event, LocationId, RecordedEvent};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
+use whatsnap_eventstore::rows::Rows;
 use whatsnap_proto::session::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError, ServiceResult};
 
@@ -71,6 +72,33 @@ async fn saw_message(
     .execute(conn)
     .await
     .map(drop)
+}
+
+/// The latest message each account saw, gathered over a run of a batch's messages and written
+/// in one statement: the same as [`saw_message`] for each, since only the latest counts.
+#[derive(Default)]
+struct LatestMessages(HashMap<uuid::Uuid, i64>);
+
+impl LatestMessages {
+    fn saw(&mut self, account_id: uuid::Uuid, created: chrono::DateTime<chrono::Utc>) {
+        let latest = self.0.entry(account_id).or_insert(i64::MIN);
+        *latest = (*latest).max(created.timestamp_millis());
+    }
+
+    async fn write(&mut self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        let mut rows = Rows::new(
+            "UPDATE session_accounts SET last_message_at_ms = latest.at_ms FROM \
+             (SELECT column1 AS account_id, column2 AS at_ms FROM (",
+            2,
+            ") AS given) AS latest WHERE session_accounts.account_id = latest.account_id \
+             AND (session_accounts.last_message_at_ms IS NULL \
+             OR session_accounts.last_message_at_ms < latest.at_ms)",
+        );
+        for (account_id, at_ms) in self.0.drain() {
+            rows.push([account_id.to_string().into(), at_ms.into()]);
+        }
+        rows.write(conn).await
+    }
 }
 
 #[async_trait]
@@ -229,6 +257,34 @@ impl Projection<Any> for AccountsProjection {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A batch's plain messages (most of a live batch) move their accounts' last message in
+    /// one statement; every other event is applied as [`Projection::apply`] does, after the
+    /// messages before it.
+    async fn apply_together(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[&RecordedEvent],
+    ) -> Option<Result<(), ApplyError>> {
+        let mut latest = LatestMessages::default();
+        let applied: Result<(), ApplyError> = async {
+            for event in events {
+                if event.event_type == "InboundMessageReceived"
+                    && let Event::InboundMessageReceived(e) = event.decode()?
+                    && e.sender_lid.is_none()
+                {
+                    latest.saw(e.account_id, e.received_at);
+                    continue;
+                }
+                latest.write(conn).await?;
+                self.apply(conn, event).await?;
+            }
+            latest.write(conn).await?;
+            Ok(())
+        }
+        .await;
+        Some(applied)
     }
 
     async fn reset(&self, conn: &mut AnyConnection) -> sqlx::Result<()> {
@@ -433,4 +489,136 @@ pub(crate) async fn unanswered_sends(
     .fetch_all(db)
     .await?;
     Ok(answered.len() as i64 == count && answered.iter().all(|a| *a == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use uuid::Uuid;
+    use whatsnap_events::{
+        AccountAdded, AccountConnected, AggregateKind, EventId, EventMetadata,
+        InboundMessageReceived, StreamId,
+    };
+
+    use super::*;
+
+    fn recorded(position: u64, kind: AggregateKind, id: Uuid, event: Event) -> RecordedEvent {
+        RecordedEvent {
+            id: EventId::new(),
+            stream: StreamId::for_uuid(LocationId::parse("locAccounts").unwrap(), kind, id),
+            version: 1,
+            position,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            occurred_at: Utc::now(),
+            metadata: EventMetadata::new_correlation(),
+            payload: event.encode(),
+        }
+    }
+
+    fn text(account_id: Uuid, received_at: &str) -> Event {
+        let message_id = Uuid::now_v7();
+        Event::from(InboundMessageReceived {
+            message_id,
+            account_id,
+            provider_message_id: format!("SM{}", message_id.simple()),
+            from: "+14155550100".into(),
+            to: None,
+            body: "hi".into(),
+            sender_name: None,
+            received_at: received_at.parse().unwrap(),
+            attachments: Vec::new(),
+            from_me: false,
+            sender_lid: None,
+        })
+    }
+
+    /// The account's status and last message after `events`, applied one by one or together.
+    async fn applied(events: &[RecordedEvent], together: bool) -> (String, Option<DateTime<Utc>>) {
+        sqlx::any::install_default_drivers();
+        let db = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        for migration in AccountsProjection.migrations() {
+            sqlx::raw_sql(migration).execute(&db).await.unwrap();
+        }
+        let mut conn = db.acquire().await.unwrap();
+        if together {
+            let batch: Vec<&RecordedEvent> = events.iter().collect();
+            let applied = AccountsProjection.apply_together(&mut conn, &batch).await;
+            applied.expect("applies batches").unwrap();
+        } else {
+            for event in events {
+                AccountsProjection.apply(&mut conn, event).await.unwrap();
+            }
+        }
+        let status: String = sqlx::query_scalar("SELECT status FROM session_accounts")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let account = events[0].decode().unwrap();
+        let Event::AccountAdded(added) = account else {
+            panic!("the account first");
+        };
+        (
+            status,
+            last_message_at(&db, added.account_id).await.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_accounts_last_message_is_the_latest_created_whatever_the_order_or_the_batch() {
+        let account = Uuid::now_v7();
+        let added = Event::from(AccountAdded {
+            account_id: account,
+            kind: whatsnap_events::AccountKind::Twilio,
+            name: "Front desk".into(),
+            tag: "whatsnap-account-front-desk".into(),
+            phone_number: None,
+            twilio: None,
+            engine: None,
+            settings: None,
+        });
+        let connected = Event::from(AccountConnected {
+            account_id: account,
+            phone_number: Some("+15005550006".into()),
+            display_name: None,
+        });
+        let messages = |id| (AggregateKind::Message, id);
+        let events: Vec<RecordedEvent> = [
+            ((AggregateKind::Account, account), added),
+            (
+                messages(Uuid::now_v7()),
+                text(account, "2026-12-02T09:30:00Z"),
+            ),
+            (
+                messages(Uuid::now_v7()),
+                text(account, "2026-12-02T09:00:00Z"),
+            ),
+            ((AggregateKind::Account, account), connected),
+            (
+                messages(Uuid::now_v7()),
+                text(account, "2026-12-02T09:45:00Z"),
+            ),
+            (
+                messages(Uuid::now_v7()),
+                text(account, "2026-12-02T09:10:00Z"),
+            ),
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|(((kind, id), event), position)| recorded(position, kind, id, event))
+        .collect();
+        let latest = Some("2026-12-02T09:45:00Z".parse().unwrap());
+        for together in [false, true] {
+            assert_eq!(
+                applied(&events, together).await,
+                ("connected".to_owned(), latest),
+                "applied together: {together}"
+            );
+        }
+    }
 }
