@@ -52,6 +52,12 @@ impl Application {
         self.ghl_sync.queue_moves_with(progress);
     }
 
+    /// Wakes the worker by the queue's notifications in the PostgreSQL database at `url`
+    /// (see [`GhlSync::hears_queue_moves`]); before the worker first runs.
+    pub fn hears_queue_moves(&mut self, url: &str) {
+        self.ghl_sync.hears_queue_moves(url);
+    }
+
     /// Shares the renewal of tokens with the other replicas through `leases` (see
     /// [`GhlSync::share_tokens_with`]); before the worker first runs.
     pub fn share_tokens_with(&mut self, leases: Arc<whatsnap_eventstore::lease::Leases<Any>>) {

@@ -13,6 +13,7 @@ pub mod effects;
 pub mod oauth_state;
 pub mod owners;
 pub mod pacing;
+mod queue_moves;
 pub mod read_model;
 pub mod users;
 pub mod worker;
@@ -30,8 +31,13 @@ use whatsnap_proto::ghlsync::v1 as pb;
 use whatsnap_rpc::{ReadDb, ServiceError};
 
 pub use application::Application;
+pub use queue_moves::queue_moves;
 pub use read_model::PendingWork;
 pub use worker::{Worker, WorkerConfig};
+
+/// How often the worker looks at its queue when the queue's notifications wake it (see
+/// [`GhlSync::hears_queue_moves`]): only for what a lost connection missed.
+pub const HEARD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct GhlSync {
@@ -92,6 +98,17 @@ impl GhlSync {
     pub fn queue_moves_with(&mut self, progress: tokio::sync::watch::Receiver<u64>) {
         if let Some(config) = self.config.as_mut() {
             config.queue_moved = Some(progress);
+        }
+    }
+
+    /// Lets the worker look at its queue as soon as the queue's read model moves, whichever
+    /// replica keeps it: it listens to the read model's notifications in the PostgreSQL
+    /// database at `url` (see [`queue_moves`]), and polls only every [`HEARD_POLL`] for what a
+    /// lost connection missed.
+    pub fn hears_queue_moves(&mut self, url: &str) {
+        if let Some(config) = self.config.as_mut() {
+            config.queue_moved = Some(queue_moves(url));
+            config.poll = HEARD_POLL;
         }
     }
 

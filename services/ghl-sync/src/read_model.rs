@@ -351,6 +351,8 @@ impl PendingWork {
             }
         }
         run.write(conn).await?;
+        // Every replica's GHL work hears of it when the batch commits.
+        crate::queue_moves::notify(conn).await?;
         Ok(())
     }
 

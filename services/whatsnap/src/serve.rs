@@ -136,13 +136,14 @@ pub struct BackendArgs {
     )]
     catch_up_page: u64,
     /// The most connections this process opens to PostgreSQL, all its pools together (read
-    /// models, their projection, the contacts' keys, the request quotas). Size PostgreSQL's
-    /// max_connections for this times the processes, rolling updates included.
+    /// models, their projection, the contacts' keys, the request quotas) and the one that hears
+    /// the GHL queue move. Size PostgreSQL's max_connections for this times the processes,
+    /// rolling updates included.
     #[arg(
         long,
         env = "WHATSNAP_DATABASE_CONNECTIONS",
         default_value_t = 28,
-        value_parser = clap::value_parser!(u32).range(4..)
+        value_parser = clap::value_parser!(u32).range(5..)
     )]
     database_connections: u32,
     #[command(flatten)]
@@ -159,12 +160,16 @@ struct PoolSizes {
 }
 
 impl PoolSizes {
-    /// A seventh each for the contacts' keys and the quotas (short statements), the rest
-    /// halved between the read models' readers and their projection runners.
+    /// The connection that listens for the GHL queue's moves (`whatsnap_ghl_sync::queue_moves`),
+    /// outside the pools.
+    const LISTENER: u32 = 1;
+
+    /// A seventh each for the contacts' keys and the quotas (short statements), one for the
+    /// listener, the rest halved between the read models' readers and their projection runners.
     fn of(total: u32) -> Self {
         let keys = (total / 7).max(1);
         let quotas = (total / 7).max(1);
-        let rest = total.saturating_sub(keys + quotas).max(2);
+        let rest = total.saturating_sub(keys + quotas + Self::LISTENER).max(2);
         Self {
             db: rest / 2,
             projections: rest - rest / 2,
@@ -1146,13 +1151,21 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         &mut tasks,
     )
     .await?;
-    if let (Some(ghl_sync), Some(pending)) = (
+    let pending = progress
+        .iter()
+        .find(|follower| follower.name == "ghl_pending");
+    match (
         services.ghl_sync.as_mut(),
-        progress
-            .iter()
-            .find(|follower| follower.name == "ghl_pending"),
+        &args.backend.database_url,
+        pending,
     ) {
-        ghl_sync.queue_moves_with(pending.position.clone());
+        // Replicas: the GHL queue's read model may run on another one; its notifications say
+        // when it moved.
+        (Some(ghl_sync), Some(url), _) => ghl_sync.hears_queue_moves(url),
+        (Some(ghl_sync), None, Some(pending)) => {
+            ghl_sync.queue_moves_with(pending.position.clone())
+        }
+        _ => {}
     }
     if let (Some(ghl_sync), Some(leases)) = (services.ghl_sync.as_mut(), &leases) {
         ghl_sync.share_tokens_with(leases.clone());
@@ -2256,12 +2269,13 @@ mod tests {
             keys,
             quotas,
         };
-        assert_eq!(PoolSizes::of(28), sizes(10, 10, 4, 4));
-        assert_eq!(PoolSizes::of(14), sizes(5, 5, 2, 2));
-        assert_eq!(PoolSizes::of(4), sizes(1, 1, 1, 1));
-        for total in 4..500 {
+        assert_eq!(PoolSizes::of(28), sizes(9, 10, 4, 4));
+        assert_eq!(PoolSizes::of(14), sizes(4, 5, 2, 2));
+        assert_eq!(PoolSizes::of(5), sizes(1, 1, 1, 1));
+        for total in 5..500 {
             let pools = PoolSizes::of(total);
-            let opened = pools.db + pools.projections + pools.keys + pools.quotas;
+            let opened =
+                pools.db + pools.projections + pools.keys + pools.quotas + PoolSizes::LISTENER;
             assert!(opened <= total, "{total}: {pools:?}");
             assert!(pools.db > 0 && pools.projections > 0, "{total}: {pools:?}");
         }
