@@ -126,6 +126,44 @@ pub async fn append_message_events(
     head
 }
 
+/// A read model in a SQLite database of its own, in memory, with `events` applied by
+/// `projection`: one at a time (`Projection::apply`), or `together` as one batch
+/// (`Projection::apply_together`), to show that both leave the same rows.
+pub async fn applied_in_memory(
+    projection: &dyn Projection<sqlx::Any>,
+    events: &[RecordedEvent],
+    together: bool,
+) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .expect("an in-memory SQLite database");
+    for migration in projection.migrations() {
+        sqlx::raw_sql(migration)
+            .execute(&db)
+            .await
+            .expect("the read model's migration");
+    }
+    let mut conn = db.acquire().await.expect("its one connection");
+    if together {
+        let batch: Vec<&RecordedEvent> = events.iter().collect();
+        let applied = projection.apply_together(&mut conn, &batch).await;
+        applied
+            .expect("the read model applies batches together")
+            .expect("the batch applies");
+    } else {
+        for event in events {
+            projection
+                .apply(&mut conn, event)
+                .await
+                .expect("the event applies");
+        }
+    }
+    db
+}
+
 /// A short unique token for names of streams, prefixes and schemas.
 pub fn unique_token() -> String {
     Uuid::now_v7().simple().to_string()

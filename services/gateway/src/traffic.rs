@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyConnection, Row};
-use whatsnap_events::{Event, RecordedEvent};
+use whatsnap_events::{Event, MessageFailed, OutboundRouteFailed, RecordedEvent};
 use whatsnap_eventstore::projection::{ApplyError, Projection};
 use whatsnap_eventstore::rows::Rows;
 use whatsnap_proto::events::v1 as pb;
@@ -197,25 +197,14 @@ async fn apply_batch(
                 remember_route(&mut *conn, &e.message_id.to_string(), &account).await?;
                 counts.add(event, &account, Count::Sent);
             }
-            Event::MessageFailed(e) => {
-                failed(
-                    conn,
-                    &mut counts,
-                    event,
-                    &e.message_id.to_string(),
-                    &e.reason,
-                )
-                .await?;
-            }
-            Event::OutboundRouteFailed(e) => {
-                failed(
-                    conn,
-                    &mut counts,
-                    event,
-                    &e.message_id.to_string(),
-                    &e.reason,
-                )
-                .await?;
+            Event::MessageFailed(MessageFailed {
+                message_id, reason, ..
+            })
+            | Event::OutboundRouteFailed(OutboundRouteFailed {
+                message_id, reason, ..
+            }) => {
+                let message_id = message_id.to_string();
+                failed(conn, &mut counts, event, &message_id, &reason).await?;
             }
             _ => {}
         }
@@ -322,32 +311,6 @@ mod tests {
         }
     }
 
-    /// A read-model database with `log` applied, event by event or as one batch.
-    async fn applied(log: &Log, together: bool) -> sqlx::AnyPool {
-        sqlx::any::install_default_drivers();
-        let db = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        let projection = TrafficProjection;
-        for migration in projection.migrations() {
-            sqlx::query(migration).execute(&db).await.unwrap();
-        }
-        let mut conn = db.acquire().await.unwrap();
-        if together {
-            let batch: Vec<&RecordedEvent> = log.events.iter().collect();
-            let applied = projection.apply_together(&mut conn, &batch).await;
-            applied.expect("applies batches").unwrap();
-        } else {
-            for event in &log.events {
-                projection.apply(&mut conn, event).await.unwrap();
-            }
-        }
-        drop(conn);
-        db
-    }
-
     #[tokio::test]
     async fn messages_are_counted_per_account_and_day_and_failures_charged_to_their_route() {
         let (sales, support) = (Uuid::now_v7(), Uuid::now_v7());
@@ -396,7 +359,8 @@ mod tests {
         );
         // The same, applied event by event or as one batch (as a live read model does).
         for together in [false, true] {
-            let db = applied(&log, together).await;
+            let db = whatsnap_testkit::applied_in_memory(&TrafficProjection, &log.events, together)
+                .await;
             let counts = read(&db, "locTraffic", "2026-12-02").await.unwrap();
             let row = |account: Uuid| {
                 counts

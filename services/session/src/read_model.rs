@@ -535,32 +535,12 @@ mod tests {
 
     /// The account's status and last message after `events`, applied one by one or together.
     async fn applied(events: &[RecordedEvent], together: bool) -> (String, Option<DateTime<Utc>>) {
-        sqlx::any::install_default_drivers();
-        let db = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        for migration in AccountsProjection.migrations() {
-            sqlx::raw_sql(migration).execute(&db).await.unwrap();
-        }
-        let mut conn = db.acquire().await.unwrap();
-        if together {
-            let batch: Vec<&RecordedEvent> = events.iter().collect();
-            let applied = AccountsProjection.apply_together(&mut conn, &batch).await;
-            applied.expect("applies batches").unwrap();
-        } else {
-            for event in events {
-                AccountsProjection.apply(&mut conn, event).await.unwrap();
-            }
-        }
+        let db = whatsnap_testkit::applied_in_memory(&AccountsProjection, events, together).await;
         let status: String = sqlx::query_scalar("SELECT status FROM session_accounts")
-            .fetch_one(&mut *conn)
+            .fetch_one(&db)
             .await
             .unwrap();
-        drop(conn);
-        let account = events[0].decode().unwrap();
-        let Event::AccountAdded(added) = account else {
+        let Event::AccountAdded(added) = events[0].decode().unwrap() else {
             panic!("the account first");
         };
         (
