@@ -12,7 +12,9 @@ use whatsnap_eventstore::rows::Rows;
 pub struct TimelineProjection;
 
 mod summary {
-    use whatsnap_events::{ERASED, Event, LocationId, PhoneNumber, contact_id_for, mask};
+    use whatsnap_events::{
+        ContactTagged, ERASED, Event, LocationId, PhoneNumber, contact_id_for, mask,
+    };
 
     /// A number as a summary shows it: masked, or `[erased]`.
     fn shown(phone: &str) -> String {
@@ -20,6 +22,11 @@ mod summary {
             ERASED => ERASED.to_owned(),
             phone => mask::phone(phone).to_string(),
         }
+    }
+
+    /// A tag added to a contact, by a `ContactTagged` or with its creation.
+    fn tag_added(tagged: &ContactTagged) -> String {
+        format!("tag {} added ({:?})", tagged.tag, tagged.source)
     }
 
     /// The contact an event is about, and a summary of it; `None` for events about no contact.
@@ -45,16 +52,12 @@ mod summary {
                     e.first_account_id
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    e.tag
-                        .as_deref()
-                        .map(|tag| format!("; tag {tag} added (Account)"))
+                    e.tagged()
+                        .map(|tagged| format!("; {}", tag_added(&tagged)))
                         .unwrap_or_default()
                 ),
             ),
-            Event::ContactTagged(e) => (
-                e.contact_id,
-                format!("tag {} added ({:?})", e.tag, e.source),
-            ),
+            Event::ContactTagged(e) => (e.contact_id, tag_added(e)),
             Event::ContactErased(e) => (
                 e.contact_id,
                 format!(

@@ -69,9 +69,9 @@ async fn listen(url: String, moved: watch::Sender<u64>) {
                 received = listener.try_recv() => received,
             };
             match received {
-                Ok(Some(_)) => tick(),
-                // The connection was lost; the next call opens a new one and listens again.
-                Ok(None) => tick(),
+                // A notification; or `None`: the connection was lost, and the next call opens
+                // a new one and listens again (what moved meanwhile is looked at now).
+                Ok(_) => tick(),
                 Err(err) => {
                     warn!(error = %err, "lost the GHL queue's notifications; listening again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
