@@ -24,6 +24,7 @@ use whatsnap_events::{Event, RecordedEvent};
 
 use crate::lease::{self, Fence};
 use crate::parked::{self, ParkedChange, ParkedEvent, ParkedQuery, ParkedStatus};
+use crate::transaction;
 use crate::{EventStore, StoreError, SubscribeFrom};
 
 /// Why a projection could not start or stopped.
@@ -568,24 +569,21 @@ macro_rules! checkpoint_table {
     };
 }
 
-checkpoint_table!(Postgres, |pool| pool.begin().await, {
+checkpoint_table!(Postgres, |pool| transaction::begin(pool, None).await, {
     let _ = pool;
     None
 });
 checkpoint_table!(
     Sqlite,
-    |pool| pool.begin_with("BEGIN IMMEDIATE").await,
+    |pool| transaction::begin(pool, Some("BEGIN IMMEDIATE")).await,
     Some(pool.connect_options().get_filename().to_owned())
 );
 // `sqlx::Any` serves the services' read models on either database.
 checkpoint_table!(
     Any,
     |pool| {
-        if pool.connect_options().database_url.scheme() == "sqlite" {
-            pool.begin_with("BEGIN IMMEDIATE").await
-        } else {
-            pool.begin().await
-        }
+        let immediate = pool.connect_options().database_url.scheme() == "sqlite";
+        transaction::begin(pool, immediate.then_some("BEGIN IMMEDIATE")).await
     },
     sqlite_file(&pool.connect_options().database_url)
 );

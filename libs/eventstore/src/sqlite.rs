@@ -229,8 +229,7 @@ async fn commit_batch(
     let _turn = turn.lock().await;
     // IMMEDIATE takes the write lock up front: a version read below cannot go stale before
     // the insert, and a writer in another process waits (busy timeout) instead of failing.
-    let mut tx = writer
-        .begin_with("BEGIN IMMEDIATE")
+    let mut tx = crate::transaction::begin(writer, Some("BEGIN IMMEDIATE"))
         .await
         .map_err(backend)?;
     let mut outcomes = Vec::with_capacity(batch.len());

@@ -118,7 +118,7 @@ pub async fn save(
     if windows.is_empty() {
         return Ok(0);
     }
-    let mut tx = db.begin().await?;
+    let mut tx = whatsnap_eventstore::transaction::begin(db, None).await?;
     for (location, window) in &windows {
         let saved = serde_json::to_string(window).expect("a window serialises");
         sqlx::query(

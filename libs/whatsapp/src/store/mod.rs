@@ -256,7 +256,9 @@ impl SealedDeviceStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin().await.map_err(db_error)?;
+        let mut tx = whatsnap_eventstore::transaction::begin(&self.db, None)
+            .await
+            .map_err(db_error)?;
         for (item, grp, num, plain) in rows {
             self.put_in(&mut tx, kind, item, grp, *num, plain).await?;
         }
@@ -306,7 +308,9 @@ impl SealedDeviceStore {
     }
 
     async fn delete_many(&self, kind: &str, items: Vec<String>) -> Result<()> {
-        let mut tx = self.db.begin().await.map_err(db_error)?;
+        let mut tx = whatsnap_eventstore::transaction::begin(&self.db, None)
+            .await
+            .map_err(db_error)?;
         for item in items {
             sqlx::query(
                 "DELETE FROM whatsapp_device_store WHERE account_id = $1 AND kind = $2 AND item = $3",

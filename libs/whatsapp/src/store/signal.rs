@@ -97,7 +97,9 @@ impl SignalStore for SealedDeviceStore {
 
     async fn mark_prekeys_uploaded(&self, ids: &[u32]) -> Result<()> {
         // An update, never an insert: a key consumed since the upload stays deleted.
-        let mut tx = self.db.begin().await.map_err(db_error)?;
+        let mut tx = whatsnap_eventstore::transaction::begin(&self.db, None)
+            .await
+            .map_err(db_error)?;
         for id in ids {
             sqlx::query(
                 "UPDATE whatsapp_device_store SET grp = 'uploaded' WHERE account_id = $1 AND kind = $2 AND item = $3",
