@@ -13,7 +13,9 @@
 //! `WHATSNAP_BENCH_ONLY=embedded` or `=distributed` runs one backend;
 //! `WHATSNAP_BENCH_REBUILDS` (default 1) rebuilds that many times and keeps the median;
 //! `WHATSNAP_BENCH_CATCH_UP_AFTER` sets the distributed processes' `--catch-up-after` (a number
-//! above the backlog compares the shared pages with a consumer per read model).
+//! above the backlog compares the shared pages with a consumer per read model), and
+//! `WHATSNAP_BENCH_TAIL_EVENTS` their `--tail-events` (0 compares one consumer of the head for
+//! the process with a durable consumer per read model).
 
 #![allow(clippy::print_stdout)]
 
@@ -203,9 +205,13 @@ async fn run(
         if let Some(after) = after.and_then(|a| a.parse().ok()) {
             nats.config.catch_up.after = after;
         }
+        let tail = std::env::var("WHATSNAP_BENCH_TAIL_EVENTS").ok();
+        if let Some(tail) = tail.and_then(|t| t.parse().ok()) {
+            nats.config.catch_up.tail = tail;
+        }
         println!(
-            "catching up on shared pages after {}",
-            nats.config.catch_up.after
+            "catching up on shared pages after {}; the head's last {} events kept (0: a consumer each)",
+            nats.config.catch_up.after, nats.config.catch_up.tail
         );
     }
     let rig = TwilioRig::start().await;

@@ -41,9 +41,11 @@ use whatsnap_events::{
 };
 
 mod pages;
+mod tail;
 
 pub use pages::CatchUp;
 use pages::{CatchingUp, Pages, Slot};
+use tail::Tail;
 
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
@@ -187,6 +189,9 @@ pub struct JetStreamEventStore {
     pages: Arc<Pages>,
     /// The backlog past which a subscription keeping its own checkpoint catches up on pages.
     catch_up_after: u64,
+    /// The head of the log, followed once for the subscriptions of this process that keep
+    /// their own checkpoint; `None`: each follows a durable consumer of its own.
+    tail: Option<Arc<Tail>>,
 }
 
 /// How many subjects' heads are remembered before the memory is cleared.
@@ -332,6 +337,7 @@ impl JetStreamEventStore {
             heads: Arc::default(),
             pages: Arc::new(Pages::new(&config.catch_up)),
             catch_up_after: config.catch_up.after,
+            tail: (config.catch_up.tail > 0).then(|| Arc::new(Tail::new(config.catch_up.tail))),
         })
     }
 
@@ -635,20 +641,14 @@ impl JetStreamEventStore {
             };
             next = end + 1;
             for m in messages.into_iter().filter(|m| m.sequence <= last) {
-                let event_type = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| header(h, H_EVENT_TYPE))
-                    .map(str::to_owned);
-                let decoded = self.decode(&m.subject, m.sequence, m.headers.as_ref(), m.payload);
-                slots.push(match decoded {
-                    Ok(event) => Slot::Event(event),
-                    Err(err) => Slot::Undecodable {
-                        position: m.sequence,
-                        event_type,
-                        reason: err.to_string(),
-                    },
-                });
+                let headers = m.headers.as_ref();
+                slots.push(decode_slot(
+                    &self.prefix,
+                    &m.subject,
+                    m.sequence,
+                    headers,
+                    m.payload,
+                ));
             }
             if !more {
                 break;
@@ -695,6 +695,26 @@ fn batch_start_failure(payload: &[u8]) -> PublishFailure {
             "starting an atomic batch",
             format!("unexpected reply {:?}", String::from_utf8_lossy(payload)),
         )),
+    }
+}
+
+/// The message as a page or the tail keeps it: its event, or why it does not decode.
+fn decode_slot(
+    prefix: &str,
+    subject: &str,
+    sequence: u64,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Slot {
+    match decode_message(prefix, subject, sequence, headers, payload) {
+        Ok(event) => Slot::Event(event),
+        Err(err) => Slot::Undecodable {
+            position: sequence,
+            event_type: headers
+                .and_then(|h| header(h, H_EVENT_TYPE))
+                .map(str::to_owned),
+            reason: err.to_string(),
+        },
     }
 }
 
@@ -936,6 +956,27 @@ impl JetStreamEventStore {
         // 100,000 revoked tokens were sent twice: in the pages, and to the tokens' consumer).
         if let SubscribeFrom::AfterOwn(after) = from {
             let head = self.head_position().await?;
+            // With the head of the log followed once for the process, every such subscriber
+            // reads the pages while it is behind them, then takes its events from the tail.
+            if self.tail.is_some() {
+                // The durable consumer an earlier build followed the head with: the server
+                // would go on matching every append against it for nobody.
+                match self.stream.delete_consumer(name).await {
+                    Ok(_) => info!(
+                        subscription = name,
+                        "durable consumer of an earlier build deleted"
+                    ),
+                    Err(err) => match err.kind() {
+                        js::stream::ConsumerErrorKind::JetStream(e)
+                            if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND => {}
+                        _ => {
+                            tracing::warn!(subscription = name, error = %err, "durable consumer of an earlier build not deleted")
+                        }
+                    },
+                }
+                let source = CatchingUp::new(self.clone(), name, after, head, only);
+                return Ok(Subscription::new(name, Box::new(source)));
+            }
             if head.saturating_sub(after) > self.catch_up_after {
                 info!(
                     subscription = name,

@@ -119,6 +119,7 @@ async fn subscribers_far_behind_read_the_backlog_once_between_them() {
         after: 100,
         page: 100,
         pages_kept: 4,
+        ..CatchUp::default()
     };
     let store = fixture.store().await.unwrap();
     let location = LocationId::parse("loc1").unwrap();

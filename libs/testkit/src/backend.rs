@@ -67,6 +67,8 @@ pub fn distributed_args(nats: &TestNats, pg: &TestPostgres) -> Vec<String> {
         &nats.config.catch_up.after.to_string(),
         "--catch-up-page",
         &nats.config.catch_up.page.to_string(),
+        "--tail-events",
+        &nats.config.catch_up.tail.to_string(),
     ]
     .iter()
     .map(|s| (*s).to_owned())

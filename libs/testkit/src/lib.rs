@@ -281,6 +281,8 @@ impl TestNats {
             after: 0,
             page,
             pages_kept: 2,
+            // Two pages of the head kept: subscribers fall behind it within a test.
+            tail: 2 * page as usize,
         };
         Ok(fixture)
     }

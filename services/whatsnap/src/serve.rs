@@ -135,6 +135,13 @@ pub struct BackendArgs {
         value_parser = clap::value_parser!(u64).range(1..=1000)
     )]
     catch_up_page: u64,
+    /// On the distributed backend, the last events of the log this process keeps in memory
+    /// for its read models, contacts stage and assignment decider, which follow the head of
+    /// the log through one JetStream consumer between them (each event sent and decoded once
+    /// for the process); one that falls further behind catches up on the shared pages. 0 gives
+    /// each of them a durable consumer of its own, as before 2026-12.
+    #[arg(long, env = "WHATSNAP_TAIL_EVENTS", default_value_t = CatchUp::default().tail)]
+    tail_events: usize,
     /// The most connections this process opens to PostgreSQL, all its pools together (read
     /// models, their projection, the contacts' keys, the request quotas) and the one that hears
     /// the GHL queue move. Size PostgreSQL's max_connections for this times the processes,
@@ -646,6 +653,7 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
             config.catch_up = CatchUp {
                 after: args.catch_up_after,
                 page: args.catch_up_page,
+                tail: args.tail_events,
                 ..CatchUp::default()
             };
             config.auth = args.nats_auth.auth();

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, OnceCell};
 use tracing::info;
 use whatsnap_events::RecordedEvent;
 
+use super::tail::Taken;
 use super::{JetStreamEventStore, JetStreamSubscription, asked_for};
 use crate::{EventStore, Result, StoreError, SubscribeFrom, SubscriptionSource};
 
@@ -36,15 +37,22 @@ pub struct CatchUp {
     pub page: u64,
     /// Pages kept in memory for the subscriptions that follow the first reader.
     pub pages_kept: usize,
+    /// The last messages kept in memory by the one consumer of the log's head that the
+    /// subscriptions of the process keeping their own checkpoint share (see `tail`); 0: each
+    /// of them follows the head with a durable consumer of its own, and catches up on the
+    /// pages only past [`Self::after`].
+    pub tail: usize,
 }
 
 impl Default for CatchUp {
-    /// Five pages of backlog; pages of 1,000 events, sixteen kept (a few MiB).
+    /// Five pages of backlog; pages of 1,000 events, sixteen kept (a few MiB); the last
+    /// 10,000 messages of the head kept.
     fn default() -> Self {
         Self {
             after: 5_000,
             page: 1_000,
             pages_kept: 16,
+            tail: 10_000,
         }
     }
 }
@@ -62,7 +70,7 @@ pub(super) enum Slot {
 }
 
 impl Slot {
-    fn position(&self) -> u64 {
+    pub(super) fn position(&self) -> u64 {
         match self {
             Self::Event(event) => event.position,
             Self::Undecodable { position, .. } => *position,
@@ -205,8 +213,11 @@ pub(super) struct CatchingUp {
     head: u64,
     /// Events of the last page not handed over yet.
     ready: VecDeque<RecordedEvent>,
-    /// The durable consumer's source, once within a page of the head.
+    /// The durable consumer's source, once within a page of the head (without a tail).
     live: Option<JetStreamSubscription>,
+    /// Whether it takes its events from the process's tail of the log (within a page of the
+    /// head, until it falls behind what the tail keeps).
+    following: bool,
     /// Its number among the readers of the pages.
     reader: u64,
 }
@@ -228,6 +239,7 @@ impl CatchingUp {
             head,
             ready: VecDeque::new(),
             live: None,
+            following: false,
             reader,
         }
     }
@@ -272,6 +284,7 @@ impl Drop for CatchingUp {
 #[async_trait]
 impl SubscriptionSource for CatchingUp {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        let size = self.store.pages.size;
         loop {
             if let Some(live) = &mut self.live {
                 return live.next_batch(max).await;
@@ -280,9 +293,42 @@ impl SubscriptionSource for CatchingUp {
                 let take = max.clamp(1, self.ready.len());
                 return Ok(self.ready.drain(..take).collect());
             }
-            let size = self.store.pages.size;
+            if self.following {
+                let tail = self.store.tail.as_ref().expect("following a tail");
+                match tail
+                    .take(self.scanned, self.only, max, &mut self.ready)
+                    .await?
+                {
+                    Taken::Through(through) => self.scanned = through,
+                    // Started after this one's position by another subscription: the gap,
+                    // at most a page, is read at once.
+                    Taken::Behind { from } if from - self.scanned <= size => {
+                        let gap = self.store.read_page(self.scanned + 1, from).await?;
+                        self.take(&gap, from)?;
+                    }
+                    Taken::Behind { from } => {
+                        info!(
+                            subscription = self.name,
+                            scanned = self.scanned,
+                            kept_from = from,
+                            "fell behind the head of the log kept in memory; catching up on the shared pages"
+                        );
+                        self.following = false;
+                        self.store.pages.at(self.reader, self.scanned / size);
+                        continue;
+                    }
+                }
+                // Only other types taken: the caller learns how far the log was read.
+                if self.ready.is_empty() && self.only.is_some() {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
             let index = self.scanned / size;
             let end = (index + 1) * size;
+            if let Some(tail) = &self.store.tail {
+                self.head = self.head.max(tail.through());
+            }
             if end > self.head {
                 self.head = self.store.head_position().await?;
             }
@@ -291,12 +337,20 @@ impl SubscriptionSource for CatchingUp {
                     subscription = self.name,
                     scanned = self.scanned,
                     head = self.head,
-                    "caught up on the shared pages; following the consumer"
+                    "caught up on the shared pages; following the head of the log"
                 );
-                let from = SubscribeFrom::AfterOwn(self.scanned);
-                let live = self.store.durable_source(&self.name, from, self.only);
-                self.live = Some(live.await?);
                 self.store.pages.leave(self.reader);
+                match &self.store.tail {
+                    Some(tail) => {
+                        tail.follow(&self.store.stream, &self.store.prefix, self.scanned);
+                        self.following = true;
+                    }
+                    None => {
+                        let from = SubscribeFrom::AfterOwn(self.scanned);
+                        let live = self.store.durable_source(&self.name, from, self.only);
+                        self.live = Some(live.await?);
+                    }
+                }
                 continue;
             }
             self.store.pages.keep_pace(self.reader, index).await;

@@ -1,0 +1,264 @@
+//! The head of the log, followed once for every subscription of the process.
+//!
+//! A durable consumer per subscription has the server send each read model of several kinds
+//! of stream every message of the log, and each subscription decode each: with a dozen read
+//! models, the contacts stage's parts and the assignment decider in one process, an event
+//! crossed the connection and was parsed eight to ten times. The subscriptions that keep their
+//! own checkpoint ([`SubscribeFrom::AfterOwn`](crate::SubscribeFrom::AfterOwn)) follow the
+//! head of the log here instead: one ordered consumer of every subject, started at the first
+//! subscription's position, whose messages are decoded once and kept, the last
+//! [`CatchUp::tail`](super::CatchUp::tail) of them, for each subscription to take those of the
+//! types it reads. A subscription further behind than what is kept reads the shared pages
+//! again, as it did to catch up.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer::DeliverPolicy, consumer::pull, stream};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::pages::Slot;
+use super::{asked_for, decode_slot};
+use crate::{Result, StoreError};
+
+/// The last messages of the log, from the position after `from` through `through`.
+pub(super) struct Tail {
+    shared: Arc<Shared>,
+    /// The follower, once a subscription asked for the tail; stopped with the store.
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+struct Shared {
+    kept: usize,
+    held: Mutex<Held>,
+    /// How far the tail holds the log: every message up to it has been received.
+    through: watch::Sender<u64>,
+}
+
+struct Held {
+    /// Every message of the log after `from` up to the tail's `through` is in `slots`.
+    from: u64,
+    slots: VecDeque<Slot>,
+}
+
+/// What a subscription took from the tail.
+pub(super) enum Taken {
+    /// Every message after the position asked for through this one was looked at, and those
+    /// asked for put in the subscription's hands (up to a message that does not decode,
+    /// handed over on its own).
+    Through(u64),
+    /// The tail starts after the position asked for: the messages up to `from` are read
+    /// elsewhere.
+    Behind { from: u64 },
+}
+
+impl Tail {
+    /// A tail keeping the last `kept` messages (at least one page's worth is sensible).
+    pub(super) fn new(kept: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                kept: kept.max(1),
+                held: Mutex::new(Held {
+                    from: 0,
+                    slots: VecDeque::new(),
+                }),
+                through: watch::channel(0).0,
+            }),
+            follower: Mutex::new(None),
+        }
+    }
+
+    /// Starts following the log after position `after`, unless it is followed already.
+    pub(super) fn follow(&self, stream: &stream::Stream, prefix: &str, after: u64) {
+        let mut follower = self.follower.lock().expect("follower lock");
+        if follower.is_some() {
+            return;
+        }
+        {
+            let mut held = self.shared.held.lock().expect("tail lock");
+            held.from = after;
+            held.slots.clear();
+        }
+        self.shared.through.send_replace(after);
+        info!(
+            after,
+            "following the head of the log for this process's subscriptions"
+        );
+        let task = tokio::spawn(follow(
+            self.shared.clone(),
+            stream.clone(),
+            prefix.to_owned(),
+        ));
+        *follower = Some(task.abort_handle());
+    }
+
+    /// How far the tail holds the log (0 before it follows it).
+    pub(super) fn through(&self) -> u64 {
+        *self.shared.through.borrow()
+    }
+
+    /// Takes into `ready` the events of `only` after position `after`, until `ready` holds
+    /// `max` of them; waits while the tail holds nothing past `after`.
+    pub(super) async fn take(
+        &self,
+        after: u64,
+        only: Option<&'static [&'static str]>,
+        max: usize,
+        ready: &mut VecDeque<whatsnap_events::RecordedEvent>,
+    ) -> Result<Taken> {
+        let mut grown = self.shared.through.subscribe();
+        loop {
+            // Marked seen before looking, so a message arriving in between wakes the wait.
+            let through = *grown.borrow_and_update();
+            if through > after {
+                return self.shared.take(after, only, max, ready);
+            }
+            grown.changed().await.map_err(|_| {
+                StoreError::SubscriptionClosed("the store following the log was dropped".into())
+            })?;
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        if let Some(follower) = self.follower.lock().expect("follower lock").take() {
+            follower.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn take(
+        &self,
+        after: u64,
+        only: Option<&'static [&'static str]>,
+        max: usize,
+        ready: &mut VecDeque<whatsnap_events::RecordedEvent>,
+    ) -> Result<Taken> {
+        let held = self.held.lock().expect("tail lock");
+        if after < held.from {
+            return Ok(Taken::Behind { from: held.from });
+        }
+        let start = held.slots.partition_point(|slot| slot.position() <= after);
+        let mut through = after;
+        for slot in held.slots.range(start..) {
+            if ready.len() >= max {
+                return Ok(Taken::Through(through));
+            }
+            match slot {
+                Slot::Event(event) if asked_for(only, Some(&event.event_type)) => {
+                    ready.push_back(event.clone());
+                }
+                Slot::Undecodable {
+                    position,
+                    event_type,
+                    reason,
+                } if asked_for(only, event_type.as_deref()) => {
+                    if ready.is_empty() {
+                        return Err(StoreError::Corrupt {
+                            position: *position,
+                            reason: reason.clone(),
+                        });
+                    }
+                    return Ok(Taken::Through(position - 1));
+                }
+                _ => {}
+            }
+            through = slot.position();
+        }
+        // Every message up to the tail's end was looked at, those of other subjects too.
+        Ok(Taken::Through(through.max(*self.through.borrow())))
+    }
+
+    /// Keeps `slots`, received in order after the tail's end, and moves the end to `through`.
+    fn extend(&self, slots: Vec<Slot>, through: u64) {
+        {
+            let mut held = self.held.lock().expect("tail lock");
+            held.slots.extend(slots);
+            while held.slots.len() > self.kept {
+                let dropped = held.slots.pop_front().expect("longer than kept");
+                held.from = dropped.position();
+            }
+        }
+        self.through.send_replace(through);
+    }
+}
+
+/// How long the follower waits before it follows the log again after its consumer failed.
+const REFOLLOW_AFTER: Duration = Duration::from_millis(500);
+
+/// Receives every message after the tail's end, for ever: an ordered consumer (the server
+/// keeps nothing for it; the client makes it again after a gap), made again after a failure
+/// from where the tail ends.
+async fn follow(shared: Arc<Shared>, stream: stream::Stream, prefix: String) {
+    loop {
+        let after = *shared.through.borrow();
+        let Err(err) = follow_from(&shared, &stream, &prefix, after).await;
+        warn!(
+            after = *shared.through.borrow(),
+            error = %err,
+            retry_in_ms = REFOLLOW_AFTER.as_millis() as u64,
+            "following the head of the log failed; following it again"
+        );
+        tokio::time::sleep(REFOLLOW_AFTER).await;
+    }
+}
+
+async fn follow_from(
+    shared: &Shared,
+    stream: &stream::Stream,
+    prefix: &str,
+    after: u64,
+) -> std::result::Result<std::convert::Infallible, String> {
+    let deliver_policy = match after {
+        0 => DeliverPolicy::All,
+        after => DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{prefix}.>"),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    loop {
+        let first = messages
+            .next()
+            .await
+            .ok_or("the consumer stopped")?
+            .map_err(|e| e.to_string())?;
+        // What has arrived with it, in one go: the subscriptions are woken once for them.
+        let mut received = vec![first];
+        while received.len() < 1000 {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => received.push(message),
+                Some(Some(Err(e))) => return Err(e.to_string()),
+                Some(None) => return Err("the consumer stopped".into()),
+                None => break,
+            }
+        }
+        let mut slots = Vec::with_capacity(received.len());
+        let mut through = 0;
+        for message in received {
+            let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;
+            through = sequence;
+            let message = message.split().0;
+            slots.push(decode_slot(
+                prefix,
+                message.subject.as_str(),
+                sequence,
+                message.headers.as_ref(),
+                message.payload,
+            ));
+        }
+        shared.extend(slots, through);
+    }
+}
