@@ -43,8 +43,9 @@ use whatsnap_events::{
 mod pages;
 mod tail;
 
+use crate::tail::Slot;
 pub use pages::CatchUp;
-use pages::{CatchingUp, Pages, Slot};
+use pages::{CatchingUp, Pages};
 use tail::Tail;
 
 use crate::{

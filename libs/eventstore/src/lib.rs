@@ -26,6 +26,7 @@ pub mod projection;
 pub mod rows;
 pub mod sqlite;
 mod subscription;
+mod tail;
 pub mod transaction;
 
 pub use aggregate::{Aggregate, AggregateError, Aggregates, LoadError, Loaded, Updated};

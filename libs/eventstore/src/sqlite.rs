@@ -2,7 +2,7 @@
 //! SQLite's single write lock so that a reader never sees a later position before an earlier
 //! one, and subscribers woken in-process as soon as an append commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use whatsnap_events::{
     AggregateKind, EventId, EventMetadata, NewEvent, RecordedEvent, StreamId, TraceContext,
 };
 
+use crate::tail::{Kept, Slot, Taken};
 use crate::{
     AppendOutcome, EventStore, ExpectedVersion, Result, StoreError, SubscribeFrom, Subscription,
     SubscriptionSource, behind, check_append, check_subscription_name, judge_retry,
@@ -63,6 +64,10 @@ pub struct SqliteConfig {
     /// `true` (the default) syncs every commit to disk, so a power loss loses nothing that was
     /// acknowledged. `false` only guards against a crash of the process.
     pub sync_every_commit: bool,
+    /// The last events this process appended that it keeps in memory for its subscriptions
+    /// (default 10,000), which take them from there instead of reading the log each time a
+    /// commit wakes them; 0: each reads the log.
+    pub tail: usize,
 }
 
 impl SqliteConfig {
@@ -70,6 +75,7 @@ impl SqliteConfig {
         Self {
             path: path.as_ref().to_owned(),
             sync_every_commit: true,
+            tail: 10_000,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct SqliteEventStore {
     appends: mpsc::Sender<Append>,
     /// The last position appended by this process, to wake subscribers.
     head: Arc<watch::Sender<u64>>,
+    /// The last events appended by this process, for its subscriptions.
+    kept: Option<Arc<Kept>>,
 }
 
 /// One append, waiting for a commit.
@@ -133,16 +141,22 @@ impl SqliteEventStore {
             .map_err(|e| StoreError::backend("opening the event log for reading", e))?;
         let (appends, waiting) = mpsc::channel(APPENDS_PER_COMMIT);
         let head = Arc::new(watch::channel(0).0);
+        let kept = (config.tail > 0).then(|| Arc::new(Kept::new(config.tail, 0)));
         // The writer ends when the last clone of the store is dropped.
         let turn = write_turn(&config.path);
-        tokio::spawn(commit_appends(writer.clone(), turn, waiting, head.clone()));
+        let committed = (head.clone(), kept.clone());
+        tokio::spawn(commit_appends(writer.clone(), turn, waiting, committed));
         let store = Self {
             readers,
             writer,
             appends,
             head,
+            kept,
         };
         let position = store.head_position().await?;
+        if let Some(kept) = &store.kept {
+            kept.restart(position);
+        }
         raise(&store.head, position);
         Ok(store)
     }
@@ -165,7 +179,7 @@ async fn commit_appends(
     writer: SqlitePool,
     turn: Arc<tokio::sync::Mutex<()>>,
     mut waiting: mpsc::Receiver<Append>,
-    head: Arc<watch::Sender<u64>>,
+    (head, kept): (Arc<watch::Sender<u64>>, Option<Arc<Kept>>),
 ) {
     let mut batch = Vec::with_capacity(APPENDS_PER_COMMIT);
     while waiting.recv_many(&mut batch, APPENDS_PER_COMMIT).await > 0 {
@@ -190,6 +204,9 @@ async fn commit_appends(
             .filter(|outcome| !outcome.already_stored)
             .map(|outcome| outcome.position)
             .max();
+        if let Some(kept) = &kept {
+            keep_committed(kept, &batch, &outcomes);
+        }
         if let Some(position) = appended {
             raise(&head, position);
         }
@@ -197,6 +214,48 @@ async fn commit_appends(
             // A caller that stopped waiting has nobody to tell.
             let _ = append.outcome.send(outcome);
         }
+    }
+}
+
+/// Keeps the events of a commit's appends, as they now are in the log, for the subscriptions
+/// of the process. Positions follow each other in a commit (one writer; a refused append's
+/// positions are taken by the next); a commit that does not follow what is kept (another
+/// process wrote in between) starts what is kept afresh, and its subscriptions read the gap
+/// from the log.
+fn keep_committed(kept: &Kept, batch: &[Append], outcomes: &[Result<AppendOutcome>]) {
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut next = kept.through() + 1;
+    for (append, outcome) in batch.iter().zip(outcomes) {
+        let Ok(outcome) = outcome else { continue };
+        let count = append.events.len() as u64;
+        if outcome.already_stored || count == 0 {
+            continue;
+        }
+        let (first_position, first_version) =
+            (outcome.position + 1 - count, outcome.version + 1 - count);
+        if first_position != next {
+            if let Some(last) = slots.last().map(Slot::position) {
+                kept.extend(std::mem::take(&mut slots), last);
+            }
+            kept.restart(first_position - 1);
+        }
+        for (offset, event) in (0..).zip(&append.events) {
+            slots.push(Slot::Event(RecordedEvent {
+                id: event.id,
+                stream: append.stream.clone(),
+                version: first_version + offset,
+                position: first_position + offset,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                occurred_at: event.occurred_at,
+                metadata: event.metadata.clone(),
+                payload: event.payload.clone(),
+            }));
+        }
+        next = outcome.position + 1;
+    }
+    if let Some(last) = slots.last().map(Slot::position) {
+        kept.extend(slots, last);
     }
 }
 
@@ -599,6 +658,13 @@ struct Filter {
     query: String,
     /// What the query's placeholders after the two positions are bound to.
     values: Vec<String>,
+    /// The same, for an event in memory.
+    picks: Picks,
+}
+
+enum Picks {
+    Types(&'static [&'static str]),
+    Kind(AggregateKind),
 }
 
 impl Filter {
@@ -607,6 +673,7 @@ impl Filter {
         Self::new(
             format!("event_type IN ({placeholders})"),
             types.iter().map(|t| (*t).to_owned()).collect(),
+            Picks::Types(types),
         )
     }
 
@@ -620,16 +687,29 @@ impl Filter {
                 after_location.len()
             ),
             vec![after_location],
+            Picks::Kind(kind),
         )
     }
 
-    fn new(condition: String, values: Vec<String>) -> Self {
+    fn new(condition: String, values: Vec<String>, picks: Picks) -> Self {
         Self {
+            picks,
             query: format!(
                 "SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? \
                  AND {condition} ORDER BY position LIMIT ?"
             ),
             values,
+        }
+    }
+}
+
+impl Filter {
+    /// Whether the query would read `slot`'s event.
+    fn picks(&self, slot: &Slot) -> bool {
+        match (&self.picks, slot) {
+            (Picks::Types(types), slot) => slot.event_type().is_some_and(|t| types.contains(&t)),
+            (Picks::Kind(kind), Slot::Event(event)) => event.stream.kind() == *kind,
+            (Picks::Kind(_), Slot::Undecodable { .. }) => true,
         }
     }
 }
@@ -705,49 +785,83 @@ impl SqliteSubscription {
     }
 }
 
+impl SqliteSubscription {
+    /// The events after [`Self::after`] that this process appended lately, from memory: `None`
+    /// when none are kept past it, or it is behind what is kept (the log is read then).
+    fn take_kept(&mut self, kept: &Kept, max: usize) -> Result<Option<Vec<RecordedEvent>>> {
+        let mut ready = VecDeque::new();
+        let only = self.only.as_deref();
+        let wanted = |slot: &Slot| only.is_none_or(|filter| filter.picks(slot));
+        match kept.take(self.after, wanted, max, &mut ready)? {
+            Some(Taken::Through(through)) => {
+                self.after = through;
+                // Only other types: the caller learns how far the log was read.
+                Ok((!ready.is_empty() || only.is_some()).then(|| ready.into()))
+            }
+            Some(Taken::Behind { .. }) | None => Ok(None),
+        }
+    }
+}
+
 #[async_trait]
 impl SubscriptionSource for SqliteSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        // Whether to look in the log itself even when nothing new is kept: at first, and on
+        // each poll for another process's appends.
+        let mut polled = true;
         loop {
             // Mark the current head as seen before reading, so an append that commits after the
             // read still wakes the wait below.
             self.woken.borrow_and_update();
-            let ahead = self
-                .ahead
-                .take()
-                .filter(|a| a.after == self.after && a.max == max);
-            let read_ahead = ahead.is_some();
-            let (events, through) = match ahead {
-                Some(mut ahead) => (&mut ahead.read)
-                    .await
-                    .map_err(|e| StoreError::backend("reading the log ahead", e))??,
-                None => Self::read(&self.store, self.only.as_deref(), self.after, max).await?,
-            };
-            if through > self.after {
-                self.after = through;
-                if events.len() == max {
-                    let (store, only) = (self.store.clone(), self.only.clone());
-                    let after = self.after;
-                    self.ahead = Some(Ahead {
-                        after,
-                        max,
-                        read: tokio::spawn(async move {
-                            Self::read(&store, only.as_deref(), after, max).await
-                        }),
-                    });
+            let mut look_in_log = true;
+            if self.ahead.is_none()
+                && let Some(kept) = self.store.kept.clone()
+            {
+                match self.take_kept(&kept, max)? {
+                    Some(events) => return Ok(events),
+                    None => look_in_log = polled || kept.through() > self.after,
                 }
-                return Ok(events);
             }
-            if read_ahead {
-                // Read before the head was marked seen: an append since would not wake the wait.
-                continue;
+            if look_in_log {
+                let ahead = self
+                    .ahead
+                    .take()
+                    .filter(|a| a.after == self.after && a.max == max);
+                let read_ahead = ahead.is_some();
+                let (events, through) = match ahead {
+                    Some(mut ahead) => (&mut ahead.read)
+                        .await
+                        .map_err(|e| StoreError::backend("reading the log ahead", e))??,
+                    None => Self::read(&self.store, self.only.as_deref(), self.after, max).await?,
+                };
+                if through > self.after {
+                    self.after = through;
+                    if events.len() == max {
+                        let (store, only) = (self.store.clone(), self.only.clone());
+                        let after = self.after;
+                        self.ahead = Some(Ahead {
+                            after,
+                            max,
+                            read: tokio::spawn(async move {
+                                Self::read(&store, only.as_deref(), after, max).await
+                            }),
+                        });
+                    }
+                    return Ok(events);
+                }
+                if read_ahead {
+                    // Read before the head was marked seen: an append since would not wake the
+                    // wait.
+                    continue;
+                }
             }
-            tokio::select! {
+            polled = tokio::select! {
                 changed = self.woken.changed() => {
                     changed.map_err(|_| StoreError::SubscriptionClosed("the store was dropped".into()))?;
+                    false
                 }
-                _ = tokio::time::sleep(CROSS_PROCESS_POLL) => {}
-            }
+                _ = tokio::time::sleep(CROSS_PROCESS_POLL) => true,
+            };
         }
     }
 

@@ -135,11 +135,13 @@ pub struct BackendArgs {
         value_parser = clap::value_parser!(u64).range(1..=1000)
     )]
     catch_up_page: u64,
-    /// On the distributed backend, the last events of the log this process keeps in memory
-    /// for its read models, contacts stage and assignment decider, which follow the head of
-    /// the log through one JetStream consumer between them (each event sent and decoded once
-    /// for the process); one that falls further behind catches up on the shared pages. 0 gives
-    /// each of them a durable consumer of its own, as before 2026-12.
+    /// The last events of the log this process keeps in memory for its read models, contacts
+    /// stage and assignment decider, which take them from there rather than each reading the
+    /// log: on the distributed backend they follow the head through one JetStream consumer
+    /// between them (each event sent and decoded once for the process), one further behind
+    /// catching up on the shared pages; on the embedded one they are the events the process
+    /// has just committed, and a subscription reads the log only further behind. 0: each reads
+    /// the log on its own (on JetStream, with a durable consumer), as before 2026-12.
     #[arg(long, env = "WHATSNAP_TAIL_EVENTS", default_value_t = CatchUp::default().tail)]
     tail_events: usize,
     /// The most connections this process opens to PostgreSQL, all its pools together (read
@@ -704,7 +706,11 @@ async fn backend(args: &BackendArgs) -> anyhow::Result<Backend> {
         }
         (None, None) => {
             let path = std::path::absolute(args.data_dir.join(EMBEDDED_LOG))?;
-            let store = SqliteEventStore::open(&SqliteConfig::new(&path))
+            let config = SqliteConfig {
+                tail: args.tail_events,
+                ..SqliteConfig::new(&path)
+            };
+            let store = SqliteEventStore::open(&config)
                 .await
                 .with_context(|| format!("embedded event store at {}", path.display()))?;
             // The read models in a file of their own: its writers (the projections) do not

@@ -23,8 +23,8 @@ use tokio::sync::{Notify, OnceCell};
 use tracing::info;
 use whatsnap_events::RecordedEvent;
 
-use super::tail::Taken;
 use super::{JetStreamEventStore, JetStreamSubscription, asked_for};
+use crate::tail::{Slot, Taken};
 use crate::{EventStore, Result, StoreError, SubscribeFrom, SubscriptionSource};
 
 /// How a subscription far behind the head catches up.
@@ -53,27 +53,6 @@ impl Default for CatchUp {
             page: 1_000,
             pages_kept: 16,
             tail: 10_000,
-        }
-    }
-}
-
-/// One message of a page.
-pub(super) enum Slot {
-    Event(RecordedEvent),
-    /// A message that does not decode: it stops only a subscriber of its type (or of every
-    /// type, or when it names none), as a consumer's would.
-    Undecodable {
-        position: u64,
-        event_type: Option<String>,
-        reason: String,
-    },
-}
-
-impl Slot {
-    pub(super) fn position(&self) -> u64 {
-        match self {
-            Self::Event(event) => event.position,
-            Self::Undecodable { position, .. } => *position,
         }
     }
 }

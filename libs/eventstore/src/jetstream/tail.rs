@@ -17,56 +17,25 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer::DeliverPolicy, consumer::pull, stream};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
 use tracing::{info, warn};
+use whatsnap_events::RecordedEvent;
 
-use super::pages::Slot;
 use super::{asked_for, decode_slot};
+use crate::tail::{Kept, Taken};
 use crate::{Result, StoreError};
 
-/// The last messages of the log, from the position after `from` through `through`.
+/// The last messages of the log, and the task that receives them.
 pub(super) struct Tail {
-    shared: Arc<Shared>,
+    kept: Arc<Kept>,
     /// The follower, once a subscription asked for the tail; stopped with the store.
     follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-struct Shared {
-    kept: usize,
-    held: Mutex<Held>,
-    /// How far the tail holds the log: every message up to it has been received.
-    through: watch::Sender<u64>,
-}
-
-struct Held {
-    /// Every message of the log after `from` up to the tail's `through` is in `slots`.
-    from: u64,
-    slots: VecDeque<Slot>,
-}
-
-/// What a subscription took from the tail.
-pub(super) enum Taken {
-    /// Every message after the position asked for through this one was looked at, and those
-    /// asked for put in the subscription's hands (up to a message that does not decode,
-    /// handed over on its own).
-    Through(u64),
-    /// The tail starts after the position asked for: the messages up to `from` are read
-    /// elsewhere.
-    Behind { from: u64 },
-}
-
 impl Tail {
-    /// A tail keeping the last `kept` messages (at least one page's worth is sensible).
+    /// A tail keeping the last `kept` messages.
     pub(super) fn new(kept: usize) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                kept: kept.max(1),
-                held: Mutex::new(Held {
-                    from: 0,
-                    slots: VecDeque::new(),
-                }),
-                through: watch::channel(0).0,
-            }),
+            kept: Arc::new(Kept::new(kept, 0)),
             follower: Mutex::new(None),
         }
     }
@@ -77,27 +46,18 @@ impl Tail {
         if follower.is_some() {
             return;
         }
-        {
-            let mut held = self.shared.held.lock().expect("tail lock");
-            held.from = after;
-            held.slots.clear();
-        }
-        self.shared.through.send_replace(after);
+        self.kept.restart(after);
         info!(
             after,
             "following the head of the log for this process's subscriptions"
         );
-        let task = tokio::spawn(follow(
-            self.shared.clone(),
-            stream.clone(),
-            prefix.to_owned(),
-        ));
+        let task = tokio::spawn(follow(self.kept.clone(), stream.clone(), prefix.to_owned()));
         *follower = Some(task.abort_handle());
     }
 
     /// How far the tail holds the log (0 before it follows it).
     pub(super) fn through(&self) -> u64 {
-        *self.shared.through.borrow()
+        self.kept.through()
     }
 
     /// Takes into `ready` the events of `only` after position `after`, until `ready` holds
@@ -107,14 +67,15 @@ impl Tail {
         after: u64,
         only: Option<&'static [&'static str]>,
         max: usize,
-        ready: &mut VecDeque<whatsnap_events::RecordedEvent>,
+        ready: &mut VecDeque<RecordedEvent>,
     ) -> Result<Taken> {
-        let mut grown = self.shared.through.subscribe();
+        let mut grown = self.kept.subscribe();
         loop {
             // Marked seen before looking, so a message arriving in between wakes the wait.
-            let through = *grown.borrow_and_update();
-            if through > after {
-                return self.shared.take(after, only, max, ready);
+            grown.borrow_and_update();
+            let wanted = |slot: &crate::tail::Slot| asked_for(only, slot.event_type());
+            if let Some(taken) = self.kept.take(after, wanted, max, ready)? {
+                return Ok(taken);
             }
             grown.changed().await.map_err(|_| {
                 StoreError::SubscriptionClosed("the store following the log was dropped".into())
@@ -131,75 +92,18 @@ impl Drop for Tail {
     }
 }
 
-impl Shared {
-    fn take(
-        &self,
-        after: u64,
-        only: Option<&'static [&'static str]>,
-        max: usize,
-        ready: &mut VecDeque<whatsnap_events::RecordedEvent>,
-    ) -> Result<Taken> {
-        let held = self.held.lock().expect("tail lock");
-        if after < held.from {
-            return Ok(Taken::Behind { from: held.from });
-        }
-        let start = held.slots.partition_point(|slot| slot.position() <= after);
-        let mut through = after;
-        for slot in held.slots.range(start..) {
-            if ready.len() >= max {
-                return Ok(Taken::Through(through));
-            }
-            match slot {
-                Slot::Event(event) if asked_for(only, Some(&event.event_type)) => {
-                    ready.push_back(event.clone());
-                }
-                Slot::Undecodable {
-                    position,
-                    event_type,
-                    reason,
-                } if asked_for(only, event_type.as_deref()) => {
-                    if ready.is_empty() {
-                        return Err(StoreError::Corrupt {
-                            position: *position,
-                            reason: reason.clone(),
-                        });
-                    }
-                    return Ok(Taken::Through(position - 1));
-                }
-                _ => {}
-            }
-            through = slot.position();
-        }
-        // Every message up to the tail's end was looked at, those of other subjects too.
-        Ok(Taken::Through(through.max(*self.through.borrow())))
-    }
-
-    /// Keeps `slots`, received in order after the tail's end, and moves the end to `through`.
-    fn extend(&self, slots: Vec<Slot>, through: u64) {
-        {
-            let mut held = self.held.lock().expect("tail lock");
-            held.slots.extend(slots);
-            while held.slots.len() > self.kept {
-                let dropped = held.slots.pop_front().expect("longer than kept");
-                held.from = dropped.position();
-            }
-        }
-        self.through.send_replace(through);
-    }
-}
-
 /// How long the follower waits before it follows the log again after its consumer failed.
 const REFOLLOW_AFTER: Duration = Duration::from_millis(500);
 
 /// Receives every message after the tail's end, for ever: an ordered consumer (the server
 /// keeps nothing for it; the client makes it again after a gap), made again after a failure
 /// from where the tail ends.
-async fn follow(shared: Arc<Shared>, stream: stream::Stream, prefix: String) {
+async fn follow(kept: Arc<Kept>, stream: stream::Stream, prefix: String) {
     loop {
-        let after = *shared.through.borrow();
-        let Err(err) = follow_from(&shared, &stream, &prefix, after).await;
+        let after = kept.through();
+        let Err(err) = follow_from(&kept, &stream, &prefix, after).await;
         warn!(
-            after = *shared.through.borrow(),
+            after = kept.through(),
             error = %err,
             retry_in_ms = REFOLLOW_AFTER.as_millis() as u64,
             "following the head of the log failed; following it again"
@@ -209,7 +113,7 @@ async fn follow(shared: Arc<Shared>, stream: stream::Stream, prefix: String) {
 }
 
 async fn follow_from(
-    shared: &Shared,
+    kept: &Kept,
     stream: &stream::Stream,
     prefix: &str,
     after: u64,
@@ -259,6 +163,6 @@ async fn follow_from(
                 message.payload,
             ));
         }
-        shared.extend(slots, through);
+        kept.extend(slots, through);
     }
 }
