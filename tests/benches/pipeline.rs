@@ -14,8 +14,8 @@
 //! `WHATSNAP_BENCH_REBUILDS` (default 1) rebuilds that many times and keeps the median;
 //! `WHATSNAP_BENCH_CATCH_UP_AFTER` sets the distributed processes' `--catch-up-after` (a number
 //! above the backlog compares the shared pages with a consumer per read model), and
-//! `WHATSNAP_BENCH_TAIL_EVENTS` their `--tail-events` (0 compares one consumer of the head for
-//! the process with a durable consumer per read model).
+//! `WHATSNAP_BENCH_TAIL_EVENTS` sets `--tail-events` on both backends (0 compares the events
+//! kept in memory for the subscriptions with each reading the log on its own).
 
 #![allow(clippy::print_stdout)]
 
@@ -200,13 +200,15 @@ async fn run(
     println!("raw: {raw_appends:.0} appends/s with {WRITERS} writers, {raw_reads:.0} reads/s");
 
     let mut backend = TestBackend::new(distributed).await;
+    let tail: Option<usize> = std::env::var("WHATSNAP_BENCH_TAIL_EVENTS")
+        .ok()
+        .and_then(|t| t.parse().ok());
     if let TestBackend::Distributed(nats, _) = &mut backend {
         let after = std::env::var("WHATSNAP_BENCH_CATCH_UP_AFTER").ok();
         if let Some(after) = after.and_then(|a| a.parse().ok()) {
             nats.config.catch_up.after = after;
         }
-        let tail = std::env::var("WHATSNAP_BENCH_TAIL_EVENTS").ok();
-        if let Some(tail) = tail.and_then(|t| t.parse().ok()) {
+        if let Some(tail) = tail {
             nats.config.catch_up.tail = tail;
         }
         println!(
@@ -215,7 +217,10 @@ async fn run(
         );
     }
     let rig = TwilioRig::start().await;
-    let args = rig.serve_args(&backend);
+    let mut args = rig.serve_args(&backend);
+    if let (TestBackend::Embedded(_), Some(tail)) = (&backend, tail) {
+        args.extend(["--tail-events".to_owned(), tail.to_string()]);
+    }
     let mut whatsnap = Whatsnap::serve(binary(), &args, "bench").unwrap();
     let channel = whatsnap.channel().await;
     let mut accounts = Vec::new();
