@@ -10,8 +10,9 @@
 //! the page from memory. A subscription does not run more than half the pages kept ahead of
 //! the slowest one catching up beside it (it waits for it, up to [`PACE_WAIT`] a page, then
 //! leaves it behind), so the pages the others still need are not dropped and read again. Within a page of
-//! the head, the subscription goes on with its durable consumer, created right after the last
-//! page read.
+//! the head, the subscription takes its events from the head of the log the process follows
+//! ([`super::tail`]), or, without one, from a durable consumer of its own created right after
+//! the last page read.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
