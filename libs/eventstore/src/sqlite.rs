@@ -701,9 +701,7 @@ impl Filter {
             values,
         }
     }
-}
 
-impl Filter {
     /// Whether the query would read `slot`'s event.
     fn picks(&self, slot: &Slot) -> bool {
         match (&self.picks, slot) {
@@ -783,9 +781,7 @@ impl SqliteSubscription {
         };
         Ok((events, through))
     }
-}
 
-impl SqliteSubscription {
     /// The events after [`Self::after`] that this process appended lately, from memory: `None`
     /// when none are kept past it, or it is behind what is kept (the log is read then).
     fn take_kept(&mut self, kept: &Kept, max: usize) -> Result<Option<Vec<RecordedEvent>>> {
@@ -806,9 +802,9 @@ impl SqliteSubscription {
 #[async_trait]
 impl SubscriptionSource for SqliteSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
-        // Whether to look in the log itself even when nothing new is kept: at first, and on
-        // each poll for another process's appends.
-        let mut polled = true;
+        // Whether to look in the log itself when nothing new is kept: on each poll for another
+        // process's appends (this process's are kept before they wake the wait).
+        let mut polled = false;
         loop {
             // Mark the current head as seen before reading, so an append that commits after the
             // read still wakes the wait below.
