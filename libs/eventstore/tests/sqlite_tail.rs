@@ -3,42 +3,9 @@
 //! the same file among them, and from the log itself when a subscription is further behind
 //! than what is kept.
 
-use std::time::Duration;
-
-use whatsnap_events::{AggregateKind, LocationId, NewEvent, RecordedEvent, StreamId};
-use whatsnap_eventstore::sqlite::SqliteEventStore;
-use whatsnap_eventstore::{EventStore, ExpectedVersion, SubscribeFrom, Subscription};
-use whatsnap_testkit::TestSqlite;
-
-/// Appends `count` events, each to a new stream: accounts and contacts in turn.
-async fn append(store: &SqliteEventStore, count: usize) {
-    let location = LocationId::parse("loc1").unwrap();
-    for n in 0..count {
-        let (kind, event_type) = match n % 2 {
-            0 => (AggregateKind::Account, "AccountConnected"),
-            _ => (AggregateKind::Contact, "ContactCreated"),
-        };
-        let stream = StreamId::for_uuid(location.clone(), kind, uuid::Uuid::now_v7());
-        let event = NewEvent::raw(event_type, format!("{{\"n\":{n}}}"));
-        store
-            .append(&stream, ExpectedVersion::NoStream, vec![event])
-            .await
-            .unwrap();
-    }
-}
-
-/// What `subscription` hands over until it has read the log through `head`.
-async fn read_through(subscription: &mut Subscription, head: u64) -> Vec<RecordedEvent> {
-    let mut handed = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while subscription.scanned() < head {
-            handed.extend(subscription.next_batch(64).await.unwrap());
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} read the log through {head}", subscription.name()));
-    handed
-}
+use whatsnap_events::{AggregateKind, RecordedEvent};
+use whatsnap_eventstore::{EventStore, SubscribeFrom};
+use whatsnap_testkit::{TestSqlite, append_accounts_and_contacts as append, read_through};
 
 #[tokio::test]
 async fn subscriptions_are_handed_the_log_as_stored_with_another_processs_appends_among_it() {

@@ -126,6 +126,55 @@ pub async fn append_message_events(
     head
 }
 
+/// Appends `count` raw events, each to a new stream of its own: an `AccountConnected` on an
+/// account stream, then a `ContactCreated` on a contact stream, in turn.
+pub async fn append_accounts_and_contacts(
+    store: &dyn whatsnap_eventstore::EventStore,
+    count: usize,
+) {
+    use whatsnap_events::{AggregateKind, LocationId, NewEvent, StreamId};
+    let location = LocationId::parse("loc1").expect("a valid location");
+    for n in 0..count {
+        let (kind, event_type) = match n % 2 {
+            0 => (AggregateKind::Account, "AccountConnected"),
+            _ => (AggregateKind::Contact, "ContactCreated"),
+        };
+        let stream = StreamId::for_uuid(location.clone(), kind, Uuid::now_v7());
+        let event = NewEvent::raw(event_type, format!("{{\"n\":{n}}}"));
+        store
+            .append(
+                &stream,
+                whatsnap_eventstore::ExpectedVersion::NoStream,
+                vec![event],
+            )
+            .await
+            .expect("appending test events");
+    }
+}
+
+/// What `subscription` hands over, in batches of up to 64, until it has read the log through
+/// `head` (within 30 s), checked to come in order of position, none twice.
+pub async fn read_through(
+    subscription: &mut whatsnap_eventstore::Subscription,
+    head: u64,
+) -> Vec<whatsnap_events::RecordedEvent> {
+    let mut handed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while subscription.scanned() < head {
+            let batch = subscription.next_batch(64).await.expect("a batch");
+            handed.extend(batch);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} read the log through {head}", subscription.name()));
+    assert!(
+        handed.windows(2).all(|w| w[0].position < w[1].position),
+        "{} was handed events out of order or twice",
+        subscription.name()
+    );
+    handed
+}
+
 /// A read model in a SQLite database of its own, in memory, with `events` applied by
 /// `projection`: one at a time (`Projection::apply`), or `together` as one batch
 /// (`Projection::apply_together`), to show that both leave the same rows.
