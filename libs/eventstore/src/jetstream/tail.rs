@@ -92,23 +92,30 @@ impl Drop for Tail {
     }
 }
 
-/// How long the follower waits before it follows the log again after its consumer failed.
+/// How long the follower waits before it follows the log again after its consumer failed: at
+/// first, doubling while it keeps failing without receiving anything, up to the longest.
 const REFOLLOW_AFTER: Duration = Duration::from_millis(500);
+const REFOLLOW_AFTER_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Receives every message after the tail's end, for ever: an ordered consumer (the server
 /// keeps nothing for it; the client makes it again after a gap), made again after a failure
 /// from where the tail ends.
 async fn follow(kept: Arc<Kept>, stream: stream::Stream, prefix: String) {
+    let mut wait = REFOLLOW_AFTER;
     loop {
         let after = kept.through();
         let Err(err) = follow_from(&kept, &stream, &prefix, after).await;
+        if kept.through() > after {
+            wait = REFOLLOW_AFTER;
+        }
         warn!(
             after = kept.through(),
             error = %err,
-            retry_in_ms = REFOLLOW_AFTER.as_millis() as u64,
+            retry_in_ms = wait.as_millis() as u64,
             "following the head of the log failed; following it again"
         );
-        tokio::time::sleep(REFOLLOW_AFTER).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REFOLLOW_AFTER_AT_MOST);
     }
 }
 
