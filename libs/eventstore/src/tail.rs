@@ -112,31 +112,9 @@ impl Kept {
             return Ok(None);
         }
         let start = held.slots.partition_point(|slot| slot.position() <= after);
-        let mut through = after;
-        for slot in held.slots.range(start..) {
-            if ready.len() >= max {
-                return Ok(Some(Taken::Through(through)));
-            }
-            if wanted(slot) {
-                match slot {
-                    Slot::Event(event) => ready.push_back(event.clone()),
-                    Slot::Undecodable {
-                        position, reason, ..
-                    } => {
-                        if ready.is_empty() {
-                            return Err(StoreError::Corrupt {
-                                position: *position,
-                                reason: reason.clone(),
-                            });
-                        }
-                        return Ok(Some(Taken::Through(position - 1)));
-                    }
-                }
-            }
-            through = slot.position();
-        }
-        // Every message up to the end was looked at: those of other subjects are not kept.
-        Ok(Some(Taken::Through(through.max(end))))
+        let stopped = hand_over(held.slots.range(start..), after, wanted, max, ready)?;
+        // Looked at up to the end: the messages of other subjects are not kept.
+        Ok(Some(Taken::Through(stopped.unwrap_or(end))))
     }
 
     /// Keeps `slots`, the messages after the current end up to `through`, in order.
@@ -158,4 +136,42 @@ impl Kept {
         held.slots.clear();
         self.through.send_replace(after);
     }
+}
+
+/// Puts into `ready` the events of `slots` after position `after` that `wanted` picks, in order,
+/// until `ready` holds `max`. Returns where it stopped short of the end of `slots` (the last
+/// position looked at), or `None` when it looked at every one. A message that does not decode
+/// and is wanted stops the take before it, and is an error once nothing precedes it: it stops
+/// only the subscriptions that read its type, as on a consumer.
+pub(crate) fn hand_over<'a>(
+    slots: impl IntoIterator<Item = &'a Slot>,
+    after: u64,
+    wanted: impl Fn(&Slot) -> bool,
+    max: usize,
+    ready: &mut VecDeque<RecordedEvent>,
+) -> Result<Option<u64>> {
+    let mut through = after;
+    for slot in slots.into_iter().filter(|slot| slot.position() > after) {
+        if ready.len() >= max {
+            return Ok(Some(through));
+        }
+        if wanted(slot) {
+            match slot {
+                Slot::Event(event) => ready.push_back(event.clone()),
+                Slot::Undecodable {
+                    position, reason, ..
+                } => {
+                    if ready.is_empty() {
+                        return Err(StoreError::Corrupt {
+                            position: *position,
+                            reason: reason.clone(),
+                        });
+                    }
+                    return Ok(Some(position - 1));
+                }
+            }
+        }
+        through = slot.position();
+    }
+    Ok(None)
 }

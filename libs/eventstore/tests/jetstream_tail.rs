@@ -4,7 +4,7 @@
 
 use whatsnap_events::RecordedEvent;
 use whatsnap_eventstore::jetstream::CatchUp;
-use whatsnap_eventstore::{EventStore, SubscribeFrom};
+use whatsnap_eventstore::{EventStore, StoreError, SubscribeFrom};
 use whatsnap_testkit::{TestNats, append_accounts_and_contacts as append, read_through};
 
 const SEVERAL: &[&str] = &["ContactCreated", "AccountConnected"];
@@ -107,4 +107,63 @@ async fn a_subscription_behind_what_is_kept_of_the_head_catches_up_on_the_pages(
         .unwrap();
     let near = read_through(&mut near, 205).await;
     assert_eq!(positions(&near), (200..=205).collect::<Vec<_>>());
+}
+
+/// A message that does not decode stops only the subscriptions of its type, after the events
+/// before it, whether they take it from the pages or from the head kept in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_does_not_decode_stops_only_the_subscriptions_of_its_type() {
+    for paged in [false, true] {
+        let fixture = match paged {
+            true => TestNats::paged(2).await.unwrap(),
+            false => TestNats::new().await.unwrap(),
+        };
+        let store = fixture.store().await.unwrap();
+        append(&store, 3).await;
+        // A contact's creation someone wrote by hand, with its type and nothing else.
+        let client = async_nats::connect(&fixture.config.url).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Whatsnap-Event-Type", "ContactCreated");
+        let subject = format!(
+            "{}.loc1.contact.{}",
+            fixture.config.subject_prefix,
+            uuid::Uuid::now_v7()
+        );
+        async_nats::jetstream::new(client)
+            .publish_with_headers(subject, headers, "not an event".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        append(&store, 3).await;
+
+        let mut accounts = store
+            .subscribe_to(
+                "accounts",
+                SubscribeFrom::AfterOwn(0),
+                &["AccountConnected"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            positions(&read_through(&mut accounts, 7).await),
+            [1, 3, 5, 7]
+        );
+        let mut contacts = store
+            .subscribe_to("contacts", SubscribeFrom::AfterOwn(0), CONTACTS)
+            .await
+            .unwrap();
+        let mut handed = Vec::new();
+        let err = loop {
+            match contacts.next_batch(64).await {
+                Ok(batch) => handed.extend(batch),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(positions(&handed), [2], "paged: {paged}");
+        assert!(
+            matches!(err, StoreError::Corrupt { position: 4, .. }),
+            "paged: {paged}: {err}"
+        );
+    }
 }

@@ -25,8 +25,8 @@ use tracing::info;
 use whatsnap_events::RecordedEvent;
 
 use super::{JetStreamEventStore, JetStreamSubscription, asked_for};
-use crate::tail::{Slot, Taken};
-use crate::{EventStore, Result, StoreError, SubscribeFrom, SubscriptionSource};
+use crate::tail::{Slot, Taken, hand_over};
+use crate::{EventStore, Result, SubscribeFrom, SubscriptionSource};
 
 /// How a subscription far behind the head catches up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,29 +228,10 @@ impl CatchingUp {
     /// [`Self::scanned`], which ends at `end`. A message that does not decode and is asked
     /// for stops the take before it, and is an error once nothing precedes it.
     fn take(&mut self, page: &[Slot], end: u64) -> Result<()> {
-        for slot in page.iter().filter(|s| s.position() > self.scanned) {
-            match slot {
-                Slot::Event(event) if asked_for(self.only, Some(&event.event_type)) => {
-                    self.ready.push_back(event.clone());
-                }
-                Slot::Undecodable {
-                    position,
-                    event_type,
-                    reason,
-                } if asked_for(self.only, event_type.as_deref()) => {
-                    if self.ready.is_empty() {
-                        return Err(StoreError::Corrupt {
-                            position: *position,
-                            reason: reason.clone(),
-                        });
-                    }
-                    self.scanned = position - 1;
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        self.scanned = end;
+        let only = self.only;
+        let wanted = |slot: &Slot| asked_for(only, slot.event_type());
+        let stopped = hand_over(page, self.scanned, wanted, usize::MAX, &mut self.ready)?;
+        self.scanned = stopped.unwrap_or(end);
         Ok(())
     }
 }
@@ -322,7 +303,7 @@ impl SubscriptionSource for CatchingUp {
                 self.store.pages.leave(self.reader);
                 match &self.store.tail {
                     Some(tail) => {
-                        tail.follow(&self.store.stream, &self.store.prefix, self.scanned);
+                        tail.follow(&self.store, self.scanned);
                         self.following = true;
                     }
                     None => {

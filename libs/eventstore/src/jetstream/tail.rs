@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use tracing::{info, warn};
 use whatsnap_events::RecordedEvent;
 
-use super::{asked_for, decode_slot};
+use super::{JetStreamEventStore, asked_for, decode_slot};
 use crate::tail::{Kept, Taken};
 use crate::{Result, StoreError};
 
@@ -41,7 +41,7 @@ impl Tail {
     }
 
     /// Starts following the log after position `after`, unless it is followed already.
-    pub(super) fn follow(&self, stream: &stream::Stream, prefix: &str, after: u64) {
+    pub(super) fn follow(&self, store: &JetStreamEventStore, after: u64) {
         let mut follower = self.follower.lock().expect("follower lock");
         if follower.is_some() {
             return;
@@ -51,7 +51,12 @@ impl Tail {
             after,
             "following the head of the log for this process's subscriptions"
         );
-        let task = tokio::spawn(follow(self.kept.clone(), stream.clone(), prefix.to_owned()));
+        let task = tokio::spawn(follow(
+            self.kept.clone(),
+            store.stream.clone(),
+            store.prefix.clone(),
+            store.every_subject(),
+        ));
         *follower = Some(task.abort_handle());
     }
 
@@ -100,11 +105,11 @@ const REFOLLOW_AFTER_AT_MOST: Duration = Duration::from_secs(10);
 /// Receives every message after the tail's end, for ever: an ordered consumer (the server
 /// keeps nothing for it; the client makes it again after a gap), made again after a failure
 /// from where the tail ends.
-async fn follow(kept: Arc<Kept>, stream: stream::Stream, prefix: String) {
+async fn follow(kept: Arc<Kept>, stream: stream::Stream, prefix: String, subjects: String) {
     let mut wait = REFOLLOW_AFTER;
     loop {
         let after = kept.through();
-        let Err(err) = follow_from(&kept, &stream, &prefix, after).await;
+        let Err(err) = follow_from(&kept, &stream, &prefix, &subjects, after).await;
         if kept.through() > after {
             wait = REFOLLOW_AFTER;
         }
@@ -123,6 +128,7 @@ async fn follow_from(
     kept: &Kept,
     stream: &stream::Stream,
     prefix: &str,
+    subjects: &str,
     after: u64,
 ) -> std::result::Result<std::convert::Infallible, String> {
     let deliver_policy = match after {
@@ -133,7 +139,7 @@ async fn follow_from(
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{prefix}.>"),
+            filter_subject: subjects.to_owned(),
             deliver_policy,
             ..Default::default()
         })
